@@ -1,0 +1,87 @@
+// The contract between the compute manager (above) and a virtualization
+// driver (below). Drivers never reach into the instance store: whatever they
+// need from it, the manager gathers and hands down (manage_image_cache).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "virtcap/capabilities.h"
+#include "virtcap/error.h"
+#include "virtcap/instance.h"
+
+namespace virtcap {
+
+enum class PowerState { nostate, running, paused, shutdown, crashed, suspended };
+std::string_view to_string(PowerState s);
+
+struct InstanceSpec {
+  std::string uuid;
+  std::string name;
+  std::string image_id;
+  int memory_mb = 512;
+  int vcpus = 1;
+};
+
+struct InterfaceSpec {
+  std::string mac{};    // empty: the driver picks one
+  std::string network{};  // e.g. a libvirt network name; empty: driver default
+  std::string tag{};    // device tag; non-empty needs supports_tagged_attach_interface
+};
+
+struct InterfaceInfo {
+  std::string mac;
+  std::string network;
+  std::string tag;
+};
+
+struct DriverInstance {
+  std::string uuid;
+  std::string name;
+  PowerState power_state = PowerState::nostate;
+  int memory_mb = 0;
+  int vcpus = 0;
+  std::vector<InterfaceInfo> interfaces;
+};
+
+// What manage_image_cache did; the image-cache manager fills in the detail.
+struct ImageCacheReport {
+  std::size_t instances_considered = 0;
+  std::size_t files_removed = 0;
+  std::size_t bytes_freed = 0;
+  std::vector<std::string> notes;
+};
+
+class ComputeDriver {
+ public:
+  virtual ~ComputeDriver() = default;
+
+  // The registry name ("fake", "libvirt", ...).
+  virtual std::string_view name() const = 0;
+
+  // What this driver can do. Static declarations are known at construction;
+  // discovered ones are filled in by init_host. The manager reads this once,
+  // after init_host, and keeps its own copy. A driver that does not override
+  // it agrees to the defaults.
+  virtual const Capabilities& capabilities() const { return kDefaultCapabilities; }
+
+  // Connect to the hypervisor and discover what depends on it.
+  virtual Status init_host(const std::string& host) = 0;
+
+  virtual Result<std::vector<DriverInstance>> list_instances() = 0;
+  virtual Result<DriverInstance> get_instance(const std::string& uuid) = 0;
+  virtual Status spawn(const InstanceSpec& spec) = 0;
+  // Destroying an instance the hypervisor does not know succeeds.
+  virtual Status destroy(const std::string& uuid) = 0;
+  virtual Status reboot(const std::string& uuid) = 0;
+  virtual Result<InterfaceInfo> attach_interface(const std::string& uuid,
+                                                 const InterfaceSpec& spec) = 0;
+  virtual Status detach_interface(const std::string& uuid, const std::string& mac) = 0;
+
+  // Called by the image-cache pass, only when capabilities().has_imagecache.
+  // `instances` are the live instances of every host sharing the instances path.
+  virtual Result<ImageCacheReport> manage_image_cache(const std::vector<InstanceRecord>& instances) = 0;
+};
+
+}  // namespace virtcap

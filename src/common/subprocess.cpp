@@ -1,0 +1,159 @@
+#include "common/subprocess.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+extern char** environ;
+
+namespace virtcap::proc {
+
+namespace {
+
+Error sys_error(const std::string& what) {
+  return make_error(Errc::io_error, what + ": " + std::strerror(errno));
+}
+
+void close_fd(int& fd) {
+  if (fd >= 0) ::close(fd);
+  fd = -1;
+}
+
+// Reads what is available from fd into buf; returns false at EOF/error.
+bool read_some(int fd, std::string& buf) {
+  char tmp[4096];
+  ssize_t n;
+  do {
+    n = ::read(fd, tmp, sizeof tmp);
+  } while (n < 0 && errno == EINTR);
+  if (n <= 0) return false;
+  buf.append(tmp, static_cast<std::size_t>(n));
+  return true;
+}
+
+}  // namespace
+
+Result<Child> Child::spawn(const std::vector<std::string>& argv) {
+  if (argv.empty()) return make_error(Errc::invalid_argument, "empty argv");
+  int out_pipe[2], err_pipe[2];
+  if (::pipe2(out_pipe, O_CLOEXEC) != 0) return sys_error("pipe");
+  if (::pipe2(err_pipe, O_CLOEXEC) != 0) {
+    ::close(out_pipe[0]);
+    ::close(out_pipe[1]);
+    return sys_error("pipe");
+  }
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, out_pipe[1], 1);
+  posix_spawn_file_actions_adddup2(&fa, err_pipe[1], 2);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  // The child starts with default signal dispositions and an empty mask, even
+  // if the parent blocks SIGTERM for sigwait.
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none, all;
+  sigemptyset(&none);
+  sigfillset(&all);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &all);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+
+  std::vector<char*> cargv;
+  for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+  cargv.push_back(nullptr);
+  pid_t pid = -1;
+  const int rc = ::posix_spawnp(&pid, cargv[0], &fa, &attr, cargv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  ::close(out_pipe[1]);
+  ::close(err_pipe[1]);
+  if (rc != 0) {
+    ::close(out_pipe[0]);
+    ::close(err_pipe[0]);
+    return make_error(Errc::io_error, "cannot run " + argv[0] + ": " + std::strerror(rc));
+  }
+  return Child(pid, out_pipe[0], err_pipe[0]);
+}
+
+Child::Child(Child&& o) noexcept
+    : pid_(o.pid_), out_fd_(o.out_fd_), err_fd_(o.err_fd_), out_(std::move(o.out_)), err_(std::move(o.err_)),
+      reaped_(o.reaped_) {
+  o.pid_ = -1;
+  o.out_fd_ = o.err_fd_ = -1;
+  o.reaped_ = true;
+}
+
+Child::~Child() {
+  if (pid_ > 0 && !reaped_) {
+    ::kill(pid_, SIGKILL);
+    int status;
+    ::waitpid(pid_, &status, 0);
+  }
+  close_fd(out_fd_);
+  close_fd(err_fd_);
+}
+
+bool Child::signal(int sig) { return pid_ > 0 && !reaped_ && ::kill(pid_, sig) == 0; }
+
+bool Child::wait_for_stderr(const std::string& needle) {
+  std::size_t scanned = 0;
+  while (true) {
+    if (err_.find(needle, scanned > needle.size() ? scanned - needle.size() : 0) != std::string::npos) return true;
+    scanned = err_.size();
+    pollfd fds[2] = {{err_fd_, POLLIN, 0}, {out_fd_, POLLIN, 0}};
+    if (err_fd_ < 0) return false;
+    if (::poll(fds, out_fd_ >= 0 ? 2 : 1, -1) < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    if (fds[1].revents && out_fd_ >= 0 && !read_some(out_fd_, out_)) close_fd(out_fd_);
+    if (fds[0].revents && !read_some(err_fd_, err_)) {
+      close_fd(err_fd_);
+      return err_.find(needle) != std::string::npos;
+    }
+  }
+}
+
+Output Child::wait() {
+  while (out_fd_ >= 0 || err_fd_ >= 0) {
+    pollfd fds[2];
+    nfds_t n = 0;
+    if (out_fd_ >= 0) fds[n++] = {out_fd_, POLLIN, 0};
+    if (err_fd_ >= 0) fds[n++] = {err_fd_, POLLIN, 0};
+    if (::poll(fds, n, -1) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    for (nfds_t i = 0; i < n; ++i) {
+      if (!fds[i].revents) continue;
+      if (fds[i].fd == out_fd_ && !read_some(out_fd_, out_)) close_fd(out_fd_);
+      else if (fds[i].fd == err_fd_ && !read_some(err_fd_, err_)) close_fd(err_fd_);
+    }
+  }
+  Output o;
+  int status = 0;
+  if (!reaped_) {
+    while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    }
+    reaped_ = true;
+    if (WIFEXITED(status)) o.exit_code = WEXITSTATUS(status);
+    if (WIFSIGNALED(status)) o.term_signal = WTERMSIG(status);
+  }
+  o.out = out_;
+  o.err = err_;
+  return o;
+}
+
+Result<Output> run(const std::vector<std::string>& argv) {
+  auto child = Child::spawn(argv);
+  if (!child) return child.error();
+  return child.value().wait();
+}
+
+}  // namespace virtcap::proc

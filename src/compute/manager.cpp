@@ -1,0 +1,212 @@
+#include "compute/manager.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <random>
+#include <set>
+
+#include "virtcap/registry.h"
+
+namespace virtcap::compute {
+
+namespace {
+
+std::int64_t now_seconds() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string new_uuid() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  const std::uint64_t a = rng(), b = rng();
+  char buf[37];
+  std::snprintf(buf, sizeof buf, "%08x-%04x-4%03x-%04x-%012llx", static_cast<unsigned>(a >> 32),
+                static_cast<unsigned>((a >> 16) & 0xffff), static_cast<unsigned>(a & 0x0fff),
+                static_cast<unsigned>(((b >> 48) & 0x3fff) | 0x8000),
+                static_cast<unsigned long long>(b & 0xffffffffffffULL));
+  return buf;
+}
+
+Error load_failure(const std::string& driver, const std::string& why) {
+  Error e = make_error(Errc::driver_load_failed, "unable to load the virtualization driver '" + driver +
+                                                     "': " + why + "; available drivers: " +
+                                                     available_driver_names());
+  e.driver = driver;
+  return e;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<ComputeManager>> ComputeManager::create(const config::Config& cfg, InstanceStore& store,
+                                                               const std::string& driver_override) {
+  const std::string name = driver_override.empty() ? cfg.compute.driver : driver_override;
+  auto driver = make_driver(name, cfg);
+  if (!driver) {
+    Error e = driver.error();
+    e.message = "unable to load the virtualization driver: " + e.message;
+    return e;
+  }
+  return create(cfg, store, std::move(driver.value()));
+}
+
+Result<std::unique_ptr<ComputeManager>> ComputeManager::create(const config::Config& cfg, InstanceStore& store,
+                                                               std::unique_ptr<ComputeDriver> driver) {
+  const std::string name(driver->name());
+  if (auto st = driver->init_host(cfg.host()); !st) return load_failure(name, st.error().message);
+  return std::unique_ptr<ComputeManager>(new ComputeManager(cfg, store, std::move(driver)));
+}
+
+ComputeManager::ComputeManager(const config::Config& cfg, InstanceStore& store, std::unique_ptr<ComputeDriver> driver)
+    : cfg_(cfg),
+      store_(store),
+      driver_(std::move(driver)),
+      caps_(driver_->capabilities()),
+      host_(cfg.host()),
+      instances_path_(cfg.instances_path()) {
+  if (auto st = store_.register_host({host_, instances_path_, now_seconds()}); !st)
+    spdlog::warn("could not register host {} in the instance store: {}", host_, st.error().describe());
+  spdlog::info("driver '{}' loaded on host '{}'; has_imagecache={}", driver_->name(), host_, caps_.has_imagecache);
+}
+
+Status ComputeManager::refuse(const Requirement& r) const {
+  Error e = make_error(Errc::capability_not_supported,
+                       "operation '" + std::string(r.operation) + "' needs capability '" +
+                           std::string(r.capability_name) + "', which driver '" + std::string(driver_->name()) +
+                           "' does not declare");
+  e.operation = r.operation;
+  e.capability = r.capability_name;
+  e.driver = driver_->name();
+  return e;
+}
+
+Status ComputeManager::check(Operation op) const {
+  for (const auto& r : kRequirements)
+    if (r.op == op && !(caps_.*(r.capability))) return refuse(r);
+  return {};
+}
+
+Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::string& image_id, int memory_mb,
+                                            int vcpus) {
+  if (caps_.max_vcpus > 0 && vcpus > caps_.max_vcpus)
+    return make_error(Errc::invalid_argument, "requested " + std::to_string(vcpus) + " vCPUs but driver '" +
+                                                  std::string(driver_->name()) + "' reports max_vcpus=" +
+                                                  std::to_string(caps_.max_vcpus));
+  InstanceRecord rec;
+  rec.uuid = new_uuid();
+  rec.name = name;
+  rec.host = host_;
+  rec.image_id = image_id;
+  rec.memory_mb = memory_mb;
+  rec.vcpus = vcpus;
+  rec.vm_state = "building";
+  rec.task_state = "spawning";
+  rec.created_at = rec.updated_at = now_seconds();
+  if (auto st = store_.create_instance(rec); !st) return st.error();
+  auto st = driver_->spawn({rec.uuid, name, image_id, memory_mb, vcpus});
+  rec.updated_at = now_seconds();
+  rec.task_state.clear();
+  rec.vm_state = st ? "active" : "error";
+  if (auto up = store_.update_instance(rec); !up) return up.error();
+  if (!st) return st.error();
+  return rec;
+}
+
+Status ComputeManager::destroy(const std::string& uuid) {
+  auto rec = store_.get_instance(uuid);
+  if (!rec) return rec.error();
+  if (auto st = driver_->destroy(uuid); !st) return st;
+  rec->vm_state = "deleted";
+  rec->task_state.clear();
+  rec->deleted_at = rec->updated_at = now_seconds();
+  return store_.update_instance(rec.value());
+}
+
+Status ComputeManager::reboot(const std::string& uuid) {
+  if (auto rec = store_.get_instance(uuid); !rec) return rec.error();
+  return driver_->reboot(uuid);
+}
+
+Result<InterfaceInfo> ComputeManager::attach_interface(const std::string& uuid, const InterfaceSpec& spec) {
+  if (auto st = check(Operation::attach_interface); !st) return st.error();
+  if (!spec.tag.empty())
+    if (auto st = check(Operation::tagged_attach_interface); !st) return st.error();
+  if (auto rec = store_.get_instance(uuid); !rec) return rec.error();
+  return driver_->attach_interface(uuid, spec);
+}
+
+Status ComputeManager::detach_interface(const std::string& uuid, const std::string& mac) {
+  if (auto st = check(Operation::detach_interface); !st) return st;
+  if (auto rec = store_.get_instance(uuid); !rec) return rec.error();
+  return driver_->detach_interface(uuid, mac);
+}
+
+TaskOutcome ComputeManager::run_image_cache_pass() {
+  // The seed's point: no store query and no driver call unless the driver
+  // wants the pass and the operator has not disabled it.
+  if (!caps_.has_imagecache)
+    return TaskOutcome::skipped("driver '" + std::string(driver_->name()) +
+                                "' does not declare capability has_imagecache");
+  if (cfg_.image_cache.manager_interval <= 0)
+    return TaskOutcome::skipped("[image_cache] manager_interval is " +
+                                std::to_string(cfg_.image_cache.manager_interval) + " (<= 0 disables the pass)");
+  auto hosts = store_.hosts_sharing(instances_path_);
+  if (!hosts) return TaskOutcome::failed("instance store: " + hosts.error().describe());
+  if (std::find(hosts->begin(), hosts->end(), host_) == hosts->end()) hosts->push_back(host_);
+  auto instances = store_.live_instances_on(hosts.value());
+  if (!instances) return TaskOutcome::failed("instance store: " + instances.error().describe());
+  auto report = driver_->manage_image_cache(instances.value());
+  if (!report) return TaskOutcome::failed(report.error().describe());
+  return TaskOutcome::ran(std::to_string(instances->size()) + " instances on " + std::to_string(hosts->size()) +
+                          " host(s); " + std::to_string(report->files_removed) + " files removed, " +
+                          std::to_string(report->bytes_freed) + " bytes freed");
+}
+
+TaskOutcome ComputeManager::sync_power_states() {
+  auto on_hv = driver_->list_instances();
+  if (!on_hv) return TaskOutcome::failed(on_hv.error().describe());
+  auto in_store = store_.live_instances_on({host_});
+  if (!in_store) return TaskOutcome::failed("instance store: " + in_store.error().describe());
+  std::set<std::string> hv_uuids;
+  for (const auto& i : on_hv.value()) hv_uuids.insert(i.uuid);
+  std::size_t lost = 0, unknown = 0;
+  std::set<std::string> store_uuids;
+  for (auto& rec : in_store.value()) {
+    store_uuids.insert(rec.uuid);
+    if (rec.task_state.empty() && rec.vm_state == "active" && !hv_uuids.count(rec.uuid)) {
+      ++lost;
+      spdlog::warn("instance {} ({}) is in the store but not on the hypervisor; marking it lost", rec.uuid, rec.name);
+      rec.vm_state = "lost";
+      rec.updated_at = now_seconds();
+      if (auto st = store_.update_instance(rec); !st) return TaskOutcome::failed(st.error().describe());
+    }
+  }
+  for (const auto& u : hv_uuids)
+    if (!store_uuids.count(u)) {
+      ++unknown;
+      spdlog::warn("domain {} runs on the hypervisor but is not in the instance store; leaving it alone", u);
+    }
+  return TaskOutcome::ran(std::to_string(hv_uuids.size()) + " on hypervisor, " + std::to_string(lost) +
+                          " lost, " + std::to_string(unknown) + " unknown");
+}
+
+void ComputeManager::register_periodic_tasks(PeriodicTaskRunner& runner) {
+  PeriodicTask cache{std::string(kImageCacheTask), static_cast<double>(cfg_.image_cache.manager_interval), false, "",
+                     [this](std::stop_token) { return run_image_cache_pass(); }};
+  // Decided once, from the capabilities read at start: the task is not even
+  // scheduled when the driver does not want it.
+  if (!caps_.has_imagecache)
+    cache.disabled_reason = "driver '" + std::string(driver_->name()) + "' does not declare capability has_imagecache";
+  else if (cfg_.image_cache.manager_interval <= 0)
+    cache.disabled_reason = "[image_cache] manager_interval is " + std::to_string(cfg_.image_cache.manager_interval) +
+                            " (<= 0 disables the pass)";
+  runner.add(std::move(cache));
+  PeriodicTask sync{std::string(kPowerSyncTask), static_cast<double>(cfg_.defaults.sync_power_state_interval), true,
+                    "", [this](std::stop_token) { return sync_power_states(); }};
+  if (cfg_.defaults.sync_power_state_interval <= 0)
+    sync.disabled_reason = "[DEFAULT] sync_power_state_interval is " +
+                           std::to_string(cfg_.defaults.sync_power_state_interval) + " (<= 0 disables the task)";
+  runner.add(std::move(sync));
+}
+
+}  // namespace virtcap::compute

@@ -1,0 +1,91 @@
+// The compute manager: the upper layer. It loads the driver, reads its
+// capabilities once, refuses operations the driver cannot do before touching
+// it, and does work on the driver's behalf (the image-cache pass) only when
+// the driver asks for it.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "compute/periodic.h"
+#include "config/config.h"
+#include "virtcap/capabilities.h"
+#include "virtcap/driver.h"
+#include "virtcap/store.h"
+
+namespace virtcap::compute {
+
+// Operations that need a capability. The table below is the only place the
+// pairing is written; a misspelt capability in it does not compile.
+enum class Operation { attach_interface, tagged_attach_interface, detach_interface, manage_image_cache };
+
+struct Requirement {
+  Operation op;
+  std::string_view operation;
+  bool Capabilities::*capability;
+  std::string_view capability_name;
+};
+
+#define VIRTCAP_REQUIRES_(op, cap) Requirement{Operation::op, #op, &Capabilities::cap, #cap}
+inline constexpr std::array kRequirements = {
+    VIRTCAP_REQUIRES_(attach_interface, supports_attach_interface),
+    VIRTCAP_REQUIRES_(tagged_attach_interface, supports_tagged_attach_interface),
+    VIRTCAP_REQUIRES_(detach_interface, supports_attach_interface),
+    VIRTCAP_REQUIRES_(manage_image_cache, has_imagecache),
+};
+#undef VIRTCAP_REQUIRES_
+
+inline constexpr std::string_view kImageCacheTask = "image_cache_manager_pass";
+inline constexpr std::string_view kPowerSyncTask = "sync_power_states";
+
+class ComputeManager {
+ public:
+  // Loads the configured driver (or `driver_override`), runs its init_host and
+  // caches its capabilities. Failure is Errc::driver_load_failed naming the
+  // driver and listing the available ones.
+  static Result<std::unique_ptr<ComputeManager>> create(const config::Config& cfg, InstanceStore& store,
+                                                        const std::string& driver_override = "");
+  // For callers that construct the driver themselves (tests, benchmarks).
+  static Result<std::unique_ptr<ComputeManager>> create(const config::Config& cfg, InstanceStore& store,
+                                                        std::unique_ptr<ComputeDriver> driver);
+
+  const Capabilities& capabilities() const { return caps_; }
+  std::string_view driver_name() const { return driver_->name(); }
+  ComputeDriver& driver() { return *driver_; }
+  const config::Config& config() const { return cfg_; }
+
+  // OK if the driver's capabilities allow `op`; otherwise a
+  // capability_not_supported error naming operation, capability and driver.
+  Status check(Operation op) const;
+
+  // Instance operations, gated by capability.
+  Result<InstanceRecord> boot(const std::string& name, const std::string& image_id, int memory_mb, int vcpus);
+  Status destroy(const std::string& uuid);
+  Status reboot(const std::string& uuid);
+  Result<InterfaceInfo> attach_interface(const std::string& uuid, const InterfaceSpec& spec);
+  Status detach_interface(const std::string& uuid, const std::string& mac);
+
+  // Periodic task bodies.
+  TaskOutcome run_image_cache_pass();
+  TaskOutcome sync_power_states();
+
+  // Adds this manager's periodic tasks to `runner` (which must outlive nothing
+  // of the manager: stop the runner before destroying the manager).
+  void register_periodic_tasks(PeriodicTaskRunner& runner);
+
+ private:
+  ComputeManager(const config::Config& cfg, InstanceStore& store, std::unique_ptr<ComputeDriver> driver);
+  Status refuse(const Requirement& r) const;
+
+  config::Config cfg_;
+  InstanceStore& store_;
+  std::unique_ptr<ComputeDriver> driver_;
+  Capabilities caps_;  // read once, after init_host
+  std::string host_;
+  std::string instances_path_;
+};
+
+}  // namespace virtcap::compute

@@ -1,0 +1,90 @@
+// Periodic tasks: each named task runs on its own thread, every `spacing`
+// seconds, so a slow task never starves the others. Spacing <= 0 (or a
+// disabled reason) disables a task. The first run is delayed by a random
+// jitter in [0, max_jitter] (plus `spacing` unless run_immediately). An
+// exception in a task is logged and recorded; the task keeps its schedule.
+// stop() interrupts every wait at once and joins; a running task sees its
+// stop_token requested.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace virtcap::compute {
+
+struct TaskOutcome {
+  enum class Kind { ran, skipped, failed };
+  Kind kind = Kind::ran;
+  std::string message;
+
+  static TaskOutcome ran(std::string msg = {}) { return {Kind::ran, std::move(msg)}; }
+  static TaskOutcome skipped(std::string reason) { return {Kind::skipped, std::move(reason)}; }
+  static TaskOutcome failed(std::string msg) { return {Kind::failed, std::move(msg)}; }
+};
+std::string_view to_string(TaskOutcome::Kind k);
+
+struct PeriodicTask {
+  std::string name;
+  double spacing_seconds = 0;
+  bool run_immediately = false;
+  std::string disabled_reason;  // non-empty: never scheduled, reported with this reason
+  std::function<TaskOutcome(std::stop_token)> fn;
+};
+
+struct TaskStatus {
+  std::string name;
+  double spacing_seconds = 0;
+  bool enabled = false;
+  std::string disabled_reason;
+  double first_delay_seconds = 0;  // the scheduled delay (spacing unless immediate, + jitter)
+  std::uint64_t runs = 0;
+  std::optional<std::chrono::system_clock::time_point> last_started;
+  std::chrono::duration<double> last_duration{0};
+  std::optional<TaskOutcome> last_outcome;
+};
+
+class PeriodicTaskRunner {
+ public:
+  struct Options {
+    double max_jitter_seconds = 0;
+    std::uint64_t seed = 0;  // 0: seeded from std::random_device
+  };
+  explicit PeriodicTaskRunner(Options options);
+  PeriodicTaskRunner(const PeriodicTaskRunner&) = delete;
+  PeriodicTaskRunner& operator=(const PeriodicTaskRunner&) = delete;
+  ~PeriodicTaskRunner();
+
+  // Before start() only.
+  void add(PeriodicTask task);
+  void start();
+  // Prompt: wakes every waiting task, requests stop of running ones, joins.
+  void stop();
+
+  std::vector<TaskStatus> status() const;
+  // Blocks until task `name` has completed at least `runs` runs, or stop().
+  // Returns false if stopped first. (For tests and one-shot callers.)
+  bool wait_for_runs(const std::string& name, std::uint64_t runs) const;
+
+ private:
+  struct Slot;
+  void loop(std::stop_token st, Slot& slot, double first_delay);
+  static bool enabled(const PeriodicTask& t);
+
+  Options options_;
+  std::vector<std::unique_ptr<Slot>> slots_;
+  std::vector<std::jthread> threads_;
+  mutable std::mutex mu_;
+  mutable std::condition_variable_any cv_;
+  bool started_ = false;
+  bool stopped_ = false;
+};
+
+}  // namespace virtcap::compute

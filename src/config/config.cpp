@@ -1,0 +1,274 @@
+#include "config/config.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <toml++/toml.h>
+
+namespace virtcap::config {
+
+namespace check {
+std::string range::describe() const {
+  return "an integer from " + std::to_string(lo) + " to " + std::to_string(hi);
+}
+std::optional<std::string> range::operator()(std::int64_t v) const {
+  if (v < lo || v > hi) return "expected " + describe() + ", got " + std::to_string(v);
+  return std::nullopt;
+}
+std::string abs_path::describe() const {
+  return allow_empty ? "an absolute path, or empty" : "an absolute path";
+}
+std::optional<std::string> abs_path::operator()(const std::string& v) const {
+  if (v.empty() && allow_empty) return std::nullopt;
+  if (v.empty() || v[0] != '/') return "expected " + describe() + ", got \"" + v + "\"";
+  return std::nullopt;
+}
+std::string dir_name::describe() const {
+  return "a single directory name (no '/', not '.' or '..')";
+}
+std::optional<std::string> dir_name::operator()(const std::string& v) const {
+  if (v.empty() || v == "." || v == ".." || v.find('/') != std::string::npos ||
+      v.find('\0') != std::string::npos)
+    return "expected " + describe() + ", got \"" + v + "\"";
+  return std::nullopt;
+}
+std::string non_empty::describe() const { return "a non-empty string"; }
+std::optional<std::string> non_empty::operator()(const std::string& v) const {
+  if (v.empty()) return "expected " + describe();
+  return std::nullopt;
+}
+}  // namespace check
+
+namespace {
+
+template <class T>
+constexpr std::string_view type_name() {
+  if constexpr (std::is_same_v<T, bool>) return "boolean";
+  else if constexpr (std::is_same_v<T, int>) return "integer";
+  else return "string";
+}
+
+std::string toml_type_name(const toml::node& n) {
+  switch (n.type()) {
+    case toml::node_type::string: return "a string";
+    case toml::node_type::integer: return "an integer";
+    case toml::node_type::floating_point: return "a float";
+    case toml::node_type::boolean: return "a boolean";
+    case toml::node_type::table: return "a table";
+    case toml::node_type::array: return "an array";
+    default: return "a date/time";
+  }
+}
+
+std::string where(std::string_view source, const toml::source_region& r) {
+  std::ostringstream os;
+  os << source << ":" << r.begin.line << ":" << r.begin.column;
+  return os.str();
+}
+
+Error config_error(std::string message) { return make_error(Errc::invalid_argument, std::move(message)); }
+
+// Reads one option from its TOML node into `field`, applying its check.
+template <class T, class Check>
+std::optional<std::string> read_value(const toml::node& node, T& field, const Check& chk) {
+  if constexpr (std::is_same_v<T, bool>) {
+    auto v = node.value_exact<bool>();
+    if (!v) return "expected a boolean (true or false), got " + toml_type_name(node);
+    field = *v;
+  } else if constexpr (std::is_same_v<T, int>) {
+    auto v = node.value_exact<std::int64_t>();
+    if (!v) return "expected an integer, got " + toml_type_name(node);
+    if (auto err = chk(*v)) return err;
+    field = static_cast<int>(*v);
+    return std::nullopt;
+  } else {
+    auto v = node.value_exact<std::string>();
+    if (!v) return "expected a string, got " + toml_type_name(node);
+    field = *v;
+  }
+  return chk(field);
+}
+
+template <class T>
+std::string default_text(const T& v) {
+  if constexpr (std::is_same_v<T, bool>) return v ? "true" : "false";
+  else if constexpr (std::is_same_v<T, int>) return std::to_string(v);
+  else return "\"" + std::string(v) + "\"";
+}
+
+std::string toml_string(const std::string& s) {
+  std::ostringstream os;
+  os << toml::value<std::string>(s);
+  return os.str();
+}
+
+template <class T>
+std::string toml_value_text(const T& v) {
+  if constexpr (std::is_same_v<T, std::string>) return toml_string(v);
+  else return default_text(v);
+}
+
+// Visits every section: f(section_name, section_doc, visit_options), where
+// visit_options(g) calls g(key, doc, field, default_value, check) per option.
+template <class F>
+void for_each_section(Config& cfg, F&& f) {
+#define VIRTCAP_CONFIG_VISIT_OPT_(T, key, def, chk, doc) g(#key, doc, sec.key, T(def), chk);
+#define VIRTCAP_CONFIG_VISIT_SEC_(member, name, LIST, doc) \
+  {                                                        \
+    auto& sec = cfg.member;                                \
+    f(name, doc, [&](auto&& g) { LIST(VIRTCAP_CONFIG_VISIT_OPT_) }); \
+  }
+  VIRTCAP_CONFIG_SECTIONS(VIRTCAP_CONFIG_VISIT_SEC_)
+#undef VIRTCAP_CONFIG_VISIT_SEC_
+#undef VIRTCAP_CONFIG_VISIT_OPT_
+}
+
+std::vector<std::string> section_names() {
+  std::vector<std::string> out;
+  Config cfg;
+  for_each_section(cfg, [&](std::string_view name, std::string_view, auto&&) { out.emplace_back(name); });
+  return out;
+}
+
+std::string join(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& s : v) out += (out.empty() ? "" : ", ") + s;
+  return out;
+}
+
+}  // namespace
+
+std::string Config::host() const {
+  if (!defaults.host.empty()) return defaults.host;
+  char buf[256] = {};
+  if (::gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0') return "localhost";
+  return buf;
+}
+
+std::string Config::instances_path() const {
+  if (!defaults.instances_path.empty()) return defaults.instances_path;
+  return defaults.state_path + "/instances";
+}
+
+std::string Config::base_dir() const { return instances_path() + "/" + image_cache.subdirectory_name; }
+
+Result<Config> parse(std::string_view text, std::string_view source) {
+  toml::table root;
+  try {
+    root = toml::parse(text, source);
+  } catch (const toml::parse_error& e) {
+    return config_error(where(source, e.source()) + ": invalid TOML: " + std::string(e.description()));
+  }
+
+  Config cfg;
+  cfg.source = std::string(source);
+  std::optional<Error> failure;
+  for (auto&& [sec_key, sec_node] : root) {
+    if (failure) break;
+    const std::string sec_name(sec_key.str());
+    bool known = false;
+    for_each_section(cfg, [&](std::string_view name, std::string_view, auto&& visit_options) {
+      if (name != sec_name || failure) return;
+      known = true;
+      const auto* table = sec_node.as_table();
+      if (!table) {
+        failure = config_error(where(source, sec_node.source()) + ": '" + sec_name +
+                               "' must be a section ([" + sec_name + "]), got " +
+                               toml_type_name(sec_node));
+        return;
+      }
+      for (auto&& [key, node] : *table) {
+        if (failure) return;
+        const std::string key_name(key.str());
+        bool found = false;
+        std::vector<std::string> known_keys;
+        visit_options([&](std::string_view k, std::string_view, auto& field, const auto&, const auto& chk) {
+          known_keys.emplace_back(k);
+          if (k != key_name) return;
+          found = true;
+          if (auto err = read_value(node, field, chk))
+            failure = config_error(where(source, node.source()) + ": [" + sec_name + "] " + key_name +
+                                   ": " + *err);
+        });
+        if (!found && !failure)
+          failure = config_error(where(source, key.source()) + ": [" + sec_name + "] " + key_name +
+                                 ": unknown option; known options in [" + sec_name +
+                                 "]: " + join(known_keys));
+      }
+    });
+    if (!known && !failure) {
+      if (sec_node.is_table())
+        failure = config_error(where(source, sec_key.source()) + ": [" + sec_name +
+                               "]: unknown section; known sections: " + join(section_names()));
+      else
+        failure = config_error(where(source, sec_key.source()) + ": " + sec_name +
+                               ": option outside any section; put it under its section, e.g. "
+                               "[DEFAULT]");
+    }
+  }
+  if (failure) return *failure;
+  return cfg;
+}
+
+Result<Config> load_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    const int err = errno;
+    return config_error("cannot read config file " + path + ": " + std::strerror(err) +
+                        "; check the path given with --config");
+  }
+  std::ostringstream buf;
+  buf << in.rdbuf();
+  if (in.bad()) return config_error("cannot read config file " + path + ": read error");
+  return parse(buf.str(), path);
+}
+
+Result<Config> load(const std::optional<std::string>& path) {
+  if (path) return load_file(*path);
+  if (::access(std::string(kDefaultConfigPath).c_str(), F_OK) == 0)
+    return load_file(std::string(kDefaultConfigPath));
+  return Config{};
+}
+
+std::string to_toml(const Config& cfg_in) {
+  Config cfg = cfg_in;
+  std::ostringstream os;
+  os << "# virtcap effective configuration (source: " << cfg.source << ")\n";
+  for_each_section(cfg, [&](std::string_view name, std::string_view doc, auto&& visit_options) {
+    os << "\n# " << doc << "\n[" << name << "]\n";
+    visit_options([&](std::string_view key, std::string_view kdoc, auto& field, const auto&, const auto&) {
+      os << "# " << kdoc << "\n" << key << " = " << toml_value_text(field) << "\n";
+    });
+  });
+  return os.str();
+}
+
+std::string docs_markdown() {
+  Config cfg;
+  std::ostringstream os;
+  os << "<!-- Generated by `virtcap docs config`; do not edit. "
+        "A test fails when this file is stale. -->\n";
+  os << "# Configuration\n\n";
+  os << "virtcap reads one TOML file: the one given with `--config FILE`, else `"
+     << kDefaultConfigPath << "` if it exists, else the built-in defaults below. "
+        "`virtcap config show` prints the effective configuration.\n\n"
+        "Errors name the file, line, column, section and option, and what was expected. "
+        "Unknown sections and options are errors (a typo never silently falls back to a "
+        "default). A bad config makes every command exit with status 2.\n";
+  for_each_section(cfg, [&](std::string_view name, std::string_view doc, auto&& visit_options) {
+    os << "\n## `[" << name << "]`\n\n" << doc << "\n\n";
+    os << "| option | type | default | allowed | doc |\n|---|---|---|---|---|\n";
+    visit_options([&](std::string_view key, std::string_view kdoc, auto& field, const auto& def,
+                      const auto& chk) {
+      using T = std::decay_t<decltype(field)>;
+      os << "| `" << key << "` | " << type_name<T>() << " | `" << default_text(def) << "` | "
+         << chk.describe() << " | " << kdoc << " |\n";
+    });
+  });
+  return os.str();
+}
+
+}  // namespace virtcap::config

@@ -1,0 +1,114 @@
+// virtcap's configuration: one declaration per option (section, type, key,
+// default, check, doc), from which the Config struct, the TOML loader with its
+// validation, `virtcap config show` and docs/config.md are generated.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "virtcap/error.h"
+
+namespace virtcap::config {
+
+// Value checks. Each returns an error text ("expected ...") for a bad value.
+namespace check {
+struct any {
+  std::string describe() const { return ""; }
+  template <class T>
+  std::optional<std::string> operator()(const T&) const { return std::nullopt; }
+};
+struct range {
+  std::int64_t lo, hi;
+  std::string describe() const;
+  std::optional<std::string> operator()(std::int64_t v) const;
+};
+struct abs_path {
+  bool allow_empty = false;
+  std::string describe() const;
+  std::optional<std::string> operator()(const std::string& v) const;
+};
+struct dir_name {
+  std::string describe() const;
+  std::optional<std::string> operator()(const std::string& v) const;
+};
+struct non_empty {
+  std::string describe() const;
+  std::optional<std::string> operator()(const std::string& v) const;
+};
+}  // namespace check
+
+// O(type, key, default, check, doc)
+#define VIRTCAP_CONFIG_DEFAULT(O)                                                                 \
+  O(std::string, host, "", check::any{},                                                          \
+    "Name of this compute host in the instance store. Empty: the machine's hostname.")            \
+  O(std::string, state_path, "/var/lib/virtcap", check::abs_path{},                               \
+    "Top-level directory for virtcap's state (instance store, instances).")                       \
+  O(std::string, instances_path, "", check::abs_path{.allow_empty = true},                        \
+    "Where instance directories and the image cache live. Empty: <state_path>/instances.")        \
+  O(int, sync_power_state_interval, 600, check::range(-1, 31536000),                              \
+    "Seconds between power-state syncs of the store against the driver; <= 0 disables.")          \
+  O(int, periodic_fuzzy_delay, 60, check::range(0, 3600),                                         \
+    "Upper bound, in seconds, of the random delay before each periodic task first runs.")         \
+  O(bool, debug, false, check::any{}, "Log at debug level.")
+
+#define VIRTCAP_CONFIG_COMPUTE(O)                                                                 \
+  O(std::string, driver, "fake", check::non_empty{},                                              \
+    "Virtualization driver to load (see `virtcap capabilities --help` for the list).")
+
+#define VIRTCAP_CONFIG_IMAGE_CACHE(O)                                                             \
+  O(int, manager_interval, 2400, check::range(-1, 31536000),                                      \
+    "Seconds between image-cache passes; <= 0 disables the pass.")                                \
+  O(std::string, subdirectory_name, "_base", check::dir_name{},                                   \
+    "Directory under instances_path that holds cached base images.")                              \
+  O(bool, remove_unused_base_images, true, check::any{},                                          \
+    "Remove base images no instance uses; false only reports them.")                              \
+  O(int, remove_unused_original_minimum_age_seconds, 86400, check::range(0, 315360000),           \
+    "Minimum age before an unused original base image is removed.")                               \
+  O(int, remove_unused_resized_minimum_age_seconds, 3600, check::range(0, 315360000),             \
+    "Minimum age before an unused resized base image is removed.")
+
+// S(member, "toml section name", OPTIONS, "section doc")
+#define VIRTCAP_CONFIG_SECTIONS(S)                                                                \
+  S(defaults, "DEFAULT", VIRTCAP_CONFIG_DEFAULT, "Host identity, paths and periodic-task timing.") \
+  S(compute, "compute", VIRTCAP_CONFIG_COMPUTE, "The compute manager.")                           \
+  S(image_cache, "image_cache", VIRTCAP_CONFIG_IMAGE_CACHE,                                       \
+    "The image-cache pass (only for drivers that declare has_imagecache).")
+
+#define VIRTCAP_CONFIG_MEMBER_(T, key, def, chk, doc) T key = def;
+#define VIRTCAP_CONFIG_SECTION_(member, name, LIST, doc) \
+  struct member##_section {                              \
+    LIST(VIRTCAP_CONFIG_MEMBER_)                         \
+  } member;
+
+struct Config {
+  VIRTCAP_CONFIG_SECTIONS(VIRTCAP_CONFIG_SECTION_)
+
+  // Where this configuration came from: a file path, or "(built-in defaults)".
+  std::string source = "(built-in defaults)";
+
+  // Effective values, with the documented fallbacks applied.
+  std::string host() const;
+  std::string instances_path() const;
+  std::string base_dir() const;  // <instances_path>/<subdirectory_name>
+};
+
+// The conventional config file, used when it exists and no --config is given.
+inline constexpr std::string_view kDefaultConfigPath = "/etc/virtcap/virtcap.toml";
+
+// Parse TOML text. `source` names it in errors. Errors (code invalid_argument)
+// read "FILE:LINE:COL: [section] key: what was wrong; expected ...".
+Result<Config> parse(std::string_view text, std::string_view source);
+// Read and parse a file; an unreadable file is an error naming it.
+Result<Config> load_file(const std::string& path);
+// `path` if given, else kDefaultConfigPath if it exists, else the defaults.
+Result<Config> load(const std::optional<std::string>& path);
+
+// The effective configuration as TOML (every option, with its doc as a comment).
+std::string to_toml(const Config& cfg);
+// docs/config.md
+std::string docs_markdown();
+
+}  // namespace virtcap::config

@@ -1,0 +1,53 @@
+#include "store/memory/memory_store.h"
+
+#include <algorithm>
+
+namespace virtcap::store {
+
+Status MemoryStore::register_host(const HostRecord& host) {
+  std::lock_guard lock(mu_);
+  hosts_[host.host] = host;
+  return {};
+}
+
+Result<std::vector<std::string>> MemoryStore::hosts_sharing(const std::string& instances_path) {
+  std::lock_guard lock(mu_);
+  std::vector<std::string> out;
+  for (const auto& [name, h] : hosts_)
+    if (h.instances_path == instances_path) out.push_back(name);
+  return out;
+}
+
+Result<std::vector<InstanceRecord>> MemoryStore::live_instances_on(const std::vector<std::string>& hosts) {
+  std::lock_guard lock(mu_);
+  std::vector<InstanceRecord> out;
+  for (const auto& [uuid, r] : instances_)
+    if (r.deleted_at == 0 && std::find(hosts.begin(), hosts.end(), r.host) != hosts.end())
+      out.push_back(r);
+  return out;
+}
+
+Status MemoryStore::create_instance(const InstanceRecord& record) {
+  std::lock_guard lock(mu_);
+  if (!instances_.emplace(record.uuid, record).second)
+    return make_error(Errc::already_exists, "instance " + record.uuid + " is already in the store");
+  return {};
+}
+
+Result<InstanceRecord> MemoryStore::get_instance(const std::string& uuid) {
+  std::lock_guard lock(mu_);
+  auto it = instances_.find(uuid);
+  if (it == instances_.end()) return make_error(Errc::not_found, "no instance " + uuid + " in the store");
+  return it->second;
+}
+
+Status MemoryStore::update_instance(const InstanceRecord& record) {
+  std::lock_guard lock(mu_);
+  auto it = instances_.find(record.uuid);
+  if (it == instances_.end())
+    return make_error(Errc::not_found, "no instance " + record.uuid + " in the store");
+  it->second = record;
+  return {};
+}
+
+}  // namespace virtcap::store

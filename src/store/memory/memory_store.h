@@ -1,0 +1,26 @@
+// An in-memory InstanceStore: used by tests, benchmarks and `--store memory`.
+#pragma once
+
+#include <map>
+#include <mutex>
+
+#include "virtcap/store.h"
+
+namespace virtcap::store {
+
+class MemoryStore : public InstanceStore {
+ public:
+  Status register_host(const HostRecord& host) override;
+  Result<std::vector<std::string>> hosts_sharing(const std::string& instances_path) override;
+  Result<std::vector<InstanceRecord>> live_instances_on(const std::vector<std::string>& hosts) override;
+  Status create_instance(const InstanceRecord& record) override;
+  Result<InstanceRecord> get_instance(const std::string& uuid) override;
+  Status update_instance(const InstanceRecord& record) override;
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, HostRecord> hosts_;
+  std::map<std::string, InstanceRecord> instances_;
+};
+
+}  // namespace virtcap::store

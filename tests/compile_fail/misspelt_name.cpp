@@ -1,0 +1,5 @@
+// A misspelt capability in a driver's declaration does not compile.
+// EXPECT-ERROR: has_imagecach
+#include "virtcap/capabilities.h"
+constexpr virtcap::Capabilities kCaps{.has_imagecach = true};
+int main() { return 0; }

@@ -1,0 +1,182 @@
+// Drives the real `virtcap` binary (argv, no shell) and checks its output and
+// exit codes.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "common/subprocess.h"
+
+namespace virtcap {
+namespace {
+
+namespace fs = std::filesystem;
+
+proc::Output run(std::vector<std::string> args) {
+  args.insert(args.begin(), VIRTCAP_BINARY);
+  auto r = proc::run(args);
+  EXPECT_TRUE(r.ok());
+  return r.ok() ? r.value() : proc::Output{};
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "virtcap-cli-XXXXXX").string();
+    path_ = ::mkdtemp(tmpl.data());
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  const fs::path& path() const { return path_; }
+  std::string write(const std::string& name, const std::string& text) const {
+    std::ofstream(path_ / name) << text;
+    return (path_ / name).string();
+  }
+
+ private:
+  fs::path path_;
+};
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+TEST(Cli, VersionAndHelpAtEveryLevel) {
+  auto v = run({"--version"});
+  EXPECT_EQ(v.exit_code, 0);
+  EXPECT_NE(v.out.find("virtcap 0."), std::string::npos);
+  for (std::vector<std::string> args : std::vector<std::vector<std::string>>{
+           {"--help"}, {"capabilities", "--help"}, {"agent", "--help"}, {"config", "--help"},
+           {"config", "show", "--help"}, {"docs", "--help"}}) {
+    auto h = run(args);
+    EXPECT_EQ(h.exit_code, 0) << args[0];
+    EXPECT_NE(h.out.find("Usage"), std::string::npos) << args[0];
+  }
+}
+
+TEST(Cli, CapabilitiesJsonListsEveryCapabilityWithADoc) {
+  auto r = run({"capabilities", "--driver", "fake", "--format", "json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j.at("driver"), "fake");
+  ASSERT_GE(j.at("capabilities").size(), 17u);
+  for (const auto& c : j.at("capabilities")) {
+    EXPECT_FALSE(c.at("doc").get<std::string>().empty()) << c.at("name");
+    for (const char* k : {"name", "type", "value", "default", "overridden", "trait"}) EXPECT_TRUE(c.contains(k));
+  }
+  EXPECT_NE(std::find(j.at("traits").begin(), j.at("traits").end(), "COMPUTE_NET_ATTACH_INTERFACE"),
+            j.at("traits").end());
+}
+
+TEST(Cli, CapabilitiesTableAndMarkdown) {
+  auto t = run({"capabilities", "--driver", "fake_imagecache"});
+  ASSERT_EQ(t.exit_code, 0) << t.err;
+  EXPECT_NE(t.out.find("has_imagecache"), std::string::npos);
+  EXPECT_NE(t.out.find("driver: fake_imagecache"), std::string::npos);
+  auto m = run({"capabilities", "--driver", "fake", "--format", "markdown"});
+  ASSERT_EQ(m.exit_code, 0);
+  EXPECT_NE(m.out.find("| `supports_vtpm` |"), std::string::npos);
+}
+
+TEST(Cli, UnknownDriverExits1NamingItAndListingTheAvailableOnes) {
+  auto r = run({"capabilities", "--driver", "nosuch"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("nosuch"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("available drivers: fake"), std::string::npos) << r.err;
+  EXPECT_TRUE(r.out.empty());
+}
+
+TEST(Cli, DriverThatFailsToStartExits1) {
+  auto r = run({"capabilities", "--driver", "fake_failing"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("fake_failing"), std::string::npos) << r.err;
+}
+
+TEST(Cli, BadConfigExits2NamingFileLineAndKey) {
+  TempDir dir;
+  const auto cfg = dir.write("bad.toml", "[image_cache]\nmanager_interval = \"often\"\n");
+  for (const char* cmd : {"capabilities", "agent"}) {
+    auto r = run({cmd, "--config", cfg});
+    EXPECT_EQ(r.exit_code, 2) << cmd;
+    EXPECT_NE(r.err.find(cfg + ":2:"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("manager_interval"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("expected an integer"), std::string::npos) << r.err;
+  }
+}
+
+TEST(Cli, BadArgumentsExit2) {
+  EXPECT_EQ(run({}).exit_code, 2);
+  EXPECT_EQ(run({"frobnicate"}).exit_code, 2);
+  EXPECT_EQ(run({"capabilities", "--format", "xml"}).exit_code, 2);
+  EXPECT_EQ(run({"capabilities", "--config", "/nonexistent/virtcap.toml"}).exit_code, 2);
+  EXPECT_EQ(run({"capabilities", "--bogus"}).exit_code, 2);
+  EXPECT_EQ(run({"docs", "everything"}).exit_code, 2);
+}
+
+TEST(Cli, ConfigShowPrintsTheEffectiveConfig) {
+  TempDir dir;
+  const auto cfg = dir.write("ok.toml", "[compute]\ndriver = \"fake_minimal\"\n");
+  auto r = run({"config", "show", "--config", cfg});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("driver = 'fake_minimal'"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("manager_interval = 2400"), std::string::npos);
+}
+
+TEST(Cli, AgentLogsTheSkippedImageCacheTaskAndStopsCleanlyOnSigterm) {
+  TempDir dir;
+  const auto cfg = dir.write("agent.toml", "[DEFAULT]\nstate_path = \"" + dir.path().string() +
+                                               "\"\nperiodic_fuzzy_delay = 0\n[compute]\ndriver = \"fake\"\n");
+  auto child = proc::Child::spawn({VIRTCAP_BINARY, "agent", "--config", cfg});
+  ASSERT_TRUE(child.ok());
+  ASSERT_TRUE(child->wait_for_stderr("agent running")) << child->err_seen();
+  ASSERT_TRUE(child->wait_for_stderr("periodic task 'sync_power_states' ran")) << child->err_seen();
+  EXPECT_NE(child->err_seen().find("periodic task 'image_cache_manager_pass' disabled: driver 'fake' does not "
+                                   "declare capability has_imagecache"),
+            std::string::npos)
+      << child->err_seen();
+  ASSERT_TRUE(child->signal(SIGTERM));
+  auto out = child->wait();
+  EXPECT_EQ(out.exit_code, 0) << out.err;
+  EXPECT_NE(out.err.find("received SIGTERM"), std::string::npos);
+  EXPECT_NE(out.err.find("agent stopped cleanly"), std::string::npos);
+}
+
+TEST(Cli, AgentWithImageCacheDriverRunsThePass) {
+  TempDir dir;
+  const auto cfg = dir.write("agent.toml", "[DEFAULT]\nstate_path = \"" + dir.path().string() +
+                                               "\"\nperiodic_fuzzy_delay = 0\n[compute]\ndriver = "
+                                               "\"fake_imagecache\"\n[image_cache]\nmanager_interval = 1\n");
+  auto child = proc::Child::spawn({VIRTCAP_BINARY, "agent", "--config", cfg});
+  ASSERT_TRUE(child.ok());
+  ASSERT_TRUE(child->wait_for_stderr("periodic task 'image_cache_manager_pass' ran")) << child->err_seen();
+  ASSERT_TRUE(child->signal(SIGINT));
+  EXPECT_EQ(child->wait().exit_code, 0);
+}
+
+TEST(Cli, AgentWithUnknownDriverExits1) {
+  TempDir dir;
+  const auto cfg = dir.write("agent.toml", "[compute]\ndriver = \"hyperv\"\n");
+  auto r = run({"agent", "--config", cfg});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("'hyperv'"), std::string::npos) << r.err;
+}
+
+// docs/capabilities.md and docs/config.md are generated; a stale copy fails.
+TEST(Docs, GeneratedDocsAreCurrent) {
+  for (const char* what : {"capabilities", "config"}) {
+    auto r = run({"docs", what});
+    ASSERT_EQ(r.exit_code, 0);
+    const auto committed = read_file(fs::path(VIRTCAP_SOURCE_DIR) / "docs" / (std::string(what) + ".md"));
+    EXPECT_EQ(committed, r.out) << "docs/" << what << ".md is stale; regenerate it with: build/virtcap docs "
+                                << what << " > docs/" << what << ".md";
+  }
+}
+
+}  // namespace
+}  // namespace virtcap

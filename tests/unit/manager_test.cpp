@@ -1,0 +1,226 @@
+#include <gtest/gtest.h>
+
+#include "compute/manager.h"
+#include "store/memory/memory_store.h"
+#include "virt/fake/fake_driver.h"
+
+namespace virtcap::compute {
+namespace {
+
+// A real in-memory store that counts the queries the manager makes.
+class CountingStore : public store::MemoryStore {
+ public:
+  Result<std::vector<std::string>> hosts_sharing(const std::string& path) override {
+    ++hosts_queries;
+    return MemoryStore::hosts_sharing(path);
+  }
+  Result<std::vector<InstanceRecord>> live_instances_on(const std::vector<std::string>& hosts) override {
+    ++instance_queries;
+    return MemoryStore::live_instances_on(hosts);
+  }
+  int hosts_queries = 0;
+  int instance_queries = 0;
+};
+
+// Counts how often the manager asks the driver for its capabilities.
+class CapsCountingDriver : public fake::FakeDriver {
+ public:
+  using FakeDriver::FakeDriver;
+  const Capabilities& capabilities() const override {
+    ++reads;
+    return FakeDriver::capabilities();
+  }
+  mutable int reads = 0;
+};
+
+config::Config test_config(int interval = 2400) {
+  config::Config c;
+  c.defaults.host = "host-a";
+  c.defaults.instances_path = "/shared/instances";
+  c.image_cache.manager_interval = interval;
+  return c;
+}
+
+struct Harness {
+  CountingStore store;
+  fake::FakeDriver* driver = nullptr;
+  std::unique_ptr<ComputeManager> mgr;
+
+  Harness(const Capabilities& caps, config::Config cfg = test_config(), std::string name = "fake") {
+    auto d = std::make_unique<fake::FakeDriver>(name, caps);
+    driver = d.get();
+    auto m = ComputeManager::create(cfg, store, std::move(d));
+    EXPECT_TRUE(m.ok());
+    mgr = std::move(m.value());
+    store.hosts_queries = store.instance_queries = 0;
+  }
+};
+
+TEST(ImageCachePass, SkippedWithoutTheCapability_NoStoreQueryNoDriverCall) {
+  Harness h(fake::kFake);
+  const auto out = h.mgr->run_image_cache_pass();
+  EXPECT_EQ(out.kind, TaskOutcome::Kind::skipped);
+  EXPECT_NE(out.message.find("has_imagecache"), std::string::npos) << out.message;
+  EXPECT_EQ(h.store.hosts_queries, 0);
+  EXPECT_EQ(h.store.instance_queries, 0);
+  EXPECT_EQ(h.driver->calls().manage_image_cache.load(), 0);
+}
+
+TEST(ImageCachePass, SkippedWhenTheIntervalIsNotPositive_NoStoreQueryNoDriverCall) {
+  for (int interval : {0, -1}) {
+    Harness h(fake::kFakeImageCache, test_config(interval));
+    const auto out = h.mgr->run_image_cache_pass();
+    EXPECT_EQ(out.kind, TaskOutcome::Kind::skipped);
+    EXPECT_NE(out.message.find("manager_interval"), std::string::npos) << out.message;
+    EXPECT_EQ(h.store.hosts_queries, 0);
+    EXPECT_EQ(h.store.instance_queries, 0);
+    EXPECT_EQ(h.driver->calls().manage_image_cache.load(), 0);
+  }
+}
+
+TEST(ImageCachePass, RunsWithInstancesOfEveryHostSharingThePath) {
+  Harness h(fake::kFakeImageCache);
+  ASSERT_TRUE(h.store.register_host({"host-b", "/shared/instances", 0}).ok());
+  ASSERT_TRUE(h.store.register_host({"host-c", "/elsewhere", 0}).ok());
+  auto add = [&](const std::string& uuid, const std::string& host, bool deleted) {
+    InstanceRecord r;
+    r.uuid = uuid;
+    r.host = host;
+    r.image_id = "img";
+    r.deleted_at = deleted ? 1 : 0;
+    ASSERT_TRUE(h.store.create_instance(r).ok());
+  };
+  add("a1", "host-a", false);
+  add("b1", "host-b", false);
+  add("b2", "host-b", true);   // deleted: not live
+  add("c1", "host-c", false);  // other storage
+  const auto out = h.mgr->run_image_cache_pass();
+  EXPECT_EQ(out.kind, TaskOutcome::Kind::ran) << out.message;
+  EXPECT_EQ(h.store.hosts_queries, 1);
+  EXPECT_EQ(h.store.instance_queries, 1);
+  EXPECT_EQ(h.driver->calls().manage_image_cache.load(), 1);
+  EXPECT_EQ(h.driver->last_image_cache_instances(), 2u);
+}
+
+TEST(Manager, ReadsCapabilitiesOnceAtStart) {
+  CountingStore store;
+  auto d = std::make_unique<CapsCountingDriver>("counting", fake::kFake);
+  auto* drv = d.get();
+  auto m = ComputeManager::create(test_config(), store, std::move(d));
+  ASSERT_TRUE(m.ok());
+  const int reads_at_start = drv->reads;
+  EXPECT_EQ(reads_at_start, 1);
+  auto& mgr = *m.value();
+  auto rec = mgr.boot("vm", "img", 256, 1);
+  ASSERT_TRUE(rec.ok());
+  for (int i = 0; i < 100; ++i) {
+    (void)mgr.run_image_cache_pass();
+    (void)mgr.check(Operation::attach_interface);
+    ASSERT_TRUE(mgr.attach_interface(rec->uuid, {}).ok());
+  }
+  EXPECT_EQ(drv->reads, reads_at_start);
+}
+
+TEST(Manager, RefusesAnOperationUpFrontNamingTheCapability) {
+  Harness h(Capabilities{}, test_config(), "fake_minimal");
+  auto rec = h.mgr->boot("vm", "img", 256, 1);
+  ASSERT_TRUE(rec.ok());
+  auto r = h.mgr->attach_interface(rec->uuid, {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, Errc::capability_not_supported);
+  EXPECT_EQ(r.error().capability, "supports_attach_interface");
+  EXPECT_EQ(r.error().operation, "attach_interface");
+  EXPECT_EQ(r.error().driver, "fake_minimal");
+  EXPECT_NE(r.error().message.find("supports_attach_interface"), std::string::npos);
+  auto d = h.mgr->detach_interface(rec->uuid, "52:54:00:00:00:01");
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.error().capability, "supports_attach_interface");
+  // The driver was never touched.
+  EXPECT_EQ(h.driver->calls().attach_interface.load(), 0);
+  EXPECT_EQ(h.driver->calls().detach_interface.load(), 0);
+}
+
+TEST(Manager, TaggedAttachNeedsItsOwnCapability) {
+  constexpr Capabilities kUntagged{.supports_attach_interface = true};
+  Harness h(kUntagged);
+  auto rec = h.mgr->boot("vm", "img", 256, 1);
+  ASSERT_TRUE(rec.ok());
+  EXPECT_TRUE(h.mgr->attach_interface(rec->uuid, {}).ok());
+  auto r = h.mgr->attach_interface(rec->uuid, {.tag = "nic1"});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().capability, "supports_tagged_attach_interface");
+  EXPECT_EQ(h.driver->calls().attach_interface.load(), 1);
+}
+
+TEST(Manager, AllowedOperationsReachTheDriver) {
+  Harness h(fake::kFake);
+  auto rec = h.mgr->boot("vm", "img", 256, 2);
+  ASSERT_TRUE(rec.ok());
+  EXPECT_EQ(rec->vm_state, "active");
+  auto nic = h.mgr->attach_interface(rec->uuid, {.tag = "nic1"});
+  ASSERT_TRUE(nic.ok()) << nic.error().describe();
+  EXPECT_TRUE(h.mgr->detach_interface(rec->uuid, nic->mac).ok());
+  EXPECT_TRUE(h.mgr->reboot(rec->uuid).ok());
+  EXPECT_TRUE(h.mgr->destroy(rec->uuid).ok());
+  EXPECT_EQ(h.store.get_instance(rec->uuid)->vm_state, "deleted");
+  EXPECT_EQ(h.mgr->reboot("nope").error().code, Errc::not_found);
+}
+
+TEST(Manager, BootBeyondMaxVcpusIsRefused) {
+  Harness h(fake::kFake);
+  auto r = h.mgr->boot("big", "img", 256, 65);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, Errc::invalid_argument);
+  EXPECT_EQ(h.driver->calls().spawn.load(), 0);
+}
+
+TEST(Manager, UnknownDriverNamesItAndListsTheAvailableOnes) {
+  CountingStore store;
+  auto m = ComputeManager::create(test_config(), store, "nosuch");
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.error().code, Errc::driver_load_failed);
+  EXPECT_NE(m.error().message.find("'nosuch'"), std::string::npos);
+  EXPECT_NE(m.error().message.find("fake_imagecache"), std::string::npos);
+}
+
+TEST(Manager, DriverThatFailsToStartIsALoadFailure) {
+  CountingStore store;
+  auto m = ComputeManager::create(test_config(), store, "fake_failing");
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.error().code, Errc::driver_load_failed);
+  EXPECT_NE(m.error().message.find("'fake_failing'"), std::string::npos);
+  EXPECT_NE(m.error().message.find("available drivers"), std::string::npos);
+}
+
+TEST(Manager, ImageCacheTaskIsNotScheduledWithoutTheCapability) {
+  Harness h(fake::kFake);
+  PeriodicTaskRunner runner({});
+  h.mgr->register_periodic_tasks(runner);
+  const auto st = runner.status();
+  ASSERT_EQ(st.size(), 2u);
+  EXPECT_EQ(st[0].name, kImageCacheTask);
+  EXPECT_FALSE(st[0].enabled);
+  EXPECT_NE(st[0].disabled_reason.find("has_imagecache"), std::string::npos);
+  EXPECT_TRUE(st[1].enabled);
+
+  Harness with(fake::kFakeImageCache);
+  PeriodicTaskRunner runner2({});
+  with.mgr->register_periodic_tasks(runner2);
+  EXPECT_TRUE(runner2.status()[0].enabled);
+}
+
+TEST(Manager, PowerSyncMarksLostInstancesWithoutDeletingThem) {
+  Harness h(fake::kFake);
+  auto rec = h.mgr->boot("vm", "img", 256, 1);
+  ASSERT_TRUE(rec.ok());
+  ASSERT_TRUE(h.driver->destroy(rec->uuid).ok());  // the hypervisor lost it
+  const auto out = h.mgr->sync_power_states();
+  EXPECT_EQ(out.kind, TaskOutcome::Kind::ran);
+  auto after = h.store.get_instance(rec->uuid);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->vm_state, "lost");
+  EXPECT_EQ(after->deleted_at, 0);
+}
+
+}  // namespace
+}  // namespace virtcap::compute

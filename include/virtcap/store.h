@@ -20,9 +20,15 @@ class InstanceStore {
   // The live (not deleted) instances of the given hosts.
   virtual Result<std::vector<InstanceRecord>> live_instances_on(const std::vector<std::string>& hosts) = 0;
 
+  // Fails with already_exists if the uuid is taken, or if a live instance of
+  // the same host already has this name.
   virtual Status create_instance(const InstanceRecord& record) = 0;
+  // not_found if there is no such uuid (deleted instances are still found).
   virtual Result<InstanceRecord> get_instance(const std::string& uuid) = 0;
+  // Replaces every field of the record with this uuid; not_found if none.
   virtual Status update_instance(const InstanceRecord& record) = 0;
+  // The instances of `host`, oldest first; deleted ones only if asked.
+  virtual Result<std::vector<InstanceRecord>> list_instances(const std::string& host, bool include_deleted) = 0;
 };
 
 }  // namespace virtcap

@@ -166,8 +166,10 @@ Result<Config> parse(std::string_view text, std::string_view source) {
   Config cfg;
   cfg.source = std::string(source);
   std::optional<Error> failure;
-  for (auto&& [sec_key, sec_node] : root) {
+  for (auto&& sec_entry : root) {
     if (failure) break;
+    const toml::key& sec_key = sec_entry.first;
+    const toml::node& sec_node = sec_entry.second;
     const std::string sec_name(sec_key.str());
     bool known = false;
     for_each_section(cfg, [&](std::string_view name, std::string_view, auto&& visit_options) {
@@ -180,8 +182,10 @@ Result<Config> parse(std::string_view text, std::string_view source) {
                                toml_type_name(sec_node));
         return;
       }
-      for (auto&& [key, node] : *table) {
+      for (auto&& entry : *table) {
         if (failure) return;
+        const toml::key& key = entry.first;
+        const toml::node& node = entry.second;
         const std::string key_name(key.str());
         bool found = false;
         std::vector<std::string> known_keys;

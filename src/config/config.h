@@ -21,6 +21,7 @@ struct any {
   std::optional<std::string> operator()(const T&) const { return std::nullopt; }
 };
 struct range {
+  constexpr range(std::int64_t lo_, std::int64_t hi_) : lo(lo_), hi(hi_) {}
   std::int64_t lo, hi;
   std::string describe() const;
   std::optional<std::string> operator()(std::int64_t v) const;

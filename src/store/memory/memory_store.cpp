@@ -29,6 +29,10 @@ Result<std::vector<InstanceRecord>> MemoryStore::live_instances_on(const std::ve
 
 Status MemoryStore::create_instance(const InstanceRecord& record) {
   std::lock_guard lock(mu_);
+  for (const auto& [uuid, r] : instances_)
+    if (r.deleted_at == 0 && record.deleted_at == 0 && r.host == record.host && r.name == record.name)
+      return make_error(Errc::already_exists, "host " + record.host + " already has a live instance named '" +
+                                                  record.name + "' (" + uuid + ")");
   if (!instances_.emplace(record.uuid, record).second)
     return make_error(Errc::already_exists, "instance " + record.uuid + " is already in the store");
   return {};
@@ -48,6 +52,15 @@ Status MemoryStore::update_instance(const InstanceRecord& record) {
     return make_error(Errc::not_found, "no instance " + record.uuid + " in the store");
   it->second = record;
   return {};
+}
+
+Result<std::vector<InstanceRecord>> MemoryStore::list_instances(const std::string& host, bool include_deleted) {
+  std::lock_guard lock(mu_);
+  std::vector<InstanceRecord> out;
+  for (const auto& [uuid, r] : instances_)
+    if (r.host == host && (include_deleted || r.deleted_at == 0)) out.push_back(r);
+  std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.created_at < b.created_at; });
+  return out;
 }
 
 }  // namespace virtcap::store

@@ -16,6 +16,7 @@ class MemoryStore : public InstanceStore {
   Status create_instance(const InstanceRecord& record) override;
   Result<InstanceRecord> get_instance(const std::string& uuid) override;
   Status update_instance(const InstanceRecord& record) override;
+  Result<std::vector<InstanceRecord>> list_instances(const std::string& host, bool include_deleted) override;
 
  private:
   std::mutex mu_;

@@ -3,6 +3,7 @@
 // need from it, the manager gathers and hands down (manage_image_cache).
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -14,7 +15,6 @@
 namespace virtcap {
 
 enum class PowerState { nostate, running, paused, shutdown, crashed, suspended };
-std::string_view to_string(PowerState s);
 
 struct InstanceSpec {
   std::string uuid;
@@ -45,13 +45,39 @@ struct DriverInstance {
   std::vector<InterfaceInfo> interfaces;
 };
 
-// What manage_image_cache did; the image-cache manager fills in the detail.
+// One file in the base-image directory, as the image-cache pass saw it.
+struct BaseFileReport {
+  std::string name;                // file name in the base directory
+  std::string kind;                // original, resized, temporary, unknown
+  std::string state;               // in_use, unused_young, removable, removed, kept, unknown
+  std::string reason;              // why, in words
+  std::uint64_t bytes = 0;
+  std::int64_t age_seconds = 0;    // since its mtime, at scan time
+  std::int64_t threshold_seconds = 0;
+};
+
+struct UnreadableDisk {
+  std::string path;
+  std::string error;
+};
+
+// What one image-cache pass did (manage_image_cache's answer).
 struct ImageCacheReport {
-  std::size_t instances_considered = 0;
+  bool complete = true;      // false: some disk could not be read, or a removal failed
+  bool dry_run = false;
+  bool removal_enabled = true;
+  std::string base_dir;
+  std::size_t instances_considered = 0;  // live instances handed down by the manager
+  std::size_t instance_dirs = 0;
+  std::size_t disks_read = 0;
+  std::vector<UnreadableDisk> unreadable_disks;
+  std::vector<BaseFileReport> files;
   std::size_t files_removed = 0;
-  std::size_t bytes_freed = 0;
+  std::uint64_t bytes_freed = 0;
+  double duration_seconds = 0;
   std::vector<std::string> notes;
 };
+std::string_view to_string(PowerState s);
 
 class ComputeDriver {
  public:
@@ -69,6 +95,10 @@ class ComputeDriver {
   // Connect to the hypervisor and discover what depends on it.
   virtual Status init_host(const std::string& host) = 0;
 
+  // Non-empty while the hypervisor is unreachable (the driver is
+  // reconnecting); periodic tasks skip with this reason.
+  virtual std::string unavailable_reason() const { return {}; }
+
   virtual Result<std::vector<DriverInstance>> list_instances() = 0;
   virtual Result<DriverInstance> get_instance(const std::string& uuid) = 0;
   virtual Status spawn(const InstanceSpec& spec) = 0;
@@ -80,8 +110,10 @@ class ComputeDriver {
   virtual Status detach_interface(const std::string& uuid, const std::string& mac) = 0;
 
   // Called by the image-cache pass, only when capabilities().has_imagecache.
-  // `instances` are the live instances of every host sharing the instances path.
-  virtual Result<ImageCacheReport> manage_image_cache(const std::vector<InstanceRecord>& instances) = 0;
+  // `instances` are the live instances of every host sharing the instances
+  // path. A dry run decides and reports but changes nothing.
+  virtual Result<ImageCacheReport> manage_image_cache(const std::vector<InstanceRecord>& instances,
+                                                      bool dry_run) = 0;
 };
 
 }  // namespace virtcap

@@ -48,9 +48,10 @@ int print_load_failure(const Error& e) {
 }
 
 int cmd_capabilities(const std::optional<std::string>& config_path, const std::string& driver,
-                     const std::string& format) {
+                     const std::string& uri, const std::string& format) {
   auto cfg = load_config(config_path);
   if (!cfg) return kExitUsage;
+  if (!uri.empty()) cfg->libvirt.uri = uri;
   spdlog::set_level(spdlog::level::warn);  // keep stdout clean for scripts
   store::MemoryStore store;
   auto mgr = compute::ComputeManager::create(*cfg, store, driver);
@@ -67,9 +68,10 @@ int cmd_capabilities(const std::optional<std::string>& config_path, const std::s
 }
 
 
-int cmd_agent(const std::optional<std::string>& config_path, const std::string& driver) {
+int cmd_agent(const std::optional<std::string>& config_path, const std::string& driver, const std::string& uri) {
   auto cfg = load_config(config_path);
   if (!cfg) return kExitUsage;
+  if (!uri.empty()) cfg->libvirt.uri = uri;
   if (cfg->defaults.debug) spdlog::set_level(spdlog::level::debug);
 
   // Block the termination signals in every thread; the main thread waits for
@@ -133,11 +135,12 @@ int main(int argc, char** argv) {
         ->check(CLI::ExistingFile);
   };
 
-  std::string driver, format = "table";
+  std::string driver, uri, format = "table";
   auto* caps_cmd = app.add_subcommand("capabilities", "Load a driver and print its capabilities and traits");
   add_config(caps_cmd);
   caps_cmd->add_option("-d,--driver", driver, "Driver to load (default: [compute] driver). Available: " +
                                                   available_driver_names());
+  caps_cmd->add_option("--uri", uri, "libvirt connection URI (overrides [libvirt] uri), e.g. qemu:///session");
   caps_cmd->add_option("-f,--format", format, "Output format")
       ->check(CLI::IsMember({"table", "json", "markdown"}))
       ->capture_default_str();
@@ -145,6 +148,7 @@ int main(int argc, char** argv) {
   auto* agent_cmd = app.add_subcommand("agent", "Run the compute manager and its periodic tasks until SIGTERM/SIGINT");
   add_config(agent_cmd);
   agent_cmd->add_option("-d,--driver", driver, "Driver to load (default: [compute] driver)");
+  agent_cmd->add_option("--uri", uri, "libvirt connection URI (overrides [libvirt] uri)");
 
   auto* config_cmd = app.add_subcommand("config", "Inspect configuration");
   config_cmd->require_subcommand(1);
@@ -170,8 +174,8 @@ int main(int argc, char** argv) {
     return kExitUsage;
   }
 
-  if (caps_cmd->parsed()) return cmd_capabilities(config_path, driver, format);
-  if (agent_cmd->parsed()) return cmd_agent(config_path, driver);
+  if (caps_cmd->parsed()) return cmd_capabilities(config_path, driver, uri, format);
+  if (agent_cmd->parsed()) return cmd_agent(config_path, driver, uri);
   if (show_cmd->parsed()) return cmd_config_show(config_path);
   if (docs_cmd->parsed()) return cmd_docs(docs_what);
   return kExitUsage;

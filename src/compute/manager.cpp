@@ -2,10 +2,12 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <random>
 #include <set>
 
+#include "imagecache/host_registry.h"
 #include "virtcap/registry.h"
 
 namespace virtcap::compute {
@@ -66,6 +68,9 @@ ComputeManager::ComputeManager(const config::Config& cfg, InstanceStore& store, 
       instances_path_(cfg.instances_path()) {
   if (auto st = store_.register_host({host_, instances_path_, now_seconds()}); !st)
     spdlog::warn("could not register host {} in the instance store: {}", host_, st.error().describe());
+  if (caps_.has_imagecache)
+    if (auto st = imagecache::register_host(instances_path_, host_); !st)
+      spdlog::warn("could not register host {} on the shared storage: {}", host_, st.error().describe());
   spdlog::info("driver '{}' loaded on host '{}'; has_imagecache={}", driver_->name(), host_, caps_.has_imagecache);
 }
 
@@ -141,6 +146,39 @@ Status ComputeManager::detach_interface(const std::string& uuid, const std::stri
   return driver_->detach_interface(uuid, mac);
 }
 
+Result<ImageCacheReport> ComputeManager::image_cache_pass(bool dry_run) {
+  if (auto st = check(Operation::manage_image_cache); !st) return st.error();
+  if (auto why = driver_->unavailable_reason(); !why.empty()) {
+    Error e = make_error(Errc::hypervisor_unavailable, why);
+    e.driver = driver_->name();
+    return e;
+  }
+  auto hosts = store_.hosts_sharing(instances_path_);
+  if (!hosts) return hosts.error();
+  std::vector<std::string> all = hosts.value();
+  if (auto reg = imagecache::registered_hosts(instances_path_); reg) {
+    all.insert(all.end(), reg->begin(), reg->end());
+  } else {
+    return reg.error();  // cannot tell which hosts share the storage: do nothing
+  }
+  all.push_back(host_);
+  std::sort(all.begin(), all.end());
+  all.erase(std::unique(all.begin(), all.end()), all.end());
+  auto instances = store_.live_instances_on(all);
+  if (!instances) return instances.error();
+  auto report = driver_->manage_image_cache(instances.value(), dry_run);
+  if (report) {
+    std::lock_guard lock(report_mu_);
+    last_report_ = report.value();
+  }
+  return report;
+}
+
+std::optional<ImageCacheReport> ComputeManager::last_image_cache_report() const {
+  std::lock_guard lock(report_mu_);
+  return last_report_;
+}
+
 TaskOutcome ComputeManager::run_image_cache_pass() {
   // The seed's point: no store query and no driver call unless the driver
   // wants the pass and the operator has not disabled it.
@@ -150,19 +188,20 @@ TaskOutcome ComputeManager::run_image_cache_pass() {
   if (cfg_.image_cache.manager_interval <= 0)
     return TaskOutcome::skipped("[image_cache] manager_interval is " +
                                 std::to_string(cfg_.image_cache.manager_interval) + " (<= 0 disables the pass)");
-  auto hosts = store_.hosts_sharing(instances_path_);
-  if (!hosts) return TaskOutcome::failed("instance store: " + hosts.error().describe());
-  if (std::find(hosts->begin(), hosts->end(), host_) == hosts->end()) hosts->push_back(host_);
-  auto instances = store_.live_instances_on(hosts.value());
-  if (!instances) return TaskOutcome::failed("instance store: " + instances.error().describe());
-  auto report = driver_->manage_image_cache(instances.value());
+  if (auto why = driver_->unavailable_reason(); !why.empty()) return TaskOutcome::skipped(why);
+  auto report = image_cache_pass(false);
   if (!report) return TaskOutcome::failed(report.error().describe());
-  return TaskOutcome::ran(std::to_string(instances->size()) + " instances on " + std::to_string(hosts->size()) +
-                          " host(s); " + std::to_string(report->files_removed) + " files removed, " +
-                          std::to_string(report->bytes_freed) + " bytes freed");
+  std::string msg = std::to_string(report->instances_considered) + " live instances, " +
+                    std::to_string(report->disks_read) + " disks read; " + std::to_string(report->files_removed) +
+                    " files removed, " + std::to_string(report->bytes_freed) + " bytes freed";
+  if (!report->complete)
+    return TaskOutcome::failed("incomplete pass, nothing unprovable removed: " + msg +
+                               (report->unreadable_disks.empty() ? "" : "; unreadable: " + report->unreadable_disks.front().path));
+  return TaskOutcome::ran(msg);
 }
 
 TaskOutcome ComputeManager::sync_power_states() {
+  if (auto why = driver_->unavailable_reason(); !why.empty()) return TaskOutcome::skipped(why);
   auto on_hv = driver_->list_instances();
   if (!on_hv) return TaskOutcome::failed(on_hv.error().describe());
   auto in_store = store_.live_instances_on({host_});

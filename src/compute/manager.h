@@ -7,6 +7,8 @@
 #include <array>
 #include <atomic>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -68,7 +70,15 @@ class ComputeManager {
   Result<InterfaceInfo> attach_interface(const std::string& uuid, const InterfaceSpec& spec);
   Status detach_interface(const std::string& uuid, const std::string& mac);
 
-  // Periodic task bodies.
+  // One image-cache pass now (CLI, API): refused with
+  // capability_not_supported unless the driver declares has_imagecache.
+  // Gathers the live instances of every host sharing the instances path (the
+  // store's hosts plus those registered on the storage) and hands them down.
+  Result<ImageCacheReport> image_cache_pass(bool dry_run);
+
+  // Periodic task bodies. The image-cache task returns at once, with no store
+  // query and no driver call, without has_imagecache or with
+  // [image_cache] manager_interval <= 0.
   TaskOutcome run_image_cache_pass();
   TaskOutcome sync_power_states();
 
@@ -86,6 +96,14 @@ class ComputeManager {
   Capabilities caps_;  // read once, after init_host
   std::string host_;
   std::string instances_path_;
+
+ public:
+  // The last image-cache pass's report, if any pass ran (for /v1/tasks).
+  std::optional<ImageCacheReport> last_image_cache_report() const;
+
+ private:
+  mutable std::mutex report_mu_;
+  std::optional<ImageCacheReport> last_report_;
 };
 
 }  // namespace virtcap::compute

@@ -153,6 +153,11 @@ std::string Config::instances_path() const {
   return defaults.state_path + "/instances";
 }
 
+std::string Config::images_path() const {
+  if (!images.path.empty()) return images.path;
+  return defaults.state_path + "/images";
+}
+
 std::string Config::base_dir() const { return instances_path() + "/" + image_cache.subdirectory_name; }
 
 Result<Config> parse(std::string_view text, std::string_view source) {

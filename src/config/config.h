@@ -56,7 +56,7 @@ struct non_empty {
   O(bool, debug, false, check::any{}, "Log at debug level.")
 
 #define VIRTCAP_CONFIG_COMPUTE(O)                                                                 \
-  O(std::string, driver, "fake", check::non_empty{},                                              \
+  O(std::string, driver, "libvirt", check::non_empty{},                                           \
     "Virtualization driver to load (see `virtcap capabilities --help` for the list).")
 
 #define VIRTCAP_CONFIG_IMAGE_CACHE(O)                                                             \
@@ -71,12 +71,26 @@ struct non_empty {
   O(int, remove_unused_resized_minimum_age_seconds, 3600, check::range(0, 315360000),             \
     "Minimum age before an unused resized base image is removed.")
 
+#define VIRTCAP_CONFIG_LIBVIRT(O)                                                                 \
+  O(std::string, uri, "test:///default", check::non_empty{},                                      \
+    "libvirt connection URI: test:///default (embedded, no daemon), qemu:///session, qemu:///system.") \
+  O(std::string, network, "", check::any{},                                                       \
+    "libvirt network for instance interfaces. Empty: user-mode networking (no host setup).")      \
+  O(int, reconnect_max_backoff_seconds, 30, check::range(1, 3600),                                \
+    "Longest wait between reconnection attempts after the hypervisor went away.")
+
+#define VIRTCAP_CONFIG_IMAGES(O)                                                                  \
+  O(std::string, path, "", check::abs_path{.allow_empty = true},                                  \
+    "Local image repository: <id>.raw and <id>.qcow2 files. Empty: <state_path>/images.")
+
 // S(member, "toml section name", OPTIONS, "section doc")
 #define VIRTCAP_CONFIG_SECTIONS(S)                                                                \
   S(defaults, "DEFAULT", VIRTCAP_CONFIG_DEFAULT, "Host identity, paths and periodic-task timing.") \
   S(compute, "compute", VIRTCAP_CONFIG_COMPUTE, "The compute manager.")                           \
   S(image_cache, "image_cache", VIRTCAP_CONFIG_IMAGE_CACHE,                                       \
-    "The image-cache pass (only for drivers that declare has_imagecache).")
+    "The image-cache pass (only for drivers that declare has_imagecache).")                      \
+  S(libvirt, "libvirt", VIRTCAP_CONFIG_LIBVIRT, "The libvirt driver.")                            \
+  S(images, "images", VIRTCAP_CONFIG_IMAGES, "Where the libvirt driver finds images to boot.")
 
 #define VIRTCAP_CONFIG_MEMBER_(T, key, def, chk, doc) T key = def;
 #define VIRTCAP_CONFIG_SECTION_(member, name, LIST, doc) \
@@ -93,7 +107,8 @@ struct Config {
   // Effective values, with the documented fallbacks applied.
   std::string host() const;
   std::string instances_path() const;
-  std::string base_dir() const;  // <instances_path>/<subdirectory_name>
+  std::string base_dir() const;     // <instances_path>/<subdirectory_name>
+  std::string images_path() const;  // [images] path, or <state_path>/images
 };
 
 // The conventional config file, used when it exists and no --config is given.

@@ -2,6 +2,7 @@
 
 #include "config/config.h"
 #include "virt/fake/fake_driver.h"
+#include "virt/libvirt/libvirt_driver.h"
 
 namespace virtcap {
 
@@ -15,6 +16,11 @@ struct Entry {
 
 const std::vector<Entry>& entries() {
   static const std::vector<Entry> kEntries = {
+      {{"libvirt", "Real guests through the libvirt C API ([libvirt] uri; default test:///default)",
+        libvirt::kLibvirtStatic, libvirt::kDiscoveryDoc},
+       [](const config::Config& cfg) -> std::unique_ptr<ComputeDriver> {
+         return std::make_unique<libvirt::LibvirtDriver>(cfg);
+       }},
       {{"fake", "In-memory driver, no image cache (for development and tests)", fake::kFake, ""},
        [](const config::Config&) -> std::unique_ptr<ComputeDriver> {
          return std::make_unique<fake::FakeDriver>("fake", fake::kFake);

@@ -88,7 +88,7 @@ TEST(Cli, UnknownDriverExits1NamingItAndListingTheAvailableOnes) {
   auto r = run({"capabilities", "--driver", "nosuch"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("nosuch"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("available drivers: fake"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("available drivers: libvirt, fake"), std::string::npos) << r.err;
   EXPECT_TRUE(r.out.empty());
 }
 
@@ -173,7 +173,7 @@ TEST(Docs, GeneratedDocsAreCurrent) {
     auto r = run({"docs", what});
     ASSERT_EQ(r.exit_code, 0);
     const auto committed = read_file(fs::path(VIRTCAP_SOURCE_DIR) / "docs" / (std::string(what) + ".md"));
-    EXPECT_EQ(committed, r.out) << "docs/" << what << ".md is stale; regenerate it with: build/virtcap docs "
+    EXPECT_TRUE(committed == r.out) << "docs/" << what << ".md is stale; regenerate it with: build/virtcap docs "
                                 << what << " > docs/" << what << ".md";
   }
 }

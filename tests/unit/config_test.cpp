@@ -16,7 +16,9 @@ std::string error_of(std::string_view text) {
 
 TEST(Config, DefaultsMatchTheDocumentedValues) {
   Config c;
-  EXPECT_EQ(c.compute.driver, "fake");
+  EXPECT_EQ(c.compute.driver, "libvirt");
+  EXPECT_EQ(c.libvirt.uri, "test:///default");
+  EXPECT_EQ(c.images_path(), "/var/lib/virtcap/images");
   EXPECT_EQ(c.image_cache.manager_interval, 2400);
   EXPECT_EQ(c.image_cache.subdirectory_name, "_base");
   EXPECT_TRUE(c.image_cache.remove_unused_base_images);

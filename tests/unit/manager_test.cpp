@@ -2,6 +2,7 @@
 
 #include "compute/manager.h"
 #include "store/memory/memory_store.h"
+#include "support/test_support.h"
 #include "virt/fake/fake_driver.h"
 
 namespace virtcap::compute {
@@ -33,10 +34,17 @@ class CapsCountingDriver : public fake::FakeDriver {
   mutable int reads = 0;
 };
 
+// One scratch instances path for the whole test binary.
+const std::string& shared_path() {
+  static const testing::TempDir dir("virtcap-manager");
+  static const std::string path = dir.sub("instances");
+  return path;
+}
+
 config::Config test_config(int interval = 2400) {
   config::Config c;
   c.defaults.host = "host-a";
-  c.defaults.instances_path = "/shared/instances";
+  c.defaults.instances_path = shared_path();
   c.image_cache.manager_interval = interval;
   return c;
 }
@@ -80,7 +88,7 @@ TEST(ImageCachePass, SkippedWhenTheIntervalIsNotPositive_NoStoreQueryNoDriverCal
 
 TEST(ImageCachePass, RunsWithInstancesOfEveryHostSharingThePath) {
   Harness h(fake::kFakeImageCache);
-  ASSERT_TRUE(h.store.register_host({"host-b", "/shared/instances", 0}).ok());
+  ASSERT_TRUE(h.store.register_host({"host-b", shared_path(), 0}).ok());
   ASSERT_TRUE(h.store.register_host({"host-c", "/elsewhere", 0}).ok());
   auto add = [&](const std::string& uuid, const std::string& host, bool deleted) {
     InstanceRecord r;

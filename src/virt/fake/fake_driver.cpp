@@ -89,11 +89,12 @@ Status FakeDriver::detach_interface(const std::string& uuid, const std::string& 
   return {};
 }
 
-Result<ImageCacheReport> FakeDriver::manage_image_cache(const std::vector<InstanceRecord>& instances) {
+Result<ImageCacheReport> FakeDriver::manage_image_cache(const std::vector<InstanceRecord>& instances, bool dry_run) {
   ++calls_.manage_image_cache;
   last_image_cache_instances_ = instances.size();
   ImageCacheReport report;
   report.instances_considered = instances.size();
+  report.dry_run = dry_run;
   report.notes.push_back("fake driver: no image cache to manage");
   return report;
 }

@@ -1,0 +1,39 @@
+// The local image repository: a directory of <image-id>.raw and
+// <image-id>.qcow2 files. An image's format is taken from its own header,
+// never from its name alone.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "virtcap/capabilities.h"
+#include "virtcap/error.h"
+
+namespace virtcap::libvirt {
+
+// ^[A-Za-z0-9._-]{1,128}$, and no "..": checked before any path is built.
+bool valid_image_id(std::string_view id);
+
+struct ImageInfo {
+  std::string id;
+  std::string path;
+  ImageFormat format = ImageFormat::raw;
+  std::uint64_t virtual_size = 0;
+  std::uint64_t file_size = 0;
+};
+
+class ImageRepository {
+ public:
+  explicit ImageRepository(std::string dir) : dir_(std::move(dir)) {}
+  const std::string& dir() const { return dir_; }
+
+  // invalid_argument for a bad id or a corrupt/mislabelled image; not_found
+  // when there is no such image; conflict when both formats exist.
+  Result<ImageInfo> find(std::string_view id) const;
+
+ private:
+  std::string dir_;
+};
+
+}  // namespace virtcap::libvirt

@@ -1,0 +1,379 @@
+#include "virt/libvirt/libvirt_driver.h"
+
+#include <libvirt/virterror.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+
+#include <cctype>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <pugixml.hpp>
+#include <sstream>
+
+#include "common/subprocess.h"
+#include "imagecache/pass.h"
+#include "virt/libvirt/domain_xml.h"
+
+namespace virtcap::libvirt {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// RAII for libvirt objects and strings.
+struct DomainDeleter {
+  void operator()(virDomainPtr d) const { virDomainFree(d); }
+};
+using Domain = std::unique_ptr<virDomain, DomainDeleter>;
+struct CharDeleter {
+  void operator()(char* p) const { std::free(p); }
+};
+using CStr = std::unique_ptr<char, CharDeleter>;
+
+bool valid_uuid(const std::string& u) {
+  if (u.size() != 36) return false;
+  for (std::size_t i = 0; i < u.size(); ++i) {
+    const char c = u[i];
+    if (i == 8 || i == 13 || i == 18 || i == 23) {
+      if (c != '-') return false;
+    } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Translates libvirt's last error after a failed call on an instance.
+Error call_error(const std::string& what, const std::string& uuid) {
+  Error e = last_error(what + " for instance " + uuid);
+  switch (e.backend_code) {
+    case VIR_ERR_NO_DOMAIN: e.code = Errc::not_found; break;
+    case VIR_ERR_OPERATION_INVALID: e.code = Errc::conflict; break;
+    case VIR_ERR_INVALID_ARG:
+    case VIR_ERR_XML_ERROR: e.code = Errc::invalid_argument; break;
+    default: break;
+  }
+  return e;
+}
+
+Result<Domain> lookup(virConnectPtr conn, const std::string& uuid) {
+  if (!valid_uuid(uuid)) return make_error(Errc::invalid_argument, "'" + uuid + "' is not an instance uuid");
+  virDomainPtr d = virDomainLookupByUUIDString(conn, uuid.c_str());
+  if (!d) return call_error("lookup", uuid);
+  return Domain(d);
+}
+
+PowerState power_state(virDomainPtr d) {
+  int state = 0, reason = 0;
+  if (virDomainGetState(d, &state, &reason, 0) < 0) return PowerState::nostate;
+  switch (state) {
+    case VIR_DOMAIN_RUNNING:
+    case VIR_DOMAIN_BLOCKED: return PowerState::running;
+    case VIR_DOMAIN_PAUSED: return PowerState::paused;
+    case VIR_DOMAIN_SHUTDOWN:
+    case VIR_DOMAIN_SHUTOFF: return PowerState::shutdown;
+    case VIR_DOMAIN_CRASHED: return PowerState::crashed;
+    case VIR_DOMAIN_PMSUSPENDED: return PowerState::suspended;
+    default: return PowerState::nostate;
+  }
+}
+
+// Our domains only (they carry virtcap metadata); nullopt for others.
+Result<std::optional<DriverInstance>> describe(virDomainPtr d) {
+  CStr xml(virDomainGetXMLDesc(d, 0));
+  char uuid[VIR_UUID_STRING_BUFLEN] = {};
+  if (!xml || virDomainGetUUIDString(d, uuid) < 0) return last_error("cannot read a domain's definition");
+  auto facts = parse_domain_xml(xml.get());
+  if (!facts) return facts.error();
+  if (!facts->ours) return std::optional<DriverInstance>{};
+  DriverInstance inst;
+  inst.uuid = uuid;
+  inst.name = facts->name;
+  inst.power_state = power_state(d);
+  inst.memory_mb = facts->memory_mb;
+  inst.vcpus = facts->vcpus;
+  inst.interfaces = facts->interfaces;
+  return std::optional<DriverInstance>(std::move(inst));
+}
+
+Status mkdirs(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return make_error(Errc::io_error, "cannot create directory " + dir + ": " + ec.message());
+  return {};
+}
+
+}  // namespace
+
+void apply_domain_capabilities(const std::string& xml, Capabilities& caps) {
+  pugi::xml_document doc;
+  if (!doc.load_string(xml.c_str())) return;
+  auto root = doc.child("domainCapabilities");
+  if (int max = root.child("vcpu").attribute("max").as_int(0); max > 0) caps.max_vcpus = max;
+  for (auto e : root.child("os").child("loader").children("enum"))
+    if (std::string(e.attribute("name").as_string()) == "secure")
+      for (auto v : e.children("value"))
+        if (std::string(v.text().as_string()) == "yes") caps.supports_secure_boot = true;
+  auto tpm = root.child("devices").child("tpm");
+  if (std::string(tpm.attribute("supported").as_string()) == "yes")
+    for (auto e : tpm.children("enum"))
+      if (std::string(e.attribute("name").as_string()) == "backendModel")
+        for (auto v : e.children("value"))
+          if (std::string(v.text().as_string()) == "emulator") caps.supports_vtpm = true;
+}
+
+Capabilities discover(virConnectPtr conn, Capabilities caps) {
+  const char* type = virConnectGetType(conn);  // "TEST", "QEMU", "LXC", "Xen", ...
+  std::string t = type ? type : "";
+  for (auto& ch : t) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  if (t == "QEMU") {
+    caps.supports_attach_interface = true;
+    char* xml = virConnectGetDomainCapabilities(conn, nullptr, nullptr, nullptr, "kvm", 0);
+    caps.virt_type = VirtType::kvm;
+    if (!xml) {
+      virResetLastError();
+      xml = virConnectGetDomainCapabilities(conn, nullptr, nullptr, nullptr, "qemu", 0);
+      caps.virt_type = VirtType::qemu;
+    }
+    if (xml) {
+      apply_domain_capabilities(xml, caps);
+      std::free(xml);
+    } else {
+      virResetLastError();
+    }
+  } else {
+    caps.virt_type = t == "TEST"  ? VirtType::test
+                     : t == "LXC" ? VirtType::lxc
+                     : t == "XEN" ? VirtType::xen
+                                  : VirtType::unknown;
+  }
+  if (caps.max_vcpus == 0) {
+    const int n = virConnectGetMaxVcpus(conn, nullptr);
+    if (n > 0) caps.max_vcpus = n;
+    else virResetLastError();
+  }
+  return caps;
+}
+
+LibvirtDriver::LibvirtDriver(const config::Config& cfg)
+    : cfg_(cfg),
+      conn_(cfg.libvirt.uri, cfg.libvirt.reconnect_max_backoff_seconds),
+      images_(cfg.images_path()),
+      cache_(cfg.instances_path(), cfg.image_cache.subdirectory_name) {}
+
+LibvirtDriver::~LibvirtDriver() = default;
+
+std::string LibvirtDriver::instance_dir(const std::string& uuid) const {
+  return cfg_.instances_path() + "/" + uuid;
+}
+
+std::string LibvirtDriver::domain_type() const {
+  switch (caps_.virt_type) {
+    case VirtType::test: return "test";
+    case VirtType::kvm: return "kvm";
+    default: return "qemu";
+  }
+}
+
+Status LibvirtDriver::init_host(const std::string&) {
+  if (Status st = conn_.open(); !st) return st;
+  auto caps = conn_.with([&](virConnectPtr c) -> Result<Capabilities> { return discover(c, kLibvirtStatic); });
+  if (!caps) return caps.error();
+  caps_ = caps.value();
+  if (Status st = mkdirs(cfg_.instances_path()); !st) return st;
+  spdlog::info("libvirt: connected to '{}' (virt_type={}, max_vcpus={}, attach_interface={})", conn_.uri(),
+               to_string(caps_.virt_type), caps_.max_vcpus, caps_.supports_attach_interface);
+  return {};
+}
+
+std::string LibvirtDriver::unavailable_reason() const {
+  if (conn_.connected()) return {};
+  return "hypervisor at '" + conn_.uri() + "' is unavailable: " + conn_.unavailable_reason();
+}
+
+Result<std::vector<DriverInstance>> LibvirtDriver::list_instances() {
+  return conn_.with([&](virConnectPtr c) -> Result<std::vector<DriverInstance>> {
+    virDomainPtr* doms = nullptr;
+    const int n = virConnectListAllDomains(c, &doms, 0);
+    if (n < 0) return last_error("cannot list domains");
+    std::vector<DriverInstance> out;
+    std::optional<Error> failure;
+    for (int i = 0; i < n; ++i) {
+      Domain d(doms[i]);
+      if (failure) continue;
+      auto inst = describe(d.get());
+      if (!inst) {
+        // A domain that vanished between list and describe is simply gone.
+        if (inst.error().backend_code != VIR_ERR_NO_DOMAIN) failure = inst.error();
+        continue;
+      }
+      if (inst->has_value()) out.push_back(std::move(**inst));
+    }
+    std::free(doms);
+    if (failure) return *failure;
+    return out;
+  });
+}
+
+Result<DriverInstance> LibvirtDriver::get_instance(const std::string& uuid) {
+  return conn_.with([&](virConnectPtr c) -> Result<DriverInstance> {
+    auto d = lookup(c, uuid);
+    if (!d) return d.error();
+    auto inst = describe(d->get());
+    if (!inst) return inst.error();
+    if (!inst->has_value()) return make_error(Errc::not_found, "domain " + uuid + " is not managed by virtcap");
+    return std::move(**inst);
+  });
+}
+
+Status LibvirtDriver::spawn(const InstanceSpec& spec) {
+  if (!valid_uuid(spec.uuid)) return make_error(Errc::invalid_argument, "'" + spec.uuid + "' is not a uuid");
+  if (!conn_.connected()) return make_error(Errc::hypervisor_unavailable, unavailable_reason());
+  auto image = images_.find(spec.image_id);
+  if (!image) return image.error();
+
+  const std::string dir = instance_dir(spec.uuid);
+  const std::string disk = dir + "/disk";
+  bool made_dir = false;
+  // Base fetch, touch and overlay creation under the base file's lock, so the
+  // image-cache pass cannot remove the base before the overlay uses it.
+  auto base = imagecache::with_base(cache_, spec.image_id, image->path, [&](const imagecache::EnsureOutcome& b) -> Status {
+    if (::mkdir(dir.c_str(), 0755) != 0) {
+      const int err = errno;
+      return make_error(err == EEXIST ? Errc::already_exists : Errc::io_error,
+                        "cannot create instance directory " + dir + ": " + std::strerror(err));
+    }
+    made_dir = true;
+    auto r = proc::run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", std::string(to_string(image->format)), "-b",
+                        b.base_path, disk});
+    if (!r) return r.error();
+    if (r->exit_code != 0)
+      return make_error(Errc::io_error, "qemu-img create of " + disk + " failed: " + r->err);
+    return {};
+  });
+  auto rollback_dir = [&] {
+    if (made_dir) {
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+    }
+  };
+  if (!base) {
+    rollback_dir();
+    return base.error();
+  }
+  if (base->fetched) spdlog::info("libvirt: fetched image {} into {} ({} bytes)", spec.image_id, base->base_path, base->bytes);
+
+  DomainParams p;
+  p.uuid = spec.uuid;
+  p.name = spec.name;
+  p.image_id = spec.image_id;
+  p.domain_type = domain_type();
+  p.memory_mb = spec.memory_mb;
+  p.vcpus = spec.vcpus;
+  p.disk_path = disk;
+  p.console_log = dir + "/console.log";
+  p.network = cfg_.libvirt.network;
+  p.mac = random_mac();
+  const std::string xml = domain_xml(p);
+  Status started = conn_.with([&](virConnectPtr c) -> Status {
+    Domain d(virDomainDefineXML(c, xml.c_str()));
+    if (!d) return call_error("define", spec.uuid);
+    if (virDomainCreate(d.get()) < 0) {
+      Error e = call_error("start", spec.uuid);
+      if (virDomainUndefine(d.get()) < 0) virResetLastError();
+      return e;
+    }
+    return {};
+  });
+  if (!started) rollback_dir();
+  return started;
+}
+
+Status LibvirtDriver::destroy(const std::string& uuid) {
+  Status st = conn_.with([&](virConnectPtr c) -> Status {
+    auto d = lookup(c, uuid);
+    if (!d) return d.error().code == Errc::not_found ? Status{} : Status{d.error()};
+    if (virDomainIsActive(d->get()) == 1 && virDomainDestroy(d->get()) < 0) {
+      Error e = call_error("destroy", uuid);
+      if (e.code != Errc::conflict) return e;  // already stopped in between
+      virResetLastError();
+    }
+    if (virDomainIsPersistent(d->get()) == 1 && virDomainUndefineFlags(d->get(), VIR_DOMAIN_UNDEFINE_NVRAM) < 0 &&
+        virDomainUndefine(d->get()) < 0)
+      return call_error("undefine", uuid);
+    return {};
+  });
+  if (!st) return st;  // keep the disk while the domain may still exist
+  if (valid_uuid(uuid)) {
+    std::error_code ec;
+    fs::remove_all(instance_dir(uuid), ec);
+    if (ec) return make_error(Errc::io_error, "cannot remove " + instance_dir(uuid) + ": " + ec.message());
+  }
+  return {};
+}
+
+Status LibvirtDriver::reboot(const std::string& uuid) {
+  return conn_.with([&](virConnectPtr c) -> Status {
+    auto d = lookup(c, uuid);
+    if (!d) return d.error();
+    if (virDomainIsActive(d->get()) != 1)
+      return make_error(Errc::conflict, "instance " + uuid + " is not running; start it before rebooting");
+    if (virDomainReboot(d->get(), 0) < 0) {
+      virResetLastError();
+      if (virDomainReset(d->get(), 0) < 0) return call_error("reboot", uuid);
+    }
+    return {};
+  });
+}
+
+Result<InterfaceInfo> LibvirtDriver::attach_interface(const std::string& uuid, const InterfaceSpec& spec) {
+  return conn_.with([&](virConnectPtr c) -> Result<InterfaceInfo> {
+    auto d = lookup(c, uuid);
+    if (!d) return d.error();
+    InterfaceInfo info{spec.mac.empty() ? random_mac() : spec.mac,
+                       spec.network.empty() ? cfg_.libvirt.network : spec.network, spec.tag};
+    const std::string xml = interface_xml(info.mac, info.network);
+    unsigned flags = VIR_DOMAIN_AFFECT_LIVE;
+    if (virDomainIsPersistent(d->get()) == 1) flags |= VIR_DOMAIN_AFFECT_CONFIG;
+    if (virDomainAttachDeviceFlags(d->get(), xml.c_str(), flags) < 0) return call_error("attach interface", uuid);
+    return info;
+  });
+}
+
+Status LibvirtDriver::detach_interface(const std::string& uuid, const std::string& mac) {
+  return conn_.with([&](virConnectPtr c) -> Status {
+    auto d = lookup(c, uuid);
+    if (!d) return d.error();
+    CStr xml(virDomainGetXMLDesc(d->get(), 0));
+    if (!xml) return call_error("read definition", uuid);
+    pugi::xml_document doc;
+    doc.load_string(xml.get());
+    for (auto iface : doc.child("domain").child("devices").children("interface")) {
+      if (std::string(iface.child("mac").attribute("address").as_string()) != mac) continue;
+      std::ostringstream os;
+      iface.print(os, "", pugi::format_raw);
+      unsigned flags = VIR_DOMAIN_AFFECT_LIVE;
+      if (virDomainIsPersistent(d->get()) == 1) flags |= VIR_DOMAIN_AFFECT_CONFIG;
+      if (virDomainDetachDeviceFlags(d->get(), os.str().c_str(), flags) < 0)
+        return call_error("detach interface", uuid);
+      return {};
+    }
+    return make_error(Errc::not_found, "instance " + uuid + " has no interface with MAC " + mac);
+  });
+}
+
+Result<ImageCacheReport> LibvirtDriver::manage_image_cache(const std::vector<InstanceRecord>& instances,
+                                                           bool dry_run) {
+  imagecache::PassOptions opts;
+  opts.instances_path = cfg_.instances_path();
+  opts.subdirectory_name = cfg_.image_cache.subdirectory_name;
+  opts.remove_unused = cfg_.image_cache.remove_unused_base_images;
+  opts.original_min_age_seconds = cfg_.image_cache.remove_unused_original_minimum_age_seconds;
+  opts.resized_min_age_seconds = cfg_.image_cache.remove_unused_resized_minimum_age_seconds;
+  opts.dry_run = dry_run;
+  return imagecache::run_pass(opts, instances);
+}
+
+}  // namespace virtcap::libvirt

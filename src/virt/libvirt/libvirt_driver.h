@@ -1,0 +1,78 @@
+// The libvirt driver: real guests through the libvirt C API.
+//
+// Capabilities are partly static (what this driver always does: it keeps an
+// image cache) and partly discovered at init_host from the connected
+// hypervisor (see discover()). The test driver (test:///default) and QEMU
+// (qemu:///session, qemu:///system) therefore report different values, each
+// true to what that hypervisor really does.
+#pragma once
+
+#include <memory>
+#include <mutex>
+
+#include "config/config.h"
+#include "imagecache/base_cache.h"
+#include "virt/libvirt/connection.h"
+#include "virt/libvirt/image_repo.h"
+#include "virtcap/driver.h"
+
+namespace virtcap::libvirt {
+
+// What this driver declares whatever it is connected to.
+inline constexpr Capabilities kLibvirtStatic{
+    .has_imagecache = true,
+    .image_formats = {ImageFormat::raw, ImageFormat::qcow2},
+};
+
+// How the discovered capabilities are found (also shown in docs/capabilities.md).
+inline constexpr const char* kDiscoveryDoc =
+    "Discovered at `init_host` from the connected hypervisor: `virt_type` from "
+    "virConnectGetType (`TEST` → test; `QEMU` → kvm when "
+    "virConnectGetDomainCapabilities answers for virt type kvm, else qemu); "
+    "`max_vcpus` from the domain capabilities' `<vcpu max>` (QEMU) or "
+    "virConnectGetMaxVcpus (others); `supports_attach_interface` is true on "
+    "QEMU/KVM, where libvirt hot-plugs devices into a running guest, and false "
+    "on the test driver, which implements no device attach; "
+    "`supports_secure_boot` when the domain capabilities list a loader with "
+    "`secure=yes`; `supports_vtpm` when they list a TPM with the `emulator` "
+    "backend. The test driver has no domain capabilities, so those stay false.";
+
+// The discovery itself, on an open connection. Exposed for tests.
+Capabilities discover(virConnectPtr conn, Capabilities base);
+// The part of discovery that reads domain-capabilities XML.
+void apply_domain_capabilities(const std::string& xml, Capabilities& caps);
+
+class LibvirtDriver : public ComputeDriver {
+ public:
+  explicit LibvirtDriver(const config::Config& cfg);
+  ~LibvirtDriver() override;
+
+  std::string_view name() const override { return "libvirt"; }
+  const Capabilities& capabilities() const override { return caps_; }
+  Status init_host(const std::string& host) override;
+  std::string unavailable_reason() const override;
+
+  Result<std::vector<DriverInstance>> list_instances() override;
+  Result<DriverInstance> get_instance(const std::string& uuid) override;
+  Status spawn(const InstanceSpec& spec) override;
+  Status destroy(const std::string& uuid) override;
+  Status reboot(const std::string& uuid) override;
+  Result<InterfaceInfo> attach_interface(const std::string& uuid, const InterfaceSpec& spec) override;
+  Status detach_interface(const std::string& uuid, const std::string& mac) override;
+  Result<ImageCacheReport> manage_image_cache(const std::vector<InstanceRecord>& instances, bool dry_run) override;
+
+  const std::string& uri() const { return conn_.uri(); }
+  Connection& connection() { return conn_; }
+  std::string instance_dir(const std::string& uuid) const;
+
+ private:
+  std::string domain_type() const;
+
+  config::Config cfg_;
+  Capabilities caps_ = kLibvirtStatic;
+  Connection conn_;
+  ImageRepository images_;
+  imagecache::BaseCache cache_;
+};
+
+}  // namespace virtcap::libvirt

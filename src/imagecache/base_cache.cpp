@@ -1,0 +1,159 @@
+#include "imagecache/base_cache.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include "common/sha1.h"
+
+namespace virtcap::imagecache {
+
+namespace {
+
+Error io_error(const std::string& what, int err) {
+  return make_error(Errc::io_error, what + ": " + std::strerror(err));
+}
+
+class Fd {
+ public:
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+  int release() {
+    int f = fd_;
+    fd_ = -1;
+    return f;
+  }
+
+ private:
+  int fd_;
+};
+
+Status fsync_dir(const std::string& dir) {
+  Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (fd.get() < 0) return io_error("cannot open directory " + dir, errno);
+  if (::fsync(fd.get()) != 0) return io_error("cannot fsync directory " + dir, errno);
+  return {};
+}
+
+Status make_dirs(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return make_error(Errc::io_error, "cannot create directory " + dir + ": " + ec.message());
+  return {};
+}
+
+std::string random_suffix() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  static constexpr char kChars[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+  std::string s;
+  for (int i = 0; i < 10; ++i) s += kChars[rng() % (sizeof kChars - 1)];
+  return s;
+}
+
+}  // namespace
+
+std::string BaseCache::base_name(std::string_view image_id) { return sha1_hex(image_id); }
+
+std::string BaseCache::lock_path(std::string_view base_file_name) const {
+  return lock_dir() + "/" + std::string(base_file_name) + ".lock";
+}
+
+Result<BaseFileLock> BaseFileLock::acquire(const BaseCache& cache, std::string_view base_file_name) {
+  if (Status st = make_dirs(cache.lock_dir()); !st) return st.error();
+  const std::string path = cache.lock_path(base_file_name);
+  Fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (fd.get() < 0) return io_error("cannot open lock file " + path, errno);
+  int rc;
+  do {
+    rc = ::flock(fd.get(), LOCK_EX);
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0) return io_error("cannot lock " + path, errno);
+  return BaseFileLock(fd.release());
+}
+
+BaseFileLock::~BaseFileLock() {
+  if (fd_ >= 0) ::close(fd_);  // closing releases the flock
+}
+
+Status touch(const std::string& path) {
+  if (::utimensat(AT_FDCWD, path.c_str(), nullptr, 0) != 0) return io_error("cannot touch " + path, errno);
+  return {};
+}
+
+Result<std::uint64_t> copy_file_synced(const std::string& src, const std::string& dst) {
+  Fd in(::open(src.c_str(), O_RDONLY | O_CLOEXEC));
+  if (in.get() < 0) return io_error("cannot open image " + src, errno);
+  struct stat st {};
+  if (::fstat(in.get(), &st) != 0) return io_error("cannot stat image " + src, errno);
+  Fd out(::open(dst.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (out.get() < 0) return io_error("cannot create " + dst, errno);
+  std::uint64_t copied = 0;
+  const auto total = static_cast<std::uint64_t>(st.st_size);
+  while (copied < total) {
+    ssize_t n = ::copy_file_range(in.get(), nullptr, out.get(), nullptr, total - copied, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL)) {
+      // Fallback: a plain read/write loop.
+      char buf[1 << 16];
+      ssize_t r = ::pread(in.get(), buf, sizeof buf, static_cast<off_t>(copied));
+      if (r < 0) return io_error("cannot read " + src, errno);
+      if (r == 0) break;
+      for (ssize_t w = 0; w < r;) {
+        ssize_t k = ::pwrite(out.get(), buf + w, static_cast<std::size_t>(r - w), static_cast<off_t>(copied + w));
+        if (k < 0) return io_error("cannot write " + dst, errno);
+        w += k;
+      }
+      copied += static_cast<std::uint64_t>(r);
+      continue;
+    }
+    if (n < 0) return io_error("cannot copy " + src + " to " + dst, errno);
+    if (n == 0) break;  // the source shrank under us
+    copied += static_cast<std::uint64_t>(n);
+  }
+  if (copied != total)
+    return make_error(Errc::io_error, "image " + src + " changed size while being copied; try again");
+  if (::fsync(out.get()) != 0) return io_error("cannot fsync " + dst, errno);
+  return copied;
+}
+
+Result<EnsureOutcome> ensure_base_locked(const BaseCache& cache, std::string_view image_id,
+                                         const std::string& source) {
+  EnsureOutcome out;
+  out.base_path = cache.base_path(image_id);
+  struct stat st {};
+  if (::stat(out.base_path.c_str(), &st) == 0) {
+    out.bytes = static_cast<std::uint64_t>(st.st_size);
+  } else {
+    if (errno != ENOENT) return io_error("cannot stat base file " + out.base_path, errno);
+    if (Status s = make_dirs(cache.base_dir); !s) return s.error();
+    const std::string tmp = out.base_path + std::string(kTempMarker) + random_suffix();
+    auto copied = copy_file_synced(source, tmp);
+    if (!copied) {
+      ::unlink(tmp.c_str());
+      return copied.error();
+    }
+    if (::rename(tmp.c_str(), out.base_path.c_str()) != 0) {
+      const int err = errno;
+      ::unlink(tmp.c_str());
+      return io_error("cannot rename " + tmp + " to " + out.base_path, err);
+    }
+    if (Status s = fsync_dir(cache.base_dir); !s) return s.error();
+    out.fetched = true;
+    out.bytes = copied.value();
+  }
+  if (Status s = touch(out.base_path); !s) return s.error();
+  return out;
+}
+
+}  // namespace virtcap::imagecache

@@ -1,0 +1,81 @@
+// The base-image cache shared by spawn and the image-cache pass:
+//   <instances_path>/<subdirectory_name>/<sha1-hex of image id>   the base file
+//   <instances_path>/<subdirectory_name>/<sha1>.tmp-<random>      a fetch in progress
+//   <instances_path>/locks/<base file name>.lock                  its lock
+// Every change to a base file - fetch, touch, removal - happens under an
+// exclusive flock on its lock file, so the image-cache pass can never remove a
+// base file between a spawn's check and the overlay that starts using it.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "virtcap/error.h"
+
+namespace virtcap::imagecache {
+
+inline constexpr std::string_view kTempMarker = ".tmp-";
+inline constexpr std::string_view kLockDirName = "locks";
+
+struct BaseCache {
+  std::string instances_path;
+  std::string base_dir;  // <instances_path>/<subdirectory_name>
+
+  BaseCache(std::string instances_path_, const std::string& subdirectory_name)
+      : instances_path(std::move(instances_path_)), base_dir(instances_path + "/" + subdirectory_name) {}
+
+  static std::string base_name(std::string_view image_id);  // sha1 hex
+  std::string base_path(std::string_view image_id) const { return base_dir + "/" + base_name(image_id); }
+  std::string lock_dir() const { return instances_path + "/" + std::string(kLockDirName); }
+  // The lock of a base file, by its file name (resized variants included).
+  std::string lock_path(std::string_view base_file_name) const;
+};
+
+// An exclusive flock on a base file's lock file, released on destruction.
+class BaseFileLock {
+ public:
+  // Blocks until the lock is held. Creates the lock directory if needed.
+  static Result<BaseFileLock> acquire(const BaseCache& cache, std::string_view base_file_name);
+  BaseFileLock(BaseFileLock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  BaseFileLock& operator=(BaseFileLock&&) = delete;
+  BaseFileLock(const BaseFileLock&) = delete;
+  ~BaseFileLock();
+
+ private:
+  explicit BaseFileLock(int fd) : fd_(fd) {}
+  int fd_ = -1;
+};
+
+struct EnsureOutcome {
+  std::string base_path;
+  bool fetched = false;  // false: it was already cached
+  std::uint64_t bytes = 0;
+};
+
+// With the base file's lock held: fetches `source` into the cache if it is
+// missing (copy to a temporary name, fsync, rename, fsync the directory),
+// touches its mtime, and returns. The caller passes `under_lock` to do more
+// while the lock is held (spawn creates its overlay there).
+template <class F>
+Result<EnsureOutcome> with_base(const BaseCache& cache, std::string_view image_id, const std::string& source,
+                                F&& under_lock);
+
+// The pieces with_base is made of, for callers that hold the lock themselves.
+Result<EnsureOutcome> ensure_base_locked(const BaseCache& cache, std::string_view image_id,
+                                         const std::string& source);
+Status touch(const std::string& path);
+// Copies src to dst (which must not exist) with copy_file_range, then fsyncs dst.
+Result<std::uint64_t> copy_file_synced(const std::string& src, const std::string& dst);
+
+template <class F>
+Result<EnsureOutcome> with_base(const BaseCache& cache, std::string_view image_id, const std::string& source,
+                                F&& under_lock) {
+  auto lock = BaseFileLock::acquire(cache, BaseCache::base_name(image_id));
+  if (!lock) return lock.error();
+  auto out = ensure_base_locked(cache, image_id, source);
+  if (!out) return out;
+  if (Status st = under_lock(out.value()); !st) return st.error();
+  return out;
+}
+
+}  // namespace virtcap::imagecache

@@ -1,0 +1,265 @@
+// The libvirt driver against libvirt's real test driver (in-process, no
+// daemon), with real qcow2 files from qemu-img.
+#include <gtest/gtest.h>
+
+#include "common/sha1.h"
+#include "compute/manager.h"
+#include "store/memory/memory_store.h"
+#include "support/test_support.h"
+#include "virt/libvirt/domain_xml.h"
+#include "virt/libvirt/libvirt_driver.h"
+
+namespace virtcap::libvirt {
+namespace {
+
+using testing::TempDir;
+
+constexpr const char* kUuidA = "11111111-2222-4333-8444-555555555555";
+constexpr const char* kUuidB = "11111111-2222-4333-8444-666666666666";
+
+struct Fixture {
+  TempDir dir{"virtcap-libvirt"};
+  config::Config cfg;
+  std::unique_ptr<LibvirtDriver> driver;
+
+  explicit Fixture(bool own_node = true) {
+    cfg.defaults.state_path = dir.str();
+    cfg.defaults.host = "host-a";
+    cfg.libvirt.uri = own_node ? "test://" + testing::write_test_node(dir) : "test:///default";
+    std::filesystem::create_directories(cfg.images_path());
+    driver = std::make_unique<LibvirtDriver>(cfg);
+    EXPECT_TRUE(driver->init_host("host-a").ok());
+  }
+  std::string image(const std::string& name) const { return cfg.images_path() + "/" + name; }
+  std::string base_of(const std::string& id) const { return cfg.base_dir() + "/" + sha1_hex(id); }
+};
+
+TEST(LibvirtDiscovery, TestDriverHasNoAttachAndNoDomainCapabilities) {
+  Fixture f(false);
+  const auto& c = f.driver->capabilities();
+  EXPECT_TRUE(c.has_imagecache);  // static
+  EXPECT_EQ(c.image_formats, (ImageFormats{ImageFormat::raw, ImageFormat::qcow2}));
+  EXPECT_EQ(c.virt_type, VirtType::test);
+  EXPECT_FALSE(c.supports_attach_interface);
+  EXPECT_FALSE(c.supports_secure_boot);
+  EXPECT_FALSE(c.supports_vtpm);
+  EXPECT_GT(c.max_vcpus, 0);
+}
+
+TEST(LibvirtDiscovery, DomainCapabilitiesXmlDrivesSecureBootVtpmAndVcpus) {
+  Capabilities caps = kLibvirtStatic;
+  apply_domain_capabilities(R"(<domainCapabilities>
+    <path>/usr/bin/qemu-system-x86_64</path><domain>qemu</domain>
+    <vcpu max='255'/>
+    <os supported='yes'><loader supported='yes'>
+      <enum name='type'><value>rom</value><value>pflash</value></enum>
+      <enum name='secure'><value>yes</value><value>no</value></enum>
+    </loader></os>
+    <devices><tpm supported='yes'>
+      <enum name='model'><value>tpm-tis</value></enum>
+      <enum name='backendModel'><value>passthrough</value><value>emulator</value></enum>
+    </tpm></devices></domainCapabilities>)",
+                            caps);
+  EXPECT_EQ(caps.max_vcpus, 255);
+  EXPECT_TRUE(caps.supports_secure_boot);
+  EXPECT_TRUE(caps.supports_vtpm);
+
+  Capabilities plain = kLibvirtStatic;
+  apply_domain_capabilities(R"(<domainCapabilities><vcpu max='8'/>
+    <os supported='yes'><loader supported='yes'><enum name='secure'><value>no</value></enum></loader></os>
+    <devices><tpm supported='yes'><enum name='backendModel'><value>passthrough</value></enum></tpm></devices>
+    </domainCapabilities>)",
+                            plain);
+  EXPECT_FALSE(plain.supports_secure_boot);
+  EXPECT_FALSE(plain.supports_vtpm);
+}
+
+TEST(LibvirtDriver, UnreachableUriIsAClearStartupError) {
+  TempDir dir;
+  config::Config cfg;
+  cfg.defaults.state_path = dir.str();
+  cfg.libvirt.uri = "test:///nonexistent/node.xml";
+  LibvirtDriver d(cfg);
+  auto st = d.init_host("h");
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code, Errc::hypervisor_unavailable);
+  EXPECT_NE(st.error().message.find("test:///nonexistent/node.xml"), std::string::npos) << st.error().message;
+}
+
+TEST(LibvirtDriver, SpawnMakesAQcow2OverlayOnTheSha1NamedBase) {
+  Fixture f;
+  testing::make_raw_image(f.image("cirros.raw"), "10M");
+  ASSERT_TRUE(f.driver->spawn({kUuidA, "web-1", "cirros", 128, 1}).ok());
+
+  const std::string disk = f.driver->instance_dir(kUuidA) + "/disk";
+  const auto info = testing::qemu_img_info(disk);
+  EXPECT_EQ(info.at("format"), "qcow2");
+  EXPECT_EQ(info.at("backing-filename"), f.base_of("cirros"));
+  EXPECT_EQ(info.at("backing-filename-format"), "raw");
+  EXPECT_EQ(info.at("virtual-size"), 10 * 1024 * 1024);
+  testing::must_run({"qemu-img", "check", "--force-share", disk});
+  EXPECT_EQ(testing::read_file(f.base_of("cirros")), testing::read_file(f.image("cirros.raw")));
+
+  auto inst = f.driver->get_instance(kUuidA);
+  ASSERT_TRUE(inst.ok()) << inst.error().describe();
+  EXPECT_EQ(inst->name, "web-1");
+  EXPECT_EQ(inst->power_state, PowerState::running);
+  EXPECT_EQ(inst->memory_mb, 128);
+  ASSERT_EQ(inst->interfaces.size(), 1u);
+  auto all = f.driver->list_instances();
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 1u);  // only virtcap's domains
+}
+
+TEST(LibvirtDriver, Qcow2ImagesAreBackedAsQcow2AndTheBaseIsSharedAndTouched) {
+  Fixture f;
+  testing::make_qcow2_image(f.image("ubuntu.qcow2"), "20M");
+  ASSERT_TRUE(f.driver->spawn({kUuidA, "a", "ubuntu", 128, 1}).ok());
+  const auto base = f.base_of("ubuntu");
+  testing::set_mtime(base, 1000000000);
+  ASSERT_TRUE(f.driver->spawn({kUuidB, "b", "ubuntu", 128, 1}).ok());
+  EXPECT_GT(testing::mtime_ns(base), std::int64_t{1000000000} * 1000000000) << "spawn touches the base";
+  for (const char* u : {kUuidA, kUuidB}) {
+    const auto info = testing::qemu_img_info(f.driver->instance_dir(u) + "/disk");
+    EXPECT_EQ(info.at("backing-filename"), base);
+    EXPECT_EQ(info.at("backing-filename-format"), "qcow2");
+  }
+  EXPECT_EQ(testing::tree(f.cfg.base_dir()), std::vector<std::string>{sha1_hex("ubuntu")});
+}
+
+TEST(LibvirtDriver, DestroyRemovesDomainAndInstanceDirButKeepsTheBase) {
+  Fixture f;
+  testing::make_raw_image(f.image("img.raw"));
+  ASSERT_TRUE(f.driver->spawn({kUuidA, "a", "img", 64, 1}).ok());
+  ASSERT_TRUE(f.driver->destroy(kUuidA).ok());
+  EXPECT_FALSE(std::filesystem::exists(f.driver->instance_dir(kUuidA)));
+  EXPECT_TRUE(std::filesystem::exists(f.base_of("img")));
+  EXPECT_EQ(f.driver->get_instance(kUuidA).error().code, Errc::not_found);
+  EXPECT_TRUE(f.driver->destroy(kUuidA).ok()) << "destroying what is gone succeeds";
+}
+
+TEST(LibvirtDriver, RebootRunningAndUnknown) {
+  Fixture f;
+  testing::make_raw_image(f.image("img.raw"));
+  ASSERT_TRUE(f.driver->spawn({kUuidA, "a", "img", 64, 1}).ok());
+  EXPECT_TRUE(f.driver->reboot(kUuidA).ok());
+  EXPECT_EQ(f.driver->get_instance(kUuidA)->power_state, PowerState::running);
+  EXPECT_EQ(f.driver->reboot(kUuidB).error().code, Errc::not_found);
+  EXPECT_EQ(f.driver->reboot("../../etc").error().code, Errc::invalid_argument);
+}
+
+TEST(LibvirtDriver, BadImagesAreRefusedAndNothingIsLost) {
+  Fixture f;
+  testing::make_raw_image(f.image("good.raw"));
+  ASSERT_TRUE(f.driver->spawn({kUuidA, "keep", "good", 64, 1}).ok());
+  const auto before = testing::tree(f.cfg.instances_path());
+
+  // Truncated qcow2, garbage named .qcow2, qcow2 named .raw, empty raw, odd-sized raw.
+  testing::make_qcow2_image(f.image("full.qcow2"));
+  f.dir.write("images/truncated.qcow2", testing::read_file(f.image("full.qcow2")).substr(0, 50));
+  f.dir.write("images/garbage.qcow2", std::string(4096, 'x'));
+  f.dir.write("images/liar.raw", testing::read_file(f.image("full.qcow2")));
+  f.dir.write("images/empty.raw", "");
+  f.dir.write("images/odd.raw", std::string(1000, '\0'));
+  testing::make_qcow2_image(f.image("layered.qcow2"));
+  testing::must_run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", f.image("layered.qcow2"),
+                     f.image("overlay.qcow2")});
+  struct Case {
+    const char* id;
+    Errc code;
+    const char* says;
+  };
+  for (const Case& c : {Case{"missing", Errc::not_found, "not found"},
+                        Case{"../etc/passwd", Errc::invalid_argument, "invalid"},
+                        Case{"..", Errc::invalid_argument, "invalid"},
+                        Case{"a/b", Errc::invalid_argument, "invalid"},
+                        Case{"truncated", Errc::invalid_argument, "corrupt"},
+                        Case{"garbage", Errc::invalid_argument, "no qcow2 header"},
+                        Case{"liar", Errc::invalid_argument, "named .raw but is a qcow2"},
+                        Case{"empty", Errc::invalid_argument, "empty"},
+                        Case{"odd", Errc::invalid_argument, "multiple of 512"},
+                        Case{"overlay", Errc::invalid_argument, "backing file"}}) {
+    auto st = f.driver->spawn({kUuidB, "new", c.id, 64, 1});
+    ASSERT_FALSE(st.ok()) << c.id;
+    EXPECT_EQ(st.error().code, c.code) << c.id << ": " << st.error().message;
+    EXPECT_NE(st.error().message.find(c.says), std::string::npos) << c.id << ": " << st.error().message;
+    EXPECT_EQ(testing::tree(f.cfg.instances_path()), before) << c.id;
+  }
+  EXPECT_EQ(f.driver->get_instance(kUuidA)->power_state, PowerState::running);
+}
+
+TEST(LibvirtDriver, AFailedDefineRollsBackTheInstanceDirAndKeepsTheBase) {
+  Fixture f;
+  testing::make_raw_image(f.image("img.raw"));
+  ASSERT_TRUE(f.driver->spawn({kUuidA, "a", "img", 64, 1}).ok());
+  const auto before = testing::tree(f.cfg.instances_path());
+  // A foreign domain already holds kUuidB: the overlay is made, then the
+  // define is refused, and the step's leftovers are removed - but not the
+  // foreign domain, nor the base.
+  auto defined = f.driver->connection().with([](virConnectPtr c) -> Status {
+    const std::string xml = std::string("<domain type='test'><name>foreign</name><uuid>") + kUuidB +
+                            "</uuid><memory>65536</memory><os><type>hvm</type></os></domain>";
+    virDomainPtr d = virDomainDefineXML(c, xml.c_str());
+    if (!d) return make_error(Errc::driver_error, "define failed");
+    virDomainFree(d);
+    return {};
+  });
+  ASSERT_TRUE(defined.ok());
+  auto st = f.driver->spawn({kUuidB, "b", "img", 64, 1});
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.error().message.find("define"), std::string::npos) << st.error().message;
+  EXPECT_EQ(testing::tree(f.cfg.instances_path()), before) << st.error().message;
+  EXPECT_TRUE(std::filesystem::exists(f.base_of("img")));
+  auto foreign = f.driver->connection().with([](virConnectPtr c) -> Status {
+    virDomainPtr d = virDomainLookupByUUIDString(c, kUuidB);
+    if (!d) return make_error(Errc::not_found, "gone");
+    virDomainFree(d);
+    return {};
+  });
+  EXPECT_TRUE(foreign.ok()) << "the foreign domain is untouched";
+}
+
+TEST(LibvirtDriver, NodeFilesGiveEachConnectionItsOwnState) {
+  Fixture a, b;
+  testing::make_raw_image(a.image("img.raw"));
+  ASSERT_TRUE(a.driver->spawn({kUuidA, "a", "img", 64, 1}).ok());
+  EXPECT_EQ(a.driver->list_instances()->size(), 1u);
+  EXPECT_EQ(b.driver->list_instances()->size(), 0u);
+}
+
+TEST(LibvirtDriver, ManagerRefusesAttachOnTheTestDriverUpFront) {
+  TempDir dir;
+  config::Config cfg;
+  cfg.defaults.state_path = dir.str();
+  cfg.libvirt.uri = "test://" + testing::write_test_node(dir);
+  std::filesystem::create_directories(cfg.images_path());
+  testing::make_raw_image(cfg.images_path() + "/img.raw");
+  store::MemoryStore store;
+  auto mgr = compute::ComputeManager::create(cfg, store, "libvirt");
+  ASSERT_TRUE(mgr.ok()) << mgr.error().message;
+  EXPECT_TRUE(mgr.value()->capabilities().has_imagecache);
+  auto rec = mgr.value()->boot("vm", "img", 64, 1);
+  ASSERT_TRUE(rec.ok()) << rec.error().describe();
+  auto r = mgr.value()->attach_interface(rec->uuid, {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, Errc::capability_not_supported);
+  EXPECT_EQ(r.error().capability, "supports_attach_interface");
+  EXPECT_EQ(r.error().driver, "libvirt");
+}
+
+TEST(DomainXml, RoundTripsWhatVirtcapReadsBack) {
+  DomainParams p{kUuidA, "web <1>", "img", "test", 256, 2, "/x/disk", "/x/console.log", "", "52:54:00:aa:bb:cc"};
+  auto facts = parse_domain_xml(domain_xml(p));
+  ASSERT_TRUE(facts.ok());
+  EXPECT_TRUE(facts->ours);
+  EXPECT_EQ(facts->name, "web <1>");
+  EXPECT_EQ(facts->image_id, "img");
+  EXPECT_EQ(facts->memory_mb, 256);
+  EXPECT_EQ(facts->vcpus, 2);
+  ASSERT_EQ(facts->interfaces.size(), 1u);
+  EXPECT_EQ(facts->interfaces[0].mac, "52:54:00:aa:bb:cc");
+  EXPECT_FALSE(parse_domain_xml("<domain><name>").ok());
+}
+
+}  // namespace
+}  // namespace virtcap::libvirt

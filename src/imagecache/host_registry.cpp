@@ -1,0 +1,61 @@
+#include "imagecache/host_registry.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+namespace virtcap::imagecache {
+
+namespace fs = std::filesystem;
+
+namespace {
+bool valid_host_name(const std::string& h) {
+  return !h.empty() && h.size() <= 255 && h[0] != '.' &&
+         std::all_of(h.begin(), h.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_'; });
+}
+}  // namespace
+
+Status register_host(const std::string& instances_path, const std::string& host) {
+  if (!valid_host_name(host))
+    return make_error(Errc::invalid_argument, "host name '" + host + "' cannot be registered: use letters, digits, '.', '-', '_'");
+  const std::string dir = instances_path + "/hosts";
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return make_error(Errc::io_error, "cannot create " + dir + ": " + ec.message());
+  const std::string path = dir + "/" + host + ".json";
+  const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
+  const auto now = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  const std::string body = nlohmann::json{{"host", host}, {"updated_at", now}}.dump() + "\n";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return make_error(Errc::io_error, "cannot write " + tmp + ": " + std::strerror(errno));
+  const bool ok = ::write(fd, body.data(), body.size()) == static_cast<ssize_t>(body.size()) && ::fsync(fd) == 0;
+  const int err = errno;
+  ::close(fd);
+  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
+    ::unlink(tmp.c_str());
+    return make_error(Errc::io_error, "cannot register host in " + path + ": " + std::strerror(ok ? errno : err));
+  }
+  return {};
+}
+
+Result<std::vector<std::string>> registered_hosts(const std::string& instances_path) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  const fs::path dir = instances_path + "/hosts";
+  if (!fs::exists(dir, ec)) return out;
+  for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() > 5 && name.ends_with(".json")) out.push_back(name.substr(0, name.size() - 5));
+  }
+  if (ec) return make_error(Errc::io_error, "cannot list " + dir.string() + ": " + ec.message());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace virtcap::imagecache

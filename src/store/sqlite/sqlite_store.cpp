@@ -1,0 +1,549 @@
+#include "store/sqlite/sqlite_store.h"
+
+#include <sqlite3.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <iterator>
+#include <set>
+#include <utility>
+
+namespace virtcap::store {
+namespace {
+
+// The schema, as an ordered list of migrations. Migration N takes the store
+// from user_version N-1 to N; it runs in one transaction together with the
+// user_version bump. Append only: never edit or reorder a released entry.
+struct Migration {
+  int version;
+  const char* description;
+  const char* sql;
+};
+
+constexpr Migration kMigrations[] = {
+    {1, "instances and hosts", R"sql(
+CREATE TABLE instances (
+  uuid       TEXT PRIMARY KEY NOT NULL,
+  name       TEXT NOT NULL,
+  host       TEXT NOT NULL,
+  image_id   TEXT NOT NULL DEFAULT '',
+  memory_mb  INTEGER NOT NULL DEFAULT 0,
+  vcpus      INTEGER NOT NULL DEFAULT 0,
+  vm_state   TEXT NOT NULL DEFAULT 'building',
+  task_state TEXT NOT NULL DEFAULT '',
+  created_at INTEGER NOT NULL DEFAULT 0,
+  updated_at INTEGER NOT NULL DEFAULT 0,
+  deleted_at INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX instances_host ON instances (host);
+CREATE UNIQUE INDEX instances_live_name ON instances (host, name) WHERE deleted_at = 0;
+CREATE TABLE hosts (
+  host           TEXT PRIMARY KEY NOT NULL,
+  instances_path TEXT NOT NULL,
+  updated_at     INTEGER
+);
+CREATE INDEX hosts_instances_path ON hosts (instances_path);
+)sql"},
+};
+
+constexpr int kLatestVersion = static_cast<int>(std::size(kMigrations));
+
+#define VIRTCAP_INSTANCE_COLUMNS \
+  "uuid, name, host, image_id, memory_mb, vcpus, vm_state, task_state, created_at, updated_at, deleted_at"
+
+constexpr const char* kInsertInstance =
+    "INSERT INTO instances (" VIRTCAP_INSTANCE_COLUMNS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+constexpr const char* kUpdateInstance =
+    "UPDATE instances SET name = ?2, host = ?3, image_id = ?4, memory_mb = ?5, vcpus = ?6, vm_state = ?7, "
+    "task_state = ?8, created_at = ?9, updated_at = ?10, deleted_at = ?11 WHERE uuid = ?1";
+constexpr const char* kGetInstance = "SELECT " VIRTCAP_INSTANCE_COLUMNS " FROM instances WHERE uuid = ?1";
+constexpr const char* kListInstances = "SELECT " VIRTCAP_INSTANCE_COLUMNS
+                                       " FROM instances WHERE host = ?1 AND (?2 != 0 OR deleted_at = 0)"
+                                       " ORDER BY created_at, uuid";
+constexpr const char* kLiveOnHost =
+    "SELECT " VIRTCAP_INSTANCE_COLUMNS " FROM instances WHERE host = ?1 AND deleted_at = 0";
+constexpr const char* kLiveNameHolder = "SELECT uuid FROM instances WHERE host = ?1 AND name = ?2 AND deleted_at = 0";
+constexpr const char* kRegisterHost =
+    "INSERT INTO hosts (host, instances_path, updated_at) VALUES (?1, ?2, ?3) "
+    "ON CONFLICT (host) DO UPDATE SET instances_path = excluded.instances_path, updated_at = excluded.updated_at";
+constexpr const char* kHostsSharing = "SELECT host FROM hosts WHERE instances_path = ?1 ORDER BY host";
+constexpr const char* kListHosts = "SELECT host, instances_path, updated_at FROM hosts ORDER BY host";
+
+#undef VIRTCAP_INSTANCE_COLUMNS
+
+template <class Stmt>
+void bind_record(Stmt& st, const InstanceRecord& r) {
+  st.bind(1, r.uuid);
+  st.bind(2, r.name);
+  st.bind(3, r.host);
+  st.bind(4, r.image_id);
+  st.bind(5, std::int64_t{r.memory_mb});
+  st.bind(6, std::int64_t{r.vcpus});
+  st.bind(7, r.vm_state);
+  st.bind(8, r.task_state);
+  st.bind(9, r.created_at);
+  st.bind(10, r.updated_at);
+  st.bind(11, r.deleted_at);
+}
+
+template <class Stmt>
+InstanceRecord read_record(const Stmt& st) {
+  InstanceRecord r;
+  r.uuid = st.text(0);
+  r.name = st.text(1);
+  r.host = st.text(2);
+  r.image_id = st.text(3);
+  r.memory_mb = static_cast<int>(st.int64(4));
+  r.vcpus = static_cast<int>(st.int64(5));
+  r.vm_state = st.text(6);
+  r.task_state = st.text(7);
+  r.created_at = st.int64(8);
+  r.updated_at = st.int64(9);
+  r.deleted_at = st.int64(10);
+  return r;
+}
+
+std::string hex(std::int64_t v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "0x%08llx", static_cast<unsigned long long>(static_cast<std::uint32_t>(v)));
+  return buf;
+}
+
+// Creates the missing directories of `dir`, each with mode 0700; existing
+// ones are left as they are.
+Status make_dirs(const std::filesystem::path& dir) {
+  if (dir.empty()) return {};
+  std::filesystem::path cur;
+  for (const auto& part : dir) {
+    cur /= part;
+    if (::mkdir(cur.c_str(), 0700) != 0 && errno != EEXIST)
+      return make_error(Errc::io_error, "cannot create the instance store directory " + cur.string() + ": " +
+                                            std::strerror(errno));
+  }
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0)
+    return make_error(Errc::io_error,
+                      "cannot use the instance store directory " + dir.string() + ": " + std::strerror(errno));
+  if (!S_ISDIR(st.st_mode))
+    return make_error(Errc::io_error,
+                      "cannot use " + dir.string() + " as the instance store directory: it is not a directory");
+  return {};
+}
+
+}  // namespace
+
+// A cached prepared statement in use: reset and unbound when it goes away, so
+// no statement keeps a read transaction open between calls.
+class SqliteStore::Stmt {
+ public:
+  explicit Stmt(sqlite3_stmt* s) : s_(s) {}
+  Stmt(Stmt&& o) noexcept : s_(std::exchange(o.s_, nullptr)), bind_rc_(o.bind_rc_) {}
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+  Stmt& operator=(Stmt&&) = delete;
+  ~Stmt() { reset(); }
+
+  void bind(int i, std::string_view v) {
+    note(sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
+  }
+  void bind(int i, std::int64_t v) { note(sqlite3_bind_int64(s_, i, v)); }
+  // A failed bind is reported by the step, never run as a NULL.
+  int step() { return bind_rc_ != SQLITE_OK ? bind_rc_ : sqlite3_step(s_); }
+  void reset() {
+    if (s_ == nullptr) return;
+    sqlite3_reset(s_);
+    sqlite3_clear_bindings(s_);
+    s_ = nullptr;
+  }
+
+  std::string text(int col) const {
+    const unsigned char* p = sqlite3_column_text(s_, col);
+    if (p == nullptr) return {};
+    return std::string(reinterpret_cast<const char*>(p), static_cast<std::size_t>(sqlite3_column_bytes(s_, col)));
+  }
+  std::int64_t int64(int col) const { return sqlite3_column_int64(s_, col); }
+
+ private:
+  void note(int rc) {
+    if (bind_rc_ == SQLITE_OK) bind_rc_ = rc;
+  }
+  sqlite3_stmt* s_;
+  int bind_rc_ = SQLITE_OK;
+};
+
+// One transaction: rolled back if it goes away uncommitted.
+class SqliteStore::Txn {
+ public:
+  explicit Txn(SqliteStore& s) : s_(s) {}
+  Txn(const Txn&) = delete;
+  Txn& operator=(const Txn&) = delete;
+  ~Txn() {
+    if (sqlite3_get_autocommit(s_.db_) == 0) sqlite3_exec(s_.db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+  // BEGIN IMMEDIATE takes the write lock up front (waiting up to the busy
+  // timeout), so a write never fails half-way for want of the lock.
+  Status begin_write() { return s_.exec("BEGIN IMMEDIATE", "taking the write lock"); }
+  // A read snapshot across several statements.
+  Status begin_read() { return s_.exec("BEGIN", "starting a read transaction"); }
+  Status commit() { return s_.exec("COMMIT", "committing"); }
+
+ private:
+  SqliteStore& s_;
+};
+
+int SqliteStore::latest_schema_version() { return kLatestVersion; }
+
+SqliteStore::SqliteStore(std::string path, sqlite3* db, std::chrono::milliseconds busy_timeout)
+    : path_(std::move(path)), db_(db), busy_timeout_(busy_timeout) {}
+
+SqliteStore::~SqliteStore() {
+  for (auto& entry : stmts_) sqlite3_finalize(entry.second);
+  sqlite3_close_v2(db_);
+}
+
+Result<std::unique_ptr<SqliteStore>> SqliteStore::open(const std::string& path,
+                                                       std::chrono::milliseconds busy_timeout) {
+  if (path.empty()) return make_error(Errc::invalid_argument, "the instance store path is empty");
+  if (busy_timeout.count() < 0)
+    return make_error(Errc::invalid_argument, "the instance store busy timeout must not be negative");
+  if (auto st = make_dirs(std::filesystem::path(path).parent_path()); !st) return st.error();
+
+  sqlite3* db = nullptr;
+  const int rc =
+      sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nullptr);
+  if (rc != SQLITE_OK) {
+    Error e = make_error(Errc::store_error, "cannot open the instance store " + path + ": " +
+                                                (db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc)));
+    e.backend_code = db != nullptr ? sqlite3_extended_errcode(db) : rc;
+    sqlite3_close_v2(db);
+    return e;
+  }
+  sqlite3_extended_result_codes(db, 1);
+  sqlite3_busy_timeout(db, static_cast<int>(std::min<std::chrono::milliseconds::rep>(busy_timeout.count(), INT_MAX)));
+
+  std::unique_ptr<SqliteStore> store(new SqliteStore(path, db, busy_timeout));
+  if (auto st = store->initialise(); !st) return st.error();
+  return Result<std::unique_ptr<SqliteStore>>(std::move(store));
+}
+
+Status SqliteStore::initialise() {
+  std::lock_guard lock(mu_);
+  opening_ = true;
+  // Everything before the WAL switch only reads: a file we refuse is left
+  // byte-for-byte as it was.
+  if (auto st = check_file(); !st) return st;
+
+  {
+    auto wal = prepare("PRAGMA journal_mode = WAL");
+    if (!wal) return wal.error();
+    const int rc = wal->step();
+    if (rc != SQLITE_ROW) return failure(rc, "switching to WAL mode");
+    const std::string mode = wal->text(0);
+    if (mode != "wal")
+      return make_error(Errc::store_error,
+                        "cannot switch the instance store " + path_ + " to WAL mode (SQLite answered journal_mode '" +
+                            mode + "'); put the store on a local file system that supports shared-memory locking");
+  }
+  if (auto st = exec("PRAGMA synchronous = NORMAL", "setting synchronous = NORMAL"); !st) return st;
+  if (auto st = exec("PRAGMA foreign_keys = ON", "enabling foreign keys"); !st) return st;
+  if (auto st = migrate(); !st) return st;
+  opening_ = false;
+  return {};
+}
+
+Status SqliteStore::check_file() {
+  // quick_check reads every page: a garbage or truncated file fails here
+  // (SQLITE_NOTADB / SQLITE_CORRUPT, or a list of problems).
+  {
+    auto qc = prepare("PRAGMA quick_check");
+    if (!qc) return qc.error();
+    std::string problems;
+    int rc;
+    int n = 0;
+    while ((rc = qc->step()) == SQLITE_ROW) {
+      std::string line = qc->text(0);
+      if (line == "ok") continue;
+      if (n++ < 3) problems += (problems.empty() ? "" : "; ") + line;
+    }
+    if (rc != SQLITE_DONE) return failure(rc, "checking the database (PRAGMA quick_check)");
+    if (!problems.empty()) return not_a_virtcap_database("PRAGMA quick_check: " + problems);
+  }
+
+  auto single_int = [this](const char* sql, std::int64_t& out) -> Status {
+    auto st = prepare(sql);
+    if (!st) return st.error();
+    const int rc = st->step();
+    if (rc != SQLITE_ROW) return failure(rc, std::string("reading ") + sql);
+    out = st->int64(0);
+    return {};
+  };
+  std::int64_t app_id = 0, version = 0, objects = 0;
+  if (auto st = single_int("PRAGMA application_id", app_id); !st) return st;
+  if (auto st = single_int("PRAGMA user_version", version); !st) return st;
+  if (auto st = single_int("SELECT count(*) FROM sqlite_master", objects); !st) return st;
+
+  if (app_id != kApplicationId) {
+    if (app_id != 0)
+      return not_a_virtcap_database("its application_id is " + hex(app_id) + ", virtcap's is " + hex(kApplicationId));
+    if (objects != 0 || version != 0)
+      return not_a_virtcap_database("it is an SQLite database of another application: it has " +
+                                    std::to_string(objects) + " schema objects and user_version " +
+                                    std::to_string(version) + " but no virtcap application_id");
+  }
+  if (version > kLatestVersion)
+    return make_error(Errc::store_error,
+                      "the instance store " + path_ + " has schema version " + std::to_string(version) +
+                          ", newer than this virtcap knows (" + std::to_string(kLatestVersion) +
+                          "); it was written by a newer virtcap and was left untouched (virtcap never downgrades a "
+                          "store) — run the newer virtcap, or restore a backup taken before the upgrade");
+  return {};
+}
+
+Status SqliteStore::migrate() {
+  for (;;) {
+    // The write lock is taken even when there is nothing to migrate: a store
+    // another process holds locked is refused at open, not at the first write.
+    Txn txn(*this);
+    if (auto st = txn.begin_write(); !st) return st;
+    std::int64_t version = 0;
+    {
+      auto uv = prepare("PRAGMA user_version");
+      if (!uv) return uv.error();
+      const int rc = uv->step();
+      if (rc != SQLITE_ROW) return failure(rc, "reading PRAGMA user_version");
+      version = uv->int64(0);
+    }
+    if (version > kLatestVersion)  // another, newer virtcap migrated it meanwhile
+      return make_error(Errc::store_error, "the instance store " + path_ + " has schema version " +
+                                               std::to_string(version) + ", newer than this virtcap knows (" +
+                                               std::to_string(kLatestVersion) + "); run the newer virtcap");
+    if (version == kLatestVersion) return txn.commit();
+
+    const Migration& m = kMigrations[version];
+    char* err = nullptr;
+    const int rc = sqlite3_exec(db_, m.sql, nullptr, nullptr, &err);
+    if (rc != SQLITE_OK) {
+      Error e = make_error(Errc::store_error, "migrating the instance store " + path_ + " to schema version " +
+                                                  std::to_string(m.version) + " (" + m.description +
+                                                  ") failed: " + (err != nullptr ? err : sqlite3_errstr(rc)) +
+                                                  "; the store was left at version " + std::to_string(version));
+      e.backend_code = rc;
+      sqlite3_free(err);
+      return e;
+    }
+    // PRAGMAs take no bound parameters; both numbers are this binary's own
+    // constants, never input.
+    if (auto st = exec("PRAGMA application_id = " + std::to_string(kApplicationId), "setting the application_id"); !st)
+      return st;
+    if (auto st = exec("PRAGMA user_version = " + std::to_string(m.version), "setting the schema version"); !st)
+      return st;
+    if (auto st = txn.commit(); !st) return st;
+  }
+}
+
+Result<SqliteStore::Stmt> SqliteStore::prepare(std::string_view sql) {
+  auto it = stmts_.find(sql);
+  if (it == stmts_.end()) {
+    sqlite3_stmt* s = nullptr;
+    const int rc =
+        sqlite3_prepare_v3(db_, sql.data(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT, &s, nullptr);
+    if (rc != SQLITE_OK) {
+      Error e = failure(rc, "preparing '" + std::string(sql) + "'");
+      sqlite3_finalize(s);
+      return e;
+    }
+    it = stmts_.emplace(std::string(sql), s).first;
+  }
+  return Stmt(it->second);
+}
+
+Status SqliteStore::exec(std::string_view sql, std::string_view doing) {
+  auto st = prepare(sql);
+  if (!st) return st.error();
+  const int rc = st->step();
+  if (rc != SQLITE_DONE && rc != SQLITE_ROW) return failure(rc, doing);
+  return {};
+}
+
+Error SqliteStore::failure(int rc, std::string_view doing) const {
+  const std::string msg = sqlite3_extended_errcode(db_) == rc ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
+  const int primary = rc & 0xff;
+  Error e;
+  if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED) {
+    e = make_error(Errc::store_error,
+                   "the instance store " + path_ + " is locked by another process: " + std::string(doing) +
+                       " was still blocked after waiting " + std::to_string(busy_timeout_.count()) +
+                       " ms (SQLite: " + msg +
+                       "); stop the other process holding it (another virtcap, or an sqlite3 shell with an open "
+                       "transaction) and retry");
+  } else if (opening_ && (primary == SQLITE_NOTADB || primary == SQLITE_CORRUPT)) {
+    e = not_a_virtcap_database("SQLite: " + msg);
+  } else if (primary == SQLITE_NOTADB || primary == SQLITE_CORRUPT) {
+    e = make_error(Errc::store_error, "the instance store " + path_ + " is damaged: " + std::string(doing) +
+                                          " failed (SQLite: " + msg +
+                                          "); stop virtcap and restore the store from a backup");
+  } else {
+    e = make_error(Errc::store_error,
+                   "instance store " + path_ + ": " + std::string(doing) + " failed (SQLite: " + msg + ")");
+  }
+  e.backend_code = rc;
+  return e;
+}
+
+Error SqliteStore::not_a_virtcap_database(std::string_view why) const {
+  return make_error(Errc::store_error, path_ + " is not a valid virtcap database (" + std::string(why) +
+                                           "); it was left untouched — restore it from a backup, or move it "
+                                           "aside (e.g. mv " +
+                                           path_ + " " + path_ + ".bad) to start with a new, empty store");
+}
+
+// ---------------------------------------------------------------------------
+
+Status SqliteStore::register_host(const HostRecord& host) {
+  std::lock_guard lock(mu_);
+  Txn txn(*this);
+  if (auto st = txn.begin_write(); !st) return st;
+  {
+    auto st = prepare(kRegisterHost);
+    if (!st) return st.error();
+    st->bind(1, host.host);
+    st->bind(2, host.instances_path);
+    st->bind(3, host.updated_at);
+    if (const int rc = st->step(); rc != SQLITE_DONE) return failure(rc, "registering host " + host.host);
+  }
+  return txn.commit();
+}
+
+Result<std::vector<std::string>> SqliteStore::hosts_sharing(const std::string& instances_path) {
+  std::lock_guard lock(mu_);
+  auto st = prepare(kHostsSharing);
+  if (!st) return st.error();
+  st->bind(1, instances_path);
+  std::vector<std::string> out;
+  int rc;
+  while ((rc = st->step()) == SQLITE_ROW) out.push_back(st->text(0));
+  if (rc != SQLITE_DONE) return failure(rc, "listing the hosts sharing " + instances_path);
+  return out;
+}
+
+Result<std::vector<HostRecord>> SqliteStore::list_hosts() {
+  std::lock_guard lock(mu_);
+  auto st = prepare(kListHosts);
+  if (!st) return st.error();
+  std::vector<HostRecord> out;
+  int rc;
+  while ((rc = st->step()) == SQLITE_ROW) {
+    HostRecord h;
+    h.host = st->text(0);
+    h.instances_path = st->text(1);
+    h.updated_at = st->int64(2);
+    out.push_back(std::move(h));
+  }
+  if (rc != SQLITE_DONE) return failure(rc, "listing the hosts");
+  return out;
+}
+
+Result<std::vector<InstanceRecord>> SqliteStore::live_instances_on(const std::vector<std::string>& hosts) {
+  std::lock_guard lock(mu_);
+  std::vector<InstanceRecord> out;
+  const std::set<std::string> distinct(hosts.begin(), hosts.end());
+  if (distinct.empty()) return out;
+  Txn txn(*this);  // one snapshot across the per-host queries
+  if (auto st = txn.begin_read(); !st) return st.error();
+  for (const auto& host : distinct) {
+    auto st = prepare(kLiveOnHost);
+    if (!st) return st.error();
+    st->bind(1, host);
+    int rc;
+    while ((rc = st->step()) == SQLITE_ROW) out.push_back(read_record(*st));
+    if (rc != SQLITE_DONE) return failure(rc, "listing the live instances of host " + host);
+  }
+  if (auto st = txn.commit(); !st) return st.error();
+  std::sort(out.begin(), out.end(), [](const InstanceRecord& a, const InstanceRecord& b) { return a.uuid < b.uuid; });
+  return out;
+}
+
+Status SqliteStore::create_instance(const InstanceRecord& record) {
+  std::lock_guard lock(mu_);
+  Txn txn(*this);
+  if (auto st = txn.begin_write(); !st) return st;
+  {
+    auto st = prepare(kInsertInstance);
+    if (!st) return st.error();
+    bind_record(*st, record);
+    const int rc = st->step();
+    if (rc == SQLITE_CONSTRAINT_PRIMARYKEY)
+      return make_error(Errc::already_exists, "instance " + record.uuid + " is already in the store");
+    if (rc == SQLITE_CONSTRAINT_UNIQUE) {
+      st->reset();
+      return live_name_taken(record);
+    }
+    if (rc != SQLITE_DONE) return failure(rc, "creating instance " + record.uuid);
+  }
+  return txn.commit();
+}
+
+Result<InstanceRecord> SqliteStore::get_instance(const std::string& uuid) {
+  std::lock_guard lock(mu_);
+  auto st = prepare(kGetInstance);
+  if (!st) return st.error();
+  st->bind(1, uuid);
+  const int rc = st->step();
+  if (rc == SQLITE_ROW) return read_record(*st);
+  if (rc == SQLITE_DONE) return make_error(Errc::not_found, "no instance " + uuid + " in the store");
+  return failure(rc, "reading instance " + uuid);
+}
+
+Status SqliteStore::update_instance(const InstanceRecord& record) {
+  std::lock_guard lock(mu_);
+  Txn txn(*this);
+  if (auto st = txn.begin_write(); !st) return st;
+  {
+    auto st = prepare(kUpdateInstance);
+    if (!st) return st.error();
+    bind_record(*st, record);
+    const int rc = st->step();
+    if (rc == SQLITE_CONSTRAINT_UNIQUE) {
+      st->reset();
+      return live_name_taken(record);
+    }
+    if (rc != SQLITE_DONE) return failure(rc, "updating instance " + record.uuid);
+    if (sqlite3_changes(db_) == 0) return make_error(Errc::not_found, "no instance " + record.uuid + " in the store");
+  }
+  return txn.commit();
+}
+
+Result<std::vector<InstanceRecord>> SqliteStore::list_instances(const std::string& host, bool include_deleted) {
+  std::lock_guard lock(mu_);
+  auto st = prepare(kListInstances);
+  if (!st) return st.error();
+  st->bind(1, host);
+  st->bind(2, std::int64_t{include_deleted ? 1 : 0});
+  std::vector<InstanceRecord> out;
+  int rc;
+  while ((rc = st->step()) == SQLITE_ROW) out.push_back(read_record(*st));
+  if (rc != SQLITE_DONE) return failure(rc, "listing the instances of host " + host);
+  return out;
+}
+
+Error SqliteStore::live_name_taken(const InstanceRecord& record) {
+  std::string holder;
+  {
+    auto st = prepare(kLiveNameHolder);
+    if (st) {
+      st->bind(1, record.host);
+      st->bind(2, record.name);
+      if (st->step() == SQLITE_ROW) holder = st->text(0);
+    }
+  }
+  return make_error(Errc::already_exists, "host " + record.host + " already has a live instance named '" +
+                                              record.name + "'" + (holder.empty() ? "" : " (" + holder + ")"));
+}
+
+}  // namespace virtcap::store

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <chrono>
 #include <random>
+#include <cctype>
+#include <filesystem>
 #include <set>
 
 #include "imagecache/host_registry.h"
@@ -91,8 +93,43 @@ Status ComputeManager::check(Operation op) const {
   return {};
 }
 
+std::shared_ptr<std::mutex> ComputeManager::instance_lock(const std::string& uuid) {
+  std::lock_guard lock(locks_mu_);
+  auto& weak = instance_locks_[uuid];
+  auto strong = weak.lock();
+  if (!strong) {
+    strong = std::make_shared<std::mutex>();
+    weak = strong;
+  }
+  if (instance_locks_.size() > 4096)  // drop entries nobody holds
+    std::erase_if(instance_locks_, [](const auto& kv) { return kv.second.expired(); });
+  return strong;
+}
+
+Error ComputeManager::busy(const std::string& uuid) const {
+  return make_error(Errc::conflict, "another operation is in progress on instance " + uuid + "; retry when it ends");
+}
+
+namespace {
+bool valid_instance_name(const std::string& n) {
+  if (n.empty() || n.size() > 63 || !std::isalnum(static_cast<unsigned char>(n[0]))) return false;
+  return std::all_of(n.begin(), n.end(),
+                     [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-'; });
+}
+bool looks_like_uuid(const std::string& s) {
+  return s.size() == 36 && s[8] == '-' && s[13] == '-' && s[18] == '-' && s[23] == '-';
+}
+}  // namespace
+
 Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::string& image_id, int memory_mb,
                                             int vcpus) {
+  if (!valid_instance_name(name))
+    return make_error(Errc::invalid_argument, "instance name '" + name +
+                                                  "' is invalid: 1-63 letters, digits, '.', '_' or '-', "
+                                                  "starting with a letter or digit");
+  if (memory_mb < 16 || memory_mb > 16 * 1024 * 1024)
+    return make_error(Errc::invalid_argument, "memory_mb must be from 16 to 16777216, got " + std::to_string(memory_mb));
+  if (vcpus < 1) return make_error(Errc::invalid_argument, "vcpus must be at least 1, got " + std::to_string(vcpus));
   if (caps_.max_vcpus > 0 && vcpus > caps_.max_vcpus)
     return make_error(Errc::invalid_argument, "requested " + std::to_string(vcpus) + " vCPUs but driver '" +
                                                   std::string(driver_->name()) + "' reports max_vcpus=" +
@@ -107,43 +144,178 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
   rec.vm_state = "building";
   rec.task_state = "spawning";
   rec.created_at = rec.updated_at = now_seconds();
+  auto lock = instance_lock(rec.uuid);
+  std::lock_guard guard(*lock);
+  // The record first: a crash from here on leaves a record that reconcile
+  // finishes or rolls back, never an orphan domain or disk.
   if (auto st = store_.create_instance(rec); !st) return st.error();
   auto st = driver_->spawn({rec.uuid, name, image_id, memory_mb, vcpus});
   rec.updated_at = now_seconds();
   rec.task_state.clear();
-  rec.vm_state = st ? "active" : "error";
+  if (st) {
+    rec.vm_state = "active";
+  } else {
+    // The driver rolled back what it made; the record stays, marked error,
+    // unless the request itself was bad (then it never existed).
+    rec.vm_state = "error";
+    if (st.error().code == Errc::invalid_argument || st.error().code == Errc::not_found) {
+      rec.vm_state = "deleted";
+      rec.deleted_at = rec.updated_at;
+    }
+  }
   if (auto up = store_.update_instance(rec); !up) return up.error();
   if (!st) return st.error();
   return rec;
 }
 
-Status ComputeManager::destroy(const std::string& uuid) {
-  auto rec = store_.get_instance(uuid);
+Result<InstanceRecord> ComputeManager::find(const std::string& id) {
+  if (looks_like_uuid(id)) {
+    auto rec = store_.get_instance(id);
+    if (!rec) return rec.error();
+    if (rec->deleted_at != 0 || rec->host != host_)
+      return make_error(Errc::not_found, "no live instance " + id + " on host " + host_);
+    return rec;
+  }
+  auto all = store_.list_instances(host_, false);
+  if (!all) return all.error();
+  for (auto& r : all.value())
+    if (r.name == id) return r;
+  return make_error(Errc::not_found, "no live instance named '" + id + "' on host " + host_);
+}
+
+Result<std::vector<InstanceRecord>> ComputeManager::list() { return store_.list_instances(host_, false); }
+
+Result<ComputeManager::InstanceView> ComputeManager::show(const std::string& id) {
+  auto rec = find(id);
   if (!rec) return rec.error();
-  if (auto st = driver_->destroy(uuid); !st) return st;
+  InstanceView v{rec.value(), std::nullopt};
+  auto hv = driver_->get_instance(rec->uuid);
+  if (hv) v.hypervisor = std::move(hv.value());
+  else if (hv.error().code != Errc::not_found) return hv.error();
+  return v;
+}
+
+Status ComputeManager::destroy(const std::string& id) {
+  auto rec = find(id);
+  if (!rec) return rec.error();
+  auto lock = instance_lock(rec->uuid);
+  std::unique_lock guard(*lock, std::try_to_lock);
+  if (!guard.owns_lock()) return busy(rec->uuid);
+  rec = store_.get_instance(rec->uuid);  // fresh, under the lock
+  if (!rec) return rec.error();
+  if (rec->deleted_at != 0) return make_error(Errc::not_found, "instance " + rec->uuid + " is already deleted");
+  rec->task_state = "deleting";
+  rec->updated_at = now_seconds();
+  if (auto st = store_.update_instance(rec.value()); !st) return st;
+  if (auto st = driver_->destroy(rec->uuid); !st) {
+    rec->task_state.clear();  // nothing was deleted; the instance stays as it was
+    (void)store_.update_instance(rec.value());
+    return st;
+  }
   rec->vm_state = "deleted";
   rec->task_state.clear();
   rec->deleted_at = rec->updated_at = now_seconds();
   return store_.update_instance(rec.value());
 }
 
-Status ComputeManager::reboot(const std::string& uuid) {
-  if (auto rec = store_.get_instance(uuid); !rec) return rec.error();
-  return driver_->reboot(uuid);
+Status ComputeManager::reboot(const std::string& id) {
+  auto rec = find(id);
+  if (!rec) return rec.error();
+  auto lock = instance_lock(rec->uuid);
+  std::unique_lock guard(*lock, std::try_to_lock);
+  if (!guard.owns_lock()) return busy(rec->uuid);
+  return driver_->reboot(rec->uuid);
 }
 
-Result<InterfaceInfo> ComputeManager::attach_interface(const std::string& uuid, const InterfaceSpec& spec) {
+Result<InterfaceInfo> ComputeManager::attach_interface(const std::string& id, const InterfaceSpec& spec) {
   if (auto st = check(Operation::attach_interface); !st) return st.error();
   if (!spec.tag.empty())
     if (auto st = check(Operation::tagged_attach_interface); !st) return st.error();
-  if (auto rec = store_.get_instance(uuid); !rec) return rec.error();
-  return driver_->attach_interface(uuid, spec);
+  auto rec = find(id);
+  if (!rec) return rec.error();
+  auto lock = instance_lock(rec->uuid);
+  std::unique_lock guard(*lock, std::try_to_lock);
+  if (!guard.owns_lock()) return busy(rec->uuid);
+  return driver_->attach_interface(rec->uuid, spec);
 }
 
-Status ComputeManager::detach_interface(const std::string& uuid, const std::string& mac) {
+Status ComputeManager::detach_interface(const std::string& id, const std::string& mac) {
   if (auto st = check(Operation::detach_interface); !st) return st;
-  if (auto rec = store_.get_instance(uuid); !rec) return rec.error();
-  return driver_->detach_interface(uuid, mac);
+  auto rec = find(id);
+  if (!rec) return rec.error();
+  auto lock = instance_lock(rec->uuid);
+  std::unique_lock guard(*lock, std::try_to_lock);
+  if (!guard.owns_lock()) return busy(rec->uuid);
+  return driver_->detach_interface(rec->uuid, mac);
+}
+
+Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
+  if (auto why = driver_->unavailable_reason(); !why.empty()) return make_error(Errc::hypervisor_unavailable, why);
+  auto on_hv = driver_->list_instances();
+  if (!on_hv) return on_hv.error();
+  auto in_store = store_.list_instances(host_, true);
+  if (!in_store) return in_store.error();
+  std::set<std::string> hv_uuids;
+  for (const auto& i : on_hv.value()) hv_uuids.insert(i.uuid);
+  std::set<std::string> known;
+  ReconcileReport out;
+  for (auto rec : in_store.value()) {
+    known.insert(rec.uuid);
+    auto lock = instance_lock(rec.uuid);
+    std::unique_lock guard(*lock, std::try_to_lock);
+    if (!guard.owns_lock()) continue;  // an operation is running on it right now
+    const bool on = hv_uuids.count(rec.uuid) > 0;
+    const auto stamp = [&] { rec.updated_at = now_seconds(); };
+    if (rec.task_state == "spawning") {
+      if (on) {
+        out.finished_spawns.push_back(rec.uuid);
+        rec.vm_state = "active";
+      } else {
+        out.rolled_back_spawns.push_back(rec.uuid);
+        if (fix)
+          if (auto st = driver_->destroy(rec.uuid); !st) return st.error();  // removes a half-made disk
+        rec.vm_state = "error";
+      }
+      rec.task_state.clear();
+    } else if (rec.task_state == "deleting" || (rec.deleted_at != 0 && on)) {
+      out.finished_deletes.push_back(rec.uuid);
+      if (fix)
+        if (auto st = driver_->destroy(rec.uuid); !st) return st.error();
+      rec.task_state.clear();
+      rec.vm_state = "deleted";
+      if (rec.deleted_at == 0) rec.deleted_at = now_seconds();
+    } else if (rec.deleted_at == 0 && rec.vm_state == "active" && !on) {
+      out.lost.push_back(rec.uuid);
+      rec.vm_state = "lost";
+    } else if (rec.deleted_at == 0 && rec.vm_state == "lost" && on) {
+      rec.vm_state = "active";  // it came back
+    } else {
+      continue;
+    }
+    stamp();
+    if (fix)
+      if (auto st = store_.update_instance(rec); !st) return st.error();
+  }
+  for (const auto& u : hv_uuids)
+    if (!known.count(u)) out.unknown_domains.push_back(u);
+  // Instance directories whose uuid no store record of any host names.
+  std::error_code ec;
+  for (auto it = std::filesystem::directory_iterator(instances_path_, ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (!it->is_directory() || !looks_like_uuid(name)) continue;
+    auto rec = store_.get_instance(name);
+    if (!rec) {
+      if (rec.error().code == Errc::not_found) out.orphan_dirs.push_back(name);
+      continue;
+    }
+    if (rec->deleted_at != 0 && rec->host == host_ && rec->task_state.empty()) out.orphan_dirs.push_back(name);
+  }
+  for (const auto& u : out.unknown_domains)
+    spdlog::warn("reconcile: domain {} runs on the hypervisor but is not in the instance store; left alone", u);
+  for (const auto& d : out.orphan_dirs)
+    spdlog::warn("reconcile: instance directory {}/{} has no live instance in the store; kept", instances_path_, d);
+  return out;
 }
 
 Result<ImageCacheReport> ComputeManager::image_cache_pass(bool dry_run) {
@@ -202,31 +374,15 @@ TaskOutcome ComputeManager::run_image_cache_pass() {
 
 TaskOutcome ComputeManager::sync_power_states() {
   if (auto why = driver_->unavailable_reason(); !why.empty()) return TaskOutcome::skipped(why);
-  auto on_hv = driver_->list_instances();
-  if (!on_hv) return TaskOutcome::failed(on_hv.error().describe());
-  auto in_store = store_.live_instances_on({host_});
-  if (!in_store) return TaskOutcome::failed("instance store: " + in_store.error().describe());
-  std::set<std::string> hv_uuids;
-  for (const auto& i : on_hv.value()) hv_uuids.insert(i.uuid);
-  std::size_t lost = 0, unknown = 0;
-  std::set<std::string> store_uuids;
-  for (auto& rec : in_store.value()) {
-    store_uuids.insert(rec.uuid);
-    if (rec.task_state.empty() && rec.vm_state == "active" && !hv_uuids.count(rec.uuid)) {
-      ++lost;
-      spdlog::warn("instance {} ({}) is in the store but not on the hypervisor; marking it lost", rec.uuid, rec.name);
-      rec.vm_state = "lost";
-      rec.updated_at = now_seconds();
-      if (auto st = store_.update_instance(rec); !st) return TaskOutcome::failed(st.error().describe());
-    }
-  }
-  for (const auto& u : hv_uuids)
-    if (!store_uuids.count(u)) {
-      ++unknown;
-      spdlog::warn("domain {} runs on the hypervisor but is not in the instance store; leaving it alone", u);
-    }
-  return TaskOutcome::ran(std::to_string(hv_uuids.size()) + " on hypervisor, " + std::to_string(lost) +
-                          " lost, " + std::to_string(unknown) + " unknown");
+  auto r = reconcile(true);
+  if (!r) return TaskOutcome::failed(r.error().describe());
+  for (const auto& u : r->lost)
+    spdlog::warn("instance {} is in the store but not on the hypervisor; marked lost (kept)", u);
+  return TaskOutcome::ran(std::to_string(r->lost.size()) + " lost, " + std::to_string(r->unknown_domains.size()) +
+                          " unknown domains, " + std::to_string(r->finished_spawns.size() + r->rolled_back_spawns.size()) +
+                          " interrupted spawns and " + std::to_string(r->finished_deletes.size()) +
+                          " interrupted deletes resolved, " + std::to_string(r->orphan_dirs.size()) +
+                          " orphan directories");
 }
 
 void ComputeManager::register_periodic_tasks(PeriodicTaskRunner& runner) {

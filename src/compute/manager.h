@@ -6,6 +6,7 @@
 
 #include <array>
 #include <atomic>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -63,8 +64,17 @@ class ComputeManager {
   // capability_not_supported error naming operation, capability and driver.
   Status check(Operation op) const;
 
-  // Instance operations, gated by capability.
+  // Instance operations, gated by capability. `id` is a uuid, or the name of
+  // a live instance of this host. Operations on one instance are serialised:
+  // a second one while the first runs is Errc::conflict.
   Result<InstanceRecord> boot(const std::string& name, const std::string& image_id, int memory_mb, int vcpus);
+  Result<InstanceRecord> find(const std::string& id);
+  Result<std::vector<InstanceRecord>> list();
+  struct InstanceView {
+    InstanceRecord record;
+    std::optional<DriverInstance> hypervisor;  // nullopt: the hypervisor does not know it
+  };
+  Result<InstanceView> show(const std::string& id);
   Status destroy(const std::string& uuid);
   Status reboot(const std::string& uuid);
   Result<InterfaceInfo> attach_interface(const std::string& uuid, const InterfaceSpec& spec);
@@ -75,6 +85,21 @@ class ComputeManager {
   // Gathers the live instances of every host sharing the instances path (the
   // store's hosts plus those registered on the storage) and hands them down.
   Result<ImageCacheReport> image_cache_pass(bool dry_run);
+
+  // Store, hypervisor and disks compared. With fix: interrupted spawns are
+  // finished (domain present) or rolled back (domain absent, record kept as
+  // error), interrupted deletes are completed, instances the hypervisor lost
+  // are marked lost (never deleted). Domains and instance directories the
+  // store does not know are reported, never removed. Instances with an
+  // operation in progress in this process are left alone.
+  struct ReconcileReport {
+    std::vector<std::string> finished_spawns, rolled_back_spawns, finished_deletes, lost, unknown_domains,
+        orphan_dirs, stuck;
+    bool consistent() const {
+      return unknown_domains.empty() && orphan_dirs.empty() && stuck.empty();
+    }
+  };
+  Result<ReconcileReport> reconcile(bool fix);
 
   // Periodic task bodies. The image-cache task returns at once, with no store
   // query and no driver call, without has_imagecache or with
@@ -89,6 +114,12 @@ class ComputeManager {
  private:
   ComputeManager(const config::Config& cfg, InstanceStore& store, std::unique_ptr<ComputeDriver> driver);
   Status refuse(const Requirement& r) const;
+  // A per-instance lock, taken with try_lock: a busy instance is a conflict.
+  std::shared_ptr<std::mutex> instance_lock(const std::string& uuid);
+  Error busy(const std::string& uuid) const;
+
+  std::mutex locks_mu_;
+  std::map<std::string, std::weak_ptr<std::mutex>> instance_locks_;
 
   config::Config cfg_;
   InstanceStore& store_;

@@ -35,6 +35,27 @@ std::optional<std::string> dir_name::operator()(const std::string& v) const {
     return "expected " + describe() + ", got \"" + v + "\"";
   return std::nullopt;
 }
+std::string one_of::describe() const {
+  std::string c = choices;
+  for (auto& ch : c)
+    if (ch == '|') ch = ',';
+  return "one of: " + c;
+}
+std::optional<std::string> one_of::operator()(const std::string& v) const {
+  std::string_view all = choices;
+  while (!all.empty()) {
+    auto bar = all.find('|');
+    if (all.substr(0, bar) == v) return std::nullopt;
+    if (bar == std::string_view::npos) break;
+    all.remove_prefix(bar + 1);
+  }
+  return "expected " + describe() + ", got \"" + v + "\"";
+}
+std::string listen_address::describe() const { return "HOST:PORT, port 0-65535"; }
+std::optional<std::string> listen_address::operator()(const std::string& v) const {
+  if (!split_listen(v)) return "expected " + describe() + " (e.g. 127.0.0.1:8774), got \"" + v + "\"";
+  return std::nullopt;
+}
 std::string non_empty::describe() const { return "a non-empty string"; }
 std::optional<std::string> non_empty::operator()(const std::string& v) const {
   if (v.empty()) return "expected " + describe();
@@ -156,6 +177,30 @@ std::string Config::instances_path() const {
 std::string Config::images_path() const {
   if (!images.path.empty()) return images.path;
   return defaults.state_path + "/images";
+}
+
+std::string Config::store_path() const {
+  if (!store.path.empty()) return store.path;
+  return defaults.state_path + "/virtcap.db";
+}
+
+std::optional<std::pair<std::string, int>> split_listen(const std::string& v) {
+  const auto colon = v.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 >= v.size()) return std::nullopt;
+  std::string host = v.substr(0, colon);
+  if (host.front() == '[') {
+    if (host.back() != ']' || host.size() < 3) return std::nullopt;
+    host = host.substr(1, host.size() - 2);
+  }
+  const std::string port = v.substr(colon + 1);
+  if (port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+  const int p = std::stoi(port);
+  if (p > 65535) return std::nullopt;
+  return std::make_pair(host, p);
+}
+
+bool is_loopback(const std::string& host) {
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
 }
 
 std::string Config::base_dir() const { return instances_path() + "/" + image_cache.subdirectory_name; }

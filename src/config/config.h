@@ -35,6 +35,15 @@ struct dir_name {
   std::string describe() const;
   std::optional<std::string> operator()(const std::string& v) const;
 };
+struct one_of {
+  const char* choices;  // "a|b|c"
+  std::string describe() const;
+  std::optional<std::string> operator()(const std::string& v) const;
+};
+struct listen_address {
+  std::string describe() const;
+  std::optional<std::string> operator()(const std::string& v) const;
+};
 struct non_empty {
   std::string describe() const;
   std::optional<std::string> operator()(const std::string& v) const;
@@ -83,6 +92,19 @@ struct non_empty {
   O(std::string, path, "", check::abs_path{.allow_empty = true},                                  \
     "Local image repository: <id>.raw and <id>.qcow2 files. Empty: <state_path>/images.")
 
+#define VIRTCAP_CONFIG_API(O)                                                                     \
+  O(std::string, listen, "127.0.0.1:8774", check::listen_address{},                               \
+    "HOST:PORT the agent's HTTP/JSON API binds to (port 0: any free port). Non-loopback needs a token.") \
+  O(std::string, token, "", check::any{},                                                         \
+    "Bearer token every API request must carry when set. Required to bind a non-loopback address.") \
+  O(int, threads, 8, check::range(1, 256), "Worker threads serving API requests.")
+
+#define VIRTCAP_CONFIG_STORE(O)                                                                   \
+  O(std::string, backend, "sqlite", check::one_of{"sqlite|memory"},                              \
+    "Instance store: sqlite (durable, the default) or memory (lost at exit; tests only).")       \
+  O(std::string, path, "", check::abs_path{.allow_empty = true},                                  \
+    "SQLite database file. Empty: <state_path>/virtcap.db.")
+
 // S(member, "toml section name", OPTIONS, "section doc")
 #define VIRTCAP_CONFIG_SECTIONS(S)                                                                \
   S(defaults, "DEFAULT", VIRTCAP_CONFIG_DEFAULT, "Host identity, paths and periodic-task timing.") \
@@ -90,7 +112,9 @@ struct non_empty {
   S(image_cache, "image_cache", VIRTCAP_CONFIG_IMAGE_CACHE,                                       \
     "The image-cache pass (only for drivers that declare has_imagecache).")                      \
   S(libvirt, "libvirt", VIRTCAP_CONFIG_LIBVIRT, "The libvirt driver.")                            \
-  S(images, "images", VIRTCAP_CONFIG_IMAGES, "Where the libvirt driver finds images to boot.")
+  S(images, "images", VIRTCAP_CONFIG_IMAGES, "Where the libvirt driver finds images to boot.")    \
+  S(api, "api", VIRTCAP_CONFIG_API, "The agent's HTTP/JSON API.")                               \
+  S(store, "store", VIRTCAP_CONFIG_STORE, "The instance store.")
 
 #define VIRTCAP_CONFIG_MEMBER_(T, key, def, chk, doc) T key = def;
 #define VIRTCAP_CONFIG_SECTION_(member, name, LIST, doc) \
@@ -109,10 +133,15 @@ struct Config {
   std::string instances_path() const;
   std::string base_dir() const;     // <instances_path>/<subdirectory_name>
   std::string images_path() const;  // [images] path, or <state_path>/images
+  std::string store_path() const;   // [store] path, or <state_path>/virtcap.db
 };
 
 // The conventional config file, used when it exists and no --config is given.
 inline constexpr std::string_view kDefaultConfigPath = "/etc/virtcap/virtcap.toml";
+
+// "127.0.0.1:8774" -> {"127.0.0.1", 8774}; "[::1]:80" -> {"::1", 80}. nullopt if malformed.
+std::optional<std::pair<std::string, int>> split_listen(const std::string& v);
+bool is_loopback(const std::string& host);
 
 // Parse TOML text. `source` names it in errors. Errors (code invalid_argument)
 // read "FILE:LINE:COL: [section] key: what was wrong; expected ...".

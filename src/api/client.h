@@ -1,0 +1,53 @@
+// The client side of the agent's API, used by the `virtcap` client commands
+// and by the integration tests (the real client, not a stand-in).
+#pragma once
+
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "virtcap/error.h"
+
+namespace httplib {
+class Client;
+}
+
+namespace virtcap::api {
+
+inline constexpr const char* kDefaultServer = "http://127.0.0.1:8774";
+
+struct Response {
+  int status = 0;
+  nlohmann::json body;   // parsed JSON (null for an empty body)
+  std::string raw;       // the body as received
+};
+
+class Client {
+ public:
+  // server: "http://HOST:PORT"; token: sent as a bearer token when non-empty.
+  Client(const std::string& server, const std::string& token = "");
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Any status is a Response; only a transport failure is an Error
+  // (hypervisor_unavailable is not used: io_error names the server).
+  Result<Response> call(const std::string& method, const std::string& path,
+                        const nlohmann::json* body = nullptr);
+  // As call(), but a non-2xx status becomes an Error carrying the API's
+  // code and message.
+  Result<nlohmann::json> request(const std::string& method, const std::string& path,
+                                 const nlohmann::json* body = nullptr);
+  // Sends raw bytes as the body (tests of malformed input).
+  Result<Response> call_raw(const std::string& method, const std::string& path, const std::string& body,
+                            const std::string& content_type = "application/json");
+
+  const std::string& server() const { return server_; }
+
+ private:
+  std::string server_;
+  std::string token_;
+  std::unique_ptr<httplib::Client> http_;
+};
+
+}  // namespace virtcap::api

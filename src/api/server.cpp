@@ -1,0 +1,353 @@
+#include "api/server.h"
+
+#include <httplib.h>
+#include <spdlog/spdlog.h>
+
+#include <regex>
+#include <sstream>
+
+#include "api/json.h"
+#include "capabilities/render.h"
+#include "imagecache/pass.h"
+
+namespace virtcap::api {
+
+namespace {
+
+using nlohmann::json;
+
+struct Route {
+  std::string name;     // label in metrics, as documented
+  std::regex pattern;
+  std::vector<std::string> methods;
+};
+
+const std::vector<Route>& route_table() {
+  static const std::vector<Route> kRoutes = {
+      {"/healthz", std::regex("/healthz"), {"GET"}},
+      {"/metrics", std::regex("/metrics"), {"GET"}},
+      {"/v1/capabilities", std::regex("/v1/capabilities"), {"GET"}},
+      {"/v1/instances", std::regex("/v1/instances"), {"GET", "POST"}},
+      {"/v1/instances/{id}", std::regex("/v1/instances/[^/]+"), {"GET", "DELETE"}},
+      {"/v1/instances/{id}/reboot", std::regex("/v1/instances/[^/]+/reboot"), {"POST"}},
+      {"/v1/instances/{id}/interfaces", std::regex("/v1/instances/[^/]+/interfaces"), {"POST"}},
+      {"/v1/instances/{id}/interfaces/{mac}", std::regex("/v1/instances/[^/]+/interfaces/[^/]+"), {"DELETE"}},
+      {"/v1/image-cache/pass", std::regex("/v1/image-cache/pass"), {"POST"}},
+      {"/v1/tasks", std::regex("/v1/tasks"), {"GET"}},
+      {"/v1/reconcile", std::regex("/v1/reconcile"), {"GET"}},
+  };
+  return kRoutes;
+}
+
+const Route* match_route(const std::string& path) {
+  for (const auto& r : route_table())
+    if (std::regex_match(path, r.pattern)) return &r;
+  return nullptr;
+}
+
+void send(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(body.dump() + "\n", "application/json");
+}
+
+void send_error(httplib::Response& res, const Error& e) { send(res, http_status(e.code), error_json(e)); }
+
+void send_error(httplib::Response& res, int status, const std::string& code, const std::string& message) {
+  send(res, status, json{{"error", {{"code", code}, {"message", message}}}});
+}
+
+Error bad_request(const std::string& message) { return make_error(Errc::invalid_argument, message); }
+
+// The request body as a JSON object, with only `allowed` fields.
+Result<json> body_object(const httplib::Request& req, const std::vector<std::string>& allowed, bool empty_ok) {
+  if (req.body.empty()) {
+    if (empty_ok) return json::object();
+    return bad_request("request body is empty; expected a JSON object");
+  }
+  json j = json::parse(req.body, nullptr, false);
+  if (j.is_discarded()) return bad_request("malformed JSON in the request body");
+  if (!j.is_object()) return bad_request("the request body must be a JSON object");
+  for (const auto& [k, v] : j.items()) {
+    if (std::find(allowed.begin(), allowed.end(), k) == allowed.end()) {
+      std::string list;
+      for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+      return bad_request("unknown field '" + k + "'; allowed fields: " + list);
+    }
+  }
+  return j;
+}
+
+Result<std::string> string_field(const json& j, const std::string& key, bool required, const std::string& def = "") {
+  if (!j.contains(key)) {
+    if (required) return bad_request("field '" + key + "' is required");
+    return def;
+  }
+  if (!j[key].is_string()) return bad_request("field '" + key + "' must be a string");
+  return j[key].get<std::string>();
+}
+
+Result<int> int_field(const json& j, const std::string& key, int def, int lo, int hi) {
+  if (!j.contains(key)) return def;
+  if (!j[key].is_number_integer()) return bad_request("field '" + key + "' must be an integer");
+  const auto v = j[key].get<std::int64_t>();
+  if (v < lo || v > hi)
+    return bad_request("field '" + key + "' must be from " + std::to_string(lo) + " to " + std::to_string(hi));
+  return static_cast<int>(v);
+}
+
+bool constant_time_equal(const std::string& a, const std::string& b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+std::string escape_label(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+}  // namespace
+
+void Metrics::request(const std::string& method, const std::string& route, int status) {
+  std::lock_guard lock(mu_);
+  ++requests_[{method, route, status}];
+}
+
+void Metrics::image_cache_pass(const ImageCacheReport& r) {
+  std::lock_guard lock(mu_);
+  ++passes_;
+  files_removed_ += r.files_removed;
+  bytes_freed_ += r.bytes_freed;
+}
+
+std::string Metrics::render(const std::vector<compute::TaskStatus>& tasks) const {
+  std::ostringstream os;
+  std::lock_guard lock(mu_);
+  os << "# HELP virtcap_api_requests_total API requests by method, route and status.\n"
+        "# TYPE virtcap_api_requests_total counter\n";
+  for (const auto& [k, n] : requests_)
+    os << "virtcap_api_requests_total{method=\"" << std::get<0>(k) << "\",route=\"" << escape_label(std::get<1>(k))
+       << "\",status=\"" << std::get<2>(k) << "\"} " << n << "\n";
+  os << "# HELP virtcap_task_runs_total Completed runs of each periodic task.\n"
+        "# TYPE virtcap_task_runs_total counter\n";
+  for (const auto& t : tasks) os << "virtcap_task_runs_total{task=\"" << t.name << "\"} " << t.runs << "\n";
+  os << "# HELP virtcap_task_last_duration_seconds Duration of each periodic task's last run.\n"
+        "# TYPE virtcap_task_last_duration_seconds gauge\n";
+  for (const auto& t : tasks)
+    os << "virtcap_task_last_duration_seconds{task=\"" << t.name << "\"} " << t.last_duration.count() << "\n";
+  os << "# HELP virtcap_task_enabled Whether each periodic task is scheduled.\n"
+        "# TYPE virtcap_task_enabled gauge\n";
+  for (const auto& t : tasks) os << "virtcap_task_enabled{task=\"" << t.name << "\"} " << (t.enabled ? 1 : 0) << "\n";
+  os << "# HELP virtcap_image_cache_passes_total Image-cache passes run through the API.\n"
+        "# TYPE virtcap_image_cache_passes_total counter\n"
+     << "virtcap_image_cache_passes_total " << passes_ << "\n"
+     << "# HELP virtcap_image_cache_files_removed_total Base files removed by image-cache passes.\n"
+        "# TYPE virtcap_image_cache_files_removed_total counter\n"
+     << "virtcap_image_cache_files_removed_total " << files_removed_ << "\n"
+     << "# HELP virtcap_image_cache_bytes_freed_total Bytes freed by image-cache passes.\n"
+        "# TYPE virtcap_image_cache_bytes_freed_total counter\n"
+     << "virtcap_image_cache_bytes_freed_total " << bytes_freed_ << "\n";
+  return os.str();
+}
+
+Server::Server(const config::Config& cfg, compute::ComputeManager& mgr, compute::PeriodicTaskRunner& runner)
+    : cfg_(cfg), mgr_(mgr), runner_(runner), http_(std::make_unique<httplib::Server>()) {
+  const int threads = cfg.api.threads;
+  http_->new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<std::size_t>(threads)); };
+  http_->set_payload_max_length(kMaxBodyBytes);
+  http_->set_read_timeout(10, 0);
+  http_->set_write_timeout(10, 0);
+  routes();
+}
+
+Server::~Server() { stop(); }
+
+Result<int> Server::bind() {
+  auto hp = config::split_listen(cfg_.api.listen);
+  if (!hp) return bad_request("[api] listen '" + cfg_.api.listen + "' is not HOST:PORT");
+  if (!config::is_loopback(hp->first) && cfg_.api.token.empty())
+    return bad_request("refusing to listen on " + cfg_.api.listen +
+                       ": it is not a loopback address and [api] token is not set; set a token, or listen on "
+                       "127.0.0.1");
+  int port = hp->second;
+  if (port == 0) {
+    port = http_->bind_to_any_port(hp->first);
+    if (port < 0) port = 0;
+  } else if (!http_->bind_to_port(hp->first, port)) {
+    port = 0;
+  }
+  if (port <= 0)
+    return make_error(Errc::io_error, "cannot listen on " + cfg_.api.listen +
+                                          ": the address is in use or not available on this host");
+  return port;
+}
+
+void Server::serve() { http_->listen_after_bind(); }
+
+void Server::stop() {
+  if (http_ && http_->is_running()) http_->stop();
+}
+
+void Server::routes() {
+  auto& s = *http_;
+
+  // Authentication and the body limit come before routing.
+  s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (!cfg_.api.token.empty() &&
+        !constant_time_equal(req.get_header_value("Authorization"), "Bearer " + cfg_.api.token)) {
+      res.set_header("WWW-Authenticate", "Bearer");
+      send_error(res, 401, "unauthorized", "a valid bearer token is required (Authorization: Bearer <token>)");
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+  s.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    switch (res.status) {
+      case 404: send_error(res, 404, "not_found", "no route " + req.method + " " + req.path); break;
+      case 413:
+        send_error(res, 413, "payload_too_large",
+                   "request body exceeds " + std::to_string(kMaxBodyBytes) + " bytes");
+        break;
+      case 400: send_error(res, 400, "invalid_argument", "malformed HTTP request"); break;
+      default: send_error(res, res.status, "error", "HTTP " + std::to_string(res.status)); break;
+    }
+  });
+  s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+    std::string what = "unknown exception";
+    try {
+      if (ep) std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    spdlog::error("API handler failed: {}", what);
+    send_error(res, 500, "internal", "internal error: " + what);
+  });
+  s.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+    const Route* r = match_route(req.path);
+    metrics_.request(req.method, r ? r->name : "unmatched", res.status);
+    spdlog::debug("api {} {} -> {}", req.method, req.path, res.status);
+  });
+
+  s.Get("/healthz", [this](const httplib::Request&, httplib::Response& res) {
+    const auto why = mgr_.driver().unavailable_reason();
+    send(res, why.empty() ? 200 : 503,
+         json{{"status", why.empty() ? "ok" : "degraded"},
+              {"driver", std::string(mgr_.driver_name())},
+              {"hypervisor", why.empty() ? json("up") : json(why)}});
+  });
+  s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(metrics_.render(runner_.status()), "text/plain; version=0.0.4");
+  });
+  s.Get("/v1/capabilities", [this](const httplib::Request&, httplib::Response& res) {
+    send(res, 200, caps::to_json(mgr_.driver_name(), mgr_.capabilities()));
+  });
+  s.Get("/v1/instances", [this](const httplib::Request&, httplib::Response& res) {
+    auto list = mgr_.list();
+    if (!list) return send_error(res, list.error());
+    json arr = json::array();
+    for (const auto& r : list.value()) arr.push_back(to_json(r));
+    send(res, 200, json{{"instances", arr}});
+  });
+  s.Post("/v1/instances", [this](const httplib::Request& req, httplib::Response& res) {
+    auto body = body_object(req, {"name", "image", "memory_mb", "vcpus"}, false);
+    if (!body) return send_error(res, body.error());
+    auto name = string_field(*body, "name", true);
+    if (!name) return send_error(res, name.error());
+    auto image = string_field(*body, "image", true);
+    if (!image) return send_error(res, image.error());
+    auto mem = int_field(*body, "memory_mb", 512, 16, 16 * 1024 * 1024);
+    if (!mem) return send_error(res, mem.error());
+    auto vcpus = int_field(*body, "vcpus", 1, 1, 4096);
+    if (!vcpus) return send_error(res, vcpus.error());
+    auto rec = mgr_.boot(*name, *image, *mem, *vcpus);
+    if (!rec) return send_error(res, rec.error());
+    res.set_header("Location", "/v1/instances/" + rec->uuid);
+    send(res, 201, to_json(rec.value()));
+  });
+  s.Get(R"(/v1/instances/([^/]+))", [this](const httplib::Request& req, httplib::Response& res) {
+    auto v = mgr_.show(req.matches[1]);
+    if (!v) return send_error(res, v.error());
+    send(res, 200, to_json(v.value()));
+  });
+  s.Delete(R"(/v1/instances/([^/]+))", [this](const httplib::Request& req, httplib::Response& res) {
+    auto st = mgr_.destroy(req.matches[1]);
+    if (!st) return send_error(res, st.error());
+    send(res, 200, json{{"deleted", std::string(req.matches[1])}});
+  });
+  s.Post(R"(/v1/instances/([^/]+)/reboot)", [this](const httplib::Request& req, httplib::Response& res) {
+    auto body = body_object(req, {}, true);
+    if (!body) return send_error(res, body.error());
+    auto st = mgr_.reboot(req.matches[1]);
+    if (!st) return send_error(res, st.error());
+    send(res, 200, json{{"rebooted", std::string(req.matches[1])}});
+  });
+  s.Post(R"(/v1/instances/([^/]+)/interfaces)", [this](const httplib::Request& req, httplib::Response& res) {
+    auto body = body_object(req, {"mac", "network", "tag"}, true);
+    if (!body) return send_error(res, body.error());
+    InterfaceSpec spec;
+    for (auto [key, field] : {std::pair{"mac", &spec.mac}, std::pair{"network", &spec.network}, std::pair{"tag", &spec.tag}}) {
+      auto v = string_field(*body, key, false);
+      if (!v) return send_error(res, v.error());
+      *field = *v;
+    }
+    static const std::regex kMac("^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$");
+    if (!spec.mac.empty() && !std::regex_match(spec.mac, kMac))
+      return send_error(res, bad_request("field 'mac' must look like 52:54:00:12:34:56"));
+    auto nic = mgr_.attach_interface(req.matches[1], spec);
+    if (!nic) return send_error(res, nic.error());
+    send(res, 201, to_json(nic.value()));
+  });
+  s.Delete(R"(/v1/instances/([^/]+)/interfaces/([^/]+))", [this](const httplib::Request& req, httplib::Response& res) {
+    auto st = mgr_.detach_interface(req.matches[1], req.matches[2]);
+    if (!st) return send_error(res, st.error());
+    send(res, 200, json{{"detached", std::string(req.matches[2])}});
+  });
+  s.Post("/v1/image-cache/pass", [this](const httplib::Request& req, httplib::Response& res) {
+    auto body = body_object(req, {"dry_run"}, true);
+    if (!body) return send_error(res, body.error());
+    bool dry = false;
+    if (body->contains("dry_run")) {
+      if (!(*body)["dry_run"].is_boolean()) return send_error(res, bad_request("field 'dry_run' must be a boolean"));
+      dry = (*body)["dry_run"].get<bool>();
+    }
+    auto r = mgr_.image_cache_pass(dry);
+    if (!r) return send_error(res, r.error());
+    metrics_.image_cache_pass(r.value());
+    send(res, 200, imagecache::to_json(r.value()));
+  });
+  s.Get("/v1/tasks", [this](const httplib::Request&, httplib::Response& res) {
+    json arr = json::array();
+    for (const auto& t : runner_.status()) arr.push_back(to_json(t));
+    send(res, 200, json{{"tasks", arr}});
+  });
+  s.Get("/v1/reconcile", [this](const httplib::Request&, httplib::Response& res) {
+    auto r = mgr_.reconcile(false);
+    if (!r) return send_error(res, r.error());
+    send(res, 200, to_json(r.value()));
+  });
+
+  // Known paths with the wrong method: 405 with Allow; anything else: 404.
+  auto fallback = [](const httplib::Request& req, httplib::Response& res) {
+    const Route* r = match_route(req.path);
+    if (!r) return send_error(res, 404, "not_found", "no route " + req.method + " " + req.path);
+    std::string allow;
+    for (const auto& m : r->methods) allow += (allow.empty() ? "" : ", ") + m;
+    res.set_header("Allow", allow);
+    send_error(res, 405, "method_not_allowed", req.method + " is not allowed on " + r->name + "; allowed: " + allow);
+  };
+  s.Get(".*", fallback);
+  s.Post(".*", fallback);
+  s.Put(".*", fallback);
+  s.Patch(".*", fallback);
+  s.Delete(".*", fallback);
+  s.Options(".*", fallback);
+}
+
+}  // namespace virtcap::api

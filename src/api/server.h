@@ -1,0 +1,59 @@
+// The agent's HTTP/JSON API (cpp-httplib), on [api] listen (loopback by
+// default). Every route, status and error code is in docs/api.md.
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "compute/manager.h"
+#include "compute/periodic.h"
+#include "config/config.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace virtcap::api {
+
+inline constexpr std::size_t kMaxBodyBytes = 1024 * 1024;
+
+// Prometheus-style counters kept by the API server.
+class Metrics {
+ public:
+  void request(const std::string& method, const std::string& route, int status);
+  void image_cache_pass(const ImageCacheReport& r);
+  std::string render(const std::vector<compute::TaskStatus>& tasks) const;
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::tuple<std::string, std::string, int>, std::uint64_t> requests_;
+  std::uint64_t files_removed_ = 0, bytes_freed_ = 0, passes_ = 0;
+};
+
+class Server {
+ public:
+  Server(const config::Config& cfg, compute::ComputeManager& mgr, compute::PeriodicTaskRunner& runner);
+  ~Server();
+
+  // Refuses a non-loopback address without a token (invalid_argument), binds,
+  // and returns the bound port. Then call serve() (blocking) or start().
+  Result<int> bind();
+  void serve();   // until stop()
+  void stop();    // stops accepting; in-flight requests finish
+
+  Metrics& metrics() { return metrics_; }
+
+ private:
+  void routes();
+  const config::Config& cfg_;
+  compute::ComputeManager& mgr_;
+  compute::PeriodicTaskRunner& runner_;
+  std::unique_ptr<httplib::Server> http_;
+  Metrics metrics_;
+};
+
+}  // namespace virtcap::api

@@ -187,10 +187,20 @@ Result<int> Server::bind() {
   return port;
 }
 
-void Server::serve() { http_->listen_after_bind(); }
+void Server::start() {
+  thread_ = std::thread([this] {
+    http_->listen_after_bind();
+    serve_returned_ = true;
+  });
+  // httplib marks itself running inside listen_after_bind; a stop() before
+  // that would be lost, so wait for it (microseconds).
+  while (!http_->is_running() && !serve_returned_.load()) std::this_thread::yield();
+}
 
 void Server::stop() {
-  if (http_ && http_->is_running()) http_->stop();
+  if (!thread_.joinable()) return;
+  http_->stop();
+  thread_.join();
 }
 
 void Server::routes() {

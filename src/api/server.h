@@ -40,10 +40,12 @@ class Server {
   ~Server();
 
   // Refuses a non-loopback address without a token (invalid_argument), binds,
-  // and returns the bound port. Then call serve() (blocking) or start().
+  // and returns the bound port. Then start().
   Result<int> bind();
-  void serve();   // until stop()
-  void stop();    // stops accepting; in-flight requests finish
+  // Serves on a thread of its own; returns once the server is accepting.
+  void start();
+  // Stops accepting, lets in-flight requests finish, joins. Idempotent.
+  void stop();
 
   Metrics& metrics() { return metrics_; }
 
@@ -53,6 +55,8 @@ class Server {
   compute::ComputeManager& mgr_;
   compute::PeriodicTaskRunner& runner_;
   std::unique_ptr<httplib::Server> http_;
+  std::thread thread_;
+  std::atomic<bool> serve_returned_{false};
   Metrics metrics_;
 };
 

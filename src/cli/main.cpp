@@ -132,7 +132,7 @@ int cmd_agent(const Options& o) {
   if (!port) return fail(port.error().message, port.error().code == Errc::invalid_argument ? kExitUsage : kExitRuntime);
   const auto hp = config::split_listen(cfg->api.listen);
   spdlog::info("API listening on http://{}:{}", hp->first, port.value());
-  std::thread http([&] { server.serve(); });
+  server.start();
   runner.start();
   spdlog::info("agent running; send SIGTERM or SIGINT to stop");
 
@@ -140,7 +140,6 @@ int cmd_agent(const Options& o) {
   sigwait(&sigs, &sig);
   spdlog::info("received {}, shutting down: finishing in-flight requests", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   server.stop();
-  http.join();
   spdlog::info("stopping periodic tasks");
   runner.stop();
   spdlog::info("agent stopped cleanly");

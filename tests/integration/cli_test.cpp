@@ -131,7 +131,7 @@ TEST(Cli, ConfigShowPrintsTheEffectiveConfig) {
 TEST(Cli, AgentLogsTheSkippedImageCacheTaskAndStopsCleanlyOnSigterm) {
   TempDir dir;
   const auto cfg = dir.write("agent.toml", "[DEFAULT]\nstate_path = \"" + dir.path().string() +
-                                               "\"\nperiodic_fuzzy_delay = 0\n[compute]\ndriver = \"fake\"\n");
+                                               "\"\nperiodic_fuzzy_delay = 0\n[compute]\ndriver = \"fake\"\n[api]\nlisten = \"127.0.0.1:0\"\n");
   auto child = proc::Child::spawn({VIRTCAP_BINARY, "agent", "--config", cfg});
   ASSERT_TRUE(child.ok());
   ASSERT_TRUE(child->wait_for_stderr("agent running")) << child->err_seen();
@@ -151,7 +151,7 @@ TEST(Cli, AgentWithImageCacheDriverRunsThePass) {
   TempDir dir;
   const auto cfg = dir.write("agent.toml", "[DEFAULT]\nstate_path = \"" + dir.path().string() +
                                                "\"\nperiodic_fuzzy_delay = 0\n[compute]\ndriver = "
-                                               "\"fake_imagecache\"\n[image_cache]\nmanager_interval = 1\n");
+                                               "\"fake_imagecache\"\n[image_cache]\nmanager_interval = 1\n[api]\nlisten = \"127.0.0.1:0\"\n");
   auto child = proc::Child::spawn({VIRTCAP_BINARY, "agent", "--config", cfg});
   ASSERT_TRUE(child.ok());
   ASSERT_TRUE(child->wait_for_stderr("periodic task 'image_cache_manager_pass' ran")) << child->err_seen();

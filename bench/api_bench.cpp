@@ -1,0 +1,123 @@
+// API throughput against the framework's floor: GET /v1/capabilities and
+// GET /v1/instances (1,000 instances) on the real api::Server, against a
+// minimal cpp-httplib handler returning a fixed body of similar size, on the
+// same machine. One keep-alive client on loopback; time per request.
+#include <httplib.h>
+#include <spdlog/spdlog.h>
+
+#include <thread>
+
+#include "api/server.h"
+#include "compute/manager.h"
+#include "ratio.h"
+#include "store/memory/memory_store.h"
+#include "virt/fake/fake_driver.h"
+
+namespace {
+
+using namespace virtcap;
+
+struct Agent {
+  config::Config cfg;
+  store::MemoryStore store;
+  std::unique_ptr<compute::ComputeManager> mgr;
+  std::unique_ptr<compute::PeriodicTaskRunner> runner;
+  std::unique_ptr<api::Server> server;
+  int port = 0;
+
+  Agent() {
+    char tmpl[] = "/tmp/virtcap-apibench-XXXXXX";
+    cfg.defaults.state_path = ::mkdtemp(tmpl);
+    cfg.defaults.host = "bench";
+    cfg.api.listen = "127.0.0.1:0";
+    mgr = std::move(compute::ComputeManager::create(cfg, store, std::make_unique<fake::FakeDriver>("fake", fake::kFake)).value());
+    for (int i = 0; i < 1000; ++i) {
+      InstanceRecord r;
+      r.uuid = "00000000-0000-4000-8000-" + std::to_string(100000000000LL + i);
+      r.name = "vm-" + std::to_string(i);
+      r.host = "bench";
+      r.image_id = "image-" + std::to_string(i % 50);
+      r.vm_state = "active";
+      r.created_at = i;
+      (void)store.create_instance(r);
+    }
+    runner = std::make_unique<compute::PeriodicTaskRunner>(compute::PeriodicTaskRunner::Options{});
+    server = std::make_unique<api::Server>(cfg, *mgr, *runner);
+    port = server->bind().value();
+    server->start();
+  }
+  ~Agent() { server->stop(); }
+};
+
+Agent& agent() {
+  static Agent a;
+  return a;
+}
+
+struct Floor {
+  httplib::Server http;
+  std::thread thread;
+  int port = 0;
+  std::string caps_body, list_body;
+  Floor() {
+    httplib::Client c("127.0.0.1", agent().port);
+    caps_body = c.Get("/v1/capabilities")->body;
+    list_body = c.Get("/v1/instances")->body;
+    http.Get("/caps", [this](const httplib::Request&, httplib::Response& res) {
+      res.set_content(caps_body, "application/json");
+    });
+    http.Get("/list", [this](const httplib::Request&, httplib::Response& res) {
+      res.set_content(list_body, "application/json");
+    });
+    port = http.bind_to_any_port("127.0.0.1");
+    thread = std::thread([this] { http.listen_after_bind(); });
+  }
+  ~Floor() {
+    http.stop();
+    thread.join();
+  }
+};
+
+Floor& floor_server() {
+  static Floor f;
+  return f;
+}
+
+void get_loop(benchmark::State& state, int port, const char* path) {
+  httplib::Client c("127.0.0.1", port);
+  c.set_keep_alive(true);
+  std::size_t bytes = 0;
+  for (auto _ : state) {
+    auto r = c.Get(path);
+    if (!r || r->status != 200) {
+      state.SkipWithError("request failed");
+      break;
+    }
+    bytes += r->body.size();
+  }
+  state.SetBytesProcessed(static_cast<std::int64_t>(bytes));
+  state.counters["req/s"] = benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+
+void BM_Floor_FixedCapabilitiesBody(benchmark::State& s) { get_loop(s, floor_server().port, "/caps"); }
+void BM_Virtcap_GetCapabilities(benchmark::State& s) { get_loop(s, agent().port, "/v1/capabilities"); }
+void BM_Floor_FixedInstancesBody(benchmark::State& s) { get_loop(s, floor_server().port, "/list"); }
+void BM_Virtcap_GetInstances1000(benchmark::State& s) { get_loop(s, agent().port, "/v1/instances"); }
+BENCHMARK(BM_Floor_FixedCapabilitiesBody)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Virtcap_GetCapabilities)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Floor_FixedInstancesBody)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Virtcap_GetInstances1000)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  spdlog::set_level(spdlog::level::warn);
+  agent();
+  floor_server();
+  return virtcap::bench::run_with_ratios(
+      argc, argv,
+      {{"BM_Floor_FixedCapabilitiesBody/real_time", "BM_Virtcap_GetCapabilities/real_time",
+        "GET /v1/capabilities vs fixed-body floor (goal >= 0.5x)"},
+       {"BM_Floor_FixedInstancesBody/real_time", "BM_Virtcap_GetInstances1000/real_time",
+        "GET /v1/instances (1,000) vs fixed-body floor (goal >= 0.5x)"}});
+}

@@ -57,7 +57,6 @@ struct Scanner {
   ImageCacheReport& report;
   std::set<std::string> in_use;                  // base file names
   std::map<std::string, std::vector<std::string>> below_base;  // memo: base name -> base names under it
-  std::set<std::string> seen_dirs;
 
   void mark_chain_from_base(const std::string& base_name) {
     if (in_use.count(base_name) && below_base.count(base_name)) return;
@@ -128,11 +127,14 @@ struct Scanner {
       return;
     }
     ++report.instance_dirs;
-    seen_dirs.insert(name);
     errno = 0;
     while (dirent* e = ::readdir(d)) {
       if (e->d_name[0] == '.') continue;
       if (e->d_type != DT_REG && e->d_type != DT_LNK && e->d_type != DT_UNKNOWN) continue;
+      // A disk being created (spawn writes <name>.tmp-<x>, then renames it)
+      // is skipped: its spawn holds its base file's lock, which removal takes
+      // before it looks again.
+      if (std::strstr(e->d_name, kTempMarker.data()) != nullptr) continue;
       const std::string path = dir_path + "/" + e->d_name;
       int fd = ::openat(dfd, e->d_name, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
       if (fd < 0) {
@@ -156,8 +158,8 @@ struct Scanner {
     ::closedir(d);
   }
 
-  // Reads every instance directory (or, with only_new, those not seen yet).
-  bool scan_instances(bool only_new) {
+  // Reads every instance directory.
+  bool scan_instances() {
     int fd = ::open(opts.instances_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) {
       if (errno == ENOENT) return true;
@@ -174,7 +176,6 @@ struct Scanner {
       const std::string name = e->d_name;
       if (name[0] == '.' || is_reserved_dir(name, opts)) continue;
       if (e->d_type != DT_DIR && e->d_type != DT_UNKNOWN && e->d_type != DT_LNK) continue;
-      if (only_new && seen_dirs.count(name)) continue;
       scan_instance_dir(::dirfd(d), name);
     }
     ::closedir(d);
@@ -202,7 +203,7 @@ ImageCacheReport run_pass(const PassOptions& opts, const std::vector<InstanceRec
   report.instances_considered = live_instances.size();
   BaseCache cache(opts.instances_path, opts.subdirectory_name);
   report.base_dir = cache.base_dir;
-  Scanner scan{opts, cache.base_dir, report, {}, {}, {}};
+  Scanner scan{opts, cache.base_dir, report, {}, {}};
   auto finish = [&] {
     report.complete = report.unreadable_disks.empty() && report.complete;
     report.duration_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -239,7 +240,7 @@ ImageCacheReport run_pass(const PassOptions& opts, const std::vector<InstanceRec
   }
 
   // (a) the disks on the storage, (b) the live instances from the store.
-  scan.scan_instances(false);
+  scan.scan_instances();
   std::set<std::string> store_originals;
   for (const auto& inst : live_instances)
     if (!inst.image_id.empty()) store_originals.insert(BaseCache::base_name(inst.image_id));
@@ -305,8 +306,10 @@ ImageCacheReport run_pass(const PassOptions& opts, const std::vector<InstanceRec
   if (to_remove.empty()) return finish();
 
   // Removal. Take every candidate's lock (sorted order; a spawn holds at most
-  // one), then look again: instance directories that appeared since the scan
-  // are read, and a candidate that a spawn touched or that vanished is kept.
+  // one), then look again at every instance directory: with the locks held no
+  // spawn can be between fetching one of these bases and finishing its disk,
+  // so this second look is authoritative for them. A candidate that a disk
+  // now uses, that a spawn touched, or that vanished is kept.
   std::vector<BaseFileLock> locks;
   for (const auto& n : to_remove) {
     auto l = BaseFileLock::acquire(cache, n);
@@ -317,7 +320,10 @@ ImageCacheReport run_pass(const PassOptions& opts, const std::vector<InstanceRec
     }
     locks.push_back(std::move(l.value()));
   }
-  scan.scan_instances(true);
+  const auto first_dirs = report.instance_dirs, first_disks = report.disks_read;
+  scan.scan_instances();
+  report.instance_dirs = first_dirs;  // the report counts the first look
+  report.disks_read = first_disks;
   if (!report.unreadable_disks.empty()) {
     report.complete = false;
     keep_all("not removed: a disk that appeared during the pass could not be read");

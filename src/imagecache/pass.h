@@ -8,9 +8,9 @@
 //   (b) the image ids of the live instances the manager hands down, each
 //       mapped to its sha1-named base file and its resized variants.
 // If any instance disk cannot be read, the pass removes nothing. Removal takes
-// the per-base-file lock the spawn path takes, then re-checks: instance
-// directories that appeared during the pass are read, and a base file whose
-// mtime changed (a spawn touched it) is kept.
+// the per-base-file locks the spawn path takes, then reads every instance
+// directory again and keeps a base file that a disk now uses or whose mtime
+// changed (a spawn touched it).
 #pragma once
 
 #include <nlohmann/json.hpp>

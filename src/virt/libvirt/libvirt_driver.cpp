@@ -246,11 +246,16 @@ Status LibvirtDriver::spawn(const InstanceSpec& spec) {
                         "cannot create instance directory " + dir + ": " + std::strerror(err));
     }
     made_dir = true;
+    // Written under a temporary name and renamed, so that an image-cache
+    // pass never reads a half-written header.
+    const std::string partial = disk + std::string(imagecache::kTempMarker) + "create";
     auto r = proc::run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", std::string(to_string(image->format)), "-b",
-                        b.base_path, disk});
+                        b.base_path, partial});
     if (!r) return r.error();
     if (r->exit_code != 0)
       return make_error(Errc::io_error, "qemu-img create of " + disk + " failed: " + r->err);
+    if (::rename(partial.c_str(), disk.c_str()) != 0)
+      return make_error(Errc::io_error, "cannot rename " + partial + " to " + disk + ": " + std::strerror(errno));
     return {};
   });
   auto rollback_dir = [&] {

@@ -1,5 +1,7 @@
 #include "api/json.h"
 
+#include <regex>
+
 namespace virtcap::api {
 
 nlohmann::json to_json(const InstanceRecord& r) {
@@ -76,6 +78,103 @@ int http_status(Errc code) {
     case Errc::hypervisor_unavailable: return 503;
     default: return 500;
   }
+}
+
+namespace {
+
+using json = nlohmann::json;
+
+Error bad_request(const std::string& message) { return make_error(Errc::invalid_argument, message); }
+
+// The request body as a JSON object, with only `allowed` fields.
+Result<json> body_object(const std::string& body, const std::vector<std::string>& allowed, bool empty_ok) {
+  if (body.empty()) {
+    if (empty_ok) return json::object();
+    return bad_request("request body is empty; expected a JSON object");
+  }
+  json j = json::parse(body, nullptr, false);
+  if (j.is_discarded()) return bad_request("malformed JSON in the request body");
+  if (!j.is_object()) return bad_request("the request body must be a JSON object");
+  for (const auto& [k, v] : j.items()) {
+    if (std::find(allowed.begin(), allowed.end(), k) == allowed.end()) {
+      std::string list;
+      for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+      return bad_request("unknown field '" + k + "'; allowed fields: " + list);
+    }
+  }
+  return j;
+}
+
+Result<std::string> string_field(const json& j, const std::string& key, bool required, const std::string& def = "") {
+  if (!j.contains(key)) {
+    if (required) return bad_request("field '" + key + "' is required");
+    return def;
+  }
+  if (!j[key].is_string()) return bad_request("field '" + key + "' must be a string");
+  return j[key].get<std::string>();
+}
+
+Result<int> int_field(const json& j, const std::string& key, int def, int lo, int hi) {
+  if (!j.contains(key)) return def;
+  if (!j[key].is_number_integer()) return bad_request("field '" + key + "' must be an integer");
+  const auto v = j[key].get<std::int64_t>();
+  if (v < lo || v > hi)
+    return bad_request("field '" + key + "' must be from " + std::to_string(lo) + " to " + std::to_string(hi));
+  return static_cast<int>(v);
+}
+
+}  // namespace
+
+Result<BootRequest> parse_boot_request(const std::string& body) {
+  auto j = body_object(body, {"name", "image", "memory_mb", "vcpus"}, false);
+  if (!j) return j.error();
+  BootRequest r;
+  auto name = string_field(*j, "name", true);
+  if (!name) return name.error();
+  auto image = string_field(*j, "image", true);
+  if (!image) return image.error();
+  auto mem = int_field(*j, "memory_mb", 512, 16, 16 * 1024 * 1024);
+  if (!mem) return mem.error();
+  auto vcpus = int_field(*j, "vcpus", 1, 1, 4096);
+  if (!vcpus) return vcpus.error();
+  r.name = *name;
+  r.image = *image;
+  r.memory_mb = *mem;
+  r.vcpus = *vcpus;
+  return r;
+}
+
+Result<InterfaceSpec> parse_interface_request(const std::string& body) {
+  auto j = body_object(body, {"mac", "network", "tag"}, true);
+  if (!j) return j.error();
+  InterfaceSpec spec;
+  auto mac = string_field(*j, "mac", false);
+  if (!mac) return mac.error();
+  auto network = string_field(*j, "network", false);
+  if (!network) return network.error();
+  auto tag = string_field(*j, "tag", false);
+  if (!tag) return tag.error();
+  static const std::regex kMac("^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$");
+  if (!mac->empty() && !std::regex_match(*mac, kMac))
+    return bad_request("field 'mac' must look like 52:54:00:12:34:56");
+  spec.mac = *mac;
+  spec.network = *network;
+  spec.tag = *tag;
+  return spec;
+}
+
+Result<bool> parse_pass_request(const std::string& body) {
+  auto j = body_object(body, {"dry_run"}, true);
+  if (!j) return j.error();
+  if (!j->contains("dry_run")) return false;
+  if (!(*j)["dry_run"].is_boolean()) return bad_request("field 'dry_run' must be a boolean");
+  return (*j)["dry_run"].get<bool>();
+}
+
+Status parse_empty_request(const std::string& body) {
+  auto j = body_object(body, {}, true);
+  if (!j) return j.error();
+  return {};
 }
 
 }  // namespace virtcap::api

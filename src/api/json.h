@@ -19,4 +19,17 @@ nlohmann::json error_json(const Error& e);
 // The HTTP status for an error code (docs/api.md).
 int http_status(Errc code);
 
+// Request bodies: untrusted bytes, parsed and validated here (fuzzed by
+// tests/fuzz/api_body_fuzz.cpp). Unknown fields, wrong types and
+// out-of-range values are invalid_argument with a message naming the field.
+struct BootRequest {
+  std::string name, image;
+  int memory_mb = 512;
+  int vcpus = 1;
+};
+Result<BootRequest> parse_boot_request(const std::string& body);
+Result<InterfaceSpec> parse_interface_request(const std::string& body);
+Result<bool> parse_pass_request(const std::string& body);  // dry_run
+Status parse_empty_request(const std::string& body);
+
 }  // namespace virtcap::api

@@ -58,43 +58,6 @@ void send_error(httplib::Response& res, int status, const std::string& code, con
 
 Error bad_request(const std::string& message) { return make_error(Errc::invalid_argument, message); }
 
-// The request body as a JSON object, with only `allowed` fields.
-Result<json> body_object(const httplib::Request& req, const std::vector<std::string>& allowed, bool empty_ok) {
-  if (req.body.empty()) {
-    if (empty_ok) return json::object();
-    return bad_request("request body is empty; expected a JSON object");
-  }
-  json j = json::parse(req.body, nullptr, false);
-  if (j.is_discarded()) return bad_request("malformed JSON in the request body");
-  if (!j.is_object()) return bad_request("the request body must be a JSON object");
-  for (const auto& [k, v] : j.items()) {
-    if (std::find(allowed.begin(), allowed.end(), k) == allowed.end()) {
-      std::string list;
-      for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
-      return bad_request("unknown field '" + k + "'; allowed fields: " + list);
-    }
-  }
-  return j;
-}
-
-Result<std::string> string_field(const json& j, const std::string& key, bool required, const std::string& def = "") {
-  if (!j.contains(key)) {
-    if (required) return bad_request("field '" + key + "' is required");
-    return def;
-  }
-  if (!j[key].is_string()) return bad_request("field '" + key + "' must be a string");
-  return j[key].get<std::string>();
-}
-
-Result<int> int_field(const json& j, const std::string& key, int def, int lo, int hi) {
-  if (!j.contains(key)) return def;
-  if (!j[key].is_number_integer()) return bad_request("field '" + key + "' must be an integer");
-  const auto v = j[key].get<std::int64_t>();
-  if (v < lo || v > hi)
-    return bad_request("field '" + key + "' must be from " + std::to_string(lo) + " to " + std::to_string(hi));
-  return static_cast<int>(v);
-}
-
 bool constant_time_equal(const std::string& a, const std::string& b) {
   if (a.size() != b.size()) return false;
   unsigned char diff = 0;
@@ -266,17 +229,9 @@ void Server::routes() {
     send(res, 200, json{{"instances", arr}});
   });
   s.Post("/v1/instances", [this](const httplib::Request& req, httplib::Response& res) {
-    auto body = body_object(req, {"name", "image", "memory_mb", "vcpus"}, false);
-    if (!body) return send_error(res, body.error());
-    auto name = string_field(*body, "name", true);
-    if (!name) return send_error(res, name.error());
-    auto image = string_field(*body, "image", true);
-    if (!image) return send_error(res, image.error());
-    auto mem = int_field(*body, "memory_mb", 512, 16, 16 * 1024 * 1024);
-    if (!mem) return send_error(res, mem.error());
-    auto vcpus = int_field(*body, "vcpus", 1, 1, 4096);
-    if (!vcpus) return send_error(res, vcpus.error());
-    auto rec = mgr_.boot(*name, *image, *mem, *vcpus);
+    auto boot = parse_boot_request(req.body);
+    if (!boot) return send_error(res, boot.error());
+    auto rec = mgr_.boot(boot->name, boot->image, boot->memory_mb, boot->vcpus);
     if (!rec) return send_error(res, rec.error());
     res.set_header("Location", "/v1/instances/" + rec->uuid);
     send(res, 201, to_json(rec.value()));
@@ -292,25 +247,15 @@ void Server::routes() {
     send(res, 200, json{{"deleted", std::string(req.matches[1])}});
   });
   s.Post(R"(/v1/instances/([^/]+)/reboot)", [this](const httplib::Request& req, httplib::Response& res) {
-    auto body = body_object(req, {}, true);
-    if (!body) return send_error(res, body.error());
+    if (auto body = parse_empty_request(req.body); !body) return send_error(res, body.error());
     auto st = mgr_.reboot(req.matches[1]);
     if (!st) return send_error(res, st.error());
     send(res, 200, json{{"rebooted", std::string(req.matches[1])}});
   });
   s.Post(R"(/v1/instances/([^/]+)/interfaces)", [this](const httplib::Request& req, httplib::Response& res) {
-    auto body = body_object(req, {"mac", "network", "tag"}, true);
-    if (!body) return send_error(res, body.error());
-    InterfaceSpec spec;
-    for (auto [key, field] : {std::pair{"mac", &spec.mac}, std::pair{"network", &spec.network}, std::pair{"tag", &spec.tag}}) {
-      auto v = string_field(*body, key, false);
-      if (!v) return send_error(res, v.error());
-      *field = *v;
-    }
-    static const std::regex kMac("^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$");
-    if (!spec.mac.empty() && !std::regex_match(spec.mac, kMac))
-      return send_error(res, bad_request("field 'mac' must look like 52:54:00:12:34:56"));
-    auto nic = mgr_.attach_interface(req.matches[1], spec);
+    auto spec = parse_interface_request(req.body);
+    if (!spec) return send_error(res, spec.error());
+    auto nic = mgr_.attach_interface(req.matches[1], spec.value());
     if (!nic) return send_error(res, nic.error());
     send(res, 201, to_json(nic.value()));
   });
@@ -320,14 +265,9 @@ void Server::routes() {
     send(res, 200, json{{"detached", std::string(req.matches[2])}});
   });
   s.Post("/v1/image-cache/pass", [this](const httplib::Request& req, httplib::Response& res) {
-    auto body = body_object(req, {"dry_run"}, true);
-    if (!body) return send_error(res, body.error());
-    bool dry = false;
-    if (body->contains("dry_run")) {
-      if (!(*body)["dry_run"].is_boolean()) return send_error(res, bad_request("field 'dry_run' must be a boolean"));
-      dry = (*body)["dry_run"].get<bool>();
-    }
-    auto r = mgr_.image_cache_pass(dry);
+    auto dry = parse_pass_request(req.body);
+    if (!dry) return send_error(res, dry.error());
+    auto r = mgr_.image_cache_pass(dry.value());
     if (!r) return send_error(res, r.error());
     metrics_.image_cache_pass(r.value());
     send(res, 200, imagecache::to_json(r.value()));

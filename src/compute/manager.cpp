@@ -196,57 +196,39 @@ Result<ComputeManager::InstanceView> ComputeManager::show(const std::string& id)
 }
 
 Status ComputeManager::destroy(const std::string& id) {
-  auto rec = find(id);
-  if (!rec) return rec.error();
-  auto lock = instance_lock(rec->uuid);
-  std::unique_lock guard(*lock, std::try_to_lock);
-  if (!guard.owns_lock()) return busy(rec->uuid);
-  rec = store_.get_instance(rec->uuid);  // fresh, under the lock
-  if (!rec) return rec.error();
-  if (rec->deleted_at != 0) return make_error(Errc::not_found, "instance " + rec->uuid + " is already deleted");
-  rec->task_state = "deleting";
-  rec->updated_at = now_seconds();
-  if (auto st = store_.update_instance(rec.value()); !st) return st;
-  if (auto st = driver_->destroy(rec->uuid); !st) {
-    rec->task_state.clear();  // nothing was deleted; the instance stays as it was
-    (void)store_.update_instance(rec.value());
-    return st;
-  }
-  rec->vm_state = "deleted";
-  rec->task_state.clear();
-  rec->deleted_at = rec->updated_at = now_seconds();
-  return store_.update_instance(rec.value());
+  return with_instance(id, [&](InstanceRecord& found) -> Status {
+    auto rec = store_.get_instance(found.uuid);  // fresh, under the lock
+    if (!rec) return rec.error();
+    if (rec->deleted_at != 0) return make_error(Errc::not_found, "instance " + rec->uuid + " is already deleted");
+    rec->task_state = "deleting";
+    rec->updated_at = now_seconds();
+    if (auto st = store_.update_instance(rec.value()); !st) return st;
+    if (auto st = driver_->destroy(rec->uuid); !st) {
+      rec->task_state.clear();  // nothing was deleted; the instance stays as it was
+      (void)store_.update_instance(rec.value());
+      return st;
+    }
+    rec->vm_state = "deleted";
+    rec->task_state.clear();
+    rec->deleted_at = rec->updated_at = now_seconds();
+    return store_.update_instance(rec.value());
+  });
 }
 
 Status ComputeManager::reboot(const std::string& id) {
-  auto rec = find(id);
-  if (!rec) return rec.error();
-  auto lock = instance_lock(rec->uuid);
-  std::unique_lock guard(*lock, std::try_to_lock);
-  if (!guard.owns_lock()) return busy(rec->uuid);
-  return driver_->reboot(rec->uuid);
+  return with_instance(id, [&](InstanceRecord& rec) { return driver_->reboot(rec.uuid); });
 }
 
 Result<InterfaceInfo> ComputeManager::attach_interface(const std::string& id, const InterfaceSpec& spec) {
   if (auto st = check(Operation::attach_interface); !st) return st.error();
   if (!spec.tag.empty())
     if (auto st = check(Operation::tagged_attach_interface); !st) return st.error();
-  auto rec = find(id);
-  if (!rec) return rec.error();
-  auto lock = instance_lock(rec->uuid);
-  std::unique_lock guard(*lock, std::try_to_lock);
-  if (!guard.owns_lock()) return busy(rec->uuid);
-  return driver_->attach_interface(rec->uuid, spec);
+  return with_instance(id, [&](InstanceRecord& rec) { return driver_->attach_interface(rec.uuid, spec); });
 }
 
 Status ComputeManager::detach_interface(const std::string& id, const std::string& mac) {
   if (auto st = check(Operation::detach_interface); !st) return st;
-  auto rec = find(id);
-  if (!rec) return rec.error();
-  auto lock = instance_lock(rec->uuid);
-  std::unique_lock guard(*lock, std::try_to_lock);
-  if (!guard.owns_lock()) return busy(rec->uuid);
-  return driver_->detach_interface(rec->uuid, mac);
+  return with_instance(id, [&](InstanceRecord& rec) { return driver_->detach_interface(rec.uuid, mac); });
 }
 
 Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {

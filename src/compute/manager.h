@@ -117,6 +117,10 @@ class ComputeManager {
   // A per-instance lock, taken with try_lock: a busy instance is a conflict.
   std::shared_ptr<std::mutex> instance_lock(const std::string& uuid);
   Error busy(const std::string& uuid) const;
+  // Finds `id`, takes its instance lock (try_lock: busy is a conflict) and
+  // runs fn(record) with it held.
+  template <class F>
+  auto with_instance(const std::string& id, F&& fn) -> decltype(fn(std::declval<InstanceRecord&>()));
 
   std::mutex locks_mu_;
   std::map<std::string, std::weak_ptr<std::mutex>> instance_locks_;
@@ -136,5 +140,15 @@ class ComputeManager {
   mutable std::mutex report_mu_;
   std::optional<ImageCacheReport> last_report_;
 };
+
+template <class F>
+auto ComputeManager::with_instance(const std::string& id, F&& fn) -> decltype(fn(std::declval<InstanceRecord&>())) {
+  auto rec = find(id);
+  if (!rec) return rec.error();
+  auto lock = instance_lock(rec->uuid);
+  std::unique_lock guard(*lock, std::try_to_lock);
+  if (!guard.owns_lock()) return busy(rec->uuid);
+  return fn(rec.value());
+}
 
 }  // namespace virtcap::compute

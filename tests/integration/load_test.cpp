@@ -83,41 +83,6 @@ double percentile(std::vector<double> v, double p) {
   return v[static_cast<std::size_t>(p * static_cast<double>(v.size() - 1))];
 }
 
-// Store, domains and disks agree: reconcile is consistent (no unknown
-// domain, no orphan directory), no live record is mid-operation, every
-// instance directory belongs to a live record, and every active record has
-// its directory. Records of spawns the crash interrupted stay, in state
-// error, without a disk; instances the restarted hypervisor no longer knows
-// are lost, with their disk kept.
-void expect_agreement(api::Client& c, const AgentWorld& w) {
-  auto rec = c.request("GET", "/v1/reconcile");
-  ASSERT_TRUE(rec.ok()) << rec.error().message;
-  EXPECT_TRUE(rec->at("consistent").get<bool>()) << rec->dump();
-  auto list = c.request("GET", "/v1/instances");
-  ASSERT_TRUE(list.ok());
-  std::set<std::string> dirs;
-  for (const auto& e : tree(w.dir.sub("instances")))
-    if (e.size() == 36) dirs.insert(e);
-  std::set<std::string> live;
-  for (const auto& i : list->at("instances")) {
-    const std::string uuid = i.at("uuid");
-    live.insert(uuid);
-    EXPECT_TRUE(i.at("task_state").is_null()) << i.dump();
-    const std::string state = i.at("vm_state");
-    // active: disk and domain; lost: the (in-process) hypervisor forgot the
-    // domain at the crash, the disk is kept; error: an interrupted spawn,
-    // rolled back, no disk.
-    EXPECT_TRUE(state == "active" || state == "error" || state == "lost") << i.dump();
-    EXPECT_EQ(dirs.count(uuid) == 1, state != "error") << i.dump();
-    if (state == "active") {
-      auto shown = c.request("GET", "/v1/instances/" + uuid);
-      ASSERT_TRUE(shown.ok());
-      EXPECT_EQ(shown->at("power_state"), "running") << "an active record has its domain";
-    }
-  }
-  for (const auto& d : dirs) EXPECT_TRUE(live.count(d)) << "directory " << d << " has no live instance";
-}
-
 TEST(Load, EightClientsFiveHundredBootDeleteCycles) {
   AgentWorld w("[api]\nlisten = \"127.0.0.1:0\"\nthreads = 8\n");
   Agent agent(w.config);

@@ -22,15 +22,11 @@ inline constexpr Capabilities kFake{
     .max_vcpus = 64,
 };
 // `fake_imagecache`: as `fake`, plus an image cache (the seed's libvirt case).
-inline constexpr Capabilities kFakeImageCache{
-    .has_imagecache = true,
-    .supports_attach_interface = true,
-    .supports_device_tagging = true,
-    .supports_tagged_attach_interface = true,
-    .image_formats = {ImageFormat::raw, ImageFormat::qcow2},
-    .virt_type = VirtType::fake,
-    .max_vcpus = 64,
-};
+inline constexpr Capabilities kFakeImageCache = [] {
+  Capabilities c = kFake;
+  c.has_imagecache = true;
+  return c;
+}();
 // `fake_minimal` declares nothing: every capability keeps its default.
 
 struct Behaviour {

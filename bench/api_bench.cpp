@@ -69,6 +69,7 @@ struct Floor {
     http.Get("/list", [this](const httplib::Request&, httplib::Response& res) {
       res.set_content(list_body, "application/json");
     });
+    http.set_tcp_nodelay(true);  // as the agent does
     port = http.bind_to_any_port("127.0.0.1");
     thread = std::thread([this] { http.listen_after_bind(); });
   }
@@ -86,6 +87,7 @@ Floor& floor_server() {
 void get_loop(benchmark::State& state, int port, const char* path) {
   httplib::Client c("127.0.0.1", port);
   c.set_keep_alive(true);
+  c.set_tcp_nodelay(true);
   std::size_t bytes = 0;
   for (auto _ : state) {
     auto r = c.Get(path);
@@ -112,6 +114,7 @@ BENCHMARK(BM_Virtcap_GetInstances1000)->UseRealTime()->Unit(benchmark::kMicrosec
 
 int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::warn);
+  virtcap::api::tune_allocator();  // as `virtcap agent` does; applies to the floor server too
   agent();
   floor_server();
   return virtcap::bench::run_with_ratios(

@@ -17,6 +17,7 @@ Errc code_from(const std::string& s) {
 Client::Client(const std::string& server, const std::string& token)
     : server_(server), token_(token), http_(std::make_unique<httplib::Client>(server)) {
   http_->set_connection_timeout(5, 0);
+  http_->set_tcp_nodelay(true);
   http_->set_read_timeout(300, 0);  // an image-cache pass or a cold spawn can take a while
   http_->set_write_timeout(30, 0);
   if (!token.empty()) http_->set_bearer_token_auth(token.c_str());

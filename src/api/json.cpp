@@ -1,5 +1,6 @@
 #include "api/json.h"
 
+#include <cstdio>
 #include <regex>
 
 namespace virtcap::api {
@@ -11,6 +12,70 @@ nlohmann::json to_json(const InstanceRecord& r) {
           {"vm_state", r.vm_state},   {"task_state", r.task_state.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.task_state)},
           {"created_at", r.created_at}, {"updated_at", r.updated_at},
           {"deleted_at", r.deleted_at == 0 ? nlohmann::json(nullptr) : nlohmann::json(r.deleted_at)}};
+}
+
+namespace {
+void put_string(std::string& out, std::string_view s) {
+  out += '"';
+  for (char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\b': out += "\\b"; break;
+      case '\f': out += "\\f"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(static_cast<unsigned char>(c)));
+          out += buf;
+        } else {
+          out += c;
+        }
+    }
+  }
+  out += '"';
+}
+}  // namespace
+
+std::string instances_json(const std::vector<InstanceRecord>& list) {
+  std::string out;
+  out.reserve(64 + list.size() * 320);
+  out += "{\"instances\":[";
+  bool first = true;
+  for (const auto& r : list) {
+    if (!first) out += ',';
+    first = false;
+    // Keys in nlohmann's (sorted) order, so the text equals to_json(r).dump().
+    out += "{\"created_at\":";
+    out += std::to_string(r.created_at);
+    out += ",\"deleted_at\":";
+    out += r.deleted_at == 0 ? "null" : std::to_string(r.deleted_at);
+    out += ",\"host\":";
+    put_string(out, r.host);
+    out += ",\"image\":";
+    put_string(out, r.image_id);
+    out += ",\"memory_mb\":";
+    out += std::to_string(r.memory_mb);
+    out += ",\"name\":";
+    put_string(out, r.name);
+    out += ",\"task_state\":";
+    if (r.task_state.empty()) out += "null";
+    else put_string(out, r.task_state);
+    out += ",\"updated_at\":";
+    out += std::to_string(r.updated_at);
+    out += ",\"uuid\":";
+    put_string(out, r.uuid);
+    out += ",\"vcpus\":";
+    out += std::to_string(r.vcpus);
+    out += ",\"vm_state\":";
+    put_string(out, r.vm_state);
+    out += '}';
+  }
+  out += "]}";
+  return out;
 }
 
 nlohmann::json to_json(const InterfaceInfo& i) {

@@ -21,6 +21,11 @@ namespace virtcap::api {
 
 inline constexpr std::size_t kMaxBodyBytes = 1024 * 1024;
 
+// Keeps response-sized buffers (hundreds of KiB) on the heap instead of a
+// fresh mmap per request, whose page faults cost more than building the
+// response. Process-wide; `virtcap agent` calls it at start.
+void tune_allocator();
+
 // Prometheus-style counters kept by the API server.
 class Metrics {
  public:

@@ -107,6 +107,7 @@ int cmd_agent(const Options& o) {
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
   spdlog::info("virtcap {} agent starting (config: {})", VIRTCAP_VERSION, cfg->source);
+  api::tune_allocator();
   auto store = open_store(*cfg);
   if (!store) return fail("cannot open the instance store: " + store.error().message);
   spdlog::info("instance store: {} ({})", cfg->store.backend,

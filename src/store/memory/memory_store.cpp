@@ -57,6 +57,7 @@ Status MemoryStore::update_instance(const InstanceRecord& record) {
 Result<std::vector<InstanceRecord>> MemoryStore::list_instances(const std::string& host, bool include_deleted) {
   std::lock_guard lock(mu_);
   std::vector<InstanceRecord> out;
+  out.reserve(instances_.size());
   for (const auto& [uuid, r] : instances_)
     if (r.host == host && (include_deleted || r.deleted_at == 0)) out.push_back(r);
   std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.created_at < b.created_at; });

@@ -145,6 +145,13 @@ Server::Server(const config::Config& cfg, compute::ComputeManager& mgr, compute:
   http_->new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<std::size_t>(threads)); };
   http_->set_payload_max_length(kMaxBodyBytes);
   http_->set_tcp_nodelay(true);  // small JSON answers must not wait for delayed ACKs
+  // httplib's default also sets SO_REUSEPORT, which lets a second agent bind
+  // the same port and silently share its requests. Only SO_REUSEADDR here: a
+  // port in use is an error at start.
+  http_->set_socket_options([](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
   http_->set_read_timeout(10, 0);
   http_->set_write_timeout(10, 0);
   routes();

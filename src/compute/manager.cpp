@@ -377,6 +377,9 @@ void ComputeManager::register_periodic_tasks(PeriodicTaskRunner& runner) {
   else if (cfg_.image_cache.manager_interval <= 0)
     cache.disabled_reason = "[image_cache] manager_interval is " + std::to_string(cfg_.image_cache.manager_interval) +
                             " (<= 0 disables the pass)";
+  if (cache.disabled_reason.empty())
+    spdlog::info("image-cache task enabled: driver '{}' declares has_imagecache; every {} s", driver_->name(),
+                 cfg_.image_cache.manager_interval);
   runner.add(std::move(cache));
   PeriodicTask sync{std::string(kPowerSyncTask), static_cast<double>(cfg_.defaults.sync_power_state_interval), true,
                     "", [this](std::stop_token) { return sync_power_states(); }};

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "store/sqlite/sqlite_store.h"
+#include "support/test_support.h"
 
 namespace virtcap::store {
 namespace {
@@ -25,24 +26,9 @@ namespace fs = std::filesystem;
 using std::chrono::milliseconds;
 
 // A mkdtemp directory, removed with everything in it at the end.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "virtcap-sqlite-XXXXXX").string();
-    if (::mkdtemp(tmpl.data()) == nullptr) std::abort();
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
+struct TempDir : virtcap::testing::TempDir {
+  TempDir() : virtcap::testing::TempDir("virtcap-sqlite") {}
+  std::string file(const std::string& name) const { return sub(name); }
 };
 
 // A second, raw connection to the same file: what another process sees.

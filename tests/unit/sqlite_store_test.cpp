@@ -130,6 +130,9 @@ TEST(SqliteStore, OpenCreatesTheMissingParentDirectoriesWithMode0700) {
     ASSERT_EQ(::stat(dir.file(sub).c_str(), &st), 0) << sub;
     EXPECT_EQ(st.st_mode & 0777, 0700u) << sub;
   }
+  struct stat db {};
+  ASSERT_EQ(::stat(path.c_str(), &db), 0);
+  EXPECT_EQ(db.st_mode & 0777, 0600u) << "a new database is owner-only";
 }
 
 TEST(SqliteStore, OpenRejectsAnEmptyPathAndAParentThatIsAFile) {

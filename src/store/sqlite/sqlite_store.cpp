@@ -1,5 +1,8 @@
 #include "store/sqlite/sqlite_store.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <sqlite3.h>
 #include <sys/stat.h>
 
@@ -213,6 +216,9 @@ Result<std::unique_ptr<SqliteStore>> SqliteStore::open(const std::string& path,
   if (busy_timeout.count() < 0)
     return make_error(Errc::invalid_argument, "the instance store busy timeout must not be negative");
   if (auto st = make_dirs(std::filesystem::path(path).parent_path()); !st) return st.error();
+  // A new database is created owner-only (SQLite would use the umask's mode);
+  // its -wal and -shm files inherit the mode. An existing file is untouched.
+  if (int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600); fd >= 0) ::close(fd);
 
   sqlite3* db = nullptr;
   const int rc =

@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <map>
 
 #include "compute/manager.h"
 #include "store/memory/memory_store.h"
@@ -30,6 +31,22 @@ int daemon_pid() {
   int pid = -1;
   in >> pid;
   return pid;
+}
+
+// The operator's view: the CLI against qemu:///session shows attach as
+// supported, against the test driver as not.
+TEST(RealGuest, CapabilitiesCommandShowsWhatEachHypervisorSupports) {
+  ASSERT_NE(::geteuid(), 0u) << "run through tests/guest/run-as-user.sh";
+  auto attach_of = [](const std::string& uri) {
+    auto out = testing::must_run({VIRTCAP_BINARY, "capabilities", "--driver", "libvirt", "--uri", uri, "--format", "json"});
+    auto j = nlohmann::json::parse(out.out);
+    std::map<std::string, nlohmann::json> values;
+    for (const auto& c : j.at("capabilities")) values[c.at("name")] = c.at("value");
+    EXPECT_EQ(values["has_imagecache"], true) << uri;
+    return values["supports_attach_interface"].get<bool>();
+  };
+  EXPECT_TRUE(attach_of("qemu:///session"));
+  EXPECT_FALSE(attach_of("test:///default"));
 }
 
 TEST(RealGuest, BootHotplugSurviveADaemonRestartAndDestroy) {

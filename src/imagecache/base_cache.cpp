@@ -46,13 +46,6 @@ Status fsync_dir(const std::string& dir) {
   return {};
 }
 
-Status make_dirs(const std::string& dir) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) return make_error(Errc::io_error, "cannot create directory " + dir + ": " + ec.message());
-  return {};
-}
-
 std::string random_suffix() {
   thread_local std::mt19937_64 rng{std::random_device{}()};
   static constexpr char kChars[] = "abcdefghijklmnopqrstuvwxyz0123456789";
@@ -62,6 +55,13 @@ std::string random_suffix() {
 }
 
 }  // namespace
+
+Status make_dirs(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return make_error(Errc::io_error, "cannot create directory " + dir + ": " + ec.message());
+  return {};
+}
 
 std::string BaseCache::base_name(std::string_view image_id) { return sha1_hex(image_id); }
 

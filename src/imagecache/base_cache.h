@@ -64,6 +64,8 @@ Result<EnsureOutcome> with_base(const BaseCache& cache, std::string_view image_i
 Result<EnsureOutcome> ensure_base_locked(const BaseCache& cache, std::string_view image_id,
                                          const std::string& source);
 Status touch(const std::string& path);
+// mkdir -p; io_error naming the directory.
+Status make_dirs(const std::string& dir);
 // Copies src to dst (which must not exist) with copy_file_range, then fsyncs dst.
 Result<std::uint64_t> copy_file_synced(const std::string& src, const std::string& dst);
 

@@ -98,13 +98,6 @@ Result<std::optional<DriverInstance>> describe(virDomainPtr d) {
   return std::optional<DriverInstance>(std::move(inst));
 }
 
-Status mkdirs(const std::string& dir) {
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) return make_error(Errc::io_error, "cannot create directory " + dir + ": " + ec.message());
-  return {};
-}
-
 }  // namespace
 
 void apply_domain_capabilities(const std::string& xml, Capabilities& caps) {
@@ -182,7 +175,7 @@ Status LibvirtDriver::init_host(const std::string&) {
   auto caps = conn_.with([&](virConnectPtr c) -> Result<Capabilities> { return discover(c, kLibvirtStatic); });
   if (!caps) return caps.error();
   caps_ = caps.value();
-  if (Status st = mkdirs(cfg_.instances_path()); !st) return st;
+  if (Status st = imagecache::make_dirs(cfg_.instances_path()); !st) return st;
   spdlog::info("libvirt: connected to '{}' (virt_type={}, max_vcpus={}, attach_interface={})", conn_.uri(),
                to_string(caps_.virt_type), caps_.max_vcpus, caps_.supports_attach_interface);
   return {};

@@ -61,6 +61,12 @@ struct UnreadableDisk {
   std::string error;
 };
 
+// A backing file that does not exist on this host and names no base file.
+struct MissingBacking {
+  std::string disk;     // the image that refers to it
+  std::string backing;  // the path QEMU would open
+};
+
 // What one image-cache pass did (manage_image_cache's answer).
 struct ImageCacheReport {
   bool complete = true;      // false: some disk could not be read, or a removal failed
@@ -71,6 +77,10 @@ struct ImageCacheReport {
   std::size_t instance_dirs = 0;
   std::size_t disks_read = 0;
   std::vector<UnreadableDisk> unreadable_disks;
+  std::vector<MissingBacking> missing_backings;
+  // Bases kept because a backing path that does not exist here ends in
+  // their name (another host's mount path for the same storage).
+  std::size_t name_matches = 0;
   std::vector<BaseFileReport> files;
   std::size_t files_removed = 0;
   std::uint64_t bytes_freed = 0;

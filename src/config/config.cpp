@@ -4,6 +4,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <toml++/toml.h>
@@ -90,6 +91,17 @@ std::string where(std::string_view source, const toml::source_region& r) {
   return os.str();
 }
 
+// "/a/b/../c/" -> "/a/c"; then symlinks resolved for the part that exists.
+std::string normalise_path(const std::string& p) {
+  if (p.empty()) return p;
+  std::filesystem::path lexical = std::filesystem::path(p).lexically_normal();
+  std::error_code ec;
+  std::filesystem::path real = std::filesystem::weakly_canonical(lexical, ec);
+  std::string out = (ec ? lexical : real).string();
+  while (out.size() > 1 && out.back() == '/') out.pop_back();
+  return out;
+}
+
 Error config_error(std::string message) { return make_error(Errc::invalid_argument, std::move(message)); }
 
 // Reads one option from its TOML node into `field`, applying its check.
@@ -110,7 +122,9 @@ std::optional<std::string> read_value(const toml::node& node, T& field, const Ch
     if (!v) return "expected a string, got " + toml_type_name(node);
     field = *v;
   }
-  return chk(field);
+  if (auto err = chk(field)) return err;
+  if constexpr (std::is_same_v<Check, check::abs_path>) field = normalise_path(field);
+  return std::nullopt;
 }
 
 template <class T>

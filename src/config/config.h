@@ -26,6 +26,8 @@ struct range {
   std::string describe() const;
   std::optional<std::string> operator()(std::int64_t v) const;
 };
+// Also normalises the value where it enters: no trailing slash, no "." or
+// ".." components, symlinks resolved where the path exists.
 struct abs_path {
   bool allow_empty = false;
   std::string describe() const;
@@ -78,7 +80,9 @@ struct non_empty {
   O(int, remove_unused_original_minimum_age_seconds, 86400, check::range(0, 315360000),           \
     "Minimum age before an unused original base image is removed.")                               \
   O(int, remove_unused_resized_minimum_age_seconds, 3600, check::range(0, 315360000),             \
-    "Minimum age before an unused resized base image is removed.")
+    "Minimum age before an unused resized base image is removed.")                               \
+  O(int, lock_timeout, 600, check::range(1, 86400),                                               \
+    "Seconds a spawn's fetch, or a pass, waits for a base file's lock before failing (a pass then removes nothing).")
 
 #define VIRTCAP_CONFIG_LIBVIRT(O)                                                                 \
   O(std::string, uri, "test:///default", check::non_empty{},                                      \

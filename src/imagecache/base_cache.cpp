@@ -6,10 +6,13 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <thread>
 #include <cstring>
 #include <filesystem>
 #include <random>
 
+#include "common/fd.h"
 #include "common/sha1.h"
 
 namespace virtcap::imagecache {
@@ -20,24 +23,7 @@ Error io_error(const std::string& what, int err) {
   return make_error(Errc::io_error, what + ": " + std::strerror(err));
 }
 
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  int release() {
-    int f = fd_;
-    fd_ = -1;
-    return f;
-  }
-
- private:
-  int fd_;
-};
+using Fd = UniqueFd;
 
 Status fsync_dir(const std::string& dir) {
   Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
@@ -69,17 +55,69 @@ std::string BaseCache::lock_path(std::string_view base_file_name) const {
   return lock_dir() + "/" + std::string(base_file_name) + ".lock";
 }
 
+std::string_view BaseCache::lock_owner(std::string_view file_name) {
+  const auto t = file_name.find(kTempMarker);
+  return t == std::string_view::npos ? file_name : file_name.substr(0, t);
+}
+
+namespace {
+
+enum class LockMode { wait, try_existing };
+
+// Opens and flocks the lock file; then checks that the path still names the
+// file locked (the cleanup may have unlinked it meanwhile) and retries if not.
+Result<std::optional<BaseFileLock>> lock_file(const BaseCache& cache, std::string_view name, LockMode mode,
+                                              BaseFileLock (*wrap)(int)) {
+  const std::string path = cache.lock_path(name);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(cache.lock_timeout_seconds);
+  auto pause = std::chrono::milliseconds(1);
+  for (;;) {
+    const int flags = O_RDWR | O_CLOEXEC | O_NOFOLLOW | (mode == LockMode::wait ? O_CREAT : 0);
+    Fd fd(::open(path.c_str(), flags, 0600));
+    if (!fd.valid()) {
+      if (mode == LockMode::try_existing && errno == ENOENT) return std::optional<BaseFileLock>{};
+      return io_error("cannot open lock file " + path, errno);
+    }
+    int rc;
+    do {
+      rc = ::flock(fd.get(), LOCK_EX | LOCK_NB);
+    } while (rc != 0 && errno == EINTR);
+    if (rc != 0 && errno != EWOULDBLOCK) return io_error("cannot lock " + path, errno);
+    if (rc != 0) {
+      if (mode == LockMode::try_existing) return std::optional<BaseFileLock>{};
+      if (std::chrono::steady_clock::now() >= deadline)
+        return make_error(Errc::io_error, "timed out after " + std::to_string(cache.lock_timeout_seconds) +
+                                             " s waiting for " + path +
+                                             " (held by a spawn fetching that base image, or by an image-cache "
+                                             "pass); raise [image_cache] lock_timeout or try again");
+      // flock has no timed wait: poll, backing off to 50 ms.
+      std::this_thread::sleep_for(pause);
+      pause = std::min(pause * 2, std::chrono::milliseconds(50));
+      continue;
+    }
+    struct stat held {}, now {};
+    if (::fstat(fd.get(), &held) != 0) return io_error("cannot stat lock file " + path, errno);
+    const int lrc = ::lstat(path.c_str(), &now);
+    if (lrc == 0 && now.st_dev == held.st_dev && now.st_ino == held.st_ino)
+      return std::optional<BaseFileLock>{wrap(fd.release())};
+    if (lrc != 0 && errno != ENOENT) return io_error("cannot stat lock file " + path, errno);
+    if (mode == LockMode::try_existing) return std::optional<BaseFileLock>{};
+    // Unlinked (and maybe re-created) since we opened it: lock the current one.
+  }
+}
+
+}  // namespace
+
 Result<BaseFileLock> BaseFileLock::acquire(const BaseCache& cache, std::string_view base_file_name) {
   if (Status st = make_dirs(cache.lock_dir()); !st) return st.error();
-  const std::string path = cache.lock_path(base_file_name);
-  Fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-  if (fd.get() < 0) return io_error("cannot open lock file " + path, errno);
-  int rc;
-  do {
-    rc = ::flock(fd.get(), LOCK_EX);
-  } while (rc != 0 && errno == EINTR);
-  if (rc != 0) return io_error("cannot lock " + path, errno);
-  return BaseFileLock(fd.release());
+  auto l = lock_file(cache, base_file_name, LockMode::wait, [](int fd) { return BaseFileLock(fd); });
+  if (!l) return l.error();
+  return std::move(**l);
+}
+
+Result<std::optional<BaseFileLock>> BaseFileLock::try_existing(const BaseCache& cache,
+                                                               std::string_view base_file_name) {
+  return lock_file(cache, base_file_name, LockMode::try_existing, [](int fd) { return BaseFileLock(fd); });
 }
 
 BaseFileLock::~BaseFileLock() {

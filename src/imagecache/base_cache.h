@@ -7,6 +7,7 @@
 // base file between a spawn's check and the overlay that starts using it.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -17,9 +18,14 @@ namespace virtcap::imagecache {
 inline constexpr std::string_view kTempMarker = ".tmp-";
 inline constexpr std::string_view kLockDirName = "locks";
 
+// How long a spawn's fetch or an image-cache pass waits for a base file's
+// lock before giving up with a timeout error ([image_cache] lock_timeout).
+inline constexpr int kDefaultLockTimeoutSeconds = 600;
+
 struct BaseCache {
   std::string instances_path;
   std::string base_dir;  // <instances_path>/<subdirectory_name>
+  int lock_timeout_seconds = kDefaultLockTimeoutSeconds;
 
   BaseCache(std::string instances_path_, const std::string& subdirectory_name)
       : instances_path(std::move(instances_path_)), base_dir(instances_path + "/" + subdirectory_name) {}
@@ -28,14 +34,26 @@ struct BaseCache {
   std::string base_path(std::string_view image_id) const { return base_dir + "/" + base_name(image_id); }
   std::string lock_dir() const { return instances_path + "/" + std::string(kLockDirName); }
   // The lock of a base file, by its file name (resized variants included).
+  // A temporary "<name>.tmp-<x>" shares the lock of <name>: the fetch that
+  // writes it holds that lock.
   std::string lock_path(std::string_view base_file_name) const;
+  // The base file name whose lock guards `file_name` (itself, or the stem of
+  // a temporary).
+  static std::string_view lock_owner(std::string_view file_name);
 };
 
 // An exclusive flock on a base file's lock file, released on destruction.
 class BaseFileLock {
  public:
-  // Blocks until the lock is held. Creates the lock directory if needed.
+  // Waits up to cache.lock_timeout_seconds for the lock (timeout: an error
+  // that says who may hold it). Creates the lock directory if needed. The lock
+  // file is opened with O_NOFOLLOW, and after flock the path is checked to
+  // still be that file, so a lock file removed by the cleanup is never
+  // "held" by two processes at once.
   static Result<BaseFileLock> acquire(const BaseCache& cache, std::string_view base_file_name);
+  // Takes the lock only if it is free and its lock file exists; nullopt
+  // otherwise (busy, or no lock file). For cleaning up lock files.
+  static Result<std::optional<BaseFileLock>> try_existing(const BaseCache& cache, std::string_view base_file_name);
   BaseFileLock(BaseFileLock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
   BaseFileLock& operator=(BaseFileLock&&) = delete;
   BaseFileLock(const BaseFileLock&) = delete;

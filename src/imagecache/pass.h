@@ -2,15 +2,17 @@
 // to go, and their removal - fail-safe.
 //
 // In use = the union of two sources, neither trusted alone:
-//   (a) every qcow2 file in every instance directory under instances_path,
-//       whichever host it belongs to and whether that host is registered or up
-//       (each backing chain is followed; every base file in it counts);
+//   (a) every disk under instances_path, whichever host it belongs to: a base
+//       is in use when a disk, or any file of its chain, IS that base file by
+//       (st_dev, st_ino) - see usage_scan.h for the identity rule;
 //   (b) the image ids of the live instances the manager hands down, each
 //       mapped to its sha1-named base file and its resized variants.
-// If any instance disk cannot be read, the pass removes nothing. Removal takes
-// the per-base-file locks the spawn path takes, then reads every instance
-// directory again and keeps a base file that a disk now uses or whose mtime
-// changed (a spawn touched it).
+// If anything cannot be listed, stat()ed, opened, read or followed, the pass
+// removes nothing and names what and why. Removal takes the per-base-file
+// locks the spawn path takes (a temporary's lock is its base's), reads every
+// instance directory again, and keeps a base file that a disk now uses or
+// that changed (other inode, or a spawn touched its mtime). Each removal is
+// logged before the unlink.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -33,6 +35,9 @@ struct PassOptions {
   // holds the base file's lock, which the removal takes).
   std::int64_t temporary_min_age_seconds = 3600;
   bool dry_run = false;
+  // How long to wait for each base file's lock before giving up (and
+  // removing nothing).
+  int lock_timeout_seconds = 600;
   // Log progress every this many disks (0: never).
   std::size_t progress_every = 50000;
 };
@@ -42,7 +47,9 @@ bool is_reserved_dir(const std::string& name, const PassOptions& opts);
 
 ImageCacheReport run_pass(const PassOptions& opts, const std::vector<InstanceRecord>& live_instances);
 
-// Stable JSON (documented in docs/imagecache.md) and a human table.
+// Stable JSON (documented in docs/imagecache.md) and a human table. Every
+// string is valid UTF-8 (file names that are not are escaped with U+FFFD), so
+// dumping it never throws.
 nlohmann::json to_json(const ImageCacheReport& r);
 std::string to_table(const ImageCacheReport& r);
 

@@ -23,6 +23,8 @@
 // and before the backing file name when the name is in that cluster.
 #include "imagecache/qcow2.h"
 
+#include "common/fd.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -46,6 +48,7 @@ constexpr std::uint32_t kMinClusterBits = 9;   // 512-byte clusters
 constexpr std::uint32_t kMaxClusterBits = 21;  // 2 MiB clusters
 constexpr std::uint32_t kExtEnd = 0;
 constexpr std::uint32_t kExtBackingFormat = 0xE2792ACA;
+constexpr std::uint32_t kExtDataFile = 0x44415441;  // qcow2.txt: "External data file name string"
 // QEMU keeps the backing format in a 16-byte, NUL-terminated field.
 constexpr std::uint32_t kMaxBackingFormat = 15;
 
@@ -155,6 +158,11 @@ Result<void, Qcow2Error> read_extensions(Qcow2Header& h, std::span<const std::ui
                     "the backing format \"" + printable(payload) + "\" contains a NUL byte");
       }
       h.backing_format.assign(reinterpret_cast<const char*>(payload.data()), payload.size());
+    } else if (type == kExtDataFile) {
+      if (length == 0 || std::find(payload.begin(), payload.end(), std::uint8_t{0}) != payload.end()) {
+        return make(Qcow2Errc::bad_extension, "the external data file name is empty or contains a NUL byte");
+      }
+      h.data_file.assign(reinterpret_cast<const char*>(payload.data()), payload.size());
     }
     // Unknown extensions (feature table, bitmaps, ...) are skipped. Data is
     // padded to a multiple of 8; length < 2^32, so this cannot overflow.
@@ -192,7 +200,7 @@ long long pread_full(int fd, std::uint8_t* buf, std::size_t want, std::uint64_t 
 // area of every image QEMU writes (header, extensions, backing name: well under
 // 1 KiB) and costs less than copying 64 KiB. Only when the header area runs
 // past it is the rest of the first kQcow2HeadRead bytes read.
-constexpr std::size_t kFirstRead = 4096;
+constexpr std::size_t kFirstRead = kQcow2FirstRead;
 
 struct Head {
   std::array<std::uint8_t, kFirstRead> page;
@@ -260,19 +268,7 @@ Result<Qcow2Header, Qcow2Error> parse_head(int fd, const std::string& path, Head
   return parsed;
 }
 
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
+using Fd = UniqueFd;
 
 }  // namespace
 
@@ -451,6 +447,14 @@ Result<Qcow2Header, Qcow2Error> read_header_fd(int fd, const std::string& path_f
   Head head;
   auto r = read_head(fd, path_for_errors, head);
   if (!r.ok()) return r.error();
+  return parse_head(fd, path_for_errors, head);
+}
+
+Result<Qcow2Header, Qcow2Error> read_header_with_head(int fd, const std::string& path_for_errors,
+                                                      std::span<const std::uint8_t> first) {
+  Head head;
+  head.size = std::min(first.size(), head.capacity);
+  std::memcpy(head.data, first.data(), head.size);
   return parse_head(fd, path_for_errors, head);
 }
 

@@ -81,6 +81,10 @@ struct Qcow2Header {
   std::string backing_file;
   // From the backing-format header extension; empty if the image declares none.
   std::string backing_format;
+  // From the external data file extension (qcow2.txt, "Header extensions":
+  // 0x44415441); empty if none. Only meaningful with the external data file
+  // incompatible feature bit (bit 2) set: then QEMU opens this file too.
+  std::string data_file;
   // True when backing_file names a file. False for protocol names such as
   // "nbd:host:10809" or "json:{...}" (a ':' before any '/'), which are not
   // files and must not be resolved or opened; also false without a backing file.
@@ -94,6 +98,8 @@ struct Qcow2Header {
   std::uint64_t needed_bytes = 0;
 
   bool has_backing() const { return backing_file_offset != 0 && backing_file_size != 0; }
+  // Incompatible feature bit 2: guest data lives in an external data file.
+  bool has_external_data_file() const { return (incompatible_features & (std::uint64_t{1} << 2)) != 0; }
   bool backing_name_pending() const { return needed_bytes != 0; }
   std::uint64_t cluster_size() const { return std::uint64_t{1} << cluster_bits; }
 };
@@ -125,6 +131,18 @@ Result<void, Qcow2Error> complete_backing_name(Qcow2Header& header, std::span<co
 // read, close. No fstat: a short read tells the file size, and a short read of
 // the name tells it lies past the end. Errors name `path`.
 Result<Qcow2Header, Qcow2Error> read_header(const std::string& path);
+
+// The size of the first read of a file's head (one page). Callers that probe
+// a file's format read this many bytes at offset 0 (retrying short reads
+// until the end of the file) and pass them to read_header_with_head().
+inline constexpr std::size_t kQcow2FirstRead = 4096;
+
+// read_header_fd() for a caller that already read the file's first bytes:
+// `first` is at most kQcow2FirstRead bytes read from offset 0, shorter only
+// at the end of the file. More is read from fd only when the header area or
+// the backing name lies beyond them.
+Result<Qcow2Header, Qcow2Error> read_header_with_head(int fd, const std::string& path_for_errors,
+                                                      std::span<const std::uint8_t> first);
 
 // The same on an fd the caller owns (not closed; its file offset is not used
 // or moved). `path_for_errors` only labels errors.

@@ -12,6 +12,7 @@
 #include "imagecache/pass.h"
 #include "imagecache/qcow2.h"
 #include "store/memory/memory_store.h"
+#include "support/imagecache_fixture.h"
 #include "support/test_support.h"
 #include "virt/libvirt/libvirt_driver.h"
 
@@ -20,43 +21,10 @@ namespace {
 
 namespace fs = std::filesystem;
 using testing::TempDir;
-
-constexpr std::int64_t kHour = 3600, kDay = 86400;
-
-std::int64_t now() { return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count(); }
-
-struct Fixture {
-  TempDir dir{"virtcap-pass"};
-  PassOptions opts;
-  Fixture() {
-    opts.instances_path = dir.sub("instances");
-    opts.progress_every = 0;
-    fs::create_directories(base_dir());
-  }
-  std::string base_dir() const { return opts.instances_path + "/_base"; }
-  std::string base(const std::string& name) const { return base_dir() + "/" + name; }
-  // A raw base file, aged.
-  std::string make_base(const std::string& name, std::int64_t age) const {
-    testing::make_raw_image(base(name), "64K");
-    testing::set_mtime(base(name), now() - age);
-    return base(name);
-  }
-  // An instance disk backed by `backing` (absolute, or as given).
-  std::string make_disk(const std::string& uuid, const std::string& disk, const std::string& backing,
-                        const std::string& fmt = "raw") const {
-    fs::create_directories(opts.instances_path + "/" + uuid);
-    const std::string path = opts.instances_path + "/" + uuid + "/" + disk;
-    // -u: do not open the backing (it may be relative to the disk's directory).
-    testing::must_run({"qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", fmt, "-b", backing, path, "64K"});
-    return path;
-  }
-  std::vector<std::string> remaining() const { return testing::tree(base_dir()); }
-  static const BaseFileReport& file(const ImageCacheReport& r, const std::string& name) {
-    for (const auto& f : r.files)
-      if (f.name == name) return f;
-    throw std::runtime_error("no file " + name);
-  }
-};
+using testing::Fixture;
+using testing::kDay;
+using testing::kHour;
+using testing::now;
 
 TEST(ImageCachePass, RemovesExactlyTheUnusedOldEnoughFiles) {
   Fixture f;

@@ -154,7 +154,9 @@ LibvirtDriver::LibvirtDriver(const config::Config& cfg)
     : cfg_(cfg),
       conn_(cfg.libvirt.uri, cfg.libvirt.reconnect_max_backoff_seconds),
       images_(cfg.images_path()),
-      cache_(cfg.instances_path(), cfg.image_cache.subdirectory_name) {}
+      cache_(cfg.instances_path(), cfg.image_cache.subdirectory_name) {
+  cache_.lock_timeout_seconds = cfg.image_cache.lock_timeout;
+}
 
 LibvirtDriver::~LibvirtDriver() = default;
 
@@ -370,6 +372,7 @@ Result<ImageCacheReport> LibvirtDriver::manage_image_cache(const std::vector<Ins
   opts.remove_unused = cfg_.image_cache.remove_unused_base_images;
   opts.original_min_age_seconds = cfg_.image_cache.remove_unused_original_minimum_age_seconds;
   opts.resized_min_age_seconds = cfg_.image_cache.remove_unused_resized_minimum_age_seconds;
+  opts.lock_timeout_seconds = cfg_.image_cache.lock_timeout;
   opts.dry_run = dry_run;
   return imagecache::run_pass(opts, instances);
 }

@@ -1,0 +1,81 @@
+// One RAII file descriptor, and an error-checked directory listing on it.
+#pragma once
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+namespace virtcap {
+
+// Owns one fd; closes it on destruction. close()'s error is not reported
+// here: files written through a UniqueFd are fsynced (and checked) first.
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  UniqueFd(UniqueFd&& o) noexcept : fd_(o.release()) {}
+  UniqueFd& operator=(UniqueFd&& o) noexcept {
+    if (this != &o) reset(o.release());
+    return *this;
+  }
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  ~UniqueFd() { reset(); }
+
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  explicit operator bool() const = delete;  // say valid(): an fd of 0 is valid
+  int release() {
+    const int f = fd_;
+    fd_ = -1;
+    return f;
+  }
+  void reset(int fd = -1) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = fd;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// One entry of a directory: its name, d_type (DT_REG, DT_DIR, DT_LNK,
+// DT_UNKNOWN, ...) and d_ino. "." and ".." are never reported.
+struct DirEntry {
+  std::string_view name;
+  unsigned char type;
+  ino_t ino;
+};
+
+// Lists the directory open at `dir_fd` (which must be at offset 0) with
+// getdents64, calling f(const DirEntry&) per entry. Returns 0 at the end of
+// the directory, or the errno of the failing getdents64 call (EIO, ESTALE,
+// ...): a failure part-way is never mistaken for the end. f must not keep
+// the name past its call.
+template <class F>
+int list_dir(int dir_fd, F&& f) {
+  alignas(8) char buf[32 * 1024];
+  for (;;) {
+    const ssize_t n = ::getdents64(dir_fd, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    if (n == 0) return 0;
+    for (ssize_t pos = 0; pos < n;) {
+      const auto* d = reinterpret_cast<const struct dirent64*>(buf + pos);
+      pos += d->d_reclen;
+      const std::string_view name(d->d_name);
+      if (name == "." || name == "..") continue;
+      f(DirEntry{name, d->d_type, static_cast<ino_t>(d->d_ino)});
+    }
+  }
+}
+
+}  // namespace virtcap

@@ -1,0 +1,170 @@
+#include "imagecache/image_probe.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <span>
+#include <system_error>
+#include <vector>
+
+#include "imagecache/qcow2.h"
+
+namespace virtcap::imagecache {
+namespace {
+
+using Bytes = std::span<const std::uint8_t>;
+
+std::uint32_t be32(Bytes b, std::size_t at) {
+  return (std::uint32_t{b[at]} << 24) | (std::uint32_t{b[at + 1]} << 16) | (std::uint32_t{b[at + 2]} << 8) | b[at + 3];
+}
+std::uint64_t be64(Bytes b, std::size_t at) { return (std::uint64_t{be32(b, at)} << 32) | be32(b, at + 4); }
+std::uint32_t le32(Bytes b, std::size_t at) {
+  return std::uint32_t{b[at]} | (std::uint32_t{b[at + 1]} << 8) | (std::uint32_t{b[at + 2]} << 16) |
+         (std::uint32_t{b[at + 3]} << 24);
+}
+std::uint64_t le64(Bytes b, std::size_t at) { return le32(b, at) | (std::uint64_t{le32(b, at + 4)} << 32); }
+
+bool starts_with(Bytes b, std::string_view magic) {
+  return b.size() >= magic.size() && std::memcmp(b.data(), magic.data(), magic.size()) == 0;
+}
+
+ProbeError fail(const std::string& path, const std::string& what, int err = 0) {
+  return {"'" + path + "' " + what + (err ? std::string(": ") + std::system_category().message(err) : ""), err};
+}
+
+// pread until `want` bytes or the end of the file; -errno on error.
+long long pread_full(int fd, std::uint8_t* buf, std::size_t want, std::uint64_t offset) {
+  std::size_t got = 0;
+  while (got < want) {
+    const ssize_t n = ::pread(fd, buf + got, want - got, static_cast<off_t>(offset + got));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -static_cast<long long>(errno);
+    }
+    if (n == 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  return static_cast<long long>(got);
+}
+
+// A name of `size` bytes at `offset`: from the head when it lies there, else
+// read. No NUL inside, never past the end of the file.
+Result<std::string, ProbeError> read_name(int fd, const std::string& path, Bytes head, std::uint64_t offset,
+                                          std::uint64_t size, const char* what) {
+  if (size > kQcow2MaxBackingName) return fail(path, std::string("has a ") + what + " longer than 1023 bytes");
+  std::string name(size, '\0');
+  if (offset <= head.size() && size <= head.size() - offset) {
+    std::memcpy(name.data(), head.data() + offset, size);
+  } else {
+    if (offset > static_cast<std::uint64_t>(std::numeric_limits<off_t>::max()) - size)
+      return fail(path, std::string("has its ") + what + " past any possible end of file");
+    const long long n = pread_full(fd, reinterpret_cast<std::uint8_t*>(name.data()), size, offset);
+    if (n < 0) return fail(path, std::string("cannot be read (its ") + what + ")", static_cast<int>(-n));
+    if (static_cast<std::uint64_t>(n) < size) return fail(path, std::string("ends inside its ") + what);
+  }
+  if (name.find('\0') != std::string::npos) return fail(path, std::string("has a NUL byte inside its ") + what);
+  return name;
+}
+
+Result<ImageRefs, ProbeError> probe_qcow2(int fd, const std::string& path, Bytes head) {
+  auto h = read_header_with_head(fd, path, head);
+  if (!h) return ProbeError{h.error().describe(), h.error().sys_errno};
+  ImageRefs r{"qcow2", h->backing_file, h->backing_format, {}};
+  if (h->has_external_data_file()) {
+    if (h->data_file.empty())
+      return fail(path, "declares an external data file but names none (QEMU then needs it on the command line)");
+    r.data_file = h->data_file;
+  }
+  return r;
+}
+
+// qcow (version 1), big-endian: backing_file_offset u64 @8, backing_file_size u32 @16.
+Result<ImageRefs, ProbeError> probe_qcow(int fd, const std::string& path, Bytes head) {
+  if (head.size() < 48) return fail(path, "is a truncated qcow (v1) image");
+  ImageRefs r{"qcow", {}, {}, {}};
+  const std::uint64_t off = be64(head, 8);
+  const std::uint32_t size = be32(head, 16);
+  if (off == 0 || size == 0) return r;
+  auto name = read_name(fd, path, head, off, size, "qcow backing file name");
+  if (!name) return name.error();
+  r.backing = std::move(name.value());
+  return r;
+}
+
+// QED, little-endian: features u64 @16, backing_filename_offset u32 @56,
+// backing_filename_size u32 @60. Features: 1 backing file, 2 needs check,
+// 4 backing format is raw (no probing). Others: QEMU refuses the image.
+Result<ImageRefs, ProbeError> probe_qed(int fd, const std::string& path, Bytes head) {
+  if (head.size() < 64) return fail(path, "is a truncated QED image");
+  constexpr std::uint64_t kBacking = 1, kNeedCheck = 2, kRawBacking = 4;
+  const std::uint64_t features = le64(head, 16);
+  if (features & ~(kBacking | kNeedCheck | kRawBacking))
+    return fail(path, "is a QED image with unknown feature bits");
+  ImageRefs r{"qed", {}, {}, {}};
+  if (!(features & kBacking)) return r;
+  auto name = read_name(fd, path, head, le32(head, 56), le32(head, 60), "QED backing file name");
+  if (!name) return name.error();
+  if (name->empty()) return fail(path, "is a QED image whose backing file name is empty");
+  r.backing = std::move(name.value());
+  if (features & kRawBacking) r.backing_format = "raw";
+  return r;
+}
+
+// VMDK monolithic sparse ("KDMV", little-endian): descriptorOffset u64 @28
+// and descriptorSize u64 @36, in 512-byte sectors. A descriptor that names a
+// parent is not followed here: an error, so the caller keeps every base.
+Result<ImageRefs, ProbeError> probe_vmdk(int fd, const std::string& path, Bytes head) {
+  if (!starts_with(head, "KDMV"))
+    return fail(path, "is a VMDK descriptor or old-style sparse file, which this reader does not follow");
+  if (head.size() < 44) return fail(path, "is a truncated VMDK image");
+  const std::uint64_t off = le64(head, 28), sectors = le64(head, 36);
+  ImageRefs r{"vmdk", {}, {}, {}};
+  if (off == 0 || sectors == 0) return r;
+  if (sectors > 2048 || off > (std::uint64_t{1} << 40)) return fail(path, "has an implausible VMDK descriptor");
+  std::vector<std::uint8_t> desc(sectors * 512);
+  const long long n = pread_full(fd, desc.data(), desc.size(), off * 512);
+  if (n < 0) return fail(path, "cannot be read (its VMDK descriptor)", static_cast<int>(-n));
+  const std::string_view text(reinterpret_cast<const char*>(desc.data()), static_cast<std::size_t>(n));
+  if (text.find("parentFileNameHint") != std::string_view::npos)
+    return fail(path, "is a VMDK image with a parent, which this reader does not follow");
+  return r;
+}
+
+}  // namespace
+
+bool format_has_no_references(std::string_view f) {
+  static constexpr std::array<std::string_view, 9> kNone = {"raw",  "vdi", "vpc",   "vhdx", "luks",
+                                                            "parallels", "dmg", "cloop", "bochs"};
+  return std::find(kNone.begin(), kNone.end(), f) != kNone.end();
+}
+
+Result<ImageRefs, ProbeError> probe_image(int fd, const std::string& path, std::string_view declared) {
+  if (format_has_no_references(declared)) return ImageRefs{std::string(declared), {}, {}, {}};
+  if (!declared.empty() && declared != "qcow2" && declared != "qcow" && declared != "qed" && declared != "vmdk")
+    return fail(path, "is declared as format \"" + std::string(declared) + "\", which this reader does not know");
+  std::array<std::uint8_t, kQcow2FirstRead> buf;
+  const long long n = pread_full(fd, buf.data(), buf.size(), 0);
+  if (n < 0) return fail(path, "cannot be read", static_cast<int>(-n));
+  const Bytes head(buf.data(), static_cast<std::size_t>(n));
+
+  std::string_view format = "raw";
+  if (starts_with(head, "QFI\xfb")) {
+    if (head.size() < 8) return fail(path, "is a truncated qcow image");
+    format = be32(head, 4) == 1 ? "qcow" : "qcow2";  // qcow2's reader refuses other versions
+  } else if (starts_with(head, std::string_view("QED\0", 4))) {
+    format = "qed";
+  } else if (starts_with(head, "KDMV") || starts_with(head, "COWD") || starts_with(head, "# Disk DescriptorFile")) {
+    format = "vmdk";
+  }
+  if (!declared.empty() && declared != format)
+    return fail(path, "is declared " + std::string(declared) + " but its magic says " + std::string(format));
+  if (format == "qcow2") return probe_qcow2(fd, path, head);
+  if (format == "qcow") return probe_qcow(fd, path, head);
+  if (format == "qed") return probe_qed(fd, path, head);
+  if (format == "vmdk") return probe_vmdk(fd, path, head);
+  return ImageRefs{"raw", {}, {}, {}};
+}
+
+}  // namespace virtcap::imagecache

@@ -1,0 +1,259 @@
+#include "imagecache/usage_scan.h"
+
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <unordered_set>
+
+#include "common/fd.h"
+#include "imagecache/backing_spec.h"
+#include "imagecache/base_cache.h"
+#include "imagecache/image_probe.h"
+
+namespace virtcap::imagecache {
+namespace {
+
+std::string err_text(int err) { return std::strerror(err); }
+
+std::string_view last_component(std::string_view p) {
+  while (p.size() > 1 && p.back() == '/') p.remove_suffix(1);
+  const auto slash = p.rfind('/');
+  return slash == std::string_view::npos ? p : p.substr(slash + 1);
+}
+
+std::string_view dir_of(std::string_view p) {
+  const auto slash = p.rfind('/');
+  if (slash == std::string_view::npos) return ".";
+  return slash == 0 ? std::string_view("/") : p.substr(0, slash);
+}
+
+class Scanner {
+ public:
+  Scanner(const ScanOptions& opts, const std::vector<BaseEntry>& bases) : opts_(opts) {
+    out_.use.resize(bases.size());
+    for (std::size_t i = 0; i < bases.size(); ++i) {
+      by_id_.emplace(bases[i].id, i);
+      by_name_.emplace(bases[i].name, i);
+    }
+  }
+
+  UsageScan run() {
+    UniqueFd top(::open(opts_.instances_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!top.valid()) {
+      // No instances directory: no disks. Anything else: we cannot know.
+      if (errno != ENOENT) unreadable(opts_.instances_path, "cannot open the instances directory", errno);
+      return std::move(out_);
+    }
+    scan_dir(top.get(), opts_.instances_path, 0);
+    return std::move(out_);
+  }
+
+ private:
+  void unreadable(const std::string& path, const std::string& what, int err = 0) {
+    out_.unreadable.push_back({path, err ? what + ": " + err_text(err) : what});
+  }
+
+  void mark(const FileId& id, const std::string& by) {
+    auto [lo, hi] = by_id_.equal_range(id);
+    for (auto it = lo; it != hi; ++it) {
+      BaseUse& u = out_.use[it->second];
+      if (!u.used || u.by_name_only) u.by = by;
+      u.used = true;
+      u.by_name_only = false;
+    }
+  }
+
+  // Lists one directory; `depth` 0 is instances_path itself.
+  void scan_dir(int dfd, const std::string& dir_path, int depth) {
+    if (depth == 1) ++out_.instance_dirs;
+    const int err = list_dir(dfd, [&](const DirEntry& e) {
+      if (depth == 0 && std::find(opts_.reserved.begin(), opts_.reserved.end(), e.name) != opts_.reserved.end())
+        return;
+      scan_entry(dfd, dir_path, std::string(e.name), e.type, depth);
+    });
+    if (err != 0) unreadable(dir_path, "cannot list the directory", err);
+  }
+
+  void scan_entry(int dfd, const std::string& dir_path, const std::string& name, unsigned char type, int depth) {
+    const std::string path = dir_path + "/" + name;
+    if (type == DT_UNKNOWN) {
+      struct stat st {};
+      if (::fstatat(dfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        if (errno != ENOENT) unreadable(path, "cannot stat", errno);
+        return;
+      }
+      type = S_ISREG(st.st_mode) ? DT_REG : S_ISDIR(st.st_mode) ? DT_DIR : S_ISLNK(st.st_mode) ? DT_LNK : DT_FIFO;
+    }
+    switch (type) {
+      case DT_DIR: return enter_dir(dfd, path, name, depth, O_NOFOLLOW);
+      case DT_REG:
+        // A disk being created (spawn writes <name>.tmp-<x> and renames it)
+        // holds its base file's lock, which removal takes before looking again.
+        if (name.find(kTempMarker) != std::string::npos) return;
+        return open_disk(dfd, path, name, O_NOFOLLOW, depth);
+      case DT_LNK: return follow_link(dfd, path, name, depth);
+      default: return;  // FIFO, socket, device: never opened, never a disk
+    }
+  }
+
+  void enter_dir(int dfd, const std::string& path, const std::string& name, int depth, int nofollow) {
+    if (depth + 1 > kMaxDirDepth) {
+      unreadable(path, "directory nested deeper than " + std::to_string(kMaxDirDepth) +
+                           " levels below instances_path; not scanned");
+      return;
+    }
+    UniqueFd sub(::openat(dfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | nofollow));
+    if (!sub.valid()) {
+      if (errno != ENOENT) unreadable(path, "cannot open the directory", errno);
+      return;
+    }
+    scan_dir(sub.get(), path, depth + 1);
+  }
+
+  // A symlink in an instance directory: a disk (or directory) through it.
+  void follow_link(int dfd, const std::string& path, const std::string& name, int depth) {
+    struct stat st {};
+    if (::fstatat(dfd, name.c_str(), &st, 0) == 0) {
+      if (S_ISDIR(st.st_mode)) return enter_dir(dfd, path, name, depth, 0);
+      if (S_ISREG(st.st_mode)) return open_disk(dfd, path, name, 0, depth);
+      return;  // a link to a device or FIFO: never opened
+    }
+    const int err = errno;
+    if (err != ENOENT) return unreadable(path, "cannot follow the symlink", err);
+    // Dangling: the link may name a base through another host's mount path.
+    char target[4096];
+    const ssize_t n = ::readlinkat(dfd, name.c_str(), target, sizeof target);
+    if (n < 0) {
+      if (errno != ENOENT) unreadable(path, "cannot read the symlink", errno);
+      return;
+    }
+    missing_target(path, std::string(target, static_cast<std::size_t>(n)));
+  }
+
+  void open_disk(int dfd, const std::string& path, const std::string& name, int nofollow, int depth) {
+    UniqueFd fd(::openat(dfd, name.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | nofollow));
+    if (!fd.valid()) {
+      const int err = errno;
+      if (err == ENOENT) return;  // deleted since the listing
+      if (err == ELOOP && nofollow) return follow_link(dfd, path, name, depth);  // became a symlink
+      return unreadable(path, "cannot open", err);
+    }
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0) return unreadable(path, "cannot stat", errno);
+    if (!S_ISREG(st.st_mode)) return;  // replaced by a FIFO or device since the listing
+    ++out_.disks_read;
+    const FileId id{st.st_dev, st.st_ino};
+    mark(id, path);
+    std::vector<FileId> chain{id};
+    follow_image(fd.get(), path, "", path, chain);
+    if (opts_.progress_every && out_.disks_read % opts_.progress_every == 0)
+      spdlog::info("image cache: {} disks read in {} instance directories so far", out_.disks_read,
+                   out_.instance_dirs);
+  }
+
+  // The image open at fd: what it refers to, recursively.
+  void follow_image(int fd, const std::string& path, const std::string& declared, const std::string& disk,
+                    std::vector<FileId>& chain) {
+    auto refs = probe_image(fd, path, declared);
+    if (!refs) return unreadable(disk, refs.error().message);
+    if (!refs->data_file.empty()) {
+      const auto t = classify_backing(refs->data_file, dir_of(path));
+      if (t.kind == BackingTarget::Kind::unreadable) return unreadable(disk, "its data file: " + t.detail);
+      if (t.kind == BackingTarget::Kind::local) {
+        FileId id;
+        if (stat_ref(t.path, disk, id)) mark(id, disk);
+      }
+    }
+    if (refs->backing.empty()) return;
+    const auto t = classify_backing(refs->backing, dir_of(path));
+    switch (t.kind) {
+      case BackingTarget::Kind::remote: return;  // not a local file: never a base
+      case BackingTarget::Kind::unreadable:
+        return unreadable(disk, "'" + path + "' has a backing file this pass cannot follow (" + t.detail + ")");
+      case BackingTarget::Kind::local: break;
+    }
+    follow_backing(t.path, t.format.empty() ? refs->backing_format : t.format, disk, chain);
+  }
+
+  // stat()s a referenced path (following symlinks). False when there is
+  // nothing to mark: missing (reported or matched by name) or an error.
+  bool stat_ref(const std::string& path, const std::string& disk, FileId& id) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) {
+      const int err = errno;
+      if (err == ENOENT) missing_target(disk, path);
+      else unreadable(disk, "cannot stat its backing file '" + path + "'", err);
+      return false;
+    }
+    if (!S_ISREG(st.st_mode)) {
+      unreadable(disk, "its backing file '" + path + "' is not a regular file");
+      return false;
+    }
+    id = {st.st_dev, st.st_ino};
+    return true;
+  }
+
+  void missing_target(const std::string& disk, const std::string& path) {
+    auto it = by_name_.find(std::string(last_component(path)));
+    if (it == by_name_.end()) {
+      out_.missing.push_back({disk, path});
+      return;
+    }
+    ++out_.name_matches;
+    auto range = by_name_.equal_range(it->first);
+    for (auto i = range.first; i != range.second; ++i) {
+      BaseUse& u = out_.use[i->second];
+      if (!u.used) {
+        u.used = true;
+        u.by_name_only = true;
+        u.by = disk + " (via the missing path " + path + ")";
+      }
+    }
+  }
+
+  void follow_backing(const std::string& path, const std::string& format, const std::string& disk,
+                      std::vector<FileId>& chain) {
+    FileId id;
+    if (!stat_ref(path, disk, id)) return;
+    mark(id, disk);
+    if (std::find(chain.begin(), chain.end(), id) != chain.end())
+      return unreadable(disk, "its backing chain loops back to '" + path + "'");
+    if (followed_.count(id)) return;  // its chain is known already
+    if (chain.size() >= static_cast<std::size_t>(kMaxChainDepth))
+      return unreadable(disk, "its backing chain is deeper than " + std::to_string(kMaxChainDepth));
+    if (format_has_no_references(format)) {
+      followed_.insert(id);
+      return;
+    }
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
+    if (!fd.valid()) return unreadable(disk, "cannot open its backing file '" + path + "'", errno);
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0) return unreadable(disk, "cannot stat its backing file '" + path + "'", errno);
+    if (FileId{st.st_dev, st.st_ino} != id)
+      return unreadable(disk, "its backing file '" + path + "' was replaced while being read");
+    const std::size_t before = out_.unreadable.size();
+    chain.push_back(id);
+    follow_image(fd.get(), path, format, disk, chain);
+    chain.pop_back();
+    if (out_.unreadable.size() == before) followed_.insert(id);
+  }
+
+  const ScanOptions& opts_;
+  UsageScan out_;
+  std::unordered_multimap<FileId, std::size_t, FileIdHash> by_id_;
+  std::unordered_multimap<std::string, std::size_t> by_name_;
+  std::unordered_set<FileId, FileIdHash> followed_;  // images whose whole chain was read
+};
+
+}  // namespace
+
+UsageScan scan_usage(const ScanOptions& opts, const std::vector<BaseEntry>& bases) {
+  return Scanner(opts, bases).run();
+}
+
+}  // namespace virtcap::imagecache

@@ -1,0 +1,53 @@
+// A base directory and instance directories on real files, for image-cache
+// pass tests: raw bases and qcow2 overlays made by qemu-img, real mtimes.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "imagecache/pass.h"
+#include "support/test_support.h"
+
+namespace virtcap::testing {
+
+inline constexpr std::int64_t kHour = 3600, kDay = 86400;
+
+inline std::int64_t now() { return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count(); }
+
+struct Fixture {
+  TempDir dir{"virtcap-pass"};
+  imagecache::PassOptions opts;
+  Fixture() {
+    opts.instances_path = dir.sub("instances");
+    opts.progress_every = 0;
+    fs::create_directories(base_dir());
+  }
+  std::string base_dir() const { return opts.instances_path + "/_base"; }
+  std::string base(const std::string& name) const { return base_dir() + "/" + name; }
+  // A raw base file, aged.
+  std::string make_base(const std::string& name, std::int64_t age) const {
+    make_raw_image(base(name), "64K");
+    set_mtime(base(name), now() - age);
+    return base(name);
+  }
+  // An instance disk backed by `backing` (absolute, or as given).
+  std::string make_disk(const std::string& uuid, const std::string& disk, const std::string& backing,
+                        const std::string& fmt = "raw", const std::string& overlay_fmt = "qcow2") const {
+    fs::create_directories(opts.instances_path + "/" + uuid);
+    const std::string path = opts.instances_path + "/" + uuid + "/" + disk;
+    // -u: do not open the backing (it may be relative to the disk's directory).
+    must_run({"qemu-img", "create", "-q", "-f", overlay_fmt, "-u", "-F", fmt, "-b", backing, path, "64K"});
+    return path;
+  }
+  std::vector<std::string> remaining() const { return tree(base_dir()); }
+  static const BaseFileReport& file(const ImageCacheReport& r, const std::string& name) {
+    for (const auto& f : r.files)
+      if (f.name == name) return f;
+    throw std::runtime_error("no file " + name);
+  }
+};
+
+}  // namespace virtcap::testing

@@ -22,13 +22,19 @@ inline constexpr std::string_view kLockDirName = "locks";
 // lock before giving up with a timeout error ([image_cache] lock_timeout).
 inline constexpr int kDefaultLockTimeoutSeconds = 600;
 
+inline std::string without_trailing_slash(std::string p) {
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  return p;
+}
+
 struct BaseCache {
   std::string instances_path;
   std::string base_dir;  // <instances_path>/<subdirectory_name>
   int lock_timeout_seconds = kDefaultLockTimeoutSeconds;
 
   BaseCache(std::string instances_path_, const std::string& subdirectory_name)
-      : instances_path(std::move(instances_path_)), base_dir(instances_path + "/" + subdirectory_name) {}
+      : instances_path(without_trailing_slash(std::move(instances_path_))),
+        base_dir(instances_path + "/" + subdirectory_name) {}
 
   static std::string base_name(std::string_view image_id);  // sha1 hex
   std::string base_path(std::string_view image_id) const { return base_dir + "/" + base_name(image_id); }

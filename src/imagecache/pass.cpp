@@ -246,8 +246,13 @@ void cleanup_locks(const BaseCache& cache, int base_fd, ImageCacheReport& report
   });
   if (err != 0) report.notes.push_back("cannot list " + cache.lock_dir() + ": " + std::strerror(err));
   std::set<std::string> owners;
-  list_dir(base_fd, [&](const DirEntry& e) { owners.insert(std::string(BaseCache::lock_owner(e.name))); });
+  const int base_err =
+      list_dir(base_fd, [&](const DirEntry& e) { owners.insert(std::string(BaseCache::lock_owner(e.name))); });
   ::lseek(base_fd, 0, SEEK_SET);
+  if (base_err != 0) {
+    report.notes.push_back("lock files not cleaned up: cannot list " + cache.base_dir + ": " + std::strerror(base_err));
+    return;
+  }
   for (const auto& n : names) {
     if (owners.count(n)) continue;
     auto l = BaseFileLock::try_existing(cache, n);

@@ -1,0 +1,108 @@
+// Fault injection into real system calls: the real `virtcap imagecache`
+// command under strace, with EIO injected into the Nth getdents64 (directory
+// listings) or pread64 (disk reads), once and from then on, for every N the
+// pass makes. No in-use base may ever be removed.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "common/sha1.h"
+#include "common/subprocess.h"
+#include "support/imagecache_fixture.h"
+
+namespace virtcap {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::kDay;
+
+struct FaultTree {
+  testing::TempDir dir{"virtcap-fault"};
+  std::string instances = dir.sub("state/instances");
+  std::string config;
+  std::vector<std::string> used, unused;
+
+  FaultTree() {
+    fs::create_directories(instances + "/_base");
+    config = dir.write("virtcap.toml", "[DEFAULT]\nstate_path = \"" + dir.sub("state") +
+                                           "\"\n[store]\nbackend = \"memory\"\n");
+    for (int i = 0; i < 3; ++i) {
+      used.push_back(sha1_hex("used" + std::to_string(i)));
+      make_base(used.back());
+      const std::string idir = instances + "/inst-" + std::to_string(i);
+      fs::create_directories(idir + "/sub");
+      testing::must_run({"qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b",
+                         instances + "/_base/" + used.back(), idir + (i == 2 ? "/sub/disk" : "/disk"), "1M"});
+      std::ofstream(idir + "/console.log") << "boot\n";
+    }
+    for (int i = 0; i < 2; ++i) unused.push_back(sha1_hex("unused" + std::to_string(i)));
+    restore_unused();
+  }
+  void make_base(const std::string& name) const {
+    const std::string p = instances + "/_base/" + name;
+    std::ofstream(p, std::ios::binary) << std::string(4096, 'b');
+    testing::set_mtime(p, testing::now() - 2 * kDay);
+  }
+  void restore_unused() const {
+    for (const auto& u : unused)
+      if (!fs::exists(instances + "/_base/" + u)) make_base(u);
+  }
+  std::size_t unused_left() const {
+    std::size_t n = 0;
+    for (const auto& u : unused) n += fs::exists(instances + "/_base/" + u);
+    return n;
+  }
+  void expect_used_intact(const std::string& what) const {
+    for (const auto& u : used) ASSERT_TRUE(fs::exists(instances + "/_base/" + u)) << "in-use base lost with " << what;
+  }
+  proc::Output pass(const std::vector<std::string>& strace_args) const {
+    std::vector<std::string> argv{"strace", "-f", "-qq", "-o", "/dev/null"};
+    argv.insert(argv.end(), strace_args.begin(), strace_args.end());
+    for (const char* a : {VIRTCAP_BINARY, "imagecache", "--config", "", "--format", "json"}) argv.emplace_back(a);
+    argv[argv.size() - 3] = config;
+    auto r = proc::run(argv);
+    EXPECT_TRUE(r.ok());
+    return r.ok() ? r.value() : proc::Output{};
+  }
+  // How many times a clean pass calls `syscall`.
+  std::size_t count(const std::string& syscall) const {
+    const std::string log = dir.sub("count.log");
+    auto r = proc::run({"strace", "-f", "-qq", "-o", log, "-e", "trace=" + syscall, VIRTCAP_BINARY, "imagecache",
+                        "--config", config, "--format", "json"});
+    EXPECT_TRUE(r.ok() && r->exit_code == 0);
+    std::ifstream in(log);
+    std::size_t n = 0;
+    for (std::string line; std::getline(in, line);) n += line.find(syscall + "(") != std::string::npos;
+    return n;
+  }
+};
+
+void inject_everywhere(const std::string& syscall) {
+  FaultTree t;
+  const std::size_t calls = t.count(syscall);
+  ASSERT_GT(calls, 2u) << syscall;
+  ASSERT_EQ(t.unused_left(), 0u) << "a clean pass must remove the unused bases (the test could not fail otherwise)";
+  t.expect_used_intact("a clean pass");
+  std::size_t incomplete = 0;
+  for (std::size_t n = 1; n <= calls; ++n) {
+    for (const std::string& when : {std::to_string(n), std::to_string(n) + "+"}) {
+      t.restore_unused();
+      const std::string spec = "inject=" + syscall + ":error=EIO:when=" + when;
+      const auto out = t.pass({"-e", "trace=" + syscall, "-e", spec});
+      t.expect_used_intact(spec);
+      if (out.exit_code != 0) {
+        ++incomplete;
+        EXPECT_EQ(t.unused_left(), t.unused.size()) << spec << ": an incomplete pass removed files";
+      }
+    }
+  }
+  EXPECT_GT(incomplete, 0u) << "no injected fault was noticed at all";
+  std::printf("%s: %zu calls, %zu injections, %zu reported incomplete, no in-use base lost\n", syscall.c_str(),
+              calls, 2 * calls, incomplete);
+}
+
+TEST(ImageCacheFaults, EioInEveryDirectoryReadNeverLosesAnInUseBase) { inject_everywhere("getdents64"); }
+TEST(ImageCacheFaults, EioInEveryDiskReadNeverLosesAnInUseBase) { inject_everywhere("pread64"); }
+
+}  // namespace
+}  // namespace virtcap

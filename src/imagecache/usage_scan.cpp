@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <thread>
 #include <unordered_set>
 
 #include "common/fd.h"
@@ -32,26 +33,31 @@ std::string_view dir_of(std::string_view p) {
   return slash == 0 ? std::string_view("/") : p.substr(0, slash);
 }
 
+// The base files, looked up by identity and by name; read-only while scanning.
+struct BaseIndex {
+  std::size_t count = 0;
+  std::unordered_multimap<FileId, std::size_t, FileIdHash> by_id;
+  std::unordered_multimap<std::string, std::size_t> by_name;
+};
+
+struct TopEntry {
+  std::string name;
+  unsigned char type;
+};
+
 class Scanner {
  public:
-  Scanner(const ScanOptions& opts, const std::vector<BaseEntry>& bases) : opts_(opts) {
-    out_.use.resize(bases.size());
-    for (std::size_t i = 0; i < bases.size(); ++i) {
-      by_id_.emplace(bases[i].id, i);
-      by_name_.emplace(bases[i].name, i);
-    }
+  Scanner(const ScanOptions& opts, const BaseIndex& index)
+      : opts_(opts), by_id_(index.by_id), by_name_(index.by_name) {
+    out_.use.resize(index.count);
   }
 
-  UsageScan run() {
-    UniqueFd top(::open(opts_.instances_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (!top.valid()) {
-      // No instances directory: no disks. Anything else: we cannot know.
-      if (errno != ENOENT) unreadable(opts_.instances_path, "cannot open the instances directory", errno);
-      return std::move(out_);
-    }
-    scan_dir(top.get(), opts_.instances_path, 0);
-    return std::move(out_);
+  // Scans some of the top-level entries of the instances directory open at `top`.
+  void scan_top(int top, const std::vector<TopEntry>& entries, std::size_t first, std::size_t step) {
+    for (std::size_t i = first; i < entries.size(); i += step)
+      scan_entry(top, opts_.instances_path, entries[i].name, entries[i].type, 0);
   }
+  UsageScan& result() { return out_; }
 
  private:
   void unreadable(const std::string& path, const std::string& what, int err = 0) {
@@ -68,15 +74,14 @@ class Scanner {
     }
   }
 
-  // Lists one directory; `depth` 0 is instances_path itself.
+  // Lists one directory below instances_path (`depth` >= 1).
   void scan_dir(int dfd, const std::string& dir_path, int depth) {
     if (depth == 1) ++out_.instance_dirs;
-    const int err = list_dir(dfd, [&](const DirEntry& e) {
-      if (depth == 0 && std::find(opts_.reserved.begin(), opts_.reserved.end(), e.name) != opts_.reserved.end())
-        return;
-      scan_entry(dfd, dir_path, std::string(e.name), e.type, depth);
-    });
-    if (err != 0) unreadable(dir_path, "cannot list the directory", err);
+    const int err =
+        list_dir(dfd, [&](const DirEntry& e) { scan_entry(dfd, dir_path, std::string(e.name), e.type, depth); });
+    // ENOENT: the directory was removed while being listed (its instance was
+    // deleted): its disks are gone, like a disk that vanishes.
+    if (err != 0 && err != ENOENT) unreadable(dir_path, "cannot list the directory", err);
   }
 
   void scan_entry(int dfd, const std::string& dir_path, const std::string& name, unsigned char type, int depth) {
@@ -245,15 +250,70 @@ class Scanner {
 
   const ScanOptions& opts_;
   UsageScan out_;
-  std::unordered_multimap<FileId, std::size_t, FileIdHash> by_id_;
-  std::unordered_multimap<std::string, std::size_t> by_name_;
+  const std::unordered_multimap<FileId, std::size_t, FileIdHash>& by_id_;
+  const std::unordered_multimap<std::string, std::size_t>& by_name_;
   std::unordered_set<FileId, FileIdHash> followed_;  // images whose whole chain was read
 };
+
+// Folds one thread's findings into the total.
+void merge(UsageScan& into, UsageScan&& part) {
+  for (std::size_t i = 0; i < into.use.size(); ++i) {
+    BaseUse& a = into.use[i];
+    BaseUse& b = part.use[i];
+    if (!b.used) continue;
+    if (!a.used || (a.by_name_only && !b.by_name_only)) a = std::move(b);
+  }
+  for (auto& u : part.unreadable) into.unreadable.push_back(std::move(u));
+  for (auto& m : part.missing) into.missing.push_back(std::move(m));
+  into.name_matches += part.name_matches;
+  into.instance_dirs += part.instance_dirs;
+  into.disks_read += part.disks_read;
+}
+
+// Below this many instance directories one thread does it all.
+constexpr std::size_t kParallelMinEntries = 256;
 
 }  // namespace
 
 UsageScan scan_usage(const ScanOptions& opts, const std::vector<BaseEntry>& bases) {
-  return Scanner(opts, bases).run();
+  BaseIndex index;
+  index.count = bases.size();
+  for (std::size_t i = 0; i < bases.size(); ++i) {
+    index.by_id.emplace(bases[i].id, i);
+    index.by_name.emplace(bases[i].name, i);
+  }
+  UsageScan total;
+  total.use.resize(bases.size());
+  UniqueFd top(::open(opts.instances_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!top.valid()) {
+    // No instances directory: no disks. Anything else: we cannot know.
+    if (errno != ENOENT)
+      total.unreadable.push_back({opts.instances_path, "cannot open the instances directory: " + err_text(errno)});
+    return total;
+  }
+  std::vector<TopEntry> entries;
+  const int err = list_dir(top.get(), [&](const DirEntry& e) {
+    if (std::find(opts.reserved.begin(), opts.reserved.end(), e.name) == opts.reserved.end())
+      entries.push_back({std::string(e.name), e.type});
+  });
+  if (err != 0) total.unreadable.push_back({opts.instances_path, "cannot list the directory: " + err_text(err)});
+
+  // Instance directories are independent: several threads read them (each
+  // with its own findings, merged at the end; the base index is shared
+  // read-only).
+  const std::size_t threads =
+      entries.size() < kParallelMinEntries ? 1 : std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, 8);
+  std::vector<Scanner> scanners;
+  scanners.reserve(threads);
+  for (std::size_t t = 0; t < threads; ++t) scanners.emplace_back(opts, index);
+  {
+    std::vector<std::jthread> workers;
+    for (std::size_t t = 1; t < threads; ++t)
+      workers.emplace_back([&, t] { scanners[t].scan_top(top.get(), entries, t, threads); });
+    scanners[0].scan_top(top.get(), entries, 0, threads);
+  }
+  for (auto& s : scanners) merge(total, std::move(s.result()));
+  return total;
 }
 
 }  // namespace virtcap::imagecache

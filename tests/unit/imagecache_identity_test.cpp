@@ -7,6 +7,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <fstream>
+
 #include "common/sha1.h"
 #include "config/config.h"
 #include "imagecache/backing_spec.h"
@@ -190,6 +192,26 @@ TEST(ImageCacheIdentity, DisksInSubdirectoriesCountAndTooDeepIsIncomplete) {
   fs::create_directories(deep.opts.instances_path + "/u1/a/b/c/d");
   const auto r = run_pass(deep.opts, {});
   deep.expect_nothing_removed(r);
+}
+
+TEST(ImageCacheIdentity, ManyInstanceDirectoriesAreScannedOnSeveralThreads) {
+  Scenario s;
+  std::vector<std::string> more;
+  for (int i = 0; i < 3; ++i) more.push_back(s.make_base(sha1_hex("more" + std::to_string(i)), 2 * kDay));
+  for (int i = 0; i < 300; ++i) {  // above the parallel threshold
+    const std::string idir = s.opts.instances_path + "/inst-" + std::to_string(i);
+    fs::create_directories(idir);
+    if (i == 299) s.make_disk("inst-" + std::to_string(i), "disk", s.base(s.used));
+    else if (i % 100 == 7) fs::create_symlink(more[static_cast<std::size_t>(i / 100)], idir + "/disk");
+    else std::ofstream(idir + "/console.log") << "x";
+  }
+  const auto r = run_pass(s.opts, {});
+  EXPECT_TRUE(r.complete);
+  EXPECT_EQ(r.instance_dirs, 300u);
+  EXPECT_EQ(r.disks_read, 300u);
+  EXPECT_EQ(Fixture::file(r, s.used).state, "in_use");
+  for (const auto& m : more) EXPECT_EQ(Fixture::file(r, fs::path(m).filename().string()).state, "in_use");
+  EXPECT_EQ(Fixture::file(r, s.unused).state, "removed");
 }
 
 // Issue 10, mutant 4: an open error other than ENOENT (here ELOOP from a

@@ -254,7 +254,15 @@ TEST(ImageCachePass, ConcurrentSpawnStress) {
   std::thread cleaner([&] {
     while (spawners_left.load() > 0 || passes.load() < 3) {
       auto r = drv.manage_image_cache({}, false);
-      if (!r.ok() || !r->complete) ++failures;
+      if (!r.ok() || !r->complete) {
+        ++failures;
+        std::lock_guard lock(kept_mu);
+        ADD_FAILURE() << "incomplete pass: "
+                      << (!r.ok() ? r.error().message
+                                  : !r->unreadable_disks.empty()
+                                        ? r->unreadable_disks[0].path + ": " + r->unreadable_disks[0].error
+                                        : (r->notes.empty() ? std::string("?") : r->notes.back()));
+      }
       else removed += static_cast<int>(r->files_removed);
       ++passes;
     }

@@ -14,6 +14,7 @@
 #include "api/client.h"
 #include "api/server.h"
 #include "capabilities/render.h"
+#include "common/state_lock.h"
 #include "compute/manager.h"
 #include "compute/periodic.h"
 #include "config/config.h"
@@ -105,6 +106,11 @@ int cmd_agent(const Options& o) {
   sigaddset(&sigs, SIGINT);
   sigaddset(&sigs, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
+  // One agent per state directory, decided before the store or the
+  // hypervisor is touched: a second start changes nothing.
+  auto state_lock = StateLock::acquire(cfg->defaults.state_path);
+  if (!state_lock) return fail(state_lock.error().message, kExitUsage);
 
   spdlog::info("virtcap {} agent starting (config: {})", VIRTCAP_VERSION, cfg->source);
   api::tune_allocator();

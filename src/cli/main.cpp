@@ -7,13 +7,13 @@
 #include <cstdlib>
 #include <iostream>
 #include <optional>
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <thread>
 
 #include "api/client.h"
 #include "api/server.h"
 #include "capabilities/render.h"
+#include "common/logging.h"
 #include "common/state_lock.h"
 #include "compute/manager.h"
 #include "compute/periodic.h"
@@ -33,11 +33,8 @@ constexpr int kExitOk = 0;
 constexpr int kExitRuntime = 1;
 constexpr int kExitUsage = 2;
 
-void setup_logging() {
-  auto logger = spdlog::stderr_color_mt("virtcap");
-  spdlog::set_default_logger(logger);
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
-  spdlog::set_level(spdlog::level::info);
+logging::Options log_options(const config::Config& cfg) {
+  return {cfg.defaults.debug ? "debug" : cfg.defaults.log_level, cfg.defaults.log_format, cfg.defaults.log_file};
 }
 
 int fail(const std::string& message, int code = kExitRuntime) {
@@ -93,7 +90,7 @@ int cmd_agent(const Options& o) {
   auto cfg = load_config(o.config_path);
   if (!cfg) return kExitUsage;
   if (!o.uri.empty()) cfg->libvirt.uri = o.uri;
-  if (cfg->defaults.debug) spdlog::set_level(spdlog::level::debug);
+  if (Status st = logging::setup(log_options(*cfg)); !st) return fail("config error: " + st.error().message, kExitUsage);
   if (auto hp = config::split_listen(cfg->api.listen); hp && !config::is_loopback(hp->first) && cfg->api.token.empty())
     return fail("config error: [api] listen = " + cfg->api.listen +
                     " is not a loopback address and [api] token is not set; set a token or listen on 127.0.0.1",
@@ -105,6 +102,7 @@ int cmd_agent(const Options& o) {
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGINT);
   sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
   // One agent per state directory, decided before the store or the
@@ -144,7 +142,16 @@ int cmd_agent(const Options& o) {
   spdlog::info("agent running; send SIGTERM or SIGINT to stop");
 
   int sig = 0;
-  sigwait(&sigs, &sig);
+  for (;;) {
+    sigwait(&sigs, &sig);
+    if (sig != SIGHUP) break;
+    // SIGHUP: reopen the log file (logrotate) and re-read the log options.
+    auto fresh = config::load(o.config_path);
+    const auto opts = fresh ? log_options(*fresh) : log_options(*cfg);
+    if (!fresh) spdlog::warn("SIGHUP: config not re-read ({}); reopening the log file only", fresh.error().message);
+    if (Status st = logging::reopen(opts); !st) spdlog::error("SIGHUP: {}", st.error().message);
+    else spdlog::info("SIGHUP: log file reopened; log_level {}, log_format {}", opts.level, opts.format);
+  }
   spdlog::info("received {}, shutting down: finishing in-flight requests", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   server.stop();
   spdlog::info("stopping periodic tasks");
@@ -237,7 +244,7 @@ std::string env_or(const char* name, const std::string& fallback) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  setup_logging();
+  (void)logging::setup({});
   CLI::App app{"virtcap: a compute-host agent whose manager knows what its virt driver can do.\n"
                "Exit codes: 0 success, 1 runtime failure, 2 usage or config error."};
   app.set_version_flag("--version", std::string("virtcap ") + VIRTCAP_VERSION);

@@ -64,7 +64,13 @@ struct non_empty {
     "Seconds between power-state syncs of the store against the driver; <= 0 disables.")          \
   O(int, periodic_fuzzy_delay, 60, check::range(0, 3600),                                         \
     "Upper bound, in seconds, of the random delay before each periodic task first runs.")         \
-  O(bool, debug, false, check::any{}, "Log at debug level.")
+  O(bool, debug, false, check::any{}, "Log at debug level (overrides log_level).")                 \
+  O(std::string, log_level, "info", check::one_of{"trace|debug|info|warning|error|critical|off"},  \
+    "Least severe level logged. SIGHUP re-reads it.")                                             \
+  O(std::string, log_format, "text", check::one_of{"text|json"},                                  \
+    "text: ISO 8601 time, level, message; json: one JSON object per line (time, level, logger, pid, thread, message).") \
+  O(std::string, log_file, "", check::abs_path{.allow_empty = true},                              \
+    "Log to this file (appended; SIGHUP reopens it, for logrotate). Empty: standard error.")
 
 #define VIRTCAP_CONFIG_COMPUTE(O)                                                                 \
   O(std::string, driver, "libvirt", check::non_empty{},                                           \

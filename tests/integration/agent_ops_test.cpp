@@ -1,6 +1,10 @@
 // Operator-facing behaviour of the agent process (issue 9).
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <regex>
+#include <sstream>
+
 #include "support/agent_process.h"
 
 namespace virtcap {
@@ -35,6 +39,56 @@ TEST(AgentOps, OneAgentPerStateDirectory) {
   first.stop();
   Agent third(w.config);  // the lock is released with the process
   EXPECT_TRUE(third.running()) << third.exit_output().err;
+}
+
+// [DEFAULT] log_format = "json": every line a JSON object with an ISO 8601
+// time carrying its UTC offset.
+TEST(AgentOps, JsonLogLinesWithIso8601Times) {
+  AgentWorld w("[DEFAULT]\n");
+  w.write_config("");
+  {
+    std::string text = testing::read_file(w.config);
+    text.replace(text.find("[DEFAULT]\n"), 10, "[DEFAULT]\nlog_format = \"json\"\n");
+    std::ofstream(w.config) << text;
+  }
+  Agent a(w.config);
+  ASSERT_TRUE(a.running()) << a.exit_output().err;
+  const auto out = a.stop();
+  std::istringstream lines(out.err);
+  std::size_t n = 0;
+  const std::regex iso(R"(^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}[+-]\d{2}:\d{2}$)");
+  for (std::string line; std::getline(lines, line);) {
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    ASSERT_TRUE(j.is_object()) << line;
+    EXPECT_TRUE(std::regex_match(j.at("time").get<std::string>(), iso)) << line;
+    EXPECT_TRUE(j.at("level").is_string() && j.at("message").is_string() && j.at("logger") == "virtcap") << line;
+    ++n;
+  }
+  EXPECT_GT(n, 3u);
+}
+
+// SIGHUP reopens the log file and re-reads the log options instead of
+// killing the agent.
+TEST(AgentOps, SighupReopensTheLogAndRereadsItsOptions) {
+  AgentWorld w("[DEFAULT]\n");
+  auto set_defaults = [&](const std::string& extra) {
+    w.write_config("");
+    std::string text = testing::read_file(w.config);
+    text.replace(text.find("[DEFAULT]\n"), 10, "[DEFAULT]\nlog_file = \"/dev/stderr\"\n" + extra);
+    std::ofstream(w.config) << text;
+  };
+  set_defaults("");
+  Agent a(w.config);
+  ASSERT_TRUE(a.running()) << a.exit_output().err;
+  set_defaults("log_format = \"json\"\n");
+  ASSERT_TRUE(a.send(SIGHUP));
+  ASSERT_TRUE(a.wait_for_log("SIGHUP: log file reopened")) << a.log();
+  const std::string log = a.log();
+  const auto last = log.substr(log.rfind('\n', log.find("SIGHUP: log file reopened")) + 1);
+  EXPECT_EQ(last.front(), '{') << "the line after SIGHUP is JSON: " << last;
+  auto c = a.client();
+  EXPECT_TRUE(c.request("GET", "/v1/capabilities").ok());  // still serving
+  EXPECT_EQ(a.stop().exit_code, 0);
 }
 
 }  // namespace

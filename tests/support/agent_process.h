@@ -67,6 +67,9 @@ class Agent {
   pid_t pid() const { return child_->pid(); }
   const std::string& log() const { return child_->err_seen(); }
   api::Client client(const std::string& token = "") const { return api::Client(url_, token); }
+  bool send(int sig) { return child_->signal(sig); }
+  // Reads the agent's stderr until a line containing `needle` (true) or EOF.
+  bool wait_for_log(const std::string& needle) { return child_->wait_for_stderr(needle); }
   // SIGTERM, then wait: the exit status and the whole log.
   proc::Output stop(int sig = SIGTERM) {
     child_->signal(sig);

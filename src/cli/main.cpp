@@ -52,6 +52,17 @@ std::optional<config::Config> load_config(const std::optional<std::string>& path
   return std::move(cfg.value());
 }
 
+// An unknown driver name is a usage/config error (exit 2), found before
+// anything is opened: systemd's RestartPreventExitStatus=2 then stops.
+std::optional<int> check_driver_name(const config::Config& cfg, const std::string& override_name) {
+  const std::string& name = override_name.empty() ? cfg.compute.driver : override_name;
+  for (const auto& d : available_drivers())
+    if (d.name == name) return std::nullopt;
+  return fail(std::string(override_name.empty() ? "config error: [compute] driver" : "--driver") + " '" + name +
+                  "' is not a driver this virtcap has; available: " + available_driver_names(),
+              kExitUsage);
+}
+
 // The configured instance store.
 Result<std::unique_ptr<InstanceStore>> open_store(const config::Config& cfg) {
   if (cfg.store.backend == "memory") return std::unique_ptr<InstanceStore>(std::make_unique<store::MemoryStore>());
@@ -74,6 +85,7 @@ int cmd_capabilities_local(const Options& o) {
   auto cfg = load_config(o.config_path);
   if (!cfg) return kExitUsage;
   if (!o.uri.empty()) cfg->libvirt.uri = o.uri;
+  if (auto bad = check_driver_name(*cfg, o.driver)) return *bad;
   spdlog::set_level(spdlog::level::warn);  // keep stdout clean for scripts
   store::MemoryStore store;
   auto mgr = compute::ComputeManager::create(*cfg, store, o.driver);
@@ -91,6 +103,7 @@ int cmd_agent(const Options& o) {
   if (!cfg) return kExitUsage;
   if (!o.uri.empty()) cfg->libvirt.uri = o.uri;
   if (Status st = logging::setup(log_options(*cfg)); !st) return fail("config error: " + st.error().message, kExitUsage);
+  if (auto bad = check_driver_name(*cfg, o.driver)) return *bad;
   if (auto hp = config::split_listen(cfg->api.listen); hp && !config::is_loopback(hp->first) && cfg->api.token.empty())
     return fail("config error: [api] listen = " + cfg->api.listen +
                     " is not a loopback address and [api] token is not set; set a token or listen on 127.0.0.1",
@@ -164,6 +177,7 @@ int cmd_imagecache_local(const Options& o) {
   auto cfg = load_config(o.config_path);
   if (!cfg) return kExitUsage;
   if (!o.uri.empty()) cfg->libvirt.uri = o.uri;
+  if (auto bad = check_driver_name(*cfg, o.driver)) return *bad;
   if (o.format == "json") spdlog::set_level(spdlog::level::warn);
   auto store = open_store(*cfg);
   if (!store) return fail("cannot open the instance store: " + store.error().message);

@@ -84,11 +84,11 @@ TEST(Cli, CapabilitiesTableAndMarkdown) {
   EXPECT_NE(m.out.find("| `supports_vtpm` |"), std::string::npos);
 }
 
-TEST(Cli, UnknownDriverExits1NamingItAndListingTheAvailableOnes) {
+TEST(Cli, UnknownDriverExits2NamingItAndListingTheAvailableOnes) {
   auto r = run({"capabilities", "--driver", "nosuch"});
-  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("nosuch"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("available drivers: libvirt, fake"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("available: libvirt, fake"), std::string::npos) << r.err;
   EXPECT_TRUE(r.out.empty());
 }
 
@@ -159,12 +159,18 @@ TEST(Cli, AgentWithImageCacheDriverRunsThePass) {
   EXPECT_EQ(child->wait().exit_code, 0);
 }
 
-TEST(Cli, AgentWithUnknownDriverExits1) {
+// A misspelt driver is a config error (exit 2, so systemd's
+// RestartPreventExitStatus=2 stops the restart loop), found before the state
+// directory, the store or the hypervisor is touched.
+TEST(Cli, AgentWithUnknownDriverExits2AndTouchesNothing) {
   TempDir dir;
-  const auto cfg = dir.write("agent.toml", "[compute]\ndriver = \"hyperv\"\n");
+  const auto state = (dir.path() / "state").string();
+  const auto cfg = dir.write("agent.toml", "[DEFAULT]\nstate_path = \"" + state + "\"\n[compute]\ndriver = \"hyperv\"\n");
   auto r = run({"agent", "--config", cfg});
-  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("'hyperv'"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("fake_imagecache"), std::string::npos) << "lists the available drivers: " << r.err;
+  EXPECT_FALSE(fs::exists(state)) << "created the state directory";
 }
 
 // docs/capabilities.md and docs/config.md are generated; a stale copy fails.

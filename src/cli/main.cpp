@@ -32,6 +32,7 @@ using nlohmann::json;
 constexpr int kExitOk = 0;
 constexpr int kExitRuntime = 1;
 constexpr int kExitUsage = 2;
+constexpr int kExitUnreachable = 3;  // a client command could not reach the agent
 
 logging::Options log_options(const config::Config& cfg) {
   return {cfg.defaults.debug ? "debug" : cfg.defaults.log_level, cfg.defaults.log_format, cfg.defaults.log_file};
@@ -236,18 +237,78 @@ void print_object(const json& o) {
   for (const auto& [k, v] : o.items()) std::cout << pad(k, w) << "  " << text(v) << "\n";
 }
 
+// --server: http(s)://HOST[:PORT][/]; nullopt (after printing why) if not.
+std::optional<std::string> server_url(const std::string& raw) {
+  std::string url = raw;
+  while (url.size() > 1 && url.back() == '/') url.pop_back();
+  const auto scheme_end = url.find("://");
+  const std::string scheme = scheme_end == std::string::npos ? "" : url.substr(0, scheme_end);
+  const std::string rest = scheme_end == std::string::npos ? "" : url.substr(scheme_end + 3);
+  const bool ok = (scheme == "http" || scheme == "https") && !rest.empty() &&
+                  rest.find_first_of("/?#@ ") == std::string::npos && rest.front() != ':';
+  if (ok && rest.find(']') == std::string::npos) {
+    const auto colon = rest.rfind(':');
+    if (colon != std::string::npos) {
+      const std::string port = rest.substr(colon + 1);
+      if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
+          std::stoi(port) > 65535) {
+        fail("--server '" + raw + "': the port must be a number from 1 to 65535", kExitUsage);
+        return std::nullopt;
+      }
+    }
+  }
+  if (!ok) {
+    fail("--server '" + raw + "' is not an agent URL; expected http://HOST[:PORT] (or https://), e.g. " +
+             std::string(api::kDefaultServer),
+         kExitUsage);
+    return std::nullopt;
+  }
+  return url;
+}
+
+// Exit code of a failed API call: the documented rule (README "Exit codes").
+int exit_code_for_status(int status) {
+  switch (status) {
+    case 400:  // the server refused a value (range, shape): bad usage
+    case 401:  // wrong or missing --token
+    case 411:
+    case 413:
+    case 415: return kExitUsage;
+    default: return kExitRuntime;
+  }
+}
+
 int client_call(const Options& o, const std::string& method, const std::string& path, const json* body,
                 const std::function<void(const json&)>& human) {
-  api::Client client(o.server, o.token);
-  auto r = client.request(method, path, body);
+  const auto url = server_url(o.server);
+  if (!url) return kExitUsage;
+  api::Client client(*url, o.token);
+  auto r = client.call(method, path, body);
   if (!r) {
-    std::string msg = r.error().message;
-    if (!r.error().capability.empty()) msg += " [capability: " + r.error().capability + "]";
-    return fail(msg);
+    if (o.json_out)
+      std::cout << json{{"error", {{"code", "unreachable"}, {"message", r.error().message}}}}.dump(2) << "\n";
+    return fail(r.error().message, kExitUnreachable);
   }
-  if (o.json_out) std::cout << r->dump(2) << "\n";
-  else human(r.value());
-  return kExitOk;
+  if (r->status >= 200 && r->status < 300) {
+    if (o.json_out) std::cout << r->body.dump(2) << "\n";
+    else human(r->body);
+    return kExitOk;
+  }
+  const bool api_error = r->body.is_object() && r->body.contains("error") && r->body["error"].is_object();
+  if (o.json_out) {
+    std::cout << (api_error ? r->body : json{{"error", {{"code", "http_" + std::to_string(r->status)},
+                                                       {"message", "HTTP " + std::to_string(r->status)}}}})
+                     .dump(2)
+              << "\n";
+  }
+  std::string msg = "HTTP " + std::to_string(r->status) + " from " + *url;
+  if (api_error) {
+    const auto& e = r->body["error"];
+    msg = e.value("message", msg);
+    if (e.contains("capability") && e["capability"].is_string()) msg += " [capability: " + e["capability"].get<std::string>() + "]";
+  }
+  if (r->status == 401) msg += " (give the agent's token with --token or VIRTCAP_TOKEN)";
+  return fail(msg, exit_code_for_status(r->status));
 }
 
 std::string env_or(const char* name, const std::string& fallback) {
@@ -260,7 +321,8 @@ std::string env_or(const char* name, const std::string& fallback) {
 int main(int argc, char** argv) {
   (void)logging::setup({});
   CLI::App app{"virtcap: a compute-host agent whose manager knows what its virt driver can do.\n"
-               "Exit codes: 0 success, 1 runtime failure, 2 usage or config error."};
+               "Exit codes: 0 success; 1 the operation failed; 2 bad usage, argument or config (including\n"
+               "values the agent refuses, and a wrong --token); 3 could not reach the agent."};
   app.set_version_flag("--version", std::string("virtcap ") + VIRTCAP_VERSION);
   app.require_subcommand(1);
   Options o;
@@ -336,6 +398,17 @@ int main(int argc, char** argv) {
   icp_pass->add_flag("--dry-run", o.dry_run, "Decide and report only");
   for (auto* c : {boot, list, show, del, reboot, attach, detach, tasks, icp_pass}) add_client(c);
 
+  if (argc > 1 && argv[1][0] != '-') {
+    std::string names;
+    bool known = false;
+    for (const auto* sub : app.get_subcommands({})) {
+      names += (names.empty() ? "" : ", ") + sub->get_name();
+      known = known || sub->get_name() == argv[1];
+    }
+    if (!known)
+      return fail(std::string("unknown command '") + argv[1] + "'; commands: " + names + " (see virtcap --help)",
+                kExitUsage);
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

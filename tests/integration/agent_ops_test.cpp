@@ -13,6 +13,13 @@ namespace {
 using testing::Agent;
 using testing::AgentWorld;
 
+proc::Output cli(std::vector<std::string> args) {
+  args.insert(args.begin(), VIRTCAP_BINARY);
+  auto r = proc::run(args);
+  EXPECT_TRUE(r.ok());
+  return r.ok() ? r.value() : proc::Output{};
+}
+
 // A second agent with the same state_path (even on another port) must refuse
 // to start before it touches the store or the hypervisor: the first agent's
 // live instances stay active (a second reconcile would mark them lost).
@@ -89,6 +96,43 @@ TEST(AgentOps, SighupReopensTheLogAndRereadsItsOptions) {
   auto c = a.client();
   EXPECT_TRUE(c.request("GET", "/v1/capabilities").ok());  // still serving
   EXPECT_EQ(a.stop().exit_code, 0);
+}
+
+// The exit-code rule: 0 ok, 1 the operation failed, 2 bad usage/argument/
+// config (including values the agent refuses and a wrong token), 3 the agent
+// could not be reached. --json errors are the API's error object on stdout.
+TEST(AgentOps, ExitCodesFollowOneRule) {
+  EXPECT_NE(cli({"--help"}).out.find("3 could not reach the agent"), std::string::npos);
+  auto unknown = cli({"nosuch"});
+  EXPECT_EQ(unknown.exit_code, 2);
+  EXPECT_NE(unknown.err.find("unknown command 'nosuch'"), std::string::npos) << unknown.err;
+  for (const std::string bad : {"ftp://x", "x", "http://", "http://h:99999", "http://h:port"}) {
+    auto r = cli({"list", "--server", bad});
+    EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.err;  // never abort (134)
+    EXPECT_NE(r.err.find("--server"), std::string::npos) << r.err;
+  }
+  auto down = cli({"list", "--json", "--server", "http://127.0.0.1:1"});
+  EXPECT_EQ(down.exit_code, 3) << down.err;
+  const auto down_json = nlohmann::json::parse(down.out, nullptr, false);
+  ASSERT_TRUE(down_json.is_object()) << down.out;
+  EXPECT_EQ(down_json["error"]["code"], "unreachable");
+
+  AgentWorld w("[api]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"\n");
+  Agent a(w.config);
+  ASSERT_TRUE(a.running()) << a.exit_output().err;
+  const std::string url = a.url() + "/";  // a trailing slash is accepted
+  auto ok = cli({"list", "--server", url, "--token", "s3cret"});
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  auto no_token = cli({"list", "--server", url});
+  EXPECT_EQ(no_token.exit_code, 2);
+  EXPECT_NE(no_token.err.find("--token"), std::string::npos) << no_token.err;
+  auto missing = cli({"show", "nosuch", "--json", "--server", url, "--token", "s3cret"});
+  EXPECT_EQ(missing.exit_code, 1);
+  const auto missing_json = nlohmann::json::parse(missing.out, nullptr, false);
+  ASSERT_TRUE(missing_json.is_object()) << missing.out;
+  EXPECT_EQ(missing_json["error"]["code"], "not_found");
+  auto zero = cli({"boot", "z", "--image", "sample-a", "--memory", "0", "--server", url, "--token", "s3cret"});
+  EXPECT_EQ(zero.exit_code, 2) << zero.err;
 }
 
 }  // namespace

@@ -1,10 +1,12 @@
 // virtcap: one binary, subcommands. Exit codes: 0 success, 1 runtime failure,
 // 2 usage or configuration error (see README "Exit codes").
 #include <signal.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <optional>
 #include <spdlog/spdlog.h>
@@ -64,6 +66,28 @@ std::optional<int> check_driver_name(const config::Config& cfg, const std::strin
               kExitUsage);
 }
 
+// Every check `virtcap agent` makes before it starts anything; nullopt when
+// all pass, else the exit code (2) after printing what is wrong.
+std::optional<int> startup_checks(const config::Config& cfg, const std::string& driver_override) {
+  if (auto bad = check_driver_name(cfg, driver_override)) return bad;
+  if (auto hp = config::split_listen(cfg.api.listen); hp && !config::is_loopback(hp->first) && cfg.api.token.empty())
+    return fail("config error: [api] listen = " + cfg.api.listen +
+                    " is not a loopback address and [api] token is not set; set a token or listen on 127.0.0.1",
+                kExitUsage);
+  const std::filesystem::path state(cfg.defaults.state_path);
+  std::error_code ec;
+  const auto probe = std::filesystem::exists(state, ec) ? state : state.parent_path();
+  if (!std::filesystem::is_directory(probe, ec))
+    return fail("config error: [DEFAULT] state_path = " + cfg.defaults.state_path +
+                    ": neither it nor its parent directory exists; create it (mkdir -p) or fix the path",
+                kExitUsage);
+  if (::access(probe.c_str(), W_OK) != 0)
+    return fail("config error: [DEFAULT] state_path = " + cfg.defaults.state_path + ": " + probe.string() +
+                    " is not writable by this user",
+                kExitUsage);
+  return std::nullopt;
+}
+
 // The configured instance store.
 Result<std::unique_ptr<InstanceStore>> open_store(const config::Config& cfg) {
   if (cfg.store.backend == "memory") return std::unique_ptr<InstanceStore>(std::make_unique<store::MemoryStore>());
@@ -104,11 +128,7 @@ int cmd_agent(const Options& o) {
   if (!cfg) return kExitUsage;
   if (!o.uri.empty()) cfg->libvirt.uri = o.uri;
   if (Status st = logging::setup(log_options(*cfg)); !st) return fail("config error: " + st.error().message, kExitUsage);
-  if (auto bad = check_driver_name(*cfg, o.driver)) return *bad;
-  if (auto hp = config::split_listen(cfg->api.listen); hp && !config::is_loopback(hp->first) && cfg->api.token.empty())
-    return fail("config error: [api] listen = " + cfg->api.listen +
-                    " is not a loopback address and [api] token is not set; set a token or listen on 127.0.0.1",
-                kExitUsage);
+  if (auto bad = startup_checks(*cfg, o.driver)) return *bad;
 
   // Block the termination signals in every thread; the main thread waits for
   // them synchronously below, so no handler runs in signal context.
@@ -189,6 +209,15 @@ int cmd_imagecache_local(const Options& o) {
   if (o.format == "json") std::cout << imagecache::to_json(r.value()).dump(2) << "\n";
   else std::cout << imagecache::to_table(r.value());
   return r->complete ? kExitOk : kExitRuntime;
+}
+
+int cmd_config_validate(const Options& o) {
+  auto cfg = load_config(o.config_path);
+  if (!cfg) return kExitUsage;
+  if (auto bad = startup_checks(*cfg, o.driver)) return *bad;
+  std::cout << "configuration OK (" << cfg->source << "): driver " << (o.driver.empty() ? cfg->compute.driver : o.driver)
+            << ", API on " << cfg->api.listen << ", state in " << cfg->defaults.state_path << "\n";
+  return kExitOk;
 }
 
 int cmd_config_show(const Options& o) {
@@ -369,6 +398,10 @@ int main(int argc, char** argv) {
   config_cmd->require_subcommand(1);
   auto* show_cfg = config_cmd->add_subcommand("show", "Print the effective configuration as TOML");
   add_config(show_cfg);
+  auto* validate_cfg = config_cmd->add_subcommand(
+      "validate", "Run every start-up check of `virtcap agent` without starting it; exit 2 on a problem");
+  add_config(validate_cfg);
+  validate_cfg->add_option("-d,--driver", o.driver, "Driver to check instead of [compute] driver");
 
   std::string docs_what;
   auto* docs_cmd = app.add_subcommand("docs", "Print generated reference docs (markdown)");
@@ -436,6 +469,7 @@ int main(int argc, char** argv) {
   if (agent_cmd->parsed()) return cmd_agent(o);
   if (ic_cmd->parsed()) return cmd_imagecache_local(o);
   if (show_cfg->parsed()) return cmd_config_show(o);
+  if (validate_cfg->parsed()) return cmd_config_validate(o);
   if (docs_cmd->parsed()) return cmd_docs(docs_what);
 
   if (boot->parsed()) {

@@ -12,6 +12,7 @@ namespace {
 
 using testing::Agent;
 using testing::AgentWorld;
+namespace fs = std::filesystem;
 
 proc::Output cli(std::vector<std::string> args) {
   args.insert(args.begin(), VIRTCAP_BINARY);
@@ -133,6 +134,29 @@ TEST(AgentOps, ExitCodesFollowOneRule) {
   EXPECT_EQ(missing_json["error"]["code"], "not_found");
   auto zero = cli({"boot", "z", "--image", "sample-a", "--memory", "0", "--server", url, "--token", "s3cret"});
   EXPECT_EQ(zero.exit_code, 2) << zero.err;
+}
+
+// `virtcap config validate` runs the agent's start-up checks without
+// starting anything.
+TEST(AgentOps, ConfigValidateRunsTheStartupChecks) {
+  testing::TempDir d("virtcap-validate");
+  auto check = [&](const std::string& toml) {
+    return cli({"config", "validate", "--config", d.write("c.toml", toml)});
+  };
+  const std::string state = "[DEFAULT]\nstate_path = \"" + d.sub("state") + "\"\n";
+  auto ok = check(state);
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  EXPECT_NE(ok.out.find("configuration OK"), std::string::npos);
+  EXPECT_FALSE(fs::exists(d.sub("state"))) << "validate created the state directory";
+  auto driver = check(state + "[compute]\ndriver = \"nosuch\"\n");
+  EXPECT_EQ(driver.exit_code, 2);
+  EXPECT_NE(driver.err.find("'nosuch'"), std::string::npos) << driver.err;
+  auto listen = check(state + "[api]\nlisten = \"0.0.0.0:8774\"\n");
+  EXPECT_EQ(listen.exit_code, 2);
+  EXPECT_NE(listen.err.find("token"), std::string::npos) << listen.err;
+  auto missing = check("[DEFAULT]\nstate_path = \"" + d.sub("no/such/dir") + "\"\n");
+  EXPECT_EQ(missing.exit_code, 2);
+  EXPECT_NE(missing.err.find("state_path"), std::string::npos) << missing.err;
 }
 
 }  // namespace

@@ -100,6 +100,8 @@ struct Options {
   std::optional<std::string> config_path;
   std::string driver, uri, format = "table";
   bool dry_run = false, json_out = false;
+  std::string client_format = "table";  // client commands: table|json|value (--json = json)
+  std::vector<std::string> columns;     // -c: the columns to show
   std::string server, token;
   // client command arguments
   std::string id, name, image, mac, network, tag;
@@ -252,19 +254,131 @@ std::string text(const json& v) {
   return v.dump();
 }
 
-void print_instances(const json& list) {
-  std::cout << pad("UUID", 36) << "  " << pad("NAME", 20) << "  " << pad("IMAGE", 16) << "  " << pad("STATE", 9)
-            << "  TASK\n";
-  for (const auto& i : list)
-    std::cout << pad(text(i["uuid"]), 36) << "  " << pad(text(i["name"]), 20) << "  " << pad(text(i["image"]), 16)
-              << "  " << pad(text(i["vm_state"]), 9) << "  " << text(i["task_state"]) << "\n";
+// "2026-11-26T09:01:36Z" for a *_at field in unix seconds.
+std::string iso_time(const json& v) {
+  if (!v.is_number_integer()) return text(v);
+  const std::time_t t = v.get<std::time_t>();
+  struct tm tm {};
+  ::gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
 }
 
-void print_object(const json& o) {
-  std::size_t w = 0;
-  for (const auto& [k, v] : o.items()) w = std::max(w, k.size());
-  for (const auto& [k, v] : o.items()) std::cout << pad(k, w) << "  " << text(v) << "\n";
+struct Column {
+  std::string header;  // as printed and as given to -c (case-insensitive)
+  std::string key;     // the JSON field
+};
+
+std::string cell(const json& row, const Column& c) {
+  const json& v = row.contains(c.key) ? row[c.key] : json();
+  if (c.key.size() > 3 && c.key.ends_with("_at")) return iso_time(v);
+  return text(v);
 }
+
+// The columns -c asked for (by header or field name), in -c's order; all
+// when none. An unknown name is a usage error, listing the known ones.
+std::optional<std::vector<Column>> pick(const Options& o, const std::vector<Column>& all) {
+  if (o.columns.empty()) return all;
+  auto lower = [](std::string v) {
+    for (auto& ch : v) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    return v;
+  };
+  std::vector<Column> out;
+  for (const auto& want : o.columns) {
+    auto it = std::find_if(all.begin(), all.end(), [&](const Column& c) {
+      return lower(c.header) == lower(want) || c.key == want;
+    });
+    if (it == all.end()) {
+      std::string names;
+      for (const auto& c : all) names += (names.empty() ? "" : ", ") + c.header;
+      fail("-c " + want + ": no such column; columns: " + names, kExitUsage);
+      return std::nullopt;
+    }
+    out.push_back(*it);
+  }
+  return out;
+}
+
+// Rows as a table sized to fit its contents, one JSON array, or bare values.
+int emit_rows(const Options& o, const json& rows, const std::vector<Column>& all) {
+  const auto cols = pick(o, all);
+  if (!cols) return kExitUsage;
+  if (o.client_format == "json") {
+    json out = json::array();
+    for (const auto& r : rows) {
+      if (o.columns.empty()) {
+        out.push_back(r);
+        continue;
+      }
+      json picked = json::object();
+      for (const auto& c : *cols) picked[c.key] = r.contains(c.key) ? r[c.key] : json();
+      out.push_back(picked);
+    }
+    std::cout << out.dump(2) << "\n";
+    return kExitOk;
+  }
+  std::vector<std::vector<std::string>> cells;
+  for (const auto& r : rows) {
+    std::vector<std::string> line;
+    for (const auto& c : *cols) line.push_back(cell(r, c));
+    cells.push_back(std::move(line));
+  }
+  if (o.client_format == "value") {
+    for (const auto& line : cells) {
+      for (std::size_t i = 0; i < line.size(); ++i) std::cout << (i ? " " : "") << line[i];
+      std::cout << "\n";
+    }
+    return kExitOk;
+  }
+  std::vector<std::size_t> w;
+  for (const auto& c : *cols) w.push_back(c.header.size());
+  for (const auto& line : cells)
+    for (std::size_t i = 0; i < line.size(); ++i) w[i] = std::max(w[i], line[i].size());
+  for (std::size_t i = 0; i < cols->size(); ++i)
+    std::cout << (i + 1 < cols->size() ? pad((*cols)[i].header, w[i] + 2) : (*cols)[i].header);
+  std::cout << "\n";
+  for (const auto& line : cells) {
+    for (std::size_t i = 0; i < line.size(); ++i) std::cout << (i + 1 < line.size() ? pad(line[i], w[i] + 2) : line[i]);
+    std::cout << "\n";
+  }
+  return kExitOk;
+}
+
+// One object as FIELD / VALUE rows (show, boot, attach).
+int emit_object(const Options& o, const json& obj) {
+  if (o.client_format == "json" && o.columns.empty()) {
+    std::cout << obj.dump(2) << "\n";
+    return kExitOk;
+  }
+  std::vector<Column> all;
+  for (const auto& [k, v] : obj.items()) all.push_back({k, k});
+  const auto cols = pick(o, all);
+  if (!cols) return kExitUsage;
+  if (o.client_format == "json") {
+    json picked = json::object();
+    for (const auto& c : *cols) picked[c.key] = obj[c.key];
+    std::cout << picked.dump(2) << "\n";
+    return kExitOk;
+  }
+  json rows = json::array();
+  for (const auto& c : *cols) rows.push_back({{"field", c.key}, {"value", cell(obj, c)}});
+  Options plain = o;
+  plain.columns.clear();
+  if (o.client_format == "value") {
+    for (const auto& r : rows) std::cout << r["value"].get<std::string>() << "\n";
+    return kExitOk;
+  }
+  return emit_rows(plain, rows, {{"FIELD", "field"}, {"VALUE", "value"}});
+}
+
+const std::vector<Column> kInstanceColumns = {{"UUID", "uuid"}, {"NAME", "name"}, {"IMAGE", "image"},
+                                              {"STATE", "vm_state"}, {"TASK", "task_state"},
+                                              {"CREATED", "created_at"}};
+// The same columns as `virtcap imagecache`'s table.
+const std::vector<Column> kImageCacheColumns = {{"FILE", "name"},         {"KIND", "kind"},
+                                                {"STATE", "state"},       {"BYTES", "bytes"},
+                                                {"AGE(s)", "age_seconds"}, {"REASON", "reason"}};
 
 // --server: http(s)://HOST[:PORT][/]; nullopt (after printing why) if not.
 std::optional<std::string> server_url(const std::string& raw) {
@@ -308,23 +422,19 @@ int exit_code_for_status(int status) {
 }
 
 int client_call(const Options& o, const std::string& method, const std::string& path, const json* body,
-                const std::function<void(const json&)>& human) {
+                const std::function<int(const json&)>& human) {
   const auto url = server_url(o.server);
   if (!url) return kExitUsage;
   api::Client client(*url, o.token);
   auto r = client.call(method, path, body);
   if (!r) {
-    if (o.json_out)
+    if (o.client_format == "json")
       std::cout << json{{"error", {{"code", "unreachable"}, {"message", r.error().message}}}}.dump(2) << "\n";
     return fail(r.error().message, kExitUnreachable);
   }
-  if (r->status >= 200 && r->status < 300) {
-    if (o.json_out) std::cout << r->body.dump(2) << "\n";
-    else human(r->body);
-    return kExitOk;
-  }
+  if (r->status >= 200 && r->status < 300) return human(r->body);
   const bool api_error = r->body.is_object() && r->body.contains("error") && r->body["error"].is_object();
-  if (o.json_out) {
+  if (o.client_format == "json") {
     std::cout << (api_error ? r->body : json{{"error", {{"code", "http_" + std::to_string(r->status)},
                                                        {"message", "HTTP " + std::to_string(r->status)}}}})
                      .dump(2)
@@ -372,7 +482,11 @@ int main(int argc, char** argv) {
   auto add_client = [&](CLI::App* sub) {
     sub->add_option("--server", o.server, "Agent URL (env VIRTCAP_SERVER)")->capture_default_str();
     sub->add_option("--token", o.token, "Bearer token (env VIRTCAP_TOKEN)");
-    sub->add_flag("--json", o.json_out, "Print the API's JSON instead of a table");
+    sub->add_option("-f,--format", o.client_format, "Output: table (sized to fit), json (the API's JSON), value (bare values)")
+        ->check(CLI::IsMember({"table", "json", "value"}))
+        ->capture_default_str();
+    sub->add_flag("--json", o.json_out, "Same as --format json");
+    sub->add_option("-c,--column", o.columns, "Show only this column (repeatable; a header or a field name)");
   };
 
   auto* caps_cmd = app.add_subcommand("capabilities", "Print a driver's capabilities and traits (local, or --server)");
@@ -455,15 +569,24 @@ int main(int argc, char** argv) {
     return kExitUsage;
   }
 
+  if (o.json_out) o.client_format = "json";
   if (caps_cmd->parsed()) {
     if (caps_server->count() == 0) return cmd_capabilities_local(o);
-    return client_call(o, "GET", "/v1/capabilities", nullptr, [](const json& j) {
-      std::cout << "driver: " << text(j["driver"]) << "\n\n";
+    if (o.format == "json") o.client_format = "json";  // capabilities --server URL --format json
+    return client_call(o, "GET", "/v1/capabilities", nullptr, [&](const json& j) {
+      if (o.client_format == "json") {
+        std::cout << j.dump(2) << "\n";
+        return kExitOk;
+      }
+      json rows = json::array();
       for (const auto& c : j["capabilities"])
-        std::cout << pad(text(c["name"]), 34) << pad(caps::value_text(c["value"]), 14) << text(c["doc"]) << "\n";
-      std::cout << "traits:";
+        rows.push_back({{"name", c["name"]}, {"value", caps::value_text(c["value"])}, {"doc", c["doc"]}});
+      std::cout << "driver: " << text(j["driver"]) << "\n\n";
+      const int rc = emit_rows(o, rows, {{"NAME", "name"}, {"VALUE", "value"}, {"DOC", "doc"}});
+      std::cout << "\ntraits:";
       for (const auto& t : j["traits"]) std::cout << "\n  " << text(t);
       std::cout << "\n";
+      return rc;
     });
   }
   if (agent_cmd->parsed()) return cmd_agent(o);
@@ -474,47 +597,73 @@ int main(int argc, char** argv) {
 
   if (boot->parsed()) {
     json body = {{"name", o.name}, {"image", o.image}, {"memory_mb", o.memory_mb}, {"vcpus", o.vcpus}};
-    return client_call(o, "POST", "/v1/instances", &body, [](const json& j) { print_object(j); });
+    return client_call(o, "POST", "/v1/instances", &body, [&](const json& j) { return emit_object(o, j); });
   }
   if (list->parsed())
-    return client_call(o, "GET", "/v1/instances", nullptr, [](const json& j) { print_instances(j["instances"]); });
-  if (show->parsed()) return client_call(o, "GET", "/v1/instances/" + o.id, nullptr, [](const json& j) { print_object(j); });
+    return client_call(o, "GET", "/v1/instances", nullptr, [&](const json& j) {
+      if (o.client_format == "json" && o.columns.empty()) {
+        std::cout << j.dump(2) << "\n";
+        return kExitOk;
+      }
+      return emit_rows(o, j["instances"], kInstanceColumns);
+    });
+  if (show->parsed())
+    return client_call(o, "GET", "/v1/instances/" + o.id, nullptr, [&](const json& j) { return emit_object(o, j); });
   if (del->parsed())
-    return client_call(o, "DELETE", "/v1/instances/" + o.id, nullptr,
-                       [](const json& j) { std::cout << "deleted " << text(j["deleted"]) << "\n"; });
+    return client_call(o, "DELETE", "/v1/instances/" + o.id, nullptr, [&](const json& j) {
+      if (o.client_format != "table") return emit_object(o, j);
+      std::cout << "deleted " << text(j["deleted"]) << "\n";
+      return kExitOk;
+    });
   if (reboot->parsed())
-    return client_call(o, "POST", "/v1/instances/" + o.id + "/reboot", nullptr,
-                       [](const json& j) { std::cout << "rebooted " << text(j["rebooted"]) << "\n"; });
+    return client_call(o, "POST", "/v1/instances/" + o.id + "/reboot", nullptr, [&](const json& j) {
+      if (o.client_format != "table") return emit_object(o, j);
+      std::cout << "rebooted " << text(j["rebooted"]) << "\n";
+      return kExitOk;
+    });
   if (attach->parsed()) {
     json body = json::object();
     if (!o.mac.empty()) body["mac"] = o.mac;
     if (!o.network.empty()) body["network"] = o.network;
     if (!o.tag.empty()) body["tag"] = o.tag;
-    return client_call(o, "POST", "/v1/instances/" + o.id + "/interfaces", &body, [](const json& j) { print_object(j); });
+    return client_call(o, "POST", "/v1/instances/" + o.id + "/interfaces", &body,
+                       [&](const json& j) { return emit_object(o, j); });
   }
   if (detach->parsed())
-    return client_call(o, "DELETE", "/v1/instances/" + o.id + "/interfaces/" + o.mac, nullptr,
-                       [](const json& j) { std::cout << "detached " << text(j["detached"]) << "\n"; });
+    return client_call(o, "DELETE", "/v1/instances/" + o.id + "/interfaces/" + o.mac, nullptr, [&](const json& j) {
+      if (o.client_format != "table") return emit_object(o, j);
+      std::cout << "detached " << text(j["detached"]) << "\n";
+      return kExitOk;
+    });
   if (tasks->parsed())
-    return client_call(o, "GET", "/v1/tasks", nullptr, [](const json& j) {
-      std::cout << pad("TASK", 26) << pad("EVERY(s)", 10) << pad("ENABLED", 9) << pad("RUNS", 6) << pad("LAST", 9)
-                << "DETAIL\n";
-      for (const auto& t : j["tasks"]) {
-        const std::string detail = t["enabled"].get<bool>() ? text(t["last_message"]) : text(t["disabled_reason"]);
-        std::cout << pad(text(t["name"]), 26) << pad(text(t["spacing_seconds"]), 10)
-                  << pad(t["enabled"].get<bool>() ? "yes" : "no", 9) << pad(text(t["runs"]), 6)
-                  << pad(text(t["last_result"]), 9) << detail << "\n";
+    return client_call(o, "GET", "/v1/tasks", nullptr, [&](const json& j) {
+      if (o.client_format == "json" && o.columns.empty()) {
+        std::cout << j.dump(2) << "\n";
+        return kExitOk;
       }
+      json rows = json::array();
+      for (const auto& t : j["tasks"]) {
+        json r = t;
+        r["enabled_text"] = t["enabled"].get<bool>() ? "yes" : "no";
+        r["detail"] = t["enabled"].get<bool>() ? t["last_message"] : t["disabled_reason"];
+        rows.push_back(r);
+      }
+      return emit_rows(o, rows,
+                       {{"TASK", "name"}, {"EVERY(s)", "spacing_seconds"}, {"ENABLED", "enabled_text"}, {"RUNS", "runs"},
+                        {"LAST", "last_result"}, {"DETAIL", "detail"}});
     });
   if (icp_pass->parsed()) {
     json body = {{"dry_run", o.dry_run}};
-    return client_call(o, "POST", "/v1/image-cache/pass", &body, [](const json& j) {
-      std::cout << pad("FILE", 42) << pad("KIND", 11) << pad("STATE", 14) << "REASON\n";
-      for (const auto& f : j["files"])
-        std::cout << pad(text(f["name"]), 42) << pad(text(f["kind"]), 11) << pad(text(f["state"]), 14)
-                  << text(f["reason"]) << "\n";
-      std::cout << "removed " << text(j["files_removed"]) << " file(s), " << text(j["bytes_freed"])
-                << " bytes freed; " << (j["complete"].get<bool>() ? "complete" : "INCOMPLETE") << "\n";
+    return client_call(o, "POST", "/v1/image-cache/pass", &body, [&](const json& j) {
+      if (o.client_format == "json" && o.columns.empty()) {
+        std::cout << j.dump(2) << "\n";
+        return kExitOk;
+      }
+      const int rc = emit_rows(o, j["files"], kImageCacheColumns);
+      if (o.client_format == "table")
+        std::cout << "removed " << text(j["files_removed"]) << " file(s), " << text(j["bytes_freed"])
+                  << " bytes freed; " << (j["complete"].get<bool>() ? "complete" : "INCOMPLETE") << "\n";
+      return rc;
     });
   }
   return kExitUsage;

@@ -159,5 +159,30 @@ TEST(AgentOps, ConfigValidateRunsTheStartupChecks) {
   EXPECT_NE(missing.err.find("state_path"), std::string::npos) << missing.err;
 }
 
+// One output option for every client command: -f table|json|value (--json
+// kept), -c COLUMN to pick columns, ISO 8601 times, tables that fit.
+TEST(AgentOps, OutputFormatsAndColumns) {
+  AgentWorld w;
+  Agent a(w.config);
+  ASSERT_TRUE(a.running()) << a.exit_output().err;
+  const std::string long_name = "an-instance-name-longer-than-any-fixed-column-width";
+  ASSERT_EQ(cli({"boot", long_name, "--image", "sample-a", "--server", a.url()}).exit_code, 0);
+  auto table = cli({"list", "--server", a.url()});
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  EXPECT_NE(table.out.find(long_name + "  sample-a"), std::string::npos) << "the name fits its column:\n" << table.out;
+  EXPECT_TRUE(std::regex_search(table.out, std::regex(R"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z)"))) << table.out;
+  auto value = cli({"list", "--server", a.url(), "-f", "value", "-c", "name", "-c", "STATE"});
+  EXPECT_EQ(value.out, long_name + " active\n");
+  auto picked = cli({"list", "--server", a.url(), "--format", "json", "-c", "name"});
+  EXPECT_EQ(nlohmann::json::parse(picked.out), nlohmann::json::parse(R"([{"name":")" + long_name + R"("}])"));
+  auto alias = cli({"list", "--server", a.url(), "--json"});
+  EXPECT_EQ(nlohmann::json::parse(alias.out).at("instances").size(), 1u);
+  auto bad = cli({"list", "--server", a.url(), "-c", "nosuch"});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.err.find("columns: UUID, NAME"), std::string::npos) << bad.err;
+  auto caps = cli({"capabilities", "--server", a.url(), "--format", "json"});
+  EXPECT_TRUE(nlohmann::json::parse(caps.out, nullptr, false).contains("traits")) << caps.out;
+}
+
 }  // namespace
 }  // namespace virtcap

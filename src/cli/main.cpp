@@ -15,6 +15,7 @@
 #include "api/client.h"
 #include "api/server.h"
 #include "capabilities/render.h"
+#include "cli/cli_docs.h"
 #include "common/logging.h"
 #include "common/state_lock.h"
 #include "compute/manager.h"
@@ -519,7 +520,9 @@ int main(int argc, char** argv) {
 
   std::string docs_what;
   auto* docs_cmd = app.add_subcommand("docs", "Print generated reference docs (markdown)");
-  docs_cmd->add_option("what", docs_what, "Which document")->required()->check(CLI::IsMember({"capabilities", "config"}));
+  docs_cmd->add_option("what", docs_what, "Which document: capabilities, config (markdown), man (man page), bash-completion")
+      ->required()
+      ->check(CLI::IsMember({"capabilities", "config", "man", "bash-completion"}));
 
   // Client commands: talk to a running agent.
   auto* boot = app.add_subcommand("boot", "Boot an instance");
@@ -593,7 +596,12 @@ int main(int argc, char** argv) {
   if (ic_cmd->parsed()) return cmd_imagecache_local(o);
   if (show_cfg->parsed()) return cmd_config_show(o);
   if (validate_cfg->parsed()) return cmd_config_validate(o);
-  if (docs_cmd->parsed()) return cmd_docs(docs_what);
+  if (docs_cmd->parsed()) {
+    if (docs_what == "man") std::cout << cli::man_page(app, VIRTCAP_VERSION);
+    else if (docs_what == "bash-completion") std::cout << cli::bash_completion(app);
+    else return cmd_docs(docs_what);
+    return kExitOk;
+  }
 
   if (boot->parsed()) {
     json body = {{"name", o.name}, {"image", o.image}, {"memory_mb", o.memory_mb}, {"vcpus", o.vcpus}};

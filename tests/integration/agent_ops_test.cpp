@@ -184,5 +184,29 @@ TEST(AgentOps, OutputFormatsAndColumns) {
   EXPECT_TRUE(nlohmann::json::parse(caps.out, nullptr, false).contains("traits")) << caps.out;
 }
 
+// The bash completion and the man page are generated from the CLI
+// definitions: every command is in both, and the completion works in bash.
+TEST(AgentOps, CompletionAndManPageAreGeneratedFromTheCli) {
+  testing::TempDir d("virtcap-compl");
+  const auto compl_ = cli({"docs", "bash-completion"});
+  ASSERT_EQ(compl_.exit_code, 0);
+  const std::string file = d.write("virtcap.bash", compl_.out);
+  auto complete = [&](const std::string& line) {
+    const std::string script = "source " + file + "; COMP_WORDS=(" + line + "); COMP_CWORD=$((${#COMP_WORDS[@]}-1));" +
+                               " _virtcap; echo \"${COMPREPLY[*]}\"";
+    auto r = proc::run({"bash", "-c", script});
+    EXPECT_TRUE(r.ok() && r->exit_code == 0);
+    return r.ok() ? r->out : std::string();
+  };
+  EXPECT_EQ(complete("virtcap li"), "list\n");
+  EXPECT_EQ(complete("virtcap config va"), "validate\n");
+  EXPECT_NE(complete("virtcap boot web --mem").find("--memory"), std::string::npos);
+  EXPECT_NE(complete("virtcap list --se").find("--server"), std::string::npos);
+  const auto man = cli({"docs", "man"});
+  ASSERT_EQ(man.exit_code, 0);
+  for (const char* cmd : {"virtcap boot", "virtcap config validate", "virtcap image\\-cache pass", "EXIT STATUS"})
+    EXPECT_NE(man.out.find(cmd), std::string::npos) << cmd;
+}
+
 }  // namespace
 }  // namespace virtcap

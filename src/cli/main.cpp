@@ -106,7 +106,8 @@ struct Options {
   std::string server, token;
   // client command arguments
   std::string id, name, image, mac, network, tag;
-  int memory_mb = 512, vcpus = 1;
+  std::string memory = "512";
+  int vcpus = 1;
 };
 
 int cmd_capabilities_local(const Options& o) {
@@ -410,6 +411,46 @@ std::optional<std::string> server_url(const std::string& raw) {
   return url;
 }
 
+// "--memory 1G" / "512M" / "512" (MiB) -> MiB, as qemu-img and virsh take
+// sizes (binary units). nullopt, after printing why, for anything else.
+std::optional<int> parse_memory_mib(const std::string& v) {
+  std::size_t end = 0;
+  while (end < v.size() && std::isdigit(static_cast<unsigned char>(v[end]))) ++end;
+  std::string unit = v.substr(end);
+  for (auto& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  if (unit.size() > 1 && (unit.ends_with("IB") || unit.ends_with("B"))) unit = unit.substr(0, 1);
+  static const std::pair<const char*, int> kShift[] = {{"", 0}, {"M", 0}, {"G", 10}, {"T", 20}};
+  if (end == 0 || end > 9) {
+    fail("--memory '" + v + "': expected a size such as 512, 512M, 2G or 1T (no suffix: MiB)", kExitUsage);
+    return std::nullopt;
+  }
+  const long long n = std::stoll(v.substr(0, end));
+  for (const auto& [u, shift] : kShift)
+    if (unit == u) {
+      const long long mib = n << shift;
+      if (mib < 16 || mib > 16LL * 1024 * 1024) {
+        fail("--memory '" + v + "' is " + std::to_string(mib) + " MiB; it must be from 16 MiB to 16 TiB", kExitUsage);
+        return std::nullopt;
+      }
+      return static_cast<int>(mib);
+    }
+  fail("--memory '" + v + "': unknown unit '" + v.substr(end) + "'; use M, G or T (binary: 1G = 1024 MiB)",
+       kExitUsage);
+  return std::nullopt;
+}
+
+// The API's field names in a message, replaced by the flags the user typed.
+std::string in_user_words(std::string msg, const std::vector<std::pair<std::string, std::string>>& fields) {
+  for (const auto& [field, flag] : fields)
+    for (auto at = msg.find(field); at != std::string::npos; at = msg.find(field, at + flag.size())) {
+      const bool left = at == 0 || !(std::isalnum(static_cast<unsigned char>(msg[at - 1])) || msg[at - 1] == '_');
+      const auto after = at + field.size();
+      const bool right = after >= msg.size() || !(std::isalnum(static_cast<unsigned char>(msg[after])) || msg[after] == '_');
+      if (left && right) msg.replace(at, field.size(), flag);
+    }
+  return msg;
+}
+
 // Exit code of a failed API call: the documented rule (README "Exit codes").
 int exit_code_for_status(int status) {
   switch (status) {
@@ -423,7 +464,8 @@ int exit_code_for_status(int status) {
 }
 
 int client_call(const Options& o, const std::string& method, const std::string& path, const json* body,
-                const std::function<int(const json&)>& human) {
+                const std::function<int(const json&)>& human,
+                const std::vector<std::pair<std::string, std::string>>& field_flags = {}) {
   const auto url = server_url(o.server);
   if (!url) return kExitUsage;
   api::Client client(*url, o.token);
@@ -448,7 +490,7 @@ int client_call(const Options& o, const std::string& method, const std::string& 
     if (e.contains("capability") && e["capability"].is_string()) msg += " [capability: " + e["capability"].get<std::string>() + "]";
   }
   if (r->status == 401) msg += " (give the agent's token with --token or VIRTCAP_TOKEN)";
-  return fail(msg, exit_code_for_status(r->status));
+  return fail(in_user_words(msg, field_flags), exit_code_for_status(r->status));
 }
 
 std::string env_or(const char* name, const std::string& fallback) {
@@ -528,7 +570,7 @@ int main(int argc, char** argv) {
   auto* boot = app.add_subcommand("boot", "Boot an instance");
   boot->add_option("name", o.name, "Instance name")->required();
   boot->add_option("--image", o.image, "Image id (a file <id>.raw or <id>.qcow2 in [images] path)")->required();
-  boot->add_option("--memory", o.memory_mb, "Memory in MiB")->capture_default_str();
+  boot->add_option("--memory", o.memory, "Memory: MiB, or with a unit: 512M, 2G, 1T")->capture_default_str();
   boot->add_option("--vcpus", o.vcpus, "vCPUs")->capture_default_str();
   auto* list = app.add_subcommand("list", "List this host's instances");
   auto* show = app.add_subcommand("show", "Show one instance, with its hypervisor state");
@@ -604,8 +646,12 @@ int main(int argc, char** argv) {
   }
 
   if (boot->parsed()) {
-    json body = {{"name", o.name}, {"image", o.image}, {"memory_mb", o.memory_mb}, {"vcpus", o.vcpus}};
-    return client_call(o, "POST", "/v1/instances", &body, [&](const json& j) { return emit_object(o, j); });
+    const auto memory_mb = parse_memory_mib(o.memory);
+    if (!memory_mb) return kExitUsage;
+    json body = {{"name", o.name}, {"image", o.image}, {"memory_mb", *memory_mb}, {"vcpus", o.vcpus}};
+    return client_call(
+        o, "POST", "/v1/instances", &body, [&](const json& j) { return emit_object(o, j); },
+        {{"memory_mb", "--memory"}, {"vcpus", "--vcpus"}});
   }
   if (list->parsed())
     return client_call(o, "GET", "/v1/instances", nullptr, [&](const json& j) {

@@ -129,11 +129,14 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
                                                   "starting with a letter or digit");
   if (memory_mb < 16 || memory_mb > 16 * 1024 * 1024)
     return make_error(Errc::invalid_argument, "memory_mb must be from 16 to 16777216, got " + std::to_string(memory_mb));
-  if (vcpus < 1) return make_error(Errc::invalid_argument, "vcpus must be at least 1, got " + std::to_string(vcpus));
-  if (caps_.max_vcpus > 0 && vcpus > caps_.max_vcpus)
-    return make_error(Errc::invalid_argument, "requested " + std::to_string(vcpus) + " vCPUs but driver '" +
-                                                  std::string(driver_->name()) + "' reports max_vcpus=" +
-                                                  std::to_string(caps_.max_vcpus));
+  // One range, whichever end is crossed: 1 to the driver's max_vcpus.
+  if (vcpus < 1 || (caps_.max_vcpus > 0 && vcpus > caps_.max_vcpus))
+    return make_error(Errc::invalid_argument,
+                      "vcpus must be from 1 to " +
+                          (caps_.max_vcpus > 0 ? std::to_string(caps_.max_vcpus) + " (driver '" +
+                                                     std::string(driver_->name()) + "' max_vcpus)"
+                                               : std::string("the driver's maximum")) +
+                          ", got " + std::to_string(vcpus));
   InstanceRecord rec;
   rec.uuid = new_uuid();
   rec.name = name;

@@ -208,5 +208,32 @@ TEST(AgentOps, CompletionAndManPageAreGeneratedFromTheCli) {
     EXPECT_NE(man.out.find(cmd), std::string::npos) << cmd;
 }
 
+// Messages speak the user's words: sizes with units, the flag names typed,
+// one range for --vcpus.
+TEST(AgentOps, BootTakesSizesAndNamesTheFlags) {
+  AgentWorld w;
+  Agent a(w.config);
+  ASSERT_TRUE(a.running()) << a.exit_output().err;
+  auto g = cli({"boot", "big", "--image", "sample-a", "--memory", "1G", "--server", a.url(), "-f", "value", "-c",
+                "memory_mb"});
+  EXPECT_EQ(g.exit_code, 0) << g.err;
+  EXPECT_EQ(g.out, "1024\n");
+  auto m = cli({"boot", "mid", "--image", "sample-a", "--memory", "512M", "--server", a.url(), "-f", "value", "-c",
+                "memory_mb"});
+  EXPECT_EQ(m.out, "512\n");
+  for (const std::string bad : {"0", "1X", "G", "8"}) {
+    auto r = cli({"boot", "x", "--image", "sample-a", "--memory", bad, "--server", a.url()});
+    EXPECT_EQ(r.exit_code, 2) << bad;
+    EXPECT_NE(r.err.find("--memory"), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("memory_mb"), std::string::npos) << r.err;
+  }
+  for (const std::string bad : {"0", "100000"}) {
+    auto r = cli({"boot", "x", "--image", "sample-a", "--vcpus", bad, "--server", a.url()});
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find("--vcpus"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("must be from 1 to "), std::string::npos) << r.err;
+  }
+}
+
 }  // namespace
 }  // namespace virtcap

@@ -89,11 +89,17 @@ Status Fleet::apply_notifications(const std::vector<Notification>& batch) {
   return {};
 }
 
+void Fleet::signal_changed() {
+  { std::lock_guard lock(changed_mu_); }  // a waiter is either before its check or waiting
+  changed_cv_.notify_all();
+}
+
 Status Fleet::rebuild() {
   std::lock_guard lock(refresh_mu_);
   auto all = store_->list_hosts();
   if (!all) return all.error();
   index_.rebuild(*all);
+  signal_changed();
   return {};
 }
 
@@ -103,6 +109,7 @@ Status Fleet::refresh_host(std::string_view host) {
   if (!rec) return rec.error();
   if (!*rec) {
     index_.remove(host);
+    signal_changed();
     return {};
   }
   // Serialised reads of the store are never older than what is indexed; a
@@ -111,7 +118,16 @@ Status Fleet::refresh_host(std::string_view host) {
     index_.remove(host);
     index_.apply(**rec);
   }
+  signal_changed();
   return {};
+}
+
+bool Fleet::wait_for_index(const std::function<bool(const HostIndex&)>& pred,
+                           std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock lock(changed_mu_);
+  while (!pred(index_))
+    if (changed_cv_.wait_until(lock, deadline) == std::cv_status::timeout) return pred(index_);
+  return true;
 }
 
 Result<HostRecord> Fleet::report(const AgentReport& r, std::optional<std::int64_t> expected) {

@@ -7,6 +7,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -66,18 +68,25 @@ class Fleet {
   const HostIndex& index() const { return index_; }
   // Notification batches the LISTEN thread has applied (for tests).
   std::uint64_t refreshes_from_notifications() const { return notified_.load(); }
+  // Waits until `pred(index)` holds, re-checking after every index change;
+  // false when `deadline` passes first.
+  bool wait_for_index(const std::function<bool(const HostIndex&)>& pred,
+                      std::chrono::steady_clock::time_point deadline);
 
  private:
   Fleet(std::unique_ptr<FleetStore> store, std::chrono::milliseconds down_after)
       : store_(std::move(store)), index_(down_after) {}
   void listen_loop(std::unique_ptr<PgListener> listener);
   Status apply_notifications(const std::vector<Notification>& batch);
+  void signal_changed();
 
   std::unique_ptr<FleetStore> store_;
   HostIndex index_;
   std::mutex refresh_mu_;  // a read of the store and its apply to the index happen as one step
   std::atomic<bool> stop_{false};
   std::atomic<std::uint64_t> notified_{0};
+  std::mutex changed_mu_;
+  std::condition_variable changed_cv_;
   std::mutex listener_mu_;
   PgListener* listener_ = nullptr;  // to interrupt it
   std::thread listener_thread_;

@@ -350,6 +350,9 @@ Answer HostIndex::query(const Query& q, std::int64_t now_ms, bool explain) const
     if (a.hosts.size() < q.limit) a.hosts.push_back(match_of(slot, now_ms));
     ++a.matched;
   });
+  // Which `limit` hosts are returned follows slot order; they are listed by
+  // name, so a fleet that fits in `limit` answers the same after a restart.
+  std::sort(a.hosts.begin(), a.hosts.end(), [](const auto& x, const auto& y) { return x.name < y.name; });
   if (explain) a.excluded = breakdown(p, now_ms);
   return a;
 }

@@ -50,7 +50,7 @@ std::string_view to_string(Exclusion::Kind kind);
 
 struct Answer {
   std::size_t matched = 0;
-  std::vector<HostMatch> hosts;  // the first `limit` matches, in slot order
+  std::vector<HostMatch> hosts;  // the first `limit` matches in slot order, listed by name
   std::uint64_t index_generation = 0;
   std::size_t hosts_total = 0;
   // With explain: the excluded hosts by first failing reason; the counts sum

@@ -79,8 +79,7 @@ Result<std::vector<Notification>> PgListener::wait(std::chrono::steady_clock::ti
   if (PQconsumeInput(c_) == 0) return lost(c_, "reading");
   auto out = drain();
   while (out.empty()) {
-    const auto left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
     if (left <= 0) return out;
     pollfd fds[2] = {{PQsocket(c_), POLLIN, 0}, {wake_fd_, POLLIN, 0}};
     const int n = ::poll(fds, 2, static_cast<int>(std::min<long long>(left, 60000)));

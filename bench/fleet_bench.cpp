@@ -6,8 +6,8 @@
 // empty scratch database. Fleet: 100,000 hosts, 400 traits, fixed seed:
 // 10 common traits on 85-95% of hosts, 200 rare ones on under 1%, 190 in
 // between; 20-60 traits per host, mean about 35.
-#include <spdlog/spdlog.h>
 #include <malloc.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -60,7 +60,8 @@ HostRecord make_host(int n, std::mt19937_64& rng, const std::vector<double>& p, 
   std::set<int> have;
   for (int t = 0; t < kTraits; ++t)
     if (u(rng) < p[t]) have.insert(t);
-  while (have.size() < 20) have.insert(kCommon + kRare + static_cast<int>(rng() % (kTraits - kCommon - kRare)));
+  while (have.size() < 20)
+    have.insert(kCommon + kRare + static_cast<int>(rng() % (kTraits - kCommon - kRare)));
   while (have.size() > 60) have.erase(std::prev(have.end()));
   for (int t : have) h.traits.push_back({trait_name(t), TraitOwner::agent});
   h.inventories[0] = Inventory{64, 4, 4.0, static_cast<std::int64_t>(rng() % 200)};
@@ -87,19 +88,22 @@ BenchQuery make_query(std::string name, std::vector<std::string> req, std::vecto
   };
   for (std::size_t i = 0; i < req.size(); ++i) {
     const std::string a = "r" + std::to_string(i);
-    b.sql += " JOIN fleet_host_traits " + a + " ON " + a + ".host_id = h.id AND " + a + ".trait_id = " + param(req[i]);
+    b.sql += " JOIN fleet_host_traits " + a + " ON " + a + ".host_id = h.id AND " + a +
+             ".trait_id = " + param(req[i]);
   }
   std::string where;
   for (std::size_t i = 0; i < forb.size(); ++i) {
     const std::string a = "f" + std::to_string(i);
-    where += std::string(where.empty() ? " WHERE" : " AND") + " NOT EXISTS (SELECT 1 FROM fleet_host_traits " + a +
-             " WHERE " + a + ".host_id = h.id AND " + a + ".trait_id = " + param(forb[i]) + ")";
+    where += std::string(where.empty() ? " WHERE" : " AND") +
+             " NOT EXISTS (SELECT 1 FROM fleet_host_traits " + a + " WHERE " + a + ".host_id = h.id AND " +
+             a + ".trait_id = " + param(forb[i]) + ")";
   }
   if (!any.empty()) {
     std::string in;
     for (const auto& t : any) in += (in.empty() ? "" : ", ") + param(t);
     where += std::string(where.empty() ? " WHERE" : " AND") +
-             " EXISTS (SELECT 1 FROM fleet_host_traits a WHERE a.host_id = h.id AND a.trait_id IN (" + in + "))";
+             " EXISTS (SELECT 1 FROM fleet_host_traits a WHERE a.host_id = h.id AND a.trait_id IN (" + in +
+             "))";
   }
   b.sql += where;
   b.q.required = std::move(req);
@@ -161,18 +165,21 @@ void load_fleet() {
   if (!fleet) die(fleet.error().message);
   g.fleet = std::move(*fleet);
   const auto t2 = std::chrono::steady_clock::now();
-  std::printf("fleet: %d hosts, %zu host-trait links (mean %.1f per host), load %.1f s, index rebuild from "
-              "PostgreSQL %.2f s, index %.1f MiB\n",
-              kHosts, links, static_cast<double>(links) / kHosts, std::chrono::duration<double>(t1 - t0).count(),
-              std::chrono::duration<double>(t2 - t1).count(),
-              static_cast<double>(g.fleet->index().memory_bytes()) / (1 << 20));
+  std::printf(
+      "fleet: %d hosts, %zu host-trait links (mean %.1f per host), load %.1f s, index rebuild from "
+      "PostgreSQL %.2f s, index %.1f MiB\n",
+      kHosts, links, static_cast<double>(links) / kHosts, std::chrono::duration<double>(t1 - t0).count(),
+      std::chrono::duration<double>(t2 - t1).count(),
+      static_cast<double>(g.fleet->index().memory_bytes()) / (1 << 20));
   auto ids = g.sql->exec("SELECT name, id FROM fleet_traits", {});
   if (!ids) die(ids.error().message);
   for (const auto& row : ids->rows) g_trait_ids[row[0]] = std::stoll(row[1]);
   g.queries.push_back(make_query("Q1", {trait_name(0), trait_name(1)}, {}, {}));
-  g.queries.push_back(make_query("Q2", {trait_name(2), trait_name(kCommon + 5)}, {trait_name(kCommon + kRare + 3)}, {}));
-  g.queries.push_back(make_query("Q3", {trait_name(3)}, {trait_name(kCommon + kRare + 7)},
-                                 {trait_name(kCommon + 11), trait_name(kCommon + 12), trait_name(kCommon + 13)}));
+  g.queries.push_back(
+      make_query("Q2", {trait_name(2), trait_name(kCommon + 5)}, {trait_name(kCommon + kRare + 3)}, {}));
+  g.queries.push_back(
+      make_query("Q3", {trait_name(3)}, {trait_name(kCommon + kRare + 7)},
+                 {trait_name(kCommon + 11), trait_name(kCommon + 12), trait_name(kCommon + 13)}));
 }
 
 std::vector<std::int64_t> run_sql(const BenchQuery& b) {
@@ -194,8 +201,9 @@ void check_equal() {
     std::set<std::string> a, ix;
     for (auto id : run_sql(b)) a.insert(by_id.at(id));
     for (auto slot : g.fleet->index().match_all(b.q, g.now)) ix.insert(*g.fleet->index().slot_name(slot));
-    if (a != ix) die(b.name + ": SQL and index answers differ (" + std::to_string(a.size()) + " vs " +
-                     std::to_string(ix.size()) + ")");
+    if (a != ix)
+      die(b.name + ": SQL and index answers differ (" + std::to_string(a.size()) + " vs " +
+          std::to_string(ix.size()) + ")");
     std::printf("%s: %zu of %d hosts match (SQL and index agree)\n", b.name.c_str(), a.size(), kHosts);
   }
 }
@@ -236,10 +244,11 @@ void report_million_host_memory() {
   auto index = std::make_unique<HostIndex>(3600s);
   for (int n = 0; n < 1000000; ++n) index->apply(make_host(n, rng, p, g.now));
   const std::size_t used1 = malloc_in_use();
-  std::printf("MEMORY index at 1,000,000 hosts, %zu traits: %.1f MiB counted by the index, %.1f MiB allocated "
-              "(malloc in use grew) (goal < 200 MiB)\n",
-              index->trait_count(), static_cast<double>(index->memory_bytes()) / (1 << 20),
-              static_cast<double>(used1 - used0) / (1 << 20));
+  std::printf(
+      "MEMORY index at 1,000,000 hosts, %zu traits: %.1f MiB counted by the index, %.1f MiB allocated "
+      "(malloc in use grew) (goal < 200 MiB)\n",
+      index->trait_count(), static_cast<double>(index->memory_bytes()) / (1 << 20),
+      static_cast<double>(used1 - used0) / (1 << 20));
 }
 
 // A second writer (as another replica would) adds a trait; how long until
@@ -261,11 +270,12 @@ void report_notify_latency() {
     if (!g.fleet->wait_for_index([&](const HostIndex& ix) { return ix.query(q, g.now, false).matched == 1; },
                                  committed + 5s))
       die("a trait written by another connection was not visible within 5 s");
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - committed).count());
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - committed).count());
   }
   std::sort(ms.begin(), ms.end());
-  std::printf("LATENCY NOTIFY-to-visible over %zu changes: median %.2f ms, max %.2f ms (goal < 100 ms)\n", ms.size(),
-              ms[ms.size() / 2], ms.back());
+  std::printf("LATENCY NOTIFY-to-visible over %zu changes: median %.2f ms, max %.2f ms (goal < 100 ms)\n",
+              ms.size(), ms[ms.size() / 2], ms.back());
 }
 
 }  // namespace
@@ -277,8 +287,12 @@ int main(int argc, char** argv) {
   std::vector<virtcap::bench::Pair> pairs;
   for (std::size_t i = 0; i < g.queries.size(); ++i) {
     const std::string n = g.queries[i].name;
-    benchmark::RegisterBenchmark(("BM_PlacementSql_" + n).c_str(), BM_Sql, i)->Unit(benchmark::kMicrosecond)->UseRealTime();
-    benchmark::RegisterBenchmark(("BM_Index_" + n).c_str(), BM_Index, i)->Unit(benchmark::kMicrosecond)->UseRealTime();
+    benchmark::RegisterBenchmark(("BM_PlacementSql_" + n).c_str(), BM_Sql, i)
+        ->Unit(benchmark::kMicrosecond)
+        ->UseRealTime();
+    benchmark::RegisterBenchmark(("BM_Index_" + n).c_str(), BM_Index, i)
+        ->Unit(benchmark::kMicrosecond)
+        ->UseRealTime();
     benchmark::RegisterBenchmark(("BM_IndexLimit100Explain_" + n).c_str(), BM_IndexLimit100Explain, i)
         ->Unit(benchmark::kMicrosecond)
         ->UseRealTime();

@@ -23,9 +23,8 @@ Result<std::unique_ptr<Fleet>> Fleet::open(const FleetOptions& options) {
   if (auto st = fleet->rebuild(); !st) return st.error();
   if (listener) {
     fleet->listener_ = listener.get();
-    fleet->listener_thread_ = std::thread([f = fleet.get(), l = std::move(listener)]() mutable {
-      f->listen_loop(std::move(l));
-    });
+    fleet->listener_thread_ =
+        std::thread([f = fleet.get(), l = std::move(listener)]() mutable { f->listen_loop(std::move(l)); });
   }
   return fleet;
 }
@@ -137,7 +136,8 @@ Result<HostRecord> Fleet::report(const AgentReport& r, std::optional<std::int64_
   return rec;
 }
 
-Result<HostRecord> Fleet::add_operator_trait(std::string_view host, std::string_view trait, std::int64_t expected) {
+Result<HostRecord> Fleet::add_operator_trait(std::string_view host, std::string_view trait,
+                                             std::int64_t expected) {
   auto rec = store_->add_operator_trait(host, trait, expected);
   if (!rec) return rec;
   if (auto st = refresh_host(host); !st) return st.error();

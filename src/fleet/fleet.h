@@ -44,8 +44,10 @@ class Fleet {
   Fleet& operator=(const Fleet&) = delete;
 
   // Writes (see FleetStore for the rules); on success the index shows them.
-  Result<HostRecord> report(const AgentReport& report, std::optional<std::int64_t> expected_generation = std::nullopt);
-  Result<HostRecord> add_operator_trait(std::string_view host, std::string_view trait, std::int64_t expected_generation);
+  Result<HostRecord> report(const AgentReport& report,
+                            std::optional<std::int64_t> expected_generation = std::nullopt);
+  Result<HostRecord> add_operator_trait(std::string_view host, std::string_view trait,
+                                        std::int64_t expected_generation);
   Result<HostRecord> remove_operator_trait(std::string_view host, std::string_view trait,
                                            std::int64_t expected_generation);
   Status delete_host(std::string_view host, std::optional<std::int64_t> expected_generation);
@@ -53,7 +55,8 @@ class Fleet {
   Answer query(const Query& q, bool explain, std::int64_t now = now_ms()) const {
     return index_.query(q, now, explain);
   }
-  Result<HostExplanation> explain_host(const Query& q, std::string_view host, std::int64_t now = now_ms()) const {
+  Result<HostExplanation> explain_host(const Query& q, std::string_view host,
+                                       std::int64_t now = now_ms()) const {
     return index_.explain_host(q, host, now);
   }
 

@@ -28,12 +28,15 @@ std::array<std::uint8_t, 16> uuid_bytes(std::string_view uuid) {
 
 std::string uuid_text(const std::array<std::uint8_t, 16>& b) {
   char buf[40];
-  std::snprintf(buf, sizeof buf, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
-                b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+  std::snprintf(buf, sizeof buf, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+                b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
+                b[15]);
   return buf;
 }
 
-std::int64_t free_of(const std::optional<Inventory>& inv, std::int64_t none) { return inv ? inv->free() : none; }
+std::int64_t free_of(const std::optional<Inventory>& inv, std::int64_t none) {
+  return inv ? inv->free() : none;
+}
 
 std::string seconds(std::int64_t ms) { return std::to_string(ms / 1000) + " s"; }
 
@@ -61,8 +64,8 @@ std::string Exclusion::describe() const {
       return "has none of the traits in:" + list;
     }
     case Kind::not_enough_resource:
-      return "not enough " + std::string(to_string(resource)) + ": asked " + std::to_string(asked) + ", free " +
-             (free ? std::to_string(*free) : std::string("none (not inventoried)"));
+      return "not enough " + std::string(to_string(resource)) + ": asked " + std::to_string(asked) +
+             ", free " + (free ? std::to_string(*free) : std::string("none (not inventoried)"));
     case Kind::down: return "down (last seen " + seconds(last_seen_age_ms) + " ago)";
   }
   return "unknown reason";
@@ -114,7 +117,7 @@ void HostIndex::table_insert(std::uint32_t slot) {
 
 void HostIndex::table_erase(std::uint32_t slot) {
   const std::size_t mask = table_.size() - 1;
-  for (std::size_t i = std::hash<std::string_view>{}(names_[slot])&mask; table_[i] != kEmptyEntry;
+  for (std::size_t i = std::hash<std::string_view>{}(names_[slot]) & mask; table_[i] != kEmptyEntry;
        i = (i + 1) & mask) {
     if (table_[i] == slot) {
       table_[i] = kTombstone;
@@ -244,7 +247,8 @@ HostIndex::Plan HostIndex::plan(const Query& q) const {
   p.q = &q;
   auto lookup = [this](const std::string& name) -> const SlotBits* {
     auto it = trait_ids_.find(name);
-    return it == trait_ids_.end() || trait_bits_[it->second].count() == 0 ? nullptr : &trait_bits_[it->second];
+    return it == trait_ids_.end() || trait_bits_[it->second].count() == 0 ? nullptr
+                                                                          : &trait_bits_[it->second];
   };
   std::size_t best = words_;
   for (std::size_t i = 0; i < q.required.size(); ++i) {
@@ -329,7 +333,8 @@ void HostIndex::for_each_match(const Plan& p, std::int64_t now_ms, F&& f) const 
       if (b != nullptr)
         for (std::size_t i = 0; i < summary.size(); ++i) summary[i] |= b->summary()[i];
   }
-  for (std::size_t sw = 0; sw < summary.size(); ++sw) for_each_bit(summary[sw], [&](unsigned b) { visit(sw * 64 + b); });
+  for (std::size_t sw = 0; sw < summary.size(); ++sw)
+    for_each_bit(summary[sw], [&](unsigned b) { visit(sw * 64 + b); });
 }
 
 HostMatch HostIndex::match_of(std::uint32_t slot, std::int64_t now_ms) const {
@@ -380,12 +385,14 @@ std::vector<Exclusion> HostIndex::breakdown(const Plan& p, std::int64_t now_ms) 
   };
   for (std::size_t i = 0; i < p.required.size(); ++i) {
     const auto* b = p.required[i];
-    Exclusion e{.kind = Exclusion::Kind::missing_required, .trait = p.q->required[i], .trait_known = b != nullptr};
+    Exclusion e{
+        .kind = Exclusion::Kind::missing_required, .trait = p.q->required[i], .trait_known = b != nullptr};
     word_step(std::move(e), [b](std::size_t w) { return b ? b->data()[w] : 0; });
   }
   for (std::size_t i = 0; i < p.forbidden.size(); ++i) {
     const auto* b = p.forbidden[i];
-    Exclusion e{.kind = Exclusion::Kind::has_forbidden, .trait = p.q->forbidden[i], .trait_known = b != nullptr};
+    Exclusion e{
+        .kind = Exclusion::Kind::has_forbidden, .trait = p.q->forbidden[i], .trait_known = b != nullptr};
     word_step(std::move(e), [b](std::size_t w) { return b ? ~b->data()[w] : ~std::uint64_t{0}; });
   }
   for (std::size_t g = 0; g < p.any_of.size(); ++g) {
@@ -463,7 +470,8 @@ std::vector<Exclusion> HostIndex::reasons_for(const Plan& p, std::uint32_t slot,
   return out;
 }
 
-Result<HostExplanation> HostIndex::explain_host(const Query& q, std::string_view name, std::int64_t now_ms) const {
+Result<HostExplanation> HostIndex::explain_host(const Query& q, std::string_view name,
+                                                std::int64_t now_ms) const {
   std::shared_lock lock(mu_);
   auto slot = find_slot(name);
   if (!slot) return make_error(Errc::not_found, "no host " + quote_for_error(name) + " in the fleet index");
@@ -481,7 +489,8 @@ IndexedHost HostIndex::indexed_of(std::uint32_t slot) const {
   IndexedHost h{names_[slot], uuid_text(s.uuid), s.generation, s.last_seen_ms, {}, {}};
   for (std::size_t t = 0; t < trait_bits_.size(); ++t)
     if (trait_bits_[t].test(slot))
-      h.traits.push_back({trait_names_[t], is_custom_trait(trait_names_[t]) ? TraitOwner::operator_ : TraitOwner::agent});
+      h.traits.push_back(
+          {trait_names_[t], is_custom_trait(trait_names_[t]) ? TraitOwner::operator_ : TraitOwner::agent});
   std::sort(h.traits.begin(), h.traits.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
   for (std::size_t i = 0; i < kResourceClassCount; ++i)
     if (s.free[i] != kNoInventory) h.free[i] = s.free[i];
@@ -492,7 +501,8 @@ std::vector<IndexedHost> HostIndex::snapshot() const {
   std::shared_lock lock(mu_);
   std::vector<IndexedHost> out;
   for (std::size_t w = 0; w < words_; ++w)
-    for_each_bit(used_.data()[w], [&](unsigned bit) { out.push_back(indexed_of(static_cast<std::uint32_t>(w * 64 + bit))); });
+    for_each_bit(used_.data()[w],
+                 [&](unsigned bit) { out.push_back(indexed_of(static_cast<std::uint32_t>(w * 64 + bit))); });
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
   return out;
 }
@@ -526,7 +536,8 @@ std::size_t HostIndex::memory_bytes() const {
   for (const auto& s : names_)
     if (s.capacity() > 15) n += s.capacity() + 1;
   for (const auto& b : trait_bits_) n += b.memory_bytes();
-  for (const auto& t : trait_names_) n += sizeof(std::string) * 2 + 2 * (t.size() + 1) + 32;  // name + map node
+  for (const auto& t : trait_names_)
+    n += sizeof(std::string) * 2 + 2 * (t.size() + 1) + 32;  // name + map node
   return n;
 }
 

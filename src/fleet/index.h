@@ -32,16 +32,22 @@ struct HostMatch {
 // required traits (in name order), forbidden traits, any-of groups, resources
 // (VCPU, MEMORY_MB, DISK_GB), down.
 struct Exclusion {
-  enum class Kind : std::uint8_t { missing_required, has_forbidden, none_of_any_of, not_enough_resource, down };
+  enum class Kind : std::uint8_t {
+    missing_required,
+    has_forbidden,
+    none_of_any_of,
+    not_enough_resource,
+    down
+  };
   Kind kind = Kind::missing_required;
-  std::string trait{};                  // missing_required, has_forbidden
-  bool trait_known = true;              // false: no host has this trait at all
-  std::vector<std::string> any_of{};    // none_of_any_of
+  std::string trait{};                // missing_required, has_forbidden
+  bool trait_known = true;            // false: no host has this trait at all
+  std::vector<std::string> any_of{};  // none_of_any_of
   ResourceClass resource = ResourceClass::vcpu;
-  std::int64_t asked = 0;               // not_enough_resource
-  std::optional<std::int64_t> free{};   // for one host: its free; in a breakdown: the most free among them
-  std::int64_t last_seen_age_ms = 0;    // down: for one host its age; in a breakdown the smallest age
-  std::size_t hosts = 0;                // in a breakdown: how many hosts have this as their first reason
+  std::int64_t asked = 0;              // not_enough_resource
+  std::optional<std::int64_t> free{};  // for one host: its free; in a breakdown: the most free among them
+  std::int64_t last_seen_age_ms = 0;   // down: for one host its age; in a breakdown the smallest age
+  std::size_t hosts = 0;               // in a breakdown: how many hosts have this as their first reason
 
   // One sentence, e.g. "missing required trait CUSTOM_X (no host has it)".
   std::string describe() const;

@@ -75,7 +75,8 @@ Status check_operator_trait_name(std::string_view name) {
 Status check_agent_trait_name(std::string_view name) {
   if (auto st = check_trait_name(name); !st) return st;
   if (is_custom_trait(name))
-    return bad("agent trait " + quote_for_error(name) + " starts with CUSTOM_: CUSTOM_ traits belong to operators");
+    return bad("agent trait " + quote_for_error(name) +
+               " starts with CUSTOM_: CUSTOM_ traits belong to operators");
   return {};
 }
 
@@ -106,7 +107,8 @@ Status check_host_name(std::string_view name) {
   for (char c : name) {
     const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
                     c == '-' || c == '_';
-    if (!ok) return bad("host name " + quote_for_error(name) + " may contain only letters, digits, '.', '-', '_'");
+    if (!ok)
+      return bad("host name " + quote_for_error(name) + " may contain only letters, digits, '.', '-', '_'");
   }
   return {};
 }
@@ -115,7 +117,8 @@ Status check_uuid(std::string_view uuid) {
   bool ok = uuid.size() == 36;
   for (std::size_t i = 0; ok && i < uuid.size(); ++i) {
     const char c = uuid[i];
-    ok = (i == 8 || i == 13 || i == 18 || i == 23) ? c == '-' : ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'));
+    ok = (i == 8 || i == 13 || i == 18 || i == 23) ? c == '-'
+                                                   : ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'));
   }
   if (!ok)
     return bad("host uuid " + quote_for_error(uuid) +
@@ -141,7 +144,8 @@ Status check_report(const AgentReport& report) {
 }
 
 std::int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 

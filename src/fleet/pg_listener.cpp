@@ -16,8 +16,8 @@ namespace {
 Error lost(PGconn* c, const std::string& doing) {
   std::string msg = c ? PQerrorMessage(c) : "no connection";
   while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
-  return make_error(Errc::store_error, "fleet LISTEN connection: " + doing + ": " + msg +
-                                           ": reconnect and reload the index");
+  return make_error(Errc::store_error,
+                    "fleet LISTEN connection: " + doing + ": " + msg + ": reconnect and reload the index");
 }
 
 }  // namespace
@@ -79,12 +79,14 @@ Result<std::vector<Notification>> PgListener::wait(std::chrono::steady_clock::ti
   if (PQconsumeInput(c_) == 0) return lost(c_, "reading");
   auto out = drain();
   while (out.empty()) {
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    const auto left =
+        std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
     if (left <= 0) return out;
     pollfd fds[2] = {{PQsocket(c_), POLLIN, 0}, {wake_fd_, POLLIN, 0}};
     const int n = ::poll(fds, 2, static_cast<int>(std::min<long long>(left, 60000)));
     if (n < 0 && errno != EINTR)
-      return make_error(Errc::io_error, std::string("poll on the fleet LISTEN connection: ") + std::strerror(errno));
+      return make_error(Errc::io_error,
+                        std::string("poll on the fleet LISTEN connection: ") + std::strerror(errno));
     if (n > 0 && (fds[1].revents & POLLIN) != 0) {
       std::uint64_t v = 0;
       (void)!::read(wake_fd_, &v, sizeof v);

@@ -23,7 +23,8 @@ struct Notification {
 class PgListener {
  public:
   // Connects with `conninfo` (libpq string or URI) and LISTENs on each channel.
-  static Result<std::unique_ptr<PgListener>> open(const std::string& conninfo, const std::vector<std::string>& channels);
+  static Result<std::unique_ptr<PgListener>> open(const std::string& conninfo,
+                                                  const std::vector<std::string>& channels);
   ~PgListener();
   PgListener(const PgListener&) = delete;
   PgListener& operator=(const PgListener&) = delete;

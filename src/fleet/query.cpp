@@ -31,7 +31,8 @@ Result<std::int64_t> parse_amount(std::string_view text, std::string_view what) 
   auto [p, ec] = std::from_chars(text.data(), end, v);
   if (ec != std::errc() || p != end)
     return bad(std::string(what) + ": " + quote_for_error(text) + " is not a whole number");
-  if (v < 0) return bad(std::string(what) + ": negative amount " + quote_for_error(text) + ": ask for 0 or more");
+  if (v < 0)
+    return bad(std::string(what) + ": negative amount " + quote_for_error(text) + ": ask for 0 or more");
   return v;
 }
 
@@ -39,8 +40,8 @@ class Parser {
  public:
   Result<Query> run(const QueryParams& params) {
     if (params.size() > kMaxQueryParams)
-      return bad(std::to_string(params.size()) + " query parameters: at most " + std::to_string(kMaxQueryParams) +
-                 " are accepted; merge required= lists (required=A,B,!C)");
+      return bad(std::to_string(params.size()) + " query parameters: at most " +
+                 std::to_string(kMaxQueryParams) + " are accepted; merge required= lists (required=A,B,!C)");
     for (const auto& [key, value] : params) {
       if (value.size() > kMaxQueryParamBytes)
         return bad("query parameter " + quote_for_error(key) + " is " + std::to_string(value.size()) +

@@ -68,8 +68,10 @@ class SqliteConn final : public SqlConn {
     for (std::size_t i = 0; i < params.size(); ++i) {
       const int at = static_cast<int>(i + 1);
       int rc = SQLITE_OK;
-      if (const auto* v = std::get_if<std::int64_t>(&params[i])) rc = sqlite3_bind_int64(s, at, *v);
-      else if (const auto* d = std::get_if<double>(&params[i])) rc = sqlite3_bind_double(s, at, *d);
+      if (const auto* v = std::get_if<std::int64_t>(&params[i]))
+        rc = sqlite3_bind_int64(s, at, *v);
+      else if (const auto* d = std::get_if<double>(&params[i]))
+        rc = sqlite3_bind_double(s, at, *d);
       else {
         const auto& t = std::get<std::string>(params[i]);
         rc = sqlite3_bind_text(s, at, t.data(), static_cast<int>(t.size()), SQLITE_TRANSIENT);
@@ -85,7 +87,8 @@ class SqliteConn final : public SqlConn {
       auto& row = out.rows.emplace_back();
       for (int c = 0; c < cols; ++c) {
         const auto* p = sqlite3_column_text(s, c);
-        row.emplace_back(p ? reinterpret_cast<const char*>(p) : "", static_cast<std::size_t>(sqlite3_column_bytes(s, c)));
+        row.emplace_back(p ? reinterpret_cast<const char*>(p) : "",
+                         static_cast<std::size_t>(sqlite3_column_bytes(s, c)));
       }
     }
     out.affected = sqlite3_stmt_readonly(s) ? 0 : sqlite3_changes(db_);
@@ -98,8 +101,8 @@ class SqliteConn final : public SqlConn {
     if (it != stmts_.end()) return it->second;
     const std::string text = sqlite_params(sql);
     sqlite3_stmt* s = nullptr;
-    const int rc = sqlite3_prepare_v3(db_, text.c_str(), static_cast<int>(text.size()), SQLITE_PREPARE_PERSISTENT, &s,
-                                      nullptr);
+    const int rc = sqlite3_prepare_v3(db_, text.c_str(), static_cast<int>(text.size()),
+                                      SQLITE_PREPARE_PERSISTENT, &s, nullptr);
     if (rc != SQLITE_OK) {
       sqlite3_finalize(s);
       return failure(rc, sql);
@@ -112,9 +115,10 @@ class SqliteConn final : public SqlConn {
     const std::string msg = sqlite3_errmsg(db_);
     Errc code = Errc::store_error;
     if (rc == SQLITE_CONSTRAINT_UNIQUE || rc == SQLITE_CONSTRAINT_PRIMARYKEY) code = Errc::already_exists;
-    Error e = make_error(code, "fleet database " + path_ + ": " + msg +
-                                   ((rc & 0xff) == SQLITE_BUSY ? " (another process holds the write lock)" : "") +
-                                   " (in: " + std::string(sql.substr(0, 60)) + ")");
+    Error e =
+        make_error(code, "fleet database " + path_ + ": " + msg +
+                             ((rc & 0xff) == SQLITE_BUSY ? " (another process holds the write lock)" : "") +
+                             " (in: " + std::string(sql.substr(0, 60)) + ")");
     e.backend_code = rc;
     return e;
   }
@@ -149,8 +153,8 @@ class PgConn final : public SqlConn {
     std::vector<const char*> values;
     for (const auto& t : text) values.push_back(t.c_str());
     const std::string query(sql);
-    PGresult* res = PQexecParams(c_, query.c_str(), static_cast<int>(values.size()), nullptr, values.data(), nullptr,
-                                 nullptr, 0);
+    PGresult* res = PQexecParams(c_, query.c_str(), static_cast<int>(values.size()), nullptr, values.data(),
+                                 nullptr, nullptr, 0);
     struct Clear {
       PGresult* r;
       ~Clear() { PQclear(r); }
@@ -177,8 +181,8 @@ class PgConn final : public SqlConn {
     if (sqlstate == "40001" || sqlstate == "40P01") code = Errc::conflict;
     std::string msg = res ? PQresultErrorMessage(res) : PQerrorMessage(c_);
     while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
-    return make_error(code, "fleet database (PostgreSQL " + sqlstate + "): " + msg + " (in: " +
-                                std::string(sql.substr(0, 60)) + ")");
+    return make_error(code, "fleet database (PostgreSQL " + sqlstate + "): " + msg +
+                                " (in: " + std::string(sql.substr(0, 60)) + ")");
   }
 
   PGconn* c_;
@@ -188,18 +192,20 @@ void quiet_notices(void*, const char*) {}
 
 }  // namespace
 
-Result<std::unique_ptr<SqlConn>> open_sqlite(const std::string& path, std::chrono::milliseconds busy_timeout) {
+Result<std::unique_ptr<SqlConn>> open_sqlite(const std::string& path,
+                                             std::chrono::milliseconds busy_timeout) {
   if (path.empty()) return make_error(Errc::invalid_argument, "the fleet database path is empty");
   const auto parent = std::filesystem::path(path).parent_path();
   std::error_code ec;
   if (!parent.empty() && !std::filesystem::is_directory(parent, ec))
-    return make_error(Errc::io_error, "the directory of the fleet database " + path +
-                                          " does not exist: create it (mode 0700) or change the database path");
+    return make_error(Errc::io_error,
+                      "the directory of the fleet database " + path +
+                          " does not exist: create it (mode 0700) or change the database path");
   // A new database is created owner-only; an existing file is untouched.
   if (int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600); fd >= 0) ::close(fd);
   sqlite3* db = nullptr;
-  const int rc =
-      sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nullptr);
+  const int rc = sqlite3_open_v2(path.c_str(), &db,
+                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nullptr);
   if (rc != SQLITE_OK) {
     Error e = make_error(Errc::store_error, "cannot open the fleet database " + path + ": " +
                                                 (db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc)));
@@ -207,9 +213,11 @@ Result<std::unique_ptr<SqlConn>> open_sqlite(const std::string& path, std::chron
     return e;
   }
   sqlite3_extended_result_codes(db, 1);
-  sqlite3_busy_timeout(db, static_cast<int>(std::min<std::chrono::milliseconds::rep>(busy_timeout.count(), INT_MAX)));
+  sqlite3_busy_timeout(
+      db, static_cast<int>(std::min<std::chrono::milliseconds::rep>(busy_timeout.count(), INT_MAX)));
   std::unique_ptr<SqlConn> conn = std::make_unique<SqliteConn>(db, path);
-  for (const char* pragma : {"PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", "PRAGMA foreign_keys = ON"})
+  for (const char* pragma :
+       {"PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", "PRAGMA foreign_keys = ON"})
     if (auto r = conn->exec(pragma, {}); !r) return r.error();
   return conn;
 }

@@ -82,7 +82,8 @@ class SqlFleetStore final : public FleetStore {
   Status migrate();
   Result<int> schema_version() override;
   Result<HostRecord> report(const AgentReport& report, std::optional<std::int64_t> expected) override;
-  Result<HostRecord> add_operator_trait(std::string_view host, std::string_view trait, std::int64_t expected) override;
+  Result<HostRecord> add_operator_trait(std::string_view host, std::string_view trait,
+                                        std::int64_t expected) override;
   Result<HostRecord> remove_operator_trait(std::string_view host, std::string_view trait,
                                            std::int64_t expected) override;
   Status delete_host(std::string_view host, std::optional<std::int64_t> expected) override;
@@ -99,10 +100,12 @@ class SqlFleetStore final : public FleetStore {
   Status bump(SqlConn& c, const HostRow& row, std::string_view name);
   Result<bool> agent_state_differs(SqlConn& c, const HostRow& row, const AgentReport& r,
                                    const std::vector<std::string>& traits);
-  Status write_agent_state(SqlConn& c, std::int64_t id, const AgentReport& r, const std::vector<std::string>& traits);
+  Status write_agent_state(SqlConn& c, std::int64_t id, const AgentReport& r,
+                           const std::vector<std::string>& traits);
   Result<std::int64_t> create_host(SqlConn& c, const AgentReport& r);
   // The operator-trait write both add and remove share.
-  Result<HostRecord> operator_write(std::string_view host, std::string_view trait, std::int64_t expected, bool add);
+  Result<HostRecord> operator_write(std::string_view host, std::string_view trait, std::int64_t expected,
+                                    bool add);
 
   std::string target_;
   ConnPool pool_;
@@ -114,7 +117,8 @@ Status SqlFleetStore::migrate() {
   if (auto st = t.begin(); !st) return st;
   if (dialect() == Dialect::postgresql)  // replicas starting together migrate one at a time
     if (auto r = c->exec("SELECT pg_advisory_xact_lock(7663700001)", {}); !r) return r.error();
-  if (auto r = c->exec("CREATE TABLE IF NOT EXISTS fleet_schema (version BIGINT NOT NULL)", {}); !r) return r.error();
+  if (auto r = c->exec("CREATE TABLE IF NOT EXISTS fleet_schema (version BIGINT NOT NULL)", {}); !r)
+    return r.error();
   auto v = c->exec("SELECT version FROM fleet_schema", {});
   if (!v) return v.error();
   std::int64_t version = 0;
@@ -124,15 +128,16 @@ Status SqlFleetStore::migrate() {
     version = to_i64(v->rows[0][0]);
   }
   if (version > latest_fleet_schema_version())
-    return make_error(Errc::store_error, "the fleet database schema is at version " + std::to_string(version) +
-                                             ", newer than this binary knows (" +
+    return make_error(Errc::store_error, "the fleet database schema is at version " +
+                                             std::to_string(version) + ", newer than this binary knows (" +
                                              std::to_string(latest_fleet_schema_version()) +
                                              "): run a newer virtcap, or restore a backup");
   for (const auto& m : migrations()) {
     if (m.version <= version) continue;
     for (auto sql : m.statements)
       if (auto r = c->exec(dialect_sql(sql, dialect()), {}); !r) return r.error();
-    if (auto r = c->exec("UPDATE fleet_schema SET version = $1", {std::int64_t{m.version}}); !r) return r.error();
+    if (auto r = c->exec("UPDATE fleet_schema SET version = $1", {std::int64_t{m.version}}); !r)
+      return r.error();
   }
   return t.commit();
 }
@@ -145,10 +150,11 @@ Result<int> SqlFleetStore::schema_version() {
 }
 
 Result<std::optional<HostRow>> SqlFleetStore::lock_host(SqlConn& c, std::string_view name) {
-  const char* sql = dialect() == Dialect::postgresql
-                        ? "SELECT id, uuid, generation, agent_version, api_url FROM fleet_hosts WHERE name = $1 "
-                          "FOR UPDATE"
-                        : "SELECT id, uuid, generation, agent_version, api_url FROM fleet_hosts WHERE name = $1";
+  const char* sql =
+      dialect() == Dialect::postgresql
+          ? "SELECT id, uuid, generation, agent_version, api_url FROM fleet_hosts WHERE name = $1 "
+            "FOR UPDATE"
+          : "SELECT id, uuid, generation, agent_version, api_url FROM fleet_hosts WHERE name = $1";
   auto r = c.exec(sql, {std::string(name)});
   if (!r) return r.error();
   if (r->rows.empty()) return std::optional<HostRow>();
@@ -177,23 +183,27 @@ Status SqlFleetStore::bump(SqlConn& c, const HostRow& row, std::string_view name
 }
 
 Result<HostRecord> SqlFleetStore::load_host(SqlConn& c, std::int64_t id) {
-  auto h = c.exec("SELECT uuid, name, generation, last_seen_ms, agent_version, api_url FROM fleet_hosts "
-                  "WHERE id = $1",
-                  {id});
+  auto h = c.exec(
+      "SELECT uuid, name, generation, last_seen_ms, agent_version, api_url FROM fleet_hosts "
+      "WHERE id = $1",
+      {id});
   if (!h) return h.error();
   if (h->rows.empty()) return make_error(Errc::not_found, "host id " + std::to_string(id) + " vanished");
   const auto& row = h->rows[0];
   HostRecord rec{row[0], row[1], to_i64(row[2]), to_i64(row[3]), row[4], row[5], {}, {}};
-  auto t = c.exec("SELECT t.name, ht.owner FROM fleet_host_traits ht JOIN fleet_traits t ON t.id = ht.trait_id "
-                  "WHERE ht.host_id = $1",
-                  {id});
+  auto t = c.exec(
+      "SELECT t.name, ht.owner FROM fleet_host_traits ht JOIN fleet_traits t ON t.id = ht.trait_id "
+      "WHERE ht.host_id = $1",
+      {id});
   if (!t) return t.error();
   for (const auto& tr : t->rows)
     rec.traits.push_back({tr[0], trait_owner_from_string(tr[1]).value_or(TraitOwner::agent)});
-  std::sort(rec.traits.begin(), rec.traits.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
-  auto inv = c.exec("SELECT resource_class, total, reserved, allocation_ratio, used FROM fleet_inventories "
-                    "WHERE host_id = $1",
-                    {id});
+  std::sort(rec.traits.begin(), rec.traits.end(),
+            [](const auto& a, const auto& b) { return a.name < b.name; });
+  auto inv = c.exec(
+      "SELECT resource_class, total, reserved, allocation_ratio, used FROM fleet_inventories "
+      "WHERE host_id = $1",
+      {id});
   if (!inv) return inv.error();
   for (const auto& ir : inv->rows) {
     auto rc = resource_class_from_string(ir[0]);
@@ -232,9 +242,10 @@ Status SqlFleetStore::write_agent_state(SqlConn& c, std::int64_t id, const Agent
   for (auto rc : kAllResourceClasses) {
     const auto& inv = r.inventories[static_cast<std::size_t>(rc)];
     if (!inv) continue;
-    if (auto i = c.exec("INSERT INTO fleet_inventories (host_id, resource_class, total, reserved, allocation_ratio, "
-                        "used) VALUES ($1, $2, $3, $4, $5, $6)",
-                        {id, std::string(to_string(rc)), inv->total, inv->reserved, inv->allocation_ratio, inv->used});
+    if (auto i = c.exec(
+            "INSERT INTO fleet_inventories (host_id, resource_class, total, reserved, allocation_ratio, "
+            "used) VALUES ($1, $2, $3, $4, $5, $6)",
+            {id, std::string(to_string(rc)), inv->total, inv->reserved, inv->allocation_ratio, inv->used});
         !i)
       return i.error();
   }
@@ -242,14 +253,16 @@ Status SqlFleetStore::write_agent_state(SqlConn& c, std::int64_t id, const Agent
 }
 
 Result<std::int64_t> SqlFleetStore::create_host(SqlConn& c, const AgentReport& r) {
-  auto ins = c.exec("INSERT INTO fleet_hosts (uuid, name, generation, last_seen_ms, agent_version, api_url) "
-                    "VALUES ($1, $2, 1, $3, $4, $5) RETURNING id",
-                    {r.uuid, r.name, r.seen_at_ms, r.agent_version, r.api_url});
+  auto ins = c.exec(
+      "INSERT INTO fleet_hosts (uuid, name, generation, last_seen_ms, agent_version, api_url) "
+      "VALUES ($1, $2, 1, $3, $4, $5) RETURNING id",
+      {r.uuid, r.name, r.seen_at_ms, r.agent_version, r.api_url});
   if (!ins) {
     if (ins.error().code != Errc::already_exists) return ins.error();
-    return conflict("cannot register host " + r.name + ": uuid " + r.uuid +
-                    " belongs to another host, or a concurrent report registered the name; retry, or delete the "
-                    "other host");
+    return conflict(
+        "cannot register host " + r.name + ": uuid " + r.uuid +
+        " belongs to another host, or a concurrent report registered the name; retry, or delete the "
+        "other host");
   }
   return to_i64(ins->rows.at(0).at(0));
 }
@@ -272,8 +285,9 @@ Result<HostRecord> SqlFleetStore::report(const AgentReport& r, std::optional<std
   } else {
     const HostRow& h = **row;
     if (h.uuid != r.uuid)
-      return conflict("host " + r.name + " is registered with uuid " + h.uuid + " but the report says " + r.uuid +
-                      ": if the host was reinstalled, delete it first (hosts delete " + r.name + ")");
+      return conflict("host " + r.name + " is registered with uuid " + h.uuid + " but the report says " +
+                      r.uuid + ": if the host was reinstalled, delete it first (hosts delete " + r.name +
+                      ")");
     if (expected && *expected != h.generation) return stale(r.name, h.generation, *expected);
     id = h.id;
     auto differs = agent_state_differs(*c, h, r, traits);
@@ -281,8 +295,9 @@ Result<HostRecord> SqlFleetStore::report(const AgentReport& r, std::optional<std
     changed = *differs;
     if (changed)
       if (auto st = bump(*c, h, r.name); !st) return st.error();
-    if (auto u = c->exec("UPDATE fleet_hosts SET last_seen_ms = $1, agent_version = $2, api_url = $3 WHERE id = $4",
-                         {r.seen_at_ms, r.agent_version, r.api_url, id});
+    if (auto u = c->exec(
+            "UPDATE fleet_hosts SET last_seen_ms = $1, agent_version = $2, api_url = $3 WHERE id = $4",
+            {r.seen_at_ms, r.agent_version, r.api_url, id});
         !u)
       return u.error();
   }
@@ -295,8 +310,8 @@ Result<HostRecord> SqlFleetStore::report(const AgentReport& r, std::optional<std
   return rec;
 }
 
-Result<HostRecord> SqlFleetStore::operator_write(std::string_view host, std::string_view trait, std::int64_t expected,
-                                                 bool add) {
+Result<HostRecord> SqlFleetStore::operator_write(std::string_view host, std::string_view trait,
+                                                 std::int64_t expected, bool add) {
   if (auto st = check_operator_trait_name(trait); !st) return st.error();
   auto c = pool_.acquire();
   Transaction t(*c);
@@ -312,12 +327,14 @@ Result<HostRecord> SqlFleetStore::operator_write(std::string_view host, std::str
   if (!has) return has.error();
   const bool present = !has->rows.empty();
   if (!add && !present)
-    return make_error(Errc::not_found, "host " + std::string(host) + " does not have trait " + std::string(trait));
+    return make_error(Errc::not_found,
+                      "host " + std::string(host) + " does not have trait " + std::string(trait));
   if (add && present) return load_host(*c, h.id);  // nothing to change; the transaction rolls back
   if (auto st = bump(*c, h, host); !st) return st.error();
-  auto w = add ? c->exec("INSERT INTO fleet_host_traits (host_id, trait_id, owner) VALUES ($1, $2, 'operator')",
-                         {h.id, *tid})
-               : c->exec("DELETE FROM fleet_host_traits WHERE host_id = $1 AND trait_id = $2", {h.id, *tid});
+  auto w =
+      add ? c->exec("INSERT INTO fleet_host_traits (host_id, trait_id, owner) VALUES ($1, $2, 'operator')",
+                    {h.id, *tid})
+          : c->exec("DELETE FROM fleet_host_traits WHERE host_id = $1 AND trait_id = $2", {h.id, *tid});
   if (!w) return w.error();
   if (auto st = c->notify(kNotifyChannel, host); !st) return st.error();
   auto rec = load_host(*c, h.id);
@@ -344,8 +361,9 @@ Status SqlFleetStore::delete_host(std::string_view host, std::optional<std::int6
   if (!row) return row.error();
   if (!*row) return make_error(Errc::not_found, "no host " + quote_for_error(host) + " in the fleet");
   if (expected && *expected != (*row)->generation) return stale(host, (*row)->generation, *expected);
-  for (const char* sql : {"DELETE FROM fleet_host_traits WHERE host_id = $1",
-                          "DELETE FROM fleet_inventories WHERE host_id = $1", "DELETE FROM fleet_hosts WHERE id = $1"})
+  for (const char* sql :
+       {"DELETE FROM fleet_host_traits WHERE host_id = $1",
+        "DELETE FROM fleet_inventories WHERE host_id = $1", "DELETE FROM fleet_hosts WHERE id = $1"})
     if (auto d = c->exec(sql, {(*row)->id}); !d) return d.error();
   if (auto st = c->notify(kNotifyChannel, host); !st) return st;
   return t.commit();
@@ -367,20 +385,23 @@ Result<std::vector<HostRecord>> SqlFleetStore::list_hosts() {
   auto c = pool_.acquire();
   Transaction t(*c);
   if (auto st = t.begin_read(); !st) return st.error();
-  auto h = c->exec("SELECT id, uuid, name, generation, last_seen_ms, agent_version, api_url FROM fleet_hosts", {});
+  auto h =
+      c->exec("SELECT id, uuid, name, generation, last_seen_ms, agent_version, api_url FROM fleet_hosts", {});
   if (!h) return h.error();
   std::map<std::int64_t, HostRecord> by_id;
   for (const auto& row : h->rows)
-    by_id.emplace(to_i64(row[0]), HostRecord{row[1], row[2], to_i64(row[3]), to_i64(row[4]), row[5], row[6], {}, {}});
-  auto tr = c->exec("SELECT ht.host_id, t.name, ht.owner FROM fleet_host_traits ht "
-                    "JOIN fleet_traits t ON t.id = ht.trait_id",
-                    {});
+    by_id.emplace(to_i64(row[0]),
+                  HostRecord{row[1], row[2], to_i64(row[3]), to_i64(row[4]), row[5], row[6], {}, {}});
+  auto tr = c->exec(
+      "SELECT ht.host_id, t.name, ht.owner FROM fleet_host_traits ht "
+      "JOIN fleet_traits t ON t.id = ht.trait_id",
+      {});
   if (!tr) return tr.error();
   for (const auto& row : tr->rows)
     if (auto it = by_id.find(to_i64(row[0])); it != by_id.end())
       it->second.traits.push_back({row[1], trait_owner_from_string(row[2]).value_or(TraitOwner::agent)});
-  auto inv = c->exec("SELECT host_id, resource_class, total, reserved, allocation_ratio, used FROM fleet_inventories",
-                     {});
+  auto inv = c->exec(
+      "SELECT host_id, resource_class, total, reserved, allocation_ratio, used FROM fleet_inventories", {});
   if (!inv) return inv.error();
   for (const auto& row : inv->rows) {
     auto it = by_id.find(to_i64(row[0]));
@@ -392,7 +413,8 @@ Result<std::vector<HostRecord>> SqlFleetStore::list_hosts() {
   std::vector<HostRecord> out;
   out.reserve(by_id.size());
   for (auto& [id, rec] : by_id) {
-    std::sort(rec.traits.begin(), rec.traits.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+    std::sort(rec.traits.begin(), rec.traits.end(),
+              [](const auto& a, const auto& b) { return a.name < b.name; });
     out.push_back(std::move(rec));
   }
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
@@ -402,8 +424,8 @@ Result<std::vector<HostRecord>> SqlFleetStore::list_hosts() {
 // Multi-row INSERT of `rows` (each `width` values) in batches, with `tail`
 // appended to each statement; calls `each` with every batch's result.
 template <class Each>
-Status insert_batches(SqlConn& c, std::string_view head, std::size_t width, const std::vector<SqlValue>& values,
-                      std::string_view tail, Each&& each) {
+Status insert_batches(SqlConn& c, std::string_view head, std::size_t width,
+                      const std::vector<SqlValue>& values, std::string_view tail, Each&& each) {
   constexpr std::size_t kRowsPerBatch = 500;
   const std::size_t rows = values.size() / width;
   for (std::size_t start = 0; start < rows; start += kRowsPerBatch) {
@@ -448,9 +470,10 @@ Status SqlFleetStore::import_hosts(const std::vector<HostRecord>& hosts) {
                                                       h.last_seen_ms, h.agent_version, h.api_url})
       v.push_back(std::move(x));
   std::map<std::string, std::int64_t, std::less<>> host_ids, trait_ids;
-  auto st = insert_batches(*c, "INSERT INTO fleet_hosts (uuid, name, generation, last_seen_ms, agent_version, "
-                           "api_url) VALUES", 6, v, " RETURNING id, name",
-                           [&](const SqlResult& r) {
+  auto st = insert_batches(*c,
+                           "INSERT INTO fleet_hosts (uuid, name, generation, last_seen_ms, agent_version, "
+                           "api_url) VALUES",
+                           6, v, " RETURNING id, name", [&](const SqlResult& r) {
                              for (const auto& row : r.rows) host_ids[row[1]] = to_i64(row[0]);
                            });
   if (!st) return st;
@@ -475,11 +498,14 @@ Status SqlFleetStore::import_hosts(const std::vector<HostRecord>& hosts) {
   for (const auto& h : hosts)
     for (auto rc : kAllResourceClasses)
       if (const auto& inv = h.inventories[static_cast<std::size_t>(rc)])
-        for (SqlValue x : std::initializer_list<SqlValue>{host_ids[h.name], std::string(to_string(rc)), inv->total,
-                                                          inv->reserved, inv->allocation_ratio, inv->used})
+        for (SqlValue x :
+             std::initializer_list<SqlValue>{host_ids[h.name], std::string(to_string(rc)), inv->total,
+                                             inv->reserved, inv->allocation_ratio, inv->used})
           v.push_back(std::move(x));
-  if (st = insert_batches(*c, "INSERT INTO fleet_inventories (host_id, resource_class, total, reserved, "
-                          "allocation_ratio, used) VALUES", 6, v, "", [](const SqlResult&) {});
+  if (st = insert_batches(*c,
+                          "INSERT INTO fleet_inventories (host_id, resource_class, total, reserved, "
+                          "allocation_ratio, used) VALUES",
+                          6, v, "", [](const SqlResult&) {});
       !st)
     return st;
   if (st = c->notify(kNotifyChannel, kNotifyEverything); !st) return st;
@@ -506,7 +532,8 @@ Result<std::unique_ptr<FleetStore>> open_fleet_store(const std::string& url, con
       conns.push_back(std::move(*c));
     }
   } else {
-    return make_error(Errc::invalid_argument, "fleet database URL " + quote_for_error(url.substr(0, url.find(':'))) +
+    return make_error(Errc::invalid_argument, "fleet database URL " +
+                                                  quote_for_error(url.substr(0, url.find(':'))) +
                                                   "... is neither sqlite://PATH nor postgresql://...");
   }
   auto store = std::make_unique<SqlFleetStore>(target, std::move(conns));

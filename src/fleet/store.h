@@ -64,6 +64,7 @@ int latest_fleet_schema_version();
 // "sqlite:///abs/path.sqlite" or "sqlite://rel/path" (file), or
 // "postgresql://..." / "postgres://..." (libpq URI). Migrates the schema to
 // the latest version; a newer schema than this binary knows is store_error.
-Result<std::unique_ptr<FleetStore>> open_fleet_store(const std::string& url, const StoreOptions& options = {});
+Result<std::unique_ptr<FleetStore>> open_fleet_store(const std::string& url,
+                                                     const StoreOptions& options = {});
 
 }  // namespace virtcap::fleet

@@ -32,18 +32,20 @@ class PgCluster {
 
   static Result<std::unique_ptr<PgCluster>> start() {
     std::string tmpl = (std::filesystem::temp_directory_path() / "virtcap-pg-XXXXXX").string();
-    if (::mkdtemp(tmpl.data()) == nullptr) return make_error(Errc::io_error, "mkdtemp for the PostgreSQL cluster");
+    if (::mkdtemp(tmpl.data()) == nullptr)
+      return make_error(Errc::io_error, "mkdtemp for the PostgreSQL cluster");
     std::unique_ptr<PgCluster> c(new PgCluster(tmpl));
     if (::geteuid() == 0) {
       const passwd* pw = ::getpwnam("postgres");
       if (pw == nullptr)
-        return make_error(Errc::io_error, "running as root and there is no user 'postgres': run scripts/install-deps");
+        return make_error(Errc::io_error,
+                          "running as root and there is no user 'postgres': run scripts/install-deps");
       if (::chown(tmpl.c_str(), pw->pw_uid, pw->pw_gid) != 0)
         return make_error(Errc::io_error, "chown " + tmpl + " to postgres failed");
       c->as_postgres_ = true;
     }
-    if (auto st = c->run({std::string(kBin) + "initdb", "-D", c->data(), "-A", "trust", "-U", "postgres", "-E", "UTF8",
-                          "--locale=C", "--no-sync"});
+    if (auto st = c->run({std::string(kBin) + "initdb", "-D", c->data(), "-A", "trust", "-U", "postgres",
+                          "-E", "UTF8", "--locale=C", "--no-sync"});
         !st)
       return st.error();
     {
@@ -52,8 +54,8 @@ class PgCluster {
            << "'\nfsync = off\nfull_page_writes = off\nsynchronous_commit = off\nmax_connections = 200\n";
       if (!conf) return make_error(Errc::io_error, "cannot write " + c->data() + "/postgresql.conf");
     }
-    if (auto st = c->run({std::string(kBin) + "pg_ctl", "-D", c->data(), "-l", c->dir_ + "/server.log", "-w", "-t",
-                          "60", "start"});
+    if (auto st = c->run({std::string(kBin) + "pg_ctl", "-D", c->data(), "-l", c->dir_ + "/server.log", "-w",
+                          "-t", "60", "start"});
         !st)
       return st.error();
     c->running_ = true;
@@ -61,7 +63,8 @@ class PgCluster {
   }
 
   ~PgCluster() {
-    if (running_) (void)run({std::string(kBin) + "pg_ctl", "-D", data(), "-m", "fast", "-w", "-t", "60", "stop"});
+    if (running_)
+      (void)run({std::string(kBin) + "pg_ctl", "-D", data(), "-m", "fast", "-w", "-t", "60", "stop"});
     std::error_code ec;
     std::filesystem::remove_all(dir_, ec);
   }
@@ -111,8 +114,9 @@ class PgCluster {
       std::string log;
       std::ifstream in(dir_ + "/server.log");
       std::getline(in, log, '\0');
-      return make_error(Errc::io_error, argv[as_postgres_ ? 4 : 0] + " failed (exit " + std::to_string(r->exit_code) +
-                                            "): " + r->err + r->out + log.substr(log.size() > 2000 ? log.size() - 2000 : 0));
+      return make_error(Errc::io_error, argv[as_postgres_ ? 4 : 0] + " failed (exit " +
+                                            std::to_string(r->exit_code) + "): " + r->err + r->out +
+                                            log.substr(log.size() > 2000 ? log.size() - 2000 : 0));
     }
     return {};
   }

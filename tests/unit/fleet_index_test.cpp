@@ -20,8 +20,8 @@ constexpr std::chrono::milliseconds kDownAfter{180000};
 
 std::string uuid_for(std::uint64_t n) {
   char buf[40];
-  std::snprintf(buf, sizeof buf, "%08llx-0000-4000-8000-%012llx", static_cast<unsigned long long>(n & 0xffffffff),
-                static_cast<unsigned long long>(n));
+  std::snprintf(buf, sizeof buf, "%08llx-0000-4000-8000-%012llx",
+                static_cast<unsigned long long>(n & 0xffffffff), static_cast<unsigned long long>(n));
   return buf;
 }
 
@@ -62,10 +62,12 @@ std::vector<Reason> reference_reasons(const HostRecord& h, const Query& q) {
       out.emplace_back(Exclusion::Kind::none_of_any_of, g[0] + "," + g[1] + "," + g[2]);
   for (auto rc : kAllResourceClasses) {
     const auto i = static_cast<std::size_t>(rc);
-    if (q.resources[i] && *q.resources[i] > 0 && (!h.inventories[i] || h.inventories[i]->free() < *q.resources[i]))
+    if (q.resources[i] && *q.resources[i] > 0 &&
+        (!h.inventories[i] || h.inventories[i]->free() < *q.resources[i]))
       out.emplace_back(Exclusion::Kind::not_enough_resource, std::string(to_string(rc)));
   }
-  if (!q.include_down && kNow - h.last_seen_ms >= kDownAfter.count()) out.emplace_back(Exclusion::Kind::down, "");
+  if (!q.include_down && kNow - h.last_seen_ms >= kDownAfter.count())
+    out.emplace_back(Exclusion::Kind::down, "");
   return out;
 }
 
@@ -73,7 +75,8 @@ Reason reason_of(const Exclusion& e) {
   switch (e.kind) {
     case Exclusion::Kind::missing_required:
     case Exclusion::Kind::has_forbidden: return {e.kind, e.trait};
-    case Exclusion::Kind::none_of_any_of: return {e.kind, e.any_of[0] + "," + e.any_of[1] + "," + e.any_of[2]};
+    case Exclusion::Kind::none_of_any_of:
+      return {e.kind, e.any_of[0] + "," + e.any_of[1] + "," + e.any_of[2]};
     case Exclusion::Kind::not_enough_resource: return {e.kind, std::string(to_string(e.resource))};
     case Exclusion::Kind::down: return {e.kind, ""};
   }
@@ -82,9 +85,12 @@ Reason reason_of(const Exclusion& e) {
 
 Query random_query(std::mt19937_64& rng, int traits) {
   Query q;
-  auto pick = [&] { return "T" + std::to_string(rng() % static_cast<unsigned>(traits + 2)); };  // may be unknown
+  auto pick = [&] {
+    return "T" + std::to_string(rng() % static_cast<unsigned>(traits + 2));
+  };  // may be unknown
   for (unsigned i = 0, n = rng() % 3; i < n; ++i) q.required.push_back(pick());
-  for (unsigned i = 0, n = rng() % 2; i < n; ++i) q.forbidden.push_back(rng() % 3 == 0 ? "CUSTOM_OP" : pick());
+  for (unsigned i = 0, n = rng() % 2; i < n; ++i)
+    q.forbidden.push_back(rng() % 3 == 0 ? "CUSTOM_OP" : pick());
   if (rng() % 2 == 0) {
     std::set<std::string> g;
     while (g.size() < 3) g.insert(pick());
@@ -197,7 +203,13 @@ TEST(FleetIndex, OlderGenerationIsIgnoredAndIndexGenerationMoves) {
 
 TEST(FleetIndex, ExplainNamesEveryReasonAndUnknownTraits) {
   HostIndex index(kDownAfter);
-  HostRecord h{uuid_for(1), "h1", 1, kNow - 200000, "v", "u", {{"A", TraitOwner::agent}, {"CUSTOM_M", TraitOwner::operator_}},
+  HostRecord h{uuid_for(1),
+               "h1",
+               1,
+               kNow - 200000,
+               "v",
+               "u",
+               {{"A", TraitOwner::agent}, {"CUSTOM_M", TraitOwner::operator_}},
                {}};
   h.inventories[0] = Inventory{4, 0, 1.0, 3};
   index.apply(h);

@@ -1,6 +1,8 @@
 // The fleet model's name rules and the Placement-style query parser.
 #include <gtest/gtest.h>
 
+#include <random>
+
 #include "fleet/model.h"
 #include "fleet/query.h"
 
@@ -97,7 +99,8 @@ TEST(FleetQuery, ResourcesErrors) {
   EXPECT_NE(parse_error({{"resources", "VCPU:x"}}).find("not a whole number"), std::string::npos);
   EXPECT_NE(parse_error({{"resources", "VCPU"}}).find("CLASS:AMOUNT"), std::string::npos);
   EXPECT_NE(parse_error({{"resources", "VCPU:1,VCPU:2"}}).find("twice"), std::string::npos);
-  EXPECT_NE(parse_error({{"resources", "VCPU:99999999999999999999"}}).find("not a whole number"), std::string::npos);
+  EXPECT_NE(parse_error({{"resources", "VCPU:99999999999999999999"}}).find("not a whole number"),
+            std::string::npos);
 }
 
 TEST(FleetQuery, BoundsAreClearErrors) {
@@ -113,4 +116,32 @@ TEST(FleetQuery, BoundsAreClearErrors) {
   EXPECT_NE(parse_error({{"include_down", "maybe"}}).find("include_down"), std::string::npos);
   EXPECT_NE(parse_error({{"member_of", "x"}}).find("unknown query parameter"), std::string::npos);
   EXPECT_NE(parse_error({{"required", "A,!A"}}).find("both required and forbidden"), std::string::npos);
+}
+
+// Random bytes and random near-valid parameter lists: the parser either
+// accepts a query made only of valid names and amounts, or refuses with
+// invalid_argument; it never throws or crashes (run under ASan/UBSan too).
+TEST(FleetQuery, RandomInputIsAcceptedCleanlyOrRefused) {
+  std::mt19937_64 rng(99);
+  const std::string alphabet = "AZ09_!,:in-resourcesVCPUMEMORY_MBDISK_GB\xff\x00 ";
+  const std::vector<std::string> keys = {"required", "resources", "limit", "include_down", "x"};
+  for (int i = 0; i < 20000; ++i) {
+    QueryParams p;
+    for (unsigned k = 0, n = rng() % 4; k < n; ++k) {
+      std::string v;
+      for (unsigned c = 0, len = rng() % 24; c < len; ++c) v += alphabet[rng() % alphabet.size()];
+      if (rng() % 3 == 0) v = (rng() % 2 ? "in:" : "VCPU:") + v;
+      p.emplace_back(keys[rng() % keys.size()], v);
+    }
+    auto q = parse_query(p);
+    if (!q) {
+      EXPECT_EQ(q.error().code, Errc::invalid_argument);
+      continue;
+    }
+    for (const auto* names : {&q->required, &q->forbidden})
+      for (const auto& t : *names) EXPECT_TRUE(check_trait_name(t).ok()) << t;
+    for (const auto& g : q->any_of)
+      for (const auto& t : g) EXPECT_TRUE(check_trait_name(t).ok()) << t;
+    for (const auto& r : q->resources) EXPECT_TRUE(!r || *r >= 0);
+  }
 }

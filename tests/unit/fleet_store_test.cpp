@@ -51,7 +51,8 @@ std::vector<std::string> trait_names(const HostRecord& h, TraitOwner owner) {
 class FleetStoreTest : public ::testing::TestWithParam<Backend> {
  protected:
   void SetUp() override {
-    url_ = GetParam() == Backend::sqlite ? "sqlite://" + dir_.sub("fleet.sqlite") : virtcap::testing::pg_database_url();
+    url_ = GetParam() == Backend::sqlite ? "sqlite://" + dir_.sub("fleet.sqlite")
+                                         : virtcap::testing::pg_database_url();
     ASSERT_FALSE(url_.empty());
   }
   std::unique_ptr<Fleet> open_fleet() {
@@ -151,7 +152,8 @@ TEST_P(FleetStoreTest, BadInputAndStaleGenerationsChangeNothing) {
     EXPECT_EQ(result.error().code, code) << result.error().message;
     EXPECT_NE(result.error().message.find(needle), std::string::npos) << result.error().message;
   };
-  expect_error(Errc::invalid_argument, fleet->report(report_for(1, {"COMPUTE_A", "bad trait"})), "\"bad trait\"");
+  expect_error(Errc::invalid_argument, fleet->report(report_for(1, {"COMPUTE_A", "bad trait"})),
+               "\"bad trait\"");
   expect_error(Errc::invalid_argument, fleet->report(report_for(1, {"CUSTOM_Y"})), "CUSTOM_ traits belong");
   auto negative = report_for(1, {"COMPUTE_A"});
   negative.inventories[2] = Inventory{-5, 0, 1.0, 0};
@@ -165,7 +167,8 @@ TEST_P(FleetStoreTest, BadInputAndStaleGenerationsChangeNothing) {
   expect_error(Errc::conflict, fleet->report(report_for(1, {"COMPUTE_B"}), gen - 1), "generation");
   expect_error(Errc::invalid_argument, fleet->add_operator_trait("host1", "COMPUTE_B", gen), "CUSTOM_");
   expect_error(Errc::invalid_argument, fleet->add_operator_trait("host1", "CUSTOM_bad", gen), "CUSTOM_bad");
-  expect_error(Errc::conflict, fleet->add_operator_trait("host1", "CUSTOM_Z", gen - 1), "not " + std::to_string(gen - 1));
+  expect_error(Errc::conflict, fleet->add_operator_trait("host1", "CUSTOM_Z", gen - 1),
+               "not " + std::to_string(gen - 1));
   expect_error(Errc::conflict, fleet->remove_operator_trait("host1", "CUSTOM_X", gen + 1), "generation");
   expect_error(Errc::not_found, fleet->add_operator_trait("nohost", "CUSTOM_Z", 1), "no host");
   expect_error(Errc::conflict, fleet->delete_host("host1", gen - 1), "generation");
@@ -237,7 +240,8 @@ TEST_P(FleetStoreTest, MigrationsAndRestartGiveIdenticalAnswers) {
     auto fleet = open_fleet();
     ASSERT_TRUE(fleet);
     EXPECT_EQ(*fleet->store().schema_version(), latest_fleet_schema_version());
-    for (int n = 1; n <= 20; ++n) ASSERT_TRUE(fleet->report(report_for(n, {"COMPUTE_A", "COMPUTE_" + std::to_string(n % 3)})).ok());
+    for (int n = 1; n <= 20; ++n)
+      ASSERT_TRUE(fleet->report(report_for(n, {"COMPUTE_A", "COMPUTE_" + std::to_string(n % 3)})).ok());
     ASSERT_TRUE(fleet->add_operator_trait("host7", "CUSTOM_M", 1).ok());
     before = fleet->query(q, true, now);
     snap = fleet->index().snapshot();
@@ -253,13 +257,15 @@ TEST_P(FleetStoreTest, MigrationsAndRestartGiveIdenticalAnswers) {
   EXPECT_EQ(after.excluded[0].hosts, 1U);
   fleet.reset();
   // A schema newer than this binary is refused, and left as it is.
-  auto raw = GetParam() == Backend::sqlite ? open_sqlite(dir_.sub("fleet.sqlite"), 1000ms) : open_postgres(url_);
+  auto raw =
+      GetParam() == Backend::sqlite ? open_sqlite(dir_.sub("fleet.sqlite"), 1000ms) : open_postgres(url_);
   ASSERT_TRUE(raw.ok());
   ASSERT_TRUE((*raw)->exec("UPDATE fleet_schema SET version = 99", {}).ok());
   auto refused = Fleet::open({.database_url = url_, .host_down_after = 180s, .store = {}, .listen = false});
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.error().code, Errc::store_error);
-  EXPECT_NE(refused.error().message.find("newer than this binary"), std::string::npos) << refused.error().message;
+  EXPECT_NE(refused.error().message.find("newer than this binary"), std::string::npos)
+      << refused.error().message;
   auto v = (*raw)->exec("SELECT version FROM fleet_schema", {});
   ASSERT_TRUE(v.ok());
   EXPECT_EQ(v->rows.at(0).at(0), "99");
@@ -275,10 +281,13 @@ TEST_P(FleetStoreTest, ConcurrentReportsAndOperatorEditsLoseNothing) {
   std::unique_ptr<Fleet> replica;
   if (GetParam() == Backend::postgres) replica = open_fleet();
   constexpr int kAgents = 4, kHostsPerAgent = 2, kOperators = 2;
-  for (int n = 0; n < kAgents * kHostsPerAgent; ++n) ASSERT_TRUE(fleet->report(report_for(n, {"COMPUTE_A"})).ok());
+  for (int n = 0; n < kAgents * kHostsPerAgent; ++n)
+    ASSERT_TRUE(fleet->report(report_for(n, {"COMPUTE_A"})).ok());
   const auto end = std::chrono::steady_clock::now() + 3s;
-  std::map<int, std::vector<std::string>> last_report;  // host -> agent traits, written by its own agent thread
-  std::map<std::pair<int, std::string>, bool> op_state;  // (host, trait) -> present, by its own operator thread
+  std::map<int, std::vector<std::string>>
+      last_report;  // host -> agent traits, written by its own agent thread
+  std::map<std::pair<int, std::string>, bool>
+      op_state;  // (host, trait) -> present, by its own operator thread
   std::mutex results_mu;
   std::atomic<int> errors{0}, conflicts{0}, writes{0};
   std::vector<std::thread> threads;
@@ -304,7 +313,8 @@ TEST_P(FleetStoreTest, ConcurrentReportsAndOperatorEditsLoseNothing) {
   for (int o = 0; o < kOperators; ++o)
     threads.emplace_back([&, o] {
       std::mt19937 rng(static_cast<unsigned>(100 + o));
-      Fleet& via = (replica && o == 1) ? *replica : *fleet;  // on PostgreSQL, one operator writes via the replica
+      Fleet& via =
+          (replica && o == 1) ? *replica : *fleet;  // on PostgreSQL, one operator writes via the replica
       while (std::chrono::steady_clock::now() < end) {
         const int n = static_cast<int>(rng() % (kAgents * kHostsPerAgent));
         const std::string trait = "CUSTOM_OP" + std::to_string(o) + "_" + std::to_string(rng() % 3);
@@ -358,11 +368,14 @@ TEST_P(FleetStoreTest, ConcurrentReportsAndOperatorEditsLoseNothing) {
                                         std::chrono::steady_clock::now() + 5s))
         << "the replica's index did not converge on the database within 5 s";
   }
-  std::printf("[          ] %d writes, %d stale-generation conflicts retried\n", writes.load(), conflicts.load());
+  std::printf("[          ] %d writes, %d stale-generation conflicts retried\n", writes.load(),
+              conflicts.load());
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, FleetStoreTest, ::testing::Values(Backend::sqlite, Backend::postgres),
-                         [](const auto& info) { return info.param == Backend::sqlite ? "SQLite" : "PostgreSQL"; });
+                         [](const auto& info) {
+                           return info.param == Backend::sqlite ? "SQLite" : "PostgreSQL";
+                         });
 
 TEST(FleetPostgres, TwoIndexesOnOneDatabaseSeeEachOthersWritesWithinOneSecond) {
   const auto url = virtcap::testing::pg_database_url();
@@ -380,7 +393,8 @@ TEST(FleetPostgres, TwoIndexesOnOneDatabaseSeeEachOthersWritesWithinOneSecond) {
   Query q;
   q.forbidden = {"CUSTOM_MAINTENANCE"};
   auto excluded = [&q](const HostIndex& i) { return i.query(q, now_ms(), false).matched == 0; };
-  ASSERT_TRUE((*b)->wait_for_index(excluded, start + 1s)) << "replica b did not see the operator trait within 1 s";
+  ASSERT_TRUE((*b)->wait_for_index(excluded, start + 1s))
+      << "replica b did not see the operator trait within 1 s";
   EXPECT_GE((*b)->refreshes_from_notifications(), 1U);
   // And the other way round, for a delete.
   ASSERT_TRUE((*b)->delete_host("host1", std::nullopt).ok());

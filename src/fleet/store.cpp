@@ -392,14 +392,19 @@ Result<std::vector<HostRecord>> SqlFleetStore::list_hosts() {
   for (const auto& row : h->rows)
     by_id.emplace(to_i64(row[0]),
                   HostRecord{row[1], row[2], to_i64(row[3]), to_i64(row[4]), row[5], row[6], {}, {}});
-  auto tr = c->exec(
-      "SELECT ht.host_id, t.name, ht.owner FROM fleet_host_traits ht "
-      "JOIN fleet_traits t ON t.id = ht.trait_id",
-      {});
+  auto names = c->exec("SELECT id, name FROM fleet_traits", {});
+  if (!names) return names.error();
+  std::map<std::int64_t, std::string> trait_names;
+  for (const auto& row : names->rows) trait_names.emplace(to_i64(row[0]), row[1]);
+  // Ids, not names: 100,000 hosts have millions of links.
+  auto tr = c->exec("SELECT host_id, trait_id, owner FROM fleet_host_traits", {});
   if (!tr) return tr.error();
-  for (const auto& row : tr->rows)
-    if (auto it = by_id.find(to_i64(row[0])); it != by_id.end())
-      it->second.traits.push_back({row[1], trait_owner_from_string(row[2]).value_or(TraitOwner::agent)});
+  for (const auto& row : tr->rows) {
+    auto it = by_id.find(to_i64(row[0]));
+    auto name = trait_names.find(to_i64(row[1]));
+    if (it != by_id.end() && name != trait_names.end())
+      it->second.traits.push_back({name->second, trait_owner_from_string(row[2]).value_or(TraitOwner::agent)});
+  }
   auto inv = c->exec(
       "SELECT host_id, resource_class, total, reserved, allocation_ratio, used FROM fleet_inventories", {});
   if (!inv) return inv.error();

@@ -403,7 +403,8 @@ Result<std::vector<HostRecord>> SqlFleetStore::list_hosts() {
     auto it = by_id.find(to_i64(row[0]));
     auto name = trait_names.find(to_i64(row[1]));
     if (it != by_id.end() && name != trait_names.end())
-      it->second.traits.push_back({name->second, trait_owner_from_string(row[2]).value_or(TraitOwner::agent)});
+      it->second.traits.push_back(
+          {name->second, trait_owner_from_string(row[2]).value_or(TraitOwner::agent)});
   }
   auto inv = c->exec(
       "SELECT host_id, resource_class, total, reserved, allocation_ratio, used FROM fleet_inventories", {});

@@ -271,6 +271,32 @@ TEST_P(FleetStoreTest, MigrationsAndRestartGiveIdenticalAnswers) {
   EXPECT_EQ(v->rows.at(0).at(0), "99");
 }
 
+// A write the index did not see (another process on SQLite; a replica with
+// LISTEN off on PostgreSQL) shows as drift, and a rebuild repairs it.
+TEST_P(FleetStoreTest, DriftCheckFindsWritesTheIndexMissedAndRebuildRepairs) {
+  auto f = Fleet::open({.database_url = url_, .host_down_after = 180s, .store = {}, .listen = false});
+  ASSERT_TRUE(f.ok()) << f.error().message;
+  auto& fleet = **f;
+  auto r = fleet.report(report_for(1, {"COMPUTE_A"}));
+  ASSERT_TRUE(r.ok());
+  ASSERT_TRUE(fleet.report(report_for(2, {"COMPUTE_A"})).ok());
+  auto other = open_fleet_store(url_);
+  ASSERT_TRUE(other.ok()) << other.error().message;
+  ASSERT_TRUE((*other)->add_operator_trait("host1", "CUSTOM_BEHIND_ITS_BACK", r->generation).ok());
+  auto drift = fleet.check_drift();
+  ASSERT_TRUE(drift.ok());
+  EXPECT_EQ(drift->hosts, (std::vector<std::string>{"host1"}));
+  EXPECT_EQ(drift->db_hosts, 2U);
+  EXPECT_EQ(drift->index_hosts, 2U);
+  const auto gen = fleet.index().generation();
+  ASSERT_TRUE(fleet.rebuild().ok());
+  EXPECT_GT(fleet.index().generation(), gen);
+  drift = fleet.check_drift();
+  ASSERT_TRUE(drift.ok());
+  EXPECT_TRUE(drift->hosts.empty());
+  expect_all_agree(fleet);
+}
+
 // Agents report and operators add/remove their own CUSTOM_ traits, all at
 // once, for a bounded time. At the end the database, the live index(es) and a
 // rebuilt index agree exactly, every agent's last report is what is stored,

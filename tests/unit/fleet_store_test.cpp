@@ -459,3 +459,30 @@ TEST(FleetPostgres, ListenerWaitsWithADeadlineAndFetchesNotifications) {
 }
 
 }  // namespace
+
+namespace {
+
+// Fault injection: the server kills the replica's LISTEN connection. The
+// replica reconnects and reloads, so a write made meanwhile still shows.
+TEST(FleetPostgres, ReplicaRecoversWhenItsListenConnectionIsKilled) {
+  const auto url = virtcap::testing::pg_database_url();
+  ASSERT_FALSE(url.empty());
+  auto a = Fleet::open({.database_url = url, .host_down_after = 180s, .store = {}, .listen = false});
+  auto b = Fleet::open({.database_url = url, .host_down_after = 180s, .store = {}, .listen = true});
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto admin = open_postgres(url);
+  ASSERT_TRUE(admin.ok());
+  auto killed = (*admin)->exec(
+      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+      "AND query LIKE 'LISTEN%'",
+      {});
+  ASSERT_TRUE(killed.ok()) << killed.error().message;
+  ASSERT_EQ(killed->rows.size(), 1U) << "expected exactly one LISTEN connection (replica b's)";
+  auto r = (*a)->report(report_for(7, {"COMPUTE_AFTER_KILL"}));
+  ASSERT_TRUE(r.ok());
+  auto seen = [](const HostIndex& i) { return i.host_count() == 1; };
+  EXPECT_TRUE((*b)->wait_for_index(seen, std::chrono::steady_clock::now() + 10s))
+      << "replica b did not recover from losing its LISTEN connection within 10 s";
+}
+
+}  // namespace

@@ -359,6 +359,11 @@ Answer HostIndex::query(const Query& q, std::int64_t now_ms, bool explain) const
   // name, so a fleet that fits in `limit` answers the same after a restart.
   std::sort(a.hosts.begin(), a.hosts.end(), [](const auto& x, const auto& y) { return x.name < y.name; });
   if (explain) a.excluded = breakdown(p, now_ms);
+  if (p.driver == Plan::Driver::required) a.started_from = q.required[p.driver_at];
+  if (p.driver == Plan::Driver::any_of) {
+    a.started_from = "in:";
+    for (const auto& t : q.any_of[p.driver_at]) a.started_from += (a.started_from.size() > 3 ? "," : "") + t;
+  }
   return a;
 }
 

@@ -59,6 +59,9 @@ struct Answer {
   std::vector<HostMatch> hosts;  // the first `limit` matches in slot order, listed by name
   std::uint64_t index_generation = 0;
   std::size_t hosts_total = 0;
+  // How the index walked: "" for a full AND over every word, else the
+  // required trait or "in:A,B" group it started from (the rarest).
+  std::string started_from;
   // With explain: the excluded hosts by first failing reason; the counts sum
   // to hosts_total - matched.
   std::vector<Exclusion> excluded;

@@ -263,8 +263,14 @@ TEST(FleetIndex, RareTraitDrivenAndFullScanAgreeAtScale) {
   std::size_t want = 0;
   for (std::uint64_t n = 0; n < 50000; n += 997) want += n % 2 != 0;
   EXPECT_EQ(index.match_all(rare, kNow).size(), want);
+  EXPECT_EQ(index.query(rare, kNow, false).started_from, "T_RARE");
+  Query common;
+  common.required = {"T0", "T_EVEN"};
+  EXPECT_EQ(index.query(common, kNow, false).started_from, "") << "dense traits: a full AND";
+  EXPECT_EQ(index.match_all(common, kNow).size(), 25000U);
   Query any;
   any.any_of = {{"T_RARE", "NOT_THERE"}};
   EXPECT_EQ(index.match_all(any, kNow).size(), 50000U / 997 + 1);
+  EXPECT_EQ(index.query(any, kNow, false).started_from, "in:T_RARE,NOT_THERE");
   EXPECT_LT(index.memory_bytes(), 50000U * 200);
 }

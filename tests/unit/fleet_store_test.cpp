@@ -32,6 +32,7 @@ void PrintTo(const IndexedHost& h, std::ostream* os) {
 namespace {
 
 enum class Backend { sqlite, postgres };
+void PrintTo(Backend b, std::ostream* os) { *os << (b == Backend::sqlite ? "SQLite" : "PostgreSQL"); }
 
 std::string uuid_for(int n) {
   char buf[40];

@@ -1,0 +1,185 @@
+#include "fleet/fleet.h"
+
+#include <spdlog/spdlog.h>
+
+#include <condition_variable>
+#include <set>
+
+namespace virtcap::fleet {
+
+Result<std::unique_ptr<Fleet>> Fleet::open(const FleetOptions& options) {
+  if (options.host_down_after.count() <= 0)
+    return make_error(Errc::invalid_argument, "host_down_after must be positive");
+  auto store = open_fleet_store(options.database_url, options.store);
+  if (!store) return store.error();
+  std::unique_ptr<Fleet> fleet(new Fleet(std::move(*store), options.host_down_after));
+  std::unique_ptr<PgListener> listener;
+  if (options.listen && fleet->store_->dialect() == Dialect::postgresql) {
+    // LISTEN before the load: a write committed after the load is notified.
+    auto l = PgListener::open(fleet->store_->target(), {std::string(kNotifyChannel)});
+    if (!l) return l.error();
+    listener = std::move(*l);
+  }
+  if (auto st = fleet->rebuild(); !st) return st.error();
+  if (listener) {
+    fleet->listener_ = listener.get();
+    fleet->listener_thread_ =
+        std::thread([f = fleet.get(), l = std::move(listener)]() mutable { f->listen_loop(std::move(l)); });
+  }
+  return fleet;
+}
+
+Fleet::~Fleet() {
+  stop_ = true;
+  {
+    std::lock_guard lock(listener_mu_);
+    if (listener_ != nullptr) listener_->interrupt();
+  }
+  if (listener_thread_.joinable()) listener_thread_.join();
+}
+
+void Fleet::listen_loop(std::unique_ptr<PgListener> listener) {
+  using namespace std::chrono_literals;
+  while (!stop_) {
+    auto batch = listener->wait(std::chrono::steady_clock::now() + 1s);
+    if (batch) {
+      if (!batch->empty())
+        if (auto st = apply_notifications(*batch); !st)
+          spdlog::warn("fleet index refresh failed: {}", st.error().message);
+      continue;
+    }
+    spdlog::warn("{}", batch.error().message);
+    {
+      std::lock_guard lock(listener_mu_);
+      listener_ = nullptr;
+    }
+    listener.reset();
+    // Reconnect, then reload everything: notifications may have been missed.
+    while (!stop_ && !listener) {
+      auto l = PgListener::open(store_->target(), {std::string(kNotifyChannel)});
+      if (l) {
+        listener = std::move(*l);
+        std::lock_guard lock(listener_mu_);
+        listener_ = listener.get();
+      } else {
+        spdlog::warn("{}", l.error().message);
+        std::unique_lock lock(listener_mu_);
+        // Not a synchronisation sleep: the back-off between reconnect attempts.
+        std::condition_variable_any().wait_for(lock, 1s, [this] { return stop_.load(); });
+      }
+    }
+    if (listener)
+      if (auto st = rebuild(); !st) spdlog::warn("fleet index reload failed: {}", st.error().message);
+  }
+}
+
+Status Fleet::apply_notifications(const std::vector<Notification>& batch) {
+  std::set<std::string> hosts;
+  for (const auto& n : batch) {
+    if (n.payload == kNotifyEverything) {
+      notified_++;
+      return rebuild();
+    }
+    hosts.insert(n.payload);
+  }
+  for (const auto& h : hosts)
+    if (auto st = refresh_host(h); !st) return st;
+  notified_++;
+  return {};
+}
+
+void Fleet::signal_changed() {
+  { std::lock_guard lock(changed_mu_); }  // a waiter is either before its check or waiting
+  changed_cv_.notify_all();
+}
+
+Status Fleet::rebuild() {
+  std::lock_guard lock(refresh_mu_);
+  auto all = store_->list_hosts();
+  if (!all) return all.error();
+  index_.rebuild(*all);
+  signal_changed();
+  return {};
+}
+
+Status Fleet::refresh_host(std::string_view host) {
+  std::lock_guard lock(refresh_mu_);
+  auto rec = store_->get_host(host);
+  if (!rec) return rec.error();
+  if (!*rec) {
+    index_.remove(host);
+    signal_changed();
+    return {};
+  }
+  // Serialised reads of the store are never older than what is indexed; a
+  // lower generation means the host was deleted and registered again.
+  if (!index_.apply(**rec)) {
+    index_.remove(host);
+    index_.apply(**rec);
+  }
+  signal_changed();
+  return {};
+}
+
+bool Fleet::wait_for_index(const std::function<bool(const HostIndex&)>& pred,
+                           std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock lock(changed_mu_);
+  while (!pred(index_))
+    if (changed_cv_.wait_until(lock, deadline) == std::cv_status::timeout) return pred(index_);
+  return true;
+}
+
+Result<HostRecord> Fleet::report(const AgentReport& r, std::optional<std::int64_t> expected) {
+  auto rec = store_->report(r, expected);
+  if (!rec) return rec;
+  if (auto st = refresh_host(r.name); !st) return st.error();
+  return rec;
+}
+
+Result<HostRecord> Fleet::add_operator_trait(std::string_view host, std::string_view trait,
+                                             std::int64_t expected) {
+  auto rec = store_->add_operator_trait(host, trait, expected);
+  if (!rec) return rec;
+  if (auto st = refresh_host(host); !st) return st.error();
+  return rec;
+}
+
+Result<HostRecord> Fleet::remove_operator_trait(std::string_view host, std::string_view trait,
+                                                std::int64_t expected) {
+  auto rec = store_->remove_operator_trait(host, trait, expected);
+  if (!rec) return rec;
+  if (auto st = refresh_host(host); !st) return st.error();
+  return rec;
+}
+
+Status Fleet::delete_host(std::string_view host, std::optional<std::int64_t> expected) {
+  if (auto st = store_->delete_host(host, expected); !st) return st;
+  return refresh_host(host);
+}
+
+Result<Drift> Fleet::check_drift() {
+  auto all = store_->list_hosts();
+  if (!all) return all.error();
+  const auto snap = index_.snapshot();
+  Drift d;
+  d.db_hosts = all->size();
+  d.index_hosts = snap.size();
+  std::size_t i = 0, j = 0;
+  while (i < all->size() || j < snap.size()) {
+    if (j == snap.size() || (i < all->size() && (*all)[i].name < snap[j].name)) {
+      d.hosts.push_back((*all)[i++].name);
+    } else if (i == all->size() || snap[j].name < (*all)[i].name) {
+      d.hosts.push_back(snap[j++].name);
+    } else {
+      if (!(to_indexed((*all)[i]) == snap[j])) d.hosts.push_back(snap[j].name);
+      ++i;
+      ++j;
+    }
+  }
+  if (!d.hosts.empty())
+    spdlog::warn("fleet index drift: {} host(s) differ between the database and the index (first: {})",
+                 d.hosts.size(), d.hosts.front());
+  return d;
+}
+
+}  // namespace virtcap::fleet

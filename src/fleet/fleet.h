@@ -1,0 +1,98 @@
+// The fleet core a fleet-service process runs: the store, the in-memory index
+// rebuilt from it at open, and (on PostgreSQL) a LISTEN thread that refreshes
+// the index when any replica writes. Every write goes to the store first, and
+// the index is then refreshed from what the store holds; queries only read
+// the index. See docs/fleet.md.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "fleet/index.h"
+#include "fleet/pg_listener.h"
+#include "fleet/query.h"
+#include "fleet/store.h"
+
+namespace virtcap::fleet {
+
+struct FleetOptions {
+  std::string database_url;                           // sqlite://PATH or postgresql://...
+  std::chrono::milliseconds host_down_after{180000};  // [fleet_service] host_down_after
+  StoreOptions store;
+  bool listen = true;  // PostgreSQL: keep the index fresh from other replicas' writes
+};
+
+// Hosts on which the database and the index disagree (empty: none).
+struct Drift {
+  std::vector<std::string> hosts;
+  std::size_t db_hosts = 0, index_hosts = 0;
+};
+
+class Fleet {
+ public:
+  static Result<std::unique_ptr<Fleet>> open(const FleetOptions& options);
+  ~Fleet();
+  Fleet(const Fleet&) = delete;
+  Fleet& operator=(const Fleet&) = delete;
+
+  // Writes (see FleetStore for the rules); on success the index shows them.
+  Result<HostRecord> report(const AgentReport& report,
+                            std::optional<std::int64_t> expected_generation = std::nullopt);
+  Result<HostRecord> add_operator_trait(std::string_view host, std::string_view trait,
+                                        std::int64_t expected_generation);
+  Result<HostRecord> remove_operator_trait(std::string_view host, std::string_view trait,
+                                           std::int64_t expected_generation);
+  Status delete_host(std::string_view host, std::optional<std::int64_t> expected_generation);
+
+  Answer query(const Query& q, bool explain, std::int64_t now = now_ms()) const {
+    return index_.query(q, now, explain);
+  }
+  Result<HostExplanation> explain_host(const Query& q, std::string_view host,
+                                       std::int64_t now = now_ms()) const {
+    return index_.explain_host(q, host, now);
+  }
+
+  // Reloads the index from the store.
+  Status rebuild();
+  // Re-reads one host from the store into the index (removes it if gone).
+  Status refresh_host(std::string_view host);
+  // Recounts: compares every host in the store with the index.
+  Result<Drift> check_drift();
+
+  FleetStore& store() { return *store_; }
+  const HostIndex& index() const { return index_; }
+  // Notification batches the LISTEN thread has applied (for tests).
+  std::uint64_t refreshes_from_notifications() const { return notified_.load(); }
+  // Waits until `pred(index)` holds, re-checking after every index change;
+  // false when `deadline` passes first.
+  bool wait_for_index(const std::function<bool(const HostIndex&)>& pred,
+                      std::chrono::steady_clock::time_point deadline);
+
+ private:
+  Fleet(std::unique_ptr<FleetStore> store, std::chrono::milliseconds down_after)
+      : store_(std::move(store)), index_(down_after) {}
+  void listen_loop(std::unique_ptr<PgListener> listener);
+  Status apply_notifications(const std::vector<Notification>& batch);
+  void signal_changed();
+
+  std::unique_ptr<FleetStore> store_;
+  HostIndex index_;
+  std::mutex refresh_mu_;  // a read of the store and its apply to the index happen as one step
+  std::atomic<bool> stop_{false};
+  std::atomic<std::uint64_t> notified_{0};
+  std::mutex changed_mu_;
+  std::condition_variable changed_cv_;
+  std::mutex listener_mu_;
+  PgListener* listener_ = nullptr;  // to interrupt it
+  std::thread listener_thread_;
+};
+
+}  // namespace virtcap::fleet

@@ -1,0 +1,70 @@
+// Fleet storage: one schema with versioned migrations, two backends (SQLite,
+// the embedded default; PostgreSQL via libpq for several replicas). Every
+// write that changes a host bumps its generation in the same transaction; a
+// write carrying a stale generation is Errc::conflict and changes nothing. On
+// PostgreSQL every write also NOTIFYs kNotifyChannel with the host name in the
+// same transaction ("*" after a bulk import), so other replicas refresh.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "fleet/model.h"
+#include "fleet/sql.h"
+
+namespace virtcap::fleet {
+
+inline constexpr std::string_view kNotifyChannel = "virtcap_fleet";
+inline constexpr std::string_view kNotifyEverything = "*";
+
+struct StoreOptions {
+  std::chrono::milliseconds busy_timeout{5000};  // SQLite write-lock wait
+  std::size_t connections = 4;                   // PostgreSQL pool size (SQLite: always 1)
+};
+
+class FleetStore {
+ public:
+  virtual ~FleetStore() = default;
+
+  virtual Dialect dialect() const = 0;
+  // The libpq connection string (PostgreSQL) or file path (SQLite), for a
+  // listener; contains credentials: never log it.
+  virtual const std::string& target() const = 0;
+  virtual Result<int> schema_version() = 0;
+
+  // Upserts the host from an agent report: replaces its agent-owned traits and
+  // its inventories, never operator traits; sets last_seen. The generation is
+  // bumped when anything but last_seen changes. A new host starts at 1.
+  // expected_generation, when given, must match (0 for a new host). The uuid
+  // of an existing host must match the report's (conflict otherwise).
+  virtual Result<HostRecord> report(const AgentReport& report,
+                                    std::optional<std::int64_t> expected_generation = std::nullopt) = 0;
+  // Operator traits (CUSTOM_*). Adding one the host has, or the generation
+  // being stale, change nothing; removing one it lacks is not_found.
+  virtual Result<HostRecord> add_operator_trait(std::string_view host, std::string_view trait,
+                                                std::int64_t expected_generation) = 0;
+  virtual Result<HostRecord> remove_operator_trait(std::string_view host, std::string_view trait,
+                                                   std::int64_t expected_generation) = 0;
+  virtual Status delete_host(std::string_view host, std::optional<std::int64_t> expected_generation) = 0;
+
+  virtual Result<std::optional<HostRecord>> get_host(std::string_view host) = 0;
+  virtual Result<std::vector<HostRecord>> list_hosts() = 0;  // sorted by name
+  // Bulk insert of new hosts in one transaction (restore, benchmarks); any
+  // existing name or uuid fails the whole import.
+  virtual Status import_hosts(const std::vector<HostRecord>& hosts) = 0;
+};
+
+int latest_fleet_schema_version();
+
+// "sqlite:///abs/path.sqlite" or "sqlite://rel/path" (file), or
+// "postgresql://..." / "postgres://..." (libpq URI). Migrates the schema to
+// the latest version; a newer schema than this binary knows is store_error.
+Result<std::unique_ptr<FleetStore>> open_fleet_store(const std::string& url,
+                                                     const StoreOptions& options = {});
+
+}  // namespace virtcap::fleet

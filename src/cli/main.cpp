@@ -15,8 +15,10 @@
 #include "api/server.h"
 #include "capabilities/render.h"
 #include "compute/manager.h"
+#include "common/subprocess.h"
 #include "compute/periodic.h"
 #include "config/config.h"
+#include "http/server.h"
 #include "imagecache/pass.h"
 #include "store/memory/memory_store.h"
 #include "store/sqlite/sqlite_store.h"
@@ -51,6 +53,7 @@ std::optional<config::Config> load_config(const std::optional<std::string>& path
     fail("config error: " + cfg.error().message, kExitUsage);
     return std::nullopt;
   }
+  proc::set_default_timeout(std::chrono::seconds(cfg->defaults.subprocess_timeout));
   return std::move(cfg.value());
 }
 
@@ -93,10 +96,8 @@ int cmd_agent(const Options& o) {
   if (!cfg) return kExitUsage;
   if (!o.uri.empty()) cfg->libvirt.uri = o.uri;
   if (cfg->defaults.debug) spdlog::set_level(spdlog::level::debug);
-  if (auto hp = config::split_listen(cfg->api.listen); hp && !config::is_loopback(hp->first) && cfg->api.token.empty())
-    return fail("config error: [api] listen = " + cfg->api.listen +
-                    " is not a loopback address and [api] token is not set; set a token or listen on 127.0.0.1",
-                kExitUsage);
+  if (auto st = http::check_listen(cfg->api.listen, cfg->api.token, "[api]"); !st)
+    return fail("config error: " + st.error().message, kExitUsage);
 
   // Block the termination signals in every thread; the main thread waits for
   // them synchronously below, so no handler runs in signal context.
@@ -133,7 +134,7 @@ int cmd_agent(const Options& o) {
   if (!port) return fail(port.error().message, port.error().code == Errc::invalid_argument ? kExitUsage : kExitRuntime);
   const auto hp = config::split_listen(cfg->api.listen);
   spdlog::info("API listening on http://{}:{}", hp->first, port.value());
-  server.start();
+  if (auto st = server.start(); !st) return fail(st.error().message, kExitRuntime);
   runner.start();
   spdlog::info("agent running; send SIGTERM or SIGINT to stop");
 

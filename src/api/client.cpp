@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 
+#include "common/json_text.h"
 namespace virtcap::api {
 
 namespace {
@@ -49,7 +50,7 @@ Result<Response> Client::call_raw(const std::string& method, const std::string& 
 }
 
 Result<Response> Client::call(const std::string& method, const std::string& path, const nlohmann::json* body) {
-  return call_raw(method, path, body ? body->dump() : std::string());
+  return call_raw(method, path, body ? dump_json(*body) : std::string());
 }
 
 Result<nlohmann::json> Client::request(const std::string& method, const std::string& path,

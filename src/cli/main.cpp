@@ -16,6 +16,7 @@
 #include "capabilities/render.h"
 #include "compute/manager.h"
 #include "common/subprocess.h"
+#include "common/json_text.h"
 #include "compute/periodic.h"
 #include "config/config.h"
 #include "http/server.h"
@@ -85,7 +86,7 @@ int cmd_capabilities_local(const Options& o) {
   if (!mgr) return fail(mgr.error().message);
   const auto& caps = mgr.value()->capabilities();
   const auto name = mgr.value()->driver_name();
-  if (o.format == "json") std::cout << caps::to_json(name, caps).dump(2) << "\n";
+  if (o.format == "json") std::cout << dump_json(caps::to_json(name, caps), 2) << "\n";
   else if (o.format == "markdown") std::cout << caps::to_markdown(name, caps);
   else std::cout << caps::to_table(name, caps);
   return kExitOk;
@@ -159,7 +160,7 @@ int cmd_imagecache_local(const Options& o) {
   if (!mgr) return fail(mgr.error().message);
   auto r = mgr.value()->image_cache_pass(o.dry_run);
   if (!r) return fail(r.error().message);
-  if (o.format == "json") std::cout << imagecache::to_json(r.value()).dump(2) << "\n";
+  if (o.format == "json") std::cout << dump_json(imagecache::to_json(r.value()), 2) << "\n";
   else std::cout << imagecache::to_table(r.value());
   return r->complete ? kExitOk : kExitRuntime;
 }
@@ -193,7 +194,7 @@ std::string pad(std::string s, std::size_t w) {
 std::string text(const json& v) {
   if (v.is_null()) return "-";
   if (v.is_string()) return v.get<std::string>();
-  return v.dump();
+  return dump_json(v);
 }
 
 void print_instances(const json& list) {
@@ -219,7 +220,7 @@ int client_call(const Options& o, const std::string& method, const std::string& 
     if (!r.error().capability.empty()) msg += " [capability: " + r.error().capability + "]";
     return fail(msg);
   }
-  if (o.json_out) std::cout << r->dump(2) << "\n";
+  if (o.json_out) std::cout << dump_json(*r, 2) << "\n";
   else human(r.value());
   return kExitOk;
 }

@@ -261,10 +261,9 @@ void on_completed(void* cls, MHD_Connection*, void** con_cls, MHD_RequestTermina
 
 Status Server::start() {
   if (listen_fd_ < 0) return make_error(Errc::internal, "start() before a successful bind()");
-  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC;
-#ifdef __linux__
-  flags |= MHD_USE_EPOLL;
-#endif
+  // poll(), not epoll: libmicrohttpd 0.9.75 with epoll does not notice a
+  // client's half-close and holds the connection until the idle timeout.
+  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_POLL;
   if (!tls_cert_pem_.empty()) flags |= MHD_USE_TLS;
   std::vector<MHD_OptionItem> o = {
       {MHD_OPTION_LISTEN_SOCKET, listen_fd_, nullptr},

@@ -450,7 +450,10 @@ void Server::answer(void* connection, Pending& p) {
     res.headers.emplace_back("Access-Control-Allow-Origin", p.req.header("origin"));
     res.headers.emplace_back("Vary", "Origin");
   }
-  MHD_Response* r = MHD_create_response_from_buffer(res.body.size(), res.body.data(), MHD_RESPMEM_MUST_COPY);
+  // The body is handed over, not copied (a 1,000-instance list is 200 KB).
+  auto* owned = new std::string(std::move(res.body));
+  MHD_Response* r = MHD_create_response_from_buffer_with_free_callback_cls(
+      owned->size(), owned->data(), [](void* cls) { delete static_cast<std::string*>(cls); }, owned);
   if (!res.content_type.empty()) MHD_add_response_header(r, "Content-Type", res.content_type.c_str());
   for (const auto& [k, v] : res.headers) MHD_add_response_header(r, k.c_str(), v.c_str());
   MHD_queue_response(c, static_cast<unsigned>(res.status), r);

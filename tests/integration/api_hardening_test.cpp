@@ -217,5 +217,30 @@ TEST(Hardening, ChildrenInheritOnlyStdFds) {
   EXPECT_GE(fds, 3) << seen;
 }
 
+TEST(Hardening, NonUtf8FileNameInTheImageCacheIsReportedNotAnAbort) {
+  AgentWorld w;
+  fs::create_directories(w.dir.sub("instances/_base"));
+  const std::string odd = std::string("junk-\xff\xfe-") + "x";
+  w.dir.write("instances/_base/" + odd, "not an image");
+
+  auto local = proc::run({VIRTCAP_BINARY, "imagecache", "--config", w.config, "--format", "json", "--dry-run"});
+  ASSERT_TRUE(local.ok());
+  EXPECT_NE(local->term_signal, SIGABRT) << local->err;
+  EXPECT_EQ(local->exit_code, 0) << local->err;
+  auto report = json::parse(local->out, nullptr, false);
+  ASSERT_FALSE(report.is_discarded()) << local->out;
+  EXPECT_NE(local->out.find("junk-\xef\xbf\xbd\xef\xbf\xbd-x"), std::string::npos)
+      << "the name is reported, invalid bytes replaced: " << local->out;
+
+  Agent agent(w.config);
+  ASSERT_TRUE(agent.running()) << agent.exit_output().err;
+  json dry = {{"dry_run", true}};
+  auto r = agent.client().call("POST", "/v1/image-cache/pass", &dry);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->status, 200) << r->raw;
+  EXPECT_TRUE(r->body.is_object()) << r->raw;
+  EXPECT_TRUE(fs::exists(w.dir.sub("instances/_base/" + odd))) << "a dry run removes nothing";
+}
+
 }  // namespace
 }  // namespace virtcap::testing

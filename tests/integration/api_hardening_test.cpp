@@ -27,7 +27,7 @@ long peak_rss_kib(pid_t pid) {
 
 json error_of(const RawAnswer& a) {
   auto j = json::parse(a.body(), nullptr, false);
-  return j.is_object() && j.contains("error") ? j["error"] : json();
+  return j.is_object() && j.contains("error") && j["error"].is_object() ? j["error"] : json::object();
 }
 
 void expect_alive(const Agent& agent) {

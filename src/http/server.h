@@ -66,6 +66,9 @@ struct Options {
   std::vector<std::string> allowed_hosts;    // Host names accepted besides the listen host and localhost
   std::size_t max_body_bytes = 1024 * 1024;
   std::string tls_cert, tls_key;  // PEM files; both set: HTTPS
+  // Polling threads (libmicrohttpd's pool). A connection stays on the thread
+  // that accepted it, so a long handler delays the other connections of
+  // that thread (not the whole server).
   unsigned threads = 8;
   unsigned max_connections = 256;
   unsigned idle_timeout_seconds = 10;

@@ -44,7 +44,7 @@ struct Agent {
     runner = std::make_unique<compute::PeriodicTaskRunner>(compute::PeriodicTaskRunner::Options{});
     server = std::make_unique<api::Server>(cfg, *mgr, *runner);
     port = server->bind().value();
-    server->start();
+    if (!server->start()) std::abort();
   }
   ~Agent() { server->stop(); }
 };

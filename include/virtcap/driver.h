@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "virtcap/capabilities.h"
@@ -89,6 +90,10 @@ struct ImageCacheReport {
 };
 std::string_view to_string(PowerState s);
 
+// An image id's shape: ^[A-Za-z0-9._-]{1,128}$ and no "..". Checked before
+// any path is built or any record written.
+bool valid_image_id(std::string_view id);
+
 class ComputeDriver {
  public:
   virtual ~ComputeDriver() = default;
@@ -111,6 +116,13 @@ class ComputeDriver {
 
   virtual Result<std::vector<DriverInstance>> list_instances() = 0;
   virtual Result<DriverInstance> get_instance(const std::string& uuid) = 0;
+  // Whether the driver could boot this image now (it exists and is usable);
+  // the manager asks before it writes the instance record. invalid_argument
+  // or not_found when not. The default accepts any id of valid shape.
+  virtual Status check_image(const std::string& image_id) const {
+    (void)image_id;
+    return {};
+  }
   virtual Status spawn(const InstanceSpec& spec) = 0;
   // Destroying an instance the hypervisor does not know succeeds.
   virtual Status destroy(const std::string& uuid) = 0;

@@ -1,10 +1,15 @@
 #include "api/client.h"
 
-#include <httplib.h>
+#include <curl/curl.h>
+
+#include <mutex>
+
+#include "common/json_text.h"
 
 namespace virtcap::api {
 
 namespace {
+
 Errc code_from(const std::string& s) {
   for (Errc c : {Errc::invalid_argument, Errc::not_found, Errc::already_exists, Errc::conflict,
                  Errc::capability_not_supported, Errc::hypervisor_unavailable, Errc::driver_error,
@@ -12,44 +17,80 @@ Errc code_from(const std::string& s) {
     if (to_string(c) == s) return c;
   return Errc::internal;
 }
-}  // namespace
 
-Client::Client(const std::string& server, const std::string& token)
-    : server_(server), token_(token), http_(std::make_unique<httplib::Client>(server)) {
-  http_->set_connection_timeout(5, 0);
-  http_->set_tcp_nodelay(true);
-  http_->set_read_timeout(300, 0);  // an image-cache pass or a cold spawn can take a while
-  http_->set_write_timeout(30, 0);
-  if (!token.empty()) http_->set_bearer_token_auth(token.c_str());
+size_t append_body(char* data, size_t size, size_t n, void* out) {
+  static_cast<std::string*>(out)->append(data, size * n);
+  return size * n;
 }
 
-Client::~Client() = default;
+struct HeaderList {
+  curl_slist* list = nullptr;
+  void add(const std::string& h) { list = curl_slist_append(list, h.c_str()); }
+  ~HeaderList() { curl_slist_free_all(list); }
+};
+
+}  // namespace
+
+Client::Client(const std::string& server, const std::string& token) : server_(server), token_(token) {
+  static std::once_flag once;
+  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+  curl_ = curl_easy_init();
+}
+
+Client::~Client() {
+  if (curl_) curl_easy_cleanup(static_cast<CURL*>(curl_));
+}
 
 Result<Response> Client::call_raw(const std::string& method, const std::string& path, const std::string& body,
                                   const std::string& content_type) {
-  httplib::Result r{nullptr, httplib::Error::Unknown};
-  if (method == "GET") r = http_->Get(path.c_str());
-  else if (method == "POST") r = http_->Post(path.c_str(), body, content_type.c_str());
-  else if (method == "PUT") r = http_->Put(path.c_str(), body, content_type.c_str());
-  else if (method == "PATCH") r = http_->Patch(path.c_str(), body, content_type.c_str());
-  else if (method == "DELETE") r = http_->Delete(path.c_str(), body, content_type.c_str());
-  else return make_error(Errc::invalid_argument, "unsupported method " + method);
-  if (!r)
+  if (method != "GET" && method != "POST" && method != "PUT" && method != "PATCH" && method != "DELETE")
+    return make_error(Errc::invalid_argument, "unsupported method " + method);
+  auto* h = static_cast<CURL*>(curl_);
+  if (!h) return make_error(Errc::io_error, "cannot initialise libcurl");
+  curl_easy_reset(h);  // keeps the live connection
+  const std::string url = server_ + path;
+  std::string received;
+  HeaderList headers;
+  headers.add("Expect:");  // no 100-continue round trip
+  if (!token_.empty()) headers.add("Authorization: Bearer " + token_);
+  curl_easy_setopt(h, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
+  curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 5L);
+  curl_easy_setopt(h, CURLOPT_TIMEOUT, 300L);  // an image-cache pass or a cold spawn can take a while
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &append_body);
+  curl_easy_setopt(h, CURLOPT_WRITEDATA, &received);
+  if (method == "GET") {
+    curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
+  } else {
+    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method.c_str());
+    if (method != "DELETE" || !body.empty()) {
+      curl_easy_setopt(h, CURLOPT_POSTFIELDS, body.data());
+      curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
+      headers.add("Content-Type: " + content_type);
+    }
+  }
+  curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers.list);
+  const CURLcode rc = curl_easy_perform(h);
+  if (rc != CURLE_OK)
     return make_error(Errc::io_error, "cannot reach the virtcap agent at " + server_ + " (" +
-                                          httplib::to_string(r.error()) +
+                                          curl_easy_strerror(rc) +
                                           "); is `virtcap agent` running? Set --server or VIRTCAP_SERVER");
+  long status = 0;
+  curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
   Response out;
-  out.status = r->status;
-  out.raw = r->body;
-  if (!r->body.empty()) {
-    out.body = nlohmann::json::parse(r->body, nullptr, false);
+  out.status = static_cast<int>(status);
+  out.raw = std::move(received);
+  if (!out.raw.empty()) {
+    out.body = nlohmann::json::parse(out.raw, nullptr, false);
     if (out.body.is_discarded()) out.body = nullptr;
   }
   return out;
 }
 
 Result<Response> Client::call(const std::string& method, const std::string& path, const nlohmann::json* body) {
-  return call_raw(method, path, body ? body->dump() : std::string());
+  return call_raw(method, path, body ? dump_json(*body) : std::string());
 }
 
 Result<nlohmann::json> Client::request(const std::string& method, const std::string& path,

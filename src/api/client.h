@@ -1,5 +1,6 @@
 // The client side of the agent's API, used by the `virtcap` client commands
-// and by the integration tests (the real client, not a stand-in).
+// and by the integration tests (the real client, not a stand-in). On libcurl
+// (OpenSSL): http and https only. One Client per thread.
 #pragma once
 
 #include <memory>
@@ -7,10 +8,6 @@
 #include <string>
 
 #include "virtcap/error.h"
-
-namespace httplib {
-class Client;
-}
 
 namespace virtcap::api {
 
@@ -47,7 +44,7 @@ class Client {
  private:
   std::string server_;
   std::string token_;
-  std::unique_ptr<httplib::Client> http_;
+  void* curl_ = nullptr;  // a libcurl easy handle: keeps its connection alive between calls
 };
 
 }  // namespace virtcap::api

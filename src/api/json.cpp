@@ -48,7 +48,7 @@ std::string instances_json(const std::vector<InstanceRecord>& list) {
   for (const auto& r : list) {
     if (!first) out += ',';
     first = false;
-    // Keys in nlohmann's (sorted) order, so the text equals to_json(r).dump().
+    // Keys in nlohmann's (sorted) order, so the text equals dump_json(to_json(r)).
     out += "{\"created_at\":";
     out += std::to_string(r.created_at);
     out += ",\"deleted_at\":";

@@ -1,14 +1,13 @@
 #include "api/server.h"
 
-#include <httplib.h>
 #include <malloc.h>
 #include <spdlog/spdlog.h>
 
-#include <regex>
 #include <sstream>
 
 #include "api/json.h"
 #include "capabilities/render.h"
+#include "http/server.h"
 #include "imagecache/pass.h"
 
 namespace virtcap::api {
@@ -16,76 +15,32 @@ namespace virtcap::api {
 namespace {
 
 using nlohmann::json;
+using http::BodyRule;
+using http::Request;
+using http::Response;
 
-struct Route {
-  std::string name;  // the template, e.g. /v1/instances/{id}; the metrics label
-  std::vector<std::string> methods;
-};
-
-const std::vector<Route>& route_table() {
-  static const std::vector<Route> kRoutes = {
-      {"/healthz", {"GET"}},
-      {"/metrics", {"GET"}},
-      {"/v1/capabilities", {"GET"}},
-      {"/v1/instances", {"GET", "POST"}},
-      {"/v1/instances/{id}", {"GET", "DELETE"}},
-      {"/v1/instances/{id}/reboot", {"POST"}},
-      {"/v1/instances/{id}/interfaces", {"POST"}},
-      {"/v1/instances/{id}/interfaces/{mac}", {"DELETE"}},
-      {"/v1/image-cache/pass", {"POST"}},
-      {"/v1/tasks", {"GET"}},
-      {"/v1/reconcile", {"GET"}},
-  };
-  return kRoutes;
-}
-
-// Segment-wise match; "{x}" matches one non-empty segment. (No std::regex on
-// the per-request path: it costs more than the handlers.)
-bool matches(std::string_view tmpl, std::string_view path) {
-  while (!tmpl.empty() || !path.empty()) {
-    if (tmpl.empty() || path.empty() || tmpl[0] != '/' || path[0] != '/') return false;
-    tmpl.remove_prefix(1);
-    path.remove_prefix(1);
-    const auto te = tmpl.find('/'), pe = path.find('/');
-    const auto tseg = tmpl.substr(0, te), pseg = path.substr(0, pe);
-    if (tseg.starts_with('{') ? pseg.empty() : tseg != pseg) return false;
-    tmpl.remove_prefix(tseg.size());
-    path.remove_prefix(pseg.size());
-  }
-  return true;
-}
-
-const Route* match_route(const std::string& path) {
-  for (const auto& r : route_table())
-    if (matches(r.name, path)) return &r;
-  return nullptr;
-}
-
-void send(httplib::Response& res, int status, const json& body) {
-  res.status = status;
-  res.set_content(body.dump() + "\n", "application/json");
-}
-
-void send_error(httplib::Response& res, const Error& e) { send(res, http_status(e.code), error_json(e)); }
-
-void send_error(httplib::Response& res, int status, const std::string& code, const std::string& message) {
-  send(res, status, json{{"error", {{"code", code}, {"message", message}}}});
-}
-
-Error bad_request(const std::string& message) { return make_error(Errc::invalid_argument, message); }
-
-bool constant_time_equal(const std::string& a, const std::string& b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return diff == 0;
-}
+Response send_error(const Error& e) { return http::json_response(http_status(e.code), error_json(e)); }
 
 std::string escape_label(const std::string& s) {
   std::string out;
   for (char c : s) {
     if (c == '"' || c == '\\') out += '\\';
     out += c;
+  }
+  return out;
+}
+
+// "a, b c" -> {"a", "b", "c"}
+std::vector<std::string> split_list(const std::string& v) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char c : v + ",") {
+    if (c == ',' || c == ' ' || c == '\t') {
+      if (!cur.empty()) out.push_back(cur);
+      cur.clear();
+    } else {
+      cur += c;
+    }
   }
   return out;
 }
@@ -140,195 +95,116 @@ std::string Metrics::render(const std::vector<compute::TaskStatus>& tasks) const
 }
 
 Server::Server(const config::Config& cfg, compute::ComputeManager& mgr, compute::PeriodicTaskRunner& runner)
-    : cfg_(cfg), mgr_(mgr), runner_(runner), http_(std::make_unique<httplib::Server>()) {
-  const int threads = cfg.api.threads;
-  http_->new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<std::size_t>(threads)); };
-  http_->set_payload_max_length(kMaxBodyBytes);
-  http_->set_tcp_nodelay(true);  // small JSON answers must not wait for delayed ACKs
-  // httplib's default also sets SO_REUSEPORT, which lets a second agent bind
-  // the same port and silently share its requests. Only SO_REUSEADDR here: a
-  // port in use is an error at start.
-  http_->set_socket_options([](socket_t sock) {
-    int yes = 1;
-    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-  });
-  http_->set_read_timeout(10, 0);
-  http_->set_write_timeout(10, 0);
-  routes();
+    : cfg_(cfg), mgr_(mgr), runner_(runner) {
+  http::Options o;
+  o.listen = cfg.api.listen;
+  o.token = cfg.api.token;
+  o.allowed_origins = split_list(cfg.api.allowed_origins);
+  o.max_body_bytes = kMaxBodyBytes;
+  o.threads = static_cast<unsigned>(cfg.api.threads);
+  o.on_response = [this](const Request& req, const std::string& route, int status) {
+    metrics_.request(req.method, route, status);
+    spdlog::debug("api {} {} -> {}", req.method, route, status);
+  };
+  http_ = std::make_unique<http::Server>(std::move(o), routes());
 }
 
 Server::~Server() { stop(); }
 
-Result<int> Server::bind() {
-  auto hp = config::split_listen(cfg_.api.listen);
-  if (!hp) return bad_request("[api] listen '" + cfg_.api.listen + "' is not HOST:PORT");
-  if (!config::is_loopback(hp->first) && cfg_.api.token.empty())
-    return bad_request("refusing to listen on " + cfg_.api.listen +
-                       ": it is not a loopback address and [api] token is not set; set a token, or listen on "
-                       "127.0.0.1");
-  int port = hp->second;
-  if (port == 0) {
-    port = http_->bind_to_any_port(hp->first);
-    if (port < 0) port = 0;
-  } else if (!http_->bind_to_port(hp->first, port)) {
-    port = 0;
-  }
-  if (port <= 0)
-    return make_error(Errc::io_error, "cannot listen on " + cfg_.api.listen +
-                                          ": the address is in use or not available on this host");
-  return port;
-}
+Result<int> Server::bind() { return http_->bind(); }
 
-void Server::start() {
-  thread_ = std::thread([this] {
-    http_->listen_after_bind();
-    serve_returned_ = true;
-  });
-  // httplib marks itself running inside listen_after_bind; a stop() before
-  // that would be lost, so wait for it (microseconds).
-  while (!http_->is_running() && !serve_returned_.load()) std::this_thread::yield();
-}
+Status Server::start() { return http_->start(); }
 
-void Server::stop() {
-  if (!thread_.joinable()) return;
-  http_->stop();
-  thread_.join();
-}
+void Server::stop() { http_->stop(); }
 
-void Server::routes() {
-  auto& s = *http_;
-
-  // Authentication and the body limit come before routing.
-  s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-    if (!cfg_.api.token.empty() &&
-        !constant_time_equal(req.get_header_value("Authorization"), "Bearer " + cfg_.api.token)) {
-      res.set_header("WWW-Authenticate", "Bearer");
-      send_error(res, 401, "unauthorized", "a valid bearer token is required (Authorization: Bearer <token>)");
-      return httplib::Server::HandlerResponse::Handled;
-    }
-    return httplib::Server::HandlerResponse::Unhandled;
-  });
-  s.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
-    if (!res.body.empty()) return;
-    switch (res.status) {
-      case 404: send_error(res, 404, "not_found", "no route " + req.method + " " + req.path); break;
-      case 413:
-        send_error(res, 413, "payload_too_large",
-                   "request body exceeds " + std::to_string(kMaxBodyBytes) + " bytes");
-        break;
-      case 400: send_error(res, 400, "invalid_argument", "malformed HTTP request"); break;
-      default: send_error(res, res.status, "error", "HTTP " + std::to_string(res.status)); break;
-    }
-  });
-  s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
-    std::string what = "unknown exception";
-    try {
-      if (ep) std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
-    }
-    spdlog::error("API handler failed: {}", what);
-    send_error(res, 500, "internal", "internal error: " + what);
-  });
-  s.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
-    const Route* r = match_route(req.path);
-    metrics_.request(req.method, r ? r->name : "unmatched", res.status);
-    spdlog::debug("api {} {} -> {}", req.method, req.path, res.status);
-  });
-
-  s.Get("/healthz", [this](const httplib::Request&, httplib::Response& res) {
-    const auto why = mgr_.driver().unavailable_reason();
-    send(res, why.empty() ? 200 : 503,
-         json{{"status", why.empty() ? "ok" : "degraded"},
-              {"driver", std::string(mgr_.driver_name())},
-              {"hypervisor", why.empty() ? json("up") : json(why)}});
-  });
-  s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(metrics_.render(runner_.status()), "text/plain; version=0.0.4");
-  });
-  s.Get("/v1/capabilities", [this](const httplib::Request&, httplib::Response& res) {
-    send(res, 200, caps::to_json(mgr_.driver_name(), mgr_.capabilities()));
-  });
-  s.Get("/v1/instances", [this](const httplib::Request&, httplib::Response& res) {
-    auto list = mgr_.list();
-    if (!list) return send_error(res, list.error());
-    res.status = 200;
-    std::string body = instances_json(list.value());
-    body += '\n';
-    res.body = std::move(body);  // httplib 0.11 has no set_content(string&&): avoid a 200 KB copy
-    res.set_header("Content-Type", "application/json");
-  });
-  s.Post("/v1/instances", [this](const httplib::Request& req, httplib::Response& res) {
-    auto boot = parse_boot_request(req.body);
-    if (!boot) return send_error(res, boot.error());
-    auto rec = mgr_.boot(boot->name, boot->image, boot->memory_mb, boot->vcpus);
-    if (!rec) return send_error(res, rec.error());
-    res.set_header("Location", "/v1/instances/" + rec->uuid);
-    send(res, 201, to_json(rec.value()));
-  });
-  s.Get(R"(/v1/instances/([^/]+))", [this](const httplib::Request& req, httplib::Response& res) {
-    auto v = mgr_.show(req.matches[1]);
-    if (!v) return send_error(res, v.error());
-    send(res, 200, to_json(v.value()));
-  });
-  s.Delete(R"(/v1/instances/([^/]+))", [this](const httplib::Request& req, httplib::Response& res) {
-    auto st = mgr_.destroy(req.matches[1]);
-    if (!st) return send_error(res, st.error());
-    send(res, 200, json{{"deleted", std::string(req.matches[1])}});
-  });
-  s.Post(R"(/v1/instances/([^/]+)/reboot)", [this](const httplib::Request& req, httplib::Response& res) {
-    if (auto body = parse_empty_request(req.body); !body) return send_error(res, body.error());
-    auto st = mgr_.reboot(req.matches[1]);
-    if (!st) return send_error(res, st.error());
-    send(res, 200, json{{"rebooted", std::string(req.matches[1])}});
-  });
-  s.Post(R"(/v1/instances/([^/]+)/interfaces)", [this](const httplib::Request& req, httplib::Response& res) {
-    auto spec = parse_interface_request(req.body);
-    if (!spec) return send_error(res, spec.error());
-    auto nic = mgr_.attach_interface(req.matches[1], spec.value());
-    if (!nic) return send_error(res, nic.error());
-    send(res, 201, to_json(nic.value()));
-  });
-  s.Delete(R"(/v1/instances/([^/]+)/interfaces/([^/]+))", [this](const httplib::Request& req, httplib::Response& res) {
-    auto st = mgr_.detach_interface(req.matches[1], req.matches[2]);
-    if (!st) return send_error(res, st.error());
-    send(res, 200, json{{"detached", std::string(req.matches[2])}});
-  });
-  s.Post("/v1/image-cache/pass", [this](const httplib::Request& req, httplib::Response& res) {
-    auto dry = parse_pass_request(req.body);
-    if (!dry) return send_error(res, dry.error());
-    auto r = mgr_.image_cache_pass(dry.value());
-    if (!r) return send_error(res, r.error());
-    metrics_.image_cache_pass(r.value());
-    send(res, 200, imagecache::to_json(r.value()));
-  });
-  s.Get("/v1/tasks", [this](const httplib::Request&, httplib::Response& res) {
-    json arr = json::array();
-    for (const auto& t : runner_.status()) arr.push_back(to_json(t));
-    send(res, 200, json{{"tasks", arr}});
-  });
-  s.Get("/v1/reconcile", [this](const httplib::Request&, httplib::Response& res) {
-    auto r = mgr_.reconcile(false);
-    if (!r) return send_error(res, r.error());
-    send(res, 200, to_json(r.value()));
-  });
-
-  // Known paths with the wrong method: 405 with Allow; anything else: 404.
-  auto fallback = [](const httplib::Request& req, httplib::Response& res) {
-    const Route* r = match_route(req.path);
-    if (!r) return send_error(res, 404, "not_found", "no route " + req.method + " " + req.path);
-    std::string allow;
-    for (const auto& m : r->methods) allow += (allow.empty() ? "" : ", ") + m;
-    res.set_header("Allow", allow);
-    send_error(res, 405, "method_not_allowed", req.method + " is not allowed on " + r->name + "; allowed: " + allow);
+std::vector<http::Route> Server::routes() {
+  auto ok = [](const json& body) { return http::json_response(200, body); };
+  return {
+      {"GET", "/healthz", BodyRule::none,
+       [this](const Request&) {
+         const auto why = mgr_.driver().unavailable_reason();
+         return http::json_response(why.empty() ? 200 : 503,
+                                    json{{"status", why.empty() ? "ok" : "degraded"},
+                                         {"driver", std::string(mgr_.driver_name())},
+                                         {"hypervisor", why.empty() ? json("up") : json(why)}});
+       }},
+      {"GET", "/metrics", BodyRule::none,
+       [this](const Request&) {
+         return Response{200, "text/plain; version=0.0.4", metrics_.render(runner_.status()), {}};
+       }},
+      {"GET", "/v1/capabilities", BodyRule::none,
+       [this, ok](const Request&) { return ok(caps::to_json(mgr_.driver_name(), mgr_.capabilities())); }},
+      {"GET", "/v1/instances", BodyRule::none,
+       [this](const Request&) {
+         auto list = mgr_.list();
+         if (!list) return send_error(list.error());
+         return Response{200, "application/json", instances_json(list.value()) + "\n", {}};
+       }},
+      {"POST", "/v1/instances", BodyRule::json,
+       [this](const Request& req) {
+         auto boot = parse_boot_request(req.body);
+         if (!boot) return send_error(boot.error());
+         auto rec = mgr_.boot(boot->name, boot->image, boot->memory_mb, boot->vcpus);
+         if (!rec) return send_error(rec.error());
+         auto res = http::json_response(201, to_json(rec.value()));
+         res.headers.emplace_back("Location", "/v1/instances/" + rec->uuid);
+         return res;
+       }},
+      {"GET", "/v1/instances/{id}", BodyRule::none,
+       [this, ok](const Request& req) {
+         auto v = mgr_.show(req.param("id"));
+         if (!v) return send_error(v.error());
+         return ok(to_json(v.value()));
+       }},
+      {"DELETE", "/v1/instances/{id}", BodyRule::none,
+       [this, ok](const Request& req) {
+         auto st = mgr_.destroy(req.param("id"));
+         if (!st) return send_error(st.error());
+         return ok(json{{"deleted", req.param("id")}});
+       }},
+      {"POST", "/v1/instances/{id}/reboot", BodyRule::json,
+       [this, ok](const Request& req) {
+         if (auto body = parse_empty_request(req.body); !body) return send_error(body.error());
+         auto st = mgr_.reboot(req.param("id"));
+         if (!st) return send_error(st.error());
+         return ok(json{{"rebooted", req.param("id")}});
+       }},
+      {"POST", "/v1/instances/{id}/interfaces", BodyRule::json,
+       [this](const Request& req) {
+         auto spec = parse_interface_request(req.body);
+         if (!spec) return send_error(spec.error());
+         auto nic = mgr_.attach_interface(req.param("id"), spec.value());
+         if (!nic) return send_error(nic.error());
+         return http::json_response(201, to_json(nic.value()));
+       }},
+      {"DELETE", "/v1/instances/{id}/interfaces/{mac}", BodyRule::none,
+       [this, ok](const Request& req) {
+         auto st = mgr_.detach_interface(req.param("id"), req.param("mac"));
+         if (!st) return send_error(st.error());
+         return ok(json{{"detached", req.param("mac")}});
+       }},
+      {"POST", "/v1/image-cache/pass", BodyRule::json,
+       [this, ok](const Request& req) {
+         auto dry = parse_pass_request(req.body);
+         if (!dry) return send_error(dry.error());
+         auto r = mgr_.image_cache_pass(dry.value());
+         if (!r) return send_error(r.error());
+         metrics_.image_cache_pass(r.value());
+         return ok(imagecache::to_json(r.value()));
+       }},
+      {"GET", "/v1/tasks", BodyRule::none,
+       [this, ok](const Request&) {
+         json arr = json::array();
+         for (const auto& t : runner_.status()) arr.push_back(to_json(t));
+         return ok(json{{"tasks", arr}});
+       }},
+      {"GET", "/v1/reconcile", BodyRule::none,
+       [this, ok](const Request&) {
+         auto r = mgr_.reconcile(false);
+         if (!r) return send_error(r.error());
+         return ok(to_json(r.value()));
+       }},
   };
-  s.Get(".*", fallback);
-  s.Post(".*", fallback);
-  s.Put(".*", fallback);
-  s.Patch(".*", fallback);
-  s.Delete(".*", fallback);
-  s.Options(".*", fallback);
 }
 
 }  // namespace virtcap::api

@@ -1,5 +1,6 @@
-// The agent's HTTP/JSON API (cpp-httplib), on [api] listen (loopback by
-// default). Every route, status and error code is in docs/api.md.
+// The agent's HTTP/JSON API: its routes on the hardened HTTP server
+// (src/http/server.h), on [api] listen (loopback by default). Every route,
+// status and error code is in docs/api.md.
 #pragma once
 
 #include <atomic>
@@ -7,14 +8,14 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 
 #include "compute/manager.h"
 #include "compute/periodic.h"
 #include "config/config.h"
 
-namespace httplib {
+namespace virtcap::http {
 class Server;
+struct Route;
 }
 
 namespace virtcap::api {
@@ -47,22 +48,20 @@ class Server {
   // Refuses a non-loopback address without a token (invalid_argument), binds,
   // and returns the bound port. Then start().
   Result<int> bind();
-  // Serves on a thread of its own; returns once the server is accepting.
-  void start();
+  // Serves on threads of its own; returns once the server is accepting.
+  Status start();
   // Stops accepting, lets in-flight requests finish, joins. Idempotent.
   void stop();
 
   Metrics& metrics() { return metrics_; }
 
  private:
-  void routes();
+  std::vector<http::Route> routes();
   const config::Config& cfg_;
   compute::ComputeManager& mgr_;
   compute::PeriodicTaskRunner& runner_;
-  std::unique_ptr<httplib::Server> http_;
-  std::thread thread_;
-  std::atomic<bool> serve_returned_{false};
   Metrics metrics_;
+  std::unique_ptr<http::Server> http_;
 };
 
 }  // namespace virtcap::api

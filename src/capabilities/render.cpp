@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <sstream>
 
+#include "common/json_text.h"
+
 namespace virtcap::caps {
 namespace {
 
@@ -92,7 +94,7 @@ std::string value_text(const nlohmann::json& v) {
     }
     return out + "]";
   }
-  return v.dump();
+  return dump_json(v);
 }
 
 nlohmann::json to_json(std::string_view driver, const Capabilities& caps) {

@@ -19,8 +19,11 @@
 #include "common/logging.h"
 #include "common/state_lock.h"
 #include "compute/manager.h"
+#include "common/subprocess.h"
+#include "common/json_text.h"
 #include "compute/periodic.h"
 #include "config/config.h"
+#include "http/server.h"
 #include "imagecache/pass.h"
 #include "store/memory/memory_store.h"
 #include "store/sqlite/sqlite_store.h"
@@ -53,6 +56,7 @@ std::optional<config::Config> load_config(const std::optional<std::string>& path
     fail("config error: " + cfg.error().message, kExitUsage);
     return std::nullopt;
   }
+  proc::set_default_timeout(std::chrono::seconds(cfg->defaults.subprocess_timeout));
   return std::move(cfg.value());
 }
 
@@ -71,10 +75,8 @@ std::optional<int> check_driver_name(const config::Config& cfg, const std::strin
 // all pass, else the exit code (2) after printing what is wrong.
 std::optional<int> startup_checks(const config::Config& cfg, const std::string& driver_override) {
   if (auto bad = check_driver_name(cfg, driver_override)) return bad;
-  if (auto hp = config::split_listen(cfg.api.listen); hp && !config::is_loopback(hp->first) && cfg.api.token.empty())
-    return fail("config error: [api] listen = " + cfg.api.listen +
-                    " is not a loopback address and [api] token is not set; set a token or listen on 127.0.0.1",
-                kExitUsage);
+  if (auto st = http::check_listen(cfg.api.listen, cfg.api.token, "[api]"); !st)
+    return fail("config error: " + st.error().message, kExitUsage);
   const std::filesystem::path state(cfg.defaults.state_path);
   std::error_code ec;
   const auto probe = std::filesystem::exists(state, ec) ? state : state.parent_path();
@@ -121,7 +123,7 @@ int cmd_capabilities_local(const Options& o) {
   if (!mgr) return fail(mgr.error().message);
   const auto& caps = mgr.value()->capabilities();
   const auto name = mgr.value()->driver_name();
-  if (o.format == "json") std::cout << caps::to_json(name, caps).dump(2) << "\n";
+  if (o.format == "json") std::cout << dump_json(caps::to_json(name, caps), 2) << "\n";
   else if (o.format == "markdown") std::cout << caps::to_markdown(name, caps);
   else std::cout << caps::to_table(name, caps);
   return kExitOk;
@@ -175,7 +177,7 @@ int cmd_agent(const Options& o) {
   if (!port) return fail(port.error().message, port.error().code == Errc::invalid_argument ? kExitUsage : kExitRuntime);
   const auto hp = config::split_listen(cfg->api.listen);
   spdlog::info("API listening on http://{}:{}", hp->first, port.value());
-  server.start();
+  if (auto st = server.start(); !st) return fail(st.error().message, kExitRuntime);
   runner.start();
   spdlog::info("agent running; send SIGTERM or SIGINT to stop");
 
@@ -210,7 +212,7 @@ int cmd_imagecache_local(const Options& o) {
   if (!mgr) return fail(mgr.error().message);
   auto r = mgr.value()->image_cache_pass(o.dry_run);
   if (!r) return fail(r.error().message);
-  if (o.format == "json") std::cout << imagecache::to_json(r.value()).dump(2) << "\n";
+  if (o.format == "json") std::cout << dump_json(imagecache::to_json(r.value()), 2) << "\n";
   else std::cout << imagecache::to_table(r.value());
   return r->complete ? kExitOk : kExitRuntime;
 }
@@ -253,7 +255,7 @@ std::string pad(std::string s, std::size_t w) {
 std::string text(const json& v) {
   if (v.is_null()) return "-";
   if (v.is_string()) return v.get<std::string>();
-  return v.dump();
+  return dump_json(v);
 }
 
 // "2026-11-26T09:01:36Z" for a *_at field in unix seconds.
@@ -317,7 +319,7 @@ int emit_rows(const Options& o, const json& rows, const std::vector<Column>& all
       for (const auto& c : *cols) picked[c.key] = r.contains(c.key) ? r[c.key] : json();
       out.push_back(picked);
     }
-    std::cout << out.dump(2) << "\n";
+    std::cout << dump_json(out, 2) << "\n";
     return kExitOk;
   }
   std::vector<std::vector<std::string>> cells;
@@ -350,7 +352,7 @@ int emit_rows(const Options& o, const json& rows, const std::vector<Column>& all
 // One object as FIELD / VALUE rows (show, boot, attach).
 int emit_object(const Options& o, const json& obj) {
   if (o.client_format == "json" && o.columns.empty()) {
-    std::cout << obj.dump(2) << "\n";
+    std::cout << dump_json(obj, 2) << "\n";
     return kExitOk;
   }
   std::vector<Column> all;
@@ -360,7 +362,7 @@ int emit_object(const Options& o, const json& obj) {
   if (o.client_format == "json") {
     json picked = json::object();
     for (const auto& c : *cols) picked[c.key] = obj[c.key];
-    std::cout << picked.dump(2) << "\n";
+    std::cout << dump_json(picked, 2) << "\n";
     return kExitOk;
   }
   json rows = json::array();
@@ -472,16 +474,16 @@ int client_call(const Options& o, const std::string& method, const std::string& 
   auto r = client.call(method, path, body);
   if (!r) {
     if (o.client_format == "json")
-      std::cout << json{{"error", {{"code", "unreachable"}, {"message", r.error().message}}}}.dump(2) << "\n";
+      std::cout << dump_json(json{{"error", {{"code", "unreachable"}, {"message", r.error().message}}}}, 2) << "\n";
     return fail(r.error().message, kExitUnreachable);
   }
   if (r->status >= 200 && r->status < 300) return human(r->body);
   const bool api_error = r->body.is_object() && r->body.contains("error") && r->body["error"].is_object();
   if (o.client_format == "json") {
-    std::cout << (api_error ? r->body : json{{"error", {{"code", "http_" + std::to_string(r->status)},
-                                                       {"message", "HTTP " + std::to_string(r->status)}}}})
-                     .dump(2)
-              << "\n";
+    const json err = api_error ? r->body
+                               : json{{"error", {{"code", "http_" + std::to_string(r->status)},
+                                                 {"message", "HTTP " + std::to_string(r->status)}}}};
+    std::cout << dump_json(err, 2) << "\n";
   }
   std::string msg = "HTTP " + std::to_string(r->status) + " from " + *url;
   if (api_error) {
@@ -620,7 +622,7 @@ int main(int argc, char** argv) {
     if (o.format == "json") o.client_format = "json";  // capabilities --server URL --format json
     return client_call(o, "GET", "/v1/capabilities", nullptr, [&](const json& j) {
       if (o.client_format == "json") {
-        std::cout << j.dump(2) << "\n";
+        std::cout << dump_json(j, 2) << "\n";
         return kExitOk;
       }
       json rows = json::array();
@@ -656,7 +658,7 @@ int main(int argc, char** argv) {
   if (list->parsed())
     return client_call(o, "GET", "/v1/instances", nullptr, [&](const json& j) {
       if (o.client_format == "json" && o.columns.empty()) {
-        std::cout << j.dump(2) << "\n";
+        std::cout << dump_json(j, 2) << "\n";
         return kExitOk;
       }
       return emit_rows(o, j["instances"], kInstanceColumns);
@@ -692,7 +694,7 @@ int main(int argc, char** argv) {
   if (tasks->parsed())
     return client_call(o, "GET", "/v1/tasks", nullptr, [&](const json& j) {
       if (o.client_format == "json" && o.columns.empty()) {
-        std::cout << j.dump(2) << "\n";
+        std::cout << dump_json(j, 2) << "\n";
         return kExitOk;
       }
       json rows = json::array();
@@ -710,7 +712,7 @@ int main(int argc, char** argv) {
     json body = {{"dry_run", o.dry_run}};
     return client_call(o, "POST", "/v1/image-cache/pass", &body, [&](const json& j) {
       if (o.client_format == "json" && o.columns.empty()) {
-        std::cout << j.dump(2) << "\n";
+        std::cout << dump_json(j, 2) << "\n";
         return kExitOk;
       }
       const int rc = emit_rows(o, j["files"], kImageCacheColumns);

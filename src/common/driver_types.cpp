@@ -2,6 +2,17 @@
 
 namespace virtcap {
 
+bool valid_image_id(std::string_view id) {
+  if (id.empty() || id.size() > 128) return false;
+  for (char c : id) {
+    const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+                    c == '_' || c == '-';
+    if (!ok) return false;
+  }
+  return id.find("..") == std::string_view::npos && id != ".";
+}
+
+
 std::string_view to_string(PowerState s) {
   switch (s) {
     case PowerState::nostate: return "nostate";

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 
+#include "common/json_text.h"
 #include "common/utf8.h"
 
 namespace virtcap::logging {
@@ -46,7 +47,7 @@ class JsonFormatter final : public spdlog::formatter {
         {"pid", static_cast<long long>(::getpid())},
         {"thread", static_cast<unsigned long long>(msg.thread_id)},
         {"message", utf8_safe(std::string_view(msg.payload.data(), msg.payload.size()))}};
-    const std::string text = line.dump() + "\n";
+    const std::string text = dump_json(line) + "\n";
     dest.append(text.data(), text.data() + text.size());
   }
   std::unique_ptr<spdlog::formatter> clone() const override { return std::make_unique<JsonFormatter>(); }

@@ -4,9 +4,12 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 
@@ -37,7 +40,12 @@ bool read_some(int fd, std::string& buf) {
   return true;
 }
 
+std::atomic<std::int64_t> g_default_timeout_ms{600'000};
+
 }  // namespace
+
+void set_default_timeout(std::chrono::milliseconds t) { g_default_timeout_ms = t.count(); }
+std::chrono::milliseconds default_timeout() { return std::chrono::milliseconds(g_default_timeout_ms.load()); }
 
 Result<Child> Child::spawn(const std::vector<std::string>& argv) {
   if (argv.empty()) return make_error(Errc::invalid_argument, "empty argv");
@@ -53,6 +61,9 @@ Result<Child> Child::spawn(const std::vector<std::string>& argv) {
   posix_spawn_file_actions_adddup2(&fa, out_pipe[1], 1);
   posix_spawn_file_actions_adddup2(&fa, err_pipe[1], 2);
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  // Only 0-2 survive: sockets and pipes of other threads (opened without
+  // O_CLOEXEC by a library, or racing this spawn) never reach the child.
+  posix_spawn_file_actions_addclosefrom_np(&fa, 3);
   // The child starts with default signal dispositions and an empty mask, even
   // if the parent blocks SIGTERM for sigwait.
   posix_spawnattr_t attr;
@@ -62,7 +73,9 @@ Result<Child> Child::spawn(const std::vector<std::string>& argv) {
   sigfillset(&all);
   posix_spawnattr_setsigmask(&attr, &none);
   posix_spawnattr_setsigdefault(&attr, &all);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  // A group of its own, so a timeout kills the child's own children too.
+  posix_spawnattr_setpgroup(&attr, 0);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
 
   std::vector<char*> cargv;
   for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
@@ -120,20 +133,55 @@ bool Child::wait_for_stderr(const std::string& needle) {
   }
 }
 
-Output Child::wait() {
+Output Child::wait(std::optional<std::chrono::milliseconds> timeout) {
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + timeout.value_or(std::chrono::milliseconds(0));
+  bool timed_out = false;
   while (out_fd_ >= 0 || err_fd_ >= 0) {
     pollfd fds[2];
     nfds_t n = 0;
     if (out_fd_ >= 0) fds[n++] = {out_fd_, POLLIN, 0};
     if (err_fd_ >= 0) fds[n++] = {err_fd_, POLLIN, 0};
-    if (::poll(fds, n, -1) < 0) {
+    int wait_ms = -1;
+    if (timeout) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      wait_ms = static_cast<int>(std::clamp<std::int64_t>(left, 0, 60'000));
+    }
+    const int rc = ::poll(fds, n, wait_ms);
+    if (rc < 0) {
       if (errno == EINTR) continue;
+      break;
+    }
+    if (timeout && Clock::now() >= deadline) {
+      timed_out = true;
+      ::kill(-pid_, SIGKILL);  // the group: the child and what it started
+      ::kill(pid_, SIGKILL);
+      close_fd(out_fd_);
+      close_fd(err_fd_);
       break;
     }
     for (nfds_t i = 0; i < n; ++i) {
       if (!fds[i].revents) continue;
       if (fds[i].fd == out_fd_ && !read_some(out_fd_, out_)) close_fd(out_fd_);
       else if (fds[i].fd == err_fd_ && !read_some(err_fd_, err_)) close_fd(err_fd_);
+    }
+  }
+  if (timeout && !timed_out && !reaped_) {
+    // The pipes closed (or the child handed them on) but it may still run.
+    const int pfd = static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0));
+    if (pfd >= 0) {
+      pollfd pf{pfd, POLLIN, 0};
+      int rc;
+      do {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+        rc = ::poll(&pf, 1, static_cast<int>(std::clamp<std::int64_t>(left, 0, 60'000)));
+      } while ((rc < 0 && errno == EINTR) || (rc == 0 && Clock::now() < deadline));
+      ::close(pfd);
+      if (rc == 0) {
+        timed_out = true;
+        ::kill(-pid_, SIGKILL);
+        ::kill(pid_, SIGKILL);
+      }
     }
   }
   Output o;
@@ -147,13 +195,21 @@ Output Child::wait() {
   }
   o.out = out_;
   o.err = err_;
+  o.timed_out = timed_out;
   return o;
 }
 
-Result<Output> run(const std::vector<std::string>& argv) {
+Result<Output> run(const std::vector<std::string>& argv) { return run(argv, default_timeout()); }
+
+Result<Output> run(const std::vector<std::string>& argv, std::chrono::milliseconds timeout) {
   auto child = Child::spawn(argv);
   if (!child) return child.error();
-  return child.value().wait();
+  auto out = child.value().wait(timeout);
+  if (out.timed_out)
+    return make_error(Errc::io_error, argv[0] + " did not finish within " +
+                                          std::to_string(std::chrono::duration_cast<std::chrono::seconds>(timeout).count()) +
+                                          " s ([DEFAULT] subprocess_timeout); it was killed");
+  return out;
 }
 
 }  // namespace virtcap::proc

@@ -1,9 +1,13 @@
 // Subprocesses by argv, never through a shell: posix_spawn (execve
-// semantics) with explicit argv and pipes for stdout/stderr.
+// semantics) with explicit argv and pipes for stdout/stderr. A child starts
+// with only fds 0-2 (every other descriptor of ours, inherited or not marked
+// close-on-exec, is closed in the child), in a process group of its own, and
+// run() kills (SIGKILL, the whole group) and reaps it at its deadline.
 #pragma once
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <optional>
 #include <string>
 #include <vector>
@@ -17,10 +21,19 @@ struct Output {
   int term_signal = 0;  // the signal that killed it, if any
   std::string out;
   std::string err;
+  bool timed_out = false;  // killed at its deadline
 };
 
-// Runs argv[0] (searched in PATH when it has no '/') to completion.
+// The deadline run() gives a child: [DEFAULT] subprocess_timeout, set at
+// start by the CLI; 600 s until then.
+void set_default_timeout(std::chrono::milliseconds t);
+std::chrono::milliseconds default_timeout();
+
+// Runs argv[0] (searched in PATH when it has no '/') to completion, or
+// until the timeout: then it is killed and reaped, and the answer is an
+// io_error naming the command and the timeout.
 Result<Output> run(const std::vector<std::string>& argv);
+Result<Output> run(const std::vector<std::string>& argv, std::chrono::milliseconds timeout);
 
 // A running child with its stdout and stderr piped to us.
 class Child {
@@ -37,8 +50,9 @@ class Child {
   bool wait_for_stderr(const std::string& needle);
   const std::string& err_seen() const { return err_; }
   bool signal(int sig);
-  // Waits for exit, draining both pipes.
-  Output wait();
+  // Waits for exit, draining both pipes; with a timeout, kills the child's
+  // process group at the deadline (timed_out) and reaps it.
+  Output wait(std::optional<std::chrono::milliseconds> timeout = std::nullopt);
 
  private:
   Child(pid_t pid, int out_fd, int err_fd) : pid_(pid), out_fd_(out_fd), err_fd_(err_fd) {}

@@ -137,6 +137,15 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
                                                      std::string(driver_->name()) + "' max_vcpus)"
                                                : std::string("the driver's maximum")) +
                           ", got " + std::to_string(vcpus));
+  // A bad image is refused before the record is written: no row is left.
+  if (!valid_image_id(image_id))
+    return make_error(Errc::invalid_argument, "image id '" + image_id.substr(0, 128) +
+                                                  (image_id.size() > 128 ? "...' (" + std::to_string(image_id.size()) +
+                                                                               " bytes)"
+                                                                         : "'") +
+                                                  " is invalid: it must match ^[A-Za-z0-9._-]{1,128}$ and must not "
+                                                  "contain '..'");
+  if (auto img = driver_->check_image(image_id); !img) return img.error();
   InstanceRecord rec;
   rec.uuid = new_uuid();
   rec.name = name;

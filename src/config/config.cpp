@@ -1,5 +1,7 @@
 #include "config/config.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -58,6 +60,24 @@ std::optional<std::string> listen_address::operator()(const std::string& v) cons
   return std::nullopt;
 }
 std::string non_empty::describe() const { return "a non-empty string"; }
+std::string origin_list::describe() const { return "comma-separated scheme://host[:port] origins"; }
+std::optional<std::string> origin_list::operator()(const std::string& v) const {
+  std::string item;
+  for (char c : v + ",") {
+    if (c != ',' && c != ' ' && c != '\t') {
+      item += c;
+      continue;
+    }
+    if (item.empty()) continue;
+    const auto scheme = item.find("://");
+    if (scheme == std::string::npos || scheme == 0 || scheme + 3 >= item.size() ||
+        item.find('/', scheme + 3) != std::string::npos)
+      return "expected " + describe() + " (e.g. https://dashboard.example:8443), got \"" + item + "\"";
+    item.clear();
+  }
+  return std::nullopt;
+}
+
 std::optional<std::string> non_empty::operator()(const std::string& v) const {
   if (v.empty()) return "expected " + describe();
   return std::nullopt;
@@ -214,7 +234,11 @@ std::optional<std::pair<std::string, int>> split_listen(const std::string& v) {
 }
 
 bool is_loopback(const std::string& host) {
-  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+  if (host == "localhost") return true;
+  in_addr v4{};
+  if (::inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6{};
+  return ::inet_pton(AF_INET6, host.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
 }
 
 std::string Config::base_dir() const { return instances_path() + "/" + image_cache.subdirectory_name; }

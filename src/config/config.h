@@ -46,6 +46,10 @@ struct listen_address {
   std::string describe() const;
   std::optional<std::string> operator()(const std::string& v) const;
 };
+struct origin_list {
+  std::string describe() const;
+  std::optional<std::string> operator()(const std::string& v) const;
+};
 struct non_empty {
   std::string describe() const;
   std::optional<std::string> operator()(const std::string& v) const;
@@ -64,6 +68,8 @@ struct non_empty {
     "Seconds between power-state syncs of the store against the driver; <= 0 disables.")          \
   O(int, periodic_fuzzy_delay, 60, check::range(0, 3600),                                         \
     "Upper bound, in seconds, of the random delay before each periodic task first runs.")         \
+  O(int, subprocess_timeout, 600, check::range(1, 86400),                                         \
+    "Seconds a subprocess (qemu-img, ...) may run before it is killed and reaped.")               \
   O(bool, debug, false, check::any{}, "Log at debug level (overrides log_level).")                 \
   O(std::string, log_level, "info", check::one_of{"trace|debug|info|warning|error|critical|off"},  \
     "Least severe level logged. SIGHUP re-reads it.")                                             \
@@ -107,7 +113,10 @@ struct non_empty {
     "HOST:PORT the agent's HTTP/JSON API binds to (port 0: any free port). Non-loopback needs a token.") \
   O(std::string, token, "", check::any{},                                                         \
     "Bearer token every API request must carry when set. Required to bind a non-loopback address.") \
-  O(int, threads, 8, check::range(1, 256), "Worker threads serving API requests.")
+  O(int, threads, 8, check::range(1, 256), "Worker threads serving API requests.")                \
+  O(std::string, allowed_origins, "", check::origin_list{},                                       \
+    "Web origins (scheme://host[:port], comma-separated) whose cross-site requests are served. "   \
+    "Empty: a request carrying any Origin header gets 403.")
 
 #define VIRTCAP_CONFIG_STORE(O)                                                                   \
   O(std::string, backend, "sqlite", check::one_of{"sqlite|memory"},                              \
@@ -151,6 +160,8 @@ inline constexpr std::string_view kDefaultConfigPath = "/etc/virtcap/virtcap.tom
 
 // "127.0.0.1:8774" -> {"127.0.0.1", 8774}; "[::1]:80" -> {"::1", 80}. nullopt if malformed.
 std::optional<std::pair<std::string, int>> split_listen(const std::string& v);
+// Only the literal loopback addresses (127.0.0.0/8, ::1) and the name
+// "localhost"; a DNS name that merely starts with "127." is not loopback.
 bool is_loopback(const std::string& host);
 
 // Parse TOML text. `source` names it in errors. Errors (code invalid_argument)

@@ -10,6 +10,8 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "common/json_text.h"
+
 namespace virtcap::imagecache {
 
 namespace fs = std::filesystem;
@@ -31,7 +33,7 @@ Status register_host(const std::string& instances_path, const std::string& host)
   const std::string path = dir + "/" + host + ".json";
   const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
   const auto now = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-  const std::string body = nlohmann::json{{"host", host}, {"updated_at", now}}.dump() + "\n";
+  const std::string body = dump_json(nlohmann::json{{"host", host}, {"updated_at", now}}) + "\n";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return make_error(Errc::io_error, "cannot write " + tmp + ": " + std::strerror(errno));
   const bool ok = ::write(fd, body.data(), body.size()) == static_cast<ssize_t>(body.size()) && ::fsync(fd) == 0;

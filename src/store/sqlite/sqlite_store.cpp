@@ -256,7 +256,9 @@ Status SqliteStore::initialise() {
                         "cannot switch the instance store " + path_ + " to WAL mode (SQLite answered journal_mode '" +
                             mode + "'); put the store on a local file system that supports shared-memory locking");
   }
-  if (auto st = exec("PRAGMA synchronous = NORMAL", "setting synchronous = NORMAL"); !st) return st;
+  // FULL: a commit is on disk (the WAL is fsynced) before it returns, so the
+  // "record first" rule holds across a power loss too (docs/store.md).
+  if (auto st = exec("PRAGMA synchronous = FULL", "setting synchronous = FULL"); !st) return st;
   if (auto st = exec("PRAGMA foreign_keys = ON", "enabling foreign keys"); !st) return st;
   if (auto st = migrate(); !st) return st;
   opening_ = false;

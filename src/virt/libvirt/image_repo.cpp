@@ -9,16 +9,6 @@
 
 namespace virtcap::libvirt {
 
-bool valid_image_id(std::string_view id) {
-  if (id.empty() || id.size() > 128) return false;
-  for (char c : id) {
-    const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
-                    c == '_' || c == '-';
-    if (!ok) return false;
-  }
-  return id.find("..") == std::string_view::npos && id != ".";
-}
-
 namespace {
 Error bad_image(const std::string& msg) { return make_error(Errc::invalid_argument, msg); }
 }  // namespace

@@ -8,12 +8,13 @@
 #include <string_view>
 
 #include "virtcap/capabilities.h"
+#include "virtcap/driver.h"
 #include "virtcap/error.h"
 
 namespace virtcap::libvirt {
 
 // ^[A-Za-z0-9._-]{1,128}$, and no "..": checked before any path is built.
-bool valid_image_id(std::string_view id);
+using virtcap::valid_image_id;
 
 struct ImageInfo {
   std::string id;

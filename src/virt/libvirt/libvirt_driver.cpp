@@ -223,6 +223,12 @@ Result<DriverInstance> LibvirtDriver::get_instance(const std::string& uuid) {
   });
 }
 
+Status LibvirtDriver::check_image(const std::string& image_id) const {
+  auto image = images_.find(image_id);
+  if (!image) return image.error();
+  return {};
+}
+
 Status LibvirtDriver::spawn(const InstanceSpec& spec) {
   if (!valid_uuid(spec.uuid)) return make_error(Errc::invalid_argument, "'" + spec.uuid + "' is not a uuid");
   if (!conn_.connected()) return make_error(Errc::hypervisor_unavailable, unavailable_reason());

@@ -1,0 +1,472 @@
+#include "http/server.h"
+
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <algorithm>
+#include <cstdarg>
+#include <cstdio>
+#include <set>
+#include <sstream>
+
+#include "common/json_text.h"
+#include "config/config.h"
+
+namespace virtcap::http {
+
+namespace {
+
+// Past the body limit the rest of a body is read and dropped (so the client,
+// still writing, gets its 413 rather than a reset), but only up to this
+// much; beyond it the connection is closed.
+constexpr std::size_t kMaxDiscardBytes = 64 * 1024 * 1024;
+
+std::string lower(std::string s) {
+  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+bool constant_time_equal(const std::string& a, const std::string& b) {
+  // Compares every byte of the longer input, so the time does not depend on
+  // where the first difference is (the length still shows).
+  const std::size_t n = std::max(a.size(), b.size());
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (std::size_t i = 0; i < n; ++i) {
+    const unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
+    const unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
+    diff |= static_cast<unsigned char>(x ^ y);
+  }
+  return diff == 0;
+}
+
+// Percent-decoding for the path and the query, except that %00 stays as the
+// three characters: the path reaches us as a C string, and a decoded NUL
+// would silently cut it.
+size_t unescape(void*, MHD_Connection*, char* s) {
+  auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  char* out = s;
+  for (const char* in = s; *in;) {
+    if (in[0] == '%' && hex(in[1]) >= 0 && hex(in[2]) >= 0 && !(in[1] == '0' && in[2] == '0')) {
+      *out++ = static_cast<char>(hex(in[1]) * 16 + hex(in[2]));
+      in += 3;
+    } else {
+      *out++ = *in++;
+    }
+  }
+  *out = '\0';
+  return static_cast<size_t>(out - s);
+}
+
+// Segment-wise match; "{x}" matches one non-empty segment and is captured.
+bool matches(std::string_view tmpl, std::string_view path, std::map<std::string, std::string>& params) {
+  while (!tmpl.empty() || !path.empty()) {
+    if (tmpl.empty() || path.empty() || tmpl[0] != '/' || path[0] != '/') return false;
+    tmpl.remove_prefix(1);
+    path.remove_prefix(1);
+    const auto tseg = tmpl.substr(0, tmpl.find('/')), pseg = path.substr(0, path.find('/'));
+    if (tseg.starts_with('{')) {
+      if (pseg.empty()) return false;
+      params[std::string(tseg.substr(1, tseg.size() - 2))] = std::string(pseg);
+    } else if (tseg != pseg) {
+      return false;
+    }
+    tmpl.remove_prefix(tseg.size());
+    path.remove_prefix(pseg.size());
+  }
+  return true;
+}
+
+// "host:port", "[v6]:port" or "host" -> the host, lower-cased.
+std::string host_part(const std::string& v) {
+  if (!v.empty() && v[0] == '[') {
+    const auto close = v.find(']');
+    return close == std::string::npos ? v : lower(v.substr(1, close - 1));
+  }
+  const auto colon = v.find(':');
+  if (colon != std::string::npos && v.find(':', colon + 1) == std::string::npos) return lower(v.substr(0, colon));
+  return lower(v);
+}
+
+bool is_ip_literal(const std::string& h) {
+  unsigned char buf[sizeof(in6_addr)];
+  return ::inet_pton(AF_INET, h.c_str(), buf) == 1 || ::inet_pton(AF_INET6, h.c_str(), buf) == 1;
+}
+
+bool is_wildcard(const std::string& h) { return h == "0.0.0.0" || h == "::" || h.empty(); }
+
+std::string read_file(const std::string& path, std::string& error) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream os;
+  os << in.rdbuf();
+  if (!in) error = "cannot read " + path + ": " + std::strerror(errno);
+  return os.str();
+}
+
+std::string address_text(const sockaddr* sa) {
+  if (!sa) return "";
+  char buf[INET6_ADDRSTRLEN] = "";
+  if (sa->sa_family == AF_INET)
+    ::inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(sa)->sin_addr, buf, sizeof buf);
+  else if (sa->sa_family == AF_INET6)
+    ::inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr, buf, sizeof buf);
+  return buf;
+}
+
+void log_from_library(void*, const char* fmt, va_list ap) {
+  char buf[512];
+  std::vsnprintf(buf, sizeof buf, fmt, ap);
+  std::string s(buf);
+  while (!s.empty() && s.back() == '\n') s.pop_back();
+  spdlog::debug("http: {}", s);
+}
+
+}  // namespace
+
+std::string Request::header(const std::string& lower_name) const {
+  auto it = headers.find(lower_name);
+  return it == headers.end() ? std::string() : it->second;
+}
+
+std::string Request::param(const std::string& name) const {
+  auto it = params.find(name);
+  return it == params.end() ? std::string() : it->second;
+}
+
+Response json_response(int status, const nlohmann::json& body) {
+  Response r;
+  r.status = status;
+  r.body = dump_json(body) + "\n";
+  return r;
+}
+
+Response error_response(int status, const std::string& code, const std::string& message) {
+  return json_response(status, nlohmann::json{{"error", {{"code", code}, {"message", message}}}});
+}
+
+Status check_listen(const std::string& listen, const std::string& token, const std::string& section) {
+  auto hp = config::split_listen(listen);
+  if (!hp) return make_error(Errc::invalid_argument, section + " listen '" + listen + "' is not HOST:PORT");
+  if (!config::is_loopback(hp->first) && token.empty())
+    return make_error(Errc::invalid_argument,
+                      "refusing to listen on " + listen + ": it is not a loopback address and " + section +
+                          " token is not set; set a token, or listen on 127.0.0.1");
+  return {};
+}
+
+struct Server::Pending {
+  Request req;
+  const Route* route = nullptr;
+  std::string route_name = "unmatched";
+  std::optional<Response> refusal;
+  std::size_t discarded = 0;
+  bool answered = false;
+};
+
+Server::Server(Options opts, std::vector<Route> routes) : opts_(std::move(opts)), routes_(std::move(routes)) {}
+
+Server::~Server() {
+  stop();
+  if (listen_fd_ >= 0) ::close(listen_fd_);
+}
+
+Result<int> Server::bind() {
+  if (auto st = check_listen(opts_.listen, opts_.token, opts_.config_section); !st) return st.error();
+  const auto hp = config::split_listen(opts_.listen);
+  listen_host_ = lower(hp->first);
+  if (opts_.tls_cert.empty() != opts_.tls_key.empty())
+    return make_error(Errc::invalid_argument, "TLS needs both a certificate and a key file");
+  if (!opts_.tls_cert.empty()) {
+    if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
+      return make_error(Errc::invalid_argument, "this libmicrohttpd was built without TLS support");
+    std::string err;
+    tls_cert_pem_ = read_file(opts_.tls_cert, err);
+    tls_key_pem_ = read_file(opts_.tls_key, err);
+    if (!err.empty()) return make_error(Errc::invalid_argument, err);
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  const std::string port_text = std::to_string(hp->second);
+  if (int rc = ::getaddrinfo(hp->first.c_str(), port_text.c_str(), &hints, &res); rc != 0)
+    return make_error(Errc::invalid_argument, "cannot resolve listen address " + opts_.listen + ": " + gai_strerror(rc));
+  std::string why = "no address";
+  for (addrinfo* ai = res; ai && listen_fd_ < 0; ai = ai->ai_next) {
+    int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd < 0) continue;
+    int yes = 1;
+    // SO_REUSEADDR only: SO_REUSEPORT would let a second agent share the port.
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    if (::bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && ::listen(fd, 128) == 0) {
+      listen_fd_ = fd;
+    } else {
+      why = std::strerror(errno);
+      ::close(fd);
+    }
+  }
+  ::freeaddrinfo(res);
+  if (listen_fd_ < 0)
+    return make_error(Errc::io_error, "cannot listen on " + opts_.listen + ": " + why +
+                                          " (the address is in use or not available on this host)");
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&ss), &len);
+  port_ = ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
+                                         : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  return port_;
+}
+
+namespace {
+
+MHD_Result on_request(void* cls, MHD_Connection* c, const char* url, const char* method, const char*,
+                      const char* data, size_t* size, void** con_cls) {
+  auto* self = static_cast<Server*>(cls);
+  auto* p = static_cast<Server::Pending*>(*con_cls);
+  if (!p) {
+    *con_cls = self->begin(c, url, method);
+    return MHD_YES;
+  }
+  if (*size > 0) {
+    const bool keep = self->take(*p, data, *size);
+    *size = 0;
+    return keep ? MHD_YES : MHD_NO;
+  }
+  self->answer(c, *p);
+  return MHD_YES;
+}
+
+void on_completed(void* cls, MHD_Connection*, void** con_cls, MHD_RequestTerminationCode) {
+  static_cast<Server*>(cls)->finished(static_cast<Server::Pending*>(*con_cls));
+  *con_cls = nullptr;
+}
+
+}  // namespace
+
+Status Server::start() {
+  if (listen_fd_ < 0) return make_error(Errc::internal, "start() before a successful bind()");
+  // poll(), not epoll: libmicrohttpd 0.9.75 with epoll does not notice a
+  // client's half-close and holds the connection until the idle timeout.
+  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_POLL;
+  if (!tls_cert_pem_.empty()) flags |= MHD_USE_TLS;
+  std::vector<MHD_OptionItem> o = {
+      {MHD_OPTION_LISTEN_SOCKET, listen_fd_, nullptr},
+      {MHD_OPTION_THREAD_POOL_SIZE, static_cast<intptr_t>(opts_.threads), nullptr},
+      {MHD_OPTION_CONNECTION_LIMIT, static_cast<intptr_t>(opts_.max_connections), nullptr},
+      {MHD_OPTION_CONNECTION_TIMEOUT, static_cast<intptr_t>(opts_.idle_timeout_seconds), nullptr},
+      {MHD_OPTION_CONNECTION_MEMORY_LIMIT, 64 * 1024, nullptr},
+      {MHD_OPTION_STRICT_FOR_CLIENT, 1, nullptr},
+      {MHD_OPTION_NOTIFY_COMPLETED, reinterpret_cast<intptr_t>(&on_completed), this},
+      {MHD_OPTION_UNESCAPE_CALLBACK, reinterpret_cast<intptr_t>(&unescape), nullptr},
+      {MHD_OPTION_EXTERNAL_LOGGER, reinterpret_cast<intptr_t>(&log_from_library), nullptr},
+  };
+  if (!tls_cert_pem_.empty()) {
+    o.push_back({MHD_OPTION_HTTPS_MEM_CERT, 0, tls_cert_pem_.data()});
+    o.push_back({MHD_OPTION_HTTPS_MEM_KEY, 0, tls_key_pem_.data()});
+  }
+  o.push_back({MHD_OPTION_END, 0, nullptr});
+  daemon_ = MHD_start_daemon(flags | MHD_USE_ERROR_LOG, 0, nullptr, nullptr, &on_request, this, MHD_OPTION_ARRAY,
+                             o.data(), MHD_OPTION_END);
+  if (!daemon_) return make_error(Errc::io_error, "cannot start the HTTP server on " + opts_.listen);
+  listen_fd_ = -1;  // the daemon owns it now
+  return {};
+}
+
+void Server::stop() {
+  if (!daemon_) return;
+  const MHD_socket fd = MHD_quiesce_daemon(daemon_);  // no new connections
+  {
+    std::unique_lock lock(mu_);
+    idle_.wait_for(lock, std::chrono::seconds(30), [this] { return in_flight_ == 0; });
+  }
+  MHD_stop_daemon(daemon_);
+  daemon_ = nullptr;
+  if (fd != MHD_INVALID_SOCKET) ::close(fd);
+}
+
+const Route* Server::match(const Request& req, std::map<std::string, std::string>& params,
+                           std::string& allow) const {
+  const Route* found = nullptr;
+  for (const auto& r : routes_) {
+    std::map<std::string, std::string> p;
+    if (!matches(r.pattern, req.path, p)) continue;
+    if (allow.find(r.method) == std::string::npos) allow += (allow.empty() ? "" : ", ") + r.method;
+    if (!found && r.method == req.method) {
+      found = &r;
+      params = std::move(p);
+    }
+  }
+  return found;
+}
+
+bool Server::host_allowed(const std::string& host_header) const {
+  const std::string h = host_part(host_header);
+  if (h == "localhost" || h == listen_host_) return true;
+  for (const auto& a : opts_.allowed_hosts)
+    if (lower(a) == h) return true;
+  if (config::is_loopback(listen_host_) && config::is_loopback(h) && is_ip_literal(h)) return true;
+  return is_wildcard(listen_host_) && is_ip_literal(h);
+}
+
+std::optional<Response> Server::refuse_early(const Request& req, bool has_body, const Route* route,
+                                             const std::string& allow) const {
+  if (req.headers.count("host") && !host_allowed(req.header("host")))
+    return error_response(403, "forbidden",
+                          "Host '" + req.header("host") + "' is not this server's address (" + opts_.listen +
+                              ") or localhost; requests through other names are refused (DNS rebinding)");
+  if (req.headers.count("origin")) {
+    const auto& o = opts_.allowed_origins;
+    if (std::find(o.begin(), o.end(), req.header("origin")) == o.end())
+      return error_response(403, "forbidden",
+                            "cross-origin request from '" + req.header("origin") +
+                                "' refused; list the origin in " + opts_.config_section + " allowed_origins");
+  }
+  if (!opts_.token.empty() && !constant_time_equal(req.header("authorization"), "Bearer " + opts_.token)) {
+    auto r = error_response(401, "unauthorized", "a valid bearer token is required (Authorization: Bearer <token>)");
+    r.headers.emplace_back("WWW-Authenticate", "Bearer");
+    return r;
+  }
+  if (allow.empty()) return error_response(404, "not_found", "no route " + req.method + " " + req.path);
+  if (!route) {
+    auto r = error_response(405, "method_not_allowed",
+                            req.method + " is not allowed on " + req.path + "; allowed: " + allow);
+    r.headers.emplace_back("Allow", allow);
+    return r;
+  }
+  if (!has_body) return std::nullopt;
+  if (route->body == BodyRule::none)
+    return error_response(400, "invalid_argument", req.method + " " + route->pattern + " takes no request body");
+  const std::string ct = lower(req.header("content-type"));
+  const std::string media = ct.substr(0, ct.find(';'));
+  if (media.find_first_not_of(' ') == std::string::npos ||
+      media.substr(0, media.find_last_not_of(' ') + 1) != "application/json")
+    return error_response(415, "unsupported_media_type",
+                          "a request body must be JSON, sent with Content-Type: application/json");
+  const std::string cl = req.header("content-length");
+  if (!cl.empty() && (cl.size() > 15 || std::stoull(cl) > opts_.max_body_bytes))
+    return error_response(413, "payload_too_large",
+                          "request body exceeds the limit of " + std::to_string(opts_.max_body_bytes) + " bytes");
+  return std::nullopt;
+}
+
+Server::Pending* Server::begin(void* connection, const char* url, const char* method) {
+  auto* c = static_cast<MHD_Connection*>(connection);
+  auto p = std::make_unique<Pending>();
+  Request& req = p->req;
+  req.method = method;
+  req.path = url;
+  std::set<std::string> repeated;
+  struct Ctx {
+    Request* req;
+    std::set<std::string>* repeated;
+  } ctx{&req, &repeated};
+  MHD_get_connection_values(
+      c, MHD_HEADER_KIND,
+      [](void* cls, MHD_ValueKind, const char* k, const char* v) -> MHD_Result {
+        auto* x = static_cast<Ctx*>(cls);
+        const std::string name = lower(k);
+        if (!x->req->headers.emplace(name, v ? v : "").second) x->repeated->insert(name);
+        return MHD_YES;
+      },
+      &ctx);
+  MHD_get_connection_values_n(
+      c, MHD_GET_ARGUMENT_KIND,
+      [](void* cls, MHD_ValueKind, const char* k, size_t kn, const char* v, size_t vn) -> MHD_Result {
+        static_cast<Request*>(cls)->query[std::string(k, kn)] = v ? std::string(v, vn) : std::string();
+        return MHD_YES;
+      },
+      &req);
+  if (const auto* info = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS))
+    req.remote_addr = address_text(info->client_addr);
+
+  std::string allow;
+  p->route = match(req, req.params, allow);
+  if (p->route) p->route_name = p->route->pattern;
+  const std::string cl = req.header("content-length");
+  const bool has_body =
+      req.headers.count("transfer-encoding") || (!cl.empty() && cl.find_first_not_of('0') != std::string::npos);
+  for (const char* h : {"host", "origin", "authorization", "content-type", "content-length", "transfer-encoding"})
+    if (repeated.count(h)) p->refusal = error_response(400, "invalid_argument", std::string("repeated ") + h + " header");
+  if (cl.find_first_not_of("0123456789") != std::string::npos)
+    p->refusal = error_response(400, "invalid_argument", "malformed Content-Length");
+  if (!p->refusal) p->refusal = refuse_early(req, has_body, p->route, allow);
+  {
+    std::lock_guard lock(mu_);
+    ++in_flight_;
+  }
+  return p.release();
+}
+
+bool Server::take(Pending& p, const char* data, std::size_t size) {
+  if (!p.refusal && p.route && p.route->body == BodyRule::none)
+    p.refusal = error_response(400, "invalid_argument", p.req.method + " " + p.route->pattern + " takes no request body");
+  if (!p.refusal && p.req.body.size() + size > opts_.max_body_bytes) {
+    p.refusal = error_response(413, "payload_too_large",
+                               "request body exceeds the limit of " + std::to_string(opts_.max_body_bytes) + " bytes");
+    std::string().swap(p.req.body);
+  }
+  if (p.refusal) {
+    p.discarded += size;
+    return p.discarded <= kMaxDiscardBytes;
+  }
+  p.req.body.append(data, size);
+  return true;
+}
+
+void Server::answer(void* connection, Pending& p) {
+  auto* c = static_cast<MHD_Connection*>(connection);
+  Response res;
+  if (p.refusal) {
+    res = std::move(*p.refusal);
+  } else {
+    try {
+      res = p.route->handler(p.req);
+    } catch (const std::exception& e) {
+      spdlog::error("HTTP handler for {} {} failed: {}", p.req.method, p.route->pattern, e.what());
+      res = error_response(500, "internal", std::string("internal error: ") + e.what());
+    } catch (...) {
+      res = error_response(500, "internal", "internal error");
+    }
+  }
+  const auto& origins = opts_.allowed_origins;
+  if (p.req.headers.count("origin") &&
+      std::find(origins.begin(), origins.end(), p.req.header("origin")) != origins.end()) {
+    res.headers.emplace_back("Access-Control-Allow-Origin", p.req.header("origin"));
+    res.headers.emplace_back("Vary", "Origin");
+  }
+  // The body is handed over, not copied (a 1,000-instance list is 200 KB).
+  auto* owned = new std::string(std::move(res.body));
+  MHD_Response* r = MHD_create_response_from_buffer_with_free_callback_cls(
+      owned->size(), owned->data(), [](void* cls) { delete static_cast<std::string*>(cls); }, owned);
+  if (!res.content_type.empty()) MHD_add_response_header(r, "Content-Type", res.content_type.c_str());
+  for (const auto& [k, v] : res.headers) MHD_add_response_header(r, k.c_str(), v.c_str());
+  MHD_queue_response(c, static_cast<unsigned>(res.status), r);
+  MHD_destroy_response(r);
+  p.answered = true;
+  if (opts_.on_response) opts_.on_response(p.req, p.route_name, res.status);
+}
+
+void Server::finished(Pending* p) {
+  if (!p) return;
+  delete p;
+  std::lock_guard lock(mu_);
+  if (--in_flight_ == 0) idle_.notify_all();
+}
+
+}  // namespace virtcap::http

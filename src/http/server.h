@@ -1,0 +1,129 @@
+// A small, hardened HTTP/JSON server on GNU libmicrohttpd (docs/design.md has
+// why). It owns every rule that does not depend on the application: the
+// bearer token (constant-time compare), Host and Origin checks, the JSON
+// Content-Type rule, body limits counted as bytes arrive (chunked included),
+// JSON error bodies, 404 and 405 with Allow. Applications (the agent API, the
+// fleet service) add routes.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "virtcap/error.h"
+
+struct MHD_Daemon;
+
+namespace virtcap::http {
+
+struct Request {
+  std::string method;
+  std::string path;                            // percent-decoded (a %00 stays literal)
+  std::map<std::string, std::string> query;    // decoded
+  std::map<std::string, std::string> headers;  // names lower-cased
+  std::map<std::string, std::string> params;   // {name} segments of the route
+  std::string body;
+  std::string remote_addr;
+  std::string header(const std::string& lower_name) const;
+  std::string param(const std::string& name) const;
+};
+
+struct Response {
+  int status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;
+};
+
+// A JSON response: the value dumped with the replacing helper, plus "\n".
+Response json_response(int status, const nlohmann::json& body);
+// {"error": {"code": code, "message": message}}
+Response error_response(int status, const std::string& code, const std::string& message);
+
+// Whether a route takes a request body. A body-less route refuses any body
+// byte (400); a JSON route requires Content-Type: application/json (415).
+enum class BodyRule { none, json };
+
+struct Route {
+  std::string method;
+  std::string pattern;  // "/v1/instances/{id}": {x} matches one non-empty segment
+  BodyRule body = BodyRule::none;
+  std::function<Response(const Request&)> handler;
+};
+
+struct Options {
+  std::string listen = "127.0.0.1:0";  // HOST:PORT; port 0: any free port
+  std::string token;                    // bearer token every request must carry, when set
+  std::vector<std::string> allowed_origins;  // an Origin header must be one of these
+  std::vector<std::string> allowed_hosts;    // Host names accepted besides the listen host and localhost
+  std::size_t max_body_bytes = 1024 * 1024;
+  std::string tls_cert, tls_key;  // PEM files; both set: HTTPS
+  // Polling threads (libmicrohttpd's pool). A connection stays on the thread
+  // that accepted it, so a long handler delays the other connections of
+  // that thread (not the whole server).
+  unsigned threads = 8;
+  unsigned max_connections = 256;
+  unsigned idle_timeout_seconds = 10;
+  // Called once per answered request (metrics, logs); route is the matched
+  // pattern or "unmatched".
+  std::function<void(const Request&, const std::string& route, int status)> on_response;
+  // What the listen check names in its refusal, e.g. "[api]".
+  std::string config_section = "[api]";
+};
+
+// The one rule for where a server may listen: a non-loopback address needs a
+// token. invalid_argument (naming `section`) when refused or malformed.
+Status check_listen(const std::string& listen, const std::string& token, const std::string& section);
+
+class Server {
+ public:
+  Server(Options opts, std::vector<Route> routes);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Checks the listen address (check_listen), binds and listens; returns
+  // the bound port. Then start().
+  Result<int> bind();
+  // Serves on the library's threads; returns once accepting.
+  Status start();
+  // Stops accepting, lets in-flight requests finish (up to 30 s), closes
+  // every connection. Idempotent.
+  void stop();
+
+  // Implementation detail, public for the C callbacks.
+  struct Pending;
+  void answer(void* connection, Pending& p);
+  Pending* begin(void* connection, const char* url, const char* method);
+  bool take(Pending& p, const char* data, std::size_t size);  // false: close the connection
+  void finished(Pending* p);
+
+ private:
+  // The route for req's method and path (params filled), and in `allow`
+  // every method the path has.
+  const Route* match(const Request& req, std::map<std::string, std::string>& params, std::string& allow) const;
+  std::optional<Response> refuse_early(const Request& req, bool has_body, const Route* route,
+                                       const std::string& allow) const;
+  bool host_allowed(const std::string& host) const;
+
+  Options opts_;
+  std::vector<Route> routes_;
+  std::string listen_host_;
+  int listen_fd_ = -1;
+  int port_ = 0;
+  std::string tls_cert_pem_, tls_key_pem_;
+  MHD_Daemon* daemon_ = nullptr;
+  std::mutex mu_;
+  std::condition_variable idle_;
+  unsigned in_flight_ = 0;
+};
+
+}  // namespace virtcap::http

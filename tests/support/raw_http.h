@@ -1,0 +1,116 @@
+// Raw bytes to an HTTP server over a loopback socket, for requests no
+// well-behaved client would send (newlines and invalid UTF-8 in paths, chunk
+// framing, hostile headers). Every read and write has a deadline.
+#pragma once
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <functional>
+#include <string>
+
+namespace virtcap::testing {
+
+struct RawAnswer {
+  bool connected = false;
+  bool timed_out = false;  // no answer and no close before the deadline
+  std::string text;        // everything the server sent until it closed
+  // The status of the first response, 0 if none.
+  int status() const {
+    if (text.size() < 12 || text.compare(0, 7, "HTTP/1.") != 0) return 0;
+    return std::atoi(text.substr(9, 3).c_str());
+  }
+  // The body of the last response in `text` (after the last blank line).
+  std::string body() const {
+    const auto at = text.rfind("\r\n\r\n");
+    return at == std::string::npos ? std::string() : text.substr(at + 4);
+  }
+};
+
+class RawConnection {
+ public:
+  explicit RawConnection(int port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ok_ = fd_ >= 0 && ::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  }
+  ~RawConnection() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  RawConnection(const RawConnection&) = delete;
+  RawConnection& operator=(const RawConnection&) = delete;
+  bool ok() const { return ok_; }
+
+  // Writes all of `data` before the deadline; false if the server closed or
+  // stopped reading.
+  bool send(const std::string& data, std::chrono::milliseconds deadline = std::chrono::seconds(30)) {
+    const auto end = std::chrono::steady_clock::now() + deadline;
+    std::size_t done = 0;
+    while (ok_ && done < data.size()) {
+      pollfd p{fd_, POLLOUT, 0};
+      if (::poll(&p, 1, remaining(end)) <= 0) return false;
+      const ssize_t n = ::send(fd_, data.data() + done, data.size() - done, MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      done += static_cast<std::size_t>(n);
+    }
+    return ok_;
+  }
+  // Half-closes our side, then reads until the server closes or the deadline.
+  RawAnswer finish(std::chrono::milliseconds deadline = std::chrono::seconds(30), bool half_close = true) {
+    RawAnswer a;
+    a.connected = ok_;
+    if (!ok_) return a;
+    if (half_close) ::shutdown(fd_, SHUT_WR);
+    const auto end = std::chrono::steady_clock::now() + deadline;
+    char buf[65536];
+    while (true) {
+      pollfd p{fd_, POLLIN, 0};
+      const int rc = ::poll(&p, 1, remaining(end));
+      if (rc == 0) {
+        a.timed_out = true;
+        break;
+      }
+      if (rc < 0) break;
+      const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      a.text.append(buf, static_cast<std::size_t>(n));
+    }
+    return a;
+  }
+
+ private:
+  static int remaining(std::chrono::steady_clock::time_point end) {
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now()).count();
+    return ms < 0 ? 0 : static_cast<int>(ms);
+  }
+  int fd_ = -1;
+  bool ok_ = false;
+};
+
+// One request, "Connection: close" style: send, half-close, read to the end.
+inline RawAnswer raw_exchange(int port, const std::string& bytes,
+                              std::chrono::milliseconds deadline = std::chrono::seconds(30)) {
+  RawConnection c(port);
+  if (!c.send(bytes, deadline)) {
+    auto a = c.finish(deadline);
+    return a;
+  }
+  return c.finish(deadline);
+}
+
+// "GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n" + extra headers + body framing.
+inline std::string request_text(const std::string& method, const std::string& target, const std::string& headers = "",
+                                const std::string& body = "", const std::string& host = "127.0.0.1") {
+  std::string r = method + " " + target + " HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n" + headers;
+  if (!body.empty()) r += "Content-Length: " + std::to_string(body.size()) + "\r\n";
+  return r + "\r\n" + body;
+}
+
+}  // namespace virtcap::testing

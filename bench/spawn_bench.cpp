@@ -120,29 +120,36 @@ void BM_WarmBase(benchmark::State& state) {
 }
 BENCHMARK(BM_WarmBase)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
-// Arg 0: no fsync; arg 1: fsync the overlay, rename, fsync the directory (what
-// spawn does).
-void overlay_label(benchmark::State& state) { state.SetLabel(state.range(0) ? "fsync" : "no fsync"); }
+// Arg 0: no fsync; 1: fsync the overlay, then rename (what spawn does);
+// 2: also fsync the directory after the rename.
+imagecache::Durability durability(benchmark::State& state) {
+  using D = imagecache::Durability;
+  static constexpr D kLevels[] = {D::none, D::file, D::file_and_directory};
+  return kLevels[state.range(0)];
+}
+void overlay_label(benchmark::State& state) {
+  static const char* const kLabels[] = {"no fsync", "fsync file", "fsync file + dir"};
+  state.SetLabel(kLabels[state.range(0)]);
+}
 
 void BM_OverlayCreateQemuImg(benchmark::State& state) {
   auto& w = world();
   imagecache::BaseCache cache(w.cfg.instances_path(), "_base");
   auto base = imagecache::with_base(cache, "small", w.image_10m, [](const auto&) { return Status{}; });
   const std::string disk = (w.root / "overlay").string(), partial = disk + ".tmp-create";
-  const bool sync = state.range(0) != 0;
+  const auto d = durability(state);
   for (auto _ : state) {
     state.PauseTiming();
     fs::remove(disk);
     state.ResumeTiming();
     auto r = proc::run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base->base_path, partial});
     if (!r || r->exit_code != 0) state.SkipWithError("qemu-img create failed");
-    if (sync && !imagecache::fsync_file(partial).ok()) state.SkipWithError("fsync failed");
-    auto d = sync ? imagecache::Durability::fsync : imagecache::Durability::none;
+    if (d != imagecache::Durability::none && !imagecache::fsync_file(partial).ok()) state.SkipWithError("fsync failed");
     if (!imagecache::rename_into_place(partial, disk, d).ok()) state.SkipWithError("rename failed");
   }
   overlay_label(state);
 }
-BENCHMARK(BM_OverlayCreateQemuImg)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_OverlayCreateQemuImg)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 // The native writer as spawn runs it: the base's size (open + lseek), then
 // render, write, (fsync), rename, (fsync the directory).
@@ -151,7 +158,7 @@ void BM_OverlayCreateNative(benchmark::State& state) {
   imagecache::BaseCache cache(w.cfg.instances_path(), "_base");
   auto base = imagecache::with_base(cache, "small", w.image_10m, [](const auto&) { return Status{}; });
   const std::string disk = (w.root / "overlay").string();
-  const auto d = state.range(0) ? imagecache::Durability::fsync : imagecache::Durability::none;
+  const auto d = durability(state);
   for (auto _ : state) {
     state.PauseTiming();
     fs::remove(disk);
@@ -161,7 +168,7 @@ void BM_OverlayCreateNative(benchmark::State& state) {
   }
   overlay_label(state);
 }
-BENCHMARK(BM_OverlayCreateNative)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_OverlayCreateNative)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 void BM_DefineStart(benchmark::State& state) {
   auto& w = world();
@@ -228,7 +235,9 @@ int main(int argc, char** argv) {
         "cold fetch vs cp + sync FILE, 1 GiB"},
        {"BM_OverlayCreateQemuImg/1/real_time", "BM_WarmBase/real_time", "warm base vs overlay creation (qemu-img)"},
        {"BM_OverlayCreateQemuImg/1/real_time", "BM_OverlayCreateNative/1/real_time",
-        "overlay creation, native vs qemu-img, fsync"},
+        "overlay creation, native vs qemu-img, fsync file"},
+       {"BM_OverlayCreateQemuImg/2/real_time", "BM_OverlayCreateNative/2/real_time",
+        "overlay creation, native vs qemu-img, fsync file + dir"},
        {"BM_OverlayCreateQemuImg/0/real_time", "BM_OverlayCreateNative/0/real_time",
         "overlay creation, native vs qemu-img, no fsync"},
        {"BM_SpawnWarm/1/real_time", "BM_SpawnWarm/0/real_time", "warm spawn, native vs qemu-img writer"}});

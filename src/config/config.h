@@ -89,7 +89,7 @@ struct non_empty {
     "Longest wait between reconnection attempts after the hypervisor went away.")                 \
   O(std::string, overlay_writer, "native", check::one_of{"native|qemu-img"},                      \
     "How spawn creates an instance's qcow2 overlay on its base: native (written in-process) or "  \
-    "qemu-img (runs `qemu-img create`). Both fsync the overlay and its directory.")
+    "qemu-img (runs `qemu-img create`). Both fsync the overlay before renaming it into place.")
 
 #define VIRTCAP_CONFIG_IMAGES(O)                                                                  \
   O(std::string, path, "", check::abs_path{.allow_empty = true},                                  \

@@ -217,7 +217,7 @@ Status write_and_sync(const std::string& tmp, const OverlayImage& image, Durabil
   if (fd.get() < 0) return io_error("cannot create " + tmp, errno);
   created = true;
   if (Status st = write_overlay_fd(fd.get(), image, tmp); !st) return st;
-  if (durability == Durability::fsync && ::fsync(fd.get()) != 0) return io_error("cannot fsync " + tmp, errno);
+  if (durability != Durability::none && ::fsync(fd.get()) != 0) return io_error("cannot fsync " + tmp, errno);
   if (fd.close_checked() != 0) return io_error("cannot close " + tmp, errno);
   return {};
 }
@@ -239,7 +239,7 @@ Status rename_into_place(const std::string& tmp, const std::string& path, Durabi
                       "cannot rename " + tmp + " to " + path + ": " + std::strerror(err) +
                           (err == EEXIST ? " (an existing disk is never replaced)" : ""));
   }
-  if (durability == Durability::none) return {};
+  if (durability != Durability::file_and_directory) return {};
   const std::string dir = std::filesystem::path(path).parent_path().string();
   return fsync_dir(dir.empty() ? "." : dir);
 }

@@ -68,22 +68,26 @@ Result<OverlayImage> render_overlay(const OverlaySpec& spec);
 Status write_overlay_fd(int fd, const OverlayImage& image, const std::string& path_for_errors);
 
 enum class Durability {
-  fsync,  // fsync the file before the rename and the directory after it
-  none,   // neither (benchmarks and callers that sync later)
+  none,                // no fsync (benchmarks, callers that sync later)
+  file,                // fsync the file before the rename: the final name never
+                       // refers to a partly written image (what spawn uses)
+  file_and_directory,  // also fsync the directory after the rename, so the
+                       // name itself survives a crash
 };
 
 // Creates `path` as an overlay: writes `path`.tmp-overlay (".tmp-" is the
-// image cache's temporary-file marker, see base_cache.h) (O_EXCL, mode 0644
-// before umask), fsyncs it, renames it to `path` without replacing anything
-// already there (already_exists), then fsyncs the directory. On any error the
+// image cache's temporary-file marker, see base_cache.h) with O_EXCL and mode
+// 0644 (before umask), fsyncs it (Durability::file and up), renames it to
+// `path` without replacing anything already there (already_exists), then
+// fsyncs the directory (Durability::file_and_directory). On any error the
 // temporary file is removed and `path` is untouched.
-Status create_overlay(const std::string& path, const OverlaySpec& spec, Durability durability = Durability::fsync);
+Status create_overlay(const std::string& path, const OverlaySpec& spec, Durability durability = Durability::file);
 
 // The last steps of create_overlay, for a file written some other way (the
 // `qemu-img create` path): fsync_file() opens `path` and fsyncs it;
 // rename_into_place() renames `tmp` to `path` without replacing an existing
-// file (already_exists; `tmp` is then removed) and, with Durability::fsync,
-// fsyncs the directory of `path`.
+// file (already_exists; `tmp` is then removed) and, with
+// Durability::file_and_directory, fsyncs the directory of `path`.
 Status fsync_file(const std::string& path);
 Status rename_into_place(const std::string& tmp, const std::string& path, Durability durability);
 

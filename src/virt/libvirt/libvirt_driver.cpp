@@ -102,15 +102,20 @@ Result<std::optional<DriverInstance>> describe(virDomainPtr d) {
 
 // The instance's disk: an empty qcow2 overlay on the cached base, written
 // under a temporary name (so an image-cache pass never reads a half-written
-// header), fsynced, renamed into place and the directory fsynced, by either
-// writer ([libvirt] overlay_writer).
+// header), fsynced and renamed into place, by either writer ([libvirt]
+// overlay_writer). The directory is not fsynced: the instance directory
+// itself (mkdir above) is not either, so that would not make the disk's name
+// durable; what the fsync guarantees is that `disk` never names a partly
+// written image.
+constexpr auto kOverlayDurability = imagecache::Durability::file;
+
 Status create_overlay_disk(OverlayWriter writer, const std::string& base_path, ImageFormat format,
                            const std::string& disk) {
   const std::string fmt(to_string(format));
   if (writer == OverlayWriter::native) {
     auto spec = imagecache::overlay_spec_for_base(base_path, fmt);
     if (!spec) return spec.error();
-    return imagecache::create_overlay(disk, *spec, imagecache::Durability::fsync);
+    return imagecache::create_overlay(disk, *spec, kOverlayDurability);
   }
   const std::string partial = disk + std::string(imagecache::kTempMarker) + "create";
   auto r = proc::run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", base_path, partial});
@@ -123,7 +128,7 @@ Status create_overlay_disk(OverlayWriter writer, const std::string& base_path, I
     ::unlink(partial.c_str());
     return st;
   }
-  return imagecache::rename_into_place(partial, disk, imagecache::Durability::fsync);
+  return imagecache::rename_into_place(partial, disk, kOverlayDurability);
 }
 
 }  // namespace

@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <mutex>
 #include <random>
@@ -246,6 +248,48 @@ TEST(Qcow2Writer, WritesOnlyMetadataAndTheFileIsSparse) {
   ASSERT_EQ(::stat(disk.c_str(), &st), 0);
   EXPECT_EQ(st.st_size, 4 * 65536) << "header, refcount table, refcount block, one L1 cluster";
   EXPECT_EQ(st.st_mode & 0777, 0644u & ~[] { mode_t m = ::umask(0); ::umask(m); return m; }());
+}
+
+// ---- fault injection: strace makes one syscall fail --------------------------
+
+// Runs only as the child of FaultInjection below (VIRTCAP_FAULT_DIR set): one
+// create_overlay() under strace's injected failure, then the checks that it
+// failed cleanly, reported on stdout for the parent.
+TEST(Qcow2WriterFaultChild, CreateOverlayUnderInjectedFault) {
+  const char* dir = std::getenv("VIRTCAP_FAULT_DIR");
+  if (!dir) GTEST_SKIP() << "run by Qcow2Writer.InjectedSyscallFailuresLeaveNothingBehind";
+  const std::string disk = std::string(dir) + "/disk";
+  auto st = create_overlay(disk, OverlaySpec{"/base", "raw", 1 * kMiB});
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code, Errc::io_error);
+  EXPECT_FALSE(fs::exists(disk));
+  EXPECT_FALSE(fs::exists(disk + ".tmp-overlay"));
+  std::printf("FAULT-MESSAGE: %s\n", st.error().message.c_str());
+}
+
+TEST(Qcow2Writer, InjectedSyscallFailuresLeaveNothingBehind) {
+  struct Case {
+    const char* inject;
+    const char* says;
+  };
+  for (const Case& c : {Case{"fsync:error=EIO", "cannot fsync"}, Case{"pwrite64:error=ENOSPC", "cannot write"},
+                        Case{"ftruncate:error=EFBIG", "cannot extend"}, Case{"close:error=EIO", "cannot close"},
+                        Case{"renameat2:error=EIO", "cannot rename"}}) {
+    SCOPED_TRACE(c.inject);
+    TempDir dir("virtcap-qcow2w-fault");
+    proc::Output out;
+    const std::string self = fs::read_symlink("/proc/self/exe").string();
+    const std::string syscall = std::string(c.inject).substr(0, std::string(c.inject).find(':'));
+    // -P: only the calls on the temporary file (close, say, is everywhere).
+    ASSERT_EQ(run_ok({"strace", "-f", "-o", "/dev/null", "-P", dir.sub("disk.tmp-overlay"), "-e", "trace=" + syscall,
+                      "-e", std::string("inject=") + c.inject, "env", "VIRTCAP_FAULT_DIR=" + dir.str(), self,
+                      "--gtest_filter=Qcow2WriterFaultChild.CreateOverlayUnderInjectedFault"},
+                     &out),
+              "");
+    EXPECT_NE(out.out.find("[  PASSED  ] 1 test"), std::string::npos) << out.out;
+    EXPECT_NE(out.out.find(std::string("FAULT-MESSAGE: ") + c.says), std::string::npos) << out.out;
+    EXPECT_TRUE(testing::tree(dir.str()).empty());
+  }
 }
 
 // ---- invalid input: clear errors, nothing written -----------------------------

@@ -2,8 +2,10 @@
 // and a 1 GiB image:
 //   cold base fetch (copy + fsync + rename under the base-file lock) against
 //   plain `cp` of the same file, the tool an operator would otherwise use;
-//   warm base (already cached: lock, stat, touch); overlay creation
-//   (qemu-img create); define + start; and the whole spawn.
+//   warm base (already cached: lock, stat, touch); overlay creation, native
+//   against `qemu-img create`, each with and without fsync (file + directory);
+//   define + start; and the whole warm spawn with either overlay writer
+//   ([libvirt] overlay_writer), both fsyncing the overlay and its directory.
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -14,6 +16,7 @@
 #include "common/subprocess.h"
 #include "config/config.h"
 #include "imagecache/base_cache.h"
+#include "imagecache/qcow2_writer.h"
 #include "ratio.h"
 #include "virt/libvirt/domain_xml.h"
 #include "virt/libvirt/libvirt_driver.h"
@@ -117,20 +120,55 @@ void BM_WarmBase(benchmark::State& state) {
 }
 BENCHMARK(BM_WarmBase)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
-void BM_OverlayCreate(benchmark::State& state) {
+// Arg 0: no fsync; 1: fsync the overlay, then rename (what spawn does);
+// 2: also fsync the directory after the rename.
+imagecache::Durability durability(benchmark::State& state) {
+  using D = imagecache::Durability;
+  static constexpr D kLevels[] = {D::none, D::file, D::file_and_directory};
+  return kLevels[state.range(0)];
+}
+void overlay_label(benchmark::State& state) {
+  static const char* const kLabels[] = {"no fsync", "fsync file", "fsync file + dir"};
+  state.SetLabel(kLabels[state.range(0)]);
+}
+
+void BM_OverlayCreateQemuImg(benchmark::State& state) {
   auto& w = world();
   imagecache::BaseCache cache(w.cfg.instances_path(), "_base");
   auto base = imagecache::with_base(cache, "small", w.image_10m, [](const auto&) { return Status{}; });
-  const std::string disk = (w.root / "overlay").string();
+  const std::string disk = (w.root / "overlay").string(), partial = disk + ".tmp-create";
+  const auto d = durability(state);
   for (auto _ : state) {
     state.PauseTiming();
     fs::remove(disk);
     state.ResumeTiming();
-    auto r = proc::run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base->base_path, disk});
+    auto r = proc::run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base->base_path, partial});
     if (!r || r->exit_code != 0) state.SkipWithError("qemu-img create failed");
+    if (d != imagecache::Durability::none && !imagecache::fsync_file(partial).ok()) state.SkipWithError("fsync failed");
+    if (!imagecache::rename_into_place(partial, disk, d).ok()) state.SkipWithError("rename failed");
   }
+  overlay_label(state);
 }
-BENCHMARK(BM_OverlayCreate)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_OverlayCreateQemuImg)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->UseRealTime();
+
+// The native writer as spawn runs it: the base's size (open + lseek), then
+// render, write, (fsync), rename, (fsync the directory).
+void BM_OverlayCreateNative(benchmark::State& state) {
+  auto& w = world();
+  imagecache::BaseCache cache(w.cfg.instances_path(), "_base");
+  auto base = imagecache::with_base(cache, "small", w.image_10m, [](const auto&) { return Status{}; });
+  const std::string disk = (w.root / "overlay").string();
+  const auto d = durability(state);
+  for (auto _ : state) {
+    state.PauseTiming();
+    fs::remove(disk);
+    state.ResumeTiming();
+    auto spec = imagecache::overlay_spec_for_base(base->base_path, "raw");
+    if (!spec || !imagecache::create_overlay(disk, *spec, d).ok()) state.SkipWithError("native overlay failed");
+  }
+  overlay_label(state);
+}
+BENCHMARK(BM_OverlayCreateNative)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 void BM_DefineStart(benchmark::State& state) {
   auto& w = world();
@@ -160,9 +198,12 @@ void BM_DefineStart(benchmark::State& state) {
 }
 BENCHMARK(BM_DefineStart)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
+// Arg 0: overlay_writer = native; arg 1: qemu-img.
 void BM_SpawnWarm(benchmark::State& state) {
   auto& w = world();
-  libvirt::LibvirtDriver drv(w.cfg);
+  config::Config cfg = w.cfg;
+  cfg.libvirt.overlay_writer = state.range(0) ? "qemu-img" : "native";
+  libvirt::LibvirtDriver drv(cfg);
   if (!drv.init_host("bench").ok()) return state.SkipWithError("init_host failed");
   int n = 0;
   for (auto _ : state) {
@@ -174,8 +215,9 @@ void BM_SpawnWarm(benchmark::State& state) {
     (void)drv.destroy(uuid);
     state.ResumeTiming();
   }
+  state.SetLabel(cfg.libvirt.overlay_writer);
 }
-BENCHMARK(BM_SpawnWarm)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_SpawnWarm)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 
@@ -191,5 +233,12 @@ int main(int argc, char** argv) {
         "cold fetch vs cp + sync FILE, 10 MiB"},
        {"BM_CpAndSync/1/min_time:8.000/real_time", "BM_ColdFetch/1/min_time:8.000/real_time",
         "cold fetch vs cp + sync FILE, 1 GiB"},
-       {"BM_OverlayCreate/real_time", "BM_WarmBase/real_time", "warm base vs overlay creation"}});
+       {"BM_OverlayCreateQemuImg/1/real_time", "BM_WarmBase/real_time", "warm base vs overlay creation (qemu-img)"},
+       {"BM_OverlayCreateQemuImg/1/real_time", "BM_OverlayCreateNative/1/real_time",
+        "overlay creation, native vs qemu-img, fsync file"},
+       {"BM_OverlayCreateQemuImg/2/real_time", "BM_OverlayCreateNative/2/real_time",
+        "overlay creation, native vs qemu-img, fsync file + dir"},
+       {"BM_OverlayCreateQemuImg/0/real_time", "BM_OverlayCreateNative/0/real_time",
+        "overlay creation, native vs qemu-img, no fsync"},
+       {"BM_SpawnWarm/1/real_time", "BM_SpawnWarm/0/real_time", "warm spawn, native vs qemu-img writer"}});
 }

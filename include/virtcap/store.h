@@ -2,13 +2,50 @@
 // see it.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
+#include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "virtcap/error.h"
 #include "virtcap/instance.h"
 
 namespace virtcap {
+
+// One page of a host's instance list, Nova-style: at most `limit` instances,
+// in the list's order (created_at, then uuid), starting after the instance
+// whose uuid is `marker` (empty: from the start). The marker may be a deleted
+// instance, so paging goes on when the last instance seen was deleted
+// meanwhile; it must be an instance of `host`.
+struct InstancePageQuery {
+  std::string host;
+  bool include_deleted = false;
+  std::size_t limit = 1000;
+  std::string marker;
+};
+
+// The most a page may hold, and the page size when a caller gives none.
+inline constexpr std::size_t kMaxInstancePage = 1000;
+
+// One instance handed to a visitor: views of the store's own row memory, valid
+// only during the visitor call (nothing is copied; copy what you keep).
+struct InstanceRowView {
+  std::string_view uuid, name, host, image_id;
+  int memory_mb = 0;
+  int vcpus = 0;
+  std::string_view vm_state, task_state;
+  std::int64_t created_at = 0, updated_at = 0, deleted_at = 0;
+};
+
+struct InstancePageInfo {
+  std::size_t rows = 0;     // instances visited
+  bool more = false;        // instances follow this page
+  std::string next_marker;  // the last visited uuid when `more`, else ""
+};
+
+using InstanceVisitor = std::function<void(const InstanceRowView&)>;
 
 class InstanceStore {
  public:
@@ -29,6 +66,20 @@ class InstanceStore {
   virtual Status update_instance(const InstanceRecord& record) = 0;
   // The instances of `host`, oldest first; deleted ones only if asked.
   virtual Result<std::vector<InstanceRecord>> list_instances(const std::string& host, bool include_deleted) = 0;
+
+  // Streams one page of list_instances() to `visit`, one instance at a time,
+  // from a single consistent read. invalid_argument when `limit` exceeds
+  // kMaxInstancePage or `marker` is not an instance of `host`. `visit` must
+  // not call back into the store. This default
+  // pages over list_instances(); a store that can stream rows overrides it.
+  virtual Result<InstancePageInfo> visit_instances(const InstancePageQuery& query, const InstanceVisitor& visit);
 };
+
+// The view of a record (for stores that hold InstanceRecords).
+InstanceRowView row_view(const InstanceRecord& r);
+// invalid_argument when query.limit exceeds kMaxInstancePage.
+Status check_page_query(const InstancePageQuery& query);
+// The error for a marker that is not an instance of the queried host.
+Error marker_not_found(const InstancePageQuery& query);
 
 }  // namespace virtcap

@@ -102,7 +102,10 @@ struct non_empty {
   O(std::string, network, "", check::any{},                                                       \
     "libvirt network for instance interfaces. Empty: user-mode networking (no host setup).")      \
   O(int, reconnect_max_backoff_seconds, 30, check::range(1, 3600),                                \
-    "Longest wait between reconnection attempts after the hypervisor went away.")
+    "Longest wait between reconnection attempts after the hypervisor went away.")                 \
+  O(std::string, overlay_writer, "native", check::one_of{"native|qemu-img"},                      \
+    "How spawn creates an instance's qcow2 overlay on its base: native (written in-process) or "  \
+    "qemu-img (runs `qemu-img create`). Both fsync the overlay before renaming it into place.")
 
 #define VIRTCAP_CONFIG_IMAGES(O)                                                                  \
   O(std::string, path, "", check::abs_path{.allow_empty = true},                                  \

@@ -56,6 +56,16 @@ remove_unused_base_images = false
   EXPECT_EQ(r->source, "t.toml");
 }
 
+TEST(Config, OverlayWriterIsNativeByDefaultAndOnlyNativeOrQemuImg) {
+  EXPECT_EQ(Config{}.libvirt.overlay_writer, "native");
+  auto r = parse("[libvirt]\noverlay_writer = \"qemu-img\"\n", "t.toml");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->libvirt.overlay_writer, "qemu-img");
+  const auto msg = error_of("[libvirt]\noverlay_writer = \"qemu_img\"\n");
+  EXPECT_NE(msg.find("overlay_writer"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("native"), std::string::npos) << msg;
+}
+
 TEST(Config, UnknownKeyNamesFileLineKeyAndTheKnownKeys) {
   const auto msg = error_of("[image_cache]\nmanager_interval = 10\nmanager_intervall = 5\n");
   EXPECT_NE(msg.find("/etc/virtcap/test.toml:3:"), std::string::npos) << msg;

@@ -2,6 +2,8 @@
 // daemon), with real qcow2 files from qemu-img.
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include "common/sha1.h"
 #include "compute/manager.h"
 #include "store/memory/memory_store.h"
@@ -22,9 +24,10 @@ struct Fixture {
   config::Config cfg;
   std::unique_ptr<LibvirtDriver> driver;
 
-  explicit Fixture(bool own_node = true) {
+  explicit Fixture(bool own_node = true, const std::string& overlay_writer = "native") {
     cfg.defaults.state_path = dir.str();
     cfg.defaults.host = "host-a";
+    cfg.libvirt.overlay_writer = overlay_writer;
     cfg.libvirt.uri = own_node ? "test://" + testing::write_test_node(dir) : "test:///default";
     std::filesystem::create_directories(cfg.images_path());
     driver = std::make_unique<LibvirtDriver>(cfg);
@@ -109,6 +112,48 @@ TEST(LibvirtDriver, SpawnMakesAQcow2OverlayOnTheSha1NamedBase) {
   auto all = f.driver->list_instances();
   ASSERT_TRUE(all.ok());
   ASSERT_EQ(all->size(), 1u);  // only virtcap's domains
+}
+
+// [libvirt] overlay_writer: the native writer (default) and qemu-img make
+// disks qemu-img describes alike, both clean, neither leaving a temporary.
+TEST(LibvirtDriver, BothOverlayWritersMakeEquivalentCleanDisks) {
+  std::map<std::string, nlohmann::json> infos;
+  for (const char* writer : {"native", "qemu-img"}) {
+    SCOPED_TRACE(writer);
+    Fixture f(true, writer);
+    testing::make_raw_image(f.image("cirros.raw"), "10M");
+    testing::make_qcow2_image(f.image("ubuntu.qcow2"), "3G");
+    ASSERT_TRUE(f.driver->spawn({kUuidA, "a", "cirros", 128, 1}).ok());
+    ASSERT_TRUE(f.driver->spawn({kUuidB, "b", "ubuntu", 128, 1}).ok());
+    for (const char* uuid : {kUuidA, kUuidB}) {
+      const std::string disk = f.driver->instance_dir(uuid) + "/disk";
+      testing::must_run({"qemu-img", "check", "--force-share", disk});
+      auto info = testing::qemu_img_info(disk);
+      for (const char* key : {"virtual-size", "backing-filename-format", "cluster-size", "format"})
+        infos[std::string(writer) + uuid + key] = info.at(key);
+      EXPECT_EQ(info.at("backing-filename"), f.base_of(uuid == std::string(kUuidA) ? "cirros" : "ubuntu"));
+      EXPECT_EQ(testing::tree(f.driver->instance_dir(uuid)), std::vector<std::string>{"disk"});
+    }
+  }
+  for (const char* uuid : {kUuidA, kUuidB})
+    for (const char* key : {"virtual-size", "backing-filename-format", "cluster-size", "format"})
+      EXPECT_EQ(infos[std::string("native") + uuid + key], infos[std::string("qemu-img") + uuid + key]) << key;
+  EXPECT_EQ(infos[std::string("native") + kUuidB + "virtual-size"], 3ll << 30);
+}
+
+// A cached qcow2 base that is no longer qcow2 (damaged after it was
+// fetched) fails the next spawn with the file named, and leaves no instance
+// directory behind.
+TEST(LibvirtDriver, NativeWriterRefusesADamagedBaseAndRollsBack) {
+  Fixture f;
+  testing::make_qcow2_image(f.image("ubuntu.qcow2"), "20M");
+  ASSERT_TRUE(f.driver->spawn({kUuidA, "a", "ubuntu", 128, 1}).ok());
+  std::filesystem::resize_file(f.base_of("ubuntu"), 0);
+  auto st = f.driver->spawn({kUuidB, "b", "ubuntu", 128, 1});
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code, Errc::invalid_argument);
+  EXPECT_NE(st.error().message.find(f.base_of("ubuntu")), std::string::npos) << st.error().message;
+  EXPECT_FALSE(std::filesystem::exists(f.driver->instance_dir(kUuidB)));
 }
 
 TEST(LibvirtDriver, Qcow2ImagesAreBackedAsQcow2AndTheBaseIsSharedAndTouched) {

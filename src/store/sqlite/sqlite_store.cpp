@@ -53,6 +53,9 @@ CREATE TABLE hosts (
 );
 CREATE INDEX hosts_instances_path ON hosts (instances_path);
 )sql"},
+    {2, "index for paged instance lists", R"sql(
+CREATE INDEX instances_host_order ON instances (host, created_at, uuid);
+)sql"},
 };
 
 constexpr int kLatestVersion = static_cast<int>(std::size(kMigrations));
@@ -69,6 +72,15 @@ constexpr const char* kGetInstance = "SELECT " VIRTCAP_INSTANCE_COLUMNS " FROM i
 constexpr const char* kListInstances = "SELECT " VIRTCAP_INSTANCE_COLUMNS
                                        " FROM instances WHERE host = ?1 AND (?2 != 0 OR deleted_at = 0)"
                                        " ORDER BY created_at, uuid";
+// Pages (visit_instances): the first, and the ones after a marker, so that
+// SQLite seeks straight to the marker in instances_host_order.
+constexpr const char* kPageFirst = "SELECT " VIRTCAP_INSTANCE_COLUMNS
+                                   " FROM instances WHERE host = ?1 AND (?2 != 0 OR deleted_at = 0)"
+                                   " ORDER BY created_at, uuid LIMIT ?3";
+constexpr const char* kPageAfter = "SELECT " VIRTCAP_INSTANCE_COLUMNS
+                                   " FROM instances WHERE host = ?1 AND (?2 != 0 OR deleted_at = 0)"
+                                   " AND (created_at, uuid) > (?4, ?5) ORDER BY created_at, uuid LIMIT ?3";
+constexpr const char* kMarkerPosition = "SELECT created_at, host FROM instances WHERE uuid = ?1";
 constexpr const char* kLiveOnHost =
     "SELECT " VIRTCAP_INSTANCE_COLUMNS " FROM instances WHERE host = ?1 AND deleted_at = 0";
 constexpr const char* kLiveNameHolder = "SELECT uuid FROM instances WHERE host = ?1 AND name = ?2 AND deleted_at = 0";
@@ -110,6 +122,24 @@ InstanceRecord read_record(const Stmt& st) {
   r.updated_at = st.int64(9);
   r.deleted_at = st.int64(10);
   return r;
+}
+
+// The current row as views of SQLite's column memory (valid until the next step).
+template <class Stmt>
+InstanceRowView read_view(const Stmt& st) {
+  InstanceRowView v;
+  v.uuid = st.view(0);
+  v.name = st.view(1);
+  v.host = st.view(2);
+  v.image_id = st.view(3);
+  v.memory_mb = static_cast<int>(st.int64(4));
+  v.vcpus = static_cast<int>(st.int64(5));
+  v.vm_state = st.view(6);
+  v.task_state = st.view(7);
+  v.created_at = st.int64(8);
+  v.updated_at = st.int64(9);
+  v.deleted_at = st.int64(10);
+  return v;
 }
 
 std::string hex(std::int64_t v) {
@@ -169,6 +199,12 @@ class SqliteStore::Stmt {
     const unsigned char* p = sqlite3_column_text(s_, col);
     if (p == nullptr) return {};
     return std::string(reinterpret_cast<const char*>(p), static_cast<std::size_t>(sqlite3_column_bytes(s_, col)));
+  }
+  // No copy: valid until the next step() or reset().
+  std::string_view view(int col) const {
+    const unsigned char* p = sqlite3_column_text(s_, col);
+    if (p == nullptr) return {};
+    return {reinterpret_cast<const char*>(p), static_cast<std::size_t>(sqlite3_column_bytes(s_, col))};
   }
   std::int64_t int64(int col) const { return sqlite3_column_int64(s_, col); }
 
@@ -538,6 +574,51 @@ Result<std::vector<InstanceRecord>> SqliteStore::list_instances(const std::strin
   while ((rc = st->step()) == SQLITE_ROW) out.push_back(read_record(*st));
   if (rc != SQLITE_DONE) return failure(rc, "listing the instances of host " + host);
   return out;
+}
+
+Result<InstancePageInfo> SqliteStore::visit_instances(const InstancePageQuery& query, const InstanceVisitor& visit) {
+  if (Status st = check_page_query(query); !st) return st.error();
+  std::lock_guard lock(mu_);
+  Txn txn(*this);  // the marker's position and the page from one snapshot
+  if (auto st = txn.begin_read(); !st) return st.error();
+  std::int64_t marker_created = 0;
+  if (!query.marker.empty()) {
+    auto st = prepare(kMarkerPosition);
+    if (!st) return st.error();
+    st->bind(1, query.marker);
+    const int rc = st->step();
+    if (rc == SQLITE_DONE || (rc == SQLITE_ROW && st->view(1) != query.host)) return marker_not_found(query);
+    if (rc != SQLITE_ROW) return failure(rc, "finding marker " + query.marker);
+    marker_created = st->int64(0);
+  }
+  InstancePageInfo info;
+  info.next_marker = query.marker;
+  {
+    auto st = prepare(query.marker.empty() ? kPageFirst : kPageAfter);
+    if (!st) return st.error();
+    st->bind(1, query.host);
+    st->bind(2, std::int64_t{query.include_deleted ? 1 : 0});
+    st->bind(3, static_cast<std::int64_t>(query.limit) + 1);  // one more tells whether more follow
+    if (!query.marker.empty()) {
+      st->bind(4, marker_created);
+      st->bind(5, query.marker);
+    }
+    int rc;
+    while ((rc = st->step()) == SQLITE_ROW) {
+      if (info.rows == query.limit) {
+        info.more = true;
+        break;
+      }
+      const InstanceRowView row = read_view(*st);
+      visit(row);
+      info.next_marker.assign(row.uuid);  // reuses its capacity: no allocation per row
+      ++info.rows;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return failure(rc, "listing the instances of host " + query.host);
+  }
+  if (auto st = txn.commit(); !st) return st.error();
+  if (!info.more) info.next_marker.clear();
+  return info;
 }
 
 Error SqliteStore::live_name_taken(const InstanceRecord& record) {

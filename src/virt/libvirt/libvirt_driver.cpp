@@ -3,6 +3,7 @@
 #include <libvirt/virterror.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cctype>
 #include <cerrno>
@@ -14,6 +15,7 @@
 
 #include "common/subprocess.h"
 #include "imagecache/pass.h"
+#include "imagecache/qcow2_writer.h"
 #include "virt/libvirt/domain_xml.h"
 
 namespace virtcap::libvirt {
@@ -98,6 +100,37 @@ Result<std::optional<DriverInstance>> describe(virDomainPtr d) {
   return std::optional<DriverInstance>(std::move(inst));
 }
 
+// The instance's disk: an empty qcow2 overlay on the cached base, written
+// under a temporary name (so an image-cache pass never reads a half-written
+// header), fsynced and renamed into place, by either writer ([libvirt]
+// overlay_writer). The directory is not fsynced: the instance directory
+// itself (mkdir above) is not either, so that would not make the disk's name
+// durable; what the fsync guarantees is that `disk` never names a partly
+// written image.
+constexpr auto kOverlayDurability = imagecache::Durability::file;
+
+Status create_overlay_disk(OverlayWriter writer, const std::string& base_path, ImageFormat format,
+                           const std::string& disk) {
+  const std::string fmt(to_string(format));
+  if (writer == OverlayWriter::native) {
+    auto spec = imagecache::overlay_spec_for_base(base_path, fmt);
+    if (!spec) return spec.error();
+    return imagecache::create_overlay(disk, *spec, kOverlayDurability);
+  }
+  const std::string partial = disk + std::string(imagecache::kTempMarker) + "create";
+  auto r = proc::run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", base_path, partial});
+  if (!r) return r.error();
+  if (r->exit_code != 0) {
+    ::unlink(partial.c_str());
+    return make_error(Errc::io_error, "qemu-img create of " + disk + " failed: " + r->err);
+  }
+  if (Status st = imagecache::fsync_file(partial); !st) {
+    ::unlink(partial.c_str());
+    return st;
+  }
+  return imagecache::rename_into_place(partial, disk, kOverlayDurability);
+}
+
 }  // namespace
 
 void apply_domain_capabilities(const std::string& xml, Capabilities& caps) {
@@ -154,7 +187,8 @@ LibvirtDriver::LibvirtDriver(const config::Config& cfg)
     : cfg_(cfg),
       conn_(cfg.libvirt.uri, cfg.libvirt.reconnect_max_backoff_seconds),
       images_(cfg.images_path()),
-      cache_(cfg.instances_path(), cfg.image_cache.subdirectory_name) {
+      cache_(cfg.instances_path(), cfg.image_cache.subdirectory_name),
+      overlay_writer_(cfg.libvirt.overlay_writer == "qemu-img" ? OverlayWriter::qemu_img : OverlayWriter::native) {
   cache_.lock_timeout_seconds = cfg.image_cache.lock_timeout;
 }
 
@@ -247,17 +281,7 @@ Status LibvirtDriver::spawn(const InstanceSpec& spec) {
                         "cannot create instance directory " + dir + ": " + std::strerror(err));
     }
     made_dir = true;
-    // Written under a temporary name and renamed, so that an image-cache
-    // pass never reads a half-written header.
-    const std::string partial = disk + std::string(imagecache::kTempMarker) + "create";
-    auto r = proc::run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", std::string(to_string(image->format)), "-b",
-                        b.base_path, partial});
-    if (!r) return r.error();
-    if (r->exit_code != 0)
-      return make_error(Errc::io_error, "qemu-img create of " + disk + " failed: " + r->err);
-    if (::rename(partial.c_str(), disk.c_str()) != 0)
-      return make_error(Errc::io_error, "cannot rename " + partial + " to " + disk + ": " + std::strerror(errno));
-    return {};
+    return create_overlay_disk(overlay_writer_, b.base_path, image->format, disk);
   });
   auto rollback_dir = [&] {
     if (made_dir) {

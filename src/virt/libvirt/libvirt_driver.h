@@ -42,6 +42,9 @@ Capabilities discover(virConnectPtr conn, Capabilities base);
 // The part of discovery that reads domain-capabilities XML.
 void apply_domain_capabilities(const std::string& xml, Capabilities& caps);
 
+// [libvirt] overlay_writer: how spawn writes an instance's qcow2 overlay.
+enum class OverlayWriter { native, qemu_img };
+
 class LibvirtDriver : public ComputeDriver {
  public:
   explicit LibvirtDriver(const config::Config& cfg);
@@ -74,6 +77,7 @@ class LibvirtDriver : public ComputeDriver {
   Connection conn_;
   ImageRepository images_;
   imagecache::BaseCache cache_;
+  OverlayWriter overlay_writer_;
 };
 
 }  // namespace virtcap::libvirt

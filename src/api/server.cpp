@@ -100,6 +100,7 @@ Server::Server(const config::Config& cfg, compute::ComputeManager& mgr, compute:
   o.listen = cfg.api.listen;
   o.token = cfg.api.token;
   o.allowed_origins = split_list(cfg.api.allowed_origins);
+  o.allowed_hosts = split_list(cfg.api.allowed_hosts);
   o.max_body_bytes = kMaxBodyBytes;
   o.threads = static_cast<unsigned>(cfg.api.threads);
   o.on_response = [this](const Request& req, const std::string& route, int status) {

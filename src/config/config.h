@@ -119,7 +119,10 @@ struct non_empty {
   O(int, threads, 8, check::range(1, 256), "Worker threads serving API requests.")                \
   O(std::string, allowed_origins, "", check::origin_list{},                                       \
     "Web origins (scheme://host[:port], comma-separated) whose cross-site requests are served. "   \
-    "Empty: a request carrying any Origin header gets 403.")
+    "Empty: a request carrying any Origin header gets 403.")                                       \
+  O(std::string, allowed_hosts, "", check::any{},                                                 \
+    "Host names (comma-separated) clients may use in the Host header besides the listen address, " \
+    "localhost and IP literals; other names get 403 (DNS rebinding guard).")
 
 #define VIRTCAP_CONFIG_STORE(O)                                                                   \
   O(std::string, backend, "sqlite", check::one_of{"sqlite|memory"},                              \

@@ -86,7 +86,8 @@ TEST(Hardening, ChunkedBodyPastTheLimitIs413AndPeakMemoryStaysLow) {
 }
 
 TEST(Hardening, CrossSiteRequestsAreRefused) {
-  AgentWorld w("[api]\nlisten = \"127.0.0.1:0\"\nallowed_origins = \"https://dash.example:8443\"\n");
+  AgentWorld w("[api]\nlisten = \"127.0.0.1:0\"\nallowed_origins = \"https://dash.example:8443\"\n"
+               "allowed_hosts = \"compute-1.example\"\n");
   Agent agent(w.config);
   ASSERT_TRUE(agent.running()) << agent.exit_output().err;
   const std::string boot = R"({"name":"x","image":"sample-a"})";
@@ -109,7 +110,8 @@ TEST(Hardening, CrossSiteRequestsAreRefused) {
     auto rebound = raw_exchange(agent.port(), request_text("GET", "/v1/instances", "", "", host));
     EXPECT_EQ(rebound.status(), 403) << host << ": " << rebound.text;
   }
-  for (const std::string& host : std::vector<std::string>{"localhost:" + port, "127.0.0.1:" + port, "LOCALHOST"}) {
+  for (const std::string& host :
+       std::vector<std::string>{"localhost:" + port, "127.0.0.1:" + port, "LOCALHOST", "compute-1.example:" + port}) {
     auto fine = raw_exchange(agent.port(), request_text("GET", "/v1/instances", "", "", host));
     EXPECT_EQ(fine.status(), 200) << host << ": " << fine.text;
   }

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "common/subprocess.h"
+#include "support/agent_process.h"
 
 namespace virtcap {
 namespace {
@@ -23,29 +24,11 @@ proc::Output run(std::vector<std::string> args) {
   return r.ok() ? r.value() : proc::Output{};
 }
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "virtcap-cli-XXXXXX").string();
-    path_ = ::mkdtemp(tmpl.data());
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const fs::path& path() const { return path_; }
-  std::string write(const std::string& name, const std::string& text) const {
-    std::ofstream(path_ / name) << text;
-    return (path_ / name).string();
-  }
-
- private:
-  fs::path path_;
+// The shared helpers (tests/support): a mkdtemp directory, a whole file.
+struct TempDir : testing::TempDir {
+  TempDir() : testing::TempDir("virtcap-cli") {}
 };
-
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using testing::read_file;
 
 TEST(Cli, VersionAndHelpAtEveryLevel) {
   auto v = run({"--version"});
@@ -128,20 +111,35 @@ TEST(Cli, ConfigShowPrintsTheEffectiveConfig) {
   EXPECT_NE(r.out.find("manager_interval = 2400"), std::string::npos);
 }
 
+// The image-cache task's state, read through GET /v1/tasks.
+nlohmann::json image_cache_task(testing::Agent& agent) {
+  auto c = agent.client();
+  auto tasks = c.request("GET", "/v1/tasks");
+  EXPECT_TRUE(tasks.ok()) << (tasks.ok() ? "" : tasks.error().message);
+  if (!tasks.ok()) return {};
+  for (const auto& t : tasks->at("tasks"))
+    if (t.at("name") == "image_cache_manager_pass") return t;
+  ADD_FAILURE() << "no image_cache_manager_pass in " << tasks->dump();
+  return {};
+}
+
 TEST(Cli, AgentLogsTheSkippedImageCacheTaskAndStopsCleanlyOnSigterm) {
   TempDir dir;
   const auto cfg = dir.write("agent.toml", "[DEFAULT]\nstate_path = \"" + dir.path().string() +
                                                "\"\nperiodic_fuzzy_delay = 0\n[compute]\ndriver = \"fake\"\n[api]\nlisten = \"127.0.0.1:0\"\n");
-  auto child = proc::Child::spawn({VIRTCAP_BINARY, "agent", "--config", cfg});
-  ASSERT_TRUE(child.ok());
-  ASSERT_TRUE(child->wait_for_stderr("agent running")) << child->err_seen();
-  ASSERT_TRUE(child->wait_for_stderr("periodic task 'sync_power_states' ran")) << child->err_seen();
-  EXPECT_NE(child->err_seen().find("periodic task 'image_cache_manager_pass' disabled: driver 'fake' does not "
-                                   "declare capability has_imagecache"),
+  testing::Agent agent(cfg);
+  ASSERT_TRUE(agent.running()) << agent.exit_output().err;
+  ASSERT_TRUE(agent.wait_for_log("periodic task 'sync_power_states' ran")) << agent.exit_output().err;
+  EXPECT_NE(agent.log().find("periodic task 'image_cache_manager_pass' disabled: driver 'fake' does not "
+                             "declare capability has_imagecache"),
             std::string::npos)
-      << child->err_seen();
-  ASSERT_TRUE(child->signal(SIGTERM));
-  auto out = child->wait();
+      << agent.log();
+  const auto task = image_cache_task(agent);
+  EXPECT_EQ(task.value("enabled", true), false) << task.dump();
+  EXPECT_NE(task.value("disabled_reason", "").find("has_imagecache"), std::string::npos) << task.dump();
+  EXPECT_EQ(task.value("runs", -1), 0) << task.dump();
+  EXPECT_TRUE(task.contains("last_result") && task.at("last_result").is_null()) << task.dump();
+  auto out = agent.stop(SIGTERM);
   EXPECT_EQ(out.exit_code, 0) << out.err;
   EXPECT_NE(out.err.find("received SIGTERM"), std::string::npos);
   EXPECT_NE(out.err.find("agent stopped cleanly"), std::string::npos);
@@ -152,11 +150,16 @@ TEST(Cli, AgentWithImageCacheDriverRunsThePass) {
   const auto cfg = dir.write("agent.toml", "[DEFAULT]\nstate_path = \"" + dir.path().string() +
                                                "\"\nperiodic_fuzzy_delay = 0\n[compute]\ndriver = "
                                                "\"fake_imagecache\"\n[image_cache]\nmanager_interval = 1\n[api]\nlisten = \"127.0.0.1:0\"\n");
-  auto child = proc::Child::spawn({VIRTCAP_BINARY, "agent", "--config", cfg});
-  ASSERT_TRUE(child.ok());
-  ASSERT_TRUE(child->wait_for_stderr("periodic task 'image_cache_manager_pass' ran")) << child->err_seen();
-  ASSERT_TRUE(child->signal(SIGINT));
-  EXPECT_EQ(child->wait().exit_code, 0);
+  testing::Agent agent(cfg);
+  ASSERT_TRUE(agent.running()) << agent.exit_output().err;
+  ASSERT_TRUE(agent.wait_for_log("periodic task 'image_cache_manager_pass' ran")) << agent.exit_output().err;
+  const auto task = image_cache_task(agent);
+  EXPECT_EQ(task.value("enabled", false), true) << task.dump();
+  EXPECT_GE(task.value("runs", 0), 1) << task.dump();
+  EXPECT_EQ(task.value("last_result", ""), "ran") << task.dump();
+  EXPECT_EQ(task.value("spacing_seconds", 0.0), 1.0) << task.dump();
+  EXPECT_FALSE(task.at("last_run").is_null()) << task.dump();
+  EXPECT_EQ(agent.stop(SIGINT).exit_code, 0);
 }
 
 TEST(Cli, AgentWithUnknownDriverExits1) {

@@ -21,9 +21,9 @@ namespace {
 constexpr const char* kToken = "s3cret";
 
 struct RawReply {
-  int status = -1;       // -1: no HTTP status line came back
-  std::string headers;   // the head, as received
-  std::string error;     // why there is no status
+  int status = -1;      // -1: no HTTP status line came back
+  std::string headers;  // the head, as received
+  std::string error;    // why there is no status
 };
 
 // One HTTP/1.1 request over a fresh connection, with the Authorization
@@ -46,7 +46,8 @@ RawReply raw_request(int port, const std::string& method, const std::string& pat
   }
   std::string req = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n";
   if (!auth.empty()) req += "Authorization: " + auth + "\r\n";
-  req += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  req +=
+      "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
   for (std::size_t sent = 0; sent < req.size();) {
     const ssize_t n = ::send(fd, req.data() + sent, req.size() - sent, MSG_NOSIGNAL);
     if (n <= 0) {
@@ -130,12 +131,14 @@ std::string printable(const std::string& s) {
 // Every token in `tokens`, with and without the "Bearer " scheme, and no
 // Authorization header at all, on route `r`: 401 (400 allowed for a NUL,
 // which a server may refuse as a malformed header), never anything else.
-void expect_refused(int port, const Route& r, const std::string& uuid, const std::vector<WrongToken>& tokens) {
+void expect_refused(int port, const Route& r, const std::string& uuid,
+                    const std::vector<WrongToken>& tokens) {
   const std::string path = fill(r.path, uuid);
   for (const auto& t : tokens) {
     for (const std::string scheme : {"Bearer ", ""}) {
       const auto reply = raw_request(port, r.method, path, scheme + t.value, body_for(r));
-      const std::string what = r.method + " " + path + " with " + t.label + " ('" + scheme + printable(t.value) + "')";
+      const std::string what =
+          r.method + " " + path + " with " + t.label + " ('" + scheme + printable(t.value) + "')";
       ASSERT_NE(reply.status, -1) << what << ": " << reply.error;
       if (t.value.find('\0') != std::string::npos) {
         EXPECT_TRUE(reply.status == 401 || reply.status == 400) << what << " -> " << reply.status;
@@ -180,12 +183,14 @@ TEST(ApiAuth, EveryRouteRefusesEveryWrongTokenAndChangesNothing) {
   auto metrics = c.call("GET", "/metrics");
   ASSERT_TRUE(metrics.ok());
   EXPECT_NE(metrics->raw.find("\nvirtcap_image_cache_passes_total 0\n"), std::string::npos)
-      << "a refused POST /v1/image-cache/pass ran a pass:\n" << metrics->raw;
+      << "a refused POST /v1/image-cache/pass ran a pass:\n"
+      << metrics->raw;
 
   // The right token, byte for byte, passes on every route.
   for (const auto& r : routes) {
     const std::string path = fill(r.path, uuid);
-    const auto reply = raw_request(agent.port(), r.method, path, std::string("Bearer ") + kToken, body_for(r));
+    const auto reply =
+        raw_request(agent.port(), r.method, path, std::string("Bearer ") + kToken, body_for(r));
     EXPECT_NE(reply.status, 401) << r.method << " " << path << ": " << reply.error;
     EXPECT_NE(reply.status, -1) << r.method << " " << path << ": " << reply.error;
   }

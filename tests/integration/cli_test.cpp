@@ -34,9 +34,12 @@ TEST(Cli, VersionAndHelpAtEveryLevel) {
   auto v = run({"--version"});
   EXPECT_EQ(v.exit_code, 0);
   EXPECT_NE(v.out.find("virtcap 0."), std::string::npos);
-  for (std::vector<std::string> args : std::vector<std::vector<std::string>>{
-           {"--help"}, {"capabilities", "--help"}, {"agent", "--help"}, {"config", "--help"},
-           {"config", "show", "--help"}, {"docs", "--help"}}) {
+  for (std::vector<std::string> args : std::vector<std::vector<std::string>>{{"--help"},
+                                                                             {"capabilities", "--help"},
+                                                                             {"agent", "--help"},
+                                                                             {"config", "--help"},
+                                                                             {"config", "show", "--help"},
+                                                                             {"docs", "--help"}}) {
     auto h = run(args);
     EXPECT_EQ(h.exit_code, 0) << args[0];
     EXPECT_NE(h.out.find("Usage"), std::string::npos) << args[0];
@@ -51,7 +54,8 @@ TEST(Cli, CapabilitiesJsonListsEveryCapabilityWithADoc) {
   ASSERT_GE(j.at("capabilities").size(), 17u);
   for (const auto& c : j.at("capabilities")) {
     EXPECT_FALSE(c.at("doc").get<std::string>().empty()) << c.at("name");
-    for (const char* k : {"name", "type", "value", "default", "overridden", "trait"}) EXPECT_TRUE(c.contains(k));
+    for (const char* k : {"name", "type", "value", "default", "overridden", "trait"})
+      EXPECT_TRUE(c.contains(k));
   }
   EXPECT_NE(std::find(j.at("traits").begin(), j.at("traits").end(), "COMPUTE_NET_ATTACH_INTERFACE"),
             j.at("traits").end());
@@ -125,8 +129,10 @@ nlohmann::json image_cache_task(testing::Agent& agent) {
 
 TEST(Cli, AgentLogsTheSkippedImageCacheTaskAndStopsCleanlyOnSigterm) {
   TempDir dir;
-  const auto cfg = dir.write("agent.toml", "[DEFAULT]\nstate_path = \"" + dir.path().string() +
-                                               "\"\nperiodic_fuzzy_delay = 0\n[compute]\ndriver = \"fake\"\n[api]\nlisten = \"127.0.0.1:0\"\n");
+  const auto cfg = dir.write(
+      "agent.toml",
+      "[DEFAULT]\nstate_path = \"" + dir.path().string() +
+          "\"\nperiodic_fuzzy_delay = 0\n[compute]\ndriver = \"fake\"\n[api]\nlisten = \"127.0.0.1:0\"\n");
   testing::Agent agent(cfg);
   ASSERT_TRUE(agent.running()) << agent.exit_output().err;
   ASSERT_TRUE(agent.wait_for_log("periodic task 'sync_power_states' ran")) << agent.exit_output().err;
@@ -147,9 +153,11 @@ TEST(Cli, AgentLogsTheSkippedImageCacheTaskAndStopsCleanlyOnSigterm) {
 
 TEST(Cli, AgentWithImageCacheDriverRunsThePass) {
   TempDir dir;
-  const auto cfg = dir.write("agent.toml", "[DEFAULT]\nstate_path = \"" + dir.path().string() +
-                                               "\"\nperiodic_fuzzy_delay = 0\n[compute]\ndriver = "
-                                               "\"fake_imagecache\"\n[image_cache]\nmanager_interval = 1\n[api]\nlisten = \"127.0.0.1:0\"\n");
+  const auto cfg = dir.write(
+      "agent.toml",
+      "[DEFAULT]\nstate_path = \"" + dir.path().string() +
+          "\"\nperiodic_fuzzy_delay = 0\n[compute]\ndriver = "
+          "\"fake_imagecache\"\n[image_cache]\nmanager_interval = 1\n[api]\nlisten = \"127.0.0.1:0\"\n");
   testing::Agent agent(cfg);
   ASSERT_TRUE(agent.running()) << agent.exit_output().err;
   ASSERT_TRUE(agent.wait_for_log("periodic task 'image_cache_manager_pass' ran")) << agent.exit_output().err;
@@ -176,8 +184,9 @@ TEST(Docs, GeneratedDocsAreCurrent) {
     auto r = run({"docs", what});
     ASSERT_EQ(r.exit_code, 0);
     const auto committed = read_file(fs::path(VIRTCAP_SOURCE_DIR) / "docs" / (std::string(what) + ".md"));
-    EXPECT_TRUE(committed == r.out) << "docs/" << what << ".md is stale; regenerate it with: build/virtcap docs "
-                                << what << " > docs/" << what << ".md";
+    EXPECT_TRUE(committed == r.out) << "docs/" << what
+                                    << ".md is stale; regenerate it with: build/virtcap docs " << what
+                                    << " > docs/" << what << ".md";
   }
 }
 

@@ -72,8 +72,10 @@ LoadResult run_load(const std::string& url, int clients, int cycles, std::atomic
           const auto s = Clock::now();
           auto r = c.call(method, path, body);
           mine.latencies_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - s).count());
-          if (!r.ok()) ++mine.transport_errors;
-          else if (!r->body.is_object()) ++mine.malformed;
+          if (!r.ok())
+            ++mine.transport_errors;
+          else if (!r->body.is_object())
+            ++mine.malformed;
           return r;
         };
         json body = {{"name", "load-" + std::to_string(t) + "-" + std::to_string(i)},
@@ -184,8 +186,8 @@ TEST(Fault, KillNineDuringLoadThenRestartConverges) {
   ASSERT_TRUE(db.ok()) << db.error().describe();
   for (const auto& uuid : r.created) {
     auto rec = db.value()->get_instance(uuid);
-    ASSERT_TRUE(rec.ok()) << "instance " << uuid << " was acknowledged with 201 and is lost: "
-                          << rec.error().describe();
+    ASSERT_TRUE(rec.ok()) << "instance " << uuid
+                          << " was acknowledged with 201 and is lost: " << rec.error().describe();
     if (gone.count(uuid)) {
       EXPECT_NE(rec->deleted_at, 0) << uuid;
       EXPECT_EQ(rec->vm_state, "deleted") << uuid;

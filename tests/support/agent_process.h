@@ -30,12 +30,13 @@ struct AgentWorld {
     write_config(extra_toml);
   }
   void write_config(const std::string& extra_toml) {
-    config = dir.write("virtcap.toml", "[DEFAULT]\nstate_path = \"" + dir.str() +
-                                           "\"\nhost = \"test-host\"\nperiodic_fuzzy_delay = 0\n"
-                                           "[libvirt]\nuri = \"test:///default\"\n" + extra_toml +
-                                           (extra_toml.find("[api]") == std::string::npos
-                                                ? "[api]\nlisten = \"127.0.0.1:0\"\n"
-                                                : ""));
+    config = dir.write(
+        "virtcap.toml",
+        "[DEFAULT]\nstate_path = \"" + dir.str() +
+            "\"\nhost = \"test-host\"\nperiodic_fuzzy_delay = 0\n"
+            "[libvirt]\nuri = \"test:///default\"\n" +
+            extra_toml +
+            (extra_toml.find("[api]") == std::string::npos ? "[api]\nlisten = \"127.0.0.1:0\"\n" : ""));
   }
 };
 

@@ -1,6 +1,7 @@
+#include "compute/manager.h"
+
 #include <gtest/gtest.h>
 
-#include "compute/manager.h"
 #include "store/memory/memory_store.h"
 #include "support/test_support.h"
 #include "virt/fake/fake_driver.h"

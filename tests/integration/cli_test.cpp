@@ -170,9 +170,33 @@ TEST(Cli, AgentWithImageCacheDriverRunsThePass) {
   EXPECT_EQ(agent.stop(SIGINT).exit_code, 0);
 }
 
+// `virtcap imagecache` calls the manager's image_cache_pass() directly, not
+// through the periodic task: a driver without has_imagecache is refused
+// (exit 1, naming the capability) and the image cache is never touched.
+TEST(Cli, ImagecacheWithoutHasImagecacheExits1AndTouchesNothing) {
+  TempDir dir;
+  const auto cfg = dir.write("agent.toml", "[DEFAULT]\nstate_path = \"" + dir.path().string() + "\"\n");
+  fs::create_directories(dir.path() / "instances" / "_base");
+  const std::string base =
+      (dir.path() / "instances" / "_base" / "0123456789abcdef0123456789abcdef01234567").string();
+  std::ofstream(base) << "an unused base, old enough to go";
+  testing::set_mtime(base, 1000000000);  // 2001
+  for (const bool dry_run : {true, false}) {
+    std::vector<std::string> args = {"imagecache", "--config", cfg, "--driver", "fake"};
+    if (dry_run) args.push_back("--dry-run");
+    auto r = run(args);
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_NE(r.err.find("has_imagecache"), std::string::npos) << r.err;
+    EXPECT_TRUE(fs::exists(base)) << "dry_run=" << dry_run;
+  }
+}
+
 TEST(Cli, AgentWithUnknownDriverExits1) {
   TempDir dir;
-  const auto cfg = dir.write("agent.toml", "[compute]\ndriver = \"hyperv\"\n");
+  // Its own state_path: the default, /var/lib/virtcap, is the host's (and
+  // another checkout's store there must not decide this test).
+  const auto cfg = dir.write("agent.toml", "[DEFAULT]\nstate_path = \"" + dir.path().string() +
+                                               "\"\n[compute]\ndriver = \"hyperv\"\n");
   auto r = run({"agent", "--config", cfg});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("'hyperv'"), std::string::npos) << r.err;

@@ -101,14 +101,29 @@ constexpr bool traits_fit_types(std::span<const Descriptor> ds) {
 #define VIRTCAP_SCHEMA_VISIT_(T, name, def, trait, doc) f(kDescriptors[i++], caps.name, defaults.name);
 
 // Defines `Struct` (an aggregate with one member per entry), `Struct##Schema`
-// (its descriptor table and visitor) and the compile-time checks.
+// (its descriptor table and visitor) and the compile-time checks. The table
+// and its checks come first, so a broken list is reported by the check that
+// names the problem (e.g. "two capabilities share one name") before any
+// error the struct's members would raise (e.g. a redeclaration).
 #define VIRTCAP_DEFINE_CAPABILITIES(Struct, LIST)                                                  \
+  struct Struct##Descriptors_ {                                                                    \
+    static constexpr std::array kDescriptors = {LIST(VIRTCAP_SCHEMA_DESC_)};                       \
+  };                                                                                               \
+  static_assert(::virtcap::schema::all_docs_present(Struct##Descriptors_::kDescriptors),           \
+                "every capability needs a non-empty one-line doc");                                \
+  static_assert(::virtcap::schema::names_unique(Struct##Descriptors_::kDescriptors),               \
+                "two capabilities share one name");                                                \
+  static_assert(::virtcap::schema::traits_unique(Struct##Descriptors_::kDescriptors),              \
+                "two capabilities share one trait");                                               \
+  static_assert(::virtcap::schema::traits_well_formed(Struct##Descriptors_::kDescriptors),         \
+                "a trait must match ^[A-Z][A-Z0-9_]*$ (or PREFIX_* for a set-valued family)");     \
+  static_assert(::virtcap::schema::traits_fit_types(Struct##Descriptors_::kDescriptors),           \
+                "a plain trait needs a bool capability; a PREFIX_* family needs a set type");      \
   struct Struct {                                                                                  \
     LIST(VIRTCAP_SCHEMA_MEMBER_)                                                                   \
     constexpr bool operator==(const Struct&) const = default;                                      \
   };                                                                                               \
-  struct Struct##Schema {                                                                          \
-    static constexpr std::array kDescriptors = {LIST(VIRTCAP_SCHEMA_DESC_)};                       \
+  struct Struct##Schema : Struct##Descriptors_ {                                                   \
     static constexpr std::size_t size() { return kDescriptors.size(); }                            \
     /* f(const Descriptor&, const T& value, const T& default_value) for every capability */        \
     template <class F>                                                                             \
@@ -117,14 +132,4 @@ constexpr bool traits_fit_types(std::span<const Descriptor> ds) {
       std::size_t i = 0;                                                                           \
       LIST(VIRTCAP_SCHEMA_VISIT_)                                                                  \
     }                                                                                              \
-  };                                                                                               \
-  static_assert(::virtcap::schema::all_docs_present(Struct##Schema::kDescriptors),                 \
-                "every capability needs a non-empty one-line doc");                                \
-  static_assert(::virtcap::schema::names_unique(Struct##Schema::kDescriptors),                     \
-                "two capabilities share one name");                                                \
-  static_assert(::virtcap::schema::traits_unique(Struct##Schema::kDescriptors),                    \
-                "two capabilities share one trait");                                               \
-  static_assert(::virtcap::schema::traits_well_formed(Struct##Schema::kDescriptors),               \
-                "a trait must match ^[A-Z][A-Z0-9_]*$ (or PREFIX_* for a set-valued family)");     \
-  static_assert(::virtcap::schema::traits_fit_types(Struct##Schema::kDescriptors),                 \
-                "a plain trait needs a bool capability; a PREFIX_* family needs a set type")
+  }

@@ -34,11 +34,12 @@ void PeriodicTaskRunner::add(PeriodicTask task) {
   slot->status.name = task.name;
   slot->status.spacing_seconds = task.spacing_seconds;
   slot->status.enabled = enabled(task);
-  slot->status.disabled_reason =
-      !task.disabled_reason.empty() ? task.disabled_reason
-      : task.spacing_seconds <= 0   ? "spacing is " + std::to_string(static_cast<long long>(task.spacing_seconds)) +
-                                        " s (<= 0 disables the task)"
-                                    : "";
+  slot->status.disabled_reason = !task.disabled_reason.empty() ? task.disabled_reason
+                                 : task.spacing_seconds <= 0
+                                     ? "spacing is " +
+                                           std::to_string(static_cast<long long>(task.spacing_seconds)) +
+                                           " s (<= 0 disables the task)"
+                                     : "";
   slot->task = std::move(task);
   slots_.push_back(std::move(slot));
 }
@@ -76,7 +77,8 @@ void PeriodicTaskRunner::stop() {
 
 void PeriodicTaskRunner::loop(std::stop_token st, Slot& slot, double first_delay) {
   using clock = std::chrono::steady_clock;
-  auto next = clock::now() + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(first_delay));
+  auto next =
+      clock::now() + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(first_delay));
   const auto spacing =
       std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(slot.task.spacing_seconds));
   while (true) {
@@ -96,6 +98,15 @@ void PeriodicTaskRunner::loop(std::stop_token st, Slot& slot, double first_delay
       outcome = TaskOutcome::failed("unknown exception");
     }
     const std::chrono::duration<double> took = clock::now() - started;
+    // Recorded before it is logged: whoever reads the log line sees the run
+    // in status() (and GET /v1/tasks) too.
+    {
+      std::lock_guard lock(mu_);
+      slot.status.runs++;
+      slot.status.last_started = wall;
+      slot.status.last_duration = took;
+      slot.status.last_outcome = outcome;
+    }
     switch (outcome.kind) {
       case TaskOutcome::Kind::ran:
         spdlog::info("periodic task '{}' ran in {:.3f} s{}{}", slot.task.name, took.count(),
@@ -105,15 +116,9 @@ void PeriodicTaskRunner::loop(std::stop_token st, Slot& slot, double first_delay
         spdlog::info("periodic task '{}' skipped: {}", slot.task.name, outcome.message);
         break;
       case TaskOutcome::Kind::failed:
-        spdlog::error("periodic task '{}' failed after {:.3f} s: {}", slot.task.name, took.count(), outcome.message);
+        spdlog::error("periodic task '{}' failed after {:.3f} s: {}", slot.task.name, took.count(),
+                      outcome.message);
         break;
-    }
-    {
-      std::lock_guard lock(mu_);
-      slot.status.runs++;
-      slot.status.last_started = wall;
-      slot.status.last_duration = took;
-      slot.status.last_outcome = std::move(outcome);
     }
     cv_.notify_all();
     next = std::max(started + spacing, clock::now());
@@ -127,13 +132,14 @@ std::vector<TaskStatus> PeriodicTaskRunner::status() const {
   return out;
 }
 
-bool PeriodicTaskRunner::wait_for_runs(const std::string& name, std::uint64_t runs) const {
+bool PeriodicTaskRunner::wait_for_runs(const std::string& name, std::uint64_t runs,
+                                       std::chrono::milliseconds timeout) const {
   std::unique_lock lock(mu_);
   const Slot* slot = nullptr;
   for (const auto& s : slots_)
     if (s->task.name == name) slot = s.get();
   if (!slot) return false;
-  cv_.wait(lock, [&] { return stopped_ || slot->status.runs >= runs; });
+  cv_.wait_for(lock, timeout, [&] { return stopped_ || slot->status.runs >= runs; });
   return slot->status.runs >= runs;
 }
 

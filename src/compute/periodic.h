@@ -69,9 +69,10 @@ class PeriodicTaskRunner {
   void stop();
 
   std::vector<TaskStatus> status() const;
-  // Blocks until task `name` has completed at least `runs` runs, or stop().
-  // Returns false if stopped first. (For tests and one-shot callers.)
-  bool wait_for_runs(const std::string& name, std::uint64_t runs) const;
+  // Blocks until task `name` has completed at least `runs` runs, stop(), or
+  // `timeout` passes. Returns false if stopped or timed out first, or if there
+  // is no such task. (For tests and one-shot callers; no wait is unbounded.)
+  bool wait_for_runs(const std::string& name, std::uint64_t runs, std::chrono::milliseconds timeout) const;
 
  private:
   struct Slot;

@@ -376,12 +376,14 @@ Server::Pending* Server::begin(void* connection, const char* url, const char* me
     Request* req;
     std::set<std::string>* repeated;
   } ctx{&req, &repeated};
-  MHD_get_connection_values(
+  // With lengths: a value is never cut at a NUL byte (a C-string read would
+  // take "Bearer <token>\0anything" for the token).
+  MHD_get_connection_values_n(
       c, MHD_HEADER_KIND,
-      [](void* cls, MHD_ValueKind, const char* k, const char* v) -> MHD_Result {
+      [](void* cls, MHD_ValueKind, const char* k, size_t kn, const char* v, size_t vn) -> MHD_Result {
         auto* x = static_cast<Ctx*>(cls);
-        const std::string name = lower(k);
-        if (!x->req->headers.emplace(name, v ? v : "").second) x->repeated->insert(name);
+        const std::string name = lower(std::string(k, kn));
+        if (!x->req->headers.emplace(name, v ? std::string(v, vn) : std::string()).second) x->repeated->insert(name);
         return MHD_YES;
       },
       &ctx);
@@ -403,6 +405,9 @@ Server::Pending* Server::begin(void* connection, const char* url, const char* me
       req.headers.count("transfer-encoding") || (!cl.empty() && cl.find_first_not_of('0') != std::string::npos);
   for (const char* h : {"host", "origin", "authorization", "content-type", "content-length", "transfer-encoding"})
     if (repeated.count(h)) p->refusal = error_response(400, "invalid_argument", std::string("repeated ") + h + " header");
+  for (const auto& [name, value] : req.headers)
+    if (name.find('\0') != std::string::npos || value.find('\0') != std::string::npos)
+      p->refusal = error_response(400, "invalid_argument", "a header contains a NUL byte");
   if (cl.find_first_not_of("0123456789") != std::string::npos)
     p->refusal = error_response(400, "invalid_argument", "malformed Content-Length");
   if (!p->refusal) p->refusal = refuse_early(req, has_body, p->route, allow);

@@ -1,5 +1,5 @@
 // Two capabilities with one name do not compile.
-// EXPECT-ERROR: has_imagecache
+// EXPECT-ERROR: static assertion failed: two capabilities share one name
 #include "virtcap/capability_schema.h"
 #define BAD_LIST(X) \
   X(bool, has_imagecache, false, "", "Has an image cache") \

@@ -1,5 +1,5 @@
 // Two capabilities reporting one trait do not compile.
-// EXPECT-ERROR: share one trait
+// EXPECT-ERROR: static assertion failed: two capabilities share one trait
 #include "virtcap/capability_schema.h"
 #define BAD_LIST(X) \
   X(bool, supports_attach_interface, false, "COMPUTE_NET_ATTACH_INTERFACE", "Hot-plug NICs") \

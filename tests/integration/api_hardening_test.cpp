@@ -176,7 +176,7 @@ TEST(Hardening, ARefusedBootLeavesNoRow) {
 }
 
 TEST(Hardening, ChildrenInheritOnlyStdFds) {
-  AgentWorld w;
+  AgentWorld w("overlay_writer = \"qemu-img\"\n");  // (in [libvirt]) a spawn that runs qemu-img
   TempDir bin("virtcap-wrap");
   const std::string log = bin.sub("fds.log");
   const std::string real = must_run({"sh", "-c", "command -v qemu-img"}).out;

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "common/subprocess.h"
+#include "support/agent_process.h"
 
 namespace virtcap {
 namespace {
@@ -23,37 +24,22 @@ proc::Output run(std::vector<std::string> args) {
   return r.ok() ? r.value() : proc::Output{};
 }
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "virtcap-cli-XXXXXX").string();
-    path_ = ::mkdtemp(tmpl.data());
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const fs::path& path() const { return path_; }
-  std::string write(const std::string& name, const std::string& text) const {
-    std::ofstream(path_ / name) << text;
-    return (path_ / name).string();
-  }
-
- private:
-  fs::path path_;
+// The shared helpers (tests/support): a mkdtemp directory, a whole file.
+struct TempDir : testing::TempDir {
+  TempDir() : testing::TempDir("virtcap-cli") {}
 };
-
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using testing::read_file;
 
 TEST(Cli, VersionAndHelpAtEveryLevel) {
   auto v = run({"--version"});
   EXPECT_EQ(v.exit_code, 0);
   EXPECT_NE(v.out.find("virtcap 0."), std::string::npos);
-  for (std::vector<std::string> args : std::vector<std::vector<std::string>>{
-           {"--help"}, {"capabilities", "--help"}, {"agent", "--help"}, {"config", "--help"},
-           {"config", "show", "--help"}, {"docs", "--help"}}) {
+  for (std::vector<std::string> args : std::vector<std::vector<std::string>>{{"--help"},
+                                                                             {"capabilities", "--help"},
+                                                                             {"agent", "--help"},
+                                                                             {"config", "--help"},
+                                                                             {"config", "show", "--help"},
+                                                                             {"docs", "--help"}}) {
     auto h = run(args);
     EXPECT_EQ(h.exit_code, 0) << args[0];
     EXPECT_NE(h.out.find("Usage"), std::string::npos) << args[0];
@@ -68,7 +54,8 @@ TEST(Cli, CapabilitiesJsonListsEveryCapabilityWithADoc) {
   ASSERT_GE(j.at("capabilities").size(), 17u);
   for (const auto& c : j.at("capabilities")) {
     EXPECT_FALSE(c.at("doc").get<std::string>().empty()) << c.at("name");
-    for (const char* k : {"name", "type", "value", "default", "overridden", "trait"}) EXPECT_TRUE(c.contains(k));
+    for (const char* k : {"name", "type", "value", "default", "overridden", "trait"})
+      EXPECT_TRUE(c.contains(k));
   }
   EXPECT_NE(std::find(j.at("traits").begin(), j.at("traits").end(), "COMPUTE_NET_ATTACH_INTERFACE"),
             j.at("traits").end());
@@ -128,20 +115,37 @@ TEST(Cli, ConfigShowPrintsTheEffectiveConfig) {
   EXPECT_NE(r.out.find("manager_interval = 2400"), std::string::npos);
 }
 
+// The image-cache task's state, read through GET /v1/tasks.
+nlohmann::json image_cache_task(testing::Agent& agent) {
+  auto c = agent.client();
+  auto tasks = c.request("GET", "/v1/tasks");
+  EXPECT_TRUE(tasks.ok()) << (tasks.ok() ? "" : tasks.error().message);
+  if (!tasks.ok()) return {};
+  for (const auto& t : tasks->at("tasks"))
+    if (t.at("name") == "image_cache_manager_pass") return t;
+  ADD_FAILURE() << "no image_cache_manager_pass in " << tasks->dump();
+  return {};
+}
+
 TEST(Cli, AgentLogsTheSkippedImageCacheTaskAndStopsCleanlyOnSigterm) {
   TempDir dir;
-  const auto cfg = dir.write("agent.toml", "[DEFAULT]\nstate_path = \"" + dir.path().string() +
-                                               "\"\nperiodic_fuzzy_delay = 0\n[compute]\ndriver = \"fake\"\n[api]\nlisten = \"127.0.0.1:0\"\n");
-  auto child = proc::Child::spawn({VIRTCAP_BINARY, "agent", "--config", cfg});
-  ASSERT_TRUE(child.ok());
-  ASSERT_TRUE(child->wait_for_stderr("agent running")) << child->err_seen();
-  ASSERT_TRUE(child->wait_for_stderr("periodic task 'sync_power_states' ran")) << child->err_seen();
-  EXPECT_NE(child->err_seen().find("periodic task 'image_cache_manager_pass' disabled: driver 'fake' does not "
-                                   "declare capability has_imagecache"),
+  const auto cfg = dir.write(
+      "agent.toml",
+      "[DEFAULT]\nstate_path = \"" + dir.path().string() +
+          "\"\nperiodic_fuzzy_delay = 0\n[compute]\ndriver = \"fake\"\n[api]\nlisten = \"127.0.0.1:0\"\n");
+  testing::Agent agent(cfg);
+  ASSERT_TRUE(agent.running()) << agent.exit_output().err;
+  ASSERT_TRUE(agent.wait_for_log("periodic task 'sync_power_states' ran")) << agent.exit_output().err;
+  EXPECT_NE(agent.log().find("periodic task 'image_cache_manager_pass' disabled: driver 'fake' does not "
+                             "declare capability has_imagecache"),
             std::string::npos)
-      << child->err_seen();
-  ASSERT_TRUE(child->signal(SIGTERM));
-  auto out = child->wait();
+      << agent.log();
+  const auto task = image_cache_task(agent);
+  EXPECT_EQ(task.value("enabled", true), false) << task.dump();
+  EXPECT_NE(task.value("disabled_reason", "").find("has_imagecache"), std::string::npos) << task.dump();
+  EXPECT_EQ(task.value("runs", -1), 0) << task.dump();
+  EXPECT_TRUE(task.contains("last_result") && task.at("last_result").is_null()) << task.dump();
+  auto out = agent.stop(SIGTERM);
   EXPECT_EQ(out.exit_code, 0) << out.err;
   EXPECT_NE(out.err.find("received SIGTERM"), std::string::npos);
   EXPECT_NE(out.err.find("agent stopped cleanly"), std::string::npos);
@@ -149,14 +153,42 @@ TEST(Cli, AgentLogsTheSkippedImageCacheTaskAndStopsCleanlyOnSigterm) {
 
 TEST(Cli, AgentWithImageCacheDriverRunsThePass) {
   TempDir dir;
-  const auto cfg = dir.write("agent.toml", "[DEFAULT]\nstate_path = \"" + dir.path().string() +
-                                               "\"\nperiodic_fuzzy_delay = 0\n[compute]\ndriver = "
-                                               "\"fake_imagecache\"\n[image_cache]\nmanager_interval = 1\n[api]\nlisten = \"127.0.0.1:0\"\n");
-  auto child = proc::Child::spawn({VIRTCAP_BINARY, "agent", "--config", cfg});
-  ASSERT_TRUE(child.ok());
-  ASSERT_TRUE(child->wait_for_stderr("periodic task 'image_cache_manager_pass' ran")) << child->err_seen();
-  ASSERT_TRUE(child->signal(SIGINT));
-  EXPECT_EQ(child->wait().exit_code, 0);
+  const auto cfg = dir.write(
+      "agent.toml",
+      "[DEFAULT]\nstate_path = \"" + dir.path().string() +
+          "\"\nperiodic_fuzzy_delay = 0\n[compute]\ndriver = "
+          "\"fake_imagecache\"\n[image_cache]\nmanager_interval = 1\n[api]\nlisten = \"127.0.0.1:0\"\n");
+  testing::Agent agent(cfg);
+  ASSERT_TRUE(agent.running()) << agent.exit_output().err;
+  ASSERT_TRUE(agent.wait_for_log("periodic task 'image_cache_manager_pass' ran")) << agent.exit_output().err;
+  const auto task = image_cache_task(agent);
+  EXPECT_EQ(task.value("enabled", false), true) << task.dump();
+  EXPECT_GE(task.value("runs", 0), 1) << task.dump();
+  EXPECT_EQ(task.value("last_result", ""), "ran") << task.dump();
+  EXPECT_EQ(task.value("spacing_seconds", 0.0), 1.0) << task.dump();
+  EXPECT_FALSE(task.at("last_run").is_null()) << task.dump();
+  EXPECT_EQ(agent.stop(SIGINT).exit_code, 0);
+}
+
+// `virtcap imagecache` calls the manager's image_cache_pass() directly, not
+// through the periodic task: a driver without has_imagecache is refused
+// (exit 1, naming the capability) and the image cache is never touched.
+TEST(Cli, ImagecacheWithoutHasImagecacheExits1AndTouchesNothing) {
+  TempDir dir;
+  const auto cfg = dir.write("agent.toml", "[DEFAULT]\nstate_path = \"" + dir.path().string() + "\"\n");
+  fs::create_directories(dir.path() / "instances" / "_base");
+  const std::string base =
+      (dir.path() / "instances" / "_base" / "0123456789abcdef0123456789abcdef01234567").string();
+  std::ofstream(base) << "an unused base, old enough to go";
+  testing::set_mtime(base, 1000000000);  // 2001
+  for (const bool dry_run : {true, false}) {
+    std::vector<std::string> args = {"imagecache", "--config", cfg, "--driver", "fake"};
+    if (dry_run) args.push_back("--dry-run");
+    auto r = run(args);
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_NE(r.err.find("has_imagecache"), std::string::npos) << r.err;
+    EXPECT_TRUE(fs::exists(base)) << "dry_run=" << dry_run;
+  }
 }
 
 // A misspelt driver is a config error (exit 2, so systemd's
@@ -179,8 +211,9 @@ TEST(Docs, GeneratedDocsAreCurrent) {
     auto r = run({"docs", what});
     ASSERT_EQ(r.exit_code, 0);
     const auto committed = read_file(fs::path(VIRTCAP_SOURCE_DIR) / "docs" / (std::string(what) + ".md"));
-    EXPECT_TRUE(committed == r.out) << "docs/" << what << ".md is stale; regenerate it with: build/virtcap docs "
-                                << what << " > docs/" << what << ".md";
+    EXPECT_TRUE(committed == r.out) << "docs/" << what
+                                    << ".md is stale; regenerate it with: build/virtcap docs " << what
+                                    << " > docs/" << what << ".md";
   }
 }
 

@@ -4,8 +4,12 @@
 
 #include <signal.h>
 
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include "api/client.h"
 #include "common/sha1.h"
@@ -26,26 +30,76 @@ struct AgentWorld {
     write_config(extra_toml);
   }
   void write_config(const std::string& extra_toml) {
-    config = dir.write("virtcap.toml", "[DEFAULT]\nstate_path = \"" + dir.str() +
-                                           "\"\nhost = \"test-host\"\nperiodic_fuzzy_delay = 0\n"
-                                           "[libvirt]\nuri = \"test:///default\"\n" + extra_toml +
-                                           (extra_toml.find("[api]") == std::string::npos
-                                                ? "[api]\nlisten = \"127.0.0.1:0\"\n"
-                                                : ""));
+    config = dir.write(
+        "virtcap.toml",
+        "[DEFAULT]\nstate_path = \"" + dir.str() +
+            "\"\nhost = \"test-host\"\nperiodic_fuzzy_delay = 0\n"
+            "[libvirt]\nuri = \"test:///default\"\n" +
+            extra_toml +
+            (extra_toml.find("[api]") == std::string::npos ? "[api]\nlisten = \"127.0.0.1:0\"\n" : ""));
   }
 };
 
+// A deadline for a blocking wait on a child: unless cancelled within
+// `limit`, it SIGKILLs the child, which closes its pipes and so ends any
+// wait on them. The child is not reaped before cancel(), so the pid is ours.
+class Watchdog {
+ public:
+  Watchdog(pid_t pid, std::chrono::seconds limit)
+      : thread_([this, pid, limit] {
+          std::unique_lock lock(mu_);
+          if (!cv_.wait_for(lock, limit, [this] { return cancelled_; })) {
+            fired_ = true;
+            ::kill(pid, SIGKILL);
+          }
+        }) {}
+  ~Watchdog() { cancel(); }
+  Watchdog(const Watchdog&) = delete;
+  Watchdog& operator=(const Watchdog&) = delete;
+  // Stops the watch; true if the deadline had already passed (child killed).
+  bool cancel() {
+    {
+      std::lock_guard lock(mu_);
+      cancelled_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+    return fired_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool cancelled_ = false;
+  bool fired_ = false;
+  std::thread thread_;
+};
+
+// How long the agent may take to start listening, and to stop on SIGTERM
+// (generous for ASan builds on a loaded machine; a healthy agent needs < 1 s).
+inline constexpr std::chrono::seconds kAgentStartDeadline{30};
+inline constexpr std::chrono::seconds kAgentStopDeadline{30};
+
 class Agent {
  public:
-  // Starts the agent and waits (on its log, not on time) until it listens.
+  // Starts the agent and waits on its log until it listens, at most
+  // kAgentStartDeadline; past it the agent is killed and running() is false,
+  // with the reason at the end of exit_output().err.
   explicit Agent(const std::string& config, std::vector<std::string> extra = {}) {
     std::vector<std::string> argv = {VIRTCAP_BINARY, "agent", "--config", config};
     argv.insert(argv.end(), extra.begin(), extra.end());
     auto c = proc::Child::spawn(argv);
     if (!c) throw std::runtime_error(c.error().message);
     child_.emplace(std::move(c.value()));
-    if (!child_->wait_for_stderr("agent running")) {
+    Watchdog deadline(child_->pid(), kAgentStartDeadline);
+    const bool up = child_->wait_for_stderr("agent running");
+    const bool late = deadline.cancel();
+    if (!up || late) {
+      if (late) child_->signal(SIGKILL);
       exited_ = child_->wait();
+      if (late)
+        exited_->err += "\n[test support] the agent did not log 'agent running' within " +
+                        std::to_string(kAgentStartDeadline.count()) + " s; killed it\n";
       return;
     }
     const std::string& log = child_->err_seen();
@@ -61,6 +115,21 @@ class Agent {
     }
   }
   bool running() const { return !exited_.has_value(); }
+  // Waits for a log line containing `needle`, at most `limit`; past it the
+  // agent is killed (false). Nothing else ends the wait but the agent's exit.
+  bool wait_for_log(const std::string& needle, std::chrono::seconds limit = kAgentStartDeadline) {
+    if (!running()) return false;
+    Watchdog deadline(child_->pid(), limit);
+    const bool seen = child_->wait_for_stderr(needle);
+    if (deadline.cancel() || !seen) {
+      child_->signal(SIGKILL);
+      exited_ = child_->wait();
+      exited_->err += "\n[test support] no log line with '" + needle + "' within " +
+                      std::to_string(limit.count()) + " s; killed the agent\n";
+      return false;
+    }
+    return true;
+  }
   const proc::Output& exit_output() const { return *exited_; }
   const std::string& url() const { return url_; }
   int port() const { return port_; }
@@ -68,12 +137,17 @@ class Agent {
   const std::string& log() const { return child_->err_seen(); }
   api::Client client(const std::string& token = "") const { return api::Client(url_, token); }
   bool send(int sig) { return child_->signal(sig); }
-  // Reads the agent's stderr until a line containing `needle` (true) or EOF.
-  bool wait_for_log(const std::string& needle) { return child_->wait_for_stderr(needle); }
   // SIGTERM, then wait: the exit status and the whole log.
+  // A stop that takes longer than kAgentStopDeadline is ended with SIGKILL
+  // and reported at the end of the output's err (exit_code -1, term_signal 9).
   proc::Output stop(int sig = SIGTERM) {
     child_->signal(sig);
+    Watchdog deadline(child_->pid(), kAgentStopDeadline);
     exited_ = child_->wait();
+    if (deadline.cancel())
+      exited_->err += "\n[test support] the agent did not exit within " +
+                      std::to_string(kAgentStopDeadline.count()) + " s of signal " + std::to_string(sig) +
+                      "; killed it\n";
     return *exited_;
   }
 

@@ -1,9 +1,9 @@
+#include "config/config.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
-
-#include "config/config.h"
 
 namespace virtcap::config {
 namespace {
@@ -66,6 +66,97 @@ TEST(Config, OverlayWriterIsNativeByDefaultAndOnlyNativeOrQemuImg) {
   EXPECT_NE(msg.find("native"), std::string::npos) << msg;
 }
 
+// A valid value other than the default, for every kind of option check.
+std::string pick(const check::abs_path&, const std::string&, const std::string& key) {
+  return "/srv/t/" + key;
+}
+std::string pick(const check::dir_name&, const std::string&, const std::string& key) { return "_" + key; }
+std::string pick(const check::origin_list&, const std::string&, const std::string&) {
+  return "https://a.example,http://b.example:8080";
+}
+std::string pick(const check::listen_address&, const std::string&, const std::string&) {
+  return "127.0.0.1:18774";
+}
+std::string pick(const check::non_empty&, const std::string&, const std::string& key) {
+  return "value-" + key;
+}
+std::string pick(const check::any&, const std::string&, const std::string& key) { return "value-" + key; }
+std::string pick(const check::one_of& c, const std::string& def, const std::string&) {
+  std::string_view all = c.choices;
+  while (!all.empty()) {
+    const auto bar = all.find('|');
+    const std::string choice(all.substr(0, bar));
+    if (choice != def) return choice;
+    if (bar == std::string_view::npos) break;
+    all.remove_prefix(bar + 1);
+  }
+  return def;  // a single choice: the test then reports "equals the default"
+}
+int pick(const check::range& r, int def, const std::string&) {
+  return static_cast<int>(def + 1 <= r.hi ? def + 1 : def - 1);
+}
+bool pick(const check::any&, bool def, const std::string&) { return !def; }
+
+std::string toml_value(const std::string& v) { return "\"" + v + "\""; }
+std::string toml_value(int v) { return std::to_string(v); }
+std::string toml_value(bool v) { return v ? "true" : "false"; }
+
+// Every option of every section, generated from the config X-macro: a new
+// option is parsed here without editing this test. Each gets a valid
+// non-default value; the parsed Config must hold exactly those values.
+TEST(Config, ParsesEveryOptionOfEverySectionFromTheXMacro) {
+  Config want;
+  std::string text;
+  int options = 0, sections = 0;
+#define PICK_OPTION_(T, key, def, chk, doc)                                                             \
+  want_section.key = pick(chk, T(def), #key);                                                           \
+  EXPECT_NE(want_section.key, T(def)) << "[" << section_name << "] " #key " needs a non-default value"; \
+  EXPECT_FALSE((chk)(want_section.key).has_value()) << "[" << section_name << "] " #key;                \
+  text += std::string(#key) + " = " + toml_value(want_section.key) + "\n";                              \
+  ++options;
+#define PICK_SECTION_(member, name, LIST, doc) \
+  {                                            \
+    const std::string section_name = name;     \
+    auto& want_section = want.member;          \
+    text += "[" + section_name + "]\n";        \
+    ++sections;                                \
+    LIST(PICK_OPTION_)                         \
+  }
+  VIRTCAP_CONFIG_SECTIONS(PICK_SECTION_)
+#undef PICK_SECTION_
+#undef PICK_OPTION_
+  EXPECT_GE(sections, 7);
+  EXPECT_GE(options, 20);
+
+  auto r = parse(text, "every.toml");
+  ASSERT_TRUE(r.ok()) << r.error().message << "\n" << text;
+  int compared = 0;
+#define COMPARE_OPTION_(T, key, def, chk, doc)                                                   \
+  EXPECT_EQ(got_section.key, want_section.key) << "[" << section_name << "] " #key "\n" << text; \
+  ++compared;
+#define COMPARE_SECTION_(member, name, LIST, doc) \
+  {                                               \
+    const std::string section_name = name;        \
+    const auto& want_section = want.member;       \
+    const auto& got_section = r->member;          \
+    LIST(COMPARE_OPTION_)                         \
+  }
+  VIRTCAP_CONFIG_SECTIONS(COMPARE_SECTION_)
+#undef COMPARE_SECTION_
+#undef COMPARE_OPTION_
+  EXPECT_EQ(compared, options);
+  EXPECT_EQ(r->api.token, "value-token");
+  EXPECT_EQ(r->libvirt.uri, "value-uri");
+  EXPECT_EQ(r->store.backend, "memory");
+  EXPECT_EQ(r->images_path(), "/srv/t/path");
+
+  // And what we render parses back to the same values.
+  auto again = parse(to_toml(r.value()), "again.toml");
+  ASSERT_TRUE(again.ok()) << again.error().message;
+  again->source = r->source;
+  EXPECT_EQ(to_toml(again.value()), to_toml(r.value()));
+}
+
 TEST(Config, UnknownKeyNamesFileLineKeyAndTheKnownKeys) {
   const auto msg = error_of("[image_cache]\nmanager_interval = 10\nmanager_intervall = 5\n");
   EXPECT_NE(msg.find("/etc/virtcap/test.toml:3:"), std::string::npos) << msg;
@@ -85,14 +176,16 @@ TEST(Config, WrongTypeSaysWhatWasExpected) {
   const auto msg = error_of("[image_cache]\n\nmanager_interval = \"soon\"\n");
   EXPECT_NE(msg.find(":3:"), std::string::npos) << msg;
   EXPECT_NE(msg.find("expected an integer, got a string"), std::string::npos) << msg;
-  EXPECT_NE(error_of("[image_cache]\nremove_unused_base_images = 1\n").find("expected a boolean"), std::string::npos);
+  EXPECT_NE(error_of("[image_cache]\nremove_unused_base_images = 1\n").find("expected a boolean"),
+            std::string::npos);
   EXPECT_NE(error_of("[compute]\ndriver = 3\n").find("expected a string"), std::string::npos);
 }
 
 TEST(Config, OutOfRangeSaysTheRange) {
   const auto msg = error_of("[image_cache]\nremove_unused_resized_minimum_age_seconds = -5\n");
   EXPECT_NE(msg.find("expected an integer from 0 to"), std::string::npos) << msg;
-  EXPECT_NE(error_of("[DEFAULT]\nperiodic_fuzzy_delay = 99999999999\n").find("from 0 to 3600"), std::string::npos);
+  EXPECT_NE(error_of("[DEFAULT]\nperiodic_fuzzy_delay = 99999999999\n").find("from 0 to 3600"),
+            std::string::npos);
   EXPECT_NE(error_of("[DEFAULT]\nstate_path = \"relative/dir\"\n").find("absolute path"), std::string::npos);
   EXPECT_NE(error_of("[image_cache]\nsubdirectory_name = \"../etc\"\n").find("single directory name"),
             std::string::npos);
@@ -149,9 +242,10 @@ TEST(Config, EffectiveTomlRoundTrips) {
 
 TEST(Config, DocsListEveryOption) {
   const auto md = docs_markdown();
-  for (const char* key : {"host", "state_path", "instances_path", "driver", "manager_interval", "subdirectory_name",
-                          "remove_unused_base_images", "remove_unused_original_minimum_age_seconds",
-                          "remove_unused_resized_minimum_age_seconds", "sync_power_state_interval"})
+  for (const char* key :
+       {"host", "state_path", "instances_path", "driver", "manager_interval", "subdirectory_name",
+        "remove_unused_base_images", "remove_unused_original_minimum_age_seconds",
+        "remove_unused_resized_minimum_age_seconds", "sync_power_state_interval"})
     EXPECT_NE(md.find(std::string("`") + key + "`"), std::string::npos) << key;
 }
 

@@ -1,6 +1,7 @@
+#include "compute/manager.h"
+
 #include <gtest/gtest.h>
 
-#include "compute/manager.h"
 #include "store/memory/memory_store.h"
 #include "support/test_support.h"
 #include "virt/fake/fake_driver.h"
@@ -8,9 +9,14 @@
 namespace virtcap::compute {
 namespace {
 
-// A real in-memory store that counts the queries the manager makes.
+// A real in-memory store that counts every call the manager makes, from
+// the moment it is built (construction included).
 class CountingStore : public store::MemoryStore {
  public:
+  Status register_host(const HostRecord& host) override {
+    ++registrations;
+    return MemoryStore::register_host(host);
+  }
   Result<std::vector<std::string>> hosts_sharing(const std::string& path) override {
     ++hosts_queries;
     return MemoryStore::hosts_sharing(path);
@@ -19,9 +25,36 @@ class CountingStore : public store::MemoryStore {
     ++instance_queries;
     return MemoryStore::live_instances_on(hosts);
   }
+  Status create_instance(const InstanceRecord& r) override {
+    ++other_calls;
+    return MemoryStore::create_instance(r);
+  }
+  Result<InstanceRecord> get_instance(const std::string& uuid) override {
+    ++other_calls;
+    return MemoryStore::get_instance(uuid);
+  }
+  Status update_instance(const InstanceRecord& r) override {
+    ++other_calls;
+    return MemoryStore::update_instance(r);
+  }
+  Result<std::vector<InstanceRecord>> list_instances(const std::string& host, bool include_deleted) override {
+    ++other_calls;
+    return MemoryStore::list_instances(host, include_deleted);
+  }
+  // Every call but the host registration create() makes.
+  int queries() const { return hosts_queries + instance_queries + other_calls; }
+  int registrations = 0;
   int hosts_queries = 0;
   int instance_queries = 0;
+  int other_calls = 0;
 };
+
+// Every driver entry point the manager can call, summed.
+int driver_calls(const fake::FakeDriver& d) {
+  const auto& c = d.calls();
+  return c.spawn + c.destroy + c.reboot + c.attach_interface + c.detach_interface + c.list_instances +
+         c.manage_image_cache;
+}
 
 // Counts how often the manager asks the driver for its capabilities.
 class CapsCountingDriver : public fake::FakeDriver {
@@ -60,7 +93,6 @@ struct Harness {
     auto m = ComputeManager::create(cfg, store, std::move(d));
     EXPECT_TRUE(m.ok());
     mgr = std::move(m.value());
-    store.hosts_queries = store.instance_queries = 0;
   }
 };
 
@@ -69,9 +101,38 @@ TEST(ImageCachePass, SkippedWithoutTheCapability_NoStoreQueryNoDriverCall) {
   const auto out = h.mgr->run_image_cache_pass();
   EXPECT_EQ(out.kind, TaskOutcome::Kind::skipped);
   EXPECT_NE(out.message.find("has_imagecache"), std::string::npos) << out.message;
-  EXPECT_EQ(h.store.hosts_queries, 0);
-  EXPECT_EQ(h.store.instance_queries, 0);
-  EXPECT_EQ(h.driver->calls().manage_image_cache.load(), 0);
+  // Counted from the store's birth: create() registers the host, nothing else.
+  EXPECT_EQ(h.store.registrations, 1);
+  EXPECT_EQ(h.store.queries(), 0);
+  EXPECT_EQ(driver_calls(*h.driver), 0);
+}
+
+// POST /v1/image-cache/pass and `virtcap imagecache` call image_cache_pass()
+// directly, not through the periodic task: the gate must be there too.
+TEST(ImageCachePass, DirectPassWithoutTheCapabilityIsRefused_NoStoreQueryNoDriverCall) {
+  for (bool dry_run : {true, false}) {
+    Harness h(fake::kFake, test_config(), "fake_nocache");
+    auto r = h.mgr->image_cache_pass(dry_run);
+    ASSERT_FALSE(r.ok()) << "dry_run=" << dry_run;
+    EXPECT_EQ(r.error().code, Errc::capability_not_supported);
+    EXPECT_EQ(r.error().capability, "has_imagecache");
+    EXPECT_EQ(r.error().operation, "manage_image_cache");
+    EXPECT_EQ(r.error().driver, "fake_nocache");
+    EXPECT_EQ(h.store.registrations, 1);
+    EXPECT_EQ(h.store.queries(), 0) << "dry_run=" << dry_run;
+    EXPECT_EQ(driver_calls(*h.driver), 0) << "dry_run=" << dry_run;
+    EXPECT_FALSE(h.mgr->last_image_cache_report().has_value());
+  }
+}
+
+TEST(ImageCachePass, DirectPassWithTheCapabilityReachesStoreAndDriver) {
+  Harness h(fake::kFakeImageCache);
+  auto r = h.mgr->image_cache_pass(true);
+  ASSERT_TRUE(r.ok()) << r.error().describe();
+  EXPECT_EQ(h.store.hosts_queries, 1);
+  EXPECT_EQ(h.store.instance_queries, 1);
+  EXPECT_EQ(h.driver->calls().manage_image_cache.load(), 1);
+  EXPECT_EQ(driver_calls(*h.driver), 1);
 }
 
 TEST(ImageCachePass, SkippedWhenTheIntervalIsNotPositive_NoStoreQueryNoDriverCall) {
@@ -80,9 +141,9 @@ TEST(ImageCachePass, SkippedWhenTheIntervalIsNotPositive_NoStoreQueryNoDriverCal
     const auto out = h.mgr->run_image_cache_pass();
     EXPECT_EQ(out.kind, TaskOutcome::Kind::skipped);
     EXPECT_NE(out.message.find("manager_interval"), std::string::npos) << out.message;
-    EXPECT_EQ(h.store.hosts_queries, 0);
-    EXPECT_EQ(h.store.instance_queries, 0);
-    EXPECT_EQ(h.driver->calls().manage_image_cache.load(), 0);
+    EXPECT_EQ(h.store.registrations, 1);
+    EXPECT_EQ(h.store.queries(), 0);
+    EXPECT_EQ(driver_calls(*h.driver), 0);
   }
 }
 

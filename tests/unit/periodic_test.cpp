@@ -1,15 +1,19 @@
+#include "compute/periodic.h"
+
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <chrono>
 #include <future>
 
-#include "compute/periodic.h"
-
 namespace virtcap::compute {
 namespace {
 
 PeriodicTaskRunner::Options no_jitter() { return {.max_jitter_seconds = 0, .seed = 1}; }
+
+// Every wait in these tests ends by this deadline, failing the test; a
+// healthy run needs milliseconds.
+constexpr std::chrono::seconds kDeadline{30};
 
 TEST(PeriodicTaskRunner, RunsImmediatelyAndThenOnSchedule) {
   PeriodicTaskRunner runner(no_jitter());
@@ -19,7 +23,7 @@ TEST(PeriodicTaskRunner, RunsImmediatelyAndThenOnSchedule) {
                 return TaskOutcome::ran("ok");
               }});
   runner.start();
-  ASSERT_TRUE(runner.wait_for_runs("tick", 5));
+  ASSERT_TRUE(runner.wait_for_runs("tick", 5, kDeadline));
   runner.stop();
   EXPECT_GE(n.load(), 5);
   const auto st = runner.status();
@@ -49,7 +53,7 @@ TEST(PeriodicTaskRunner, NonPositiveSpacingDisablesTheTask) {
   runner.add({"on", 0.001, true, "", [](std::stop_token) { return TaskOutcome::ran(); }});
   runner.start();
   // Once the enabled task has run three times, the others had every chance.
-  ASSERT_TRUE(runner.wait_for_runs("on", 3));
+  ASSERT_TRUE(runner.wait_for_runs("on", 3, kDeadline));
   runner.stop();
   EXPECT_EQ(disabled_runs.load(), 0);
   const auto st = runner.status();
@@ -63,13 +67,12 @@ TEST(PeriodicTaskRunner, NonPositiveSpacingDisablesTheTask) {
 
 TEST(PeriodicTaskRunner, AnExceptionIsRecordedAndStopsNothing) {
   PeriodicTaskRunner runner(no_jitter());
-  runner.add({"thrower", 0.001, true, "", [](std::stop_token) -> TaskOutcome {
-                throw std::runtime_error("disk on fire");
-              }});
+  runner.add({"thrower", 0.001, true, "",
+              [](std::stop_token) -> TaskOutcome { throw std::runtime_error("disk on fire"); }});
   runner.add({"steady", 0.001, true, "", [](std::stop_token) { return TaskOutcome::ran(); }});
   runner.start();
-  ASSERT_TRUE(runner.wait_for_runs("thrower", 3));  // keeps its schedule after throwing
-  ASSERT_TRUE(runner.wait_for_runs("steady", 3));
+  ASSERT_TRUE(runner.wait_for_runs("thrower", 3, kDeadline));  // keeps its schedule after throwing
+  ASSERT_TRUE(runner.wait_for_runs("steady", 3, kDeadline));
   runner.stop();
   const auto st = runner.status();
   ASSERT_TRUE(st[0].last_outcome.has_value());
@@ -82,16 +85,18 @@ TEST(PeriodicTaskRunner, ASlowTaskDoesNotStarveTheOthers) {
   std::promise<void> release;
   auto released = release.get_future().share();
   runner.add({"slow", 0.001, true, "", [released](std::stop_token) {
-                released.wait();
+                // Bounded: a failed assertion below cannot leave it blocked.
+                if (released.wait_for(kDeadline) != std::future_status::ready)
+                  return TaskOutcome::failed("never released");
                 return TaskOutcome::ran();
               }});
   runner.add({"fast", 0.001, true, "", [](std::stop_token) { return TaskOutcome::ran(); }});
   runner.start();
   // "fast" completes 20 runs while "slow" is still inside its first.
-  ASSERT_TRUE(runner.wait_for_runs("fast", 20));
+  ASSERT_TRUE(runner.wait_for_runs("fast", 20, kDeadline));
   EXPECT_EQ(runner.status()[0].runs, 0u);
   release.set_value();
-  ASSERT_TRUE(runner.wait_for_runs("slow", 1));
+  ASSERT_TRUE(runner.wait_for_runs("slow", 1, kDeadline));
   runner.stop();
 }
 
@@ -108,12 +113,25 @@ TEST(PeriodicTaskRunner, StopInterruptsLongWaitsAndCooperativeTasks) {
                 return TaskOutcome::skipped("stopped");
               }});
   runner.start();
-  entered.get_future().wait();
+  ASSERT_EQ(entered.get_future().wait_for(kDeadline), std::future_status::ready) << "the task never started";
   const auto t0 = std::chrono::steady_clock::now();
   runner.stop();  // must not wait out the hour, nor hang on the running task
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
   EXPECT_EQ(runner.status()[0].runs, 0u);
-  EXPECT_FALSE(runner.wait_for_runs("hourly", 1));
+  EXPECT_FALSE(runner.wait_for_runs("hourly", 1, kDeadline));
+}
+
+TEST(PeriodicTaskRunner, WaitForRunsEndsAtItsDeadline) {
+  PeriodicTaskRunner runner(no_jitter());
+  runner.add({"hourly", 3600, false, "", [](std::stop_token) { return TaskOutcome::ran(); }});
+  runner.start();
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_FALSE(runner.wait_for_runs("hourly", 1, std::chrono::milliseconds(50)));
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  EXPECT_GE(waited, std::chrono::milliseconds(50));
+  EXPECT_LT(waited, kDeadline);
+  EXPECT_FALSE(runner.wait_for_runs("no-such-task", 1, kDeadline));
+  runner.stop();
 }
 
 TEST(PeriodicTaskRunner, JitterDelaysTheFirstRunWithinItsBound) {

@@ -460,6 +460,57 @@ TEST(SqliteStore, ATruncatedDatabaseIsRefusedAndLeftUnchanged) {
   EXPECT_EQ(read_bytes(path), truncated);
 }
 
+// A database that opens cleanly - header, schema, application_id and
+// user_version all fine, every query works - but whose free-list trunk
+// pointer in the header is zeroed: only PRAGMA quick_check sees that the
+// free pages are lost ("freelist: size is 0 but should be N"). It must be
+// refused on quick_check's report alone, and left byte for byte.
+TEST(SqliteStore, ADatabaseOnlyQuickCheckFindsCorruptIsRefusedAndLeftUnchanged) {
+  TempDir dir;
+  const std::string path = dir.file("virtcap.db");
+  make_store(path, 400);
+  {
+    RawDb raw(path);
+    ASSERT_TRUE(raw.ok());
+    ASSERT_EQ(raw.exec("DELETE FROM instances; PRAGMA wal_checkpoint(TRUNCATE);"), SQLITE_OK) << raw.errmsg();
+  }
+  std::string bytes = read_bytes(path);
+  ASSERT_GT(bytes.size(), 100u);
+  const auto be32 = [&](std::size_t at) {
+    return (static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[at])) << 24) |
+           (static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[at + 1])) << 16) |
+           (static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[at + 2])) << 8) |
+           static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[at + 3]));
+  };
+  ASSERT_NE(be32(32), 0u) << "the deleted rows left a free-list trunk page";
+  ASSERT_GT(be32(36), 0u) << "free pages";
+  bytes.replace(32, 4, std::string(4, '\0'));  // first free-list trunk page: none
+  write_bytes(path, bytes);
+  {
+    // The premise: SQLite opens and reads it, and only quick_check objects.
+    RawDb raw(path);
+    ASSERT_TRUE(raw.ok());
+    EXPECT_EQ(raw.query("PRAGMA application_id"), std::to_string(SqliteStore::kApplicationId));
+    EXPECT_EQ(raw.query("SELECT count(*) FROM instances"), "0");
+    EXPECT_NE(raw.query("PRAGMA quick_check"), "ok");
+    EXPECT_NE(raw.query("PRAGMA quick_check"), "");
+  }
+  bytes = read_bytes(path);
+  ASSERT_EQ(bytes.substr(32, 4), std::string(4, '\0'));
+  EXPECT_EQ(dir_entries(dir.path()), (std::set<std::string>{"virtcap.db"}));
+
+  auto s = SqliteStore::open(path);
+  ASSERT_FALSE(s.ok()) << "quick_check reported problems; the store must not open it";
+  EXPECT_EQ(s.error().code, Errc::store_error);
+  const std::string& msg = s.error().message;
+  EXPECT_TRUE(contains(msg, path)) << msg;
+  EXPECT_TRUE(contains(msg, "not a valid virtcap database")) << msg;
+  EXPECT_TRUE(contains(msg, "quick_check")) << msg;
+  EXPECT_TRUE(contains(msg, "freelist")) << msg;
+  EXPECT_EQ(read_bytes(path), bytes);
+  EXPECT_EQ(dir_entries(dir.path()), (std::set<std::string>{"virtcap.db"}));
+}
+
 TEST(SqliteStore, AnotherApplicationsDatabaseIsRefusedAndLeftUnchanged) {
   TempDir dir;
   const std::string path = dir.file("other.db");

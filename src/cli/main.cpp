@@ -118,11 +118,9 @@ int cmd_capabilities_local(const Options& o) {
   if (!o.uri.empty()) cfg->libvirt.uri = o.uri;
   if (auto bad = check_driver_name(*cfg, o.driver)) return *bad;
   spdlog::set_level(spdlog::level::warn);  // keep stdout clean for scripts
-  store::MemoryStore store;
-  auto mgr = compute::ComputeManager::create(*cfg, store, o.driver);
-  if (!mgr) return fail(mgr.error().message);
-  const auto& caps = mgr.value()->capabilities();
-  const auto name = mgr.value()->driver_name();
+  auto inspected = compute::ComputeManager::inspect(*cfg, o.driver);  // writes nothing
+  if (!inspected) return fail(inspected.error().message);
+  const auto& [name, caps] = inspected.value();
   if (o.format == "json") std::cout << dump_json(caps::to_json(name, caps), 2) << "\n";
   else if (o.format == "markdown") std::cout << caps::to_markdown(name, caps);
   else std::cout << caps::to_table(name, caps);

@@ -42,8 +42,9 @@ Error load_failure(const std::string& driver, const std::string& why) {
 
 }  // namespace
 
-Result<std::unique_ptr<ComputeManager>> ComputeManager::create(const config::Config& cfg, InstanceStore& store,
-                                                               const std::string& driver_override) {
+namespace {
+
+Result<std::unique_ptr<ComputeDriver>> load_driver(const config::Config& cfg, const std::string& driver_override) {
   const std::string name = driver_override.empty() ? cfg.compute.driver : driver_override;
   auto driver = make_driver(name, cfg);
   if (!driver) {
@@ -51,7 +52,25 @@ Result<std::unique_ptr<ComputeManager>> ComputeManager::create(const config::Con
     e.message = "unable to load the virtualization driver: " + e.message;
     return e;
   }
+  return driver;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<ComputeManager>> ComputeManager::create(const config::Config& cfg, InstanceStore& store,
+                                                               const std::string& driver_override) {
+  auto driver = load_driver(cfg, driver_override);
+  if (!driver) return driver.error();
   return create(cfg, store, std::move(driver.value()));
+}
+
+Result<std::pair<std::string, Capabilities>> ComputeManager::inspect(const config::Config& cfg,
+                                                                     const std::string& driver_override) {
+  auto driver = load_driver(cfg, driver_override);
+  if (!driver) return driver.error();
+  const std::string name(driver.value()->name());
+  if (auto st = driver.value()->init_host(cfg.host()); !st) return load_failure(name, st.error().message);
+  return std::make_pair(name, driver.value()->capabilities());
 }
 
 Result<std::unique_ptr<ComputeManager>> ComputeManager::create(const config::Config& cfg, InstanceStore& store,

@@ -51,6 +51,11 @@ class ComputeManager {
   // driver and listing the available ones.
   static Result<std::unique_ptr<ComputeManager>> create(const config::Config& cfg, InstanceStore& store,
                                                         const std::string& driver_override = "");
+  // The driver's name and capabilities after its init_host, without a
+  // manager: no store, no host registration, nothing written (`virtcap
+  // capabilities`). Errors as create().
+  static Result<std::pair<std::string, Capabilities>> inspect(const config::Config& cfg,
+                                                              const std::string& driver_override = "");
   // For callers that construct the driver themselves (tests, benchmarks).
   static Result<std::unique_ptr<ComputeManager>> create(const config::Config& cfg, InstanceStore& store,
                                                         std::unique_ptr<ComputeDriver> driver);

@@ -99,8 +99,13 @@ Status set_paused(libvirt::LibvirtDriver& drv, const std::string& uuid, bool pau
 // supported, against the test driver as not.
 TEST(RealGuest, CapabilitiesCommandShowsWhatEachHypervisorSupports) {
   ASSERT_NE(::geteuid(), 0u) << "run through tests/guest/run-as-user.sh";
-  auto attach_of = [](const std::string& uri) {
-    auto out = testing::must_run({VIRTCAP_BINARY, "capabilities", "--driver", "libvirt", "--uri", uri, "--format", "json"});
+  // Its own state_path: the default (/var/lib/virtcap) belongs to the host,
+  // and this test runs as an unprivileged user.
+  testing::TempDir dir("virtcap-guest-caps");
+  const std::string cfg = dir.write("virtcap.toml", "[DEFAULT]\nstate_path = \"" + dir.str() + "\"\n");
+  auto attach_of = [&](const std::string& uri) {
+    auto out = testing::must_run(
+        {VIRTCAP_BINARY, "capabilities", "--config", cfg, "--driver", "libvirt", "--uri", uri, "--format", "json"});
     auto j = nlohmann::json::parse(out.out);
     std::map<std::string, nlohmann::json> values;
     for (const auto& c : j.at("capabilities")) values[c.at("name")] = c.at("value");

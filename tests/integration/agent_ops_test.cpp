@@ -235,5 +235,18 @@ TEST(AgentOps, BootTakesSizesAndNamesTheFlags) {
   }
 }
 
+// Read-only commands write nothing: `virtcap capabilities` loads and
+// inspects the driver without creating the state directory or registering
+// the host (it once left /var/lib/virtcap behind, which then broke an
+// unprivileged run).
+TEST(AgentOps, CapabilitiesWritesNothing) {
+  testing::TempDir d("virtcap-ro");
+  const std::string state = d.sub("state");
+  const auto cfg = d.write("c.toml", "[DEFAULT]\nstate_path = \"" + state + "\"\n");
+  auto r = cli({"capabilities", "--config", cfg, "--driver", "libvirt", "--format", "json"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_FALSE(fs::exists(state)) << "capabilities created " << state;
+}
+
 }  // namespace
 }  // namespace virtcap

@@ -211,7 +211,8 @@ Status LibvirtDriver::init_host(const std::string&) {
   auto caps = conn_.with([&](virConnectPtr c) -> Result<Capabilities> { return discover(c, kLibvirtStatic); });
   if (!caps) return caps.error();
   caps_ = caps.value();
-  if (Status st = imagecache::make_dirs(cfg_.instances_path()); !st) return st;
+  // instances_path is created by the first spawn (with the lock directory),
+  // not here: inspecting a driver (`virtcap capabilities`) writes nothing.
   spdlog::info("libvirt: connected to '{}' (virt_type={}, max_vcpus={}, attach_interface={})", conn_.uri(),
                to_string(caps_.virt_type), caps_.max_vcpus, caps_.supports_attach_interface);
   return {};

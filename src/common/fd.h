@@ -45,6 +45,23 @@ class UniqueFd {
   int fd_ = -1;
 };
 
+// Reads up to `want` bytes at `offset`, retrying short reads and EINTR
+// until the end of the file, so a short count really means the file ended.
+// Returns the count, or -errno.
+inline long long pread_full(int fd, std::uint8_t* buf, std::size_t want, std::uint64_t offset) {
+  std::size_t got = 0;
+  while (got < want) {
+    const ssize_t n = ::pread(fd, buf + got, want - got, static_cast<off_t>(offset + got));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -static_cast<long long>(errno);
+    }
+    if (n == 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  return static_cast<long long>(got);
+}
+
 // One entry of a directory: its name, d_type (DT_REG, DT_DIR, DT_LNK,
 // DT_UNKNOWN, ...) and d_ino. "." and ".." are never reported.
 struct DirEntry {

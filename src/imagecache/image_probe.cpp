@@ -9,6 +9,7 @@
 #include <system_error>
 #include <vector>
 
+#include "common/fd.h"
 #include "imagecache/qcow2.h"
 
 namespace virtcap::imagecache {
@@ -32,21 +33,6 @@ bool starts_with(Bytes b, std::string_view magic) {
 
 ProbeError fail(const std::string& path, const std::string& what, int err = 0) {
   return {"'" + path + "' " + what + (err ? std::string(": ") + std::system_category().message(err) : ""), err};
-}
-
-// pread until `want` bytes or the end of the file; -errno on error.
-long long pread_full(int fd, std::uint8_t* buf, std::size_t want, std::uint64_t offset) {
-  std::size_t got = 0;
-  while (got < want) {
-    const ssize_t n = ::pread(fd, buf + got, want - got, static_cast<off_t>(offset + got));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return -static_cast<long long>(errno);
-    }
-    if (n == 0) break;
-    got += static_cast<std::size_t>(n);
-  }
-  return static_cast<long long>(got);
 }
 
 // A name of `size` bytes at `offset`: from the head when it lies there, else

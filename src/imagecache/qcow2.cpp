@@ -180,22 +180,6 @@ Qcow2Error io_error(const std::string& path, const char* what, int err) {
   return e;
 }
 
-// Reads up to `want` bytes at `offset`, retrying short reads until EOF so a
-// short result really means the file ended. Returns the count, or -errno.
-long long pread_full(int fd, std::uint8_t* buf, std::size_t want, std::uint64_t offset) {
-  std::size_t got = 0;
-  while (got < want) {
-    const ssize_t n = ::pread(fd, buf + got, want - got, static_cast<off_t>(offset + got));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return -static_cast<long long>(errno);
-    }
-    if (n == 0) break;
-    got += static_cast<std::size_t>(n);
-  }
-  return static_cast<long long>(got);
-}
-
 // The file's head. The first read is one page, which holds the whole header
 // area of every image QEMU writes (header, extensions, backing name: well under
 // 1 KiB) and costs less than copying 64 KiB. Only when the header area runs

@@ -1,5 +1,7 @@
 #include "api/server.h"
 
+#include "virtcap/version.h"
+
 #include <malloc.h>
 #include <spdlog/spdlog.h>
 
@@ -57,40 +59,55 @@ void Metrics::request(const std::string& method, const std::string& route, int s
   ++requests_[{method, route, status}];
 }
 
-void Metrics::image_cache_pass(const ImageCacheReport& r) {
-  std::lock_guard lock(mu_);
-  ++passes_;
-  files_removed_ += r.files_removed;
-  bytes_freed_ += r.bytes_freed;
-}
-
-std::string Metrics::render(const std::vector<compute::TaskStatus>& tasks) const {
+std::string Metrics::render(const Snapshot& snap) const {
   std::ostringstream os;
-  std::lock_guard lock(mu_);
-  os << "# HELP virtcap_api_requests_total API requests by method, route and status.\n"
-        "# TYPE virtcap_api_requests_total counter\n";
-  for (const auto& [k, n] : requests_)
-    os << "virtcap_api_requests_total{method=\"" << std::get<0>(k) << "\",route=\"" << escape_label(std::get<1>(k))
-       << "\",status=\"" << std::get<2>(k) << "\"} " << n << "\n";
-  os << "# HELP virtcap_task_runs_total Completed runs of each periodic task.\n"
+  {
+    std::lock_guard lock(mu_);
+    os << "# HELP virtcap_api_requests_total API requests by method, route and status.\n"
+          "# TYPE virtcap_api_requests_total counter\n";
+    for (const auto& [k, n] : requests_)
+      os << "virtcap_api_requests_total{method=\"" << std::get<0>(k) << "\",route=\"" << escape_label(std::get<1>(k))
+         << "\",status=\"" << std::get<2>(k) << "\"} " << n << "\n";
+  }
+  os << "# HELP virtcap_build_info The running virtcap: version and driver (always 1).\n"
+        "# TYPE virtcap_build_info gauge\n"
+     << "virtcap_build_info{version=\"" << escape_label(VIRTCAP_VERSION) << "\",driver=\"" << escape_label(snap.driver)
+     << "\"} 1\n"
+     << "# HELP virtcap_hypervisor_connected Whether the driver's hypervisor connection is up (1) or not (0).\n"
+        "# TYPE virtcap_hypervisor_connected gauge\n"
+     << "virtcap_hypervisor_connected " << (snap.hypervisor_connected ? 1 : 0) << "\n"
+     << "# HELP virtcap_instances Live instances of this host by vm_state.\n"
+        "# TYPE virtcap_instances gauge\n";
+  for (const auto& [state, n] : snap.instances_by_vm_state)
+    os << "virtcap_instances{vm_state=\"" << escape_label(state) << "\"} " << n << "\n";
+  os << "# HELP virtcap_task_runs_total Completed runs of each periodic task, by result.\n"
         "# TYPE virtcap_task_runs_total counter\n";
-  for (const auto& t : tasks) os << "virtcap_task_runs_total{task=\"" << t.name << "\"} " << t.runs << "\n";
+  for (const auto& t : snap.tasks)
+    for (auto kind : {compute::TaskOutcome::Kind::ran, compute::TaskOutcome::Kind::skipped,
+                      compute::TaskOutcome::Kind::failed})
+      os << "virtcap_task_runs_total{task=\"" << t.name << "\",result=\"" << compute::to_string(kind) << "\"} "
+         << t.runs_by_result[static_cast<int>(kind)] << "\n";
   os << "# HELP virtcap_task_last_duration_seconds Duration of each periodic task's last run.\n"
         "# TYPE virtcap_task_last_duration_seconds gauge\n";
-  for (const auto& t : tasks)
+  for (const auto& t : snap.tasks)
     os << "virtcap_task_last_duration_seconds{task=\"" << t.name << "\"} " << t.last_duration.count() << "\n";
   os << "# HELP virtcap_task_enabled Whether each periodic task is scheduled.\n"
         "# TYPE virtcap_task_enabled gauge\n";
-  for (const auto& t : tasks) os << "virtcap_task_enabled{task=\"" << t.name << "\"} " << (t.enabled ? 1 : 0) << "\n";
-  os << "# HELP virtcap_image_cache_passes_total Image-cache passes run through the API.\n"
+  for (const auto& t : snap.tasks)
+    os << "virtcap_task_enabled{task=\"" << t.name << "\"} " << (t.enabled ? 1 : 0) << "\n";
+  const auto& ic = snap.image_cache;
+  os << "# HELP virtcap_image_cache_passes_total Image-cache passes run (periodic, API and CLI alike).\n"
         "# TYPE virtcap_image_cache_passes_total counter\n"
-     << "virtcap_image_cache_passes_total " << passes_ << "\n"
+     << "virtcap_image_cache_passes_total " << ic.passes << "\n"
+     << "# HELP virtcap_image_cache_incomplete_passes_total Passes that removed nothing because something could not be read.\n"
+        "# TYPE virtcap_image_cache_incomplete_passes_total counter\n"
+     << "virtcap_image_cache_incomplete_passes_total " << ic.incomplete << "\n"
      << "# HELP virtcap_image_cache_files_removed_total Base files removed by image-cache passes.\n"
         "# TYPE virtcap_image_cache_files_removed_total counter\n"
-     << "virtcap_image_cache_files_removed_total " << files_removed_ << "\n"
+     << "virtcap_image_cache_files_removed_total " << ic.files_removed << "\n"
      << "# HELP virtcap_image_cache_bytes_freed_total Bytes freed by image-cache passes.\n"
         "# TYPE virtcap_image_cache_bytes_freed_total counter\n"
-     << "virtcap_image_cache_bytes_freed_total " << bytes_freed_ << "\n";
+     << "virtcap_image_cache_bytes_freed_total " << ic.bytes_freed << "\n";
   return os.str();
 }
 
@@ -131,7 +148,14 @@ std::vector<http::Route> Server::routes() {
        }},
       {"GET", "/metrics", BodyRule::none,
        [this](const Request&) {
-         return Response{200, "text/plain; version=0.0.4", metrics_.render(runner_.status()), {}};
+         Metrics::Snapshot snap;
+         snap.tasks = runner_.status();
+         snap.image_cache = mgr_.image_cache_totals();
+         snap.hypervisor_connected = mgr_.driver().unavailable_reason().empty();
+         snap.driver = std::string(mgr_.driver_name());
+         if (auto list = mgr_.list(); list)
+           for (const auto& i : list.value()) ++snap.instances_by_vm_state[i.vm_state];
+         return Response{200, "text/plain; version=0.0.4", metrics_.render(snap), {}};
        }},
       {"GET", "/v1/capabilities", BodyRule::none,
        [this, ok](const Request&) { return ok(caps::to_json(mgr_.driver_name(), mgr_.capabilities())); }},
@@ -190,7 +214,6 @@ std::vector<http::Route> Server::routes() {
          if (!dry) return send_error(dry.error());
          auto r = mgr_.image_cache_pass(dry.value());
          if (!r) return send_error(r.error());
-         metrics_.image_cache_pass(r.value());
          return ok(imagecache::to_json(r.value()));
        }},
       {"GET", "/v1/tasks", BodyRule::none,

@@ -31,13 +31,19 @@ void tune_allocator();
 class Metrics {
  public:
   void request(const std::string& method, const std::string& route, int status);
-  void image_cache_pass(const ImageCacheReport& r);
-  std::string render(const std::vector<compute::TaskStatus>& tasks) const;
+  // What the agent's own state says at scrape time.
+  struct Snapshot {
+    std::vector<compute::TaskStatus> tasks;
+    compute::ComputeManager::ImageCacheTotals image_cache;
+    bool hypervisor_connected = false;
+    std::string driver;
+    std::map<std::string, std::uint64_t> instances_by_vm_state;
+  };
+  std::string render(const Snapshot& s) const;
 
  private:
   mutable std::mutex mu_;
   std::map<std::tuple<std::string, std::string, int>, std::uint64_t> requests_;
-  std::uint64_t files_removed_ = 0, bytes_freed_ = 0, passes_ = 0;
 };
 
 class Server {

@@ -355,6 +355,10 @@ Result<ImageCacheReport> ComputeManager::image_cache_pass(bool dry_run) {
   if (report) {
     std::lock_guard lock(report_mu_);
     last_report_ = report.value();
+    ++totals_.passes;
+    if (!report->complete) ++totals_.incomplete;
+    totals_.files_removed += report->files_removed;
+    totals_.bytes_freed += report->bytes_freed;
   }
   return report;
 }
@@ -362,6 +366,11 @@ Result<ImageCacheReport> ComputeManager::image_cache_pass(bool dry_run) {
 std::optional<ImageCacheReport> ComputeManager::last_image_cache_report() const {
   std::lock_guard lock(report_mu_);
   return last_report_;
+}
+
+ComputeManager::ImageCacheTotals ComputeManager::image_cache_totals() const {
+  std::lock_guard lock(report_mu_);
+  return totals_;
 }
 
 TaskOutcome ComputeManager::run_image_cache_pass() {

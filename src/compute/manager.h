@@ -140,10 +140,16 @@ class ComputeManager {
  public:
   // The last image-cache pass's report, if any pass ran (for /v1/tasks).
   std::optional<ImageCacheReport> last_image_cache_report() const;
+  // Every pass counted where it runs (periodic task, API, CLI alike).
+  struct ImageCacheTotals {
+    std::uint64_t passes = 0, incomplete = 0, files_removed = 0, bytes_freed = 0;
+  };
+  ImageCacheTotals image_cache_totals() const;
 
  private:
   mutable std::mutex report_mu_;
   std::optional<ImageCacheReport> last_report_;
+  ImageCacheTotals totals_;
 };
 
 template <class F>

@@ -103,6 +103,7 @@ void PeriodicTaskRunner::loop(std::stop_token st, Slot& slot, double first_delay
     {
       std::lock_guard lock(mu_);
       slot.status.runs++;
+      slot.status.runs_by_result[static_cast<int>(outcome.kind)]++;
       slot.status.last_started = wall;
       slot.status.last_duration = took;
       slot.status.last_outcome = outcome;

@@ -46,6 +46,7 @@ struct TaskStatus {
   std::string disabled_reason;
   double first_delay_seconds = 0;  // the scheduled delay (spacing unless immediate, + jitter)
   std::uint64_t runs = 0;
+  std::uint64_t runs_by_result[3] = {0, 0, 0};  // indexed by TaskOutcome::Kind: ran, skipped, failed
   std::optional<std::chrono::system_clock::time_point> last_started;
   std::chrono::duration<double> last_duration{0};
   std::optional<TaskOutcome> last_outcome;

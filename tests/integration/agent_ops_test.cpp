@@ -248,5 +248,39 @@ TEST(AgentOps, CapabilitiesWritesNothing) {
   EXPECT_FALSE(fs::exists(state)) << "capabilities created " << state;
 }
 
+// /metrics counts what happened, wherever it happened: a periodic
+// image-cache pass's removals are counted (they once were only for passes
+// started through the API), task runs by result, build info, the hypervisor
+// gauge and instances by vm_state.
+TEST(AgentOps, MetricsCountWhatHappened) {
+  AgentWorld w("[image_cache]\nmanager_interval = 1\nremove_unused_original_minimum_age_seconds = 0\n");
+  const std::string base_dir = w.dir.sub("instances/_base");
+  fs::create_directories(base_dir);
+  const std::string unused = base_dir + "/" + testing::sha1_hex_for_test("an-unused-image");
+  std::ofstream(unused) << std::string(12345, 'u');
+  testing::set_mtime(unused, 1000000000);
+  Agent a(w.config);
+  ASSERT_TRUE(a.running()) << a.exit_output().err;
+  ASSERT_TRUE(a.wait_for_log("periodic task 'image_cache_manager_pass' ran")) << a.log();
+  auto c = a.client();
+  const nlohmann::json body{{"name", "m1"}, {"image", "sample-a"}};
+  ASSERT_TRUE(c.request("POST", "/v1/instances", &body).ok());
+  auto m = c.call("GET", "/metrics");
+  ASSERT_TRUE(m.ok());
+  const std::string& t = m->raw;
+  EXPECT_FALSE(fs::exists(unused));
+  EXPECT_NE(t.find("\nvirtcap_image_cache_files_removed_total 1\n"), std::string::npos) << t;
+  EXPECT_NE(t.find("\nvirtcap_image_cache_bytes_freed_total 12345\n"), std::string::npos) << t;
+  EXPECT_TRUE(std::regex_search(t, std::regex("\nvirtcap_image_cache_passes_total [1-9]")) ) << t;
+  EXPECT_TRUE(std::regex_search(
+      t, std::regex("virtcap_task_runs_total\\{task=\"image_cache_manager_pass\",result=\"ran\"\\} [1-9]")))
+      << t;
+  EXPECT_NE(t.find("virtcap_task_runs_total{task=\"image_cache_manager_pass\",result=\"failed\"} 0"),
+            std::string::npos) << t;
+  EXPECT_NE(t.find("virtcap_build_info{version=\""), std::string::npos) << t;
+  EXPECT_NE(t.find("\nvirtcap_hypervisor_connected 1\n"), std::string::npos) << t;
+  EXPECT_NE(t.find("virtcap_instances{vm_state=\"active\"} 1\n"), std::string::npos) << t;
+}
+
 }  // namespace
 }  // namespace virtcap

@@ -71,7 +71,8 @@ TEST(Api, WalkthroughBootListRefuseDeletePassTasks) {
   EXPECT_NE(metrics->raw.find("virtcap_api_requests_total{method=\"POST\",route=\"/v1/instances\",status=\"201\"} 2"),
             std::string::npos)
       << metrics->raw;
-  EXPECT_NE(metrics->raw.find("virtcap_task_runs_total{task=\"sync_power_states\"}"), std::string::npos);
+  EXPECT_NE(metrics->raw.find("virtcap_task_runs_total{task=\"sync_power_states\",result=\"ran\"}"), std::string::npos)
+      << metrics->raw;
   expect_agreement(c, w);
 
   auto out = agent.stop();

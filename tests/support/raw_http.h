@@ -42,7 +42,15 @@ class RawConnection {
     ok_ = fd_ >= 0 && ::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
   }
   ~RawConnection() {
-    if (fd_ >= 0) ::close(fd_);
+    if (fd_ >= 0) {
+      // Close with a reset, not a FIN: the answer has been read, and a
+      // fuzzer opening thousands of connections a second would otherwise
+      // fill the ephemeral port range with TIME_WAIT sockets (then connect
+      // fails with EADDRNOTAVAIL, which is not the server's fault).
+      const linger l{1, 0};
+      ::setsockopt(fd_, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+      ::close(fd_);
+    }
   }
   RawConnection(const RawConnection&) = delete;
   RawConnection& operator=(const RawConnection&) = delete;

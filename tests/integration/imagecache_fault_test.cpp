@@ -35,6 +35,15 @@ struct FaultTree {
                          instances + "/_base/" + used.back(), idir + (i == 2 ? "/sub/disk" : "/disk"), "1M"});
       std::ofstream(idir + "/console.log") << "boot\n";
     }
+    // inst-3 holds only a subdirectory with its disk, inst-4 only a disk: a
+    // fault on one path then hits exactly one kind of call (see below).
+    for (const std::string& where : {std::string("inst-3/sub"), std::string("inst-4")}) {
+      used.push_back(sha1_hex("used-" + where));
+      make_base(used.back());
+      fs::create_directories(instances + "/" + where);
+      testing::must_run({"qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b",
+                         instances + "/_base/" + used.back(), instances + "/" + where + "/disk", "1M"});
+    }
     for (int i = 0; i < 2; ++i) unused.push_back(sha1_hex("unused" + std::to_string(i)));
     restore_unused();
   }
@@ -109,6 +118,27 @@ TEST(ImageCacheFaults, EioInEveryDiskReadNeverLosesAnInUseBase) { inject_everywh
 // instance directory or a disk that cannot be opened makes the pass remove
 // nothing.
 TEST(ImageCacheFaults, EioInEveryOpenNeverLosesAnInUseBase) { inject_everywhere("openat", false); }
+
+// A fault that persists on one path (strace -P): both looks of the pass -
+// the first, and the second under the locks - fail on it, so nothing but the
+// error rule keeps that instance's base. An incomplete pass removes nothing.
+TEST(ImageCacheFaults, APersistentFaultOnOneInstanceRemovesNothing) {
+  FaultTree t;
+  // strace -P matches openat by its directory fd: "-P inst-3" fails only the
+  // open of inst-3/sub (an instance's subdirectory), "-P inst-4" only the
+  // open of inst-4/disk.
+  const std::string i = t.instances + "/inst-";
+  const std::vector<std::pair<std::string, std::string>> faults = {
+      {i + "3", "openat"}, {i + "4", "openat"}, {i + "0", "getdents64"}, {i + "0/disk", "pread64"}};
+  for (const auto& [path, syscall] : faults) {
+    t.restore_unused();
+    const std::string what = syscall + " on " + path;
+    const auto out = t.pass({"-P", path, "-e", "trace=" + syscall, "-e", "inject=" + syscall + ":error=EIO"});
+    t.expect_used_intact(what);
+    EXPECT_EQ(out.exit_code, 1) << what << ": the pass must report itself incomplete\n" << out.err;
+    EXPECT_EQ(t.unused_left(), t.unused.size()) << what << ": an incomplete pass removed files";
+  }
+}
 
 }  // namespace
 }  // namespace virtcap

@@ -13,8 +13,9 @@
 
 namespace virtcap {
 
-// Owns one fd; closes it on destruction. close()'s error is not reported
-// here: files written through a UniqueFd are fsynced (and checked) first.
+// Owns one fd; closes it on destruction (where close()'s error cannot be
+// reported: files that were written are fsynced first, or closed with
+// close_checked()).
 class UniqueFd {
  public:
   UniqueFd() = default;
@@ -39,6 +40,13 @@ class UniqueFd {
   void reset(int fd = -1) {
     if (fd_ >= 0) ::close(fd_);
     fd_ = fd;
+  }
+  // Closes now and returns close's result (on some filesystems the first
+  // report of a failed write-back), for files whose data matters.
+  int close_checked() {
+    const int r = ::close(fd_);
+    fd_ = -1;
+    return r;
   }
 
  private:

@@ -25,13 +25,6 @@ Error io_error(const std::string& what, int err) {
 
 using Fd = UniqueFd;
 
-Status fsync_dir(const std::string& dir) {
-  Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (fd.get() < 0) return io_error("cannot open directory " + dir, errno);
-  if (::fsync(fd.get()) != 0) return io_error("cannot fsync directory " + dir, errno);
-  return {};
-}
-
 std::string random_suffix() {
   thread_local std::mt19937_64 rng{std::random_device{}()};
   static constexpr char kChars[] = "abcdefghijklmnopqrstuvwxyz0123456789";
@@ -41,6 +34,13 @@ std::string random_suffix() {
 }
 
 }  // namespace
+
+Status fsync_dir(const std::string& dir) {
+  Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) return io_error("cannot open directory " + dir, errno);
+  if (::fsync(fd.get()) != 0) return io_error("cannot fsync directory " + dir, errno);
+  return {};
+}
 
 Status make_dirs(const std::string& dir) {
   std::error_code ec;

@@ -88,6 +88,8 @@ Result<EnsureOutcome> with_base(const BaseCache& cache, std::string_view image_i
 Result<EnsureOutcome> ensure_base_locked(const BaseCache& cache, std::string_view image_id,
                                          const std::string& source);
 Status touch(const std::string& path);
+// fsync(2) of a directory, so a rename or create in it is durable.
+Status fsync_dir(const std::string& dir);
 // mkdir -p; io_error naming the directory.
 Status make_dirs(const std::string& dir);
 // Copies src to dst (which must not exist) with copy_file_range, then fsyncs dst.

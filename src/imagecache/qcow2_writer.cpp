@@ -12,7 +12,8 @@
 #include <cstring>
 #include <filesystem>
 
-#include "imagecache/base_cache.h"  // kTempMarker only
+#include "common/fd.h"
+#include "imagecache/base_cache.h"  // kTempMarker, fsync_dir
 #include "imagecache/qcow2.h"
 
 namespace virtcap::imagecache {
@@ -53,27 +54,7 @@ Error io_error(const std::string& what, int err) {
   return make_error(Errc::io_error, what + ": " + std::strerror(err));
 }
 
-// The twin of the RAII fd in base_cache.cpp (kept private there).
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  // Closes now and reports close's error (on some filesystems the first
-  // report of a failed write-back).
-  int close_checked() {
-    const int r = ::close(fd_);
-    fd_ = -1;
-    return r;
-  }
-
- private:
-  int fd_;
-};
+using Fd = UniqueFd;
 
 bool valid_format_name(std::string_view f) {
   if (f.empty() || f.size() > kOverlayMaxFormatName) return false;
@@ -193,13 +174,6 @@ Status write_overlay_fd(int fd, const OverlayImage& image, const std::string& pa
 }
 
 namespace {
-
-Status fsync_dir(const std::string& dir) {
-  Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (fd.get() < 0) return io_error("cannot open directory " + dir, errno);
-  if (::fsync(fd.get()) != 0) return io_error("cannot fsync directory " + dir, errno);
-  return {};
-}
 
 // rename() that fails with EEXIST instead of replacing `to`. Filesystems
 // without RENAME_NOREPLACE get link + unlink, which is just as safe.

@@ -1,7 +1,12 @@
 #include "api/client.h"
 
 #include <curl/curl.h>
+#include <fcntl.h>
+#include <openssl/x509_vfy.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <mutex>
 
 #include "common/json_text.h"
@@ -29,9 +34,71 @@ struct HeaderList {
   ~HeaderList() { curl_slist_free_all(list); }
 };
 
+bool is_https(const std::string& url) { return url.rfind("https://", 0) == 0; }
+
+// Why curl refused the server's certificate, in the words an operator
+// searches for. `verify` is OpenSSL's verdict on the chain; curl checks the
+// name itself and then reports only its own text ("... host name ...").
+std::string refused_certificate(long verify, const std::string& detail, const ClientOptions& o) {
+  const std::string store = o.ca_file.empty() ? "the system CA store" : o.ca_file;
+  if (verify == X509_V_OK || verify == X509_V_ERR_HOSTNAME_MISMATCH || verify == X509_V_ERR_IP_ADDRESS_MISMATCH ||
+      (verify == X509_V_ERR_UNSPECIFIED && detail.find("host name") != std::string::npos))
+    return "hostname mismatch: its certificate does not name the host of " + o.url;
+  switch (verify) {
+    case X509_V_ERR_CERT_HAS_EXPIRED:
+      return "its certificate has expired";
+    case X509_V_ERR_CERT_NOT_YET_VALID:
+      return "its certificate is not valid yet (check the clocks of both hosts)";
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+    case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+      return "unknown CA: its certificate is not signed by a CA in " + store + "; " + o.ca_hint;
+    default:
+      return std::string("its certificate does not verify: ") + X509_verify_cert_error_string(verify);
+  }
+}
+
+// A transport failure, named for what the operator can do about it.
+Error transport_error(CURLcode rc, CURL* h, const char* detail, const ClientOptions& o) {
+  const std::string why = std::string(curl_easy_strerror(rc)) + (*detail ? std::string(": ") + detail : "");
+  std::string msg;
+  if (rc == CURLE_PEER_FAILED_VERIFICATION) {
+    long verify = X509_V_OK;
+    curl_easy_getinfo(h, CURLINFO_SSL_VERIFYRESULT, &verify);
+    msg = "refused the TLS certificate of " + o.peer + " at " + o.url + ": " + refused_certificate(verify, detail, o) + " (" +
+          why + ")";
+  } else if (rc == CURLE_SSL_CACERT_BADFILE) {
+    return make_error(Errc::invalid_argument, "cannot use the CA file " + o.ca_file + " (" + why +
+                                                  "); expected PEM CA certificates");
+  } else if (is_https(o.url) && rc == CURLE_SSL_CONNECT_ERROR) {
+    msg = "the TLS handshake with " + o.peer + " at " + o.url + " failed (" + why +
+          "); if the server serves plain HTTP, use an http:// URL";
+  } else if (!is_https(o.url) && (rc == CURLE_GOT_NOTHING || rc == CURLE_RECV_ERROR)) {
+    msg = o.peer + " at " + o.url + " closed the connection without an answer (" + why +
+          "); if the server serves HTTPS, use an https:// URL";
+  } else {
+    msg = "cannot reach " + o.peer + " at " + o.url + " (" + why + "); " + o.hint;
+  }
+  return make_error(Errc::io_error, msg);
+}
+
+// An unreadable ca_file is the caller's mistake, named before connecting.
+Status check_ca_file(const std::string& path) {
+  if (path.empty()) return {};
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0)
+    return make_error(Errc::invalid_argument, "cannot read the CA file " + path + ": " + std::strerror(errno));
+  ::close(fd);
+  return {};
+}
+
 }  // namespace
 
-Client::Client(const std::string& server, const std::string& token) : server_(server), token_(token) {
+Client::Client(const std::string& server, const std::string& token) : Client(ClientOptions{.url = server, .token = token}) {}
+
+Client::Client(ClientOptions opts) : opts_(std::move(opts)) {
   static std::once_flag once;
   std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
   curl_ = curl_easy_init();
@@ -47,18 +114,30 @@ Result<Response> Client::call_raw(const std::string& method, const std::string& 
     return make_error(Errc::invalid_argument, "unsupported method " + method);
   auto* h = static_cast<CURL*>(curl_);
   if (!h) return make_error(Errc::io_error, "cannot initialise libcurl");
+  if (auto st = check_ca_file(opts_.ca_file); !st) return st.error();
   curl_easy_reset(h);  // keeps the live connection
-  const std::string url = server_ + path;
+  const std::string url = opts_.url + path;
   std::string received;
+  char detail[CURL_ERROR_SIZE] = "";
   HeaderList headers;
   headers.add("Expect:");  // no 100-continue round trip
-  if (!token_.empty()) headers.add("Authorization: Bearer " + token_);
+  if (!opts_.token.empty()) headers.add("Authorization: Bearer " + opts_.token);
   curl_easy_setopt(h, CURLOPT_URL, url.c_str());
   curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
-  curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 5L);
-  curl_easy_setopt(h, CURLOPT_TIMEOUT, 300L);  // an image-cache pass or a cold spawn can take a while
+  curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, static_cast<long>(opts_.connect_timeout.count()));
+  curl_easy_setopt(h, CURLOPT_TIMEOUT, static_cast<long>(opts_.timeout.count()));
+  curl_easy_setopt(h, CURLOPT_ERRORBUFFER, detail);
+  // Verification is never turned off: the chain against ca_file (only it:
+  // no CA directory besides) or the system store, the name against the URL.
+  curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
+  curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
+  curl_easy_setopt(h, CURLOPT_SSLVERSION, static_cast<long>(CURL_SSLVERSION_TLSv1_2));
+  if (!opts_.ca_file.empty()) {
+    curl_easy_setopt(h, CURLOPT_CAINFO, opts_.ca_file.c_str());
+    curl_easy_setopt(h, CURLOPT_CAPATH, nullptr);
+  }
   curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &append_body);
   curl_easy_setopt(h, CURLOPT_WRITEDATA, &received);
   if (method == "GET") {
@@ -73,10 +152,8 @@ Result<Response> Client::call_raw(const std::string& method, const std::string& 
   }
   curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers.list);
   const CURLcode rc = curl_easy_perform(h);
-  if (rc != CURLE_OK)
-    return make_error(Errc::io_error, "cannot reach the virtcap agent at " + server_ + " (" +
-                                          curl_easy_strerror(rc) +
-                                          "); is `virtcap agent` running? Set --server or VIRTCAP_SERVER");
+  curl_easy_setopt(h, CURLOPT_ERRORBUFFER, nullptr);  // `detail` goes out of scope
+  if (rc != CURLE_OK) return transport_error(rc, h, detail, opts_);
   long status = 0;
   curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
   Response out;
@@ -100,7 +177,7 @@ Result<nlohmann::json> Client::request(const std::string& method, const std::str
   if (r->status >= 200 && r->status < 300) return r->body;
   Error e;
   e.code = Errc::internal;
-  e.message = "HTTP " + std::to_string(r->status) + " from " + server_;
+  e.message = "HTTP " + std::to_string(r->status) + " from " + opts_.url;
   if (r->body.is_object() && r->body.contains("error") && r->body["error"].is_object()) {
     const auto& err = r->body["error"];
     e.code = code_from(err.value("code", ""));

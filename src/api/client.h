@@ -1,8 +1,12 @@
-// The client side of the agent's API, used by the `virtcap` client commands
-// and by the integration tests (the real client, not a stand-in). On libcurl
-// (OpenSSL): http and https only. One Client per thread.
+// The client side of virtcap's HTTP/JSON servers (the agent API, the fleet
+// service), used by the `virtcap` client commands, the fleet reporter and the
+// integration tests (the real client, not a stand-in). On libcurl (OpenSSL):
+// http and https only; an https server is always verified (its chain against
+// ca_file or the system CA store, and its name against the URL's host).
+// One Client per thread.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -19,16 +23,33 @@ struct Response {
   std::string raw;       // the body as received
 };
 
+// How a client reaches a server.
+struct ClientOptions {
+  std::string url{};      // "http://HOST:PORT" or "https://HOST:PORT"
+  std::string token{};    // sent as a bearer token when non-empty
+  std::string ca_file{};  // https: PEM CA certificate(s) to verify against; empty: the system CA store
+  std::chrono::seconds timeout{300};         // a whole request (an image-cache pass can take a while)
+  std::chrono::seconds connect_timeout{5};   // connecting, TLS handshake included
+  // Transport errors name the server as `peer` and end with `hint`; an
+  // unknown-CA refusal ends with `ca_hint`.
+  std::string peer = "the virtcap agent";
+  std::string hint = "is `virtcap agent` running? Set --server or VIRTCAP_SERVER";
+  std::string ca_hint = "give the CA's certificate with --ca-file or VIRTCAP_CA_FILE";
+};
+
 class Client {
  public:
+  explicit Client(ClientOptions opts);
   // server: "http://HOST:PORT"; token: sent as a bearer token when non-empty.
   Client(const std::string& server, const std::string& token = "");
   ~Client();
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
-  // Any status is a Response; only a transport failure is an Error
-  // (hypervisor_unavailable is not used: io_error names the server).
+  // Any status is a Response; only a transport failure is an Error:
+  // io_error naming the server and the reason (for a refused certificate:
+  // unknown CA, expired, not yet valid, hostname mismatch), or
+  // invalid_argument for an unreadable ca_file.
   Result<Response> call(const std::string& method, const std::string& path,
                         const nlohmann::json* body = nullptr);
   // As call(), but a non-2xx status becomes an Error carrying the API's
@@ -39,11 +60,10 @@ class Client {
   Result<Response> call_raw(const std::string& method, const std::string& path, const std::string& body,
                             const std::string& content_type = "application/json");
 
-  const std::string& server() const { return server_; }
+  const std::string& server() const { return opts_.url; }
 
  private:
-  std::string server_;
-  std::string token_;
+  ClientOptions opts_;
   void* curl_ = nullptr;  // a libcurl easy handle: keeps its connection alive between calls
 };
 

@@ -111,15 +111,24 @@ std::string Metrics::render(const Snapshot& snap) const {
   return os.str();
 }
 
-Server::Server(const config::Config& cfg, compute::ComputeManager& mgr, compute::PeriodicTaskRunner& runner)
-    : cfg_(cfg), mgr_(mgr), runner_(runner) {
+http::Options http_options(const config::Config& cfg) {
   http::Options o;
   o.listen = cfg.api.listen;
   o.token = cfg.api.token;
+  o.tls_cert = cfg.api.tls_cert;
+  o.tls_key = cfg.api.tls_key;
+  o.allow_insecure = cfg.api.allow_insecure;
   o.allowed_origins = split_list(cfg.api.allowed_origins);
   o.allowed_hosts = split_list(cfg.api.allowed_hosts);
   o.max_body_bytes = kMaxBodyBytes;
   o.threads = static_cast<unsigned>(cfg.api.threads);
+  o.config_section = "[api]";
+  return o;
+}
+
+Server::Server(const config::Config& cfg, compute::ComputeManager& mgr, compute::PeriodicTaskRunner& runner)
+    : cfg_(cfg), mgr_(mgr), runner_(runner) {
+  http::Options o = http_options(cfg);
   o.on_response = [this](const Request& req, const std::string& route, int status) {
     metrics_.request(req.method, route, status);
     spdlog::debug("api {} {} -> {}", req.method, route, status);

@@ -12,11 +12,7 @@
 #include "compute/manager.h"
 #include "compute/periodic.h"
 #include "config/config.h"
-
-namespace virtcap::http {
-class Server;
-struct Route;
-}
+#include "http/server.h"
 
 namespace virtcap::api {
 
@@ -46,14 +42,19 @@ class Metrics {
   std::map<std::tuple<std::string, std::string, int>, std::uint64_t> requests_;
 };
 
+// The HTTP server options of [api]: listen, token, TLS, allow_insecure,
+// origins, hosts, threads (routes and metrics are the Server's).
+http::Options http_options(const config::Config& cfg);
+
 class Server {
  public:
   Server(const config::Config& cfg, compute::ComputeManager& mgr, compute::PeriodicTaskRunner& runner);
   ~Server();
 
-  // Refuses a non-loopback address without a token (invalid_argument), binds,
-  // and returns the bound port. Then start().
+  // Refuses what http::check_listen and http::load_tls refuse
+  // (invalid_argument), binds, and returns the bound port. Then start().
   Result<int> bind();
+  const char* scheme() const { return http_->scheme(); }
   // Serves on threads of its own; returns once the server is accepting.
   Status start();
   // Stops accepting, lets in-flight requests finish, joins. Idempotent.

@@ -24,6 +24,7 @@
 #include "compute/periodic.h"
 #include "config/config.h"
 #include "http/server.h"
+#include "http/tls.h"
 #include "imagecache/pass.h"
 #include "store/memory/memory_store.h"
 #include "store/sqlite/sqlite_store.h"
@@ -75,8 +76,10 @@ std::optional<int> check_driver_name(const config::Config& cfg, const std::strin
 // all pass, else the exit code (2) after printing what is wrong.
 std::optional<int> startup_checks(const config::Config& cfg, const std::string& driver_override) {
   if (auto bad = check_driver_name(cfg, driver_override)) return bad;
-  if (auto st = http::check_listen(cfg.api.listen, cfg.api.token, "[api]"); !st)
-    return fail("config error: " + st.error().message, kExitUsage);
+  const http::Options api = api::http_options(cfg);
+  if (auto st = http::check_listen(api); !st) return fail("config error: " + st.error().message, kExitUsage);
+  if (auto tls = http::load_tls(api.tls_cert, api.tls_key, api.config_section, std::time(nullptr)); !tls)
+    return fail("config error: " + tls.error().message, kExitUsage);
   const std::filesystem::path state(cfg.defaults.state_path);
   std::error_code ec;
   const auto probe = std::filesystem::exists(state, ec) ? state : state.parent_path();
@@ -105,7 +108,7 @@ struct Options {
   bool dry_run = false, json_out = false;
   std::string client_format = "table";  // client commands: table|json|value (--json = json)
   std::vector<std::string> columns;     // -c: the columns to show
-  std::string server, token;
+  std::string server, token, ca_file;
   // client command arguments
   std::string id, name, image, mac, network, tag;
   std::string memory = "512";
@@ -174,7 +177,7 @@ int cmd_agent(const Options& o) {
   auto port = server.bind();
   if (!port) return fail(port.error().message, port.error().code == Errc::invalid_argument ? kExitUsage : kExitRuntime);
   const auto hp = config::split_listen(cfg->api.listen);
-  spdlog::info("API listening on http://{}:{}", hp->first, port.value());
+  spdlog::info("API listening on {}://{}:{}", server.scheme(), hp->first, port.value());
   if (auto st = server.start(); !st) return fail(st.error().message, kExitRuntime);
   runner.start();
   spdlog::info("agent running; send SIGTERM or SIGINT to stop");
@@ -219,8 +222,11 @@ int cmd_config_validate(const Options& o) {
   auto cfg = load_config(o.config_path);
   if (!cfg) return kExitUsage;
   if (auto bad = startup_checks(*cfg, o.driver)) return *bad;
+  if (auto warning = http::check_listen(api::http_options(*cfg)); warning && !warning->empty())
+    std::fprintf(stderr, "virtcap: warning: %s\n", warning->c_str());
   std::cout << "configuration OK (" << cfg->source << "): driver " << (o.driver.empty() ? cfg->compute.driver : o.driver)
-            << ", API on " << cfg->api.listen << ", state in " << cfg->defaults.state_path << "\n";
+            << ", API on " << (cfg->api.tls_cert.empty() ? "http://" : "https://") << cfg->api.listen << ", state in "
+            << cfg->defaults.state_path << "\n";
   return kExitOk;
 }
 
@@ -468,12 +474,16 @@ int client_call(const Options& o, const std::string& method, const std::string& 
                 const std::vector<std::pair<std::string, std::string>>& field_flags = {}) {
   const auto url = server_url(o.server);
   if (!url) return kExitUsage;
-  api::Client client(*url, o.token);
+  api::Client client(api::ClientOptions{.url = *url, .token = o.token, .ca_file = o.ca_file});
   auto r = client.call(method, path, body);
   if (!r) {
+    const bool usage = r.error().code == Errc::invalid_argument;  // an unreadable --ca-file
     if (o.client_format == "json")
-      std::cout << dump_json(json{{"error", {{"code", "unreachable"}, {"message", r.error().message}}}}, 2) << "\n";
-    return fail(r.error().message, kExitUnreachable);
+      std::cout << dump_json(json{{"error", {{"code", usage ? "invalid_argument" : "unreachable"},
+                                             {"message", r.error().message}}}},
+                             2)
+                << "\n";
+    return fail(r.error().message, usage ? kExitUsage : kExitUnreachable);
   }
   if (r->status >= 200 && r->status < 300) return human(r->body);
   const bool api_error = r->body.is_object() && r->body.contains("error") && r->body["error"].is_object();
@@ -504,12 +514,14 @@ int main(int argc, char** argv) {
   (void)logging::setup({});
   CLI::App app{"virtcap: a compute-host agent whose manager knows what its virt driver can do.\n"
                "Exit codes: 0 success; 1 the operation failed; 2 bad usage, argument or config (including\n"
-               "values the agent refuses, and a wrong --token); 3 could not reach the agent."};
+               "values the agent refuses, a wrong --token, an unreadable --ca-file); 3 could not reach the agent\n"
+               "(including a refused TLS certificate)."};
   app.set_version_flag("--version", std::string("virtcap ") + VIRTCAP_VERSION);
   app.require_subcommand(1);
   Options o;
   o.server = env_or("VIRTCAP_SERVER", api::kDefaultServer);
   o.token = env_or("VIRTCAP_TOKEN", "");
+  o.ca_file = env_or("VIRTCAP_CA_FILE", "");
 
   auto add_config = [&](CLI::App* sub) {
     sub->add_option("-c,--config", o.config_path,
@@ -525,6 +537,8 @@ int main(int argc, char** argv) {
   auto add_client = [&](CLI::App* sub) {
     sub->add_option("--server", o.server, "Agent URL (env VIRTCAP_SERVER)")->capture_default_str();
     sub->add_option("--token", o.token, "Bearer token (env VIRTCAP_TOKEN)");
+    sub->add_option("--ca-file", o.ca_file, "PEM CA certificate(s) to verify an https:// server against "
+                                            "(default: the system CA store; env VIRTCAP_CA_FILE)");
     sub->add_option("-f,--format", o.client_format, "Output: table (sized to fit), json (the API's JSON), value (bare values)")
         ->check(CLI::IsMember({"table", "json", "value"}))
         ->capture_default_str();
@@ -540,6 +554,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   auto* caps_server = caps_cmd->add_option("--server", o.server, "Ask a running agent instead of loading a driver");
   caps_cmd->add_option("--token", o.token, "Bearer token for --server (env VIRTCAP_TOKEN)");
+  caps_cmd->add_option("--ca-file", o.ca_file, "PEM CA certificate(s) for an https:// --server (env VIRTCAP_CA_FILE)");
 
   auto* agent_cmd = app.add_subcommand("agent", "Run the compute service: API, manager and periodic tasks, until SIGTERM/SIGINT");
   add_config(agent_cmd);

@@ -114,21 +114,28 @@ Child::~Child() {
 
 bool Child::signal(int sig) { return pid_ > 0 && !reaped_ && ::kill(pid_, sig) == 0; }
 
-bool Child::wait_for_stderr(const std::string& needle) {
+bool Child::wait_for_stderr(const std::string& needle) { return wait_for(err_fd_, err_, needle); }
+
+bool Child::wait_for_stdout(const std::string& needle) { return wait_for(out_fd_, out_, needle); }
+
+bool Child::wait_for(int& fd, std::string& seen, const std::string& needle) {
+  int& other_fd = &fd == &err_fd_ ? out_fd_ : err_fd_;
+  std::string& other = &fd == &err_fd_ ? out_ : err_;
   std::size_t scanned = 0;
   while (true) {
-    if (err_.find(needle, scanned > needle.size() ? scanned - needle.size() : 0) != std::string::npos) return true;
-    scanned = err_.size();
-    pollfd fds[2] = {{err_fd_, POLLIN, 0}, {out_fd_, POLLIN, 0}};
-    if (err_fd_ < 0) return false;
-    if (::poll(fds, out_fd_ >= 0 ? 2 : 1, -1) < 0) {
+    if (seen.find(needle, scanned > needle.size() ? scanned - needle.size() : 0) != std::string::npos) return true;
+    scanned = seen.size();
+    pollfd fds[2] = {{fd, POLLIN, 0}, {other_fd, POLLIN, 0}};
+    if (fd < 0) return false;
+    if (::poll(fds, other_fd >= 0 ? 2 : 1, -1) < 0) {
       if (errno == EINTR) continue;
       return false;
     }
-    if (fds[1].revents && out_fd_ >= 0 && !read_some(out_fd_, out_)) close_fd(out_fd_);
-    if (fds[0].revents && !read_some(err_fd_, err_)) {
-      close_fd(err_fd_);
-      return err_.find(needle) != std::string::npos;
+    // The other pipe is drained too, so a chatty child never blocks on it.
+    if (fds[1].revents && other_fd >= 0 && !read_some(other_fd, other)) close_fd(other_fd);
+    if (fds[0].revents && !read_some(fd, seen)) {
+      close_fd(fd);
+      return seen.find(needle) != std::string::npos;
     }
   }
 }

@@ -49,12 +49,16 @@ class Child {
   // stderr closes (false). Everything read is kept in err_seen().
   bool wait_for_stderr(const std::string& needle);
   const std::string& err_seen() const { return err_; }
+  // The same for stdout (stderr is drained meanwhile).
+  bool wait_for_stdout(const std::string& needle);
+  const std::string& out_seen() const { return out_; }
   bool signal(int sig);
   // Waits for exit, draining both pipes; with a timeout, kills the child's
   // process group at the deadline (timed_out) and reaps it.
   Output wait(std::optional<std::chrono::milliseconds> timeout = std::nullopt);
 
  private:
+  bool wait_for(int& fd, std::string& seen, const std::string& needle);
   Child(pid_t pid, int out_fd, int err_fd) : pid_(pid), out_fd_(out_fd), err_fd_(err_fd) {}
   pid_t pid_ = -1;
   int out_fd_ = -1, err_fd_ = -1;

@@ -113,9 +113,18 @@ struct non_empty {
 
 #define VIRTCAP_CONFIG_API(O)                                                                     \
   O(std::string, listen, "127.0.0.1:8774", check::listen_address{},                               \
-    "HOST:PORT the agent's HTTP/JSON API binds to (port 0: any free port). Non-loopback needs a token.") \
+    "HOST:PORT the agent's HTTP/JSON API binds to (port 0: any free port). Non-loopback needs a token, and TLS " \
+    "unless allow_insecure.")                                                                     \
   O(std::string, token, "", check::any{},                                                         \
     "Bearer token every API request must carry when set. Required to bind a non-loopback address.") \
+  O(std::string, tls_cert, "", check::abs_path{.allow_empty = true},                              \
+    "PEM certificate chain (server certificate first). With tls_key: the API serves HTTPS only. An " \
+    "expired or not-yet-valid certificate, or one its key does not match, stops the agent at start (exit 2).") \
+  O(std::string, tls_key, "", check::abs_path{.allow_empty = true},                               \
+    "Unencrypted PEM private key of tls_cert. Set both or neither.")                              \
+  O(bool, allow_insecure, false, check::any{},                                                    \
+    "Serve plain HTTP on a non-loopback listen address (the token then crosses the network in clear text); " \
+    "logs a warning at every start. Without it such a listen is refused (exit 2).")               \
   O(int, threads, 8, check::range(1, 256), "Worker threads serving API requests.")                \
   O(std::string, allowed_origins, "", check::origin_list{},                                       \
     "Web origins (scheme://host[:port], comma-separated) whose cross-site requests are served. "   \

@@ -13,7 +13,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <fstream>
+#include <ctime>
 #include <algorithm>
 #include <cstdarg>
 #include <cstdio>
@@ -22,6 +22,7 @@
 
 #include "common/json_text.h"
 #include "config/config.h"
+#include "http/tls.h"
 
 namespace virtcap::http {
 
@@ -31,6 +32,8 @@ namespace {
 // still writing, gets its 413 rather than a reset), but only up to this
 // much; beyond it the connection is closed.
 constexpr std::size_t kMaxDiscardBytes = 64 * 1024 * 1024;
+
+constexpr char kTlsPriorities[] = "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2";
 
 std::string lower(std::string s) {
   for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -110,14 +113,6 @@ bool is_ip_literal(const std::string& h) {
 
 bool is_wildcard(const std::string& h) { return h == "0.0.0.0" || h == "::" || h.empty(); }
 
-std::string read_file(const std::string& path, std::string& error) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream os;
-  os << in.rdbuf();
-  if (!in) error = "cannot read " + path + ": " + std::strerror(errno);
-  return os.str();
-}
-
 std::string address_text(const sockaddr* sa) {
   if (!sa) return "";
   char buf[INET6_ADDRSTRLEN] = "";
@@ -159,14 +154,23 @@ Response error_response(int status, const std::string& code, const std::string& 
   return json_response(status, nlohmann::json{{"error", {{"code", code}, {"message", message}}}});
 }
 
-Status check_listen(const std::string& listen, const std::string& token, const std::string& section) {
-  auto hp = config::split_listen(listen);
-  if (!hp) return make_error(Errc::invalid_argument, section + " listen '" + listen + "' is not HOST:PORT");
-  if (!config::is_loopback(hp->first) && token.empty())
+Result<std::string> check_listen(const Options& o) {
+  const std::string& section = o.config_section;
+  auto hp = config::split_listen(o.listen);
+  if (!hp) return make_error(Errc::invalid_argument, section + " listen '" + o.listen + "' is not HOST:PORT");
+  if (auto st = check_tls_pair(o.tls_cert, o.tls_key, section); !st) return st.error();
+  if (config::is_loopback(hp->first)) return std::string();
+  if (o.token.empty())
     return make_error(Errc::invalid_argument,
-                      "refusing to listen on " + listen + ": it is not a loopback address and " + section +
+                      "refusing to listen on " + o.listen + ": it is not a loopback address and " + section +
                           " token is not set; set a token, or listen on 127.0.0.1");
-  return {};
+  if (!o.tls_cert.empty()) return std::string();
+  const std::string why = "it is not a loopback address, and without TLS the bearer token and every answer cross "
+                          "the network in clear text";
+  if (!o.allow_insecure)
+    return make_error(Errc::invalid_argument, "refusing to listen on " + o.listen + " without TLS: " + why + "; set " +
+                                                  section + " tls_cert and tls_key (or allow_insecure = true)");
+  return "serving plain HTTP on " + o.listen + " because " + section + " allow_insecure = true: " + why;
 }
 
 struct Server::Pending {
@@ -186,18 +190,20 @@ Server::~Server() {
 }
 
 Result<int> Server::bind() {
-  if (auto st = check_listen(opts_.listen, opts_.token, opts_.config_section); !st) return st.error();
+  auto warning = check_listen(opts_);
+  if (!warning) return warning.error();
+  if (!warning->empty()) spdlog::warn("{}", *warning);
   const auto hp = config::split_listen(opts_.listen);
   listen_host_ = lower(hp->first);
-  if (opts_.tls_cert.empty() != opts_.tls_key.empty())
-    return make_error(Errc::invalid_argument, "TLS needs both a certificate and a key file");
-  if (!opts_.tls_cert.empty()) {
+  auto tls = load_tls(opts_.tls_cert, opts_.tls_key, opts_.config_section, std::time(nullptr));
+  if (!tls) return tls.error();
+  if (tls.value()) {
     if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
       return make_error(Errc::invalid_argument, "this libmicrohttpd was built without TLS support");
-    std::string err;
-    tls_cert_pem_ = read_file(opts_.tls_cert, err);
-    tls_key_pem_ = read_file(opts_.tls_key, err);
-    if (!err.empty()) return make_error(Errc::invalid_argument, err);
+    tls_cert_pem_ = std::move(tls.value()->cert_pem);
+    tls_key_pem_ = std::move(tls.value()->key_pem);
+    spdlog::info("TLS: serving the certificate of {} (valid until {})", tls.value()->subject,
+                 utc_text(tls.value()->not_after));
   }
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -279,6 +285,8 @@ Status Server::start() {
   if (!tls_cert_pem_.empty()) {
     o.push_back({MHD_OPTION_HTTPS_MEM_CERT, 0, tls_cert_pem_.data()});
     o.push_back({MHD_OPTION_HTTPS_MEM_KEY, 0, tls_key_pem_.data()});
+    // TLS 1.2 and 1.3 only (GnuTLS priority string).
+    o.push_back({MHD_OPTION_HTTPS_PRIORITIES, 0, const_cast<char*>(kTlsPriorities)});
   }
   o.push_back({MHD_OPTION_END, 0, nullptr});
   daemon_ = MHD_start_daemon(flags | MHD_USE_ERROR_LOG, 0, nullptr, nullptr, &on_request, this, MHD_OPTION_ARRAY,

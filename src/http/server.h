@@ -65,7 +65,10 @@ struct Options {
   std::vector<std::string> allowed_origins;  // an Origin header must be one of these
   std::vector<std::string> allowed_hosts;    // Host names accepted besides the listen host and localhost
   std::size_t max_body_bytes = 1024 * 1024;
-  std::string tls_cert, tls_key;  // PEM files; both set: HTTPS
+  std::string tls_cert, tls_key;  // PEM files; both set: HTTPS (checked by load_tls in bind())
+  // Serve plain HTTP on a non-loopback address anyway (check_listen); a
+  // warning is logged at every start.
+  bool allow_insecure = false;
   // Polling threads (libmicrohttpd's pool). A connection stays on the thread
   // that accepted it, so a long handler delays the other connections of
   // that thread (not the whole server).
@@ -75,13 +78,16 @@ struct Options {
   // Called once per answered request (metrics, logs); route is the matched
   // pattern or "unmatched".
   std::function<void(const Request&, const std::string& route, int status)> on_response;
-  // What the listen check names in its refusal, e.g. "[api]".
+  // What the listen and TLS checks name in their refusals, e.g. "[api]".
   std::string config_section = "[api]";
 };
 
-// The one rule for where a server may listen: a non-loopback address needs a
-// token. invalid_argument (naming `section`) when refused or malformed.
-Status check_listen(const std::string& listen, const std::string& token, const std::string& section);
+// The one rule for where and how a server may listen (every virtcap server):
+// listen is HOST:PORT; tls_cert and tls_key are set together; a non-loopback
+// address needs a token, and TLS unless allow_insecure. invalid_argument
+// (naming config_section) when refused. When allowed: the warning to log at
+// every start (plain HTTP off loopback), or "". Reads no file (load_tls does).
+Result<std::string> check_listen(const Options& opts);
 
 class Server {
  public:
@@ -90,9 +96,12 @@ class Server {
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
-  // Checks the listen address (check_listen), binds and listens; returns
-  // the bound port. Then start().
+  // Checks the listen address (check_listen, logging its warning) and the
+  // TLS files (load_tls), binds and listens; returns the bound port. Then
+  // start().
   Result<int> bind();
+  // "https" when serving TLS, else "http" (after bind()).
+  const char* scheme() const { return tls_cert_pem_.empty() ? "http" : "https"; }
   // Serves on the library's threads; returns once accepting.
   Status start();
   // Stops accepting, lets in-flight requests finish (up to 30 s), closes

@@ -103,10 +103,11 @@ class Agent {
       return;
     }
     const std::string& log = child_->err_seen();
-    const auto at = log.find("API listening on http://");
-    const auto colon = log.find(':', at + 24);
+    const auto at = log.find("API listening on ");
+    const std::string scheme = log.compare(at + 17, 8, "https://") == 0 ? "https" : "http";
+    const auto colon = log.find(':', at + 17 + scheme.size() + 3);
     port_ = std::stoi(log.substr(colon + 1));
-    url_ = "http://127.0.0.1:" + std::to_string(port_);
+    url_ = scheme + "://127.0.0.1:" + std::to_string(port_);
   }
   ~Agent() {
     if (child_ && !exited_) {
@@ -136,6 +137,11 @@ class Agent {
   pid_t pid() const { return child_->pid(); }
   const std::string& log() const { return child_->err_seen(); }
   api::Client client(const std::string& token = "") const { return api::Client(url_, token); }
+  // A client with its own options (TLS: ca_file); the url is the agent's.
+  api::Client client(api::ClientOptions o) const {
+    o.url = url_;
+    return api::Client(std::move(o));
+  }
   bool send(int sig) { return child_->signal(sig); }
   // SIGTERM, then wait: the exit status and the whole log.
   // A stop that takes longer than kAgentStopDeadline is ended with SIGKILL

@@ -1,0 +1,128 @@
+#include "http/tls.h"
+
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <memory>
+
+#include "common/fd.h"
+
+namespace virtcap::http {
+
+namespace {
+
+constexpr std::size_t kMaxPemBytes = 1024 * 1024;
+
+Error tls_error(const std::string& section, const char* option, const std::string& file, const std::string& what) {
+  return make_error(Errc::invalid_argument, section + " " + option + " " + file + ": " + what);
+}
+
+// The whole of a small regular file, or why not.
+Result<std::string> read_small_file(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
+  if (!fd.valid()) return make_error(Errc::invalid_argument, std::string("cannot open: ") + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return make_error(Errc::invalid_argument, std::string("cannot stat: ") + std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) return make_error(Errc::invalid_argument, "not a regular file");
+  if (static_cast<std::size_t>(st.st_size) > kMaxPemBytes)
+    return make_error(Errc::invalid_argument, "larger than 1 MiB; expected a PEM file");
+  std::string out(static_cast<std::size_t>(st.st_size), '\0');
+  const long long n = pread_full(fd.get(), reinterpret_cast<std::uint8_t*>(out.data()), out.size(), 0);
+  if (n < 0) return make_error(Errc::invalid_argument, std::string("cannot read: ") + std::strerror(static_cast<int>(-n)));
+  out.resize(static_cast<std::size_t>(n));
+  return out;
+}
+
+gnutls_datum_t datum(const std::string& s) {
+  return {reinterpret_cast<unsigned char*>(const_cast<char*>(s.data())), static_cast<unsigned>(s.size())};
+}
+
+struct CertList {
+  gnutls_x509_crt_t* certs = nullptr;
+  unsigned count = 0;
+  ~CertList() {
+    for (unsigned i = 0; i < count; ++i) gnutls_x509_crt_deinit(certs[i]);
+    gnutls_free(certs);
+  }
+};
+
+std::string subject_of(gnutls_x509_crt_t cert) {
+  gnutls_datum_t dn{};
+  if (gnutls_x509_crt_get_dn3(cert, &dn, 0) < 0) return "(no subject)";
+  std::string s(reinterpret_cast<const char*>(dn.data), dn.size);
+  gnutls_free(dn.data);
+  return s;
+}
+
+// Loads the pair as libmicrohttpd will: the key must load and match.
+int key_matches(const std::string& cert_pem, const std::string& key_pem) {
+  gnutls_certificate_credentials_t cred = nullptr;
+  if (int rc = gnutls_certificate_allocate_credentials(&cred); rc < 0) return rc;
+  const gnutls_datum_t c = datum(cert_pem), k = datum(key_pem);
+  const int rc = gnutls_certificate_set_x509_key_mem2(cred, &c, &k, GNUTLS_X509_FMT_PEM, nullptr, 0);
+  gnutls_certificate_free_credentials(cred);
+  return rc;
+}
+
+}  // namespace
+
+std::string utc_text(std::int64_t unix_seconds) {
+  const std::time_t t = static_cast<std::time_t>(unix_seconds);
+  struct tm tm {};
+  ::gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+Status check_tls_pair(const std::string& cert_file, const std::string& key_file, const std::string& section) {
+  if (cert_file.empty() == key_file.empty()) return {};
+  return make_error(Errc::invalid_argument, section + " tls_cert and tls_key must be set together (only " +
+                                                (cert_file.empty() ? "tls_key" : "tls_cert") +
+                                                " is set); set both for HTTPS, or neither");
+}
+
+Result<std::optional<TlsMaterial>> load_tls(const std::string& cert_file, const std::string& key_file,
+                                            const std::string& section, std::int64_t now) {
+  if (auto st = check_tls_pair(cert_file, key_file, section); !st) return st.error();
+  if (cert_file.empty()) return std::optional<TlsMaterial>();
+  TlsMaterial m;
+  auto cert = read_small_file(cert_file);
+  if (!cert) return tls_error(section, "tls_cert", cert_file, cert.error().message);
+  auto key = read_small_file(key_file);
+  if (!key) return tls_error(section, "tls_key", key_file, key.error().message);
+  m.cert_pem = std::move(cert.value());
+  m.key_pem = std::move(key.value());
+
+  CertList list;
+  const gnutls_datum_t c = datum(m.cert_pem);
+  if (int rc = gnutls_x509_crt_list_import2(&list.certs, &list.count, &c, GNUTLS_X509_FMT_PEM, 0); rc < 0 || !list.count)
+    return tls_error(section, "tls_cert", cert_file,
+                     std::string("no PEM certificate could be read (") + gnutls_strerror(rc) +
+                         "); expected the server's certificate, then any intermediates, each "
+                         "'-----BEGIN CERTIFICATE-----'");
+  if (int rc = key_matches(m.cert_pem, m.key_pem); rc == GNUTLS_E_CERTIFICATE_KEY_MISMATCH)
+    return tls_error(section, "tls_key", key_file, "this key does not match the certificate in " + cert_file);
+  else if (rc < 0)
+    return tls_error(section, "tls_key", key_file,
+                     std::string("cannot load the private key (") + gnutls_strerror(rc) +
+                         "); expected an unencrypted PEM private key");
+  m.subject = subject_of(list.certs[0]);
+  m.not_after = gnutls_x509_crt_get_expiration_time(list.certs[0]);
+  const std::int64_t not_before = gnutls_x509_crt_get_activation_time(list.certs[0]);
+  if (now < not_before)
+    return tls_error(section, "tls_cert", cert_file,
+                     "the certificate is not valid before " + utc_text(not_before) + " (now " + utc_text(now) +
+                         "); check this host's clock, or issue a certificate valid now");
+  if (now > m.not_after)
+    return tls_error(section, "tls_cert", cert_file,
+                     "the certificate expired at " + utc_text(m.not_after) + " (now " + utc_text(now) +
+                         "); clients would refuse it: renew it");
+  return std::optional<TlsMaterial>(std::move(m));
+}
+
+}  // namespace virtcap::http

@@ -1,0 +1,37 @@
+// The server side of TLS: the certificate chain and key a server presents,
+// read from PEM files and checked at start with GnuTLS, the library
+// libmicrohttpd serves them with (docs/design.md, "TLS").
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "virtcap/error.h"
+
+namespace virtcap::http {
+
+struct TlsMaterial {
+  std::string cert_pem;         // the chain: the server's certificate first
+  std::string key_pem;          // its unencrypted private key
+  std::string subject;          // of the server's certificate, for the log
+  std::int64_t not_after = 0;   // its expiry, Unix seconds
+};
+
+// tls_cert and tls_key are set together, or neither (invalid_argument).
+Status check_tls_pair(const std::string& cert_file, const std::string& key_file, const std::string& section);
+
+// Refuses, with invalid_argument naming `section`, the option and the file:
+// only one of cert/key set; a file missing, not a regular file, unreadable
+// or over 1 MiB; no PEM certificate; a key GnuTLS cannot load (encrypted,
+// not PEM); a key that does not match the first certificate; a certificate
+// not yet valid or expired at `now` (every verifying client would refuse it,
+// so the server refuses to start rather than fail every connection).
+// nullopt when both are empty (plain HTTP).
+Result<std::optional<TlsMaterial>> load_tls(const std::string& cert_file, const std::string& key_file,
+                                            const std::string& section, std::int64_t now);
+
+// "2026-11-26T12:00:00Z"
+std::string utc_text(std::int64_t unix_seconds);
+
+}  // namespace virtcap::http

@@ -69,9 +69,12 @@ Error transport_error(CURLcode rc, CURL* h, const char* detail, const ClientOpti
     curl_easy_getinfo(h, CURLINFO_SSL_VERIFYRESULT, &verify);
     msg = "refused the TLS certificate of " + o.peer + " at " + o.url + ": " + refused_certificate(verify, detail, o) + " (" +
           why + ")";
-  } else if (rc == CURLE_SSL_CACERT_BADFILE) {
+  } else if (rc == CURLE_SSL_CACERT_BADFILE && !o.ca_file.empty()) {
     return make_error(Errc::invalid_argument, "cannot use the CA file " + o.ca_file + " (" + why +
                                                   "); expected PEM CA certificates");
+  } else if (rc == CURLE_SSL_CACERT_BADFILE) {
+    msg = "cannot verify " + o.peer + " at " + o.url + ": the system CA store cannot be read (" + why +
+          "); install Debian's ca-certificates, or " + o.ca_hint;
   } else if (is_https(o.url) && rc == CURLE_SSL_CONNECT_ERROR) {
     msg = "the TLS handshake with " + o.peer + " at " + o.url + " failed (" + why +
           "); if the server serves plain HTTP, use an http:// URL";

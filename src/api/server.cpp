@@ -111,9 +111,11 @@ std::string Metrics::render(const Snapshot& snap) const {
   return os.str();
 }
 
-Server::Server(const config::Config& cfg, compute::ComputeManager& mgr, compute::PeriodicTaskRunner& runner)
+Server::Server(const config::Config& cfg, compute::ComputeManager& mgr, compute::PeriodicTaskRunner& runner,
+               int listen_fd)
     : cfg_(cfg), mgr_(mgr), runner_(runner) {
   http::Options o;
+  o.listen_fd = listen_fd;
   o.listen = cfg.api.listen;
   o.token = cfg.api.token;
   o.allowed_origins = split_list(cfg.api.allowed_origins);

@@ -48,7 +48,11 @@ class Metrics {
 
 class Server {
  public:
-  Server(const config::Config& cfg, compute::ComputeManager& mgr, compute::PeriodicTaskRunner& runner);
+  // listen_fd: a socket http::listen_socket() bound to [api] listen before
+  // the manager existed (`virtcap agent`), which the server then owns; -1:
+  // bind() binds [api] listen itself.
+  Server(const config::Config& cfg, compute::ComputeManager& mgr, compute::PeriodicTaskRunner& runner,
+         int listen_fd = -1);
   ~Server();
 
   // Refuses a non-loopback address without a token (invalid_argument), binds,

@@ -16,6 +16,7 @@
 #include "api/server.h"
 #include "capabilities/render.h"
 #include "cli/cli_docs.h"
+#include "common/fd.h"
 #include "common/logging.h"
 #include "common/state_lock.h"
 #include "compute/manager.h"
@@ -147,6 +148,11 @@ int cmd_agent(const Options& o) {
   // hypervisor is touched: a second start changes nothing.
   auto state_lock = StateLock::acquire(cfg->defaults.state_path);
   if (!state_lock) return fail(state_lock.error().message, kExitUsage);
+  // Then the API port, still before the store and the hypervisor: an agent
+  // whose port is taken changes nothing either.
+  auto api_socket = http::listen_socket(cfg->api.listen);
+  if (!api_socket) return fail("[api] listen: " + api_socket.error().message, kExitUsage);
+  UniqueFd api_fd(api_socket.value());
 
   spdlog::info("virtcap {} agent starting (config: {})", VIRTCAP_VERSION, cfg->source);
   api::tune_allocator();
@@ -170,8 +176,8 @@ int cmd_agent(const Options& o) {
 
   compute::PeriodicTaskRunner runner({.max_jitter_seconds = static_cast<double>(cfg->defaults.periodic_fuzzy_delay)});
   manager.register_periodic_tasks(runner);
-  api::Server server(*cfg, manager, runner);
-  auto port = server.bind();
+  api::Server server(*cfg, manager, runner, api_fd.release());
+  auto port = server.bind();  // adopts the bound socket
   if (!port) return fail(port.error().message, port.error().code == Errc::invalid_argument ? kExitUsage : kExitRuntime);
   const auto hp = config::split_listen(cfg->api.listen);
   spdlog::info("API listening on http://{}:{}", hp->first, port.value());

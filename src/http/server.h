@@ -77,7 +77,15 @@ struct Options {
   std::function<void(const Request&, const std::string& route, int status)> on_response;
   // What the listen check names in its refusal, e.g. "[api]".
   std::string config_section = "[api]";
+  // A socket listen_socket() already bound to `listen`, which bind() then
+  // adopts (the server owns it from construction); -1: bind() binds itself.
+  int listen_fd = -1;
 };
+
+// Binds and listens on HOST:PORT (SO_REUSEADDR, never SO_REUSEPORT); the
+// caller owns the fd. io_error naming the address when it is taken or not
+// on this host, invalid_argument when it cannot be resolved.
+Result<int> listen_socket(const std::string& listen);
 
 // The one rule for where a server may listen: a non-loopback address needs a
 // token. invalid_argument (naming `section`) when refused or malformed.

@@ -2,9 +2,16 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <map>
 #include <regex>
 #include <sstream>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include "common/fd.h"
+#include "http/server.h"
 #include "support/agent_process.h"
 
 namespace virtcap {
@@ -47,6 +54,29 @@ TEST(AgentOps, OneAgentPerStateDirectory) {
   first.stop();
   Agent third(w.config);  // the lock is released with the process
   EXPECT_TRUE(third.running()) << third.exit_output().err;
+}
+
+// The API port is bound right after the state lock, before the store is
+// opened or the hypervisor connected: a second agent (its own state
+// directory) on a taken port exits 2 naming the address, and never creates
+// its store.
+TEST(AgentOps, TakenPortRefusedBeforeTheStore) {
+  AgentWorld w;
+  Agent first(w.config);
+  ASSERT_TRUE(first.running()) << first.exit_output().err;
+  const std::string listen = "127.0.0.1:" + std::to_string(first.port());
+  AgentWorld other("[api]\nlisten = \"" + listen + "\"\n");
+  Agent second(other.config);
+  ASSERT_FALSE(second.running());
+  EXPECT_EQ(second.exit_output().exit_code, 2) << second.exit_output().err;
+  EXPECT_NE(second.exit_output().err.find("cannot listen on " + listen), std::string::npos)
+      << second.exit_output().err;
+  EXPECT_NE(second.exit_output().err.find("in use"), std::string::npos) << second.exit_output().err;
+  EXPECT_FALSE(fs::exists(other.dir.sub("virtcap.db"))) << "the store was opened";
+  EXPECT_EQ(second.exit_output().err.find("libvirt: connected"), std::string::npos) << "the hypervisor was connected";
+  EXPECT_EQ(second.exit_output().err.find("reconcile"), std::string::npos) << "it reconciled";
+  auto c = first.client();
+  EXPECT_TRUE(c.request("GET", "/v1/instances").ok());  // the first one still serves
 }
 
 // [DEFAULT] log_format = "json": every line a JSON object with an ISO 8601

@@ -58,7 +58,7 @@ Result<Response> Client::call_raw(const std::string& method, const std::string& 
   curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
   curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 5L);
-  curl_easy_setopt(h, CURLOPT_TIMEOUT, 300L);  // an image-cache pass or a cold spawn can take a while
+  curl_easy_setopt(h, CURLOPT_TIMEOUT, static_cast<long>(timeout_.count()));
   curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &append_body);
   curl_easy_setopt(h, CURLOPT_WRITEDATA, &received);
   if (method == "GET") {
@@ -73,6 +73,14 @@ Result<Response> Client::call_raw(const std::string& method, const std::string& 
   }
   curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers.list);
   const CURLcode rc = curl_easy_perform(h);
+  curl_off_t connected_us = 0;
+  if (rc == CURLE_OPERATION_TIMEDOUT && curl_easy_getinfo(h, CURLINFO_CONNECT_TIME_T, &connected_us) == CURLE_OK &&
+      connected_us > 0) {
+    Error e = make_error(Errc::io_error, "the virtcap agent at " + server_ + " did not answer within " +
+                                             std::to_string(timeout_.count()) + " s");
+    e.backend_code = CURLE_OPERATION_TIMEDOUT;
+    return e;
+  }
   if (rc != CURLE_OK)
     return make_error(Errc::io_error, "cannot reach the virtcap agent at " + server_ + " (" +
                                           curl_easy_strerror(rc) +
@@ -88,6 +96,8 @@ Result<Response> Client::call_raw(const std::string& method, const std::string& 
   }
   return out;
 }
+
+bool answered_late(const Error& e) { return e.code == Errc::io_error && e.backend_code == CURLE_OPERATION_TIMEDOUT; }
 
 Result<Response> Client::call(const std::string& method, const std::string& path, const nlohmann::json* body) {
   return call_raw(method, path, body ? dump_json(*body) : std::string());

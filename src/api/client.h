@@ -3,6 +3,7 @@
 // (OpenSSL): http and https only. One Client per thread.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -18,6 +19,10 @@ struct Response {
   nlohmann::json body;   // parsed JSON (null for an empty body)
   std::string raw;       // the body as received
 };
+
+// A call's transport error for an agent that was reached but did not answer
+// within the client's timeout (the operation may still finish there).
+bool answered_late(const Error& e);
 
 class Client {
  public:
@@ -40,10 +45,14 @@ class Client {
                             const std::string& content_type = "application/json");
 
   const std::string& server() const { return server_; }
+  // How long a call may take once connected (default 300 s: a cold spawn or
+  // an image-cache pass can take a while).
+  void set_timeout(std::chrono::seconds t) { timeout_ = t; }
 
  private:
   std::string server_;
   std::string token_;
+  std::chrono::seconds timeout_{300};
   void* curl_ = nullptr;  // a libcurl easy handle: keeps its connection alive between calls
 };
 

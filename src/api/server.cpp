@@ -218,6 +218,12 @@ std::vector<http::Route> Server::routes() {
          if (!r) return send_error(r.error());
          return ok(imagecache::to_json(r.value()));
        }},
+      {"GET", "/v1/images", BodyRule::none,
+       [this, ok](const Request&) {
+         auto images = mgr_.driver().list_images();
+         if (!images) return send_error(images.error());
+         return ok(to_json(images.value()));
+       }},
       {"GET", "/v1/tasks", BodyRule::none,
        [this, ok](const Request&) {
          json arr = json::array();

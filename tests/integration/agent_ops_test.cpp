@@ -502,6 +502,44 @@ TEST(AgentOps, ImageListShowsTheRepository) {
   EXPECT_NE(table.out.find("repository: " + images), std::string::npos) << table.out;
 }
 
+// Fault injection: EIO from the listing of the image repository (strace -P:
+// getdents64 on that directory only) is a 500 io_error naming it, and exit
+// 1 from `image list` - never a list cut short.
+TEST(AgentOps, ImageListReportsAFailedListing) {
+  AgentWorld w;
+  use_json_log(w);  // its lines carry the agent's own pid
+  const std::string images = w.dir.sub("images");
+  Agent a(w.config, {},
+          {"strace", "-f", "-qq", "-E", testing::sanitizer_options(), "-o", "/dev/null", "-P", images, "-e",
+           "trace=getdents64", "-e", "inject=getdents64:error=EIO"});
+  ASSERT_TRUE(a.running()) << a.exit_output().err;
+  // Signals go to the agent itself: strace detaches on SIGTERM or SIGKILL and
+  // would leave the agent running.
+  const auto first = nlohmann::json::parse(a.log().substr(0, a.log().find('\n')), nullptr, false);
+  ASSERT_TRUE(first.is_object() && first.contains("pid")) << a.log();
+  struct KillAgent {
+    pid_t pid;
+    bool stopped = false;
+    ~KillAgent() {
+      if (!stopped) ::kill(pid, SIGKILL);
+    }
+  } guard{first.at("pid").get<pid_t>()};
+  auto r = a.client().call("GET", "/v1/images");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->status, 500) << r->raw;
+  EXPECT_EQ(r->body["error"]["code"], "io_error") << r->raw;
+  EXPECT_NE(r->raw.find("cannot list the image repository " + images + ": Input/output error"), std::string::npos)
+      << r->raw;
+  auto listed = cli({"image", "list", "--server", a.url()});
+  EXPECT_EQ(listed.exit_code, 1) << listed.err;
+  EXPECT_TRUE(listed.out.empty()) << listed.out;
+  ASSERT_EQ(::kill(guard.pid, SIGTERM), 0);
+  const auto out = a.stop(0);  // signal 0: nothing sent, strace ends with the agent
+  guard.stopped = true;
+  EXPECT_EQ(out.exit_code, 0) << out.err;
+  EXPECT_NE(out.err.find("agent stopped cleanly"), std::string::npos);
+}
+
 // Read-only commands write nothing: `virtcap capabilities` loads and
 // inspects the driver without creating the state directory or registering
 // the host (it once left /var/lib/virtcap behind, which then broke an

@@ -74,5 +74,21 @@ TEST(Audit, TextLinesCarryTheValuesInTheMessage) {
   EXPECT_NE(lines[0].find(" file=\"/x/a b\""), std::string::npos) << lines[0];
 }
 
+// A name from a request can neither end the text line (a forged line after
+// it) nor flood the log.
+TEST(Audit, RequestValuesCannotForgeOrFloodLines) {
+  const std::string forged = "x\n2026-11-26T00:00:00.000+00:00 info audit operation=delete outcome=ok";
+  const auto lines = logged("text", [&] {
+    audit::Scope a("boot", "", forged);
+    a.failed("invalid name");
+    audit::Scope b("boot", "", std::string(100000, 'n'));
+    b.ok();
+  });
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_NE(lines[0].find("name=\"x\\n2026"), std::string::npos) << lines[0];
+  EXPECT_LT(lines[1].size(), 512u);
+  EXPECT_NE(lines[1].find("...(100000 bytes)"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace virtcap

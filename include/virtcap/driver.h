@@ -90,6 +90,21 @@ struct ImageCacheReport {
 };
 std::string_view to_string(PowerState s);
 
+// One file of a driver's image repository (`virtcap image list`).
+struct RepoImage {
+  std::string file;                // its name in the repository (any bytes)
+  std::string id;                  // the image id it boots as; empty: not an <id>.raw / <id>.qcow2 name
+  std::string format;              // told by magic (imagecache/image_probe.h); empty: unreadable
+  std::uint64_t virtual_size = 0;  // 0: unknown
+  std::uint64_t file_size = 0;
+  bool base_cached = false;        // its base file is in the image cache
+  std::string problem;             // why it cannot be booted; empty: it can
+};
+struct ImageListing {
+  std::string repository;  // empty: the driver has no image repository
+  std::vector<RepoImage> images;
+};
+
 // An image id's shape: ^[A-Za-z0-9._-]{1,128}$ and no "..". Checked before
 // any path is built or any record written.
 bool valid_image_id(std::string_view id);
@@ -123,6 +138,9 @@ class ComputeDriver {
     (void)image_id;
     return {};
   }
+  // The images the driver could boot, by file, sorted by name. The default
+  // (a driver without an image repository) lists none.
+  virtual Result<ImageListing> list_images() const { return ImageListing{}; }
   virtual Status spawn(const InstanceSpec& spec) = 0;
   // Destroying an instance the hypervisor does not know succeeds.
   virtual Status destroy(const std::string& uuid) = 0;

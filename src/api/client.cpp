@@ -156,6 +156,14 @@ Result<Response> Client::call_raw(const std::string& method, const std::string& 
   curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers.list);
   const CURLcode rc = curl_easy_perform(h);
   curl_easy_setopt(h, CURLOPT_ERRORBUFFER, nullptr);  // `detail` goes out of scope
+  curl_off_t connected_us = 0;
+  if (rc == CURLE_OPERATION_TIMEDOUT && curl_easy_getinfo(h, CURLINFO_CONNECT_TIME_T, &connected_us) == CURLE_OK &&
+      connected_us > 0) {
+    Error e = make_error(Errc::io_error, opts_.peer + " at " + opts_.url + " did not answer within " +
+                                             std::to_string(opts_.timeout.count()) + " s");
+    e.backend_code = CURLE_OPERATION_TIMEDOUT;
+    return e;
+  }
   if (rc != CURLE_OK) return transport_error(rc, h, detail, opts_);
   long status = 0;
   curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
@@ -168,6 +176,8 @@ Result<Response> Client::call_raw(const std::string& method, const std::string& 
   }
   return out;
 }
+
+bool answered_late(const Error& e) { return e.code == Errc::io_error && e.backend_code == CURLE_OPERATION_TIMEDOUT; }
 
 Result<Response> Client::call(const std::string& method, const std::string& path, const nlohmann::json* body) {
   return call_raw(method, path, body ? dump_json(*body) : std::string());

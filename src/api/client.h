@@ -37,6 +37,10 @@ struct ClientOptions {
   std::string ca_hint = "give the CA's certificate with --ca-file or VIRTCAP_CA_FILE";
 };
 
+// A call's transport error for a server that was reached but did not answer
+// within the client's timeout (the operation may still finish there).
+bool answered_late(const Error& e);
+
 class Client {
  public:
   explicit Client(ClientOptions opts);
@@ -61,6 +65,8 @@ class Client {
                             const std::string& content_type = "application/json");
 
   const std::string& server() const { return opts_.url; }
+  // How long a call may take once connected (ClientOptions::timeout).
+  void set_timeout(std::chrono::seconds t) { opts_.timeout = t; }
 
  private:
   ClientOptions opts_;

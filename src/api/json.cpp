@@ -1,5 +1,8 @@
 #include "api/json.h"
 
+#include "common/utf8.h"
+
+#include <cstdint>
 #include <cstdio>
 #include <regex>
 
@@ -125,6 +128,20 @@ nlohmann::json to_json(const compute::ComputeManager::ReconcileReport& r) {
           {"orphan_dirs", r.orphan_dirs}};
 }
 
+nlohmann::json to_json(const ImageListing& l) {
+  auto text_or_null = [](const std::string& v) { return v.empty() ? nlohmann::json() : nlohmann::json(utf8_safe(v)); };
+  nlohmann::json images = nlohmann::json::array();
+  for (const auto& i : l.images)
+    images.push_back({{"file", utf8_safe(i.file)},
+                      {"id", text_or_null(i.id)},
+                      {"format", text_or_null(i.format)},
+                      {"virtual_size", i.virtual_size ? nlohmann::json(i.virtual_size) : nlohmann::json()},
+                      {"file_size", i.file_size},
+                      {"base_cached", i.base_cached},
+                      {"problem", text_or_null(i.problem)}});
+  return {{"repository", text_or_null(l.repository)}, {"images", images}};
+}
+
 nlohmann::json error_json(const Error& e) {
   nlohmann::json err = {{"code", std::string(to_string(e.code))}, {"message", e.message}};
   if (!e.capability.empty()) err["capability"] = e.capability;
@@ -179,13 +196,20 @@ Result<std::string> string_field(const json& j, const std::string& key, bool req
   return j[key].get<std::string>();
 }
 
-Result<int> int_field(const json& j, const std::string& key, int def, int lo, int hi) {
+// Any JSON integer (one past int64 is the int64 maximum: out of every range).
+Result<std::int64_t> integer_field(const json& j, const std::string& key, std::int64_t def) {
   if (!j.contains(key)) return def;
   if (!j[key].is_number_integer()) return bad_request("field '" + key + "' must be an integer");
-  const auto v = j[key].get<std::int64_t>();
-  if (v < lo || v > hi)
+  if (j[key].is_number_unsigned() && j[key].get<std::uint64_t>() > std::uint64_t(INT64_MAX)) return INT64_MAX;
+  return j[key].get<std::int64_t>();
+}
+
+Result<int> int_field(const json& j, const std::string& key, int def, int lo, int hi) {
+  auto v = integer_field(j, key, def);
+  if (!v) return v.error();
+  if (*v < lo || *v > hi)
     return bad_request("field '" + key + "' must be from " + std::to_string(lo) + " to " + std::to_string(hi));
-  return static_cast<int>(v);
+  return static_cast<int>(*v);
 }
 
 }  // namespace
@@ -200,7 +224,8 @@ Result<BootRequest> parse_boot_request(const std::string& body) {
   if (!image) return image.error();
   auto mem = int_field(*j, "memory_mb", 512, 16, 16 * 1024 * 1024);
   if (!mem) return mem.error();
-  auto vcpus = int_field(*j, "vcpus", 1, 1, 4096);
+  // Its one range, 1 to the driver's discovered max_vcpus, is the manager's.
+  auto vcpus = integer_field(*j, "vcpus", 1);
   if (!vcpus) return vcpus.error();
   r.name = *name;
   r.image = *image;

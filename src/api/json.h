@@ -17,6 +17,10 @@ nlohmann::json to_json(const compute::ComputeManager::InstanceView& v);
 nlohmann::json to_json(const InterfaceInfo& i);
 nlohmann::json to_json(const compute::TaskStatus& t);
 nlohmann::json to_json(const compute::ComputeManager::ReconcileReport& r);
+// {"repository": path|null, "images": [{file, id, format, virtual_size,
+// file_size, base_cached, problem}]} (docs/api.md); names from disk are
+// escaped to valid UTF-8 (U+FFFD).
+nlohmann::json to_json(const ImageListing& l);
 // {"error": {"code", "message", ["capability", "operation", "driver"]}}
 nlohmann::json error_json(const Error& e);
 // The HTTP status for an error code (docs/api.md).
@@ -28,7 +32,7 @@ int http_status(Errc code);
 struct BootRequest {
   std::string name, image;
   int memory_mb = 512;
-  int vcpus = 1;
+  std::int64_t vcpus = 1;  // range-checked by the manager (the driver's max_vcpus)
 };
 Result<BootRequest> parse_boot_request(const std::string& body);
 Result<InterfaceSpec> parse_interface_request(const std::string& body);

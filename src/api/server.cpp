@@ -126,9 +126,11 @@ http::Options http_options(const config::Config& cfg) {
   return o;
 }
 
-Server::Server(const config::Config& cfg, compute::ComputeManager& mgr, compute::PeriodicTaskRunner& runner)
+Server::Server(const config::Config& cfg, compute::ComputeManager& mgr, compute::PeriodicTaskRunner& runner,
+               int listen_fd)
     : cfg_(cfg), mgr_(mgr), runner_(runner) {
   http::Options o = http_options(cfg);
+  o.listen_fd = listen_fd;
   o.on_response = [this](const Request& req, const std::string& route, int status) {
     metrics_.request(req.method, route, status);
     spdlog::debug("api {} {} -> {}", req.method, route, status);
@@ -224,6 +226,12 @@ std::vector<http::Route> Server::routes() {
          auto r = mgr_.image_cache_pass(dry.value());
          if (!r) return send_error(r.error());
          return ok(imagecache::to_json(r.value()));
+       }},
+      {"GET", "/v1/images", BodyRule::none,
+       [this, ok](const Request&) {
+         auto images = mgr_.driver().list_images();
+         if (!images) return send_error(images.error());
+         return ok(to_json(images.value()));
        }},
       {"GET", "/v1/tasks", BodyRule::none,
        [this, ok](const Request&) {

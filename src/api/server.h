@@ -48,7 +48,11 @@ http::Options http_options(const config::Config& cfg);
 
 class Server {
  public:
-  Server(const config::Config& cfg, compute::ComputeManager& mgr, compute::PeriodicTaskRunner& runner);
+  // listen_fd: a socket http::listen_socket() bound to [api] listen before
+  // the manager existed (`virtcap agent`), which the server then owns; -1:
+  // bind() binds [api] listen itself.
+  Server(const config::Config& cfg, compute::ComputeManager& mgr, compute::PeriodicTaskRunner& runner,
+         int listen_fd = -1);
   ~Server();
 
   // Refuses what http::check_listen and http::load_tls refuse

@@ -16,6 +16,7 @@
 #include "api/server.h"
 #include "capabilities/render.h"
 #include "cli/cli_docs.h"
+#include "common/fd.h"
 #include "common/logging.h"
 #include "common/state_lock.h"
 #include "compute/manager.h"
@@ -113,6 +114,7 @@ struct Options {
   std::string id, name, image, mac, network, tag;
   std::string memory = "512";
   int vcpus = 1;
+  int timeout = 300;  // seconds a client command waits for the agent's answer (boot --timeout)
 };
 
 int cmd_capabilities_local(const Options& o) {
@@ -150,6 +152,11 @@ int cmd_agent(const Options& o) {
   // hypervisor is touched: a second start changes nothing.
   auto state_lock = StateLock::acquire(cfg->defaults.state_path);
   if (!state_lock) return fail(state_lock.error().message, kExitUsage);
+  // Then the API port, still before the store and the hypervisor: an agent
+  // whose port is taken changes nothing either.
+  auto api_socket = http::listen_socket(cfg->api.listen);
+  if (!api_socket) return fail("[api] listen: " + api_socket.error().message, kExitUsage);
+  UniqueFd api_fd(api_socket.value());
 
   spdlog::info("virtcap {} agent starting (config: {})", VIRTCAP_VERSION, cfg->source);
   api::tune_allocator();
@@ -173,8 +180,8 @@ int cmd_agent(const Options& o) {
 
   compute::PeriodicTaskRunner runner({.max_jitter_seconds = static_cast<double>(cfg->defaults.periodic_fuzzy_delay)});
   manager.register_periodic_tasks(runner);
-  api::Server server(*cfg, manager, runner);
-  auto port = server.bind();
+  api::Server server(*cfg, manager, runner, api_fd.release());
+  auto port = server.bind();  // adopts the bound socket
   if (!port) return fail(port.error().message, port.error().code == Errc::invalid_argument ? kExitUsage : kExitRuntime);
   const auto hp = config::split_listen(cfg->api.listen);
   spdlog::info("API listening on {}://{}:{}", server.scheme(), hp->first, port.value());
@@ -388,6 +395,20 @@ const std::vector<Column> kImageCacheColumns = {{"FILE", "name"},         {"KIND
                                                 {"STATE", "state"},       {"BYTES", "bytes"},
                                                 {"AGE(s)", "age_seconds"}, {"REASON", "reason"}};
 
+// `virtcap image list`: one row per repository file.
+int emit_images(const Options& o, const json& j) {
+  if (o.client_format == "json" && o.columns.empty()) {
+    std::cout << dump_json(j, 2) << "\n";
+    return kExitOk;
+  }
+  const int rc = emit_rows(o, j["images"],
+                           {{"ID", "id"}, {"FILE", "file"}, {"FORMAT", "format"}, {"VIRTUAL_SIZE", "virtual_size"},
+                            {"FILE_SIZE", "file_size"}, {"BASE_CACHED", "base_cached"}, {"PROBLEM", "problem"}});
+  if (o.client_format == "table" && j["repository"].is_string())
+    std::cout << "repository: " << text(j["repository"]) << "\n";
+  return rc;
+}
+
 // --server: http(s)://HOST[:PORT][/]; nullopt (after printing why) if not.
 std::optional<std::string> server_url(const std::string& raw) {
   std::string url = raw;
@@ -474,16 +495,21 @@ int client_call(const Options& o, const std::string& method, const std::string& 
                 const std::vector<std::pair<std::string, std::string>>& field_flags = {}) {
   const auto url = server_url(o.server);
   if (!url) return kExitUsage;
-  api::Client client(api::ClientOptions{.url = *url, .token = o.token, .ca_file = o.ca_file});
+  api::Client client(api::ClientOptions{
+      .url = *url, .token = o.token, .ca_file = o.ca_file, .timeout = std::chrono::seconds(o.timeout)});
   auto r = client.call(method, path, body);
   if (!r) {
-    const bool usage = r.error().code == Errc::invalid_argument;  // an unreadable --ca-file
+    // An unreadable --ca-file is a usage error (2); reached but no answer in
+    // time, the operation failed from here (1) and may still finish in the
+    // agent; anything else is unreachable (3).
+    const bool usage = r.error().code == Errc::invalid_argument;
+    const bool late = api::answered_late(r.error());
+    const std::string msg =
+        late ? r.error().message + " (--timeout); it may still finish there: see `virtcap list`" : r.error().message;
+    const char* code = usage ? "invalid_argument" : late ? "timeout" : "unreachable";
     if (o.client_format == "json")
-      std::cout << dump_json(json{{"error", {{"code", usage ? "invalid_argument" : "unreachable"},
-                                             {"message", r.error().message}}}},
-                             2)
-                << "\n";
-    return fail(r.error().message, usage ? kExitUsage : kExitUnreachable);
+      std::cout << dump_json(json{{"error", {{"code", code}, {"message", msg}}}}, 2) << "\n";
+    return fail(msg, usage ? kExitUsage : late ? kExitRuntime : kExitUnreachable);
   }
   if (r->status >= 200 && r->status < 300) return human(r->body);
   const bool api_error = r->body.is_object() && r->body.contains("error") && r->body["error"].is_object();
@@ -586,7 +612,10 @@ int main(int argc, char** argv) {
   boot->add_option("name", o.name, "Instance name")->required();
   boot->add_option("--image", o.image, "Image id (a file <id>.raw or <id>.qcow2 in [images] path)")->required();
   boot->add_option("--memory", o.memory, "Memory: MiB, or with a unit: 512M, 2G, 1T")->capture_default_str();
-  boot->add_option("--vcpus", o.vcpus, "vCPUs")->capture_default_str();
+  boot->add_option("--vcpus", o.vcpus, "vCPUs: 1 to the driver's max_vcpus")->capture_default_str();
+  boot->add_option("--timeout", o.timeout, "Seconds to wait for the instance to be active (then exit 1)")
+      ->check(CLI::Range(1, 86400))
+      ->capture_default_str();
   auto* list = app.add_subcommand("list", "List this host's instances");
   auto* show = app.add_subcommand("show", "Show one instance, with its hypervisor state");
   auto* del = app.add_subcommand("delete", "Delete an instance (its domain and disk; the base image stays)");
@@ -603,7 +632,11 @@ int main(int argc, char** argv) {
   icp->require_subcommand(1);
   auto* icp_pass = icp->add_subcommand("pass", "Run an image-cache pass in the agent now");
   icp_pass->add_flag("--dry-run", o.dry_run, "Decide and report only");
-  for (auto* c : {boot, list, show, del, reboot, attach, detach, tasks, icp_pass}) add_client(c);
+  auto* image_cmd = app.add_subcommand("image", "Image repository commands against the agent");
+  image_cmd->require_subcommand(1);
+  auto* image_list = image_cmd->add_subcommand(
+      "list", "List the agent's image repository: format (by magic), virtual and file size, base cached");
+  for (auto* c : {boot, list, show, del, reboot, attach, detach, tasks, icp_pass, image_list}) add_client(c);
 
   if (argc > 1 && argv[1][0] != '-') {
     std::string names;
@@ -721,6 +754,8 @@ int main(int argc, char** argv) {
                        {{"TASK", "name"}, {"EVERY(s)", "spacing_seconds"}, {"ENABLED", "enabled_text"}, {"RUNS", "runs"},
                         {"LAST", "last_result"}, {"DETAIL", "detail"}});
     });
+  if (image_list->parsed())
+    return client_call(o, "GET", "/v1/images", nullptr, [&](const json& j) { return emit_images(o, j); });
   if (icp_pass->parsed()) {
     json body = {{"dry_run", o.dry_run}};
     return client_call(o, "POST", "/v1/image-cache/pass", &body, [&](const json& j) {

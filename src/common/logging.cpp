@@ -20,6 +20,10 @@ namespace {
 
 constexpr const char* kTextPattern = "%Y-%m-%dT%H:%M:%S.%e%z %l %v";
 
+// The fields of the line being logged on this thread (the logger is
+// synchronous: the sink formats on the caller's thread).
+thread_local const Fields* t_fields = nullptr;
+
 // "2026-11-26T09:01:36.123+00:00"
 std::string iso8601(spdlog::log_clock::time_point tp) {
   const auto t = spdlog::log_clock::to_time_t(tp);
@@ -47,7 +51,11 @@ class JsonFormatter final : public spdlog::formatter {
         {"pid", static_cast<long long>(::getpid())},
         {"thread", static_cast<unsigned long long>(msg.thread_id)},
         {"message", utf8_safe(std::string_view(msg.payload.data(), msg.payload.size()))}};
-    const std::string text = dump_json(line) + "\n";
+    nlohmann::json out = line;
+    if (t_fields)
+      for (const auto& [name, value] : *t_fields)
+        if (!line.contains(name)) out[name] = value;
+    const std::string text = dump_json(out) + "\n";
     dest.append(text.data(), text.data() + text.size());
   }
   std::unique_ptr<spdlog::formatter> clone() const override { return std::make_unique<JsonFormatter>(); }
@@ -109,5 +117,11 @@ Status setup(const Options& opts) {
 }
 
 Status reopen(const Options& opts) { return apply(opts); }
+
+void info(const std::string& message, const Fields& fields) {
+  t_fields = &fields;
+  spdlog::info("{}", message);  // spdlog reports its own errors; it does not throw here
+  t_fields = nullptr;
+}
 
 }  // namespace virtcap::logging

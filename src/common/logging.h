@@ -2,7 +2,10 @@
 // the UTC offset, to stderr or a file that SIGHUP reopens (for logrotate).
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "virtcap/error.h"
 
@@ -25,5 +28,12 @@ Status setup(const Options& opts);
 // level and format. The logger stays the same object: other threads keep
 // logging throughout.
 Status reopen(const Options& opts);
+
+// Named values a line carries besides its message: in JSON format they are
+// fields of the line (a name that is one of the line's own keys - time,
+// level, logger, pid, thread, message - is left out); in text format only the
+// message is written, so put what matters in it too.
+using Fields = std::vector<std::pair<std::string, nlohmann::json>>;
+void info(const std::string& message, const Fields& fields);
 
 }  // namespace virtcap::logging

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <random>
 #include <cctype>
 #include <filesystem>
@@ -138,49 +139,58 @@ bool valid_instance_name(const std::string& n) {
 bool looks_like_uuid(const std::string& s) {
   return s.size() == 36 && s[8] == '-' && s[13] == '-' && s[18] == '-' && s[23] == '-';
 }
+// The audit line of an operation on `id` (a uuid or a name) until find()
+// names the instance.
+audit::Scope audit_of(std::string_view operation, const std::string& id) {
+  const bool uuid = looks_like_uuid(id);
+  return audit::Scope(operation, uuid ? id : "", uuid ? "" : id);
+}
 }  // namespace
 
 Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::string& image_id, int memory_mb,
-                                            int vcpus) {
+                                            std::int64_t vcpus) {
+  audit::Scope audit("boot", "", name);
   if (!valid_instance_name(name))
-    return make_error(Errc::invalid_argument, "instance name '" + name +
+    return audit.fail(make_error(Errc::invalid_argument, "instance name '" + name +
                                                   "' is invalid: 1-63 letters, digits, '.', '_' or '-', "
-                                                  "starting with a letter or digit");
+                                                  "starting with a letter or digit"));
   if (memory_mb < 16 || memory_mb > 16 * 1024 * 1024)
-    return make_error(Errc::invalid_argument, "memory_mb must be from 16 to 16777216, got " + std::to_string(memory_mb));
+    return audit.fail(make_error(Errc::invalid_argument,
+                                 "memory_mb must be from 16 to 16777216, got " + std::to_string(memory_mb)));
   // One range, whichever end is crossed: 1 to the driver's max_vcpus.
-  if (vcpus < 1 || (caps_.max_vcpus > 0 && vcpus > caps_.max_vcpus))
-    return make_error(Errc::invalid_argument,
+  if (vcpus < 1 || vcpus > (caps_.max_vcpus > 0 ? caps_.max_vcpus : INT_MAX))
+    return audit.fail(make_error(Errc::invalid_argument,
                       "vcpus must be from 1 to " +
                           (caps_.max_vcpus > 0 ? std::to_string(caps_.max_vcpus) + " (driver '" +
                                                      std::string(driver_->name()) + "' max_vcpus)"
                                                : std::string("the driver's maximum")) +
-                          ", got " + std::to_string(vcpus));
+                          ", got " + std::to_string(vcpus)));
   // A bad image is refused before the record is written: no row is left.
   if (!valid_image_id(image_id))
-    return make_error(Errc::invalid_argument, "image id '" + image_id.substr(0, 128) +
+    return audit.fail(make_error(Errc::invalid_argument, "image id '" + image_id.substr(0, 128) +
                                                   (image_id.size() > 128 ? "...' (" + std::to_string(image_id.size()) +
                                                                                " bytes)"
                                                                          : "'") +
                                                   " is invalid: it must match ^[A-Za-z0-9._-]{1,128}$ and must not "
-                                                  "contain '..'");
-  if (auto img = driver_->check_image(image_id); !img) return img.error();
+                                                  "contain '..'"));
+  if (auto img = driver_->check_image(image_id); !img) return audit.fail(img.error());
   InstanceRecord rec;
   rec.uuid = new_uuid();
   rec.name = name;
   rec.host = host_;
   rec.image_id = image_id;
   rec.memory_mb = memory_mb;
-  rec.vcpus = vcpus;
+  rec.vcpus = static_cast<int>(vcpus);
   rec.vm_state = "building";
   rec.task_state = "spawning";
   rec.created_at = rec.updated_at = now_seconds();
+  audit.instance(rec.uuid, name);
   auto lock = instance_lock(rec.uuid);
   std::lock_guard guard(*lock);
   // The record first: a crash from here on leaves a record that reconcile
   // finishes or rolls back, never an orphan domain or disk.
-  if (auto st = store_.create_instance(rec); !st) return st.error();
-  auto st = driver_->spawn({rec.uuid, name, image_id, memory_mb, vcpus});
+  if (auto st = store_.create_instance(rec); !st) return audit.fail(st.error());
+  auto st = driver_->spawn({rec.uuid, name, image_id, memory_mb, rec.vcpus});
   rec.updated_at = now_seconds();
   rec.task_state.clear();
   if (st) {
@@ -194,8 +204,9 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
       rec.deleted_at = rec.updated_at;
     }
   }
-  if (auto up = store_.update_instance(rec); !up) return up.error();
-  if (!st) return st.error();
+  if (auto up = store_.update_instance(rec); !up) return audit.fail(up.error());
+  if (!st) return audit.fail(st.error());
+  audit.ok();
   return rec;
 }
 
@@ -227,7 +238,8 @@ Result<ComputeManager::InstanceView> ComputeManager::show(const std::string& id)
 }
 
 Status ComputeManager::destroy(const std::string& id) {
-  return with_instance(id, [&](InstanceRecord& found) -> Status {
+  auto audit = audit_of("delete", id);
+  return audit.done(with_instance(id, audit, [&](InstanceRecord& found) -> Status {
     auto rec = store_.get_instance(found.uuid);  // fresh, under the lock
     if (!rec) return rec.error();
     if (rec->deleted_at != 0) return make_error(Errc::not_found, "instance " + rec->uuid + " is already deleted");
@@ -243,23 +255,30 @@ Status ComputeManager::destroy(const std::string& id) {
     rec->task_state.clear();
     rec->deleted_at = rec->updated_at = now_seconds();
     return store_.update_instance(rec.value());
-  });
+  }));
 }
 
 Status ComputeManager::reboot(const std::string& id) {
-  return with_instance(id, [&](InstanceRecord& rec) { return driver_->reboot(rec.uuid); });
+  auto audit = audit_of("reboot", id);
+  return audit.done(with_instance(id, audit, [&](InstanceRecord& rec) { return driver_->reboot(rec.uuid); }));
 }
 
 Result<InterfaceInfo> ComputeManager::attach_interface(const std::string& id, const InterfaceSpec& spec) {
-  if (auto st = check(Operation::attach_interface); !st) return st.error();
+  auto audit = audit_of("attach_interface", id);
+  if (!spec.mac.empty()) audit.field("mac", spec.mac);
+  if (auto st = check(Operation::attach_interface); !st) return audit.fail(st.error());
   if (!spec.tag.empty())
-    if (auto st = check(Operation::tagged_attach_interface); !st) return st.error();
-  return with_instance(id, [&](InstanceRecord& rec) { return driver_->attach_interface(rec.uuid, spec); });
+    if (auto st = check(Operation::tagged_attach_interface); !st) return audit.fail(st.error());
+  return audit.done(
+      with_instance(id, audit, [&](InstanceRecord& rec) { return driver_->attach_interface(rec.uuid, spec); }));
 }
 
 Status ComputeManager::detach_interface(const std::string& id, const std::string& mac) {
-  if (auto st = check(Operation::detach_interface); !st) return st;
-  return with_instance(id, [&](InstanceRecord& rec) { return driver_->detach_interface(rec.uuid, mac); });
+  auto audit = audit_of("detach_interface", id);
+  audit.field("mac", mac);
+  if (auto st = check(Operation::detach_interface); !st) return audit.fail(st.error());
+  return audit.done(
+      with_instance(id, audit, [&](InstanceRecord& rec) { return driver_->detach_interface(rec.uuid, mac); }));
 }
 
 Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
@@ -279,6 +298,10 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
     if (!guard.owns_lock()) continue;  // an operation is running on it right now
     const bool on = hv_uuids.count(rec.uuid) > 0;
     const auto stamp = [&] { rec.updated_at = now_seconds(); };
+    // A fix is audited: the instance, its state before and after.
+    audit::Scope audit("reconcile", rec.uuid, rec.name);
+    audit.field("from", rec.vm_state + (rec.task_state.empty() ? "" : "/" + rec.task_state));
+    if (!fix) audit.dismiss();
     if (rec.task_state == "spawning") {
       if (on) {
         out.finished_spawns.push_back(rec.uuid);
@@ -286,14 +309,14 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
       } else {
         out.rolled_back_spawns.push_back(rec.uuid);
         if (fix)
-          if (auto st = driver_->destroy(rec.uuid); !st) return st.error();  // removes a half-made disk
+          if (auto st = driver_->destroy(rec.uuid); !st) return audit.fail(st.error());  // removes a half-made disk
         rec.vm_state = "error";
       }
       rec.task_state.clear();
     } else if (rec.task_state == "deleting" || (rec.deleted_at != 0 && on)) {
       out.finished_deletes.push_back(rec.uuid);
       if (fix)
-        if (auto st = driver_->destroy(rec.uuid); !st) return st.error();
+        if (auto st = driver_->destroy(rec.uuid); !st) return audit.fail(st.error());
       rec.task_state.clear();
       rec.vm_state = "deleted";
       if (rec.deleted_at == 0) rec.deleted_at = now_seconds();
@@ -303,11 +326,14 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
     } else if (rec.deleted_at == 0 && rec.vm_state == "lost" && on) {
       rec.vm_state = "active";  // it came back
     } else {
+      audit.dismiss();  // nothing to fix
       continue;
     }
     stamp();
+    audit.field("to", rec.vm_state);
     if (fix)
-      if (auto st = store_.update_instance(rec); !st) return st.error();
+      if (auto st = store_.update_instance(rec); !st) return audit.fail(st.error());
+    audit.ok();
   }
   for (const auto& u : hv_uuids)
     if (!known.count(u)) out.unknown_domains.push_back(u);

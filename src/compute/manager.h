@@ -13,6 +13,7 @@
 #include <string>
 #include <string_view>
 
+#include "common/audit.h"
 #include "compute/periodic.h"
 #include "config/config.h"
 #include "virtcap/capabilities.h"
@@ -72,7 +73,9 @@ class ComputeManager {
   // Instance operations, gated by capability. `id` is a uuid, or the name of
   // a live instance of this host. Operations on one instance are serialised:
   // a second one while the first runs is Errc::conflict.
-  Result<InstanceRecord> boot(const std::string& name, const std::string& image_id, int memory_mb, int vcpus);
+  // vcpus: 1 to the driver's max_vcpus, the one range every caller reports.
+  Result<InstanceRecord> boot(const std::string& name, const std::string& image_id, int memory_mb,
+                              std::int64_t vcpus);
   Result<InstanceRecord> find(const std::string& id);
   Result<std::vector<InstanceRecord>> list();
   struct InstanceView {
@@ -122,10 +125,11 @@ class ComputeManager {
   // A per-instance lock, taken with try_lock: a busy instance is a conflict.
   std::shared_ptr<std::mutex> instance_lock(const std::string& uuid);
   Error busy(const std::string& uuid) const;
-  // Finds `id`, takes its instance lock (try_lock: busy is a conflict) and
-  // runs fn(record) with it held.
+  // Finds `id`, names it in `audit`, takes its instance lock (try_lock:
+  // busy is a conflict) and runs fn(record) with it held.
   template <class F>
-  auto with_instance(const std::string& id, F&& fn) -> decltype(fn(std::declval<InstanceRecord&>()));
+  auto with_instance(const std::string& id, audit::Scope& audit, F&& fn)
+      -> decltype(fn(std::declval<InstanceRecord&>()));
 
   std::mutex locks_mu_;
   std::map<std::string, std::weak_ptr<std::mutex>> instance_locks_;
@@ -153,9 +157,11 @@ class ComputeManager {
 };
 
 template <class F>
-auto ComputeManager::with_instance(const std::string& id, F&& fn) -> decltype(fn(std::declval<InstanceRecord&>())) {
+auto ComputeManager::with_instance(const std::string& id, audit::Scope& audit, F&& fn)
+    -> decltype(fn(std::declval<InstanceRecord&>())) {
   auto rec = find(id);
   if (!rec) return rec.error();
+  audit.instance(rec->uuid, rec->name);
   auto lock = instance_lock(rec->uuid);
   std::unique_lock guard(*lock, std::try_to_lock);
   if (!guard.owns_lock()) return busy(rec->uuid);

@@ -18,6 +18,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <set>
+#include <utility>
 #include <sstream>
 
 #include "common/json_text.h"
@@ -187,6 +188,43 @@ Server::Server(Options opts, std::vector<Route> routes) : opts_(std::move(opts))
 Server::~Server() {
   stop();
   if (listen_fd_ >= 0) ::close(listen_fd_);
+  if (opts_.listen_fd >= 0) ::close(opts_.listen_fd);  // handed over, never adopted
+}
+
+Result<int> listen_socket(const std::string& listen) {
+  const auto hp = config::split_listen(listen);
+  if (!hp) return make_error(Errc::invalid_argument, "listen address '" + listen + "' is not HOST:PORT");
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  const std::string port_text = std::to_string(hp->second);
+  if (int rc = ::getaddrinfo(hp->first.c_str(), port_text.c_str(), &hints, &res); rc != 0)
+    return make_error(Errc::invalid_argument, "cannot resolve listen address " + listen + ": " + gai_strerror(rc));
+  int listen_fd = -1, err = 0;
+  for (addrinfo* ai = res; ai && listen_fd < 0; ai = ai->ai_next) {
+    int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd < 0) continue;
+    int yes = 1;
+    // SO_REUSEADDR only: SO_REUSEPORT would let a second agent share the port.
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    if (::bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && ::listen(fd, 128) == 0) {
+      listen_fd = fd;
+    } else {
+      err = errno;
+      ::close(fd);
+    }
+  }
+  ::freeaddrinfo(res);
+  if (listen_fd >= 0) return listen_fd;
+  if (err == EADDRINUSE)
+    return make_error(Errc::io_error, "cannot listen on " + listen +
+                                          ": the address is in use (another virtcap agent, or another service); "
+                                          "stop it, or listen elsewhere");
+  return make_error(Errc::io_error, "cannot listen on " + listen + ": " +
+                                        (err ? std::strerror(err) : "no address") +
+                                        " (the address is not available on this host)");
 }
 
 Result<int> Server::bind() {
@@ -205,32 +243,13 @@ Result<int> Server::bind() {
     spdlog::info("TLS: serving the certificate of {} (valid until {})", tls.value()->subject,
                  utc_text(tls.value()->not_after));
   }
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  addrinfo* res = nullptr;
-  const std::string port_text = std::to_string(hp->second);
-  if (int rc = ::getaddrinfo(hp->first.c_str(), port_text.c_str(), &hints, &res); rc != 0)
-    return make_error(Errc::invalid_argument, "cannot resolve listen address " + opts_.listen + ": " + gai_strerror(rc));
-  std::string why = "no address";
-  for (addrinfo* ai = res; ai && listen_fd_ < 0; ai = ai->ai_next) {
-    int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-    if (fd < 0) continue;
-    int yes = 1;
-    // SO_REUSEADDR only: SO_REUSEPORT would let a second agent share the port.
-    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-    if (::bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && ::listen(fd, 128) == 0) {
-      listen_fd_ = fd;
-    } else {
-      why = std::strerror(errno);
-      ::close(fd);
-    }
+  if (opts_.listen_fd >= 0) {
+    listen_fd_ = std::exchange(opts_.listen_fd, -1);
+  } else {
+    auto fd = listen_socket(opts_.listen);
+    if (!fd) return fd.error();
+    listen_fd_ = fd.value();
   }
-  ::freeaddrinfo(res);
-  if (listen_fd_ < 0)
-    return make_error(Errc::io_error, "cannot listen on " + opts_.listen + ": " + why +
-                                          " (the address is in use or not available on this host)");
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
   ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&ss), &len);

@@ -80,6 +80,9 @@ struct Options {
   std::function<void(const Request&, const std::string& route, int status)> on_response;
   // What the listen and TLS checks name in their refusals, e.g. "[api]".
   std::string config_section = "[api]";
+  // A socket listen_socket() already bound to `listen`, which bind() then
+  // adopts (the server owns it from construction); -1: bind() binds itself.
+  int listen_fd = -1;
 };
 
 // The one rule for where and how a server may listen (every virtcap server):
@@ -88,6 +91,11 @@ struct Options {
 // (naming config_section) when refused. When allowed: the warning to log at
 // every start (plain HTTP off loopback), or "". Reads no file (load_tls does).
 Result<std::string> check_listen(const Options& opts);
+
+// Binds and listens on HOST:PORT (SO_REUSEADDR, never SO_REUSEPORT); the
+// caller owns the fd. io_error naming the address when it is taken or not
+// on this host, invalid_argument when it cannot be resolved.
+Result<int> listen_socket(const std::string& listen);
 
 class Server {
  public:

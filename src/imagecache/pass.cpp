@@ -13,6 +13,7 @@
 #include <set>
 #include <sstream>
 
+#include "common/audit.h"
 #include "common/fd.h"
 #include "common/utf8.h"
 #include "imagecache/base_cache.h"
@@ -220,13 +221,18 @@ void remove_locked(const PassOptions& opts, const BaseCache& cache, int base_fd,
     }
     spdlog::info("image cache: removing {}/{} ({} bytes, {}; age {} s)", report.base_dir, utf8_safe(c.name),
                  c.bytes, f.reason, f.age_seconds);
+    audit::Scope audit("image_cache_remove");
+    audit.field("file", report.base_dir + "/" + c.name);
+    audit.field("bytes", c.bytes);
     if (::unlinkat(base_fd, c.name.c_str(), 0) != 0) {
       report.complete = false;
       f.state = "kept";
       f.reason = std::string("removal failed: ") + std::strerror(errno);
       spdlog::warn("image cache: could not remove {}/{}: {}", report.base_dir, utf8_safe(c.name), f.reason);
+      audit.failed(f.reason);
       continue;
     }
+    audit.ok();
     f.state = "removed";
     ++report.files_removed;
     report.bytes_freed += c.bytes;

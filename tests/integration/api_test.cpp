@@ -214,20 +214,5 @@ TEST(Api, ACorruptDatabaseIsAClearErrorAndIsNotRecreated) {
 }  // namespace
 }  // namespace virtcap::testing
 
-namespace virtcap::testing {
-namespace {
-
-TEST(Api, ASecondAgentOnAPortInUseExits1) {
-  AgentWorld w;
-  Agent first(w.config);
-  ASSERT_TRUE(first.running()) << first.exit_output().err;
-  AgentWorld other("[api]\nlisten = \"127.0.0.1:" + std::to_string(first.port()) + "\"\n");
-  Agent second(other.config);
-  ASSERT_FALSE(second.running()) << "two agents must never share a port";
-  EXPECT_EQ(second.exit_output().exit_code, 1);
-  EXPECT_NE(second.exit_output().err.find("in use"), std::string::npos) << second.exit_output().err;
-  EXPECT_EQ(first.client().call("GET", "/healthz")->status, 200);
-}
-
-}  // namespace
-}  // namespace virtcap::testing
+// A second agent on a port in use: AgentOps.TakenPortRefusedBeforeTheStore
+// (exit 2, before the store is opened).

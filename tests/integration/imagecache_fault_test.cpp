@@ -17,12 +17,7 @@ namespace {
 namespace fs = std::filesystem;
 using testing::kDay;
 
-// LeakSanitizer refuses to run under ptrace (strace): in the ASan build the
-// traced command keeps every other ASan check but not the leak check.
-std::string sanitizer_options() {
-  const char* v = std::getenv("ASAN_OPTIONS");
-  return std::string("ASAN_OPTIONS=") + (v && *v ? std::string(v) + ":" : "") + "detect_leaks=0";
-}
+using testing::sanitizer_options;
 
 struct FaultTree {
   testing::TempDir dir{"virtcap-fault"};

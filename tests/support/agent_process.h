@@ -85,8 +85,11 @@ class Agent {
   // Starts the agent and waits on its log until it listens, at most
   // kAgentStartDeadline; past it the agent is killed and running() is false,
   // with the reason at the end of exit_output().err.
-  explicit Agent(const std::string& config, std::vector<std::string> extra = {}) {
-    std::vector<std::string> argv = {VIRTCAP_BINARY, "agent", "--config", config};
+  // `wrapper` runs it (e.g. strace ... for fault injection).
+  explicit Agent(const std::string& config, std::vector<std::string> extra = {},
+                 std::vector<std::string> wrapper = {}) {
+    std::vector<std::string> argv = wrapper;
+    argv.insert(argv.end(), {VIRTCAP_BINARY, "agent", "--config", config});
     argv.insert(argv.end(), extra.begin(), extra.end());
     auto c = proc::Child::spawn(argv);
     if (!c) throw std::runtime_error(c.error().message);

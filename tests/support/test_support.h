@@ -12,6 +12,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -61,6 +62,14 @@ inline proc::Output must_run(const std::vector<std::string>& argv) {
   if (!r.ok()) return {};
   EXPECT_EQ(r->exit_code, 0) << argv[0] << " " << (argv.size() > 1 ? argv[1] : "") << ": " << r->err;
   return r.value();
+}
+
+// LeakSanitizer refuses to run under ptrace (strace): in the ASan build a
+// traced command keeps every other ASan check but not the leak check.
+// "ASAN_OPTIONS=...", for strace -E.
+inline std::string sanitizer_options() {
+  const char* v = std::getenv("ASAN_OPTIONS");
+  return std::string("ASAN_OPTIONS=") + (v && *v ? std::string(v) + ":" : "") + "detect_leaks=0";
 }
 
 inline nlohmann::json qemu_img_info(const std::string& path) {

@@ -1,10 +1,14 @@
 #include "virt/libvirt/image_repo.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 
+#include "common/fd.h"
+#include "imagecache/image_probe.h"
 #include "imagecache/qcow2.h"
 
 namespace virtcap::libvirt {
@@ -60,6 +64,70 @@ Result<ImageInfo> ImageRepository::find(std::string_view id) const {
   info.format = ImageFormat::raw;
   info.virtual_size = info.file_size;
   return info;
+}
+
+namespace {
+
+// The id a repository file name boots as: "<id>" of "<id>.raw" or
+// "<id>.qcow2"; empty for any other name.
+std::string id_of(const std::string& file) {
+  for (std::string_view ext : {".raw", ".qcow2"})
+    if (file.size() > ext.size() && file.ends_with(ext)) return file.substr(0, file.size() - ext.size());
+  return {};
+}
+
+// Format by magic, sizes, and whether find() would boot it.
+RepoImage describe(const ImageRepository& repo, int dir_fd, const std::string& file) {
+  RepoImage img;
+  img.file = file;
+  const std::string path = repo.dir() + "/" + file;
+  UniqueFd fd(::openat(dir_fd, file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  struct stat st {};
+  if (!fd.valid() || ::fstat(fd.get(), &st) != 0) {
+    img.problem = "cannot open " + path + ": " + std::strerror(errno);
+    return img;
+  }
+  img.file_size = static_cast<std::uint64_t>(st.st_size);
+  if (auto refs = imagecache::probe_image(fd.get(), path, ""); refs) img.format = refs->format;
+  else img.problem = refs.error().message;
+  img.id = id_of(file);
+  if (img.id.empty()) {
+    if (img.problem.empty()) img.problem = "not named <id>.raw or <id>.qcow2: cannot be booted";
+    return img;
+  }
+  auto found = repo.find(img.id);
+  if (!found) {
+    if (img.problem.empty()) img.problem = found.error().message;
+    return img;
+  }
+  img.virtual_size = found->virtual_size;
+  return img;
+}
+
+}  // namespace
+
+Result<std::vector<RepoImage>> ImageRepository::list() const {
+  UniqueFd dir(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir.valid()) {
+    const int err = errno;
+    return make_error(err == ENOENT ? Errc::not_found : Errc::io_error,
+                      "cannot open the image repository " + dir_ + ": " + std::strerror(err) +
+                          (err == ENOENT ? " (create it, or set [images] path)" : ""));
+  }
+  std::vector<std::string> files;
+  const int err = list_dir(dir.get(), [&](const DirEntry& e) {
+    struct stat st {};
+    const bool regular = e.type == DT_REG || ((e.type == DT_LNK || e.type == DT_UNKNOWN) &&
+                                              ::fstatat(dir.get(), std::string(e.name).c_str(), &st, 0) == 0 &&
+                                              S_ISREG(st.st_mode));
+    if (regular) files.emplace_back(e.name);
+  });
+  if (err != 0)
+    return make_error(Errc::io_error, "cannot list the image repository " + dir_ + ": " + std::strerror(err));
+  std::sort(files.begin(), files.end());
+  std::vector<RepoImage> out;
+  for (const auto& f : files) out.push_back(describe(*this, dir.get(), f));
+  return out;
 }
 
 }  // namespace virtcap::libvirt

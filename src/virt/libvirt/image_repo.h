@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "virtcap/capabilities.h"
 #include "virtcap/driver.h"
@@ -32,6 +33,11 @@ class ImageRepository {
   // invalid_argument for a bad id or a corrupt/mislabelled image; not_found
   // when there is no such image; conflict when both formats exist.
   Result<ImageInfo> find(std::string_view id) const;
+  // Every regular file (or link to one) in the directory, sorted by name:
+  // its format by magic and, for an <id>.raw / <id>.qcow2 name, what find()
+  // says about it. not_found when the directory does not exist; io_error
+  // when it cannot be listed completely.
+  Result<std::vector<RepoImage>> list() const;
 
  private:
   std::string dir_;

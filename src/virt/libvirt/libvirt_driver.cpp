@@ -264,6 +264,18 @@ Status LibvirtDriver::check_image(const std::string& image_id) const {
   return {};
 }
 
+Result<ImageListing> LibvirtDriver::list_images() const {
+  auto images = images_.list();
+  if (!images) return images.error();
+  ImageListing out{images_.dir(), std::move(images.value())};
+  for (auto& img : out.images) {
+    struct stat st {};
+    img.base_cached = !img.id.empty() && valid_image_id(img.id) &&
+                      ::stat(cache_.base_path(img.id).c_str(), &st) == 0 && S_ISREG(st.st_mode);
+  }
+  return out;
+}
+
 Status LibvirtDriver::spawn(const InstanceSpec& spec) {
   if (!valid_uuid(spec.uuid)) return make_error(Errc::invalid_argument, "'" + spec.uuid + "' is not a uuid");
   if (!conn_.connected()) return make_error(Errc::hypervisor_unavailable, unavailable_reason());

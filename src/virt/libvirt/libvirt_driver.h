@@ -58,6 +58,7 @@ class LibvirtDriver : public ComputeDriver {
   Result<std::vector<DriverInstance>> list_instances() override;
   Result<DriverInstance> get_instance(const std::string& uuid) override;
   Status check_image(const std::string& image_id) const override;
+  Result<ImageListing> list_images() const override;
   Status spawn(const InstanceSpec& spec) override;
   Status destroy(const std::string& uuid) override;
   Status reboot(const std::string& uuid) override;

@@ -27,7 +27,8 @@ namespace virtcap::http {
 struct Request {
   std::string method;
   std::string path;                            // percent-decoded (a %00 stays literal)
-  std::map<std::string, std::string> query;    // decoded
+  std::map<std::string, std::string> query;    // decoded (a repeated name: its last value)
+  std::vector<std::pair<std::string, std::string>> query_list;  // decoded, every parameter in order
   std::map<std::string, std::string> headers;  // names lower-cased
   std::map<std::string, std::string> params;   // {name} segments of the route
   std::string body;

@@ -85,28 +85,45 @@ class Agent {
   // Starts the agent and waits on its log until it listens, at most
   // kAgentStartDeadline; past it the agent is killed and running() is false,
   // with the reason at the end of exit_output().err.
-  explicit Agent(const std::string& config, std::vector<std::string> extra = {}) {
-    std::vector<std::string> argv = {VIRTCAP_BINARY, "agent", "--config", config};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    auto c = proc::Child::spawn(argv);
+  explicit Agent(const std::string& config, std::vector<std::string> extra = {})
+      : Agent(Launch{agent_argv(config, std::move(extra))}) {}
+  // Another long-running virtcap service, e.g. `virtcap fleet serve`: ready
+  // at the log line `ready`, its port after `listening`.
+  struct Launch {
+    std::vector<std::string> argv;
+    std::string ready = "agent running";
+    std::string listening = "API listening on http://";
+  };
+  static Launch fleet_service(const std::string& config) {
+    return {{VIRTCAP_BINARY, "fleet", "serve", "--config", config}, "fleet service running",
+            "fleet service listening on http://"};
+  }
+  explicit Agent(const Launch& launch) {
+    const std::string& ready = launch.ready;
+    auto c = proc::Child::spawn(launch.argv);
     if (!c) throw std::runtime_error(c.error().message);
     child_.emplace(std::move(c.value()));
     Watchdog deadline(child_->pid(), kAgentStartDeadline);
-    const bool up = child_->wait_for_stderr("agent running");
+    const bool up = child_->wait_for_stderr(ready);
     const bool late = deadline.cancel();
     if (!up || late) {
       if (late) child_->signal(SIGKILL);
       exited_ = child_->wait();
       if (late)
-        exited_->err += "\n[test support] the agent did not log 'agent running' within " +
+        exited_->err += "\n[test support] the service did not log '" + ready + "' within " +
                         std::to_string(kAgentStartDeadline.count()) + " s; killed it\n";
       return;
     }
     const std::string& log = child_->err_seen();
-    const auto at = log.find("API listening on http://");
-    const auto colon = log.find(':', at + 24);
+    const auto at = log.find(launch.listening);
+    const auto colon = log.find(':', at + launch.listening.size());
     port_ = std::stoi(log.substr(colon + 1));
     url_ = "http://127.0.0.1:" + std::to_string(port_);
+  }
+  static std::vector<std::string> agent_argv(const std::string& config, std::vector<std::string> extra) {
+    std::vector<std::string> argv = {VIRTCAP_BINARY, "agent", "--config", config};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return argv;
   }
   ~Agent() {
     if (child_ && !exited_) {

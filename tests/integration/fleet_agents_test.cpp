@@ -313,3 +313,52 @@ TEST(LoadFleet, EightReportersAndOperatorsThroughTwoReplicasLoseNothing) {
 }
 
 }  // namespace
+
+namespace {
+
+// `virtcap hosts` / `traits` against an in-process fleet service: exit codes
+// follow the agent CLI's rule (0 ok, 1 failed, 2 usage or refused value or
+// token, 3 unreachable).
+TEST(FleetCli, ExitCodesFollowTheAgentCliRule) {
+  TempDir dir("virtcap-fleet-cli");
+  fleet::ServiceOptions o;
+  o.fleet.database_url = "sqlite://" + dir.sub("fleet.sqlite");
+  o.http.listen = "127.0.0.1:0";
+  o.http.token = "tok";
+  auto svc = fleet::FleetService::open(o);
+  ASSERT_TRUE(svc.ok()) << svc.error().message;
+  auto port = (*svc)->bind();
+  ASSERT_TRUE(port.ok() && (*svc)->start().ok());
+  const std::string url = "http://127.0.0.1:" + std::to_string(*port);
+  api::Client c(url, "tok");
+  const json r = report(1, {"COMPUTE_A"});
+  ASSERT_TRUE(c.request("PUT", "/v1/hosts/h1", &r).ok());
+  auto run = [&](std::vector<std::string> args, const std::string& server) {
+    args.insert(args.end(), {"--token", "tok"});
+    return cli(args, server);
+  };
+  EXPECT_EQ(run({"traits", "add", "h1", "CUSTOM_X"}, url).first, 0);
+  EXPECT_EQ(run({"traits", "add", "h1", "CUSTOM_X"}, url).first, 0) << "adding a trait the host has changes nothing";
+  EXPECT_EQ(run({"traits", "remove", "h1", "CUSTOM_X"}, url).first, 0);
+  auto [rc, out] = run({"traits", "remove", "h1", "CUSTOM_X"}, url);
+  EXPECT_EQ(rc, 1) << out;
+  EXPECT_EQ(run({"traits", "add", "nohost", "CUSTOM_X"}, url).first, 1);
+  std::tie(rc, out) = run({"traits", "add", "h1", "NOT_CUSTOM"}, url);
+  EXPECT_EQ(rc, 2) << out;
+  EXPECT_NE(out.find("CUSTOM_"), std::string::npos) << out;
+  EXPECT_EQ(run({"hosts", "--resources", "GPU:1"}, url).first, 2);
+  EXPECT_EQ(run({"hosts", "--host", "h1"}, url).first, 2) << "--host needs --explain";
+  EXPECT_EQ(cli({"hosts"}, url).first, 2) << "no token: 401";
+  EXPECT_EQ(run({"hosts"}, "ftp://127.0.0.1:1").first, 2);
+  std::tie(rc, out) = run({"hosts"}, "http://127.0.0.1:1");
+  EXPECT_EQ(rc, 3) << out;
+  EXPECT_NE(out.find("fleet service"), std::string::npos) << out;
+  std::tie(rc, out) = run({"hosts", "--require", "COMPUTE_A", "-f", "value", "-c", "NAME"}, url);
+  EXPECT_EQ(rc, 0);
+  EXPECT_EQ(out, "h1\n");
+  EXPECT_EQ(run({"hosts", "delete", "h1"}, url).first, 0);
+  EXPECT_EQ(run({"hosts", "delete", "h1"}, url).first, 1);
+  EXPECT_EQ((*svc)->fleet().index().host_count(), 0U);
+}
+
+}  // namespace

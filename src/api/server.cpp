@@ -32,21 +32,6 @@ std::string escape_label(const std::string& s) {
   return out;
 }
 
-// "a, b c" -> {"a", "b", "c"}
-std::vector<std::string> split_list(const std::string& v) {
-  std::vector<std::string> out;
-  std::string cur;
-  for (char c : v + ",") {
-    if (c == ',' || c == ' ' || c == '\t') {
-      if (!cur.empty()) out.push_back(cur);
-      cur.clear();
-    } else {
-      cur += c;
-    }
-  }
-  return out;
-}
-
 }  // namespace
 
 void tune_allocator() {
@@ -116,8 +101,8 @@ Server::Server(const config::Config& cfg, compute::ComputeManager& mgr, compute:
   http::Options o;
   o.listen = cfg.api.listen;
   o.token = cfg.api.token;
-  o.allowed_origins = split_list(cfg.api.allowed_origins);
-  o.allowed_hosts = split_list(cfg.api.allowed_hosts);
+  o.allowed_origins = http::split_list(cfg.api.allowed_origins);
+  o.allowed_hosts = http::split_list(cfg.api.allowed_hosts);
   o.max_body_bytes = kMaxBodyBytes;
   o.threads = static_cast<unsigned>(cfg.api.threads);
   o.on_response = [this](const Request& req, const std::string& route, int status) {

@@ -17,21 +17,6 @@ using http::Response;
 
 Response send_error(const Error& e) { return http::json_response(api::http_status(e.code), api::error_json(e)); }
 
-// "a, b c" -> {"a", "b", "c"}
-std::vector<std::string> split_list(const std::string& v) {
-  std::vector<std::string> out;
-  std::string cur;
-  for (char c : v + ",") {
-    if (c == ',' || c == ' ' || c == '\t') {
-      if (!cur.empty()) out.push_back(cur);
-      cur.clear();
-    } else {
-      cur += c;
-    }
-  }
-  return out;
-}
-
 // The query parameters without "explain", and whether explain was asked.
 Result<std::pair<QueryParams, bool>> split_explain(const Request& req) {
   std::pair<QueryParams, bool> out{{}, false};
@@ -61,8 +46,8 @@ ServiceOptions service_options(const config::Config& cfg) {
   o.fleet.host_down_after = std::chrono::seconds(s.host_down_after);
   o.http.listen = s.listen;
   o.http.token = s.token;
-  o.http.allowed_origins = split_list(s.allowed_origins);
-  o.http.allowed_hosts = split_list(s.allowed_hosts);
+  o.http.allowed_origins = http::split_list(s.allowed_origins);
+  o.http.allowed_hosts = http::split_list(s.allowed_hosts);
   o.http.max_body_bytes = kMaxReportBodyBytes;
   o.http.tls_cert = s.tls_cert;
   o.http.tls_key = s.tls_key;

@@ -159,6 +159,20 @@ Response error_response(int status, const std::string& code, const std::string& 
   return json_response(status, nlohmann::json{{"error", {{"code", code}, {"message", message}}}});
 }
 
+std::vector<std::string> split_list(const std::string& v) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char c : v + ",") {
+    if (c == ',' || c == ' ' || c == '\t') {
+      if (!cur.empty()) out.push_back(cur);
+      cur.clear();
+    } else {
+      cur += c;
+    }
+  }
+  return out;
+}
+
 Status check_listen(const std::string& listen, const std::string& token, const std::string& section) {
   auto hp = config::split_listen(listen);
   if (!hp) return make_error(Errc::invalid_argument, section + " listen '" + listen + "' is not HOST:PORT");

@@ -80,6 +80,9 @@ struct Options {
   std::string config_section = "[api]";
 };
 
+// A configured list, comma- or blank-separated: "a, b c" -> {"a", "b", "c"}.
+std::vector<std::string> split_list(const std::string& v);
+
 // The one rule for where a server may listen: a non-loopback address needs a
 // token. invalid_argument (naming `section`) when refused or malformed.
 Status check_listen(const std::string& listen, const std::string& token, const std::string& section);

@@ -15,7 +15,7 @@
 #include "fleet/service.h"
 #include "fleet/wire.h"
 #include "support/agent_process.h"
-#include "support/postgres_env.h"
+#include "support/fleet_fixture.h"
 
 using namespace virtcap;
 using namespace virtcap::testing;
@@ -176,13 +176,7 @@ Replica start_replica(const std::string& db) {
 }
 
 json report(int n, const std::vector<std::string>& traits, int used = 0) {
-  fleet::AgentReport r;
-  char uuid[40];
-  std::snprintf(uuid, sizeof uuid, "00000000-0000-4000-8000-%012d", n);
-  r.uuid = uuid;
-  r.traits = traits;
-  r.inventories[0] = fleet::Inventory{64, 0, 1.0, used};
-  return fleet::to_json(r);
+  return fleet::to_json(fleet_report(n, traits, used));
 }
 
 bool has_trait(const fleet::HostIndex& idx, const std::string& host, const std::string& trait) {
@@ -247,7 +241,7 @@ TEST(LoadFleet, EightReportersAndOperatorsThroughTwoReplicasLoseNothing) {
       while (std::chrono::steady_clock::now() < end) {
         std::vector<std::string> traits = {"COMPUTE_A"};
         if (rng() % 2) traits.push_back("COMPUTE_B" + std::to_string(rng() % 4));
-        const json r = report(h, traits, static_cast<int>(rng() % 64));
+        const json r = report(h, traits, static_cast<int>(rng() % 16));
         auto res = c.call("PUT", "/v1/hosts/host" + std::to_string(h), &r);
         if (!res || res->status != 200) ++failures;
         ++reports;

@@ -8,7 +8,7 @@
 #include "api/client.h"
 #include "fleet/service.h"
 #include "fleet/wire.h"
-#include "support/postgres_env.h"
+#include "support/fleet_fixture.h"
 #include "support/test_support.h"
 
 using namespace virtcap;
@@ -18,30 +18,17 @@ using nlohmann::json;
 
 namespace {
 
-enum class Backend { sqlite, postgres };
-void PrintTo(Backend b, std::ostream* os) { *os << (b == Backend::sqlite ? "SQLite" : "PostgreSQL"); }
-
-std::string uuid_for(int n) {
-  char buf[40];
-  std::snprintf(buf, sizeof buf, "00000000-0000-4000-8000-%012d", n);
-  return buf;
-}
+using Backend = virtcap::testing::FleetBackend;
+using virtcap::testing::fleet_uuid;
 
 json report_json(int n, std::vector<std::string> traits, std::int64_t vcpu_used = 0) {
-  AgentReport r;
-  r.uuid = uuid_for(n);
-  r.agent_version = "0.1.0";
-  r.api_url = "http://127.0.0.1:" + std::to_string(8000 + n);
-  r.traits = std::move(traits);
-  r.inventories[0] = Inventory{8, 0, 2.0, vcpu_used};
-  r.inventories[1] = Inventory{16384, 512, 1.0, 1024};
-  return to_json(r);
+  return to_json(virtcap::testing::fleet_report(n, std::move(traits), vcpu_used));
 }
 
 class FleetApiTest : public ::testing::TestWithParam<Backend> {
  protected:
   void SetUp() override {
-    url_ = GetParam() == Backend::sqlite ? "sqlite://" + dir_.sub("fleet.sqlite") : virtcap::testing::pg_database_url();
+    url_ = virtcap::testing::fleet_database_url(GetParam(), dir_);
     ASSERT_FALSE(url_.empty());
   }
   std::unique_ptr<FleetService> start(const std::string& token = "") {
@@ -80,7 +67,7 @@ TEST_P(FleetApiTest, ReportsQueriesExplanationsAndTraitWrites) {
   auto r = call("PUT", "/v1/hosts/host1", &b1);
   ASSERT_EQ(r.status, 200) << r.raw;
   EXPECT_EQ(r.body["generation"], 1);
-  EXPECT_EQ(r.body["uuid"], uuid_for(1));
+  EXPECT_EQ(r.body["uuid"], fleet_uuid(1));
   EXPECT_EQ(r.body["inventories"]["VCPU"]["free"], 12);
   ASSERT_EQ(call("PUT", "/v1/hosts/host2", &b2).status, 200);
 
@@ -90,7 +77,7 @@ TEST_P(FleetApiTest, ReportsQueriesExplanationsAndTraitWrites) {
   EXPECT_EQ(r.body["hosts_total"], 2);
   ASSERT_EQ(r.body["hosts"].size(), 1U);
   EXPECT_EQ(r.body["hosts"][0]["name"], "host2");
-  EXPECT_EQ(r.body["hosts"][0]["uuid"], uuid_for(2));
+  EXPECT_EQ(r.body["hosts"][0]["uuid"], fleet_uuid(2));
   EXPECT_EQ(r.body["hosts"][0]["free"]["VCPU"], 16);
   EXPECT_EQ(r.body["hosts"][0]["free"]["MEMORY_MB"], 16384 - 512 - 1024);
   EXPECT_TRUE(r.body["hosts"][0]["last_seen_age_s"].is_number());
@@ -211,7 +198,7 @@ TEST_P(FleetApiTest, BadInputGetsItsDocumentedStatusAndChangesNothing) {
       {"report: negative amount", "PUT", "/v1/hosts/host1",
        with("inventories", json{{"VCPU", {{"total", -4}}}}), 400, "negative"},
       {"report: unknown field", "PUT", "/v1/hosts/host1", with("colour", "red"), 400, "colour"},
-      {"report: other uuid", "PUT", "/v1/hosts/host1", with("uuid", uuid_for(7)), 409, "uuid"},
+      {"report: other uuid", "PUT", "/v1/hosts/host1", with("uuid", fleet_uuid(7)), 409, "uuid"},
       {"report: malformed JSON", "PUT", "/v1/hosts/host1", "{\"uuid\":", 400, "malformed JSON"},
       {"report: invalid UTF-8", "PUT", "/v1/hosts/host1", "{\"uuid\":\"\xff\xfe\"}", 400, ""},
       {"body over the limit", "PUT", "/v1/hosts/host1", std::string(kMaxReportBodyBytes + 1, ' '), 413, "limit"},
@@ -251,6 +238,6 @@ TEST_P(FleetApiTest, TokenHostAndOriginRulesAsTheAgentApi) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, FleetApiTest, ::testing::Values(Backend::sqlite, Backend::postgres),
-                         [](const auto& info) { return info.param == Backend::sqlite ? "SQLite" : "PostgreSQL"; });
+                         [](const auto& info) { return virtcap::testing::backend_name(info.param); });
 
 }  // namespace

@@ -356,3 +356,25 @@ TEST(FleetCli, ExitCodesFollowTheAgentCliRule) {
 }
 
 }  // namespace
+
+namespace {
+
+// `virtcap fleet serve` start-up refusals are config errors (exit 2), made
+// before the database is opened.
+TEST(FleetCli, ServeRefusesANonLoopbackListenWithoutATokenAndBadConfig) {
+  TempDir dir("virtcap-fleet-serve");
+  const auto open_cfg = dir.write("open.toml", "[DEFAULT]\nstate_path = \"" + dir.str() +
+                                                   "\"\n[fleet_service]\nlisten = \"0.0.0.0:0\"\n");
+  auto out = proc::run({VIRTCAP_BINARY, "fleet", "serve", "--config", open_cfg}, 30s);
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(out->exit_code, 2) << out->err;
+  EXPECT_NE(out->err.find("[fleet_service]"), std::string::npos) << out->err;
+  EXPECT_FALSE(fs::exists(dir.sub("fleet.sqlite"))) << "refused before opening the database";
+  const auto bad = dir.write("bad.toml", "[fleet_service]\nhost_down_after = 0\n");
+  out = proc::run({VIRTCAP_BINARY, "fleet", "serve", "--config", bad}, 30s);
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(out->exit_code, 2) << out->err;
+  EXPECT_NE(out->err.find("host_down_after"), std::string::npos) << out->err;
+}
+
+}  // namespace

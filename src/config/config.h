@@ -150,7 +150,7 @@ struct non_empty {
     "localhost and IP literals.")                                                                 \
   O(int, drift_check_interval, 300, check::range(0, 31536000),                                    \
     "Seconds between recounts of the database against the in-memory index (drift is logged, then " \
-    "the index rebuilt); 0 disables.")
+    "those hosts re-read); 0 disables.")
 
 #define VIRTCAP_CONFIG_FLEET(O)                                                                   \
   O(std::string, url, "", check::any{},                                                           \

@@ -98,8 +98,9 @@ void FleetService::drift_loop() {
     lock.unlock();
     auto d = fleet_->check_drift();  // logs any drift it finds
     if (!d) spdlog::warn("fleet drift check failed: {}", d.error().message);
-    else if (!d->hosts.empty())
-      if (auto st = fleet_->rebuild(); !st) spdlog::warn("fleet index rebuild failed: {}", st.error().message);
+    else  // re-read just those hosts (a full rebuild would hold up every write meanwhile)
+      for (const auto& h : d->hosts)
+        if (auto st = fleet_->refresh_host(h); !st) spdlog::warn("fleet index repair of {} failed: {}", h, st.error().message);
     lock.lock();
     ++drift_checks_;
   }

@@ -25,7 +25,7 @@ struct ServiceOptions {
   FleetOptions fleet;
   http::Options http;
   // Seconds between recounts of the database against the index (drift is
-  // logged and repaired by a rebuild); 0 disables.
+  // logged, and the hosts concerned re-read into the index); 0 disables.
   std::chrono::seconds drift_check_interval{0};
 };
 

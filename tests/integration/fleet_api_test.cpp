@@ -31,8 +31,7 @@ class FleetApiTest : public ::testing::TestWithParam<Backend> {
     url_ = virtcap::testing::fleet_database_url(GetParam(), dir_);
     ASSERT_FALSE(url_.empty());
   }
-  std::unique_ptr<FleetService> start(const std::string& token = "") {
-    ServiceOptions o;
+  std::unique_ptr<FleetService> start(const std::string& token = "", ServiceOptions o = {}) {
     o.fleet.database_url = url_;
     o.http.listen = "127.0.0.1:0";
     o.http.token = token;
@@ -235,6 +234,27 @@ TEST_P(FleetApiTest, TokenHostAndOriginRulesAsTheAgentApi) {
   EXPECT_EQ(svc->fleet().index().host_count(), 1U);
   EXPECT_EQ(call("POST", "/v1/hosts", nullptr, "s3cret").status, 405);
   EXPECT_EQ(call("GET", "/v1/nothing", nullptr, "s3cret").status, 404);
+}
+
+// The periodic recount finds a write the index missed (here: straight to the
+// store, with PostgreSQL's LISTEN off) and re-reads that host.
+TEST_P(FleetApiTest, PeriodicRecountRepairsAWriteTheIndexMissed) {
+  ServiceOptions o;
+  o.fleet.listen = false;
+  o.drift_check_interval = 1s;
+  auto svc = start("", o);
+  ASSERT_TRUE(svc);
+  auto b1 = report_json(1, {"COMPUTE_A"});
+  auto r = call("PUT", "/v1/hosts/host1", &b1);
+  ASSERT_EQ(r.status, 200);
+  auto behind = svc->fleet().store().add_operator_trait("host1", "CUSTOM_BEHIND", r.body["generation"].get<std::int64_t>());
+  ASSERT_TRUE(behind.ok()) << behind.error().message;
+  EXPECT_EQ(call("GET", "/v1/hosts?required=CUSTOM_BEHIND").body["matched"], 0) << "the index missed it";
+  EXPECT_TRUE(svc->fleet().wait_for_index([](const HostIndex& i) { return i.snapshot()[0].generation == 2; },
+                                          std::chrono::steady_clock::now() + 10s))
+      << "not repaired by the recount";
+  EXPECT_GE(svc->drift_checks(), 1U);
+  EXPECT_EQ(call("GET", "/v1/hosts?required=CUSTOM_BEHIND").body["matched"], 1);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, FleetApiTest, ::testing::Values(Backend::sqlite, Backend::postgres),

@@ -87,11 +87,6 @@ void FleetService::stop() {
   if (http_) http_->stop();
 }
 
-std::uint64_t FleetService::drift_checks() const {
-  std::lock_guard lock(mu_);
-  return drift_checks_;
-}
-
 void FleetService::drift_loop() {
   std::unique_lock lock(mu_);
   while (!cv_.wait_for(lock, options_.drift_check_interval, [this] { return stopping_; })) {
@@ -102,7 +97,6 @@ void FleetService::drift_loop() {
       for (const auto& h : d->hosts)
         if (auto st = fleet_->refresh_host(h); !st) spdlog::warn("fleet index repair of {} failed: {}", h, st.error().message);
     lock.lock();
-    ++drift_checks_;
   }
 }
 

@@ -45,8 +45,6 @@ class FleetService {
   void stop();
 
   Fleet& fleet() { return *fleet_; }
-  // Drift checks completed by the periodic recount (for tests).
-  std::uint64_t drift_checks() const;
 
  private:
   explicit FleetService(ServiceOptions options) : options_(std::move(options)) {}
@@ -56,10 +54,9 @@ class FleetService {
   ServiceOptions options_;
   std::unique_ptr<Fleet> fleet_;
   std::unique_ptr<http::Server> http_;
-  mutable std::mutex mu_;
+  std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false;
-  std::uint64_t drift_checks_ = 0;
   std::thread drift_thread_;
 };
 

@@ -68,7 +68,7 @@ TEST(FleetAgents, TwoAgentsReportOperatorTraitsSurviveKillMeansDownRestartGivesS
   fs::create_directories(dir.sub("fleet"));
   const std::string fleet_cfg = dir.write("fleet.toml", "[DEFAULT]\nstate_path = \"" + dir.sub("fleet") +
                                                             "\"\n[fleet_service]\nlisten = \"127.0.0.1:0\"\n"
-                                                            "host_down_after = 3\ndrift_check_interval = 1\n");
+                                                            "host_down_after = 5\ndrift_check_interval = 1\n");
   auto fleet = std::make_unique<Agent>(Agent::fleet_service(fleet_cfg));
   ASSERT_TRUE(fleet->running()) << fleet->exit_output().err;
   const std::string url = fleet->url();
@@ -115,7 +115,7 @@ TEST(FleetAgents, TwoAgentsReportOperatorTraitsSurviveKillMeansDownRestartGivesS
   EXPECT_EQ(j["hosts"][0]["name"], "lv-host");
   EXPECT_EQ(j["excluded"][0]["message"], "has forbidden trait CUSTOM_PINNED");
 
-  // kill -9 of an agent: its host is down after host_down_after (3 s), with that reason.
+  // kill -9 of an agent: its host is down after host_down_after (5 s), with that reason.
   lv->send(SIGKILL);
   json last;
   eventually(
@@ -127,7 +127,7 @@ TEST(FleetAgents, TwoAgentsReportOperatorTraitsSurviveKillMeansDownRestartGivesS
           if (e["reason"] == "down") return true;
         return false;
       },
-      15s, "lv-host down");
+      20s, "lv-host down");
   EXPECT_EQ(last["matched"], 1) << last.dump();
   EXPECT_EQ(last["hosts"][0]["name"], "fake-host") << "the live agent keeps reporting";
   ASSERT_EQ(last["excluded"].size(), 1U);
@@ -147,7 +147,7 @@ TEST(FleetAgents, TwoAgentsReportOperatorTraitsSurviveKillMeansDownRestartGivesS
   const std::string port = url.substr(url.rfind(':') + 1);
   const std::string again_cfg = dir.write("fleet2.toml", "[DEFAULT]\nstate_path = \"" + dir.sub("fleet") +
                                                              "\"\n[fleet_service]\nlisten = \"127.0.0.1:" + port +
-                                                             "\"\nhost_down_after = 3\n");
+                                                             "\"\nhost_down_after = 5\n");
   fleet = std::make_unique<Agent>(Agent::fleet_service(again_cfg));
   ASSERT_TRUE(fleet->running()) << fleet->exit_output().err;
   EXPECT_EQ(stable(*fc.request("GET", "/v1/hosts/lv-host")), before_lv);

@@ -378,3 +378,56 @@ TEST(FleetCli, ServeRefusesANonLoopbackListenWithoutATokenAndBadConfig) {
 }
 
 }  // namespace
+
+namespace {
+
+// `virtcap traits add` against a host that another writer changes between the
+// CLI's read of the generation and its write (a real write through the same
+// fleet, made while the server answers the CLI's GET or its 409): one 409 is
+// retried with the generation it carries; two are reported as a failure.
+TEST(FleetCli, TraitsAddRetriesOnceOnAStaleGenerationThenReports) {
+  TempDir dir("virtcap-fleet-409");
+  std::atomic<fleet::Fleet*> live{nullptr};
+  std::atomic<int> bumps_left{0}, bumped{0};
+  fleet::ServiceOptions o;
+  o.fleet.database_url = "sqlite://" + dir.sub("fleet.sqlite");
+  o.http.listen = "127.0.0.1:0";
+  // Runs in the connection's thread after the answer is queued and before it
+  // is sent, so the CLI's next request always sees the bump.
+  o.http.on_response = [&](const http::Request& req, const std::string& route, int status) {
+    const bool read = req.method == "GET" && route == "/v1/hosts/{name}";
+    if (!(read || status == 409) || bumps_left.load() == 0 || live.load() == nullptr) return;
+    --bumps_left;
+    auto h = live.load()->store().get_host("h1");
+    ASSERT_TRUE(h.ok() && *h);
+    const std::string t = "CUSTOM_OTHER" + std::to_string(bumped++);
+    ASSERT_TRUE(live.load()->add_operator_trait("h1", t, (**h).generation).ok());
+  };
+  auto svc = fleet::FleetService::open(o);
+  ASSERT_TRUE(svc.ok()) << svc.error().message;
+  live = &(*svc)->fleet();
+  auto port = (*svc)->bind();
+  ASSERT_TRUE(port.ok() && (*svc)->start().ok());
+  const std::string url = "http://127.0.0.1:" + std::to_string(*port);
+  auto r = fleet_report(1, {"COMPUTE_A"});
+  r.name = "h1";
+  ASSERT_TRUE((*svc)->fleet().report(r).ok());
+
+  bumps_left = 1;  // changed after the CLI's read: one 409, retried
+  auto [rc, out] = cli({"traits", "add", "h1", "CUSTOM_MINE"}, url);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_EQ(bumped.load(), 1);
+  bumps_left = 2;  // changed again after the 409: reported, exit 1
+  std::tie(rc, out) = cli({"traits", "add", "h1", "CUSTOM_LATE"}, url);
+  EXPECT_EQ(rc, 1) << out;
+  EXPECT_NE(out.find("generation"), std::string::npos) << out;
+  auto h = (*svc)->fleet().store().get_host("h1");
+  ASSERT_TRUE(h.ok() && *h);
+  std::set<std::string> ops;
+  for (const auto& t : (**h).traits)
+    if (t.owner == fleet::TraitOwner::operator_) ops.insert(t.name);
+  EXPECT_EQ(ops, (std::set<std::string>{"CUSTOM_MINE", "CUSTOM_OTHER0", "CUSTOM_OTHER1", "CUSTOM_OTHER2"}))
+      << "every write that was acknowledged is there, the refused one is not";
+}
+
+}  // namespace

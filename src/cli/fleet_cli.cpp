@@ -207,6 +207,7 @@ std::optional<int> FleetCommands::call(api::Client& c, const std::string& method
   std::string msg = api_error ? out.body["error"].value("message", std::string())
                               : "HTTP " + std::to_string(out.status) + " from " + server_;
   if (out.status == 401) msg += " (give the fleet service's token with --token or VIRTCAP_FLEET_TOKEN)";
+  if (out.status == 409) msg += " (the host changed again while this command ran, after one retry; run it again)";
   return fail(msg, kit_.exit_code_for_status(out.status));
 }
 

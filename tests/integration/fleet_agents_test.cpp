@@ -421,6 +421,7 @@ TEST(FleetCli, TraitsAddRetriesOnceOnAStaleGenerationThenReports) {
   std::tie(rc, out) = cli({"traits", "add", "h1", "CUSTOM_LATE"}, url);
   EXPECT_EQ(rc, 1) << out;
   EXPECT_NE(out.find("generation"), std::string::npos) << out;
+  EXPECT_NE(out.find("run it again"), std::string::npos) << out;
   auto h = (*svc)->fleet().store().get_host("h1");
   ASSERT_TRUE(h.ok() && *h);
   std::set<std::string> ops;

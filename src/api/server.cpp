@@ -32,21 +32,6 @@ std::string escape_label(const std::string& s) {
   return out;
 }
 
-// "a, b c" -> {"a", "b", "c"}
-std::vector<std::string> split_list(const std::string& v) {
-  std::vector<std::string> out;
-  std::string cur;
-  for (char c : v + ",") {
-    if (c == ',' || c == ' ' || c == '\t') {
-      if (!cur.empty()) out.push_back(cur);
-      cur.clear();
-    } else {
-      cur += c;
-    }
-  }
-  return out;
-}
-
 }  // namespace
 
 void tune_allocator() {
@@ -118,8 +103,8 @@ http::Options http_options(const config::Config& cfg) {
   o.tls_cert = cfg.api.tls_cert;
   o.tls_key = cfg.api.tls_key;
   o.allow_insecure = cfg.api.allow_insecure;
-  o.allowed_origins = split_list(cfg.api.allowed_origins);
-  o.allowed_hosts = split_list(cfg.api.allowed_hosts);
+  o.allowed_origins = http::split_list(cfg.api.allowed_origins);
+  o.allowed_hosts = http::split_list(cfg.api.allowed_hosts);
   o.max_body_bytes = kMaxBodyBytes;
   o.threads = static_cast<unsigned>(cfg.api.threads);
   o.config_section = "[api]";

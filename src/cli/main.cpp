@@ -17,6 +17,7 @@
 #include "capabilities/render.h"
 #include "cli/cli_docs.h"
 #include "common/fd.h"
+#include "cli/fleet_cli.h"
 #include "common/logging.h"
 #include "common/state_lock.h"
 #include "compute/manager.h"
@@ -185,6 +186,7 @@ int cmd_agent(const Options& o) {
   if (!port) return fail(port.error().message, port.error().code == Errc::invalid_argument ? kExitUsage : kExitRuntime);
   const auto hp = config::split_listen(cfg->api.listen);
   spdlog::info("API listening on {}://{}:{}", server.scheme(), hp->first, port.value());
+  manager.fleet_reporter().set_api_url(std::string(server.scheme()) + "://" + hp->first + ":" + std::to_string(port.value()));
   if (auto st = server.start(); !st) return fail(st.error().message, kExitRuntime);
   runner.start();
   spdlog::info("agent running; send SIGTERM or SIGINT to stop");
@@ -637,6 +639,17 @@ int main(int argc, char** argv) {
   auto* image_list = image_cmd->add_subcommand(
       "list", "List the agent's image repository: format (by magic), virtual and file size, base cached");
   for (auto* c : {boot, list, show, del, reboot, attach, detach, tasks, icp_pass, image_list}) add_client(c);
+  const auto fleet_commands = cli::add_fleet_commands(
+      app, {[&](const std::string& format, const std::vector<std::string>& columns, const json& rows,
+                const std::vector<std::pair<std::string, std::string>>& all) {
+              Options p = o;
+              p.client_format = format;
+              p.columns = columns;
+              std::vector<Column> cols;
+              for (const auto& [header, key] : all) cols.push_back({header, key});
+              return emit_rows(p, rows, cols);
+            },
+            exit_code_for_status});
 
   if (argc > 1 && argv[1][0] != '-') {
     std::string names;
@@ -663,6 +676,7 @@ int main(int argc, char** argv) {
   }
 
   if (o.json_out) o.client_format = "json";
+  if (auto rc = cli::run_fleet_commands(*fleet_commands)) return *rc;
   if (caps_cmd->parsed()) {
     if (caps_server->count() == 0) return cmd_capabilities_local(o);
     if (o.format == "json") o.client_format = "json";  // capabilities --server URL --format json

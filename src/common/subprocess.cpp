@@ -56,6 +56,11 @@ Result<Child> Child::spawn(const std::vector<std::string>& argv) {
     ::close(out_pipe[1]);
     return sys_error("pipe");
   }
+  // A long-running child (an agent under test logging an audit line per
+  // operation) may write more than the default 64 KiB of stderr between our
+  // reads; 1 MiB (the default pipe-max-size; a refusal is harmless, the pipe
+  // keeps its size) keeps it from blocking on its log.
+  (void)::fcntl(err_pipe[0], F_SETPIPE_SZ, 1 << 20);
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_adddup2(&fa, out_pipe[1], 1);

@@ -15,13 +15,6 @@
 
 namespace virtcap::compute {
 
-namespace {
-
-std::int64_t now_seconds() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 std::string new_uuid() {
   thread_local std::mt19937_64 rng{std::random_device{}()};
   const std::uint64_t a = rng(), b = rng();
@@ -31,6 +24,13 @@ std::string new_uuid() {
                 static_cast<unsigned>(((b >> 48) & 0x3fff) | 0x8000),
                 static_cast<unsigned long long>(b & 0xffffffffffffULL));
   return buf;
+}
+
+namespace {
+
+std::int64_t now_seconds() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
 }
 
 Error load_failure(const std::string& driver, const std::string& why) {
@@ -87,7 +87,8 @@ ComputeManager::ComputeManager(const config::Config& cfg, InstanceStore& store, 
       driver_(std::move(driver)),
       caps_(driver_->capabilities()),
       host_(cfg.host()),
-      instances_path_(cfg.instances_path()) {
+      instances_path_(cfg.instances_path()),
+      fleet_reporter_(std::make_unique<FleetReporter>(*this)) {
   if (auto st = store_.register_host({host_, instances_path_, now_seconds()}); !st)
     spdlog::warn("could not register host {} in the instance store: {}", host_, st.error().describe());
   if (caps_.has_imagecache)
@@ -453,6 +454,7 @@ void ComputeManager::register_periodic_tasks(PeriodicTaskRunner& runner) {
     sync.disabled_reason = "[DEFAULT] sync_power_state_interval is " +
                            std::to_string(cfg_.defaults.sync_power_state_interval) + " (<= 0 disables the task)";
   runner.add(std::move(sync));
+  runner.add(fleet_reporter_->task());
 }
 
 }  // namespace virtcap::compute

@@ -14,6 +14,7 @@
 #include <string_view>
 
 #include "common/audit.h"
+#include "compute/fleet_reporter.h"
 #include "compute/periodic.h"
 #include "config/config.h"
 #include "virtcap/capabilities.h"
@@ -44,6 +45,9 @@ inline constexpr std::array kRequirements = {
 
 inline constexpr std::string_view kImageCacheTask = "image_cache_manager_pass";
 inline constexpr std::string_view kPowerSyncTask = "sync_power_states";
+
+// A random (version 4) uuid.
+std::string new_uuid();
 
 class ComputeManager {
  public:
@@ -118,6 +122,8 @@ class ComputeManager {
   // Adds this manager's periodic tasks to `runner` (which must outlive nothing
   // of the manager: stop the runner before destroying the manager).
   void register_periodic_tasks(PeriodicTaskRunner& runner);
+  // Reports this host to [fleet] url (the "fleet_report" task).
+  FleetReporter& fleet_reporter() { return *fleet_reporter_; }
 
  private:
   ComputeManager(const config::Config& cfg, InstanceStore& store, std::unique_ptr<ComputeDriver> driver);
@@ -140,6 +146,7 @@ class ComputeManager {
   Capabilities caps_;  // read once, after init_host
   std::string host_;
   std::string instances_path_;
+  std::unique_ptr<FleetReporter> fleet_reporter_;
 
  public:
   // The last image-cache pass's report, if any pass ran (for /v1/tasks).

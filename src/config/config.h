@@ -139,6 +139,43 @@ struct non_empty {
   O(std::string, path, "", check::abs_path{.allow_empty = true},                                  \
     "SQLite database file. Empty: <state_path>/virtcap.db.")
 
+#define VIRTCAP_CONFIG_FLEET_SERVICE(O)                                                           \
+  O(std::string, listen, "127.0.0.1:8778", check::listen_address{},                               \
+    "HOST:PORT `virtcap fleet serve` binds to (port 0: any free port). Non-loopback needs a token, and TLS " \
+    "unless allow_insecure.")                                                                     \
+  O(std::string, database, "", check::any{},                                                      \
+    "sqlite:///ABS/PATH (one process) or postgresql://... (libpq URI; several replicas). "         \
+    "Empty: sqlite://<state_path>/fleet.sqlite.")                                                \
+  O(int, host_down_after, 180, check::range(1, 31536000),                                         \
+    "Seconds without a report after which a host is down (excluded from queries, with that reason).") \
+  O(std::string, token, "", check::any{},                                                         \
+    "Bearer token every fleet request (agent reports included) must carry when set.")             \
+  O(std::string, tls_cert, "", check::abs_path{.allow_empty = true},                              \
+    "PEM certificate chain (server certificate first); with tls_key the fleet service serves HTTPS only. " \
+    "An expired or not-yet-valid certificate, or one its key does not match, stops it at start (exit 2).") \
+  O(std::string, tls_key, "", check::abs_path{.allow_empty = true},                               \
+    "Unencrypted PEM private key of tls_cert. Set both or neither.")                              \
+  O(bool, allow_insecure, false, check::any{},                                                    \
+    "Serve plain HTTP on a non-loopback listen address (tokens and reports cross the network in clear " \
+    "text); logs a warning at every start. Without it such a listen is refused (exit 2).")        \
+  O(std::string, allowed_origins, "", check::origin_list{},                                       \
+    "Web origins (comma-separated) whose cross-site requests are served; others get 403.")        \
+  O(std::string, allowed_hosts, "", check::any{},                                                 \
+    "Host names (comma-separated) accepted in the Host header besides the listen address, "       \
+    "localhost and IP literals.")                                                                 \
+  O(int, drift_check_interval, 300, check::range(0, 31536000),                                    \
+    "Seconds between recounts of the database against the in-memory index (drift is logged, then " \
+    "those hosts re-read); 0 disables.")
+
+#define VIRTCAP_CONFIG_FLEET(O)                                                                   \
+  O(std::string, url, "", check::any{},                                                           \
+    "Fleet service this agent reports to (http(s)://HOST:PORT). Empty: standalone, no reporting.") \
+  O(std::string, token, "", check::any{}, "Bearer token for the fleet service.")                  \
+  O(int, report_interval, 60, check::range(1, 86400),                                             \
+    "Seconds between reports (PUT /v1/hosts/{name}); a failed report is retried sooner, with back-off.") \
+  O(std::string, ca_file, "", check::abs_path{.allow_empty = true},                               \
+    "PEM CA bundle the fleet service's certificate is verified against. Empty: the system CA store.")
+
 // S(member, "toml section name", OPTIONS, "section doc")
 #define VIRTCAP_CONFIG_SECTIONS(S)                                                                \
   S(defaults, "DEFAULT", VIRTCAP_CONFIG_DEFAULT, "Host identity, paths and periodic-task timing.") \
@@ -148,7 +185,10 @@ struct non_empty {
   S(libvirt, "libvirt", VIRTCAP_CONFIG_LIBVIRT, "The libvirt driver.")                            \
   S(images, "images", VIRTCAP_CONFIG_IMAGES, "Where the libvirt driver finds images to boot.")    \
   S(api, "api", VIRTCAP_CONFIG_API, "The agent's HTTP/JSON API.")                               \
-  S(store, "store", VIRTCAP_CONFIG_STORE, "The instance store.")
+  S(store, "store", VIRTCAP_CONFIG_STORE, "The instance store.")                                 \
+  S(fleet_service, "fleet_service", VIRTCAP_CONFIG_FLEET_SERVICE,                                 \
+    "`virtcap fleet serve`: the fleet service agents report to (docs/fleet.md).")                  \
+  S(fleet, "fleet", VIRTCAP_CONFIG_FLEET, "Reporting this agent's traits and capacity to a fleet service.")
 
 #define VIRTCAP_CONFIG_MEMBER_(T, key, def, chk, doc) T key = def;
 #define VIRTCAP_CONFIG_SECTION_(member, name, LIST, doc) \

@@ -27,7 +27,8 @@ namespace virtcap::http {
 struct Request {
   std::string method;
   std::string path;                            // percent-decoded (a %00 stays literal)
-  std::map<std::string, std::string> query;    // decoded
+  std::map<std::string, std::string> query;    // decoded (a repeated name: its last value)
+  std::vector<std::pair<std::string, std::string>> query_list;  // decoded, every parameter in order
   std::map<std::string, std::string> headers;  // names lower-cased
   std::map<std::string, std::string> params;   // {name} segments of the route
   std::string body;
@@ -84,6 +85,9 @@ struct Options {
   // adopts (the server owns it from construction); -1: bind() binds itself.
   int listen_fd = -1;
 };
+
+// A configured list, comma- or blank-separated: "a, b c" -> {"a", "b", "c"}.
+std::vector<std::string> split_list(const std::string& v);
 
 // The one rule for where and how a server may listen (every virtcap server):
 // listen is HOST:PORT; tls_cert and tls_key are set together; a non-loopback

@@ -87,30 +87,50 @@ class Agent {
   // with the reason at the end of exit_output().err.
   // `wrapper` runs it (e.g. strace ... for fault injection).
   explicit Agent(const std::string& config, std::vector<std::string> extra = {},
-                 std::vector<std::string> wrapper = {}) {
-    std::vector<std::string> argv = wrapper;
-    argv.insert(argv.end(), {VIRTCAP_BINARY, "agent", "--config", config});
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    auto c = proc::Child::spawn(argv);
+                 const std::vector<std::string>& wrapper = {})
+      : Agent(Launch{with_wrapper(wrapper, agent_argv(config, std::move(extra)))}) {}
+  // Another long-running virtcap service, e.g. `virtcap fleet serve`: ready
+  // at the log line `ready`, its port after `listening` (then http:// or https://).
+  struct Launch {
+    std::vector<std::string> argv;
+    std::string ready = "agent running";
+    std::string listening = "API listening on ";
+  };
+  static Launch fleet_service(const std::string& config) {
+    return {{VIRTCAP_BINARY, "fleet", "serve", "--config", config}, "fleet service running",
+            "fleet service listening on "};
+  }
+  explicit Agent(const Launch& launch) {
+    const std::string& ready = launch.ready;
+    auto c = proc::Child::spawn(launch.argv);
     if (!c) throw std::runtime_error(c.error().message);
     child_.emplace(std::move(c.value()));
     Watchdog deadline(child_->pid(), kAgentStartDeadline);
-    const bool up = child_->wait_for_stderr("agent running");
+    const bool up = child_->wait_for_stderr(ready);
     const bool late = deadline.cancel();
     if (!up || late) {
       if (late) child_->signal(SIGKILL);
       exited_ = child_->wait();
       if (late)
-        exited_->err += "\n[test support] the agent did not log 'agent running' within " +
+        exited_->err += "\n[test support] the service did not log '" + ready + "' within " +
                         std::to_string(kAgentStartDeadline.count()) + " s; killed it\n";
       return;
     }
     const std::string& log = child_->err_seen();
-    const auto at = log.find("API listening on ");
-    const std::string scheme = log.compare(at + 17, 8, "https://") == 0 ? "https" : "http";
-    const auto colon = log.find(':', at + 17 + scheme.size() + 3);
+    const auto at = log.find(launch.listening) + launch.listening.size();
+    const std::string scheme = log.compare(at, 8, "https://") == 0 ? "https" : "http";
+    const auto colon = log.find(':', at + scheme.size() + 3);
     port_ = std::stoi(log.substr(colon + 1));
     url_ = scheme + "://127.0.0.1:" + std::to_string(port_);
+  }
+  static std::vector<std::string> with_wrapper(std::vector<std::string> wrapper, const std::vector<std::string>& argv) {
+    wrapper.insert(wrapper.end(), argv.begin(), argv.end());
+    return wrapper;
+  }
+  static std::vector<std::string> agent_argv(const std::string& config, std::vector<std::string> extra) {
+    std::vector<std::string> argv = {VIRTCAP_BINARY, "agent", "--config", config};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return argv;
   }
   ~Agent() {
     if (child_ && !exited_) {

@@ -11,7 +11,7 @@
 #include <thread>
 
 #include "fleet/fleet.h"
-#include "support/postgres_env.h"
+#include "support/fleet_fixture.h"
 #include "support/test_support.h"
 
 using namespace virtcap;
@@ -31,26 +31,10 @@ void PrintTo(const IndexedHost& h, std::ostream* os) {
 
 namespace {
 
-enum class Backend { sqlite, postgres };
-void PrintTo(Backend b, std::ostream* os) { *os << (b == Backend::sqlite ? "SQLite" : "PostgreSQL"); }
-
-std::string uuid_for(int n) {
-  char buf[40];
-  std::snprintf(buf, sizeof buf, "00000000-0000-4000-8000-%012d", n);
-  return buf;
-}
-
+using Backend = virtcap::testing::FleetBackend;
+using virtcap::testing::fleet_uuid;
 AgentReport report_for(int n, std::vector<std::string> traits, std::int64_t vcpu_used = 0) {
-  AgentReport r;
-  r.name = "host" + std::to_string(n);
-  r.uuid = uuid_for(n);
-  r.agent_version = "0.1.0";
-  r.api_url = "http://10.0.0." + std::to_string(n) + ":8080";
-  r.traits = std::move(traits);
-  r.inventories[0] = Inventory{8, 0, 2.0, vcpu_used};
-  r.inventories[1] = Inventory{16384, 512, 1.0, 1024};
-  r.seen_at_ms = now_ms();
-  return r;
+  return virtcap::testing::fleet_report(n, std::move(traits), vcpu_used);
 }
 
 std::vector<std::string> trait_names(const HostRecord& h, TraitOwner owner) {
@@ -63,8 +47,7 @@ std::vector<std::string> trait_names(const HostRecord& h, TraitOwner owner) {
 class FleetStoreTest : public ::testing::TestWithParam<Backend> {
  protected:
   void SetUp() override {
-    url_ = GetParam() == Backend::sqlite ? "sqlite://" + dir_.sub("fleet.sqlite")
-                                         : virtcap::testing::pg_database_url();
+    url_ = virtcap::testing::fleet_database_url(GetParam(), dir_);
     ASSERT_FALSE(url_.empty());
   }
   std::unique_ptr<Fleet> open_fleet() {
@@ -174,7 +157,7 @@ TEST_P(FleetStoreTest, BadInputAndStaleGenerationsChangeNothing) {
   bad_uuid.uuid = "not-a-uuid";
   expect_error(Errc::invalid_argument, fleet->report(bad_uuid), "uuid");
   auto other_uuid = report_for(1, {"COMPUTE_B"});
-  other_uuid.uuid = uuid_for(99);
+  other_uuid.uuid = fleet_uuid(99);
   expect_error(Errc::conflict, fleet->report(other_uuid), "registered with uuid");
   expect_error(Errc::conflict, fleet->report(report_for(1, {"COMPUTE_B"}), gen - 1), "generation");
   expect_error(Errc::invalid_argument, fleet->add_operator_trait("host1", "COMPUTE_B", gen), "CUSTOM_");
@@ -214,7 +197,7 @@ TEST_P(FleetStoreTest, DeleteAndRegisterAgain) {
   EXPECT_EQ(fleet->index().host_count(), 0U);
   EXPECT_EQ(fleet->delete_host("host1", std::nullopt).error().code, Errc::not_found);
   auto again = report_for(1, {"COMPUTE_C"});
-  again.uuid = uuid_for(2);  // reinstalled: a new uuid is fine once deleted
+  again.uuid = fleet_uuid(2);  // reinstalled: a new uuid is fine once deleted
   auto r2 = fleet->report(again);
   ASSERT_TRUE(r2.ok()) << r2.error().message;
   EXPECT_EQ(r2->generation, 1);
@@ -414,9 +397,7 @@ TEST_P(FleetStoreTest, ConcurrentReportsAndOperatorEditsLoseNothing) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, FleetStoreTest, ::testing::Values(Backend::sqlite, Backend::postgres),
-                         [](const auto& info) {
-                           return info.param == Backend::sqlite ? "SQLite" : "PostgreSQL";
-                         });
+                         [](const auto& info) { return virtcap::testing::backend_name(info.param); });
 
 TEST(FleetPostgres, TwoIndexesOnOneDatabaseSeeEachOthersWritesWithinOneSecond) {
   const auto url = virtcap::testing::pg_database_url();

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include "capabilities/render.h"
 #include "store/memory/memory_store.h"
 #include "support/test_support.h"
 #include "virt/fake/fake_driver.h"
@@ -266,16 +267,50 @@ TEST(Manager, ImageCacheTaskIsNotScheduledWithoutTheCapability) {
   PeriodicTaskRunner runner({});
   h.mgr->register_periodic_tasks(runner);
   const auto st = runner.status();
-  ASSERT_EQ(st.size(), 2u);
+  ASSERT_EQ(st.size(), 3u);
   EXPECT_EQ(st[0].name, kImageCacheTask);
   EXPECT_FALSE(st[0].enabled);
   EXPECT_NE(st[0].disabled_reason.find("has_imagecache"), std::string::npos);
   EXPECT_TRUE(st[1].enabled);
+  EXPECT_EQ(st[2].name, kFleetReportTask);
+  EXPECT_FALSE(st[2].enabled) << "no [fleet] url: standalone";
+  EXPECT_NE(st[2].disabled_reason.find("[fleet] url is empty"), std::string::npos);
 
   Harness with(fake::kFakeImageCache);
   PeriodicTaskRunner runner2({});
   with.mgr->register_periodic_tasks(runner2);
   EXPECT_TRUE(runner2.status()[0].enabled);
+}
+
+// What the fleet_report task sends: a uuid kept in the state directory, the
+// rendered traits, and usage summed from the store's live instances.
+TEST(Manager, FleetReportCarriesUuidTraitsInventoryAndUsage) {
+  virtcap::testing::TempDir state("virtcap-fleet-report");
+  auto cfg = test_config();
+  cfg.defaults.state_path = state.str();
+  cfg.fleet.url = "http://127.0.0.1:1";
+  cfg.fleet.report_interval = 1;  // one attempt: the back-off never outlasts the interval
+  Harness h(fake::kFake, cfg);
+  ASSERT_TRUE(h.mgr->boot("a", "img", 256, 2).ok());
+  ASSERT_TRUE(h.mgr->boot("b", "img", 512, 1).ok());
+  auto r = h.mgr->fleet_reporter().build();
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->name, "host-a");
+  EXPECT_TRUE(fleet::check_report(*r).ok());
+  EXPECT_EQ(r->traits, caps::traits(h.mgr->capabilities()));
+  ASSERT_TRUE(r->inventories[0] && r->inventories[1] && r->inventories[2]);
+  EXPECT_EQ(r->inventories[0]->used, 3);
+  EXPECT_EQ(r->inventories[1]->used, 768);
+  EXPECT_GT(r->inventories[0]->total, 0);
+  EXPECT_EQ(virtcap::testing::read_file(state.sub("host_uuid")), r->uuid + "\n");
+  Harness again(fake::kFake, cfg);
+  auto r2 = again.mgr->fleet_reporter().build();
+  ASSERT_TRUE(r2.ok());
+  EXPECT_EQ(r2->uuid, r->uuid) << "the uuid survives a restart";
+  // Standalone: the task is disabled; an unreachable service fails the run, not the agent.
+  const auto out = h.mgr->fleet_reporter().run(std::stop_token{});
+  EXPECT_EQ(out.kind, TaskOutcome::Kind::failed);
+  EXPECT_NE(out.message.find("127.0.0.1:1"), std::string::npos) << out.message;
 }
 
 TEST(Manager, PowerSyncMarksLostInstancesWithoutDeletingThem) {

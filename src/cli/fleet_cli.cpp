@@ -1,0 +1,318 @@
+#include "cli/fleet_cli.h"
+
+#include <signal.h>
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+
+#include "api/client.h"
+#include "common/json_text.h"
+#include "common/logging.h"
+#include "config/config.h"
+#include "fleet/service.h"
+
+namespace virtcap::cli {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr int kExitOk = 0, kExitRuntime = 1, kExitUsage = 2, kExitUnreachable = 3;
+
+int fail(const std::string& message, int code) {
+  std::fprintf(stderr, "virtcap: %s\n", message.c_str());
+  return code;
+}
+
+std::string env_or(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::string(v) : fallback;
+}
+
+// RFC 3986 unreserved bytes stay; everything else is %XX.
+std::string url_encode(const std::string& s) {
+  static const char* hex = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    }
+  }
+  return out;
+}
+
+std::string text(const json& v) {
+  if (v.is_null()) return "-";
+  if (v.is_string()) return v.get<std::string>();
+  return dump_json(v);
+}
+
+}  // namespace
+
+class FleetCommands {
+ public:
+  FleetCommands(CLI::App& app, ClientKit kit);
+  std::optional<int> run();
+
+ private:
+  int serve();
+  int hosts();
+  int host_delete();
+  int trait_write(bool add);
+  std::string query_string() const;
+  // One call; transport failures and non-2xx answers printed (exit code),
+  // else nullopt with the answer in `out`.
+  std::optional<int> call(api::Client& c, const std::string& method, const std::string& path, const json* body,
+                          api::Response& out, bool quiet_conflict = false);
+
+  ClientKit kit_;
+  std::optional<std::string> config_path_;
+  std::string server_ = env_or("VIRTCAP_FLEET", kDefaultFleetServer);
+  std::string token_ = env_or("VIRTCAP_FLEET_TOKEN", "");
+  std::string ca_file_ = env_or("VIRTCAP_CA_FILE", "");
+  api::ClientOptions client_options() const {
+    return {.url = server_,
+            .token = token_,
+            .ca_file = ca_file_,
+            .peer = "the fleet service",
+            .hint = "is `virtcap fleet serve` running? Set --server or VIRTCAP_FLEET"};
+  }
+  std::string format_ = "table";
+  bool json_ = false;
+  std::vector<std::string> columns_, require_, forbid_, any_of_;
+  std::string resources_, host_, name_, trait_;
+  bool explain_ = false, include_down_ = false;
+  int limit_ = 0;
+  CLI::App *serve_ = nullptr, *hosts_ = nullptr, *delete_ = nullptr, *add_ = nullptr, *remove_ = nullptr;
+};
+
+FleetCommands::FleetCommands(CLI::App& app, ClientKit kit) : kit_(std::move(kit)) {
+  auto* fleet = app.add_subcommand("fleet", "The fleet service (docs/fleet.md)");
+  fleet->require_subcommand(1);
+  serve_ = fleet->add_subcommand("serve", "Run the fleet service ([fleet_service]) until SIGTERM/SIGINT");
+  serve_->add_option("-c,--config", config_path_, "TOML config file (default: " + std::string(config::kDefaultConfigPath) +
+                                                      " if it exists, else built-in defaults)")
+      ->check(CLI::ExistingFile);
+
+  auto add_client = [this](CLI::App* sub) {
+    sub->add_option("--server", server_, "Fleet service URL (env VIRTCAP_FLEET)")->capture_default_str();
+    sub->add_option("--token", token_, "Bearer token (env VIRTCAP_FLEET_TOKEN)");
+    sub->add_option("--ca-file", ca_file_,
+                    "https: PEM CA certificate(s) to verify the fleet service against (env VIRTCAP_CA_FILE; "
+                    "default: the system CA store)");
+    sub->add_option("-f,--format", format_, "Output: table, json (the API's JSON), value (bare values)")
+        ->check(CLI::IsMember({"table", "json", "value"}))
+        ->capture_default_str();
+    sub->add_flag("--json", json_, "Same as --format json");
+    sub->add_option("-c,--column", columns_, "Show only this column (repeatable; a header or a field name)");
+  };
+  hosts_ = app.add_subcommand("hosts", "Query the fleet: which hosts have these traits and this much free capacity");
+  hosts_->add_option("--require", require_, "Required traits, comma-separated (repeatable)")->delimiter(',');
+  hosts_->add_option("--forbid", forbid_, "Forbidden traits, comma-separated (repeatable)")->delimiter(',');
+  hosts_->add_option("--any-of", any_of_, "At least one of these traits, comma-separated (repeatable: each is one group)");
+  hosts_->add_option("--resources", resources_, "Free capacity asked, e.g. VCPU:2,MEMORY_MB:2048,DISK_GB:10");
+  hosts_->add_flag("--explain", explain_, "Also break the excluded hosts down by their first failing reason");
+  hosts_->add_option("--host", host_, "With --explain: every reason for this one host");
+  hosts_->add_flag("--include-down", include_down_, "Also match hosts not heard from in host_down_after");
+  hosts_->add_option("--limit", limit_, "List at most this many matches (server default 100)")->check(CLI::Range(1, 10000));
+  add_client(hosts_);
+  delete_ = hosts_->add_subcommand("delete", "Remove a host from the fleet (an operator action; agents never do it)");
+  delete_->add_option("name", name_, "Host name")->required();
+  add_client(delete_);
+  auto* traits = app.add_subcommand("traits", "Set or remove an operator (CUSTOM_*) trait on a fleet host");
+  traits->require_subcommand(1);
+  add_ = traits->add_subcommand("add", "Add a CUSTOM_* trait to a host");
+  remove_ = traits->add_subcommand("remove", "Remove a CUSTOM_* trait from a host");
+  for (auto* c : {add_, remove_}) {
+    c->add_option("host", name_, "Host name")->required();
+    c->add_option("trait", trait_, "Trait, CUSTOM_[A-Z0-9_]+")->required();
+    add_client(c);
+  }
+}
+
+std::optional<int> FleetCommands::run() {
+  if (json_) format_ = "json";
+  if (serve_->parsed()) return serve();
+  if (!(server_.starts_with("http://") || server_.starts_with("https://")) || server_.find_first_of("?#@ ") != std::string::npos)
+    if (delete_->parsed() || hosts_->parsed() || add_->parsed() || remove_->parsed())
+      return fail("--server '" + server_ + "' is not a fleet service URL; expected http://HOST[:PORT] (or https://), e.g. " +
+                      kDefaultFleetServer,
+                  kExitUsage);
+  while (server_.size() > 8 && server_.back() == '/') server_.pop_back();
+  if (delete_->parsed()) return host_delete();
+  if (hosts_->parsed()) return hosts();
+  if (add_->parsed()) return trait_write(true);
+  if (remove_->parsed()) return trait_write(false);
+  return std::nullopt;
+}
+
+int FleetCommands::serve() {
+  auto cfg = config::load(config_path_);
+  if (!cfg) return fail("config error: " + cfg.error().message, kExitUsage);
+  const logging::Options log{cfg->defaults.debug ? "debug" : cfg->defaults.log_level, cfg->defaults.log_format,
+                             cfg->defaults.log_file};
+  if (auto st = logging::setup(log); !st) return fail("config error: " + st.error().message, kExitUsage);
+  if (auto st = http::check_listen(fleet::service_options(*cfg).http); !st)
+    return fail("config error: " + st.error().message, kExitUsage);
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  for (int s : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&sigs, s);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
+  auto opts = fleet::service_options(*cfg);
+  spdlog::info("virtcap fleet service starting (config: {}, database: {})", cfg->source,
+               opts.fleet.database_url.starts_with("sqlite:") ? opts.fleet.database_url : "postgresql");
+  auto svc = fleet::FleetService::open(std::move(opts));
+  if (!svc) return fail("cannot open the fleet database: " + svc.error().message, kExitRuntime);
+  auto port = (*svc)->bind();
+  if (!port) return fail(port.error().message, port.error().code == Errc::invalid_argument ? kExitUsage : kExitRuntime);
+  const auto hp = config::split_listen(cfg->fleet_service.listen);
+  spdlog::info("fleet service listening on {}://{}:{}", (*svc)->scheme(), hp->first, *port);
+  if (auto st = (*svc)->start(); !st) return fail(st.error().message, kExitRuntime);
+  spdlog::info("fleet service running ({} hosts indexed); send SIGTERM or SIGINT to stop",
+               (*svc)->fleet().index().host_count());
+  int sig = 0;
+  for (;;) {
+    sigwait(&sigs, &sig);
+    if (sig != SIGHUP) break;
+    if (auto st = logging::reopen(log); !st) spdlog::error("SIGHUP: {}", st.error().message);
+  }
+  spdlog::info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  (*svc)->stop();
+  spdlog::info("fleet service stopped cleanly");
+  return kExitOk;
+}
+
+std::optional<int> FleetCommands::call(api::Client& c, const std::string& method, const std::string& path,
+                                       const json* body, api::Response& out, bool quiet_conflict) {
+  auto r = c.call(method, path, body);
+  if (!r) {
+    // The client names the fleet service and the hint (ClientOptions); an
+    // unreadable --ca-file is the caller's mistake (2), the rest unreachable (3).
+    const bool usage = r.error().code == Errc::invalid_argument;
+    const std::string& msg = r.error().message;
+    if (format_ == "json")
+      std::cout << dump_json(json{{"error", {{"code", usage ? "invalid_argument" : "unreachable"}, {"message", msg}}}},
+                             2)
+                << "\n";
+    return fail(msg, usage ? kExitUsage : kExitUnreachable);
+  }
+  out = std::move(*r);
+  if (out.status >= 200 && out.status < 300) return std::nullopt;
+  if (quiet_conflict && out.status == 409) return std::nullopt;
+  const bool api_error = out.body.is_object() && out.body.contains("error") && out.body["error"].is_object();
+  if (format_ == "json")
+    std::cout << dump_json(api_error ? out.body
+                                     : json{{"error", {{"code", "http_" + std::to_string(out.status)},
+                                                       {"message", "HTTP " + std::to_string(out.status)}}}},
+                           2)
+              << "\n";
+  std::string msg = api_error ? out.body["error"].value("message", std::string())
+                              : "HTTP " + std::to_string(out.status) + " from " + server_;
+  if (out.status == 401) msg += " (give the fleet service's token with --token or VIRTCAP_FLEET_TOKEN)";
+  if (out.status == 409) msg += " (the host changed again while this command ran, after one retry; run it again)";
+  return fail(msg, kit_.exit_code_for_status(out.status));
+}
+
+std::string FleetCommands::query_string() const {
+  std::vector<std::pair<std::string, std::string>> q;
+  std::string req;
+  for (const auto& t : require_) req += (req.empty() ? "" : ",") + t;
+  for (const auto& t : forbid_) req += (req.empty() ? "!" : ",!") + t;
+  if (!req.empty()) q.emplace_back("required", req);
+  for (const auto& g : any_of_) q.emplace_back("required", "in:" + g);
+  if (!resources_.empty()) q.emplace_back("resources", resources_);
+  if (limit_ > 0) q.emplace_back("limit", std::to_string(limit_));
+  if (include_down_) q.emplace_back("include_down", "true");
+  if (explain_) q.emplace_back("explain", "true");
+  std::string out;
+  for (const auto& [k, v] : q) out += (out.empty() ? "?" : "&") + k + "=" + url_encode(v);
+  return out;
+}
+
+int FleetCommands::hosts() {
+  if (!host_.empty() && !explain_) return fail("--host NAME needs --explain", kExitUsage);
+  api::Client c(client_options());
+  api::Response r;
+  const std::string path = host_.empty() ? "/v1/hosts" : "/v1/hosts/" + url_encode(host_);
+  if (auto rc = call(c, "GET", path + query_string(), nullptr, r)) return *rc;
+  const json& j = r.body;
+  if (format_ == "json" && columns_.empty()) {
+    std::cout << dump_json(j, 2) << "\n";
+    return kExitOk;
+  }
+  if (!host_.empty()) {
+    const json& e = j["explanation"];
+    json rows = json::array();
+    for (const auto& reason : e["reasons"]) rows.push_back({{"reason", reason["reason"]}, {"detail", reason["message"]}});
+    if (format_ == "table")
+      std::cout << "host " << host_ << ": " << (e["matches"].get<bool>() ? "matches" : "excluded") << " (index generation "
+                << text(e["index_generation"]) << ")\n";
+    return rows.empty() ? kExitOk : kit_.rows(format_, columns_, rows, {{"REASON", "reason"}, {"DETAIL", "detail"}});
+  }
+  json rows = json::array();
+  for (const auto& h : j["hosts"]) {
+    json row = {{"name", h["name"]}, {"uuid", h["uuid"]}, {"last_seen_age_s", h["last_seen_age_s"]}};
+    for (const char* rc : {"VCPU", "MEMORY_MB", "DISK_GB"}) row[rc] = h["free"].contains(rc) ? h["free"][rc] : json();
+    rows.push_back(row);
+  }
+  const int rc = kit_.rows(format_, columns_, rows,
+                           {{"NAME", "name"}, {"UUID", "uuid"}, {"VCPU", "VCPU"}, {"MEMORY_MB", "MEMORY_MB"},
+                            {"DISK_GB", "DISK_GB"}, {"SEEN(s)", "last_seen_age_s"}});
+  if (format_ != "table") return rc;
+  std::cout << "matched " << text(j["matched"]) << " of " << text(j["hosts_total"]) << " hosts (index generation "
+            << text(j["index_generation"]) << ")\n";
+  if (j.contains("excluded") && !j["excluded"].empty()) {
+    std::cout << "excluded, by first failing reason:\n";
+    for (const auto& e : j["excluded"]) std::cout << "  " << text(e["hosts"]) << "  " << text(e["message"]) << "\n";
+  }
+  return rc;
+}
+
+int FleetCommands::host_delete() {
+  api::Client c(client_options());
+  api::Response r;
+  if (auto rc = call(c, "DELETE", "/v1/hosts/" + url_encode(name_), nullptr, r)) return *rc;
+  if (format_ == "json") std::cout << dump_json(r.body, 2) << "\n";
+  else std::cout << "deleted host " << name_ << "\n";
+  return kExitOk;
+}
+
+// Reads the host's generation, then writes with it; a 409 (the host changed
+// in between, e.g. an agent report) is retried once with the generation the
+// 409 carries.
+int FleetCommands::trait_write(bool add) {
+  api::Client c(client_options());
+  api::Response r;
+  const std::string host_path = "/v1/hosts/" + url_encode(name_);
+  if (auto rc = call(c, "GET", host_path, nullptr, r)) return *rc;
+  json body = {{"generation", r.body.value("generation", std::int64_t{0})}};
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const bool last = attempt == 1;
+    if (auto rc = call(c, add ? "PUT" : "DELETE", host_path + "/traits/" + url_encode(trait_), &body, r, !last))
+      return *rc;
+    if (r.status != 409) break;
+    body["generation"] = r.body["error"].value("generation", std::int64_t{0});
+  }
+  if (format_ == "json") {
+    std::cout << dump_json(r.body, 2) << "\n";
+    return kExitOk;
+  }
+  std::cout << (add ? "added " : "removed ") << trait_ << (add ? " to " : " from ") << name_ << " (host generation "
+            << text(r.body["generation"]) << ")\n";
+  return kExitOk;
+}
+
+std::unique_ptr<FleetCommands, void (*)(FleetCommands*)> add_fleet_commands(CLI::App& app, ClientKit kit) {
+  return {new FleetCommands(app, std::move(kit)), [](FleetCommands* c) { delete c; }};
+}
+
+std::optional<int> run_fleet_commands(FleetCommands& commands) { return commands.run(); }
+
+}  // namespace virtcap::cli

@@ -1,0 +1,148 @@
+#include "compute/fleet_reporter.h"
+
+#include <spdlog/spdlog.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <fstream>
+
+#include "api/client.h"
+#include "capabilities/render.h"
+#include "common/fd.h"
+#include "compute/manager.h"
+#include "fleet/wire.h"
+#include "imagecache/base_cache.h"
+#include "virtcap/version.h"
+
+namespace virtcap::compute {
+
+namespace {
+
+constexpr std::int64_t kMiB = 1024 * 1024, kGiB = 1024 * kMiB;
+
+// This machine's CPUs, memory and the instances filesystem: the inventory
+// totals (reserved 0, allocation ratio 1).
+fleet::Inventories machine_inventory(const std::string& instances_path) {
+  fleet::Inventories inv;
+  const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  inv[0] = fleet::Inventory{cpus > 0 ? cpus : 1, 0, 1.0, 0};
+  inv[1] = fleet::Inventory{pages > 0 && page > 0 ? static_cast<std::int64_t>(pages) * page / kMiB : 0, 0, 1.0, 0};
+  struct statvfs fs {};
+  std::string probe = instances_path;
+  while (::statvfs(probe.c_str(), &fs) != 0 && probe.size() > 1)
+    probe = probe.substr(0, std::max<std::size_t>(1, probe.rfind('/')));
+  const auto total = static_cast<std::int64_t>(fs.f_blocks * fs.f_frsize / kGiB);
+  const auto used = static_cast<std::int64_t>((fs.f_blocks - fs.f_bavail) * fs.f_frsize / kGiB);
+  inv[2] = fleet::Inventory{total, 0, 1.0, std::min(used, total)};
+  return inv;
+}
+
+}  // namespace
+
+PeriodicTask FleetReporter::task() {
+  const auto& f = mgr_.config().fleet;
+  PeriodicTask t{std::string(kFleetReportTask), static_cast<double>(f.report_interval), true, "",
+                 [this](std::stop_token st) { return run(st); }};
+  if (f.url.empty()) t.disabled_reason = "[fleet] url is empty: standalone, nothing is reported";
+  return t;
+}
+
+void FleetReporter::set_api_url(std::string url) {
+  std::lock_guard lock(mu_);
+  api_url_ = std::move(url);
+}
+
+// <state_path>/host_uuid, created (written, fsynced, renamed) at the first report.
+Result<std::string> FleetReporter::host_uuid() {
+  std::lock_guard lock(mu_);
+  if (!uuid_.empty()) return uuid_;
+  const std::string dir = mgr_.config().defaults.state_path, path = dir + "/host_uuid";
+  std::ifstream in(path);
+  std::string line;
+  if (in && std::getline(in, line) && fleet::check_uuid(line)) return uuid_ = line;
+  if (in) return make_error(Errc::io_error, path + " does not hold a uuid; remove it to get a new one");
+  const std::string fresh = new_uuid(), tmp = path + ".tmp";
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  const std::string text = fresh + "\n";
+  if (!fd.valid() || ::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()) ||
+      ::fsync(fd.get()) != 0 || ::close(fd.release()) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0)
+    return make_error(Errc::io_error, "cannot write " + path + ": " + std::strerror(errno));
+  if (auto st = imagecache::fsync_dir(dir); !st) return st.error();
+  return uuid_ = fresh;
+}
+
+Result<fleet::AgentReport> FleetReporter::build() {
+  auto uuid = host_uuid();
+  if (!uuid) return uuid.error();
+  auto list = mgr_.list();
+  if (!list) return list.error();
+  fleet::AgentReport r;
+  r.name = mgr_.config().host();
+  r.uuid = *uuid;
+  r.agent_version = VIRTCAP_VERSION;
+  {
+    std::lock_guard lock(mu_);
+    r.api_url = api_url_;
+  }
+  r.traits = caps::traits(mgr_.capabilities());
+  r.inventories = machine_inventory(mgr_.config().instances_path());
+  for (const auto& i : *list)
+    if (i.vm_state != "error" && i.vm_state != "deleted") {
+      r.inventories[0]->used += i.vcpus;
+      r.inventories[1]->used += i.memory_mb;
+    }
+  return r;
+}
+
+TaskOutcome FleetReporter::run(std::stop_token stop) {
+  const auto& f = mgr_.config().fleet;
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(f.report_interval);
+  const auto max_backoff = std::chrono::milliseconds(std::max(1000, f.report_interval * 500));
+  std::chrono::milliseconds backoff{1000};
+  api::Client client(api::ClientOptions{.url = f.url,
+                                        .token = f.token,
+                                        .ca_file = f.ca_file,
+                                        .peer = "the fleet service",
+                                        .hint = "check [fleet] url and that `virtcap fleet serve` runs there",
+                                        .ca_hint = "set [fleet] ca_file to the CA that signed its certificate"});
+  for (;;) {
+    std::string why;
+    if (auto r = build(); !r) {
+      why = r.error().message;
+    } else {
+      const auto body = fleet::to_json(*r);
+      auto res = client.call("PUT", "/v1/hosts/" + r->name, &body);
+      if (res && res->status == 200) {
+        const auto gen = res->body.is_object() ? res->body.value("generation", std::int64_t{0}) : 0;
+        std::lock_guard lock(mu_);
+        if (failures_ > 0) spdlog::info("fleet report to {} succeeded again after {} failure(s)", f.url, failures_);
+        failures_ = 0;
+        return TaskOutcome::ran("reported " + std::to_string(r->traits.size()) + " traits; host generation " +
+                                std::to_string(gen));
+      }
+      why = !res ? res.error().message
+                 : "HTTP " + std::to_string(res->status) + ": " +
+                       (res->body.is_object() && res->body.contains("error")
+                            ? res->body["error"].value("message", std::string())
+                            : std::string());
+    }
+    {
+      std::lock_guard lock(mu_);
+      ++failures_;
+    }
+    const bool last = std::chrono::steady_clock::now() + backoff >= give_up;
+    spdlog::warn("fleet report to {} failed: {}; {}", f.url, why,
+                 last ? "next try at the next interval" : "retrying in " + std::to_string(backoff.count()) + " ms");
+    if (last) return TaskOutcome::failed(why);
+    std::mutex m;
+    std::unique_lock lock(m);
+    // The back-off between attempts, interrupted at once by the agent's stop.
+    std::condition_variable_any().wait_for(lock, stop, backoff, [] { return false; });
+    if (stop.stop_requested()) return TaskOutcome::failed(why + " (stopping)");
+    backoff = std::min(backoff * 2, max_backoff);
+  }
+}
+
+}  // namespace virtcap::compute

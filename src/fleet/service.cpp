@@ -1,0 +1,191 @@
+#include "fleet/service.h"
+
+#include <spdlog/spdlog.h>
+
+#include "api/json.h"
+#include "config/config.h"
+#include "fleet/wire.h"
+
+namespace virtcap::fleet {
+
+namespace {
+
+using nlohmann::json;
+using http::BodyRule;
+using http::Request;
+using http::Response;
+
+Response send_error(const Error& e) { return http::json_response(api::http_status(e.code), api::error_json(e)); }
+
+// The query parameters without "explain", and whether explain was asked.
+Result<std::pair<QueryParams, bool>> split_explain(const Request& req) {
+  std::pair<QueryParams, bool> out{{}, false};
+  for (const auto& [k, v] : req.query_list) {
+    if (k != "explain") {
+      out.first.emplace_back(k, v);
+      continue;
+    }
+    if (v == "true" || v == "1" || v.empty()) out.second = true;
+    else if (v != "false" && v != "0")
+      return make_error(Errc::invalid_argument, "explain=" + quote_for_error(v) + ": expected true or false");
+  }
+  return out;
+}
+
+Response with_etag(Response r, std::int64_t generation) {
+  r.headers.emplace_back("ETag", "\"" + std::to_string(generation) + "\"");
+  return r;
+}
+
+}  // namespace
+
+ServiceOptions service_options(const config::Config& cfg) {
+  const auto& s = cfg.fleet_service;
+  ServiceOptions o;
+  o.fleet.database_url = s.database.empty() ? "sqlite://" + cfg.defaults.state_path + "/fleet.sqlite" : s.database;
+  o.fleet.host_down_after = std::chrono::seconds(s.host_down_after);
+  o.http.listen = s.listen;
+  o.http.token = s.token;
+  o.http.allowed_origins = http::split_list(s.allowed_origins);
+  o.http.allowed_hosts = http::split_list(s.allowed_hosts);
+  o.http.max_body_bytes = kMaxReportBodyBytes;
+  o.http.tls_cert = s.tls_cert;
+  o.http.tls_key = s.tls_key;
+  o.http.allow_insecure = s.allow_insecure;
+  o.http.config_section = "[fleet_service]";
+  o.drift_check_interval = std::chrono::seconds(s.drift_check_interval);
+  return o;
+}
+
+Result<std::unique_ptr<FleetService>> FleetService::open(ServiceOptions options) {
+  std::unique_ptr<FleetService> s(new FleetService(std::move(options)));
+  auto f = Fleet::open(s->options_.fleet);
+  if (!f) return f.error();
+  s->fleet_ = std::move(*f);
+  if (!s->options_.http.on_response)
+    s->options_.http.on_response = [](const Request& req, const std::string& route, int status) {
+      spdlog::debug("fleet {} {} -> {}", req.method, route, status);
+    };
+  s->http_ = std::make_unique<http::Server>(s->options_.http, s->routes());
+  return s;
+}
+
+FleetService::~FleetService() { stop(); }
+
+Status FleetService::start() {
+  if (auto st = http_->start(); !st) return st;
+  if (options_.drift_check_interval.count() > 0) drift_thread_ = std::thread([this] { drift_loop(); });
+  return {};
+}
+
+void FleetService::stop() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (drift_thread_.joinable()) drift_thread_.join();
+  if (http_) http_->stop();
+}
+
+void FleetService::drift_loop() {
+  std::unique_lock lock(mu_);
+  while (!cv_.wait_for(lock, options_.drift_check_interval, [this] { return stopping_; })) {
+    lock.unlock();
+    auto d = fleet_->check_drift();  // logs any drift it finds
+    if (!d) spdlog::warn("fleet drift check failed: {}", d.error().message);
+    else  // re-read just those hosts (a full rebuild would hold up every write meanwhile)
+      for (const auto& h : d->hosts)
+        if (auto st = fleet_->refresh_host(h); !st) spdlog::warn("fleet index repair of {} failed: {}", h, st.error().message);
+    lock.lock();
+  }
+}
+
+std::vector<http::Route> FleetService::routes() {
+  const std::int64_t down_ms = options_.fleet.host_down_after.count();
+  auto host_json = [down_ms](const HostRecord& h) { return to_json(h, now_ms(), down_ms); };
+  // Trait writes: the generation is required; a stale one is 409 carrying the current one.
+  auto trait_write = [this, host_json](const Request& req, bool add) {
+    if (auto st = check_operator_trait_name(req.param("trait")); !st) return send_error(st.error());
+    auto gen = parse_generation(req.body, req.header("if-match"));
+    if (!gen) return send_error(gen.error());
+    if (!*gen)
+      return send_error(make_error(Errc::invalid_argument,
+                                   "the host generation is required: send {\"generation\": N} or If-Match: \"N\" "
+                                   "(GET /v1/hosts/" + req.param("name") + " gives it)"));
+    auto rec = add ? fleet_->add_operator_trait(req.param("name"), req.param("trait"), **gen)
+                   : fleet_->remove_operator_trait(req.param("name"), req.param("trait"), **gen);
+    if (!rec) {
+      if (rec.error().code == Errc::conflict)
+        if (auto cur = fleet_->store().get_host(req.param("name")); cur && *cur) {
+          json body = api::error_json(rec.error());
+          body["error"]["generation"] = (*cur)->generation;
+          return with_etag(http::json_response(409, body), (*cur)->generation);
+        }
+      return send_error(rec.error());
+    }
+    return with_etag(http::json_response(200, host_json(*rec)), rec->generation);
+  };
+  return {
+      {"GET", "/healthz", BodyRule::none,
+       [this](const Request&) {
+         return http::json_response(200, json{{"status", "ok"},
+                                              {"hosts", fleet_->index().host_count()},
+                                              {"index_generation", fleet_->index().generation()}});
+       }},
+      {"GET", "/v1/hosts", BodyRule::none,
+       [this](const Request& req) {
+         auto params = split_explain(req);
+         if (!params) return send_error(params.error());
+         auto q = parse_query(params->first);
+         if (!q) return send_error(q.error());
+         const auto a = fleet_->query(*q, params->second);
+         json body = to_json(a);
+         if (params->second) {
+           json ex = json::array();
+           for (const auto& e : a.excluded) ex.push_back(to_json(e));
+           body["excluded"] = ex;
+         }
+         return http::json_response(200, body);
+       }},
+      {"GET", "/v1/hosts/{name}", BodyRule::none,
+       [this, host_json](const Request& req) {
+         auto params = split_explain(req);
+         if (!params) return send_error(params.error());
+         auto rec = fleet_->store().get_host(req.param("name"));
+         if (!rec) return send_error(rec.error());
+         if (!*rec)
+           return send_error(make_error(Errc::not_found, "no host " + quote_for_error(req.param("name")) + " in the fleet"));
+         json body = host_json(**rec);
+         if (params->second || !params->first.empty()) {
+           auto q = parse_query(params->first);
+           if (!q) return send_error(q.error());
+           auto ex = fleet_->explain_host(*q, req.param("name"));
+           if (!ex) return send_error(ex.error());
+           body["explanation"] = to_json(*ex);
+         }
+         return with_etag(http::json_response(200, body), (*rec)->generation);
+       }},
+      {"PUT", "/v1/hosts/{name}", BodyRule::json,
+       [this, host_json](const Request& req) {
+         auto body = parse_report_body(req.param("name"), req.body);
+         if (!body) return send_error(body.error());
+         auto rec = fleet_->report(body->report, body->generation);
+         if (!rec) return send_error(rec.error());
+         return with_etag(http::json_response(200, host_json(*rec)), rec->generation);
+       }},
+      {"DELETE", "/v1/hosts/{name}", BodyRule::none,
+       [this](const Request& req) {
+         auto gen = parse_generation("", req.header("if-match"));
+         if (!gen) return send_error(gen.error());
+         if (auto st = fleet_->delete_host(req.param("name"), *gen); !st) return send_error(st.error());
+         return http::json_response(200, json{{"deleted", req.param("name")}});
+       }},
+      {"PUT", "/v1/hosts/{name}/traits/{trait}", BodyRule::json,
+       [trait_write](const Request& req) { return trait_write(req, true); }},
+      {"DELETE", "/v1/hosts/{name}/traits/{trait}", BodyRule::json,
+       [trait_write](const Request& req) { return trait_write(req, false); }},
+  };
+}
+
+}  // namespace virtcap::fleet

@@ -1,0 +1,64 @@
+// `virtcap fleet serve`: the fleet core (src/fleet/fleet.h) behind the
+// hardened HTTP server (src/http/server.h), with the agent API's conventions
+// (error bodies, token, Host/Origin rules, body limit). Routes, bodies and
+// statuses are in docs/fleet.md ("API").
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "fleet/fleet.h"
+#include "http/server.h"
+
+namespace virtcap::config {
+struct Config;
+}
+
+namespace virtcap::fleet {
+
+inline constexpr std::size_t kMaxReportBodyBytes = 256 * 1024;
+
+struct ServiceOptions {
+  FleetOptions fleet;
+  http::Options http;
+  // Seconds between recounts of the database against the index (drift is
+  // logged, and the hosts concerned re-read into the index); 0 disables.
+  std::chrono::seconds drift_check_interval{0};
+};
+
+// The options [fleet_service] gives (database default: sqlite://<state_path>/fleet.sqlite).
+ServiceOptions service_options(const config::Config& cfg);
+
+class FleetService {
+ public:
+  static Result<std::unique_ptr<FleetService>> open(ServiceOptions options);
+  ~FleetService();
+  FleetService(const FleetService&) = delete;
+  FleetService& operator=(const FleetService&) = delete;
+
+  // check_listen, bind; the bound port. Then start().
+  Result<int> bind() { return http_->bind(); }
+  const char* scheme() const { return http_->scheme(); }
+  Status start();
+  void stop();
+
+  Fleet& fleet() { return *fleet_; }
+
+ private:
+  explicit FleetService(ServiceOptions options) : options_(std::move(options)) {}
+  std::vector<http::Route> routes();
+  void drift_loop();
+
+  ServiceOptions options_;
+  std::unique_ptr<Fleet> fleet_;
+  std::unique_ptr<http::Server> http_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::thread drift_thread_;
+};
+
+}  // namespace virtcap::fleet

@@ -75,6 +75,10 @@ class ComputeManager {
   Result<InstanceRecord> boot(const std::string& name, const std::string& image_id, int memory_mb, int vcpus);
   Result<InstanceRecord> find(const std::string& id);
   Result<std::vector<InstanceRecord>> list();
+  // One page of this host's instances (query.host is set here), streamed.
+  Result<InstancePageInfo> list_page(InstancePageQuery query, const InstanceVisitor& visit);
+  // The hypervisor's power state of every instance it knows, by uuid.
+  Result<std::map<std::string, PowerState, std::less<>>> power_states();
   struct InstanceView {
     InstanceRecord record;
     std::optional<DriverInstance> hypervisor;  // nullopt: the hypervisor does not know it

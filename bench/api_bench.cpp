@@ -13,6 +13,7 @@
 #include "ratio.h"
 #include "store/memory/memory_store.h"
 #include "store/sqlite/sqlite_store.h"
+#include "support/store_seed.h"
 #include "virt/fake/fake_driver.h"
 
 namespace {
@@ -34,9 +35,7 @@ struct Agent {
     cfg.defaults.state_path = ::mkdtemp(tmpl);
     cfg.defaults.host = "bench";
     cfg.api.listen = "127.0.0.1:0";
-    if (sqlite) store = std::move(store::SqliteStore::open(cfg.defaults.state_path + "/virtcap.db").value());
-    else store = std::make_unique<store::MemoryStore>();
-    mgr = std::move(compute::ComputeManager::create(cfg, *store, std::make_unique<fake::FakeDriver>("fake", fake::kFake)).value());
+    std::vector<InstanceRecord> rows;
     for (int i = 0; i < 1000; ++i) {
       InstanceRecord r;
       r.uuid = "00000000-0000-4000-8000-" + std::to_string(100000000000LL + i);
@@ -45,8 +44,17 @@ struct Agent {
       r.image_id = "image-" + std::to_string(i % 50);
       r.vm_state = "active";
       r.created_at = i;
-      (void)store->create_instance(r);
+      rows.push_back(r);
     }
+    const std::string db = cfg.defaults.state_path + "/virtcap.db";
+    if (sqlite) {
+      testing::seed_store(db, rows);  // one transaction: a row per fsync would take minutes here
+      store = std::move(store::SqliteStore::open(db).value());
+    } else {
+      store = std::make_unique<store::MemoryStore>();
+      for (const auto& r : rows) (void)store->create_instance(r);
+    }
+    mgr = std::move(compute::ComputeManager::create(cfg, *store, std::make_unique<fake::FakeDriver>("fake", fake::kFake)).value());
     runner = std::make_unique<compute::PeriodicTaskRunner>(compute::PeriodicTaskRunner::Options{});
     server = std::make_unique<api::Server>(cfg, *mgr, *runner);
     port = server->bind().value();
@@ -86,6 +94,9 @@ struct Floor {
     http.set_tcp_nodelay(true);  // as the agent does
     port = http.bind_to_any_port("127.0.0.1");
     thread = std::thread([this] { http.listen_after_bind(); });
+    // Until it runs, stop() is a no-op and the destructor's join would wait
+    // forever on a thread that went on to accept (seen with short runs).
+    while (!http.is_running()) std::this_thread::yield();
   }
   ~Floor() {
     http.stop();

@@ -3,15 +3,14 @@
 // instances, Nova-style paging with next links, and parameters that must be
 // refused (400, nothing changed) - hostile regular expressions included.
 #include <gtest/gtest.h>
-#include <sqlite3.h>
 
 #include <algorithm>
 #include <chrono>
 #include <set>
 
 #include "api/instance_list.h"
-#include "store/sqlite/sqlite_store.h"
 #include "support/agent_process.h"
+#include "support/store_seed.h"
 
 namespace virtcap::testing {
 namespace {
@@ -32,36 +31,10 @@ std::string uuid_of(int i) {
   return buf;
 }
 
-// Writes `records` into the agent's store (the real SQLite file, schema made
-// by SqliteStore) in one transaction, before the agent starts. Instances in
-// vm_state error or lost without a domain are left as they are by the
-// agent's start-up reconcile.
+// The agent's store, filled before it starts. Instances in vm_state error
+// or lost without a domain are left as they are by its start-up reconcile.
 void seed(const AgentWorld& w, const std::vector<InstanceRecord>& records) {
-  const std::string db = w.dir.sub("virtcap.db");
-  ASSERT_TRUE(store::SqliteStore::open(db).ok());
-  sqlite3* h = nullptr;
-  ASSERT_EQ(sqlite3_open(db.c_str(), &h), SQLITE_OK);
-  sqlite3_stmt* st = nullptr;
-  ASSERT_EQ(sqlite3_exec(h, "BEGIN", nullptr, nullptr, nullptr), SQLITE_OK);
-  ASSERT_EQ(sqlite3_prepare_v2(h,
-                               "INSERT INTO instances (uuid, name, host, image_id, memory_mb, vcpus, vm_state, "
-                               "task_state, created_at, updated_at, deleted_at) VALUES (?,?,?,?,?,?,?,'',?,?,?)",
-                               -1, &st, nullptr),
-            SQLITE_OK);
-  for (const auto& r : records) {
-    int i = 1;
-    for (const std::string* s : {&r.uuid, &r.name, &r.host, &r.image_id})
-      sqlite3_bind_text(st, i++, s->c_str(), -1, SQLITE_TRANSIENT);
-    sqlite3_bind_int(st, i++, r.memory_mb);
-    sqlite3_bind_int(st, i++, r.vcpus);
-    sqlite3_bind_text(st, i++, r.vm_state.c_str(), -1, SQLITE_TRANSIENT);
-    for (std::int64_t v : {r.created_at, r.updated_at, r.deleted_at}) sqlite3_bind_int64(st, i++, v);
-    ASSERT_EQ(sqlite3_step(st), SQLITE_DONE) << sqlite3_errmsg(h);
-    sqlite3_reset(st);
-  }
-  sqlite3_finalize(st);
-  ASSERT_EQ(sqlite3_exec(h, "COMMIT", nullptr, nullptr, nullptr), SQLITE_OK);
-  sqlite3_close(h);
+  seed_store(w.dir.sub("virtcap.db"), records);
 }
 
 InstanceRecord record(int i, const std::string& name, const std::string& vm_state, int memory_mb = 64) {

@@ -6,9 +6,12 @@
 #include <array>
 #include <cctype>
 #include <charconv>
+#include <cstdint>
+#include <cstring>
 #include <utility>
 #include <vector>
 
+#include "common/json_text.h"
 #include "common/utf8.h"
 
 namespace virtcap::api {
@@ -104,20 +107,36 @@ Status apply_param(ListQuery& q, const std::string& k, const std::string& v) {
   return {};
 }
 
+// Whether the 8 bytes at p are all printable ASCII other than '"' and '\\'
+// (nothing to escape or check), tested a word at a time: a byte below 0x20,
+// a byte equal to '"' or '\\' (zero after xor), or a high bit.
+bool plain8(const char* p) {
+  std::uint64_t x;
+  std::memcpy(&x, p, sizeof x);
+  constexpr std::uint64_t kOnes = 0x0101010101010101ULL, kHigh = 0x8080808080808080ULL;
+  auto has_zero = [&](std::uint64_t v) { return (v - kOnes) & ~v & kHigh; };
+  const std::uint64_t below_space = (x - kOnes * 0x20) & ~x & kHigh;
+  return (below_space | has_zero(x ^ (kOnes * '"')) | has_zero(x ^ (kOnes * '\\')) | (x & kHigh)) == 0;
+}
+
 // `s` as a JSON string: runs of plain bytes appended whole, the rest escaped
-// as nlohmann's dump() escapes them; invalid UTF-8 replaced (as dump_json).
+// as nlohmann's dump() escapes them; text that is not valid UTF-8 goes
+// through dump_json (each invalid sequence replaced by U+FFFD).
 void put_string(std::string& out, std::string_view s) {
   const std::size_t start = out.size();
   out += '"';
   bool checked_utf8 = false;
   std::size_t run = 0;
   for (std::size_t i = 0; i < s.size(); ++i) {
+    while (i + 8 <= s.size() && plain8(s.data() + i)) i += 8;
+    if (i == s.size()) break;
     const auto c = static_cast<unsigned char>(s[i]);
     if (c >= 0x80 && !checked_utf8) {
       checked_utf8 = true;
-      if (!is_valid_utf8(s)) {
+      if (!is_valid_utf8(s)) {  // rare: the generic dump, replacing as every other response does
         out.resize(start);
-        return put_string(out, utf8_safe(s));
+        out += dump_json(nlohmann::json(std::string(s)));
+        return;
       }
     }
     if (c >= 0x20 && c != '"' && c != '\\') continue;

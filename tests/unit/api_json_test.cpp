@@ -37,6 +37,22 @@ TEST(ApiJson, HandWrittenInstanceObjectsEqualTheGenericRendering) {
   }
 }
 
+// The word-at-a-time scan for plain bytes must stop at every byte that needs
+// escaping or a UTF-8 check, wherever it sits in the word.
+TEST(ApiJson, RandomNamesRenderAsTheGenericDump) {
+  const std::string alphabet = std::string("abcXYZ09 -_.~\"\\\x01\x1f\x7f\n\t") + "\xc3\xa9\xe2\x82\xac\xff\x80";
+  std::uint32_t seed = 7;
+  auto next = [&] { return seed = seed * 1664525u + 1013904223u; };
+  for (int n = 0; n < 5000; ++n) {
+    InstanceRecord r;
+    const std::size_t len = next() % 41;
+    for (std::size_t i = 0; i < len; ++i) r.name += alphabet[next() % alphabet.size()];
+    std::string out;
+    append_instance_json(out, row_view(r));
+    ASSERT_EQ(out, dump_json(to_json(r))) << n;
+  }
+}
+
 TEST(ApiJson, ListQueryParametersAreValidatedByName) {
   EXPECT_TRUE(parse_list_query({}).ok());
   auto ok = parse_list_query({{"status", "deleted"}, {"sort_key", "name"}, {"sort_dir", "desc"}, {"limit", "7"},

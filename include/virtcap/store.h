@@ -86,8 +86,9 @@ class InstanceStore {
   // The instances of `host`, oldest first; deleted ones only if asked.
   virtual Result<std::vector<InstanceRecord>> list_instances(const std::string& host, bool include_deleted) = 0;
 
-  // Streams one page of list_instances() to `visit`, one instance at a time,
-  // from a single consistent read. invalid_argument when `limit` exceeds
+  // Streams one page of the host's instances (filtered by vm_state,
+  // include_deleted and accept, in sort_key order) to `visit`, one instance
+  // at a time, from a single consistent read. invalid_argument when `limit` exceeds
   // kMaxInstancePage or `marker` is not an instance of `host`. `visit` must
   // not call back into the store. This default
   // pages over list_instances(); a store that can stream rows overrides it.

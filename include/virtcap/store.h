@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -15,15 +16,33 @@
 namespace virtcap {
 
 // One page of a host's instance list, Nova-style: at most `limit` instances,
-// in the list's order (created_at, then uuid), starting after the instance
+// in the list's order (sort_key, then uuid), starting after the instance
 // whose uuid is `marker` (empty: from the start). The marker may be a deleted
 // instance, so paging goes on when the last instance seen was deleted
 // meanwhile; it must be an instance of `host`.
+// The columns a list may be sorted by; uuid always breaks ties, in the same
+// direction. The default order is created_at ascending.
+enum class InstanceSortKey { created_at, updated_at, name, vm_state, memory_mb, vcpus, uuid };
+// "created_at" ... (the store's column name); nullopt for anything else.
+std::optional<InstanceSortKey> parse_sort_key(std::string_view name);
+std::string_view to_string(InstanceSortKey key);
+// Every sort key's name, comma-separated (for messages and docs).
+std::string sort_key_names();
+
+struct InstanceRowView;
+
 struct InstancePageQuery {
   std::string host;
   bool include_deleted = false;
   std::size_t limit = 1000;
   std::string marker;
+  std::string vm_state{};  // only instances in this vm_state; empty: any
+  InstanceSortKey sort_key = InstanceSortKey::created_at;
+  bool descending = false;
+  // When set, a row passing the store's own filters is visited (and counted
+  // toward `limit`) only if this accepts it. Called under the store's lock:
+  // it must be bounded in time and must not call the store.
+  std::function<bool(const InstanceRowView&)> accept{};
 };
 
 // The most a page may hold, and the page size when a caller gives none.
@@ -67,8 +86,9 @@ class InstanceStore {
   // The instances of `host`, oldest first; deleted ones only if asked.
   virtual Result<std::vector<InstanceRecord>> list_instances(const std::string& host, bool include_deleted) = 0;
 
-  // Streams one page of list_instances() to `visit`, one instance at a time,
-  // from a single consistent read. invalid_argument when `limit` exceeds
+  // Streams one page of the host's instances (filtered by vm_state,
+  // include_deleted and accept, in sort_key order) to `visit`, one instance
+  // at a time, from a single consistent read. invalid_argument when `limit` exceeds
   // kMaxInstancePage or `marker` is not an instance of `host`. `visit` must
   // not call back into the store. This default
   // pages over list_instances(); a store that can stream rows overrides it.
@@ -81,5 +101,10 @@ InstanceRowView row_view(const InstanceRecord& r);
 Status check_page_query(const InstancePageQuery& query);
 // The error for a marker that is not an instance of the queried host.
 Error marker_not_found(const InstancePageQuery& query);
+// One page of `rows` (every instance of query.host, deleted ones included,
+// in any order) as visit_instances() defines it: the paging of the stores
+// that hold InstanceRecords (the memory store, the default above).
+Result<InstancePageInfo> visit_records(std::vector<const InstanceRecord*> rows, const InstancePageQuery& query,
+                                       const InstanceVisitor& visit);
 
 }  // namespace virtcap

@@ -10,9 +10,6 @@
 namespace virtcap::api {
 
 nlohmann::json to_json(const InstanceRecord& r);
-// {"instances": [...]} written directly (the hot list route): the same text
-// as dump_json(json{{"instances", [to_json(r)...]}}).
-std::string instances_json(const std::vector<InstanceRecord>& list);
 nlohmann::json to_json(const compute::ComputeManager::InstanceView& v);
 nlohmann::json to_json(const InterfaceInfo& i);
 nlohmann::json to_json(const compute::TaskStatus& t);

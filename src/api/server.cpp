@@ -7,6 +7,7 @@
 
 #include <sstream>
 
+#include "api/instance_list.h"
 #include "api/json.h"
 #include "capabilities/render.h"
 #include "http/server.h"
@@ -156,10 +157,10 @@ std::vector<http::Route> Server::routes() {
       {"GET", "/v1/capabilities", BodyRule::none,
        [this, ok](const Request&) { return ok(caps::to_json(mgr_.driver_name(), mgr_.capabilities())); }},
       {"GET", "/v1/instances", BodyRule::none,
-       [this](const Request&) {
-         auto list = mgr_.list();
-         if (!list) return send_error(list.error());
-         return Response{200, "application/json", instances_json(list.value()) + "\n", {}};
+       [this](const Request& req) {
+         auto body = list_instances_body(mgr_, req.query);  // filters, sort, paging: api/instance_list.h
+         if (!body) return send_error(body.error());
+         return Response{200, "application/json", std::move(body.value()), {}};
        }},
       {"POST", "/v1/instances", BodyRule::json,
        [this](const Request& req) {

@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <array>
+#include <map>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -13,6 +15,7 @@
 #include <thread>
 
 #include "api/client.h"
+#include "api/instance_list.h"
 #include "api/server.h"
 #include "capabilities/render.h"
 #include "cli/cli_docs.h"
@@ -116,6 +119,9 @@ struct Options {
   std::string memory = "512";
   int vcpus = 1;
   int timeout = 300;  // seconds a client command waits for the agent's answer (boot --timeout)
+  // list: GET /v1/instances query parameters (checked by the agent)
+  std::map<std::string, std::string> list_params;
+  bool list_long = false, list_deleted = false;
 };
 
 int cmd_capabilities_local(const Options& o) {
@@ -392,6 +398,11 @@ int emit_object(const Options& o, const json& obj) {
 const std::vector<Column> kInstanceColumns = {{"UUID", "uuid"}, {"NAME", "name"}, {"IMAGE", "image"},
                                               {"STATE", "vm_state"}, {"TASK", "task_state"},
                                               {"CREATED", "created_at"}};
+// list --long: power state (the hypervisor's), memory and vCPUs too.
+const std::vector<Column> kInstanceLongColumns = {
+    {"UUID", "uuid"},         {"NAME", "name"},        {"IMAGE", "image"},  {"STATE", "vm_state"},
+    {"POWER", "power_state"}, {"TASK", "task_state"},  {"MEMORY(MiB)", "memory_mb"}, {"VCPUS", "vcpus"},
+    {"CREATED", "created_at"}};
 // The same columns as `virtcap imagecache`'s table.
 const std::vector<Column> kImageCacheColumns = {{"FILE", "name"},         {"KIND", "kind"},
                                                 {"STATE", "state"},       {"BYTES", "bytes"},
@@ -487,6 +498,7 @@ int exit_code_for_status(int status) {
     case 401:  // wrong or missing --token
     case 411:
     case 413:
+    case 414:  // a request line too long for the agent (e.g. a huge --name)
     case 415: return kExitUsage;
     default: return kExitRuntime;
   }
@@ -529,6 +541,41 @@ int client_call(const Options& o, const std::string& method, const std::string& 
   }
   if (r->status == 401) msg += " (give the agent's token with --token or VIRTCAP_TOKEN)";
   return fail(in_user_words(msg, field_flags), exit_code_for_status(r->status));
+}
+
+// `virtcap list`: every page, following the agent's next links, unless
+// --limit or --marker asks for one page (then the next marker goes to stderr).
+int cmd_list(const Options& o) {
+  auto params = o.list_params;
+  if (o.list_long) params["long"] = "true";
+  if (o.list_deleted) params["deleted"] = "true";
+  const bool one_page = params.count("limit") || params.count("marker");
+  const std::vector<std::pair<std::string, std::string>> flags = {
+      {"status", "--status"},   {"power_state", "--power-state"}, {"name", "--name"},   {"sort_key", "--sort-column"},
+      {"sort_dir", "--sort-dir"}, {"limit", "--limit"},             {"marker", "--marker"}};
+  json all = json::array(), next;
+  for (std::string path = api::instances_path(params);;) {
+    const int rc = client_call(
+        o, "GET", path, nullptr,
+        [&](const json& j) {
+          for (const auto& i : j.at("instances")) all.push_back(i);
+          next = j.contains("next") ? j["next"] : json();
+          return kExitOk;
+        },
+        flags);
+    if (rc != kExitOk) return rc;
+    if (one_page || !next.is_string() || next.get<std::string>() == path) break;
+    path = next.get<std::string>();
+  }
+  if (one_page && next.is_string() && o.client_format != "json")
+    std::cerr << "more instances follow: --marker " << all.back().value("uuid", "") << "\n";
+  if (o.client_format == "json" && o.columns.empty()) {
+    std::cout << dump_json(json{{"instances", all}, {"next", one_page ? next : json()}}, 2) << "\n";
+    return kExitOk;
+  }
+  auto columns = o.list_long ? kInstanceLongColumns : kInstanceColumns;
+  if (o.list_deleted) columns.push_back({"DELETED", "deleted_at"});
+  return emit_rows(o, all, columns);
 }
 
 std::string env_or(const char* name, const std::string& fallback) {
@@ -618,7 +665,19 @@ int main(int argc, char** argv) {
   boot->add_option("--timeout", o.timeout, "Seconds to wait for the instance to be active (then exit 1)")
       ->check(CLI::Range(1, 86400))
       ->capture_default_str();
-  auto* list = app.add_subcommand("list", "List this host's instances");
+  auto* list = app.add_subcommand("list", "List this host's instances (every page; filtered and sorted by the agent)");
+  for (const auto& [flag, param, help] : std::vector<std::array<std::string, 3>>{
+           {"--status", "status", "Only instances in this vm_state: building, active, error, lost, deleted"},
+           {"--power-state", "power_state",
+            "Only instances in this hypervisor power state: nostate, running, paused, shutdown, crashed, suspended"},
+           {"--name", "name", "Only instances whose name matches this regular expression (RE2 syntax, unanchored)"},
+           {"--sort-column", "sort_key", "Sort by: " + sort_key_names() + " (default created_at)"},
+           {"--sort-dir", "sort_dir", "Sort direction: asc (default) or desc"},
+           {"--limit", "limit", "Show one page of at most this many instances (1-1000)"},
+           {"--marker", "marker", "Show the page after this instance uuid"}})
+    list->add_option_function<std::string>(flag, [&o, param](const std::string& v) { o.list_params[param] = v; }, help);
+  list->add_flag("-l,--long", o.list_long, "Add power state, memory and vCPUs columns");
+  list->add_flag("--deleted", o.list_deleted, "Include deleted instances (and a DELETED column)");
   auto* show = app.add_subcommand("show", "Show one instance, with its hypervisor state");
   auto* del = app.add_subcommand("delete", "Delete an instance (its domain and disk; the base image stays)");
   auto* reboot = app.add_subcommand("reboot", "Reboot an instance");
@@ -715,14 +774,7 @@ int main(int argc, char** argv) {
         o, "POST", "/v1/instances", &body, [&](const json& j) { return emit_object(o, j); },
         {{"memory_mb", "--memory"}, {"vcpus", "--vcpus"}});
   }
-  if (list->parsed())
-    return client_call(o, "GET", "/v1/instances", nullptr, [&](const json& j) {
-      if (o.client_format == "json" && o.columns.empty()) {
-        std::cout << dump_json(j, 2) << "\n";
-        return kExitOk;
-      }
-      return emit_rows(o, j["instances"], kInstanceColumns);
-    });
+  if (list->parsed()) return cmd_list(o);
   if (show->parsed())
     return client_call(o, "GET", "/v1/instances/" + o.id, nullptr, [&](const json& j) { return emit_object(o, j); });
   if (del->parsed())

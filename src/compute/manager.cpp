@@ -228,6 +228,19 @@ Result<InstanceRecord> ComputeManager::find(const std::string& id) {
 
 Result<std::vector<InstanceRecord>> ComputeManager::list() { return store_.list_instances(host_, false); }
 
+Result<InstancePageInfo> ComputeManager::list_page(InstancePageQuery query, const InstanceVisitor& visit) {
+  query.host = host_;
+  return store_.visit_instances(query, visit);
+}
+
+Result<std::map<std::string, PowerState, std::less<>>> ComputeManager::power_states() {
+  auto all = driver_->list_instances();
+  if (!all) return all.error();
+  std::map<std::string, PowerState, std::less<>> out;
+  for (auto& d : all.value()) out.emplace(std::move(d.uuid), d.power_state);
+  return out;
+}
+
 Result<ComputeManager::InstanceView> ComputeManager::show(const std::string& id) {
   auto rec = find(id);
   if (!rec) return rec.error();

@@ -82,6 +82,10 @@ class ComputeManager {
                               std::int64_t vcpus);
   Result<InstanceRecord> find(const std::string& id);
   Result<std::vector<InstanceRecord>> list();
+  // One page of this host's instances (query.host is set here), streamed.
+  Result<InstancePageInfo> list_page(InstancePageQuery query, const InstanceVisitor& visit);
+  // The hypervisor's power state of every instance it knows, by uuid.
+  Result<std::map<std::string, PowerState, std::less<>>> power_states();
   struct InstanceView {
     InstanceRecord record;
     std::optional<DriverInstance> hypervisor;  // nullopt: the hypervisor does not know it

@@ -1,24 +1,103 @@
 #include <gtest/gtest.h>
 
+#include <cstdint>
+
+#include "api/instance_list.h"
 #include "api/json.h"
+#include "common/json_text.h"
 
 namespace virtcap::api {
 namespace {
 
-TEST(ApiJson, HandWrittenInstanceListEqualsTheGenericRendering) {
-  std::vector<InstanceRecord> list(3);
+TEST(ApiJson, HandWrittenInstanceObjectsEqualTheGenericRendering) {
+  std::vector<InstanceRecord> list(4);
   list[0].uuid = "u-1";
-  list[0].name = "web \"quoted\" \\ back";
+  list[0].name = "web \"quoted\" \\ back \x7f caf\xc3\xa9";
   list[0].host = "h";
-  list[0].image_id = "img\n\t\x01";
+  list[0].image_id = "img\n\t\x01\x1f\b\f\r";
   list[0].task_state = "spawning";
   list[1].uuid = "u-2";
   list[1].deleted_at = 42;
   list[1].created_at = -5;
-  nlohmann::json arr = nlohmann::json::array();
-  for (const auto& r : list) arr.push_back(to_json(r));
-  EXPECT_EQ(instances_json(list), nlohmann::json({{"instances", arr}}).dump());
-  EXPECT_EQ(instances_json({}), nlohmann::json({{"instances", nlohmann::json::array()}}).dump());
+  list[2].name = "bad utf-8 \xff\xc3(";  // replaced as dump_json replaces it
+  list[3].memory_mb = 16 * 1024 * 1024;
+  list[3].updated_at = INT64_MAX;
+  for (const auto& r : list) {
+    std::string out;
+    append_instance_json(out, row_view(r));
+    EXPECT_EQ(out, dump_json(to_json(r)));
+    // The long view adds power_state (null when the hypervisor has none).
+    for (std::string_view ps : {"running", ""}) {
+      auto j = to_json(r);
+      j["power_state"] = ps.empty() ? nlohmann::json(nullptr) : nlohmann::json(ps);
+      std::string with;
+      append_instance_json(with, row_view(r), ps);
+      EXPECT_EQ(with, dump_json(j));
+    }
+  }
+}
+
+// The word-at-a-time scan for plain bytes must stop at every byte that needs
+// escaping or a UTF-8 check, wherever it sits in the word.
+TEST(ApiJson, RandomNamesRenderAsTheGenericDump) {
+  const std::string alphabet = std::string("abcXYZ09 -_.~\"\\\x01\x1f\x7f\n\t") + "\xc3\xa9\xe2\x82\xac\xff\x80";
+  std::uint32_t seed = 7;
+  auto next = [&] { return seed = seed * 1664525u + 1013904223u; };
+  for (int n = 0; n < 5000; ++n) {
+    InstanceRecord r;
+    const std::size_t len = next() % 41;
+    for (std::size_t i = 0; i < len; ++i) r.name += alphabet[next() % alphabet.size()];
+    std::string out;
+    append_instance_json(out, row_view(r));
+    ASSERT_EQ(out, dump_json(to_json(r))) << n;
+  }
+}
+
+TEST(ApiJson, ListQueryParametersAreValidatedByName) {
+  EXPECT_TRUE(parse_list_query({}).ok());
+  auto ok = parse_list_query({{"status", "deleted"}, {"sort_key", "name"}, {"sort_dir", "desc"}, {"limit", "7"},
+                              {"long", "true"}, {"power_state", "paused"}, {"name", "^web-[0-9]+$"}});
+  ASSERT_TRUE(ok.ok()) << ok.error().message;
+  EXPECT_EQ(ok->page.vm_state, "deleted");
+  EXPECT_TRUE(ok->page.include_deleted) << "status=deleted lists deleted instances";
+  EXPECT_EQ(ok->page.sort_key, InstanceSortKey::name);
+  EXPECT_TRUE(ok->page.descending);
+  EXPECT_EQ(ok->page.limit, 7u);
+  EXPECT_TRUE(ok->long_view);
+  EXPECT_EQ(ok->power_state, PowerState::paused);
+  EXPECT_NE(ok->name, nullptr);
+  const std::pair<std::map<std::string, std::string>, std::string> bad[] = {
+      {{{"status", "running"}}, "parameter 'status'"},
+      {{{"power_state", "on"}}, "parameter 'power_state'"},
+      {{{"name", "(unclosed"}}, "parameter 'name'"},
+      {{{"name", std::string(kMaxNamePatternBytes + 1, 'a')}}, "parameter 'name'"},
+      {{{"name", "((((((((((a{1000}){1000}){1000}){1000})))))))"}}, "parameter 'name'"},
+      {{{"sort_key", "host"}}, "parameter 'sort_key'"},
+      {{{"sort_key", "name; DROP TABLE instances"}}, "parameter 'sort_key'"},
+      {{{"sort_dir", "up"}}, "parameter 'sort_dir'"},
+      {{{"long", "yes"}}, "parameter 'long'"},
+      {{{"deleted", ""}}, "parameter 'deleted'"},
+      {{{"limit", "0"}}, "parameter 'limit'"},
+      {{{"limit", "1001"}}, "parameter 'limit'"},
+      {{{"limit", "-1"}}, "parameter 'limit'"},
+      {{{"limit", "99999999999999999999999"}}, "parameter 'limit'"},
+      {{{"limit", "5x"}}, "parameter 'limit'"},
+      {{{"marker", ""}}, "parameter 'marker'"},
+      {{{"marker", std::string(65, 'a')}}, "parameter 'marker'"},
+      {{{"flavor", "x"}}, "unknown query parameter 'flavor'"},
+  };
+  for (const auto& [params, want] : bad) {
+    auto r = parse_list_query(params);
+    ASSERT_FALSE(r.ok()) << params.begin()->second;
+    EXPECT_EQ(r.error().code, Errc::invalid_argument);
+    EXPECT_NE(r.error().message.find(want), std::string::npos) << r.error().message;
+  }
+}
+
+TEST(ApiJson, InstancesPathPercentEncodesEveryValue) {
+  EXPECT_EQ(instances_path({}), "/v1/instances");
+  EXPECT_EQ(instances_path({{"name", "a&b=c d/%+"}, {"limit", "5"}}),
+            "/v1/instances?limit=5&name=a%26b%3Dc%20d%2F%25%2B");
 }
 
 TEST(ApiJson, RequestBodiesAreValidatedFieldByField) {

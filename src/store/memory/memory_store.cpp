@@ -64,4 +64,13 @@ Result<std::vector<InstanceRecord>> MemoryStore::list_instances(const std::strin
   return out;
 }
 
+Result<InstancePageInfo> MemoryStore::visit_instances(const InstancePageQuery& query, const InstanceVisitor& visit) {
+  std::lock_guard lock(mu_);
+  std::vector<const InstanceRecord*> rows;
+  rows.reserve(instances_.size());
+  for (const auto& [uuid, r] : instances_)
+    if (r.host == query.host) rows.push_back(&r);
+  return visit_records(std::move(rows), query, visit);
+}
+
 }  // namespace virtcap::store

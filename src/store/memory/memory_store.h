@@ -17,6 +17,8 @@ class MemoryStore : public InstanceStore {
   Result<InstanceRecord> get_instance(const std::string& uuid) override;
   Status update_instance(const InstanceRecord& record) override;
   Result<std::vector<InstanceRecord>> list_instances(const std::string& host, bool include_deleted) override;
+  // Pages over the records in place (no copies), under the store's lock.
+  Result<InstancePageInfo> visit_instances(const InstancePageQuery& query, const InstanceVisitor& visit) override;
 
  private:
   std::mutex mu_;

@@ -47,9 +47,9 @@ class SqliteStore : public InstanceStore {
   Result<InstanceRecord> get_instance(const std::string& uuid) override;
   Status update_instance(const InstanceRecord& record) override;
   Result<std::vector<InstanceRecord>> list_instances(const std::string& host, bool include_deleted) override;
-  // Steps one SQLite statement (index instances_host_order, seeking straight
-  // to the marker) and hands each row to `visit` as views of SQLite's own
-  // memory. The store's lock is held meanwhile: `visit` must not call the store.
+  // Steps one SQLite statement (for the default order, index
+  // instances_host_order, seeking straight to the marker) and hands each row
+  // to `visit` as views of SQLite's own memory. The store's lock is held meanwhile: `visit` must not call the store.
   Result<InstancePageInfo> visit_instances(const InstancePageQuery& query, const InstanceVisitor& visit) override;
 
   // Every registered host, by name.

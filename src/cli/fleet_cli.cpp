@@ -165,7 +165,12 @@ int FleetCommands::serve() {
   for (int s : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&sigs, s);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
+  // The port before the database, as the agent does: a second service on a
+  // taken address is refused (2) before it opens or migrates anything.
+  auto listen_fd = http::listen_socket(cfg->fleet_service.listen);
+  if (!listen_fd) return fail("[fleet_service] listen: " + listen_fd.error().message, kExitUsage);
   auto opts = fleet::service_options(*cfg);
+  opts.http.listen_fd = listen_fd.value();  // the HTTP server owns it from here (closed if never adopted)
   spdlog::info("virtcap fleet service starting (config: {}, database: {})", cfg->source,
                opts.fleet.database_url.starts_with("sqlite:") ? opts.fleet.database_url : "postgresql");
   auto svc = fleet::FleetService::open(std::move(opts));

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "api/client.h"
 #include "common/json_text.h"
 #include "common/utf8.h"
 
@@ -167,21 +168,6 @@ void put_int(std::string& out, std::int64_t v) {
   out.append(buf, end);
 }
 
-std::string percent_encoded(std::string_view s) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    }
-  }
-  return out;
-}
-
 }  // namespace
 
 Result<ListQuery> parse_list_query(const std::map<std::string, std::string>& params) {
@@ -194,7 +180,7 @@ Result<ListQuery> parse_list_query(const std::map<std::string, std::string>& par
 
 std::string instances_path(const std::map<std::string, std::string>& params) {
   std::string out = "/v1/instances";
-  for (const auto& [k, v] : params) ((out += out.size() == 13 ? '?' : '&') += percent_encoded(k) + '=') += percent_encoded(v);
+  for (const auto& [k, v] : params) ((out += out.size() == 13 ? '?' : '&') += percent_encode(k) + '=') += percent_encode(v);
   return out;
 }
 

@@ -5,7 +5,6 @@
 #include <openssl/x509_vfy.h>
 #include <unistd.h>
 
-#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <mutex>
@@ -174,22 +173,6 @@ Result<Response> Client::call_raw(const std::string& method, const std::string& 
   if (!out.raw.empty()) {
     out.body = nlohmann::json::parse(out.raw, nullptr, false);
     if (out.body.is_discarded()) out.body = nullptr;
-  }
-  return out;
-}
-
-std::string percent_encode(std::string_view s) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  out.reserve(s.size());
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    }
   }
   return out;
 }

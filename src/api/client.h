@@ -38,10 +38,6 @@ struct ClientOptions {
   std::string ca_hint = "give the CA's certificate with --ca-file or VIRTCAP_CA_FILE";
 };
 
-// A URL path segment or query value: RFC 3986 unreserved bytes stay,
-// every other byte is %XX (so any text, even invalid UTF-8, is a safe part).
-std::string percent_encode(std::string_view s);
-
 // A call's transport error for a server that was reached but did not answer
 // within the client's timeout (the operation may still finish there).
 bool answered_late(const Error& e);

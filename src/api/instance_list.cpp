@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include "api/client.h"
+#include "http/server.h"
 #include "common/json_text.h"
 #include "common/utf8.h"
 
@@ -180,7 +180,7 @@ Result<ListQuery> parse_list_query(const std::map<std::string, std::string>& par
 
 std::string instances_path(const std::map<std::string, std::string>& params) {
   std::string out = "/v1/instances";
-  for (const auto& [k, v] : params) ((out += out.size() == 13 ? '?' : '&') += percent_encode(k) + '=') += percent_encode(v);
+  for (const auto& [k, v] : params) ((out += out.size() == 13 ? '?' : '&') += http::percent_encode(k) + '=') += http::percent_encode(v);
   return out;
 }
 

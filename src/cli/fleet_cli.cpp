@@ -221,7 +221,7 @@ std::string FleetCommands::query_string() const {
   if (include_down_) q.emplace_back("include_down", "true");
   if (explain_) q.emplace_back("explain", "true");
   std::string out;
-  for (const auto& [k, v] : q) out += (out.empty() ? "?" : "&") + k + "=" + api::percent_encode(v);
+  for (const auto& [k, v] : q) out += (out.empty() ? "?" : "&") + k + "=" + http::percent_encode(v);
   return out;
 }
 
@@ -229,7 +229,7 @@ int FleetCommands::hosts() {
   if (!host_.empty() && !explain_) return fail("--host NAME needs --explain", kExitUsage);
   api::Client c(client_options());
   api::Response r;
-  const std::string path = host_.empty() ? "/v1/hosts" : "/v1/hosts/" + api::percent_encode(host_);
+  const std::string path = host_.empty() ? "/v1/hosts" : "/v1/hosts/" + http::percent_encode(host_);
   if (auto rc = call(c, "GET", path + query_string(), nullptr, r)) return *rc;
   const json& j = r.body;
   if (format_ == "json" && columns_.empty()) {
@@ -267,7 +267,7 @@ int FleetCommands::hosts() {
 int FleetCommands::host_delete() {
   api::Client c(client_options());
   api::Response r;
-  if (auto rc = call(c, "DELETE", "/v1/hosts/" + api::percent_encode(name_), nullptr, r)) return *rc;
+  if (auto rc = call(c, "DELETE", "/v1/hosts/" + http::percent_encode(name_), nullptr, r)) return *rc;
   if (format_ == "json") std::cout << dump_json(r.body, 2) << "\n";
   else std::cout << "deleted host " << name_ << "\n";
   return kExitOk;
@@ -279,12 +279,12 @@ int FleetCommands::host_delete() {
 int FleetCommands::trait_write(bool add) {
   api::Client c(client_options());
   api::Response r;
-  const std::string host_path = "/v1/hosts/" + api::percent_encode(name_);
+  const std::string host_path = "/v1/hosts/" + http::percent_encode(name_);
   if (auto rc = call(c, "GET", host_path, nullptr, r)) return *rc;
   json body = {{"generation", r.body.value("generation", std::int64_t{0})}};
   for (int attempt = 0; attempt < 2; ++attempt) {
     const bool last = attempt == 1;
-    if (auto rc = call(c, add ? "PUT" : "DELETE", host_path + "/traits/" + api::percent_encode(trait_), &body, r, !last))
+    if (auto rc = call(c, add ? "PUT" : "DELETE", host_path + "/traits/" + http::percent_encode(trait_), &body, r, !last))
       return *rc;
     if (r.status != 409) break;
     body["generation"] = r.body["error"].value("generation", std::int64_t{0});

@@ -10,6 +10,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -153,6 +154,22 @@ Response json_response(int status, const nlohmann::json& body) {
 
 Response error_response(int status, const std::string& code, const std::string& message) {
   return json_response(status, nlohmann::json{{"error", {{"code", code}, {"message", message}}}});
+}
+
+std::string percent_encode(std::string_view s) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(s.size());
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
 }
 
 std::vector<std::string> split_list(const std::string& v) {

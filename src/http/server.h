@@ -14,6 +14,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -85,6 +86,10 @@ struct Options {
   // adopts (the server owns it from construction); -1: bind() binds itself.
   int listen_fd = -1;
 };
+
+// A URL path segment or query value: RFC 3986 unreserved bytes stay,
+// every other byte is %XX (so any text, even invalid UTF-8, is a safe part).
+std::string percent_encode(std::string_view s);
 
 // A configured list, comma- or blank-separated: "a, b c" -> {"a", "b", "c"}.
 std::vector<std::string> split_list(const std::string& v);

@@ -105,6 +105,13 @@ struct ImageListing {
   std::vector<RepoImage> images;
 };
 
+// What the hypervisor says this host has (the fleet report's VCPU and
+// MEMORY_MB totals, before [compute] reserved_* and allocation ratios).
+struct HostResources {
+  std::int64_t vcpus = 0;
+  std::int64_t memory_mb = 0;
+};
+
 // An image id's shape: ^[A-Za-z0-9._-]{1,128}$ and no "..". Checked before
 // any path is built or any record written.
 bool valid_image_id(std::string_view id);
@@ -128,6 +135,11 @@ class ComputeDriver {
   // Non-empty while the hypervisor is unreachable (the driver is
   // reconnecting); periodic tasks skip with this reason.
   virtual std::string unavailable_reason() const { return {}; }
+
+  // The host's CPUs and memory as the hypervisor sees them. The default (a
+  // driver without a hypervisor to ask) is this machine's online CPUs and
+  // physical memory; io_error when the OS cannot tell.
+  virtual Result<HostResources> host_resources();
 
   virtual Result<std::vector<DriverInstance>> list_instances() = 0;
   virtual Result<DriverInstance> get_instance(const std::string& uuid) = 0;

@@ -1,5 +1,7 @@
 #include "virtcap/driver.h"
 
+#include <unistd.h>
+
 namespace virtcap {
 
 bool valid_image_id(std::string_view id) {
@@ -12,6 +14,13 @@ bool valid_image_id(std::string_view id) {
   return id.find("..") == std::string_view::npos && id != ".";
 }
 
+Result<HostResources> ComputeDriver::host_resources() {
+  const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  if (cpus <= 0 || pages <= 0 || page <= 0)
+    return make_error(Errc::io_error, "cannot read this machine's online CPUs or physical memory (sysconf)");
+  return HostResources{cpus, static_cast<std::int64_t>(pages) * page / (1024 * 1024)};
+}
 
 std::string_view to_string(PowerState s) {
   switch (s) {

@@ -2,9 +2,10 @@
 
 #include <spdlog/spdlog.h>
 #include <sys/statvfs.h>
-#include <unistd.h>
 
+#include <cerrno>
 #include <condition_variable>
+#include <cstring>
 #include <fstream>
 
 #include "api/client.h"
@@ -21,21 +22,31 @@ namespace {
 
 constexpr std::int64_t kMiB = 1024 * 1024, kGiB = 1024 * kMiB;
 
-// This machine's CPUs, memory and the instances filesystem: the inventory
-// totals (reserved 0, allocation ratio 1).
-fleet::Inventories machine_inventory(const std::string& instances_path) {
+// The inventories: VCPU and MEMORY_MB totals from the hypervisor, DISK_GB
+// from the instances filesystem, reserved amounts and allocation ratios
+// from [compute]. A hypervisor that cannot answer fails the report.
+Result<fleet::Inventories> host_inventory(ComputeDriver& driver, const config::Config& cfg) {
+  auto host = driver.host_resources();
+  if (!host) return host.error();
+  const auto& c = cfg.compute;
   fleet::Inventories inv;
-  const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
-  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
-  inv[0] = fleet::Inventory{cpus > 0 ? cpus : 1, 0, 1.0, 0};
-  inv[1] = fleet::Inventory{pages > 0 && page > 0 ? static_cast<std::int64_t>(pages) * page / kMiB : 0, 0, 1.0, 0};
+  inv[0] = fleet::Inventory{host->vcpus, c.reserved_host_cpus, c.cpu_allocation_ratio, 0};
+  inv[1] = fleet::Inventory{host->memory_mb, c.reserved_host_memory_mb, c.ram_allocation_ratio, 0};
   struct statvfs fs {};
-  std::string probe = instances_path;
-  while (::statvfs(probe.c_str(), &fs) != 0 && probe.size() > 1)
+  std::string probe = cfg.instances_path();
+  while (::statvfs(probe.c_str(), &fs) != 0) {
+    if (errno != ENOENT || probe.size() <= 1)
+      return make_error(Errc::io_error, "cannot measure the filesystem of " + probe + ": " + std::strerror(errno));
     probe = probe.substr(0, std::max<std::size_t>(1, probe.rfind('/')));
+  }
   const auto total = static_cast<std::int64_t>(fs.f_blocks * fs.f_frsize / kGiB);
   const auto used = static_cast<std::int64_t>((fs.f_blocks - fs.f_bavail) * fs.f_frsize / kGiB);
-  inv[2] = fleet::Inventory{total, 0, 1.0, std::min(used, total)};
+  const std::int64_t disk_reserved_gb = (std::int64_t{c.reserved_host_disk_mb} * kMiB + kGiB - 1) / kGiB;
+  inv[2] = fleet::Inventory{total, disk_reserved_gb, c.disk_allocation_ratio, std::min(used, total)};
+  for (std::size_t rc = 0; rc < inv.size(); ++rc)
+    if (auto st = fleet::check_inventory(static_cast<fleet::ResourceClass>(rc), *inv[rc]); !st)
+      return make_error(Errc::invalid_argument, st.error().message + "; check [compute] reserved_host_* against what "
+                                                "this host has");
   return inv;
 }
 
@@ -87,7 +98,9 @@ Result<fleet::AgentReport> FleetReporter::build() {
     r.api_url = api_url_;
   }
   r.traits = caps::traits(mgr_.capabilities());
-  r.inventories = machine_inventory(mgr_.config().instances_path());
+  auto inv = host_inventory(mgr_.driver(), mgr_.config());
+  if (!inv) return inv.error();
+  r.inventories = *inv;
   for (const auto& i : *list)
     if (i.vm_state != "error" && i.vm_state != "deleted") {
       r.inventories[0]->used += i.vcpus;

@@ -4,7 +4,9 @@
 #include <netinet/in.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -19,6 +21,13 @@ std::string range::describe() const {
 }
 std::optional<std::string> range::operator()(std::int64_t v) const {
   if (v < lo || v > hi) return "expected " + describe() + ", got " + std::to_string(v);
+  return std::nullopt;
+}
+std::string positive_number::describe() const {
+  return "a number greater than 0, at most " + std::to_string(static_cast<std::int64_t>(hi));
+}
+std::optional<std::string> positive_number::operator()(double v) const {
+  if (!std::isfinite(v) || v <= 0 || v > hi) return "expected " + describe() + ", got " + std::to_string(v);
   return std::nullopt;
 }
 std::string abs_path::describe() const {
@@ -90,6 +99,7 @@ template <class T>
 constexpr std::string_view type_name() {
   if constexpr (std::is_same_v<T, bool>) return "boolean";
   else if constexpr (std::is_same_v<T, int>) return "integer";
+  else if constexpr (std::is_same_v<T, double>) return "float";
   else return "string";
 }
 
@@ -137,6 +147,13 @@ std::optional<std::string> read_value(const toml::node& node, T& field, const Ch
     if (auto err = chk(*v)) return err;
     field = static_cast<int>(*v);
     return std::nullopt;
+  } else if constexpr (std::is_same_v<T, double>) {
+    auto v = node.value_exact<double>();
+    if (auto i = node.value_exact<std::int64_t>(); !v && i) v = static_cast<double>(*i);
+    if (!v) return "expected a number, got " + toml_type_name(node);
+    if (auto err = chk(*v)) return err;
+    field = *v;
+    return std::nullopt;
   } else {
     auto v = node.value_exact<std::string>();
     if (!v) return "expected a string, got " + toml_type_name(node);
@@ -147,10 +164,21 @@ std::optional<std::string> read_value(const toml::node& node, T& field, const Ch
   return std::nullopt;
 }
 
+// Shortest text that reads back as the same double, always with a '.' or
+// an exponent so TOML reads it as a float.
+std::string number_text(double v) {
+  char buf[64];
+  const auto res = std::to_chars(buf, buf + sizeof buf, v);
+  std::string out(buf, res.ptr);
+  if (out.find_first_of(".eEn") == std::string::npos) out += ".0";
+  return out;
+}
+
 template <class T>
 std::string default_text(const T& v) {
   if constexpr (std::is_same_v<T, bool>) return v ? "true" : "false";
   else if constexpr (std::is_same_v<T, int>) return std::to_string(v);
+  else if constexpr (std::is_same_v<T, double>) return number_text(v);
   else return "\"" + std::string(v) + "\"";
 }
 

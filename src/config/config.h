@@ -26,6 +26,14 @@ struct range {
   std::string describe() const;
   std::optional<std::string> operator()(std::int64_t v) const;
 };
+// A finite number > 0 and <= hi (allocation ratios). TOML floats and
+// integers both read as this type.
+struct positive_number {
+  constexpr explicit positive_number(double hi_) : hi(hi_) {}
+  double hi;
+  std::string describe() const;
+  std::optional<std::string> operator()(double v) const;
+};
 // Also normalises the value where it enters: no trailing slash, no "." or
 // ".." components, symlinks resolved where the path exists.
 struct abs_path {
@@ -80,7 +88,20 @@ struct non_empty {
 
 #define VIRTCAP_CONFIG_COMPUTE(O)                                                                 \
   O(std::string, driver, "libvirt", check::non_empty{},                                           \
-    "Virtualization driver to load (see `virtcap capabilities --help` for the list).")
+    "Virtualization driver to load (see `virtcap capabilities --help` for the list).")            \
+  O(int, reserved_host_cpus, 0, check::range(0, 1048576),                                         \
+    "CPUs kept for the host itself: the VCPU inventory's reserved amount in fleet reports.")      \
+  O(int, reserved_host_memory_mb, 512, check::range(0, 1073741824),                               \
+    "Memory (MiB) kept for the host itself: the MEMORY_MB inventory's reserved amount.")          \
+  O(int, reserved_host_disk_mb, 0, check::range(0, 1073741824),                                   \
+    "Disk (MiB) kept for the host itself: the DISK_GB inventory's reserved amount, rounded up to GiB.") \
+  O(double, cpu_allocation_ratio, 4.0, check::positive_number(1000),                              \
+    "Virtual CPUs offered per physical CPU: VCPU free = (total - reserved) * ratio - used.")      \
+  O(double, ram_allocation_ratio, 1.0, check::positive_number(1000),                              \
+    "Memory overcommit: MEMORY_MB free = (total - reserved) * ratio - used. Above 1 relies on "    \
+    "guests not touching all their memory.")                                                      \
+  O(double, disk_allocation_ratio, 1.0, check::positive_number(1000),                             \
+    "Disk overcommit: DISK_GB free = (total - reserved) * ratio - used (thin qcow2 overlays grow).")
 
 #define VIRTCAP_CONFIG_IMAGE_CACHE(O)                                                             \
   O(int, manager_interval, 2400, check::range(-1, 31536000),                                      \

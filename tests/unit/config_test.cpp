@@ -96,10 +96,14 @@ int pick(const check::range& r, int def, const std::string&) {
   return static_cast<int>(def + 1 <= r.hi ? def + 1 : def - 1);
 }
 bool pick(const check::any&, bool def, const std::string&) { return !def; }
+double pick(const check::positive_number& c, double def, const std::string&) {
+  return def + 0.5 <= c.hi ? def + 0.5 : def / 2;
+}
 
 std::string toml_value(const std::string& v) { return "\"" + v + "\""; }
 std::string toml_value(int v) { return std::to_string(v); }
 std::string toml_value(bool v) { return v ? "true" : "false"; }
+std::string toml_value(double v) { return std::to_string(v); }
 
 // Every option of every section, generated from the config X-macro: a new
 // option is parsed here without editing this test. Each gets a valid
@@ -190,6 +194,28 @@ TEST(Config, OutOfRangeSaysTheRange) {
   EXPECT_NE(error_of("[image_cache]\nsubdirectory_name = \"../etc\"\n").find("single directory name"),
             std::string::npos);
   EXPECT_NE(error_of("[compute]\ndriver = \"\"\n").find("non-empty"), std::string::npos);
+}
+
+// Allocation ratios: floats or integers, finite, > 0, at most 1000; the
+// rendered default reads back as the same float.
+TEST(Config, AllocationRatiosAreCheckedNumbers) {
+  EXPECT_EQ(Config{}.compute.cpu_allocation_ratio, 4.0);
+  EXPECT_EQ(Config{}.compute.ram_allocation_ratio, 1.0);
+  EXPECT_EQ(Config{}.compute.reserved_host_memory_mb, 512);
+  auto r = parse("[compute]\ncpu_allocation_ratio = 16\nram_allocation_ratio = 1.5\n", "t.toml");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->compute.cpu_allocation_ratio, 16.0);
+  EXPECT_EQ(r->compute.ram_allocation_ratio, 1.5);
+  for (const char* bad : {"0", "0.0", "-1.5", "1000.5", "nan", "inf"}) {
+    const auto msg = error_of(std::string("[compute]\ndisk_allocation_ratio = ") + bad + "\n");
+    EXPECT_NE(msg.find("[compute] disk_allocation_ratio: expected a number greater than 0, at most 1000"),
+              std::string::npos)
+        << bad << ": " << msg;
+  }
+  EXPECT_NE(error_of("[compute]\ncpu_allocation_ratio = \"4\"\n").find("expected a number, got a string"),
+            std::string::npos);
+  EXPECT_NE(error_of("[compute]\nreserved_host_memory_mb = -1\n").find("from 0 to"), std::string::npos);
+  EXPECT_NE(to_toml(Config{}).find("cpu_allocation_ratio = 4.0\n"), std::string::npos);
 }
 
 TEST(Config, NegativeIntervalDisablesAndIsAccepted) {

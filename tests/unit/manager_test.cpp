@@ -1,8 +1,12 @@
 #include "compute/manager.h"
 
 #include <gtest/gtest.h>
+#include <libvirt/libvirt.h>
+
+#include <cmath>
 
 #include "capabilities/render.h"
+#include "fleet/fleet.h"
 #include "store/memory/memory_store.h"
 #include "support/test_support.h"
 #include "virt/fake/fake_driver.h"
@@ -66,6 +70,15 @@ class CapsCountingDriver : public fake::FakeDriver {
     return FakeDriver::capabilities();
   }
   mutable int reads = 0;
+};
+
+// A hypervisor that cannot say what the host has.
+class NoResourcesDriver : public fake::FakeDriver {
+ public:
+  using FakeDriver::FakeDriver;
+  Result<HostResources> host_resources() override {
+    return make_error(Errc::hypervisor_unavailable, "hypervisor at 'fake://' is unavailable: gone");
+  }
 };
 
 // One scratch instances path for the whole test binary.
@@ -311,6 +324,97 @@ TEST(Manager, FleetReportCarriesUuidTraitsInventoryAndUsage) {
   const auto out = h.mgr->fleet_reporter().run(std::stop_token{});
   EXPECT_EQ(out.kind, TaskOutcome::Kind::failed);
   EXPECT_NE(out.message.find("127.0.0.1:1"), std::string::npos) << out.message;
+}
+
+// The inventory comes from the hypervisor (virNodeGetInfo, asked here
+// independently on libvirt's test driver) and [compute]; the fleet index
+// then offers exactly (total - reserved) * ratio - used of each.
+TEST(Manager, FleetReportInventoryComesFromTheHypervisorAndConfig) {
+  virtcap::testing::TempDir state("virtcap-fleet-inventory");
+  auto cfg = test_config();
+  cfg.defaults.state_path = state.str();
+  cfg.compute.driver = "libvirt";
+  cfg.libvirt.uri = "test:///default";
+  cfg.compute.reserved_host_cpus = 2;
+  cfg.compute.reserved_host_memory_mb = 1024;
+  cfg.compute.reserved_host_disk_mb = 1025;  // rounds up to 2 GiB
+  cfg.compute.cpu_allocation_ratio = 3.5;
+  cfg.compute.ram_allocation_ratio = 1.5;
+  cfg.compute.disk_allocation_ratio = 0.5;
+  store::MemoryStore store;
+  auto mgr = ComputeManager::create(cfg, store);
+  ASSERT_TRUE(mgr.ok()) << mgr.error().message;
+
+  virConnectPtr conn = virConnectOpen("test:///default");
+  ASSERT_NE(conn, nullptr);
+  virNodeInfo node{};
+  const int got = virNodeGetInfo(conn, &node);
+  virConnectClose(conn);
+  ASSERT_EQ(got, 0);
+
+  auto r = (*mgr)->fleet_reporter().build();
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const auto& inv = r->inventories;
+  ASSERT_TRUE(inv[0] && inv[1] && inv[2]);
+  EXPECT_EQ(inv[0]->total, static_cast<std::int64_t>(node.cpus));
+  EXPECT_EQ(inv[1]->total, static_cast<std::int64_t>(node.memory / 1024));
+  EXPECT_EQ(inv[0]->reserved, 2);
+  EXPECT_EQ(inv[1]->reserved, 1024);
+  EXPECT_EQ(inv[2]->reserved, 2);
+  EXPECT_EQ(inv[0]->allocation_ratio, 3.5);
+  EXPECT_EQ(inv[1]->allocation_ratio, 1.5);
+  EXPECT_EQ(inv[2]->allocation_ratio, 0.5);
+
+  auto fleet = fleet::Fleet::open({.database_url = "sqlite://" + state.sub("fleet.sqlite"),
+                                   .host_down_after = std::chrono::seconds(180),
+                                   .store = {},
+                                   .listen = false});
+  ASSERT_TRUE(fleet.ok()) << fleet.error().message;
+  r->seen_at_ms = fleet::now_ms();
+  ASSERT_TRUE((*fleet)->report(*r).ok());
+  std::array<std::int64_t, fleet::kResourceClassCount> free{};
+  for (std::size_t i = 0; i < free.size(); ++i)
+    free[i] = static_cast<std::int64_t>(
+        std::floor(static_cast<double>(inv[i]->total - inv[i]->reserved) * inv[i]->allocation_ratio) -
+        static_cast<double>(inv[i]->used));
+  EXPECT_EQ(free[0], static_cast<std::int64_t>(std::floor((node.cpus - 2) * 3.5)));
+  ASSERT_GT(free[1], 0);
+  const auto ask = [&](std::int64_t vcpu, std::int64_t mem) {
+    auto q = fleet::parse_query({{"resources", "VCPU:" + std::to_string(vcpu) + ",MEMORY_MB:" +
+                                                    std::to_string(mem)}});
+    EXPECT_TRUE(q.ok());
+    return (*fleet)->query(*q, true);
+  };
+  const auto fits = ask(free[0], free[1]);
+  ASSERT_EQ(fits.matched, 1u);
+  EXPECT_EQ(fits.hosts[0].free[0], free[0]);
+  EXPECT_EQ(fits.hosts[0].free[1], free[1]);
+  EXPECT_EQ(fits.hosts[0].free[2], free[2]);
+  const auto too_many = ask(free[0] + 1, free[1]);
+  EXPECT_EQ(too_many.matched, 0u);
+  ASSERT_EQ(too_many.excluded.size(), 1u);
+  EXPECT_EQ(too_many.excluded[0].kind, fleet::Exclusion::Kind::not_enough_resource);
+  EXPECT_EQ(too_many.excluded[0].free, free[0]);
+  EXPECT_EQ(ask(free[0], free[1] + 1).matched, 0u);
+}
+
+// No invented numbers: a hypervisor that cannot answer fails the report
+// (and the run, with its reason), it never falls back to guesses.
+TEST(Manager, FleetReportFailsWhenTheHypervisorCannotTellItsResources) {
+  virtcap::testing::TempDir state("virtcap-fleet-noresources");
+  auto cfg = test_config();
+  cfg.defaults.state_path = state.str();
+  cfg.fleet.url = "http://127.0.0.1:1";
+  cfg.fleet.report_interval = 1;
+  store::MemoryStore store;
+  auto mgr = ComputeManager::create(cfg, store, std::make_unique<NoResourcesDriver>("fake", fake::kFake));
+  ASSERT_TRUE(mgr.ok()) << mgr.error().message;
+  auto r = (*mgr)->fleet_reporter().build();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, Errc::hypervisor_unavailable);
+  const auto out = (*mgr)->fleet_reporter().run(std::stop_token{});
+  EXPECT_EQ(out.kind, TaskOutcome::Kind::failed);
+  EXPECT_NE(out.message.find("fake://' is unavailable: gone"), std::string::npos) << out.message;
 }
 
 TEST(Manager, PowerSyncMarksLostInstancesWithoutDeletingThem) {

@@ -223,6 +223,19 @@ std::string LibvirtDriver::unavailable_reason() const {
   return "hypervisor at '" + conn_.uri() + "' is unavailable: " + conn_.unavailable_reason();
 }
 
+// virNodeGetInfo: CPUs and memory (KiB) of the node libvirt manages.
+Result<HostResources> LibvirtDriver::host_resources() {
+  return conn_.with([&](virConnectPtr c) -> Result<HostResources> {
+    virNodeInfo info{};
+    if (virNodeGetInfo(c, &info) != 0) return last_error("cannot read the host's CPUs and memory (virNodeGetInfo)");
+    if (info.cpus == 0 || info.memory == 0)
+      return make_error(Errc::driver_error, "hypervisor at '" + conn_.uri() + "' reports " +
+                                                std::to_string(info.cpus) + " CPUs and " +
+                                                std::to_string(info.memory) + " KiB of memory");
+    return HostResources{static_cast<std::int64_t>(info.cpus), static_cast<std::int64_t>(info.memory / 1024)};
+  });
+}
+
 Result<std::vector<DriverInstance>> LibvirtDriver::list_instances() {
   return conn_.with([&](virConnectPtr c) -> Result<std::vector<DriverInstance>> {
     virDomainPtr* doms = nullptr;

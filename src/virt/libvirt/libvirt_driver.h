@@ -54,6 +54,7 @@ class LibvirtDriver : public ComputeDriver {
   const Capabilities& capabilities() const override { return caps_; }
   Status init_host(const std::string& host) override;
   std::string unavailable_reason() const override;
+  Result<HostResources> host_resources() override;
 
   Result<std::vector<DriverInstance>> list_instances() override;
   Result<DriverInstance> get_instance(const std::string& uuid) override;

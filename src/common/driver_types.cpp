@@ -1,6 +1,6 @@
-#include "virtcap/driver.h"
-
 #include <unistd.h>
+
+#include "virtcap/driver.h"
 
 namespace virtcap {
 

@@ -35,8 +35,9 @@ Result<fleet::Inventories> host_inventory(ComputeDriver& driver, const config::C
   struct statvfs fs {};
   std::string probe = cfg.instances_path();
   while (::statvfs(probe.c_str(), &fs) != 0) {
-    if (errno != ENOENT || probe.size() <= 1)
-      return make_error(Errc::io_error, "cannot measure the filesystem of " + probe + ": " + std::strerror(errno));
+    if (const int err = errno; err != ENOENT || probe.size() <= 1)
+      return make_error(Errc::io_error,
+                        "cannot measure the filesystem of " + probe + ": " + std::strerror(err));
     probe = probe.substr(0, std::max<std::size_t>(1, probe.rfind('/')));
   }
   const auto total = static_cast<std::int64_t>(fs.f_blocks * fs.f_frsize / kGiB);
@@ -45,8 +46,9 @@ Result<fleet::Inventories> host_inventory(ComputeDriver& driver, const config::C
   inv[2] = fleet::Inventory{total, disk_reserved_gb, c.disk_allocation_ratio, std::min(used, total)};
   for (std::size_t rc = 0; rc < inv.size(); ++rc)
     if (auto st = fleet::check_inventory(static_cast<fleet::ResourceClass>(rc), *inv[rc]); !st)
-      return make_error(Errc::invalid_argument, st.error().message + "; check [compute] reserved_host_* against what "
-                                                "this host has");
+      return make_error(Errc::invalid_argument, st.error().message +
+                                                    "; check [compute] reserved_host_* against what "
+                                                    "this host has");
   return inv;
 }
 

@@ -2,16 +2,16 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <toml++/toml.h>
 #include <unistd.h>
 
-#include <charconv>
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-#include <toml++/toml.h>
 
 namespace virtcap::config {
 
@@ -99,7 +99,8 @@ template <class T>
 constexpr std::string_view type_name() {
   if constexpr (std::is_same_v<T, bool>) return "boolean";
   else if constexpr (std::is_same_v<T, int>) return "integer";
-  else if constexpr (std::is_same_v<T, double>) return "float";
+  else if constexpr (std::is_same_v<T, double>)
+    return "float";
   else return "string";
 }
 
@@ -178,7 +179,8 @@ template <class T>
 std::string default_text(const T& v) {
   if constexpr (std::is_same_v<T, bool>) return v ? "true" : "false";
   else if constexpr (std::is_same_v<T, int>) return std::to_string(v);
-  else if constexpr (std::is_same_v<T, double>) return number_text(v);
+  else if constexpr (std::is_same_v<T, double>)
+    return number_text(v);
   else return "\"" + std::string(v) + "\"";
 }
 

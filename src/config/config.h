@@ -94,7 +94,7 @@ struct non_empty {
   O(int, reserved_host_memory_mb, 512, check::range(0, 1073741824),                               \
     "Memory (MiB) kept for the host itself: the MEMORY_MB inventory's reserved amount.")          \
   O(int, reserved_host_disk_mb, 0, check::range(0, 1073741824),                                   \
-    "Disk (MiB) kept for the host itself: the DISK_GB inventory's reserved amount, rounded up to GiB.") \
+    "Disk (MiB) kept for the host itself: DISK_GB's reserved amount, rounded up to GiB.")      \
   O(double, cpu_allocation_ratio, 4.0, check::positive_number(1000),                              \
     "Virtual CPUs offered per physical CPU: VCPU free = (total - reserved) * ratio - used.")      \
   O(double, ram_allocation_ratio, 1.0, check::positive_number(1000),                              \

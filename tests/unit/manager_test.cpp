@@ -380,8 +380,8 @@ TEST(Manager, FleetReportInventoryComesFromTheHypervisorAndConfig) {
   EXPECT_EQ(free[0], static_cast<std::int64_t>(std::floor((node.cpus - 2) * 3.5)));
   ASSERT_GT(free[1], 0);
   const auto ask = [&](std::int64_t vcpu, std::int64_t mem) {
-    auto q = fleet::parse_query({{"resources", "VCPU:" + std::to_string(vcpu) + ",MEMORY_MB:" +
-                                                    std::to_string(mem)}});
+    auto q = fleet::parse_query(
+        {{"resources", "VCPU:" + std::to_string(vcpu) + ",MEMORY_MB:" + std::to_string(mem)}});
     EXPECT_TRUE(q.ok());
     return (*fleet)->query(*q, true);
   };
@@ -415,6 +415,21 @@ TEST(Manager, FleetReportFailsWhenTheHypervisorCannotTellItsResources) {
   const auto out = (*mgr)->fleet_reporter().run(std::stop_token{});
   EXPECT_EQ(out.kind, TaskOutcome::Kind::failed);
   EXPECT_NE(out.message.find("fake://' is unavailable: gone"), std::string::npos) << out.message;
+}
+
+// Reserving more than the host has is refused at report time, naming the options.
+TEST(Manager, FleetReportRefusesReservingMoreThanTheHostHas) {
+  virtcap::testing::TempDir state("virtcap-fleet-overreserved");
+  auto cfg = test_config();
+  cfg.defaults.state_path = state.str();
+  cfg.compute.reserved_host_cpus = 1048576;
+  Harness h(fake::kFake, cfg);
+  auto r = h.mgr->fleet_reporter().build();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, Errc::invalid_argument);
+  EXPECT_NE(r.error().message.find("inventory VCPU: reserved 1048576 is more than total"), std::string::npos)
+      << r.error().message;
+  EXPECT_NE(r.error().message.find("[compute] reserved_host_*"), std::string::npos) << r.error().message;
 }
 
 TEST(Manager, PowerSyncMarksLostInstancesWithoutDeletingThem) {

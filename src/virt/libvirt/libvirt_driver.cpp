@@ -227,7 +227,8 @@ std::string LibvirtDriver::unavailable_reason() const {
 Result<HostResources> LibvirtDriver::host_resources() {
   return conn_.with([&](virConnectPtr c) -> Result<HostResources> {
     virNodeInfo info{};
-    if (virNodeGetInfo(c, &info) != 0) return last_error("cannot read the host's CPUs and memory (virNodeGetInfo)");
+    if (virNodeGetInfo(c, &info) != 0)
+      return last_error("cannot read the host's CPUs and memory (virNodeGetInfo)");
     if (info.cpus == 0 || info.memory == 0)
       return make_error(Errc::driver_error, "hypervisor at '" + conn_.uri() + "' reports " +
                                                 std::to_string(info.cpus) + " CPUs and " +

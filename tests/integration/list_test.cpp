@@ -108,8 +108,10 @@ TEST_F(ListWorld, PowerStateComesFromTheHypervisor) {
       << "instances the hypervisor does not know count as nostate";
   EXPECT_TRUE(get("?power_state=paused").at("instances").empty());
   EXPECT_EQ(name_set(get("?power_state=running&status=error")), Names{});
-  for (const auto& i : get("").at("instances")) EXPECT_FALSE(i.contains("power_state")) << "only in the long view";
-  for (const auto& i : get("?long=true").at("instances")) {
+  // Named: a range-for over get(...).at(...) would iterate a destroyed temporary.
+  const json plain = get(""), long_view = get("?long=true");
+  for (const auto& i : plain.at("instances")) EXPECT_FALSE(i.contains("power_state")) << "only in the long view";
+  for (const auto& i : long_view.at("instances")) {
     ASSERT_TRUE(i.contains("power_state")) << i;
     if (i.at("name").get<std::string>().starts_with("web-")) {
       EXPECT_EQ(i.at("power_state"), "running");

@@ -14,7 +14,7 @@ namespace virtcap::testing {
 // "" when the answer is acceptable, else what was wrong.
 inline std::string check_http_answer(int port, const std::string& input) {
   RawConnection c(port);
-  if (!c.ok()) return "cannot connect to 127.0.0.1:" + std::to_string(port);
+  if (!c.ok()) return "cannot connect to 127.0.0.1:" + std::to_string(port) + ": " + c.error();
   c.send(input, std::chrono::seconds(5));  // the server may close early: fine
   // Longer than the server's idle timeout (10 s): a waiting server must
   // still close by then.

@@ -9,7 +9,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <cstdint>
+#include <cstring>
 #include <functional>
 #include <string>
 
@@ -39,8 +43,21 @@ class RawConnection {
     a.sin_family = AF_INET;
     a.sin_port = htons(static_cast<uint16_t>(port));
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ok_ = fd_ >= 0 && ::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    // Each connection comes from its own loopback source address
+    // (127.0.0.2 .. 127.255.255.254, in turn), so a fuzzer opening tens of
+    // thousands of connections never reuses a 4-tuple still in TIME_WAIT on
+    // either side nor runs out of ephemeral ports: a refused connect is then
+    // the server's doing, not the test's.
+    static std::atomic<std::uint32_t> next_source{0};
+    sockaddr_in src{};
+    src.sin_family = AF_INET;
+    src.sin_addr.s_addr = htonl(0x7F000000u | (next_source++ % 0xFFFFFDu + 2u));
+    ok_ = fd_ >= 0 && ::bind(fd_, reinterpret_cast<sockaddr*>(&src), sizeof src) == 0 &&
+          ::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    if (!ok_) error_ = std::strerror(errno);
   }
+  // Why the connection failed ("" when ok()).
+  const std::string& error() const { return error_; }
   ~RawConnection() {
     if (fd_ >= 0) {
       // Close with a reset, not a FIN: the answer has been read, and a
@@ -100,6 +117,7 @@ class RawConnection {
   }
   int fd_ = -1;
   bool ok_ = false;
+  std::string error_;
 };
 
 // One request, "Connection: close" style: send, half-close, read to the end.

@@ -143,7 +143,7 @@ TEST(LibvirtDriver, BothOverlayWritersMakeEquivalentCleanDisks) {
 
 // A cached qcow2 base that is no longer qcow2 (damaged after it was
 // fetched) fails the next spawn with the file named, and leaves no instance
-// directory behind.
+// directory and no domain behind.
 TEST(LibvirtDriver, NativeWriterRefusesADamagedBaseAndRollsBack) {
   Fixture f;
   testing::make_qcow2_image(f.image("ubuntu.qcow2"), "20M");
@@ -154,6 +154,11 @@ TEST(LibvirtDriver, NativeWriterRefusesADamagedBaseAndRollsBack) {
   EXPECT_EQ(st.error().code, Errc::invalid_argument);
   EXPECT_NE(st.error().message.find(f.base_of("ubuntu")), std::string::npos) << st.error().message;
   EXPECT_FALSE(std::filesystem::exists(f.driver->instance_dir(kUuidB)));
+  // The domain is defined while the overlay is written; a failed overlay
+  // undefines it again.
+  auto gone = f.driver->get_instance(kUuidB);
+  ASSERT_FALSE(gone.ok());
+  EXPECT_EQ(gone.error().code, Errc::not_found) << gone.error().message;
 }
 
 TEST(LibvirtDriver, Qcow2ImagesAreBackedAsQcow2AndTheBaseIsSharedAndTouched) {

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <future>
 #include <pugixml.hpp>
 #include <sstream>
 
@@ -296,31 +297,20 @@ Status LibvirtDriver::spawn(const InstanceSpec& spec) {
   auto image = images_.find(spec.image_id);
   if (!image) return image.error();
 
+  // The instance directory claims the uuid on disk before anything is
+  // defined, so a colliding uuid never redefines another instance's domain.
   const std::string dir = instance_dir(spec.uuid);
   const std::string disk = dir + "/disk";
-  bool made_dir = false;
-  // Base fetch, touch and overlay creation under the base file's lock, so the
-  // image-cache pass cannot remove the base before the overlay uses it.
-  auto base = imagecache::with_base(cache_, spec.image_id, image->path, [&](const imagecache::EnsureOutcome& b) -> Status {
-    if (::mkdir(dir.c_str(), 0755) != 0) {
-      const int err = errno;
-      return make_error(err == EEXIST ? Errc::already_exists : Errc::io_error,
-                        "cannot create instance directory " + dir + ": " + std::strerror(err));
-    }
-    made_dir = true;
-    return create_overlay_disk(overlay_writer_, b.base_path, image->format, disk);
-  });
-  auto rollback_dir = [&] {
-    if (made_dir) {
-      std::error_code ec;
-      fs::remove_all(dir, ec);
-    }
-  };
-  if (!base) {
-    rollback_dir();
-    return base.error();
+  if (Status s = imagecache::make_dirs(cfg_.instances_path()); !s) return s;
+  if (::mkdir(dir.c_str(), 0755) != 0) {
+    const int err = errno;
+    return make_error(err == EEXIST ? Errc::already_exists : Errc::io_error,
+                      "cannot create instance directory " + dir + ": " + std::strerror(err));
   }
-  if (base->fetched) spdlog::info("libvirt: fetched image {} into {} ({} bytes)", spec.image_id, base->base_path, base->bytes);
+  auto rollback_dir = [&] {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  };
 
   DomainParams p;
   p.uuid = spec.uuid;
@@ -334,17 +324,41 @@ Status LibvirtDriver::spawn(const InstanceSpec& spec) {
   p.network = cfg_.libvirt.network;
   p.mac = random_mac();
   const std::string xml = domain_xml(p);
-  Status started = conn_.with([&](virConnectPtr c) -> Status {
-    Domain d(virDomainDefineXML(c, xml.c_str()));
-    if (!d) return call_error("define", spec.uuid);
-    if (virDomainCreate(d.get()) < 0) {
-      Error e = call_error("start", spec.uuid);
-      if (virDomainUndefine(d.get()) < 0) virResetLastError();
-      return e;
-    }
-    return {};
+  // Defining a domain parses its XML (CPU) and does not open its disk; the
+  // overlay's fsync waits on the device. So the definition runs on a second
+  // thread while the overlay is written, and start, which opens the disk,
+  // waits for both. libvirt's last error is per thread: read where it failed.
+  auto define = [&]() -> Result<Domain> {
+    return conn_.with([&](virConnectPtr c) -> Result<Domain> {
+      Domain d(virDomainDefineXML(c, xml.c_str()));
+      if (!d) return call_error("define", spec.uuid);
+      return d;
+    });
+  };
+  std::future<Result<Domain>> defined;
+  try {
+    defined = std::async(std::launch::async, define);
+  } catch (const std::system_error&) {  // no thread to be had: define in line, at get()
+    defined = std::async(std::launch::deferred, define);
+  }
+  // Base fetch, touch and overlay creation under the base file's lock, so the
+  // image-cache pass cannot remove the base before the overlay uses it.
+  auto base = imagecache::with_base(cache_, spec.image_id, image->path, [&](const imagecache::EnsureOutcome& b) {
+    return create_overlay_disk(overlay_writer_, b.base_path, image->format, disk);
   });
-  if (!started) rollback_dir();
+  Result<Domain> domain = defined.get();
+  Status started = !base ? Status{base.error()} : !domain ? Status{domain.error()} : Status{};
+  if (started) {
+    if (base->fetched)
+      spdlog::info("libvirt: fetched image {} into {} ({} bytes)", spec.image_id, base->base_path, base->bytes);
+    started = conn_.with([&](virConnectPtr) -> Status {
+      return virDomainCreate(domain->get()) < 0 ? Status{call_error("start", spec.uuid)} : Status{};
+    });
+  }
+  if (!started) {
+    if (domain && virDomainUndefine(domain->get()) < 0) virResetLastError();
+    rollback_dir();
+  }
   return started;
 }
 

@@ -66,6 +66,15 @@ struct InstancePageInfo {
 
 using InstanceVisitor = std::function<void(const InstanceRowView&)>;
 
+// Where a store's contents stand: every write counter the store can see. Two
+// equal versions, each taken before a read, mean both reads saw the same
+// contents, so a page rendered after the first may be served for the second.
+struct ContentsVersion {
+  std::uint64_t own_writes = 0;     // rows this store object changed since it was opened
+  std::uint64_t other_writers = 0;  // a counter that moves when another connection commits
+  bool operator==(const ContentsVersion&) const = default;
+};
+
 class InstanceStore {
  public:
   virtual ~InstanceStore() = default;
@@ -93,6 +102,11 @@ class InstanceStore {
   // not call back into the store. This default
   // pages over list_instances(); a store that can stream rows overrides it.
   virtual Result<InstancePageInfo> visit_instances(const InstancePageQuery& query, const InstanceVisitor& visit);
+
+  // The store's ContentsVersion, or nullopt when it cannot tell (then nothing
+  // derived from its contents may be reused). Take it before the read it
+  // vouches for: a write in between makes the next version differ.
+  virtual std::optional<ContentsVersion> contents_version() { return std::nullopt; }
 };
 
 // The view of a record (for stores that hold InstanceRecords).

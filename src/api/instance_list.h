@@ -4,11 +4,14 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "compute/manager.h"
 #include "virtcap/driver.h"
@@ -37,10 +40,40 @@ Result<ListQuery> parse_list_query(const std::map<std::string, std::string>& par
 // "/v1/instances" with `params` as its query (sorted, percent-encoded).
 std::string instances_path(const std::map<std::string, std::string>& params);
 
+// Rendered list pages, reused while the store's contents stay as they were.
+// A page is kept with the store's ContentsVersion taken before it was read,
+// and served again only while the version is unchanged: the agent's own
+// writes and commits by any other connection both move it. Pages that depend
+// on the hypervisor (long, power_state) are never kept. At most kEntries
+// pages of at most kMaxBodyBytes each: a bounded few MiB.
+class ListPageCache {
+ public:
+  static constexpr std::size_t kEntries = 8;
+  static constexpr std::size_t kMaxBodyBytes = 1 << 20;
+  using Body = std::shared_ptr<const std::string>;
+
+  // The page kept for `key` if it was rendered at `version`.
+  Body find(const std::string& key, const ContentsVersion& version);
+  void keep(std::string key, const ContentsVersion& version, Body body);
+
+ private:
+  struct Entry {
+    std::string key;
+    ContentsVersion version;
+    Body body;
+    std::uint64_t used = 0;
+  };
+  std::mutex mu_;
+  std::vector<Entry> entries_;
+  std::uint64_t clock_ = 0;
+};
+
 // The whole response body of GET /v1/instances with these parameters:
 // {"instances":[...],"next":"/v1/instances?...&marker=UUID" or null}.
-Result<std::string> list_instances_body(compute::ComputeManager& mgr,
-                                        const std::map<std::string, std::string>& params);
+// With a cache, a page the store has not changed under is not rendered again.
+Result<ListPageCache::Body> list_instances_body(compute::ComputeManager& mgr,
+                                                const std::map<std::string, std::string>& params,
+                                                ListPageCache* cache = nullptr);
 
 // One instance object (keys sorted, as dump_json writes them) appended to
 // `out`; with `power_state`, its "power_state" key too (empty: null).

@@ -2,15 +2,63 @@
 // rendered from the store's cursor straight into the body.
 #include <re2/re2.h>
 
+#include <algorithm>
+
 #include "api/instance_list.h"
 #include "common/json_text.h"
 
 namespace virtcap::api {
 
-Result<std::string> list_instances_body(compute::ComputeManager& mgr,
-                                        const std::map<std::string, std::string>& params) {
+ListPageCache::Body ListPageCache::find(const std::string& key, const ContentsVersion& version) {
+  std::lock_guard lock(mu_);
+  for (auto& e : entries_)
+    if (e.key == key) {
+      if (!(e.version == version)) return nullptr;
+      e.used = ++clock_;
+      return e.body;
+    }
+  return nullptr;
+}
+
+void ListPageCache::keep(std::string key, const ContentsVersion& version, Body body) {
+  if (!body || body->size() > kMaxBodyBytes) return;
+  std::lock_guard lock(mu_);
+  Entry* slot = nullptr;
+  for (auto& e : entries_)
+    if (e.key == key) slot = &e;
+  if (slot == nullptr && entries_.size() < kEntries) slot = &entries_.emplace_back();
+  if (slot == nullptr)  // the least recently used page makes room
+    slot = &*std::min_element(entries_.begin(), entries_.end(),
+                              [](const Entry& a, const Entry& b) { return a.used < b.used; });
+  *slot = Entry{std::move(key), version, std::move(body), ++clock_};
+}
+
+namespace {
+
+// One string per parameter set: each name and value length-prefixed, so no
+// two different sets share a key.
+std::string cache_key(const std::map<std::string, std::string>& params) {
+  std::string key;
+  for (const auto& [k, v] : params)
+    (((key += std::to_string(k.size())) += ':') += k) += std::to_string(v.size()) + ':' + v;
+  return key;
+}
+
+}  // namespace
+
+Result<ListPageCache::Body> list_instances_body(compute::ComputeManager& mgr,
+                                                const std::map<std::string, std::string>& params,
+                                                ListPageCache* cache) {
   auto q = parse_list_query(params);
   if (!q) return q.error();
+  // Taken before the read: a write after it makes the next version differ.
+  std::optional<ContentsVersion> version;
+  std::string key;
+  if (cache != nullptr && !q->long_view && !q->power_state) version = mgr.store_version();
+  if (version) {
+    key = cache_key(params);
+    if (auto hit = cache->find(key, *version)) return hit;
+  }
   // Power states come from the hypervisor, asked once per request and only
   // when wanted. Without it, a long list shows null; a power_state filter fails.
   std::optional<std::map<std::string, PowerState, std::less<>>> powers;
@@ -48,7 +96,9 @@ Result<std::string> list_instances_body(compute::ComputeManager& mgr,
     out += "null";
   }
   out += "}\n";
-  return out;
+  auto body = std::make_shared<const std::string>(std::move(out));
+  if (version) cache->keep(std::move(key), *version, body);
+  return body;
 }
 
 }  // namespace virtcap::api

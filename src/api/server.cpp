@@ -114,7 +114,11 @@ http::Options http_options(const config::Config& cfg) {
 
 Server::Server(const config::Config& cfg, compute::ComputeManager& mgr, compute::PeriodicTaskRunner& runner,
                int listen_fd)
-    : cfg_(cfg), mgr_(mgr), runner_(runner) {
+    : cfg_(cfg),
+      mgr_(mgr),
+      runner_(runner),
+      capabilities_body_(std::make_shared<const std::string>(
+          http::json_response(200, caps::to_json(mgr_.driver_name(), mgr_.capabilities())).body)) {
   http::Options o = http_options(cfg);
   o.listen_fd = listen_fd;
   o.on_response = [this](const Request& req, const std::string& route, int status) {
@@ -152,15 +156,16 @@ std::vector<http::Route> Server::routes() {
          snap.driver = std::string(mgr_.driver_name());
          if (auto list = mgr_.list(); list)
            for (const auto& i : list.value()) ++snap.instances_by_vm_state[i.vm_state];
-         return Response{200, "text/plain; version=0.0.4", metrics_.render(snap), {}};
+         return Response{200, "text/plain; version=0.0.4", metrics_.render(snap), {}, nullptr};
        }},
       {"GET", "/v1/capabilities", BodyRule::none,
-       [this, ok](const Request&) { return ok(caps::to_json(mgr_.driver_name(), mgr_.capabilities())); }},
+       [this](const Request&) { return Response{200, "application/json", {}, {}, capabilities_body_}; }},
       {"GET", "/v1/instances", BodyRule::none,
        [this](const Request& req) {
-         auto body = list_instances_body(mgr_, req.query);  // filters, sort, paging: api/instance_list.h
+         // filters, sort, paging, reuse of unchanged pages: api/instance_list.h
+         auto body = list_instances_body(mgr_, req.query, &list_pages_);
          if (!body) return send_error(body.error());
-         return Response{200, "application/json", std::move(body.value()), {}};
+         return Response{200, "application/json", {}, {}, std::move(body.value())};
        }},
       {"POST", "/v1/instances", BodyRule::json,
        [this](const Request& req) {

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <string>
 
+#include "api/instance_list.h"
 #include "compute/manager.h"
 #include "compute/periodic.h"
 #include "config/config.h"
@@ -72,6 +73,9 @@ class Server {
   compute::ComputeManager& mgr_;
   compute::PeriodicTaskRunner& runner_;
   Metrics metrics_;
+  // Capabilities are read once at start-up, so their body is rendered once.
+  std::shared_ptr<const std::string> capabilities_body_;
+  ListPageCache list_pages_;
   std::unique_ptr<http::Server> http_;
 };
 

@@ -84,6 +84,8 @@ class ComputeManager {
   Result<std::vector<InstanceRecord>> list();
   // One page of this host's instances (query.host is set here), streamed.
   Result<InstancePageInfo> list_page(InstancePageQuery query, const InstanceVisitor& visit);
+  // The store's ContentsVersion (InstanceStore::contents_version).
+  std::optional<ContentsVersion> store_version() { return store_.contents_version(); }
   // The hypervisor's power state of every instance it knows, by uuid.
   Result<std::map<std::string, PowerState, std::less<>>> power_states();
   struct InstanceView {

@@ -519,10 +519,14 @@ void Server::answer(void* connection, Pending& p) {
     res.headers.emplace_back("Access-Control-Allow-Origin", p.req.header("origin"));
     res.headers.emplace_back("Vary", "Origin");
   }
-  // The body is handed over, not copied (a 1,000-instance list is 200 KB).
-  auto* owned = new std::string(std::move(res.body));
+  // The body is handed over or shared, never copied (a 1,000-instance list
+  // is 200 KB); the response holds it until libmicrohttpd has sent it.
+  using Shared = std::shared_ptr<const std::string>;
+  auto* owned = new Shared(res.shared_body ? std::move(res.shared_body)
+                                           : std::make_shared<const std::string>(std::move(res.body)));
   MHD_Response* r = MHD_create_response_from_buffer_with_free_callback_cls(
-      owned->size(), owned->data(), [](void* cls) { delete static_cast<std::string*>(cls); }, owned);
+      (*owned)->size(), const_cast<char*>((*owned)->data()), [](void* cls) { delete static_cast<Shared*>(cls); },
+      owned);
   if (!res.content_type.empty()) MHD_add_response_header(r, "Content-Type", res.content_type.c_str());
   for (const auto& [k, v] : res.headers) MHD_add_response_header(r, k.c_str(), v.c_str());
   MHD_queue_response(c, static_cast<unsigned>(res.status), r);

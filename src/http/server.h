@@ -43,6 +43,9 @@ struct Response {
   std::string content_type = "application/json";
   std::string body;
   std::vector<std::pair<std::string, std::string>> headers;
+  // When set, sent instead of `body`, shared rather than copied (a page the
+  // handler keeps for later requests).
+  std::shared_ptr<const std::string> shared_body;
 };
 
 // A JSON response: the value dumped with the replacing helper, plus "\n".

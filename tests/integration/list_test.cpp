@@ -11,6 +11,7 @@
 #include "api/instance_list.h"
 #include "support/agent_process.h"
 #include "support/store_seed.h"
+#include "store/sqlite/sqlite_store.h"
 
 namespace virtcap::testing {
 namespace {
@@ -100,6 +101,37 @@ TEST_F(ListWorld, StatusFilterIsServerSideAndDeletedOnlyWhenAsked) {
   auto gone = get("?deleted=true&status=deleted");
   for (const auto& i : gone.at("instances")) EXPECT_TRUE(i.at("deleted_at").is_number()) << i;
   EXPECT_TRUE(get("").at("next").is_null());
+}
+
+// Pages are reused while the store stands still (docs/api.md); any change -
+// the agent's own write, or a commit to its database by another process - is
+// in the very next answer, on a plain list and on a filtered one alike.
+TEST_F(ListWorld, AReusedPageNeverOutlivesAChangeToTheStore) {
+  const Names live{"db-1", "db-2", "cache-1", "batch-7", "web-1", "web-2"};
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(name_set(get("")), live);
+    EXPECT_EQ(name_set(get("?status=error")), (Names{"db-1", "cache-1"}));
+  }
+  const json body{{"name", "web-3"}, {"image", "sample-b"}, {"memory_mb", 64}, {"vcpus", 1}};
+  auto booted = client().request("POST", "/v1/instances", &body);
+  ASSERT_TRUE(booted.ok()) << booted.error().message;
+  Names with_web3 = live;
+  with_web3.insert("web-3");
+  EXPECT_EQ(name_set(get("")), with_web3) << "the agent's own write";
+  ASSERT_TRUE(client().request("DELETE", "/v1/instances/" + booted->at("uuid").get<std::string>()).ok());
+  EXPECT_EQ(name_set(get("")), live) << "a delete";
+
+  // Another process commits to the agent's database.
+  {
+    auto other = store::SqliteStore::open(w.dir.sub("virtcap.db"));
+    ASSERT_TRUE(other.ok()) << other.error().message;
+    auto r = other.value()->get_instance(uuid_of(1));
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    r->name = "db-9";
+    ASSERT_TRUE(other.value()->update_instance(*r).ok());
+  }
+  EXPECT_EQ(name_set(get("?status=error")), (Names{"db-9", "cache-1"})) << "another connection's commit";
+  EXPECT_TRUE(name_set(get("")).count("db-9"));
 }
 
 TEST_F(ListWorld, PowerStateComesFromTheHypervisor) {

@@ -119,5 +119,37 @@ TEST(ApiJson, RequestBodiesAreValidatedFieldByField) {
   EXPECT_EQ(http_status(Errc::hypervisor_unavailable), 503);
 }
 
+
+// The rendered-page cache: a page comes back only for its own parameters at
+// the version it was rendered at; it holds a bounded number of bounded pages.
+TEST(ListPageCache, APageIsReusedOnlyAtItsVersionAndTheCacheIsBounded) {
+  ListPageCache cache;
+  auto body = [](std::string text) { return std::make_shared<const std::string>(std::move(text)); };
+  const ContentsVersion v1{1, 7}, v2{2, 7}, v1_other{1, 8};
+  cache.keep("k", v1, body("page"));
+  ASSERT_NE(cache.find("k", v1), nullptr);
+  EXPECT_EQ(*cache.find("k", v1), "page");
+  EXPECT_EQ(cache.find("k", v2), nullptr) << "this store wrote since";
+  EXPECT_EQ(cache.find("k", v1_other), nullptr) << "another connection committed since";
+  EXPECT_EQ(cache.find("other", v1), nullptr);
+  cache.keep("k", v2, body("page 2"));
+  EXPECT_EQ(cache.find("k", v1), nullptr) << "a key holds one page, the newest";
+  EXPECT_EQ(*cache.find("k", v2), "page 2");
+
+  // Oversized pages are not kept.
+  cache.keep("big", v1, body(std::string(ListPageCache::kMaxBodyBytes + 1, 'x')));
+  EXPECT_EQ(cache.find("big", v1), nullptr);
+  // At most kEntries pages; the least recently used makes room.
+  for (std::size_t i = 0; i < ListPageCache::kEntries; ++i) {
+    EXPECT_NE(cache.find("k", v2), nullptr);  // "k" stays in use
+    cache.keep("p" + std::to_string(i), v1, body("x"));
+  }
+  EXPECT_NE(cache.find("k", v2), nullptr);
+  EXPECT_EQ(cache.find("p0", v1), nullptr) << "the least recently used went";
+  std::size_t kept = 0;
+  for (std::size_t i = 0; i < ListPageCache::kEntries; ++i) kept += cache.find("p" + std::to_string(i), v1) != nullptr;
+  EXPECT_EQ(kept + 1, ListPageCache::kEntries);
+}
+
 }  // namespace
 }  // namespace virtcap::api

@@ -224,6 +224,53 @@ TYPED_TEST(InstancePages, ChangesBetweenPagesNeverRepeatOrSkipOldInstances) {
   EXPECT_EQ(seen, want);
 }
 
+// contents_version moves with every kind of write, and only with writes: a
+// page rendered at one version is reused by the API only while it holds.
+TYPED_TEST(InstancePages, ContentsVersionMovesWithEveryWriteAndOnlyThen) {
+  auto version = [&] {
+    auto v = this->store().contents_version();
+    EXPECT_TRUE(v.has_value());
+    return v.value_or(ContentsVersion{});
+  };
+  const ContentsVersion v0 = version();
+  // Reads do not move it.
+  (void)this->store().visit_instances({"a", true, 10, ""}, [](const InstanceRowView&) {});
+  (void)this->store().list_instances("a", true);
+  (void)this->store().get_instance(record(1, "a", 1).uuid);
+  EXPECT_EQ(version(), v0);
+  auto r = record(1, "a", 1);
+  ASSERT_TRUE(this->store().create_instance(r).ok());
+  const ContentsVersion v1 = version();
+  EXPECT_NE(v1, v0) << "create";
+  r.vm_state = "error";
+  ASSERT_TRUE(this->store().update_instance(r).ok());
+  const ContentsVersion v2 = version();
+  EXPECT_NE(v2, v1) << "update";
+  ASSERT_TRUE(this->store().register_host({"a", "/var/lib/virtcap/instances"}).ok());
+  EXPECT_NE(version(), v2) << "register_host";
+  // A refused write changes nothing, and need not move it; it never goes back.
+  const ContentsVersion v3 = version();
+  EXPECT_FALSE(this->store().create_instance(r).ok());
+  EXPECT_EQ(version(), v3);
+}
+
+// The SQLite file may be written by another connection (another process): its
+// commits move the version too.
+TEST(SqliteContentsVersion, ACommitByAnotherConnectionMovesIt) {
+  TempDir dir{"virtcap-version"};
+  auto a = SqliteStore::open(dir.sub("virtcap.db"));
+  ASSERT_TRUE(a.ok()) << a.error().message;
+  auto b = SqliteStore::open(dir.sub("virtcap.db"));
+  ASSERT_TRUE(b.ok()) << b.error().message;
+  const auto before = a.value()->contents_version();
+  ASSERT_TRUE(before.has_value());
+  ASSERT_TRUE(b.value()->create_instance(record(7, "a", 1)).ok());
+  const auto after = a.value()->contents_version();
+  ASSERT_TRUE(after.has_value());
+  EXPECT_NE(*after, *before);
+  EXPECT_EQ(after->own_writes, before->own_writes) << "a itself wrote nothing";
+}
+
 // The views carry exactly what get_instance returns, including text that is
 // not plain ASCII and empty fields.
 TYPED_TEST(InstancePages, ViewsCarryEveryField) {

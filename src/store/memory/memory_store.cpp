@@ -7,6 +7,7 @@ namespace virtcap::store {
 Status MemoryStore::register_host(const HostRecord& host) {
   std::lock_guard lock(mu_);
   hosts_[host.host] = host;
+  ++writes_;
   return {};
 }
 
@@ -35,6 +36,7 @@ Status MemoryStore::create_instance(const InstanceRecord& record) {
                                                   record.name + "' (" + uuid + ")");
   if (!instances_.emplace(record.uuid, record).second)
     return make_error(Errc::already_exists, "instance " + record.uuid + " is already in the store");
+  ++writes_;
   return {};
 }
 
@@ -51,6 +53,7 @@ Status MemoryStore::update_instance(const InstanceRecord& record) {
   if (it == instances_.end())
     return make_error(Errc::not_found, "no instance " + record.uuid + " in the store");
   it->second = record;
+  ++writes_;
   return {};
 }
 
@@ -71,6 +74,11 @@ Result<InstancePageInfo> MemoryStore::visit_instances(const InstancePageQuery& q
   for (const auto& [uuid, r] : instances_)
     if (r.host == query.host) rows.push_back(&r);
   return visit_records(std::move(rows), query, visit);
+}
+
+std::optional<ContentsVersion> MemoryStore::contents_version() {
+  std::lock_guard lock(mu_);
+  return ContentsVersion{writes_, 0};
 }
 
 }  // namespace virtcap::store

@@ -19,9 +19,12 @@ class MemoryStore : public InstanceStore {
   Result<std::vector<InstanceRecord>> list_instances(const std::string& host, bool include_deleted) override;
   // Pages over the records in place (no copies), under the store's lock.
   Result<InstancePageInfo> visit_instances(const InstancePageQuery& query, const InstanceVisitor& visit) override;
+  // own_writes counts every successful write; there are no other writers.
+  std::optional<ContentsVersion> contents_version() override;
 
  private:
   std::mutex mu_;
+  std::uint64_t writes_ = 0;  // under mu_, bumped with the change it counts
   std::map<std::string, HostRecord> hosts_;
   std::map<std::string, InstanceRecord> instances_;
 };

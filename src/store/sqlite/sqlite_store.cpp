@@ -632,6 +632,14 @@ Result<InstancePageInfo> SqliteStore::visit_instances(const InstancePageQuery& q
   return info;
 }
 
+std::optional<ContentsVersion> SqliteStore::contents_version() {
+  std::lock_guard lock(mu_);
+  auto dv = prepare("PRAGMA data_version");
+  if (!dv || dv->step() != SQLITE_ROW) return std::nullopt;
+  return ContentsVersion{static_cast<std::uint64_t>(sqlite3_total_changes64(db_)),
+                         static_cast<std::uint64_t>(dv->int64(0))};
+}
+
 Error SqliteStore::live_name_taken(const InstanceRecord& record) {
   std::string holder;
   {

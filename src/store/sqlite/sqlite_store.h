@@ -51,6 +51,11 @@ class SqliteStore : public InstanceStore {
   // instances_host_order, seeking straight to the marker) and hands each row
   // to `visit` as views of SQLite's own memory. The store's lock is held meanwhile: `visit` must not call the store.
   Result<InstancePageInfo> visit_instances(const InstancePageQuery& query, const InstanceVisitor& visit) override;
+  // own_writes: sqlite3_total_changes64 (every row this connection changed,
+  // whichever statement did it); other_writers: PRAGMA data_version, which
+  // moves when any other connection, in any process, commits to the file.
+  // nullopt when the pragma cannot be read.
+  std::optional<ContentsVersion> contents_version() override;
 
   // Every registered host, by name.
   Result<std::vector<HostRecord>> list_hosts();

@@ -114,8 +114,7 @@ http::Options http_options(const config::Config& cfg) {
 
 Server::Server(const config::Config& cfg, compute::ComputeManager& mgr, compute::PeriodicTaskRunner& runner,
                int listen_fd)
-    : cfg_(cfg),
-      mgr_(mgr),
+    : mgr_(mgr),
       runner_(runner),
       capabilities_body_(std::make_shared<const std::string>(
           http::json_response(200, caps::to_json(mgr_.driver_name(), mgr_.capabilities())).body)) {

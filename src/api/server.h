@@ -69,7 +69,6 @@ class Server {
 
  private:
   std::vector<http::Route> routes();
-  const config::Config& cfg_;
   compute::ComputeManager& mgr_;
   compute::PeriodicTaskRunner& runner_;
   Metrics metrics_;

@@ -26,6 +26,7 @@
 #include "compute/manager.h"
 #include "common/subprocess.h"
 #include "common/json_text.h"
+#include "common/time_text.h"
 #include "compute/periodic.h"
 #include "config/config.h"
 #include "http/server.h"
@@ -280,12 +281,7 @@ std::string text(const json& v) {
 // "2026-11-26T09:01:36Z" for a *_at field in unix seconds.
 std::string iso_time(const json& v) {
   if (!v.is_number_integer()) return text(v);
-  const std::time_t t = v.get<std::time_t>();
-  struct tm tm {};
-  ::gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
+  return utc_text(v.get<std::int64_t>());
 }
 
 struct Column {

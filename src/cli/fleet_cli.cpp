@@ -8,6 +8,7 @@
 #include <iostream>
 
 #include "api/client.h"
+#include "cli/client_options.h"
 #include "common/json_text.h"
 #include "common/logging.h"
 #include "config/config.h"
@@ -24,11 +25,6 @@ constexpr int kExitOk = 0, kExitRuntime = 1, kExitUsage = 2, kExitUnreachable = 
 int fail(const std::string& message, int code) {
   std::fprintf(stderr, "virtcap: %s\n", message.c_str());
   return code;
-}
-
-std::string env_or(const char* name, const std::string& fallback) {
-  const char* v = std::getenv(name);
-  return v && *v ? std::string(v) : fallback;
 }
 
 std::string text(const json& v) {
@@ -57,19 +53,16 @@ class FleetCommands {
 
   ClientKit kit_;
   std::optional<std::string> config_path_;
-  std::string server_ = env_or("VIRTCAP_FLEET", kDefaultFleetServer);
-  std::string token_ = env_or("VIRTCAP_FLEET_TOKEN", "");
-  std::string ca_file_ = env_or("VIRTCAP_CA_FILE", "");
+  const ClientPeer peer_{"fleet service", "VIRTCAP_FLEET", "VIRTCAP_FLEET_TOKEN", kDefaultFleetServer};
+  ClientFlags client_ = client_flags_from_env(peer_);
   api::ClientOptions client_options() const {
-    return {.url = server_,
-            .token = token_,
-            .ca_file = ca_file_,
+    return {.url = client_.server,
+            .token = client_.token,
+            .ca_file = client_.ca_file,
             .peer = "the fleet service",
             .hint = "is `virtcap fleet serve` running? Set --server or VIRTCAP_FLEET"};
   }
-  std::string format_ = "table";
-  bool json_ = false;
-  std::vector<std::string> columns_, require_, forbid_, any_of_;
+  std::vector<std::string> require_, forbid_, any_of_;
   std::string resources_, host_, name_, trait_;
   bool explain_ = false, include_down_ = false;
   int limit_ = 0;
@@ -84,18 +77,7 @@ FleetCommands::FleetCommands(CLI::App& app, ClientKit kit) : kit_(std::move(kit)
                                                       " if it exists, else built-in defaults)")
       ->check(CLI::ExistingFile);
 
-  auto add_client = [this](CLI::App* sub) {
-    sub->add_option("--server", server_, "Fleet service URL (env VIRTCAP_FLEET)")->capture_default_str();
-    sub->add_option("--token", token_, "Bearer token (env VIRTCAP_FLEET_TOKEN)");
-    sub->add_option("--ca-file", ca_file_,
-                    "https: PEM CA certificate(s) to verify the fleet service against (env VIRTCAP_CA_FILE; "
-                    "default: the system CA store)");
-    sub->add_option("-f,--format", format_, "Output: table, json (the API's JSON), value (bare values)")
-        ->check(CLI::IsMember({"table", "json", "value"}))
-        ->capture_default_str();
-    sub->add_flag("--json", json_, "Same as --format json");
-    sub->add_option("-c,--column", columns_, "Show only this column (repeatable; a header or a field name)");
-  };
+  auto add_client = [this](CLI::App* sub) { add_client_options(sub, client_, peer_); };
   hosts_ = app.add_subcommand("hosts", "Query the fleet: which hosts have these traits and this much free capacity");
   hosts_->add_option("--require", require_, "Required traits, comma-separated (repeatable)")->delimiter(',');
   hosts_->add_option("--forbid", forbid_, "Forbidden traits, comma-separated (repeatable)")->delimiter(',');
@@ -121,14 +103,16 @@ FleetCommands::FleetCommands(CLI::App& app, ClientKit kit) : kit_(std::move(kit)
 }
 
 std::optional<int> FleetCommands::run() {
-  if (json_) format_ = "json";
+  if (client_.json) client_.format = "json";
   if (serve_->parsed()) return serve();
-  if (!(server_.starts_with("http://") || server_.starts_with("https://")) || server_.find_first_of("?#@ ") != std::string::npos)
+  if (!(client_.server.starts_with("http://") || client_.server.starts_with("https://")) ||
+      client_.server.find_first_of("?#@ ") != std::string::npos)
     if (delete_->parsed() || hosts_->parsed() || add_->parsed() || remove_->parsed())
-      return fail("--server '" + server_ + "' is not a fleet service URL; expected http://HOST[:PORT] (or https://), e.g. " +
+      return fail("--server '" + client_.server +
+                      "' is not a fleet service URL; expected http://HOST[:PORT] (or https://), e.g. " +
                       kDefaultFleetServer,
                   kExitUsage);
-  while (server_.size() > 8 && server_.back() == '/') server_.pop_back();
+  while (client_.server.size() > 8 && client_.server.back() == '/') client_.server.pop_back();
   if (delete_->parsed()) return host_delete();
   if (hosts_->parsed()) return hosts();
   if (add_->parsed()) return trait_write(true);
@@ -186,7 +170,7 @@ std::optional<int> FleetCommands::call(api::Client& c, const std::string& method
     // unreadable --ca-file is the caller's mistake (2), the rest unreachable (3).
     const bool usage = r.error().code == Errc::invalid_argument;
     const std::string& msg = r.error().message;
-    if (format_ == "json")
+    if (client_.format == "json")
       std::cout << dump_json(json{{"error", {{"code", usage ? "invalid_argument" : "unreachable"}, {"message", msg}}}},
                              2)
                 << "\n";
@@ -196,14 +180,14 @@ std::optional<int> FleetCommands::call(api::Client& c, const std::string& method
   if (out.status >= 200 && out.status < 300) return std::nullopt;
   if (quiet_conflict && out.status == 409) return std::nullopt;
   const bool api_error = out.body.is_object() && out.body.contains("error") && out.body["error"].is_object();
-  if (format_ == "json")
+  if (client_.format == "json")
     std::cout << dump_json(api_error ? out.body
                                      : json{{"error", {{"code", "http_" + std::to_string(out.status)},
                                                        {"message", "HTTP " + std::to_string(out.status)}}}},
                            2)
               << "\n";
   std::string msg = api_error ? out.body["error"].value("message", std::string())
-                              : "HTTP " + std::to_string(out.status) + " from " + server_;
+                              : "HTTP " + std::to_string(out.status) + " from " + client_.server;
   if (out.status == 401) msg += " (give the fleet service's token with --token or VIRTCAP_FLEET_TOKEN)";
   if (out.status == 409) msg += " (the host changed again while this command ran, after one retry; run it again)";
   return fail(msg, kit_.exit_code_for_status(out.status));
@@ -232,7 +216,7 @@ int FleetCommands::hosts() {
   const std::string path = host_.empty() ? "/v1/hosts" : "/v1/hosts/" + http::percent_encode(host_);
   if (auto rc = call(c, "GET", path + query_string(), nullptr, r)) return *rc;
   const json& j = r.body;
-  if (format_ == "json" && columns_.empty()) {
+  if (client_.format == "json" && client_.columns.empty()) {
     std::cout << dump_json(j, 2) << "\n";
     return kExitOk;
   }
@@ -240,10 +224,12 @@ int FleetCommands::hosts() {
     const json& e = j["explanation"];
     json rows = json::array();
     for (const auto& reason : e["reasons"]) rows.push_back({{"reason", reason["reason"]}, {"detail", reason["message"]}});
-    if (format_ == "table")
+    if (client_.format == "table")
       std::cout << "host " << host_ << ": " << (e["matches"].get<bool>() ? "matches" : "excluded") << " (index generation "
                 << text(e["index_generation"]) << ")\n";
-    return rows.empty() ? kExitOk : kit_.rows(format_, columns_, rows, {{"REASON", "reason"}, {"DETAIL", "detail"}});
+    return rows.empty() ? kExitOk
+                        : kit_.rows(client_.format, client_.columns, rows,
+                                    {{"REASON", "reason"}, {"DETAIL", "detail"}});
   }
   json rows = json::array();
   for (const auto& h : j["hosts"]) {
@@ -251,10 +237,10 @@ int FleetCommands::hosts() {
     for (const char* rc : {"VCPU", "MEMORY_MB", "DISK_GB"}) row[rc] = h["free"].contains(rc) ? h["free"][rc] : json();
     rows.push_back(row);
   }
-  const int rc = kit_.rows(format_, columns_, rows,
+  const int rc = kit_.rows(client_.format, client_.columns, rows,
                            {{"NAME", "name"}, {"UUID", "uuid"}, {"VCPU", "VCPU"}, {"MEMORY_MB", "MEMORY_MB"},
                             {"DISK_GB", "DISK_GB"}, {"SEEN(s)", "last_seen_age_s"}});
-  if (format_ != "table") return rc;
+  if (client_.format != "table") return rc;
   std::cout << "matched " << text(j["matched"]) << " of " << text(j["hosts_total"]) << " hosts (index generation "
             << text(j["index_generation"]) << ")\n";
   if (j.contains("excluded") && !j["excluded"].empty()) {
@@ -268,7 +254,7 @@ int FleetCommands::host_delete() {
   api::Client c(client_options());
   api::Response r;
   if (auto rc = call(c, "DELETE", "/v1/hosts/" + http::percent_encode(name_), nullptr, r)) return *rc;
-  if (format_ == "json") std::cout << dump_json(r.body, 2) << "\n";
+  if (client_.format == "json") std::cout << dump_json(r.body, 2) << "\n";
   else std::cout << "deleted host " << name_ << "\n";
   return kExitOk;
 }
@@ -289,7 +275,7 @@ int FleetCommands::trait_write(bool add) {
     if (r.status != 409) break;
     body["generation"] = r.body["error"].value("generation", std::int64_t{0});
   }
-  if (format_ == "json") {
+  if (client_.format == "json") {
     std::cout << dump_json(r.body, 2) << "\n";
     return kExitOk;
   }

@@ -19,6 +19,7 @@
 #include "api/server.h"
 #include "capabilities/render.h"
 #include "cli/cli_docs.h"
+#include "cli/client_options.h"
 #include "common/fd.h"
 #include "cli/fleet_cli.h"
 #include "common/logging.h"
@@ -26,6 +27,7 @@
 #include "compute/manager.h"
 #include "common/subprocess.h"
 #include "common/json_text.h"
+#include "common/time_text.h"
 #include "compute/periodic.h"
 #include "config/config.h"
 #include "http/server.h"
@@ -110,10 +112,8 @@ Result<std::unique_ptr<InstanceStore>> open_store(const config::Config& cfg) {
 struct Options {
   std::optional<std::string> config_path;
   std::string driver, uri, format = "table";
-  bool dry_run = false, json_out = false;
-  std::string client_format = "table";  // client commands: table|json|value (--json = json)
-  std::vector<std::string> columns;     // -c: the columns to show
-  std::string server, token, ca_file;
+  bool dry_run = false;
+  cli::ClientFlags client;  // client commands: --server, --token, --ca-file, --format, --json, -c
   // client command arguments
   std::string id, name, image, mac, network, tag;
   std::string memory = "512";
@@ -280,12 +280,7 @@ std::string text(const json& v) {
 // "2026-11-26T09:01:36Z" for a *_at field in unix seconds.
 std::string iso_time(const json& v) {
   if (!v.is_number_integer()) return text(v);
-  const std::time_t t = v.get<std::time_t>();
-  struct tm tm {};
-  ::gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
+  return utc_text(v.get<std::int64_t>());
 }
 
 struct Column {
@@ -302,13 +297,13 @@ std::string cell(const json& row, const Column& c) {
 // The columns -c asked for (by header or field name), in -c's order; all
 // when none. An unknown name is a usage error, listing the known ones.
 std::optional<std::vector<Column>> pick(const Options& o, const std::vector<Column>& all) {
-  if (o.columns.empty()) return all;
+  if (o.client.columns.empty()) return all;
   auto lower = [](std::string v) {
     for (auto& ch : v) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
     return v;
   };
   std::vector<Column> out;
-  for (const auto& want : o.columns) {
+  for (const auto& want : o.client.columns) {
     auto it = std::find_if(all.begin(), all.end(), [&](const Column& c) {
       return lower(c.header) == lower(want) || c.key == want;
     });
@@ -327,10 +322,10 @@ std::optional<std::vector<Column>> pick(const Options& o, const std::vector<Colu
 int emit_rows(const Options& o, const json& rows, const std::vector<Column>& all) {
   const auto cols = pick(o, all);
   if (!cols) return kExitUsage;
-  if (o.client_format == "json") {
+  if (o.client.format == "json") {
     json out = json::array();
     for (const auto& r : rows) {
-      if (o.columns.empty()) {
+      if (o.client.columns.empty()) {
         out.push_back(r);
         continue;
       }
@@ -347,7 +342,7 @@ int emit_rows(const Options& o, const json& rows, const std::vector<Column>& all
     for (const auto& c : *cols) line.push_back(cell(r, c));
     cells.push_back(std::move(line));
   }
-  if (o.client_format == "value") {
+  if (o.client.format == "value") {
     for (const auto& line : cells) {
       for (std::size_t i = 0; i < line.size(); ++i) std::cout << (i ? " " : "") << line[i];
       std::cout << "\n";
@@ -370,7 +365,7 @@ int emit_rows(const Options& o, const json& rows, const std::vector<Column>& all
 
 // One object as FIELD / VALUE rows (show, boot, attach).
 int emit_object(const Options& o, const json& obj) {
-  if (o.client_format == "json" && o.columns.empty()) {
+  if (o.client.format == "json" && o.client.columns.empty()) {
     std::cout << dump_json(obj, 2) << "\n";
     return kExitOk;
   }
@@ -378,7 +373,7 @@ int emit_object(const Options& o, const json& obj) {
   for (const auto& [k, v] : obj.items()) all.push_back({k, k});
   const auto cols = pick(o, all);
   if (!cols) return kExitUsage;
-  if (o.client_format == "json") {
+  if (o.client.format == "json") {
     json picked = json::object();
     for (const auto& c : *cols) picked[c.key] = obj[c.key];
     std::cout << dump_json(picked, 2) << "\n";
@@ -387,8 +382,8 @@ int emit_object(const Options& o, const json& obj) {
   json rows = json::array();
   for (const auto& c : *cols) rows.push_back({{"field", c.key}, {"value", cell(obj, c)}});
   Options plain = o;
-  plain.columns.clear();
-  if (o.client_format == "value") {
+  plain.client.columns.clear();
+  if (o.client.format == "value") {
     for (const auto& r : rows) std::cout << r["value"].get<std::string>() << "\n";
     return kExitOk;
   }
@@ -410,14 +405,14 @@ const std::vector<Column> kImageCacheColumns = {{"FILE", "name"},         {"KIND
 
 // `virtcap image list`: one row per repository file.
 int emit_images(const Options& o, const json& j) {
-  if (o.client_format == "json" && o.columns.empty()) {
+  if (o.client.format == "json" && o.client.columns.empty()) {
     std::cout << dump_json(j, 2) << "\n";
     return kExitOk;
   }
   const int rc = emit_rows(o, j["images"],
                            {{"ID", "id"}, {"FILE", "file"}, {"FORMAT", "format"}, {"VIRTUAL_SIZE", "virtual_size"},
                             {"FILE_SIZE", "file_size"}, {"BASE_CACHED", "base_cached"}, {"PROBLEM", "problem"}});
-  if (o.client_format == "table" && j["repository"].is_string())
+  if (o.client.format == "table" && j["repository"].is_string())
     std::cout << "repository: " << text(j["repository"]) << "\n";
   return rc;
 }
@@ -507,10 +502,12 @@ int exit_code_for_status(int status) {
 int client_call(const Options& o, const std::string& method, const std::string& path, const json* body,
                 const std::function<int(const json&)>& human,
                 const std::vector<std::pair<std::string, std::string>>& field_flags = {}) {
-  const auto url = server_url(o.server);
+  const auto url = server_url(o.client.server);
   if (!url) return kExitUsage;
-  api::Client client(api::ClientOptions{
-      .url = *url, .token = o.token, .ca_file = o.ca_file, .timeout = std::chrono::seconds(o.timeout)});
+  api::Client client(api::ClientOptions{.url = *url,
+                                        .token = o.client.token,
+                                        .ca_file = o.client.ca_file,
+                                        .timeout = std::chrono::seconds(o.timeout)});
   auto r = client.call(method, path, body);
   if (!r) {
     // An unreadable --ca-file is a usage error (2); reached but no answer in
@@ -521,13 +518,13 @@ int client_call(const Options& o, const std::string& method, const std::string& 
     const std::string msg =
         late ? r.error().message + " (--timeout); it may still finish there: see `virtcap list`" : r.error().message;
     const char* code = usage ? "invalid_argument" : late ? "timeout" : "unreachable";
-    if (o.client_format == "json")
+    if (o.client.format == "json")
       std::cout << dump_json(json{{"error", {{"code", code}, {"message", msg}}}}, 2) << "\n";
     return fail(msg, usage ? kExitUsage : late ? kExitRuntime : kExitUnreachable);
   }
   if (r->status >= 200 && r->status < 300) return human(r->body);
   const bool api_error = r->body.is_object() && r->body.contains("error") && r->body["error"].is_object();
-  if (o.client_format == "json") {
+  if (o.client.format == "json") {
     const json err = api_error ? r->body
                                : json{{"error", {{"code", "http_" + std::to_string(r->status)},
                                                  {"message", "HTTP " + std::to_string(r->status)}}}};
@@ -567,20 +564,15 @@ int cmd_list(const Options& o) {
     if (one_page || !next.is_string() || next.get<std::string>() == path) break;
     path = next.get<std::string>();
   }
-  if (one_page && next.is_string() && o.client_format != "json")
+  if (one_page && next.is_string() && o.client.format != "json")
     std::cerr << "more instances follow: --marker " << all.back().value("uuid", "") << "\n";
-  if (o.client_format == "json" && o.columns.empty()) {
+  if (o.client.format == "json" && o.client.columns.empty()) {
     std::cout << dump_json(json{{"instances", all}, {"next", one_page ? next : json()}}, 2) << "\n";
     return kExitOk;
   }
   auto columns = o.list_long ? kInstanceLongColumns : kInstanceColumns;
   if (o.list_deleted) columns.push_back({"DELETED", "deleted_at"});
   return emit_rows(o, all, columns);
-}
-
-std::string env_or(const char* name, const std::string& fallback) {
-  const char* v = std::getenv(name);
-  return v && *v ? std::string(v) : fallback;
 }
 
 }  // namespace
@@ -594,9 +586,8 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("virtcap ") + VIRTCAP_VERSION);
   app.require_subcommand(1);
   Options o;
-  o.server = env_or("VIRTCAP_SERVER", api::kDefaultServer);
-  o.token = env_or("VIRTCAP_TOKEN", "");
-  o.ca_file = env_or("VIRTCAP_CA_FILE", "");
+  const cli::ClientPeer agent_peer{"agent", "VIRTCAP_SERVER", "VIRTCAP_TOKEN", api::kDefaultServer};
+  o.client = cli::client_flags_from_env(agent_peer);
 
   auto add_config = [&](CLI::App* sub) {
     sub->add_option("-c,--config", o.config_path,
@@ -609,17 +600,6 @@ int main(int argc, char** argv) {
                                                  available_driver_names());
     sub->add_option("--uri", o.uri, "libvirt connection URI (overrides [libvirt] uri), e.g. qemu:///session");
   };
-  auto add_client = [&](CLI::App* sub) {
-    sub->add_option("--server", o.server, "Agent URL (env VIRTCAP_SERVER)")->capture_default_str();
-    sub->add_option("--token", o.token, "Bearer token (env VIRTCAP_TOKEN)");
-    sub->add_option("--ca-file", o.ca_file, "PEM CA certificate(s) to verify an https:// server against "
-                                            "(default: the system CA store; env VIRTCAP_CA_FILE)");
-    sub->add_option("-f,--format", o.client_format, "Output: table (sized to fit), json (the API's JSON), value (bare values)")
-        ->check(CLI::IsMember({"table", "json", "value"}))
-        ->capture_default_str();
-    sub->add_flag("--json", o.json_out, "Same as --format json");
-    sub->add_option("-c,--column", o.columns, "Show only this column (repeatable; a header or a field name)");
-  };
 
   auto* caps_cmd = app.add_subcommand("capabilities", "Print a driver's capabilities and traits (local, or --server)");
   add_config(caps_cmd);
@@ -627,9 +607,11 @@ int main(int argc, char** argv) {
   caps_cmd->add_option("-f,--format", o.format, "Output format (local)")
       ->check(CLI::IsMember({"table", "json", "markdown"}))
       ->capture_default_str();
-  auto* caps_server = caps_cmd->add_option("--server", o.server, "Ask a running agent instead of loading a driver");
-  caps_cmd->add_option("--token", o.token, "Bearer token for --server (env VIRTCAP_TOKEN)");
-  caps_cmd->add_option("--ca-file", o.ca_file, "PEM CA certificate(s) for an https:// --server (env VIRTCAP_CA_FILE)");
+  auto* caps_server =
+      caps_cmd->add_option("--server", o.client.server, "Ask a running agent instead of loading a driver");
+  caps_cmd->add_option("--token", o.client.token, "Bearer token for --server (env VIRTCAP_TOKEN)");
+  caps_cmd->add_option("--ca-file", o.client.ca_file,
+                       "PEM CA certificate(s) for an https:// --server (env VIRTCAP_CA_FILE)");
 
   auto* agent_cmd = app.add_subcommand("agent", "Run the compute service: API, manager and periodic tasks, until SIGTERM/SIGINT");
   add_config(agent_cmd);
@@ -697,13 +679,14 @@ int main(int argc, char** argv) {
   image_cmd->require_subcommand(1);
   auto* image_list = image_cmd->add_subcommand(
       "list", "List the agent's image repository: format (by magic), virtual and file size, base cached");
-  for (auto* c : {boot, list, show, del, reboot, attach, detach, tasks, icp_pass, image_list}) add_client(c);
+  for (auto* c : {boot, list, show, del, reboot, attach, detach, tasks, icp_pass, image_list})
+    cli::add_client_options(c, o.client, agent_peer);
   const auto fleet_commands = cli::add_fleet_commands(
       app, {[&](const std::string& format, const std::vector<std::string>& columns, const json& rows,
                 const std::vector<std::pair<std::string, std::string>>& all) {
               Options p = o;
-              p.client_format = format;
-              p.columns = columns;
+              p.client.format = format;
+              p.client.columns = columns;
               std::vector<Column> cols;
               for (const auto& [header, key] : all) cols.push_back({header, key});
               return emit_rows(p, rows, cols);
@@ -734,13 +717,13 @@ int main(int argc, char** argv) {
     return kExitUsage;
   }
 
-  if (o.json_out) o.client_format = "json";
+  if (o.client.json) o.client.format = "json";
   if (auto rc = cli::run_fleet_commands(*fleet_commands)) return *rc;
   if (caps_cmd->parsed()) {
     if (caps_server->count() == 0) return cmd_capabilities_local(o);
-    if (o.format == "json") o.client_format = "json";  // capabilities --server URL --format json
+    if (o.format == "json") o.client.format = "json";  // capabilities --server URL --format json
     return client_call(o, "GET", "/v1/capabilities", nullptr, [&](const json& j) {
-      if (o.client_format == "json") {
+      if (o.client.format == "json") {
         std::cout << dump_json(j, 2) << "\n";
         return kExitOk;
       }
@@ -779,13 +762,13 @@ int main(int argc, char** argv) {
     return client_call(o, "GET", "/v1/instances/" + o.id, nullptr, [&](const json& j) { return emit_object(o, j); });
   if (del->parsed())
     return client_call(o, "DELETE", "/v1/instances/" + o.id, nullptr, [&](const json& j) {
-      if (o.client_format != "table") return emit_object(o, j);
+      if (o.client.format != "table") return emit_object(o, j);
       std::cout << "deleted " << text(j["deleted"]) << "\n";
       return kExitOk;
     });
   if (reboot->parsed())
     return client_call(o, "POST", "/v1/instances/" + o.id + "/reboot", nullptr, [&](const json& j) {
-      if (o.client_format != "table") return emit_object(o, j);
+      if (o.client.format != "table") return emit_object(o, j);
       std::cout << "rebooted " << text(j["rebooted"]) << "\n";
       return kExitOk;
     });
@@ -799,13 +782,13 @@ int main(int argc, char** argv) {
   }
   if (detach->parsed())
     return client_call(o, "DELETE", "/v1/instances/" + o.id + "/interfaces/" + o.mac, nullptr, [&](const json& j) {
-      if (o.client_format != "table") return emit_object(o, j);
+      if (o.client.format != "table") return emit_object(o, j);
       std::cout << "detached " << text(j["detached"]) << "\n";
       return kExitOk;
     });
   if (tasks->parsed())
     return client_call(o, "GET", "/v1/tasks", nullptr, [&](const json& j) {
-      if (o.client_format == "json" && o.columns.empty()) {
+      if (o.client.format == "json" && o.client.columns.empty()) {
         std::cout << dump_json(j, 2) << "\n";
         return kExitOk;
       }
@@ -825,12 +808,12 @@ int main(int argc, char** argv) {
   if (icp_pass->parsed()) {
     json body = {{"dry_run", o.dry_run}};
     return client_call(o, "POST", "/v1/image-cache/pass", &body, [&](const json& j) {
-      if (o.client_format == "json" && o.columns.empty()) {
+      if (o.client.format == "json" && o.client.columns.empty()) {
         std::cout << dump_json(j, 2) << "\n";
         return kExitOk;
       }
       const int rc = emit_rows(o, j["files"], kImageCacheColumns);
-      if (o.client_format == "table")
+      if (o.client.format == "table")
         std::cout << "removed " << text(j["files_removed"]) << " file(s), " << text(j["bytes_freed"])
                   << " bytes freed; " << (j["complete"].get<bool>() ? "complete" : "INCOMPLETE") << "\n";
       return rc;

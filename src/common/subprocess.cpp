@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -12,6 +13,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 extern char** environ;
 
@@ -42,29 +44,13 @@ bool read_some(int fd, std::string& buf) {
 
 std::atomic<std::int64_t> g_default_timeout_ms{600'000};
 
-}  // namespace
-
-void set_default_timeout(std::chrono::milliseconds t) { g_default_timeout_ms = t.count(); }
-std::chrono::milliseconds default_timeout() { return std::chrono::milliseconds(g_default_timeout_ms.load()); }
-
-Result<Child> Child::spawn(const std::vector<std::string>& argv) {
-  if (argv.empty()) return make_error(Errc::invalid_argument, "empty argv");
-  int out_pipe[2], err_pipe[2];
-  if (::pipe2(out_pipe, O_CLOEXEC) != 0) return sys_error("pipe");
-  if (::pipe2(err_pipe, O_CLOEXEC) != 0) {
-    ::close(out_pipe[0]);
-    ::close(out_pipe[1]);
-    return sys_error("pipe");
-  }
-  // A long-running child (an agent under test logging an audit line per
-  // operation) may write more than the default 64 KiB of stderr between our
-  // reads; 1 MiB (the default pipe-max-size; a refusal is harmless, the pipe
-  // keeps its size) keeps it from blocking on its log.
-  (void)::fcntl(err_pipe[0], F_SETPIPE_SZ, 1 << 20);
+// posix_spawn with out_w and err_w as the child's stdout and stderr; 0 or an
+// errno.
+int spawn_posix(char* const* argv, int out_w, int err_w, pid_t& pid) {
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, out_pipe[1], 1);
-  posix_spawn_file_actions_adddup2(&fa, err_pipe[1], 2);
+  posix_spawn_file_actions_adddup2(&fa, out_w, 1);
+  posix_spawn_file_actions_adddup2(&fa, err_w, 2);
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
   // Only 0-2 survive: sockets and pipes of other threads (opened without
   // O_CLOEXEC by a library, or racing this spawn) never reach the child.
@@ -81,14 +67,89 @@ Result<Child> Child::spawn(const std::vector<std::string>& argv) {
   // A group of its own, so a timeout kills the child's own children too.
   posix_spawnattr_setpgroup(&attr, 0);
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
+  const int rc = ::posix_spawnp(&pid, argv[0], &fa, &attr, argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  return rc;
+}
 
+// In the forked child, until exec: async-signal-safe calls only. The start
+// state of spawn_posix, and SIGKILL when the parent dies. Writes the errno
+// of what failed to report_fd (close-on-exec: a successful exec closes it
+// unwritten).
+[[noreturn]] void exec_forked(char* const* argv, int out_w, int err_w, pid_t parent, int report_fd) {
+  int err = 0;
+  if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) err = errno;
+  if (::getppid() != parent) ::_exit(127);  // died before the prctl: nobody to run for
+  const int null_fd = err ? -1 : ::open("/dev/null", O_RDONLY);
+  if (!err && (null_fd < 0 || ::dup2(null_fd, 0) < 0 || ::dup2(out_w, 1) < 0 || ::dup2(err_w, 2) < 0))
+    err = errno;
+  if (!err && ::setpgid(0, 0) != 0) err = errno;
+  if (!err) {
+    // Only 0-2 survive (and report_fd, until exec).
+    ::syscall(SYS_close_range, 3U, static_cast<unsigned>(report_fd) - 1, 0U);
+    ::syscall(SYS_close_range, static_cast<unsigned>(report_fd) + 1, ~0U, 0U);
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; ++sig) (void)::sigaction(sig, &dfl, nullptr);  // SIGKILL, SIGSTOP: EINVAL
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::execvp(argv[0], argv);
+    err = errno;
+  }
+  (void)!::write(report_fd, &err, sizeof err);
+  ::_exit(127);
+}
+
+// fork and exec (exec_forked); 0 or an errno, also of a failed exec.
+int spawn_forked(char* const* argv, int out_w, int err_w, pid_t& pid) {
+  int report[2];
+  if (::pipe2(report, O_CLOEXEC) != 0) return errno;
+  const pid_t parent = ::getpid();
+  // No handler of ours may run in the child before it resets them all.
+  sigset_t all, old;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);
+  pid = ::fork();
+  if (pid == 0) exec_forked(argv, out_w, err_w, parent, report[1]);
+  const int fork_errno = errno;
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  ::close(report[1]);
+  int child_errno = 0;
+  ssize_t n = 0;
+  while (pid > 0 && (n = ::read(report[0], &child_errno, sizeof child_errno)) < 0 && errno == EINTR) {
+  }
+  ::close(report[0]);
+  if (pid < 0) return fork_errno;
+  if (n == 0) return 0;  // exec closed the report pipe unwritten
+  int status;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  pid = -1;
+  return n == static_cast<ssize_t>(sizeof child_errno) && child_errno ? child_errno : ECHILD;
+}
+
+}  // namespace
+
+void set_default_timeout(std::chrono::milliseconds t) { g_default_timeout_ms = t.count(); }
+std::chrono::milliseconds default_timeout() { return std::chrono::milliseconds(g_default_timeout_ms.load()); }
+
+Result<Child> Child::spawn(const std::vector<std::string>& argv, SpawnOptions opts) {
+  if (argv.empty()) return make_error(Errc::invalid_argument, "empty argv");
+  int out_pipe[2], err_pipe[2];
+  if (::pipe2(out_pipe, O_CLOEXEC) != 0) return sys_error("pipe");
+  if (::pipe2(err_pipe, O_CLOEXEC) != 0) {
+    ::close(out_pipe[0]);
+    ::close(out_pipe[1]);
+    return sys_error("pipe");
+  }
   std::vector<char*> cargv;
   for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
   cargv.push_back(nullptr);
   pid_t pid = -1;
-  const int rc = ::posix_spawnp(&pid, cargv[0], &fa, &attr, cargv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  posix_spawnattr_destroy(&attr);
+  const int rc = opts.die_with_parent ? spawn_forked(cargv.data(), out_pipe[1], err_pipe[1], pid)
+                                      : spawn_posix(cargv.data(), out_pipe[1], err_pipe[1], pid);
   ::close(out_pipe[1]);
   ::close(err_pipe[1]);
   if (rc != 0) {
@@ -100,7 +161,11 @@ Result<Child> Child::spawn(const std::vector<std::string>& argv) {
 }
 
 Child::Child(Child&& o) noexcept
-    : pid_(o.pid_), out_fd_(o.out_fd_), err_fd_(o.err_fd_), out_(std::move(o.out_)), err_(std::move(o.err_)),
+    : pid_(o.pid_),
+      out_fd_(o.out_fd_),
+      err_fd_(o.err_fd_),
+      out_(std::move(o.out_)),
+      err_(std::move(o.err_)),
       reaped_(o.reaped_) {
   o.pid_ = -1;
   o.out_fd_ = o.err_fd_ = -1;
@@ -119,30 +184,8 @@ Child::~Child() {
 
 bool Child::signal(int sig) { return pid_ > 0 && !reaped_ && ::kill(pid_, sig) == 0; }
 
-bool Child::wait_for_stderr(const std::string& needle) { return wait_for(err_fd_, err_, needle); }
-
-bool Child::wait_for_stdout(const std::string& needle) { return wait_for(out_fd_, out_, needle); }
-
-bool Child::wait_for(int& fd, std::string& seen, const std::string& needle) {
-  int& other_fd = &fd == &err_fd_ ? out_fd_ : err_fd_;
-  std::string& other = &fd == &err_fd_ ? out_ : err_;
-  std::size_t scanned = 0;
-  while (true) {
-    if (seen.find(needle, scanned > needle.size() ? scanned - needle.size() : 0) != std::string::npos) return true;
-    scanned = seen.size();
-    pollfd fds[2] = {{fd, POLLIN, 0}, {other_fd, POLLIN, 0}};
-    if (fd < 0) return false;
-    if (::poll(fds, other_fd >= 0 ? 2 : 1, -1) < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    // The other pipe is drained too, so a chatty child never blocks on it.
-    if (fds[1].revents && other_fd >= 0 && !read_some(other_fd, other)) close_fd(other_fd);
-    if (fds[0].revents && !read_some(fd, seen)) {
-      close_fd(fd);
-      return seen.find(needle) != std::string::npos;
-    }
-  }
+std::pair<UniqueFd, UniqueFd> Child::release_pipes() {
+  return {UniqueFd(std::exchange(out_fd_, -1)), UniqueFd(std::exchange(err_fd_, -1))};
 }
 
 Output Child::wait(std::optional<std::chrono::milliseconds> timeout) {
@@ -156,7 +199,8 @@ Output Child::wait(std::optional<std::chrono::milliseconds> timeout) {
     if (err_fd_ >= 0) fds[n++] = {err_fd_, POLLIN, 0};
     int wait_ms = -1;
     if (timeout) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
       wait_ms = static_cast<int>(std::clamp<std::int64_t>(left, 0, 60'000));
     }
     const int rc = ::poll(fds, n, wait_ms);
@@ -174,8 +218,10 @@ Output Child::wait(std::optional<std::chrono::milliseconds> timeout) {
     }
     for (nfds_t i = 0; i < n; ++i) {
       if (!fds[i].revents) continue;
-      if (fds[i].fd == out_fd_ && !read_some(out_fd_, out_)) close_fd(out_fd_);
-      else if (fds[i].fd == err_fd_ && !read_some(err_fd_, err_)) close_fd(err_fd_);
+      if (fds[i].fd == out_fd_ && !read_some(out_fd_, out_))
+        close_fd(out_fd_);
+      else if (fds[i].fd == err_fd_ && !read_some(err_fd_, err_))
+        close_fd(err_fd_);
     }
   }
   if (timeout && !timed_out && !reaped_) {
@@ -185,7 +231,8 @@ Output Child::wait(std::optional<std::chrono::milliseconds> timeout) {
       pollfd pf{pfd, POLLIN, 0};
       int rc;
       do {
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+        const auto left =
+            std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
         rc = ::poll(&pf, 1, static_cast<int>(std::clamp<std::int64_t>(left, 0, 60'000)));
       } while ((rc < 0 && errno == EINTR) || (rc == 0 && Clock::now() < deadline));
       ::close(pfd);
@@ -218,9 +265,10 @@ Result<Output> run(const std::vector<std::string>& argv, std::chrono::millisecon
   if (!child) return child.error();
   auto out = child.value().wait(timeout);
   if (out.timed_out)
-    return make_error(Errc::io_error, argv[0] + " did not finish within " +
-                                          std::to_string(std::chrono::duration_cast<std::chrono::seconds>(timeout).count()) +
-                                          " s ([DEFAULT] subprocess_timeout); it was killed");
+    return make_error(Errc::io_error,
+                      argv[0] + " did not finish within " +
+                          std::to_string(std::chrono::duration_cast<std::chrono::seconds>(timeout).count()) +
+                          " s ([DEFAULT] subprocess_timeout); it was killed");
   return out;
 }
 

@@ -3,6 +3,8 @@
 // with only fds 0-2 (every other descriptor of ours, inherited or not marked
 // close-on-exec, is closed in the child), in a process group of its own, and
 // run() kills (SIGKILL, the whole group) and reaps it at its deadline.
+// Test children that must die with the test are started by fork and exec
+// instead (SpawnOptions::die_with_parent), with the same start state.
 #pragma once
 
 #include <sys/types.h>
@@ -10,8 +12,10 @@
 #include <chrono>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "common/fd.h"
 #include "virtcap/error.h"
 
 namespace virtcap::proc {
@@ -35,30 +39,36 @@ std::chrono::milliseconds default_timeout();
 Result<Output> run(const std::vector<std::string>& argv);
 Result<Output> run(const std::vector<std::string>& argv, std::chrono::milliseconds timeout);
 
+// How Child::spawn starts a child.
+struct SpawnOptions {
+  // SIGKILL the child when the thread that spawned it ends (PR_SET_PDEATHSIG,
+  // set between fork and exec; a child whose parent is already gone by then
+  // exits 127 at once). For test children, so none outlives a killed test.
+  // Off (run() and every production caller): posix_spawn, and the child
+  // outlives us.
+  bool die_with_parent = false;
+};
+
 // A running child with its stdout and stderr piped to us.
 class Child {
  public:
-  static Result<Child> spawn(const std::vector<std::string>& argv);
+  static Result<Child> spawn(const std::vector<std::string>& argv, SpawnOptions opts = {});
   Child(Child&& other) noexcept;
   Child& operator=(Child&&) = delete;
   Child(const Child&) = delete;
   ~Child();  // kills (SIGKILL) and reaps a child still running
 
   pid_t pid() const { return pid_; }
-  // Reads stderr until a line containing `needle` arrives (returns true) or
-  // stderr closes (false). Everything read is kept in err_seen().
-  bool wait_for_stderr(const std::string& needle);
-  const std::string& err_seen() const { return err_; }
-  // The same for stdout (stderr is drained meanwhile).
-  bool wait_for_stdout(const std::string& needle);
-  const std::string& out_seen() const { return out_; }
+  // Hands over the read ends of stdout and stderr {out, err} to a caller
+  // that reads them itself (to EOF, or the child may block on a full pipe);
+  // wait() then only waits for the exit and reaps.
+  std::pair<UniqueFd, UniqueFd> release_pipes();
   bool signal(int sig);
   // Waits for exit, draining both pipes; with a timeout, kills the child's
   // process group at the deadline (timed_out) and reaps it.
   Output wait(std::optional<std::chrono::milliseconds> timeout = std::nullopt);
 
  private:
-  bool wait_for(int& fd, std::string& seen, const std::string& needle);
   Child(pid_t pid, int out_fd, int err_fd) : pid_(pid), out_fd_(out_fd), err_fd_(err_fd) {}
   pid_t pid_ = -1;
   int out_fd_ = -1, err_fd_ = -1;

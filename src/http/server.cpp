@@ -23,6 +23,7 @@
 #include <sstream>
 
 #include "common/json_text.h"
+#include "common/time_text.h"
 #include "config/config.h"
 #include "http/tls.h"
 

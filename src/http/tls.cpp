@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "common/fd.h"
+#include "common/time_text.h"
 
 namespace virtcap::http {
 
@@ -69,15 +70,6 @@ int key_matches(const std::string& cert_pem, const std::string& key_pem) {
 }
 
 }  // namespace
-
-std::string utc_text(std::int64_t unix_seconds) {
-  const std::time_t t = static_cast<std::time_t>(unix_seconds);
-  struct tm tm {};
-  ::gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 
 Status check_tls_pair(const std::string& cert_file, const std::string& key_file, const std::string& section) {
   if (cert_file.empty() == key_file.empty()) return {};

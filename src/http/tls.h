@@ -31,7 +31,4 @@ Status check_tls_pair(const std::string& cert_file, const std::string& key_file,
 Result<std::optional<TlsMaterial>> load_tls(const std::string& cert_file, const std::string& key_file,
                                             const std::string& section, std::int64_t now);
 
-// "2026-11-26T12:00:00Z"
-std::string utc_text(std::int64_t unix_seconds);
-
 }  // namespace virtcap::http

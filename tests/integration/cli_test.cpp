@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <tuple>
 
 #include "common/subprocess.h"
 #include "support/agent_process.h"
@@ -43,6 +44,37 @@ TEST(Cli, VersionAndHelpAtEveryLevel) {
     auto h = run(args);
     EXPECT_EQ(h.exit_code, 0) << args[0];
     EXPECT_NE(h.out.find("Usage"), std::string::npos) << args[0];
+  }
+}
+
+// Every client command has the one option set (src/cli/client_options.h):
+// --server and --token default to the family's environment variables
+// (VIRTCAP_SERVER / VIRTCAP_TOKEN for the agent's commands, VIRTCAP_FLEET /
+// VIRTCAP_FLEET_TOKEN for the fleet's), and a flag wins over its variable.
+TEST(Cli, ClientOptionsComeFromTheEnvironmentAndFlagsWin) {
+  testing::AgentWorld w("[api]\nlisten = \"127.0.0.1:0\"\ntoken = \"tok\"\n");
+  testing::Agent agent(w.config);
+  ASSERT_TRUE(agent.running()) << agent.exit_output().err;
+  ::setenv("VIRTCAP_SERVER", agent.url().c_str(), 1);
+  ::setenv("VIRTCAP_TOKEN", "tok", 1);
+  const auto from_env = run({"tasks", "-f", "value", "-c", "TASK"});
+  const auto wrong_token = run({"tasks", "--token", "wrong"});
+  ::unsetenv("VIRTCAP_SERVER");
+  ::unsetenv("VIRTCAP_TOKEN");
+  EXPECT_EQ(from_env.exit_code, 0) << from_env.err;
+  EXPECT_NE(from_env.out.find("sync_power_states\n"), std::string::npos) << from_env.out;
+  EXPECT_EQ(wrong_token.exit_code, 2) << "--token wins over VIRTCAP_TOKEN: 401\n" << wrong_token.err;
+  for (const auto& [args, server_env, token_env] :
+       std::vector<std::tuple<std::vector<std::string>, std::string, std::string>>{
+           {{"list", "--help"}, "VIRTCAP_SERVER", "VIRTCAP_TOKEN"},
+           {{"hosts", "--help"}, "VIRTCAP_FLEET", "VIRTCAP_FLEET_TOKEN"},
+           {{"traits", "add", "--help"}, "VIRTCAP_FLEET", "VIRTCAP_FLEET_TOKEN"}}) {
+    const auto h = run(args);
+    EXPECT_EQ(h.exit_code, 0) << args[0];
+    for (const std::string& opt :
+         std::vector<std::string>{"--server", "--token", "--ca-file", "-f,--format", "--json", "-c,--column",
+                                  "(env " + server_env + ")", "(env " + token_env + ")", "env VIRTCAP_CA_FILE)"})
+      EXPECT_NE(h.out.find(opt), std::string::npos) << opt << " in\n" << h.out;
   }
 }
 

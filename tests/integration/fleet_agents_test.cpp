@@ -350,6 +350,17 @@ TEST(FleetCli, ExitCodesFollowTheAgentCliRule) {
   std::tie(rc, out) = run({"hosts", "--require", "COMPUTE_A", "-f", "value", "-c", "NAME"}, url);
   EXPECT_EQ(rc, 0);
   EXPECT_EQ(out, "h1\n");
+  // The fleet's own variables, not the agent's; --token wins over its variable.
+  ::setenv("VIRTCAP_FLEET", url.c_str(), 1);
+  ::setenv("VIRTCAP_FLEET_TOKEN", "tok", 1);
+  const auto from_env = proc::run({VIRTCAP_BINARY, "hosts", "-f", "value", "-c", "NAME"});
+  const auto wrong_token = proc::run({VIRTCAP_BINARY, "hosts", "--token", "wrong"});
+  ::unsetenv("VIRTCAP_FLEET");
+  ::unsetenv("VIRTCAP_FLEET_TOKEN");
+  ASSERT_TRUE(from_env.ok() && wrong_token.ok());
+  EXPECT_EQ(from_env->exit_code, 0) << from_env->err;
+  EXPECT_EQ(from_env->out, "h1\n");
+  EXPECT_EQ(wrong_token->exit_code, 2) << wrong_token->err;
   EXPECT_EQ(run({"hosts", "delete", "h1"}, url).first, 0);
   EXPECT_EQ(run({"hosts", "delete", "h1"}, url).first, 1);
   EXPECT_EQ((*svc)->fleet().index().host_count(), 0U);

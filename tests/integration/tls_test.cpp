@@ -86,25 +86,27 @@ TEST(TlsAgent, AWrongCaOrNoCaFileExits3NamingTheReason) {
 // `openssl s_server` on a free loopback port, answering one connection
 // (-www); port 0 when it did not start within 30 s (`why` says more).
 struct OpensslServer {
-  std::optional<proc::Child> child;
+  std::optional<DrainedChild> child;
   std::string port, why;
   explicit OpensslServer(const TestPki::Pair& pair, std::vector<std::string> extra = {}) {
     std::vector<std::string> argv = {"openssl", "s_server", "-accept", "127.0.0.1:0", "-cert", pair.cert,
                                      "-key",    pair.key,   "-www",    "-naccept",    "1"};
     argv.insert(argv.end(), extra.begin(), extra.end());
-    auto c = proc::Child::spawn(argv);
-    if (!c) {
-      why = c.error().message;
+    try {
+      child.emplace(argv);
+    } catch (const std::exception& e) {
+      why = e.what();
       return;
     }
-    child.emplace(std::move(c.value()));
-    Watchdog deadline(child->pid(), std::chrono::seconds(30));
-    const bool up = child->wait_for_stdout("ACCEPT");
-    if (deadline.cancel() || !up) {
-      why = "openssl s_server did not start: " + child->err_seen();
+    using Stream = DrainedChild::Stream;
+    const auto seen =
+        child->wait_for(Stream::out, "ACCEPT", DrainedChild::Clock::now() + std::chrono::seconds(30));
+    if (seen != DrainedChild::Seen::yes) {
+      why = "openssl s_server did not start within 30 s: " + child->seen(Stream::err) +
+            child->seen(Stream::out);
       return;
     }
-    const std::string& out = child->out_seen();
+    const std::string out = child->seen(Stream::out);
     const auto colon = out.find(':', out.find("ACCEPT"));
     port = out.substr(colon + 1, out.find_first_not_of("0123456789", colon + 1) - colon - 1);
   }

@@ -5,14 +5,12 @@
 #include <signal.h>
 
 #include <chrono>
-#include <condition_variable>
-#include <mutex>
 #include <optional>
 #include <string>
-#include <thread>
 
 #include "api/client.h"
 #include "common/sha1.h"
+#include "support/drained_child.h"
 #include "support/test_support.h"
 
 namespace virtcap::testing {
@@ -38,41 +36,6 @@ struct AgentWorld {
             extra_toml +
             (extra_toml.find("[api]") == std::string::npos ? "[api]\nlisten = \"127.0.0.1:0\"\n" : ""));
   }
-};
-
-// A deadline for a blocking wait on a child: unless cancelled within
-// `limit`, it SIGKILLs the child, which closes its pipes and so ends any
-// wait on them. The child is not reaped before cancel(), so the pid is ours.
-class Watchdog {
- public:
-  Watchdog(pid_t pid, std::chrono::seconds limit)
-      : thread_([this, pid, limit] {
-          std::unique_lock lock(mu_);
-          if (!cv_.wait_for(lock, limit, [this] { return cancelled_; })) {
-            fired_ = true;
-            ::kill(pid, SIGKILL);
-          }
-        }) {}
-  ~Watchdog() { cancel(); }
-  Watchdog(const Watchdog&) = delete;
-  Watchdog& operator=(const Watchdog&) = delete;
-  // Stops the watch; true if the deadline had already passed (child killed).
-  bool cancel() {
-    {
-      std::lock_guard lock(mu_);
-      cancelled_ = true;
-    }
-    cv_.notify_all();
-    if (thread_.joinable()) thread_.join();
-    return fired_;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool cancelled_ = false;
-  bool fired_ = false;
-  std::thread thread_;
 };
 
 // How long the agent may take to start listening, and to stop on SIGTERM
@@ -102,21 +65,18 @@ class Agent {
   }
   explicit Agent(const Launch& launch) {
     const std::string& ready = launch.ready;
-    auto c = proc::Child::spawn(launch.argv);
-    if (!c) throw std::runtime_error(c.error().message);
-    child_.emplace(std::move(c.value()));
-    Watchdog deadline(child_->pid(), kAgentStartDeadline);
-    const bool up = child_->wait_for_stderr(ready);
-    const bool late = deadline.cancel();
-    if (!up || late) {
-      if (late) child_->signal(SIGKILL);
-      exited_ = child_->wait();
-      if (late)
-        exited_->err += "\n[test support] the service did not log '" + ready + "' within " +
-                        std::to_string(kAgentStartDeadline.count()) + " s; killed it\n";
+    child_.emplace(launch.argv);
+    const auto seen = child_->wait_for(Stream::err, ready, Clock::now() + kAgentStartDeadline);
+    if (seen == DrainedChild::Seen::closed) {  // it exited (or closed its log) before it was ready
+      exited_ = child_->wait(kAgentStopDeadline);
       return;
     }
-    const std::string& log = child_->err_seen();
+    if (seen == DrainedChild::Seen::deadline) {
+      kill_and_say("the service did not log '" + ready + "' within " +
+                   std::to_string(kAgentStartDeadline.count()) + " s; killed it");
+      return;
+    }
+    const std::string log = child_->seen(Stream::err);
     const auto at = log.find(launch.listening) + launch.listening.size();
     const std::string scheme = log.compare(at, 8, "https://") == 0 ? "https" : "http";
     const auto colon = log.find(':', at + scheme.size() + 3);
@@ -132,33 +92,25 @@ class Agent {
     argv.insert(argv.end(), extra.begin(), extra.end());
     return argv;
   }
-  ~Agent() {
-    if (child_ && !exited_) {
-      child_->signal(SIGKILL);
-      child_->wait();
-    }
-  }
+  // A child of the test still running at the end is killed (with its
+  // process group) and reaped by DrainedChild.
   bool running() const { return !exited_.has_value(); }
-  // Waits for a log line containing `needle`, at most `limit`; past it the
-  // agent is killed (false). Nothing else ends the wait but the agent's exit.
+  // Waits for a log line containing `needle`, at most `limit`; past it (or
+  // when the agent exits first) the agent is killed, false, and the end of
+  // exit_output().err says why, after everything it logged.
   bool wait_for_log(const std::string& needle, std::chrono::seconds limit = kAgentStartDeadline) {
     if (!running()) return false;
-    Watchdog deadline(child_->pid(), limit);
-    const bool seen = child_->wait_for_stderr(needle);
-    if (deadline.cancel() || !seen) {
-      child_->signal(SIGKILL);
-      exited_ = child_->wait();
-      exited_->err += "\n[test support] no log line with '" + needle + "' within " +
-                      std::to_string(limit.count()) + " s; killed the agent\n";
-      return false;
-    }
-    return true;
+    if (child_->wait_for(Stream::err, needle, Clock::now() + limit) == DrainedChild::Seen::yes) return true;
+    kill_and_say("no log line with '" + needle + "' within " + std::to_string(limit.count()) +
+                 " s; killed the agent");
+    return false;
   }
   const proc::Output& exit_output() const { return *exited_; }
   const std::string& url() const { return url_; }
   int port() const { return port_; }
   pid_t pid() const { return child_->pid(); }
-  const std::string& log() const { return child_->err_seen(); }
+  // Everything the agent has logged so far.
+  std::string log() const { return child_->seen(Stream::err); }
   api::Client client(const std::string& token = "") const { return api::Client(url_, token); }
   // A client with its own options (TLS: ca_file); the url is the agent's.
   api::Client client(api::ClientOptions o) const {
@@ -171,9 +123,8 @@ class Agent {
   // and reported at the end of the output's err (exit_code -1, term_signal 9).
   proc::Output stop(int sig = SIGTERM) {
     child_->signal(sig);
-    Watchdog deadline(child_->pid(), kAgentStopDeadline);
-    exited_ = child_->wait();
-    if (deadline.cancel())
+    exited_ = child_->wait(kAgentStopDeadline);
+    if (exited_->timed_out)
       exited_->err += "\n[test support] the agent did not exit within " +
                       std::to_string(kAgentStopDeadline.count()) + " s of signal " + std::to_string(sig) +
                       "; killed it\n";
@@ -181,7 +132,15 @@ class Agent {
   }
 
  private:
-  std::optional<proc::Child> child_;
+  using Clock = DrainedChild::Clock;
+  using Stream = DrainedChild::Stream;
+  void kill_and_say(const std::string& why) {
+    child_->signal(SIGKILL);
+    exited_ = child_->wait(kAgentStopDeadline);
+    exited_->err += "\n[test support] " + why + "\n";
+  }
+
+  std::optional<DrainedChild> child_;
   std::optional<proc::Output> exited_;
   int port_ = 0;
   std::string url_;

@@ -657,7 +657,7 @@ int main(int argc, char** argv) {
            {"--sort-dir", "sort_dir", "Sort direction: asc (default) or desc"},
            {"--limit", "limit", "Show one page of at most this many instances (1-1000)"},
            {"--marker", "marker", "Show the page after this instance uuid"}})
-    list->add_option_function<std::string>(flag, [&o, param](const std::string& v) { o.list_params[param] = v; }, help);
+    list->add_option_function<std::string>(flag, [&o, param = param](const std::string& v) { o.list_params[param] = v; }, help);
   list->add_flag("-l,--long", o.list_long, "Add power state, memory and vCPUs columns");
   list->add_flag("--deleted", o.list_deleted, "Include deleted instances (and a DELETED column)");
   auto* show = app.add_subcommand("show", "Show one instance, with its hypervisor state");

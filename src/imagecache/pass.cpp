@@ -177,6 +177,7 @@ void take_scan(ImageCacheReport& report, UsageScan& scan) {
 void remove_locked(const PassOptions& opts, const BaseCache& cache, int base_fd,
                    const std::vector<Candidate>& listing, std::vector<std::size_t>& to_remove,
                    ImageCacheReport& report) {
+  if (opts.after_first_look) opts.after_first_look();
   std::set<std::string> owners;
   for (auto i : to_remove) owners.insert(std::string(BaseCache::lock_owner(listing[i].name)));
   std::vector<BaseFileLock> locks;

@@ -15,6 +15,7 @@
 // logged before the unlink.
 #pragma once
 
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -40,6 +41,12 @@ struct PassOptions {
   int lock_timeout_seconds = 600;
   // Log progress every this many disks (0: never).
   std::size_t progress_every = 50000;
+  // Test seam, empty outside tests: when something is to be removed, called
+  // once after the first look (files classified) and before the candidates'
+  // locks are taken, so a test can play a racing spawn deterministically (add
+  // a disk, replace or touch a base) in the window the second look and the
+  // re-check before each unlink guard.
+  std::function<void()> after_first_look;
 };
 
 // Directory names under instances_path that are not instance directories.

@@ -102,6 +102,12 @@ inline std::int64_t mtime_ns(const std::string& path) {
   return static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
 }
 
+inline ino_t inode(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return 0;
+  return st.st_ino;
+}
+
 inline void set_mtime(const std::string& path, std::int64_t unix_seconds) {
   struct timespec ts[2] = {{unix_seconds, 0}, {unix_seconds, 0}};
   ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), ts, 0), 0) << path;

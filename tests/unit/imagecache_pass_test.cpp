@@ -310,5 +310,108 @@ TEST(ImageCachePass, ConcurrentSpawnStress) {
   }
 }
 
+// The window between the first look and the unlinks, made deterministic by
+// PassOptions::after_first_look (called after the first look, before the
+// candidates' locks): each test plays a spawn that races the pass there.
+
+// A disk that appears after the first look and cannot be read (a qcow2
+// header cut short, of a disk backed by the candidate) is caught by the
+// second look: nothing is removed, and the report names the disk.
+TEST(ImageCachePass, ADiskUnreadableOnlyOnTheSecondLookRemovesNothing) {
+  Fixture f;
+  const auto unused = sha1_hex("unused");
+  f.make_base(unused, 2 * kDay);
+  const std::string cut = testing::read_file(f.make_disk("u0", "disk", f.base(unused))).substr(0, 40);
+  fs::remove_all(f.opts.instances_path + "/u0");
+  const std::string late = f.opts.instances_path + "/u-late/disk";
+  int calls = 0;
+  f.opts.after_first_look = [&] {
+    ++calls;
+    f.dir.write("instances/u-late/disk", cut);
+  };
+  const auto r = run_pass(f.opts, {});
+  EXPECT_EQ(calls, 1);
+  EXPECT_FALSE(r.complete);
+  EXPECT_EQ(r.files_removed, 0u);
+  ASSERT_EQ(r.unreadable_disks.size(), 1u);
+  EXPECT_EQ(r.unreadable_disks[0].path, late);
+  EXPECT_EQ(Fixture::file(r, unused).state, "removable");
+  EXPECT_NE(Fixture::file(r, unused).reason.find("not removed: a disk could not be read on the second look"),
+            std::string::npos)
+      << Fixture::file(r, unused).reason;
+  ASSERT_FALSE(r.notes.empty());
+  EXPECT_EQ(r.notes[0].rfind("second look: " + late + ": ", 0), 0u) << r.notes[0];
+  EXPECT_EQ(f.remaining(), std::vector<std::string>{unused});
+  EXPECT_NE(to_table(r).find("PASS INCOMPLETE"), std::string::npos);
+}
+
+// A readable disk that appears after the first look keeps its base: the
+// second look, under the locks, finds it.
+TEST(ImageCachePass, ADiskCreatedAfterTheFirstLookKeepsItsBase) {
+  Fixture f;
+  const auto used_late = sha1_hex("used-late"), unused = sha1_hex("unused");
+  f.make_base(used_late, 2 * kDay);
+  f.make_base(unused, 2 * kDay);
+  f.opts.after_first_look = [&] { f.make_disk("u-late", "disk", f.base(used_late)); };
+  const auto r = run_pass(f.opts, {});
+  EXPECT_TRUE(r.complete);
+  EXPECT_EQ(r.files_removed, 1u);
+  EXPECT_EQ(Fixture::file(r, used_late).state, "in_use");
+  EXPECT_NE(Fixture::file(r, used_late)
+                .reason.find("a disk created during the pass uses it (used by " + f.opts.instances_path +
+                             "/u-late/disk)"),
+            std::string::npos)
+      << Fixture::file(r, used_late).reason;
+  EXPECT_EQ(Fixture::file(r, unused).state, "removed");
+  EXPECT_EQ(f.remaining(), std::vector<std::string>{used_late});
+}
+
+// Base files changed after the first look are kept by the re-check just
+// before each unlink: one replaced by a rename (another inode, the very same
+// mtime), one touched (same inode, another mtime), a temporary replaced; an
+// unchanged one beside them is removed.
+TEST(ImageCachePass, ABaseReplacedOrTouchedAfterTheFirstLookIsKept) {
+  Fixture f;
+  const auto replaced = sha1_hex("replaced"), touched = sha1_hex("touched"),
+             unchanged = sha1_hex("unchanged");
+  const auto temp = sha1_hex("temp") + ".tmp-abcdef";
+  for (const auto& n : {replaced, touched, unchanged, temp}) f.make_base(n, 2 * kDay);
+  // Renames a new file with the old one's exact mtime over it; returns its inode.
+  auto replace = [&](const std::string& name) {
+    const std::string next = f.base("replacement");
+    testing::make_raw_image(next, "64K");
+    struct stat old {};
+    EXPECT_EQ(::stat(f.base(name).c_str(), &old), 0);
+    const struct timespec ts[2] = {old.st_atim, old.st_mtim};
+    EXPECT_EQ(::utimensat(AT_FDCWD, next.c_str(), ts, 0), 0);
+    fs::rename(next, f.base(name));
+    return testing::inode(f.base(name));
+  };
+  ino_t replaced_ino = 0, temp_ino = 0;
+  const auto touched_ino = testing::inode(f.base(touched));
+  f.opts.after_first_look = [&] {
+    replaced_ino = replace(replaced);
+    temp_ino = replace(temp);
+    testing::set_mtime(f.base(touched), now() - kDay);
+  };
+  const auto r = run_pass(f.opts, {});
+  EXPECT_TRUE(r.complete);
+  EXPECT_EQ(r.files_removed, 1u);
+  const std::vector<std::pair<std::string, std::string>> kept = {
+      {replaced, "in_use"}, {touched, "in_use"}, {temp, "kept"}};
+  for (const auto& [name, state] : kept) {
+    EXPECT_EQ(Fixture::file(r, name).state, state) << name;
+    EXPECT_EQ(Fixture::file(r, name).reason, "changed during the pass (replaced, or touched by a spawn)")
+        << name;
+  }
+  EXPECT_EQ(Fixture::file(r, unchanged).state, "removed");
+  auto expect = std::vector<std::string>{replaced, touched, temp};
+  std::sort(expect.begin(), expect.end());
+  EXPECT_EQ(f.remaining(), expect);
+  EXPECT_EQ(testing::inode(f.base(replaced)), replaced_ino);
+  EXPECT_EQ(testing::inode(f.base(temp)), temp_ino);
+  EXPECT_EQ(testing::inode(f.base(touched)), touched_ino);
+}
+
 }  // namespace
 }  // namespace virtcap::imagecache

@@ -56,7 +56,8 @@ Result<fleet::Inventories> host_inventory(ComputeDriver& driver, const config::C
 
 PeriodicTask FleetReporter::task() {
   const auto& f = mgr_.config().fleet;
-  PeriodicTask t{std::string(kFleetReportTask), static_cast<double>(f.report_interval), true, "",
+  // At start, without jitter: a restarted agent is back in the fleet at once.
+  PeriodicTask t{std::string(kFleetReportTask), static_cast<double>(f.report_interval), FirstRun::at_start, "",
                  [this](std::stop_token st) { return run(st); }};
   if (f.url.empty()) t.disabled_reason = "[fleet] url is empty: standalone, nothing is reported";
   return t;

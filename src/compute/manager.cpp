@@ -448,7 +448,8 @@ TaskOutcome ComputeManager::sync_power_states() {
 }
 
 void ComputeManager::register_periodic_tasks(PeriodicTaskRunner& runner) {
-  PeriodicTask cache{std::string(kImageCacheTask), static_cast<double>(cfg_.image_cache.manager_interval), false, "",
+  PeriodicTask cache{std::string(kImageCacheTask), static_cast<double>(cfg_.image_cache.manager_interval),
+                     FirstRun::after_spacing, "",
                      [this](std::stop_token) { return run_image_cache_pass(); }};
   // Decided once, from the capabilities read at start: the task is not even
   // scheduled when the driver does not want it.
@@ -461,8 +462,8 @@ void ComputeManager::register_periodic_tasks(PeriodicTaskRunner& runner) {
     spdlog::info("image-cache task enabled: driver '{}' declares has_imagecache; every {} s", driver_->name(),
                  cfg_.image_cache.manager_interval);
   runner.add(std::move(cache));
-  PeriodicTask sync{std::string(kPowerSyncTask), static_cast<double>(cfg_.defaults.sync_power_state_interval), true,
-                    "", [this](std::stop_token) { return sync_power_states(); }};
+  PeriodicTask sync{std::string(kPowerSyncTask), static_cast<double>(cfg_.defaults.sync_power_state_interval),
+                    FirstRun::immediately, "", [this](std::stop_token) { return sync_power_states(); }};
   if (cfg_.defaults.sync_power_state_interval <= 0)
     sync.disabled_reason = "[DEFAULT] sync_power_state_interval is " +
                            std::to_string(cfg_.defaults.sync_power_state_interval) + " (<= 0 disables the task)";

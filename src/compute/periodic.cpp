@@ -55,8 +55,9 @@ void PeriodicTaskRunner::start() {
       spdlog::info("periodic task '{}' disabled: {}", slot->task.name, slot->status.disabled_reason);
       continue;
     }
-    const double first = (slot->task.run_immediately ? 0.0 : slot->task.spacing_seconds) +
-                         (options_.max_jitter_seconds > 0 ? jitter(rng) : 0.0);
+    const FirstRun when = slot->task.first_run;
+    const double first = (when == FirstRun::after_spacing ? slot->task.spacing_seconds : 0.0) +
+                         (when != FirstRun::at_start && options_.max_jitter_seconds > 0 ? jitter(rng) : 0.0);
     slot->status.first_delay_seconds = first;
     spdlog::info("periodic task '{}' every {} s, first run in {:.1f} s", slot->task.name,
                  slot->task.spacing_seconds, first);

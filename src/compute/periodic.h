@@ -1,8 +1,9 @@
 // Periodic tasks: each named task runs on its own thread, every `spacing`
 // seconds, so a slow task never starves the others. Spacing <= 0 (or a
-// disabled reason) disables a task. The first run is delayed by a random
-// jitter in [0, max_jitter] (plus `spacing` unless run_immediately). An
-// exception in a task is logged and recorded; the task keeps its schedule.
+// disabled reason) disables a task. The first run comes after `spacing`, or
+// at once (FirstRun), plus a random jitter in [0, max_jitter] - except a task
+// that must run at start, which gets no jitter. An exception in a task is
+// logged and recorded; the task keeps its schedule.
 // stop() interrupts every wait at once and joins; a running task sees its
 // stop_token requested.
 #pragma once
@@ -31,10 +32,15 @@ struct TaskOutcome {
 };
 std::string_view to_string(TaskOutcome::Kind k);
 
+// When a task first runs: after one spacing, or at once; both with the
+// runner's jitter. at_start: at once, without jitter (a task whose first run
+// others wait for, such as the agent's report to the fleet).
+enum class FirstRun { after_spacing, immediately, at_start };
+
 struct PeriodicTask {
   std::string name;
   double spacing_seconds = 0;
-  bool run_immediately = false;
+  FirstRun first_run = FirstRun::after_spacing;
   std::string disabled_reason;  // non-empty: never scheduled, reported with this reason
   std::function<TaskOutcome(std::stop_token)> fn;
 };
@@ -44,7 +50,7 @@ struct TaskStatus {
   double spacing_seconds = 0;
   bool enabled = false;
   std::string disabled_reason;
-  double first_delay_seconds = 0;  // the scheduled delay (spacing unless immediate, + jitter)
+  double first_delay_seconds = 0;  // the scheduled delay (spacing unless at once, + jitter unless at start)
   std::uint64_t runs = 0;
   std::uint64_t runs_by_result[3] = {0, 0, 0};  // indexed by TaskOutcome::Kind: ran, skipped, failed
   std::optional<std::chrono::system_clock::time_point> last_started;

@@ -75,7 +75,8 @@ struct non_empty {
   O(int, sync_power_state_interval, 600, check::range(-1, 31536000),                              \
     "Seconds between power-state syncs of the store against the driver; <= 0 disables.")          \
   O(int, periodic_fuzzy_delay, 60, check::range(0, 3600),                                         \
-    "Upper bound, in seconds, of the random delay before each periodic task first runs.")         \
+    "Upper bound, in seconds, of the random delay before each periodic task first runs "         \
+    "(not the fleet report, which runs at start).")                                               \
   O(int, subprocess_timeout, 600, check::range(1, 86400),                                         \
     "Seconds a subprocess (qemu-img, ...) may run before it is killed and reaped.")               \
   O(bool, debug, false, check::any{}, "Log at debug level (overrides log_level).")                 \

@@ -18,7 +18,7 @@ constexpr std::chrono::seconds kDeadline{30};
 TEST(PeriodicTaskRunner, RunsImmediatelyAndThenOnSchedule) {
   PeriodicTaskRunner runner(no_jitter());
   std::atomic<int> n{0};
-  runner.add({"tick", 0.001, true, "", [&](std::stop_token) {
+  runner.add({"tick", 0.001, FirstRun::immediately, "", [&](std::stop_token) {
                 ++n;
                 return TaskOutcome::ran("ok");
               }});
@@ -38,19 +38,19 @@ TEST(PeriodicTaskRunner, RunsImmediatelyAndThenOnSchedule) {
 TEST(PeriodicTaskRunner, NonPositiveSpacingDisablesTheTask) {
   PeriodicTaskRunner runner(no_jitter());
   std::atomic<int> disabled_runs{0};
-  runner.add({"off", 0, true, "", [&](std::stop_token) {
+  runner.add({"off", 0, FirstRun::immediately, "", [&](std::stop_token) {
                 ++disabled_runs;
                 return TaskOutcome::ran();
               }});
-  runner.add({"negative", -5, true, "", [&](std::stop_token) {
+  runner.add({"negative", -5, FirstRun::immediately, "", [&](std::stop_token) {
                 ++disabled_runs;
                 return TaskOutcome::ran();
               }});
-  runner.add({"by_reason", 1, true, "driver says no", [&](std::stop_token) {
+  runner.add({"by_reason", 1, FirstRun::immediately, "driver says no", [&](std::stop_token) {
                 ++disabled_runs;
                 return TaskOutcome::ran();
               }});
-  runner.add({"on", 0.001, true, "", [](std::stop_token) { return TaskOutcome::ran(); }});
+  runner.add({"on", 0.001, FirstRun::immediately, "", [](std::stop_token) { return TaskOutcome::ran(); }});
   runner.start();
   // Once the enabled task has run three times, the others had every chance.
   ASSERT_TRUE(runner.wait_for_runs("on", 3, kDeadline));
@@ -67,9 +67,9 @@ TEST(PeriodicTaskRunner, NonPositiveSpacingDisablesTheTask) {
 
 TEST(PeriodicTaskRunner, AnExceptionIsRecordedAndStopsNothing) {
   PeriodicTaskRunner runner(no_jitter());
-  runner.add({"thrower", 0.001, true, "",
+  runner.add({"thrower", 0.001, FirstRun::immediately, "",
               [](std::stop_token) -> TaskOutcome { throw std::runtime_error("disk on fire"); }});
-  runner.add({"steady", 0.001, true, "", [](std::stop_token) { return TaskOutcome::ran(); }});
+  runner.add({"steady", 0.001, FirstRun::immediately, "", [](std::stop_token) { return TaskOutcome::ran(); }});
   runner.start();
   ASSERT_TRUE(runner.wait_for_runs("thrower", 3, kDeadline));  // keeps its schedule after throwing
   ASSERT_TRUE(runner.wait_for_runs("steady", 3, kDeadline));
@@ -84,13 +84,13 @@ TEST(PeriodicTaskRunner, ASlowTaskDoesNotStarveTheOthers) {
   PeriodicTaskRunner runner(no_jitter());
   std::promise<void> release;
   auto released = release.get_future().share();
-  runner.add({"slow", 0.001, true, "", [released](std::stop_token) {
+  runner.add({"slow", 0.001, FirstRun::immediately, "", [released](std::stop_token) {
                 // Bounded: a failed assertion below cannot leave it blocked.
                 if (released.wait_for(kDeadline) != std::future_status::ready)
                   return TaskOutcome::failed("never released");
                 return TaskOutcome::ran();
               }});
-  runner.add({"fast", 0.001, true, "", [](std::stop_token) { return TaskOutcome::ran(); }});
+  runner.add({"fast", 0.001, FirstRun::immediately, "", [](std::stop_token) { return TaskOutcome::ran(); }});
   runner.start();
   // "fast" completes 20 runs while "slow" is still inside its first.
   ASSERT_TRUE(runner.wait_for_runs("fast", 20, kDeadline));
@@ -103,8 +103,8 @@ TEST(PeriodicTaskRunner, ASlowTaskDoesNotStarveTheOthers) {
 TEST(PeriodicTaskRunner, StopInterruptsLongWaitsAndCooperativeTasks) {
   PeriodicTaskRunner runner(no_jitter());
   std::promise<void> entered;
-  runner.add({"hourly", 3600, false, "", [](std::stop_token) { return TaskOutcome::ran(); }});
-  runner.add({"cooperative", 3600, true, "", [&](std::stop_token st) {
+  runner.add({"hourly", 3600, FirstRun::after_spacing, "", [](std::stop_token) { return TaskOutcome::ran(); }});
+  runner.add({"cooperative", 3600, FirstRun::immediately, "", [&](std::stop_token st) {
                 entered.set_value();
                 std::mutex m;
                 std::condition_variable_any cv;
@@ -123,7 +123,7 @@ TEST(PeriodicTaskRunner, StopInterruptsLongWaitsAndCooperativeTasks) {
 
 TEST(PeriodicTaskRunner, WaitForRunsEndsAtItsDeadline) {
   PeriodicTaskRunner runner(no_jitter());
-  runner.add({"hourly", 3600, false, "", [](std::stop_token) { return TaskOutcome::ran(); }});
+  runner.add({"hourly", 3600, FirstRun::after_spacing, "", [](std::stop_token) { return TaskOutcome::ran(); }});
   runner.start();
   const auto t0 = std::chrono::steady_clock::now();
   EXPECT_FALSE(runner.wait_for_runs("hourly", 1, std::chrono::milliseconds(50)));
@@ -138,11 +138,11 @@ TEST(PeriodicTaskRunner, JitterDelaysTheFirstRunWithinItsBound) {
   PeriodicTaskRunner runner({.max_jitter_seconds = 30, .seed = 42});
   std::atomic<int> n{0};
   for (int i = 0; i < 4; ++i) {
-    runner.add({"immediate" + std::to_string(i), 100, true, "", [&](std::stop_token) {
+    runner.add({"immediate" + std::to_string(i), 100, FirstRun::immediately, "", [&](std::stop_token) {
                   ++n;
                   return TaskOutcome::ran();
                 }});
-    runner.add({"spaced" + std::to_string(i), 100, false, "", [&](std::stop_token) {
+    runner.add({"spaced" + std::to_string(i), 100, FirstRun::after_spacing, "", [&](std::stop_token) {
                   ++n;
                   return TaskOutcome::ran();
                 }});
@@ -158,6 +158,25 @@ TEST(PeriodicTaskRunner, JitterDelaysTheFirstRunWithinItsBound) {
     any_jittered |= s.first_delay_seconds > base;
   }
   EXPECT_TRUE(any_jittered);
+}
+
+// A task that must run at start (the fleet report) gets no jitter: it runs at
+// once even when every other task waits up to the jitter bound.
+TEST(PeriodicTaskRunner, AnAtStartTaskRunsAtOnceWithoutJitter) {
+  PeriodicTaskRunner runner({.max_jitter_seconds = 3600, .seed = 7});
+  runner.add({"report", 3600, FirstRun::at_start, "", [](std::stop_token) { return TaskOutcome::ran(); }});
+  runner.add({"other", 3600, FirstRun::immediately, "", [](std::stop_token) { return TaskOutcome::ran(); }});
+  runner.start();
+  EXPECT_TRUE(runner.wait_for_runs("report", 1, std::chrono::seconds(30))) << "ran at start";
+  const auto st = runner.status();
+  runner.stop();
+  for (const auto& s : st) {
+    if (s.name == "report") {
+      EXPECT_EQ(s.first_delay_seconds, 0.0);
+    } else {
+      EXPECT_GT(s.first_delay_seconds, 0.0) << "the other task is jittered";
+    }
+  }
 }
 
 }  // namespace

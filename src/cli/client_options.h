@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "virtcap/error.h"
+
 namespace virtcap::cli {
 
 // What the shared options parse into.
@@ -36,5 +38,10 @@ ClientFlags client_flags_from_env(const ClientPeer& peer);
 
 // --server, --token, --ca-file, -f/--format, --json and -c/--column on `sub`.
 void add_client_options(CLI::App* sub, ClientFlags& into, const ClientPeer& peer);
+
+// --server checked and normalised: http(s)://HOST[:PORT] (port 1-65535),
+// trailing slashes dropped; invalid_argument saying what is expected, with
+// the peer's default as the example, for anything else.
+Result<std::string> server_url(const std::string& raw, const ClientPeer& peer);
 
 }  // namespace virtcap::cli

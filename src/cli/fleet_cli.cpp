@@ -105,14 +105,11 @@ FleetCommands::FleetCommands(CLI::App& app, ClientKit kit) : kit_(std::move(kit)
 std::optional<int> FleetCommands::run() {
   if (client_.json) client_.format = "json";
   if (serve_->parsed()) return serve();
-  if (!(client_.server.starts_with("http://") || client_.server.starts_with("https://")) ||
-      client_.server.find_first_of("?#@ ") != std::string::npos)
-    if (delete_->parsed() || hosts_->parsed() || add_->parsed() || remove_->parsed())
-      return fail("--server '" + client_.server +
-                      "' is not a fleet service URL; expected http://HOST[:PORT] (or https://), e.g. " +
-                      kDefaultFleetServer,
-                  kExitUsage);
-  while (client_.server.size() > 8 && client_.server.back() == '/') client_.server.pop_back();
+  if (delete_->parsed() || hosts_->parsed() || add_->parsed() || remove_->parsed()) {
+    auto url = server_url(client_.server, peer_);
+    if (!url) return fail(url.error().message, kExitUsage);
+    client_.server = std::move(url.value());
+  }
   if (delete_->parsed()) return host_delete();
   if (hosts_->parsed()) return hosts();
   if (add_->parsed()) return trait_write(true);

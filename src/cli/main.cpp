@@ -417,34 +417,8 @@ int emit_images(const Options& o, const json& j) {
   return rc;
 }
 
-// --server: http(s)://HOST[:PORT][/]; nullopt (after printing why) if not.
-std::optional<std::string> server_url(const std::string& raw) {
-  std::string url = raw;
-  while (url.size() > 1 && url.back() == '/') url.pop_back();
-  const auto scheme_end = url.find("://");
-  const std::string scheme = scheme_end == std::string::npos ? "" : url.substr(0, scheme_end);
-  const std::string rest = scheme_end == std::string::npos ? "" : url.substr(scheme_end + 3);
-  const bool ok = (scheme == "http" || scheme == "https") && !rest.empty() &&
-                  rest.find_first_of("/?#@ ") == std::string::npos && rest.front() != ':';
-  if (ok && rest.find(']') == std::string::npos) {
-    const auto colon = rest.rfind(':');
-    if (colon != std::string::npos) {
-      const std::string port = rest.substr(colon + 1);
-      if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
-          std::stoi(port) > 65535) {
-        fail("--server '" + raw + "': the port must be a number from 1 to 65535", kExitUsage);
-        return std::nullopt;
-      }
-    }
-  }
-  if (!ok) {
-    fail("--server '" + raw + "' is not an agent URL; expected http://HOST[:PORT] (or https://), e.g. " +
-             std::string(api::kDefaultServer),
-         kExitUsage);
-    return std::nullopt;
-  }
-  return url;
-}
+// The agent's side of the shared client options (cli/client_options.h).
+const cli::ClientPeer kAgentPeer{"agent", "VIRTCAP_SERVER", "VIRTCAP_TOKEN", api::kDefaultServer};
 
 // "--memory 1G" / "512M" / "512" (MiB) -> MiB, as qemu-img and virsh take
 // sizes (binary units). nullopt, after printing why, for anything else.
@@ -502,8 +476,8 @@ int exit_code_for_status(int status) {
 int client_call(const Options& o, const std::string& method, const std::string& path, const json* body,
                 const std::function<int(const json&)>& human,
                 const std::vector<std::pair<std::string, std::string>>& field_flags = {}) {
-  const auto url = server_url(o.client.server);
-  if (!url) return kExitUsage;
+  const auto url = cli::server_url(o.client.server, kAgentPeer);
+  if (!url) return fail(url.error().message, kExitUsage);
   api::Client client(api::ClientOptions{.url = *url,
                                         .token = o.client.token,
                                         .ca_file = o.client.ca_file,
@@ -586,8 +560,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("virtcap ") + VIRTCAP_VERSION);
   app.require_subcommand(1);
   Options o;
-  const cli::ClientPeer agent_peer{"agent", "VIRTCAP_SERVER", "VIRTCAP_TOKEN", api::kDefaultServer};
-  o.client = cli::client_flags_from_env(agent_peer);
+  o.client = cli::client_flags_from_env(kAgentPeer);
 
   auto add_config = [&](CLI::App* sub) {
     sub->add_option("-c,--config", o.config_path,
@@ -680,7 +653,7 @@ int main(int argc, char** argv) {
   auto* image_list = image_cmd->add_subcommand(
       "list", "List the agent's image repository: format (by magic), virtual and file size, base cached");
   for (auto* c : {boot, list, show, del, reboot, attach, detach, tasks, icp_pass, image_list})
-    cli::add_client_options(c, o.client, agent_peer);
+    cli::add_client_options(c, o.client, kAgentPeer);
   const auto fleet_commands = cli::add_fleet_commands(
       app, {[&](const std::string& format, const std::vector<std::string>& columns, const json& rows,
                 const std::vector<std::pair<std::string, std::string>>& all) {

@@ -78,6 +78,23 @@ TEST(Cli, ClientOptionsComeFromTheEnvironmentAndFlagsWin) {
   }
 }
 
+// Both families of client commands check --server by one rule before any
+// connection: the same URLs refused, each naming what it expected (exit 2).
+TEST(Cli, BothClientFamiliesRefuseTheSameBadServerUrls) {
+  for (const std::string& url :
+       {std::string("notaurl"), std::string("ftp://h:1"), std::string("http://h:0"), std::string("http://h:99999"),
+        std::string("http://h:8a"), std::string("http://user@h:1"), std::string("http://h:1/path")}) {
+    for (const auto& [args, says] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+             {{"list", "--server", url}, "agent"}, {{"hosts", "--server", url}, "fleet service"}}) {
+      const auto r = run(args);
+      EXPECT_EQ(r.exit_code, 2) << args[0] << " " << url << ": " << r.err;
+      EXPECT_NE(r.err.find("--server '" + url + "'"), std::string::npos) << r.err;
+      const bool port = r.err.find("the port must be a number from 1 to 65535") != std::string::npos;
+      EXPECT_TRUE(port || r.err.find(says + " URL; expected http://HOST[:PORT]") != std::string::npos) << r.err;
+    }
+  }
+}
+
 TEST(Cli, CapabilitiesJsonListsEveryCapabilityWithADoc) {
   auto r = run({"capabilities", "--driver", "fake", "--format", "json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;

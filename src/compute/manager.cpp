@@ -301,8 +301,13 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
   if (!on_hv) return on_hv.error();
   auto in_store = store_.list_instances(host_, true);
   if (!in_store) return in_store.error();
-  std::set<std::string> hv_uuids;
-  for (const auto& i : on_hv.value()) hv_uuids.insert(i.uuid);
+  std::set<std::string> hv_uuids, started;
+  for (const auto& i : on_hv.value()) {
+    hv_uuids.insert(i.uuid);
+    // Start is a spawn's last step: a domain that is shut off (or whose
+    // state is unknown) was defined by a spawn that never got that far.
+    if (i.power_state != PowerState::shutdown && i.power_state != PowerState::nostate) started.insert(i.uuid);
+  }
   std::set<std::string> known;
   ReconcileReport out;
   for (auto rec : in_store.value()) {
@@ -317,7 +322,7 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
     audit.field("from", rec.vm_state + (rec.task_state.empty() ? "" : "/" + rec.task_state));
     if (!fix) audit.dismiss();
     if (rec.task_state == "spawning") {
-      if (on) {
+      if (started.count(rec.uuid) > 0) {
         out.finished_spawns.push_back(rec.uuid);
         rec.vm_state = "active";
       } else {

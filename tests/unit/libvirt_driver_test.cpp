@@ -2,6 +2,7 @@
 // daemon), with real qcow2 files from qemu-img.
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <map>
 
 #include "common/sha1.h"
@@ -243,9 +244,9 @@ TEST(LibvirtDriver, AFailedDefineRollsBackTheInstanceDirAndKeepsTheBase) {
   testing::make_raw_image(f.image("img.raw"));
   ASSERT_TRUE(f.driver->spawn({kUuidA, "a", "img", 64, 1}).ok());
   const auto before = testing::tree(f.cfg.instances_path());
-  // A foreign domain already holds kUuidB: the overlay is made, then the
-  // define is refused, and the step's leftovers are removed - but not the
-  // foreign domain, nor the base.
+  // A foreign domain already holds kUuidB: the define refuses to touch it
+  // (a same-named one would be redefined by libvirt), the step's leftovers
+  // are removed - but not the foreign domain, nor the base.
   auto defined = f.driver->connection().with([](virConnectPtr c) -> Status {
     const std::string xml = std::string("<domain type='test'><name>foreign</name><uuid>") + kUuidB +
                             "</uuid><memory>65536</memory><os><type>hvm</type></os></domain>";
@@ -257,7 +258,8 @@ TEST(LibvirtDriver, AFailedDefineRollsBackTheInstanceDirAndKeepsTheBase) {
   ASSERT_TRUE(defined.ok());
   auto st = f.driver->spawn({kUuidB, "b", "img", 64, 1});
   ASSERT_FALSE(st.ok());
-  EXPECT_NE(st.error().message.find("define"), std::string::npos) << st.error().message;
+  EXPECT_EQ(st.error().code, Errc::already_exists) << st.error().message;
+  EXPECT_NE(st.error().message.find("already has a domain with uuid"), std::string::npos) << st.error().message;
   EXPECT_EQ(testing::tree(f.cfg.instances_path()), before) << st.error().message;
   EXPECT_TRUE(std::filesystem::exists(f.base_of("img")));
   auto foreign = f.driver->connection().with([](virConnectPtr c) -> Status {
@@ -295,6 +297,60 @@ TEST(LibvirtDriver, ManagerRefusesAttachOnTheTestDriverUpFront) {
   EXPECT_EQ(r.error().code, Errc::capability_not_supported);
   EXPECT_EQ(r.error().capability, "supports_attach_interface");
   EXPECT_EQ(r.error().driver, "libvirt");
+}
+
+// An agent killed in the middle of a spawn leaves its record "spawning" and,
+// at most, a domain that was defined but never started (spawn defines while
+// it writes the overlay; start is its last step). Reconcile finishes only a
+// spawn whose domain runs: a defined domain that never started is rolled
+// back - undefined, its directory (a half-made disk) removed, the record
+// marked error - and a finished instance beside it is left alone.
+TEST(LibvirtDriver, ReconcileRollsBackASpawnWhoseDomainNeverStarted) {
+  TempDir dir;
+  config::Config cfg;
+  cfg.defaults.state_path = dir.str();
+  cfg.libvirt.uri = "test://" + testing::write_test_node(dir);
+  std::filesystem::create_directories(cfg.images_path());
+  testing::make_raw_image(cfg.images_path() + "/img.raw");
+  store::MemoryStore store;
+  auto made = compute::ComputeManager::create(cfg, store, "libvirt");
+  ASSERT_TRUE(made.ok()) << made.error().message;
+  auto& mgr = *made.value();
+  auto& drv = dynamic_cast<LibvirtDriver&>(mgr.driver());
+  auto done = mgr.boot("done", "img", 64, 1);
+  ASSERT_TRUE(done.ok()) << done.error().describe();
+
+  InstanceRecord half = *done;
+  half.uuid = kUuidB;
+  half.name = "half";
+  half.vm_state = "building";
+  half.task_state = "spawning";
+  ASSERT_TRUE(store.create_instance(half).ok());
+  const std::string half_dir = drv.instance_dir(kUuidB);
+  std::filesystem::create_directories(half_dir);
+  std::ofstream(half_dir + "/disk.tmp-overlay") << "QFI";  // the overlay, cut short
+  const DomainParams p{kUuidB, "half", "img", "test", 64, 1, half_dir + "/disk", half_dir + "/console.log", "",
+                       "52:54:00:00:00:0b"};
+  auto defined = drv.connection().with([&](virConnectPtr c) -> Status {
+    virDomainPtr d = virDomainDefineXML(c, domain_xml(p).c_str());
+    if (!d) return make_error(Errc::driver_error, "define failed");
+    virDomainFree(d);
+    return {};
+  });
+  ASSERT_TRUE(defined.ok());
+  ASSERT_EQ(drv.get_instance(kUuidB)->power_state, PowerState::shutdown);
+
+  auto rep = mgr.reconcile(true);
+  ASSERT_TRUE(rep.ok()) << rep.error().message;
+  EXPECT_EQ(rep->rolled_back_spawns, std::vector<std::string>{kUuidB});
+  EXPECT_TRUE(rep->finished_spawns.empty());
+  EXPECT_EQ(store.get_instance(kUuidB)->vm_state, "error");
+  EXPECT_EQ(store.get_instance(kUuidB)->task_state, "");
+  EXPECT_EQ(drv.get_instance(kUuidB).error().code, Errc::not_found) << "undefined";
+  EXPECT_FALSE(std::filesystem::exists(half_dir));
+  EXPECT_EQ(store.get_instance(done->uuid)->vm_state, "active");
+  EXPECT_EQ(drv.get_instance(done->uuid)->power_state, PowerState::running);
+  EXPECT_TRUE(std::filesystem::exists(drv.instance_dir(done->uuid) + "/disk"));
 }
 
 TEST(DomainXml, RoundTripsWhatVirtcapReadsBack) {

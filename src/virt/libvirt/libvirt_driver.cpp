@@ -291,6 +291,49 @@ Result<ImageListing> LibvirtDriver::list_images() const {
   return out;
 }
 
+namespace {
+
+// `fn` on a thread of its own; in line, at get(), if no thread can be had.
+std::future<Status> launch(const std::function<Status()>& fn) {
+  try {
+    return std::async(std::launch::async, fn);
+  } catch (const std::system_error&) {
+    return std::async(std::launch::deferred, fn);
+  }
+}
+
+}  // namespace
+
+LibvirtDriver::SpawnRollback::~SpawnRollback() {
+  if (dismissed_) return;
+  try {
+    if (defining.valid()) (void)wait_define();
+    if (defined_) {
+      Status undone = driver_.conn_.with([&](virConnectPtr c) -> Status {
+        auto d = lookup(c, uuid_);
+        if (!d) return d.error().code == Errc::not_found ? Status{} : Status{d.error()};
+        return virDomainUndefine(d->get()) < 0 ? Status{call_error("undefine", uuid_)} : Status{};
+      });
+      if (!undone) {  // keep the disk while the domain may still exist, as destroy() does
+        spdlog::error("libvirt: spawn of {} failed and its domain could not be undefined ({}); kept it and {}",
+                      uuid_, undone.error().message, dir_);
+        return;
+      }
+    }
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+    if (ec) spdlog::error("libvirt: spawn of {} failed and {} could not be removed: {}", uuid_, dir_, ec.message());
+  } catch (const std::exception& e) {
+    spdlog::error("libvirt: rolling back the spawn of {} failed: {}", uuid_, e.what());
+  }
+}
+
+Status LibvirtDriver::SpawnRollback::wait_define() {
+  Status st = defining.get();
+  defined_ = st.ok();
+  return st;
+}
+
 Status LibvirtDriver::spawn(const InstanceSpec& spec) {
   if (!valid_uuid(spec.uuid)) return make_error(Errc::invalid_argument, "'" + spec.uuid + "' is not a uuid");
   if (!conn_.connected()) return make_error(Errc::hypervisor_unavailable, unavailable_reason());
@@ -298,7 +341,7 @@ Status LibvirtDriver::spawn(const InstanceSpec& spec) {
   if (!image) return image.error();
 
   // The instance directory claims the uuid on disk before anything is
-  // defined, so a colliding uuid never redefines another instance's domain.
+  // defined; the define itself refuses a uuid the hypervisor already knows.
   const std::string dir = instance_dir(spec.uuid);
   const std::string disk = dir + "/disk";
   if (Status s = imagecache::make_dirs(cfg_.instances_path()); !s) return s;
@@ -307,11 +350,7 @@ Status LibvirtDriver::spawn(const InstanceSpec& spec) {
     return make_error(err == EEXIST ? Errc::already_exists : Errc::io_error,
                       "cannot create instance directory " + dir + ": " + std::strerror(err));
   }
-  auto rollback_dir = [&] {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  };
-
+  SpawnRollback rollback(*this, spec.uuid, dir);  // undoes whatever ends the spawn early, exceptions included
   DomainParams p;
   p.uuid = spec.uuid;
   p.name = spec.name;
@@ -324,41 +363,39 @@ Status LibvirtDriver::spawn(const InstanceSpec& spec) {
   p.network = cfg_.libvirt.network;
   p.mac = random_mac();
   const std::string xml = domain_xml(p);
+
   // Defining a domain parses its XML (CPU) and does not open its disk; the
-  // overlay's fsync waits on the device. So the definition runs on a second
-  // thread while the overlay is written, and start, which opens the disk,
-  // waits for both. libvirt's last error is per thread: read where it failed.
-  auto define = [&]() -> Result<Domain> {
-    return conn_.with([&](virConnectPtr c) -> Result<Domain> {
+  // overlay's fsync waits on the device. So, once the base is in place, the
+  // definition runs on a second thread while the overlay is written, and
+  // start, which opens the disk, waits for both. libvirt's last error is per
+  // thread: read where it failed.
+  auto define = [&]() -> Status {
+    return conn_.with([&](virConnectPtr c) -> Status {
+      if (Domain known(virDomainLookupByUUIDString(c, spec.uuid.c_str())); known)
+        return make_error(Errc::already_exists, "the hypervisor already has a domain with uuid " + spec.uuid);
+      virResetLastError();
       Domain d(virDomainDefineXML(c, xml.c_str()));
-      if (!d) return call_error("define", spec.uuid);
-      return d;
+      return d ? Status{} : Status{call_error("define", spec.uuid)};
     });
   };
-  std::future<Result<Domain>> defined;
-  try {
-    defined = std::async(std::launch::async, define);
-  } catch (const std::system_error&) {  // no thread to be had: define in line, at get()
-    defined = std::async(std::launch::deferred, define);
-  }
-  // Base fetch, touch and overlay creation under the base file's lock, so the
-  // image-cache pass cannot remove the base before the overlay uses it.
   auto base = imagecache::with_base(cache_, spec.image_id, image->path, [&](const imagecache::EnsureOutcome& b) {
+    // Under the base file's lock (the image-cache pass cannot remove the base
+    // before the overlay uses it), after the fetch: a domain exists only
+    // while its overlay is being written, never during a long download.
+    rollback.defining = launch(define);
     return create_overlay_disk(overlay_writer_, b.base_path, image->format, disk);
   });
-  Result<Domain> domain = defined.get();
-  Status started = !base ? Status{base.error()} : !domain ? Status{domain.error()} : Status{};
-  if (started) {
-    if (base->fetched)
-      spdlog::info("libvirt: fetched image {} into {} ({} bytes)", spec.image_id, base->base_path, base->bytes);
-    started = conn_.with([&](virConnectPtr) -> Status {
-      return virDomainCreate(domain->get()) < 0 ? Status{call_error("start", spec.uuid)} : Status{};
-    });
-  }
-  if (!started) {
-    if (domain && virDomainUndefine(domain->get()) < 0) virResetLastError();
-    rollback_dir();
-  }
+  Status defined = rollback.defining.valid() ? rollback.wait_define() : Status{};
+  if (!base) return base.error();
+  if (!defined) return defined;
+  if (base->fetched)
+    spdlog::info("libvirt: fetched image {} into {} ({} bytes)", spec.image_id, base->base_path, base->bytes);
+  Status started = conn_.with([&](virConnectPtr c) -> Status {
+    auto d = lookup(c, spec.uuid);
+    if (!d) return d.error();
+    return virDomainCreate(d->get()) < 0 ? Status{call_error("start", spec.uuid)} : Status{};
+  });
+  if (started) rollback.dismiss();
   return started;
 }
 

@@ -7,6 +7,7 @@
 // true to what that hypervisor really does.
 #pragma once
 
+#include <future>
 #include <memory>
 #include <mutex>
 
@@ -73,6 +74,29 @@ class LibvirtDriver : public ComputeDriver {
 
  private:
   std::string domain_type() const;
+
+  // Undoes a spawn that did not finish, however it ended (an error or an
+  // exception): waits for the define thread, undefines what it defined, then
+  // removes the instance directory - but keeps the directory when the domain
+  // could not be undefined, as destroy() keeps a disk while its domain may
+  // still exist. dismiss() once the instance is running.
+  class SpawnRollback {
+   public:
+    SpawnRollback(LibvirtDriver& d, std::string uuid, std::string dir)
+        : driver_(d), uuid_(std::move(uuid)), dir_(std::move(dir)) {}
+    SpawnRollback(const SpawnRollback&) = delete;
+    SpawnRollback& operator=(const SpawnRollback&) = delete;
+    ~SpawnRollback();
+    // The define's outcome (once); remembers whether a domain now exists.
+    Status wait_define();
+    void dismiss() { dismissed_ = true; }
+    std::future<Status> defining;  // the define running beside the overlay, once launched
+
+   private:
+    LibvirtDriver& driver_;
+    std::string uuid_, dir_;
+    bool defined_ = false, dismissed_ = false;
+  };
 
   config::Config cfg_;
   Capabilities caps_ = kLibvirtStatic;

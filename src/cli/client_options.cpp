@@ -2,6 +2,7 @@
 
 #include <cctype>
 #include <cstdlib>
+#include <string_view>
 
 namespace virtcap::cli {
 
@@ -37,30 +38,43 @@ void add_client_options(CLI::App* sub, ClientFlags& into, const ClientPeer& peer
 }
 
 Result<std::string> server_url(const std::string& raw, const ClientPeer& peer) {
+  const bool vowel = !peer.name.empty() && std::string_view("aeiou").find(peer.name[0]) != std::string_view::npos;
+  const Error not_a_url = make_error(Errc::invalid_argument, "--server '" + raw + "' is not " + (vowel ? "an " : "a ") +
+                                                                 peer.name + " URL; expected http://HOST[:PORT] (or https://), e.g. " +
+                                                                 peer.default_server);
   std::string url = raw;
   while (url.size() > 1 && url.back() == '/') url.pop_back();
   const auto scheme_end = url.find("://");
-  const std::string scheme = scheme_end == std::string::npos ? "" : url.substr(0, scheme_end);
-  const std::string rest = scheme_end == std::string::npos ? "" : url.substr(scheme_end + 3);
-  const bool ok = (scheme == "http" || scheme == "https") && !rest.empty() &&
-                  rest.find_first_of("/?#@ ") == std::string::npos && rest.front() != ':';
-  if (!ok) {
-    const bool vowel = !peer.name.empty() && std::string_view("aeiou").find(peer.name[0]) != std::string_view::npos;
-    return make_error(Errc::invalid_argument, "--server '" + raw + "' is not " + (vowel ? "an " : "a ") + peer.name +
-                                                  " URL; expected http://HOST[:PORT] (or https://), e.g. " +
-                                                  peer.default_server);
+  if (scheme_end == std::string::npos) return not_a_url;
+  std::string scheme = url.substr(0, scheme_end);
+  for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const std::string rest = url.substr(scheme_end + 3);
+  if ((scheme != "http" && scheme != "https") || rest.empty()) return not_a_url;
+  for (const char c : rest)
+    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f || std::string_view("/?#@").find(c) != std::string_view::npos)
+      return not_a_url;
+  // HOST is a name, an IPv4 address or a bracketed IPv6 address; one colon
+  // at most outside brackets, before the port.
+  std::string_view port;
+  if (rest.front() == '[') {
+    const auto close = rest.find(']');
+    if (close == std::string::npos || close == 1) return not_a_url;
+    const std::string_view after = std::string_view(rest).substr(close + 1);
+    if (!after.empty() && after.front() != ':') return not_a_url;
+    if (!after.empty()) port = after.substr(1);
+    if (!after.empty() && port.empty()) port = ":";  // "[::1]:" has an empty port
+  } else {
+    const auto colon = rest.find(':');
+    if (colon == 0 || rest.find_first_of("[]") != std::string::npos ||
+        (colon != std::string::npos && rest.find(':', colon + 1) != std::string::npos))
+      return not_a_url;
+    if (colon != std::string::npos) port = std::string_view(rest).substr(colon + 1);
+    if (colon != std::string::npos && port.empty()) port = ":";
   }
-  if (rest.find(']') == std::string::npos || rest.rfind(':') > rest.find(']')) {
-    const auto colon = rest.rfind(':');
-    const bool bracketed = rest.find(']') != std::string::npos;
-    if (colon != std::string::npos && (bracketed || rest.find(':') == colon)) {
-      const std::string port = rest.substr(colon + 1);
-      if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
-          std::stoi(port) < 1 || std::stoi(port) > 65535)
-        return make_error(Errc::invalid_argument, "--server '" + raw + "': the port must be a number from 1 to 65535");
-    }
-  }
-  return url;
+  if (!port.empty() && (port.size() > 5 || port.find_first_not_of("0123456789") != std::string_view::npos ||
+                        std::stoi(std::string(port)) < 1 || std::stoi(std::string(port)) > 65535))
+    return make_error(Errc::invalid_argument, "--server '" + raw + "': the port must be a number from 1 to 65535");
+  return scheme + url.substr(scheme_end);
 }
 
 }  // namespace virtcap::cli

@@ -83,7 +83,9 @@ TEST(Cli, ClientOptionsComeFromTheEnvironmentAndFlagsWin) {
 TEST(Cli, BothClientFamiliesRefuseTheSameBadServerUrls) {
   for (const std::string& url :
        {std::string("notaurl"), std::string("ftp://h:1"), std::string("http://h:0"), std::string("http://h:99999"),
-        std::string("http://h:8a"), std::string("http://user@h:1"), std::string("http://h:1/path")}) {
+        std::string("http://h:8a"), std::string("http://user@h:1"), std::string("http://h:1/path"),
+        std::string("http://h:80:90"), std::string("http://fe80::1"), std::string("http://[::1"),
+        std::string("http://[::1]x"), std::string("http://h\t:1"), std::string("http://h:")}) {
     for (const auto& [args, says] : std::vector<std::pair<std::vector<std::string>, std::string>>{
              {{"list", "--server", url}, "agent"}, {{"hosts", "--server", url}, "fleet service"}}) {
       const auto r = run(args);

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -73,6 +74,15 @@ int spawn_posix(char* const* argv, int out_w, int err_w, pid_t& pid) {
   return rc;
 }
 
+// Closes descriptors lo..hi (inclusive): close_range, or one by one where the
+// kernel has none (before 5.9), up to the descriptor limit. Signal-safe.
+void close_fds(unsigned lo, unsigned hi) {
+  if (lo > hi || ::syscall(SYS_close_range, lo, hi, 0U) == 0) return;
+  struct rlimit rl {};
+  const unsigned cap = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536 ? static_cast<unsigned>(rl.rlim_cur) : 65536U;
+  for (unsigned fd = lo; fd <= std::min(hi, cap); ++fd) (void)::close(static_cast<int>(fd));
+}
+
 // In the forked child, until exec: async-signal-safe calls only. The start
 // state of spawn_posix, and SIGKILL when the parent dies. Writes the errno
 // of what failed to report_fd (close-on-exec: a successful exec closes it
@@ -87,8 +97,8 @@ int spawn_posix(char* const* argv, int out_w, int err_w, pid_t& pid) {
   if (!err && ::setpgid(0, 0) != 0) err = errno;
   if (!err) {
     // Only 0-2 survive (and report_fd, until exec).
-    ::syscall(SYS_close_range, 3U, static_cast<unsigned>(report_fd) - 1, 0U);
-    ::syscall(SYS_close_range, static_cast<unsigned>(report_fd) + 1, ~0U, 0U);
+    close_fds(3U, static_cast<unsigned>(report_fd) - 1);  // report_fd >= 3 (spawn_forked)
+    close_fds(static_cast<unsigned>(report_fd) + 1, ~0U);
     struct sigaction dfl {};
     dfl.sa_handler = SIG_DFL;
     for (int sig = 1; sig < NSIG; ++sig) (void)::sigaction(sig, &dfl, nullptr);  // SIGKILL, SIGSTOP: EINVAL
@@ -106,6 +116,19 @@ int spawn_posix(char* const* argv, int out_w, int err_w, pid_t& pid) {
 int spawn_forked(char* const* argv, int out_w, int err_w, pid_t& pid) {
   int report[2];
   if (::pipe2(report, O_CLOEXEC) != 0) return errno;
+  // Above 0-2 even when the caller has closed some of those, so the child's
+  // dup2 onto 0-2 never lands on the report pipe.
+  for (int& fd : report)
+    if (fd < 3) {
+      const int moved = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
+      const int err = errno;
+      ::close(fd);
+      if (moved < 0) {
+        ::close(report[0] == fd ? report[1] : report[0]);
+        return err;
+      }
+      fd = moved;
+    }
   const pid_t parent = ::getpid();
   // No handler of ours may run in the child before it resets them all.
   sigset_t all, old;

@@ -305,8 +305,8 @@ MHD_Result on_request(void* cls, MHD_Connection* c, const char* url, const char*
     *size = 0;
     return keep ? MHD_YES : MHD_NO;
   }
-  self->answer(c, *p);
-  return MHD_YES;
+  // No response could be made (out of memory): MHD_NO closes the connection.
+  return self->answer(c, *p) ? MHD_YES : MHD_NO;
 }
 
 void on_completed(void* cls, MHD_Connection*, void** con_cls, MHD_RequestTerminationCode) {
@@ -499,7 +499,7 @@ bool Server::take(Pending& p, const char* data, std::size_t size) {
   return true;
 }
 
-void Server::answer(void* connection, Pending& p) {
+bool Server::answer(void* connection, Pending& p) {
   auto* c = static_cast<MHD_Connection*>(connection);
   Response res;
   if (p.refusal) {
@@ -528,12 +528,18 @@ void Server::answer(void* connection, Pending& p) {
   MHD_Response* r = MHD_create_response_from_buffer_with_free_callback_cls(
       (*owned)->size(), const_cast<char*>((*owned)->data()), [](void* cls) { delete static_cast<Shared*>(cls); },
       owned);
+  if (r == nullptr) {  // the free callback will never run
+    delete owned;
+    spdlog::error("HTTP: cannot create the response to {} {}; closing the connection", p.req.method, p.route_name);
+    return false;
+  }
   if (!res.content_type.empty()) MHD_add_response_header(r, "Content-Type", res.content_type.c_str());
   for (const auto& [k, v] : res.headers) MHD_add_response_header(r, k.c_str(), v.c_str());
   MHD_queue_response(c, static_cast<unsigned>(res.status), r);
   MHD_destroy_response(r);
   p.answered = true;
   if (opts_.on_response) opts_.on_response(p.req, p.route_name, res.status);
+  return true;
 }
 
 void Server::finished(Pending* p) {

@@ -130,7 +130,7 @@ class Server {
 
   // Implementation detail, public for the C callbacks.
   struct Pending;
-  void answer(void* connection, Pending& p);
+  bool answer(void* connection, Pending& p);  // false: no response could be made
   Pending* begin(void* connection, const char* url, const char* method);
   bool take(Pending& p, const char* data, std::size_t size);  // false: close the connection
   void finished(Pending* p);

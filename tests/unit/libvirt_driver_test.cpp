@@ -279,20 +279,32 @@ TEST(LibvirtDriver, NodeFilesGiveEachConnectionItsOwnState) {
   EXPECT_EQ(b.driver->list_instances()->size(), 0u);
 }
 
-TEST(LibvirtDriver, ManagerRefusesAttachOnTheTestDriverUpFront) {
+// A compute manager over the libvirt driver on a test node of its own, a
+// memory store and one raw image "img".
+struct ManagerOnLibvirt {
   TempDir dir;
   config::Config cfg;
-  cfg.defaults.state_path = dir.str();
-  cfg.libvirt.uri = "test://" + testing::write_test_node(dir);
-  std::filesystem::create_directories(cfg.images_path());
-  testing::make_raw_image(cfg.images_path() + "/img.raw");
   store::MemoryStore store;
-  auto mgr = compute::ComputeManager::create(cfg, store, "libvirt");
-  ASSERT_TRUE(mgr.ok()) << mgr.error().message;
-  EXPECT_TRUE(mgr.value()->capabilities().has_imagecache);
-  auto rec = mgr.value()->boot("vm", "img", 64, 1);
+  std::unique_ptr<compute::ComputeManager> mgr;
+  ManagerOnLibvirt() {
+    cfg.defaults.state_path = dir.str();
+    cfg.libvirt.uri = "test://" + testing::write_test_node(dir);
+    std::filesystem::create_directories(cfg.images_path());
+    testing::make_raw_image(cfg.images_path() + "/img.raw");
+    auto made = compute::ComputeManager::create(cfg, store, "libvirt");
+    EXPECT_TRUE(made.ok()) << made.error().message;
+    if (made) mgr = std::move(made.value());
+  }
+  LibvirtDriver& driver() { return dynamic_cast<LibvirtDriver&>(mgr->driver()); }
+};
+
+TEST(LibvirtDriver, ManagerRefusesAttachOnTheTestDriverUpFront) {
+  ManagerOnLibvirt m;
+  ASSERT_TRUE(m.mgr);
+  EXPECT_TRUE(m.mgr->capabilities().has_imagecache);
+  auto rec = m.mgr->boot("vm", "img", 64, 1);
   ASSERT_TRUE(rec.ok()) << rec.error().describe();
-  auto r = mgr.value()->attach_interface(rec->uuid, {});
+  auto r = m.mgr->attach_interface(rec->uuid, {});
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, Errc::capability_not_supported);
   EXPECT_EQ(r.error().capability, "supports_attach_interface");
@@ -306,17 +318,11 @@ TEST(LibvirtDriver, ManagerRefusesAttachOnTheTestDriverUpFront) {
 // back - undefined, its directory (a half-made disk) removed, the record
 // marked error - and a finished instance beside it is left alone.
 TEST(LibvirtDriver, ReconcileRollsBackASpawnWhoseDomainNeverStarted) {
-  TempDir dir;
-  config::Config cfg;
-  cfg.defaults.state_path = dir.str();
-  cfg.libvirt.uri = "test://" + testing::write_test_node(dir);
-  std::filesystem::create_directories(cfg.images_path());
-  testing::make_raw_image(cfg.images_path() + "/img.raw");
-  store::MemoryStore store;
-  auto made = compute::ComputeManager::create(cfg, store, "libvirt");
-  ASSERT_TRUE(made.ok()) << made.error().message;
-  auto& mgr = *made.value();
-  auto& drv = dynamic_cast<LibvirtDriver&>(mgr.driver());
+  ManagerOnLibvirt m;
+  ASSERT_TRUE(m.mgr);
+  auto& mgr = *m.mgr;
+  auto& store = m.store;
+  auto& drv = m.driver();
   auto done = mgr.boot("done", "img", 64, 1);
   ASSERT_TRUE(done.ok()) << done.error().describe();
 

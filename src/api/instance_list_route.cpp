@@ -13,7 +13,7 @@ ListPageCache::Body ListPageCache::find(const std::string& key, const ContentsVe
   std::lock_guard lock(mu_);
   for (auto& e : entries_)
     if (e.key == key) {
-      if (!(e.version == version)) return nullptr;
+      if (e.version != version) return nullptr;
       e.used = ++clock_;
       return e.body;
     }

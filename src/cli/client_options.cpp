@@ -1,7 +1,9 @@
 #include "cli/client_options.h"
 
 #include <cctype>
+#include <charconv>
 #include <cstdlib>
+#include <optional>
 #include <string_view>
 
 namespace virtcap::cli {
@@ -55,24 +57,24 @@ Result<std::string> server_url(const std::string& raw, const ClientPeer& peer) {
       return not_a_url;
   // HOST is a name, an IPv4 address or a bracketed IPv6 address; one colon
   // at most outside brackets, before the port.
-  std::string_view port;
+  std::optional<std::string_view> port;  // what follows the colon, when there is one
   if (rest.front() == '[') {
     const auto close = rest.find(']');
     if (close == std::string::npos || close == 1) return not_a_url;
     const std::string_view after = std::string_view(rest).substr(close + 1);
     if (!after.empty() && after.front() != ':') return not_a_url;
     if (!after.empty()) port = after.substr(1);
-    if (!after.empty() && port.empty()) port = ":";  // "[::1]:" has an empty port
   } else {
     const auto colon = rest.find(':');
     if (colon == 0 || rest.find_first_of("[]") != std::string::npos ||
         (colon != std::string::npos && rest.find(':', colon + 1) != std::string::npos))
       return not_a_url;
     if (colon != std::string::npos) port = std::string_view(rest).substr(colon + 1);
-    if (colon != std::string::npos && port.empty()) port = ":";
   }
-  if (!port.empty() && (port.size() > 5 || port.find_first_not_of("0123456789") != std::string_view::npos ||
-                        std::stoi(std::string(port)) < 1 || std::stoi(std::string(port)) > 65535))
+  int number = 0;
+  if (port && (port->empty() || port->size() > 5 ||
+               std::from_chars(port->data(), port->data() + port->size(), number).ptr != port->data() + port->size() ||
+               number < 1 || number > 65535))
     return make_error(Errc::invalid_argument, "--server '" + raw + "': the port must be a number from 1 to 65535");
   return scheme + url.substr(scheme_end);
 }

@@ -4,16 +4,12 @@
 // last byte, and ones carrying a NUL byte; and the refused requests change
 // nothing. Requests go over a raw socket so the exact header bytes (a NUL
 // included) reach the server.
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <unistd.h>
 
 #include <regex>
 
 #include "support/agent_process.h"
+#include "support/raw_http.h"
 
 namespace virtcap::testing {
 namespace {
@@ -27,52 +23,20 @@ struct RawReply {
 };
 
 // One HTTP/1.1 request over a fresh connection, with the Authorization
-// header value given byte for byte; every socket call has a 10 s deadline.
+// header value given byte for byte; a 10 s deadline on the whole exchange.
 RawReply raw_request(int port, const std::string& method, const std::string& path, const std::string& auth,
                      const std::string& body = "") {
-  RawReply out;
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return {-1, "", "socket failed"};
-  timeval tv{10, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<std::uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return {-1, "", "connect failed"};
-  }
-  std::string req = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n";
-  if (!auth.empty()) req += "Authorization: " + auth + "\r\n";
-  req +=
-      "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
-  for (std::size_t sent = 0; sent < req.size();) {
-    const ssize_t n = ::send(fd, req.data() + sent, req.size() - sent, MSG_NOSIGNAL);
-    if (n <= 0) {
-      ::close(fd);
-      return {-1, "", "send failed or timed out"};
-    }
-    sent += static_cast<std::size_t>(n);
-  }
-  std::string got;
-  char buf[4096];
-  while (true) {
-    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-    if (n == 0) break;
-    if (n < 0) {
-      ::close(fd);
-      return {-1, got, "recv failed or timed out after 10 s"};
-    }
-    got.append(buf, static_cast<std::size_t>(n));
-  }
-  ::close(fd);
-  std::smatch m;
-  if (!std::regex_search(got, m, std::regex("^HTTP/1\\.[01] ([0-9]{3})"))) return {-1, got, "no status line"};
-  out.status = std::stoi(m[1]);
-  out.headers = got.substr(0, got.find("\r\n\r\n"));
-  return out;
+  std::string headers = "Content-Type: application/json\r\n";
+  if (!auth.empty()) headers += "Authorization: " + auth + "\r\n";
+  if (body.empty()) headers += "Content-Length: 0\r\n";  // request_text frames only non-empty bodies
+  RawConnection c(port);
+  if (!c.ok()) return {-1, "", "connect failed: " + c.error()};
+  const std::chrono::seconds deadline(10);
+  if (!c.send(request_text(method, path, headers, body), deadline)) return {-1, "", "send failed or timed out"};
+  const auto a = c.finish(deadline, /*half_close=*/false);
+  if (a.timed_out) return {-1, a.text, "no close within 10 s"};
+  if (a.status() == 0) return {-1, a.text, "no status line"};
+  return {a.status(), a.text.substr(0, a.text.find("\r\n\r\n")), ""};
 }
 
 struct Route {

@@ -52,9 +52,8 @@ class RawConnection {
     sockaddr_in src{};
     src.sin_family = AF_INET;
     src.sin_addr.s_addr = htonl(0x7F000000u | (next_source++ % 0xFFFFFDu + 2u));
-    ok_ = fd_ >= 0 && ::bind(fd_, reinterpret_cast<sockaddr*>(&src), sizeof src) == 0 &&
-          ::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-    if (!ok_) error_ = std::strerror(errno);
+    ok_ = fd_ >= 0 && ::bind(fd_, reinterpret_cast<sockaddr*>(&src), sizeof src) == 0 && connect_to(a);
+    if (!ok_ && error_.empty()) error_ = std::strerror(errno);
   }
   // Why the connection failed ("" when ok()).
   const std::string& error() const { return error_; }
@@ -79,9 +78,9 @@ class RawConnection {
     const auto end = std::chrono::steady_clock::now() + deadline;
     std::size_t done = 0;
     while (ok_ && done < data.size()) {
-      pollfd p{fd_, POLLOUT, 0};
-      if (::poll(&p, 1, remaining(end)) <= 0) return false;
+      if (wait_for(POLLOUT, end) <= 0) return false;
       const ssize_t n = ::send(fd_, data.data() + done, data.size() - done, MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
       if (n <= 0) return false;
       done += static_cast<std::size_t>(n);
     }
@@ -96,14 +95,14 @@ class RawConnection {
     const auto end = std::chrono::steady_clock::now() + deadline;
     char buf[65536];
     while (true) {
-      pollfd p{fd_, POLLIN, 0};
-      const int rc = ::poll(&p, 1, remaining(end));
+      const int rc = wait_for(POLLIN, end);
       if (rc == 0) {
         a.timed_out = true;
         break;
       }
       if (rc < 0) break;
       const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+      if (n < 0 && errno == EINTR) continue;
       if (n <= 0) break;
       a.text.append(buf, static_cast<std::size_t>(n));
     }
@@ -111,6 +110,36 @@ class RawConnection {
   }
 
  private:
+  // connect(2) that a signal cannot break. A process with a signal handler
+  // installed without SA_RESTART (libFuzzer's SIGALRM timer, the replay's
+  // alarm) sees connect fail with EINTR while the handshake goes on in the
+  // kernel; POSIX says the connection then completes asynchronously. Calling
+  // connect again reports where it got to: EALREADY (still going: wait until
+  // writable, then ask again), EISCONN (done) or the real error.
+  bool connect_to(const sockaddr_in& to) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (::connect(fd_, reinterpret_cast<const sockaddr*>(&to), sizeof to) != 0) {
+      if (errno == EISCONN) return true;
+      if (errno == EINTR) continue;
+      if (errno != EALREADY && errno != EINPROGRESS) return false;
+      const int rc = wait_for(POLLOUT, end);
+      if (rc == 0) {
+        error_ = "connect did not complete within 30 s";
+        return false;
+      }
+      if (rc < 0) return false;
+    }
+    return true;
+  }
+  // poll(2) on our socket until `events`, the deadline (0) or an error (-1),
+  // carrying on through signals.
+  int wait_for(short events, std::chrono::steady_clock::time_point end) const {
+    while (true) {
+      pollfd p{fd_, events, 0};
+      const int rc = ::poll(&p, 1, remaining(end));
+      if (rc >= 0 || errno != EINTR) return rc;
+    }
+  }
   static int remaining(std::chrono::steady_clock::time_point end) {
     const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now()).count();
     return ms < 0 ? 0 : static_cast<int>(ms);

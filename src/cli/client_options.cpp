@@ -4,9 +4,93 @@
 #include <charconv>
 #include <cstdlib>
 #include <optional>
+#include <cstdio>
+#include <iostream>
 #include <string_view>
 
+#include "common/json_text.h"
+
 namespace virtcap::cli {
+
+using nlohmann::json;
+
+int fail(const std::string& message, int code) {
+  std::fprintf(stderr, "virtcap: %s\n", message.c_str());
+  return code;
+}
+
+std::string text(const json& v) {
+  if (v.is_null()) return "-";
+  if (v.is_string()) return v.get<std::string>();
+  return dump_json(v);
+}
+
+int exit_code_for_status(int status) {
+  switch (status) {
+    case 400:  // the server refused a value (range, shape): bad usage
+    case 401:  // wrong or missing --token
+    case 411:
+    case 413:
+    case 414:  // a request line too long for the server (e.g. a huge --name)
+    case 415: return kExitUsage;
+    default: return kExitRuntime;
+  }
+}
+
+namespace {
+
+// The API's field names in `msg`, as whole words, replaced by the flags.
+std::string in_user_words(std::string msg, const std::vector<std::pair<std::string, std::string>>& fields) {
+  auto word = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; };
+  for (const auto& [field, flag] : fields)
+    for (auto at = msg.find(field); at != std::string::npos; at = msg.find(field, at + flag.size())) {
+      const auto after = at + field.size();
+      if ((at == 0 || !word(msg[at - 1])) && (after >= msg.size() || !word(msg[after]))) msg.replace(at, field.size(), flag);
+    }
+  return msg;
+}
+
+void print_json_error(const ClientFlags& flags, const json& error) {
+  if (flags.format == "json") std::cout << dump_json(error, 2) << "\n";
+}
+
+}  // namespace
+
+std::optional<int> call_reported(api::Client& client, const ClientFlags& flags, const ClientPeer& peer,
+                                 const std::string& method, const std::string& path, const json* body,
+                                 api::Response& out, const CallWords& words) {
+  auto r = client.call(method, path, body);
+  if (!r) {
+    // An unreadable --ca-file is a usage error (2); reached but no answer in
+    // time, the operation failed from here (1) and may still finish on the
+    // server; anything else is unreachable (3). The client's message names
+    // the server and what to check.
+    const bool usage = r.error().code == Errc::invalid_argument;
+    const bool late = api::answered_late(r.error());
+    std::string msg = r.error().message;
+    if (late) msg += peer.after_late;
+    const char* code = usage ? "invalid_argument" : late ? "timeout" : "unreachable";
+    print_json_error(flags, json{{"error", {{"code", code}, {"message", msg}}}});
+    return fail(msg, usage ? kExitUsage : late ? kExitRuntime : kExitUnreachable);
+  }
+  out = std::move(*r);
+  if ((out.status >= 200 && out.status < 300) || (words.quiet_status != 0 && out.status == words.quiet_status))
+    return std::nullopt;
+  const std::string status = std::to_string(out.status);
+  const bool api_error = out.body.is_object() && out.body.contains("error") && out.body["error"].is_object();
+  print_json_error(flags, api_error ? out.body
+                                    : json{{"error", {{"code", "http_" + status}, {"message", "HTTP " + status}}}});
+  std::string msg = "HTTP " + status + " from " + flags.server;
+  if (api_error) {
+    const auto& e = out.body["error"];
+    msg = e.value("message", msg);
+    if (e.contains("capability") && e["capability"].is_string())
+      msg += " [capability: " + e["capability"].get<std::string>() + "]";
+  }
+  if (out.status == 401) msg += " (give the " + peer.name + "'s token with --token or " + peer.token_env + ")";
+  if (words.hint_status != 0 && out.status == words.hint_status) msg += " " + words.hint;
+  return fail(in_user_words(msg, words.field_flags), exit_code_for_status(out.status));
+}
 
 std::string env_or(const char* name, const std::string& fallback) {
   const char* v = std::getenv(name);

@@ -1,15 +1,36 @@
-// The options every client command shares, for the agent's commands (`virtcap
+// What every client command shares, for the agent's commands (`virtcap
 // list`, `boot`, ...) and the fleet service's (`virtcap hosts`, `traits`):
-// where the server is, how to authenticate and verify it, and how to print.
+// where the server is, how to authenticate and verify it, how to print, and
+// one way to report a failed call (message, JSON error, exit code).
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "api/client.h"
 #include "virtcap/error.h"
 
 namespace virtcap::cli {
+
+// Exit codes of every virtcap command (README "Exit codes").
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitRuntime = 1;      // the operation failed
+inline constexpr int kExitUsage = 2;        // bad usage or configuration; nothing was changed
+inline constexpr int kExitUnreachable = 3;  // a client command could not reach its server
+
+// "virtcap: MESSAGE" on stderr; returns `code`.
+int fail(const std::string& message, int code = kExitRuntime);
+
+// A JSON value as printed in a table cell or a message: "-" for null, a
+// string as it is, anything else as compact JSON.
+std::string text(const nlohmann::json& v);
+
+// The exit code of a non-2xx answer (README "Exit codes").
+int exit_code_for_status(int status);
 
 // What the shared options parse into.
 struct ClientFlags {
@@ -25,6 +46,7 @@ struct ClientPeer {
   const char* server_env;      // the server URL's environment variable
   const char* token_env;       // the bearer token's
   std::string default_server;  // without --server or its variable
+  std::string after_late;      // appended to a reached-but-too-late failure: where to see how it ended
 };
 
 inline constexpr const char* kCaFileEnv = "VIRTCAP_CA_FILE";
@@ -43,5 +65,28 @@ void add_client_options(CLI::App* sub, ClientFlags& into, const ClientPeer& peer
 // trailing slashes dropped; invalid_argument saying what is expected, with
 // the peer's default as the example, for anything else.
 Result<std::string> server_url(const std::string& raw, const ClientPeer& peer);
+
+// What a command adds to the shared report of a failed call.
+struct CallWords {
+  // The API's field names in a message, replaced by the flags the user typed.
+  std::vector<std::pair<std::string, std::string>> field_flags{};
+  // A status answered without a report (the caller handles it), e.g. a 409
+  // that will be retried; 0: none.
+  int quiet_status = 0;
+  // Appended to the message of a `hint_status` answer.
+  int hint_status = 0;
+  std::string hint{};
+};
+
+// One call, reported the one way every client command reports: on a 2xx
+// answer (or `words.quiet_status`), nullopt and the answer in `out`.
+// Otherwise the error goes to stdout as the API's JSON error with --format
+// json, and to stderr as "virtcap: MESSAGE" always; the exit code is
+// returned: 2 for a usage mistake (an unreadable --ca-file, a 400), 3 for an
+// unreachable server, 1 for an answer that came too late or any other
+// failure.
+std::optional<int> call_reported(api::Client& client, const ClientFlags& flags, const ClientPeer& peer,
+                                 const std::string& method, const std::string& path, const nlohmann::json* body,
+                                 api::Response& out, const CallWords& words = {});
 
 }  // namespace virtcap::cli

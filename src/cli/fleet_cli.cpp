@@ -18,23 +18,6 @@ namespace virtcap::cli {
 
 using nlohmann::json;
 
-namespace {
-
-constexpr int kExitOk = 0, kExitRuntime = 1, kExitUsage = 2, kExitUnreachable = 3;
-
-int fail(const std::string& message, int code) {
-  std::fprintf(stderr, "virtcap: %s\n", message.c_str());
-  return code;
-}
-
-std::string text(const json& v) {
-  if (v.is_null()) return "-";
-  if (v.is_string()) return v.get<std::string>();
-  return dump_json(v);
-}
-
-}  // namespace
-
 class FleetCommands {
  public:
   FleetCommands(CLI::App& app, ClientKit kit);
@@ -53,7 +36,8 @@ class FleetCommands {
 
   ClientKit kit_;
   std::optional<std::string> config_path_;
-  const ClientPeer peer_{"fleet service", "VIRTCAP_FLEET", "VIRTCAP_FLEET_TOKEN", kDefaultFleetServer};
+  const ClientPeer peer_{"fleet service", "VIRTCAP_FLEET", "VIRTCAP_FLEET_TOKEN", kDefaultFleetServer,
+                         "; it may still have been done there: see `virtcap hosts`"};
   ClientFlags client_ = client_flags_from_env(peer_);
   api::ClientOptions client_options() const {
     return {.url = client_.server,
@@ -161,33 +145,10 @@ int FleetCommands::serve() {
 
 std::optional<int> FleetCommands::call(api::Client& c, const std::string& method, const std::string& path,
                                        const json* body, api::Response& out, bool quiet_conflict) {
-  auto r = c.call(method, path, body);
-  if (!r) {
-    // The client names the fleet service and the hint (ClientOptions); an
-    // unreadable --ca-file is the caller's mistake (2), the rest unreachable (3).
-    const bool usage = r.error().code == Errc::invalid_argument;
-    const std::string& msg = r.error().message;
-    if (client_.format == "json")
-      std::cout << dump_json(json{{"error", {{"code", usage ? "invalid_argument" : "unreachable"}, {"message", msg}}}},
-                             2)
-                << "\n";
-    return fail(msg, usage ? kExitUsage : kExitUnreachable);
-  }
-  out = std::move(*r);
-  if (out.status >= 200 && out.status < 300) return std::nullopt;
-  if (quiet_conflict && out.status == 409) return std::nullopt;
-  const bool api_error = out.body.is_object() && out.body.contains("error") && out.body["error"].is_object();
-  if (client_.format == "json")
-    std::cout << dump_json(api_error ? out.body
-                                     : json{{"error", {{"code", "http_" + std::to_string(out.status)},
-                                                       {"message", "HTTP " + std::to_string(out.status)}}}},
-                           2)
-              << "\n";
-  std::string msg = api_error ? out.body["error"].value("message", std::string())
-                              : "HTTP " + std::to_string(out.status) + " from " + client_.server;
-  if (out.status == 401) msg += " (give the fleet service's token with --token or VIRTCAP_FLEET_TOKEN)";
-  if (out.status == 409) msg += " (the host changed again while this command ran, after one retry; run it again)";
-  return fail(msg, kit_.exit_code_for_status(out.status));
+  return call_reported(c, client_, peer_, method, path, body, out,
+                       {.quiet_status = quiet_conflict ? 409 : 0,
+                        .hint_status = 409,
+                        .hint = "(the host changed again while this command ran, after one retry; run it again)"});
 }
 
 std::string FleetCommands::query_string() const {

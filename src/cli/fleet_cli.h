@@ -24,7 +24,6 @@ struct ClientKit {
   std::function<int(const std::string&, const std::vector<std::string>&, const nlohmann::json&,
                     const std::vector<std::pair<std::string, std::string>>&)>
       rows;
-  std::function<int(int http_status)> exit_code_for_status;  // of a non-2xx answer
 };
 
 class FleetCommands;

@@ -43,18 +43,15 @@ namespace {
 using namespace virtcap;
 using nlohmann::json;
 
-constexpr int kExitOk = 0;
-constexpr int kExitRuntime = 1;
-constexpr int kExitUsage = 2;
-constexpr int kExitUnreachable = 3;  // a client command could not reach the agent
+using cli::fail;
+using cli::kExitOk;
+using cli::kExitRuntime;
+using cli::kExitUnreachable;
+using cli::kExitUsage;
+using cli::text;
 
 logging::Options log_options(const config::Config& cfg) {
   return {cfg.defaults.debug ? "debug" : cfg.defaults.log_level, cfg.defaults.log_format, cfg.defaults.log_file};
-}
-
-int fail(const std::string& message, int code = kExitRuntime) {
-  std::fprintf(stderr, "virtcap: %s\n", message.c_str());
-  return code;
 }
 
 // Loads config; on error prints it and returns nullopt (caller exits 2).
@@ -271,12 +268,6 @@ std::string pad(std::string s, std::size_t w) {
   return s;
 }
 
-std::string text(const json& v) {
-  if (v.is_null()) return "-";
-  if (v.is_string()) return v.get<std::string>();
-  return dump_json(v);
-}
-
 // "2026-11-26T09:01:36Z" for a *_at field in unix seconds.
 std::string iso_time(const json& v) {
   if (!v.is_number_integer()) return text(v);
@@ -418,7 +409,8 @@ int emit_images(const Options& o, const json& j) {
 }
 
 // The agent's side of the shared client options (cli/client_options.h).
-const cli::ClientPeer kAgentPeer{"agent", "VIRTCAP_SERVER", "VIRTCAP_TOKEN", api::kDefaultServer};
+const cli::ClientPeer kAgentPeer{"agent", "VIRTCAP_SERVER", "VIRTCAP_TOKEN", api::kDefaultServer,
+                                 " (--timeout); it may still finish there: see `virtcap list`"};
 
 // "--memory 1G" / "512M" / "512" (MiB) -> MiB, as qemu-img and virsh take
 // sizes (binary units). nullopt, after printing why, for anything else.
@@ -448,70 +440,21 @@ std::optional<int> parse_memory_mib(const std::string& v) {
   return std::nullopt;
 }
 
-// The API's field names in a message, replaced by the flags the user typed.
-std::string in_user_words(std::string msg, const std::vector<std::pair<std::string, std::string>>& fields) {
-  for (const auto& [field, flag] : fields)
-    for (auto at = msg.find(field); at != std::string::npos; at = msg.find(field, at + flag.size())) {
-      const bool left = at == 0 || !(std::isalnum(static_cast<unsigned char>(msg[at - 1])) || msg[at - 1] == '_');
-      const auto after = at + field.size();
-      const bool right = after >= msg.size() || !(std::isalnum(static_cast<unsigned char>(msg[after])) || msg[after] == '_');
-      if (left && right) msg.replace(at, field.size(), flag);
-    }
-  return msg;
-}
-
-// Exit code of a failed API call: the documented rule (README "Exit codes").
-int exit_code_for_status(int status) {
-  switch (status) {
-    case 400:  // the server refused a value (range, shape): bad usage
-    case 401:  // wrong or missing --token
-    case 411:
-    case 413:
-    case 414:  // a request line too long for the agent (e.g. a huge --name)
-    case 415: return kExitUsage;
-    default: return kExitRuntime;
-  }
-}
-
 int client_call(const Options& o, const std::string& method, const std::string& path, const json* body,
                 const std::function<int(const json&)>& human,
                 const std::vector<std::pair<std::string, std::string>>& field_flags = {}) {
   const auto url = cli::server_url(o.client.server, kAgentPeer);
   if (!url) return fail(url.error().message, kExitUsage);
+  cli::ClientFlags flags = o.client;
+  flags.server = *url;
   api::Client client(api::ClientOptions{.url = *url,
                                         .token = o.client.token,
                                         .ca_file = o.client.ca_file,
                                         .timeout = std::chrono::seconds(o.timeout)});
-  auto r = client.call(method, path, body);
-  if (!r) {
-    // An unreadable --ca-file is a usage error (2); reached but no answer in
-    // time, the operation failed from here (1) and may still finish in the
-    // agent; anything else is unreachable (3).
-    const bool usage = r.error().code == Errc::invalid_argument;
-    const bool late = api::answered_late(r.error());
-    const std::string msg =
-        late ? r.error().message + " (--timeout); it may still finish there: see `virtcap list`" : r.error().message;
-    const char* code = usage ? "invalid_argument" : late ? "timeout" : "unreachable";
-    if (o.client.format == "json")
-      std::cout << dump_json(json{{"error", {{"code", code}, {"message", msg}}}}, 2) << "\n";
-    return fail(msg, usage ? kExitUsage : late ? kExitRuntime : kExitUnreachable);
-  }
-  if (r->status >= 200 && r->status < 300) return human(r->body);
-  const bool api_error = r->body.is_object() && r->body.contains("error") && r->body["error"].is_object();
-  if (o.client.format == "json") {
-    const json err = api_error ? r->body
-                               : json{{"error", {{"code", "http_" + std::to_string(r->status)},
-                                                 {"message", "HTTP " + std::to_string(r->status)}}}};
-    std::cout << dump_json(err, 2) << "\n";
-  }
-  std::string msg = "HTTP " + std::to_string(r->status) + " from " + *url;
-  if (api_error) {
-    const auto& e = r->body["error"];
-    msg = e.value("message", msg);
-    if (e.contains("capability") && e["capability"].is_string()) msg += " [capability: " + e["capability"].get<std::string>() + "]";
-  }
-  if (r->status == 401) msg += " (give the agent's token with --token or VIRTCAP_TOKEN)";
-  return fail(in_user_words(msg, field_flags), exit_code_for_status(r->status));
+  api::Response r;
+  if (auto rc = cli::call_reported(client, flags, kAgentPeer, method, path, body, r, {.field_flags = field_flags}))
+    return *rc;
+  return human(r.body);
 }
 
 // `virtcap list`: every page, following the agent's next links, unless
@@ -663,8 +606,7 @@ int main(int argc, char** argv) {
               std::vector<Column> cols;
               for (const auto& [header, key] : all) cols.push_back({header, key});
               return emit_rows(p, rows, cols);
-            },
-            exit_code_for_status});
+            }});
 
   if (argc > 1 && argv[1][0] != '-') {
     std::string names;

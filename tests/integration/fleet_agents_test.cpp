@@ -310,20 +310,39 @@ TEST(LoadFleet, EightReportersAndOperatorsThroughTwoReplicasLoseNothing) {
 
 namespace {
 
+// An in-process fleet service on a fresh SQLite file, token "tok", on a
+// loopback port; `url` stays empty (and `problem` says why) if it cannot start.
+struct TokenFleet {
+  TempDir dir{"virtcap-fleet-cli"};
+  std::unique_ptr<fleet::FleetService> service;
+  std::string url, problem;
+  TokenFleet() {
+    fleet::ServiceOptions o;
+    o.fleet.database_url = "sqlite://" + dir.sub("fleet.sqlite");
+    o.http.listen = "127.0.0.1:0";
+    o.http.token = "tok";
+    auto svc = fleet::FleetService::open(o);
+    if (!svc) {
+      problem = svc.error().message;
+      return;
+    }
+    service = std::move(*svc);
+    auto port = service->bind();
+    if (!port || !service->start()) {
+      problem = "cannot bind or start the fleet service";
+      return;
+    }
+    url = "http://127.0.0.1:" + std::to_string(*port);
+  }
+};
+
 // `virtcap hosts` / `traits` against an in-process fleet service: exit codes
 // follow the agent CLI's rule (0 ok, 1 failed, 2 usage or refused value or
 // token, 3 unreachable).
 TEST(FleetCli, ExitCodesFollowTheAgentCliRule) {
-  TempDir dir("virtcap-fleet-cli");
-  fleet::ServiceOptions o;
-  o.fleet.database_url = "sqlite://" + dir.sub("fleet.sqlite");
-  o.http.listen = "127.0.0.1:0";
-  o.http.token = "tok";
-  auto svc = fleet::FleetService::open(o);
-  ASSERT_TRUE(svc.ok()) << svc.error().message;
-  auto port = (*svc)->bind();
-  ASSERT_TRUE(port.ok() && (*svc)->start().ok());
-  const std::string url = "http://127.0.0.1:" + std::to_string(*port);
+  TokenFleet fleet;
+  ASSERT_FALSE(fleet.url.empty()) << fleet.problem;
+  const std::string& url = fleet.url;
   api::Client c(url, "tok");
   const json r = report(1, {"COMPUTE_A"});
   ASSERT_TRUE(c.request("PUT", "/v1/hosts/h1", &r).ok());
@@ -363,12 +382,48 @@ TEST(FleetCli, ExitCodesFollowTheAgentCliRule) {
   EXPECT_EQ(wrong_token->exit_code, 2) << wrong_token->err;
   EXPECT_EQ(run({"hosts", "delete", "h1"}, url).first, 0);
   EXPECT_EQ(run({"hosts", "delete", "h1"}, url).first, 1);
-  EXPECT_EQ((*svc)->fleet().index().host_count(), 0U);
+  EXPECT_EQ(fleet.service->fleet().index().host_count(), 0U);
 }
 
 }  // namespace
 
 namespace {
+
+// Both families of client commands report a failed call one way
+// (src/cli/client_options.h call_reported): with --json the API's error
+// object on stdout, always "virtcap: ..." on stderr naming what to do, and
+// the same exit codes: 2 for a refused token, 3 for a server not reached.
+TEST(FleetCli, BothClientFamiliesReportAFailedCallTheSameWay) {
+  virtcap::testing::AgentWorld w("[api]\nlisten = \"127.0.0.1:0\"\ntoken = \"tok\"\n");
+  virtcap::testing::Agent agent(w.config);
+  ASSERT_TRUE(agent.running()) << agent.exit_output().err;
+  TokenFleet fleet;
+  ASSERT_FALSE(fleet.url.empty()) << fleet.problem;
+  struct Family {
+    std::string command, url, peer, token_env;
+  };
+  for (const Family& f : {Family{"list", agent.url(), "agent", "VIRTCAP_TOKEN"},
+                          Family{"hosts", fleet.url, "fleet service", "VIRTCAP_FLEET_TOKEN"}}) {
+    SCOPED_TRACE(f.command);
+    const auto refused = proc::run({VIRTCAP_BINARY, f.command, "--server", f.url, "--token", "wrong", "--json"});
+    ASSERT_TRUE(refused.ok());
+    EXPECT_EQ(refused->exit_code, 2) << refused->err;
+    const json body = json::parse(refused->out, nullptr, false);
+    ASSERT_TRUE(body.is_object()) << refused->out;
+    EXPECT_EQ(body["error"]["code"], "unauthorized") << refused->out;
+    EXPECT_NE(refused->err.find("virtcap: "), std::string::npos) << refused->err;
+    EXPECT_NE(refused->err.find("(give the " + f.peer + "'s token with --token or " + f.token_env + ")"),
+              std::string::npos)
+        << refused->err;
+    const auto away = proc::run({VIRTCAP_BINARY, f.command, "--server", "http://127.0.0.1:1", "--json"});
+    ASSERT_TRUE(away.ok());
+    EXPECT_EQ(away->exit_code, 3) << away->err;
+    const json gone = json::parse(away->out, nullptr, false);
+    ASSERT_TRUE(gone.is_object()) << away->out;
+    EXPECT_EQ(gone["error"]["code"], "unreachable") << away->out;
+    EXPECT_NE(away->err.find(f.peer), std::string::npos) << away->err;
+  }
+}
 
 // `virtcap fleet serve` start-up refusals are config errors (exit 2), made
 // before the database is opened.

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cmath>
 #include <map>
 #include <random>
 #include <set>
@@ -25,18 +26,25 @@ using nlohmann::json;
 namespace {
 
 // Re-checks `pred` until it holds or `limit` passes (then fails with `what`).
-// For conditions only time can make true (a host going down) or that another
-// process makes true; every check is a real query.
-bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds limit, const std::string& what) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      ADD_FAILURE() << "not within " << limit.count() << " ms: " << what;
+// Time alone makes a silent host down: host_down_after past its last report.
+// Waits until exactly then, by the service's own measure of the host's age
+// (a report that was already on its way when the agent died moves the
+// instant: then it waits again, at most `attempts` times). True once the
+// service calls the host down.
+bool wait_until_down(api::Client& fleet, const std::string& host, std::chrono::milliseconds down_after,
+                     int attempts = 3) {
+  for (int i = 0; i < attempts; ++i) {
+    auto h = fleet.request("GET", "/v1/hosts/" + host);
+    if (!h) {
+      ADD_FAILURE() << "GET host " << host << ": " << h.error().message;
       return false;
     }
-    std::this_thread::sleep_for(50ms);  // the re-check period of a deadline-bound wait
+    if ((*h)["down"] == true) return true;
+    const auto age = std::chrono::milliseconds(std::llround((*h)["last_seen_age_s"].get<double>() * 1000.0));
+    std::this_thread::sleep_for(down_after - age + 5ms);  // not a poll: the instant it turns down
   }
-  return true;
+  ADD_FAILURE() << host << " not down after " << attempts << " waits of host_down_after past its last report";
+  return false;
 }
 
 std::string agent_config(TempDir& dir, const std::string& host, const std::string& driver, const std::string& fleet) {
@@ -117,17 +125,10 @@ TEST(FleetAgents, TwoAgentsReportOperatorTraitsSurviveKillMeansDownRestartGivesS
 
   // kill -9 of an agent: its host is down after host_down_after (5 s), with that reason.
   lv->send(SIGKILL);
-  json last;
-  eventually(
-      [&] {
-        auto r = fc.request("GET", "/v1/hosts?explain=true");
-        if (!r) return false;
-        last = *r;
-        for (const auto& e : last["excluded"])
-          if (e["reason"] == "down") return true;
-        return false;
-      },
-      20s, "lv-host down");
+  ASSERT_TRUE(wait_until_down(fc, "lv-host", 5s));
+  const auto answer = fc.request("GET", "/v1/hosts?explain=true");
+  ASSERT_TRUE(answer.ok()) << answer.error().message;
+  const json& last = *answer;
   EXPECT_EQ(last["matched"], 1) << last.dump();
   EXPECT_EQ(last["hosts"][0]["name"], "fake-host") << "the live agent keeps reporting";
   ASSERT_EQ(last["excluded"].size(), 1U);

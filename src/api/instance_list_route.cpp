@@ -49,16 +49,25 @@ std::string cache_key(const std::map<std::string, std::string>& params) {
 Result<ListPageCache::Body> list_instances_body(compute::ComputeManager& mgr,
                                                 const std::map<std::string, std::string>& params,
                                                 ListPageCache* cache) {
-  auto q = parse_list_query(params);
-  if (!q) return q.error();
-  // Taken before the read: a write after it makes the next version differ.
+  // The version is taken before the read: a write after it makes the next
+  // version differ. A kept page is looked up before the query is parsed (a
+  // `name` pattern compiled): only a valid, storable query's page is ever
+  // kept, so a hit needs no parse. Without `long` or `power_state` in the
+  // parameters every valid query is storable.
   std::optional<ContentsVersion> version;
   std::string key;
-  if (cache != nullptr && !q->long_view && !q->power_state) version = mgr.store_version();
-  if (version) {
+  auto look_up = [&]() -> ListPageCache::Body {
+    version = mgr.store_version();
     key = cache_key(params);
-    if (auto hit = cache->find(key, *version)) return hit;
-  }
+    return cache->find(key, *version);
+  };
+  const bool plain = cache != nullptr && !params.count("long") && !params.count("power_state");
+  if (plain)
+    if (auto hit = look_up()) return hit;
+  auto q = parse_list_query(params);
+  if (!q) return q.error();
+  if (cache != nullptr && !plain && !q->long_view && !q->power_state)  // e.g. long=false
+    if (auto hit = look_up()) return hit;
   // Power states come from the hypervisor, asked once per request and only
   // when wanted. Without it, a long list shows null; a power_state filter fails.
   std::optional<std::map<std::string, PowerState, std::less<>>> powers;

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <map>
 
+#include "api/instance_list.h"
 #include "common/sha1.h"
 #include "compute/manager.h"
 #include "store/memory/memory_store.h"
@@ -309,6 +310,44 @@ TEST(LibvirtDriver, ManagerRefusesAttachOnTheTestDriverUpFront) {
   EXPECT_EQ(r.error().code, Errc::capability_not_supported);
   EXPECT_EQ(r.error().capability, "supports_attach_interface");
   EXPECT_EQ(r.error().driver, "libvirt");
+}
+
+// GET /v1/instances keeps rendered pages while the store stands still. Power
+// states come from the hypervisor and change without any store write (a
+// guest pausing or shutting itself down): a page showing them - `long`, a
+// `power_state` filter - is rendered afresh every time, while the plain page
+// beside it is reused.
+TEST(LibvirtDriver, AListPageShowingPowerStatesIsNeverReused) {
+  ManagerOnLibvirt m;
+  ASSERT_TRUE(m.mgr);
+  auto rec = m.mgr->boot("vm", "img", 64, 1);
+  ASSERT_TRUE(rec.ok()) << rec.error().describe();
+  api::ListPageCache cache;
+  auto page = [&](const std::map<std::string, std::string>& params) {
+    auto body = api::list_instances_body(*m.mgr, params, &cache);
+    EXPECT_TRUE(body.ok()) << body.error().message;
+    return body.ok() ? nlohmann::json::parse(**body)["instances"] : nlohmann::json::array();
+  };
+  for (int i = 0; i < 2; ++i) {  // the second round may come from the cache
+    ASSERT_EQ(page({{"long", "true"}}).size(), 1U);
+    EXPECT_EQ(page({{"long", "true"}})[0]["power_state"], "running");
+    EXPECT_EQ(page({{"power_state", "running"}}).size(), 1U);
+    EXPECT_EQ(page({{"long", "false"}}).size(), 1U);
+  }
+  const std::string uuid = rec->uuid;
+  auto paused = m.driver().connection().with([&](virConnectPtr c) -> Status {
+    virDomainPtr d = virDomainLookupByUUIDString(c, uuid.c_str());
+    if (!d) return make_error(Errc::driver_error, "lookup failed");
+    const int rc = virDomainSuspend(d);
+    virDomainFree(d);
+    return rc == 0 ? Status{} : make_error(Errc::driver_error, "suspend failed");
+  });
+  ASSERT_TRUE(paused.ok()) << paused.error().message;
+  ASSERT_EQ(page({{"long", "true"}}).size(), 1U);
+  EXPECT_EQ(page({{"long", "true"}})[0]["power_state"], "paused") << "the hypervisor's state, not a kept page";
+  EXPECT_TRUE(page({{"power_state", "running"}}).empty());
+  EXPECT_EQ(page({{"power_state", "paused"}}).size(), 1U);
+  EXPECT_EQ(page({{"long", "false"}}).size(), 1U);
 }
 
 // An agent killed in the middle of a spawn leaves its record "spawning" and,

@@ -64,6 +64,8 @@ class Server {
   Status start();
   // Stops accepting, lets in-flight requests finish, joins. Idempotent.
   void stop();
+  // SIGHUP: the TLS certificate and key files read again (http::Server::reload_tls).
+  Status reload_tls() { return http_->reload_tls(); }
 
   Metrics& metrics() { return metrics_; }
 

@@ -136,6 +136,8 @@ int FleetCommands::serve() {
     sigwait(&sigs, &sig);
     if (sig != SIGHUP) break;
     if (auto st = logging::reopen(log); !st) spdlog::error("SIGHUP: {}", st.error().message);
+    if (auto st = (*svc)->reload_tls(); !st)
+      spdlog::error("SIGHUP: {}; still serving the previous certificate", st.error().message);
   }
   spdlog::info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   (*svc)->stop();

@@ -204,6 +204,9 @@ int cmd_agent(const Options& o) {
     if (!fresh) spdlog::warn("SIGHUP: config not re-read ({}); reopening the log file only", fresh.error().message);
     if (Status st = logging::reopen(opts); !st) spdlog::error("SIGHUP: {}", st.error().message);
     else spdlog::info("SIGHUP: log file reopened; log_level {}, log_format {}", opts.level, opts.format);
+    // And the TLS certificate and key, read again from [api] tls_cert/tls_key.
+    if (Status st = server.reload_tls(); !st)
+      spdlog::error("SIGHUP: {}; still serving the previous certificate", st.error().message);
   }
   spdlog::info("received {}, shutting down: finishing in-flight requests", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   server.stop();

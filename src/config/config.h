@@ -141,7 +141,8 @@ struct non_empty {
     "Bearer token every API request must carry when set. Required to bind a non-loopback address.") \
   O(std::string, tls_cert, "", check::abs_path{.allow_empty = true},                              \
     "PEM certificate chain (server certificate first). With tls_key: the API serves HTTPS only. An " \
-    "expired or not-yet-valid certificate, or one its key does not match, stops the agent at start (exit 2).") \
+    "expired or not-yet-valid certificate, or one its key does not match, stops the agent at start (exit 2). " \
+    "SIGHUP reads both files again: new connections get the new pair; a refused pair is logged, the old kept.") \
   O(std::string, tls_key, "", check::abs_path{.allow_empty = true},                               \
     "Unencrypted PEM private key of tls_cert. Set both or neither.")                              \
   O(bool, allow_insecure, false, check::any{},                                                    \
@@ -174,7 +175,8 @@ struct non_empty {
     "Bearer token every fleet request (agent reports included) must carry when set.")             \
   O(std::string, tls_cert, "", check::abs_path{.allow_empty = true},                              \
     "PEM certificate chain (server certificate first); with tls_key the fleet service serves HTTPS only. " \
-    "An expired or not-yet-valid certificate, or one its key does not match, stops it at start (exit 2).") \
+    "An expired or not-yet-valid certificate, or one its key does not match, stops it at start (exit 2). " \
+    "SIGHUP reads both files again: new connections get the new pair; a refused pair is logged, the old kept.") \
   O(std::string, tls_key, "", check::abs_path{.allow_empty = true},                               \
     "Unencrypted PEM private key of tls_cert. Set both or neither.")                              \
   O(bool, allow_insecure, false, check::any{},                                                    \

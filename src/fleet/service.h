@@ -44,6 +44,8 @@ class FleetService {
   const char* scheme() const { return http_->scheme(); }
   Status start();
   void stop();
+  // SIGHUP: the TLS certificate and key files read again (http::Server::reload_tls).
+  Status reload_tls() { return http_->reload_tls(); }
 
   Fleet& fleet() { return *fleet_; }
 

@@ -4,6 +4,7 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <fcntl.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -207,6 +208,7 @@ Result<std::string> check_listen(const Options& o) {
 }
 
 struct Server::Pending {
+  const void* daemon = nullptr;  // the libmicrohttpd daemon that accepted the connection
   Request req;
   const Route* route = nullptr;
   std::string route_name = "unmatched";
@@ -318,12 +320,19 @@ void on_completed(void* cls, MHD_Connection*, void** con_cls, MHD_RequestTermina
 
 Status Server::start() {
   if (listen_fd_ < 0) return make_error(Errc::internal, "start() before a successful bind()");
+  daemon_ = start_daemon(listen_fd_, tls_cert_pem_, tls_key_pem_);
+  if (!daemon_) return make_error(Errc::io_error, "cannot start the HTTP server on " + opts_.listen);
+  listen_fd_ = -1;  // the daemon owns it now
+  return {};
+}
+
+MHD_Daemon* Server::start_daemon(int listen_fd, const std::string& cert_pem, const std::string& key_pem) {
   // poll(), not epoll: libmicrohttpd 0.9.75 with epoll does not notice a
   // client's half-close and holds the connection until the idle timeout.
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_POLL;
-  if (!tls_cert_pem_.empty()) flags |= MHD_USE_TLS;
+  if (!cert_pem.empty()) flags |= MHD_USE_TLS;
   std::vector<MHD_OptionItem> o = {
-      {MHD_OPTION_LISTEN_SOCKET, listen_fd_, nullptr},
+      {MHD_OPTION_LISTEN_SOCKET, listen_fd, nullptr},
       {MHD_OPTION_THREAD_POOL_SIZE, static_cast<intptr_t>(opts_.threads), nullptr},
       {MHD_OPTION_CONNECTION_LIMIT, static_cast<intptr_t>(opts_.max_connections), nullptr},
       {MHD_OPTION_CONNECTION_TIMEOUT, static_cast<intptr_t>(opts_.idle_timeout_seconds), nullptr},
@@ -337,30 +346,68 @@ Status Server::start() {
       {MHD_OPTION_UNESCAPE_CALLBACK, reinterpret_cast<intptr_t>(&unescape), nullptr},
       {MHD_OPTION_EXTERNAL_LOGGER, reinterpret_cast<intptr_t>(&log_from_library), nullptr},
   };
-  if (!tls_cert_pem_.empty()) {
-    o.push_back({MHD_OPTION_HTTPS_MEM_CERT, 0, tls_cert_pem_.data()});
-    o.push_back({MHD_OPTION_HTTPS_MEM_KEY, 0, tls_key_pem_.data()});
+  if (!cert_pem.empty()) {
+    // The library reads the PEM text while it starts (GnuTLS keeps its own
+    // parsed copy); the strings outlive the daemon all the same.
+    o.push_back({MHD_OPTION_HTTPS_MEM_CERT, 0, const_cast<char*>(cert_pem.data())});
+    o.push_back({MHD_OPTION_HTTPS_MEM_KEY, 0, const_cast<char*>(key_pem.data())});
     // TLS 1.2 and 1.3 only (GnuTLS priority string).
     o.push_back({MHD_OPTION_HTTPS_PRIORITIES, 0, const_cast<char*>(kTlsPriorities)});
   }
   o.push_back({MHD_OPTION_END, 0, nullptr});
-  daemon_ = MHD_start_daemon(flags | MHD_USE_ERROR_LOG, 0, nullptr, nullptr, &on_request, this, MHD_OPTION_ARRAY,
-                             o.data(), MHD_OPTION_END);
-  if (!daemon_) return make_error(Errc::io_error, "cannot start the HTTP server on " + opts_.listen);
-  listen_fd_ = -1;  // the daemon owns it now
-  return {};
+  return MHD_start_daemon(flags | MHD_USE_ERROR_LOG, 0, nullptr, nullptr, &on_request, this, MHD_OPTION_ARRAY,
+                          o.data(), MHD_OPTION_END);
+}
+
+void Server::retire(MHD_Daemon* daemon) {
+  const MHD_socket fd = MHD_quiesce_daemon(daemon);  // no new connections on this daemon
+  {
+    std::unique_lock lock(mu_);
+    idle_.wait_for(lock, std::chrono::seconds(30), [&] { return in_flight_.count(daemon) == 0; });
+  }
+  MHD_stop_daemon(daemon);
+  if (fd != MHD_INVALID_SOCKET) ::close(fd);
 }
 
 void Server::stop() {
   if (!daemon_) return;
-  const MHD_socket fd = MHD_quiesce_daemon(daemon_);  // no new connections
-  {
-    std::unique_lock lock(mu_);
-    idle_.wait_for(lock, std::chrono::seconds(30), [this] { return in_flight_ == 0; });
+  retire(std::exchange(daemon_, nullptr));
+}
+
+Status Server::reload_tls() {
+  if (!daemon_ || tls_cert_pem_.empty()) return {};  // plain HTTP: nothing to reload
+  auto tls = load_tls(opts_.tls_cert, opts_.tls_key, opts_.config_section, std::time(nullptr));
+  if (!tls) return tls.error();
+  if (!tls.value())  // load_tls refuses one file without the other; both gone cannot be
+    return make_error(Errc::invalid_argument, "TLS files not reloaded: tls_cert and tls_key are empty");
+  if (tls.value()->cert_pem == tls_cert_pem_ && tls.value()->key_pem == tls_key_pem_) {
+    spdlog::info("TLS: {} and {} unchanged; still serving the certificate of {}", opts_.tls_cert, opts_.tls_key,
+                 tls.value()->subject);
+    return {};
   }
-  MHD_stop_daemon(daemon_);
-  daemon_ = nullptr;
-  if (fd != MHD_INVALID_SOCKET) ::close(fd);
+  // A second daemon on a duplicate of the same listening socket takes new
+  // connections with the new pair; only then does the old one stop accepting,
+  // finish the requests it has in flight (up to 30 s) and close. The socket
+  // never closes, so no client is refused during the change.
+  const MHD_DaemonInfo* info = MHD_get_daemon_info(daemon_, MHD_DAEMON_INFO_LISTEN_FD);
+  const int fd = info ? ::fcntl(info->listen_fd, F_DUPFD_CLOEXEC, 3) : -1;
+  if (fd < 0)
+    return make_error(Errc::io_error, std::string("TLS files not reloaded: cannot share the listening socket: ") +
+                                          (info ? std::strerror(errno) : "no socket"));
+  auto cert = std::make_unique<std::string>(std::move(tls.value()->cert_pem));
+  auto key = std::make_unique<std::string>(std::move(tls.value()->key_pem));
+  MHD_Daemon* fresh = start_daemon(fd, *cert, *key);
+  if (!fresh) {
+    ::close(fd);
+    return make_error(Errc::io_error, "TLS files not reloaded: the HTTP server could not start with them");
+  }
+  MHD_Daemon* old = std::exchange(daemon_, fresh);
+  std::string old_cert = std::exchange(tls_cert_pem_, std::move(*cert));
+  std::string old_key = std::exchange(tls_key_pem_, std::move(*key));
+  spdlog::info("TLS: reloaded {}; serving the certificate of {} (valid until {})", opts_.tls_cert,
+               tls.value()->subject, utc_text(tls.value()->not_after));
+  retire(old);
+  return {};
 }
 
 const Route* Server::match(const Request& req, std::map<std::string, std::string>& params,
@@ -476,9 +523,12 @@ Server::Pending* Server::begin(void* connection, const char* url, const char* me
   if (cl.find_first_not_of("0123456789") != std::string::npos)
     p->refusal = error_response(400, "invalid_argument", "malformed Content-Length");
   if (!p->refusal) p->refusal = refuse_early(req, has_body, p->route, allow);
+  const MHD_ConnectionInfo* info = MHD_get_connection_info(static_cast<MHD_Connection*>(connection),
+                                                          MHD_CONNECTION_INFO_DAEMON);
+  p->daemon = info ? info->daemon : nullptr;
   {
     std::lock_guard lock(mu_);
-    ++in_flight_;
+    ++in_flight_[p->daemon];
   }
   return p.release();
 }
@@ -544,9 +594,13 @@ bool Server::answer(void* connection, Pending& p) {
 
 void Server::finished(Pending* p) {
   if (!p) return;
+  const void* daemon = p->daemon;
   delete p;
   std::lock_guard lock(mu_);
-  if (--in_flight_ == 0) idle_.notify_all();
+  if (auto it = in_flight_.find(daemon); it != in_flight_.end() && --it->second == 0) {
+    in_flight_.erase(it);
+    idle_.notify_all();
+  }
 }
 
 }  // namespace virtcap::http

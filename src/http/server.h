@@ -127,6 +127,14 @@ class Server {
   // Stops accepting, lets in-flight requests finish (up to 30 s), closes
   // every connection. Idempotent.
   void stop();
+  // Reads tls_cert and tls_key again, with load_tls's checks, and serves the
+  // new pair on every new connection; requests in flight finish on the old
+  // one (up to 30 s), and the listening socket never closes. Refused (the
+  // old pair still served) when the files are refused; unchanged files
+  // change nothing. A server started without TLS has nothing to reload.
+  // Not concurrently with stop() (both run on the thread that handles
+  // signals).
+  Status reload_tls();
 
   // Implementation detail, public for the C callbacks.
   struct Pending;
@@ -142,6 +150,12 @@ class Server {
   std::optional<Response> refuse_early(const Request& req, bool has_body, const Route* route,
                                        const std::string& allow) const;
   bool host_allowed(const std::string& host) const;
+  // A libmicrohttpd daemon on `listen_fd` (it takes the fd), serving TLS
+  // with the pair when cert_pem is not empty; nullptr when it cannot start.
+  MHD_Daemon* start_daemon(int listen_fd, const std::string& cert_pem, const std::string& key_pem);
+  // Stops `daemon` accepting, waits (up to 30 s) for its requests in flight,
+  // then stops it and closes its listening fd.
+  void retire(MHD_Daemon* daemon);
 
   Options opts_;
   std::vector<Route> routes_;
@@ -152,7 +166,7 @@ class Server {
   MHD_Daemon* daemon_ = nullptr;
   std::mutex mu_;
   std::condition_variable idle_;
-  unsigned in_flight_ = 0;
+  std::map<const void*, unsigned> in_flight_;  // requests begun and not finished, per daemon
 };
 
 }  // namespace virtcap::http

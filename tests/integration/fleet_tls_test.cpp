@@ -110,6 +110,34 @@ TEST(FleetTls, NonLoopbackWithoutTlsIsRefusedUnlessAllowInsecureAndExpiredCertsS
   }
 }
 
+// Rotation to a certificate from another CA, without a restart: after
+// SIGHUP the fleet service serves the new pair on the same port, an agent
+// that trusts only the new CA - refused until then - reports, and the CLI
+// verifies with the new CA only.
+TEST(FleetTls, SighupServesTheNewCertificateToAgentsAndTheCli) {
+  TestPki pki;
+  TempDir dir("virtcap-fleet-tls");
+  const std::string cert = dir.write("live.pem", read_file(pki.server().cert));
+  const std::string key = dir.write("live.key", read_file(pki.server().key));
+  Agent fleet(Agent::fleet_service(
+      fleet_config(dir, "listen = \"127.0.0.1:0\"\ntls_cert = \"" + cert + "\"\ntls_key = \"" + key + "\"\n")));
+  ASSERT_TRUE(fleet.running()) << fleet.exit_output().err;
+  Agent next(agent_config(dir, "tls-next", fleet.url(), pki.other_ca()));
+  ASSERT_TRUE(next.running()) << next.exit_output().err;
+  ASSERT_TRUE(next.wait_for_log("unknown CA", std::chrono::seconds(30))) << next.exit_output().err;
+
+  dir.write("live.pem", read_file(pki.other_server().cert));
+  dir.write("live.key", read_file(pki.other_server().key));
+  ASSERT_TRUE(fleet.send(SIGHUP));
+  ASSERT_TRUE(fleet.wait_for_log("TLS: reloaded " + cert));
+  ASSERT_TRUE(next.wait_for_log("succeeded again after", std::chrono::seconds(30))) << next.exit_output().err;
+  const auto hosts = cli({"hosts", "--server", fleet.url(), "--ca-file", pki.other_ca(), "-f", "json"});
+  ASSERT_EQ(hosts.first, 0) << hosts.second;
+  EXPECT_NE(hosts.second.find("\"tls-next\""), std::string::npos) << hosts.second;
+  EXPECT_EQ(cli({"hosts", "--server", fleet.url(), "--ca-file", pki.ca()}).first, 3) << "the old certificate is gone";
+  EXPECT_EQ(fleet.stop().exit_code, 0);
+}
+
 TEST(FleetServe, ATakenPortIsRefusedWithExit2BeforeTheDatabaseIsOpened) {
   TempDir dir("virtcap-fleet-port");
   Agent first(Agent::fleet_service(fleet_config(dir, "listen = \"127.0.0.1:0\"\n")));

@@ -230,5 +230,47 @@ TEST(TlsAgent, BadTlsFilesStopTheAgentAtStartWithExit2) {
   }
 }
 
+// Certificate rotation without a restart: SIGHUP reads [api] tls_cert and
+// tls_key again. Unchanged files change nothing; a refused pair (here a key
+// that does not match) is logged and the old certificate stays served; a
+// good pair is served on the next connection, on the same port, and the
+// agent never stops.
+TEST(TlsAgent, SighupServesTheNewCertificateAndRefusesABadPair) {
+  const auto& pki = test_pki();
+  TempDir live("virtcap-tls-live");
+  auto install = [&](const std::string& cert, const std::string& key) {
+    live.write("live.pem", read_file(cert));
+    live.write("live.key", read_file(key));
+  };
+  install(pki.server().cert, pki.server().key);
+  AgentWorld w(tls_api({live.sub("live.pem"), live.sub("live.key")}));
+  Agent agent(w.config);
+  ASSERT_TRUE(agent.running()) << agent.exit_output().err;
+  auto list_with = [&](const std::string& ca) {
+    return cli({"list", "--server", agent.url(), "--ca-file", ca, "--token", kToken}).exit_code;
+  };
+  ASSERT_EQ(list_with(pki.ca()), 0);
+  ASSERT_EQ(list_with(pki.other_ca()), 3);
+
+  ASSERT_TRUE(agent.send(SIGHUP));
+  ASSERT_TRUE(agent.wait_for_log("unchanged; still serving the certificate of CN=127.0.0.1"));
+
+  install(pki.other_server().cert, pki.stray_key());
+  ASSERT_TRUE(agent.send(SIGHUP));
+  ASSERT_TRUE(agent.wait_for_log("still serving the previous certificate"));
+  EXPECT_NE(agent.log().find("does not match the certificate"), std::string::npos) << agent.log();
+  EXPECT_EQ(list_with(pki.ca()), 0) << "the refused pair is not served";
+
+  install(pki.other_server().cert, pki.other_server().key);
+  ASSERT_TRUE(agent.send(SIGHUP));
+  ASSERT_TRUE(agent.wait_for_log("TLS: reloaded " + live.sub("live.pem")));
+  EXPECT_EQ(list_with(pki.other_ca()), 0) << "the new certificate, on the same port";
+  EXPECT_EQ(list_with(pki.ca()), 3) << "the old certificate is no longer served";
+  auto c = agent.client(api::ClientOptions{.token = kToken, .ca_file = pki.other_ca()});
+  EXPECT_TRUE(c.request("GET", "/v1/instances").ok());
+  EXPECT_TRUE(agent.running());
+  EXPECT_EQ(agent.stop().exit_code, 0);
+}
+
 }  // namespace
 }  // namespace virtcap::testing

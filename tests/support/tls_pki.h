@@ -30,15 +30,17 @@ class TestPki {
     expired_ = issue("expired", ca_, "server_ext", {"-startdate", "20200101000000Z", "-enddate", "20200102000000Z"});
     future_ = issue("future", ca_, "server_ext", {"-startdate", "20900101000000Z", "-enddate", "20910101000000Z"});
     other_name_ = issue("other-name", ca_, "other_name_ext", {"-days", "2"});
+    other_server_ = issue("other-server", other_ca_, "server_ext", {"-days", "2"});
     stray_key_ = issue("stray", ca_, "server_ext", {"-days", "2"}).key;
   }
 
   const std::string& ca() const { return ca_.cert; }              // signed every server pair below
-  const std::string& other_ca() const { return other_ca_.cert; }  // signed none of them
+  const std::string& other_ca() const { return other_ca_.cert; }  // signed only other_server()
   const Pair& server() const { return server_; }                  // 127.0.0.1 and localhost, valid now
   const Pair& expired() const { return expired_; }                // valid in 2020 only
   const Pair& not_yet_valid() const { return future_; }           // valid from 2090
   const Pair& other_name() const { return other_name_; }          // other.example only
+  const Pair& other_server() const { return other_server_; }      // as server(), signed by other_ca()
   const std::string& stray_key() const { return stray_key_; }     // matches no certificate above
   const TempDir& dir() const { return dir_; }
 
@@ -93,7 +95,7 @@ class TestPki {
 
   TempDir dir_{"virtcap-pki"};
   std::string cnf_;
-  Pair ca_, other_ca_, server_, expired_, future_, other_name_;
+  Pair ca_, other_ca_, server_, expired_, future_, other_name_, other_server_;
   std::string stray_key_;
 };
 

@@ -208,7 +208,7 @@ Result<std::string> check_listen(const Options& o) {
 }
 
 struct Server::Pending {
-  const void* daemon = nullptr;  // the libmicrohttpd daemon that accepted the connection
+  const Server::DaemonTag* daemon = nullptr;  // the daemon that accepted the connection
   Request req;
   const Route* route = nullptr;
   std::string route_name = "unmatched";
@@ -296,10 +296,11 @@ namespace {
 
 MHD_Result on_request(void* cls, MHD_Connection* c, const char* url, const char* method, const char*,
                       const char* data, size_t* size, void** con_cls) {
-  auto* self = static_cast<Server*>(cls);
+  auto* tag = static_cast<Server::DaemonTag*>(cls);
+  Server* self = tag->server;
   auto* p = static_cast<Server::Pending*>(*con_cls);
   if (!p) {
-    *con_cls = self->begin(c, url, method);
+    *con_cls = self->begin(c, url, method, tag);
     return MHD_YES;
   }
   if (*size > 0) {
@@ -312,7 +313,7 @@ MHD_Result on_request(void* cls, MHD_Connection* c, const char* url, const char*
 }
 
 void on_completed(void* cls, MHD_Connection*, void** con_cls, MHD_RequestTerminationCode) {
-  static_cast<Server*>(cls)->finished(static_cast<Server::Pending*>(*con_cls));
+  static_cast<Server::DaemonTag*>(cls)->server->finished(static_cast<Server::Pending*>(*con_cls));
   *con_cls = nullptr;
 }
 
@@ -327,6 +328,9 @@ Status Server::start() {
 }
 
 MHD_Daemon* Server::start_daemon(int listen_fd, const std::string& cert_pem, const std::string& key_pem) {
+  // The callbacks get this daemon's tag: a thread pool's workers report
+  // themselves, not the daemon started here, as a connection's daemon.
+  auto tag = std::make_unique<DaemonTag>(DaemonTag{this});
   // poll(), not epoll: libmicrohttpd 0.9.75 with epoll does not notice a
   // client's half-close and holds the connection until the idle timeout.
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_POLL;
@@ -342,7 +346,7 @@ MHD_Daemon* Server::start_daemon(int listen_fd, const std::string& cert_pem, con
       // application refuse it with its 400.
       {MHD_OPTION_CONNECTION_MEMORY_LIMIT, 256 * 1024, nullptr},
       {MHD_OPTION_STRICT_FOR_CLIENT, 1, nullptr},
-      {MHD_OPTION_NOTIFY_COMPLETED, reinterpret_cast<intptr_t>(&on_completed), this},
+      {MHD_OPTION_NOTIFY_COMPLETED, reinterpret_cast<intptr_t>(&on_completed), tag.get()},
       {MHD_OPTION_UNESCAPE_CALLBACK, reinterpret_cast<intptr_t>(&unescape), nullptr},
       {MHD_OPTION_EXTERNAL_LOGGER, reinterpret_cast<intptr_t>(&log_from_library), nullptr},
   };
@@ -355,23 +359,30 @@ MHD_Daemon* Server::start_daemon(int listen_fd, const std::string& cert_pem, con
     o.push_back({MHD_OPTION_HTTPS_PRIORITIES, 0, const_cast<char*>(kTlsPriorities)});
   }
   o.push_back({MHD_OPTION_END, 0, nullptr});
-  return MHD_start_daemon(flags | MHD_USE_ERROR_LOG, 0, nullptr, nullptr, &on_request, this, MHD_OPTION_ARRAY,
-                          o.data(), MHD_OPTION_END);
+  MHD_Daemon* d = MHD_start_daemon(flags | MHD_USE_ERROR_LOG, 0, nullptr, nullptr, &on_request, tag.get(),
+                                   MHD_OPTION_ARRAY, o.data(), MHD_OPTION_END);
+  if (d) tags_[d] = std::move(tag);
+  return d;
 }
 
-void Server::retire(MHD_Daemon* daemon) {
-  const MHD_socket fd = MHD_quiesce_daemon(daemon);  // no new connections on this daemon
+void Server::retire(MHD_Daemon* daemon, int quiesced_fd) {
   {
     std::unique_lock lock(mu_);
-    idle_.wait_for(lock, std::chrono::seconds(30), [&] { return in_flight_.count(daemon) == 0; });
+    const DaemonTag* tag = tags_[daemon].get();
+    if (auto it = in_flight_.find(tag); it != in_flight_.end())
+      spdlog::info("HTTP server on {}: waiting for {} request(s) in flight to finish (30 s at most)", opts_.listen,
+                   it->second);
+    idle_.wait_for(lock, std::chrono::seconds(30), [&] { return in_flight_.count(tag) == 0; });
   }
   MHD_stop_daemon(daemon);
-  if (fd != MHD_INVALID_SOCKET) ::close(fd);
+  tags_.erase(daemon);
+  if (quiesced_fd != MHD_INVALID_SOCKET) ::close(quiesced_fd);
 }
 
 void Server::stop() {
   if (!daemon_) return;
-  retire(std::exchange(daemon_, nullptr));
+  MHD_Daemon* d = std::exchange(daemon_, nullptr);
+  retire(d, MHD_quiesce_daemon(d));  // no new connections, then the requests in flight
 }
 
 Status Server::reload_tls() {
@@ -404,9 +415,10 @@ Status Server::reload_tls() {
   MHD_Daemon* old = std::exchange(daemon_, fresh);
   std::string old_cert = std::exchange(tls_cert_pem_, std::move(*cert));
   std::string old_key = std::exchange(tls_key_pem_, std::move(*key));
+  const MHD_socket old_fd = MHD_quiesce_daemon(old);
   spdlog::info("TLS: reloaded {}; serving the certificate of {} (valid until {})", opts_.tls_cert,
                tls.value()->subject, utc_text(tls.value()->not_after));
-  retire(old);
+  retire(old, old_fd);
   return {};
 }
 
@@ -475,7 +487,7 @@ std::optional<Response> Server::refuse_early(const Request& req, bool has_body, 
   return std::nullopt;
 }
 
-Server::Pending* Server::begin(void* connection, const char* url, const char* method) {
+Server::Pending* Server::begin(void* connection, const char* url, const char* method, const DaemonTag* daemon) {
   auto* c = static_cast<MHD_Connection*>(connection);
   auto p = std::make_unique<Pending>();
   Request& req = p->req;
@@ -523,9 +535,7 @@ Server::Pending* Server::begin(void* connection, const char* url, const char* me
   if (cl.find_first_not_of("0123456789") != std::string::npos)
     p->refusal = error_response(400, "invalid_argument", "malformed Content-Length");
   if (!p->refusal) p->refusal = refuse_early(req, has_body, p->route, allow);
-  const MHD_ConnectionInfo* info = MHD_get_connection_info(static_cast<MHD_Connection*>(connection),
-                                                          MHD_CONNECTION_INFO_DAEMON);
-  p->daemon = info ? info->daemon : nullptr;
+  p->daemon = daemon;
   {
     std::lock_guard lock(mu_);
     ++in_flight_[p->daemon];
@@ -594,7 +604,7 @@ bool Server::answer(void* connection, Pending& p) {
 
 void Server::finished(Pending* p) {
   if (!p) return;
-  const void* daemon = p->daemon;
+  const DaemonTag* daemon = p->daemon;
   delete p;
   std::lock_guard lock(mu_);
   if (auto it = in_flight_.find(daemon); it != in_flight_.end() && --it->second == 0) {

@@ -139,7 +139,12 @@ class Server {
   // Implementation detail, public for the C callbacks.
   struct Pending;
   bool answer(void* connection, Pending& p);  // false: no response could be made
-  Pending* begin(void* connection, const char* url, const char* method);
+  // Which of the server's daemons a callback comes from (one; two while a
+  // TLS reload lets the old one finish).
+  struct DaemonTag {
+    Server* server;
+  };
+  Pending* begin(void* connection, const char* url, const char* method, const DaemonTag* daemon);
   bool take(Pending& p, const char* data, std::size_t size);  // false: close the connection
   void finished(Pending* p);
 
@@ -153,9 +158,9 @@ class Server {
   // A libmicrohttpd daemon on `listen_fd` (it takes the fd), serving TLS
   // with the pair when cert_pem is not empty; nullptr when it cannot start.
   MHD_Daemon* start_daemon(int listen_fd, const std::string& cert_pem, const std::string& key_pem);
-  // Stops `daemon` accepting, waits (up to 30 s) for its requests in flight,
-  // then stops it and closes its listening fd.
-  void retire(MHD_Daemon* daemon);
+  // For a quiesced `daemon` (no longer accepting): waits (up to 30 s) for
+  // its requests in flight, stops it and closes the fd quiescing returned.
+  void retire(MHD_Daemon* daemon, int quiesced_fd);
 
   Options opts_;
   std::vector<Route> routes_;
@@ -166,7 +171,8 @@ class Server {
   MHD_Daemon* daemon_ = nullptr;
   std::mutex mu_;
   std::condition_variable idle_;
-  std::map<const void*, unsigned> in_flight_;  // requests begun and not finished, per daemon
+  std::map<const DaemonTag*, unsigned> in_flight_;  // requests begun and not finished, per daemon
+  std::map<MHD_Daemon*, std::unique_ptr<DaemonTag>> tags_;  // the callbacks' cls of each running daemon
 };
 
 }  // namespace virtcap::http

@@ -4,9 +4,14 @@
 // neither side's failures take the server down.
 #include <curl/curl.h>
 #include <gtest/gtest.h>
+#include <spdlog/sinks/base_sink.h>
+#include <spdlog/spdlog.h>
 
+#include <condition_variable>
 #include <ctime>
+#include <future>
 #include <random>
+#include <thread>
 
 #include "api/client.h"
 #include "http/server.h"
@@ -251,6 +256,128 @@ TEST(HttpTls, TheServerRefusesToBindWithAnExpiredCertificate) {
   EXPECT_EQ(s.port, 0);
   EXPECT_NE(s.error.find("[api] tls_cert"), std::string::npos) << s.error;
   EXPECT_NE(s.error.find("expired"), std::string::npos) << s.error;
+}
+
+// Every line the default logger writes, for a test to wait on one: the
+// event it names has happened (no sleeping, no polling).
+class LogLines final : public spdlog::sinks::base_sink<std::mutex> {
+ public:
+  bool wait_for(const std::string& needle, std::chrono::seconds limit) {
+    std::unique_lock lock(lines_mu_);
+    return seen_.wait_for(lock, limit, [&] { return text_.find(needle) != std::string::npos; });
+  }
+
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    {
+      std::lock_guard lock(lines_mu_);
+      text_.append(msg.payload.data(), msg.payload.size()) += '\n';
+    }
+    seen_.notify_all();
+  }
+  void flush_() override {}
+
+ private:
+  std::mutex lines_mu_;
+  std::condition_variable seen_;
+  std::string text_;
+};
+
+// A server whose GET /v1/slow waits in its handler until released: a
+// request that is in flight for as long as the test wants. Log lines go to
+// `lines` while it lives.
+struct SlowServer {
+  std::promise<void> entered, release;
+  std::shared_future<void> released = release.get_future().share();
+  std::shared_ptr<LogLines> lines = std::make_shared<LogLines>();
+  std::shared_ptr<spdlog::logger> previous = spdlog::default_logger();
+  std::unique_ptr<http::Server> server;
+  int port = 0;
+  std::optional<Result<api::Response>> answer;
+  std::thread client;
+
+  explicit SlowServer(http::Options o) {
+    spdlog::set_default_logger(std::make_shared<spdlog::logger>("slow", lines));
+    auto routes = ping_routes();
+    routes.push_back({"GET", "/v1/slow", http::BodyRule::none, [this](const http::Request&) {
+                        entered.set_value();
+                        released.wait();
+                        return http::json_response(200, nlohmann::json{{"slow", true}});
+                      }});
+    o.listen = "127.0.0.1:0";
+    o.threads = 2;
+    server = std::make_unique<http::Server>(o, routes);
+    auto bound = server->bind();
+    if (bound && server->start()) port = *bound;
+  }
+  ~SlowServer() {
+    finish();
+    server.reset();
+    spdlog::set_default_logger(previous);
+  }
+  // GET /v1/slow from a thread; true once its handler runs.
+  bool start_request(const std::string& scheme, const std::string& ca = "") {
+    client = std::thread([this, scheme, ca] {
+      answer = api::Client(client_to(scheme, port, ca)).call("GET", "/v1/slow", nullptr);
+    });
+    return entered.get_future().wait_for(std::chrono::seconds(30)) == std::future_status::ready;
+  }
+  // Lets the handler answer and waits for the client to have its answer.
+  void finish() {
+    if (!client.joinable()) return;
+    release.set_value();
+    client.join();
+  }
+  // "" when the slow request got its whole answer, else what it got.
+  std::string answer_problem() const {
+    if (!answer) return "no answer";
+    if (!answer->ok()) return message_of(*answer);
+    if ((*answer)->status != 200 || (*answer)->body != nlohmann::json{{"slow", true}})
+      return "HTTP " + std::to_string((*answer)->status) + " " + (*answer)->body.dump();
+    return "";
+  }
+};
+
+// stop() lets a request in flight finish: the answer is whole, and stop()
+// returns only after it.
+TEST(HttpServer, StopLetsTheRequestInFlightFinish) {
+  SlowServer s(http::Options{});
+  ASSERT_NE(s.port, 0);
+  ASSERT_TRUE(s.start_request("http")) << "the slow request never reached its handler";
+  auto stopped = std::async(std::launch::async, [&] { s.server->stop(); });
+  EXPECT_TRUE(s.lines->wait_for("waiting for 1 request(s) in flight", std::chrono::seconds(30)));
+  EXPECT_EQ(stopped.wait_for(std::chrono::seconds(0)), std::future_status::timeout);
+  s.finish();
+  stopped.get();
+  EXPECT_EQ(s.answer_problem(), "");
+}
+
+// Renewal (reload_tls): a request in flight when the new pair is loaded is
+// answered in full; the reload returns once it has, and the next connection,
+// on the same port, gets the new certificate and only it.
+TEST(HttpTls, AReloadLetsTheRequestInFlightFinishThenServesOnlyTheNewPair) {
+  const auto& pki = test_pki();
+  testing::TempDir live("virtcap-tls-reload");
+  http::Options o;
+  o.tls_cert = live.write("live.pem", testing::read_file(pki.server().cert));
+  o.tls_key = live.write("live.key", testing::read_file(pki.server().key));
+  SlowServer s(o);
+  ASSERT_NE(s.port, 0);
+  ASSERT_TRUE(s.start_request("https", pki.ca())) << "the slow request never reached its handler";
+  live.write("live.pem", testing::read_file(pki.other_server().cert));
+  live.write("live.key", testing::read_file(pki.other_server().key));
+  auto reloaded = std::async(std::launch::async, [&] { return s.server->reload_tls(); });
+  EXPECT_TRUE(s.lines->wait_for("TLS: reloaded", std::chrono::seconds(30)));
+  EXPECT_TRUE(s.lines->wait_for("waiting for 1 request(s) in flight", std::chrono::seconds(30)));
+  EXPECT_EQ(reloaded.wait_for(std::chrono::seconds(0)), std::future_status::timeout);
+  s.finish();
+  const Status reload = reloaded.get();
+  EXPECT_EQ(s.answer_problem(), "");
+  EXPECT_TRUE(reload.ok()) << reload.error().message;
+  auto fresh = api::Client(client_to("https", s.port, pki.other_ca())).call("GET", "/v1/ping", nullptr);
+  EXPECT_TRUE(fresh.ok()) << message_of(fresh);
+  auto old = api::Client(client_to("https", s.port, pki.ca())).call("GET", "/v1/ping", nullptr);
+  EXPECT_FALSE(old.ok()) << "the old certificate is still served";
 }
 
 }  // namespace

@@ -312,6 +312,11 @@ MHD_Result on_request(void* cls, MHD_Connection* c, const char* url, const char*
   return self->answer(c, *p) ? MHD_YES : MHD_NO;
 }
 
+void on_connection(void* cls, MHD_Connection* c, void**, MHD_ConnectionNotificationCode code) {
+  auto* tag = static_cast<Server::DaemonTag*>(cls);
+  tag->server->connection_event(tag, c, code == MHD_CONNECTION_NOTIFY_STARTED);
+}
+
 void on_completed(void* cls, MHD_Connection*, void** con_cls, MHD_RequestTerminationCode) {
   static_cast<Server::DaemonTag*>(cls)->server->finished(static_cast<Server::Pending*>(*con_cls));
   *con_cls = nullptr;
@@ -321,9 +326,10 @@ void on_completed(void* cls, MHD_Connection*, void** con_cls, MHD_RequestTermina
 
 Status Server::start() {
   if (listen_fd_ < 0) return make_error(Errc::internal, "start() before a successful bind()");
-  daemon_ = start_daemon(listen_fd_, tls_cert_pem_, tls_key_pem_);
+  // libmicrohttpd 0.9.75 owns the socket from here, and closes it itself if
+  // it fails to start (every failure after its options were read).
+  daemon_ = start_daemon(std::exchange(listen_fd_, -1), tls_cert_pem_, tls_key_pem_);
   if (!daemon_) return make_error(Errc::io_error, "cannot start the HTTP server on " + opts_.listen);
-  listen_fd_ = -1;  // the daemon owns it now
   return {};
 }
 
@@ -347,6 +353,7 @@ MHD_Daemon* Server::start_daemon(int listen_fd, const std::string& cert_pem, con
       {MHD_OPTION_CONNECTION_MEMORY_LIMIT, 256 * 1024, nullptr},
       {MHD_OPTION_STRICT_FOR_CLIENT, 1, nullptr},
       {MHD_OPTION_NOTIFY_COMPLETED, reinterpret_cast<intptr_t>(&on_completed), tag.get()},
+      {MHD_OPTION_NOTIFY_CONNECTION, reinterpret_cast<intptr_t>(&on_connection), tag.get()},
       {MHD_OPTION_UNESCAPE_CALLBACK, reinterpret_cast<intptr_t>(&unescape), nullptr},
       {MHD_OPTION_EXTERNAL_LOGGER, reinterpret_cast<intptr_t>(&log_from_library), nullptr},
   };
@@ -369,10 +376,16 @@ void Server::retire(MHD_Daemon* daemon, int quiesced_fd) {
   {
     std::unique_lock lock(mu_);
     const DaemonTag* tag = tags_[daemon].get();
-    if (auto it = in_flight_.find(tag); it != in_flight_.end())
-      spdlog::info("HTTP server on {}: waiting for {} request(s) in flight to finish (30 s at most)", opts_.listen,
-                   it->second);
-    idle_.wait_for(lock, std::chrono::seconds(30), [&] { return in_flight_.count(tag) == 0; });
+    auto unserved = [&] {
+      return std::count_if(unserved_.begin(), unserved_.end(), [&](const auto& e) { return e.second == tag; });
+    };
+    const auto it = in_flight_.find(tag);
+    const unsigned requests = it == in_flight_.end() ? 0 : it->second;
+    if (const auto waiting = unserved(); requests > 0 || waiting > 0)
+      spdlog::info("HTTP server on {}: waiting for {} request(s) in flight and {} connection(s) whose request has "
+                   "not arrived yet (30 s at most)",
+                   opts_.listen, requests, waiting);
+    idle_.wait_for(lock, std::chrono::seconds(30), [&] { return in_flight_.count(tag) == 0 && unserved() == 0; });
   }
   MHD_stop_daemon(daemon);
   tags_.erase(daemon);
@@ -401,15 +414,23 @@ Status Server::reload_tls() {
   // finish the requests it has in flight (up to 30 s) and close. The socket
   // never closes, so no client is refused during the change.
   const MHD_DaemonInfo* info = MHD_get_daemon_info(daemon_, MHD_DAEMON_INFO_LISTEN_FD);
-  const int fd = info ? ::fcntl(info->listen_fd, F_DUPFD_CLOEXEC, 3) : -1;
+  const int live_fd = info ? info->listen_fd : -1;
+  const int fd = live_fd >= 0 ? ::fcntl(live_fd, F_DUPFD_CLOEXEC, 3) : -1;
   if (fd < 0)
     return make_error(Errc::io_error, std::string("TLS files not reloaded: cannot share the listening socket: ") +
-                                          (info ? std::strerror(errno) : "no socket"));
+                                          (live_fd >= 0 ? std::strerror(errno) : "no socket"));
   auto cert = std::make_unique<std::string>(std::move(tls.value()->cert_pem));
   auto key = std::make_unique<std::string>(std::move(tls.value()->key_pem));
-  MHD_Daemon* fresh = start_daemon(fd, *cert, *key);
+  MHD_Daemon* fresh = start_daemon(fd, *cert, *key);  // owns fd, closed by the library if it fails
   if (!fresh) {
-    ::close(fd);
+    // A daemon that failed half-way shuts its socket down (shutdown(2)), and
+    // a dup shares it with the daemon still serving: listen again if so.
+    int listening = 0;
+    socklen_t len = sizeof listening;
+    if (::getsockopt(live_fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening == 0 &&
+        ::listen(live_fd, SOMAXCONN) != 0)
+      spdlog::critical("HTTP server on {}: no longer accepting connections after a failed TLS reload ({}); "
+                       "restart it", opts_.listen, std::strerror(errno));
     return make_error(Errc::io_error, "TLS files not reloaded: the HTTP server could not start with them");
   }
   MHD_Daemon* old = std::exchange(daemon_, fresh);
@@ -539,6 +560,7 @@ Server::Pending* Server::begin(void* connection, const char* url, const char* me
   {
     std::lock_guard lock(mu_);
     ++in_flight_[p->daemon];
+    unserved_.erase(connection);  // its first request has begun (no-op for the next ones)
   }
   return p.release();
 }
@@ -600,6 +622,13 @@ bool Server::answer(void* connection, Pending& p) {
   p.answered = true;
   if (opts_.on_response) opts_.on_response(p.req, p.route_name, res.status);
   return true;
+}
+
+void Server::connection_event(const DaemonTag* tag, void* connection, bool opened) {
+  if (opened) spdlog::trace("HTTP server on {}: connection accepted", opts_.listen);
+  std::lock_guard lock(mu_);
+  if (opened) unserved_[connection] = tag;
+  else if (unserved_.erase(connection) > 0) idle_.notify_all();
 }
 
 void Server::finished(Pending* p) {

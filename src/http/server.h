@@ -124,8 +124,9 @@ class Server {
   const char* scheme() const { return tls_cert_pem_.empty() ? "http" : "https"; }
   // Serves on the library's threads; returns once accepting.
   Status start();
-  // Stops accepting, lets in-flight requests finish (up to 30 s), closes
-  // every connection. Idempotent.
+  // Stops accepting, lets in-flight requests finish, and serves the
+  // connections already accepted whose request had not arrived (up to 30 s
+  // in all), closes every connection. Idempotent.
   void stop();
   // Reads tls_cert and tls_key again, with load_tls's checks, and serves the
   // new pair on every new connection; requests in flight finish on the old
@@ -147,6 +148,8 @@ class Server {
   Pending* begin(void* connection, const char* url, const char* method, const DaemonTag* daemon);
   bool take(Pending& p, const char* data, std::size_t size);  // false: close the connection
   void finished(Pending* p);
+  // A connection accepted (opened) or closed by `tag`'s daemon.
+  void connection_event(const DaemonTag* tag, void* connection, bool opened);
 
  private:
   // The route for req's method and path (params filled), and in `allow`
@@ -159,7 +162,10 @@ class Server {
   // with the pair when cert_pem is not empty; nullptr when it cannot start.
   MHD_Daemon* start_daemon(int listen_fd, const std::string& cert_pem, const std::string& key_pem);
   // For a quiesced `daemon` (no longer accepting): waits (up to 30 s) for
-  // its requests in flight, stops it and closes the fd quiescing returned.
+  // its requests in flight and for the connections it accepted whose first
+  // request has not arrived yet (their own idle timeout closes silent ones),
+  // then stops it, closing idle keep-alive connections, and closes the fd
+  // quiescing returned.
   void retire(MHD_Daemon* daemon, int quiesced_fd);
 
   Options opts_;
@@ -173,6 +179,9 @@ class Server {
   std::condition_variable idle_;
   std::map<const DaemonTag*, unsigned> in_flight_;  // requests begun and not finished, per daemon
   std::map<MHD_Daemon*, std::unique_ptr<DaemonTag>> tags_;  // the callbacks' cls of each running daemon
+  // Connections accepted whose first request has not begun (a TLS handshake,
+  // headers still coming): a retired daemon serves them too.
+  std::map<void*, const DaemonTag*> unserved_;
 };
 
 }  // namespace virtcap::http

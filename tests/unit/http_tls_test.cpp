@@ -7,6 +7,7 @@
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <ctime>
 #include <future>
@@ -288,6 +289,7 @@ class LogLines final : public spdlog::sinks::base_sink<std::mutex> {
 // `lines` while it lives.
 struct SlowServer {
   std::promise<void> entered, release;
+  std::atomic<bool> entered_once{false};
   std::shared_future<void> released = release.get_future().share();
   std::shared_ptr<LogLines> lines = std::make_shared<LogLines>();
   std::shared_ptr<spdlog::logger> previous = spdlog::default_logger();
@@ -300,7 +302,7 @@ struct SlowServer {
     spdlog::set_default_logger(std::make_shared<spdlog::logger>("slow", lines));
     auto routes = ping_routes();
     routes.push_back({"GET", "/v1/slow", http::BodyRule::none, [this](const http::Request&) {
-                        entered.set_value();
+                        if (!entered_once.exchange(true)) entered.set_value();
                         released.wait();
                         return http::json_response(200, nlohmann::json{{"slow", true}});
                       }});
@@ -345,11 +347,28 @@ TEST(HttpServer, StopLetsTheRequestInFlightFinish) {
   ASSERT_NE(s.port, 0);
   ASSERT_TRUE(s.start_request("http")) << "the slow request never reached its handler";
   auto stopped = std::async(std::launch::async, [&] { s.server->stop(); });
-  EXPECT_TRUE(s.lines->wait_for("waiting for 1 request(s) in flight", std::chrono::seconds(30)));
+  EXPECT_TRUE(s.lines->wait_for("waiting for 1 request(s) in flight and 0 connection(s)", std::chrono::seconds(30)));
   EXPECT_EQ(stopped.wait_for(std::chrono::seconds(0)), std::future_status::timeout);
   s.finish();
   stopped.get();
   EXPECT_EQ(s.answer_problem(), "");
+}
+
+// stop() also serves a connection it accepted before its first request had
+// arrived (a client still in its TLS handshake or sending its headers).
+TEST(HttpServer, StopServesAConnectionAcceptedBeforeItsRequestArrived) {
+  SlowServer s(http::Options{});
+  ASSERT_NE(s.port, 0);
+  spdlog::default_logger()->set_level(spdlog::level::trace);
+  testing::RawConnection c(s.port);
+  ASSERT_TRUE(c.ok()) << c.error();
+  ASSERT_TRUE(s.lines->wait_for("connection accepted", std::chrono::seconds(30)));
+  auto stopped = std::async(std::launch::async, [&] { s.server->stop(); });
+  EXPECT_TRUE(s.lines->wait_for("waiting for 0 request(s) in flight and 1 connection(s)", std::chrono::seconds(30)));
+  EXPECT_TRUE(c.send(testing::request_text("GET", "/v1/ping"), std::chrono::seconds(30)));
+  const auto answer = c.finish(std::chrono::seconds(30));
+  EXPECT_EQ(answer.status(), 200) << answer.text;
+  stopped.get();
 }
 
 // Renewal (reload_tls): a request in flight when the new pair is loaded is
@@ -368,7 +387,7 @@ TEST(HttpTls, AReloadLetsTheRequestInFlightFinishThenServesOnlyTheNewPair) {
   live.write("live.key", testing::read_file(pki.other_server().key));
   auto reloaded = std::async(std::launch::async, [&] { return s.server->reload_tls(); });
   EXPECT_TRUE(s.lines->wait_for("TLS: reloaded", std::chrono::seconds(30)));
-  EXPECT_TRUE(s.lines->wait_for("waiting for 1 request(s) in flight", std::chrono::seconds(30)));
+  EXPECT_TRUE(s.lines->wait_for("waiting for 1 request(s) in flight and 0 connection(s)", std::chrono::seconds(30)));
   EXPECT_EQ(reloaded.wait_for(std::chrono::seconds(0)), std::future_status::timeout);
   s.finish();
   const Status reload = reloaded.get();

@@ -358,8 +358,8 @@ MHD_Daemon* Server::start_daemon(int listen_fd, const std::string& cert_pem, con
       {MHD_OPTION_EXTERNAL_LOGGER, reinterpret_cast<intptr_t>(&log_from_library), nullptr},
   };
   if (!cert_pem.empty()) {
-    // The library reads the PEM text while it starts (GnuTLS keeps its own
-    // parsed copy); the strings outlive the daemon all the same.
+    // The library reads the PEM text only while it starts (GnuTLS keeps its
+    // own parsed copy).
     o.push_back({MHD_OPTION_HTTPS_MEM_CERT, 0, const_cast<char*>(cert_pem.data())});
     o.push_back({MHD_OPTION_HTTPS_MEM_KEY, 0, const_cast<char*>(key_pem.data())});
     // TLS 1.2 and 1.3 only (GnuTLS priority string).
@@ -419,9 +419,7 @@ Status Server::reload_tls() {
   if (fd < 0)
     return make_error(Errc::io_error, std::string("TLS files not reloaded: cannot share the listening socket: ") +
                                           (live_fd >= 0 ? std::strerror(errno) : "no socket"));
-  auto cert = std::make_unique<std::string>(std::move(tls.value()->cert_pem));
-  auto key = std::make_unique<std::string>(std::move(tls.value()->key_pem));
-  MHD_Daemon* fresh = start_daemon(fd, *cert, *key);  // owns fd, closed by the library if it fails
+  MHD_Daemon* fresh = start_daemon(fd, tls.value()->cert_pem, tls.value()->key_pem);  // owns fd, even on failure
   if (!fresh) {
     // A daemon that failed half-way shuts its socket down (shutdown(2)), and
     // a dup shares it with the daemon still serving: listen again if so.
@@ -434,8 +432,8 @@ Status Server::reload_tls() {
     return make_error(Errc::io_error, "TLS files not reloaded: the HTTP server could not start with them");
   }
   MHD_Daemon* old = std::exchange(daemon_, fresh);
-  std::string old_cert = std::exchange(tls_cert_pem_, std::move(*cert));
-  std::string old_key = std::exchange(tls_key_pem_, std::move(*key));
+  tls_cert_pem_ = std::move(tls.value()->cert_pem);
+  tls_key_pem_ = std::move(tls.value()->key_pem);
   const MHD_socket old_fd = MHD_quiesce_daemon(old);
   spdlog::info("TLS: reloaded {}; serving the certificate of {} (valid until {})", opts_.tls_cert,
                tls.value()->subject, utc_text(tls.value()->not_after));

@@ -1,6 +1,8 @@
 #include "imagecache/backing_spec.h"
 
+#include <algorithm>
 #include <array>
+#include <vector>
 #include <map>
 #include <optional>
 #include <nlohmann/json.hpp>
@@ -55,26 +57,54 @@ BackingTarget classify_protocol(std::string_view s) {
 }
 
 // Flattens nested objects into dotted keys ({"file":{"filename":x}} ->
-// "file.filename"), as QEMU's qdict_flatten does. False on arrays.
-bool flatten(const nlohmann::json& obj, const std::string& prefix, std::map<std::string, nlohmann::json>& out) {
+// "file.filename"), as QEMU's qdict_flatten does. An error on arrays, and on
+// a key that two spellings give ({"file":{"filename":a},"file.filename":b}):
+// QEMU 7.2 opens the nested one, but which wins is an accident of its
+// flattening, so such a backing is never guessed at.
+std::optional<std::string> flatten(const nlohmann::json& obj, const std::string& prefix,
+                                   std::map<std::string, nlohmann::json>& out) {
   for (const auto& [k, v] : obj.items()) {
     const std::string key = prefix.empty() ? k : prefix + "." + k;
     if (v.is_object()) {
-      if (!flatten(v, key, out)) return false;
+      if (auto err = flatten(v, key, out)) return err;
     } else if (v.is_array()) {
-      return false;
-    } else {
-      out[key] = v;
+      return std::string("the json: backing has array options (e.g. quorum children)");
+    } else if (!out.emplace(key, v).second) {
+      return "the json: backing gives \"" + key + "\" twice (nested and dotted); which one QEMU opens is not certain";
+    } else if (v.is_string() && v.get_ref<const std::string&>().find('\0') != std::string::npos) {
+      return "the json: backing's \"" + key + "\" holds a NUL character";
     }
   }
-  return true;
+  return std::nullopt;
+}
+
+// Parses a JSON object, refusing a key repeated within one object (QEMU's
+// parser refuses it; nlohmann's would keep the last).
+nlohmann::json parse_unique_keys(std::string_view text, bool& duplicate) {
+  std::vector<std::vector<std::string>> seen;
+  duplicate = false;
+  auto cb = [&](int /*depth*/, nlohmann::json::parse_event_t ev, nlohmann::json& parsed) {
+    using E = nlohmann::json::parse_event_t;
+    if (ev == E::object_start) seen.emplace_back();
+    if (ev == E::object_end && !seen.empty()) seen.pop_back();
+    if (ev == E::key && !seen.empty()) {
+      auto& keys = seen.back();
+      const auto& k = parsed.get_ref<const std::string&>();
+      if (std::find(keys.begin(), keys.end(), k) != keys.end()) duplicate = true;
+      keys.push_back(k);
+    }
+    return true;
+  };
+  return nlohmann::json::parse(text, cb, /*allow_exceptions=*/false);
 }
 
 BackingTarget classify_json(std::string_view text) {
-  const auto doc = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  bool duplicate = false;
+  const auto doc = parse_unique_keys(text, duplicate);
   if (doc.is_discarded() || !doc.is_object()) return unreadable("the json: backing is not a JSON object");
+  if (duplicate) return unreadable("the json: backing repeats a key in one object (QEMU refuses it)");
   std::map<std::string, nlohmann::json> opt;
-  if (!flatten(doc, "", opt)) return unreadable("the json: backing has array options (e.g. quorum children)");
+  if (auto err = flatten(doc, "", opt)) return unreadable(std::move(*err));
   auto str = [&](const std::string& key) -> std::optional<std::string> {
     auto it = opt.find(key);
     if (it == opt.end()) return std::nullopt;
@@ -88,6 +118,8 @@ BackingTarget classify_json(std::string_view text) {
 
   const auto driver = str("driver").value_or("");
   const auto fdriver = str("file.driver"), fname = str("file.filename");
+  if ((fdriver || fname) && opt.count("filename"))
+    return unreadable("the json: backing gives both \"filename\" and \"file.*\"; which file QEMU opens is not certain");
   if (fdriver || fname) {
     // A format layer ("driver") over a protocol child ("file.*").
     if (!driver.empty() && !in(kFormatDrivers, driver))

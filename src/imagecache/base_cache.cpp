@@ -13,6 +13,7 @@
 #include <random>
 
 #include "common/fd.h"
+#include "common/mount_id.h"
 #include "common/sha1.h"
 
 namespace virtcap::imagecache {
@@ -29,7 +30,7 @@ std::string random_suffix() {
   thread_local std::mt19937_64 rng{std::random_device{}()};
   static constexpr char kChars[] = "abcdefghijklmnopqrstuvwxyz0123456789";
   std::string s;
-  for (int i = 0; i < 10; ++i) s += kChars[rng() % (sizeof kChars - 1)];
+  for (std::size_t i = 0; i < kTempSuffixLength; ++i) s += kChars[rng() % (sizeof kChars - 1)];
   return s;
 }
 
@@ -64,16 +65,18 @@ namespace {
 
 enum class LockMode { wait, try_existing };
 
-// Opens and flocks the lock file; then checks that the path still names the
-// file locked (the cleanup may have unlinked it meanwhile) and retries if not.
-Result<std::optional<BaseFileLock>> lock_file(const BaseCache& cache, std::string_view name, LockMode mode,
-                                              BaseFileLock (*wrap)(int)) {
-  const std::string path = cache.lock_path(name);
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(cache.lock_timeout_seconds);
+// Opens and flocks <locks>/<name>.lock (never following a symlink); then
+// checks that the name still names the file locked (the cleanup may have
+// unlinked it meanwhile) and retries if not.
+Result<std::optional<BaseFileLock>> lock_file(const CacheDir& locks, std::string_view name, LockMode mode,
+                                              int timeout_seconds, BaseFileLock (*wrap)(int)) {
+  const std::string file = std::string(name) + ".lock";
+  const std::string path = locks.path + "/" + file;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_seconds);
   auto pause = std::chrono::milliseconds(1);
   for (;;) {
     const int flags = O_RDWR | O_CLOEXEC | O_NOFOLLOW | (mode == LockMode::wait ? O_CREAT : 0);
-    Fd fd(::open(path.c_str(), flags, 0600));
+    Fd fd(::openat(locks.fd.get(), file.c_str(), flags, 0600));
     if (!fd.valid()) {
       if (mode == LockMode::try_existing && errno == ENOENT) return std::optional<BaseFileLock>{};
       return io_error("cannot open lock file " + path, errno);
@@ -86,8 +89,8 @@ Result<std::optional<BaseFileLock>> lock_file(const BaseCache& cache, std::strin
     if (rc != 0) {
       if (mode == LockMode::try_existing) return std::optional<BaseFileLock>{};
       if (std::chrono::steady_clock::now() >= deadline)
-        return make_error(Errc::io_error, "timed out after " + std::to_string(cache.lock_timeout_seconds) +
-                                             " s waiting for " + path +
+        return make_error(Errc::io_error, "timed out after " + std::to_string(timeout_seconds) + " s waiting for " +
+                                             path +
                                              " (held by a spawn fetching that base image, or by an image-cache "
                                              "pass); raise [image_cache] lock_timeout or try again");
       // flock has no timed wait: poll, backing off to 50 ms.
@@ -97,7 +100,7 @@ Result<std::optional<BaseFileLock>> lock_file(const BaseCache& cache, std::strin
     }
     struct stat held {}, now {};
     if (::fstat(fd.get(), &held) != 0) return io_error("cannot stat lock file " + path, errno);
-    const int lrc = ::lstat(path.c_str(), &now);
+    const int lrc = ::fstatat(locks.fd.get(), file.c_str(), &now, AT_SYMLINK_NOFOLLOW);
     if (lrc == 0 && now.st_dev == held.st_dev && now.st_ino == held.st_ino)
       return std::optional<BaseFileLock>{wrap(fd.release())};
     if (lrc != 0 && errno != ENOENT) return io_error("cannot stat lock file " + path, errno);
@@ -106,18 +109,62 @@ Result<std::optional<BaseFileLock>> lock_file(const BaseCache& cache, std::strin
   }
 }
 
+std::string where(const MountPlace& p) {
+  return "device " + std::to_string(p.dev_major) + ":" + std::to_string(p.dev_minor) +
+         (p.has_mnt_id ? ", mount " + std::to_string(p.mnt_id) : "");
+}
+
 }  // namespace
 
+Result<CacheDir> open_cache_dir(const std::string& instances_path, std::string_view name, CreateDir create) {
+  const std::string path = instances_path + "/" + std::string(name);
+  if (create == CreateDir::yes) {
+    if (Status st = make_dirs(path); !st) return st.error();
+  }
+  Fd top(::open(instances_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!top.valid()) {
+    const int err = errno;
+    return make_error(err == ENOENT ? Errc::not_found : Errc::io_error,
+                      "cannot open " + instances_path + ": " + std::strerror(err));
+  }
+  CacheDir dir{Fd(::openat(top.get(), std::string(name).c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)),
+               path};
+  if (!dir.fd.valid()) {
+    const int err = errno;
+    if (err == ENOENT) return make_error(Errc::not_found, "no directory " + path);
+    if (err == ELOOP || err == ENOTDIR)
+      return make_error(Errc::io_error, "refusing " + path +
+                                            ": it is not a real directory (a symlink, or another kind of file); "
+                                            "the image cache writes and deletes only in its own directories");
+    return io_error("cannot open " + path, err);
+  }
+  MountPlace top_at, dir_at;
+  if (int err = mount_place(top.get(), top_at); err != 0) return io_error("cannot statx " + instances_path, err);
+  if (int err = mount_place(dir.fd.get(), dir_at); err != 0) return io_error("cannot statx " + path, err);
+  if (!dir_at.is_dir || dir_at.dev_major != top_at.dev_major || dir_at.dev_minor != top_at.dev_minor ||
+      dir_at.mnt_id != top_at.mnt_id)
+    return make_error(Errc::io_error, "refusing " + path + ": it is on " + where(dir_at) + ", not on " +
+                                          where(top_at) + " with " + instances_path +
+                                          " (a bind mount or another device); the image cache writes and deletes "
+                                          "only in its own directories");
+  return dir;
+}
+
 Result<BaseFileLock> BaseFileLock::acquire(const BaseCache& cache, std::string_view base_file_name) {
-  if (Status st = make_dirs(cache.lock_dir()); !st) return st.error();
-  auto l = lock_file(cache, base_file_name, LockMode::wait, [](int fd) { return BaseFileLock(fd); });
+  auto locks = open_cache_dir(cache.instances_path, kLockDirName, CreateDir::yes);
+  if (!locks) return locks.error();
+  return acquire_in(*locks, base_file_name, cache.lock_timeout_seconds);
+}
+
+Result<BaseFileLock> BaseFileLock::acquire_in(const CacheDir& locks, std::string_view base_file_name,
+                                              int timeout_seconds) {
+  auto l = lock_file(locks, base_file_name, LockMode::wait, timeout_seconds, [](int fd) { return BaseFileLock(fd); });
   if (!l) return l.error();
   return std::move(**l);
 }
 
-Result<std::optional<BaseFileLock>> BaseFileLock::try_existing(const BaseCache& cache,
-                                                               std::string_view base_file_name) {
-  return lock_file(cache, base_file_name, LockMode::try_existing, [](int fd) { return BaseFileLock(fd); });
+Result<std::optional<BaseFileLock>> BaseFileLock::try_existing(const CacheDir& locks, std::string_view base_file_name) {
+  return lock_file(locks, base_file_name, LockMode::try_existing, 0, [](int fd) { return BaseFileLock(fd); });
 }
 
 BaseFileLock::~BaseFileLock() {

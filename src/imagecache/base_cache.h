@@ -11,11 +11,15 @@
 #include <string>
 #include <string_view>
 
+#include "common/fd.h"
 #include "virtcap/error.h"
 
 namespace virtcap::imagecache {
 
 inline constexpr std::string_view kTempMarker = ".tmp-";
+// A fetch's temporary is <name>.tmp-<this many of [a-z0-9]>; the pass
+// removes only names of exactly that pattern.
+inline constexpr std::size_t kTempSuffixLength = 10;
 inline constexpr std::string_view kLockDirName = "locks";
 
 // How long a spawn's fetch or an image-cache pass waits for a base file's
@@ -48,6 +52,21 @@ struct BaseCache {
   static std::string_view lock_owner(std::string_view file_name);
 };
 
+// A directory of the cache that the pass and spawn write and delete in
+// (the base directory, the lock directory), opened and checked once; every
+// create and unlink in it is relative to `fd`.
+struct CacheDir {
+  UniqueFd fd;
+  std::string path;  // for messages only
+};
+enum class CreateDir { no, yes };
+// Opens <instances_path>/<name> with O_DIRECTORY | O_NOFOLLOW relative to
+// instances_path, and refuses it unless it is a real directory on the same
+// mount as instances_path: a symlink, a bind mount or another device is an
+// io_error that says so, and nothing is written there. A missing one is
+// not_found (CreateDir::yes: it is made first, with its parents).
+Result<CacheDir> open_cache_dir(const std::string& instances_path, std::string_view name, CreateDir create);
+
 // An exclusive flock on a base file's lock file, released on destruction.
 class BaseFileLock {
  public:
@@ -56,10 +75,14 @@ class BaseFileLock {
   // file is opened with O_NOFOLLOW, and after flock the path is checked to
   // still be that file, so a lock file removed by the cleanup is never
   // "held" by two processes at once.
+  // The lock directory is opened with open_cache_dir (a symlinked or
+  // mounted one is refused).
   static Result<BaseFileLock> acquire(const BaseCache& cache, std::string_view base_file_name);
+  // The same in a lock directory already opened with open_cache_dir.
+  static Result<BaseFileLock> acquire_in(const CacheDir& locks, std::string_view base_file_name, int timeout_seconds);
   // Takes the lock only if it is free and its lock file exists; nullopt
   // otherwise (busy, or no lock file). For cleaning up lock files.
-  static Result<std::optional<BaseFileLock>> try_existing(const BaseCache& cache, std::string_view base_file_name);
+  static Result<std::optional<BaseFileLock>> try_existing(const CacheDir& locks, std::string_view base_file_name);
   BaseFileLock(BaseFileLock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
   BaseFileLock& operator=(BaseFileLock&&) = delete;
   BaseFileLock(const BaseFileLock&) = delete;

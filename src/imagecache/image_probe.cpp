@@ -1,16 +1,20 @@
 #include "imagecache/image_probe.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <limits>
+#include <optional>
 #include <span>
 #include <system_error>
 #include <vector>
 
 #include "common/fd.h"
 #include "imagecache/qcow2.h"
+#include "imagecache/vmdk.h"
 
 namespace virtcap::imagecache {
 namespace {
@@ -57,7 +61,7 @@ Result<std::string, ProbeError> read_name(int fd, const std::string& path, Bytes
 Result<ImageRefs, ProbeError> probe_qcow2(int fd, const std::string& path, Bytes head) {
   auto h = read_header_with_head(fd, path, head);
   if (!h) return ProbeError{h.error().describe(), h.error().sys_errno};
-  ImageRefs r{"qcow2", h->backing_file, h->backing_format, {}};
+  ImageRefs r{"qcow2", h->backing_file, h->backing_format, {}, {}};
   if (h->has_external_data_file()) {
     if (h->data_file.empty())
       return fail(path, "declares an external data file but names none (QEMU then needs it on the command line)");
@@ -69,7 +73,7 @@ Result<ImageRefs, ProbeError> probe_qcow2(int fd, const std::string& path, Bytes
 // qcow (version 1), big-endian: backing_file_offset u64 @8, backing_file_size u32 @16.
 Result<ImageRefs, ProbeError> probe_qcow(int fd, const std::string& path, Bytes head) {
   if (head.size() < 48) return fail(path, "is a truncated qcow (v1) image");
-  ImageRefs r{"qcow", {}, {}, {}};
+  ImageRefs r{"qcow", {}, {}, {}, {}};
   const std::uint64_t off = be64(head, 8);
   const std::uint32_t size = be32(head, 16);
   if (off == 0 || size == 0) return r;
@@ -88,7 +92,7 @@ Result<ImageRefs, ProbeError> probe_qed(int fd, const std::string& path, Bytes h
   const std::uint64_t features = le64(head, 16);
   if (features & ~(kBacking | kNeedCheck | kRawBacking))
     return fail(path, "is a QED image with unknown feature bits");
-  ImageRefs r{"qed", {}, {}, {}};
+  ImageRefs r{"qed", {}, {}, {}, {}};
   if (!(features & kBacking)) return r;
   auto name = read_name(fd, path, head, le32(head, 56), le32(head, 60), "QED backing file name");
   if (!name) return name.error();
@@ -98,23 +102,53 @@ Result<ImageRefs, ProbeError> probe_qed(int fd, const std::string& path, Bytes h
   return r;
 }
 
-// VMDK monolithic sparse ("KDMV", little-endian): descriptorOffset u64 @28
-// and descriptorSize u64 @36, in 512-byte sectors. A descriptor that names a
-// parent is not followed here: an error, so the caller keeps every base.
+// Up to `len` bytes at `offset`, fewer where the file ends.
+Result<std::vector<std::uint8_t>, ProbeError> read_at(int fd, const std::string& path, std::uint64_t offset,
+                                                      std::size_t len, const char* what) {
+  std::vector<std::uint8_t> buf(len);
+  const long long n = pread_full(fd, buf.data(), len, offset);
+  if (n < 0) return fail(path, std::string("cannot be read (its ") + what + ")", static_cast<int>(-n));
+  buf.resize(static_cast<std::size_t>(n));
+  return buf;
+}
+
+// A descriptor text as QEMU reads it: min(file size, 1 MiB - 1) bytes from
+// `offset`. Its extents go into `r`.
+std::optional<ProbeError> read_extents(int fd, const std::string& path, std::uint64_t offset, ImageRefs& r) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return fail(path, "cannot be stat()ed", errno);
+  const auto len = std::min<std::uint64_t>(static_cast<std::uint64_t>(st.st_size), vmdk::kDescriptorMax);
+  auto text = read_at(fd, path, offset, static_cast<std::size_t>(len), "VMDK descriptor");
+  if (!text) return text.error();
+  r.extents = vmdk::extents(std::string_view(reinterpret_cast<const char*>(text->data()), text->size()));
+  return std::nullopt;
+}
+
+// VMDK as QEMU reads it (vmdk.h): a text descriptor's extents, a "KDMV"
+// descriptor holder's extents, and the parent hint - at byte 512 of a sparse
+// file whatever its header says, at byte 0 of a text descriptor.
 Result<ImageRefs, ProbeError> probe_vmdk(int fd, const std::string& path, Bytes head) {
-  if (!starts_with(head, "KDMV"))
-    return fail(path, "is a VMDK descriptor or old-style sparse file, which this reader does not follow");
-  if (head.size() < 44) return fail(path, "is a truncated VMDK image");
-  const std::uint64_t off = le64(head, 28), sectors = le64(head, 36);
-  ImageRefs r{"vmdk", {}, {}, {}};
-  if (off == 0 || sectors == 0) return r;
-  if (sectors > 2048 || off > (std::uint64_t{1} << 40)) return fail(path, "has an implausible VMDK descriptor");
-  std::vector<std::uint8_t> desc(sectors * 512);
-  const long long n = pread_full(fd, desc.data(), desc.size(), off * 512);
-  if (n < 0) return fail(path, "cannot be read (its VMDK descriptor)", static_cast<int>(-n));
-  const std::string_view text(reinterpret_cast<const char*>(desc.data()), static_cast<std::size_t>(n));
-  if (text.find("parentFileNameHint") != std::string_view::npos)
-    return fail(path, "is a VMDK image with a parent, which this reader does not follow");
+  ImageRefs r{"vmdk", {}, {}, {}, {}};
+  const bool sparse = starts_with(head, "KDMV") || starts_with(head, "COWD");
+  if (!sparse) {
+    if (auto err = read_extents(fd, path, 0, r)) return *err;
+  } else if (starts_with(head, "KDMV")) {
+    const auto h = vmdk::sparse_header(head);
+    if (h.embedded_descriptor()) {
+      if (h.descriptor_offset > (std::numeric_limits<std::uint64_t>::max() >> 10))
+        return fail(path, "has an implausible VMDK descriptor offset");
+      if (auto err = read_extents(fd, path, h.descriptor_offset * 512, r)) return *err;
+    }
+  }
+  auto window = read_at(fd, path, sparse ? vmdk::kSparseHintOffset : 0, vmdk::kParentHintWindow,
+                        "VMDK parent hint");
+  if (!window) return window.error();
+  auto hint = vmdk::parent_hint(*window);
+  if (hint.kind == vmdk::ParentHint::Kind::malformed) return fail(path, "is a VMDK image whose " + hint.why);
+  if (hint.kind == vmdk::ParentHint::Kind::named) {
+    r.backing = std::move(hint.name);
+    r.backing_format = "vmdk";  // QEMU opens a VMDK parent as VMDK
+  }
   return r;
 }
 
@@ -127,7 +161,7 @@ bool format_has_no_references(std::string_view f) {
 }
 
 Result<ImageRefs, ProbeError> probe_image(int fd, const std::string& path, std::string_view declared) {
-  if (format_has_no_references(declared)) return ImageRefs{std::string(declared), {}, {}, {}};
+  if (format_has_no_references(declared)) return ImageRefs{std::string(declared), {}, {}, {}, {}};
   if (!declared.empty() && declared != "qcow2" && declared != "qcow" && declared != "qed" && declared != "vmdk")
     return fail(path, "is declared as format \"" + std::string(declared) + "\", which this reader does not know");
   std::array<std::uint8_t, kQcow2FirstRead> buf;
@@ -141,16 +175,19 @@ Result<ImageRefs, ProbeError> probe_image(int fd, const std::string& path, std::
     format = be32(head, 4) == 1 ? "qcow" : "qcow2";  // qcow2's reader refuses other versions
   } else if (starts_with(head, std::string_view("QED\0", 4))) {
     format = "qed";
-  } else if (starts_with(head, "KDMV") || starts_with(head, "COWD") || starts_with(head, "# Disk DescriptorFile")) {
+  } else if (starts_with(head, "KDMV") || starts_with(head, "COWD") || vmdk::probes_as_text_descriptor(head)) {
     format = "vmdk";
   }
+  // QEMU's vmdk driver reads any file that is neither "KDMV" nor "COWD" as a
+  // text descriptor, whatever its magic.
+  if (declared == "vmdk" && !starts_with(head, "KDMV") && !starts_with(head, "COWD")) format = "vmdk";
   if (!declared.empty() && declared != format)
     return fail(path, "is declared " + std::string(declared) + " but its magic says " + std::string(format));
   if (format == "qcow2") return probe_qcow2(fd, path, head);
   if (format == "qcow") return probe_qcow(fd, path, head);
   if (format == "qed") return probe_qed(fd, path, head);
   if (format == "vmdk") return probe_vmdk(fd, path, head);
-  return ImageRefs{"raw", {}, {}, {}};
+  return ImageRefs{"raw", {}, {}, {}, {}};
 }
 
 }  // namespace virtcap::imagecache

@@ -3,16 +3,18 @@
 //   qcow2 (v2, v3)  backing name + backing-format extension + external data file
 //   qcow (v1)       backing name (no declared format: QEMU probes it)
 //   qed             backing name; features bit 2 declares a raw backing
-//   vmdk            monolithic sparse ("KDMV") without a parent: no backing;
-//                   with a parent, a text descriptor or the old "COWD"
-//                   sparse format: an error (not followed natively)
+//   vmdk            as QEMU reads it (vmdk.h): text descriptors (probed as
+//                   QEMU probes them), "KDMV" and "COWD" sparse files; the
+//                   parent hint (opened as vmdk) and every extent
 //   anything else   no magic above: raw (QEMU's other formats cannot carry a
 //                   backing file)
 #pragma once
 
 #include <string>
 #include <string_view>
+#include <vector>
 
+#include "imagecache/vmdk.h"
 #include "virtcap/error.h"
 
 namespace virtcap::imagecache {
@@ -22,6 +24,7 @@ struct ImageRefs {
   std::string backing;         // as stored; empty: none
   std::string backing_format;  // as declared; "": none declared (QEMU probes)
   std::string data_file;       // qcow2 external data file, as stored; empty: none
+  std::vector<vmdk::Extent> extents;  // VMDK extents, as written (relative: to the image's directory)
 };
 
 // Reads the head of the file open at fd (one pread of 4 KiB in the common

@@ -46,13 +46,21 @@ bool all_digits(std::string_view s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
-// original: <sha1>; resized: <sha1>_<bytes>; temporary: <sha1>[_<bytes>].tmp-<x>
+// The random part of a fetch's temporary name (base_cache.cpp random_suffix).
+bool is_temp_suffix(std::string_view s) {
+  return s.size() == kTempSuffixLength &&
+         std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z'); });
+}
+
+// original: <sha1>; resized: <sha1>_<bytes>; temporary: <sha1>[_<bytes>].tmp-<10 of [a-z0-9]>,
+// exactly the name a fetch writes. Anything else is unknown, and kept.
 Kind kind_of(std::string_view name) {
   auto base_like = [](std::string_view n) {
     return is_hex40(n.substr(0, 40)) && (n.size() == 40 || (n.size() > 41 && n[40] == '_' && all_digits(n.substr(41))));
   };
   if (auto t = name.find(kTempMarker); t != std::string_view::npos)
-    return base_like(name.substr(0, t)) ? Kind::temporary : Kind::unknown;
+    return base_like(name.substr(0, t)) && is_temp_suffix(name.substr(t + kTempMarker.size())) ? Kind::temporary
+                                                                                                 : Kind::unknown;
   if (!base_like(name)) return Kind::unknown;
   return name.size() == 40 ? Kind::original : Kind::resized;
 }
@@ -178,11 +186,17 @@ void remove_locked(const PassOptions& opts, const BaseCache& cache, int base_fd,
                    const std::vector<Candidate>& listing, std::vector<std::size_t>& to_remove,
                    ImageCacheReport& report) {
   if (opts.after_first_look) opts.after_first_look();
+  auto lock_dir = open_cache_dir(cache.instances_path, kLockDirName, CreateDir::yes);
+  if (!lock_dir) {
+    report.complete = false;
+    report.notes.push_back(lock_dir.error().message);
+    return keep_all(report, to_remove, "not removed: " + lock_dir.error().message);
+  }
   std::set<std::string> owners;
   for (auto i : to_remove) owners.insert(std::string(BaseCache::lock_owner(listing[i].name)));
   std::vector<BaseFileLock> locks;
   for (const auto& o : owners) {  // sorted: a spawn holds at most one
-    auto l = BaseFileLock::acquire(cache, o);
+    auto l = BaseFileLock::acquire_in(*lock_dir, o, cache.lock_timeout_seconds);
     if (!l) {
       report.complete = false;
       report.notes.push_back(l.error().message);
@@ -241,17 +255,25 @@ void remove_locked(const PassOptions& opts, const BaseCache& cache, int base_fd,
 }
 
 // Lock files whose base file (and its temporaries) are gone: each removed
-// under its own lock, taken only if free.
+// under its own lock, taken only if free. Only in a lock directory that
+// open_cache_dir accepts, only relative to it, and only names the cache
+// makes (<sha1>[_<bytes>].lock).
 void cleanup_locks(const BaseCache& cache, int base_fd, ImageCacheReport& report) {
-  UniqueFd locks(::open(cache.lock_dir().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!locks.valid()) return;  // none yet
+  auto locks = open_cache_dir(cache.instances_path, kLockDirName, CreateDir::no);
+  if (!locks) {
+    if (locks.error().code == Errc::not_found) return;  // none yet
+    // Housekeeping only, after the removals: a note, not an incomplete pass.
+    report.notes.push_back("lock files not cleaned up: " + locks.error().message);
+    return;
+  }
   std::vector<std::string> names;
-  const int err = list_dir(locks.get(), [&](const DirEntry& e) {
+  const int err = list_dir(locks->fd.get(), [&](const DirEntry& e) {
     constexpr std::string_view kSuffix = ".lock";
-    if (e.name.size() > kSuffix.size() && e.name.substr(e.name.size() - kSuffix.size()) == kSuffix)
-      names.emplace_back(e.name.substr(0, e.name.size() - kSuffix.size()));
+    if (e.name.size() <= kSuffix.size() || e.name.substr(e.name.size() - kSuffix.size()) != kSuffix) return;
+    const auto stem = e.name.substr(0, e.name.size() - kSuffix.size());
+    if (const Kind k = kind_of(stem); k == Kind::original || k == Kind::resized) names.emplace_back(stem);
   });
-  if (err != 0) report.notes.push_back("cannot list " + cache.lock_dir() + ": " + std::strerror(err));
+  if (err != 0) report.notes.push_back("cannot list " + locks->path + ": " + std::strerror(err));
   std::set<std::string> owners;
   const int base_err =
       list_dir(base_fd, [&](const DirEntry& e) { owners.insert(std::string(BaseCache::lock_owner(e.name))); });
@@ -262,12 +284,12 @@ void cleanup_locks(const BaseCache& cache, int base_fd, ImageCacheReport& report
   }
   for (const auto& n : names) {
     if (owners.count(n)) continue;
-    auto l = BaseFileLock::try_existing(cache, n);
+    auto l = BaseFileLock::try_existing(*locks, n);
     if (!l || !l->has_value()) continue;  // busy: a fetch is starting; keep
     struct stat st {};
     if (::fstatat(base_fd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT) continue;
-    if (::unlinkat(locks.get(), (n + ".lock").c_str(), 0) != 0 && errno != ENOENT)
-      report.notes.push_back("cannot remove lock file " + cache.lock_path(n) + ": " + std::strerror(errno));
+    if (::unlinkat(locks->fd.get(), (n + ".lock").c_str(), 0) != 0 && errno != ENOENT)
+      report.notes.push_back("cannot remove lock file " + locks->path + "/" + n + ".lock: " + std::strerror(errno));
   }
 }
 
@@ -294,16 +316,17 @@ ImageCacheReport run_pass(const PassOptions& opts, const std::vector<InstanceRec
 
   // The base directory first: files that appear after this are not
   // candidates at all.
-  UniqueFd base_fd(::open(cache.base_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!base_fd.valid()) {
-    if (errno == ENOENT) {
+  auto base = open_cache_dir(cache.instances_path, opts.subdirectory_name, CreateDir::no);
+  if (!base) {
+    if (base.error().code == Errc::not_found) {
       report.notes.push_back("no base directory " + cache.base_dir + ": nothing to manage");
       return finish();
     }
     report.complete = false;
-    report.notes.push_back("cannot open " + cache.base_dir + ": " + std::strerror(errno) + "; nothing removed");
+    report.notes.push_back(base.error().message + "; nothing removed");
     return finish();
   }
+  const UniqueFd& base_fd = base->fd;
   std::vector<Candidate> listing;
   const bool listed = list_bases(base_fd.get(), cache.base_dir, listing, report);
   ::lseek(base_fd.get(), 0, SEEK_SET);

@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <span>
 #include <cerrno>
 #include <cstring>
 #include <thread>
@@ -15,6 +17,7 @@
 #include "imagecache/backing_spec.h"
 #include "imagecache/base_cache.h"
 #include "imagecache/image_probe.h"
+#include "imagecache/vmdk.h"
 
 namespace virtcap::imagecache {
 namespace {
@@ -38,6 +41,22 @@ struct BaseIndex {
   std::size_t count = 0;
   std::unordered_multimap<FileId, std::size_t, FileIdHash> by_id;
   std::unordered_multimap<std::string, std::size_t> by_name;
+};
+
+// What decides which files QEMU opens from an image: the file, the format
+// it is opened as ("" = probed by magic), and the directory its relative
+// names resolve against, as spelled. The spelling, not the directory's
+// identity: `..` below a bind mount depends on the path it was reached by.
+struct OpenKey {
+  FileId id;
+  std::string format;
+  std::string dir;
+  bool operator==(const OpenKey&) const = default;
+};
+struct OpenKeyHash {
+  std::size_t operator()(const OpenKey& k) const noexcept {
+    return FileIdHash{}(k.id) ^ (std::hash<std::string>{}(k.format) * 31) ^ (std::hash<std::string>{}(k.dir) * 131);
+  }
 };
 
 struct TopEntry {
@@ -96,11 +115,9 @@ class Scanner {
     }
     switch (type) {
       case DT_DIR: return enter_dir(dfd, path, name, depth, O_NOFOLLOW);
-      case DT_REG:
-        // A disk being created (spawn writes <name>.tmp-<x> and renames it)
-        // holds its base file's lock, which removal takes before looking again.
-        if (name.find(kTempMarker) != std::string::npos) return;
-        return open_disk(dfd, path, name, O_NOFOLLOW, depth);
+      // A file in an instance directory is a disk whatever its name (one
+      // being written under a temporary name included).
+      case DT_REG: return open_disk(dfd, path, name, O_NOFOLLOW, depth);
       case DT_LNK: return follow_link(dfd, path, name, depth);
       default: return;  // FIFO, socket, device: never opened, never a disk
     }
@@ -154,49 +171,118 @@ class Scanner {
     ++out_.disks_read;
     const FileId id{st.st_dev, st.st_ino};
     mark(id, path);
-    std::vector<FileId> chain{id};
-    follow_image(fd.get(), path, "", path, chain);
+    follow_chain(fd.get(), id, path);
     if (opts_.progress_every && out_.disks_read % opts_.progress_every == 0)
       spdlog::info("image cache: {} disks read in {} instance directories so far", out_.disks_read,
                    out_.instance_dirs);
   }
 
-  // The image open at fd: what it refers to, recursively.
-  void follow_image(int fd, const std::string& path, const std::string& declared, const std::string& disk,
-                    std::vector<FileId>& chain) {
-    auto refs = probe_image(fd, path, declared);
-    if (!refs) return unreadable(disk, refs.error().message);
-    if (!refs->data_file.empty()) {
-      const auto t = classify_backing(refs->data_file, dir_of(path));
-      if (t.kind == BackingTarget::Kind::unreadable) return unreadable(disk, "its data file: " + t.detail);
-      if (t.kind == BackingTarget::Kind::local) {
-        FileId id;
-        if (stat_ref(t.path, disk, id)) mark(id, disk);
-      }
-    }
-    if (refs->backing.empty()) return;
-    const auto t = classify_backing(refs->backing, dir_of(path));
-    switch (t.kind) {
-      case BackingTarget::Kind::remote: return;  // not a local file: never a base
-      case BackingTarget::Kind::unreadable:
+  // Follows the chain of the disk open at `top_fd`, one image at a time:
+  // every file each image makes QEMU open is marked. An image already
+  // followed under the same key (file, format, directory) is not read again.
+  void follow_chain(int top_fd, const FileId& top_id, const std::string& disk) {
+    const std::size_t before = out_.unreadable.size();
+    std::unordered_set<OpenKey, OpenKeyHash> in_chain{{top_id, "", std::string(dir_of(disk))}};
+    std::vector<OpenKey> keys;  // the images below the top, in order
+    UniqueFd held;              // the image being read, below the top
+    int fd = top_fd;
+    std::string path = disk, format;  // format: declared by the image above; "" = probed
+    for (;;) {
+      auto refs = probe_image(fd, path, format);
+      if (!refs) return unreadable(disk, refs.error().message);
+      const std::string dir(dir_of(path));
+      follow_data_files(*refs, dir, disk);
+      if (out_.unreadable.size() != before || refs->backing.empty()) break;
+      const auto t = classify_backing(refs->backing, dir);
+      if (t.kind == BackingTarget::Kind::remote) break;  // not a local file: never a base
+      if (t.kind == BackingTarget::Kind::unreadable)
         return unreadable(disk, "'" + path + "' has a backing file this pass cannot follow (" + t.detail + ")");
-      case BackingTarget::Kind::local: break;
+      FileId id;
+      if (!stat_ref(t.path, disk, id, "backing file")) break;  // missing (reported) or unreadable
+      mark(id, disk);
+      format = t.format.empty() ? refs->backing_format : t.format;
+      if (format_has_no_references(format)) break;
+      OpenKey key{id, format, std::string(dir_of(t.path))};
+      if (followed_.count(key)) break;  // its chain is known already
+      if (!in_chain.insert(key).second) return unreadable(disk, "its backing chain loops back to '" + t.path + "'");
+      if (keys.size() + 1 >= kMaxChainDepth)
+        return unreadable(disk, "its backing chain is longer than " + std::to_string(kMaxChainDepth) + " images");
+      keys.push_back(std::move(key));
+      UniqueFd next = open_ref(t.path, id, disk);
+      if (!next.valid()) return;
+      held = std::move(next);
+      fd = held.get();
+      path = t.path;
     }
-    follow_backing(t.path, t.format.empty() ? refs->backing_format : t.format, disk, chain);
+    if (out_.unreadable.size() == before)
+      for (auto& k : keys) followed_.insert(std::move(k));
+  }
+
+  // Opens a referenced file (symlinks followed) and checks it is still the
+  // file stat()ed as `id`; invalid (and reported) otherwise.
+  UniqueFd open_ref(const std::string& path, const FileId& id, const std::string& disk) {
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
+    if (!fd.valid()) {
+      unreadable(disk, "cannot open '" + path + "'", errno);
+      return fd;
+    }
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0) {
+      unreadable(disk, "cannot stat '" + path + "'", errno);
+      fd.reset();
+    } else if (FileId{st.st_dev, st.st_ino} != id) {
+      unreadable(disk, "'" + path + "' was replaced while being read");
+      fd.reset();
+    }
+    return fd;
+  }
+
+  // The files an image opens besides its backing file: a qcow2 external
+  // data file and VMDK extents. Each is marked; a sparse extent's header is
+  // read, since one that holds a descriptor of its own names more files.
+  void follow_data_files(const ImageRefs& refs, const std::string& dir, const std::string& disk) {
+    if (!refs.data_file.empty()) {
+      const auto t = classify_backing(refs.data_file, dir);
+      if (t.kind == BackingTarget::Kind::unreadable) return unreadable(disk, "its data file: " + t.detail);
+      FileId id;
+      if (t.kind == BackingTarget::Kind::local && stat_ref(t.path, disk, id, "data file")) mark(id, disk);
+    }
+    for (const auto& e : refs.extents) {
+      const auto t = classify_backing(e.name, dir);
+      if (t.kind == BackingTarget::Kind::unreadable) return unreadable(disk, "its VMDK extent: " + t.detail);
+      if (t.kind == BackingTarget::Kind::remote) continue;
+      if (!t.format.empty() && t.format != "raw")
+        return unreadable(disk, "its VMDK extent '" + e.name + "' forces the format " + t.format);
+      FileId id;
+      if (!stat_ref(t.path, disk, id, "VMDK extent")) continue;
+      mark(id, disk);
+      if (e.kind == vmdk::ExtentKind::sparse) check_sparse_extent(t.path, id, disk);
+    }
+  }
+
+  void check_sparse_extent(const std::string& path, const FileId& id, const std::string& disk) {
+    UniqueFd fd = open_ref(path, id, disk);
+    if (!fd.valid()) return;
+    std::array<std::uint8_t, 64> head{};
+    const long long n = pread_full(fd.get(), head.data(), head.size(), 0);
+    if (n < 0) return unreadable(disk, "cannot read its VMDK extent '" + path + "'", static_cast<int>(-n));
+    const std::span<const std::uint8_t> got(head.data(), static_cast<std::size_t>(n));
+    if (got.size() >= 4 && std::memcmp(got.data(), "KDMV", 4) == 0 && vmdk::sparse_header(got).embedded_descriptor())
+      unreadable(disk, "its VMDK extent '" + path + "' holds a descriptor of its own, which this pass does not follow");
   }
 
   // stat()s a referenced path (following symlinks). False when there is
   // nothing to mark: missing (reported or matched by name) or an error.
-  bool stat_ref(const std::string& path, const std::string& disk, FileId& id) {
+  bool stat_ref(const std::string& path, const std::string& disk, FileId& id, const char* what) {
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0) {
       const int err = errno;
       if (err == ENOENT) missing_target(disk, path);
-      else unreadable(disk, "cannot stat its backing file '" + path + "'", err);
+      else unreadable(disk, std::string("cannot stat its ") + what + " '" + path + "'", err);
       return false;
     }
     if (!S_ISREG(st.st_mode)) {
-      unreadable(disk, "its backing file '" + path + "' is not a regular file");
+      unreadable(disk, std::string("its ") + what + " '" + path + "' is not a regular file");
       return false;
     }
     id = {st.st_dev, st.st_ino};
@@ -221,38 +307,11 @@ class Scanner {
     }
   }
 
-  void follow_backing(const std::string& path, const std::string& format, const std::string& disk,
-                      std::vector<FileId>& chain) {
-    FileId id;
-    if (!stat_ref(path, disk, id)) return;
-    mark(id, disk);
-    if (std::find(chain.begin(), chain.end(), id) != chain.end())
-      return unreadable(disk, "its backing chain loops back to '" + path + "'");
-    if (followed_.count(id)) return;  // its chain is known already
-    if (chain.size() >= static_cast<std::size_t>(kMaxChainDepth))
-      return unreadable(disk, "its backing chain is deeper than " + std::to_string(kMaxChainDepth));
-    if (format_has_no_references(format)) {
-      followed_.insert(id);
-      return;
-    }
-    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
-    if (!fd.valid()) return unreadable(disk, "cannot open its backing file '" + path + "'", errno);
-    struct stat st {};
-    if (::fstat(fd.get(), &st) != 0) return unreadable(disk, "cannot stat its backing file '" + path + "'", errno);
-    if (FileId{st.st_dev, st.st_ino} != id)
-      return unreadable(disk, "its backing file '" + path + "' was replaced while being read");
-    const std::size_t before = out_.unreadable.size();
-    chain.push_back(id);
-    follow_image(fd.get(), path, format, disk, chain);
-    chain.pop_back();
-    if (out_.unreadable.size() == before) followed_.insert(id);
-  }
-
   const ScanOptions& opts_;
   UsageScan out_;
   const std::unordered_multimap<FileId, std::size_t, FileIdHash>& by_id_;
   const std::unordered_multimap<std::string, std::size_t>& by_name_;
-  std::unordered_set<FileId, FileIdHash> followed_;  // images whose whole chain was read
+  std::unordered_set<OpenKey, OpenKeyHash> followed_;  // images whose whole chain was read
 };
 
 // Folds one thread's findings into the total.

@@ -4,8 +4,12 @@
 // in the base directory. A disk uses a base when any file it opens, at any
 // depth of its chain, IS that file:
 //   - the disk itself (a symlink or a hard link to the base);
-//   - each backing file and qcow2 external data file, resolved as QEMU
-//     resolves it (backing_spec.h) and stat()ed (symlinks followed).
+//   - each backing file, qcow2 external data file, VMDK extent and VMDK
+//     parent, resolved as QEMU resolves it (backing_spec.h, vmdk.h) and
+//     stat()ed (symlinks followed).
+// An image reached again is read again unless it is the same file opened
+// as the same format from the same directory spelling (what decides what
+// QEMU opens next from it).
 // A backing path that does not exist here but whose last component is the
 // name of a base file protects that base ("by name": the same storage
 // mounted at another path on another host). A missing backing that names no
@@ -41,8 +45,12 @@ struct FileIdHash {
 // Directories are scanned down to this many levels below instances_path:
 // instances/<uuid>/a/b/c. A deeper directory makes the scan unreadable there.
 inline constexpr int kMaxDirDepth = 4;
-// The longest backing chain followed (the top image included).
-inline constexpr int kMaxChainDepth = 16;
+// The longest backing chain followed (the top image included). QEMU itself
+// sets no depth: it opens a chain as long as its open-file limit allows, and
+// so does the pass up to this guard, far beyond such limits in practice. A
+// cycle (the same file, format and directory twice in one chain) and ELOOP
+// are found long before it.
+inline constexpr std::size_t kMaxChainDepth = 8192;
 
 struct BaseEntry {
   std::string name;

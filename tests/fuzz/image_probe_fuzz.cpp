@@ -1,5 +1,6 @@
 // Fuzzes what the image-cache pass reads from disks it does not trust: the
-// multi-format probe (qcow2, qcow, QED, VMDK headers, from a real fd), the
+// multi-format probe (qcow2, qcow, QED, VMDK headers and descriptors, from a
+// real fd), the VMDK extent and parent-hint readers on raw bytes, the
 // backing-string classifier (plain, file:, json:, protocols) and the UTF-8
 // sanitiser used for every file name in a report. Any bytes must give a
 // result or an error, never a crash; a sanitised string must be valid UTF-8
@@ -16,6 +17,7 @@
 #include "common/utf8.h"
 #include "imagecache/backing_spec.h"
 #include "imagecache/image_probe.h"
+#include "imagecache/vmdk.h"
 
 namespace ic = virtcap::imagecache;
 
@@ -39,6 +41,12 @@ void check_target(const ic::BackingTarget& t) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data), size);
   check_target(ic::classify_backing(text, "/instances/u1"));
+  // The VMDK rules on the raw bytes: extents never empty, a named parent
+  // hint never empty and within the 4095 bytes QEMU allows.
+  for (const auto& e : ic::vmdk::extents(text)) check(!e.name.empty() && e.name.size() <= 511);
+  const auto hint = ic::vmdk::parent_hint({data, size});
+  if (hint.kind == ic::vmdk::ParentHint::Kind::named) check(!hint.name.empty() && hint.name.size() <= 4095);
+  (void)ic::vmdk::probes_as_text_descriptor({data, size});
 
   static const int fd = ::memfd_create("image", 0);
   if (fd < 0) std::abort();
@@ -58,5 +66,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   check(!refs->format.empty());
   if (!refs->backing.empty()) check_target(ic::classify_backing(refs->backing, "/instances/u1"));
   if (!refs->data_file.empty()) check_target(ic::classify_backing(refs->data_file, "/instances/u1"));
+  for (const auto& e : refs->extents) check_target(ic::classify_backing(e.name, "/instances/u1"));
   return 0;
 }

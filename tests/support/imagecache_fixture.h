@@ -2,7 +2,10 @@
 // pass tests: raw bases and qcow2 overlays made by qemu-img, real mtimes.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <chrono>
+#include <nlohmann/json.hpp>
 #include <filesystem>
 #include <stdexcept>
 #include <string>
@@ -49,5 +52,43 @@ struct Fixture {
     throw std::runtime_error("no file " + name);
   }
 };
+
+// The oracle: every file QEMU opens for `disk`, per `qemu-img info -U
+// --backing-chain --output=json`: each image of the chain, each qcow2
+// external data file and each VMDK extent (relative names resolved against
+// the directory of the image naming them, as QEMU does). Empty when qemu-img
+// cannot open the disk at all (QEMU then opens nothing for it).
+inline std::vector<std::string> qemu_opened_files(const std::string& disk) {
+  std::vector<std::string> files;
+  auto r = proc::run({"qemu-img", "info", "-U", "--backing-chain", "--output=json", disk});
+  if (!r.ok() || r->exit_code != 0) return files;
+  const auto j = nlohmann::json::parse(r->out, nullptr, false);
+  if (!j.is_array()) return files;
+  auto resolve = [](const std::string& name, const std::string& image) {
+    if (name.empty() || name.front() == '/') return name;
+    return fs::path(image).parent_path().string() + "/" + name;
+  };
+  for (const auto& img : j) {
+    const std::string image = img.value("filename", "");
+    files.push_back(image);
+    const auto data = img.contains("format-specific") ? img["format-specific"].value("data", nlohmann::json::object())
+                                                      : nlohmann::json::object();
+    if (data.contains("data-file")) files.push_back(resolve(data.value("data-file", ""), image));
+    if (data.contains("extents"))
+      for (const auto& e : data["extents"]) files.push_back(resolve(e.value("filename", ""), image));
+  }
+  return files;
+}
+
+// True when QEMU opens `file` (by identity) for `disk`.
+inline bool qemu_opens(const std::string& disk, const std::string& file) {
+  struct stat want {};
+  if (::stat(file.c_str(), &want) != 0) return false;
+  for (const auto& f : qemu_opened_files(disk)) {
+    struct stat st {};
+    if (::stat(f.c_str(), &st) == 0 && st.st_dev == want.st_dev && st.st_ino == want.st_ino) return true;
+  }
+  return false;
+}
 
 }  // namespace virtcap::testing

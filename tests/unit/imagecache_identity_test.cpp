@@ -155,16 +155,19 @@ TEST(ImageCacheIdentity, NonQcow2DisksThatUseABase) {
   }
 }
 
-TEST(ImageCacheIdentity, AVmdkWithAParentIsUnreadable) {
+// Issue 18: a VMDK's parent is followed as QEMU follows it (was: unreadable).
+TEST(ImageCacheIdentity, AVmdkWithAParentKeepsItsParent) {
   Scenario s;
   const auto vbase = sha1_hex("vmdk-base");
   testing::must_run({"qemu-img", "create", "-q", "-f", "vmdk", s.base(vbase), "1M"});
   testing::set_mtime(s.base(vbase), testing::now() - 2 * kDay);
-  s.make_disk("u1", "disk", s.base(vbase), "vmdk", "vmdk");
+  const auto disk = s.make_disk("u1", "disk", s.base(vbase), "vmdk", "vmdk");
+  ASSERT_TRUE(testing::qemu_opens(disk, s.base(vbase)));
   const auto r = run_pass(s.opts, {});
-  EXPECT_FALSE(r.complete);
-  EXPECT_EQ(r.files_removed, 0u);
-  EXPECT_EQ(s.remaining().size(), 3u);
+  EXPECT_TRUE(r.complete);
+  EXPECT_EQ(Fixture::file(r, vbase).state, "in_use");
+  EXPECT_EQ(r.files_removed, 2u);
+  EXPECT_EQ(s.remaining(), std::vector<std::string>{vbase});
 }
 
 TEST(ImageCacheIdentity, SymlinkAndHardLinkDisksToABase) {
@@ -264,7 +267,7 @@ TEST(ImageCacheIdentity, ExternalDataFileIsAFileTheDiskOpens) {
 TEST(ImageCacheIdentity, ATemporaryIsRemovedOnlyUnderItsBasesLock) {
   Fixture f;
   const auto b = sha1_hex("fetching");
-  f.make_base(b + ".tmp-abc", 2 * kDay);
+  f.make_base(b + ".tmp-abc0123456", 2 * kDay);
   BaseCache cache(f.opts.instances_path, "_base");
   auto held = BaseFileLock::acquire(cache, b);  // a fetch of <b> in progress
   ASSERT_TRUE(held.ok());
@@ -272,8 +275,8 @@ TEST(ImageCacheIdentity, ATemporaryIsRemovedOnlyUnderItsBasesLock) {
   const auto r = run_pass(f.opts, {});
   EXPECT_FALSE(r.complete);
   EXPECT_EQ(r.files_removed, 0u);
-  EXPECT_EQ(f.remaining(), std::vector<std::string>{b + ".tmp-abc"});
-  EXPECT_EQ(fs::exists(f.opts.instances_path + "/locks/" + b + ".tmp-abc.lock"), false);
+  EXPECT_EQ(f.remaining(), std::vector<std::string>{b + ".tmp-abc0123456"});
+  EXPECT_EQ(fs::exists(f.opts.instances_path + "/locks/" + b + ".tmp-abc0123456.lock"), false);
 }
 
 TEST(ImageCacheIdentity, LockFilesAreNotFollowedAndStaleOnesAreCleanedUp) {

@@ -41,8 +41,8 @@ TEST(ImageCachePass, RemovesExactlyTheUnusedOldEnoughFiles) {
   f.make_base("swap_512", 2 * kDay);                     // names this driver never makes: unknown, kept
   f.make_base("ephemeral_20_40d1d2c", 2 * kDay);
   f.dir.write("instances/_base/README", "operator notes");
-  f.make_base(old_unused + ".tmp-abcdef", 2 * kDay);     // interrupted fetch
-  f.make_base(young + ".tmp-123456", 60);                // fetch in progress
+  f.make_base(old_unused + ".tmp-abcdef0123", 2 * kDay);     // interrupted fetch
+  f.make_base(young + ".tmp-1234567890", 60);                // fetch in progress
   f.make_disk("uuid-1", "disk", f.base(used));
   f.make_disk("uuid-1", "disk.local", f.base(used + "_10737418240"));
   f.make_disk("uuid-1", "disk.swap", f.base(used));
@@ -63,16 +63,16 @@ TEST(ImageCachePass, RemovesExactlyTheUnusedOldEnoughFiles) {
   EXPECT_EQ(Fixture::file(r, store_img + "_5368709120").state, "in_use");
   EXPECT_EQ(Fixture::file(r, old_unused).state, "removed");
   EXPECT_EQ(Fixture::file(r, old_unused + "_21474836480").state, "removed");
-  EXPECT_EQ(Fixture::file(r, old_unused + ".tmp-abcdef").state, "removed");
+  EXPECT_EQ(Fixture::file(r, old_unused + ".tmp-abcdef0123").state, "removed");
   EXPECT_EQ(Fixture::file(r, young).state, "unused_young");
   EXPECT_EQ(Fixture::file(r, young).threshold_seconds, 86400);
   EXPECT_EQ(Fixture::file(r, young + "_1073741824").state, "unused_young");
   EXPECT_EQ(Fixture::file(r, young + "_1073741824").threshold_seconds, 3600);
-  EXPECT_EQ(Fixture::file(r, young + ".tmp-123456").state, "unused_young");
+  EXPECT_EQ(Fixture::file(r, young + ".tmp-1234567890").state, "unused_young");
   EXPECT_EQ(Fixture::file(r, "swap_512").state, "unknown");
   EXPECT_EQ(Fixture::file(r, "README").kind, "unknown");
   const std::vector<std::string> expect = {
-      "README", "ephemeral_20_40d1d2c", young + "_1073741824", young, young + ".tmp-123456", store_img,
+      "README", "ephemeral_20_40d1d2c", young + "_1073741824", young, young + ".tmp-1234567890", store_img,
       store_img + "_5368709120", "swap_512", used, used + "_10737418240"};
   auto sorted = expect;
   std::sort(sorted.begin(), sorted.end());
@@ -374,7 +374,7 @@ TEST(ImageCachePass, ABaseReplacedOrTouchedAfterTheFirstLookIsKept) {
   Fixture f;
   const auto replaced = sha1_hex("replaced"), touched = sha1_hex("touched"),
              unchanged = sha1_hex("unchanged");
-  const auto temp = sha1_hex("temp") + ".tmp-abcdef";
+  const auto temp = sha1_hex("temp") + ".tmp-abcdef0123";
   for (const auto& n : {replaced, touched, unchanged, temp}) f.make_base(n, 2 * kDay);
   // Renames a new file with the old one's exact mtime over it; returns its inode.
   auto replace = [&](const std::string& name) {

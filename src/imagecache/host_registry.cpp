@@ -10,7 +10,9 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "common/fd.h"
 #include "common/json_text.h"
+#include "imagecache/base_cache.h"
 
 namespace virtcap::imagecache {
 
@@ -26,22 +28,29 @@ bool valid_host_name(const std::string& h) {
 Status register_host(const std::string& instances_path, const std::string& host) {
   if (!valid_host_name(host))
     return make_error(Errc::invalid_argument, "host name '" + host + "' cannot be registered: use letters, digits, '.', '-', '_'");
-  const std::string dir = instances_path + "/hosts";
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) return make_error(Errc::io_error, "cannot create " + dir + ": " + ec.message());
-  const std::string path = dir + "/" + host + ".json";
-  const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
+  // Written only inside a real directory on the cache's mount (a symlinked
+  // or mounted `hosts` is refused), and only relative to it.
+  auto dir = open_cache_dir(instances_path, "hosts", CreateDir::yes);
+  if (!dir) return dir.error();
+  const std::string name = host + ".json", tmp = name + ".tmp-" + std::to_string(::getpid());
+  const std::string path = dir->path + "/" + name;
   const auto now = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
   const std::string body = dump_json(nlohmann::json{{"host", host}, {"updated_at", now}}) + "\n";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return make_error(Errc::io_error, "cannot write " + tmp + ": " + std::strerror(errno));
-  const bool ok = ::write(fd, body.data(), body.size()) == static_cast<ssize_t>(body.size()) && ::fsync(fd) == 0;
-  const int err = errno;
-  ::close(fd);
-  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
-    ::unlink(tmp.c_str());
-    return make_error(Errc::io_error, "cannot register host in " + path + ": " + std::strerror(ok ? errno : err));
+  UniqueFd fd(::openat(dir->fd.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644));
+  if (!fd.valid()) return make_error(Errc::io_error, "cannot write " + dir->path + "/" + tmp + ": " + std::strerror(errno));
+  bool ok = ::write(fd.get(), body.data(), body.size()) == static_cast<ssize_t>(body.size()) && ::fsync(fd.get()) == 0;
+  int err = errno;
+  if (fd.close_checked() != 0 && ok) {
+    ok = false;
+    err = errno;
+  }
+  if (ok && ::renameat(dir->fd.get(), tmp.c_str(), dir->fd.get(), name.c_str()) != 0) {
+    ok = false;
+    err = errno;
+  }
+  if (!ok) {
+    ::unlinkat(dir->fd.get(), tmp.c_str(), 0);
+    return make_error(Errc::io_error, "cannot register host in " + path + ": " + std::strerror(err));
   }
   return {};
 }

@@ -144,5 +144,60 @@ TEST(ImageCacheFaults, APersistentFaultOnOneInstanceRemovesNothing) {
   }
 }
 
+// Issue 18: every unlink and rename the real pass makes stays inside the
+// cache - its base directory and its own lock directory (and the host
+// registry's rename of its own file) - checked with strace. With `locks` a symlink to another directory, nothing there is
+// touched (neither a foreign file nor a stale lock of the cache's own
+// pattern), and the pass removes nothing.
+TEST(ImageCacheFaults, UnlinksAndRenamesStayInsideTheCache) {
+  for (const bool symlinked : {false, true}) {
+    SCOPED_TRACE(symlinked ? "locks is a symlink" : "locks is a real directory");
+    FaultTree t;
+    const std::string locks = t.instances + "/locks", foreign = t.dir.sub("foreign");
+    const std::string gone_lock = sha1_hex("gone") + ".lock";
+    fs::create_directories(foreign);
+    if (symlinked) fs::create_directory_symlink(foreign, locks);
+    else fs::create_directories(locks);
+    const std::string where = symlinked ? foreign : locks;
+    std::ofstream(where + "/app.lock") << "pid 1";
+    std::ofstream(where + "/" + gone_lock) << "";
+    const std::string log = t.dir.sub("unlink.log");
+    auto r = proc::run({"strace", "-f", "-qq", "-y", "-E", sanitizer_options(), "-o", log, "-e",
+                        "trace=unlink,unlinkat,rename,renameat,renameat2", VIRTCAP_BINARY, "imagecache", "--config",
+                        t.config, "--format", "json"});
+    ASSERT_TRUE(r.ok());
+    const std::string base = fs::canonical(t.instances + "/_base").string();
+    const std::string real_locks = fs::canonical(t.instances).string() + "/locks";
+    const std::string hosts = fs::canonical(t.instances).string() + "/hosts";
+    std::ifstream in(log);
+    std::size_t calls = 0;  // unlinks
+    for (std::string line; std::getline(in, line);) {
+      if (line.find("unlink") == std::string::npos && line.find("rename") == std::string::npos) continue;
+      calls += line.find("unlink") != std::string::npos;
+      const auto lt = line.find('<'), gt = line.find('>');
+      ASSERT_TRUE((line.find("unlinkat(") != std::string::npos || line.find("renameat(") != std::string::npos) &&
+                  lt != std::string::npos && gt > lt)
+          << "every removal and rename is relative to a checked directory fd: " << line;
+      const std::string dir = line.substr(lt + 1, gt - lt - 1);
+      if (line.find("renameat(") != std::string::npos) EXPECT_EQ(dir, hosts) << "only the host registry renames";
+      else EXPECT_TRUE(dir == base || (!symlinked && dir == real_locks)) << line;
+      EXPECT_EQ(line.find(foreign), std::string::npos) << line;
+    }
+    t.expect_used_intact("the strace run");
+    EXPECT_TRUE(fs::exists(where + "/app.lock"));  // not a name the cache makes
+    if (symlinked) {
+      EXPECT_EQ(r->exit_code, 1) << "the refused lock directory makes the pass incomplete";
+      EXPECT_EQ(t.unused_left(), t.unused.size());
+      EXPECT_TRUE(fs::exists(foreign + "/" + gone_lock));
+      EXPECT_EQ(calls, 0u);
+    } else {
+      EXPECT_EQ(r->exit_code, 0) << r->err;
+      EXPECT_EQ(t.unused_left(), 0u);
+      EXPECT_FALSE(fs::exists(locks + "/" + gone_lock)) << "a stale lock of the cache's pattern is cleaned up";
+      EXPECT_GE(calls, t.unused.size());
+    }
+  }
+}
+
 }  // namespace
 }  // namespace virtcap

@@ -376,10 +376,12 @@ TEST(ImageCacheDifferential, NoBaseThatQemuOpensIsEverRemoved) {
         ++removed;
       }
     }
-    if ((t + 1) % 500 == 0)
+    if ((t + 1) % 500 == 0) {  // progress, so a long run's count is known if it is stopped
       std::printf("%llu trees so far: %zu in-use bases kept, %zu kept by name, %zu unused removed, %zu incomplete, "
                   "0 in-use lost\n",
                   static_cast<unsigned long long>(t + 1), kept, by_name, removed, incomplete);
+      std::fflush(stdout);
+    }
   }
   spdlog::set_level(level);
   std::printf("%llu trees from seed %llu: %zu in-use bases kept, %zu kept by name, %zu unused removed, %zu trees "

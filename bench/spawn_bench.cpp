@@ -144,7 +144,7 @@ void BM_OverlayCreateQemuImg(benchmark::State& state) {
     state.ResumeTiming();
     auto r = proc::run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base->base_path, partial});
     if (!r || r->exit_code != 0) state.SkipWithError("qemu-img create failed");
-    if (d != imagecache::Durability::none && !imagecache::fsync_file(partial).ok()) state.SkipWithError("fsync failed");
+    if (d != imagecache::Durability::none && !imagecache::fsync_file(partial, {}).ok()) state.SkipWithError("fsync failed");
     if (!imagecache::rename_into_place(partial, disk, d).ok()) state.SkipWithError("rename failed");
   }
   overlay_label(state);

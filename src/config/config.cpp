@@ -1,5 +1,7 @@
 #include "config/config.h"
 
+#include "common/group.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <toml++/toml.h>
@@ -46,6 +48,12 @@ std::optional<std::string> dir_name::operator()(const std::string& v) const {
       v.find('\0') != std::string::npos)
     return "expected " + describe() + ", got \"" + v + "\"";
   return std::nullopt;
+}
+std::string group_name::describe() const { return "empty, or a group name this host knows"; }
+std::optional<std::string> group_name::operator()(const std::string& v) const {
+  if (v.empty()) return std::nullopt;
+  if (v.find('\0') == std::string::npos && group_id(v)) return std::nullopt;
+  return "no group named \"" + v + "\" on this host (getent group lists them); create it or leave the option empty";
 }
 std::string one_of::describe() const {
   std::string c = choices;

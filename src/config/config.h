@@ -62,6 +62,11 @@ struct non_empty {
   std::string describe() const;
   std::optional<std::string> operator()(const std::string& v) const;
 };
+// Empty, or the name of a group this host knows (getgrnam).
+struct group_name {
+  std::string describe() const;
+  std::optional<std::string> operator()(const std::string& v) const;
+};
 }  // namespace check
 
 // O(type, key, default, check, doc)
@@ -127,7 +132,10 @@ struct non_empty {
     "Longest wait between reconnection attempts after the hypervisor went away.")                 \
   O(std::string, overlay_writer, "native", check::one_of{"native|qemu-img"},                      \
     "How spawn creates an instance's qcow2 overlay on its base: native (written in-process) or "  \
-    "qemu-img (runs `qemu-img create`). Both fsync the overlay before renaming it into place.")
+    "qemu-img (runs `qemu-img create`). Both fsync the overlay before renaming it into place.")   \
+  O(std::string, disk_group, "", check::group_name{},                                             \
+    "Group that may read base images, overlays and instance directories virtcap creates (modes "   \
+    "0640/0750), for QEMU running as another user (qemu:///system). Empty: owner only (0600/0700).")
 
 #define VIRTCAP_CONFIG_IMAGES(O)                                                                  \
   O(std::string, path, "", check::abs_path{.allow_empty = true},                                  \

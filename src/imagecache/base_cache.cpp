@@ -43,10 +43,30 @@ Status fsync_dir(const std::string& dir) {
   return {};
 }
 
-Status make_dirs(const std::string& dir) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) return make_error(Errc::io_error, "cannot create directory " + dir + ": " + ec.message());
+Status DiskAccess::apply(int fd, bool directory, const std::string& path) const {
+  if (::fchmod(fd, directory ? dir_mode() : file_mode()) != 0) return io_error("cannot set the mode of " + path, errno);
+  if (group && ::fchown(fd, static_cast<uid_t>(-1), *group) != 0)
+    return io_error("cannot give " + path + " to group " + std::to_string(*group) + " ([libvirt] disk_group)", errno);
+  return {};
+}
+
+Status make_dirs(const std::string& dir, const DiskAccess& access) {
+  // Each missing component, from the top: mkdir, then the exact mode.
+  std::string path;
+  for (const auto& part : std::filesystem::path(dir)) {
+    path = path.empty() ? part.string() : (path == "/" ? "/" : path + "/") + part.string();
+    if (path == "/" || part == ".") continue;
+    if (::mkdir(path.c_str(), access.dir_mode()) == 0) {
+      Fd fd(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+      if (!fd.valid()) return io_error("cannot open directory " + path, errno);
+      if (Status st = access.apply(fd.get(), true, path); !st) return st;
+    } else if (errno != EEXIST) {
+      return io_error("cannot create directory " + path, errno);
+    }
+  }
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) return io_error("cannot create directory " + dir, errno);
+  if (!S_ISDIR(st.st_mode)) return make_error(Errc::io_error, "cannot create directory " + dir + ": a file is in the way");
   return {};
 }
 
@@ -176,40 +196,79 @@ Status touch(const std::string& path) {
   return {};
 }
 
-Result<std::uint64_t> copy_file_synced(const std::string& src, const std::string& dst) {
+namespace {
+
+// Copies [at, at + len) of in to the same offsets of out: copy_file_range,
+// or a read/write loop where the kernel cannot (another filesystem, ...).
+Status copy_range(int in, int out, std::uint64_t at, std::uint64_t len, const std::string& src,
+                  const std::string& dst) {
+  for (std::uint64_t done = 0; done < len;) {
+    auto off_in = static_cast<loff_t>(at + done), off_out = off_in;
+    const ssize_t n = ::copy_file_range(in, &off_in, out, &off_out, len - done, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL)) {
+      char buf[1 << 16];
+      const ssize_t r = ::pread(in, buf, std::min<std::uint64_t>(sizeof buf, len - done),
+                                static_cast<off_t>(at + done));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) return io_error("cannot read " + src, errno);
+      if (r == 0) break;
+      for (ssize_t w = 0; w < r;) {
+        const ssize_t k = ::pwrite(out, buf + w, static_cast<std::size_t>(r - w), static_cast<off_t>(at + done) + w);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) return io_error("cannot write " + dst, errno);
+        w += k;
+      }
+      done += static_cast<std::uint64_t>(r);
+      continue;
+    }
+    if (n < 0) return io_error("cannot copy " + src + " to " + dst, errno);
+    if (n == 0) return make_error(Errc::io_error, "image " + src + " changed size while being copied; try again");
+    done += static_cast<std::uint64_t>(n);
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<std::uint64_t> copy_file_synced(const std::string& src, const std::string& dst, const DiskAccess& access) {
   Fd in(::open(src.c_str(), O_RDONLY | O_CLOEXEC));
   if (in.get() < 0) return io_error("cannot open image " + src, errno);
   struct stat st {};
   if (::fstat(in.get(), &st) != 0) return io_error("cannot stat image " + src, errno);
-  Fd out(::open(dst.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  // Never readable by other users: a base holds a guest's data (docs/imagecache.md).
+  Fd out(::open(dst.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (out.get() < 0) return io_error("cannot create " + dst, errno);
-  std::uint64_t copied = 0;
+  if (Status s = access.apply(out.get(), false, dst); !s) return s.error();
   const auto total = static_cast<std::uint64_t>(st.st_size);
-  while (copied < total) {
-    ssize_t n = ::copy_file_range(in.get(), nullptr, out.get(), nullptr, total - copied, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL)) {
-      // Fallback: a plain read/write loop.
-      char buf[1 << 16];
-      ssize_t r = ::pread(in.get(), buf, sizeof buf, static_cast<off_t>(copied));
-      if (r < 0) return io_error("cannot read " + src, errno);
-      if (r == 0) break;
-      for (ssize_t w = 0; w < r;) {
-        ssize_t k = ::pwrite(out.get(), buf + w, static_cast<std::size_t>(r - w), static_cast<off_t>(copied + w));
-        if (k < 0) return io_error("cannot write " + dst, errno);
-        w += k;
-      }
-      copied += static_cast<std::uint64_t>(r);
-      continue;
+  // Only the data ranges are copied (SEEK_DATA / SEEK_HOLE), so a sparse
+  // image stays sparse; the length is set at the end, holes and all.
+  for (std::uint64_t at = 0; at < total;) {
+    off_t data = ::lseek(in.get(), static_cast<off_t>(at), SEEK_DATA);
+    if (data < 0 && errno == ENXIO) break;  // no data after `at`: a hole to the end
+    std::uint64_t end = total;
+    if (data < 0 && errno == EINVAL) {
+      data = static_cast<off_t>(at);  // no SEEK_DATA here: everything is data
+    } else if (data < 0) {
+      return io_error("cannot read the layout of " + src, errno);
+    } else {
+      const off_t hole = ::lseek(in.get(), data, SEEK_HOLE);
+      if (hole < 0) return io_error("cannot read the layout of " + src, errno);
+      end = std::min<std::uint64_t>(static_cast<std::uint64_t>(hole), total);
     }
-    if (n < 0) return io_error("cannot copy " + src + " to " + dst, errno);
-    if (n == 0) break;  // the source shrank under us
-    copied += static_cast<std::uint64_t>(n);
+    const auto from = static_cast<std::uint64_t>(data);
+    if (from >= total) break;
+    if (Status s = copy_range(in.get(), out.get(), from, end - from, src, dst); !s) return s.error();
+    at = end;
   }
-  if (copied != total)
+  if (::ftruncate(out.get(), static_cast<off_t>(total)) != 0) return io_error("cannot size " + dst, errno);
+  struct stat after {};
+  if (::fstat(in.get(), &after) != 0) return io_error("cannot stat image " + src, errno);
+  if (after.st_size != st.st_size)
     return make_error(Errc::io_error, "image " + src + " changed size while being copied; try again");
   if (::fsync(out.get()) != 0) return io_error("cannot fsync " + dst, errno);
-  return copied;
+  if (out.close_checked() != 0) return io_error("cannot close " + dst, errno);
+  return total;
 }
 
 Result<EnsureOutcome> ensure_base_locked(const BaseCache& cache, std::string_view image_id,
@@ -221,9 +280,9 @@ Result<EnsureOutcome> ensure_base_locked(const BaseCache& cache, std::string_vie
     out.bytes = static_cast<std::uint64_t>(st.st_size);
   } else {
     if (errno != ENOENT) return io_error("cannot stat base file " + out.base_path, errno);
-    if (Status s = make_dirs(cache.base_dir); !s) return s.error();
+    if (Status s = make_dirs(cache.base_dir, cache.access); !s) return s.error();
     const std::string tmp = out.base_path + std::string(kTempMarker) + random_suffix();
-    auto copied = copy_file_synced(source, tmp);
+    auto copied = copy_file_synced(source, tmp, cache.access);
     if (!copied) {
       ::unlink(tmp.c_str());
       return copied.error();

@@ -7,6 +7,8 @@
 // base file between a spawn's check and the overlay that starts using it.
 #pragma once
 
+#include <sys/types.h>
+
 #include <optional>
 #include <string>
 #include <string_view>
@@ -31,10 +33,24 @@ inline std::string without_trailing_slash(std::string p) {
   return p;
 }
 
+// Who may read what the cache and spawn create (base files, overlays, the
+// instance, base and lock directories): the owner only (files 0600,
+// directories 0700), or also one group ([libvirt] disk_group: 0640 / 0750,
+// that group set on each), for QEMU running as another user. Applied
+// exactly, whatever the umask; existing directories keep their modes.
+struct DiskAccess {
+  std::optional<gid_t> group;
+  mode_t file_mode() const { return group ? 0640 : 0600; }
+  mode_t dir_mode() const { return group ? 0750 : 0700; }
+  // fchmod (and fchown to the group) of an open file or directory.
+  Status apply(int fd, bool directory, const std::string& path) const;
+};
+
 struct BaseCache {
   std::string instances_path;
   std::string base_dir;  // <instances_path>/<subdirectory_name>
   int lock_timeout_seconds = kDefaultLockTimeoutSeconds;
+  DiskAccess access;
 
   BaseCache(std::string instances_path_, const std::string& subdirectory_name)
       : instances_path(without_trailing_slash(std::move(instances_path_))),
@@ -113,10 +129,13 @@ Result<EnsureOutcome> ensure_base_locked(const BaseCache& cache, std::string_vie
 Status touch(const std::string& path);
 // fsync(2) of a directory, so a rename or create in it is durable.
 Status fsync_dir(const std::string& dir);
-// mkdir -p; io_error naming the directory.
-Status make_dirs(const std::string& dir);
-// Copies src to dst (which must not exist) with copy_file_range, then fsyncs dst.
-Result<std::uint64_t> copy_file_synced(const std::string& src, const std::string& dst);
+// mkdir -p; the directories it creates get `access`'s mode and group.
+// io_error naming the directory.
+Status make_dirs(const std::string& dir, const DiskAccess& access = {});
+// Copies src to dst (which must not exist; created with `access`), only its
+// data ranges (SEEK_DATA/SEEK_HOLE: a sparse image stays sparse), then
+// fsyncs dst. Returns the file's length.
+Result<std::uint64_t> copy_file_synced(const std::string& src, const std::string& dst, const DiskAccess& access = {});
 
 template <class F>
 Result<EnsureOutcome> with_base(const BaseCache& cache, std::string_view image_id, const std::string& source,

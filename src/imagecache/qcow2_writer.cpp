@@ -186,10 +186,12 @@ int rename_noreplace(const std::string& from, const std::string& to) {
 }
 
 // `created` tells the caller whether `tmp` is ours to remove on failure.
-Status write_and_sync(const std::string& tmp, const OverlayImage& image, Durability durability, bool& created) {
-  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+Status write_and_sync(const std::string& tmp, const OverlayImage& image, Durability durability,
+                      const DiskAccess& access, bool& created) {
+  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (fd.get() < 0) return io_error("cannot create " + tmp, errno);
   created = true;
+  if (Status st = access.apply(fd.get(), false, tmp); !st) return st;
   if (Status st = write_overlay_fd(fd.get(), image, tmp); !st) return st;
   if (durability != Durability::none && ::fsync(fd.get()) != 0) return io_error("cannot fsync " + tmp, errno);
   if (fd.close_checked() != 0) return io_error("cannot close " + tmp, errno);
@@ -198,9 +200,10 @@ Status write_and_sync(const std::string& tmp, const OverlayImage& image, Durabil
 
 }  // namespace
 
-Status fsync_file(const std::string& path) {
+Status fsync_file(const std::string& path, const DiskAccess& access) {
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return io_error("cannot open " + path + " to fsync it", errno);
+  if (Status st = access.apply(fd.get(), false, path); !st) return st;
   if (::fsync(fd.get()) != 0) return io_error("cannot fsync " + path, errno);
   return {};
 }
@@ -218,12 +221,12 @@ Status rename_into_place(const std::string& tmp, const std::string& path, Durabi
   return fsync_dir(dir.empty() ? "." : dir);
 }
 
-Status create_overlay(const std::string& path, const OverlaySpec& spec, Durability durability) {
+Status create_overlay(const std::string& path, const OverlaySpec& spec, Durability durability, const DiskAccess& access) {
   auto image = render_overlay(spec);
   if (!image) return image.error();
   const std::string tmp = path + std::string(kTempMarker) + "overlay";
   bool created = false;
-  if (Status st = write_and_sync(tmp, *image, durability, created); !st) {
+  if (Status st = write_and_sync(tmp, *image, durability, access, created); !st) {
     if (created) ::unlink(tmp.c_str());  // ours, half written; a file we did not create is left alone
     return st;
   }

@@ -25,6 +25,7 @@
 #include <string_view>
 #include <vector>
 
+#include "imagecache/base_cache.h"
 #include "virtcap/error.h"
 
 namespace virtcap::imagecache {
@@ -81,14 +82,17 @@ enum class Durability {
 // `path` without replacing anything already there (already_exists), then
 // fsyncs the directory (Durability::file_and_directory). On any error the
 // temporary file is removed and `path` is untouched.
-Status create_overlay(const std::string& path, const OverlaySpec& spec, Durability durability = Durability::file);
+// The file gets `access`'s mode and group (owner only by default).
+Status create_overlay(const std::string& path, const OverlaySpec& spec, Durability durability = Durability::file,
+                      const DiskAccess& access = {});
 
 // The last steps of create_overlay, for a file written some other way (the
-// `qemu-img create` path): fsync_file() opens `path` and fsyncs it;
+// `qemu-img create` path): fsync_file() opens `path`, gives it `access`'s
+// mode and group (qemu-img creates 0644 less the umask) and fsyncs it;
 // rename_into_place() renames `tmp` to `path` without replacing an existing
 // file (already_exists; `tmp` is then removed) and, with
 // Durability::file_and_directory, fsyncs the directory of `path`.
-Status fsync_file(const std::string& path);
+Status fsync_file(const std::string& path, const DiskAccess& access);
 Status rename_into_place(const std::string& tmp, const std::string& path, Durability durability);
 
 // The spec for an overlay over `base_path`, whose format the caller declares

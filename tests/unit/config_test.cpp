@@ -81,6 +81,7 @@ std::string pick(const check::non_empty&, const std::string&, const std::string&
   return "value-" + key;
 }
 std::string pick(const check::any&, const std::string&, const std::string& key) { return "value-" + key; }
+std::string pick(const check::group_name&, const std::string&, const std::string&) { return "root"; }
 std::string pick(const check::one_of& c, const std::string& def, const std::string&) {
   std::string_view all = c.choices;
   while (!all.empty()) {
@@ -198,6 +199,13 @@ TEST(Config, OutOfRangeSaysTheRange) {
 
 // Allocation ratios: floats or integers, finite, > 0, at most 1000; the
 // rendered default reads back as the same float.
+TEST(Config, DiskGroupMustBeAGroupThisHostKnows) {
+  EXPECT_TRUE(parse("[libvirt]\ndisk_group = \"root\"\n", "t.toml").ok());
+  const auto msg = error_of("[libvirt]\ndisk_group = \"no-such-group-virtcap\"\n");
+  EXPECT_NE(msg.find("[libvirt] disk_group: no group named \"no-such-group-virtcap\" on this host"), std::string::npos)
+      << msg;
+}
+
 TEST(Config, AllocationRatiosAreCheckedNumbers) {
   EXPECT_EQ(Config{}.compute.cpu_allocation_ratio, 4.0);
   EXPECT_EQ(Config{}.compute.ram_allocation_ratio, 1.0);

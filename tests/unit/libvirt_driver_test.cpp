@@ -1,6 +1,7 @@
 // The libvirt driver against libvirt's real test driver (in-process, no
 // daemon), with real qcow2 files from qemu-img.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <fstream>
 #include <map>
@@ -135,6 +136,14 @@ TEST(LibvirtDriver, BothOverlayWritersMakeEquivalentCleanDisks) {
         infos[std::string(writer) + uuid + key] = info.at(key);
       EXPECT_EQ(info.at("backing-filename"), f.base_of(uuid == std::string(kUuidA) ? "cirros" : "ubuntu"));
       EXPECT_EQ(testing::tree(f.driver->instance_dir(uuid)), std::vector<std::string>{"disk"});
+      // Issue 19: a guest's disk is not readable by other users.
+      struct stat st {};
+      ASSERT_EQ(::stat(disk.c_str(), &st), 0);
+      EXPECT_EQ(st.st_mode & 07777, 0600u) << disk;
+      ASSERT_EQ(::stat(f.driver->instance_dir(uuid).c_str(), &st), 0);
+      EXPECT_EQ(st.st_mode & 07777, 0700u);
+      ASSERT_EQ(::stat(f.base_of(uuid == std::string(kUuidA) ? "cirros" : "ubuntu").c_str(), &st), 0);
+      EXPECT_EQ(st.st_mode & 07777, 0600u);
     }
   }
   for (const char* uuid : {kUuidA, kUuidB})

@@ -14,6 +14,7 @@
 #include <pugixml.hpp>
 #include <sstream>
 
+#include "common/group.h"
 #include "common/subprocess.h"
 #include "imagecache/pass.h"
 #include "imagecache/qcow2_writer.h"
@@ -111,12 +112,12 @@ Result<std::optional<DriverInstance>> describe(virDomainPtr d) {
 constexpr auto kOverlayDurability = imagecache::Durability::file;
 
 Status create_overlay_disk(OverlayWriter writer, const std::string& base_path, ImageFormat format,
-                           const std::string& disk) {
+                           const std::string& disk, const imagecache::DiskAccess& access) {
   const std::string fmt(to_string(format));
   if (writer == OverlayWriter::native) {
     auto spec = imagecache::overlay_spec_for_base(base_path, fmt);
     if (!spec) return spec.error();
-    return imagecache::create_overlay(disk, *spec, kOverlayDurability);
+    return imagecache::create_overlay(disk, *spec, kOverlayDurability, access);
   }
   const std::string partial = disk + std::string(imagecache::kTempMarker) + "create";
   auto r = proc::run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", base_path, partial});
@@ -125,7 +126,7 @@ Status create_overlay_disk(OverlayWriter writer, const std::string& base_path, I
     ::unlink(partial.c_str());
     return make_error(Errc::io_error, "qemu-img create of " + disk + " failed: " + r->err);
   }
-  if (Status st = imagecache::fsync_file(partial); !st) {
+  if (Status st = imagecache::fsync_file(partial, access); !st) {
     ::unlink(partial.c_str());
     return st;
   }
@@ -191,6 +192,7 @@ LibvirtDriver::LibvirtDriver(const config::Config& cfg)
       cache_(cfg.instances_path(), cfg.image_cache.subdirectory_name),
       overlay_writer_(cfg.libvirt.overlay_writer == "qemu-img" ? OverlayWriter::qemu_img : OverlayWriter::native) {
   cache_.lock_timeout_seconds = cfg.image_cache.lock_timeout;
+  if (!cfg.libvirt.disk_group.empty()) cache_.access.group = group_id(cfg.libvirt.disk_group);  // checked at load
 }
 
 LibvirtDriver::~LibvirtDriver() = default;
@@ -344,13 +346,18 @@ Status LibvirtDriver::spawn(const InstanceSpec& spec) {
   // defined; the define itself refuses a uuid the hypervisor already knows.
   const std::string dir = instance_dir(spec.uuid);
   const std::string disk = dir + "/disk";
-  if (Status s = imagecache::make_dirs(cfg_.instances_path()); !s) return s;
-  if (::mkdir(dir.c_str(), 0755) != 0) {
+  if (Status s = imagecache::make_dirs(cfg_.instances_path(), cache_.access); !s) return s;
+  if (::mkdir(dir.c_str(), cache_.access.dir_mode()) != 0) {
     const int err = errno;
     return make_error(err == EEXIST ? Errc::already_exists : Errc::io_error,
                       "cannot create instance directory " + dir + ": " + std::strerror(err));
   }
   SpawnRollback rollback(*this, spec.uuid, dir);  // undoes whatever ends the spawn early, exceptions included
+  {  // not readable by other users (a guest's disk): the exact mode, and the disk group if set
+    UniqueFd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!d.valid()) return make_error(Errc::io_error, "cannot open instance directory " + dir + ": " + std::strerror(errno));
+    if (Status s = cache_.access.apply(d.get(), true, dir); !s) return s;
+  }
   DomainParams p;
   p.uuid = spec.uuid;
   p.name = spec.name;
@@ -383,7 +390,7 @@ Status LibvirtDriver::spawn(const InstanceSpec& spec) {
     // before the overlay uses it), after the fetch: a domain exists only
     // while its overlay is being written, never during a long download.
     rollback.defining = launch(define);
-    return create_overlay_disk(overlay_writer_, b.base_path, image->format, disk);
+    return create_overlay_disk(overlay_writer_, b.base_path, image->format, disk, cache_.access);
   });
   Status defined = rollback.defining.valid() ? rollback.wait_define() : Status{};
   if (!base) return base.error();

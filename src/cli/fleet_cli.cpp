@@ -1,5 +1,6 @@
 #include "cli/fleet_cli.h"
 
+#include <csignal>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
@@ -113,6 +114,7 @@ int FleetCommands::serve() {
   sigemptyset(&sigs);
   for (int s : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&sigs, s);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);  // a peer gone mid-write is an EPIPE to read, as in the agent
 
   // The port before the database, as the agent does: a second service on a
   // taken address is refused (2) before it opens or migrates anything.

@@ -7,6 +7,7 @@
 #include <array>
 #include <map>
 #include <cstdio>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
@@ -151,6 +152,10 @@ int cmd_agent(const Options& o) {
   sigaddset(&sigs, SIGTERM);
   sigaddset(&sigs, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  // A peer that goes away mid-write (a client, libvirtd restarting, the fleet
+  // service) is an EPIPE to read, never a silent death (children start with
+  // default dispositions: proc::Child resets them).
+  std::signal(SIGPIPE, SIG_IGN);
 
   // One agent per state directory, decided before the store or the
   // hypervisor is touched: a second start changes nothing.

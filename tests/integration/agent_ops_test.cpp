@@ -129,6 +129,28 @@ TEST(AgentOps, SighupReopensTheLogAndRereadsItsOptions) {
   EXPECT_EQ(a.stop().exit_code, 0);
 }
 
+// Issue 19: a broken pipe (a client gone mid-answer, libvirtd restarting
+// mid-write) never kills the agent or the fleet service: SIGPIPE is ignored
+// and each write's EPIPE is read.
+TEST(AgentOps, SigpipeNeverKillsTheAgentOrTheFleetService) {
+  AgentWorld w;
+  Agent a(w.config);
+  ASSERT_TRUE(a.running()) << a.exit_output().err;
+  testing::TempDir dir("virtcap-sigpipe");
+  const std::string cfg = dir.write("fleet.toml", "[DEFAULT]\nstate_path = \"" + dir.str() +
+                                                      "\"\n[fleet_service]\nlisten = \"127.0.0.1:0\"\n");
+  Agent fleet(Agent::fleet_service(cfg));
+  ASSERT_TRUE(fleet.running()) << fleet.exit_output().err;
+  for (Agent* p : {&a, &fleet}) {
+    ASSERT_TRUE(p->send(SIGPIPE));
+    ASSERT_TRUE(p->send(SIGPIPE));
+    auto c = p->client();
+    for (int i = 0; i < 2; ++i) EXPECT_TRUE(c.request("GET", p == &a ? "/v1/capabilities" : "/healthz").ok());
+    EXPECT_TRUE(p->running());
+    EXPECT_EQ(p->stop().exit_code, 0) << p->log();
+  }
+}
+
 // The exit-code rule: 0 ok, 1 the operation failed, 2 bad usage/argument/
 // config (including values the agent refuses and a wrong token), 3 the agent
 // could not be reached. --json errors are the API's error object on stdout.

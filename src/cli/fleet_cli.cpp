@@ -1,6 +1,7 @@
 #include "cli/fleet_cli.h"
 
 #include <csignal>
+#include <ctime>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
@@ -14,6 +15,7 @@
 #include "common/logging.h"
 #include "config/config.h"
 #include "fleet/service.h"
+#include "http/tls.h"
 
 namespace virtcap::cli {
 
@@ -108,8 +110,12 @@ int FleetCommands::serve() {
   const logging::Options log{cfg->defaults.debug ? "debug" : cfg->defaults.log_level, cfg->defaults.log_format,
                              cfg->defaults.log_file};
   if (auto st = logging::setup(log); !st) return fail("config error: " + st.error().message, kExitUsage);
-  if (auto st = http::check_listen(fleet::service_options(*cfg).http); !st)
-    return fail("config error: " + st.error().message, kExitUsage);
+  const auto checked = fleet::service_options(*cfg).http;
+  if (auto st = http::check_listen(checked); !st) return fail("config error: " + st.error().message, kExitUsage);
+  // The TLS pair too is checked before anything is opened: a refused start
+  // (a key that does not match its certificate) creates no database.
+  if (auto tls = http::load_tls(checked.tls_cert, checked.tls_key, checked.config_section, std::time(nullptr)); !tls)
+    return fail("config error: " + tls.error().message, kExitUsage);
   sigset_t sigs;
   sigemptyset(&sigs);
   for (int s : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&sigs, s);

@@ -17,6 +17,46 @@
 
 namespace virtcap::config {
 
+std::optional<std::string> url_host(const std::string& url, bool* https) {
+  std::string_view u(url);
+  while (u.size() > 1 && u.back() == '/') u.remove_suffix(1);
+  const auto sep = u.find("://");
+  if (sep == std::string_view::npos) return std::nullopt;
+  std::string scheme(u.substr(0, sep));
+  for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (scheme != "http" && scheme != "https") return std::nullopt;
+  if (https) *https = scheme == "https";
+  const std::string_view rest = u.substr(sep + 3);
+  if (rest.empty()) return std::nullopt;
+  for (const char c : rest)
+    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f || std::string_view("/?#@").find(c) != std::string_view::npos)
+      return std::nullopt;
+  std::string_view host = rest, port;
+  if (rest.front() == '[') {
+    const auto close = rest.find(']');
+    if (close == std::string_view::npos || close == 1) return std::nullopt;
+    host = rest.substr(1, close - 1);
+    const auto after = rest.substr(close + 1);
+    if (!after.empty() && after.front() != ':') return std::nullopt;
+    if (!after.empty()) port = after.substr(1);
+    if (!after.empty() && port.empty()) return std::nullopt;
+  } else {
+    const auto colon = rest.find(':');
+    if (colon != std::string_view::npos) {
+      host = rest.substr(0, colon);
+      port = rest.substr(colon + 1);
+      if (port.empty()) return std::nullopt;
+    }
+    if (host.empty() || host.find_first_of("[]:") != std::string_view::npos) return std::nullopt;
+  }
+  if (!port.empty()) {
+    int n = 0;
+    const auto r = std::from_chars(port.data(), port.data() + port.size(), n);
+    if (r.ptr != port.data() + port.size() || n < 1 || n > 65535) return std::nullopt;
+  }
+  return std::string(host);
+}
+
 namespace check {
 std::string range::describe() const {
   return "an integer from " + std::to_string(lo) + " to " + std::to_string(hi);
@@ -48,6 +88,19 @@ std::optional<std::string> dir_name::operator()(const std::string& v) const {
       v.find('\0') != std::string::npos)
     return "expected " + describe() + ", got \"" + v + "\"";
   return std::nullopt;
+}
+std::string token::describe() const { return "empty, or printable ASCII with no spaces"; }
+std::optional<std::string> token::operator()(const std::string& v) const {
+  for (const char c : v)
+    if (static_cast<unsigned char>(c) <= 0x20 || static_cast<unsigned char>(c) >= 0x7f)
+      return "a token is printable ASCII with no spaces or control characters (a blank one is no token: leave "
+             "the option empty for none)";
+  return std::nullopt;
+}
+std::string http_url::describe() const { return "empty, or http://HOST[:PORT] or https://HOST[:PORT]"; }
+std::optional<std::string> http_url::operator()(const std::string& v) const {
+  if (v.empty() || url_host(v)) return std::nullopt;
+  return "expected " + describe() + ", got \"" + v + "\"";
 }
 std::string group_name::describe() const { return "empty, or a group name this host knows"; }
 std::optional<std::string> group_name::operator()(const std::string& v) const {
@@ -281,6 +334,19 @@ bool is_loopback(const std::string& host) {
 
 std::string Config::base_dir() const { return instances_path() + "/" + image_cache.subdirectory_name; }
 
+namespace {
+// Rules between options, after each option's own check.
+std::optional<std::string> check_across(const Config& cfg) {
+  const auto& f = cfg.fleet;
+  bool https = false;
+  const auto host = f.url.empty() ? std::nullopt : url_host(f.url, &https);
+  if (host && !https && !f.token.empty() && !is_loopback(*host) && !f.allow_insecure)
+    return "[fleet] url = \"" + f.url + "\" would send [fleet] token in clear text to a host that is not "
+           "loopback; use https:// (with [fleet] ca_file), or set [fleet] allow_insecure = true";
+  return std::nullopt;
+}
+}  // namespace
+
 Result<Config> parse(std::string_view text, std::string_view source) {
   toml::table root;
   try {
@@ -340,6 +406,7 @@ Result<Config> parse(std::string_view text, std::string_view source) {
     }
   }
   if (failure) return *failure;
+  if (auto err = check_across(cfg)) return config_error(std::string(source) + ": " + *err);
   return cfg;
 }
 

@@ -62,6 +62,16 @@ struct non_empty {
   std::string describe() const;
   std::optional<std::string> operator()(const std::string& v) const;
 };
+// Empty, or printable ASCII with no spaces: a blank token is no token.
+struct token {
+  std::string describe() const;
+  std::optional<std::string> operator()(const std::string& v) const;
+};
+// Empty, or http(s)://HOST[:PORT] (a trailing slash is fine).
+struct http_url {
+  std::string describe() const;
+  std::optional<std::string> operator()(const std::string& v) const;
+};
 // Empty, or the name of a group this host knows (getgrnam).
 struct group_name {
   std::string describe() const;
@@ -145,7 +155,7 @@ struct group_name {
   O(std::string, listen, "127.0.0.1:8774", check::listen_address{},                               \
     "HOST:PORT the agent's HTTP/JSON API binds to (port 0: any free port). Non-loopback needs a token, and TLS " \
     "unless allow_insecure.")                                                                     \
-  O(std::string, token, "", check::any{},                                                         \
+  O(std::string, token, "", check::token{},                                                       \
     "Bearer token every API request must carry when set. Required to bind a non-loopback address.") \
   O(std::string, tls_cert, "", check::abs_path{.allow_empty = true},                              \
     "PEM certificate chain (server certificate first). With tls_key: the API serves HTTPS only. An " \
@@ -179,7 +189,7 @@ struct group_name {
     "Empty: sqlite://<state_path>/fleet.sqlite.")                                                \
   O(int, host_down_after, 180, check::range(1, 31536000),                                         \
     "Seconds without a report after which a host is down (excluded from queries, with that reason).") \
-  O(std::string, token, "", check::any{},                                                         \
+  O(std::string, token, "", check::token{},                                                       \
     "Bearer token every fleet request (agent reports included) must carry when set.")             \
   O(std::string, tls_cert, "", check::abs_path{.allow_empty = true},                              \
     "PEM certificate chain (server certificate first); with tls_key the fleet service serves HTTPS only. " \
@@ -200,9 +210,12 @@ struct group_name {
     "those hosts re-read); 0 disables.")
 
 #define VIRTCAP_CONFIG_FLEET(O)                                                                   \
-  O(std::string, url, "", check::any{},                                                           \
+  O(std::string, url, "", check::http_url{},                                                      \
     "Fleet service this agent reports to (http(s)://HOST:PORT). Empty: standalone, no reporting.") \
-  O(std::string, token, "", check::any{}, "Bearer token for the fleet service.")                  \
+  O(std::string, token, "", check::token{}, "Bearer token for the fleet service.")                \
+  O(bool, allow_insecure, false, check::any{},                                                    \
+    "Send [fleet] token over plain http:// to a non-loopback url (it then crosses the network in " \
+    "clear text). Without it such a config is refused at load.")                                  \
   O(int, report_interval, 60, check::range(1, 86400),                                             \
     "Seconds between reports (PUT /v1/hosts/{name}); a failed report is retried sooner, with back-off.") \
   O(std::string, ca_file, "", check::abs_path{.allow_empty = true},                               \
@@ -250,6 +263,9 @@ std::optional<std::pair<std::string, int>> split_listen(const std::string& v);
 // Only the literal loopback addresses (127.0.0.0/8, ::1) and the name
 // "localhost"; a DNS name that merely starts with "127." is not loopback.
 bool is_loopback(const std::string& host);
+// The host of http(s)://HOST[:PORT][/] (brackets removed from an IPv6
+// literal), or nullopt when `url` is not one; *https says which scheme.
+std::optional<std::string> url_host(const std::string& url, bool* https = nullptr);
 
 // Parse TOML text. `source` names it in errors. Errors (code invalid_argument)
 // read "FILE:LINE:COL: [section] key: what was wrong; expected ...".

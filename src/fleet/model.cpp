@@ -104,6 +104,8 @@ Status check_inventory(ResourceClass rc, const Inventory& inv) {
 Status check_host_name(std::string_view name) {
   if (name.empty() || name.size() > 255)
     return bad("host name " + quote_for_error(name) + " must be 1 to 255 bytes");
+  if (name == "." || name == "..")
+    return bad("host name " + quote_for_error(name) + " is a path component, not a host name");
   for (char c : name) {
     const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
                     c == '-' || c == '_';

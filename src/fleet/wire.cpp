@@ -25,7 +25,10 @@ Result<std::string> string_field(const json& obj, const char* key, bool required
     return std::string();
   }
   if (!obj[key].is_string()) return bad(std::string("field \"") + key + "\" must be a string");
-  return obj[key].get<std::string>();
+  auto v = obj[key].get<std::string>();
+  // PostgreSQL would cut the text at a NUL and SQLite keep it: refused on both.
+  if (v.find('\0') != std::string::npos) return bad(std::string("field \"") + key + "\" holds a NUL character");
+  return v;
 }
 
 Result<Inventory> parse_inventory(const json& v, const std::string& where) {

@@ -199,6 +199,15 @@ TEST_P(FleetApiTest, BadInputGetsItsDocumentedStatusAndChangesNothing) {
       {"report: unknown field", "PUT", "/v1/hosts/host1", with("colour", "red"), 400, "colour"},
       {"report: other uuid", "PUT", "/v1/hosts/host1", with("uuid", fleet_uuid(7)), 409, "uuid"},
       {"report: malformed JSON", "PUT", "/v1/hosts/host1", "{\"uuid\":", 400, "malformed JSON"},
+      // Issue 19: names "." and "..", and a NUL in any string (PostgreSQL
+      // would cut it, SQLite keep it), are refused alike on both backends.
+      // (spelled %2e: the client itself removes literal dot segments)
+      {"host named .", "PUT", "/v1/hosts/%2e", b1.dump(), 400, "host name"},
+      {"host named ..", "PUT", "/v1/hosts/%2e%2e", b1.dump(), 400, "host name"},
+      {"report: NUL in agent_version", "PUT", "/v1/hosts/host1", with("agent_version", std::string("1\0x", 3)), 400,
+       "NUL"},
+      {"report: NUL in api_url", "PUT", "/v1/hosts/host1", with("api_url", std::string("http://a\0b", 10)), 400,
+       "NUL"},
       {"report: invalid UTF-8", "PUT", "/v1/hosts/host1", "{\"uuid\":\"\xff\xfe\"}", 400, ""},
       {"body over the limit", "PUT", "/v1/hosts/host1", std::string(kMaxReportBodyBytes + 1, ' '), 413, "limit"},
       {"stale delete", "DELETE", "/v1/hosts/host1/traits/CUSTOM_KEEP", json{{"generation", cur + 1}}.dump(), 409,

@@ -138,6 +138,19 @@ TEST(FleetTls, SighupServesTheNewCertificateToAgentsAndTheCli) {
   EXPECT_EQ(fleet.stop().exit_code, 0);
 }
 
+// Issue 19: a refused TLS pair (a key that does not match its certificate)
+// stops the start before the database is created or migrated.
+TEST(FleetServe, AMismatchedTlsPairIsRefusedBeforeTheDatabaseIsOpened) {
+  TestPki pki;
+  TempDir dir("virtcap-fleet-tlspair");
+  auto [code, out] = cli({"fleet", "serve", "--config",
+                          fleet_config(dir, "listen = \"127.0.0.1:0\"\ntls_cert = \"" + pki.server().cert +
+                                                "\"\ntls_key = \"" + pki.expired().key + "\"\n")});
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("tls_key"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(dir.sub("fleet/fleet.sqlite"))) << "the database was created before the TLS check";
+}
+
 TEST(FleetServe, ATakenPortIsRefusedWithExit2BeforeTheDatabaseIsOpened) {
   TempDir dir("virtcap-fleet-port");
   Agent first(Agent::fleet_service(fleet_config(dir, "listen = \"127.0.0.1:0\"\n")));

@@ -82,6 +82,8 @@ std::string pick(const check::non_empty&, const std::string&, const std::string&
 }
 std::string pick(const check::any&, const std::string&, const std::string& key) { return "value-" + key; }
 std::string pick(const check::group_name&, const std::string&, const std::string&) { return "root"; }
+std::string pick(const check::token&, const std::string&, const std::string& key) { return "token-" + key; }
+std::string pick(const check::http_url&, const std::string&, const std::string&) { return "https://fleet.example:8778"; }
 std::string pick(const check::one_of& c, const std::string& def, const std::string&) {
   std::string_view all = c.choices;
   while (!all.empty()) {
@@ -150,7 +152,7 @@ TEST(Config, ParsesEveryOptionOfEverySectionFromTheXMacro) {
 #undef COMPARE_SECTION_
 #undef COMPARE_OPTION_
   EXPECT_EQ(compared, options);
-  EXPECT_EQ(r->api.token, "value-token");
+  EXPECT_EQ(r->api.token, "token-token");
   EXPECT_EQ(r->libvirt.uri, "value-uri");
   EXPECT_EQ(r->store.backend, "memory");
   EXPECT_EQ(r->images_path(), "/srv/t/path");
@@ -199,6 +201,27 @@ TEST(Config, OutOfRangeSaysTheRange) {
 
 // Allocation ratios: floats or integers, finite, > 0, at most 1000; the
 // rendered default reads back as the same float.
+// Issue 19 (small ones): a blank token is no token; an agent never sends
+// its fleet token in clear text off the machine unless told to.
+TEST(Config, TokensAndTheFleetUrlAreChecked) {
+  for (const char* section : {"api", "fleet_service", "fleet"}) {
+    for (const char* bad : {" ", "two words", "tab\\there"}) {
+      const auto msg = error_of(std::string("[") + section + "]\ntoken = \"" + bad + "\"\n");
+      EXPECT_NE(msg.find("a blank one is no token"), std::string::npos) << section << " " << bad << ": " << msg;
+    }
+  }
+  EXPECT_TRUE(parse("[fleet]\nurl = \"http://127.0.0.1:8778\"\ntoken = \"t\"\n", "t.toml").ok());
+  EXPECT_TRUE(parse("[fleet]\nurl = \"https://fleet.example\"\ntoken = \"t\"\n", "t.toml").ok());
+  EXPECT_TRUE(parse("[fleet]\nurl = \"http://fleet.example\"\n", "t.toml").ok());  // no token to leak
+  const auto msg = error_of("[fleet]\nurl = \"http://10.0.0.5:8778\"\ntoken = \"t\"\n");
+  EXPECT_NE(msg.find("would send [fleet] token in clear text"), std::string::npos) << msg;
+  EXPECT_TRUE(parse("[fleet]\nurl = \"http://10.0.0.5:8778\"\ntoken = \"t\"\nallow_insecure = true\n", "t.toml").ok());
+  for (const char* bad : {"fleet.example", "ftp://x", "http://", "http://h:0", "http://h/path", "http://[::1"})
+    EXPECT_NE(error_of(std::string("[fleet]\nurl = \"") + bad + "\"\n").find("[fleet] url: expected"),
+              std::string::npos)
+        << bad;
+}
+
 TEST(Config, DiskGroupMustBeAGroupThisHostKnows) {
   EXPECT_TRUE(parse("[libvirt]\ndisk_group = \"root\"\n", "t.toml").ok());
   const auto msg = error_of("[libvirt]\ndisk_group = \"no-such-group-virtcap\"\n");

@@ -97,6 +97,24 @@ TEST(ImageCacheQemuRules, TheSameImageOpenedAsRawAndAsQcow2) {
   }
 }
 
+// Class 1, the format part of the key: the same qcow2 image Q declared vmdk
+// by one disk (QEMU reads it as a VMDK descriptor: no parent, no extents)
+// and probed as qcow2 by another, whose chain reaches the base through Q.
+TEST(ImageCacheQemuRules, TheSameImageOpenedAsVmdkAndAsQcow2) {
+  for (const bool vmdk_first : {true, false}) {
+    SCOPED_TRACE(vmdk_first ? "u1 declares it vmdk" : "u2 declares it vmdk");
+    Rules s;
+    const std::string q = s.dir.sub("store/q.qcow2");
+    fs::create_directories(s.dir.sub("store"));
+    must_run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", s.base(s.used), q});
+    const std::string as_vmdk = s.disk_path(vmdk_first ? "u1" : "u2"), as_qcow2 = s.disk_path(vmdk_first ? "u2" : "u1");
+    must_run({"qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "vmdk", "-b", q, as_vmdk, "64K"});
+    must_run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", q, as_qcow2});
+    ASSERT_TRUE(qemu_opens(as_qcow2, s.base(s.used)));
+    s.expect_used_kept_unused_removed(run_pass(s.opts, {}));
+  }
+}
+
 // Class 1: a qcow2 with a relative backing, reached through two directories
 // (two symlinks to one file): QEMU resolves the backing against the
 // directory it opened the image through, so each disk uses another base.

@@ -23,8 +23,20 @@ Errc code_from(const std::string& s) {
   return Errc::internal;
 }
 
+// The body as it arrives, up to a cap: past it the transfer stops
+// (returning less than given makes libcurl fail with CURLE_WRITE_ERROR).
+struct BodySink {
+  std::string data;
+  std::size_t max;
+  bool over = false;
+};
 size_t append_body(char* data, size_t size, size_t n, void* out) {
-  static_cast<std::string*>(out)->append(data, size * n);
+  auto* sink = static_cast<BodySink*>(out);
+  if (size * n > sink->max - sink->data.size()) {
+    sink->over = true;
+    return 0;
+  }
+  sink->data.append(data, size * n);
   return size * n;
 }
 
@@ -120,7 +132,7 @@ Result<Response> Client::call_raw(const std::string& method, const std::string& 
   if (auto st = check_ca_file(opts_.ca_file); !st) return st.error();
   curl_easy_reset(h);  // keeps the live connection
   const std::string url = opts_.url + path;
-  std::string received;
+  BodySink received{{}, opts_.max_body};
   char detail[CURL_ERROR_SIZE] = "";
   HeaderList headers;
   headers.add("Expect:");  // no 100-continue round trip
@@ -164,18 +176,27 @@ Result<Response> Client::call_raw(const std::string& method, const std::string& 
     e.backend_code = CURLE_OPERATION_TIMEDOUT;
     return e;
   }
+  if (received.over) {
+    Error e = make_error(Errc::io_error, opts_.peer + " at " + opts_.url + " answered with more than " +
+                                             std::to_string(opts_.max_body >> 20) +
+                                             " MiB; not read (no virtcap answer is that large: is it the right server?)");
+    e.backend_code = CURLE_WRITE_ERROR;
+    return e;
+  }
   if (rc != CURLE_OK) return transport_error(rc, h, detail, opts_);
   long status = 0;
   curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
   Response out;
   out.status = static_cast<int>(status);
-  out.raw = std::move(received);
+  out.raw = std::move(received.data);
   if (!out.raw.empty()) {
     out.body = nlohmann::json::parse(out.raw, nullptr, false);
     if (out.body.is_discarded()) out.body = nullptr;
   }
   return out;
 }
+
+bool answer_too_large(const Error& e) { return e.code == Errc::io_error && e.backend_code == CURLE_WRITE_ERROR; }
 
 bool answered_late(const Error& e) { return e.code == Errc::io_error && e.backend_code == CURLE_OPERATION_TIMEDOUT; }
 
@@ -193,11 +214,15 @@ Result<nlohmann::json> Client::request(const std::string& method, const std::str
   e.message = "HTTP " + std::to_string(r->status) + " from " + opts_.url;
   if (r->body.is_object() && r->body.contains("error") && r->body["error"].is_object()) {
     const auto& err = r->body["error"];
-    e.code = code_from(err.value("code", ""));
-    e.message = err.value("message", e.message);
-    e.capability = err.value("capability", "");
-    e.operation = err.value("operation", "");
-    e.driver = err.value("driver", "");
+    // Only string fields are taken (value() would throw on another type).
+    auto field = [&](const char* k, std::string def) {
+      return err.contains(k) && err[k].is_string() ? err[k].get<std::string>() : def;
+    };
+    e.code = code_from(field("code", ""));
+    e.message = field("message", e.message);
+    e.capability = field("capability", "");
+    e.operation = field("operation", "");
+    e.driver = field("driver", "");
   }
   return e;
 }

@@ -17,6 +17,8 @@
 namespace virtcap::api {
 
 inline constexpr const char* kDefaultServer = "http://127.0.0.1:8774";
+// The default cap on an answer's body (ClientOptions::max_body): 16 MiB.
+inline constexpr std::size_t kDefaultMaxBody = std::size_t{16} << 20;
 
 struct Response {
   int status = 0;
@@ -31,6 +33,9 @@ struct ClientOptions {
   std::string ca_file{};  // https: PEM CA certificate(s) to verify against; empty: the system CA store
   std::chrono::seconds timeout{300};         // a whole request (an image-cache pass can take a while)
   std::chrono::seconds connect_timeout{5};   // connecting, TLS handshake included
+  // The longest answer read: a larger one is an error, never buffered whole
+  // (virtcap's answers are far smaller; list pages are at most 1 MiB).
+  std::size_t max_body = kDefaultMaxBody;
   // Transport errors name the server as `peer` and end with `hint`; an
   // unknown-CA refusal ends with `ca_hint`.
   std::string peer = "the virtcap agent";
@@ -41,6 +46,8 @@ struct ClientOptions {
 // A call's transport error for a server that was reached but did not answer
 // within the client's timeout (the operation may still finish there).
 bool answered_late(const Error& e);
+// A call's error for an answer larger than ClientOptions::max_body.
+bool answer_too_large(const Error& e);
 
 class Client {
  public:

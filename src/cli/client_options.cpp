@@ -56,6 +56,22 @@ void print_json_error(const ClientFlags& flags, const json& error) {
 
 }  // namespace
 
+namespace {
+std::string g_last_server;  // the server of the last answer, for not_our_api
+}  // namespace
+
+const std::string& last_server() { return g_last_server; }
+
+int not_our_api(const ClientFlags& flags, int status, const std::string& why) {
+  std::string msg = "the server at " + (flags.server.empty() ? g_last_server : flags.server) +
+                    " did not answer with virtcap's API";
+  if (status) msg += " (HTTP " + std::to_string(status) + (why.empty() ? "" : ", " + why) + ")";
+  else if (!why.empty()) msg += " (" + why + ")";
+  msg += "; is --server right?";
+  print_json_error(flags, json{{"error", {{"code", "not_virtcap"}, {"message", msg}}}});
+  return fail(msg, kExitRuntime);
+}
+
 std::optional<int> call_reported(api::Client& client, const ClientFlags& flags, const ClientPeer& peer,
                                  const std::string& method, const std::string& path, const json* body,
                                  api::Response& out, const CallWords& words) {
@@ -67,13 +83,16 @@ std::optional<int> call_reported(api::Client& client, const ClientFlags& flags, 
     // the server and what to check.
     const bool usage = r.error().code == Errc::invalid_argument;
     const bool late = api::answered_late(r.error());
+    const bool too_large = api::answer_too_large(r.error());  // reached, but not a virtcap answer: 1
     std::string msg = r.error().message;
     if (late) msg += peer.after_late;
-    const char* code = usage ? "invalid_argument" : late ? "timeout" : "unreachable";
+    const char* code = usage ? "invalid_argument" : late ? "timeout" : too_large ? "not_virtcap" : "unreachable";
     print_json_error(flags, json{{"error", {{"code", code}, {"message", msg}}}});
-    return fail(msg, usage ? kExitUsage : late ? kExitRuntime : kExitUnreachable);
+    return fail(msg, usage ? kExitUsage : (late || too_large) ? kExitRuntime : kExitUnreachable);
   }
   out = std::move(*r);
+  g_last_server = flags.server;
+  if (out.status >= 200 && out.status < 300 && !out.body.is_object()) return not_our_api(flags, out.status);
   if ((out.status >= 200 && out.status < 300) || (words.quiet_status != 0 && out.status == words.quiet_status))
     return std::nullopt;
   const std::string status = std::to_string(out.status);
@@ -83,7 +102,7 @@ std::optional<int> call_reported(api::Client& client, const ClientFlags& flags, 
   std::string msg = "HTTP " + status + " from " + flags.server;
   if (api_error) {
     const auto& e = out.body["error"];
-    msg = e.value("message", msg);
+    if (e.contains("message") && e["message"].is_string()) msg = e["message"].get<std::string>();
     if (e.contains("capability") && e["capability"].is_string())
       msg += " [capability: " + e["capability"].get<std::string>() + "]";
   }

@@ -24,6 +24,13 @@ inline constexpr int kExitUnreachable = 3;  // a client command could not reach 
 
 // "virtcap: MESSAGE" on stderr; returns `code`.
 int fail(const std::string& message, int code = kExitRuntime);
+struct ClientFlags;
+// Exit 1, "the server at URL did not answer with virtcap's API": a 2xx that
+// is not a JSON object, or an object of the wrong shape (`why`). With
+// --json, the same as an error object on stdout.
+int not_our_api(const ClientFlags& flags, int status = 0, const std::string& why = "");
+// The server of the last answer call_reported read (empty before one).
+const std::string& last_server();
 
 // A JSON value as printed in a table cell or a message: "-" for null, a
 // string as it is, anything else as compact JSON.

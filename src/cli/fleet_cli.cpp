@@ -222,8 +222,11 @@ int FleetCommands::host_delete() {
   api::Client c(client_options());
   api::Response r;
   if (auto rc = call(c, "DELETE", "/v1/hosts/" + http::percent_encode(name_), nullptr, r)) return *rc;
+  // What the server says it deleted, not what was asked.
+  if (!r.body.contains("deleted") || !r.body["deleted"].is_string())
+    return not_our_api(client_, r.status, "no \"deleted\" in the answer");
   if (client_.format == "json") std::cout << dump_json(r.body, 2) << "\n";
-  else std::cout << "deleted host " << name_ << "\n";
+  else std::cout << "deleted host " << r.body["deleted"].get<std::string>() << "\n";
   return kExitOk;
 }
 

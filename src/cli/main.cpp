@@ -480,7 +480,12 @@ int cmd_list(const Options& o) {
     const int rc = client_call(
         o, "GET", path, nullptr,
         [&](const json& j) {
-          for (const auto& i : j.at("instances")) all.push_back(i);
+          if (!j.contains("instances") || !j["instances"].is_array())
+            return cli::not_our_api(o.client, 200, "no \"instances\" list in the answer");
+          for (const auto& i : j["instances"]) {
+            if (!i.is_object()) return cli::not_our_api(o.client, 200, "an instance that is not an object");
+            all.push_back(i);
+          }
           next = j.contains("next") ? j["next"] : json();
           return kExitOk;
         },
@@ -502,7 +507,25 @@ int cmd_list(const Options& o) {
 
 }  // namespace
 
+namespace {
+int run_main(int argc, char** argv);
+}  // namespace
+
+// An answer of the wrong shape (a 200 with an object missing a field, or a
+// field of another type) surfaces as a JSON exception while a command reads
+// it: exit 1 naming the server, never an abort. Anything else is a bug and
+// still aborts.
 int main(int argc, char** argv) {
+  try {
+    return run_main(argc, argv);
+  } catch (const nlohmann::json::exception& e) {
+    if (virtcap::cli::last_server().empty()) throw;
+    return virtcap::cli::not_our_api(virtcap::cli::ClientFlags{}, 0, e.what());
+  }
+}
+
+namespace {
+int run_main(int argc, char** argv) {
   (void)logging::setup({});
   CLI::App app{"virtcap: a compute-host agent whose manager knows what its virt driver can do.\n"
                "Exit codes: 0 success; 1 the operation failed; 2 bad usage, argument or config (including\n"
@@ -744,3 +767,4 @@ int main(int argc, char** argv) {
   }
   return kExitUsage;
 }
+}  // namespace

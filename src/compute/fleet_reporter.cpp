@@ -1,5 +1,6 @@
 #include "compute/fleet_reporter.h"
 
+#include <algorithm>
 #include <spdlog/spdlog.h>
 #include <sys/statvfs.h>
 
@@ -112,6 +113,18 @@ Result<fleet::AgentReport> FleetReporter::build() {
   return r;
 }
 
+namespace {
+// Why an answer that is not a successful report is one: the API's error
+// message, or that the server is not a virtcap fleet service.
+std::string unexpected_answer(const api::Response& r, const std::string& url) {
+  const auto& b = r.body;
+  if (b.is_object() && b.contains("error") && b["error"].is_object() && b["error"].contains("message") &&
+      b["error"]["message"].is_string())
+    return "HTTP " + std::to_string(r.status) + ": " + b["error"]["message"].get<std::string>();
+  return "the server at " + url + " did not answer with virtcap's API (HTTP " + std::to_string(r.status) + ")";
+}
+}  // namespace
+
 TaskOutcome FleetReporter::run(std::stop_token stop) {
   const auto& f = mgr_.config().fleet;
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(f.report_interval);
@@ -120,6 +133,8 @@ TaskOutcome FleetReporter::run(std::stop_token stop) {
   api::Client client(api::ClientOptions{.url = f.url,
                                         .token = f.token,
                                         .ca_file = f.ca_file,
+                                        // A report is small: a slow or endless answer ends the attempt.
+                                        .timeout = std::chrono::seconds(std::clamp(f.report_interval, 5, 30)),
                                         .peer = "the fleet service",
                                         .hint = "check [fleet] url and that `virtcap fleet serve` runs there",
                                         .ca_hint = "set [fleet] ca_file to the CA that signed its certificate"});
@@ -130,19 +145,17 @@ TaskOutcome FleetReporter::run(std::stop_token stop) {
     } else {
       const auto body = fleet::to_json(*r);
       auto res = client.call("PUT", "/v1/hosts/" + r->name, &body);
-      if (res && res->status == 200) {
-        const auto gen = res->body.is_object() ? res->body.value("generation", std::int64_t{0}) : 0;
+      const bool answered = res && res->status == 200 && res->body.is_object() && res->body.contains("generation") &&
+                            res->body["generation"].is_number_integer();
+      if (answered) {
+        const auto gen = res->body["generation"].get<std::int64_t>();
         std::lock_guard lock(mu_);
         if (failures_ > 0) spdlog::info("fleet report to {} succeeded again after {} failure(s)", f.url, failures_);
         failures_ = 0;
         return TaskOutcome::ran("reported " + std::to_string(r->traits.size()) + " traits; host generation " +
                                 std::to_string(gen));
       }
-      why = !res ? res.error().message
-                 : "HTTP " + std::to_string(res->status) + ": " +
-                       (res->body.is_object() && res->body.contains("error")
-                            ? res->body["error"].value("message", std::string())
-                            : std::string());
+      why = !res ? res.error().message : unexpected_answer(*res, f.url);
     }
     {
       std::lock_guard lock(mu_);

@@ -103,6 +103,7 @@ http::Options http_options(const config::Config& cfg) {
   o.token = cfg.api.token;
   o.tls_cert = cfg.api.tls_cert;
   o.tls_key = cfg.api.tls_key;
+  o.tls_priority = cfg.api.tls_priority;
   o.allow_insecure = cfg.api.allow_insecure;
   o.allowed_origins = http::split_list(cfg.api.allowed_origins);
   o.allowed_hosts = http::split_list(cfg.api.allowed_hosts);

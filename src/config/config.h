@@ -79,6 +79,13 @@ struct group_name {
 };
 }  // namespace check
 
+// The TLS versions and suites a server offers by default (a GnuTLS priority
+// string): TLS 1.3, and TLS 1.2 with ECDHE key exchange and AEAD ciphers
+// only (no static RSA, no CBC, no SHA-1 MACs).
+inline constexpr const char* kDefaultTlsPriority =
+    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:-CIPHER-ALL:+AES-256-GCM:"
+    "+AES-128-GCM:+CHACHA20-POLY1305:-MAC-ALL:+AEAD";
+
 // O(type, key, default, check, doc)
 #define VIRTCAP_CONFIG_DEFAULT(O)                                                                 \
   O(std::string, host, "", check::any{},                                                          \
@@ -163,6 +170,9 @@ struct group_name {
     "SIGHUP reads both files again: new connections get the new pair; a refused pair is logged, the old kept.") \
   O(std::string, tls_key, "", check::abs_path{.allow_empty = true},                               \
     "Unencrypted PEM private key of tls_cert. Set both or neither.")                              \
+  O(std::string, tls_priority, kDefaultTlsPriority, check::non_empty{},                           \
+    "TLS versions and suites offered (a GnuTLS priority string). Default: TLS 1.3, and TLS 1.2 with " \
+    "ECDHE and AEAD only (no static RSA, CBC or SHA-1). Checked at start.")                        \
   O(bool, allow_insecure, false, check::any{},                                                    \
     "Serve plain HTTP on a non-loopback listen address (the token then crosses the network in clear text); " \
     "logs a warning at every start. Without it such a listen is refused (exit 2).")               \
@@ -197,6 +207,9 @@ struct group_name {
     "SIGHUP reads both files again: new connections get the new pair; a refused pair is logged, the old kept.") \
   O(std::string, tls_key, "", check::abs_path{.allow_empty = true},                               \
     "Unencrypted PEM private key of tls_cert. Set both or neither.")                              \
+  O(std::string, tls_priority, kDefaultTlsPriority, check::non_empty{},                           \
+    "TLS versions and suites offered (a GnuTLS priority string). Default: TLS 1.3, and TLS 1.2 with " \
+    "ECDHE and AEAD only (no static RSA, CBC or SHA-1). Checked at start.")                        \
   O(bool, allow_insecure, false, check::any{},                                                    \
     "Serve plain HTTP on a non-loopback listen address (tokens and reports cross the network in clear " \
     "text); logs a warning at every start. Without it such a listen is refused (exit 2).")        \

@@ -51,6 +51,7 @@ ServiceOptions service_options(const config::Config& cfg) {
   o.http.max_body_bytes = kMaxReportBodyBytes;
   o.http.tls_cert = s.tls_cert;
   o.http.tls_key = s.tls_key;
+  o.http.tls_priority = s.tls_priority;
   o.http.allow_insecure = s.allow_insecure;
   o.http.config_section = "[fleet_service]";
   o.drift_check_interval = std::chrono::seconds(s.drift_check_interval);

@@ -37,7 +37,6 @@ namespace {
 // much; beyond it the connection is closed.
 constexpr std::size_t kMaxDiscardBytes = 64 * 1024 * 1024;
 
-constexpr char kTlsPriorities[] = "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2";
 
 std::string lower(std::string s) {
   for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -193,6 +192,9 @@ Result<std::string> check_listen(const Options& o) {
   auto hp = config::split_listen(o.listen);
   if (!hp) return make_error(Errc::invalid_argument, section + " listen '" + o.listen + "' is not HOST:PORT");
   if (auto st = check_tls_pair(o.tls_cert, o.tls_key, section); !st) return st.error();
+  if (auto st = check_tls_priority(o.tls_priority.empty() ? config::kDefaultTlsPriority : o.tls_priority, section);
+      !st)
+    return st.error();
   if (config::is_loopback(hp->first)) return std::string();
   if (o.token.empty())
     return make_error(Errc::invalid_argument,
@@ -217,7 +219,9 @@ struct Server::Pending {
   bool answered = false;
 };
 
-Server::Server(Options opts, std::vector<Route> routes) : opts_(std::move(opts)), routes_(std::move(routes)) {}
+Server::Server(Options opts, std::vector<Route> routes) : opts_(std::move(opts)), routes_(std::move(routes)) {
+  if (opts_.tls_priority.empty()) opts_.tls_priority = config::kDefaultTlsPriority;
+}
 
 Server::~Server() {
   stop();
@@ -362,8 +366,8 @@ MHD_Daemon* Server::start_daemon(int listen_fd, const std::string& cert_pem, con
     // own parsed copy).
     o.push_back({MHD_OPTION_HTTPS_MEM_CERT, 0, const_cast<char*>(cert_pem.data())});
     o.push_back({MHD_OPTION_HTTPS_MEM_KEY, 0, const_cast<char*>(key_pem.data())});
-    // TLS 1.2 and 1.3 only (GnuTLS priority string).
-    o.push_back({MHD_OPTION_HTTPS_PRIORITIES, 0, const_cast<char*>(kTlsPriorities)});
+    // TLS 1.3, and 1.2 with ECDHE and AEAD only, by default (Options::tls_priority).
+    o.push_back({MHD_OPTION_HTTPS_PRIORITIES, 0, const_cast<char*>(opts_.tls_priority.c_str())});
   }
   o.push_back({MHD_OPTION_END, 0, nullptr});
   MHD_Daemon* d = MHD_start_daemon(flags | MHD_USE_ERROR_LOG, 0, nullptr, nullptr, &on_request, tag.get(),

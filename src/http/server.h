@@ -71,6 +71,7 @@ struct Options {
   std::vector<std::string> allowed_hosts;    // Host names accepted besides the listen host and localhost
   std::size_t max_body_bytes = 1024 * 1024;
   std::string tls_cert, tls_key;  // PEM files; both set: HTTPS (checked by load_tls in bind())
+  std::string tls_priority;  // GnuTLS priority string; empty: config::kDefaultTlsPriority (check_listen checks it)
   // Serve plain HTTP on a non-loopback address anyway (check_listen); a
   // warning is logged at every start.
   bool allow_insecure = false;

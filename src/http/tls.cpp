@@ -117,4 +117,19 @@ Result<std::optional<TlsMaterial>> load_tls(const std::string& cert_file, const 
   return std::optional<TlsMaterial>(std::move(m));
 }
 
+Status check_tls_priority(const std::string& priority, const std::string& section) {
+  gnutls_priority_t p = nullptr;
+  const char* err_pos = nullptr;
+  const int rc = gnutls_priority_init2(&p, priority.c_str(), &err_pos, 0);
+  if (rc == GNUTLS_E_SUCCESS) {
+    gnutls_priority_deinit(p);
+    return {};
+  }
+  std::string where;
+  if (err_pos && err_pos >= priority.c_str() && err_pos <= priority.c_str() + priority.size())
+    where = " at \"" + std::string(err_pos).substr(0, 40) + "\"";
+  return make_error(Errc::invalid_argument, section + " tls_priority is not a GnuTLS priority string" + where + ": " +
+                                                gnutls_strerror(rc) + " (see `gnutls-cli --priority STRING --list`)");
+}
+
 }  // namespace virtcap::http

@@ -31,4 +31,8 @@ Status check_tls_pair(const std::string& cert_file, const std::string& key_file,
 Result<std::optional<TlsMaterial>> load_tls(const std::string& cert_file, const std::string& key_file,
                                             const std::string& section, std::int64_t now);
 
+// GnuTLS's own check of a priority string: invalid_argument naming
+// `section` tls_priority and the part it could not read.
+Status check_tls_priority(const std::string& priority, const std::string& section);
+
 }  // namespace virtcap::http

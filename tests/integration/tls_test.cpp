@@ -154,6 +154,58 @@ TEST(TlsAgent, OnlyTls12AndNewerAreServed) {
   EXPECT_EQ(accepted.exit_code, 0) << "the control could not speak TLS 1.1: " << accepted.err;
 }
 
+// Issue 19: TLS 1.2 offers only ECDHE key exchange with AEAD ciphers (no
+// static RSA, no CBC, no SHA-1), and 1.3; [api] tls_priority changes it and
+// a bad one stops the start. Checked with openssl s_client, and the static-
+// RSA refusal against a control s_server that accepts it (so the client
+// really offered it).
+TEST(TlsAgent, Tls12OffersOnlyEcdheWithAeadAndThePriorityIsConfigurable) {
+  AgentWorld w(tls_api(test_pki().server()));
+  Agent agent(w.config);
+  ASSERT_TRUE(agent.running()) << agent.exit_output().err;
+  const std::string port = std::to_string(agent.port());
+  for (const char* ok : {"ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"})
+    EXPECT_EQ(s_client(port, {"-tls1_2", "-cipher", ok}).exit_code, 0) << ok;
+  EXPECT_EQ(s_client(port, {"-tls1_3"}).exit_code, 0);
+  for (const char* refused : {"ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA"})
+    EXPECT_NE(s_client(port, {"-tls1_2", "-cipher", refused}).exit_code, 0) << refused << " was accepted";
+
+  // Static RSA needs an RSA certificate: a self-signed one (no verification
+  // here; the handshake's suite is what is tested).
+  TempDir d("virtcap-rsa");
+  const TestPki::Pair rsa{d.sub("rsa.crt"), d.sub("rsa.key")};
+  ASSERT_EQ(proc::run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", rsa.key, "-out", rsa.cert,
+                       "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"})
+                ->exit_code,
+            0);
+  AgentWorld wr(tls_api(rsa));
+  Agent rsa_agent(wr.config);
+  ASSERT_TRUE(rsa_agent.running()) << rsa_agent.exit_output().err;
+  auto hello = [](const std::string& p, const std::string& cipher) {
+    return proc::run({"openssl", "s_client", "-connect", "127.0.0.1:" + p, "-brief", "-tls1_2", "-cipher", cipher},
+                     std::chrono::seconds(30))
+        ->exit_code;
+  };
+  const std::string rport = std::to_string(rsa_agent.port());
+  EXPECT_EQ(hello(rport, "ECDHE-RSA-AES128-GCM-SHA256"), 0);
+  for (const char* refused : {"AES128-SHA", "AES128-GCM-SHA256", "AES256-SHA256"})
+    EXPECT_NE(hello(rport, refused), 0) << refused << " (static RSA) was accepted";
+  OpensslServer control(rsa, {"-cipher", "AES128-SHA"});
+  ASSERT_FALSE(control.port.empty()) << control.why;
+  EXPECT_EQ(hello(control.port, "AES128-SHA"), 0) << "the control could not speak static RSA";
+
+  // Configurable: TLS 1.3 only.
+  AgentWorld w13(tls_api(test_pki().server(), "127.0.0.1:0", "tls_priority = \"NORMAL:-VERS-ALL:+VERS-TLS1.3\"\n"));
+  Agent only13(w13.config);
+  ASSERT_TRUE(only13.running()) << only13.exit_output().err;
+  EXPECT_NE(s_client(std::to_string(only13.port()), {"-tls1_2"}).exit_code, 0);
+  EXPECT_EQ(s_client(std::to_string(only13.port()), {"-tls1_3"}).exit_code, 0);
+  AgentWorld bad(tls_api(test_pki().server(), "127.0.0.1:0", "tls_priority = \"NORMAL:+NO-SUCH-THING\"\n"));
+  auto r = cli({"agent", "--config", bad.config});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("[api] tls_priority is not a GnuTLS priority string"), std::string::npos) << r.err;
+}
+
 TEST(TlsAgent, PlainAndTlsMismatchesFailCleanlyAndTheAgentServesTheNext) {
   AgentWorld w(tls_api(test_pki().server()));
   Agent agent(w.config);

@@ -223,12 +223,14 @@ class Scanner {
   UniqueFd open_ref(const std::string& path, const FileId& id, const std::string& disk) {
     UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
     if (!fd.valid()) {
-      unreadable(disk, "cannot open '" + path + "'", errno);
+      const int err = errno;  // before any allocation
+      unreadable(disk, "cannot open '" + path + "'", err);
       return fd;
     }
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0) {
-      unreadable(disk, "cannot stat '" + path + "'", errno);
+      const int err = errno;
+      unreadable(disk, "cannot stat '" + path + "'", err);
       fd.reset();
     } else if (FileId{st.st_dev, st.st_ino} != id) {
       unreadable(disk, "'" + path + "' was replaced while being read");

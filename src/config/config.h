@@ -220,7 +220,10 @@ inline constexpr const char* kDefaultTlsPriority =
     "localhost and IP literals.")                                                                 \
   O(int, drift_check_interval, 300, check::range(0, 31536000),                                    \
     "Seconds between recounts of the database against the in-memory index (drift is logged, then " \
-    "those hosts re-read); 0 disables.")
+    "those hosts re-read); 0 disables.")                                                                 \
+  O(int, max_traits_per_host, 512, check::range(1, 65536),                                        \
+    "Most traits one agent report may carry; a report with more is refused whole (400), so one " \
+    "host cannot grow the fleet's vocabulary without bound.")
 
 #define VIRTCAP_CONFIG_FLEET(O)                                                                   \
   O(std::string, url, "", check::http_url{},                                                      \

@@ -55,6 +55,7 @@ ServiceOptions service_options(const config::Config& cfg) {
   o.http.allow_insecure = s.allow_insecure;
   o.http.config_section = "[fleet_service]";
   o.drift_check_interval = std::chrono::seconds(s.drift_check_interval);
+  o.max_traits_per_host = static_cast<std::size_t>(s.max_traits_per_host);
   return o;
 }
 
@@ -171,6 +172,12 @@ std::vector<http::Route> FleetService::routes() {
        [this, host_json](const Request& req) {
          auto body = parse_report_body(req.param("name"), req.body);
          if (!body) return send_error(body.error());
+         if (body->report.traits.size() > options_.max_traits_per_host)
+           return send_error(make_error(Errc::invalid_argument,
+                                        "the report carries " + std::to_string(body->report.traits.size()) +
+                                            " traits; a host may report at most " +
+                                            std::to_string(options_.max_traits_per_host) +
+                                            " ([fleet_service] max_traits_per_host): refused whole"));
          auto rec = fleet_->report(body->report, body->generation);
          if (!rec) return send_error(rec.error());
          return with_etag(http::json_response(200, host_json(*rec)), rec->generation);

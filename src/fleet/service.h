@@ -27,6 +27,8 @@ struct ServiceOptions {
   // Seconds between recounts of the database against the index (drift is
   // logged, and the hosts concerned re-read into the index); 0 disables.
   std::chrono::seconds drift_check_interval{0};
+  // [fleet_service] max_traits_per_host: a report with more is refused whole.
+  std::size_t max_traits_per_host = 512;
 };
 
 // The options [fleet_service] gives (database default: sqlite://<state_path>/fleet.sqlite).

@@ -204,6 +204,11 @@ TEST_P(FleetApiTest, BadInputGetsItsDocumentedStatusAndChangesNothing) {
       // (spelled %2e: the client itself removes literal dot segments)
       {"host named .", "PUT", "/v1/hosts/%2e", b1.dump(), 400, "host name"},
       {"host named ..", "PUT", "/v1/hosts/%2e%2e", b1.dump(), 400, "host name"},
+      {"report: 513 traits", "PUT", "/v1/hosts/host1", with("traits", [] {
+         json t = json::array();
+         for (int i = 0; i < 513; ++i) t.push_back("COMPUTE_T" + std::to_string(i));
+         return t;
+       }()), 400, "max_traits_per_host"},
       {"report: NUL in agent_version", "PUT", "/v1/hosts/host1", with("agent_version", std::string("1\0x", 3)), 400,
        "NUL"},
       {"report: NUL in api_url", "PUT", "/v1/hosts/host1", with("api_url", std::string("http://a\0b", 10)), 400,

@@ -104,6 +104,7 @@ http::Options http_options(const config::Config& cfg) {
   o.tls_cert = cfg.api.tls_cert;
   o.tls_key = cfg.api.tls_key;
   o.tls_priority = cfg.api.tls_priority;
+  o.max_connections_per_address = static_cast<unsigned>(cfg.api.max_connections_per_address);
   o.allow_insecure = cfg.api.allow_insecure;
   o.allowed_origins = http::split_list(cfg.api.allowed_origins);
   o.allowed_hosts = http::split_list(cfg.api.allowed_hosts);

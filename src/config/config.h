@@ -173,6 +173,9 @@ inline constexpr const char* kDefaultTlsPriority =
   O(std::string, tls_priority, kDefaultTlsPriority, check::non_empty{},                           \
     "TLS versions and suites offered (a GnuTLS priority string). Default: TLS 1.3, and TLS 1.2 with " \
     "ECDHE and AEAD only (no static RSA, CBC or SHA-1). Checked at start.")                        \
+  O(int, max_connections_per_address, 32, check::range(1, 256),                                   \
+    "Connections one client address may hold at once (of 256 in all); more are closed as they are " \
+    "accepted, so one address cannot take every slot.")                                           \
   O(bool, allow_insecure, false, check::any{},                                                    \
     "Serve plain HTTP on a non-loopback listen address (the token then crosses the network in clear text); " \
     "logs a warning at every start. Without it such a listen is refused (exit 2).")               \
@@ -210,6 +213,9 @@ inline constexpr const char* kDefaultTlsPriority =
   O(std::string, tls_priority, kDefaultTlsPriority, check::non_empty{},                           \
     "TLS versions and suites offered (a GnuTLS priority string). Default: TLS 1.3, and TLS 1.2 with " \
     "ECDHE and AEAD only (no static RSA, CBC or SHA-1). Checked at start.")                        \
+  O(int, max_connections_per_address, 32, check::range(1, 256),                                   \
+    "Connections one client address may hold at once (of 256 in all); more are closed as they are " \
+    "accepted, so one address cannot take every slot.")                                           \
   O(bool, allow_insecure, false, check::any{},                                                    \
     "Serve plain HTTP on a non-loopback listen address (tokens and reports cross the network in clear " \
     "text); logs a warning at every start. Without it such a listen is refused (exit 2).")        \

@@ -349,6 +349,7 @@ MHD_Daemon* Server::start_daemon(int listen_fd, const std::string& cert_pem, con
       {MHD_OPTION_LISTEN_SOCKET, listen_fd, nullptr},
       {MHD_OPTION_THREAD_POOL_SIZE, static_cast<intptr_t>(opts_.threads), nullptr},
       {MHD_OPTION_CONNECTION_LIMIT, static_cast<intptr_t>(opts_.max_connections), nullptr},
+      {MHD_OPTION_PER_IP_CONNECTION_LIMIT, static_cast<intptr_t>(opts_.max_connections_per_address), nullptr},
       {MHD_OPTION_CONNECTION_TIMEOUT, static_cast<intptr_t>(opts_.idle_timeout_seconds), nullptr},
       // Headers and every query parameter live in this per-connection pool
       // (pages touched only as used); 64 KiB dropped a request carrying

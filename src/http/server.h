@@ -80,6 +80,9 @@ struct Options {
   // that thread (not the whole server).
   unsigned threads = 8;
   unsigned max_connections = 256;
+  // Connections one client address may hold at once; more are closed as
+  // they are accepted, so one address cannot take every slot.
+  unsigned max_connections_per_address = 32;
   unsigned idle_timeout_seconds = 10;
   // Called once per answered request (metrics, logs); route is the matched
   // pattern or "unmatched".

@@ -37,7 +37,9 @@ struct RawAnswer {
 
 class RawConnection {
  public:
-  explicit RawConnection(int port) {
+  // `source` (host byte order, 0: the next in turn, see below): the loopback
+  // address the connection comes from.
+  explicit RawConnection(int port, std::uint32_t source = 0) {
     fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
@@ -51,7 +53,7 @@ class RawConnection {
     static std::atomic<std::uint32_t> next_source{0};
     sockaddr_in src{};
     src.sin_family = AF_INET;
-    src.sin_addr.s_addr = htonl(0x7F000000u | (next_source++ % 0xFFFFFDu + 2u));
+    src.sin_addr.s_addr = htonl(source ? source : 0x7F000000u | (next_source++ % 0xFFFFFDu + 2u));
     ok_ = fd_ >= 0 && ::bind(fd_, reinterpret_cast<sockaddr*>(&src), sizeof src) == 0 && connect_to(a);
     if (!ok_ && error_.empty()) error_ = std::strerror(errno);
   }

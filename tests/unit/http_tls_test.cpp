@@ -263,9 +263,15 @@ TEST(HttpTls, TheServerRefusesToBindWithAnExpiredCertificate) {
 // event it names has happened (no sleeping, no polling).
 class LogLines final : public spdlog::sinks::base_sink<std::mutex> {
  public:
-  bool wait_for(const std::string& needle, std::chrono::seconds limit) {
+  bool wait_for(const std::string& needle, std::chrono::seconds limit) { return wait_for_count(needle, 1, limit); }
+  // Until `needle` has been logged `n` times.
+  bool wait_for_count(const std::string& needle, std::size_t n, std::chrono::seconds limit) {
     std::unique_lock lock(lines_mu_);
-    return seen_.wait_for(lock, limit, [&] { return text_.find(needle) != std::string::npos; });
+    return seen_.wait_for(lock, limit, [&] {
+      std::size_t k = 0;
+      for (auto at = text_.find(needle); at != std::string::npos; at = text_.find(needle, at + 1)) ++k;
+      return k >= n;
+    });
   }
 
  protected:
@@ -369,6 +375,37 @@ TEST(HttpServer, StopServesAConnectionAcceptedBeforeItsRequestArrived) {
   const auto answer = c.finish(std::chrono::seconds(30));
   EXPECT_EQ(answer.status(), 200) << answer.text;
   stopped.get();
+}
+
+// Issue 19 (no client can starve a server): one address holds at most
+// max_connections_per_address connections; the next is closed as it is
+// accepted, while another address and the held connections are served.
+TEST(HttpServer, OneAddressHoldsAtMostItsShareOfConnections) {
+  http::Options o;
+  o.max_connections_per_address = 4;
+  SlowServer s(o);
+  ASSERT_NE(s.port, 0);
+  spdlog::default_logger()->set_level(spdlog::level::trace);
+  constexpr std::uint32_t kGreedy = 0x7F000909, kOther = 0x7F000A0A;  // 127.0.9.9, 127.0.10.10
+  std::vector<std::unique_ptr<testing::RawConnection>> held;
+  for (std::size_t i = 1; i <= 4; ++i) {
+    held.push_back(std::make_unique<testing::RawConnection>(s.port, kGreedy));
+    ASSERT_TRUE(held.back()->ok()) << held.back()->error();
+    // Accepted (and counted) before the next one connects.
+    ASSERT_TRUE(s.lines->wait_for_count("connection accepted", i, std::chrono::seconds(30)));
+  }
+  testing::RawConnection fifth(s.port, kGreedy);
+  ASSERT_TRUE(fifth.ok()) << fifth.error();
+  (void)fifth.send(testing::request_text("GET", "/v1/ping"));  // may already fail: the server closed it
+  const auto refused = fifth.finish(std::chrono::seconds(30));
+  EXPECT_FALSE(refused.timed_out);
+  EXPECT_EQ(refused.status(), 0) << "a fifth connection from one address was served: " << refused.text;
+  testing::RawConnection other(s.port, kOther);
+  ASSERT_TRUE(other.ok()) << other.error();
+  EXPECT_TRUE(other.send(testing::request_text("GET", "/v1/ping")));
+  EXPECT_EQ(other.finish(std::chrono::seconds(30)).status(), 200);
+  EXPECT_TRUE(held[0]->send(testing::request_text("GET", "/v1/ping")));
+  EXPECT_EQ(held[0]->finish(std::chrono::seconds(30)).status(), 200);
 }
 
 // Renewal (reload_tls): a request in flight when the new pair is loaded is

@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "common/json_text.h"
+#include "config/config.h"
 
 namespace virtcap::cli {
 
@@ -147,39 +148,11 @@ Result<std::string> server_url(const std::string& raw, const ClientPeer& peer) {
   const Error not_a_url = make_error(Errc::invalid_argument, "--server '" + raw + "' is not " + (vowel ? "an " : "a ") +
                                                                  peer.name + " URL; expected http://HOST[:PORT] (or https://), e.g. " +
                                                                  peer.default_server);
-  std::string url = raw;
-  while (url.size() > 1 && url.back() == '/') url.pop_back();
-  const auto scheme_end = url.find("://");
-  if (scheme_end == std::string::npos) return not_a_url;
-  std::string scheme = url.substr(0, scheme_end);
-  for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  const std::string rest = url.substr(scheme_end + 3);
-  if ((scheme != "http" && scheme != "https") || rest.empty()) return not_a_url;
-  for (const char c : rest)
-    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f || std::string_view("/?#@").find(c) != std::string_view::npos)
-      return not_a_url;
-  // HOST is a name, an IPv4 address or a bracketed IPv6 address; one colon
-  // at most outside brackets, before the port.
-  std::optional<std::string_view> port;  // what follows the colon, when there is one
-  if (rest.front() == '[') {
-    const auto close = rest.find(']');
-    if (close == std::string::npos || close == 1) return not_a_url;
-    const std::string_view after = std::string_view(rest).substr(close + 1);
-    if (!after.empty() && after.front() != ':') return not_a_url;
-    if (!after.empty()) port = after.substr(1);
-  } else {
-    const auto colon = rest.find(':');
-    if (colon == 0 || rest.find_first_of("[]") != std::string::npos ||
-        (colon != std::string::npos && rest.find(':', colon + 1) != std::string::npos))
-      return not_a_url;
-    if (colon != std::string::npos) port = std::string_view(rest).substr(colon + 1);
-  }
-  int number = 0;
-  if (port && (port->empty() || port->size() > 5 ||
-               std::from_chars(port->data(), port->data() + port->size(), number).ptr != port->data() + port->size() ||
-               number < 1 || number > 65535))
+  auto url = config::parse_http_url(raw);
+  if (url) return url->normalised;
+  if (url.error() == config::UrlError::bad_port)
     return make_error(Errc::invalid_argument, "--server '" + raw + "': the port must be a number from 1 to 65535");
-  return scheme + url.substr(scheme_end);
+  return not_a_url;
 }
 
 }  // namespace virtcap::cli

@@ -17,44 +17,43 @@
 
 namespace virtcap::config {
 
-std::optional<std::string> url_host(const std::string& url, bool* https) {
-  std::string_view u(url);
+Result<HttpUrl, UrlError> parse_http_url(const std::string& raw) {
+  std::string_view u(raw);
   while (u.size() > 1 && u.back() == '/') u.remove_suffix(1);
   const auto sep = u.find("://");
-  if (sep == std::string_view::npos) return std::nullopt;
+  if (sep == std::string_view::npos) return UrlError::not_a_url;
   std::string scheme(u.substr(0, sep));
   for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  if (scheme != "http" && scheme != "https") return std::nullopt;
-  if (https) *https = scheme == "https";
   const std::string_view rest = u.substr(sep + 3);
-  if (rest.empty()) return std::nullopt;
+  if ((scheme != "http" && scheme != "https") || rest.empty()) return UrlError::not_a_url;
   for (const char c : rest)
     if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f || std::string_view("/?#@").find(c) != std::string_view::npos)
-      return std::nullopt;
-  std::string_view host = rest, port;
+      return UrlError::not_a_url;
+  // HOST is a name, an IPv4 address or a bracketed IPv6 address; one colon
+  // at most outside brackets, before the port.
+  std::string_view host;
+  std::optional<std::string_view> port;  // what follows the colon, when there is one
   if (rest.front() == '[') {
     const auto close = rest.find(']');
-    if (close == std::string_view::npos || close == 1) return std::nullopt;
+    if (close == std::string_view::npos || close == 1) return UrlError::not_a_url;
     host = rest.substr(1, close - 1);
-    const auto after = rest.substr(close + 1);
-    if (!after.empty() && after.front() != ':') return std::nullopt;
+    const std::string_view after = rest.substr(close + 1);
+    if (!after.empty() && after.front() != ':') return UrlError::not_a_url;
     if (!after.empty()) port = after.substr(1);
-    if (!after.empty() && port.empty()) return std::nullopt;
   } else {
     const auto colon = rest.find(':');
-    if (colon != std::string_view::npos) {
-      host = rest.substr(0, colon);
-      port = rest.substr(colon + 1);
-      if (port.empty()) return std::nullopt;
-    }
-    if (host.empty() || host.find_first_of("[]:") != std::string_view::npos) return std::nullopt;
+    if (colon == 0 || rest.find_first_of("[]") != std::string_view::npos ||
+        (colon != std::string_view::npos && rest.find(':', colon + 1) != std::string_view::npos))
+      return UrlError::not_a_url;
+    host = rest.substr(0, colon);
+    if (colon != std::string_view::npos) port = rest.substr(colon + 1);
   }
-  if (!port.empty()) {
-    int n = 0;
-    const auto r = std::from_chars(port.data(), port.data() + port.size(), n);
-    if (r.ptr != port.data() + port.size() || n < 1 || n > 65535) return std::nullopt;
-  }
-  return std::string(host);
+  int number = 0;
+  if (port && (port->empty() || port->size() > 5 ||
+               std::from_chars(port->data(), port->data() + port->size(), number).ptr != port->data() + port->size() ||
+               number < 1 || number > 65535))
+    return UrlError::bad_port;
+  return HttpUrl{scheme == "https", std::string(host), scheme + std::string(u.substr(sep))};
 }
 
 namespace check {
@@ -99,7 +98,7 @@ std::optional<std::string> token::operator()(const std::string& v) const {
 }
 std::string http_url::describe() const { return "empty, or http://HOST[:PORT] or https://HOST[:PORT]"; }
 std::optional<std::string> http_url::operator()(const std::string& v) const {
-  if (v.empty() || url_host(v)) return std::nullopt;
+  if (v.empty() || parse_http_url(v)) return std::nullopt;
   return "expected " + describe() + ", got \"" + v + "\"";
 }
 std::string group_name::describe() const { return "empty, or a group name this host knows"; }
@@ -338,9 +337,8 @@ namespace {
 // Rules between options, after each option's own check.
 std::optional<std::string> check_across(const Config& cfg) {
   const auto& f = cfg.fleet;
-  bool https = false;
-  const auto host = f.url.empty() ? std::nullopt : url_host(f.url, &https);
-  if (host && !https && !f.token.empty() && !is_loopback(*host) && !f.allow_insecure)
+  const auto url = parse_http_url(f.url);  // an empty url is not one: nothing is sent
+  if (url && !url->https && !f.token.empty() && !is_loopback(url->host) && !f.allow_insecure)
     return "[fleet] url = \"" + f.url + "\" would send [fleet] token in clear text to a host that is not "
            "loopback; use https:// (with [fleet] ca_file), or set [fleet] allow_insecure = true";
   return std::nullopt;

@@ -285,9 +285,16 @@ std::optional<std::pair<std::string, int>> split_listen(const std::string& v);
 // Only the literal loopback addresses (127.0.0.0/8, ::1) and the name
 // "localhost"; a DNS name that merely starts with "127." is not loopback.
 bool is_loopback(const std::string& host);
-// The host of http(s)://HOST[:PORT][/] (brackets removed from an IPv6
-// literal), or nullopt when `url` is not one; *https says which scheme.
-std::optional<std::string> url_host(const std::string& url, bool* https = nullptr);
+// http(s)://HOST[:PORT] with optional trailing slashes, read by one rule for
+// `[fleet] url` and the client commands' --server: HOST a name, an IPv4
+// address or a bracketed IPv6 address; PORT 1-65535, at most 5 digits.
+struct HttpUrl {
+  bool https = false;
+  std::string host;        // brackets removed from an IPv6 literal
+  std::string normalised;  // the scheme lower-cased, trailing slashes removed
+};
+enum class UrlError { not_a_url, bad_port };
+Result<HttpUrl, UrlError> parse_http_url(const std::string& url);
 
 // Parse TOML text. `source` names it in errors. Errors (code invalid_argument)
 // read "FILE:LINE:COL: [section] key: what was wrong; expected ...".

@@ -7,7 +7,6 @@
 #include <array>
 #include <cstring>
 #include <limits>
-#include <optional>
 #include <span>
 #include <system_error>
 #include <vector>
@@ -113,15 +112,15 @@ Result<std::vector<std::uint8_t>, ProbeError> read_at(int fd, const std::string&
 }
 
 // A descriptor text as QEMU reads it: min(file size, 1 MiB - 1) bytes from
-// `offset`. Its extents go into `r`.
-std::optional<ProbeError> read_extents(int fd, const std::string& path, std::uint64_t offset, ImageRefs& r) {
+// `offset`. Its extents go into `r`; the bytes are returned.
+Result<std::vector<std::uint8_t>, ProbeError> read_extents(int fd, const std::string& path, std::uint64_t offset,
+                                                           ImageRefs& r) {
   struct stat st {};
   if (::fstat(fd, &st) != 0) return fail(path, "cannot be stat()ed", errno);
   const auto len = std::min<std::uint64_t>(static_cast<std::uint64_t>(st.st_size), vmdk::kDescriptorMax);
   auto text = read_at(fd, path, offset, static_cast<std::size_t>(len), "VMDK descriptor");
-  if (!text) return text.error();
-  r.extents = vmdk::extents(std::string_view(reinterpret_cast<const char*>(text->data()), text->size()));
-  return std::nullopt;
+  if (text) r.extents = vmdk::extents(std::string_view(reinterpret_cast<const char*>(text->data()), text->size()));
+  return text;
 }
 
 // VMDK as QEMU reads it (vmdk.h): a text descriptor's extents, a "KDMV"
@@ -129,21 +128,26 @@ std::optional<ProbeError> read_extents(int fd, const std::string& path, std::uin
 // file whatever its header says, at byte 0 of a text descriptor.
 Result<ImageRefs, ProbeError> probe_vmdk(int fd, const std::string& path, Bytes head) {
   ImageRefs r{"vmdk", {}, {}, {}, {}};
-  const bool sparse = starts_with(head, "KDMV") || starts_with(head, "COWD");
-  if (!sparse) {
-    if (auto err = read_extents(fd, path, 0, r)) return *err;
-  } else if (starts_with(head, "KDMV")) {
+  std::vector<std::uint8_t> window;  // the bytes QEMU reads the parent hint from
+  if (!starts_with(head, "KDMV") && !starts_with(head, "COWD")) {
+    // A text descriptor: the hint window is the start of the text just read
+    // (the text reaches the end of the file or 1 MiB, past the window).
+    auto text = read_extents(fd, path, 0, r);
+    if (!text) return text.error();
+    text->resize(std::min(text->size(), vmdk::kParentHintWindow));
+    window = std::move(*text);
+  } else {
     const auto h = vmdk::sparse_header(head);
-    if (h.embedded_descriptor()) {
+    if (starts_with(head, "KDMV") && h.embedded_descriptor()) {
       if (h.descriptor_offset > (std::numeric_limits<std::uint64_t>::max() >> 10))
         return fail(path, "has an implausible VMDK descriptor offset");
-      if (auto err = read_extents(fd, path, h.descriptor_offset * 512, r)) return *err;
+      if (auto text = read_extents(fd, path, h.descriptor_offset * 512, r); !text) return text.error();
     }
+    auto read = read_at(fd, path, vmdk::kSparseHintOffset, vmdk::kParentHintWindow, "VMDK parent hint");
+    if (!read) return read.error();
+    window = std::move(*read);
   }
-  auto window = read_at(fd, path, sparse ? vmdk::kSparseHintOffset : 0, vmdk::kParentHintWindow,
-                        "VMDK parent hint");
-  if (!window) return window.error();
-  auto hint = vmdk::parent_hint(*window);
+  auto hint = vmdk::parent_hint(window);
   if (hint.kind == vmdk::ParentHint::Kind::malformed) return fail(path, "is a VMDK image whose " + hint.why);
   if (hint.kind == vmdk::ParentHint::Kind::named) {
     r.backing = std::move(hint.name);

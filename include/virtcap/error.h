@@ -15,6 +15,7 @@ enum class Errc {
   not_found,                 // no such instance / image / interface
   already_exists,            // name or uuid taken
   conflict,                  // wrong state for the operation
+  forbidden,                 // the caller's credential may not do this (its role's rules)
   capability_not_supported,  // the driver's capabilities refuse the operation
   hypervisor_unavailable,    // the connection to the hypervisor is gone
   driver_error,              // the hypervisor refused or failed the operation

@@ -153,6 +153,10 @@ Result<Response> Client::call_raw(const std::string& method, const std::string& 
     curl_easy_setopt(h, CURLOPT_CAINFO, opts_.ca_file.c_str());
     curl_easy_setopt(h, CURLOPT_CAPATH, nullptr);
   }
+  if (!opts_.client_cert.empty()) {
+    curl_easy_setopt(h, CURLOPT_SSLCERT, opts_.client_cert.c_str());
+    curl_easy_setopt(h, CURLOPT_SSLKEY, opts_.client_key.c_str());
+  }
   curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &append_body);
   curl_easy_setopt(h, CURLOPT_WRITEDATA, &received);
   if (method == "GET") {

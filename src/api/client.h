@@ -31,6 +31,8 @@ struct ClientOptions {
   std::string url{};      // "http://HOST:PORT" or "https://HOST:PORT"
   std::string token{};    // sent as a bearer token when non-empty
   std::string ca_file{};  // https: PEM CA certificate(s) to verify against; empty: the system CA store
+  // https: a PEM client certificate and its unencrypted key, presented when set.
+  std::string client_cert{}, client_key{};
   std::chrono::seconds timeout{300};         // a whole request (an image-cache pass can take a while)
   std::chrono::seconds connect_timeout{5};   // connecting, TLS handshake included
   // The longest answer read: a larger one is an error, never buffered whole

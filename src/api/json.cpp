@@ -89,6 +89,7 @@ nlohmann::json error_json(const Error& e) {
 int http_status(Errc code) {
   switch (code) {
     case Errc::invalid_argument: return 400;
+    case Errc::forbidden: return 403;
     case Errc::not_found: return 404;
     case Errc::already_exists:
     case Errc::conflict:

@@ -30,6 +30,7 @@ int exit_code_for_status(int status) {
   switch (status) {
     case 400:  // the server refused a value (range, shape): bad usage
     case 401:  // wrong or missing --token
+    case 403:  // the credential's role may not do this (or a Host/Origin refused)
     case 411:
     case 413:
     case 414:  // a request line too long for the server (e.g. a huge --name)

@@ -13,6 +13,7 @@
 #include "cli/client_options.h"
 #include "common/json_text.h"
 #include "common/logging.h"
+#include "common/time_text.h"
 #include "config/config.h"
 #include "fleet/service.h"
 #include "http/tls.h"
@@ -28,6 +29,11 @@ class FleetCommands {
 
  private:
   int serve();
+  int token_create();
+  int token_list();
+  int token_revoke();
+  // The fleet database [fleet_service] names (opened and migrated as serve does).
+  Result<std::unique_ptr<fleet::FleetStore>> open_database(const config::Config& cfg) const;
   int hosts();
   int host_delete();
   int trait_write(bool add);
@@ -51,8 +57,10 @@ class FleetCommands {
   }
   std::vector<std::string> require_, forbid_, any_of_;
   std::string resources_, host_, name_, trait_;
-  bool explain_ = false, include_down_ = false;
+  bool explain_ = false, include_down_ = false, token_json_ = false;
   int limit_ = 0;
+  std::string role_, token_host_, note_, token_id_;
+  CLI::App *create_ = nullptr, *list_ = nullptr, *revoke_ = nullptr;
   CLI::App *serve_ = nullptr, *hosts_ = nullptr, *delete_ = nullptr, *add_ = nullptr, *remove_ = nullptr;
 };
 
@@ -63,6 +71,26 @@ FleetCommands::FleetCommands(CLI::App& app, ClientKit kit) : kit_(std::move(kit)
   serve_->add_option("-c,--config", config_path_, "TOML config file (default: " + std::string(config::kDefaultConfigPath) +
                                                       " if it exists, else built-in defaults)")
       ->check(CLI::ExistingFile);
+  auto* token = fleet->add_subcommand(
+      "token", "Fleet credentials (docs/fleet.md, Trust model): made, listed and revoked in the fleet database "
+               "[fleet_service] database names; a running service sees a change within a second");
+  token->require_subcommand(1);
+  create_ = token->add_subcommand("create", "Make a credential and print its token once (stdout); the database "
+                                            "keeps only a salted hash of it");
+  create_->add_option("--role", role_, "agent (reports for one host), operator (everything), reader (queries)")
+      ->required()
+      ->check(CLI::IsMember({"agent", "operator", "reader"}));
+  create_->add_option("--host", token_host_, "The host an agent credential speaks for (agent only)");
+  create_->add_option("--note", note_, "Who or what the credential is for (shown by `token list`)");
+  list_ = token->add_subcommand("list", "List credentials: id, role, host, created, revoked (never a secret)");
+  revoke_ = token->add_subcommand("revoke", "Revoke a credential by its id; requests bearing it get 401 within a second");
+  revoke_->add_option("id", token_id_, "Credential id (12 hex digits, as `token list` shows)")->required();
+  for (auto* c : {create_, list_, revoke_}) {
+    c->add_option("-c,--config", config_path_, "TOML config file (default: " + std::string(config::kDefaultConfigPath) +
+                                                   " if it exists, else built-in defaults)")
+        ->check(CLI::ExistingFile);
+    c->add_flag("--json", token_json_, "Print JSON");
+  }
 
   auto add_client = [this](CLI::App* sub) { add_client_options(sub, client_, peer_); };
   hosts_ = app.add_subcommand("hosts", "Query the fleet: which hosts have these traits and this much free capacity");
@@ -92,6 +120,9 @@ FleetCommands::FleetCommands(CLI::App& app, ClientKit kit) : kit_(std::move(kit)
 std::optional<int> FleetCommands::run() {
   if (client_.json) client_.format = "json";
   if (serve_->parsed()) return serve();
+  if (create_->parsed()) return token_create();
+  if (list_->parsed()) return token_list();
+  if (revoke_->parsed()) return token_revoke();
   if (delete_->parsed() || hosts_->parsed() || add_->parsed() || remove_->parsed()) {
     auto url = server_url(client_.server, peer_);
     if (!url) return fail(url.error().message, kExitUsage);
@@ -150,6 +181,72 @@ int FleetCommands::serve() {
   spdlog::info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   (*svc)->stop();
   spdlog::info("fleet service stopped cleanly");
+  return kExitOk;
+}
+
+Result<std::unique_ptr<fleet::FleetStore>> FleetCommands::open_database(const config::Config& cfg) const {
+  return fleet::open_fleet_store(fleet::service_options(cfg).fleet.database_url);
+}
+
+namespace {
+
+json credential_json(const fleet::CredentialRecord& c) {
+  return {{"id", c.id},
+          {"role", std::string(fleet::to_string(c.role))},
+          {"host", c.host.empty() ? json() : json(c.host)},
+          {"created", utc_text(c.created_ms / 1000)},
+          {"revoked", c.revoked_ms ? json(utc_text(c.revoked_ms / 1000)) : json()},
+          {"note", c.note}};
+}
+
+}  // namespace
+
+int FleetCommands::token_create() {
+  auto cfg = config::load(config_path_);
+  if (!cfg) return fail("config error: " + cfg.error().message, kExitUsage);
+  auto made = fleet::make_credential(*fleet::role_from_string(role_), token_host_, note_, fleet::now_ms());
+  if (!made) return fail(made.error().message, kExitUsage);
+  auto store = open_database(*cfg);
+  if (!store) return fail("cannot open the fleet database: " + store.error().message, kExitRuntime);
+  if (auto st = (*store)->add_credential(made->record); !st)
+    return fail("credential not made: " + st.error().message, kExitRuntime);
+  if (token_json_) {
+    json j = credential_json(made->record);
+    j["token"] = made->token;
+    std::cout << dump_json(j, 2) << "\n";
+  } else {
+    std::cout << made->token << "\n";
+    std::cerr << "made credential " << made->record.id << " (role " << role_
+              << (token_host_.empty() ? "" : ", host " + token_host_)
+              << "); the token above is shown only this once: keep it like a password\n";
+  }
+  return kExitOk;
+}
+
+int FleetCommands::token_list() {
+  auto cfg = config::load(config_path_);
+  if (!cfg) return fail("config error: " + cfg.error().message, kExitUsage);
+  auto store = open_database(*cfg);
+  if (!store) return fail("cannot open the fleet database: " + store.error().message, kExitRuntime);
+  auto rows = (*store)->list_credentials();
+  if (!rows) return fail("cannot list credentials: " + rows.error().message, kExitRuntime);
+  json out = json::array();
+  for (const auto& c : *rows) out.push_back(credential_json(c));
+  return kit_.rows(token_json_ ? "json" : "table", {}, out,
+                   {{"ID", "id"}, {"ROLE", "role"}, {"HOST", "host"}, {"CREATED", "created"}, {"REVOKED", "revoked"},
+                    {"NOTE", "note"}});
+}
+
+int FleetCommands::token_revoke() {
+  auto cfg = config::load(config_path_);
+  if (!cfg) return fail("config error: " + cfg.error().message, kExitUsage);
+  auto store = open_database(*cfg);
+  if (!store) return fail("cannot open the fleet database: " + store.error().message, kExitRuntime);
+  auto rec = (*store)->revoke_credential(token_id_, fleet::now_ms());
+  if (!rec) return fail(rec.error().message, rec.error().code == Errc::not_found ? kExitUsage : kExitRuntime);
+  if (token_json_) std::cout << dump_json(credential_json(*rec), 2) << "\n";
+  else std::cout << "revoked credential " << rec->id << " (role " << fleet::to_string(rec->role)
+                 << (rec->host.empty() ? "" : ", host " + rec->host) << ")\n";
   return kExitOk;
 }
 

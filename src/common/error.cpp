@@ -8,6 +8,7 @@ std::string_view to_string(Errc code) {
     case Errc::not_found: return "not_found";
     case Errc::already_exists: return "already_exists";
     case Errc::conflict: return "conflict";
+    case Errc::forbidden: return "forbidden";
     case Errc::capability_not_supported: return "capability_not_supported";
     case Errc::hypervisor_unavailable: return "hypervisor_unavailable";
     case Errc::driver_error: return "driver_error";

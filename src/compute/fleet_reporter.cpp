@@ -133,6 +133,8 @@ TaskOutcome FleetReporter::run(std::stop_token stop) {
   api::Client client(api::ClientOptions{.url = f.url,
                                         .token = f.token,
                                         .ca_file = f.ca_file,
+                                        .client_cert = f.tls_client_cert,
+                                        .client_key = f.tls_client_key,
                                         // A report is small: a slow or endless answer ends the attempt.
                                         .timeout = std::chrono::seconds(std::clamp(f.report_interval, 5, 30)),
                                         .peer = "the fleet service",

@@ -341,6 +341,12 @@ std::optional<std::string> check_across(const Config& cfg) {
   if (url && !url->https && !f.token.empty() && !is_loopback(url->host) && !f.allow_insecure)
     return "[fleet] url = \"" + f.url + "\" would send [fleet] token in clear text to a host that is not "
            "loopback; use https:// (with [fleet] ca_file), or set [fleet] allow_insecure = true";
+  if (f.tls_client_cert.empty() != f.tls_client_key.empty())
+    return std::string("[fleet] tls_client_cert and tls_client_key must be set together (only ") +
+           (f.tls_client_cert.empty() ? "tls_client_key" : "tls_client_cert") + " is set)";
+  if (!f.tls_client_cert.empty() && url && !url->https)
+    return "[fleet] tls_client_cert is set but [fleet] url = \"" + f.url + "\" is not https://: a client "
+           "certificate is presented only over TLS";
   return std::nullopt;
 }
 }  // namespace

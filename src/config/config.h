@@ -203,7 +203,14 @@ inline constexpr const char* kDefaultTlsPriority =
   O(int, host_down_after, 180, check::range(1, 31536000),                                         \
     "Seconds without a report after which a host is down (excluded from queries, with that reason).") \
   O(std::string, token, "", check::token{},                                                       \
-    "Bearer token every fleet request (agent reports included) must carry when set.")             \
+    "Legacy single shared credential: a request bearing it acts as an operator (a warning at every " \
+    "start). Prefer one credential per agent: `virtcap fleet token create` (docs/fleet.md, Trust model).") \
+  O(std::string, anonymous_role, "none", check::one_of{"none|reader|operator"},                    \
+    "Role of a request that carries no credential: none (401), reader (queries), operator (everything; " \
+    "a test bench only). Only none is allowed on a non-loopback listen address.")                   \
+  O(std::string, client_ca, "", check::abs_path{.allow_empty = true},                             \
+    "PEM CA bundle: with TLS, a client certificate signed by it stands in for an agent token, bound to " \
+    "the host its one DNS subjectAltName (or, with none, its CN) names.")                         \
   O(std::string, tls_cert, "", check::abs_path{.allow_empty = true},                              \
     "PEM certificate chain (server certificate first); with tls_key the fleet service serves HTTPS only. " \
     "An expired or not-yet-valid certificate, or one its key does not match, stops it at start (exit 2). " \
@@ -241,7 +248,12 @@ inline constexpr const char* kDefaultTlsPriority =
   O(int, report_interval, 60, check::range(1, 86400),                                             \
     "Seconds between reports (PUT /v1/hosts/{name}); a failed report is retried sooner, with back-off.") \
   O(std::string, ca_file, "", check::abs_path{.allow_empty = true},                               \
-    "PEM CA bundle the fleet service's certificate is verified against. Empty: the system CA store.")
+    "PEM CA bundle the fleet service's certificate is verified against. Empty: the system CA store.") \
+  O(std::string, tls_client_cert, "", check::abs_path{.allow_empty = true},                       \
+    "PEM client certificate presented to the fleet service (signed by its [fleet_service] client_ca, " \
+    "naming this host); stands in for [fleet] token. Set with tls_client_key.")                   \
+  O(std::string, tls_client_key, "", check::abs_path{.allow_empty = true},                        \
+    "Unencrypted PEM private key of tls_client_cert.")
 
 // S(member, "toml section name", OPTIONS, "section doc")
 #define VIRTCAP_CONFIG_SECTIONS(S)                                                                \

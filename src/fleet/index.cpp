@@ -518,6 +518,13 @@ std::optional<std::string> HostIndex::slot_name(std::uint32_t slot) const {
   return names_[slot];
 }
 
+std::optional<std::int64_t> HostIndex::host_generation(std::string_view name) const {
+  std::shared_lock lock(mu_);
+  const auto slot = find_slot(name);
+  if (!slot) return std::nullopt;
+  return slots_[*slot].generation;
+}
+
 std::uint64_t HostIndex::generation() const {
   std::shared_lock lock(mu_);
   return generation_;

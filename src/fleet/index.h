@@ -106,6 +106,8 @@ class HostIndex {
 
   std::vector<IndexedHost> snapshot() const;  // sorted by name
   std::optional<std::string> slot_name(std::uint32_t slot) const;
+  // The indexed host's generation; nullopt when it is not indexed.
+  std::optional<std::int64_t> host_generation(std::string_view name) const;
   std::uint64_t generation() const;
   std::size_t host_count() const;
   std::size_t trait_count() const;

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include "api/json.h"
+#include "common/audit.h"
 #include "config/config.h"
 #include "fleet/wire.h"
 
@@ -37,6 +38,27 @@ Response with_etag(Response r, std::int64_t generation) {
   return r;
 }
 
+const Principal& principal(const Request& req) {
+  static const Principal kNobody{"unauthenticated", Role::reader, ""};  // no hook ran: a reader at most
+  const auto* p = std::any_cast<Principal>(&req.auth);
+  return p ? *p : kNobody;
+}
+
+// The 403 when the request's principal may not do `action` on `host`.
+std::optional<Response> refusal(const Request& req, Action action, std::string_view host) {
+  if (auto e = authorize(principal(req), action, host)) return send_error(*e);
+  return std::nullopt;
+}
+
+// One audit line per write: what, on which host, by which credential (its
+// id, never its secret), and the outcome.
+void audit_by(audit::Scope& scope, const Request& req) {
+  const Principal& p = principal(req);
+  scope.field("credential", p.id);
+  scope.field("role", std::string(to_string(p.role)));
+  scope.field("client", req.remote_addr);
+}
+
 }  // namespace
 
 ServiceOptions service_options(const config::Config& cfg) {
@@ -45,7 +67,10 @@ ServiceOptions service_options(const config::Config& cfg) {
   o.fleet.database_url = s.database.empty() ? "sqlite://" + cfg.defaults.state_path + "/fleet.sqlite" : s.database;
   o.fleet.host_down_after = std::chrono::seconds(s.host_down_after);
   o.http.listen = s.listen;
-  o.http.token = s.token;
+  o.auth.legacy_token = s.token;  // checked by the Authenticator, not by the HTTP server's single-token rule
+  if (s.anonymous_role != "none") o.auth.anonymous = role_from_string(s.anonymous_role);
+  o.http.anonymous_access = s.anonymous_role == "none" ? "" : "[fleet_service] anonymous_role = \"" + s.anonymous_role + "\"";
+  o.http.tls_client_ca = s.client_ca;
   o.http.allowed_origins = http::split_list(s.allowed_origins);
   o.http.allowed_hosts = http::split_list(s.allowed_hosts);
   o.http.max_body_bytes = kMaxReportBodyBytes;
@@ -65,6 +90,19 @@ Result<std::unique_ptr<FleetService>> FleetService::open(ServiceOptions options)
   auto f = Fleet::open(s->options_.fleet);
   if (!f) return f.error();
   s->fleet_ = std::move(*f);
+  s->auth_ = std::make_unique<Authenticator>(s->fleet_->store(), s->options_.auth);
+  if (auto st = s->auth_->refresh(); !st) return st.error();
+  const auto& a = s->options_.auth;
+  if (!a.legacy_token.empty())
+    spdlog::warn("[fleet_service] token is set: whoever holds it acts as an operator for every host. Give each agent "
+                 "its own credential (`virtcap fleet token create --role agent --host NAME`), then remove it");
+  if (a.anonymous)
+    spdlog::warn("[fleet_service] anonymous_role = \"{}\": requests with no credential act as {}",
+                 to_string(*a.anonymous), to_string(*a.anonymous));
+  else if (s->auth_->credentials() == 0 && a.legacy_token.empty() && s->options_.http.tls_client_ca.empty())
+    spdlog::warn("no fleet credential exists yet and anonymous_role = \"none\": every request will be refused (401) "
+                 "until one is made with `virtcap fleet token create`");
+  s->options_.http.authenticate = [svc = s.get()](Request& req) { return svc->authenticate(req); };
   if (!s->options_.http.on_response)
     s->options_.http.on_response = [](const Request& req, const std::string& route, int status) {
       spdlog::debug("fleet {} {} -> {}", req.method, route, status);
@@ -75,9 +113,37 @@ Result<std::unique_ptr<FleetService>> FleetService::open(ServiceOptions options)
 
 FleetService::~FleetService() { stop(); }
 
+std::optional<Response> FleetService::authenticate(Request& req) const {
+  auto who = auth_->authenticate(req);
+  if (who.index() == 0) {
+    req.auth = std::get<0>(std::move(who));
+    return std::nullopt;
+  }
+  auto r = http::error_response(401, "unauthorized", std::get<1>(who));
+  r.headers.emplace_back("WWW-Authenticate", "Bearer");
+  return r;
+}
+
+void FleetService::credentials_loop() {
+  std::unique_lock lock(mu_);
+  bool failing = false;
+  while (!cv_.wait_for(lock, options_.credentials_poll, [this] { return stopping_; })) {
+    lock.unlock();
+    if (auto st = auth_->refresh(); !st) {
+      if (!failing) spdlog::warn("fleet credentials not re-read (the ones held stay in force): {}", st.error().message);
+      failing = true;
+    } else if (failing) {
+      spdlog::info("fleet credentials re-read again");
+      failing = false;
+    }
+    lock.lock();
+  }
+}
+
 Status FleetService::start() {
   if (auto st = http_->start(); !st) return st;
   if (options_.drift_check_interval.count() > 0) drift_thread_ = std::thread([this] { drift_loop(); });
+  credentials_thread_ = std::thread([this] { credentials_loop(); });
   return {};
 }
 
@@ -88,6 +154,7 @@ void FleetService::stop() {
   }
   cv_.notify_all();
   if (drift_thread_.joinable()) drift_thread_.join();
+  if (credentials_thread_.joinable()) credentials_thread_.join();
   if (http_) http_->stop();
 }
 
@@ -107,6 +174,28 @@ void FleetService::drift_loop() {
 std::vector<http::Route> FleetService::routes() {
   const std::int64_t down_ms = options_.fleet.host_down_after.count();
   auto host_json = [down_ms](const HostRecord& h) { return to_json(h, now_ms(), down_ms); };
+  // A write: the role's rule first (403), then the handler; one audit line
+  // either way, naming the credential (a report that changed nothing, the
+  // agents' heartbeat, logs none).
+  auto write = [](const char* operation, Action action, auto handler) {
+    return [operation, action, handler](const Request& req) {
+      audit::Scope audit(operation, "", req.param("name"));
+      audit_by(audit, req);
+      if (req.params.count("trait")) audit.field("trait", req.param("trait"));
+      Response r;
+      if (auto refused = refusal(req, action, req.param("name"))) r = std::move(*refused);
+      else r = handler(req, audit);
+      if (r.status < 400) {
+        audit.ok();
+      } else {
+        const json body = json::parse(r.body, nullptr, false);
+        const bool has_message = body.is_object() && body.contains("error") && body["error"].is_object() &&
+                                 body["error"].value("message", json()).is_string();
+        audit.failed(std::to_string(r.status) + (has_message ? ": " + body["error"]["message"].get<std::string>() : ""));
+      }
+      return r;
+    };
+  };
   // Trait writes: the generation is required; a stale one is 409 carrying the current one.
   auto trait_write = [this, host_json](const Request& req, bool add) {
     if (auto st = check_operator_trait_name(req.param("trait")); !st) return send_error(st.error());
@@ -138,6 +227,7 @@ std::vector<http::Route> FleetService::routes() {
        }},
       {"GET", "/v1/hosts", BodyRule::none,
        [this](const Request& req) {
+         if (auto refused = refusal(req, Action::query, "")) return *refused;
          auto params = split_explain(req);
          if (!params) return send_error(params.error());
          auto q = parse_query(params->first);
@@ -153,6 +243,7 @@ std::vector<http::Route> FleetService::routes() {
        }},
       {"GET", "/v1/hosts/{name}", BodyRule::none,
        [this, host_json](const Request& req) {
+         if (auto refused = refusal(req, Action::query, req.param("name"))) return *refused;
          auto params = split_explain(req);
          if (!params) return send_error(params.error());
          auto rec = fleet_->store().get_host(req.param("name"));
@@ -170,7 +261,7 @@ std::vector<http::Route> FleetService::routes() {
          return with_etag(http::json_response(200, body), (*rec)->generation);
        }},
       {"PUT", "/v1/hosts/{name}", BodyRule::json,
-       [this, host_json](const Request& req) {
+       write("fleet_report", Action::report, [this, host_json](const Request& req, audit::Scope& audit) {
          auto body = parse_report_body(req.param("name"), req.body);
          if (!body) return send_error(body.error());
          if (body->report.traits.size() > options_.max_traits_per_host)
@@ -179,21 +270,26 @@ std::vector<http::Route> FleetService::routes() {
                                             " traits; a host may report at most " +
                                             std::to_string(options_.max_traits_per_host) +
                                             " ([fleet_service] max_traits_per_host): refused whole"));
+         const auto before = fleet_->index().host_generation(req.param("name"));
          auto rec = fleet_->report(body->report, body->generation);
          if (!rec) return send_error(rec.error());
+         if (before == rec->generation) audit.dismiss();  // a heartbeat: nothing changed
+         else audit.field("generation", rec->generation);
          return with_etag(http::json_response(200, host_json(*rec)), rec->generation);
-       }},
+       })},
       {"DELETE", "/v1/hosts/{name}", BodyRule::none,
-       [this](const Request& req) {
+       write("fleet_host_delete", Action::delete_host, [this](const Request& req, audit::Scope&) {
          auto gen = parse_generation("", req.header("if-match"));
          if (!gen) return send_error(gen.error());
          if (auto st = fleet_->delete_host(req.param("name"), *gen); !st) return send_error(st.error());
          return http::json_response(200, json{{"deleted", req.param("name")}});
-       }},
+       })},
       {"PUT", "/v1/hosts/{name}/traits/{trait}", BodyRule::json,
-       [trait_write](const Request& req) { return trait_write(req, true); }},
+       write("fleet_trait_add", Action::operator_traits,
+             [trait_write](const Request& req, audit::Scope&) { return trait_write(req, true); })},
       {"DELETE", "/v1/hosts/{name}/traits/{trait}", BodyRule::json,
-       [trait_write](const Request& req) { return trait_write(req, false); }},
+       write("fleet_trait_remove", Action::operator_traits,
+             [trait_write](const Request& req, audit::Scope&) { return trait_write(req, false); })},
   };
 }
 

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <thread>
 
+#include "fleet/authenticator.h"
 #include "fleet/fleet.h"
 #include "http/server.h"
 
@@ -29,6 +30,11 @@ struct ServiceOptions {
   std::chrono::seconds drift_check_interval{0};
   // [fleet_service] max_traits_per_host: a report with more is refused whole.
   std::size_t max_traits_per_host = 512;
+  // Who may do what (docs/fleet.md, "Trust model").
+  AuthOptions auth;
+  // How often the credentials version is polled (a revocation takes effect
+  // within this).
+  std::chrono::milliseconds credentials_poll{1000};
 };
 
 // The options [fleet_service] gives (database default: sqlite://<state_path>/fleet.sqlite).
@@ -55,14 +61,20 @@ class FleetService {
   explicit FleetService(ServiceOptions options) : options_(std::move(options)) {}
   std::vector<http::Route> routes();
   void drift_loop();
+  void credentials_loop();
+  // Runs every request through the authenticator: a 401 when it has no
+  // principal, else the principal in req.auth.
+  std::optional<http::Response> authenticate(http::Request& req) const;
 
   ServiceOptions options_;
   std::unique_ptr<Fleet> fleet_;
+  std::unique_ptr<Authenticator> auth_;
   std::unique_ptr<http::Server> http_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false;
   std::thread drift_thread_;
+  std::thread credentials_thread_;
 };
 
 }  // namespace virtcap::fleet

@@ -29,6 +29,13 @@ const std::vector<Migration>& migrations() {
         " resource_class TEXT NOT NULL CHECK (resource_class IN ('VCPU', 'MEMORY_MB', 'DISK_GB')),"
         " total BIGINT NOT NULL, reserved BIGINT NOT NULL, allocation_ratio {REAL} NOT NULL,"
         " used BIGINT NOT NULL, PRIMARY KEY (host_id, resource_class))"}},
+      {2,
+       {"CREATE TABLE fleet_credentials (id TEXT PRIMARY KEY,"
+        " role TEXT NOT NULL CHECK (role IN ('reader', 'agent', 'operator')), host TEXT NOT NULL,"
+        " salt TEXT NOT NULL, hash TEXT NOT NULL, created_ms BIGINT NOT NULL, revoked_ms BIGINT NOT NULL,"
+        " note TEXT NOT NULL)",
+        "CREATE TABLE fleet_credentials_version (version BIGINT NOT NULL)",
+        "INSERT INTO fleet_credentials_version (version) VALUES (0)"}},
   };
   return kMigrations;
 }
@@ -90,6 +97,10 @@ class SqlFleetStore final : public FleetStore {
   Result<std::optional<HostRecord>> get_host(std::string_view host) override;
   Result<std::vector<HostRecord>> list_hosts() override;
   Status import_hosts(const std::vector<HostRecord>& hosts) override;
+  Status add_credential(const CredentialRecord& c) override;
+  Result<std::vector<CredentialRecord>> list_credentials() override;
+  Result<CredentialRecord> revoke_credential(std::string_view id, std::int64_t now_ms) override;
+  Result<std::int64_t> credentials_version() override;
 
  private:
   // The host row, locked for this transaction (FOR UPDATE on PostgreSQL; the
@@ -516,6 +527,61 @@ Status SqlFleetStore::import_hosts(const std::vector<HostRecord>& hosts) {
     return st;
   if (st = c->notify(kNotifyChannel, kNotifyEverything); !st) return st;
   return t.commit();
+}
+
+constexpr const char* kCredentialColumns = "id, role, host, salt, hash, created_ms, revoked_ms, note";
+
+CredentialRecord credential_row(const std::vector<std::string>& row) {
+  return {row[0], role_from_string(row[1]).value_or(Role::reader), row[2], row[3], row[4], to_i64(row[5]),
+          to_i64(row[6]), row[7]};
+}
+
+Status SqlFleetStore::add_credential(const CredentialRecord& cr) {
+  auto c = pool_.acquire();
+  Transaction t(*c);
+  if (auto st = t.begin(); !st) return st;
+  auto ins = c->exec("INSERT INTO fleet_credentials (" + std::string(kCredentialColumns) +
+                         ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                     {cr.id, std::string(to_string(cr.role)), cr.host, cr.salt, cr.hash, cr.created_ms,
+                      cr.revoked_ms, cr.note});
+  if (!ins) return ins.error();
+  if (auto u = c->exec("UPDATE fleet_credentials_version SET version = version + 1", {}); !u) return u.error();
+  return t.commit();
+}
+
+Result<std::vector<CredentialRecord>> SqlFleetStore::list_credentials() {
+  auto c = pool_.acquire();
+  auto r = c->exec("SELECT " + std::string(kCredentialColumns) + " FROM fleet_credentials ORDER BY created_ms, id", {});
+  if (!r) return r.error();
+  std::vector<CredentialRecord> out;
+  out.reserve(r->rows.size());
+  for (const auto& row : r->rows) out.push_back(credential_row(row));
+  return out;
+}
+
+Result<CredentialRecord> SqlFleetStore::revoke_credential(std::string_view id, std::int64_t now_ms) {
+  auto c = pool_.acquire();
+  Transaction t(*c);
+  if (auto st = t.begin(); !st) return st.error();
+  auto u = c->exec("UPDATE fleet_credentials SET revoked_ms = $1 WHERE id = $2 AND revoked_ms = 0",
+                   {now_ms, std::string(id)});
+  if (!u) return u.error();
+  if (u->affected > 0)
+    if (auto v = c->exec("UPDATE fleet_credentials_version SET version = version + 1", {}); !v) return v.error();
+  auto r = c->exec("SELECT " + std::string(kCredentialColumns) + " FROM fleet_credentials WHERE id = $1",
+                   {std::string(id)});
+  if (!r) return r.error();
+  if (r->rows.empty())
+    return make_error(Errc::not_found, "no credential " + quote_for_error(id) + " (see `virtcap fleet token list`)");
+  if (auto st = t.commit(); !st) return st.error();
+  return credential_row(r->rows[0]);
+}
+
+Result<std::int64_t> SqlFleetStore::credentials_version() {
+  auto c = pool_.acquire();
+  auto r = c->exec("SELECT version FROM fleet_credentials_version", {});
+  if (!r) return r.error();
+  return r->rows.empty() ? std::int64_t{0} : to_i64(r->rows[0][0]);
 }
 
 }  // namespace

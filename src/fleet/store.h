@@ -14,6 +14,7 @@
 #include <string_view>
 #include <vector>
 
+#include "fleet/credentials.h"
 #include "fleet/model.h"
 #include "fleet/sql.h"
 
@@ -57,6 +58,17 @@ class FleetStore {
   // Bulk insert of new hosts in one transaction (restore, benchmarks); any
   // existing name or uuid fails the whole import.
   virtual Status import_hosts(const std::vector<HostRecord>& hosts) = 0;
+
+  // Credentials (credentials.h): rows with a salted hash, never a secret.
+  // An id already taken is already_exists.
+  virtual Status add_credential(const CredentialRecord& c) = 0;
+  virtual Result<std::vector<CredentialRecord>> list_credentials() = 0;  // oldest first
+  // Sets revoked_ms (revoking again keeps the first time); not_found when
+  // there is no such id.
+  virtual Result<CredentialRecord> revoke_credential(std::string_view id, std::int64_t now_ms) = 0;
+  // Bumped in the same transaction as every add and revoke, so a service
+  // polls one row to know when to reload its credentials.
+  virtual Result<std::int64_t> credentials_version() = 0;
 };
 
 int latest_fleet_schema_version();

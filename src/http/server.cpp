@@ -43,18 +43,6 @@ std::string lower(std::string s) {
   return s;
 }
 
-bool constant_time_equal(const std::string& a, const std::string& b) {
-  // Compares every byte of the longer input, so the time does not depend on
-  // where the first difference is (the length still shows).
-  const std::size_t n = std::max(a.size(), b.size());
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (std::size_t i = 0; i < n; ++i) {
-    const unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
-    const unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
-    diff |= static_cast<unsigned char>(x ^ y);
-  }
-  return diff == 0;
-}
 
 // Percent-decoding for the path and the query, except that %00 stays as the
 // three characters: the path reaches us as a C string, and a decoded NUL
@@ -187,6 +175,19 @@ std::vector<std::string> split_list(const std::string& v) {
   return out;
 }
 
+bool constant_time_equal(std::string_view a, std::string_view b) {
+  // Compares every byte of the longer input, so the time does not depend on
+  // where the first difference is (the length still shows).
+  const std::size_t n = std::max(a.size(), b.size());
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (std::size_t i = 0; i < n; ++i) {
+    const unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
+    const unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
+    diff |= static_cast<unsigned char>(x ^ y);
+  }
+  return diff == 0;
+}
+
 Result<std::string> check_listen(const Options& o) {
   const std::string& section = o.config_section;
   auto hp = config::split_listen(o.listen);
@@ -196,7 +197,11 @@ Result<std::string> check_listen(const Options& o) {
       !st)
     return st.error();
   if (config::is_loopback(hp->first)) return std::string();
-  if (o.token.empty())
+  if (o.anonymous_access && !o.anonymous_access->empty())
+    return make_error(Errc::invalid_argument, "refusing to listen on " + o.listen + ": it is not a loopback address and " +
+                                                  *o.anonymous_access + " serves requests that carry no credential; "
+                                                  "remove it, or listen on 127.0.0.1");
+  if (!o.anonymous_access && o.token.empty())
     return make_error(Errc::invalid_argument,
                       "refusing to listen on " + o.listen + ": it is not a loopback address and " + section +
                           " token is not set; set a token, or listen on 127.0.0.1");
@@ -280,6 +285,14 @@ Result<int> Server::bind() {
     tls_key_pem_ = std::move(tls.value()->key_pem);
     spdlog::info("TLS: serving the certificate of {} (valid until {})", tls.value()->subject,
                  utc_text(tls.value()->not_after));
+    auto ca = load_client_ca(opts_.tls_client_ca, opts_.config_section);
+    if (!ca) return ca.error();
+    tls_client_ca_pem_ = std::move(*ca);
+    if (!tls_client_ca_pem_.empty())
+      spdlog::info("TLS: client certificates signed by {} are verified", opts_.tls_client_ca);
+  } else if (!opts_.tls_client_ca.empty()) {
+    return make_error(Errc::invalid_argument, opts_.config_section + " client_ca is set without tls_cert and "
+                                              "tls_key: client certificates need TLS; set both, or remove client_ca");
   }
   if (opts_.listen_fd >= 0) {
     listen_fd_ = std::exchange(opts_.listen_fd, -1);
@@ -369,6 +382,9 @@ MHD_Daemon* Server::start_daemon(int listen_fd, const std::string& cert_pem, con
     o.push_back({MHD_OPTION_HTTPS_MEM_KEY, 0, const_cast<char*>(key_pem.data())});
     // TLS 1.3, and 1.2 with ECDHE and AEAD only, by default (Options::tls_priority).
     o.push_back({MHD_OPTION_HTTPS_PRIORITIES, 0, const_cast<char*>(opts_.tls_priority.c_str())});
+    // Asks each client for a certificate (optional), verified in begin().
+    if (!tls_client_ca_pem_.empty())
+      o.push_back({MHD_OPTION_HTTPS_MEM_TRUST, 0, const_cast<char*>(tls_client_ca_pem_.data())});
   }
   o.push_back({MHD_OPTION_END, 0, nullptr});
   MHD_Daemon* d = MHD_start_daemon(flags | MHD_USE_ERROR_LOG, 0, nullptr, nullptr, &on_request, tag.get(),
@@ -470,7 +486,7 @@ bool Server::host_allowed(const std::string& host_header) const {
   return is_wildcard(listen_host_) && is_ip_literal(h);
 }
 
-std::optional<Response> Server::refuse_early(const Request& req, bool has_body, const Route* route,
+std::optional<Response> Server::refuse_early(Request& req, bool has_body, const Route* route,
                                              const std::string& allow) const {
   if (req.headers.count("host") && !host_allowed(req.header("host")))
     return error_response(403, "forbidden",
@@ -483,7 +499,9 @@ std::optional<Response> Server::refuse_early(const Request& req, bool has_body, 
                             "cross-origin request from '" + req.header("origin") +
                                 "' refused; list the origin in " + opts_.config_section + " allowed_origins");
   }
-  if (!opts_.token.empty() && !constant_time_equal(req.header("authorization"), "Bearer " + opts_.token)) {
+  if (opts_.authenticate) {
+    if (auto refused = opts_.authenticate(req)) return refused;
+  } else if (!opts_.token.empty() && !constant_time_equal(req.header("authorization"), "Bearer " + opts_.token)) {
     auto r = error_response(401, "unauthorized", "a valid bearer token is required (Authorization: Bearer <token>)");
     r.headers.emplace_back("WWW-Authenticate", "Bearer");
     return r;
@@ -544,6 +562,9 @@ Server::Pending* Server::begin(void* connection, const char* url, const char* me
       &req);
   if (const auto* info = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS))
     req.remote_addr = address_text(info->client_addr);
+  if (!tls_client_ca_pem_.empty())
+    if (const auto* info = MHD_get_connection_info(c, MHD_CONNECTION_INFO_GNUTLS_SESSION))
+      req.client_certificate = verified_client_certificate(info->tls_session);
 
   std::string allow;
   p->route = match(req, req.params, allow);

@@ -6,6 +6,7 @@
 // fleet service) add routes.
 #pragma once
 
+#include <any>
 #include <atomic>
 #include <condition_variable>
 #include <functional>
@@ -19,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "http/tls.h"
 #include "virtcap/error.h"
 
 struct MHD_Daemon;
@@ -34,6 +36,12 @@ struct Request {
   std::map<std::string, std::string> params;   // {name} segments of the route
   std::string body;
   std::string remote_addr;
+  // The client's TLS certificate, when Options::tls_client_ca is set and the
+  // certificate it sent verified against it (tls.h); nullopt otherwise.
+  std::optional<ClientCertificate> client_certificate;
+  // Who the request is from, as Options::authenticate set it (the
+  // application's own type); empty without that hook.
+  std::any auth;
   std::string header(const std::string& lower_name) const;
   std::string param(const std::string& name) const;
 };
@@ -71,6 +79,18 @@ struct Options {
   std::vector<std::string> allowed_hosts;    // Host names accepted besides the listen host and localhost
   std::size_t max_body_bytes = 1024 * 1024;
   std::string tls_cert, tls_key;  // PEM files; both set: HTTPS (checked by load_tls in bind())
+  // PEM CA bundle: with TLS, clients are asked (not required) for a
+  // certificate, which is verified against it (Request::client_certificate).
+  std::string tls_client_ca;
+  // When set, replaces the `token` rule: called for every request after the
+  // Host and Origin checks and before routing; a response refuses the request
+  // (a 401), else it may fill req.auth for the handlers.
+  std::function<std::optional<Response>(Request&)> authenticate;
+  // For an application that authenticates requests itself (authenticate):
+  // the setting that lets requests without any credential in, for
+  // check_listen's refusal of a non-loopback address ("" when none get in).
+  // nullopt: the `token` rule (no token, no credential needed).
+  std::optional<std::string> anonymous_access;
   std::string tls_priority;  // GnuTLS priority string; empty: config::kDefaultTlsPriority (check_listen checks it)
   // Serve plain HTTP on a non-loopback address anyway (check_listen); a
   // warning is logged at every start.
@@ -98,12 +118,16 @@ struct Options {
 // every other byte is %XX (so any text, even invalid UTF-8, is a safe part).
 std::string percent_encode(std::string_view s);
 
+// Whether a == b, reading every byte of the longer one whatever they hold
+// (for secrets: the time tells only the length).
+bool constant_time_equal(std::string_view a, std::string_view b);
+
 // A configured list, comma- or blank-separated: "a, b c" -> {"a", "b", "c"}.
 std::vector<std::string> split_list(const std::string& v);
 
 // The one rule for where and how a server may listen (every virtcap server):
 // listen is HOST:PORT; tls_cert and tls_key are set together; a non-loopback
-// address needs a token, and TLS unless allow_insecure. invalid_argument
+// address needs a token (anonymous_access: none), and TLS unless allow_insecure. invalid_argument
 // (naming config_section) when refused. When allowed: the warning to log at
 // every start (plain HTTP off loopback), or "". Reads no file (load_tls does).
 Result<std::string> check_listen(const Options& opts);
@@ -159,7 +183,7 @@ class Server {
   // The route for req's method and path (params filled), and in `allow`
   // every method the path has.
   const Route* match(const Request& req, std::map<std::string, std::string>& params, std::string& allow) const;
-  std::optional<Response> refuse_early(const Request& req, bool has_body, const Route* route,
+  std::optional<Response> refuse_early(Request& req, bool has_body, const Route* route,
                                        const std::string& allow) const;
   bool host_allowed(const std::string& host) const;
   // A libmicrohttpd daemon on `listen_fd` (it takes the fd), serving TLS
@@ -177,7 +201,7 @@ class Server {
   std::string listen_host_;
   int listen_fd_ = -1;
   int port_ = 0;
-  std::string tls_cert_pem_, tls_key_pem_;
+  std::string tls_cert_pem_, tls_key_pem_, tls_client_ca_pem_;
   MHD_Daemon* daemon_ = nullptr;
   std::mutex mu_;
   std::condition_variable idle_;

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <ctime>
 #include <memory>
+#include <type_traits>
 
 #include "common/fd.h"
 #include "common/time_text.h"
@@ -115,6 +116,51 @@ Result<std::optional<TlsMaterial>> load_tls(const std::string& cert_file, const 
                      "the certificate expired at " + utc_text(m.not_after) + " (now " + utc_text(now) +
                          "); clients would refuse it: renew it");
   return std::optional<TlsMaterial>(std::move(m));
+}
+
+Result<std::string> load_client_ca(const std::string& file, const std::string& section) {
+  if (file.empty()) return std::string();
+  auto pem = read_small_file(file);
+  if (!pem) return tls_error(section, "client_ca", file, pem.error().message);
+  CertList list;
+  const gnutls_datum_t c = datum(*pem);
+  if (int rc = gnutls_x509_crt_list_import2(&list.certs, &list.count, &c, GNUTLS_X509_FMT_PEM, 0); rc < 0 || !list.count)
+    return tls_error(section, "client_ca", file,
+                     std::string("no PEM certificate could be read (") + gnutls_strerror(rc) +
+                         "); expected the CA certificate(s) that sign agents' client certificates");
+  return std::move(*pem);
+}
+
+std::optional<ClientCertificate> verified_client_certificate(void* gnutls_session) {
+  auto* session = static_cast<gnutls_session_t>(gnutls_session);
+  if (!session) return std::nullopt;
+  unsigned status = 0;
+  gnutls_typed_vdata_st purpose{GNUTLS_DT_KEY_PURPOSE_OID,
+                                reinterpret_cast<unsigned char*>(const_cast<char*>(GNUTLS_KP_TLS_WWW_CLIENT)), 0};
+  if (gnutls_certificate_verify_peers(session, &purpose, 1, &status) != GNUTLS_E_SUCCESS || status != 0)
+    return std::nullopt;
+  unsigned n = 0;
+  const gnutls_datum_t* peers = gnutls_certificate_get_peers(session, &n);
+  if (!peers || n == 0) return std::nullopt;
+  gnutls_x509_crt_t crt = nullptr;
+  if (gnutls_x509_crt_init(&crt) < 0) return std::nullopt;
+  std::unique_ptr<std::remove_pointer_t<gnutls_x509_crt_t>, void (*)(gnutls_x509_crt_t)> guard(crt, gnutls_x509_crt_deinit);
+  if (gnutls_x509_crt_import(crt, &peers[0], GNUTLS_X509_FMT_DER) < 0) return std::nullopt;
+  ClientCertificate out;
+  char buf[512];
+  std::size_t size = sizeof buf;
+  if (gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, 0, buf, &size) >= 0)
+    out.common_name.assign(buf, size);
+  for (unsigned i = 0;; ++i) {
+    size = sizeof buf;
+    unsigned critical = 0;
+    const int type = gnutls_x509_crt_get_subject_alt_name(crt, i, buf, &size, &critical);
+    if (type == GNUTLS_E_REQUESTED_DATA_NOT_AVAILABLE) break;
+    if (type == GNUTLS_E_SHORT_MEMORY_BUFFER) continue;  // a name over 512 bytes is no host name
+    if (type < 0) return std::nullopt;  // unreadable: trust nothing it says
+    if (type == GNUTLS_SAN_DNSNAME) out.dns_names.emplace_back(buf, size);
+  }
+  return out;
 }
 
 Status check_tls_priority(const std::string& priority, const std::string& section) {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "virtcap/error.h"
 
@@ -30,6 +31,22 @@ Status check_tls_pair(const std::string& cert_file, const std::string& key_file,
 // nullopt when both are empty (plain HTTP).
 Result<std::optional<TlsMaterial>> load_tls(const std::string& cert_file, const std::string& key_file,
                                             const std::string& section, std::int64_t now);
+
+// The CA bundle client certificates are verified against (`section`
+// client_ca): its PEM text, with at least one certificate, or
+// invalid_argument naming the option and the file. "" when `file` is empty.
+Result<std::string> load_client_ca(const std::string& file, const std::string& section);
+
+// What a verified client certificate says of its holder.
+struct ClientCertificate {
+  std::string common_name;            // the subject's CN ("" when none)
+  std::vector<std::string> dns_names;  // its DNS subjectAltNames
+};
+// The client's certificate on `gnutls_session` (a gnutls_session_t), when
+// the client sent one that verifies against the server's trusted CAs, is
+// valid now, and is meant for TLS client authentication (extended key
+// usage); nullopt otherwise (none sent, or not trusted).
+std::optional<ClientCertificate> verified_client_certificate(void* gnutls_session);
 
 // GnuTLS's own check of a priority string: invalid_argument naming
 // `section` tls_priority and the part it could not read.

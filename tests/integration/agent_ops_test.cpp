@@ -138,7 +138,7 @@ TEST(AgentOps, SigpipeNeverKillsTheAgentOrTheFleetService) {
   ASSERT_TRUE(a.running()) << a.exit_output().err;
   testing::TempDir dir("virtcap-sigpipe");
   const std::string cfg = dir.write("fleet.toml", "[DEFAULT]\nstate_path = \"" + dir.str() +
-                                                      "\"\n[fleet_service]\nlisten = \"127.0.0.1:0\"\n");
+                                                      "\"\n[fleet_service]\nanonymous_role = \"operator\"\nlisten = \"127.0.0.1:0\"\n");
   Agent fleet(Agent::fleet_service(cfg));
   ASSERT_TRUE(fleet.running()) << fleet.exit_output().err;
   for (Agent* p : {&a, &fleet}) {

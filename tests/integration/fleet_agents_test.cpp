@@ -77,7 +77,7 @@ TEST(FleetAgents, TwoAgentsReportOperatorTraitsSurviveKillMeansDownRestartGivesS
   TempDir dir("virtcap-fleet-agents");
   fs::create_directories(dir.sub("fleet"));
   const std::string fleet_cfg = dir.write("fleet.toml", "[DEFAULT]\nstate_path = \"" + dir.sub("fleet") +
-                                                            "\"\n[fleet_service]\nlisten = \"127.0.0.1:0\"\n"
+                                                            "\"\n[fleet_service]\nanonymous_role = \"operator\"\nlisten = \"127.0.0.1:0\"\n"
                                                             "host_down_after = 5\ndrift_check_interval = 1\n");
   auto fleet = std::make_unique<Agent>(Agent::fleet_service(fleet_cfg));
   ASSERT_TRUE(fleet->running()) << fleet->exit_output().err;
@@ -149,7 +149,7 @@ TEST(FleetAgents, TwoAgentsReportOperatorTraitsSurviveKillMeansDownRestartGivesS
   // Same port again: the agent's [fleet] url names it.
   const std::string port = url.substr(url.rfind(':') + 1);
   const std::string again_cfg = dir.write("fleet2.toml", "[DEFAULT]\nstate_path = \"" + dir.sub("fleet") +
-                                                             "\"\n[fleet_service]\nlisten = \"127.0.0.1:" + port +
+                                                             "\"\n[fleet_service]\nanonymous_role = \"operator\"\nlisten = \"127.0.0.1:" + port +
                                                              "\"\nhost_down_after = 5\n");
   fleet = std::make_unique<Agent>(Agent::fleet_service(again_cfg));
   ASSERT_TRUE(fleet->running()) << fleet->exit_output().err;
@@ -168,6 +168,7 @@ struct Replica {
 Replica start_replica(const std::string& db) {
   fleet::ServiceOptions o;
   o.fleet.database_url = db;
+  o.auth.anonymous = fleet::Role::operator_;  // a test bench: no credential needed
   o.http.listen = "127.0.0.1:0";
   o.http.max_body_bytes = fleet::kMaxReportBodyBytes;
   auto s = fleet::FleetService::open(o);
@@ -323,7 +324,7 @@ struct TokenFleet {
     fleet::ServiceOptions o;
     o.fleet.database_url = "sqlite://" + dir.sub("fleet.sqlite");
     o.http.listen = "127.0.0.1:0";
-    o.http.token = "tok";
+    o.auth.legacy_token = "tok";
     auto svc = fleet::FleetService::open(o);
     if (!svc) {
       problem = svc.error().message;
@@ -460,6 +461,7 @@ TEST(FleetCli, TraitsAddRetriesOnceOnAStaleGenerationThenReports) {
   std::atomic<int> bumps_left{0}, bumped{0};
   fleet::ServiceOptions o;
   o.fleet.database_url = "sqlite://" + dir.sub("fleet.sqlite");
+  o.auth.anonymous = fleet::Role::operator_;  // a test bench: no credential needed
   o.http.listen = "127.0.0.1:0";
   // Runs in the connection's thread after the answer is queued and before it
   // is sent, so the CLI's next request always sees the bump.

@@ -32,19 +32,9 @@ class FleetApiTest : public ::testing::TestWithParam<Backend> {
     ASSERT_FALSE(url_.empty());
   }
   std::unique_ptr<FleetService> start(const std::string& token = "", ServiceOptions o = {}) {
-    o.fleet.database_url = url_;
-    o.http.listen = "127.0.0.1:0";
-    o.http.token = token;
-    o.http.max_body_bytes = kMaxReportBodyBytes;
-    o.http.config_section = "[fleet_service]";
-    auto s = FleetService::open(o);
-    EXPECT_TRUE(s.ok()) << (s ? "" : s.error().message);
-    if (!s) return nullptr;
-    auto port = (*s)->bind();
-    EXPECT_TRUE(port.ok()) << (port ? "" : port.error().message);
-    if (!port || !(*s)->start()) return nullptr;
-    server_ = "http://127.0.0.1:" + std::to_string(*port);
-    return std::move(*s);
+    o.auth.legacy_token = token;  // the shared operator credential
+    if (token.empty()) o.auth.anonymous = Role::operator_;  // a test bench: no credential needed
+    return virtcap::testing::start_fleet_service(std::move(o), url_, server_);
   }
   api::Response call(const std::string& method, const std::string& path, const json* body = nullptr,
                      const std::string& token = "") {

@@ -19,8 +19,11 @@ namespace {
 
 std::string fleet_config(TempDir& dir, const std::string& service_toml) {
   fs::create_directories(dir.sub("fleet"));
+  // No credentials in these tests: anonymous requests act as operators
+  // (allowed on loopback only; the non-loopback cases carry the token).
+  const std::string anonymous = service_toml.find("token") == std::string::npos ? "anonymous_role = \"operator\"\n" : "";
   return dir.write("fleet.toml", "[DEFAULT]\nstate_path = \"" + dir.sub("fleet") + "\"\n[fleet_service]\n" +
-                                     service_toml);
+                                     anonymous + service_toml);
 }
 
 std::string agent_config(TempDir& dir, const std::string& host, const std::string& url, const std::string& ca) {

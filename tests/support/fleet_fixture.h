@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "fleet/model.h"
+#include "fleet/service.h"
 #include "support/postgres_env.h"
 #include "support/test_support.h"
 
@@ -42,6 +43,25 @@ inline fleet::AgentReport fleet_report(int n, std::vector<std::string> traits, s
   r.inventories[1] = fleet::Inventory{16384, 512, 1.0, 1024};
   r.seen_at_ms = fleet::now_ms();
   return r;
+}
+
+// An in-process fleet service with `o` on 127.0.0.1 (any free port), on
+// the database `database_url`; sets `server` to its http:// URL. nullptr
+// (after failing the test) when it cannot open, bind or start.
+inline std::unique_ptr<fleet::FleetService> start_fleet_service(fleet::ServiceOptions o, const std::string& database_url,
+                                                                std::string& server) {
+  o.fleet.database_url = database_url;
+  o.http.listen = "127.0.0.1:0";
+  o.http.max_body_bytes = fleet::kMaxReportBodyBytes;
+  o.http.config_section = "[fleet_service]";
+  auto s = fleet::FleetService::open(o);
+  EXPECT_TRUE(s.ok()) << (s ? "" : s.error().message);
+  if (!s) return nullptr;
+  auto port = (*s)->bind();
+  EXPECT_TRUE(port.ok()) << (port ? "" : port.error().message);
+  if (!port || !(*s)->start()) return nullptr;
+  server = "http://127.0.0.1:" + std::to_string(*port);
+  return std::move(*s);
 }
 
 }  // namespace virtcap::testing

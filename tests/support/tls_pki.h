@@ -43,6 +43,20 @@ class TestPki {
   const Pair& other_server() const { return other_server_; }      // as server(), signed by other_ca()
   const std::string& stray_key() const { return stray_key_; }     // matches no certificate above
   const TempDir& dir() const { return dir_; }
+  // A client certificate (clientAuth) whose CN and one DNS subjectAltName are
+  // `host`, signed by ca() when trusted, else by other_ca().
+  Pair client(const std::string& host, bool trusted = true) const {
+    Pair p = request("client-" + host, host);
+    const std::string ext = dir_.write("client-" + host + ".ext",
+                                       "[client_ext]\nbasicConstraints = critical,CA:FALSE\n"
+                                       "keyUsage = critical,digitalSignature\nextendedKeyUsage = clientAuth\n"
+                                       "subjectAltName = DNS:" + host + "\n");
+    const Pair& ca = trusted ? ca_ : other_ca_;
+    openssl({"ca", "-batch", "-config", cnf_, "-cert", ca.cert, "-keyfile", ca.key, "-in",
+             dir_.sub("client-" + host + ".csr"), "-out", p.cert, "-extfile", ext, "-extensions", "client_ext",
+             "-notext", "-days", "2"});
+    return p;
+  }
 
  private:
   void openssl(std::vector<std::string> args) const {

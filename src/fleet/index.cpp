@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <iterator>
 #include <cstdio>
 #include <functional>
 #include <mutex>
@@ -148,17 +149,33 @@ void HostIndex::grow_words(std::size_t words) {
   words = std::max(words, words_ * 2);
   words_ = words;
   used_.resize_words(words);
-  for (auto& b : trait_bits_) b.resize_words(words);
+  for (std::size_t t = 0; t < trait_bits_.size(); ++t)
+    if (!trait_names_[t].empty()) trait_bits_[t].resize_words(words);
 }
 
 std::uint32_t HostIndex::trait_id(const std::string& name) {
   auto it = trait_ids_.find(name);
   if (it != trait_ids_.end()) return it->second;
-  const auto id = static_cast<std::uint32_t>(trait_names_.size());
+  std::uint32_t id = 0;
+  if (!free_trait_ids_.empty()) {
+    id = free_trait_ids_.back();
+    free_trait_ids_.pop_back();
+    trait_names_[id] = name;
+  } else {
+    id = static_cast<std::uint32_t>(trait_names_.size());
+    trait_names_.push_back(name);
+    trait_bits_.emplace_back();
+  }
+  trait_bits_[id].resize_words(words_);
   trait_ids_.emplace(name, id);
-  trait_names_.push_back(name);
-  trait_bits_.emplace_back().resize_words(words_);
   return id;
+}
+
+void HostIndex::release_trait(std::uint32_t id) {
+  trait_ids_.erase(trait_names_[id]);
+  std::string().swap(trait_names_[id]);
+  trait_bits_[id] = SlotBits{};
+  free_trait_ids_.push_back(id);
 }
 
 std::uint32_t HostIndex::new_slot() {
@@ -170,12 +187,17 @@ std::uint32_t HostIndex::new_slot() {
   const auto s = static_cast<std::uint32_t>(slots_.size());
   slots_.emplace_back();
   names_.emplace_back();
+  slot_traits_.emplace_back();
   grow_words(s / 64 + 1);
   return s;
 }
 
 void HostIndex::clear_slot_traits(std::uint32_t slot) {
-  for (auto& b : trait_bits_) b.reset(slot);
+  for (const auto id : slot_traits_[slot]) {
+    trait_bits_[id].reset(slot);
+    if (trait_bits_[id].count() == 0) release_trait(id);
+  }
+  std::vector<std::uint32_t>().swap(slot_traits_[slot]);
 }
 
 void HostIndex::apply_locked(const HostRecord& r) {
@@ -183,7 +205,6 @@ void HostIndex::apply_locked(const HostRecord& r) {
   std::uint32_t slot = 0;
   if (found) {
     slot = *found;
-    clear_slot_traits(slot);
   } else {
     slot = new_slot();
     names_[slot] = r.name;
@@ -195,7 +216,22 @@ void HostIndex::apply_locked(const HostRecord& r) {
   s.generation = r.generation;
   s.last_seen_ms = r.last_seen_ms;
   for (std::size_t i = 0; i < kResourceClassCount; ++i) s.free[i] = free_of(r.inventories[i], kNoInventory);
-  for (const auto& t : r.traits) trait_bits_[trait_id(t.name)].set(slot);
+  // The new set first, then what the host dropped: a trait it keeps is never
+  // released and made again.
+  std::vector<std::uint32_t> ids;
+  ids.reserve(r.traits.size());
+  for (const auto& t : r.traits) ids.push_back(trait_id(t.name));
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  for (const auto id : ids) trait_bits_[id].set(slot);
+  std::vector<std::uint32_t> dropped;
+  std::set_difference(slot_traits_[slot].begin(), slot_traits_[slot].end(), ids.begin(), ids.end(),
+                      std::back_inserter(dropped));
+  for (const auto id : dropped) {
+    trait_bits_[id].reset(slot);
+    if (trait_bits_[id].count() == 0) release_trait(id);
+  }
+  slot_traits_[slot] = std::move(ids);
   ++generation_;
 }
 
@@ -240,6 +276,8 @@ void HostIndex::rebuild(const std::vector<HostRecord>& records) {
   std::swap(trait_ids_, fresh.trait_ids_);
   std::swap(trait_names_, fresh.trait_names_);
   std::swap(trait_bits_, fresh.trait_bits_);
+  std::swap(free_trait_ids_, fresh.free_trait_ids_);
+  std::swap(slot_traits_, fresh.slot_traits_);
 }
 
 HostIndex::Plan HostIndex::plan(const Query& q) const {
@@ -492,10 +530,9 @@ Result<HostExplanation> HostIndex::explain_host(const Query& q, std::string_view
 IndexedHost HostIndex::indexed_of(std::uint32_t slot) const {
   const Slot& s = slots_[slot];
   IndexedHost h{names_[slot], uuid_text(s.uuid), s.generation, s.last_seen_ms, {}, {}};
-  for (std::size_t t = 0; t < trait_bits_.size(); ++t)
-    if (trait_bits_[t].test(slot))
-      h.traits.push_back(
-          {trait_names_[t], is_custom_trait(trait_names_[t]) ? TraitOwner::operator_ : TraitOwner::agent});
+  for (const auto t : slot_traits_[slot])
+    h.traits.push_back(
+        {trait_names_[t], is_custom_trait(trait_names_[t]) ? TraitOwner::operator_ : TraitOwner::agent});
   std::sort(h.traits.begin(), h.traits.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
   for (std::size_t i = 0; i < kResourceClassCount; ++i)
     if (s.free[i] != kNoInventory) h.free[i] = s.free[i];
@@ -537,7 +574,7 @@ std::size_t HostIndex::host_count() const {
 
 std::size_t HostIndex::trait_count() const {
   std::shared_lock lock(mu_);
-  return trait_names_.size();
+  return trait_ids_.size();
 }
 
 std::size_t HostIndex::memory_bytes() const {
@@ -548,6 +585,9 @@ std::size_t HostIndex::memory_bytes() const {
   for (const auto& s : names_)
     if (s.capacity() > 15) n += s.capacity() + 1;
   for (const auto& b : trait_bits_) n += b.memory_bytes();
+  n += slot_traits_.capacity() * sizeof(std::vector<std::uint32_t>) +
+       free_trait_ids_.capacity() * sizeof(std::uint32_t);
+  for (const auto& v : slot_traits_) n += v.capacity() * sizeof(std::uint32_t);
   for (const auto& t : trait_names_)
     n += sizeof(std::string) * 2 + 2 * (t.size() + 1) + 32;  // name + map node
   return n;

@@ -91,7 +91,8 @@ class HostIndex {
   explicit HostIndex(std::chrono::milliseconds host_down_after);
 
   // Upserts a host. A record with a lower generation than the indexed one is
-  // ignored (returns false); otherwise returns true.
+  // ignored (returns false); otherwise returns true. Costs the host's own
+  // traits; a trait that no host holds afterwards is forgotten.
   bool apply(const HostRecord& record);
   // Removes a host; false if it was not indexed.
   bool remove(std::string_view name);
@@ -129,7 +130,9 @@ class HostIndex {
   void table_insert(std::uint32_t slot);
   void table_erase(std::uint32_t slot);
   void table_rehash(std::size_t capacity);
-  std::uint32_t trait_id(const std::string& name);  // creates
+  std::uint32_t trait_id(const std::string& name);  // creates (reusing a released id)
+  // Frees a trait no host holds any more: its name, bitset and id.
+  void release_trait(std::uint32_t id);
   std::uint32_t new_slot();
   void grow_words(std::size_t words);
   void clear_slot_traits(std::uint32_t slot);
@@ -154,9 +157,13 @@ class HostIndex {
   std::vector<std::uint32_t> free_slots_;
   std::vector<std::uint32_t> table_;  // kEmptyEntry, kTombstone or a slot
   std::size_t table_used_ = 0, table_tombstones_ = 0;
-  std::unordered_map<std::string, std::uint32_t> trait_ids_;
-  std::vector<std::string> trait_names_;
-  std::vector<SlotBits> trait_bits_;
+  std::unordered_map<std::string, std::uint32_t> trait_ids_;  // live traits only
+  std::vector<std::string> trait_names_;  // by id; "" for a released id
+  std::vector<SlotBits> trait_bits_;      // by id; empty for a released id
+  std::vector<std::uint32_t> free_trait_ids_;
+  // Each slot's trait ids, sorted: a write costs the host's own traits, not
+  // every trait the index knows.
+  std::vector<std::vector<std::uint32_t>> slot_traits_;
 };
 
 }  // namespace virtcap::fleet

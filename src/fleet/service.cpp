@@ -162,6 +162,10 @@ void FleetService::drift_loop() {
   std::unique_lock lock(mu_);
   while (!cv_.wait_for(lock, options_.drift_check_interval, [this] { return stopping_; })) {
     lock.unlock();
+    if (auto gone = fleet_->store().forget_unheld_traits(); !gone)
+      spdlog::warn("fleet: unheld trait names not removed (next pass tries again): {}", gone.error().message);
+    else if (*gone > 0)
+      spdlog::info("fleet: removed {} trait name(s) no host holds any more", *gone);
     auto d = fleet_->check_drift();  // logs any drift it finds
     if (!d) spdlog::warn("fleet drift check failed: {}", d.error().message);
     else  // re-read just those hosts (a full rebuild would hold up every write meanwhile)

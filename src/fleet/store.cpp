@@ -97,6 +97,7 @@ class SqlFleetStore final : public FleetStore {
   Result<std::optional<HostRecord>> get_host(std::string_view host) override;
   Result<std::vector<HostRecord>> list_hosts() override;
   Status import_hosts(const std::vector<HostRecord>& hosts) override;
+  Result<std::size_t> forget_unheld_traits() override;
   Status add_credential(const CredentialRecord& c) override;
   Result<std::vector<CredentialRecord>> list_credentials() override;
   Result<CredentialRecord> revoke_credential(std::string_view id, std::int64_t now_ms) override;
@@ -527,6 +528,18 @@ Status SqlFleetStore::import_hosts(const std::vector<HostRecord>& hosts) {
     return st;
   if (st = c->notify(kNotifyChannel, kNotifyEverything); !st) return st;
   return t.commit();
+}
+
+Result<std::size_t> SqlFleetStore::forget_unheld_traits() {
+  auto c = pool_.acquire();
+  // On PostgreSQL a report that adds one of these names in the meantime
+  // makes the foreign key refuse this statement (nothing is deleted; the
+  // next pass tries again), so no host ever loses a trait to it.
+  auto r = c->exec("DELETE FROM fleet_traits WHERE NOT EXISTS "
+                   "(SELECT 1 FROM fleet_host_traits ht WHERE ht.trait_id = fleet_traits.id)",
+                   {});
+  if (!r) return r.error();
+  return static_cast<std::size_t>(r->affected);
 }
 
 constexpr const char* kCredentialColumns = "id, role, host, salt, hash, created_ms, revoked_ms, note";

@@ -59,6 +59,10 @@ class FleetStore {
   // existing name or uuid fails the whole import.
   virtual Status import_hosts(const std::vector<HostRecord>& hosts) = 0;
 
+  // Deletes the trait names no host holds any more (reports replace a host's
+  // traits; deletes remove them); how many went.
+  virtual Result<std::size_t> forget_unheld_traits() = 0;
+
   // Credentials (credentials.h): rows with a salted hash, never a secret.
   // An id already taken is already_exists.
   virtual Status add_credential(const CredentialRecord& c) = 0;

@@ -201,6 +201,54 @@ TEST(FleetIndex, OlderGenerationIsIgnoredAndIndexGenerationMoves) {
   EXPECT_EQ(index.host_count(), 0U);
 }
 
+// Issue 19 item 4: a host renaming its traits at every report (a flood of
+// new names) leaves only the names some host holds; a trait shared with
+// another host stays; memory returns to where it was.
+TEST(FleetIndex, TraitsNoHostHoldsAreForgottenAndTheirMemoryReused) {
+  std::mt19937_64 rng(7);
+  HostIndex index(kDownAfter);
+  HostRecord steady = make_host(1, rng, 3);
+  HostRecord flooder = make_host(2, rng, 0);
+  flooder.traits = {{"COMPUTE_SHARED", TraitOwner::agent}};
+  steady.traits.push_back({"COMPUTE_SHARED", TraitOwner::agent});
+  std::sort(steady.traits.begin(), steady.traits.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  ASSERT_TRUE(index.apply(steady));
+  ASSERT_TRUE(index.apply(flooder));
+  const std::size_t traits_before = index.trait_count();
+  // Names are made before the dropped ones are released, so the id tables
+  // reach two rounds' worth; from then on they are reused, never grown.
+  std::size_t peak = 0, settled = 0;
+  for (int round = 0; round < 200; ++round) {
+    flooder.traits.clear();
+    for (int i = 0; i < 500; ++i)
+      flooder.traits.push_back({"COMPUTE_FLOOD_" + std::to_string(round) + "_" + std::to_string(i), TraitOwner::agent});
+    flooder.traits.push_back({"COMPUTE_SHARED", TraitOwner::agent});
+    std::sort(flooder.traits.begin(), flooder.traits.end(),
+              [](const auto& a, const auto& b) { return a.name < b.name; });
+    ++flooder.generation;
+    ASSERT_TRUE(index.apply(flooder));
+    EXPECT_EQ(index.trait_count(), traits_before + 500) << "round " << round;
+    if (round == 4) settled = index.memory_bytes();
+    if (round >= 4) peak = std::max(peak, index.memory_bytes());
+  }
+  EXPECT_LE(peak, settled + settled / 10) << "memory grew with every round of new names";
+  flooder.traits = {{"COMPUTE_SHARED", TraitOwner::agent}};
+  ++flooder.generation;
+  ASSERT_TRUE(index.apply(flooder));
+  EXPECT_EQ(index.trait_count(), traits_before);
+  ASSERT_TRUE(index.remove(flooder.name));
+  EXPECT_EQ(index.trait_count(), traits_before) << "COMPUTE_SHARED is still the steady host's";
+  Query q;
+  q.required = {"COMPUTE_SHARED"};
+  EXPECT_EQ(index.query(q, now_ms(), false).matched, 1U);
+  ASSERT_TRUE(index.remove(steady.name));
+  EXPECT_EQ(index.trait_count(), 0U);
+  // Names forgotten and made again behave as new ones.
+  ASSERT_TRUE(index.apply(steady));
+  EXPECT_EQ(index.snapshot().at(0).traits, steady.traits);
+  EXPECT_EQ(index.query(q, now_ms(), false).matched, 1U);
+}
+
 TEST(FleetIndex, ExplainNamesEveryReasonAndUnknownTraits) {
   HostIndex index(kDownAfter);
   HostRecord h{uuid_for(1),

@@ -186,6 +186,29 @@ TEST_P(FleetStoreTest, BadInputAndStaleGenerationsChangeNothing) {
   EXPECT_EQ(a.excluded[0].describe(), "missing required trait CUSTOM_NOBODY (no host has this trait)");
 }
 
+// Issue 19 item 4: trait names no host holds any more leave the database.
+TEST_P(FleetStoreTest, TraitNamesNoHostHoldsAreRemovedFromTheDatabase) {
+  auto fleet = open_fleet();
+  ASSERT_TRUE(fleet);
+  ASSERT_TRUE(fleet->report(report_for(1, {"COMPUTE_A", "COMPUTE_OLD"})).ok());
+  ASSERT_TRUE(fleet->report(report_for(2, {"COMPUTE_A"})).ok());
+  ASSERT_TRUE(fleet->report(report_for(1, {"COMPUTE_A", "COMPUTE_NEW"})).ok());
+  auto gone = fleet->store().forget_unheld_traits();
+  ASSERT_TRUE(gone.ok()) << gone.error().message;
+  EXPECT_EQ(*gone, 1U) << "COMPUTE_OLD";
+  auto h1 = fleet->store().get_host("host1");
+  ASSERT_TRUE(h1.ok() && *h1);
+  ASSERT_TRUE(fleet->add_operator_trait("host1", "CUSTOM_X", (*h1)->generation).ok());
+  ASSERT_TRUE(fleet->delete_host("host1", std::nullopt).ok());
+  gone = fleet->store().forget_unheld_traits();
+  ASSERT_TRUE(gone.ok());
+  EXPECT_EQ(*gone, 2U) << "COMPUTE_NEW and CUSTOM_X; COMPUTE_A is host2's";
+  EXPECT_EQ(*fleet->store().forget_unheld_traits(), 0U);
+  // A name forgotten is made again by the next report that carries it.
+  ASSERT_TRUE(fleet->report(report_for(2, {"COMPUTE_A", "COMPUTE_OLD"})).ok());
+  expect_all_agree(*fleet);
+}
+
 TEST_P(FleetStoreTest, DeleteAndRegisterAgain) {
   auto fleet = open_fleet();
   ASSERT_TRUE(fleet);

@@ -177,7 +177,7 @@ class Server {
   MHD_Daemon* start_daemon(int listen_fd, const std::string& cert_pem, const std::string& key_pem);
   // For a quiesced `daemon` (no longer accepting): waits (up to 30 s) for
   // its requests in flight and for the connections it accepted whose first
-  // request has not arrived yet (their own idle timeout closes silent ones),
+  // request has not arrived yet (the header deadline closes late ones),
   // then stops it, closing idle keep-alive connections, and closes the fd
   // quiescing returned.
   void retire(MHD_Daemon* daemon, int quiesced_fd);

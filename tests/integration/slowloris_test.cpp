@@ -30,6 +30,14 @@ constexpr double kHeaderDeadlineS = 10;  // the default request_header_timeout
 // The server's accept (deadline start) may come after the attacker's
 // connect on a loaded machine, and its close a little after the deadline.
 constexpr double kCloseSlackS = 5;
+// The goal is p99 < 200 ms. An AddressSanitizer build (scripts/test's second
+// ctest run) is slower in every step, so it checks the same within 1 s; the
+// answered share and the deadline are checked as in any build.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr double kP99LimitMs = 1000;
+#else
+constexpr double kP99LimitMs = 200;
+#endif
 
 int attack_seconds() {
   const char* v = std::getenv("VIRTCAP_SLOWLORIS_SECONDS");
@@ -117,7 +125,7 @@ void run_case(Service service, bool tls, Attack attack) {
   for (const auto& s : failures) why += "\n  " + s;
   EXPECT_TRUE(holding) << "the attack never held " << held << " connections at once (peak " << f.peak_open << ")";
   EXPECT_GE(answered, 99.0) << "first failures:" << why;
-  EXPECT_LT(p99, 200.0);
+  EXPECT_LT(p99, kP99LimitMs);
   EXPECT_LE(f.longest_held_s, kHeaderDeadlineS + kCloseSlackS)
       << "an attacking connection was held past the header deadline while it sent a byte every 1-2 s";
   EXPECT_TRUE(server->running());

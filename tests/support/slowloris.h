@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <gnutls/gnutls.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
@@ -237,6 +238,8 @@ inline ProbeResult probe(int port, std::uint32_t source, const std::string& path
   };
   const int fd = connect_from(source, port);
   if (fd < 0) return finish(std::string("connect: ") + std::strerror(errno));
+  int nodelay = 1;  // as curl does: the request is not held behind the handshake's last ACK
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof nodelay);
   struct Closer {
     int fd;
     gnutls_session_t s = nullptr;

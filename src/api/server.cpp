@@ -105,6 +105,8 @@ http::Options http_options(const config::Config& cfg) {
   o.tls_key = cfg.api.tls_key;
   o.tls_priority = cfg.api.tls_priority;
   o.max_connections_per_address = static_cast<unsigned>(cfg.api.max_connections_per_address);
+  o.max_connections = static_cast<unsigned>(cfg.api.max_connections);
+  o.request_header_timeout_seconds = static_cast<unsigned>(cfg.api.request_header_timeout);
   o.allow_insecure = cfg.api.allow_insecure;
   o.allowed_origins = http::split_list(cfg.api.allowed_origins);
   o.allowed_hosts = http::split_list(cfg.api.allowed_hosts);

@@ -158,6 +158,19 @@ inline constexpr const char* kDefaultTlsPriority =
   O(std::string, path, "", check::abs_path{.allow_empty = true},                                  \
     "Local image repository: <id>.raw and <id>.qcow2 files. Empty: <state_path>/images.")
 
+// The connection limits of an HTTP server ([api] and [fleet_service] alike).
+#define VIRTCAP_CONFIG_HTTP_LIMITS(O)                                                             \
+  O(int, max_connections, 4096, check::range(16, 65536),                                          \
+    "Connections held at once; more are closed as they are accepted. The open-file limit is raised " \
+    "(soft, up to hard) at start to fit them.")                                                    \
+  O(int, max_connections_per_address, 32, check::range(1, 256),                                   \
+    "Connections one client address may hold at once (of max_connections in all); more are closed " \
+    "as they are accepted, so one address cannot take every slot.")                                \
+  O(int, request_header_timeout, 10, check::range(1, 3600),                                       \
+    "Seconds a connection has for its request headers, counted from its accept (TLS handshake " \
+    "included) or from the end of its previous request; bytes arriving do not extend it. Past it, " \
+    "the connection is closed (slowloris).")
+
 #define VIRTCAP_CONFIG_API(O)                                                                     \
   O(std::string, listen, "127.0.0.1:8774", check::listen_address{},                               \
     "HOST:PORT the agent's HTTP/JSON API binds to (port 0: any free port). Non-loopback needs a token, and TLS " \
@@ -173,9 +186,7 @@ inline constexpr const char* kDefaultTlsPriority =
   O(std::string, tls_priority, kDefaultTlsPriority, check::non_empty{},                           \
     "TLS versions and suites offered (a GnuTLS priority string). Default: TLS 1.3, and TLS 1.2 with " \
     "ECDHE and AEAD only (no static RSA, CBC or SHA-1). Checked at start.")                        \
-  O(int, max_connections_per_address, 32, check::range(1, 256),                                   \
-    "Connections one client address may hold at once (of 256 in all); more are closed as they are " \
-    "accepted, so one address cannot take every slot.")                                           \
+  VIRTCAP_CONFIG_HTTP_LIMITS(O)                                                                   \
   O(bool, allow_insecure, false, check::any{},                                                    \
     "Serve plain HTTP on a non-loopback listen address (the token then crosses the network in clear text); " \
     "logs a warning at every start. Without it such a listen is refused (exit 2).")               \
@@ -220,9 +231,7 @@ inline constexpr const char* kDefaultTlsPriority =
   O(std::string, tls_priority, kDefaultTlsPriority, check::non_empty{},                           \
     "TLS versions and suites offered (a GnuTLS priority string). Default: TLS 1.3, and TLS 1.2 with " \
     "ECDHE and AEAD only (no static RSA, CBC or SHA-1). Checked at start.")                        \
-  O(int, max_connections_per_address, 32, check::range(1, 256),                                   \
-    "Connections one client address may hold at once (of 256 in all); more are closed as they are " \
-    "accepted, so one address cannot take every slot.")                                           \
+  VIRTCAP_CONFIG_HTTP_LIMITS(O)                                                                   \
   O(bool, allow_insecure, false, check::any{},                                                    \
     "Serve plain HTTP on a non-loopback listen address (tokens and reports cross the network in clear " \
     "text); logs a warning at every start. Without it such a listen is refused (exit 2).")        \

@@ -78,6 +78,8 @@ ServiceOptions service_options(const config::Config& cfg) {
   o.http.tls_key = s.tls_key;
   o.http.tls_priority = s.tls_priority;
   o.http.max_connections_per_address = static_cast<unsigned>(s.max_connections_per_address);
+  o.http.max_connections = static_cast<unsigned>(s.max_connections);
+  o.http.request_header_timeout_seconds = static_cast<unsigned>(s.request_header_timeout);
   o.http.allow_insecure = s.allow_insecure;
   o.http.config_section = "[fleet_service]";
   o.drift_check_interval = std::chrono::seconds(s.drift_check_interval);

@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <fcntl.h>
 #include <netinet/tcp.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -112,6 +113,27 @@ std::string address_text(const sockaddr* sa) {
   else if (sa->sa_family == AF_INET6)
     ::inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr, buf, sizeof buf);
   return buf;
+}
+
+// Makes room for `connections` sockets besides the process's other files:
+// raises the soft open-file limit to the hard one when it is lower than
+// that (a distribution's default soft limit is often 1,024). Logged.
+void fit_open_file_limit(unsigned connections, const std::string& section) {
+  constexpr rlim_t kOtherFiles = 256;  // database, logs, listening sockets, children's pipes
+  const rlim_t want = connections + kOtherFiles;
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= want) return;
+  const rlim_t before = rl.rlim_cur;
+  rl.rlim_cur = rl.rlim_max;
+  if (rl.rlim_cur > before && ::setrlimit(RLIMIT_NOFILE, &rl) == 0)
+    spdlog::info("open-file limit raised from {} to {} (its hard limit) for {} max_connections = {}", before,
+                 rl.rlim_cur, section, connections);
+  else
+    rl.rlim_cur = before;
+  if (rl.rlim_cur < want)
+    spdlog::warn("the open-file limit ({}) leaves room for about {} connections, fewer than {} max_connections = {}; "
+                 "raise the hard limit (LimitNOFILE= in a systemd unit) or lower max_connections",
+                 rl.rlim_cur, rl.rlim_cur > kOtherFiles ? rl.rlim_cur - kOtherFiles : 0, section, connections);
 }
 
 void log_from_library(void*, const char* fmt, va_list ap) {
@@ -252,7 +274,9 @@ Result<int> listen_socket(const std::string& listen) {
     int yes = 1;
     // SO_REUSEADDR only: SO_REUSEPORT would let a second agent share the port.
     ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-    if (::bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && ::listen(fd, 128) == 0) {
+    // The kernel's largest backlog: a burst of connections (thousands of
+    // clients reconnecting at once) waits there rather than being dropped.
+    if (::bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && ::listen(fd, SOMAXCONN) == 0) {
       listen_fd = fd;
     } else {
       err = errno;
@@ -274,6 +298,7 @@ Result<int> Server::bind() {
   auto warning = check_listen(opts_);
   if (!warning) return warning.error();
   if (!warning->empty()) spdlog::warn("{}", *warning);
+  fit_open_file_limit(opts_.max_connections, opts_.config_section);
   const auto hp = config::split_listen(opts_.listen);
   listen_host_ = lower(hp->first);
   auto tls = load_tls(opts_.tls_cert, opts_.tls_key, opts_.config_section, std::time(nullptr));
@@ -334,8 +359,9 @@ void on_connection(void* cls, MHD_Connection* c, void**, MHD_ConnectionNotificat
   tag->server->connection_event(tag, c, code == MHD_CONNECTION_NOTIFY_STARTED);
 }
 
-void on_completed(void* cls, MHD_Connection*, void** con_cls, MHD_RequestTerminationCode) {
-  static_cast<Server::DaemonTag*>(cls)->server->finished(static_cast<Server::Pending*>(*con_cls));
+void on_completed(void* cls, MHD_Connection* c, void** con_cls, MHD_RequestTerminationCode code) {
+  static_cast<Server::DaemonTag*>(cls)->server->finished(c, static_cast<Server::Pending*>(*con_cls),
+                                                         code == MHD_REQUEST_TERMINATED_COMPLETED_OK);
   *con_cls = nullptr;
 }
 
@@ -347,7 +373,32 @@ Status Server::start() {
   // it fails to start (every failure after its options were read).
   daemon_ = start_daemon(std::exchange(listen_fd_, -1), tls_cert_pem_, tls_key_pem_);
   if (!daemon_) return make_error(Errc::io_error, "cannot start the HTTP server on " + opts_.listen);
+  reaper_ = std::thread([this] { reap(); });
   return {};
+}
+
+void Server::reap() {
+  const auto limit = std::chrono::seconds(opts_.request_header_timeout_seconds);
+  std::unique_lock lock(mu_);
+  while (!reaper_stop_) {
+    const auto now = std::chrono::steady_clock::now();
+    auto next = now + limit;  // every deadline set later is later than this
+    for (auto& [connection, e] : connections_) {
+      if (!e.awaiting_headers || e.fd < 0) continue;
+      if (e.header_deadline > now) {
+        next = std::min(next, e.header_deadline);
+        continue;
+      }
+      // The library's thread sees the end of the stream and closes the
+      // connection; its close notification (which needs mu_, held here)
+      // comes before the socket is closed, so e.fd is still this socket.
+      ::shutdown(e.fd, SHUT_RDWR);
+      e.fd = -1;
+      spdlog::debug("HTTP server on {}: closed a connection whose request headers did not arrive within {} s",
+                    opts_.listen, limit.count());
+    }
+    reaper_wake_.wait_until(lock, next, [&] { return reaper_stop_; });
+  }
 }
 
 MHD_Daemon* Server::start_daemon(int listen_fd, const std::string& cert_pem, const std::string& key_pem) {
@@ -363,6 +414,7 @@ MHD_Daemon* Server::start_daemon(int listen_fd, const std::string& cert_pem, con
       {MHD_OPTION_THREAD_POOL_SIZE, static_cast<intptr_t>(opts_.threads), nullptr},
       {MHD_OPTION_CONNECTION_LIMIT, static_cast<intptr_t>(opts_.max_connections), nullptr},
       {MHD_OPTION_PER_IP_CONNECTION_LIMIT, static_cast<intptr_t>(opts_.max_connections_per_address), nullptr},
+      // Reset by every byte; the header deadline (reap()) is not.
       {MHD_OPTION_CONNECTION_TIMEOUT, static_cast<intptr_t>(opts_.idle_timeout_seconds), nullptr},
       // Headers and every query parameter live in this per-connection pool
       // (pages touched only as used); 64 KiB dropped a request carrying
@@ -398,7 +450,9 @@ void Server::retire(MHD_Daemon* daemon, int quiesced_fd) {
     std::unique_lock lock(mu_);
     const DaemonTag* tag = tags_[daemon].get();
     auto unserved = [&] {
-      return std::count_if(unserved_.begin(), unserved_.end(), [&](const auto& e) { return e.second == tag; });
+      return std::count_if(connections_.begin(), connections_.end(), [&](const auto& e) {
+        return e.second.daemon == tag && !e.second.served;
+      });
     };
     const auto it = in_flight_.find(tag);
     const unsigned requests = it == in_flight_.end() ? 0 : it->second;
@@ -417,6 +471,12 @@ void Server::stop() {
   if (!daemon_) return;
   MHD_Daemon* d = std::exchange(daemon_, nullptr);
   retire(d, MHD_quiesce_daemon(d));  // no new connections, then the requests in flight
+  {
+    std::lock_guard lock(mu_);
+    reaper_stop_ = true;
+  }
+  reaper_wake_.notify_all();
+  if (reaper_.joinable()) reaper_.join();
 }
 
 Status Server::reload_tls() {
@@ -584,7 +644,8 @@ Server::Pending* Server::begin(void* connection, const char* url, const char* me
   {
     std::lock_guard lock(mu_);
     ++in_flight_[p->daemon];
-    unserved_.erase(connection);  // its first request has begun (no-op for the next ones)
+    if (auto it = connections_.find(connection); it != connections_.end())
+      it->second.awaiting_headers = false, it->second.served = true;
   }
   return p.release();
 }
@@ -650,13 +711,33 @@ bool Server::answer(void* connection, Pending& p) {
 
 void Server::connection_event(const DaemonTag* tag, void* connection, bool opened) {
   if (opened) spdlog::trace("HTTP server on {}: connection accepted", opts_.listen);
+  const auto* info = opened ? MHD_get_connection_info(static_cast<MHD_Connection*>(connection),
+                                                      MHD_CONNECTION_INFO_CONNECTION_FD)
+                            : nullptr;
   std::lock_guard lock(mu_);
-  if (opened) unserved_[connection] = tag;
-  else if (unserved_.erase(connection) > 0) idle_.notify_all();
+  if (opened) {
+    connections_[connection] = {tag, info ? info->connect_fd : -1,
+                                std::chrono::steady_clock::now() +
+                                    std::chrono::seconds(opts_.request_header_timeout_seconds)};
+    return;
+  }
+  const auto it = connections_.find(connection);
+  if (it == connections_.end()) return;
+  const bool unserved = !it->second.served;
+  connections_.erase(it);
+  if (unserved) idle_.notify_all();
 }
 
-void Server::finished(Pending* p) {
+void Server::finished(void* connection, Pending* p, bool completed) {
   if (!p) return;
+  if (completed) {  // the connection now waits for its next request
+    std::lock_guard lock(mu_);
+    if (auto it = connections_.find(connection); it != connections_.end()) {
+      it->second.awaiting_headers = true;
+      it->second.header_deadline =
+          std::chrono::steady_clock::now() + std::chrono::seconds(opts_.request_header_timeout_seconds);
+    }
+  }
   const DaemonTag* daemon = p->daemon;
   delete p;
   std::lock_guard lock(mu_);

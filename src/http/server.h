@@ -8,6 +8,7 @@
 
 #include <any>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <map>
@@ -16,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -99,10 +101,16 @@ struct Options {
   // that accepted it, so a long handler delays the other connections of
   // that thread (not the whole server).
   unsigned threads = 8;
-  unsigned max_connections = 256;
+  // Connections held at once; more are closed as they are accepted. bind()
+  // raises the process's open-file limit (soft, up to hard) to fit them.
+  unsigned max_connections = 4096;
   // Connections one client address may hold at once; more are closed as
   // they are accepted, so one address cannot take every slot.
   unsigned max_connections_per_address = 32;
+  // A connection whose request headers are not all in this long after it
+  // was accepted (TLS handshake included), or after the end of its previous
+  // request, is closed; bytes arriving do not extend it (slowloris).
+  unsigned request_header_timeout_seconds = 10;
   unsigned idle_timeout_seconds = 10;
   // Called once per answered request (metrics, logs); route is the matched
   // pattern or "unmatched".
@@ -175,7 +183,9 @@ class Server {
   };
   Pending* begin(void* connection, const char* url, const char* method, const DaemonTag* daemon);
   bool take(Pending& p, const char* data, std::size_t size);  // false: close the connection
-  void finished(Pending* p);
+  // A request ended; `completed`: answered in full, so the connection waits
+  // for its next request (a new header deadline).
+  void finished(void* connection, Pending* p, bool completed);
   // A connection accepted (opened) or closed by `tag`'s daemon.
   void connection_event(const DaemonTag* tag, void* connection, bool opened);
 
@@ -191,10 +201,13 @@ class Server {
   MHD_Daemon* start_daemon(int listen_fd, const std::string& cert_pem, const std::string& key_pem);
   // For a quiesced `daemon` (no longer accepting): waits (up to 30 s) for
   // its requests in flight and for the connections it accepted whose first
-  // request has not arrived yet (their own idle timeout closes silent ones),
+  // request has not arrived yet (the header deadline closes late ones),
   // then stops it, closing idle keep-alive connections, and closes the fd
   // quiescing returned.
   void retire(MHD_Daemon* daemon, int quiesced_fd);
+  // The reaper thread: shuts down (shutdown(2); the library's thread then
+  // closes it) each connection past its header deadline, until stop().
+  void reap();
 
   Options opts_;
   std::vector<Route> routes_;
@@ -207,9 +220,20 @@ class Server {
   std::condition_variable idle_;
   std::map<const DaemonTag*, unsigned> in_flight_;  // requests begun and not finished, per daemon
   std::map<MHD_Daemon*, std::unique_ptr<DaemonTag>> tags_;  // the callbacks' cls of each running daemon
-  // Connections accepted whose first request has not begun (a TLS handshake,
-  // headers still coming): a retired daemon serves them too.
-  std::map<void*, const DaemonTag*> unserved_;
+  // Every open connection, from the library's open notification to its
+  // close notification (which comes before the library closes the socket,
+  // so `fd` is never another connection's while it is listed here).
+  struct Connection {
+    const DaemonTag* daemon;
+    int fd;  // -1 once the reaper has shut it down
+    std::chrono::steady_clock::time_point header_deadline;
+    bool awaiting_headers = true;  // no request begun since the deadline was set
+    bool served = false;           // a request has begun on it
+  };
+  std::map<void*, Connection> connections_;
+  std::condition_variable reaper_wake_;
+  bool reaper_stop_ = false;
+  std::thread reaper_;
 };
 
 }  // namespace virtcap::http

@@ -408,6 +408,56 @@ TEST(HttpServer, OneAddressHoldsAtMostItsShareOfConnections) {
   EXPECT_EQ(held[0]->finish(std::chrono::seconds(30)).status(), 200);
 }
 
+// Issue 19 (no client can starve a server): a connection whose request
+// headers are not all in within request_header_timeout of its accept is
+// closed, though it sends a byte every 200 ms (which resets the idle
+// timeout); over TLS a handshake that never ends likewise; and a keep-alive
+// connection gets the deadline again after each answer. The idle timeout
+// (30 s) is out of reach: only the header deadline closes them in time.
+TEST(HttpServer, RequestHeadersMustArriveWithinTheDeadlineThoughBytesKeepComing) {
+  using Clock = std::chrono::steady_clock;
+  const auto& pki = test_pki();
+  for (const bool tls : {false, true}) {
+    SCOPED_TRACE(tls ? "TLS" : "plain");
+    http::Options o;
+    o.request_header_timeout_seconds = 1;
+    o.idle_timeout_seconds = 30;
+    if (tls) {
+      o.tls_cert = pki.server().cert;
+      o.tls_key = pki.server().key;
+    }
+    SlowServer s(o);
+    ASSERT_NE(s.port, 0);
+    // Seconds until the server closes c, sending c one byte of `bytes`
+    // every 200 ms meanwhile (when `bytes` is not empty); -1 when not within 10 s.
+    auto seconds_to_close = [](testing::RawConnection& c, const std::string& bytes) {
+      const auto t0 = Clock::now();
+      for (std::size_t i = 0; Clock::now() - t0 < std::chrono::seconds(10); ++i) {
+        if (!bytes.empty()) (void)c.send(bytes.substr(i % bytes.size(), 1), std::chrono::milliseconds(200));
+        if (!c.finish(std::chrono::milliseconds(200), false).timed_out)
+          return std::chrono::duration<double>(Clock::now() - t0).count();
+      }
+      return -1.0;
+    };
+    const std::string trickle = tls ? std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 11) +
+                                          std::string(500, '\0')
+                                    : "GET /v1/ping HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + std::string(500, 'a');
+    testing::RawConnection slow(s.port);
+    ASSERT_TRUE(slow.ok()) << slow.error();
+    const double closed = seconds_to_close(slow, trickle);
+    EXPECT_GE(closed, 0.5);
+    EXPECT_LE(closed, 5.0) << "a connection trickling header bytes was not closed at the header deadline";
+    if (tls) continue;  // a TLS request needs a TLS client (the Load tests have one)
+    // Keep-alive: answered, then the deadline runs again from the answer.
+    testing::RawConnection kept(s.port);
+    ASSERT_TRUE(kept.ok()) << kept.error();
+    ASSERT_TRUE(kept.send("GET /v1/ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"));
+    const double idle = seconds_to_close(kept, "");
+    EXPECT_GE(idle, 0.5);
+    EXPECT_LE(idle, 5.0) << "an idle keep-alive connection was not closed at the header deadline";
+  }
+}
+
 // Renewal (reload_tls): a request in flight when the new pair is loaded is
 // answered in full; the reload returns once it has, and the next connection,
 // on the same port, gets the new certificate and only it.

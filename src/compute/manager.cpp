@@ -175,6 +175,10 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
                                                   " is invalid: it must match ^[A-Za-z0-9._-]{1,128}$ and must not "
                                                   "contain '..'"));
   if (auto img = driver_->check_image(image_id); !img) return audit.fail(img.error());
+  // A hypervisor that is away refuses the boot before the record is written:
+  // a client retrying through a restart leaves no error record per try.
+  if (auto why = driver_->unavailable_reason(); !why.empty())
+    return audit.fail(make_error(Errc::hypervisor_unavailable, why));
   InstanceRecord rec;
   rec.uuid = new_uuid();
   rec.name = name;

@@ -81,6 +81,13 @@ class NoResourcesDriver : public fake::FakeDriver {
   }
 };
 
+// A hypervisor that is away (its connection down, reconnecting).
+class AwayDriver : public fake::FakeDriver {
+ public:
+  using FakeDriver::FakeDriver;
+  std::string unavailable_reason() const override { return "hypervisor at 'fake://' is unavailable: gone"; }
+};
+
 // One scratch instances path for the whole test binary.
 const std::string& shared_path() {
   static const testing::TempDir dir("virtcap-manager");
@@ -415,6 +422,25 @@ TEST(Manager, FleetReportFailsWhenTheHypervisorCannotTellItsResources) {
   const auto out = (*mgr)->fleet_reporter().run(std::stop_token{});
   EXPECT_EQ(out.kind, TaskOutcome::Kind::failed);
   EXPECT_NE(out.message.find("fake://' is unavailable: gone"), std::string::npos) << out.message;
+}
+
+// A boot while the hypervisor is away (a client retrying through a restart,
+// issue 19 item 7) is hypervisor_unavailable and writes nothing: no record in
+// state error per try, no driver call.
+TEST(Manager, ABootWhileTheHypervisorIsAwayWritesNoRecord) {
+  store::MemoryStore store;
+  auto d = std::make_unique<AwayDriver>("fake", fake::kFake);
+  auto* driver = d.get();
+  auto mgr = ComputeManager::create(test_config(), store, std::move(d));
+  ASSERT_TRUE(mgr.ok()) << mgr.error().message;
+  auto r = (*mgr)->boot("vm-1", "img", 64, 1);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, Errc::hypervisor_unavailable);
+  EXPECT_NE(r.error().message.find("unavailable: gone"), std::string::npos) << r.error().message;
+  auto all = store.list_instances("host-a", true);
+  ASSERT_TRUE(all.ok());
+  EXPECT_TRUE(all->empty());
+  EXPECT_EQ(driver->calls().spawn.load(), 0);
 }
 
 // Reserving more than the host has is refused at report time, naming the options.

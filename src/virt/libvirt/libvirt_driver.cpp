@@ -69,9 +69,20 @@ Result<Domain> lookup(virConnectPtr conn, const std::string& uuid) {
   return Domain(d);
 }
 
-PowerState power_state(virDomainPtr d) {
+// A virDomainIs* answer (1 or 0), or the error of its -1: a connection lost
+// mid-call reads as a failure, never as "no" (a destroy that took -1 for "not
+// running, not persistent" used to remove the disk of a domain it had left
+// defined). A domain gone in between is not_found.
+Result<bool> domain_is(int answer, const std::string& what, const std::string& uuid) {
+  if (answer < 0) return call_error(what, uuid);
+  return answer == 1;
+}
+
+// The state, or an error (not a silent nostate: a lost connection is not a
+// domain without a state).
+Result<PowerState> power_state(virDomainPtr d) {
   int state = 0, reason = 0;
-  if (virDomainGetState(d, &state, &reason, 0) < 0) return PowerState::nostate;
+  if (virDomainGetState(d, &state, &reason, 0) < 0) return last_error("cannot read a domain's state");
   switch (state) {
     case VIR_DOMAIN_RUNNING:
     case VIR_DOMAIN_BLOCKED: return PowerState::running;
@@ -82,6 +93,15 @@ PowerState power_state(virDomainPtr d) {
     case VIR_DOMAIN_PMSUSPENDED: return PowerState::suspended;
     default: return PowerState::nostate;
   }
+}
+
+// A hot-plug affects the running domain, and its definition when it has one.
+Result<unsigned> affect_flags(virDomainPtr d, const std::string& uuid) {
+  auto persistent = domain_is(virDomainIsPersistent(d), "read persistence", uuid);
+  if (!persistent) return persistent.error();
+  unsigned flags = VIR_DOMAIN_AFFECT_LIVE;
+  if (*persistent) flags |= VIR_DOMAIN_AFFECT_CONFIG;
+  return flags;
 }
 
 // Our domains only (they carry virtcap metadata); nullopt for others.
@@ -95,7 +115,9 @@ Result<std::optional<DriverInstance>> describe(virDomainPtr d) {
   DriverInstance inst;
   inst.uuid = uuid;
   inst.name = facts->name;
-  inst.power_state = power_state(d);
+  auto state = power_state(d);
+  if (!state) return state.error();
+  inst.power_state = state.value();
   inst.memory_mb = facts->memory_mb;
   inst.vcpus = facts->vcpus;
   inst.interfaces = facts->interfaces;
@@ -410,12 +432,17 @@ Status LibvirtDriver::destroy(const std::string& uuid) {
   Status st = conn_.with([&](virConnectPtr c) -> Status {
     auto d = lookup(c, uuid);
     if (!d) return d.error().code == Errc::not_found ? Status{} : Status{d.error()};
-    if (virDomainIsActive(d->get()) == 1 && virDomainDestroy(d->get()) < 0) {
+    auto active = domain_is(virDomainIsActive(d->get()), "destroy", uuid);
+    if (!active) return active.error().code == Errc::not_found ? Status{} : Status{active.error()};
+    if (*active && virDomainDestroy(d->get()) < 0) {
       Error e = call_error("destroy", uuid);
       if (e.code != Errc::conflict) return e;  // already stopped in between
       virResetLastError();
     }
-    if (virDomainIsPersistent(d->get()) == 1 && virDomainUndefineFlags(d->get(), VIR_DOMAIN_UNDEFINE_NVRAM) < 0 &&
+    auto persistent = domain_is(virDomainIsPersistent(d->get()), "undefine", uuid);
+    if (!persistent)
+      return persistent.error().code == Errc::not_found ? Status{} : Status{persistent.error()};
+    if (*persistent && virDomainUndefineFlags(d->get(), VIR_DOMAIN_UNDEFINE_NVRAM) < 0 &&
         virDomainUndefine(d->get()) < 0)
       return call_error("undefine", uuid);
     return {};
@@ -433,7 +460,9 @@ Status LibvirtDriver::reboot(const std::string& uuid) {
   return conn_.with([&](virConnectPtr c) -> Status {
     auto d = lookup(c, uuid);
     if (!d) return d.error();
-    if (virDomainIsActive(d->get()) != 1)
+    auto active = domain_is(virDomainIsActive(d->get()), "reboot", uuid);
+    if (!active) return active.error();
+    if (!*active)
       return make_error(Errc::conflict, "instance " + uuid + " is not running; start it before rebooting");
     if (virDomainReboot(d->get(), 0) < 0) {
       virResetLastError();
@@ -450,9 +479,10 @@ Result<InterfaceInfo> LibvirtDriver::attach_interface(const std::string& uuid, c
     InterfaceInfo info{spec.mac.empty() ? random_mac() : spec.mac,
                        spec.network.empty() ? cfg_.libvirt.network : spec.network, spec.tag};
     const std::string xml = interface_xml(info.mac, info.network);
-    unsigned flags = VIR_DOMAIN_AFFECT_LIVE;
-    if (virDomainIsPersistent(d->get()) == 1) flags |= VIR_DOMAIN_AFFECT_CONFIG;
-    if (virDomainAttachDeviceFlags(d->get(), xml.c_str(), flags) < 0) return call_error("attach interface", uuid);
+    auto flags = affect_flags(d->get(), uuid);
+    if (!flags) return flags.error();
+    if (virDomainAttachDeviceFlags(d->get(), xml.c_str(), *flags) < 0)
+      return call_error("attach interface", uuid);
     return info;
   });
 }
@@ -469,9 +499,9 @@ Status LibvirtDriver::detach_interface(const std::string& uuid, const std::strin
       if (std::string(iface.child("mac").attribute("address").as_string()) != mac) continue;
       std::ostringstream os;
       iface.print(os, "", pugi::format_raw);
-      unsigned flags = VIR_DOMAIN_AFFECT_LIVE;
-      if (virDomainIsPersistent(d->get()) == 1) flags |= VIR_DOMAIN_AFFECT_CONFIG;
-      if (virDomainDetachDeviceFlags(d->get(), os.str().c_str(), flags) < 0)
+      auto flags = affect_flags(d->get(), uuid);
+      if (!flags) return flags.error();
+      if (virDomainDetachDeviceFlags(d->get(), os.str().c_str(), *flags) < 0)
         return call_error("detach interface", uuid);
       return {};
     }

@@ -21,6 +21,7 @@ enum class Errc {
   driver_error,              // the hypervisor refused or failed the operation
   driver_load_failed,        // unknown driver, or its init_host failed
   store_error,               // the instance store failed
+  store_unavailable,         // the database cannot be reached now (retry later)
   io_error,                  // a filesystem or subprocess failure
   internal,                  // a bug
 };

@@ -18,7 +18,7 @@ namespace {
 Errc code_from(const std::string& s) {
   for (Errc c : {Errc::invalid_argument, Errc::not_found, Errc::already_exists, Errc::conflict,
                  Errc::capability_not_supported, Errc::hypervisor_unavailable, Errc::driver_error,
-                 Errc::driver_load_failed, Errc::store_error, Errc::io_error})
+                 Errc::driver_load_failed, Errc::store_error, Errc::store_unavailable, Errc::io_error})
     if (to_string(c) == s) return c;
   return Errc::internal;
 }

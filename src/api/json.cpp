@@ -94,7 +94,8 @@ int http_status(Errc code) {
     case Errc::already_exists:
     case Errc::conflict:
     case Errc::capability_not_supported: return 409;
-    case Errc::hypervisor_unavailable: return 503;
+    case Errc::hypervisor_unavailable:
+    case Errc::store_unavailable: return 503;
     default: return 500;
   }
 }

@@ -308,6 +308,15 @@ int FleetCommands::hosts() {
   if (client_.format != "table") return rc;
   std::cout << "matched " << text(j["matched"]) << " of " << text(j["hosts_total"]) << " hosts (index generation "
             << text(j["index_generation"]) << ")\n";
+  // The index's freshness: with --explain always, else only when it may be behind.
+  const bool current = !j.contains("index_current") || j["index_current"] == true;
+  if (explain_ || !current) {
+    std::cout << "index: " << (current ? "current" : text(j["index_age_s"]) + " s behind at most");
+    if (j.contains("database"))
+      std::cout << " (the fleet database is unreachable for " << text(j["database"]["unreachable_s"])
+                << " s: " << text(j["database"]["reason"]) << ")";
+    std::cout << "\n";
+  }
   if (j.contains("excluded") && !j["excluded"].empty()) {
     std::cout << "excluded, by first failing reason:\n";
     for (const auto& e : j["excluded"]) std::cout << "  " << text(e["hosts"]) << "  " << text(e["message"]) << "\n";

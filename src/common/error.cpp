@@ -14,6 +14,7 @@ std::string_view to_string(Errc code) {
     case Errc::driver_error: return "driver_error";
     case Errc::driver_load_failed: return "driver_load_failed";
     case Errc::store_error: return "store_error";
+    case Errc::store_unavailable: return "store_unavailable";
     case Errc::io_error: return "io_error";
     case Errc::internal: return "internal";
   }

@@ -30,47 +30,113 @@ Result<std::unique_ptr<Fleet>> Fleet::open(const FleetOptions& options) {
 }
 
 Fleet::~Fleet() {
-  stop_ = true;
   {
     std::lock_guard lock(listener_mu_);
+    stop_ = true;
     if (listener_ != nullptr) listener_->interrupt();
   }
+  stop_cv_.notify_all();
   if (listener_thread_.joinable()) listener_thread_.join();
+}
+
+void Fleet::set_listener(PgListener* l) {
+  {
+    std::lock_guard lock(listener_mu_);
+    listener_ = l;
+  }
+  if (l == nullptr) mark_stale();
+}
+
+void Fleet::mark_stale() {
+  std::lock_guard lock(listener_mu_);
+  if (!stale_since_) stale_since_ = std::chrono::steady_clock::now();
+}
+
+void Fleet::pause(std::chrono::milliseconds d) {
+  std::unique_lock lock(listener_mu_);
+  // Not a synchronisation sleep: the back-off between reconnect attempts.
+  stop_cv_.wait_for(lock, std::max(d, std::chrono::milliseconds(20)), [this] { return stop_.load(); });
 }
 
 void Fleet::listen_loop(std::unique_ptr<PgListener> listener) {
   using namespace std::chrono_literals;
+  const auto& health = store_->health();
+  bool reload = false;
   while (!stop_) {
+    if (!listener) {
+      // Reconnect (with the back-off the pool's connections share), then
+      // reload everything: notifications may have been missed meanwhile.
+      if (health->claim_attempt()) {
+        auto l = PgListener::open(store_->target(), {std::string(kNotifyChannel)});
+        if (l) {
+          listener = std::move(*l);
+          set_listener(listener.get());
+          health->reached();
+          reload = true;
+        } else {
+          health->failed(l.error().message);
+          spdlog::warn("{}", l.error().message);
+        }
+      }
+      if (!listener) {
+        pause(health->retry_in());
+        continue;
+      }
+    }
+    if (reload) {
+      if (auto st = rebuild(); !st) {
+        spdlog::warn("fleet index reload failed (retrying): {}", st.error().message);
+        pause(std::max(health->retry_in(), std::chrono::milliseconds(DbHealth::kReconnectFirst)));
+        continue;
+      }
+      reload = false;
+      std::chrono::milliseconds stale{0};
+      {
+        std::lock_guard lock(listener_mu_);
+        if (stale_since_)
+          stale = std::chrono::ceil<std::chrono::milliseconds>(std::chrono::steady_clock::now() - *stale_since_);
+        stale_since_.reset();
+      }
+      spdlog::info("fleet index reloaded from the database after {} ms behind; current again", stale.count());
+    }
     auto batch = listener->wait(std::chrono::steady_clock::now() + 1s);
     if (batch) {
       if (!batch->empty())
-        if (auto st = apply_notifications(*batch); !st)
-          spdlog::warn("fleet index refresh failed: {}", st.error().message);
+        if (auto st = apply_notifications(*batch); !st) {
+          spdlog::warn("fleet index refresh failed: {}; reloading", st.error().message);
+          reload = true;  // a notification not applied: only a full reload catches up
+          mark_stale();
+        }
       continue;
     }
     spdlog::warn("{}", batch.error().message);
-    {
-      std::lock_guard lock(listener_mu_);
-      listener_ = nullptr;
-    }
+    set_listener(nullptr);
     listener.reset();
-    // Reconnect, then reload everything: notifications may have been missed.
-    while (!stop_ && !listener) {
-      auto l = PgListener::open(store_->target(), {std::string(kNotifyChannel)});
-      if (l) {
-        listener = std::move(*l);
-        std::lock_guard lock(listener_mu_);
-        listener_ = listener.get();
-      } else {
-        spdlog::warn("{}", l.error().message);
-        std::unique_lock lock(listener_mu_);
-        // Not a synchronisation sleep: the back-off between reconnect attempts.
-        std::condition_variable_any().wait_for(lock, 1s, [this] { return stop_.load(); });
-      }
-    }
-    if (listener)
-      if (auto st = rebuild(); !st) spdlog::warn("fleet index reload failed: {}", st.error().message);
   }
+}
+
+Freshness Fleet::freshness() const {
+  const auto now = std::chrono::steady_clock::now();
+  Freshness f;
+  std::optional<std::chrono::steady_clock::time_point> since;
+  {
+    std::lock_guard lock(listener_mu_);
+    since = stale_since_;
+  }
+  if (const auto& h = store_->health()) {
+    f.database_recoveries = h->recoveries();
+    f.database_down = h->down();
+    if (f.database_down) {
+      f.database_down_for = std::chrono::ceil<std::chrono::milliseconds>(now - f.database_down->since);
+      f.retry_in = h->retry_in();
+      if (!listener_thread_.joinable() && !since) since = f.database_down->since;  // no LISTEN to tell
+    }
+  }
+  if (since) {
+    f.current = false;
+    f.age = std::chrono::ceil<std::chrono::milliseconds>(now - *since);
+  }
+  return f;
 }
 
 Status Fleet::apply_notifications(const std::vector<Notification>& batch) {

@@ -36,6 +36,20 @@ struct Drift {
   std::size_t db_hosts = 0, index_hosts = 0;
 };
 
+// How current the index is, and whether the database can be reached
+// (docs/fleet.md, "When the database is away").
+struct Freshness {
+  // False while the index may be missing changes: from the moment the LISTEN
+  // connection was lost (or, without one, the database was found down) until
+  // the index has been reloaded after the reconnect.
+  bool current = true;
+  std::chrono::milliseconds age{0};  // how long it has not been current (0 when it is)
+  std::optional<DbHealth::Down> database_down;
+  std::chrono::milliseconds database_down_for{0};
+  std::chrono::milliseconds retry_in{0};  // until the next reconnect attempt
+  std::uint64_t database_recoveries = 0;  // outages ended since start
+};
+
 class Fleet {
  public:
   static Result<std::unique_ptr<Fleet>> open(const FleetOptions& options);
@@ -67,6 +81,8 @@ class Fleet {
   // Recounts: compares every host in the store with the index.
   Result<Drift> check_drift();
 
+  Freshness freshness() const;
+
   FleetStore& store() { return *store_; }
   const HostIndex& index() const { return index_; }
   // Notification batches the LISTEN thread has applied (for tests).
@@ -80,6 +96,9 @@ class Fleet {
   Fleet(std::unique_ptr<FleetStore> store, std::chrono::milliseconds down_after)
       : store_(std::move(store)), index_(down_after) {}
   void listen_loop(std::unique_ptr<PgListener> listener);
+  void pause(std::chrono::milliseconds d);  // until d passes or the destructor stops the loop
+  void set_listener(PgListener* l);  // null: lost, the index may miss changes from now
+  void mark_stale();
   Status apply_notifications(const std::vector<Notification>& batch);
   void signal_changed();
 
@@ -90,8 +109,11 @@ class Fleet {
   std::atomic<std::uint64_t> notified_{0};
   std::mutex changed_mu_;
   std::condition_variable changed_cv_;
-  std::mutex listener_mu_;
+  mutable std::mutex listener_mu_;
   PgListener* listener_ = nullptr;  // to interrupt it
+  std::condition_variable stop_cv_;  // with listener_mu_: wakes a pause() at stop
+  // Since when the index may miss changes (guarded by listener_mu_).
+  std::optional<std::chrono::steady_clock::time_point> stale_since_;
   std::thread listener_thread_;
 };
 

@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "fleet/sql.h"
+
 namespace virtcap::fleet {
 
 namespace {
@@ -24,7 +26,8 @@ Error lost(PGconn* c, const std::string& doing) {
 
 Result<std::unique_ptr<PgListener>> PgListener::open(const std::string& conninfo,
                                                      const std::vector<std::string>& channels) {
-  PGconn* c = PQconnectdb(conninfo.c_str());
+  const auto params = pg_connect_params(conninfo);  // connect_timeout, keepalives (sql.h)
+  PGconn* c = PQconnectdbParams(params.keywords.data(), params.values.data(), 1);
   if (c == nullptr || PQstatus(c) != CONNECTION_OK) {
     Error e = lost(c, "connecting");
     PQfinish(c);

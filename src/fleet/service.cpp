@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cstdio>
+
 #include "api/json.h"
 #include "common/audit.h"
 #include "config/config.h"
@@ -16,7 +18,66 @@ using http::BodyRule;
 using http::Request;
 using http::Response;
 
-Response send_error(const Error& e) { return http::json_response(api::http_status(e.code), api::error_json(e)); }
+// store_unavailable (the database cannot be reached: 503) also says when to
+// retry: the longest reconnect back-off step, rounded up to seconds.
+std::string retry_after_seconds() {
+  return std::to_string(std::chrono::ceil<std::chrono::seconds>(DbHealth::kReconnectMax).count());
+}
+
+Response send_error(const Error& e) {
+  Response r = http::json_response(api::http_status(e.code), api::error_json(e));
+  if (e.code == Errc::store_unavailable) r.headers.emplace_back("Retry-After", retry_after_seconds());
+  return r;
+}
+
+double seconds(std::chrono::milliseconds d) { return static_cast<double>(d.count()) / 1000.0; }
+
+// What a read answered from the index says of its freshness: in the body and
+// in the header X-Virtcap-Index-Age (seconds the index may be behind; 0 when
+// it follows the database).
+Response with_freshness(int status, json body, const Freshness& f) {
+  body["index_current"] = f.current;
+  body["index_age_s"] = seconds(f.age);
+  if (f.database_down)
+    body["database"] = {{"reachable", false},
+                        {"unreachable_s", seconds(f.database_down_for)},
+                        {"reason", f.database_down->reason}};
+  Response r = http::json_response(status, body);
+  char age[32];
+  std::snprintf(age, sizeof age, "%.3f", seconds(f.age));
+  r.headers.emplace_back("X-Virtcap-Index-Age", age);
+  if (status == 503) r.headers.emplace_back("Retry-After", retry_after_seconds());
+  return r;
+}
+
+// GET /metrics: Prometheus text format 0.0.4.
+std::string metrics_text(const Fleet& fleet) {
+  const Freshness f = fleet.freshness();
+  std::string out;
+  auto metric = [&out](const char* name, const char* type, const char* help, double value) {
+    char v[64];
+    std::snprintf(v, sizeof v, "%.17g", value);
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " + v + "\n";
+  };
+  metric("virtcap_fleet_database_up", "gauge", "1 while the fleet database can be reached, else 0.",
+         f.database_down ? 0 : 1);
+  metric("virtcap_fleet_database_unreachable_seconds", "gauge",
+         "Seconds the fleet database has been unreachable (0 while reachable).", seconds(f.database_down_for));
+  metric("virtcap_fleet_database_recoveries_total", "counter",
+         "Database outages ended by a successful reconnect since start.",
+         static_cast<double>(f.database_recoveries));
+  metric("virtcap_fleet_index_current", "gauge", "1 while the index follows the database, 0 while it may be behind.",
+         f.current ? 1 : 0);
+  metric("virtcap_fleet_index_age_seconds", "gauge", "Seconds the index may have been behind the database (0 when current).",
+         seconds(f.age));
+  metric("virtcap_fleet_index_hosts", "gauge", "Hosts in the index.", static_cast<double>(fleet.index().host_count()));
+  metric("virtcap_fleet_index_generation", "counter", "Changes applied to the index since start.",
+         static_cast<double>(fleet.index().generation()));
+  metric("virtcap_fleet_index_notification_batches_total", "counter",
+         "Batches of other replicas' notifications applied to the index.",
+         static_cast<double>(fleet.refreshes_from_notifications()));
+  return out;
+}
 
 // The query parameters without "explain", and whether explain was asked.
 Result<std::pair<QueryParams, bool>> split_explain(const Request& req) {
@@ -225,11 +286,27 @@ std::vector<http::Route> FleetService::routes() {
     return with_etag(http::json_response(200, host_json(*rec)), rec->generation);
   };
   return {
+      // Ready to serve writes: 503 while the database cannot be reached.
       {"GET", "/healthz", BodyRule::none,
        [this](const Request&) {
-         return http::json_response(200, json{{"status", "ok"},
-                                              {"hosts", fleet_->index().host_count()},
-                                              {"index_generation", fleet_->index().generation()}});
+         const Freshness f = fleet_->freshness();
+         json body{{"status", f.database_down ? "unavailable" : "ok"},
+                   {"hosts", fleet_->index().host_count()},
+                   {"index_generation", fleet_->index().generation()}};
+         if (f.database_down)
+           body["reason"] = "the fleet database is unreachable: " + f.database_down->reason;
+         return with_freshness(f.database_down ? 503 : 200, std::move(body), f);
+       }},
+      // The process is alive and serving (reads answer from the index even
+      // while the database is away): always 200.
+      {"GET", "/livez", BodyRule::none,
+       [](const Request&) { return http::json_response(200, json{{"status", "ok"}}); }},
+      {"GET", "/metrics", BodyRule::none,
+       [this](const Request&) {
+         Response r;
+         r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+         r.body = metrics_text(*fleet_);
+         return r;
        }},
       {"GET", "/v1/hosts", BodyRule::none,
        [this](const Request& req) {
@@ -245,7 +322,7 @@ std::vector<http::Route> FleetService::routes() {
            for (const auto& e : a.excluded) ex.push_back(to_json(e));
            body["excluded"] = ex;
          }
-         return http::json_response(200, body);
+         return with_freshness(200, std::move(body), fleet_->freshness());
        }},
       {"GET", "/v1/hosts/{name}", BodyRule::none,
        [this, host_json](const Request& req) {

@@ -128,9 +128,26 @@ class SqliteConn final : public SqlConn {
   std::map<std::string, sqlite3_stmt*, std::less<>> stmts_;
 };
 
+std::string trimmed(std::string msg) {
+  while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+  return msg;
+}
+
+void quiet_notices(void*, const char*) {}
+
+// What every session needs once connected (again).
+bool pg_session_setup(PGconn* c, std::string& error) {
+  PQsetNoticeProcessor(c, quiet_notices, nullptr);
+  PGresult* r = PQexec(c, "SET client_min_messages = warning");
+  const bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+  if (!ok) error = trimmed(PQerrorMessage(c));
+  PQclear(r);
+  return ok;
+}
+
 class PgConn final : public SqlConn {
  public:
-  explicit PgConn(PGconn* c) : c_(c) {}
+  PgConn(PGconn* c, std::shared_ptr<DbHealth> health) : c_(c), health_(std::move(health)) {}
   ~PgConn() override { PQfinish(c_); }
   Dialect dialect() const override { return Dialect::postgresql; }
   Status begin_write() override {
@@ -147,6 +164,51 @@ class PgConn final : public SqlConn {
   }
 
   Result<SqlResult> exec(std::string_view sql, const std::vector<SqlValue>& params) override {
+    // A connection left dead by an earlier failure is reset first, when the
+    // back-off allows (else: unavailable at once, no network wait).
+    if (PQstatus(c_) == CONNECTION_BAD)
+      if (auto st = reconnect(true); !st) return st.error();
+    const bool outside_transaction = PQtransactionStatus(c_) == PQTRANS_IDLE;
+    auto r = exec_once(sql, params);
+    if (r || PQstatus(c_) != CONNECTION_BAD) return r;
+    // The connection was lost during this statement (server restarted, or
+    // the network cut): reset once at once, without waiting for the back-off.
+    const std::string lost = r.error().message;
+    if (auto st = reconnect(false); !st) return st.error();
+    if (outside_transaction && (sql.starts_with("BEGIN") || sql.starts_with("SELECT")))
+      return exec_once(sql, params);  // changed nothing: safe to send again
+    return make_error(Errc::store_unavailable,
+                      "the connection to the fleet database was lost during a transaction (" + lost +
+                          "); it was reconnected, but this write may not have been made: retry it");
+  }
+
+ private:
+  // PQreset, gated by the back-off when `gated`; reports to the health.
+  Status reconnect(bool gated) {
+    if (gated && !health_->claim_attempt()) return unavailable();
+    PQreset(c_);
+    std::string error;
+    if (PQstatus(c_) != CONNECTION_OK) error = trimmed(PQerrorMessage(c_));
+    else if (pg_session_setup(c_, error)) {
+      health_->reached();
+      return {};
+    }
+    health_->failed(error.empty() ? "connection refused" : error);
+    return unavailable();
+  }
+
+  Error unavailable() const {
+    const auto d = health_->down();
+    const auto for_s = d ? std::chrono::duration<double>(DbHealth::Clock::now() - d->since).count() : 0.0;
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f", for_s);
+    return make_error(Errc::store_unavailable,
+                      "the fleet database (PostgreSQL) is unreachable (for " + std::string(buf) +
+                          " s: " + (d ? d->reason : std::string("reconnecting")) +
+                          "); reconnecting with back-off: retry later");
+  }
+
+  Result<SqlResult> exec_once(std::string_view sql, const std::vector<SqlValue>& params) {
     std::vector<std::string> text;
     text.reserve(params.size());
     for (const auto& p : params) text.push_back(to_text(p));
@@ -172,25 +234,83 @@ class PgConn final : public SqlConn {
     return out;
   }
 
- private:
   Error failure(PGresult* res, std::string_view sql) const {
     const char* state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : nullptr;
     const std::string sqlstate = state ? state : "";
     Errc code = Errc::store_error;
     if (sqlstate == "23505") code = Errc::already_exists;
     if (sqlstate == "40001" || sqlstate == "40P01") code = Errc::conflict;
-    std::string msg = res ? PQresultErrorMessage(res) : PQerrorMessage(c_);
-    while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+    std::string msg = trimmed(res ? PQresultErrorMessage(res) : PQerrorMessage(c_));
+    if (msg.empty()) msg = trimmed(PQerrorMessage(c_));
     return make_error(code, "fleet database (PostgreSQL " + sqlstate + "): " + msg +
                                 " (in: " + std::string(sql.substr(0, 60)) + ")");
   }
 
   PGconn* c_;
+  std::shared_ptr<DbHealth> health_;
 };
 
-void quiet_notices(void*, const char*) {}
-
 }  // namespace
+
+std::optional<DbHealth::Down> DbHealth::down() const {
+  std::lock_guard lock(mu_);
+  return down_;
+}
+
+bool DbHealth::claim_attempt() {
+  std::lock_guard lock(mu_);
+  if (!down_) return true;
+  const auto now = Clock::now();
+  if (now < next_) return false;
+  next_ = now + backoff_;  // the others wait while this attempt runs
+  return true;
+}
+
+std::chrono::milliseconds DbHealth::retry_in() const {
+  std::lock_guard lock(mu_);
+  if (!down_) return std::chrono::milliseconds(0);
+  return std::max(std::chrono::milliseconds(0),
+                  std::chrono::ceil<std::chrono::milliseconds>(next_ - Clock::now()));
+}
+
+void DbHealth::failed(std::string reason) {
+  std::lock_guard lock(mu_);
+  const auto now = Clock::now();
+  if (!down_) {
+    down_ = Down{now, std::move(reason)};
+    backoff_ = kReconnectFirst;
+  } else {
+    down_->reason = std::move(reason);
+  }
+  next_ = now + backoff_;
+  backoff_ = std::min(backoff_ * 2, kReconnectMax);
+}
+
+void DbHealth::reached() {
+  std::lock_guard lock(mu_);
+  if (down_) ++recoveries_;
+  down_.reset();
+  backoff_ = kReconnectFirst;
+}
+
+std::uint64_t DbHealth::recoveries() const {
+  std::lock_guard lock(mu_);
+  return recoveries_;
+}
+
+PgConnectParams pg_connect_params(const std::string& conninfo) {
+  static const char* const kKeywords[] = {"connect_timeout",     "keepalives",         "keepalives_idle",
+                                          "keepalives_interval", "keepalives_count",   "tcp_user_timeout"};
+  static const char* const kValues[] = {"5", "1", "10", "5", "3", "15000"};
+  PgConnectParams p;
+  p.keywords.assign(std::begin(kKeywords), std::end(kKeywords));
+  p.values.assign(std::begin(kValues), std::end(kValues));
+  p.keywords.push_back("dbname");  // expanded (expand_dbname = 1): the URL's own settings win
+  p.values.push_back(conninfo.c_str());
+  p.keywords.push_back(nullptr);
+  p.values.push_back(nullptr);
+  return p;
+}
 
 Result<std::unique_ptr<SqlConn>> open_sqlite(const std::string& path,
                                              std::chrono::milliseconds busy_timeout) {
@@ -222,20 +342,18 @@ Result<std::unique_ptr<SqlConn>> open_sqlite(const std::string& path,
   return conn;
 }
 
-Result<std::unique_ptr<SqlConn>> open_postgres(const std::string& conninfo) {
-  PGconn* c = PQconnectdb(conninfo.c_str());
+Result<std::unique_ptr<SqlConn>> open_postgres(const std::string& conninfo, std::shared_ptr<DbHealth> health) {
+  const auto params = pg_connect_params(conninfo);
+  PGconn* c = PQconnectdbParams(params.keywords.data(), params.values.data(), 1);
   if (c == nullptr) return make_error(Errc::store_error, "cannot allocate a PostgreSQL connection");
-  if (PQstatus(c) != CONNECTION_OK) {
-    std::string msg = PQerrorMessage(c);
-    while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+  std::string msg;
+  if (PQstatus(c) != CONNECTION_OK || !pg_session_setup(c, msg)) {
+    if (msg.empty()) msg = trimmed(PQerrorMessage(c));
     PQfinish(c);
     return make_error(Errc::store_error, "cannot connect to the fleet database (PostgreSQL): " + msg +
                                              ": check the database URL and that the server runs");
   }
-  PQsetNoticeProcessor(c, quiet_notices, nullptr);
-  std::unique_ptr<SqlConn> conn = std::make_unique<PgConn>(c);
-  if (auto r = conn->exec("SET client_min_messages = warning", {}); !r) return r.error();
-  return conn;
+  return std::unique_ptr<SqlConn>(std::make_unique<PgConn>(c, health ? std::move(health) : std::make_shared<DbHealth>()));
 }
 
 Transaction::~Transaction() {
@@ -265,8 +383,10 @@ Status Transaction::commit() {
   return {};
 }
 
-ConnPool::ConnPool(std::vector<std::unique_ptr<SqlConn>> conns)
-    : idle_(std::move(conns)), dialect_(idle_.empty() ? Dialect::sqlite : idle_.front()->dialect()) {}
+ConnPool::ConnPool(std::vector<std::unique_ptr<SqlConn>> conns, std::shared_ptr<DbHealth> health)
+    : idle_(std::move(conns)),
+      dialect_(idle_.empty() ? Dialect::sqlite : idle_.front()->dialect()),
+      health_(std::move(health)) {}
 
 ConnPool::Lease ConnPool::acquire() {
   std::unique_lock lock(mu_);

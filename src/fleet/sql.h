@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -42,10 +43,66 @@ class SqlConn {
   virtual Status notify(std::string_view channel, std::string_view payload) = 0;
 };
 
+// What the connections to one database know of whether it can be reached,
+// shared by a pool's connections and the LISTEN connection. A connection
+// found dead is reset at once; when that fails the database is "down" and
+// further reconnects are spaced by a bounded exponential back-off
+// (kReconnectFirst doubling up to kReconnectMax), so a stopped server costs
+// one connect attempt per step, not one per request.
+class DbHealth {
+ public:
+  using Clock = std::chrono::steady_clock;
+  static constexpr std::chrono::milliseconds kReconnectFirst{100};
+  static constexpr std::chrono::milliseconds kReconnectMax{2000};
+  struct Down {
+    Clock::time_point since;  // the first failed reconnect of this outage
+    std::string reason;       // the latest failure, as libpq words it
+  };
+  // nullopt while the database is reachable.
+  std::optional<Down> down() const;
+  // Whether a reconnect may be tried now: always while up; while down once
+  // per back-off step (the caller that gets true makes the attempt).
+  bool claim_attempt();
+  // How long until the next attempt may be made (zero while up).
+  std::chrono::milliseconds retry_in() const;
+  // A reconnect failed: down from now (or still), the back-off doubles.
+  void failed(std::string reason);
+  // A connection is up: the outage, if any, is over.
+  void reached();
+  // Outages ended (successful reconnects after a failed one).
+  std::uint64_t recoveries() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::optional<Down> down_;
+  Clock::time_point next_{};
+  std::chrono::milliseconds backoff_ = kReconnectFirst;
+  std::uint64_t recoveries_ = 0;
+};
+
+// The libpq connection parameters every fleet connection uses unless the URL
+// sets them: connect_timeout=5, TCP keepalives (idle 10 s, every 5 s, 3
+// probes) and tcp_user_timeout=15000, so no thread waits for ever on a dead
+// server or a cut network. `conninfo` (a URI or key=value string) is
+// expanded after them, so its own settings win. Returns PQconnectdbParams's
+// keyword and value arrays (nullptr-terminated, pointing into the returned
+// storage and `conninfo`).
+struct PgConnectParams {
+  std::vector<const char*> keywords, values;
+};
+PgConnectParams pg_connect_params(const std::string& conninfo);
+
 // SQLite file at `path` (created 0600 with its parent 0700 if missing).
 Result<std::unique_ptr<SqlConn>> open_sqlite(const std::string& path, std::chrono::milliseconds busy_timeout);
-// PostgreSQL connection by libpq connection string or URI.
-Result<std::unique_ptr<SqlConn>> open_postgres(const std::string& conninfo);
+// PostgreSQL connection by libpq connection string or URI. It reconnects by
+// itself (see DbHealth): a statement on a connection found dead is reset
+// first; a BEGIN or a SELECT outside a transaction that fails because the
+// connection was lost is retried once on the new connection (it cannot have
+// changed anything). While the database cannot be reached, statements fail
+// at once with Errc::store_unavailable. `health` is shared with the other
+// connections to the same database (a new one when null).
+Result<std::unique_ptr<SqlConn>> open_postgres(const std::string& conninfo,
+                                               std::shared_ptr<DbHealth> health = nullptr);
 
 // Rolls back unless committed.
 class Transaction {
@@ -79,15 +136,18 @@ class ConnPool {
     ConnPool* pool_;
     std::unique_ptr<SqlConn> c_;
   };
-  explicit ConnPool(std::vector<std::unique_ptr<SqlConn>> conns);
+  // `health`: what the connections report (null for SQLite).
+  ConnPool(std::vector<std::unique_ptr<SqlConn>> conns, std::shared_ptr<DbHealth> health);
   Lease acquire();
   Dialect dialect() const { return dialect_; }
+  const std::shared_ptr<DbHealth>& health() const { return health_; }
 
  private:
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<std::unique_ptr<SqlConn>> idle_;
   Dialect dialect_;
+  std::shared_ptr<DbHealth> health_;
 };
 
 }  // namespace virtcap::fleet

@@ -80,10 +80,11 @@ std::vector<std::string> sorted_unique(std::vector<std::string> v) {
 
 class SqlFleetStore final : public FleetStore {
  public:
-  SqlFleetStore(std::string target, std::vector<std::unique_ptr<SqlConn>> conns)
-      : target_(std::move(target)), pool_(std::move(conns)) {}
+  SqlFleetStore(std::string target, std::vector<std::unique_ptr<SqlConn>> conns, std::shared_ptr<DbHealth> health)
+      : target_(std::move(target)), pool_(std::move(conns), std::move(health)) {}
 
   Dialect dialect() const override { return pool_.dialect(); }
+  const std::shared_ptr<DbHealth>& health() const override { return pool_.health(); }
   const std::string& target() const override { return target_; }
 
   Status migrate();
@@ -603,6 +604,7 @@ int latest_fleet_schema_version() { return migrations().back().version; }
 
 Result<std::unique_ptr<FleetStore>> open_fleet_store(const std::string& url, const StoreOptions& options) {
   std::vector<std::unique_ptr<SqlConn>> conns;
+  std::shared_ptr<DbHealth> health;
   std::string target;
   if (url.starts_with("sqlite://")) {
     target = url.substr(9);
@@ -611,8 +613,9 @@ Result<std::unique_ptr<FleetStore>> open_fleet_store(const std::string& url, con
     conns.push_back(std::move(*c));
   } else if (url.starts_with("postgresql://") || url.starts_with("postgres://")) {
     target = url;
+    health = std::make_shared<DbHealth>();
     for (std::size_t i = 0; i < std::max<std::size_t>(options.connections, 1); ++i) {
-      auto c = open_postgres(target);
+      auto c = open_postgres(target, health);
       if (!c) return c.error();
       conns.push_back(std::move(*c));
     }
@@ -621,7 +624,7 @@ Result<std::unique_ptr<FleetStore>> open_fleet_store(const std::string& url, con
                                                   quote_for_error(url.substr(0, url.find(':'))) +
                                                   "... is neither sqlite://PATH nor postgresql://...");
   }
-  auto store = std::make_unique<SqlFleetStore>(target, std::move(conns));
+  auto store = std::make_unique<SqlFleetStore>(target, std::move(conns), std::move(health));
   if (auto st = store->migrate(); !st) return st.error();
   return std::unique_ptr<FleetStore>(std::move(store));
 }

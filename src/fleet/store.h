@@ -36,6 +36,10 @@ class FleetStore {
   // The libpq connection string (PostgreSQL) or file path (SQLite), for a
   // listener; contains credentials: never log it.
   virtual const std::string& target() const = 0;
+  // Whether the database can be reached (PostgreSQL; null for SQLite, a file
+  // that is always there). While it cannot, every method fails at once with
+  // Errc::store_unavailable and the connections reconnect with back-off.
+  virtual const std::shared_ptr<DbHealth>& health() const = 0;
   virtual Result<int> schema_version() = 0;
 
   // Upserts the host from an agent report: replaces its agent-owned traits and

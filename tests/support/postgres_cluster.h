@@ -69,6 +69,30 @@ class PgCluster {
     std::filesystem::remove_all(dir_, ec);
   }
 
+  // The server's Unix socket (what a TCP proxy in front of it connects to).
+  std::string socket_path() const { return dir_ + "/.s.PGSQL." + std::to_string(kPort); }
+  // A libpq URI for database `db` reached over TCP at 127.0.0.1:port (a
+  // proxy forwarding to socket_path(): the server itself listens on no TCP).
+  std::string tcp_url(const std::string& db, int port) const {
+    return "postgresql://postgres@127.0.0.1:" + std::to_string(port) + "/" + db;
+  }
+  static std::string database_name(const std::string& url) {
+    const auto at = url.find('/', url.find("@") + 1);
+    return url.substr(at + 1, url.find('?', at) - at - 1);
+  }
+  // pg_ctl restart/stop/start (-m fast, -w: returns once done). Tests of
+  // outages use a cluster of their own (start()), never the shared one.
+  Status pg_ctl(const std::string& action) {
+    std::vector<std::string> argv = {std::string(kBin) + "pg_ctl", "-D", data(), "-w", "-t", "60"};
+    if (action != "start") argv.insert(argv.end(), {"-m", "fast"});
+    // A server started without -l would keep our output pipes open.
+    if (action != "stop") argv.insert(argv.end(), {"-l", dir_ + "/server.log"});
+    argv.push_back(action);
+    auto st = run(argv);
+    if (st) running_ = action != "stop";
+    return st;
+  }
+
   // A libpq URI for database `db` on this cluster.
   std::string url(const std::string& db) const {
     return "postgresql://postgres@/" + db + "?host=" + dir_ + "&port=" + std::to_string(kPort);

@@ -115,7 +115,7 @@ class FleetOutage {
   Replica start(const std::string& name, const std::string& database) {
     fs::create_directories(dir_.sub(name));
     const std::string cfg = dir_.write(name + ".toml", "[DEFAULT]\nstate_path = \"" + dir_.sub(name) +
-                                                           "\"\n[fleet_service]\nlisten = \"127.0.0.1:0\"\n"
+                                                           "\"\n[fleet_service]\nanonymous_role = \"operator\"\nlisten = \"127.0.0.1:0\"\n"
                                                            "database = \"" + database + "\"\n");
     Replica r;
     r.process = std::make_unique<Agent>(Agent::fleet_service(cfg));

@@ -82,6 +82,10 @@ TEST_P(FleetTrustTest, EachRoleMayDoOnlyWhatItsRulesAllow) {
   EXPECT_EQ(call("", "GET", "/v1/hosts").status, 401);
   EXPECT_EQ(call("", "PUT", "/v1/hosts/host1", &r1).status, 401);
   EXPECT_EQ(call("not-a-token", "GET", "/v1/hosts").status, 401);
+  EXPECT_EQ(call("", "GET", "/healthz").status, 401);
+  EXPECT_EQ(call("", "GET", "/metrics").status, 401);
+  EXPECT_EQ(call("", "GET", "/livez").status, 200) << "a liveness probe needs no credential";
+  EXPECT_EQ(call(reader, "GET", "/metrics").status, 200);
   std::string wrong = agent1;
   wrong.back() = wrong.back() == '0' ? '1' : '0';
   auto refused = call(wrong, "PUT", "/v1/hosts/host1", &r1);

@@ -60,7 +60,7 @@ void run_case(Service service, bool tls, Attack attack) {
                                                                      "\"127.0.0.1:0\"\n" + tls_toml));
   else
     server = std::make_unique<Agent>(Agent::fleet_service(
-        dir.write("fleet.toml", state + "[fleet_service]\nlisten = \"127.0.0.1:0\"\n" + tls_toml)));
+        dir.write("fleet.toml", state + "[fleet_service]\nanonymous_role = \"reader\"\nlisten = \"127.0.0.1:0\"\n" + tls_toml)));
   ASSERT_TRUE(server->running()) << server->exit_output().err;
   const std::string ca = tls ? pki.ca() : "";
   constexpr std::uint32_t kClient = loopback(0, 1, 1);  // 127.0.1.1

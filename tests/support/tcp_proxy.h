@@ -106,6 +106,7 @@ class TcpProxy {
       }
       if (::poll(fds.data(), fds.size(), -1) < 0 && errno != EINTR) return;
       if (fds[0].revents != 0) return;
+      const std::size_t polled = pairs_.size();  // fds has entries for these only
       if (fds[1].revents & POLLIN) {
         const int client = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
         if (client >= 0) {
@@ -116,7 +117,8 @@ class TcpProxy {
         }
       }
       std::vector<std::pair<int, int>> keep;
-      for (std::size_t i = 0; i < pairs_.size(); ++i) {
+      for (std::size_t i = polled; i < pairs_.size(); ++i) keep.push_back(pairs_[i]);  // just accepted
+      for (std::size_t i = 0; i < polled; ++i) {
         const auto [a, b] = pairs_[i];
         const short ra = fds[2 + 2 * i].revents, rb = fds[3 + 2 * i].revents;
         bool alive = true;

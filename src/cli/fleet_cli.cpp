@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <variant>
 
 #include "api/client.h"
 #include "cli/client_options.h"
@@ -32,8 +33,9 @@ class FleetCommands {
   int token_create();
   int token_list();
   int token_revoke();
-  // The fleet database [fleet_service] names (opened and migrated as serve does).
-  Result<std::unique_ptr<fleet::FleetStore>> open_database(const config::Config& cfg) const;
+  // The fleet database the config's [fleet_service] names, opened and
+  // migrated as serve does; on failure, the exit code (the error printed).
+  std::variant<int, std::unique_ptr<fleet::FleetStore>> open_database() const;
   int hosts();
   int host_delete();
   int trait_write(bool add);
@@ -184,8 +186,12 @@ int FleetCommands::serve() {
   return kExitOk;
 }
 
-Result<std::unique_ptr<fleet::FleetStore>> FleetCommands::open_database(const config::Config& cfg) const {
-  return fleet::open_fleet_store(fleet::service_options(cfg).fleet.database_url);
+std::variant<int, std::unique_ptr<fleet::FleetStore>> FleetCommands::open_database() const {
+  auto cfg = config::load(config_path_);
+  if (!cfg) return fail("config error: " + cfg.error().message, kExitUsage);
+  auto store = fleet::open_fleet_store(fleet::service_options(*cfg).fleet.database_url);
+  if (!store) return fail("cannot open the fleet database: " + store.error().message, kExitRuntime);
+  return std::move(*store);
 }
 
 namespace {
@@ -202,13 +208,11 @@ json credential_json(const fleet::CredentialRecord& c) {
 }  // namespace
 
 int FleetCommands::token_create() {
-  auto cfg = config::load(config_path_);
-  if (!cfg) return fail("config error: " + cfg.error().message, kExitUsage);
   auto made = fleet::make_credential(*fleet::role_from_string(role_), token_host_, note_, fleet::now_ms());
   if (!made) return fail(made.error().message, kExitUsage);
-  auto store = open_database(*cfg);
-  if (!store) return fail("cannot open the fleet database: " + store.error().message, kExitRuntime);
-  if (auto st = (*store)->add_credential(made->record); !st)
+  auto store = open_database();
+  if (store.index() == 0) return std::get<0>(store);
+  if (auto st = std::get<1>(store)->add_credential(made->record); !st)
     return fail("credential not made: " + st.error().message, kExitRuntime);
   if (token_json_) {
     json j = credential_json(made->record);
@@ -224,11 +228,9 @@ int FleetCommands::token_create() {
 }
 
 int FleetCommands::token_list() {
-  auto cfg = config::load(config_path_);
-  if (!cfg) return fail("config error: " + cfg.error().message, kExitUsage);
-  auto store = open_database(*cfg);
-  if (!store) return fail("cannot open the fleet database: " + store.error().message, kExitRuntime);
-  auto rows = (*store)->list_credentials();
+  auto store = open_database();
+  if (store.index() == 0) return std::get<0>(store);
+  auto rows = std::get<1>(store)->list_credentials();
   if (!rows) return fail("cannot list credentials: " + rows.error().message, kExitRuntime);
   json out = json::array();
   for (const auto& c : *rows) out.push_back(credential_json(c));
@@ -238,11 +240,9 @@ int FleetCommands::token_list() {
 }
 
 int FleetCommands::token_revoke() {
-  auto cfg = config::load(config_path_);
-  if (!cfg) return fail("config error: " + cfg.error().message, kExitUsage);
-  auto store = open_database(*cfg);
-  if (!store) return fail("cannot open the fleet database: " + store.error().message, kExitRuntime);
-  auto rec = (*store)->revoke_credential(token_id_, fleet::now_ms());
+  auto store = open_database();
+  if (store.index() == 0) return std::get<0>(store);
+  auto rec = std::get<1>(store)->revoke_credential(token_id_, fleet::now_ms());
   if (!rec) return fail(rec.error().message, rec.error().code == Errc::not_found ? kExitUsage : kExitRuntime);
   if (token_json_) std::cout << dump_json(credential_json(*rec), 2) << "\n";
   else std::cout << "revoked credential " << rec->id << " (role " << fleet::to_string(rec->role)

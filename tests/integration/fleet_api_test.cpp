@@ -21,9 +21,7 @@ namespace {
 using Backend = virtcap::testing::FleetBackend;
 using virtcap::testing::fleet_uuid;
 
-json report_json(int n, std::vector<std::string> traits, std::int64_t vcpu_used = 0) {
-  return to_json(virtcap::testing::fleet_report(n, std::move(traits), vcpu_used));
-}
+using virtcap::testing::fleet_report_json;
 
 class FleetApiTest : public ::testing::TestWithParam<Backend> {
  protected:
@@ -51,8 +49,8 @@ class FleetApiTest : public ::testing::TestWithParam<Backend> {
 TEST_P(FleetApiTest, ReportsQueriesExplanationsAndTraitWrites) {
   auto svc = start();
   ASSERT_TRUE(svc);
-  auto b1 = report_json(1, {"COMPUTE_A", "COMPUTE_B"}, 4);
-  auto b2 = report_json(2, {"COMPUTE_A"});
+  auto b1 = fleet_report_json(1, {"COMPUTE_A", "COMPUTE_B"}, 4);
+  auto b2 = fleet_report_json(2, {"COMPUTE_A"});
   auto r = call("PUT", "/v1/hosts/host1", &b1);
   ASSERT_EQ(r.status, 200) << r.raw;
   EXPECT_EQ(r.body["generation"], 1);
@@ -140,7 +138,7 @@ TEST_P(FleetApiTest, ReportsQueriesExplanationsAndTraitWrites) {
 TEST_P(FleetApiTest, BadInputGetsItsDocumentedStatusAndChangesNothing) {
   auto svc = start();
   ASSERT_TRUE(svc);
-  auto b1 = report_json(1, {"COMPUTE_A"});
+  auto b1 = fleet_report_json(1, {"COMPUTE_A"});
   ASSERT_EQ(call("PUT", "/v1/hosts/host1", &b1).status, 200);
   const auto gen = call("GET", "/v1/hosts/host1").body["generation"].get<std::int64_t>();
   json g = {{"generation", gen}};
@@ -158,7 +156,7 @@ TEST_P(FleetApiTest, BadInputGetsItsDocumentedStatusAndChangesNothing) {
   std::string many;
   for (int i = 0; i < 1000; ++i) many += std::string(i ? "&" : "?") + "required=COMPUTE_A";
   auto with = [&](const std::string& field, const json& v) {
-    json b = report_json(1, {"COMPUTE_A"});
+    json b = fleet_report_json(1, {"COMPUTE_A"});
     b[field] = v;
     return b.dump();
   };
@@ -230,7 +228,7 @@ TEST_P(FleetApiTest, BadInputGetsItsDocumentedStatusAndChangesNothing) {
 TEST_P(FleetApiTest, TokenHostAndOriginRulesAsTheAgentApi) {
   auto svc = start("s3cret");
   ASSERT_TRUE(svc);
-  auto b1 = report_json(1, {"COMPUTE_A"});
+  auto b1 = fleet_report_json(1, {"COMPUTE_A"});
   EXPECT_EQ(call("PUT", "/v1/hosts/host1", &b1).status, 401);
   EXPECT_EQ(call("GET", "/v1/hosts", nullptr, "wrong").status, 401);
   EXPECT_EQ(call("PUT", "/v1/hosts/host1", &b1, "s3cret").status, 200);
@@ -248,7 +246,7 @@ TEST_P(FleetApiTest, PeriodicRecountRepairsAWriteTheIndexMissed) {
   o.drift_check_interval = 1s;
   auto svc = start("", o);
   ASSERT_TRUE(svc);
-  auto b1 = report_json(1, {"COMPUTE_A"});
+  auto b1 = fleet_report_json(1, {"COMPUTE_A"});
   auto r = call("PUT", "/v1/hosts/host1", &b1);
   ASSERT_EQ(r.status, 200);
   auto behind = svc->fleet().store().add_operator_trait("host1", "CUSTOM_BEHIND", r.body["generation"].get<std::int64_t>());

@@ -28,9 +28,7 @@ namespace {
 using Backend = virtcap::testing::FleetBackend;
 using virtcap::testing::TempDir;
 
-json report_json(int n, std::vector<std::string> traits = {"COMPUTE_A"}, std::int64_t vcpu_used = 0) {
-  return to_json(virtcap::testing::fleet_report(n, std::move(traits), vcpu_used));
-}
+using virtcap::testing::fleet_report_json;
 
 class FleetTrustTest : public ::testing::TestWithParam<Backend> {
  protected:
@@ -76,7 +74,7 @@ TEST_P(FleetTrustTest, EachRoleMayDoOnlyWhatItsRulesAllow) {
   const std::string reader = credential(Role::reader);
   auto svc = start();
   ASSERT_TRUE(svc);
-  const json r1 = report_json(1), r2 = report_json(2);
+  const json r1 = fleet_report_json(1, {"COMPUTE_A"}), r2 = fleet_report_json(2, {"COMPUTE_A"});
 
   // No credential, a malformed one, a wrong secret: 401, nothing changed.
   EXPECT_EQ(call("", "GET", "/v1/hosts").status, 401);
@@ -101,9 +99,9 @@ TEST_P(FleetTrustTest, EachRoleMayDoOnlyWhatItsRulesAllow) {
   EXPECT_NE(message(refused).find("role agent, host host1"), std::string::npos) << refused.raw;
   EXPECT_NE(message(refused).find("only its own host"), std::string::npos) << refused.raw;
   // ... so it can neither invent capacity for another host nor register new ones.
-  json inflated = report_json(2, {"COMPUTE_A"}, -1048576000);
+  json inflated = fleet_report_json(2, {"COMPUTE_A"}, -1048576000);
   EXPECT_EQ(call(agent1, "PUT", "/v1/hosts/host2", &inflated).status, 403);
-  const json r7 = report_json(7);
+  const json r7 = fleet_report_json(7, {"COMPUTE_A"});
   EXPECT_EQ(call(agent1, "PUT", "/v1/hosts/host7", &r7).status, 403);
   EXPECT_EQ(call(agent1, "GET", "/v1/hosts/host1").status, 200);
   EXPECT_EQ(call(agent1, "GET", "/v1/hosts/host2").status, 403);
@@ -144,7 +142,7 @@ TEST_P(FleetTrustTest, ARevokedCredentialIsRefusedWithinAPollAndTheDatabaseHolds
   const std::string agent1 = credential(Role::agent, "host1");
   auto svc = start();
   ASSERT_TRUE(svc);
-  const json r1 = report_json(1);
+  const json r1 = fleet_report_json(1, {"COMPUTE_A"});
   ASSERT_EQ(call(agent1, "PUT", "/v1/hosts/host1", &r1).status, 200);
 
   // A credential made while the service runs is taken within a poll.

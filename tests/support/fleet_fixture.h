@@ -9,6 +9,7 @@
 
 #include "fleet/model.h"
 #include "fleet/service.h"
+#include "fleet/wire.h"
 #include "support/postgres_env.h"
 #include "support/test_support.h"
 
@@ -43,6 +44,11 @@ inline fleet::AgentReport fleet_report(int n, std::vector<std::string> traits, s
   r.inventories[1] = fleet::Inventory{16384, 512, 1.0, 1024};
   r.seen_at_ms = fleet::now_ms();
   return r;
+}
+
+// fleet_report(n, ...) as the JSON body of PUT /v1/hosts/host<n>.
+inline nlohmann::json fleet_report_json(int n, std::vector<std::string> traits, std::int64_t vcpu_used = 0) {
+  return fleet::to_json(fleet_report(n, std::move(traits), vcpu_used));
 }
 
 // An in-process fleet service with `o` on 127.0.0.1 (any free port), on

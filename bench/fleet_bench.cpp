@@ -17,7 +17,7 @@
 #include <random>
 #include <set>
 
-#include "api/client.h"
+#include "http/client.h"
 #include "fleet/fleet.h"
 #include "fleet/service.h"
 #include "ratio.h"
@@ -236,7 +236,7 @@ void check_equal() {
     if (a != ix)
       die(b.name + ": SQL and index answers differ (" + std::to_string(a.size()) + " vs " +
           std::to_string(ix.size()) + ")");
-    api::Client c(g.service_url);
+    http::Client c(g.service_url);
     auto r = c.request("GET", http_path(b.q));
     if (!r) die(b.name + " over HTTP: " + r.error().message);
     std::set<std::string> listed;
@@ -275,7 +275,7 @@ void BM_IndexLimit100Explain(benchmark::State& state, std::size_t i) {
 
 // (c): the whole request over HTTP (keep-alive), parse and answer, limit 100.
 void BM_Http(benchmark::State& state, std::size_t i) {
-  api::Client c(g.service_url);
+  http::Client c(g.service_url);
   const std::string path = http_path(g.queries[i].q);
   for (auto _ : state) {
     auto r = c.call("GET", path);

@@ -18,10 +18,6 @@ nlohmann::json to_json(const compute::ComputeManager::ReconcileReport& r);
 // file_size, base_cached, problem}]} (docs/api.md); names from disk are
 // escaped to valid UTF-8 (U+FFFD).
 nlohmann::json to_json(const ImageListing& l);
-// {"error": {"code", "message", ["capability", "operation", "driver"]}}
-nlohmann::json error_json(const Error& e);
-// The HTTP status for an error code (docs/api.md).
-int http_status(Errc code);
 
 // Request bodies: untrusted bytes, parsed and validated here (fuzzed by
 // tests/fuzz/api_body_fuzz.cpp). Unknown fields, wrong types and

@@ -10,6 +10,7 @@
 #include "api/instance_list.h"
 #include "api/json.h"
 #include "capabilities/render.h"
+#include "http/errors.h"
 #include "http/server.h"
 #include "imagecache/pass.h"
 
@@ -21,8 +22,7 @@ using nlohmann::json;
 using http::BodyRule;
 using http::Request;
 using http::Response;
-
-Response send_error(const Error& e) { return http::json_response(http_status(e.code), error_json(e)); }
+using http::send_error;
 
 std::string escape_label(const std::string& s) {
   std::string out;

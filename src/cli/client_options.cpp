@@ -74,9 +74,9 @@ int not_our_api(const ClientFlags& flags, int status, const std::string& why) {
   return fail(msg, kExitRuntime);
 }
 
-std::optional<int> call_reported(api::Client& client, const ClientFlags& flags, const ClientPeer& peer,
+std::optional<int> call_reported(http::Client& client, const ClientFlags& flags, const ClientPeer& peer,
                                  const std::string& method, const std::string& path, const json* body,
-                                 api::Response& out, const CallWords& words) {
+                                 http::ClientResponse& out, const CallWords& words) {
   auto r = client.call(method, path, body);
   if (!r) {
     // An unreadable --ca-file is a usage error (2); reached but no answer in
@@ -84,8 +84,8 @@ std::optional<int> call_reported(api::Client& client, const ClientFlags& flags, 
     // server; anything else is unreachable (3). The client's message names
     // the server and what to check.
     const bool usage = r.error().code == Errc::invalid_argument;
-    const bool late = api::answered_late(r.error());
-    const bool too_large = api::answer_too_large(r.error());  // reached, but not a virtcap answer: 1
+    const bool late = http::answered_late(r.error());
+    const bool too_large = http::answer_too_large(r.error());  // reached, but not a virtcap answer: 1
     std::string msg = r.error().message;
     if (late) msg += peer.after_late;
     const char* code = usage ? "invalid_argument" : late ? "timeout" : too_large ? "not_virtcap" : "unreachable";

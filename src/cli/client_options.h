@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include "api/client.h"
+#include "http/client.h"
 #include "virtcap/error.h"
 
 namespace virtcap::cli {
@@ -92,8 +92,8 @@ struct CallWords {
 // returned: 2 for a usage mistake (an unreadable --ca-file, a 400), 3 for an
 // unreachable server, 1 for an answer that came too late or any other
 // failure.
-std::optional<int> call_reported(api::Client& client, const ClientFlags& flags, const ClientPeer& peer,
+std::optional<int> call_reported(http::Client& client, const ClientFlags& flags, const ClientPeer& peer,
                                  const std::string& method, const std::string& path, const nlohmann::json* body,
-                                 api::Response& out, const CallWords& words = {});
+                                 http::ClientResponse& out, const CallWords& words = {});
 
 }  // namespace virtcap::cli

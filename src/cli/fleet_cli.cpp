@@ -10,7 +10,8 @@
 #include <iostream>
 #include <variant>
 
-#include "api/client.h"
+#include "common/net_address.h"
+#include "http/client.h"
 #include "cli/client_options.h"
 #include "common/json_text.h"
 #include "common/logging.h"
@@ -42,15 +43,15 @@ class FleetCommands {
   std::string query_string() const;
   // One call; transport failures and non-2xx answers printed (exit code),
   // else nullopt with the answer in `out`.
-  std::optional<int> call(api::Client& c, const std::string& method, const std::string& path, const json* body,
-                          api::Response& out, bool quiet_conflict = false);
+  std::optional<int> call(http::Client& c, const std::string& method, const std::string& path, const json* body,
+                          http::ClientResponse& out, bool quiet_conflict = false);
 
   ClientKit kit_;
   std::optional<std::string> config_path_;
   const ClientPeer peer_{"fleet service", "VIRTCAP_FLEET", "VIRTCAP_FLEET_TOKEN", kDefaultFleetServer,
                          "; it may still have been done there: see `virtcap hosts`"};
   ClientFlags client_ = client_flags_from_env(peer_);
-  api::ClientOptions client_options() const {
+  http::ClientOptions client_options() const {
     return {.url = client_.server,
             .token = client_.token,
             .ca_file = client_.ca_file,
@@ -167,7 +168,7 @@ int FleetCommands::serve() {
   if (!svc) return fail("cannot open the fleet database: " + svc.error().message, kExitRuntime);
   auto port = (*svc)->bind();
   if (!port) return fail(port.error().message, port.error().code == Errc::invalid_argument ? kExitUsage : kExitRuntime);
-  const auto hp = config::split_listen(cfg->fleet_service.listen);
+  const auto hp = split_listen(cfg->fleet_service.listen);
   spdlog::info("fleet service listening on {}://{}:{}", (*svc)->scheme(), hp->first, *port);
   if (auto st = (*svc)->start(); !st) return fail(st.error().message, kExitRuntime);
   spdlog::info("fleet service running ({} hosts indexed); send SIGTERM or SIGINT to stop",
@@ -250,8 +251,8 @@ int FleetCommands::token_revoke() {
   return kExitOk;
 }
 
-std::optional<int> FleetCommands::call(api::Client& c, const std::string& method, const std::string& path,
-                                       const json* body, api::Response& out, bool quiet_conflict) {
+std::optional<int> FleetCommands::call(http::Client& c, const std::string& method, const std::string& path,
+                                       const json* body, http::ClientResponse& out, bool quiet_conflict) {
   return call_reported(c, client_, peer_, method, path, body, out,
                        {.quiet_status = quiet_conflict ? 409 : 0,
                         .hint_status = 409,
@@ -276,8 +277,8 @@ std::string FleetCommands::query_string() const {
 
 int FleetCommands::hosts() {
   if (!host_.empty() && !explain_) return fail("--host NAME needs --explain", kExitUsage);
-  api::Client c(client_options());
-  api::Response r;
+  http::Client c(client_options());
+  http::ClientResponse r;
   const std::string path = host_.empty() ? "/v1/hosts" : "/v1/hosts/" + http::percent_encode(host_);
   if (auto rc = call(c, "GET", path + query_string(), nullptr, r)) return *rc;
   const json& j = r.body;
@@ -325,8 +326,8 @@ int FleetCommands::hosts() {
 }
 
 int FleetCommands::host_delete() {
-  api::Client c(client_options());
-  api::Response r;
+  http::Client c(client_options());
+  http::ClientResponse r;
   if (auto rc = call(c, "DELETE", "/v1/hosts/" + http::percent_encode(name_), nullptr, r)) return *rc;
   // What the server says it deleted, not what was asked.
   if (!r.body.contains("deleted") || !r.body["deleted"].is_string())
@@ -340,8 +341,8 @@ int FleetCommands::host_delete() {
 // in between, e.g. an agent report) is retried once with the generation the
 // 409 carries.
 int FleetCommands::trait_write(bool add) {
-  api::Client c(client_options());
-  api::Response r;
+  http::Client c(client_options());
+  http::ClientResponse r;
   const std::string host_path = "/v1/hosts/" + http::percent_encode(name_);
   if (auto rc = call(c, "GET", host_path, nullptr, r)) return *rc;
   json body = {{"generation", r.body.value("generation", std::int64_t{0})}};

@@ -15,7 +15,8 @@
 #include <spdlog/spdlog.h>
 #include <thread>
 
-#include "api/client.h"
+#include "common/net_address.h"
+#include "http/client.h"
 #include "api/instance_list.h"
 #include "api/server.h"
 #include "capabilities/render.h"
@@ -36,7 +37,7 @@
 #include "imagecache/pass.h"
 #include "store/memory/memory_store.h"
 #include "store/sqlite/sqlite_store.h"
-#include "virtcap/registry.h"
+#include "virt/registry.h"
 #include "virtcap/version.h"
 
 namespace {
@@ -192,7 +193,7 @@ int cmd_agent(const Options& o) {
   api::Server server(*cfg, manager, runner, api_fd.release());
   auto port = server.bind();  // adopts the bound socket
   if (!port) return fail(port.error().message, port.error().code == Errc::invalid_argument ? kExitUsage : kExitRuntime);
-  const auto hp = config::split_listen(cfg->api.listen);
+  const auto hp = split_listen(cfg->api.listen);
   spdlog::info("API listening on {}://{}:{}", server.scheme(), hp->first, port.value());
   manager.fleet_reporter().set_api_url(std::string(server.scheme()) + "://" + hp->first + ":" + std::to_string(port.value()));
   if (auto st = server.start(); !st) return fail(st.error().message, kExitRuntime);
@@ -417,7 +418,7 @@ int emit_images(const Options& o, const json& j) {
 }
 
 // The agent's side of the shared client options (cli/client_options.h).
-const cli::ClientPeer kAgentPeer{"agent", "VIRTCAP_SERVER", "VIRTCAP_TOKEN", api::kDefaultServer,
+const cli::ClientPeer kAgentPeer{"agent", "VIRTCAP_SERVER", "VIRTCAP_TOKEN", http::kDefaultServer,
                                  " (--timeout); it may still finish there: see `virtcap list`"};
 
 // "--memory 1G" / "512M" / "512" (MiB) -> MiB, as qemu-img and virsh take
@@ -455,11 +456,11 @@ int client_call(const Options& o, const std::string& method, const std::string& 
   if (!url) return fail(url.error().message, kExitUsage);
   cli::ClientFlags flags = o.client;
   flags.server = *url;
-  api::Client client(api::ClientOptions{.url = *url,
+  http::Client client(http::ClientOptions{.url = *url,
                                         .token = o.client.token,
                                         .ca_file = o.client.ca_file,
                                         .timeout = std::chrono::seconds(o.timeout)});
-  api::Response r;
+  http::ClientResponse r;
   if (auto rc = cli::call_reported(client, flags, kAgentPeer, method, path, body, r, {.field_flags = field_flags}))
     return *rc;
   return human(r.body);

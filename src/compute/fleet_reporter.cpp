@@ -9,7 +9,7 @@
 #include <cstring>
 #include <fstream>
 
-#include "api/client.h"
+#include "http/client.h"
 #include "capabilities/render.h"
 #include "common/fd.h"
 #include "compute/manager.h"
@@ -116,7 +116,7 @@ Result<fleet::AgentReport> FleetReporter::build() {
 namespace {
 // Why an answer that is not a successful report is one: the API's error
 // message, or that the server is not a virtcap fleet service.
-std::string unexpected_answer(const api::Response& r, const std::string& url) {
+std::string unexpected_answer(const http::ClientResponse& r, const std::string& url) {
   const auto& b = r.body;
   if (b.is_object() && b.contains("error") && b["error"].is_object() && b["error"].contains("message") &&
       b["error"]["message"].is_string())
@@ -130,7 +130,7 @@ TaskOutcome FleetReporter::run(std::stop_token stop) {
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(f.report_interval);
   const auto max_backoff = std::chrono::milliseconds(std::max(1000, f.report_interval * 500));
   std::chrono::milliseconds backoff{1000};
-  api::Client client(api::ClientOptions{.url = f.url,
+  http::Client client(http::ClientOptions{.url = f.url,
                                         .token = f.token,
                                         .ca_file = f.ca_file,
                                         .client_cert = f.tls_client_cert,

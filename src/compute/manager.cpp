@@ -11,7 +11,7 @@
 #include <set>
 
 #include "imagecache/host_registry.h"
-#include "virtcap/registry.h"
+#include "virt/registry.h"
 
 namespace virtcap::compute {
 

@@ -301,11 +301,6 @@ struct Config {
 // The conventional config file, used when it exists and no --config is given.
 inline constexpr std::string_view kDefaultConfigPath = "/etc/virtcap/virtcap.toml";
 
-// "127.0.0.1:8774" -> {"127.0.0.1", 8774}; "[::1]:80" -> {"::1", 80}. nullopt if malformed.
-std::optional<std::pair<std::string, int>> split_listen(const std::string& v);
-// Only the literal loopback addresses (127.0.0.0/8, ::1) and the name
-// "localhost"; a DNS name that merely starts with "127." is not loopback.
-bool is_loopback(const std::string& host);
 // http(s)://HOST[:PORT] with optional trailing slashes, read by one rule for
 // `[fleet] url` and the client commands' --server: HOST a name, an IPv4
 // address or a bracketed IPv6 address; PORT 1-65535, at most 5 digits.

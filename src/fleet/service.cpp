@@ -4,10 +4,10 @@
 
 #include <cstdio>
 
-#include "api/json.h"
 #include "common/audit.h"
 #include "config/config.h"
 #include "fleet/wire.h"
+#include "http/errors.h"
 
 namespace virtcap::fleet {
 
@@ -20,15 +20,9 @@ using http::Response;
 
 // store_unavailable (the database cannot be reached: 503) also says when to
 // retry: the longest reconnect back-off step, rounded up to seconds.
-std::string retry_after_seconds() {
-  return std::to_string(std::chrono::ceil<std::chrono::seconds>(DbHealth::kReconnectMax).count());
-}
+constexpr std::chrono::seconds kRetryAfter = std::chrono::ceil<std::chrono::seconds>(DbHealth::kReconnectMax);
 
-Response send_error(const Error& e) {
-  Response r = http::json_response(api::http_status(e.code), api::error_json(e));
-  if (e.code == Errc::store_unavailable) r.headers.emplace_back("Retry-After", retry_after_seconds());
-  return r;
-}
+Response send_error(const Error& e) { return http::send_error(e, kRetryAfter); }
 
 double seconds(std::chrono::milliseconds d) { return static_cast<double>(d.count()) / 1000.0; }
 
@@ -46,7 +40,7 @@ Response with_freshness(int status, json body, const Freshness& f) {
   char age[32];
   std::snprintf(age, sizeof age, "%.3f", seconds(f.age));
   r.headers.emplace_back("X-Virtcap-Index-Age", age);
-  if (status == 503) r.headers.emplace_back("Retry-After", retry_after_seconds());
+  if (status == 503) r.headers.emplace_back("Retry-After", std::to_string(kRetryAfter.count()));
   return r;
 }
 
@@ -281,7 +275,7 @@ std::vector<http::Route> FleetService::routes() {
     if (!rec) {
       if (rec.error().code == Errc::conflict)
         if (auto cur = fleet_->store().get_host(req.param("name")); cur && *cur) {
-          json body = api::error_json(rec.error());
+          json body = http::error_json(rec.error());
           body["error"]["generation"] = (*cur)->generation;
           return with_etag(http::json_response(409, body), (*cur)->generation);
         }

@@ -25,6 +25,7 @@
 #include <sstream>
 
 #include "common/json_text.h"
+#include "common/net_address.h"
 #include "common/time_text.h"
 #include "config/config.h"
 #include "http/tls.h"
@@ -212,13 +213,13 @@ bool constant_time_equal(std::string_view a, std::string_view b) {
 
 Result<std::string> check_listen(const Options& o) {
   const std::string& section = o.config_section;
-  auto hp = config::split_listen(o.listen);
+  auto hp = split_listen(o.listen);
   if (!hp) return make_error(Errc::invalid_argument, section + " listen '" + o.listen + "' is not HOST:PORT");
   if (auto st = check_tls_pair(o.tls_cert, o.tls_key, section); !st) return st.error();
   if (auto st = check_tls_priority(o.tls_priority.empty() ? config::kDefaultTlsPriority : o.tls_priority, section);
       !st)
     return st.error();
-  if (config::is_loopback(hp->first)) return std::string();
+  if (is_loopback(hp->first)) return std::string();
   if (o.anonymous_access && !o.anonymous_access->empty())
     return make_error(Errc::invalid_argument, "refusing to listen on " + o.listen + ": it is not a loopback address and " +
                                                   *o.anonymous_access + " serves requests that carry no credential; "
@@ -257,7 +258,7 @@ Server::~Server() {
 }
 
 Result<int> listen_socket(const std::string& listen) {
-  const auto hp = config::split_listen(listen);
+  const auto hp = split_listen(listen);
   if (!hp) return make_error(Errc::invalid_argument, "listen address '" + listen + "' is not HOST:PORT");
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -299,7 +300,7 @@ Result<int> Server::bind() {
   if (!warning) return warning.error();
   if (!warning->empty()) spdlog::warn("{}", *warning);
   fit_open_file_limit(opts_.max_connections, opts_.config_section);
-  const auto hp = config::split_listen(opts_.listen);
+  const auto hp = split_listen(opts_.listen);
   listen_host_ = lower(hp->first);
   auto tls = load_tls(opts_.tls_cert, opts_.tls_key, opts_.config_section, std::time(nullptr));
   if (!tls) return tls.error();
@@ -542,7 +543,7 @@ bool Server::host_allowed(const std::string& host_header) const {
   if (h == "localhost" || h == listen_host_) return true;
   for (const auto& a : opts_.allowed_hosts)
     if (lower(a) == h) return true;
-  if (config::is_loopback(listen_host_) && config::is_loopback(h) && is_ip_literal(h)) return true;
+  if (is_loopback(listen_host_) && is_loopback(h) && is_ip_literal(h)) return true;
   return is_wildcard(listen_host_) && is_ip_literal(h);
 }
 

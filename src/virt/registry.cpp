@@ -1,4 +1,4 @@
-#include "virtcap/registry.h"
+#include "virt/registry.h"
 
 #include "config/config.h"
 #include "virt/fake/fake_driver.h"

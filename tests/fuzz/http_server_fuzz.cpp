@@ -9,6 +9,7 @@
 
 #include "api/json.h"
 #include "common/json_text.h"
+#include "http/errors.h"
 #include "http/server.h"
 #include "support/http_fuzz.h"
 
@@ -24,12 +25,12 @@ std::vector<http::Route> routes() {
   };
   auto boot = [](const http::Request& r) {
     auto b = api::parse_boot_request(r.body);
-    if (!b) return http::json_response(400, api::error_json(b.error()));
+    if (!b) return http::json_response(400, http::error_json(b.error()));
     return http::json_response(201, nlohmann::json{{"name", b->name}, {"image", b->image}});
   };
   auto pass = [](const http::Request& r) {
     auto d = api::parse_pass_request(r.body);
-    if (!d) return http::json_response(400, api::error_json(d.error()));
+    if (!d) return http::json_response(400, http::error_json(d.error()));
     return http::json_response(200, nlohmann::json{{"dry_run", d.value()}});
   };
   return {{"GET", "/healthz", http::BodyRule::none, echo},

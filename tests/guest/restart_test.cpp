@@ -52,7 +52,7 @@ bool poll_until(std::chrono::milliseconds limit, F ok) {
   return true;
 }
 
-bool is_unavailable(const Result<api::Response>& r) {
+bool is_unavailable(const Result<http::ClientResponse>& r) {
   return r && r->status == 503 && r->body.is_object() && r->body.contains("error") &&
          r->body["error"].value("code", "") == "hypervisor_unavailable";
 }
@@ -64,7 +64,7 @@ class Tally {
   using Counts = std::array<std::uint64_t, 3>;
   // Records an answer; `sound` says whether a 2xx says what it should.
   // Returns whether the answer was a 2xx.
-  bool add(const std::string& what, const Result<api::Response>& r, bool sound = true) {
+  bool add(const std::string& what, const Result<http::ClientResponse>& r, bool sound = true) {
     const bool ok = r && r->status >= 200 && r->status < 300;
     const int kind = ok && sound ? 0 : is_unavailable(r) ? 1 : 2;
     std::lock_guard lock(mu_);
@@ -148,7 +148,7 @@ TEST(HypervisorRestarts, TheAgentOutlivesEveryRestartAndAnswersEachRequestCleanl
 
   Tally tally;
   std::atomic<bool> stop{false};
-  auto pause_if_unavailable = [](const Result<api::Response>& r) {
+  auto pause_if_unavailable = [](const Result<http::ClientResponse>& r) {
     if (is_unavailable(r)) std::this_thread::sleep_for(10ms);  // a client's retry pause
   };
   // Readers: the domain list (reconcile), one domain (show), the list

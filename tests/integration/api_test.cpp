@@ -167,7 +167,7 @@ TEST(Api, ConcurrentDeletesOfOneInstance) {
   std::vector<std::thread> threads;
   for (int i = 0; i < 8; ++i)
     threads.emplace_back([&, i] {
-      api::Client own(agent.url());
+      http::Client own(agent.url());
       auto r = own.call("DELETE", path);
       statuses[i] = r.ok() ? r->status : -1;
     });

@@ -12,7 +12,7 @@
 #include <set>
 #include <thread>
 
-#include "api/client.h"
+#include "http/client.h"
 #include "fleet/service.h"
 #include "fleet/wire.h"
 #include "support/agent_process.h"
@@ -31,7 +31,7 @@ namespace {
 // (a report that was already on its way when the agent died moves the
 // instant: then it waits again, at most `attempts` times). True once the
 // service calls the host down.
-bool wait_until_down(api::Client& fleet, const std::string& host, std::chrono::milliseconds down_after,
+bool wait_until_down(http::Client& fleet, const std::string& host, std::chrono::milliseconds down_after,
                      int attempts = 3) {
   for (int i = 0; i < attempts; ++i) {
     auto h = fleet.request("GET", "/v1/hosts/" + host);
@@ -92,7 +92,7 @@ TEST(FleetAgents, TwoAgentsReportOperatorTraitsSurviveKillMeansDownRestartGivesS
   ASSERT_TRUE(lv->wait_for_log("periodic task 'fleet_report' ran")) << lv->exit_output().err;
   ASSERT_TRUE(fake->wait_for_log("periodic task 'fleet_report' ran")) << fake->exit_output().err;
 
-  api::Client fc(url);
+  http::Client fc(url);
   // Traits appear: exactly the set each agent's capabilities render.
   for (auto* a : {lv.get(), fake.get()}) {
     auto caps = a->client().request("GET", "/v1/capabilities");
@@ -196,7 +196,7 @@ TEST(FleetReplicas, TraitAddedThroughOneReplicaIsSeenByTheOtherWithinOneSecond) 
   ASSERT_FALSE(db.empty());
   auto a = start_replica(db), b = start_replica(db);
   ASSERT_TRUE(a.svc && b.svc);
-  api::Client ca(a.url), cb(b.url);
+  http::Client ca(a.url), cb(b.url);
   const json r1 = report(1, {"COMPUTE_A"});
   auto put = ca.request("PUT", "/v1/hosts/host1", &r1);
   ASSERT_TRUE(put.ok()) << put.error().message;
@@ -228,7 +228,7 @@ TEST(LoadFleet, EightReportersAndOperatorsThroughTwoReplicasLoseNothing) {
   ASSERT_TRUE(a.svc && b.svc);
   constexpr int kHosts = 8;
   {
-    api::Client c(a.url);
+    http::Client c(a.url);
     for (int h = 0; h < kHosts; ++h) {
       const json r = report(h, {"COMPUTE_A"});
       ASSERT_TRUE(c.request("PUT", "/v1/hosts/host" + std::to_string(h), &r).ok());
@@ -240,7 +240,7 @@ TEST(LoadFleet, EightReportersAndOperatorsThroughTwoReplicasLoseNothing) {
   std::vector<std::thread> threads;
   for (int h = 0; h < kHosts; ++h)
     threads.emplace_back([&, h] {
-      api::Client c(h % 2 ? a.url : b.url);
+      http::Client c(h % 2 ? a.url : b.url);
       std::mt19937 rng(h);
       while (std::chrono::steady_clock::now() < end) {
         std::vector<std::string> traits = {"COMPUTE_A"};
@@ -253,7 +253,7 @@ TEST(LoadFleet, EightReportersAndOperatorsThroughTwoReplicasLoseNothing) {
     });
   for (int op = 0; op < 2; ++op)
     threads.emplace_back([&, op] {
-      api::Client c(op ? a.url : b.url);
+      http::Client c(op ? a.url : b.url);
       std::mt19937 rng(100 + op);
       while (std::chrono::steady_clock::now() < end) {
         const int h = 2 * static_cast<int>(rng() % (kHosts / 2)) + op;
@@ -347,7 +347,7 @@ TEST(FleetCli, ExitCodesFollowTheAgentCliRule) {
   TokenFleet fleet;
   ASSERT_FALSE(fleet.url.empty()) << fleet.problem;
   const std::string& url = fleet.url;
-  api::Client c(url, "tok");
+  http::Client c(url, "tok");
   const json r = report(1, {"COMPUTE_A"});
   ASSERT_TRUE(c.request("PUT", "/v1/hosts/h1", &r).ok());
   auto run = [&](std::vector<std::string> args, const std::string& server) {

@@ -5,7 +5,7 @@
 // documented status (docs/fleet.md "API") while changing nothing.
 #include <gtest/gtest.h>
 
-#include "api/client.h"
+#include "http/client.h"
 #include "fleet/service.h"
 #include "fleet/wire.h"
 #include "support/fleet_fixture.h"
@@ -34,12 +34,12 @@ class FleetApiTest : public ::testing::TestWithParam<Backend> {
     if (token.empty()) o.auth.anonymous = Role::operator_;  // a test bench: no credential needed
     return virtcap::testing::start_fleet_service(std::move(o), url_, server_);
   }
-  api::Response call(const std::string& method, const std::string& path, const json* body = nullptr,
+  http::ClientResponse call(const std::string& method, const std::string& path, const json* body = nullptr,
                      const std::string& token = "") {
-    api::Client c(server_, token);
+    http::Client c(server_, token);
     auto r = c.call(method, path, body);
     EXPECT_TRUE(r.ok()) << (r ? "" : r.error().message);
-    return r ? *r : api::Response{};
+    return r ? *r : http::ClientResponse{};
   }
 
   virtcap::testing::TempDir dir_{"virtcap-fleet-api"};
@@ -114,7 +114,7 @@ TEST_P(FleetApiTest, ReportsQueriesExplanationsAndTraitWrites) {
   EXPECT_EQ(e["reasons"][2]["reason"], "not_enough_resource");
   EXPECT_EQ(e["reasons"][2]["asked"], 100);
 
-  api::Client c(server_);
+  http::Client c(server_);
   auto del = c.call_raw("DELETE", "/v1/hosts/host1/traits/CUSTOM_MAINTENANCE", "");
   ASSERT_TRUE(del.ok());
   EXPECT_EQ(del->status, 400) << "no generation: " << del->raw;
@@ -206,7 +206,7 @@ TEST_P(FleetApiTest, BadInputGetsItsDocumentedStatusAndChangesNothing) {
       {"stale delete", "DELETE", "/v1/hosts/host1/traits/CUSTOM_KEEP", json{{"generation", cur + 1}}.dump(), 409,
        "generation"},
   };
-  api::Client c(server_);
+  http::Client c(server_);
   for (const auto& k : cases) {
     auto r = c.call_raw(k.method, k.path, k.body);
     ASSERT_TRUE(r.ok()) << k.what << ": " << r.error().message;

@@ -9,7 +9,7 @@
 #include <fstream>
 #include <iterator>
 
-#include "api/client.h"
+#include "http/client.h"
 #include "fleet/service.h"
 #include "fleet/wire.h"
 #include "support/agent_process.h"
@@ -51,14 +51,14 @@ class FleetTrustTest : public ::testing::TestWithParam<Backend> {
     o.credentials_poll = 20ms;
     return start_fleet_service(std::move(o), url_, server_);
   }
-  api::Response call(const std::string& token, const std::string& method, const std::string& path,
+  http::ClientResponse call(const std::string& token, const std::string& method, const std::string& path,
                      const json* body = nullptr) {
-    api::Client c(server_, token);
+    http::Client c(server_, token);
     auto r = c.call(method, path, body);
     EXPECT_TRUE(r.ok()) << (r ? "" : r.error().message);
-    return r ? *r : api::Response{};
+    return r ? *r : http::ClientResponse{};
   }
-  static std::string message(const api::Response& r) {
+  static std::string message(const http::ClientResponse& r) {
     return r.body.is_object() && r.body.contains("error") ? r.body["error"].value("message", "") : r.raw;
   }
 
@@ -174,7 +174,7 @@ TEST_P(FleetTrustTest, ARevokedCredentialIsRefusedWithinAPollAndTheDatabaseHolds
   ASSERT_TRUE(revoked.ok());
   EXPECT_NE(revoked->revoked_ms, 0);
   deadline = std::chrono::steady_clock::now() + 5s;
-  api::Response r;
+  http::ClientResponse r;
   do r = call(agent1, "PUT", "/v1/hosts/host1", &r1);
   while (r.status == 200 && std::chrono::steady_clock::now() < deadline);
   EXPECT_EQ(r.status, 401);
@@ -234,7 +234,7 @@ std::string agent_config(TempDir& dir, const std::string& host, const std::strin
 // Polls GET /v1/hosts/NAME with `token` until it answers `status` (5 s at most).
 int wait_for_host(const std::string& url, const std::string& token, const std::string& name, int status,
                   const std::string& ca = "") {
-  api::Client c(api::ClientOptions{.url = url, .token = token, .ca_file = ca});
+  http::Client c(http::ClientOptions{.url = url, .token = token, .ca_file = ca});
   const auto deadline = std::chrono::steady_clock::now() + 10s;
   int last = 0;
   do {

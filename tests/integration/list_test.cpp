@@ -77,7 +77,7 @@ class ListWorld : public ::testing::Test {
       ASSERT_TRUE(client().request("POST", "/v1/instances", &body).ok());
     }
   }
-  api::Client client() { return agent->client(); }
+  http::Client client() { return agent->client(); }
   json get(const std::string& query) {
     auto r = client().request("GET", "/v1/instances" + query);
     EXPECT_TRUE(r.ok()) << query << ": " << (r.ok() ? "" : r.error().message);

@@ -65,7 +65,7 @@ LoadResult run_load(const std::string& url, int clients, int cycles, std::atomic
   std::vector<std::thread> threads;
   for (int t = 0; t < clients; ++t) {
     threads.emplace_back([&, t] {
-      api::Client c(url);
+      http::Client c(url);
       LoadResult mine;
       for (int i = next++; i < cycles && !(stop && stop->load()); i = next++) {
         auto timed = [&](const std::string& method, const std::string& path, const json* body) {

@@ -56,7 +56,7 @@ TEST(TlsAgent, CliOverHttpsWithTheCaFileAndTheTokenWorks) {
   EXPECT_EQ(env.exit_code, 0) << env.err;
 
   // The real client library over TLS, as the integration tests use it.
-  auto c = agent.client(api::ClientOptions{.token = kToken, .ca_file = test_pki().ca()});
+  auto c = agent.client(http::ClientOptions{.token = kToken, .ca_file = test_pki().ca()});
   auto list = c.request("GET", "/v1/instances");
   ASSERT_TRUE(list.ok()) << list.error().message;
   EXPECT_EQ(list->at("instances").size(), 1u);
@@ -318,7 +318,7 @@ TEST(TlsAgent, SighupServesTheNewCertificateAndRefusesABadPair) {
   ASSERT_TRUE(agent.wait_for_log("TLS: reloaded " + live.sub("live.pem")));
   EXPECT_EQ(list_with(pki.other_ca()), 0) << "the new certificate, on the same port";
   EXPECT_EQ(list_with(pki.ca()), 3) << "the old certificate is no longer served";
-  auto c = agent.client(api::ClientOptions{.token = kToken, .ca_file = pki.other_ca()});
+  auto c = agent.client(http::ClientOptions{.token = kToken, .ca_file = pki.other_ca()});
   EXPECT_TRUE(c.request("GET", "/v1/instances").ok());
   EXPECT_TRUE(agent.running());
   EXPECT_EQ(agent.stop().exit_code, 0);

@@ -8,7 +8,7 @@
 #include <optional>
 #include <string>
 
-#include "api/client.h"
+#include "http/client.h"
 #include "common/sha1.h"
 #include "support/drained_child.h"
 #include "support/test_support.h"
@@ -111,11 +111,11 @@ class Agent {
   pid_t pid() const { return child_->pid(); }
   // Everything the agent has logged so far.
   std::string log() const { return child_->seen(Stream::err); }
-  api::Client client(const std::string& token = "") const { return api::Client(url_, token); }
+  http::Client client(const std::string& token = "") const { return http::Client(url_, token); }
   // A client with its own options (TLS: ca_file); the url is the agent's.
-  api::Client client(api::ClientOptions o) const {
+  http::Client client(http::ClientOptions o) const {
     o.url = url_;
-    return api::Client(std::move(o));
+    return http::Client(std::move(o));
   }
   bool send(int sig) { return child_->signal(sig); }
   // SIGTERM, then wait: the exit status and the whole log.
@@ -152,7 +152,7 @@ class Agent {
 // its directory. Records of spawns the crash interrupted stay, in state
 // error, without a disk; instances the restarted hypervisor no longer knows
 // are lost, with their disk kept.
-inline void expect_agreement(api::Client& c, const AgentWorld& w) {
+inline void expect_agreement(http::Client& c, const AgentWorld& w) {
   auto rec = c.request("GET", "/v1/reconcile");
   ASSERT_TRUE(rec.ok()) << rec.error().message;
   EXPECT_TRUE(rec->at("consistent").get<bool>()) << rec->dump();

@@ -5,6 +5,7 @@
 #include "api/instance_list.h"
 #include "api/json.h"
 #include "common/json_text.h"
+#include "http/errors.h"
 
 namespace virtcap::api {
 namespace {
@@ -115,8 +116,8 @@ TEST(ApiJson, RequestBodiesAreValidatedFieldByField) {
   EXPECT_EQ(parse_pass_request(R"({"dry_run":true})").value(), true);
   EXPECT_FALSE(parse_pass_request(R"({"dry_run":1})").ok());
   EXPECT_FALSE(parse_empty_request(R"({"force":true})").ok());
-  EXPECT_EQ(http_status(Errc::capability_not_supported), 409);
-  EXPECT_EQ(http_status(Errc::hypervisor_unavailable), 503);
+  EXPECT_EQ(http::http_status(Errc::capability_not_supported), 409);
+  EXPECT_EQ(http::http_status(Errc::hypervisor_unavailable), 503);
 }
 
 

@@ -14,7 +14,7 @@
 #include <random>
 #include <thread>
 
-#include "api/client.h"
+#include "http/client.h"
 #include "http/server.h"
 #include "http/tls.h"
 #include "support/raw_http.h"
@@ -54,19 +54,19 @@ Running serve(const testing::TestPki::Pair* pair, const std::string& token = "",
   return r;
 }
 
-api::ClientOptions client_to(const std::string& scheme, int port, const std::string& ca_file = "",
+http::ClientOptions client_to(const std::string& scheme, int port, const std::string& ca_file = "",
                              const std::string& token = "") {
   return {.url = scheme + "://127.0.0.1:" + std::to_string(port), .token = token, .ca_file = ca_file,
           .timeout = std::chrono::seconds(30)};
 }
 
-std::string message_of(const Result<api::Response>& r) { return r.ok() ? "(no error)" : r.error().message; }
+std::string message_of(const Result<http::ClientResponse>& r) { return r.ok() ? "(no error)" : r.error().message; }
 
 TEST(HttpTls, ClientVerifiesTheServerAgainstItsCaFile) {
   auto s = serve(&test_pki().server());
   ASSERT_NE(s.port, 0) << s.error;
   EXPECT_STREQ(s.server->scheme(), "https");
-  api::Client c(client_to("https", s.port, test_pki().ca()));
+  http::Client c(client_to("https", s.port, test_pki().ca()));
   auto r = c.call("GET", "/v1/ping");
   ASSERT_TRUE(r.ok()) << message_of(r);
   EXPECT_EQ(r->status, 200);
@@ -79,7 +79,7 @@ TEST(HttpTls, ClientVerifiesTheServerAgainstItsCaFile) {
 TEST(HttpTls, AWrongCaIsRefusedAsAnUnknownCa) {
   auto s = serve(&test_pki().server());
   ASSERT_NE(s.port, 0) << s.error;
-  api::Client c(client_to("https", s.port, test_pki().other_ca()));
+  http::Client c(client_to("https", s.port, test_pki().other_ca()));
   auto r = c.call("GET", "/v1/ping");
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, Errc::io_error);
@@ -90,7 +90,7 @@ TEST(HttpTls, AWrongCaIsRefusedAsAnUnknownCa) {
 TEST(HttpTls, WithoutCaFileTheSystemStoreDoesNotTrustATestCa) {
   auto s = serve(&test_pki().server());
   ASSERT_NE(s.port, 0) << s.error;
-  api::Client c(client_to("https", s.port));
+  http::Client c(client_to("https", s.port));
   auto r = c.call("GET", "/v1/ping");
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message.find("unknown CA"), std::string::npos) << r.error().message;
@@ -100,7 +100,7 @@ TEST(HttpTls, WithoutCaFileTheSystemStoreDoesNotTrustATestCa) {
 TEST(HttpTls, ACertificateForAnotherNameIsRefusedAsAHostnameMismatch) {
   auto s = serve(&test_pki().other_name());
   ASSERT_NE(s.port, 0) << s.error;
-  api::Client c(client_to("https", s.port, test_pki().ca()));
+  http::Client c(client_to("https", s.port, test_pki().ca()));
   auto r = c.call("GET", "/v1/ping");
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message.find("hostname mismatch"), std::string::npos) << r.error().message;
@@ -109,12 +109,12 @@ TEST(HttpTls, ACertificateForAnotherNameIsRefusedAsAHostnameMismatch) {
 TEST(HttpTls, PlainHttpToTheHttpsPortFailsCleanlyAndTheServerServesTheNext) {
   auto s = serve(&test_pki().server());
   ASSERT_NE(s.port, 0) << s.error;
-  api::Client plain(client_to("http", s.port));
+  http::Client plain(client_to("http", s.port));
   auto r = plain.call("GET", "/v1/ping");
   ASSERT_FALSE(r.ok()) << "a plain request got an answer from the HTTPS port";
   EXPECT_EQ(r.error().code, Errc::io_error);
   EXPECT_NE(r.error().message.find("use an https:// URL"), std::string::npos) << r.error().message;
-  api::Client tls(client_to("https", s.port, test_pki().ca()));
+  http::Client tls(client_to("https", s.port, test_pki().ca()));
   auto next = tls.call("GET", "/v1/ping");
   ASSERT_TRUE(next.ok()) << message_of(next);
   EXPECT_EQ(next->status, 200);
@@ -124,13 +124,13 @@ TEST(HttpTls, HttpsToAPlainPortFailsCleanlyAndTheServerServesTheNext) {
   auto s = serve(nullptr);
   ASSERT_NE(s.port, 0) << s.error;
   EXPECT_STREQ(s.server->scheme(), "http");
-  api::Client tls(client_to("https", s.port, test_pki().ca()));
+  http::Client tls(client_to("https", s.port, test_pki().ca()));
   auto r = tls.call("GET", "/v1/ping");
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, Errc::io_error);
   EXPECT_NE(r.error().message.find("TLS handshake"), std::string::npos) << r.error().message;
   EXPECT_NE(r.error().message.find("use an http:// URL"), std::string::npos) << r.error().message;
-  api::Client plain(client_to("http", s.port));
+  http::Client plain(client_to("http", s.port));
   auto next = plain.call("GET", "/v1/ping");
   ASSERT_TRUE(next.ok()) << message_of(next);
   EXPECT_EQ(next->status, 200);
@@ -139,12 +139,12 @@ TEST(HttpTls, HttpsToAPlainPortFailsCleanlyAndTheServerServesTheNext) {
 TEST(HttpTls, AnUnreadableCaFileIsTheCallersMistake) {
   auto s = serve(&test_pki().server());
   ASSERT_NE(s.port, 0) << s.error;
-  api::Client c(client_to("https", s.port, test_pki().dir().sub("no-such-ca.pem")));
+  http::Client c(client_to("https", s.port, test_pki().dir().sub("no-such-ca.pem")));
   auto r = c.call("GET", "/v1/ping");
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, Errc::invalid_argument);
   EXPECT_NE(r.error().message.find("no-such-ca.pem"), std::string::npos) << r.error().message;
-  api::Client not_pem(client_to("https", s.port, test_pki().server().key));
+  http::Client not_pem(client_to("https", s.port, test_pki().server().key));
   auto bad = not_pem.call("GET", "/v1/ping");
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.error().message.find(test_pki().server().key), std::string::npos) << bad.error().message;
@@ -210,7 +210,7 @@ TEST(HttpTls, HandshakeGarbageDoesNotHurtTheServer) {
     const auto a = c.finish(std::chrono::seconds(20));
     ASSERT_FALSE(a.timed_out) << "connection " << i << " neither answered nor closed in 20 s";
   }
-  api::Client tls(client_to("https", s.port, test_pki().ca()));
+  http::Client tls(client_to("https", s.port, test_pki().ca()));
   auto after = tls.call("GET", "/v1/ping");
   ASSERT_TRUE(after.ok()) << message_of(after);
   EXPECT_EQ(after->status, 200);
@@ -301,7 +301,7 @@ struct SlowServer {
   std::shared_ptr<spdlog::logger> previous = spdlog::default_logger();
   std::unique_ptr<http::Server> server;
   int port = 0;
-  std::optional<Result<api::Response>> answer;
+  std::optional<Result<http::ClientResponse>> answer;
   std::thread client;
 
   explicit SlowServer(http::Options o) {
@@ -326,7 +326,7 @@ struct SlowServer {
   // GET /v1/slow from a thread; true once its handler runs.
   bool start_request(const std::string& scheme, const std::string& ca = "") {
     client = std::thread([this, scheme, ca] {
-      answer = api::Client(client_to(scheme, port, ca)).call("GET", "/v1/slow", nullptr);
+      answer = http::Client(client_to(scheme, port, ca)).call("GET", "/v1/slow", nullptr);
     });
     return entered.get_future().wait_for(std::chrono::seconds(30)) == std::future_status::ready;
   }
@@ -480,9 +480,9 @@ TEST(HttpTls, AReloadLetsTheRequestInFlightFinishThenServesOnlyTheNewPair) {
   const Status reload = reloaded.get();
   EXPECT_EQ(s.answer_problem(), "");
   EXPECT_TRUE(reload.ok()) << reload.error().message;
-  auto fresh = api::Client(client_to("https", s.port, pki.other_ca())).call("GET", "/v1/ping", nullptr);
+  auto fresh = http::Client(client_to("https", s.port, pki.other_ca())).call("GET", "/v1/ping", nullptr);
   EXPECT_TRUE(fresh.ok()) << message_of(fresh);
-  auto old = api::Client(client_to("https", s.port, pki.ca())).call("GET", "/v1/ping", nullptr);
+  auto old = http::Client(client_to("https", s.port, pki.ca())).call("GET", "/v1/ping", nullptr);
   EXPECT_FALSE(old.ok()) << "the old certificate is still served";
 }
 

@@ -3,6 +3,7 @@
 // server and the fleet service.
 #include <gtest/gtest.h>
 
+#include "common/net_address.h"
 #include "config/config.h"
 #include "http/server.h"
 
@@ -11,10 +12,10 @@ namespace {
 
 TEST(Listen, IsLoopbackTakesOnlyLiteralLoopbackAndLocalhost) {
   for (const char* h : {"localhost", "127.0.0.1", "127.1.2.3", "127.255.255.254", "::1"})
-    EXPECT_TRUE(config::is_loopback(h)) << h;
+    EXPECT_TRUE(is_loopback(h)) << h;
   for (const char* h : {"127.evil.example", "127.0.0.1.nip.io", "127.", "0.0.0.0", "::", "", "10.0.0.1",
                         "localhost.example", "::ffff:10.0.0.1", "128.0.0.1"})
-    EXPECT_FALSE(config::is_loopback(h)) << h;
+    EXPECT_FALSE(is_loopback(h)) << h;
 }
 
 http::Options at(const std::string& listen, const std::string& token = "", bool tls = false,

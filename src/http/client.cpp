@@ -1,4 +1,4 @@
-#include "api/client.h"
+#include "http/client.h"
 
 #include <curl/curl.h>
 #include <fcntl.h>
@@ -11,7 +11,7 @@
 
 #include "common/json_text.h"
 
-namespace virtcap::api {
+namespace virtcap::http {
 
 namespace {
 
@@ -123,7 +123,7 @@ Client::~Client() {
   if (curl_) curl_easy_cleanup(static_cast<CURL*>(curl_));
 }
 
-Result<Response> Client::call_raw(const std::string& method, const std::string& path, const std::string& body,
+Result<ClientResponse> Client::call_raw(const std::string& method, const std::string& path, const std::string& body,
                                   const std::string& content_type) {
   if (method != "GET" && method != "POST" && method != "PUT" && method != "PATCH" && method != "DELETE")
     return make_error(Errc::invalid_argument, "unsupported method " + method);
@@ -190,7 +190,7 @@ Result<Response> Client::call_raw(const std::string& method, const std::string& 
   if (rc != CURLE_OK) return transport_error(rc, h, detail, opts_);
   long status = 0;
   curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-  Response out;
+  ClientResponse out;
   out.status = static_cast<int>(status);
   out.raw = std::move(received.data);
   if (!out.raw.empty()) {
@@ -204,7 +204,7 @@ bool answer_too_large(const Error& e) { return e.code == Errc::io_error && e.bac
 
 bool answered_late(const Error& e) { return e.code == Errc::io_error && e.backend_code == CURLE_OPERATION_TIMEDOUT; }
 
-Result<Response> Client::call(const std::string& method, const std::string& path, const nlohmann::json* body) {
+Result<ClientResponse> Client::call(const std::string& method, const std::string& path, const nlohmann::json* body) {
   return call_raw(method, path, body ? dump_json(*body) : std::string());
 }
 
@@ -231,4 +231,4 @@ Result<nlohmann::json> Client::request(const std::string& method, const std::str
   return e;
 }
 
-}  // namespace virtcap::api
+}  // namespace virtcap::http

@@ -14,13 +14,13 @@
 
 #include "virtcap/error.h"
 
-namespace virtcap::api {
+namespace virtcap::http {
 
 inline constexpr const char* kDefaultServer = "http://127.0.0.1:8774";
 // The default cap on an answer's body (ClientOptions::max_body): 16 MiB.
 inline constexpr std::size_t kDefaultMaxBody = std::size_t{16} << 20;
 
-struct Response {
+struct ClientResponse {
   int status = 0;
   nlohmann::json body;   // parsed JSON (null for an empty body)
   std::string raw;       // the body as received
@@ -60,18 +60,18 @@ class Client {
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
-  // Any status is a Response; only a transport failure is an Error:
+  // Any status is a ClientResponse; only a transport failure is an Error:
   // io_error naming the server and the reason (for a refused certificate:
   // unknown CA, expired, not yet valid, hostname mismatch), or
   // invalid_argument for an unreadable ca_file.
-  Result<Response> call(const std::string& method, const std::string& path,
+  Result<ClientResponse> call(const std::string& method, const std::string& path,
                         const nlohmann::json* body = nullptr);
   // As call(), but a non-2xx status becomes an Error carrying the API's
   // code and message.
   Result<nlohmann::json> request(const std::string& method, const std::string& path,
                                  const nlohmann::json* body = nullptr);
   // Sends raw bytes as the body (tests of malformed input).
-  Result<Response> call_raw(const std::string& method, const std::string& path, const std::string& body,
+  Result<ClientResponse> call_raw(const std::string& method, const std::string& path, const std::string& body,
                             const std::string& content_type = "application/json");
 
   const std::string& server() const { return opts_.url; }
@@ -83,4 +83,4 @@ class Client {
   void* curl_ = nullptr;  // a libcurl easy handle: keeps its connection alive between calls
 };
 
-}  // namespace virtcap::api
+}  // namespace virtcap::http

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "api/instance_list.h"
+#include "api/metrics.h"
 #include "compute/manager.h"
 #include "compute/periodic.h"
 #include "config/config.h"
@@ -23,25 +24,6 @@ inline constexpr std::size_t kMaxBodyBytes = 1024 * 1024;
 // fresh mmap per request, whose page faults cost more than building the
 // response. Process-wide; `virtcap agent` calls it at start.
 void tune_allocator();
-
-// Prometheus-style counters kept by the API server.
-class Metrics {
- public:
-  void request(const std::string& method, const std::string& route, int status);
-  // What the agent's own state says at scrape time.
-  struct Snapshot {
-    std::vector<compute::TaskStatus> tasks;
-    compute::ComputeManager::ImageCacheTotals image_cache;
-    bool hypervisor_connected = false;
-    std::string driver;
-    std::map<std::string, std::uint64_t> instances_by_vm_state;
-  };
-  std::string render(const Snapshot& s) const;
-
- private:
-  mutable std::mutex mu_;
-  std::map<std::tuple<std::string, std::string, int>, std::uint64_t> requests_;
-};
 
 // The HTTP server options of [api]: listen, token, TLS, allow_insecure,
 // origins, hosts, threads (routes and metrics are the Server's).
@@ -71,6 +53,21 @@ class Server {
 
  private:
   std::vector<http::Route> routes();
+  // The routes' handlers, in the table's order (docs/api.md).
+  http::Response get_health(const http::Request& req);
+  http::Response get_metrics(const http::Request& req);
+  http::Response get_capabilities(const http::Request& req);
+  http::Response list_instances(const http::Request& req);
+  http::Response boot(const http::Request& req);
+  http::Response show(const http::Request& req);
+  http::Response destroy(const http::Request& req);
+  http::Response reboot(const http::Request& req);
+  http::Response attach_interface(const http::Request& req);
+  http::Response detach_interface(const http::Request& req);
+  http::Response image_cache_pass(const http::Request& req);
+  http::Response list_images(const http::Request& req);
+  http::Response list_tasks(const http::Request& req);
+  http::Response get_reconcile(const http::Request& req);
   compute::ComputeManager& mgr_;
   compute::PeriodicTaskRunner& runner_;
   Metrics metrics_;

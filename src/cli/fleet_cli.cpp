@@ -13,6 +13,7 @@
 #include "common/net_address.h"
 #include "http/client.h"
 #include "cli/client_options.h"
+#include "cli/daemon.h"
 #include "common/json_text.h"
 #include "common/logging.h"
 #include "common/time_text.h"
@@ -150,11 +151,7 @@ int FleetCommands::serve() {
   // (a key that does not match its certificate) creates no database.
   if (auto tls = http::load_tls(checked.tls_cert, checked.tls_key, checked.config_section, std::time(nullptr)); !tls)
     return fail("config error: " + tls.error().message, kExitUsage);
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  for (int s : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&sigs, s);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
-  std::signal(SIGPIPE, SIG_IGN);  // a peer gone mid-write is an EPIPE to read, as in the agent
+  DaemonSignals signals;  // before any thread starts, as in the agent
 
   // The port before the database, as the agent does: a second service on a
   // taken address is refused (2) before it opens or migrates anything.
@@ -173,15 +170,12 @@ int FleetCommands::serve() {
   if (auto st = (*svc)->start(); !st) return fail(st.error().message, kExitRuntime);
   spdlog::info("fleet service running ({} hosts indexed); send SIGTERM or SIGINT to stop",
                (*svc)->fleet().index().host_count());
-  int sig = 0;
-  for (;;) {
-    sigwait(&sigs, &sig);
-    if (sig != SIGHUP) break;
+  const char* stop = signals.wait([&] {
     if (auto st = logging::reopen(log); !st) spdlog::error("SIGHUP: {}", st.error().message);
     if (auto st = (*svc)->reload_tls(); !st)
       spdlog::error("SIGHUP: {}; still serving the previous certificate", st.error().message);
-  }
-  spdlog::info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  });
+  spdlog::info("received {}, shutting down", stop);
   (*svc)->stop();
   spdlog::info("fleet service stopped cleanly");
   return kExitOk;

@@ -22,6 +22,7 @@
 #include "capabilities/render.h"
 #include "cli/cli_docs.h"
 #include "cli/client_options.h"
+#include "cli/daemon.h"
 #include "common/fd.h"
 #include "cli/fleet_cli.h"
 #include "common/logging.h"
@@ -121,6 +122,7 @@ struct Options {
   // list: GET /v1/instances query parameters (checked by the agent)
   std::map<std::string, std::string> list_params;
   bool list_long = false, list_deleted = false;
+  std::string docs_what;  // docs: which document
 };
 
 int cmd_capabilities_local(const Options& o) {
@@ -138,25 +140,37 @@ int cmd_capabilities_local(const Options& o) {
   return kExitOk;
 }
 
+// Converge after a crash before serving anything.
+void reconcile_at_start(compute::ComputeManager& manager) {
+  if (auto r = manager.reconcile(true); r) {
+    spdlog::info("reconcile at start: {} interrupted spawns finished, {} rolled back, {} deletes finished, {} lost, "
+                 "{} unknown domains, {} orphan directories",
+                 r->finished_spawns.size(), r->rolled_back_spawns.size(), r->finished_deletes.size(), r->lost.size(),
+                 r->unknown_domains.size(), r->orphan_dirs.size());
+  } else {
+    spdlog::warn("reconcile at start failed: {}", r.error().describe());
+  }
+}
+
+// SIGHUP: reopen the log file (logrotate) and re-read the log options; and
+// the TLS certificate and key, read again from [api] tls_cert/tls_key.
+void reload_agent(const Options& o, const config::Config& running, api::Server& server) {
+  auto fresh = config::load(o.config_path);
+  const auto opts = fresh ? log_options(*fresh) : log_options(running);
+  if (!fresh) spdlog::warn("SIGHUP: config not re-read ({}); reopening the log file only", fresh.error().message);
+  if (Status st = logging::reopen(opts); !st) spdlog::error("SIGHUP: {}", st.error().message);
+  else spdlog::info("SIGHUP: log file reopened; log_level {}, log_format {}", opts.level, opts.format);
+  if (Status st = server.reload_tls(); !st)
+    spdlog::error("SIGHUP: {}; still serving the previous certificate", st.error().message);
+}
+
 int cmd_agent(const Options& o) {
   auto cfg = load_config(o.config_path);
   if (!cfg) return kExitUsage;
   if (!o.uri.empty()) cfg->libvirt.uri = o.uri;
   if (Status st = logging::setup(log_options(*cfg)); !st) return fail("config error: " + st.error().message, kExitUsage);
   if (auto bad = startup_checks(*cfg, o.driver)) return *bad;
-
-  // Block the termination signals in every thread; the main thread waits for
-  // them synchronously below, so no handler runs in signal context.
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGTERM);
-  sigaddset(&sigs, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
-  // A peer that goes away mid-write (a client, libvirtd restarting, the fleet
-  // service) is an EPIPE to read, never a silent death (children start with
-  // default dispositions: proc::Child resets them).
-  std::signal(SIGPIPE, SIG_IGN);
+  cli::DaemonSignals signals;  // before any thread starts
 
   // One agent per state directory, decided before the store or the
   // hypervisor is touched: a second start changes nothing.
@@ -177,16 +191,7 @@ int cmd_agent(const Options& o) {
   auto mgr = compute::ComputeManager::create(*cfg, *store.value(), o.driver);
   if (!mgr) return fail(mgr.error().message);
   auto& manager = *mgr.value();
-
-  // Converge after a crash before serving anything.
-  if (auto r = manager.reconcile(true); r) {
-    spdlog::info("reconcile at start: {} interrupted spawns finished, {} rolled back, {} deletes finished, {} lost, "
-                 "{} unknown domains, {} orphan directories",
-                 r->finished_spawns.size(), r->rolled_back_spawns.size(), r->finished_deletes.size(), r->lost.size(),
-                 r->unknown_domains.size(), r->orphan_dirs.size());
-  } else {
-    spdlog::warn("reconcile at start failed: {}", r.error().describe());
-  }
+  reconcile_at_start(manager);
 
   compute::PeriodicTaskRunner runner({.max_jitter_seconds = static_cast<double>(cfg->defaults.periodic_fuzzy_delay)});
   manager.register_periodic_tasks(runner);
@@ -200,21 +205,8 @@ int cmd_agent(const Options& o) {
   runner.start();
   spdlog::info("agent running; send SIGTERM or SIGINT to stop");
 
-  int sig = 0;
-  for (;;) {
-    sigwait(&sigs, &sig);
-    if (sig != SIGHUP) break;
-    // SIGHUP: reopen the log file (logrotate) and re-read the log options.
-    auto fresh = config::load(o.config_path);
-    const auto opts = fresh ? log_options(*fresh) : log_options(*cfg);
-    if (!fresh) spdlog::warn("SIGHUP: config not re-read ({}); reopening the log file only", fresh.error().message);
-    if (Status st = logging::reopen(opts); !st) spdlog::error("SIGHUP: {}", st.error().message);
-    else spdlog::info("SIGHUP: log file reopened; log_level {}, log_format {}", opts.level, opts.format);
-    // And the TLS certificate and key, read again from [api] tls_cert/tls_key.
-    if (Status st = server.reload_tls(); !st)
-      spdlog::error("SIGHUP: {}; still serving the previous certificate", st.error().message);
-  }
-  spdlog::info("received {}, shutting down: finishing in-flight requests", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  const char* stop = signals.wait([&] { reload_agent(o, *cfg, server); });
+  spdlog::info("received {}, shutting down: finishing in-flight requests", stop);
   server.stop();
   spdlog::info("stopping periodic tasks");
   runner.stop();
@@ -526,67 +518,115 @@ int main(int argc, char** argv) {
 }
 
 namespace {
-int run_main(int argc, char** argv) {
-  (void)logging::setup({});
-  CLI::App app{"virtcap: a compute-host agent whose manager knows what its virt driver can do.\n"
-               "Exit codes: 0 success; 1 the operation failed; 2 bad usage, argument or config (including\n"
-               "values the agent refuses, a wrong --token, an unreadable --ca-file); 3 could not reach the agent\n"
-               "(including a refused TLS certificate)."};
-  app.set_version_flag("--version", std::string("virtcap ") + VIRTCAP_VERSION);
-  app.require_subcommand(1);
-  Options o;
-  o.client = cli::client_flags_from_env(kAgentPeer);
 
-  auto add_config = [&](CLI::App* sub) {
-    sub->add_option("-c,--config", o.config_path,
-                    "TOML config file (default: " + std::string(config::kDefaultConfigPath) +
-                        " if it exists, else built-in defaults)")
-        ->check(CLI::ExistingFile);
-  };
-  auto add_driver = [&](CLI::App* sub) {
-    sub->add_option("-d,--driver", o.driver, "Driver to load (default: [compute] driver). Available: " +
-                                                 available_driver_names());
-    sub->add_option("--uri", o.uri, "libvirt connection URI (overrides [libvirt] uri), e.g. qemu:///session");
-  };
+// What runs once the command line is parsed: the action of the one command given.
+class Dispatch {
+ public:
+  void on(CLI::App* command, std::function<int()> action) { actions_.emplace_back(command, std::move(action)); }
+  std::optional<int> run() const {
+    for (const auto& entry : actions_)
+      if (entry.first->parsed()) return entry.second();
+    return std::nullopt;
+  }
 
-  auto* caps_cmd = app.add_subcommand("capabilities", "Print a driver's capabilities and traits (local, or --server)");
-  add_config(caps_cmd);
-  add_driver(caps_cmd);
-  caps_cmd->add_option("-f,--format", o.format, "Output format (local)")
+ private:
+  std::vector<std::pair<CLI::App*, std::function<int()>>> actions_;
+};
+
+void add_config_option(CLI::App* sub, Options& o) {
+  sub->add_option("-c,--config", o.config_path,
+                  "TOML config file (default: " + std::string(config::kDefaultConfigPath) +
+                      " if it exists, else built-in defaults)")
+      ->check(CLI::ExistingFile);
+}
+
+void add_driver_options(CLI::App* sub, Options& o) {
+  sub->add_option("-d,--driver", o.driver, "Driver to load (default: [compute] driver). Available: " +
+                                               available_driver_names());
+  sub->add_option("--uri", o.uri, "libvirt connection URI (overrides [libvirt] uri), e.g. qemu:///session");
+}
+
+// `capabilities --server URL`: the running agent's, as a table (or its JSON).
+int cmd_capabilities_remote(Options o) {
+  if (o.format == "json") o.client.format = "json";  // capabilities --server URL --format json
+  return client_call(o, "GET", "/v1/capabilities", nullptr, [&](const json& j) {
+    if (o.client.format == "json") {
+      std::cout << dump_json(j, 2) << "\n";
+      return kExitOk;
+    }
+    json rows = json::array();
+    for (const auto& c : j["capabilities"])
+      rows.push_back({{"name", c["name"]}, {"value", caps::value_text(c["value"])}, {"doc", c["doc"]}});
+    std::cout << "driver: " << text(j["driver"]) << "\n\n";
+    const int rc = emit_rows(o, rows, {{"NAME", "name"}, {"VALUE", "value"}, {"DOC", "doc"}});
+    std::cout << "\ntraits:";
+    for (const auto& t : j["traits"]) std::cout << "\n  " << text(t);
+    std::cout << "\n";
+    return rc;
+  });
+}
+
+void register_capabilities(CLI::App& app, Options& o, Dispatch& d) {
+  auto* cmd = app.add_subcommand("capabilities", "Print a driver's capabilities and traits (local, or --server)");
+  add_config_option(cmd, o);
+  add_driver_options(cmd, o);
+  cmd->add_option("-f,--format", o.format, "Output format (local)")
       ->check(CLI::IsMember({"table", "json", "markdown"}))
       ->capture_default_str();
-  auto* caps_server =
-      caps_cmd->add_option("--server", o.client.server, "Ask a running agent instead of loading a driver");
-  caps_cmd->add_option("--token", o.client.token, "Bearer token for --server (env VIRTCAP_TOKEN)");
-  caps_cmd->add_option("--ca-file", o.client.ca_file,
-                       "PEM CA certificate(s) for an https:// --server (env VIRTCAP_CA_FILE)");
+  auto* server = cmd->add_option("--server", o.client.server, "Ask a running agent instead of loading a driver");
+  cmd->add_option("--token", o.client.token, "Bearer token for --server (env VIRTCAP_TOKEN)");
+  cmd->add_option("--ca-file", o.client.ca_file, "PEM CA certificate(s) for an https:// --server (env VIRTCAP_CA_FILE)");
+  d.on(cmd, [&o, server] { return server->count() == 0 ? cmd_capabilities_local(o) : cmd_capabilities_remote(o); });
+}
 
-  auto* agent_cmd = app.add_subcommand("agent", "Run the compute service: API, manager and periodic tasks, until SIGTERM/SIGINT");
-  add_config(agent_cmd);
-  add_driver(agent_cmd);
+// The local commands: agent, imagecache, config show|validate, docs.
+void register_local_commands(CLI::App& app, Options& o, Dispatch& d) {
+  auto* agent = app.add_subcommand("agent", "Run the compute service: API, manager and periodic tasks, until SIGTERM/SIGINT");
+  add_config_option(agent, o);
+  add_driver_options(agent, o);
+  d.on(agent, [&o] { return cmd_agent(o); });
 
-  auto* ic_cmd = app.add_subcommand("imagecache", "Run one image-cache pass now, locally (same code as the periodic task)");
-  add_config(ic_cmd);
-  add_driver(ic_cmd);
-  ic_cmd->add_flag("--dry-run", o.dry_run, "Decide and report, remove and touch nothing");
-  ic_cmd->add_option("-f,--format", o.format, "Output format")->check(CLI::IsMember({"table", "json"}))->capture_default_str();
+  auto* ic = app.add_subcommand("imagecache", "Run one image-cache pass now, locally (same code as the periodic task)");
+  add_config_option(ic, o);
+  add_driver_options(ic, o);
+  ic->add_flag("--dry-run", o.dry_run, "Decide and report, remove and touch nothing");
+  ic->add_option("-f,--format", o.format, "Output format")->check(CLI::IsMember({"table", "json"}))->capture_default_str();
+  d.on(ic, [&o] { return cmd_imagecache_local(o); });
 
   auto* config_cmd = app.add_subcommand("config", "Inspect configuration");
   config_cmd->require_subcommand(1);
-  auto* show_cfg = config_cmd->add_subcommand("show", "Print the effective configuration as TOML");
-  add_config(show_cfg);
-  auto* validate_cfg = config_cmd->add_subcommand(
+  auto* show = config_cmd->add_subcommand("show", "Print the effective configuration as TOML");
+  add_config_option(show, o);
+  d.on(show, [&o] { return cmd_config_show(o); });
+  auto* validate = config_cmd->add_subcommand(
       "validate", "Run every start-up check of `virtcap agent` without starting it; exit 2 on a problem");
-  add_config(validate_cfg);
-  validate_cfg->add_option("-d,--driver", o.driver, "Driver to check instead of [compute] driver");
+  add_config_option(validate, o);
+  validate->add_option("-d,--driver", o.driver, "Driver to check instead of [compute] driver");
+  d.on(validate, [&o] { return cmd_config_validate(o); });
 
-  std::string docs_what;
-  auto* docs_cmd = app.add_subcommand("docs", "Print generated reference docs (markdown)");
-  docs_cmd->add_option("what", docs_what, "Which document: capabilities, config (markdown), man (man page), bash-completion")
+  auto* docs = app.add_subcommand("docs", "Print generated reference docs (markdown)");
+  docs->add_option("what", o.docs_what, "Which document: capabilities, config (markdown), man (man page), bash-completion")
       ->required()
       ->check(CLI::IsMember({"capabilities", "config", "man", "bash-completion"}));
+  d.on(docs, [&app, &o] {
+    if (o.docs_what == "man") std::cout << cli::man_page(app, VIRTCAP_VERSION);
+    else if (o.docs_what == "bash-completion") std::cout << cli::bash_completion(app);
+    else return cmd_docs(o.docs_what);
+    return kExitOk;
+  });
+}
 
-  // Client commands: talk to a running agent.
+int cmd_boot(const Options& o) {
+  const auto memory_mb = parse_memory_mib(o.memory);
+  if (!memory_mb) return kExitUsage;
+  json body = {{"name", o.name}, {"image", o.image}, {"memory_mb", *memory_mb}, {"vcpus", o.vcpus}};
+  return client_call(
+      o, "POST", "/v1/instances", &body, [&](const json& j) { return emit_object(o, j); },
+      {{"memory_mb", "--memory"}, {"vcpus", "--vcpus"}});
+}
+
+// boot and list.
+void register_boot_and_list(CLI::App& app, Options& o, Dispatch& d) {
   auto* boot = app.add_subcommand("boot", "Boot an instance");
   boot->add_option("name", o.name, "Instance name")->required();
   boot->add_option("--image", o.image, "Image id (a file <id>.raw or <id>.qcow2 in [images] path)")->required();
@@ -595,6 +635,9 @@ int run_main(int argc, char** argv) {
   boot->add_option("--timeout", o.timeout, "Seconds to wait for the instance to be active (then exit 1)")
       ->check(CLI::Range(1, 86400))
       ->capture_default_str();
+  cli::add_client_options(boot, o.client, kAgentPeer);
+  d.on(boot, [&o] { return cmd_boot(o); });
+
   auto* list = app.add_subcommand("list", "List this host's instances (every page; filtered and sorted by the agent)");
   for (const auto& [flag, param, help] : std::vector<std::array<std::string, 3>>{
            {"--status", "status", "Only instances in this vm_state: building, active, error, lost, deleted"},
@@ -608,6 +651,31 @@ int run_main(int argc, char** argv) {
     list->add_option_function<std::string>(flag, [&o, param = param](const std::string& v) { o.list_params[param] = v; }, help);
   list->add_flag("-l,--long", o.list_long, "Add power state, memory and vCPUs columns");
   list->add_flag("--deleted", o.list_deleted, "Include deleted instances (and a DELETED column)");
+  cli::add_client_options(list, o.client, kAgentPeer);
+  d.on(list, [&o] { return cmd_list(o); });
+}
+
+// delete, reboot, detach-interface: the agent answers {"<done>": what}; a
+// table prints "<done> <what>".
+int call_and_say(const Options& o, const std::string& method, const std::string& path, const std::string& done) {
+  return client_call(o, method, path, nullptr, [&](const json& j) {
+    if (o.client.format != "table") return emit_object(o, j);
+    std::cout << done << " " << text(j[done]) << "\n";
+    return kExitOk;
+  });
+}
+
+int cmd_attach(const Options& o) {
+  json body = json::object();
+  if (!o.mac.empty()) body["mac"] = o.mac;
+  if (!o.network.empty()) body["network"] = o.network;
+  if (!o.tag.empty()) body["tag"] = o.tag;
+  return client_call(o, "POST", "/v1/instances/" + o.id + "/interfaces", &body,
+                     [&](const json& j) { return emit_object(o, j); });
+}
+
+// The commands on one instance: show, delete, reboot, attach-interface, detach-interface.
+void register_instance_commands(CLI::App& app, Options& o, Dispatch& d) {
   auto* show = app.add_subcommand("show", "Show one instance, with its hypervisor state");
   auto* del = app.add_subcommand("delete", "Delete an instance (its domain and disk; the base image stays)");
   auto* reboot = app.add_subcommand("reboot", "Reboot an instance");
@@ -618,6 +686,52 @@ int run_main(int argc, char** argv) {
   auto* detach = app.add_subcommand("detach-interface", "Remove a network interface");
   for (auto* c : {show, del, reboot, attach, detach}) c->add_option("instance", o.id, "Instance uuid or name")->required();
   detach->add_option("mac", o.mac, "MAC address")->required();
+  for (auto* c : {show, del, reboot, attach, detach}) cli::add_client_options(c, o.client, kAgentPeer);
+  d.on(show, [&o] {
+    return client_call(o, "GET", "/v1/instances/" + o.id, nullptr, [&](const json& j) { return emit_object(o, j); });
+  });
+  d.on(del, [&o] { return call_and_say(o, "DELETE", "/v1/instances/" + o.id, "deleted"); });
+  d.on(reboot, [&o] { return call_and_say(o, "POST", "/v1/instances/" + o.id + "/reboot", "rebooted"); });
+  d.on(attach, [&o] { return cmd_attach(o); });
+  d.on(detach, [&o] { return call_and_say(o, "DELETE", "/v1/instances/" + o.id + "/interfaces/" + o.mac, "detached"); });
+}
+
+int cmd_tasks(const Options& o) {
+  return client_call(o, "GET", "/v1/tasks", nullptr, [&](const json& j) {
+    if (o.client.format == "json" && o.client.columns.empty()) {
+      std::cout << dump_json(j, 2) << "\n";
+      return kExitOk;
+    }
+    json rows = json::array();
+    for (const auto& t : j["tasks"]) {
+      json r = t;
+      r["enabled_text"] = t["enabled"].get<bool>() ? "yes" : "no";
+      r["detail"] = t["enabled"].get<bool>() ? t["last_message"] : t["disabled_reason"];
+      rows.push_back(r);
+    }
+    return emit_rows(o, rows,
+                     {{"TASK", "name"}, {"EVERY(s)", "spacing_seconds"}, {"ENABLED", "enabled_text"}, {"RUNS", "runs"},
+                      {"LAST", "last_result"}, {"DETAIL", "detail"}});
+  });
+}
+
+int cmd_image_cache_pass(const Options& o) {
+  json body = {{"dry_run", o.dry_run}};
+  return client_call(o, "POST", "/v1/image-cache/pass", &body, [&](const json& j) {
+    if (o.client.format == "json" && o.client.columns.empty()) {
+      std::cout << dump_json(j, 2) << "\n";
+      return kExitOk;
+    }
+    const int rc = emit_rows(o, j["files"], kImageCacheColumns);
+    if (o.client.format == "table")
+      std::cout << "removed " << text(j["files_removed"]) << " file(s), " << text(j["bytes_freed"])
+                << " bytes freed; " << (j["complete"].get<bool>() ? "complete" : "INCOMPLETE") << "\n";
+    return rc;
+  });
+}
+
+// The agent's own state: tasks, image-cache pass, image list.
+void register_agent_queries(CLI::App& app, Options& o, Dispatch& d) {
   auto* tasks = app.add_subcommand("tasks", "Show the periodic tasks");
   auto* icp = app.add_subcommand("image-cache", "Image-cache commands against the agent");
   icp->require_subcommand(1);
@@ -627,30 +741,44 @@ int run_main(int argc, char** argv) {
   image_cmd->require_subcommand(1);
   auto* image_list = image_cmd->add_subcommand(
       "list", "List the agent's image repository: format (by magic), virtual and file size, base cached");
-  for (auto* c : {boot, list, show, del, reboot, attach, detach, tasks, icp_pass, image_list})
-    cli::add_client_options(c, o.client, kAgentPeer);
-  const auto fleet_commands = cli::add_fleet_commands(
-      app, {[&](const std::string& format, const std::vector<std::string>& columns, const json& rows,
-                const std::vector<std::pair<std::string, std::string>>& all) {
-              Options p = o;
-              p.client.format = format;
-              p.client.columns = columns;
-              std::vector<Column> cols;
-              for (const auto& [header, key] : all) cols.push_back({header, key});
-              return emit_rows(p, rows, cols);
-            }});
+  for (auto* c : {tasks, icp_pass, image_list}) cli::add_client_options(c, o.client, kAgentPeer);
+  d.on(tasks, [&o] { return cmd_tasks(o); });
+  d.on(icp_pass, [&o] { return cmd_image_cache_pass(o); });
+  d.on(image_list, [&o] {
+    return client_call(o, "GET", "/v1/images", nullptr, [&](const json& j) { return emit_images(o, j); });
+  });
+}
 
-  if (argc > 1 && argv[1][0] != '-') {
-    std::string names;
-    bool known = false;
-    for (const auto* sub : app.get_subcommands({})) {
-      names += (names.empty() ? "" : ", ") + sub->get_name();
-      known = known || sub->get_name() == argv[1];
-    }
-    if (!known)
-      return fail(std::string("unknown command '") + argv[1] + "'; commands: " + names + " (see virtcap --help)",
-                kExitUsage);
+// The fleet commands print through the same table/json/value printer.
+cli::ClientKit client_kit(const Options& o) {
+  return {[&o](const std::string& format, const std::vector<std::string>& columns, const json& rows,
+               const std::vector<std::pair<std::string, std::string>>& all) {
+    Options p = o;
+    p.client.format = format;
+    p.client.columns = columns;
+    std::vector<Column> cols;
+    for (const auto& [header, key] : all) cols.push_back({header, key});
+    return emit_rows(p, rows, cols);
+  }};
+}
+
+// An unknown first word is a usage error listing the commands (CLI11 would
+// take it for an argument).
+std::optional<int> refuse_unknown_command(CLI::App& app, int argc, char** argv) {
+  if (argc <= 1 || argv[1][0] == '-') return std::nullopt;
+  std::string names;
+  bool known = false;
+  for (const auto* sub : app.get_subcommands({})) {
+    names += (names.empty() ? "" : ", ") + sub->get_name();
+    known = known || sub->get_name() == argv[1];
   }
+  if (known) return std::nullopt;
+  return fail(std::string("unknown command '") + argv[1] + "'; commands: " + names + " (see virtcap --help)",
+              kExitUsage);
+}
+
+// nullopt when parsed; else the exit code (help and version: 0).
+std::optional<int> parse(CLI::App& app, int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -663,109 +791,32 @@ int run_main(int argc, char** argv) {
     app.exit(e);
     return kExitUsage;
   }
+  return std::nullopt;
+}
 
+int run_main(int argc, char** argv) {
+  (void)logging::setup({});
+  CLI::App app{"virtcap: a compute-host agent whose manager knows what its virt driver can do.\n"
+               "Exit codes: 0 success; 1 the operation failed; 2 bad usage, argument or config (including\n"
+               "values the agent refuses, a wrong --token, an unreadable --ca-file); 3 could not reach the agent\n"
+               "(including a refused TLS certificate)."};
+  app.set_version_flag("--version", std::string("virtcap ") + VIRTCAP_VERSION);
+  app.require_subcommand(1);
+  Options o;
+  o.client = cli::client_flags_from_env(kAgentPeer);
+  Dispatch d;
+  register_capabilities(app, o, d);
+  register_local_commands(app, o, d);
+  register_boot_and_list(app, o, d);
+  register_instance_commands(app, o, d);
+  register_agent_queries(app, o, d);
+  const auto fleet_commands = cli::add_fleet_commands(app, client_kit(o));
+
+  if (auto rc = refuse_unknown_command(app, argc, argv)) return *rc;
+  if (auto rc = parse(app, argc, argv)) return *rc;
   if (o.client.json) o.client.format = "json";
   if (auto rc = cli::run_fleet_commands(*fleet_commands)) return *rc;
-  if (caps_cmd->parsed()) {
-    if (caps_server->count() == 0) return cmd_capabilities_local(o);
-    if (o.format == "json") o.client.format = "json";  // capabilities --server URL --format json
-    return client_call(o, "GET", "/v1/capabilities", nullptr, [&](const json& j) {
-      if (o.client.format == "json") {
-        std::cout << dump_json(j, 2) << "\n";
-        return kExitOk;
-      }
-      json rows = json::array();
-      for (const auto& c : j["capabilities"])
-        rows.push_back({{"name", c["name"]}, {"value", caps::value_text(c["value"])}, {"doc", c["doc"]}});
-      std::cout << "driver: " << text(j["driver"]) << "\n\n";
-      const int rc = emit_rows(o, rows, {{"NAME", "name"}, {"VALUE", "value"}, {"DOC", "doc"}});
-      std::cout << "\ntraits:";
-      for (const auto& t : j["traits"]) std::cout << "\n  " << text(t);
-      std::cout << "\n";
-      return rc;
-    });
-  }
-  if (agent_cmd->parsed()) return cmd_agent(o);
-  if (ic_cmd->parsed()) return cmd_imagecache_local(o);
-  if (show_cfg->parsed()) return cmd_config_show(o);
-  if (validate_cfg->parsed()) return cmd_config_validate(o);
-  if (docs_cmd->parsed()) {
-    if (docs_what == "man") std::cout << cli::man_page(app, VIRTCAP_VERSION);
-    else if (docs_what == "bash-completion") std::cout << cli::bash_completion(app);
-    else return cmd_docs(docs_what);
-    return kExitOk;
-  }
-
-  if (boot->parsed()) {
-    const auto memory_mb = parse_memory_mib(o.memory);
-    if (!memory_mb) return kExitUsage;
-    json body = {{"name", o.name}, {"image", o.image}, {"memory_mb", *memory_mb}, {"vcpus", o.vcpus}};
-    return client_call(
-        o, "POST", "/v1/instances", &body, [&](const json& j) { return emit_object(o, j); },
-        {{"memory_mb", "--memory"}, {"vcpus", "--vcpus"}});
-  }
-  if (list->parsed()) return cmd_list(o);
-  if (show->parsed())
-    return client_call(o, "GET", "/v1/instances/" + o.id, nullptr, [&](const json& j) { return emit_object(o, j); });
-  if (del->parsed())
-    return client_call(o, "DELETE", "/v1/instances/" + o.id, nullptr, [&](const json& j) {
-      if (o.client.format != "table") return emit_object(o, j);
-      std::cout << "deleted " << text(j["deleted"]) << "\n";
-      return kExitOk;
-    });
-  if (reboot->parsed())
-    return client_call(o, "POST", "/v1/instances/" + o.id + "/reboot", nullptr, [&](const json& j) {
-      if (o.client.format != "table") return emit_object(o, j);
-      std::cout << "rebooted " << text(j["rebooted"]) << "\n";
-      return kExitOk;
-    });
-  if (attach->parsed()) {
-    json body = json::object();
-    if (!o.mac.empty()) body["mac"] = o.mac;
-    if (!o.network.empty()) body["network"] = o.network;
-    if (!o.tag.empty()) body["tag"] = o.tag;
-    return client_call(o, "POST", "/v1/instances/" + o.id + "/interfaces", &body,
-                       [&](const json& j) { return emit_object(o, j); });
-  }
-  if (detach->parsed())
-    return client_call(o, "DELETE", "/v1/instances/" + o.id + "/interfaces/" + o.mac, nullptr, [&](const json& j) {
-      if (o.client.format != "table") return emit_object(o, j);
-      std::cout << "detached " << text(j["detached"]) << "\n";
-      return kExitOk;
-    });
-  if (tasks->parsed())
-    return client_call(o, "GET", "/v1/tasks", nullptr, [&](const json& j) {
-      if (o.client.format == "json" && o.client.columns.empty()) {
-        std::cout << dump_json(j, 2) << "\n";
-        return kExitOk;
-      }
-      json rows = json::array();
-      for (const auto& t : j["tasks"]) {
-        json r = t;
-        r["enabled_text"] = t["enabled"].get<bool>() ? "yes" : "no";
-        r["detail"] = t["enabled"].get<bool>() ? t["last_message"] : t["disabled_reason"];
-        rows.push_back(r);
-      }
-      return emit_rows(o, rows,
-                       {{"TASK", "name"}, {"EVERY(s)", "spacing_seconds"}, {"ENABLED", "enabled_text"}, {"RUNS", "runs"},
-                        {"LAST", "last_result"}, {"DETAIL", "detail"}});
-    });
-  if (image_list->parsed())
-    return client_call(o, "GET", "/v1/images", nullptr, [&](const json& j) { return emit_images(o, j); });
-  if (icp_pass->parsed()) {
-    json body = {{"dry_run", o.dry_run}};
-    return client_call(o, "POST", "/v1/image-cache/pass", &body, [&](const json& j) {
-      if (o.client.format == "json" && o.client.columns.empty()) {
-        std::cout << dump_json(j, 2) << "\n";
-        return kExitOk;
-      }
-      const int rc = emit_rows(o, j["files"], kImageCacheColumns);
-      if (o.client.format == "table")
-        std::cout << "removed " << text(j["files_removed"]) << " file(s), " << text(j["bytes_freed"])
-                  << " bytes freed; " << (j["complete"].get<bool>() ? "complete" : "INCOMPLETE") << "\n";
-      return rc;
-    });
-  }
-  return kExitUsage;
+  return d.run().value_or(kExitUsage);
 }
+
 }  // namespace

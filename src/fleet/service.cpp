@@ -6,6 +6,7 @@
 
 #include "common/audit.h"
 #include "config/config.h"
+#include "fleet/metrics.h"
 #include "fleet/wire.h"
 #include "http/errors.h"
 
@@ -24,8 +25,6 @@ constexpr std::chrono::seconds kRetryAfter = std::chrono::ceil<std::chrono::seco
 
 Response send_error(const Error& e) { return http::send_error(e, kRetryAfter); }
 
-double seconds(std::chrono::milliseconds d) { return static_cast<double>(d.count()) / 1000.0; }
-
 // What a read answered from the index says of its freshness: in the body and
 // in the header X-Virtcap-Index-Age (seconds the index may be behind; 0 when
 // it follows the database).
@@ -42,35 +41,6 @@ Response with_freshness(int status, json body, const Freshness& f) {
   r.headers.emplace_back("X-Virtcap-Index-Age", age);
   if (status == 503) r.headers.emplace_back("Retry-After", std::to_string(kRetryAfter.count()));
   return r;
-}
-
-// GET /metrics: Prometheus text format 0.0.4.
-std::string metrics_text(const Fleet& fleet) {
-  const Freshness f = fleet.freshness();
-  std::string out;
-  auto metric = [&out](const char* name, const char* type, const char* help, double value) {
-    char v[64];
-    std::snprintf(v, sizeof v, "%.17g", value);
-    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " + v + "\n";
-  };
-  metric("virtcap_fleet_database_up", "gauge", "1 while the fleet database can be reached, else 0.",
-         f.database_down ? 0 : 1);
-  metric("virtcap_fleet_database_unreachable_seconds", "gauge",
-         "Seconds the fleet database has been unreachable (0 while reachable).", seconds(f.database_down_for));
-  metric("virtcap_fleet_database_recoveries_total", "counter",
-         "Database outages ended by a successful reconnect since start.",
-         static_cast<double>(f.database_recoveries));
-  metric("virtcap_fleet_index_current", "gauge", "1 while the index follows the database, 0 while it may be behind.",
-         f.current ? 1 : 0);
-  metric("virtcap_fleet_index_age_seconds", "gauge", "Seconds the index may have been behind the database (0 when current).",
-         seconds(f.age));
-  metric("virtcap_fleet_index_hosts", "gauge", "Hosts in the index.", static_cast<double>(fleet.index().host_count()));
-  metric("virtcap_fleet_index_generation", "counter", "Changes applied to the index since start.",
-         static_cast<double>(fleet.index().generation()));
-  metric("virtcap_fleet_index_notification_batches_total", "counter",
-         "Batches of other replicas' notifications applied to the index.",
-         static_cast<double>(fleet.refreshes_from_notifications()));
-  return out;
 }
 
 // The query parameters without "explain", and whether explain was asked.
@@ -237,141 +207,157 @@ void FleetService::drift_loop() {
 }
 
 std::vector<http::Route> FleetService::routes() {
-  const std::int64_t down_ms = options_.fleet.host_down_after.count();
-  auto host_json = [down_ms](const HostRecord& h) { return to_json(h, now_ms(), down_ms); };
-  // A write: the role's rule first (403), then the handler; one audit line
-  // either way, naming the credential (a report that changed nothing, the
-  // agents' heartbeat, logs none).
-  auto write = [](const char* operation, Action action, auto handler) {
-    return [operation, action, handler](const Request& req) {
-      audit::Scope audit(operation, "", req.param("name"));
-      audit_by(audit, req);
-      if (req.params.count("trait")) audit.field("trait", req.param("trait"));
-      Response r;
-      if (auto refused = refusal(req, action, req.param("name"))) r = std::move(*refused);
-      else r = handler(req, audit);
-      if (r.status < 400) {
-        audit.ok();
-      } else {
-        const json body = json::parse(r.body, nullptr, false);
-        const bool has_message = body.is_object() && body.contains("error") && body["error"].is_object() &&
-                                 body["error"].value("message", json()).is_string();
-        audit.failed(std::to_string(r.status) + (has_message ? ": " + body["error"]["message"].get<std::string>() : ""));
-      }
-      return r;
-    };
-  };
-  // Trait writes: the generation is required; a stale one is 409 carrying the current one.
-  auto trait_write = [this, host_json](const Request& req, bool add) {
-    if (auto st = check_operator_trait_name(req.param("trait")); !st) return send_error(st.error());
-    auto gen = parse_generation(req.body, req.header("if-match"));
-    if (!gen) return send_error(gen.error());
-    if (!*gen)
-      return send_error(make_error(Errc::invalid_argument,
-                                   "the host generation is required: send {\"generation\": N} or If-Match: \"N\" "
-                                   "(GET /v1/hosts/" + req.param("name") + " gives it)"));
-    auto rec = add ? fleet_->add_operator_trait(req.param("name"), req.param("trait"), **gen)
-                   : fleet_->remove_operator_trait(req.param("name"), req.param("trait"), **gen);
-    if (!rec) {
-      if (rec.error().code == Errc::conflict)
-        if (auto cur = fleet_->store().get_host(req.param("name")); cur && *cur) {
-          json body = http::error_json(rec.error());
-          body["error"]["generation"] = (*cur)->generation;
-          return with_etag(http::json_response(409, body), (*cur)->generation);
-        }
-      return send_error(rec.error());
-    }
-    return with_etag(http::json_response(200, host_json(*rec)), rec->generation);
+  auto to = [this](Response (FleetService::*handler)(const Request&)) {
+    return [this, handler](const Request& req) { return (this->*handler)(req); };
   };
   return {
-      // Ready to serve writes: 503 while the database cannot be reached.
-      {"GET", "/healthz", BodyRule::none,
-       [this](const Request&) {
-         const Freshness f = fleet_->freshness();
-         json body{{"status", f.database_down ? "unavailable" : "ok"},
-                   {"hosts", fleet_->index().host_count()},
-                   {"index_generation", fleet_->index().generation()}};
-         if (f.database_down)
-           body["reason"] = "the fleet database is unreachable: " + f.database_down->reason;
-         return with_freshness(f.database_down ? 503 : 200, std::move(body), f);
-       }},
-      // The process is alive and serving (reads answer from the index even
-      // while the database is away): always 200.
-      {"GET", "/livez", BodyRule::none,
-       [](const Request&) { return http::json_response(200, json{{"status", "ok"}}); }},
-      {"GET", "/metrics", BodyRule::none,
-       [this](const Request&) {
-         Response r;
-         r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-         r.body = metrics_text(*fleet_);
-         return r;
-       }},
-      {"GET", "/v1/hosts", BodyRule::none,
-       [this](const Request& req) {
-         if (auto refused = refusal(req, Action::query, "")) return *refused;
-         auto params = split_explain(req);
-         if (!params) return send_error(params.error());
-         auto q = parse_query(params->first);
-         if (!q) return send_error(q.error());
-         const auto a = fleet_->query(*q, params->second);
-         json body = to_json(a);
-         if (params->second) {
-           json ex = json::array();
-           for (const auto& e : a.excluded) ex.push_back(to_json(e));
-           body["excluded"] = ex;
-         }
-         return with_freshness(200, std::move(body), fleet_->freshness());
-       }},
-      {"GET", "/v1/hosts/{name}", BodyRule::none,
-       [this, host_json](const Request& req) {
-         if (auto refused = refusal(req, Action::query, req.param("name"))) return *refused;
-         auto params = split_explain(req);
-         if (!params) return send_error(params.error());
-         auto rec = fleet_->store().get_host(req.param("name"));
-         if (!rec) return send_error(rec.error());
-         if (!*rec)
-           return send_error(make_error(Errc::not_found, "no host " + quote_for_error(req.param("name")) + " in the fleet"));
-         json body = host_json(**rec);
-         if (params->second || !params->first.empty()) {
-           auto q = parse_query(params->first);
-           if (!q) return send_error(q.error());
-           auto ex = fleet_->explain_host(*q, req.param("name"));
-           if (!ex) return send_error(ex.error());
-           body["explanation"] = to_json(*ex);
-         }
-         return with_etag(http::json_response(200, body), (*rec)->generation);
-       }},
-      {"PUT", "/v1/hosts/{name}", BodyRule::json,
-       write("fleet_report", Action::report, [this, host_json](const Request& req, audit::Scope& audit) {
-         auto body = parse_report_body(req.param("name"), req.body);
-         if (!body) return send_error(body.error());
-         if (body->report.traits.size() > options_.max_traits_per_host)
-           return send_error(make_error(Errc::invalid_argument,
-                                        "the report carries " + std::to_string(body->report.traits.size()) +
-                                            " traits; a host may report at most " +
-                                            std::to_string(options_.max_traits_per_host) +
-                                            " ([fleet_service] max_traits_per_host): refused whole"));
-         const auto before = fleet_->index().host_generation(req.param("name"));
-         auto rec = fleet_->report(body->report, body->generation);
-         if (!rec) return send_error(rec.error());
-         if (before == rec->generation) audit.dismiss();  // a heartbeat: nothing changed
-         else audit.field("generation", rec->generation);
-         return with_etag(http::json_response(200, host_json(*rec)), rec->generation);
-       })},
+      {"GET", "/healthz", BodyRule::none, to(&FleetService::get_health)},
+      {"GET", "/livez", BodyRule::none, to(&FleetService::get_live)},
+      {"GET", "/metrics", BodyRule::none, to(&FleetService::get_metrics)},
+      {"GET", "/v1/hosts", BodyRule::none, to(&FleetService::query_hosts)},
+      {"GET", "/v1/hosts/{name}", BodyRule::none, to(&FleetService::get_host)},
+      {"PUT", "/v1/hosts/{name}", BodyRule::json, write("fleet_report", Action::report, &FleetService::put_host)},
       {"DELETE", "/v1/hosts/{name}", BodyRule::none,
-       write("fleet_host_delete", Action::delete_host, [this](const Request& req, audit::Scope&) {
-         auto gen = parse_generation("", req.header("if-match"));
-         if (!gen) return send_error(gen.error());
-         if (auto st = fleet_->delete_host(req.param("name"), *gen); !st) return send_error(st.error());
-         return http::json_response(200, json{{"deleted", req.param("name")}});
-       })},
+       write("fleet_host_delete", Action::delete_host, &FleetService::delete_host)},
       {"PUT", "/v1/hosts/{name}/traits/{trait}", BodyRule::json,
-       write("fleet_trait_add", Action::operator_traits,
-             [trait_write](const Request& req, audit::Scope&) { return trait_write(req, true); })},
+       write("fleet_trait_add", Action::operator_traits, &FleetService::add_trait)},
       {"DELETE", "/v1/hosts/{name}/traits/{trait}", BodyRule::json,
-       write("fleet_trait_remove", Action::operator_traits,
-             [trait_write](const Request& req, audit::Scope&) { return trait_write(req, false); })},
+       write("fleet_trait_remove", Action::operator_traits, &FleetService::remove_trait)},
   };
+}
+
+// A write: the role's rule first (403), then the handler; one audit line
+// either way, naming the credential (a report that changed nothing, the
+// agents' heartbeat, logs none).
+std::function<Response(const Request&)> FleetService::write(const char* operation, Action action,
+                                                           WriteHandler handler) {
+  return [this, operation, action, handler](const Request& req) {
+    audit::Scope audit(operation, "", req.param("name"));
+    audit_by(audit, req);
+    if (req.params.count("trait")) audit.field("trait", req.param("trait"));
+    Response r;
+    if (auto refused = refusal(req, action, req.param("name"))) r = std::move(*refused);
+    else r = (this->*handler)(req, audit);
+    if (r.status < 400) {
+      audit.ok();
+    } else {
+      const json body = json::parse(r.body, nullptr, false);
+      const bool has_message = body.is_object() && body.contains("error") && body["error"].is_object() &&
+                               body["error"].value("message", json()).is_string();
+      audit.failed(std::to_string(r.status) + (has_message ? ": " + body["error"]["message"].get<std::string>() : ""));
+    }
+    return r;
+  };
+}
+
+json FleetService::host_json(const HostRecord& h) const {
+  return to_json(h, now_ms(), options_.fleet.host_down_after.count());
+}
+
+// Ready to serve writes: 503 while the database cannot be reached.
+Response FleetService::get_health(const Request&) {
+  const Freshness f = fleet_->freshness();
+  json body{{"status", f.database_down ? "unavailable" : "ok"},
+            {"hosts", fleet_->index().host_count()},
+            {"index_generation", fleet_->index().generation()}};
+  if (f.database_down) body["reason"] = "the fleet database is unreachable: " + f.database_down->reason;
+  return with_freshness(f.database_down ? 503 : 200, std::move(body), f);
+}
+
+// The process is alive and serving (reads answer from the index even while
+// the database is away): always 200.
+Response FleetService::get_live(const Request&) { return http::json_response(200, json{{"status", "ok"}}); }
+
+Response FleetService::get_metrics(const Request&) {
+  Response r;
+  r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+  r.body = metrics_text(*fleet_);
+  return r;
+}
+
+Response FleetService::query_hosts(const Request& req) {
+  if (auto refused = refusal(req, Action::query, "")) return *refused;
+  auto params = split_explain(req);
+  if (!params) return send_error(params.error());
+  auto q = parse_query(params->first);
+  if (!q) return send_error(q.error());
+  const auto a = fleet_->query(*q, params->second);
+  json body = to_json(a);
+  if (params->second) {
+    json ex = json::array();
+    for (const auto& e : a.excluded) ex.push_back(to_json(e));
+    body["excluded"] = ex;
+  }
+  return with_freshness(200, std::move(body), fleet_->freshness());
+}
+
+Response FleetService::get_host(const Request& req) {
+  if (auto refused = refusal(req, Action::query, req.param("name"))) return *refused;
+  auto params = split_explain(req);
+  if (!params) return send_error(params.error());
+  auto rec = fleet_->store().get_host(req.param("name"));
+  if (!rec) return send_error(rec.error());
+  if (!*rec) return send_error(make_error(Errc::not_found, "no host " + quote_for_error(req.param("name")) + " in the fleet"));
+  json body = host_json(**rec);
+  if (params->second || !params->first.empty()) {
+    auto q = parse_query(params->first);
+    if (!q) return send_error(q.error());
+    auto ex = fleet_->explain_host(*q, req.param("name"));
+    if (!ex) return send_error(ex.error());
+    body["explanation"] = to_json(*ex);
+  }
+  return with_etag(http::json_response(200, body), (*rec)->generation);
+}
+
+Response FleetService::put_host(const Request& req, audit::Scope& audit) {
+  auto body = parse_report_body(req.param("name"), req.body);
+  if (!body) return send_error(body.error());
+  if (body->report.traits.size() > options_.max_traits_per_host)
+    return send_error(make_error(Errc::invalid_argument,
+                                 "the report carries " + std::to_string(body->report.traits.size()) +
+                                     " traits; a host may report at most " +
+                                     std::to_string(options_.max_traits_per_host) +
+                                     " ([fleet_service] max_traits_per_host): refused whole"));
+  const auto before = fleet_->index().host_generation(req.param("name"));
+  auto rec = fleet_->report(body->report, body->generation);
+  if (!rec) return send_error(rec.error());
+  if (before == rec->generation) audit.dismiss();  // a heartbeat: nothing changed
+  else audit.field("generation", rec->generation);
+  return with_etag(http::json_response(200, host_json(*rec)), rec->generation);
+}
+
+Response FleetService::delete_host(const Request& req, audit::Scope&) {
+  auto gen = parse_generation("", req.header("if-match"));
+  if (!gen) return send_error(gen.error());
+  if (auto st = fleet_->delete_host(req.param("name"), *gen); !st) return send_error(st.error());
+  return http::json_response(200, json{{"deleted", req.param("name")}});
+}
+
+Response FleetService::add_trait(const Request& req, audit::Scope&) { return trait_write(req, true); }
+
+Response FleetService::remove_trait(const Request& req, audit::Scope&) { return trait_write(req, false); }
+
+// Trait writes: the generation is required; a stale one is 409 carrying the current one.
+Response FleetService::trait_write(const Request& req, bool add) {
+  if (auto st = check_operator_trait_name(req.param("trait")); !st) return send_error(st.error());
+  auto gen = parse_generation(req.body, req.header("if-match"));
+  if (!gen) return send_error(gen.error());
+  if (!*gen)
+    return send_error(make_error(Errc::invalid_argument,
+                                 "the host generation is required: send {\"generation\": N} or If-Match: \"N\" "
+                                 "(GET /v1/hosts/" + req.param("name") + " gives it)"));
+  auto rec = add ? fleet_->add_operator_trait(req.param("name"), req.param("trait"), **gen)
+                 : fleet_->remove_operator_trait(req.param("name"), req.param("trait"), **gen);
+  if (!rec) {
+    if (rec.error().code == Errc::conflict)
+      if (auto cur = fleet_->store().get_host(req.param("name")); cur && *cur) {
+        json body = http::error_json(rec.error());
+        body["error"]["generation"] = (*cur)->generation;
+        return with_etag(http::json_response(409, body), (*cur)->generation);
+      }
+    return send_error(rec.error());
+  }
+  return with_etag(http::json_response(200, host_json(*rec)), rec->generation);
 }
 
 }  // namespace virtcap::fleet

@@ -17,6 +17,9 @@
 namespace virtcap::config {
 struct Config;
 }
+namespace virtcap::audit {
+class Scope;
+}
 
 namespace virtcap::fleet {
 
@@ -60,6 +63,23 @@ class FleetService {
  private:
   explicit FleetService(ServiceOptions options) : options_(std::move(options)) {}
   std::vector<http::Route> routes();
+  // A write: refused (403) unless the principal may do `action` on the
+  // host, and audited either way.
+  using WriteHandler = http::Response (FleetService::*)(const http::Request&, audit::Scope&);
+  std::function<http::Response(const http::Request&)> write(const char* operation, Action action,
+                                                            WriteHandler handler);
+  nlohmann::json host_json(const HostRecord& h) const;
+  // The routes' handlers, in the table's order (docs/fleet.md, "API").
+  http::Response get_health(const http::Request& req);
+  http::Response get_live(const http::Request& req);
+  http::Response get_metrics(const http::Request& req);
+  http::Response query_hosts(const http::Request& req);
+  http::Response get_host(const http::Request& req);
+  http::Response put_host(const http::Request& req, audit::Scope& audit);
+  http::Response delete_host(const http::Request& req, audit::Scope& audit);
+  http::Response add_trait(const http::Request& req, audit::Scope& audit);
+  http::Response remove_trait(const http::Request& req, audit::Scope& audit);
+  http::Response trait_write(const http::Request& req, bool add);
   void drift_loop();
   void credentials_loop();
   // Runs every request through the authenticator: a 401 when it has no

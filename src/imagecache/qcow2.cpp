@@ -305,10 +305,10 @@ bool backing_has_protocol(std::string_view name) {
   return pos != std::string_view::npos && name[pos] == ':';
 }
 
-Result<Qcow2Header, Qcow2Error> parse_header(std::span<const std::uint8_t> bytes, std::uint64_t file_size) {
-  // Bytes we hold are in the file, whatever the caller believes its size is.
-  file_size = std::max<std::uint64_t>(file_size, bytes.size());
+namespace {
 
+// parse_header, step 1: the magic, the version, and the fields every version has.
+Result<Qcow2Header, Qcow2Error> read_fixed_header(std::span<const std::uint8_t> bytes, std::uint64_t file_size) {
   // Magic. Fewer than 4 bytes: a truncated qcow2 only if they begin the magic.
   if (bytes.size() < sizeof kMagic) {
     const bool magic_prefix = std::equal(bytes.begin(), bytes.end(), std::begin(kMagic));
@@ -349,35 +349,46 @@ Result<Qcow2Header, Qcow2Error> parse_header(std::span<const std::uint8_t> bytes
                                                     ", outside the " + std::to_string(kMinClusterBits) + ".." +
                                                     std::to_string(kMaxClusterBits) + " qcow2 allows");
   }
+  return h;
+}
+
+// Step 2: a version 3 header's own fields; its length must lie in the first
+// cluster and in the bytes given.
+Result<void, Qcow2Error> check_version3_fields(Qcow2Header& h, std::span<const std::uint8_t> bytes,
+                                               std::uint64_t file_size) {
   const std::uint64_t cluster_size = h.cluster_size();
-
-  if (h.version == 3) {
-    if (bytes.size() < kV3MinHeaderLength) {
-      return make(Qcow2Errc::truncated, "a version 3 header needs " + std::to_string(kV3MinHeaderLength) +
-                                            " bytes, and " + shortfall(bytes.size(), file_size));
-    }
-    h.incompatible_features = be64(bytes, 72);
-    h.compatible_features = be64(bytes, 80);
-    h.autoclear_features = be64(bytes, 88);
-    h.refcount_order = be32(bytes, 96);
-    h.header_length = be32(bytes, 100);
-    if (h.header_length < kV3MinHeaderLength) {
-      return make(Qcow2Errc::truncated, "header_length is " + std::to_string(h.header_length) +
-                                            ", less than the " + std::to_string(kV3MinHeaderLength) +
-                                            " bytes of a version 3 header");
-    }
-    // The header and its extensions share the first cluster.
-    if (h.header_length > cluster_size) {
-      return make(Qcow2Errc::bad_extension, "header_length " + std::to_string(h.header_length) +
-                                                " exceeds the " + std::to_string(cluster_size) + "-byte cluster");
-    }
-    if (h.header_length > bytes.size()) {
-      return make(Qcow2Errc::truncated, "header_length is " + std::to_string(h.header_length) + ", and " +
-                                            shortfall(bytes.size(), file_size));
-    }
-    if (h.header_length > kV3MinHeaderLength) h.compression_type = bytes[kV3MinHeaderLength];
+  if (bytes.size() < kV3MinHeaderLength) {
+    return make(Qcow2Errc::truncated, "a version 3 header needs " + std::to_string(kV3MinHeaderLength) +
+                                          " bytes, and " + shortfall(bytes.size(), file_size));
   }
+  h.incompatible_features = be64(bytes, 72);
+  h.compatible_features = be64(bytes, 80);
+  h.autoclear_features = be64(bytes, 88);
+  h.refcount_order = be32(bytes, 96);
+  h.header_length = be32(bytes, 100);
+  if (h.header_length < kV3MinHeaderLength) {
+    return make(Qcow2Errc::truncated, "header_length is " + std::to_string(h.header_length) +
+                                          ", less than the " + std::to_string(kV3MinHeaderLength) +
+                                          " bytes of a version 3 header");
+  }
+  // The header and its extensions share the first cluster.
+  if (h.header_length > cluster_size) {
+    return make(Qcow2Errc::bad_extension, "header_length " + std::to_string(h.header_length) +
+                                              " exceeds the " + std::to_string(cluster_size) + "-byte cluster");
+  }
+  if (h.header_length > bytes.size()) {
+    return make(Qcow2Errc::truncated, "header_length is " + std::to_string(h.header_length) + ", and " +
+                                          shortfall(bytes.size(), file_size));
+  }
+  if (h.header_length > kV3MinHeaderLength) h.compression_type = bytes[kV3MinHeaderLength];
+  return {};
+}
 
+// Step 3: the backing file name's bounds, the header extensions, and the
+// name itself when the bytes given hold it.
+Result<void, Qcow2Error> read_extensions_and_backing(Qcow2Header& h, std::span<const std::uint8_t> bytes,
+                                                     std::uint64_t file_size) {
+  const std::uint64_t cluster_size = h.cluster_size();
   // The backing file name: offset 0 means none (its size is then ignored); a
   // zero size names nothing either.
   if (h.has_backing()) {
@@ -414,6 +425,19 @@ Result<Qcow2Header, Qcow2Error> parse_header(std::span<const std::uint8_t> bytes
       h.needed_bytes = h.backing_file_offset + h.backing_file_size;
     }
   }
+  return {};
+}
+
+}  // namespace
+
+Result<Qcow2Header, Qcow2Error> parse_header(std::span<const std::uint8_t> bytes, std::uint64_t file_size) {
+  // Bytes we hold are in the file, whatever the caller believes its size is.
+  file_size = std::max<std::uint64_t>(file_size, bytes.size());
+  auto h = read_fixed_header(bytes, file_size);
+  if (!h.ok()) return h.error();
+  if (h.value().version == 3)
+    if (auto st = check_version3_fields(h.value(), bytes, file_size); !st.ok()) return st.error();
+  if (auto st = read_extensions_and_backing(h.value(), bytes, file_size); !st.ok()) return st.error();
   return h;
 }
 

@@ -2,6 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <malloc.h>
+
+#include <algorithm>
 #include <condition_variable>
 #include <set>
 
@@ -160,11 +163,20 @@ void Fleet::signal_changed() {
 }
 
 Status Fleet::rebuild() {
-  std::lock_guard lock(refresh_mu_);
-  auto all = store_->list_hosts();
-  if (!all) return all.error();
-  index_.rebuild(*all);
-  signal_changed();
+  {
+    std::lock_guard lock(refresh_mu_);
+    // Built off to the side from the database a page at a time: the peak is
+    // the old index, the new one and one page, never the whole table as rows.
+    HostIndex fresh(index_.host_down_after());
+    auto st = store_->scan_hosts(kScanPageHosts, [&fresh](std::vector<HostRecord>& page) {
+      for (const auto& r : page) fresh.apply(r);
+      return Status{};
+    });
+    if (!st) return st;
+    index_.replace_with(fresh);
+    signal_changed();
+  }  // the old contents, now in `fresh`, are freed here
+  return_freed_memory();
   return {};
 }
 
@@ -224,28 +236,30 @@ Status Fleet::delete_host(std::string_view host, std::optional<std::int64_t> exp
 }
 
 Result<Drift> Fleet::check_drift() {
-  auto all = store_->list_hosts();
-  if (!all) return all.error();
-  const auto snap = index_.snapshot();
   Drift d;
-  d.db_hosts = all->size();
-  d.index_hosts = snap.size();
-  std::size_t i = 0, j = 0;
-  while (i < all->size() || j < snap.size()) {
-    if (j == snap.size() || (i < all->size() && (*all)[i].name < snap[j].name)) {
-      d.hosts.push_back((*all)[i++].name);
-    } else if (i == all->size() || snap[j].name < (*all)[i].name) {
-      d.hosts.push_back(snap[j++].name);
-    } else {
-      if (!(to_indexed((*all)[i]) == snap[j])) d.hosts.push_back(snap[j].name);
-      ++i;
-      ++j;
-    }
-  }
+  HostIndex::Seen seen;
+  auto st = store_->scan_hosts(kScanPageHosts, [&](std::vector<HostRecord>& page) {
+    d.db_hosts += page.size();
+    for (auto& name : index_.compare(page, seen)) d.hosts.push_back(std::move(name));
+    return Status{};
+  });
+  if (!st) return st.error();
+  for (auto& name : index_.unseen(seen)) d.hosts.push_back(std::move(name));
+  d.index_hosts = index_.host_count();
+  std::sort(d.hosts.begin(), d.hosts.end());
+  d.hosts.erase(std::unique(d.hosts.begin(), d.hosts.end()), d.hosts.end());
+  return_freed_memory();
   if (!d.hosts.empty())
     spdlog::warn("fleet index drift: {} host(s) differ between the database and the index (first: {})",
                  d.hosts.size(), d.hosts.front());
   return d;
+}
+
+void Fleet::return_freed_memory() {
+  // A scan frees many small blocks in the middle of the heap, which glibc
+  // keeps; hand them back so the resident size follows the index, not the
+  // scan's peak (docs/fleet.md, "Memory").
+  malloc_trim(0);
 }
 
 }  // namespace virtcap::fleet

@@ -80,6 +80,8 @@ class Fleet {
   Status refresh_host(std::string_view host);
   // Recounts: compares every host in the store with the index.
   Result<Drift> check_drift();
+  // Hosts a rebuild or drift check reads from the database at a time.
+  static constexpr std::size_t kScanPageHosts = 1000;
 
   Freshness freshness() const;
 
@@ -101,6 +103,7 @@ class Fleet {
   void mark_stale();
   Status apply_notifications(const std::vector<Notification>& batch);
   void signal_changed();
+  static void return_freed_memory();  // malloc_trim after a scan
 
   std::unique_ptr<FleetStore> store_;
   HostIndex index_;

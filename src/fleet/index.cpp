@@ -262,6 +262,10 @@ bool HostIndex::remove(std::string_view name) {
 void HostIndex::rebuild(const std::vector<HostRecord>& records) {
   HostIndex fresh(down_after_);
   for (const auto& r : records) fresh.apply_locked(r);
+  replace_with(fresh);
+}
+
+void HostIndex::replace_with(HostIndex& fresh) {
   std::unique_lock lock(mu_);
   fresh.generation_ = generation_ + 1;
   std::swap(generation_, fresh.generation_);
@@ -278,6 +282,33 @@ void HostIndex::rebuild(const std::vector<HostRecord>& records) {
   std::swap(trait_bits_, fresh.trait_bits_);
   std::swap(free_trait_ids_, fresh.free_trait_ids_);
   std::swap(slot_traits_, fresh.slot_traits_);
+}
+
+std::vector<std::string> HostIndex::compare(const std::vector<HostRecord>& page, Seen& seen) const {
+  std::shared_lock lock(mu_);
+  std::vector<std::string> differ;
+  for (const auto& r : page) {
+    const auto slot = find_slot(r.name);
+    if (!slot) {
+      differ.push_back(r.name);
+      continue;
+    }
+    if (seen.slots_.size() <= *slot) seen.slots_.resize(slots_.size());
+    seen.slots_[*slot] = true;
+    if (!(to_indexed(r) == indexed_of(*slot))) differ.push_back(r.name);
+  }
+  return differ;
+}
+
+std::vector<std::string> HostIndex::unseen(const Seen& seen) const {
+  std::shared_lock lock(mu_);
+  std::vector<std::string> out;
+  for (std::size_t w = 0; w < words_; ++w)
+    for_each_bit(used_.data()[w], [&](unsigned bit) {
+      const std::size_t slot = w * 64 + bit;
+      if (slot >= seen.slots_.size() || !seen.slots_[slot]) out.push_back(names_[slot]);
+    });
+  return out;
 }
 
 HostIndex::Plan HostIndex::plan(const Query& q) const {

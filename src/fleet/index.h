@@ -98,6 +98,20 @@ class HostIndex {
   bool remove(std::string_view name);
   // Replaces everything with `records`.
   void rebuild(const std::vector<HostRecord>& records);
+  // Replaces everything with what `fresh` holds (built off to the side, so
+  // queries go on meanwhile); `fresh` is left with the old contents, to be
+  // freed outside this index's lock. The generation still moves forward.
+  void replace_with(HostIndex& fresh);
+
+  // Drift checks, a page of database records at a time: compare() names the
+  // records the index has not, or has otherwise, and marks the hosts it saw;
+  // unseen() then names the indexed hosts no page had. Costs one bit per slot.
+  class Seen {
+    friend class HostIndex;
+    std::vector<bool> slots_;
+  };
+  std::vector<std::string> compare(const std::vector<HostRecord>& page, Seen& seen) const;
+  std::vector<std::string> unseen(const Seen& seen) const;
 
   Answer query(const Query& q, std::int64_t now_ms, bool explain) const;
   // Every matching slot (all of them, no limit): the benchmark's (b).

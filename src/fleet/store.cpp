@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cstdlib>
 #include <map>
+#include <unordered_map>
 
 namespace virtcap::fleet {
 
@@ -96,7 +97,7 @@ class SqlFleetStore final : public FleetStore {
                                            std::int64_t expected) override;
   Status delete_host(std::string_view host, std::optional<std::int64_t> expected) override;
   Result<std::optional<HostRecord>> get_host(std::string_view host) override;
-  Result<std::vector<HostRecord>> list_hosts() override;
+  Status scan_hosts(std::size_t page_hosts, const PageVisitor& each) override;
   Status import_hosts(const std::vector<HostRecord>& hosts) override;
   Result<std::size_t> forget_unheld_traits() override;
   Status add_credential(const CredentialRecord& c) override;
@@ -110,6 +111,10 @@ class SqlFleetStore final : public FleetStore {
   Result<std::optional<HostRow>> lock_host(SqlConn& c, std::string_view name);
   Result<std::int64_t> trait_id(SqlConn& c, std::string_view name, bool create);
   Result<HostRecord> load_host(SqlConn& c, std::int64_t id);
+  // The hosts that `FROM fleet_hosts <where>` selects (with `params`), with
+  // their traits and inventories, in the order `where` gives.
+  Result<std::vector<HostRecord>> load_hosts(SqlConn& c, const std::string& where,
+                                             const std::vector<SqlValue>& params);
   Status bump(SqlConn& c, const HostRow& row, std::string_view name);
   Result<bool> agent_state_differs(SqlConn& c, const HostRow& row, const AgentReport& r,
                                    const std::vector<std::string>& traits);
@@ -196,35 +201,53 @@ Status SqlFleetStore::bump(SqlConn& c, const HostRow& row, std::string_view name
 }
 
 Result<HostRecord> SqlFleetStore::load_host(SqlConn& c, std::int64_t id) {
-  auto h = c.exec(
-      "SELECT uuid, name, generation, last_seen_ms, agent_version, api_url FROM fleet_hosts "
-      "WHERE id = $1",
-      {id});
+  auto hosts = load_hosts(c, "WHERE id = $1", {id});
+  if (!hosts) return hosts.error();
+  if (hosts->empty()) return make_error(Errc::not_found, "host id " + std::to_string(id) + " vanished");
+  return std::move(hosts->front());
+}
+
+Result<std::vector<HostRecord>> SqlFleetStore::load_hosts(SqlConn& c, const std::string& where,
+                                                          const std::vector<SqlValue>& params) {
+  auto h = c.exec("SELECT id, uuid, name, generation, last_seen_ms, agent_version, api_url FROM fleet_hosts " +
+                      where,
+                  params);
   if (!h) return h.error();
-  if (h->rows.empty()) return make_error(Errc::not_found, "host id " + std::to_string(id) + " vanished");
-  const auto& row = h->rows[0];
-  HostRecord rec{row[0], row[1], to_i64(row[2]), to_i64(row[3]), row[4], row[5], {}, {}};
+  std::vector<HostRecord> out;
+  out.reserve(h->rows.size());
+  std::unordered_map<std::int64_t, std::size_t> at;  // host id -> position in out
+  for (const auto& row : h->rows) {
+    at.emplace(to_i64(row[0]), out.size());
+    out.push_back(HostRecord{row[1], row[2], to_i64(row[3]), to_i64(row[4]), row[5], row[6], {}, {}});
+  }
+  if (out.empty()) return out;
+  const std::string ids = "(SELECT id FROM fleet_hosts " + where + ")";
   auto t = c.exec(
-      "SELECT t.name, ht.owner FROM fleet_host_traits ht JOIN fleet_traits t ON t.id = ht.trait_id "
-      "WHERE ht.host_id = $1",
-      {id});
+      "SELECT ht.host_id, t.name, ht.owner FROM fleet_host_traits ht JOIN fleet_traits t ON t.id = ht.trait_id "
+      "WHERE ht.host_id IN " +
+          ids,
+      params);
   if (!t) return t.error();
   for (const auto& tr : t->rows)
-    rec.traits.push_back({tr[0], trait_owner_from_string(tr[1]).value_or(TraitOwner::agent)});
-  std::sort(rec.traits.begin(), rec.traits.end(),
-            [](const auto& a, const auto& b) { return a.name < b.name; });
+    if (auto it = at.find(to_i64(tr[0])); it != at.end())
+      out[it->second].traits.push_back({tr[1], trait_owner_from_string(tr[2]).value_or(TraitOwner::agent)});
   auto inv = c.exec(
-      "SELECT resource_class, total, reserved, allocation_ratio, used FROM fleet_inventories "
-      "WHERE host_id = $1",
-      {id});
+      "SELECT host_id, resource_class, total, reserved, allocation_ratio, used FROM fleet_inventories "
+      "WHERE host_id IN " +
+          ids,
+      params);
   if (!inv) return inv.error();
   for (const auto& ir : inv->rows) {
-    auto rc = resource_class_from_string(ir[0]);
+    auto it = at.find(to_i64(ir[0]));
+    if (it == at.end()) continue;
+    auto rc = resource_class_from_string(ir[1]);
     if (!rc) return rc.error();
-    rec.inventories[static_cast<std::size_t>(*rc)] =
-        Inventory{to_i64(ir[1]), to_i64(ir[2]), std::strtod(ir[3].c_str(), nullptr), to_i64(ir[4])};
+    out[it->second].inventories[static_cast<std::size_t>(*rc)] =
+        Inventory{to_i64(ir[2]), to_i64(ir[3]), std::strtod(ir[4].c_str(), nullptr), to_i64(ir[5])};
   }
-  return rec;
+  for (auto& rec : out)
+    std::sort(rec.traits.begin(), rec.traits.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  return out;
 }
 
 Result<bool> SqlFleetStore::agent_state_differs(SqlConn& c, const HostRow& row, const AgentReport& r,
@@ -394,50 +417,25 @@ Result<std::optional<HostRecord>> SqlFleetStore::get_host(std::string_view host)
   return std::optional<HostRecord>(std::move(*rec));
 }
 
-Result<std::vector<HostRecord>> SqlFleetStore::list_hosts() {
-  auto c = pool_.acquire();
-  Transaction t(*c);
-  if (auto st = t.begin_read(); !st) return st.error();
-  auto h =
-      c->exec("SELECT id, uuid, name, generation, last_seen_ms, agent_version, api_url FROM fleet_hosts", {});
-  if (!h) return h.error();
-  std::map<std::int64_t, HostRecord> by_id;
-  for (const auto& row : h->rows)
-    by_id.emplace(to_i64(row[0]),
-                  HostRecord{row[1], row[2], to_i64(row[3]), to_i64(row[4]), row[5], row[6], {}, {}});
-  auto names = c->exec("SELECT id, name FROM fleet_traits", {});
-  if (!names) return names.error();
-  std::map<std::int64_t, std::string> trait_names;
-  for (const auto& row : names->rows) trait_names.emplace(to_i64(row[0]), row[1]);
-  // Ids, not names: 100,000 hosts have millions of links.
-  auto tr = c->exec("SELECT host_id, trait_id, owner FROM fleet_host_traits", {});
-  if (!tr) return tr.error();
-  for (const auto& row : tr->rows) {
-    auto it = by_id.find(to_i64(row[0]));
-    auto name = trait_names.find(to_i64(row[1]));
-    if (it != by_id.end() && name != trait_names.end())
-      it->second.traits.push_back(
-          {name->second, trait_owner_from_string(row[2]).value_or(TraitOwner::agent)});
+Status SqlFleetStore::scan_hosts(std::size_t page_hosts, const PageVisitor& each) {
+  const std::string where = "WHERE name > $1 ORDER BY name LIMIT " + std::to_string(std::max<std::size_t>(page_hosts, 1));
+  std::string after;  // keyset: the last name of the previous page ("" sorts first)
+  for (;;) {
+    std::vector<HostRecord> page;
+    {  // one transaction a page, and the connection back in the pool between pages
+      auto c = pool_.acquire();
+      Transaction t(*c);
+      if (auto st = t.begin_read(); !st) return st;
+      auto hosts = load_hosts(*c, where, {after});
+      if (!hosts) return hosts.error();
+      page = std::move(*hosts);
+    }
+    if (page.empty()) return {};
+    after = page.back().name;
+    const bool last = page.size() < page_hosts;
+    if (auto st = each(page); !st) return st;
+    if (last) return {};
   }
-  auto inv = c->exec(
-      "SELECT host_id, resource_class, total, reserved, allocation_ratio, used FROM fleet_inventories", {});
-  if (!inv) return inv.error();
-  for (const auto& row : inv->rows) {
-    auto it = by_id.find(to_i64(row[0]));
-    auto rc = resource_class_from_string(row[1]);
-    if (it == by_id.end() || !rc) continue;
-    it->second.inventories[static_cast<std::size_t>(*rc)] =
-        Inventory{to_i64(row[2]), to_i64(row[3]), std::strtod(row[4].c_str(), nullptr), to_i64(row[5])};
-  }
-  std::vector<HostRecord> out;
-  out.reserve(by_id.size());
-  for (auto& [id, rec] : by_id) {
-    std::sort(rec.traits.begin(), rec.traits.end(),
-              [](const auto& a, const auto& b) { return a.name < b.name; });
-    out.push_back(std::move(rec));
-  }
-  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
-  return out;
 }
 
 // Multi-row INSERT of `rows` (each `width` values) in batches, with `tail`
@@ -599,6 +597,19 @@ Result<std::int64_t> SqlFleetStore::credentials_version() {
 }
 
 }  // namespace
+
+Result<std::vector<HostRecord>> FleetStore::list_hosts() {
+  constexpr std::size_t kPage = 1000;
+  std::vector<HostRecord> all;
+  auto st = scan_hosts(kPage, [&all](std::vector<HostRecord>& page) {
+    std::move(page.begin(), page.end(), std::back_inserter(all));
+    return Status{};
+  });
+  if (!st) return st.error();
+  // Byte order, as the index's snapshot sorts (the database's collation may differ).
+  std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  return all;
+}
 
 int latest_fleet_schema_version() { return migrations().back().version; }
 

@@ -300,10 +300,14 @@ TEST_P(FleetStoreTest, DriftCheckFindsWritesTheIndexMissedAndRebuildRepairs) {
   ASSERT_TRUE(fleet.report(report_for(2, {"COMPUTE_A"})).ok());
   auto other = open_fleet_store(url_);
   ASSERT_TRUE(other.ok()) << other.error().message;
+  // Changed, deleted and created behind the index's back: the first is found
+  // in a page, the second only by what no page had, the third only in a page.
   ASSERT_TRUE((*other)->add_operator_trait("host1", "CUSTOM_BEHIND_ITS_BACK", r->generation).ok());
+  ASSERT_TRUE((*other)->delete_host("host2", std::nullopt).ok());
+  ASSERT_TRUE((*other)->report(report_for(3, {"COMPUTE_B"})).ok());
   auto drift = fleet.check_drift();
   ASSERT_TRUE(drift.ok());
-  EXPECT_EQ(drift->hosts, (std::vector<std::string>{"host1"}));
+  EXPECT_EQ(drift->hosts, (std::vector<std::string>{"host1", "host2", "host3"}));
   EXPECT_EQ(drift->db_hosts, 2U);
   EXPECT_EQ(drift->index_hosts, 2U);
   const auto gen = fleet.index().generation();
@@ -313,6 +317,51 @@ TEST_P(FleetStoreTest, DriftCheckFindsWritesTheIndexMissedAndRebuildRepairs) {
   ASSERT_TRUE(drift.ok());
   EXPECT_TRUE(drift->hosts.empty());
   expect_all_agree(fleet);
+}
+
+// A rebuild and a drift check read the database a page at a time (keyset by
+// name): every host exactly once, whole, whatever the page size, including a
+// fleet that is an exact multiple of it; a visitor's error stops the scan.
+TEST_P(FleetStoreTest, ScanReadsEveryHostOnceAPageAtATime) {
+  auto store = open_fleet_store(url_);
+  ASSERT_TRUE(store.ok()) << store.error().message;
+  std::vector<HostRecord> hosts;
+  for (int n = 0; n < 2100; ++n) {
+    // Names whose byte order and a locale's order differ ("Host-" sorts
+    // first in bytes), and a shared prefix of different lengths.
+    HostRecord h{fleet_uuid(n), (n % 3 == 0 ? "Host-" : "host-") + std::to_string(n), 1, 1000 + n,
+                 "0.1.0", "", {}, {}};
+    h.traits.push_back({"COMPUTE_" + std::to_string(n % 7), TraitOwner::agent});
+    if (n % 5 == 0) h.traits.push_back({"CUSTOM_" + std::to_string(n % 11), TraitOwner::operator_});
+    std::sort(h.traits.begin(), h.traits.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+    h.inventories[0] = Inventory{n + 1, 0, 1.0, n % 4};
+    hosts.push_back(std::move(h));
+  }
+  ASSERT_TRUE((*store)->import_hosts(hosts).ok());
+  std::sort(hosts.begin(), hosts.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  for (const std::size_t page : {std::size_t{1000}, std::size_t{700}, std::size_t{2100}, std::size_t{13}}) {
+    std::vector<HostRecord> seen;
+    std::size_t pages = 0, largest = 0;
+    auto st = (*store)->scan_hosts(page, [&](std::vector<HostRecord>& p) {
+      ++pages;
+      largest = std::max(largest, p.size());
+      std::move(p.begin(), p.end(), std::back_inserter(seen));
+      return Status{};
+    });
+    ASSERT_TRUE(st.ok()) << st.error().message;
+    EXPECT_EQ(pages, (hosts.size() + page - 1) / page) << "page " << page;
+    EXPECT_EQ(largest, page);
+    std::sort(seen.begin(), seen.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+    EXPECT_TRUE(seen == hosts) << "page " << page << ": " << seen.size() << " hosts read";
+  }
+  int calls = 0;
+  auto stopped = (*store)->scan_hosts(100, [&](std::vector<HostRecord>&) -> Status {
+    ++calls;
+    return make_error(Errc::internal, "stop here");
+  });
+  ASSERT_FALSE(stopped.ok());
+  EXPECT_EQ(stopped.error().message, "stop here");
+  EXPECT_EQ(calls, 1);
 }
 
 // Agents report and operators add/remove their own CUSTOM_ traits, all at

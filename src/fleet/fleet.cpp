@@ -199,6 +199,17 @@ Status Fleet::refresh_host(std::string_view host) {
   return {};
 }
 
+Status Fleet::apply_written(const HostRecord& rec) {
+  {
+    std::lock_guard lock(refresh_mu_);
+    if (index_.apply_written(rec) != HostIndex::Applied::older_generation) {
+      signal_changed();
+      return {};
+    }
+  }
+  return refresh_host(rec.name);  // only the database can tell a later write from a re-registration
+}
+
 bool Fleet::wait_for_index(const std::function<bool(const HostIndex&)>& pred,
                            std::chrono::steady_clock::time_point deadline) {
   std::unique_lock lock(changed_mu_);
@@ -210,7 +221,7 @@ bool Fleet::wait_for_index(const std::function<bool(const HostIndex&)>& pred,
 Result<HostRecord> Fleet::report(const AgentReport& r, std::optional<std::int64_t> expected) {
   auto rec = store_->report(r, expected);
   if (!rec) return rec;
-  if (auto st = refresh_host(r.name); !st) return st.error();
+  if (auto st = apply_written(*rec); !st) return st.error();
   return rec;
 }
 
@@ -218,7 +229,7 @@ Result<HostRecord> Fleet::add_operator_trait(std::string_view host, std::string_
                                              std::int64_t expected) {
   auto rec = store_->add_operator_trait(host, trait, expected);
   if (!rec) return rec;
-  if (auto st = refresh_host(host); !st) return st.error();
+  if (auto st = apply_written(*rec); !st) return st.error();
   return rec;
 }
 
@@ -226,7 +237,7 @@ Result<HostRecord> Fleet::remove_operator_trait(std::string_view host, std::stri
                                                 std::int64_t expected) {
   auto rec = store_->remove_operator_trait(host, trait, expected);
   if (!rec) return rec;
-  if (auto st = refresh_host(host); !st) return st.error();
+  if (auto st = apply_written(*rec); !st) return st.error();
   return rec;
 }
 

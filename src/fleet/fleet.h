@@ -103,6 +103,9 @@ class Fleet {
   void mark_stale();
   Status apply_notifications(const std::vector<Notification>& batch);
   void signal_changed();
+  // Puts a record this process has just written into the index without
+  // reading it back (HostIndex::apply_written; a re-read when it cannot tell).
+  Status apply_written(const HostRecord& rec);
   static void return_freed_memory();  // malloc_trim after a scan
 
   std::unique_ptr<FleetStore> store_;

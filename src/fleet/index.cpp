@@ -243,6 +243,17 @@ bool HostIndex::apply(const HostRecord& record) {
   return true;
 }
 
+HostIndex::Applied HostIndex::apply_written(const HostRecord& record) {
+  std::unique_lock lock(mu_);
+  if (auto found = find_slot(record.name)) {
+    const Slot& s = slots_[*found];
+    if (s.generation > record.generation) return Applied::older_generation;
+    if (s.generation == record.generation && s.last_seen_ms > record.last_seen_ms) return Applied::older_sighting;
+  }
+  apply_locked(record);
+  return Applied::applied;
+}
+
 bool HostIndex::remove(std::string_view name) {
   std::unique_lock lock(mu_);
   auto found = find_slot(name);

@@ -94,6 +94,13 @@ class HostIndex {
   // ignored (returns false); otherwise returns true. Costs the host's own
   // traits; a trait that no host holds afterwards is forgotten.
   bool apply(const HostRecord& record);
+  // Upserts a record a write of this process has just committed, unless
+  // the index already holds a later state of the host: a higher generation
+  // (older_generation: a later write, or the host deleted and registered
+  // again; only a re-read can tell) or the same one seen later
+  // (older_sighting: two heartbeats applied out of order).
+  enum class Applied : std::uint8_t { applied, older_generation, older_sighting };
+  Applied apply_written(const HostRecord& record);
   // Removes a host; false if it was not indexed.
   bool remove(std::string_view name);
   // Replaces everything with `records`.

@@ -1,5 +1,7 @@
 #include "fleet/store.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <charconv>
 #include <cstdlib>
@@ -116,10 +118,17 @@ class SqlFleetStore final : public FleetStore {
   Result<std::vector<HostRecord>> load_hosts(SqlConn& c, const std::string& where,
                                              const std::vector<SqlValue>& params);
   Status bump(SqlConn& c, const HostRow& row, std::string_view name);
-  Result<bool> agent_state_differs(SqlConn& c, const HostRow& row, const AgentReport& r,
-                                   const std::vector<std::string>& traits);
+  // The host's stored record when the report changes nothing of its agent
+  // state (a heartbeat); nullopt when it changes something.
+  Result<std::optional<HostRecord>> unchanged_record(SqlConn& c, const HostRow& row, const AgentReport& r,
+                                                     const std::vector<std::string>& traits);
+  // Replaces the host's agent traits and inventories; adds to `released`
+  // the trait ids the host held before (to forget_if_unheld after commit).
   Status write_agent_state(SqlConn& c, std::int64_t id, const AgentReport& r,
-                           const std::vector<std::string>& traits);
+                           const std::vector<std::string>& traits, std::vector<std::int64_t>& released);
+  // After a write's commit, on the same connection: deletes those of `ids`
+  // no host holds now (best effort; the periodic sweep catches the rest).
+  static void forget_if_unheld(SqlConn& c, const std::vector<std::int64_t>& ids);
   Result<std::int64_t> create_host(SqlConn& c, const AgentReport& r);
   // The operator-trait write both add and remove share.
   Result<HostRecord> operator_write(std::string_view host, std::string_view trait, std::int64_t expected,
@@ -186,8 +195,15 @@ Result<std::int64_t> SqlFleetStore::trait_id(SqlConn& c, std::string_view name, 
                         {std::string(name)});
         !r)
       return r.error();
-  auto r = c.exec("SELECT id FROM fleet_traits WHERE name = $1", {std::string(name)});
+  // Creating: locked against another writer's sweep until this transaction
+  // ends (PostgreSQL), as in write_agent_state.
+  const bool lock = create && dialect() == Dialect::postgresql;
+  auto r = c.exec(lock ? "SELECT id FROM fleet_traits WHERE name = $1 FOR KEY SHARE"
+                       : "SELECT id FROM fleet_traits WHERE name = $1",
+                  {std::string(name)});
   if (!r) return r.error();
+  if (r->rows.empty() && create)
+    return conflict("trait name " + std::string(name) + " was removed while this write added it: retry");
   if (r->rows.empty()) return std::int64_t{-1};
   return to_i64(r->rows[0][0]);
 }
@@ -250,30 +266,90 @@ Result<std::vector<HostRecord>> SqlFleetStore::load_hosts(SqlConn& c, const std:
   return out;
 }
 
-Result<bool> SqlFleetStore::agent_state_differs(SqlConn& c, const HostRow& row, const AgentReport& r,
-                                                const std::vector<std::string>& traits) {
-  if (row.agent_version != r.agent_version || row.api_url != r.api_url) return true;
+Result<std::optional<HostRecord>> SqlFleetStore::unchanged_record(SqlConn& c, const HostRow& row,
+                                                                   const AgentReport& r,
+                                                                   const std::vector<std::string>& traits) {
+  if (row.agent_version != r.agent_version || row.api_url != r.api_url) return std::optional<HostRecord>();
   auto rec = load_host(c, row.id);
   if (!rec) return rec.error();
   std::vector<std::string> have;
   for (const auto& t : rec->traits)
     if (t.owner == TraitOwner::agent) have.push_back(t.name);
-  return have != traits || rec->inventories != r.inventories;
+  if (have != traits || rec->inventories != r.inventories) return std::optional<HostRecord>();
+  return std::optional<HostRecord>(std::move(*rec));
+}
+
+// Multi-row INSERT of `rows` (each `width` values) in batches, with `tail`
+// appended to each statement; calls `each` with every batch's result.
+template <class Each>
+Status insert_batches(SqlConn& c, std::string_view head, std::size_t width,
+                      const std::vector<SqlValue>& values, std::string_view tail, Each&& each) {
+  constexpr std::size_t kRowsPerBatch = 500;
+  const std::size_t rows = values.size() / width;
+  for (std::size_t start = 0; start < rows; start += kRowsPerBatch) {
+    const std::size_t n = std::min(kRowsPerBatch, rows - start);
+    std::string sql(head);
+    std::vector<SqlValue> params(values.begin() + static_cast<std::ptrdiff_t>(start * width),
+                                 values.begin() + static_cast<std::ptrdiff_t>((start + n) * width));
+    for (std::size_t r = 0; r < n; ++r) {
+      sql += r == 0 ? " (" : ", (";
+      for (std::size_t k = 0; k < width; ++k)
+        sql += (k == 0 ? "$" : ", $") + std::to_string(r * width + k + 1);
+      sql += ")";
+    }
+    sql += tail;
+    auto res = c.exec(sql, params);
+    if (!res) return res.error();
+    each(*res);
+  }
+  return {};
 }
 
 Status SqlFleetStore::write_agent_state(SqlConn& c, std::int64_t id, const AgentReport& r,
-                                        const std::vector<std::string>& traits) {
-  for (const char* sql : {"DELETE FROM fleet_host_traits WHERE host_id = $1 AND owner = 'agent'",
-                          "DELETE FROM fleet_inventories WHERE host_id = $1"})
-    if (auto d = c.exec(sql, {id}); !d) return d.error();
-  for (const auto& name : traits) {  // sorted: concurrent writers take trait locks in one order
-    auto tid = trait_id(c, name, true);
-    if (!tid) return tid.error();
-    if (auto i = c.exec("INSERT INTO fleet_host_traits (host_id, trait_id, owner) VALUES ($1, $2, 'agent') "
-                        "ON CONFLICT DO NOTHING",
-                        {id, *tid});
-        !i)
-      return i.error();
+                                        const std::vector<std::string>& traits,
+                                        std::vector<std::int64_t>& released) {
+  auto old = c.exec("DELETE FROM fleet_host_traits WHERE host_id = $1 AND owner = 'agent' RETURNING trait_id", {id});
+  if (!old) return old.error();
+  for (const auto& row : old->rows) released.push_back(to_i64(row[0]));
+  if (auto d = c.exec("DELETE FROM fleet_inventories WHERE host_id = $1", {id}); !d) return d.error();
+  // A few statements per batch of names, not three per name: a report's
+  // cost grows with its own traits in rows, not in round trips. Sorted names:
+  // concurrent writers take the name rows' locks in one order.
+  constexpr std::size_t kBatch = 500;
+  for (std::size_t start = 0; start < traits.size(); start += kBatch) {
+    const std::size_t n = std::min(kBatch, traits.size() - start);
+    // Placeholders in order of appearance (SQLite numbers "$N" so).
+    std::string values, in, in_after_id;  // "($1), ($2)", "$1, $2", "$2, $3"
+    std::vector<SqlValue> names;
+    for (std::size_t k = 0; k < n; ++k) {
+      names.push_back(traits[start + k]);
+      values += (k == 0 ? "($" : ", ($") + std::to_string(k + 1) + ")";
+      in += (k == 0 ? "$" : ", $") + std::to_string(k + 1);
+      in_after_id += (k == 0 ? "$" : ", $") + std::to_string(k + 2);
+    }
+    // Another writer's sweep (forget_if_unheld) may delete a name between
+    // these statements (PostgreSQL; SQLite has one writer). So the names are
+    // locked against deletion (FOR KEY SHARE) before they are linked, and a
+    // name deleted before the lock is written again.
+    bool all_there = dialect() != Dialect::postgresql;
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      if (auto w = c.exec("INSERT INTO fleet_traits (name) VALUES " + values + " ON CONFLICT (name) DO NOTHING",
+                          names);
+          !w)
+        return w.error();
+      if (all_there) break;
+      auto locked = c.exec("SELECT id FROM fleet_traits WHERE name IN (" + in + ") FOR KEY SHARE", names);
+      if (!locked) return locked.error();
+      if ((all_there = locked->rows.size() == n)) break;
+    }
+    if (!all_there)
+      return conflict("trait names of host " + r.name + " were removed while this report wrote them: retry");
+    names.insert(names.begin(), id);
+    auto l = c.exec("INSERT INTO fleet_host_traits (host_id, trait_id, owner) SELECT $1, id, 'agent' FROM "
+                    "fleet_traits WHERE name IN (" +
+                        in_after_id + ") ON CONFLICT DO NOTHING",
+                    names);
+    if (!l) return l.error();
   }
   for (auto rc : kAllResourceClasses) {
     const auto& inv = r.inventories[static_cast<std::size_t>(rc)];
@@ -313,6 +389,7 @@ Result<HostRecord> SqlFleetStore::report(const AgentReport& r, std::optional<std
   if (!row) return row.error();
   std::int64_t id = 0;
   bool changed = true;
+  std::optional<HostRecord> heartbeat;  // the stored record, when nothing but last_seen changes
   if (!*row) {
     if (expected && *expected != 0) return stale(r.name, 0, *expected);
     auto created = create_host(*c, r);
@@ -326,9 +403,10 @@ Result<HostRecord> SqlFleetStore::report(const AgentReport& r, std::optional<std
                       ")");
     if (expected && *expected != h.generation) return stale(r.name, h.generation, *expected);
     id = h.id;
-    auto differs = agent_state_differs(*c, h, r, traits);
-    if (!differs) return differs.error();
-    changed = *differs;
+    auto same = unchanged_record(*c, h, r, traits);
+    if (!same) return same.error();
+    heartbeat = std::move(*same);
+    changed = !heartbeat;
     if (changed)
       if (auto st = bump(*c, h, r.name); !st) return st.error();
     if (auto u = c->exec(
@@ -337,13 +415,41 @@ Result<HostRecord> SqlFleetStore::report(const AgentReport& r, std::optional<std
         !u)
       return u.error();
   }
+  std::vector<std::int64_t> released;
   if (changed)
-    if (auto st = write_agent_state(*c, id, r, traits); !st) return st.error();
+    if (auto st = write_agent_state(*c, id, r, traits, released); !st) return st.error();
   if (auto st = c->notify(kNotifyChannel, r.name); !st) return st.error();
+  if (heartbeat) {  // read once already: only last_seen is new
+    heartbeat->last_seen_ms = r.seen_at_ms;
+    if (auto st = t.commit(); !st) return st.error();
+    return std::move(*heartbeat);
+  }
   auto rec = load_host(*c, id);
   if (!rec) return rec.error();
   if (auto st = t.commit(); !st) return st.error();
+  forget_if_unheld(*c, released);
   return rec;
+}
+
+void SqlFleetStore::forget_if_unheld(SqlConn& c, const std::vector<std::int64_t>& ids) {
+  // Names a write let go of and no host holds now go at once, so the
+  // vocabulary, and with it the cost of a write, follows the traits held,
+  // not every name ever reported. A name another writer takes meanwhile
+  // makes the foreign key refuse the statement: it stays, as do the others
+  // of that batch, until the drift pass's sweep (forget_unheld_traits).
+  constexpr std::size_t kBatch = 500;
+  for (std::size_t start = 0; start < ids.size(); start += kBatch) {
+    const std::size_t n = std::min(kBatch, ids.size() - start);
+    std::string sql = "DELETE FROM fleet_traits WHERE id IN (";
+    std::vector<SqlValue> params;
+    for (std::size_t k = 0; k < n; ++k) {
+      params.push_back(ids[start + k]);
+      sql += (k == 0 ? "$" : ", $") + std::to_string(k + 1);
+    }
+    sql += ") AND NOT EXISTS (SELECT 1 FROM fleet_host_traits ht WHERE ht.trait_id = fleet_traits.id)";
+    if (auto d = c.exec(sql, params); !d)
+      spdlog::info("fleet: {} trait name(s) kept for the next sweep: {}", n, d.error().message);
+  }
 }
 
 Result<HostRecord> SqlFleetStore::operator_write(std::string_view host, std::string_view trait,
@@ -376,6 +482,7 @@ Result<HostRecord> SqlFleetStore::operator_write(std::string_view host, std::str
   auto rec = load_host(*c, h.id);
   if (!rec) return rec.error();
   if (auto st = t.commit(); !st) return st.error();
+  if (!add) forget_if_unheld(*c, {*tid});
   return rec;
 }
 
@@ -397,12 +504,16 @@ Status SqlFleetStore::delete_host(std::string_view host, std::optional<std::int6
   if (!row) return row.error();
   if (!*row) return make_error(Errc::not_found, "no host " + quote_for_error(host) + " in the fleet");
   if (expected && *expected != (*row)->generation) return stale(host, (*row)->generation, *expected);
-  for (const char* sql :
-       {"DELETE FROM fleet_host_traits WHERE host_id = $1",
-        "DELETE FROM fleet_inventories WHERE host_id = $1", "DELETE FROM fleet_hosts WHERE id = $1"})
+  auto links = c->exec("DELETE FROM fleet_host_traits WHERE host_id = $1 RETURNING trait_id", {(*row)->id});
+  if (!links) return links.error();
+  for (const char* sql : {"DELETE FROM fleet_inventories WHERE host_id = $1", "DELETE FROM fleet_hosts WHERE id = $1"})
     if (auto d = c->exec(sql, {(*row)->id}); !d) return d.error();
   if (auto st = c->notify(kNotifyChannel, host); !st) return st;
-  return t.commit();
+  if (auto st = t.commit(); !st) return st;
+  std::vector<std::int64_t> released;
+  for (const auto& r : links->rows) released.push_back(to_i64(r[0]));
+  forget_if_unheld(*c, released);
+  return {};
 }
 
 Result<std::optional<HostRecord>> SqlFleetStore::get_host(std::string_view host) {
@@ -436,32 +547,6 @@ Status SqlFleetStore::scan_hosts(std::size_t page_hosts, const PageVisitor& each
     if (auto st = each(page); !st) return st;
     if (last) return {};
   }
-}
-
-// Multi-row INSERT of `rows` (each `width` values) in batches, with `tail`
-// appended to each statement; calls `each` with every batch's result.
-template <class Each>
-Status insert_batches(SqlConn& c, std::string_view head, std::size_t width,
-                      const std::vector<SqlValue>& values, std::string_view tail, Each&& each) {
-  constexpr std::size_t kRowsPerBatch = 500;
-  const std::size_t rows = values.size() / width;
-  for (std::size_t start = 0; start < rows; start += kRowsPerBatch) {
-    const std::size_t n = std::min(kRowsPerBatch, rows - start);
-    std::string sql(head);
-    std::vector<SqlValue> params(values.begin() + static_cast<std::ptrdiff_t>(start * width),
-                                 values.begin() + static_cast<std::ptrdiff_t>((start + n) * width));
-    for (std::size_t r = 0; r < n; ++r) {
-      sql += r == 0 ? " (" : ", (";
-      for (std::size_t k = 0; k < width; ++k)
-        sql += (k == 0 ? "$" : ", $") + std::to_string(r * width + k + 1);
-      sql += ")";
-    }
-    sql += tail;
-    auto res = c.exec(sql, params);
-    if (!res) return res.error();
-    each(*res);
-  }
-  return {};
 }
 
 Status check_import(const HostRecord& h) {

@@ -201,6 +201,34 @@ TEST(FleetIndex, OlderGenerationIsIgnoredAndIndexGenerationMoves) {
   EXPECT_EQ(index.host_count(), 0U);
 }
 
+// A write's own record goes in without a re-read, unless the index already
+// holds a later state: a higher generation (only the database can tell a
+// later write from a re-registration) or the same one seen later.
+TEST(FleetIndex, WrittenRecordsNeverMoveAHostBackwards) {
+  std::mt19937_64 rng(1);
+  HostIndex index(kDownAfter);
+  HostRecord h = make_host(1, rng, 5);
+  h.generation = 5;
+  h.last_seen_ms = 1000;
+  EXPECT_EQ(index.apply_written(h), HostIndex::Applied::applied);
+  HostRecord later = h;
+  later.last_seen_ms = 2000;
+  EXPECT_EQ(index.apply_written(later), HostIndex::Applied::applied);
+  EXPECT_EQ(index.apply_written(h), HostIndex::Applied::older_sighting);
+  EXPECT_EQ(index.snapshot().at(0).last_seen_ms, 2000);
+  HostRecord older = h;
+  older.generation = 4;
+  older.traits.clear();
+  EXPECT_EQ(index.apply_written(older), HostIndex::Applied::older_generation);
+  EXPECT_EQ(index.snapshot().at(0).traits, h.traits);
+  HostRecord next = later;
+  next.generation = 6;
+  next.last_seen_ms = 1500;  // a change seen on another clock: the generation rules
+  next.traits.resize(2);
+  EXPECT_EQ(index.apply_written(next), HostIndex::Applied::applied);
+  EXPECT_EQ(index.snapshot().at(0), to_indexed(next));
+}
+
 // Issue 19 item 4: a host renaming its traits at every report (a flood of
 // new names) leaves only the names some host holds; a trait shared with
 // another host stays; memory returns to where it was.

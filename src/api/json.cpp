@@ -4,7 +4,7 @@
 
 #include <cstdint>
 #include <cstdio>
-#include <regex>
+#include <string_view>
 
 namespace virtcap::api {
 
@@ -172,6 +172,20 @@ Result<BootRequest> parse_boot_request(const std::string& body) {
   return r;
 }
 
+namespace {
+// Six two-digit hex groups (either case) joined by ':', as 52:54:00:12:34:56.
+bool is_mac_address(std::string_view s) {
+  if (s.size() != 17) return false;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    const bool ok = i % 3 == 2 ? c == ':'
+                               : (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+    if (!ok) return false;
+  }
+  return true;
+}
+}  // namespace
+
 Result<InterfaceSpec> parse_interface_request(const std::string& body) {
   auto j = body_object(body, {"mac", "network", "tag"}, true);
   if (!j) return j.error();
@@ -182,8 +196,7 @@ Result<InterfaceSpec> parse_interface_request(const std::string& body) {
   if (!network) return network.error();
   auto tag = string_field(*j, "tag", false);
   if (!tag) return tag.error();
-  static const std::regex kMac("^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$");
-  if (!mac->empty() && !std::regex_match(*mac, kMac))
+  if (!mac->empty() && !is_mac_address(*mac))
     return bad_request("field 'mac' must look like 52:54:00:12:34:56");
   spec.mac = *mac;
   spec.network = *network;

@@ -67,8 +67,6 @@ class Server {
   // SIGHUP: the TLS certificate and key files read again (http::Server::reload_tls).
   Status reload_tls() { return http_->reload_tls(); }
 
-  Metrics& metrics() { return metrics_; }
-
  private:
   std::vector<http::Route> routes();
   compute::ComputeManager& mgr_;

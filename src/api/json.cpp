@@ -1,6 +1,7 @@
 #include "api/json.h"
 
 #include "common/utf8.h"
+#include "common/strings.h"
 
 #include <cstdint>
 #include <cstdio>
@@ -117,9 +118,7 @@ Result<json> body_object(const std::string& body, const std::vector<std::string>
   if (!j.is_object()) return bad_request("the request body must be a JSON object");
   for (const auto& [k, v] : j.items()) {
     if (std::find(allowed.begin(), allowed.end(), k) == allowed.end()) {
-      std::string list;
-      for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
-      return bad_request("unknown field '" + k + "'; allowed fields: " + list);
+      return bad_request("unknown field '" + k + "'; allowed fields: " + join(allowed));
     }
   }
   return j;

@@ -16,6 +16,7 @@
 #include "fleet/wire.h"
 #include "imagecache/base_cache.h"
 #include "virtcap/version.h"
+#include "common/uuid.h"
 
 namespace virtcap::compute {
 
@@ -76,7 +77,7 @@ Result<std::string> FleetReporter::host_uuid() {
   const std::string dir = mgr_.config().defaults.state_path, path = dir + "/host_uuid";
   std::ifstream in(path);
   std::string line;
-  if (in && std::getline(in, line) && fleet::check_uuid(line)) return uuid_ = line;
+  if (in && std::getline(in, line) && is_uuid(line)) return uuid_ = line;
   if (in) return make_error(Errc::io_error, path + " does not hold a uuid; remove it to get a new one");
   const std::string fresh = new_uuid(), tmp = path + ".tmp";
   UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));

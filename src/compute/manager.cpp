@@ -3,7 +3,6 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <chrono>
 #include <climits>
 #include <random>
 #include <cctype>
@@ -12,6 +11,8 @@
 
 #include "imagecache/host_registry.h"
 #include "virtcap/registry.h"
+#include "common/time.h"
+#include "common/uuid.h"
 
 namespace virtcap::compute {
 
@@ -27,11 +28,6 @@ std::string new_uuid() {
 }
 
 namespace {
-
-std::int64_t now_seconds() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 Error load_failure(const std::string& driver, const std::string& why) {
   Error e = make_error(Errc::driver_load_failed, "unable to load the virtualization driver '" + driver +
@@ -137,13 +133,10 @@ bool valid_instance_name(const std::string& n) {
   return std::all_of(n.begin(), n.end(),
                      [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-'; });
 }
-bool looks_like_uuid(const std::string& s) {
-  return s.size() == 36 && s[8] == '-' && s[13] == '-' && s[18] == '-' && s[23] == '-';
-}
 // The audit line of an operation on `id` (a uuid or a name) until find()
 // names the instance.
 audit::Scope audit_of(std::string_view operation, const std::string& id) {
-  const bool uuid = looks_like_uuid(id);
+  const bool uuid = is_uuid(id);
   return audit::Scope(operation, uuid ? id : "", uuid ? "" : id);
 }
 }  // namespace
@@ -216,7 +209,7 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
 }
 
 Result<InstanceRecord> ComputeManager::find(const std::string& id) {
-  if (looks_like_uuid(id)) {
+  if (is_uuid(id)) {
     auto rec = store_.get_instance(id);
     if (!rec) return rec.error();
     if (rec->deleted_at != 0 || rec->host != host_)
@@ -365,7 +358,7 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
   for (auto it = std::filesystem::directory_iterator(instances_path_, ec);
        !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
     const std::string name = it->path().filename().string();
-    if (!it->is_directory() || !looks_like_uuid(name)) continue;
+    if (!it->is_directory() || !is_uuid(name)) continue;
     auto rec = store_.get_instance(name);
     if (!rec) {
       if (rec.error().code == Errc::not_found) out.orphan_dirs.push_back(name);

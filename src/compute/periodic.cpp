@@ -4,6 +4,8 @@
 
 #include <random>
 
+#include "common/time.h"
+
 namespace virtcap::compute {
 
 std::string_view to_string(TaskOutcome::Kind k) {
@@ -89,7 +91,7 @@ void PeriodicTaskRunner::loop(std::stop_token st, Slot& slot, double first_delay
       if (st.stop_requested()) return;
     }
     const auto started = clock::now();
-    const auto wall = std::chrono::system_clock::now();
+    const auto wall = wall_now();
     TaskOutcome outcome;
     try {
       outcome = slot.task.fn(st);

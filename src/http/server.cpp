@@ -28,6 +28,7 @@
 #include "common/time_text.h"
 #include "config/config.h"
 #include "http/tls.h"
+#include "common/time.h"
 
 namespace virtcap::http {
 
@@ -301,7 +302,7 @@ Result<int> Server::bind() {
   fit_open_file_limit(opts_.max_connections, opts_.config_section);
   const auto hp = config::split_listen(opts_.listen);
   listen_host_ = lower(hp->first);
-  auto tls = load_tls(opts_.tls_cert, opts_.tls_key, opts_.config_section, std::time(nullptr));
+  auto tls = load_tls(opts_.tls_cert, opts_.tls_key, opts_.config_section, now_seconds());
   if (!tls) return tls.error();
   if (tls.value()) {
     if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
@@ -481,7 +482,7 @@ void Server::stop() {
 
 Status Server::reload_tls() {
   if (!daemon_ || tls_cert_pem_.empty()) return {};  // plain HTTP: nothing to reload
-  auto tls = load_tls(opts_.tls_cert, opts_.tls_key, opts_.config_section, std::time(nullptr));
+  auto tls = load_tls(opts_.tls_cert, opts_.tls_key, opts_.config_section, now_seconds());
   if (!tls) return tls.error();
   if (!tls.value())  // load_tls refuses one file without the other; both gone cannot be
     return make_error(Errc::invalid_argument, "TLS files not reloaded: tls_cert and tls_key are empty");

@@ -18,6 +18,7 @@
 #include "common/utf8.h"
 #include "imagecache/base_cache.h"
 #include "imagecache/usage_scan.h"
+#include "common/time.h"
 
 namespace virtcap::imagecache {
 
@@ -63,11 +64,6 @@ Kind kind_of(std::string_view name) {
                                                                                                  : Kind::unknown;
   if (!base_like(name)) return Kind::unknown;
   return name.size() == 40 ? Kind::original : Kind::resized;
-}
-
-std::int64_t now_unix() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
 }
 
 // A regular file in the base directory, as listed.
@@ -129,7 +125,7 @@ std::string use_reason(const BaseUse& u) {
 std::vector<std::size_t> classify(const PassOptions& opts, const std::vector<Candidate>& listing,
                                   const UsageScan& scan, const std::set<std::string>& store_originals,
                                   const std::string& base_dir, ImageCacheReport& report) {
-  const std::int64_t now = now_unix();
+  const std::int64_t now = now_seconds();
   std::vector<std::size_t> to_remove;
   for (std::size_t i = 0; i < listing.size(); ++i) {
     const Candidate& c = listing[i];

@@ -5,6 +5,8 @@
 
 #include "virtcap/store.h"
 
+#include "common/strings.h"
+
 namespace virtcap {
 
 namespace {
@@ -52,9 +54,7 @@ std::string_view to_string(InstanceSortKey key) {
 }
 
 std::string sort_key_names() {
-  std::string out;
-  for (const auto& [n, k] : kSortKeys) (out += out.empty() ? "" : ", ") += n;
-  return out;
+  return join(kSortKeys, ", ", [](const auto& e) { return e.first; });
 }
 
 InstanceRowView row_view(const InstanceRecord& r) {

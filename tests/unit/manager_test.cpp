@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <libvirt/libvirt.h>
 
+#include <cctype>
 #include <cmath>
 
 #include "capabilities/render.h"
@@ -254,6 +255,20 @@ TEST(Manager, AllowedOperationsReachTheDriver) {
   EXPECT_TRUE(h.mgr->destroy(rec->uuid).ok());
   EXPECT_EQ(h.store.get_instance(rec->uuid)->vm_state, "deleted");
   EXPECT_EQ(h.mgr->reboot("nope").error().code, Errc::not_found);
+}
+
+// An id is a uuid only in the canonical lower-case form (common/uuid.h);
+// anything else, even uuid-shaped, is a name.
+TEST(Manager, FindTakesOnlyACanonicalUuidAsAUuid) {
+  Harness h(fake::kFake);
+  const std::string shaped = "vvvvvvvv-wwww-xxxx-yyyy-zzzzzzzzzzzz";
+  auto named = h.mgr->boot(shaped, "img", 256, 1);
+  ASSERT_TRUE(named.ok()) << named.error().describe();
+  EXPECT_EQ(h.mgr->reboot(shaped).ok(), true) << "found by name";
+  EXPECT_TRUE(h.mgr->reboot(named->uuid).ok()) << "found by uuid";
+  std::string upper = named->uuid;
+  for (auto& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  EXPECT_EQ(h.mgr->reboot(upper).error().code, Errc::not_found);
 }
 
 TEST(Manager, BootBeyondMaxVcpusIsRefused) {

@@ -159,7 +159,7 @@ Result<BootRequest> parse_boot_request(const std::string& body) {
   if (!name) return name.error();
   auto image = string_field(*j, "image", true);
   if (!image) return image.error();
-  auto mem = int_field(*j, "memory_mb", 512, 16, 16 * 1024 * 1024);
+  auto mem = int_field(*j, "memory_mb", 512, compute::kMinMemoryMb, compute::kMaxMemoryMb);
   if (!mem) return mem.error();
   // Its one range, 1 to the driver's discovered max_vcpus, is the manager's.
   auto vcpus = integer_field(*j, "vcpus", 1);

@@ -437,7 +437,7 @@ std::optional<int> parse_memory_mib(const std::string& v) {
   for (const auto& [u, shift] : kShift)
     if (unit == u) {
       const long long mib = n << shift;
-      if (mib < 16 || mib > 16LL * 1024 * 1024) {
+      if (!compute::memory_mb_in_range(mib)) {
         fail("--memory '" + v + "' is " + std::to_string(mib) + " MiB; it must be from 16 MiB to 16 TiB", kExitUsage);
         return std::nullopt;
       }

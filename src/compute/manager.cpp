@@ -148,9 +148,10 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
     return audit.fail(make_error(Errc::invalid_argument, "instance name '" + name +
                                                   "' is invalid: 1-63 letters, digits, '.', '_' or '-', "
                                                   "starting with a letter or digit"));
-  if (memory_mb < 16 || memory_mb > 16 * 1024 * 1024)
-    return audit.fail(make_error(Errc::invalid_argument,
-                                 "memory_mb must be from 16 to 16777216, got " + std::to_string(memory_mb)));
+  if (!memory_mb_in_range(memory_mb))
+    return audit.fail(make_error(Errc::invalid_argument, "memory_mb must be from " + std::to_string(kMinMemoryMb) +
+                                                             " to " + std::to_string(kMaxMemoryMb) + ", got " +
+                                                             std::to_string(memory_mb)));
   // One range, whichever end is crossed: 1 to the driver's max_vcpus.
   if (vcpus < 1 || vcpus > (caps_.max_vcpus > 0 ? caps_.max_vcpus : INT_MAX))
     return audit.fail(make_error(Errc::invalid_argument,

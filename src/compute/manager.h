@@ -49,6 +49,12 @@ inline constexpr std::string_view kPowerSyncTask = "sync_power_states";
 // A random (version 4) uuid.
 std::string new_uuid();
 
+// The memory an instance may have, in MiB: 16 MiB to 16 TiB. boot() refuses
+// anything else; the API and the CLI check the same range first, so their
+// errors name their own field or flag.
+inline constexpr int kMinMemoryMb = 16, kMaxMemoryMb = 16 * 1024 * 1024;
+constexpr bool memory_mb_in_range(long long mb) { return mb >= kMinMemoryMb && mb <= kMaxMemoryMb; }
+
 class ComputeManager {
  public:
   // Loads the configured driver (or `driver_override`), runs its init_host and

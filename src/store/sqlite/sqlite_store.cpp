@@ -17,6 +17,8 @@
 #include <set>
 #include <utility>
 
+#include "common/lock_file.h"
+
 namespace virtcap::store {
 namespace {
 
@@ -156,27 +158,6 @@ std::string hex(std::int64_t v) {
   return buf;
 }
 
-// Creates the missing directories of `dir`, each with mode 0700; existing
-// ones are left as they are.
-Status make_dirs(const std::filesystem::path& dir) {
-  if (dir.empty()) return {};
-  std::filesystem::path cur;
-  for (const auto& part : dir) {
-    cur /= part;
-    if (::mkdir(cur.c_str(), 0700) != 0 && errno != EEXIST)
-      return make_error(Errc::io_error, "cannot create the instance store directory " + cur.string() + ": " +
-                                            std::strerror(errno));
-  }
-  struct stat st {};
-  if (::stat(dir.c_str(), &st) != 0)
-    return make_error(Errc::io_error,
-                      "cannot use the instance store directory " + dir.string() + ": " + std::strerror(errno));
-  if (!S_ISDIR(st.st_mode))
-    return make_error(Errc::io_error,
-                      "cannot use " + dir.string() + " as the instance store directory: it is not a directory");
-  return {};
-}
-
 }  // namespace
 
 // A cached prepared statement in use: reset and unbound when it goes away, so
@@ -259,7 +240,9 @@ Result<std::unique_ptr<SqliteStore>> SqliteStore::open(const std::string& path,
   if (path.empty()) return make_error(Errc::invalid_argument, "the instance store path is empty");
   if (busy_timeout.count() < 0)
     return make_error(Errc::invalid_argument, "the instance store busy timeout must not be negative");
-  if (auto st = make_dirs(std::filesystem::path(path).parent_path()); !st) return st.error();
+  // The missing directories of the file's path, each with mode 0700.
+  if (const auto dir = std::filesystem::path(path).parent_path(); !dir.empty())
+    if (auto st = make_dirs(dir.string(), 0700, "the instance store directory"); !st) return st.error();
   // A new database is created owner-only (SQLite would use the umask's mode);
   // its -wal and -shm files inherit the mode. An existing file is untouched.
   if (int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600); fd >= 0) ::close(fd);

@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <iterator>
 #include <set>
+#include <type_traits>
 #include <utility>
 
 #include "common/lock_file.h"
@@ -117,40 +118,32 @@ void bind_record(Stmt& st, const InstanceRecord& r) {
   st.bind(11, r.deleted_at);
 }
 
-template <class Stmt>
-InstanceRecord read_record(const Stmt& st) {
-  InstanceRecord r;
-  r.uuid = st.text(0);
-  r.name = st.text(1);
-  r.host = st.text(2);
-  r.image_id = st.text(3);
+// The current row (VIRTCAP_INSTANCE_COLUMNS, in order) as a Row: an
+// InstanceRecord owns copies of its text; an InstanceRowView's text views
+// SQLite's column memory (valid until the next step).
+template <class Row, class Stmt>
+Row read_row(const Stmt& st) {
+  const auto text = [&st](int col) {
+    if constexpr (std::is_same_v<Row, InstanceRowView>)
+      return st.view(col);
+    else
+      return st.text(col);
+  };
+  Row r;
+  r.uuid = text(0);
+  r.name = text(1);
+  r.host = text(2);
+  r.image_id = text(3);
   r.memory_mb = static_cast<int>(st.int64(4));
   r.vcpus = static_cast<int>(st.int64(5));
-  r.vm_state = st.text(6);
-  r.task_state = st.text(7);
+  r.vm_state = text(6);
+  r.task_state = text(7);
   r.created_at = st.int64(8);
   r.updated_at = st.int64(9);
   r.deleted_at = st.int64(10);
   return r;
 }
 
-// The current row as views of SQLite's column memory (valid until the next step).
-template <class Stmt>
-InstanceRowView read_view(const Stmt& st) {
-  InstanceRowView v;
-  v.uuid = st.view(0);
-  v.name = st.view(1);
-  v.host = st.view(2);
-  v.image_id = st.view(3);
-  v.memory_mb = static_cast<int>(st.int64(4));
-  v.vcpus = static_cast<int>(st.int64(5));
-  v.vm_state = st.view(6);
-  v.task_state = st.view(7);
-  v.created_at = st.int64(8);
-  v.updated_at = st.int64(9);
-  v.deleted_at = st.int64(10);
-  return v;
-}
 
 std::string hex(std::int64_t v) {
   char buf[32];
@@ -500,7 +493,7 @@ Result<std::vector<InstanceRecord>> SqliteStore::live_instances_on(const std::ve
     if (!st) return st.error();
     st->bind(1, host);
     int rc;
-    while ((rc = st->step()) == SQLITE_ROW) out.push_back(read_record(*st));
+    while ((rc = st->step()) == SQLITE_ROW) out.push_back(read_row<InstanceRecord>(*st));
     if (rc != SQLITE_DONE) return failure(rc, "listing the live instances of host " + host);
   }
   if (auto st = txn.commit(); !st) return st.error();
@@ -534,7 +527,7 @@ Result<InstanceRecord> SqliteStore::get_instance(const std::string& uuid) {
   if (!st) return st.error();
   st->bind(1, uuid);
   const int rc = st->step();
-  if (rc == SQLITE_ROW) return read_record(*st);
+  if (rc == SQLITE_ROW) return read_row<InstanceRecord>(*st);
   if (rc == SQLITE_DONE) return make_error(Errc::not_found, "no instance " + uuid + " in the store");
   return failure(rc, "reading instance " + uuid);
 }
@@ -566,7 +559,7 @@ Result<std::vector<InstanceRecord>> SqliteStore::list_instances(const std::strin
   st->bind(2, std::int64_t{include_deleted ? 1 : 0});
   std::vector<InstanceRecord> out;
   int rc;
-  while ((rc = st->step()) == SQLITE_ROW) out.push_back(read_record(*st));
+  while ((rc = st->step()) == SQLITE_ROW) out.push_back(read_row<InstanceRecord>(*st));
   if (rc != SQLITE_DONE) return failure(rc, "listing the instances of host " + host);
   return out;
 }
@@ -598,7 +591,7 @@ Result<InstancePageInfo> SqliteStore::visit_instances(const InstancePageQuery& q
     st->bind(5, query.accept ? std::int64_t{-1} : static_cast<std::int64_t>(query.limit) + 1);
     int rc;
     while ((rc = st->step()) == SQLITE_ROW) {
-      const InstanceRowView row = read_view(*st);
+      const InstanceRowView row = read_row<InstanceRowView>(*st);
       if (query.accept && !query.accept(row)) continue;
       if (info.rows == query.limit) {
         info.more = true;

@@ -11,10 +11,10 @@
 #include <utility>
 #include <vector>
 
-#include "http/server.h"
 #include "common/json_text.h"
-#include "common/utf8.h"
 #include "common/strings.h"
+#include "common/utf8.h"
+#include "http/server.h"
 
 namespace virtcap::api {
 

@@ -1,7 +1,7 @@
 #include "api/json.h"
 
-#include "common/utf8.h"
 #include "common/strings.h"
+#include "common/utf8.h"
 
 #include <cstdint>
 #include <cstdio>

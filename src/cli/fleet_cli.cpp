@@ -14,12 +14,12 @@
 #include "cli/client_options.h"
 #include "common/json_text.h"
 #include "common/logging.h"
+#include "common/strings.h"
+#include "common/time.h"
 #include "common/time_text.h"
 #include "config/config.h"
 #include "fleet/service.h"
 #include "http/tls.h"
-#include "common/time.h"
-#include "common/strings.h"
 
 namespace virtcap::cli {
 

@@ -21,14 +21,16 @@
 #include "capabilities/render.h"
 #include "cli/cli_docs.h"
 #include "cli/client_options.h"
-#include "common/fd.h"
 #include "cli/fleet_cli.h"
+#include "common/fd.h"
+#include "common/json_text.h"
 #include "common/logging.h"
 #include "common/state_lock.h"
-#include "compute/manager.h"
+#include "common/strings.h"
 #include "common/subprocess.h"
-#include "common/json_text.h"
+#include "common/time.h"
 #include "common/time_text.h"
+#include "compute/manager.h"
 #include "compute/periodic.h"
 #include "config/config.h"
 #include "http/server.h"
@@ -38,8 +40,6 @@
 #include "store/sqlite/sqlite_store.h"
 #include "virtcap/registry.h"
 #include "virtcap/version.h"
-#include "common/strings.h"
-#include "common/time.h"
 
 namespace {
 

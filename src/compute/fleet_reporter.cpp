@@ -11,12 +11,12 @@
 
 #include "api/client.h"
 #include "capabilities/render.h"
+#include "common/uuid.h"
 #include "common/fd.h"
 #include "compute/manager.h"
 #include "fleet/wire.h"
 #include "imagecache/base_cache.h"
 #include "virtcap/version.h"
-#include "common/uuid.h"
 
 namespace virtcap::compute {
 

@@ -9,10 +9,10 @@
 #include <filesystem>
 #include <set>
 
-#include "imagecache/host_registry.h"
-#include "virtcap/registry.h"
 #include "common/time.h"
 #include "common/uuid.h"
+#include "imagecache/host_registry.h"
+#include "virtcap/registry.h"
 
 namespace virtcap::compute {
 

@@ -25,10 +25,10 @@
 #include <sstream>
 
 #include "common/json_text.h"
+#include "common/time.h"
 #include "common/time_text.h"
 #include "config/config.h"
 #include "http/tls.h"
-#include "common/time.h"
 
 namespace virtcap::http {
 

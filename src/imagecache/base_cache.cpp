@@ -13,9 +13,9 @@
 #include <random>
 
 #include "common/fd.h"
+#include "common/lock_file.h"
 #include "common/mount_id.h"
 #include "common/sha1.h"
-#include "common/lock_file.h"
 
 namespace virtcap::imagecache {
 

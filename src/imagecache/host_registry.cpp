@@ -11,8 +11,8 @@
 
 #include "common/fd.h"
 #include "common/json_text.h"
-#include "imagecache/base_cache.h"
 #include "common/time.h"
+#include "imagecache/base_cache.h"
 
 namespace virtcap::imagecache {
 

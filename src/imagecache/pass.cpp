@@ -15,10 +15,10 @@
 
 #include "common/audit.h"
 #include "common/fd.h"
+#include "common/time.h"
 #include "common/utf8.h"
 #include "imagecache/base_cache.h"
 #include "imagecache/usage_scan.h"
-#include "common/time.h"
 
 namespace virtcap::imagecache {
 

@@ -3,9 +3,8 @@
 #include <algorithm>
 #include <utility>
 
-#include "virtcap/store.h"
-
 #include "common/strings.h"
+#include "virtcap/store.h"
 
 namespace virtcap {
 

@@ -1,9 +1,9 @@
 #include "virtcap/registry.h"
 
+#include "common/strings.h"
 #include "config/config.h"
 #include "virt/fake/fake_driver.h"
 #include "virt/libvirt/libvirt_driver.h"
-#include "common/strings.h"
 
 namespace virtcap {
 

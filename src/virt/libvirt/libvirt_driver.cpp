@@ -16,10 +16,10 @@
 
 #include "common/group.h"
 #include "common/subprocess.h"
+#include "common/uuid.h"
 #include "imagecache/pass.h"
 #include "imagecache/qcow2_writer.h"
 #include "virt/libvirt/domain_xml.h"
-#include "common/uuid.h"
 
 namespace virtcap::libvirt {
 

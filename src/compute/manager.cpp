@@ -110,12 +110,12 @@ Status ComputeManager::check(Operation op) const {
   return {};
 }
 
-std::shared_ptr<std::mutex> ComputeManager::instance_lock(const std::string& uuid) {
-  std::lock_guard lock(locks_mu_);
+std::shared_ptr<Mutex> ComputeManager::instance_lock(const std::string& uuid) {
+  MutexLock lock(locks_mu_);
   auto& weak = instance_locks_[uuid];
   auto strong = weak.lock();
   if (!strong) {
-    strong = std::make_shared<std::mutex>();
+    strong = std::make_shared<Mutex>();
     weak = strong;
   }
   if (instance_locks_.size() > 4096)  // drop entries nobody holds
@@ -185,7 +185,7 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
   rec.created_at = rec.updated_at = now_seconds();
   audit.instance(rec.uuid, name);
   auto lock = instance_lock(rec.uuid);
-  std::lock_guard guard(*lock);
+  MutexLock guard(*lock);
   // The record first: a crash from here on leaves a record that reconcile
   // finishes or rolls back, never an orphan domain or disk.
   if (auto st = store_.create_instance(rec); !st) return audit.fail(st.error());
@@ -311,8 +311,8 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
   for (auto rec : in_store.value()) {
     known.insert(rec.uuid);
     auto lock = instance_lock(rec.uuid);
-    std::unique_lock guard(*lock, std::try_to_lock);
-    if (!guard.owns_lock()) continue;  // an operation is running on it right now
+    if (!lock->try_lock()) continue;  // an operation is running on it right now
+    MutexLock guard(*lock, std::adopt_lock);
     const bool on = hv_uuids.count(rec.uuid) > 0;
     const auto stamp = [&] { rec.updated_at = now_seconds(); };
     // A fix is audited: the instance, its state before and after.
@@ -396,7 +396,7 @@ Result<ImageCacheReport> ComputeManager::image_cache_pass(bool dry_run) {
   if (!instances) return instances.error();
   auto report = driver_->manage_image_cache(instances.value(), dry_run);
   if (report) {
-    std::lock_guard lock(report_mu_);
+    MutexLock lock(report_mu_);
     last_report_ = report.value();
     ++totals_.passes;
     if (!report->complete) ++totals_.incomplete;
@@ -407,12 +407,12 @@ Result<ImageCacheReport> ComputeManager::image_cache_pass(bool dry_run) {
 }
 
 std::optional<ImageCacheReport> ComputeManager::last_image_cache_report() const {
-  std::lock_guard lock(report_mu_);
+  MutexLock lock(report_mu_);
   return last_report_;
 }
 
 ComputeManager::ImageCacheTotals ComputeManager::image_cache_totals() const {
-  std::lock_guard lock(report_mu_);
+  MutexLock lock(report_mu_);
   return totals_;
 }
 

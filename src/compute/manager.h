@@ -15,6 +15,7 @@
 
 #include "common/audit.h"
 #include "compute/fleet_reporter.h"
+#include "common/mutex.h"
 #include "compute/periodic.h"
 #include "config/config.h"
 #include "virtcap/capabilities.h"
@@ -141,7 +142,7 @@ class ComputeManager {
   ComputeManager(const config::Config& cfg, InstanceStore& store, std::unique_ptr<ComputeDriver> driver);
   Status refuse(const Requirement& r) const;
   // A per-instance lock, taken with try_lock: a busy instance is a conflict.
-  std::shared_ptr<std::mutex> instance_lock(const std::string& uuid);
+  std::shared_ptr<Mutex> instance_lock(const std::string& uuid);
   Error busy(const std::string& uuid) const;
   // Finds `id`, names it in `audit`, takes its instance lock (try_lock:
   // busy is a conflict) and runs fn(record) with it held.
@@ -149,8 +150,8 @@ class ComputeManager {
   auto with_instance(const std::string& id, audit::Scope& audit, F&& fn)
       -> decltype(fn(std::declval<InstanceRecord&>()));
 
-  std::mutex locks_mu_;
-  std::map<std::string, std::weak_ptr<std::mutex>> instance_locks_;
+  Mutex locks_mu_;
+  std::map<std::string, std::weak_ptr<Mutex>> instance_locks_ GUARDED_BY(locks_mu_);
 
   config::Config cfg_;
   InstanceStore& store_;
@@ -170,9 +171,9 @@ class ComputeManager {
   ImageCacheTotals image_cache_totals() const;
 
  private:
-  mutable std::mutex report_mu_;
-  std::optional<ImageCacheReport> last_report_;
-  ImageCacheTotals totals_;
+  mutable Mutex report_mu_;
+  std::optional<ImageCacheReport> last_report_ GUARDED_BY(report_mu_);
+  ImageCacheTotals totals_ GUARDED_BY(report_mu_);
 };
 
 template <class F>
@@ -182,8 +183,8 @@ auto ComputeManager::with_instance(const std::string& id, audit::Scope& audit, F
   if (!rec) return rec.error();
   audit.instance(rec->uuid, rec->name);
   auto lock = instance_lock(rec->uuid);
-  std::unique_lock guard(*lock, std::try_to_lock);
-  if (!guard.owns_lock()) return busy(rec->uuid);
+  if (!lock->try_lock()) return busy(rec->uuid);
+  MutexLock guard(*lock, std::adopt_lock);
   return fn(rec.value());
 }
 

@@ -198,10 +198,12 @@ class SqliteStore::Stmt {
   int bind_rc_ = SQLITE_OK;
 };
 
-// One transaction: rolled back if it goes away uncommitted.
+// One transaction: rolled back if it goes away uncommitted. Made only with
+// the store's mutex held (checked), and it lives in that scope, so its steps
+// may assume the mutex held (clang cannot follow s_ back to the caller's mu_).
 class SqliteStore::Txn {
  public:
-  explicit Txn(SqliteStore& s) : s_(s) {}
+  explicit Txn(SqliteStore& s) REQUIRES(s.mu_) : s_(s) {}
   Txn(const Txn&) = delete;
   Txn& operator=(const Txn&) = delete;
   ~Txn() {
@@ -209,12 +211,16 @@ class SqliteStore::Txn {
   }
   // BEGIN IMMEDIATE takes the write lock up front (waiting up to the busy
   // timeout), so a write never fails half-way for want of the lock.
-  Status begin_write() { return s_.exec("BEGIN IMMEDIATE", "taking the write lock"); }
+  Status begin_write() { return exec("BEGIN IMMEDIATE", "taking the write lock"); }
   // A read snapshot across several statements.
-  Status begin_read() { return s_.exec("BEGIN", "starting a read transaction"); }
-  Status commit() { return s_.exec("COMMIT", "committing"); }
+  Status begin_read() { return exec("BEGIN", "starting a read transaction"); }
+  Status commit() { return exec("COMMIT", "committing"); }
 
  private:
+  Status exec(std::string_view sql, std::string_view doing) {
+    s_.mu_.assert_held();
+    return s_.exec(sql, doing);
+  }
   SqliteStore& s_;
 };
 
@@ -263,7 +269,7 @@ Result<std::unique_ptr<SqliteStore>> SqliteStore::open(const std::string& path,
 }
 
 Status SqliteStore::initialise() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   opening_ = true;
   // Everything before the WAL switch only reads: a file we refuse is left
   // byte-for-byte as it was.
@@ -308,6 +314,7 @@ Status SqliteStore::check_file() {
   }
 
   auto single_int = [this](const char* sql, std::int64_t& out) -> Status {
+    mu_.assert_held();  // called below, in check_file
     auto st = prepare(sql);
     if (!st) return st.error();
     const int rc = st->step();
@@ -438,7 +445,7 @@ Error SqliteStore::not_a_virtcap_database(std::string_view why) const {
 // ---------------------------------------------------------------------------
 
 Status SqliteStore::register_host(const HostRecord& host) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Txn txn(*this);
   if (auto st = txn.begin_write(); !st) return st;
   {
@@ -453,7 +460,7 @@ Status SqliteStore::register_host(const HostRecord& host) {
 }
 
 Result<std::vector<std::string>> SqliteStore::hosts_sharing(const std::string& instances_path) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto st = prepare(kHostsSharing);
   if (!st) return st.error();
   st->bind(1, instances_path);
@@ -465,7 +472,7 @@ Result<std::vector<std::string>> SqliteStore::hosts_sharing(const std::string& i
 }
 
 Result<std::vector<HostRecord>> SqliteStore::list_hosts() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto st = prepare(kListHosts);
   if (!st) return st.error();
   std::vector<HostRecord> out;
@@ -482,7 +489,7 @@ Result<std::vector<HostRecord>> SqliteStore::list_hosts() {
 }
 
 Result<std::vector<InstanceRecord>> SqliteStore::live_instances_on(const std::vector<std::string>& hosts) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   std::vector<InstanceRecord> out;
   const std::set<std::string> distinct(hosts.begin(), hosts.end());
   if (distinct.empty()) return out;
@@ -502,7 +509,7 @@ Result<std::vector<InstanceRecord>> SqliteStore::live_instances_on(const std::ve
 }
 
 Status SqliteStore::create_instance(const InstanceRecord& record) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Txn txn(*this);
   if (auto st = txn.begin_write(); !st) return st;
   {
@@ -522,7 +529,7 @@ Status SqliteStore::create_instance(const InstanceRecord& record) {
 }
 
 Result<InstanceRecord> SqliteStore::get_instance(const std::string& uuid) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto st = prepare(kGetInstance);
   if (!st) return st.error();
   st->bind(1, uuid);
@@ -533,7 +540,7 @@ Result<InstanceRecord> SqliteStore::get_instance(const std::string& uuid) {
 }
 
 Status SqliteStore::update_instance(const InstanceRecord& record) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Txn txn(*this);
   if (auto st = txn.begin_write(); !st) return st;
   {
@@ -552,7 +559,7 @@ Status SqliteStore::update_instance(const InstanceRecord& record) {
 }
 
 Result<std::vector<InstanceRecord>> SqliteStore::list_instances(const std::string& host, bool include_deleted) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto st = prepare(kListInstances);
   if (!st) return st.error();
   st->bind(1, host);
@@ -566,7 +573,7 @@ Result<std::vector<InstanceRecord>> SqliteStore::list_instances(const std::strin
 
 Result<InstancePageInfo> SqliteStore::visit_instances(const InstancePageQuery& query, const InstanceVisitor& visit) {
   if (Status st = check_page_query(query); !st) return st.error();
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Txn txn(*this);  // the marker's position and the page from one snapshot
   if (auto st = txn.begin_read(); !st) return st.error();
   if (!query.marker.empty()) {
@@ -609,7 +616,7 @@ Result<InstancePageInfo> SqliteStore::visit_instances(const InstancePageQuery& q
 }
 
 std::optional<ContentsVersion> SqliteStore::contents_version() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto dv = prepare("PRAGMA data_version");
   if (!dv || dv->step() != SQLITE_ROW) return std::nullopt;
   return ContentsVersion{static_cast<std::uint64_t>(sqlite3_total_changes64(db_)),

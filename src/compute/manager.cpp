@@ -29,6 +29,8 @@ std::string new_uuid() {
 
 namespace {
 
+constexpr std::string_view kStopping = "the agent is stopping";
+
 Error load_failure(const std::string& driver, const std::string& why) {
   Error e = make_error(Errc::driver_load_failed, "unable to load the virtualization driver '" + driver +
                                                      "': " + why + "; available drivers: " +
@@ -293,7 +295,7 @@ Status ComputeManager::detach_interface(const std::string& id, const std::string
       with_instance(id, audit, [&](InstanceRecord& rec) { return driver_->detach_interface(rec.uuid, mac); }));
 }
 
-Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
+Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix, std::stop_token stop) {
   if (auto why = driver_->unavailable_reason(); !why.empty()) return make_error(Errc::hypervisor_unavailable, why);
   auto on_hv = driver_->list_instances();
   if (!on_hv) return on_hv.error();
@@ -309,6 +311,10 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
   std::set<std::string> known;
   ReconcileReport out;
   for (auto rec : in_store.value()) {
+    if (stop.stop_requested()) {
+      out.interrupted = true;
+      return out;
+    }
     known.insert(rec.uuid);
     auto lock = instance_lock(rec.uuid);
     if (!lock->try_lock()) continue;  // an operation is running on it right now
@@ -354,6 +360,10 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
   }
   for (const auto& u : hv_uuids)
     if (!known.count(u)) out.unknown_domains.push_back(u);
+  if (stop.stop_requested()) {
+    out.interrupted = true;
+    return out;
+  }
   // Instance directories whose uuid no store record of any host names.
   std::error_code ec;
   for (auto it = std::filesystem::directory_iterator(instances_path_, ec);
@@ -374,7 +384,7 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
   return out;
 }
 
-Result<ImageCacheReport> ComputeManager::image_cache_pass(bool dry_run) {
+Result<ImageCacheReport> ComputeManager::image_cache_pass(bool dry_run, std::stop_token stop) {
   if (auto st = check(Operation::manage_image_cache); !st) return st.error();
   if (auto why = driver_->unavailable_reason(); !why.empty()) {
     Error e = make_error(Errc::hypervisor_unavailable, why);
@@ -394,7 +404,15 @@ Result<ImageCacheReport> ComputeManager::image_cache_pass(bool dry_run) {
   all.erase(std::unique(all.begin(), all.end()), all.end());
   auto instances = store_.live_instances_on(all);
   if (!instances) return instances.error();
-  auto report = driver_->manage_image_cache(instances.value(), dry_run);
+  if (stop.stop_requested()) {
+    ImageCacheReport stopped;
+    stopped.complete = false;
+    stopped.stopped = true;
+    stopped.dry_run = dry_run;
+    stopped.notes.push_back("stopped before the pass began (the agent is stopping); nothing removed");
+    return stopped;
+  }
+  auto report = driver_->manage_image_cache(instances.value(), dry_run, stop);
   if (report) {
     MutexLock lock(report_mu_);
     last_report_ = report.value();
@@ -416,7 +434,7 @@ ComputeManager::ImageCacheTotals ComputeManager::image_cache_totals() const {
   return totals_;
 }
 
-TaskOutcome ComputeManager::run_image_cache_pass() {
+TaskOutcome ComputeManager::run_image_cache_pass(std::stop_token stop) {
   // The seed's point: no store query and no driver call unless the driver
   // wants the pass and the operator has not disabled it.
   if (!caps_.has_imagecache)
@@ -426,8 +444,10 @@ TaskOutcome ComputeManager::run_image_cache_pass() {
     return TaskOutcome::skipped("[image_cache] manager_interval is " +
                                 std::to_string(cfg_.image_cache.manager_interval) + " (<= 0 disables the pass)");
   if (auto why = driver_->unavailable_reason(); !why.empty()) return TaskOutcome::skipped(why);
-  auto report = image_cache_pass(false);
+  if (stop.stop_requested()) return TaskOutcome::skipped(std::string(kStopping));
+  auto report = image_cache_pass(false, stop);
   if (!report) return TaskOutcome::failed(report.error().describe());
+  if (report->stopped) return TaskOutcome::skipped(std::string(kStopping) + ": pass ended early, nothing more removed");
   std::string msg = std::to_string(report->instances_considered) + " live instances, " +
                     std::to_string(report->disks_read) + " disks read; " + std::to_string(report->files_removed) +
                     " files removed, " + std::to_string(report->bytes_freed) + " bytes freed";
@@ -437,12 +457,16 @@ TaskOutcome ComputeManager::run_image_cache_pass() {
   return TaskOutcome::ran(msg);
 }
 
-TaskOutcome ComputeManager::sync_power_states() {
+TaskOutcome ComputeManager::sync_power_states(std::stop_token stop) {
+  if (stop.stop_requested()) return TaskOutcome::skipped(std::string(kStopping));
   if (auto why = driver_->unavailable_reason(); !why.empty()) return TaskOutcome::skipped(why);
-  auto r = reconcile(true);
+  auto r = reconcile(true, stop);
   if (!r) return TaskOutcome::failed(r.error().describe());
   for (const auto& u : r->lost)
     spdlog::warn("instance {} is in the store but not on the hypervisor; marked lost (kept)", u);
+  if (r->interrupted)
+    return TaskOutcome::skipped(std::string(kStopping) + ": ended early after marking " +
+                                std::to_string(r->lost.size()) + " lost");
   return TaskOutcome::ran(std::to_string(r->lost.size()) + " lost, " + std::to_string(r->unknown_domains.size()) +
                           " unknown domains, " + std::to_string(r->finished_spawns.size() + r->rolled_back_spawns.size()) +
                           " interrupted spawns and " + std::to_string(r->finished_deletes.size()) +
@@ -453,7 +477,7 @@ TaskOutcome ComputeManager::sync_power_states() {
 void ComputeManager::register_periodic_tasks(PeriodicTaskRunner& runner) {
   PeriodicTask cache{std::string(kImageCacheTask), static_cast<double>(cfg_.image_cache.manager_interval),
                      FirstRun::after_spacing, "",
-                     [this](std::stop_token) { return run_image_cache_pass(); }};
+                     [this](std::stop_token st) { return run_image_cache_pass(st); }};
   // Decided once, from the capabilities read at start: the task is not even
   // scheduled when the driver does not want it.
   if (!caps_.has_imagecache)
@@ -466,7 +490,7 @@ void ComputeManager::register_periodic_tasks(PeriodicTaskRunner& runner) {
                  cfg_.image_cache.manager_interval);
   runner.add(std::move(cache));
   PeriodicTask sync{std::string(kPowerSyncTask), static_cast<double>(cfg_.defaults.sync_power_state_interval),
-                    FirstRun::immediately, "", [this](std::stop_token) { return sync_power_states(); }};
+                    FirstRun::immediately, "", [this](std::stop_token st) { return sync_power_states(st); }};
   if (cfg_.defaults.sync_power_state_interval <= 0)
     sync.disabled_reason = "[DEFAULT] sync_power_state_interval is " +
                            std::to_string(cfg_.defaults.sync_power_state_interval) + " (<= 0 disables the task)";

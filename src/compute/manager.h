@@ -10,12 +10,13 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <string_view>
 
 #include "common/audit.h"
-#include "compute/fleet_reporter.h"
 #include "common/mutex.h"
+#include "compute/fleet_reporter.h"
 #include "compute/periodic.h"
 #include "config/config.h"
 #include "virtcap/capabilities.h"
@@ -109,7 +110,8 @@ class ComputeManager {
   // capability_not_supported unless the driver declares has_imagecache.
   // Gathers the live instances of every host sharing the instances path (the
   // store's hosts plus those registered on the storage) and hands them down.
-  Result<ImageCacheReport> image_cache_pass(bool dry_run);
+  // A stop request is checked between its steps (and handed to the driver).
+  Result<ImageCacheReport> image_cache_pass(bool dry_run, std::stop_token stop = {});
 
   // Store, hypervisor and disks compared. With fix: interrupted spawns are
   // finished (domain present) or rolled back (domain absent, record kept as
@@ -120,17 +122,22 @@ class ComputeManager {
   struct ReconcileReport {
     std::vector<std::string> finished_spawns, rolled_back_spawns, finished_deletes, lost, unknown_domains,
         orphan_dirs, stuck;
+    // A stop request ended it between two instances: what is listed was
+    // done; unknown domains and orphan directories were not looked for.
+    bool interrupted = false;
     bool consistent() const {
       return unknown_domains.empty() && orphan_dirs.empty() && stuck.empty();
     }
   };
-  Result<ReconcileReport> reconcile(bool fix);
+  Result<ReconcileReport> reconcile(bool fix, std::stop_token stop = {});
 
   // Periodic task bodies. The image-cache task returns at once, with no store
   // query and no driver call, without has_imagecache or with
-  // [image_cache] manager_interval <= 0.
-  TaskOutcome run_image_cache_pass();
-  TaskOutcome sync_power_states();
+  // [image_cache] manager_interval <= 0. Both take the runner's stop token
+  // and end early (skipped, saying so) when a stop is requested between
+  // their steps; the pass then removes nothing more.
+  TaskOutcome run_image_cache_pass(std::stop_token stop = {});
+  TaskOutcome sync_power_states(std::stop_token stop = {});
 
   // Adds this manager's periodic tasks to `runner` (which must outlive nothing
   // of the manager: stop the runner before destroying the manager).

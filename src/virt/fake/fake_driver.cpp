@@ -89,7 +89,8 @@ Status FakeDriver::detach_interface(const std::string& uuid, const std::string& 
   return {};
 }
 
-Result<ImageCacheReport> FakeDriver::manage_image_cache(const std::vector<InstanceRecord>& instances, bool dry_run) {
+Result<ImageCacheReport> FakeDriver::manage_image_cache(const std::vector<InstanceRecord>& instances, bool dry_run,
+                                                       std::stop_token) {
   ++calls_.manage_image_cache;
   last_image_cache_instances_ = instances.size();
   ImageCacheReport report;

@@ -47,7 +47,8 @@ class FakeDriver : public ComputeDriver {
   Status reboot(const std::string& uuid) override;
   Result<InterfaceInfo> attach_interface(const std::string& uuid, const InterfaceSpec& spec) override;
   Status detach_interface(const std::string& uuid, const std::string& mac) override;
-  Result<ImageCacheReport> manage_image_cache(const std::vector<InstanceRecord>& instances, bool dry_run) override;
+  Result<ImageCacheReport> manage_image_cache(const std::vector<InstanceRecord>& instances, bool dry_run,
+                                              std::stop_token stop) override;
 
   // Calls the manager made, per entry point.
   struct Calls {

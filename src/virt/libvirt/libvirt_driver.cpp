@@ -498,7 +498,7 @@ Status LibvirtDriver::detach_interface(const std::string& uuid, const std::strin
 }
 
 Result<ImageCacheReport> LibvirtDriver::manage_image_cache(const std::vector<InstanceRecord>& instances,
-                                                           bool dry_run) {
+                                                           bool dry_run, std::stop_token stop) {
   imagecache::PassOptions opts;
   opts.instances_path = cfg_.instances_path();
   opts.subdirectory_name = cfg_.image_cache.subdirectory_name;
@@ -507,6 +507,7 @@ Result<ImageCacheReport> LibvirtDriver::manage_image_cache(const std::vector<Ins
   opts.resized_min_age_seconds = cfg_.image_cache.remove_unused_resized_minimum_age_seconds;
   opts.lock_timeout_seconds = cfg_.image_cache.lock_timeout;
   opts.dry_run = dry_run;
+  opts.stop = std::move(stop);
   return imagecache::run_pass(opts, instances);
 }
 

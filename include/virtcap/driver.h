@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -71,6 +72,7 @@ struct MissingBacking {
 // What one image-cache pass did (manage_image_cache's answer).
 struct ImageCacheReport {
   bool complete = true;      // false: some disk could not be read, or a removal failed
+  bool stopped = false;      // a stop request ended it between steps (then also not complete)
   bool dry_run = false;
   bool removal_enabled = true;
   std::string base_dir;
@@ -163,9 +165,11 @@ class ComputeDriver {
 
   // Called by the image-cache pass, only when capabilities().has_imagecache.
   // `instances` are the live instances of every host sharing the instances
-  // path. A dry run decides and reports but changes nothing.
-  virtual Result<ImageCacheReport> manage_image_cache(const std::vector<InstanceRecord>& instances,
-                                                      bool dry_run) = 0;
+  // path. A dry run decides and reports but changes nothing. A stop request
+  // on `stop` ends the pass between its steps, removing nothing more
+  // (ImageCacheReport::stopped).
+  virtual Result<ImageCacheReport> manage_image_cache(const std::vector<InstanceRecord>& instances, bool dry_run,
+                                                      std::stop_token stop) = 0;
 };
 
 }  // namespace virtcap

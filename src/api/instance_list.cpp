@@ -11,9 +11,10 @@
 #include <utility>
 #include <vector>
 
-#include "http/server.h"
 #include "common/json_text.h"
+#include "common/strings.h"
 #include "common/utf8.h"
+#include "http/server.h"
 
 namespace virtcap::api {
 
@@ -33,13 +34,6 @@ constexpr std::size_t kMaxMarkerBytes = 64;
 
 Error bad_param(std::string_view param, const std::string& what) {
   return make_error(Errc::invalid_argument, "parameter '" + std::string(param) + "' " + what);
-}
-
-template <class Names>
-std::string joined(const Names& names) {
-  std::string out;
-  for (const auto& n : names) (out += out.empty() ? "" : ", ") += n;
-  return out;
 }
 
 Result<bool> parse_bool(std::string_view param, const std::string& v) {
@@ -65,7 +59,7 @@ Result<std::shared_ptr<const re2::RE2>> parse_name_pattern(const std::string& v)
 Status apply_param(ListQuery& q, const std::string& k, const std::string& v) {
   if (k == "status") {
     if (std::find(kVmStates.begin(), kVmStates.end(), v) == kVmStates.end())
-      return bad_param(k, "must be one of " + joined(kVmStates) + ", not '" + v + "'");
+      return bad_param(k, "must be one of " + join(kVmStates) + ", not '" + v + "'");
     q.page.vm_state = v;
   } else if (k == "power_state") {
     for (PowerState s : kPowerStates)
@@ -73,7 +67,7 @@ Status apply_param(ListQuery& q, const std::string& k, const std::string& v) {
     if (!q.power_state) {
       std::vector<std::string_view> names;
       for (PowerState s : kPowerStates) names.push_back(to_string(s));
-      return bad_param(k, "must be one of " + joined(names) + ", not '" + v + "'");
+      return bad_param(k, "must be one of " + join(names) + ", not '" + v + "'");
     }
   } else if (k == "name") {
     if (v.empty()) return {};
@@ -103,7 +97,7 @@ Status apply_param(ListQuery& q, const std::string& k, const std::string& v) {
     q.page.marker = v;
   } else {
     return make_error(Errc::invalid_argument,
-                      "unknown query parameter '" + k + "'; GET /v1/instances takes " + joined(kParams));
+                      "unknown query parameter '" + k + "'; GET /v1/instances takes " + join(kParams));
   }
   return {};
 }

@@ -10,7 +10,7 @@
 namespace virtcap::api {
 
 ListPageCache::Body ListPageCache::find(const std::string& key, const ContentsVersion& version) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   for (auto& e : entries_)
     if (e.key == key) {
       if (e.version != version) return nullptr;
@@ -22,7 +22,7 @@ ListPageCache::Body ListPageCache::find(const std::string& key, const ContentsVe
 
 void ListPageCache::keep(std::string key, const ContentsVersion& version, Body body) {
   if (!body || body->size() > kMaxBodyBytes) return;
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Entry* slot = nullptr;
   for (auto& e : entries_)
     if (e.key == key) slot = &e;

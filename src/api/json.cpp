@@ -1,10 +1,11 @@
 #include "api/json.h"
 
+#include "common/strings.h"
 #include "common/utf8.h"
 
 #include <cstdint>
 #include <cstdio>
-#include <regex>
+#include <string_view>
 
 namespace virtcap::api {
 
@@ -117,9 +118,7 @@ Result<json> body_object(const std::string& body, const std::vector<std::string>
   if (!j.is_object()) return bad_request("the request body must be a JSON object");
   for (const auto& [k, v] : j.items()) {
     if (std::find(allowed.begin(), allowed.end(), k) == allowed.end()) {
-      std::string list;
-      for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
-      return bad_request("unknown field '" + k + "'; allowed fields: " + list);
+      return bad_request("unknown field '" + k + "'; allowed fields: " + join(allowed));
     }
   }
   return j;
@@ -160,7 +159,7 @@ Result<BootRequest> parse_boot_request(const std::string& body) {
   if (!name) return name.error();
   auto image = string_field(*j, "image", true);
   if (!image) return image.error();
-  auto mem = int_field(*j, "memory_mb", 512, 16, 16 * 1024 * 1024);
+  auto mem = int_field(*j, "memory_mb", 512, compute::kMinMemoryMb, compute::kMaxMemoryMb);
   if (!mem) return mem.error();
   // Its one range, 1 to the driver's discovered max_vcpus, is the manager's.
   auto vcpus = integer_field(*j, "vcpus", 1);
@@ -172,6 +171,20 @@ Result<BootRequest> parse_boot_request(const std::string& body) {
   return r;
 }
 
+namespace {
+// Six two-digit hex groups (either case) joined by ':', as 52:54:00:12:34:56.
+bool is_mac_address(std::string_view s) {
+  if (s.size() != 17) return false;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    const bool ok = i % 3 == 2 ? c == ':'
+                               : (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+    if (!ok) return false;
+  }
+  return true;
+}
+}  // namespace
+
 Result<InterfaceSpec> parse_interface_request(const std::string& body) {
   auto j = body_object(body, {"mac", "network", "tag"}, true);
   if (!j) return j.error();
@@ -182,8 +195,7 @@ Result<InterfaceSpec> parse_interface_request(const std::string& body) {
   if (!network) return network.error();
   auto tag = string_field(*j, "tag", false);
   if (!tag) return tag.error();
-  static const std::regex kMac("^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$");
-  if (!mac->empty() && !std::regex_match(*mac, kMac))
+  if (!mac->empty() && !is_mac_address(*mac))
     return bad_request("field 'mac' must look like 52:54:00:12:34:56");
   spec.mac = *mac;
   spec.network = *network;

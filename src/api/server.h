@@ -6,10 +6,10 @@
 #include <atomic>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 
 #include "api/instance_list.h"
+#include "common/mutex.h"
 #include "compute/manager.h"
 #include "compute/periodic.h"
 #include "config/config.h"
@@ -39,8 +39,8 @@ class Metrics {
   std::string render(const Snapshot& s) const;
 
  private:
-  mutable std::mutex mu_;
-  std::map<std::tuple<std::string, std::string, int>, std::uint64_t> requests_;
+  mutable Mutex mu_;
+  std::map<std::tuple<std::string, std::string, int>, std::uint64_t> requests_ GUARDED_BY(mu_);
 };
 
 // The HTTP server options of [api]: listen, token, TLS, allow_insecure,
@@ -66,8 +66,6 @@ class Server {
   void stop();
   // SIGHUP: the TLS certificate and key files read again (http::Server::reload_tls).
   Status reload_tls() { return http_->reload_tls(); }
-
-  Metrics& metrics() { return metrics_; }
 
  private:
   std::vector<http::Route> routes();

@@ -14,6 +14,8 @@
 #include "cli/client_options.h"
 #include "common/json_text.h"
 #include "common/logging.h"
+#include "common/strings.h"
+#include "common/time.h"
 #include "common/time_text.h"
 #include "config/config.h"
 #include "fleet/service.h"
@@ -147,7 +149,7 @@ int FleetCommands::serve() {
   if (auto st = http::check_listen(checked); !st) return fail("config error: " + st.error().message, kExitUsage);
   // The TLS pair too is checked before anything is opened: a refused start
   // (a key that does not match its certificate) creates no database.
-  if (auto tls = http::load_tls(checked.tls_cert, checked.tls_key, checked.config_section, std::time(nullptr)); !tls)
+  if (auto tls = http::load_tls(checked.tls_cert, checked.tls_key, checked.config_section, now_seconds()); !tls)
     return fail("config error: " + tls.error().message, kExitUsage);
   sigset_t sigs;
   sigemptyset(&sigs);
@@ -208,7 +210,7 @@ json credential_json(const fleet::CredentialRecord& c) {
 }  // namespace
 
 int FleetCommands::token_create() {
-  auto made = fleet::make_credential(*fleet::role_from_string(role_), token_host_, note_, fleet::now_ms());
+  auto made = fleet::make_credential(*fleet::role_from_string(role_), token_host_, note_, now_ms());
   if (!made) return fail(made.error().message, kExitUsage);
   auto store = open_database();
   if (store.index() == 0) return std::get<0>(store);
@@ -242,7 +244,7 @@ int FleetCommands::token_list() {
 int FleetCommands::token_revoke() {
   auto store = open_database();
   if (store.index() == 0) return std::get<0>(store);
-  auto rec = std::get<1>(store)->revoke_credential(token_id_, fleet::now_ms());
+  auto rec = std::get<1>(store)->revoke_credential(token_id_, now_ms());
   if (!rec) return fail(rec.error().message, rec.error().code == Errc::not_found ? kExitUsage : kExitRuntime);
   if (token_json_) std::cout << dump_json(credential_json(*rec), 2) << "\n";
   else std::cout << "revoked credential " << rec->id << " (role " << fleet::to_string(rec->role)
@@ -260,9 +262,9 @@ std::optional<int> FleetCommands::call(api::Client& c, const std::string& method
 
 std::string FleetCommands::query_string() const {
   std::vector<std::pair<std::string, std::string>> q;
-  std::string req;
-  for (const auto& t : require_) req += (req.empty() ? "" : ",") + t;
-  for (const auto& t : forbid_) req += (req.empty() ? "!" : ",!") + t;
+  std::vector<std::string> terms = require_;
+  for (const auto& t : forbid_) terms.push_back("!" + t);
+  const std::string req = join(terms, ",");
   if (!req.empty()) q.emplace_back("required", req);
   for (const auto& g : any_of_) q.emplace_back("required", "in:" + g);
   if (!resources_.empty()) q.emplace_back("resources", resources_);

@@ -21,14 +21,16 @@
 #include "capabilities/render.h"
 #include "cli/cli_docs.h"
 #include "cli/client_options.h"
-#include "common/fd.h"
 #include "cli/fleet_cli.h"
+#include "common/fd.h"
+#include "common/json_text.h"
 #include "common/logging.h"
 #include "common/state_lock.h"
-#include "compute/manager.h"
+#include "common/strings.h"
 #include "common/subprocess.h"
-#include "common/json_text.h"
+#include "common/time.h"
 #include "common/time_text.h"
+#include "compute/manager.h"
 #include "compute/periodic.h"
 #include "config/config.h"
 #include "http/server.h"
@@ -83,7 +85,7 @@ std::optional<int> startup_checks(const config::Config& cfg, const std::string& 
   if (auto bad = check_driver_name(cfg, driver_override)) return bad;
   const http::Options api = api::http_options(cfg);
   if (auto st = http::check_listen(api); !st) return fail("config error: " + st.error().message, kExitUsage);
-  if (auto tls = http::load_tls(api.tls_cert, api.tls_key, api.config_section, std::time(nullptr)); !tls)
+  if (auto tls = http::load_tls(api.tls_cert, api.tls_key, api.config_section, now_seconds()); !tls)
     return fail("config error: " + tls.error().message, kExitUsage);
   const std::filesystem::path state(cfg.defaults.state_path);
   std::error_code ec;
@@ -307,9 +309,7 @@ std::optional<std::vector<Column>> pick(const Options& o, const std::vector<Colu
       return lower(c.header) == lower(want) || c.key == want;
     });
     if (it == all.end()) {
-      std::string names;
-      for (const auto& c : all) names += (names.empty() ? "" : ", ") + c.header;
-      fail("-c " + want + ": no such column; columns: " + names, kExitUsage);
+      fail("-c " + want + ": no such column; columns: " + join(all, ", ", &Column::header), kExitUsage);
       return std::nullopt;
     }
     out.push_back(*it);
@@ -437,7 +437,7 @@ std::optional<int> parse_memory_mib(const std::string& v) {
   for (const auto& [u, shift] : kShift)
     if (unit == u) {
       const long long mib = n << shift;
-      if (mib < 16 || mib > 16LL * 1024 * 1024) {
+      if (!compute::memory_mb_in_range(mib)) {
         fail("--memory '" + v + "' is " + std::to_string(mib) + " MiB; it must be from 16 MiB to 16 TiB", kExitUsage);
         return std::nullopt;
       }
@@ -640,12 +640,10 @@ int run_main(int argc, char** argv) {
             }});
 
   if (argc > 1 && argv[1][0] != '-') {
-    std::string names;
-    bool known = false;
-    for (const auto* sub : app.get_subcommands({})) {
-      names += (names.empty() ? "" : ", ") + sub->get_name();
-      known = known || sub->get_name() == argv[1];
-    }
+    const auto subs = app.get_subcommands({});
+    const std::string names = join(subs, ", ", [](const CLI::App* sub) { return sub->get_name(); });
+    const bool known =
+        std::any_of(subs.begin(), subs.end(), [&](const CLI::App* sub) { return sub->get_name() == argv[1]; });
     if (!known)
       return fail(std::string("unknown command '") + argv[1] + "'; commands: " + names + " (see virtcap --help)",
                 kExitUsage);

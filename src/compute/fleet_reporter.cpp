@@ -5,13 +5,13 @@
 #include <sys/statvfs.h>
 
 #include <cerrno>
-#include <condition_variable>
 #include <cstring>
 #include <fstream>
 
 #include "api/client.h"
 #include "capabilities/render.h"
 #include "common/fd.h"
+#include "common/uuid.h"
 #include "compute/manager.h"
 #include "fleet/wire.h"
 #include "imagecache/base_cache.h"
@@ -65,18 +65,18 @@ PeriodicTask FleetReporter::task() {
 }
 
 void FleetReporter::set_api_url(std::string url) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   api_url_ = std::move(url);
 }
 
 // <state_path>/host_uuid, created (written, fsynced, renamed) at the first report.
 Result<std::string> FleetReporter::host_uuid() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (!uuid_.empty()) return uuid_;
   const std::string dir = mgr_.config().defaults.state_path, path = dir + "/host_uuid";
   std::ifstream in(path);
   std::string line;
-  if (in && std::getline(in, line) && fleet::check_uuid(line)) return uuid_ = line;
+  if (in && std::getline(in, line) && is_uuid(line)) return uuid_ = line;
   if (in) return make_error(Errc::io_error, path + " does not hold a uuid; remove it to get a new one");
   const std::string fresh = new_uuid(), tmp = path + ".tmp";
   UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
@@ -98,7 +98,7 @@ Result<fleet::AgentReport> FleetReporter::build() {
   r.uuid = *uuid;
   r.agent_version = VIRTCAP_VERSION;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     r.api_url = api_url_;
   }
   r.traits = caps::traits(mgr_.capabilities());
@@ -151,7 +151,7 @@ TaskOutcome FleetReporter::run(std::stop_token stop) {
                             res->body["generation"].is_number_integer();
       if (answered) {
         const auto gen = res->body["generation"].get<std::int64_t>();
-        std::lock_guard lock(mu_);
+        MutexLock lock(mu_);
         if (failures_ > 0) spdlog::info("fleet report to {} succeeded again after {} failure(s)", f.url, failures_);
         failures_ = 0;
         return TaskOutcome::ran("reported " + std::to_string(r->traits.size()) + " traits; host generation " +
@@ -160,18 +160,15 @@ TaskOutcome FleetReporter::run(std::stop_token stop) {
       why = !res ? res.error().message : unexpected_answer(*res, f.url);
     }
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       ++failures_;
     }
     const bool last = std::chrono::steady_clock::now() + backoff >= give_up;
     spdlog::warn("fleet report to {} failed: {}; {}", f.url, why,
                  last ? "next try at the next interval" : "retrying in " + std::to_string(backoff.count()) + " ms");
     if (last) return TaskOutcome::failed(why);
-    std::mutex m;
-    std::unique_lock lock(m);
     // The back-off between attempts, interrupted at once by the agent's stop.
-    std::condition_variable_any().wait_for(lock, stop, backoff, [] { return false; });
-    if (stop.stop_requested()) return TaskOutcome::failed(why + " (stopping)");
+    if (sleep_unless_stopped(stop, backoff)) return TaskOutcome::failed(why + " (stopping)");
     backoff = std::min(backoff * 2, max_backoff);
   }
 }

@@ -3,13 +3,14 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <chrono>
 #include <climits>
 #include <random>
 #include <cctype>
 #include <filesystem>
 #include <set>
 
+#include "common/time.h"
+#include "common/uuid.h"
 #include "imagecache/host_registry.h"
 #include "virtcap/registry.h"
 
@@ -28,10 +29,7 @@ std::string new_uuid() {
 
 namespace {
 
-std::int64_t now_seconds() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
+constexpr std::string_view kStopping = "the agent is stopping";
 
 Error load_failure(const std::string& driver, const std::string& why) {
   Error e = make_error(Errc::driver_load_failed, "unable to load the virtualization driver '" + driver +
@@ -114,12 +112,12 @@ Status ComputeManager::check(Operation op) const {
   return {};
 }
 
-std::shared_ptr<std::mutex> ComputeManager::instance_lock(const std::string& uuid) {
-  std::lock_guard lock(locks_mu_);
+std::shared_ptr<Mutex> ComputeManager::instance_lock(const std::string& uuid) {
+  MutexLock lock(locks_mu_);
   auto& weak = instance_locks_[uuid];
   auto strong = weak.lock();
   if (!strong) {
-    strong = std::make_shared<std::mutex>();
+    strong = std::make_shared<Mutex>();
     weak = strong;
   }
   if (instance_locks_.size() > 4096)  // drop entries nobody holds
@@ -137,13 +135,10 @@ bool valid_instance_name(const std::string& n) {
   return std::all_of(n.begin(), n.end(),
                      [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-'; });
 }
-bool looks_like_uuid(const std::string& s) {
-  return s.size() == 36 && s[8] == '-' && s[13] == '-' && s[18] == '-' && s[23] == '-';
-}
 // The audit line of an operation on `id` (a uuid or a name) until find()
 // names the instance.
 audit::Scope audit_of(std::string_view operation, const std::string& id) {
-  const bool uuid = looks_like_uuid(id);
+  const bool uuid = is_uuid(id);
   return audit::Scope(operation, uuid ? id : "", uuid ? "" : id);
 }
 }  // namespace
@@ -155,9 +150,10 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
     return audit.fail(make_error(Errc::invalid_argument, "instance name '" + name +
                                                   "' is invalid: 1-63 letters, digits, '.', '_' or '-', "
                                                   "starting with a letter or digit"));
-  if (memory_mb < 16 || memory_mb > 16 * 1024 * 1024)
-    return audit.fail(make_error(Errc::invalid_argument,
-                                 "memory_mb must be from 16 to 16777216, got " + std::to_string(memory_mb)));
+  if (!memory_mb_in_range(memory_mb))
+    return audit.fail(make_error(Errc::invalid_argument, "memory_mb must be from " + std::to_string(kMinMemoryMb) +
+                                                             " to " + std::to_string(kMaxMemoryMb) + ", got " +
+                                                             std::to_string(memory_mb)));
   // One range, whichever end is crossed: 1 to the driver's max_vcpus.
   if (vcpus < 1 || vcpus > (caps_.max_vcpus > 0 ? caps_.max_vcpus : INT_MAX))
     return audit.fail(make_error(Errc::invalid_argument,
@@ -191,7 +187,7 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
   rec.created_at = rec.updated_at = now_seconds();
   audit.instance(rec.uuid, name);
   auto lock = instance_lock(rec.uuid);
-  std::lock_guard guard(*lock);
+  MutexLock guard(*lock);
   // The record first: a crash from here on leaves a record that reconcile
   // finishes or rolls back, never an orphan domain or disk.
   if (auto st = store_.create_instance(rec); !st) return audit.fail(st.error());
@@ -216,7 +212,7 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
 }
 
 Result<InstanceRecord> ComputeManager::find(const std::string& id) {
-  if (looks_like_uuid(id)) {
+  if (is_uuid(id)) {
     auto rec = store_.get_instance(id);
     if (!rec) return rec.error();
     if (rec->deleted_at != 0 || rec->host != host_)
@@ -299,7 +295,7 @@ Status ComputeManager::detach_interface(const std::string& id, const std::string
       with_instance(id, audit, [&](InstanceRecord& rec) { return driver_->detach_interface(rec.uuid, mac); }));
 }
 
-Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
+Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix, std::stop_token stop) {
   if (auto why = driver_->unavailable_reason(); !why.empty()) return make_error(Errc::hypervisor_unavailable, why);
   auto on_hv = driver_->list_instances();
   if (!on_hv) return on_hv.error();
@@ -315,10 +311,14 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
   std::set<std::string> known;
   ReconcileReport out;
   for (auto rec : in_store.value()) {
+    if (stop.stop_requested()) {
+      out.interrupted = true;
+      return out;
+    }
     known.insert(rec.uuid);
     auto lock = instance_lock(rec.uuid);
-    std::unique_lock guard(*lock, std::try_to_lock);
-    if (!guard.owns_lock()) continue;  // an operation is running on it right now
+    if (!lock->try_lock()) continue;  // an operation is running on it right now
+    MutexLock guard(*lock, std::adopt_lock);
     const bool on = hv_uuids.count(rec.uuid) > 0;
     const auto stamp = [&] { rec.updated_at = now_seconds(); };
     // A fix is audited: the instance, its state before and after.
@@ -360,12 +360,16 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
   }
   for (const auto& u : hv_uuids)
     if (!known.count(u)) out.unknown_domains.push_back(u);
+  if (stop.stop_requested()) {
+    out.interrupted = true;
+    return out;
+  }
   // Instance directories whose uuid no store record of any host names.
   std::error_code ec;
   for (auto it = std::filesystem::directory_iterator(instances_path_, ec);
        !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
     const std::string name = it->path().filename().string();
-    if (!it->is_directory() || !looks_like_uuid(name)) continue;
+    if (!it->is_directory() || !is_uuid(name)) continue;
     auto rec = store_.get_instance(name);
     if (!rec) {
       if (rec.error().code == Errc::not_found) out.orphan_dirs.push_back(name);
@@ -380,7 +384,7 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
   return out;
 }
 
-Result<ImageCacheReport> ComputeManager::image_cache_pass(bool dry_run) {
+Result<ImageCacheReport> ComputeManager::image_cache_pass(bool dry_run, std::stop_token stop) {
   if (auto st = check(Operation::manage_image_cache); !st) return st.error();
   if (auto why = driver_->unavailable_reason(); !why.empty()) {
     Error e = make_error(Errc::hypervisor_unavailable, why);
@@ -400,9 +404,17 @@ Result<ImageCacheReport> ComputeManager::image_cache_pass(bool dry_run) {
   all.erase(std::unique(all.begin(), all.end()), all.end());
   auto instances = store_.live_instances_on(all);
   if (!instances) return instances.error();
-  auto report = driver_->manage_image_cache(instances.value(), dry_run);
+  if (stop.stop_requested()) {
+    ImageCacheReport stopped;
+    stopped.complete = false;
+    stopped.stopped = true;
+    stopped.dry_run = dry_run;
+    stopped.notes.push_back("stopped before the pass began (the agent is stopping); nothing removed");
+    return stopped;
+  }
+  auto report = driver_->manage_image_cache(instances.value(), dry_run, stop);
   if (report) {
-    std::lock_guard lock(report_mu_);
+    MutexLock lock(report_mu_);
     last_report_ = report.value();
     ++totals_.passes;
     if (!report->complete) ++totals_.incomplete;
@@ -413,16 +425,16 @@ Result<ImageCacheReport> ComputeManager::image_cache_pass(bool dry_run) {
 }
 
 std::optional<ImageCacheReport> ComputeManager::last_image_cache_report() const {
-  std::lock_guard lock(report_mu_);
+  MutexLock lock(report_mu_);
   return last_report_;
 }
 
 ComputeManager::ImageCacheTotals ComputeManager::image_cache_totals() const {
-  std::lock_guard lock(report_mu_);
+  MutexLock lock(report_mu_);
   return totals_;
 }
 
-TaskOutcome ComputeManager::run_image_cache_pass() {
+TaskOutcome ComputeManager::run_image_cache_pass(std::stop_token stop) {
   // The seed's point: no store query and no driver call unless the driver
   // wants the pass and the operator has not disabled it.
   if (!caps_.has_imagecache)
@@ -432,8 +444,10 @@ TaskOutcome ComputeManager::run_image_cache_pass() {
     return TaskOutcome::skipped("[image_cache] manager_interval is " +
                                 std::to_string(cfg_.image_cache.manager_interval) + " (<= 0 disables the pass)");
   if (auto why = driver_->unavailable_reason(); !why.empty()) return TaskOutcome::skipped(why);
-  auto report = image_cache_pass(false);
+  if (stop.stop_requested()) return TaskOutcome::skipped(std::string(kStopping));
+  auto report = image_cache_pass(false, stop);
   if (!report) return TaskOutcome::failed(report.error().describe());
+  if (report->stopped) return TaskOutcome::skipped(std::string(kStopping) + ": pass ended early, nothing more removed");
   std::string msg = std::to_string(report->instances_considered) + " live instances, " +
                     std::to_string(report->disks_read) + " disks read; " + std::to_string(report->files_removed) +
                     " files removed, " + std::to_string(report->bytes_freed) + " bytes freed";
@@ -443,12 +457,16 @@ TaskOutcome ComputeManager::run_image_cache_pass() {
   return TaskOutcome::ran(msg);
 }
 
-TaskOutcome ComputeManager::sync_power_states() {
+TaskOutcome ComputeManager::sync_power_states(std::stop_token stop) {
+  if (stop.stop_requested()) return TaskOutcome::skipped(std::string(kStopping));
   if (auto why = driver_->unavailable_reason(); !why.empty()) return TaskOutcome::skipped(why);
-  auto r = reconcile(true);
+  auto r = reconcile(true, stop);
   if (!r) return TaskOutcome::failed(r.error().describe());
   for (const auto& u : r->lost)
     spdlog::warn("instance {} is in the store but not on the hypervisor; marked lost (kept)", u);
+  if (r->interrupted)
+    return TaskOutcome::skipped(std::string(kStopping) + ": ended early after marking " +
+                                std::to_string(r->lost.size()) + " lost");
   return TaskOutcome::ran(std::to_string(r->lost.size()) + " lost, " + std::to_string(r->unknown_domains.size()) +
                           " unknown domains, " + std::to_string(r->finished_spawns.size() + r->rolled_back_spawns.size()) +
                           " interrupted spawns and " + std::to_string(r->finished_deletes.size()) +
@@ -459,7 +477,7 @@ TaskOutcome ComputeManager::sync_power_states() {
 void ComputeManager::register_periodic_tasks(PeriodicTaskRunner& runner) {
   PeriodicTask cache{std::string(kImageCacheTask), static_cast<double>(cfg_.image_cache.manager_interval),
                      FirstRun::after_spacing, "",
-                     [this](std::stop_token) { return run_image_cache_pass(); }};
+                     [this](std::stop_token st) { return run_image_cache_pass(st); }};
   // Decided once, from the capabilities read at start: the task is not even
   // scheduled when the driver does not want it.
   if (!caps_.has_imagecache)
@@ -472,7 +490,7 @@ void ComputeManager::register_periodic_tasks(PeriodicTaskRunner& runner) {
                  cfg_.image_cache.manager_interval);
   runner.add(std::move(cache));
   PeriodicTask sync{std::string(kPowerSyncTask), static_cast<double>(cfg_.defaults.sync_power_state_interval),
-                    FirstRun::immediately, "", [this](std::stop_token) { return sync_power_states(); }};
+                    FirstRun::immediately, "", [this](std::stop_token st) { return sync_power_states(st); }};
   if (cfg_.defaults.sync_power_state_interval <= 0)
     sync.disabled_reason = "[DEFAULT] sync_power_state_interval is " +
                            std::to_string(cfg_.defaults.sync_power_state_interval) + " (<= 0 disables the task)";

@@ -1,6 +1,7 @@
 #include "config/config.h"
 
 #include "common/group.h"
+#include "common/strings.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -275,12 +276,6 @@ std::vector<std::string> section_names() {
   std::vector<std::string> out;
   Config cfg;
   for_each_section(cfg, [&](std::string_view name, std::string_view, auto&&) { out.emplace_back(name); });
-  return out;
-}
-
-std::string join(const std::vector<std::string>& v) {
-  std::string out;
-  for (const auto& s : v) out += (out.empty() ? "" : ", ") + s;
   return out;
 }
 

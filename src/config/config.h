@@ -171,59 +171,17 @@ inline constexpr const char* kDefaultTlsPriority =
     "included) or from the end of its previous request; bytes arriving do not extend it. Past it, " \
     "the connection is closed (slowloris).")
 
-#define VIRTCAP_CONFIG_API(O)                                                                     \
-  O(std::string, listen, "127.0.0.1:8774", check::listen_address{},                               \
-    "HOST:PORT the agent's HTTP/JSON API binds to (port 0: any free port). Non-loopback needs a token, and TLS " \
+// The options every HTTP server has ([api] and [fleet_service] alike):
+// where it listens, its token, TLS, connection limits and request guards.
+// PORT is the default port, WHO names the server, TOKEN_DOC documents its
+// token, CLEAR names what crosses the network in clear text without TLS.
+#define VIRTCAP_CONFIG_HTTP_SERVER(O, PORT, WHO, TOKEN_DOC, CLEAR)                                 \
+  O(std::string, listen, "127.0.0.1:" PORT, check::listen_address{},                              \
+    "HOST:PORT " WHO " binds to (port 0: any free port). Non-loopback needs a token, and TLS "    \
     "unless allow_insecure.")                                                                     \
-  O(std::string, token, "", check::token{},                                                       \
-    "Bearer token every API request must carry when set. Required to bind a non-loopback address.") \
+  O(std::string, token, "", check::token{}, TOKEN_DOC)                                            \
   O(std::string, tls_cert, "", check::abs_path{.allow_empty = true},                              \
-    "PEM certificate chain (server certificate first). With tls_key: the API serves HTTPS only. An " \
-    "expired or not-yet-valid certificate, or one its key does not match, stops the agent at start (exit 2). " \
-    "SIGHUP reads both files again: new connections get the new pair; a refused pair is logged, the old kept.") \
-  O(std::string, tls_key, "", check::abs_path{.allow_empty = true},                               \
-    "Unencrypted PEM private key of tls_cert. Set both or neither.")                              \
-  O(std::string, tls_priority, kDefaultTlsPriority, check::non_empty{},                           \
-    "TLS versions and suites offered (a GnuTLS priority string). Default: TLS 1.3, and TLS 1.2 with " \
-    "ECDHE and AEAD only (no static RSA, CBC or SHA-1). Checked at start.")                        \
-  VIRTCAP_CONFIG_HTTP_LIMITS(O)                                                                   \
-  O(bool, allow_insecure, false, check::any{},                                                    \
-    "Serve plain HTTP on a non-loopback listen address (the token then crosses the network in clear text); " \
-    "logs a warning at every start. Without it such a listen is refused (exit 2).")               \
-  O(int, threads, 8, check::range(1, 256), "Worker threads serving API requests.")                \
-  O(std::string, allowed_origins, "", check::origin_list{},                                       \
-    "Web origins (scheme://host[:port], comma-separated) whose cross-site requests are served. "   \
-    "Empty: a request carrying any Origin header gets 403.")                                       \
-  O(std::string, allowed_hosts, "", check::any{},                                                 \
-    "Host names (comma-separated) clients may use in the Host header besides the listen address, " \
-    "localhost and IP literals; other names get 403 (DNS rebinding guard).")
-
-#define VIRTCAP_CONFIG_STORE(O)                                                                   \
-  O(std::string, backend, "sqlite", check::one_of{"sqlite|memory"},                              \
-    "Instance store: sqlite (durable, the default) or memory (lost at exit; tests only).")       \
-  O(std::string, path, "", check::abs_path{.allow_empty = true},                                  \
-    "SQLite database file. Empty: <state_path>/virtcap.db.")
-
-#define VIRTCAP_CONFIG_FLEET_SERVICE(O)                                                           \
-  O(std::string, listen, "127.0.0.1:8778", check::listen_address{},                               \
-    "HOST:PORT `virtcap fleet serve` binds to (port 0: any free port). Non-loopback needs a token, and TLS " \
-    "unless allow_insecure.")                                                                     \
-  O(std::string, database, "", check::any{},                                                      \
-    "sqlite:///ABS/PATH (one process) or postgresql://... (libpq URI; several replicas). "         \
-    "Empty: sqlite://<state_path>/fleet.sqlite.")                                                \
-  O(int, host_down_after, 180, check::range(1, 31536000),                                         \
-    "Seconds without a report after which a host is down (excluded from queries, with that reason).") \
-  O(std::string, token, "", check::token{},                                                       \
-    "Legacy single shared credential: a request bearing it acts as an operator (a warning at every " \
-    "start). Prefer one credential per agent: `virtcap fleet token create` (docs/fleet.md, Trust model).") \
-  O(std::string, anonymous_role, "none", check::one_of{"none|reader|operator"},                    \
-    "Role of a request that carries no credential: none (401), reader (queries), operator (everything; " \
-    "a test bench only). Only none is allowed on a non-loopback listen address.")                   \
-  O(std::string, client_ca, "", check::abs_path{.allow_empty = true},                             \
-    "PEM CA bundle: with TLS, a client certificate signed by it stands in for an agent token, bound to " \
-    "the host its one DNS subjectAltName (or, with none, its CN) names.")                         \
-  O(std::string, tls_cert, "", check::abs_path{.allow_empty = true},                              \
-    "PEM certificate chain (server certificate first); with tls_key the fleet service serves HTTPS only. " \
+    "PEM certificate chain (server certificate first). With tls_key: " WHO " serves HTTPS only. " \
     "An expired or not-yet-valid certificate, or one its key does not match, stops it at start (exit 2). " \
     "SIGHUP reads both files again: new connections get the new pair; a refused pair is logged, the old kept.") \
   O(std::string, tls_key, "", check::abs_path{.allow_empty = true},                               \
@@ -233,13 +191,45 @@ inline constexpr const char* kDefaultTlsPriority =
     "ECDHE and AEAD only (no static RSA, CBC or SHA-1). Checked at start.")                        \
   VIRTCAP_CONFIG_HTTP_LIMITS(O)                                                                   \
   O(bool, allow_insecure, false, check::any{},                                                    \
-    "Serve plain HTTP on a non-loopback listen address (tokens and reports cross the network in clear " \
-    "text); logs a warning at every start. Without it such a listen is refused (exit 2).")        \
+    "Serve plain HTTP on a non-loopback listen address (" CLEAR " the network in clear text); "    \
+    "logs a warning at every start. Without it such a listen is refused (exit 2).")               \
   O(std::string, allowed_origins, "", check::origin_list{},                                       \
-    "Web origins (comma-separated) whose cross-site requests are served; others get 403.")        \
+    "Web origins (scheme://host[:port], comma-separated) whose cross-site requests are served. "   \
+    "Empty: a request carrying any Origin header gets 403.")                                       \
   O(std::string, allowed_hosts, "", check::any{},                                                 \
-    "Host names (comma-separated) accepted in the Host header besides the listen address, "       \
-    "localhost and IP literals.")                                                                 \
+    "Host names (comma-separated) clients may use in the Host header besides the listen address, " \
+    "localhost and IP literals; other names get 403 (DNS rebinding guard).")
+
+#define VIRTCAP_CONFIG_API(O)                                                                     \
+  VIRTCAP_CONFIG_HTTP_SERVER(O, "8774", "the agent's HTTP/JSON API",                              \
+                             "Bearer token every API request must carry when set. Required to bind a " \
+                             "non-loopback address.",                                             \
+                             "the token then crosses")                                            \
+  O(int, threads, 8, check::range(1, 256), "Worker threads serving API requests.")
+
+#define VIRTCAP_CONFIG_STORE(O)                                                                   \
+  O(std::string, backend, "sqlite", check::one_of{"sqlite|memory"},                              \
+    "Instance store: sqlite (durable, the default) or memory (lost at exit; tests only).")       \
+  O(std::string, path, "", check::abs_path{.allow_empty = true},                                  \
+    "SQLite database file. Empty: <state_path>/virtcap.db.")
+
+#define VIRTCAP_CONFIG_FLEET_SERVICE(O)                                                           \
+  VIRTCAP_CONFIG_HTTP_SERVER(O, "8778", "`virtcap fleet serve`",                                  \
+                             "Legacy single shared credential: a request bearing it acts as an operator (a " \
+                             "warning at every start). Prefer one credential per agent: `virtcap fleet " \
+                             "token create` (docs/fleet.md, Trust model).",                       \
+                             "tokens and reports cross")                                          \
+  O(std::string, database, "", check::any{},                                                      \
+    "sqlite:///ABS/PATH (one process) or postgresql://... (libpq URI; several replicas). "         \
+    "Empty: sqlite://<state_path>/fleet.sqlite.")                                                \
+  O(int, host_down_after, 180, check::range(1, 31536000),                                         \
+    "Seconds without a report after which a host is down (excluded from queries, with that reason).") \
+  O(std::string, anonymous_role, "none", check::one_of{"none|reader|operator"},                    \
+    "Role of a request that carries no credential: none (401), reader (queries), operator (everything; " \
+    "a test bench only). Only none is allowed on a non-loopback listen address.")                   \
+  O(std::string, client_ca, "", check::abs_path{.allow_empty = true},                             \
+    "PEM CA bundle: with TLS, a client certificate signed by it stands in for an agent token, bound to " \
+    "the host its one DNS subjectAltName (or, with none, its CN) names.")                         \
   O(int, drift_check_interval, 300, check::range(0, 31536000),                                    \
     "Seconds between recounts of the database against the in-memory index (drift is logged, then " \
     "those hosts re-read); 0 disables.")                                                                 \

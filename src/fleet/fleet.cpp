@@ -1,11 +1,9 @@
 #include "fleet/fleet.h"
 
+#include <malloc.h>
 #include <spdlog/spdlog.h>
 
-#include <malloc.h>
-
 #include <algorithm>
-#include <condition_variable>
 #include <set>
 
 namespace virtcap::fleet {
@@ -25,7 +23,10 @@ Result<std::unique_ptr<Fleet>> Fleet::open(const FleetOptions& options) {
   }
   if (auto st = fleet->rebuild(); !st) return st.error();
   if (listener) {
-    fleet->listener_ = listener.get();
+    {
+      MutexLock lock(fleet->listener_mu_);
+      fleet->listener_ = listener.get();
+    }
     fleet->listener_thread_ =
         std::thread([f = fleet.get(), l = std::move(listener)]() mutable { f->listen_loop(std::move(l)); });
   }
@@ -34,7 +35,7 @@ Result<std::unique_ptr<Fleet>> Fleet::open(const FleetOptions& options) {
 
 Fleet::~Fleet() {
   {
-    std::lock_guard lock(listener_mu_);
+    MutexLock lock(listener_mu_);
     stop_ = true;
     if (listener_ != nullptr) listener_->interrupt();
   }
@@ -44,21 +45,21 @@ Fleet::~Fleet() {
 
 void Fleet::set_listener(PgListener* l) {
   {
-    std::lock_guard lock(listener_mu_);
+    MutexLock lock(listener_mu_);
     listener_ = l;
   }
   if (l == nullptr) mark_stale();
 }
 
 void Fleet::mark_stale() {
-  std::lock_guard lock(listener_mu_);
+  MutexLock lock(listener_mu_);
   if (!stale_since_) stale_since_ = std::chrono::steady_clock::now();
 }
 
 void Fleet::pause(std::chrono::milliseconds d) {
-  std::unique_lock lock(listener_mu_);
+  MutexLock lock(listener_mu_);
   // Not a synchronisation sleep: the back-off between reconnect attempts.
-  stop_cv_.wait_for(lock, std::max(d, std::chrono::milliseconds(20)), [this] { return stop_.load(); });
+  stop_cv_.wait_for(listener_mu_, std::max(d, std::chrono::milliseconds(20)), [this] { return stop_.load(); });
 }
 
 void Fleet::listen_loop(std::unique_ptr<PgListener> listener) {
@@ -95,7 +96,7 @@ void Fleet::listen_loop(std::unique_ptr<PgListener> listener) {
       reload = false;
       std::chrono::milliseconds stale{0};
       {
-        std::lock_guard lock(listener_mu_);
+        MutexLock lock(listener_mu_);
         if (stale_since_)
           stale = std::chrono::ceil<std::chrono::milliseconds>(std::chrono::steady_clock::now() - *stale_since_);
         stale_since_.reset();
@@ -123,7 +124,7 @@ Freshness Fleet::freshness() const {
   Freshness f;
   std::optional<std::chrono::steady_clock::time_point> since;
   {
-    std::lock_guard lock(listener_mu_);
+    MutexLock lock(listener_mu_);
     since = stale_since_;
   }
   if (const auto& h = store_->health()) {
@@ -158,13 +159,13 @@ Status Fleet::apply_notifications(const std::vector<Notification>& batch) {
 }
 
 void Fleet::signal_changed() {
-  { std::lock_guard lock(changed_mu_); }  // a waiter is either before its check or waiting
+  { MutexLock lock(changed_mu_); }  // a waiter is either before its check or waiting
   changed_cv_.notify_all();
 }
 
 Status Fleet::rebuild() {
   {
-    std::lock_guard lock(refresh_mu_);
+    MutexLock lock(refresh_mu_);
     // Built off to the side from the database a page at a time: the peak is
     // the old index, the new one and one page, never the whole table as rows.
     HostIndex fresh(index_.host_down_after());
@@ -181,7 +182,7 @@ Status Fleet::rebuild() {
 }
 
 Status Fleet::refresh_host(std::string_view host) {
-  std::lock_guard lock(refresh_mu_);
+  MutexLock lock(refresh_mu_);
   auto rec = store_->get_host(host);
   if (!rec) return rec.error();
   if (!*rec) {
@@ -201,7 +202,7 @@ Status Fleet::refresh_host(std::string_view host) {
 
 Status Fleet::apply_written(const HostRecord& rec) {
   {
-    std::lock_guard lock(refresh_mu_);
+    MutexLock lock(refresh_mu_);
     if (index_.apply_written(rec) != HostIndex::Applied::older_generation) {
       signal_changed();
       return {};
@@ -212,9 +213,9 @@ Status Fleet::apply_written(const HostRecord& rec) {
 
 bool Fleet::wait_for_index(const std::function<bool(const HostIndex&)>& pred,
                            std::chrono::steady_clock::time_point deadline) {
-  std::unique_lock lock(changed_mu_);
+  MutexLock lock(changed_mu_);
   while (!pred(index_))
-    if (changed_cv_.wait_until(lock, deadline) == std::cv_status::timeout) return pred(index_);
+    if (!changed_cv_.wait_until(changed_mu_, deadline)) return pred(index_);
   return true;
 }
 

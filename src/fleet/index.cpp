@@ -7,6 +7,8 @@
 #include <functional>
 #include <mutex>
 
+#include "common/strings.h"
+
 namespace virtcap::fleet {
 
 namespace {
@@ -60,9 +62,7 @@ std::string Exclusion::describe() const {
       return "missing required trait " + trait + (trait_known ? "" : " (no host has this trait)");
     case Kind::has_forbidden: return "has forbidden trait " + trait;
     case Kind::none_of_any_of: {
-      std::string list;
-      for (const auto& t : any_of) list += (list.empty() ? "" : ",") + t;
-      return "has none of the traits in:" + list;
+      return "has none of the traits in:" + join(any_of, ",");
     }
     case Kind::not_enough_resource:
       return "not enough " + std::string(to_string(resource)) + ": asked " + std::to_string(asked) +
@@ -441,8 +441,7 @@ Answer HostIndex::query(const Query& q, std::int64_t now_ms, bool explain) const
   if (explain) a.excluded = breakdown(p, now_ms);
   if (p.driver == Plan::Driver::required) a.started_from = q.required[p.driver_at];
   if (p.driver == Plan::Driver::any_of) {
-    a.started_from = "in:";
-    for (const auto& t : q.any_of[p.driver_at]) a.started_from += (a.started_from.size() > 3 ? "," : "") + t;
+    a.started_from = "in:" + join(q.any_of[p.driver_at], ",");
   }
   return a;
 }

@@ -1,8 +1,9 @@
 #include "fleet/model.h"
 
-#include <chrono>
 #include <cmath>
 #include <cstdio>
+
+#include "common/uuid.h"
 
 namespace virtcap::fleet {
 
@@ -116,13 +117,7 @@ Status check_host_name(std::string_view name) {
 }
 
 Status check_uuid(std::string_view uuid) {
-  bool ok = uuid.size() == 36;
-  for (std::size_t i = 0; ok && i < uuid.size(); ++i) {
-    const char c = uuid[i];
-    ok = (i == 8 || i == 13 || i == 18 || i == 23) ? c == '-'
-                                                   : ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'));
-  }
-  if (!ok)
+  if (!is_uuid(uuid))
     return bad("host uuid " + quote_for_error(uuid) +
                " is not a lower-case uuid (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)");
   return {};
@@ -143,12 +138,6 @@ Status check_report(const AgentReport& report) {
   }
   if (report.seen_at_ms < 0) return bad("report time before 1970");
   return {};
-}
-
-std::int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
 }
 
 }  // namespace virtcap::fleet

@@ -192,9 +192,12 @@ std::optional<Response> FleetService::authenticate(Request& req) const {
 }
 
 void FleetService::credentials_loop() {
-  std::unique_lock lock(mu_);
+  MutexLock lock(mu_);
   bool failing = false;
-  while (!cv_.wait_for(lock, options_.credentials_poll, [this] { return stopping_; })) {
+  while (!cv_.wait_for(mu_, options_.credentials_poll, [this] {
+    mu_.assert_held();
+    return stopping_;
+  })) {
     lock.unlock();
     if (auto st = auth_->refresh(); !st) {
       if (!failing) spdlog::warn("fleet credentials not re-read (the ones held stay in force): {}", st.error().message);
@@ -216,7 +219,7 @@ Status FleetService::start() {
 
 void FleetService::stop() {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     stopping_ = true;
   }
   cv_.notify_all();
@@ -226,8 +229,11 @@ void FleetService::stop() {
 }
 
 void FleetService::drift_loop() {
-  std::unique_lock lock(mu_);
-  while (!cv_.wait_for(lock, options_.drift_check_interval, [this] { return stopping_; })) {
+  MutexLock lock(mu_);
+  while (!cv_.wait_for(mu_, options_.drift_check_interval, [this] {
+    mu_.assert_held();
+    return stopping_;
+  })) {
     lock.unlock();
     if (auto gone = fleet_->store().forget_unheld_traits(); !gone)
       spdlog::warn("fleet: unheld trait names not removed (next pass tries again): {}", gone.error().message);

@@ -253,12 +253,12 @@ class PgConn final : public SqlConn {
 }  // namespace
 
 std::optional<DbHealth::Down> DbHealth::down() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return down_;
 }
 
 bool DbHealth::claim_attempt() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (!down_) return true;
   const auto now = Clock::now();
   if (now < next_) return false;
@@ -267,14 +267,14 @@ bool DbHealth::claim_attempt() {
 }
 
 std::chrono::milliseconds DbHealth::retry_in() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (!down_) return std::chrono::milliseconds(0);
   return std::max(std::chrono::milliseconds(0),
                   std::chrono::ceil<std::chrono::milliseconds>(next_ - Clock::now()));
 }
 
 void DbHealth::failed(std::string reason) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   const auto now = Clock::now();
   if (!down_) {
     down_ = Down{now, std::move(reason)};
@@ -287,14 +287,14 @@ void DbHealth::failed(std::string reason) {
 }
 
 void DbHealth::reached() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (down_) ++recoveries_;
   down_.reset();
   backoff_ = kReconnectFirst;
 }
 
 std::uint64_t DbHealth::recoveries() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return recoveries_;
 }
 
@@ -389,8 +389,8 @@ ConnPool::ConnPool(std::vector<std::unique_ptr<SqlConn>> conns, std::shared_ptr<
       health_(std::move(health)) {}
 
 ConnPool::Lease ConnPool::acquire() {
-  std::unique_lock lock(mu_);
-  cv_.wait(lock, [this] { return !idle_.empty(); });
+  MutexLock lock(mu_);
+  while (idle_.empty()) cv_.wait(mu_);
   auto c = std::move(idle_.back());
   idle_.pop_back();
   return Lease(*this, std::move(c));
@@ -398,7 +398,7 @@ ConnPool::Lease ConnPool::acquire() {
 
 ConnPool::Lease::~Lease() {
   if (!c_) return;
-  std::lock_guard lock(pool_->mu_);
+  MutexLock lock(pool_->mu_);
   pool_->idle_.push_back(std::move(c_));
   pool_->cv_.notify_one();
 }

@@ -25,6 +25,7 @@
 #include <sstream>
 
 #include "common/json_text.h"
+#include "common/time.h"
 #include "common/time_text.h"
 #include "config/config.h"
 #include "http/tls.h"
@@ -301,7 +302,7 @@ Result<int> Server::bind() {
   fit_open_file_limit(opts_.max_connections, opts_.config_section);
   const auto hp = config::split_listen(opts_.listen);
   listen_host_ = lower(hp->first);
-  auto tls = load_tls(opts_.tls_cert, opts_.tls_key, opts_.config_section, std::time(nullptr));
+  auto tls = load_tls(opts_.tls_cert, opts_.tls_key, opts_.config_section, now_seconds());
   if (!tls) return tls.error();
   if (tls.value()) {
     if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
@@ -379,7 +380,7 @@ Status Server::start() {
 
 void Server::reap() {
   const auto limit = std::chrono::seconds(opts_.request_header_timeout_seconds);
-  std::unique_lock lock(mu_);
+  MutexLock lock(mu_);
   while (!reaper_stop_) {
     const auto now = std::chrono::steady_clock::now();
     auto next = now + limit;  // every deadline set later is later than this
@@ -397,7 +398,10 @@ void Server::reap() {
       spdlog::debug("HTTP server on {}: closed a connection whose request headers did not arrive within {} s",
                     opts_.listen, limit.count());
     }
-    reaper_wake_.wait_until(lock, next, [&] { return reaper_stop_; });
+    reaper_wake_.wait_until(mu_, next, [&] {
+      mu_.assert_held();
+      return reaper_stop_;
+    });
   }
 }
 
@@ -447,9 +451,10 @@ MHD_Daemon* Server::start_daemon(int listen_fd, const std::string& cert_pem, con
 
 void Server::retire(MHD_Daemon* daemon, int quiesced_fd) {
   {
-    std::unique_lock lock(mu_);
+    MutexLock lock(mu_);
     const DaemonTag* tag = tags_[daemon].get();
     auto unserved = [&] {
+      mu_.assert_held();
       return std::count_if(connections_.begin(), connections_.end(), [&](const auto& e) {
         return e.second.daemon == tag && !e.second.served;
       });
@@ -460,7 +465,10 @@ void Server::retire(MHD_Daemon* daemon, int quiesced_fd) {
       spdlog::info("HTTP server on {}: waiting for {} request(s) in flight and {} connection(s) whose request has "
                    "not arrived yet (30 s at most)",
                    opts_.listen, requests, waiting);
-    idle_.wait_for(lock, std::chrono::seconds(30), [&] { return in_flight_.count(tag) == 0 && unserved() == 0; });
+    idle_.wait_for(mu_, std::chrono::seconds(30), [&] {
+      mu_.assert_held();
+      return in_flight_.count(tag) == 0 && unserved() == 0;
+    });
   }
   MHD_stop_daemon(daemon);
   tags_.erase(daemon);
@@ -472,7 +480,7 @@ void Server::stop() {
   MHD_Daemon* d = std::exchange(daemon_, nullptr);
   retire(d, MHD_quiesce_daemon(d));  // no new connections, then the requests in flight
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     reaper_stop_ = true;
   }
   reaper_wake_.notify_all();
@@ -481,7 +489,7 @@ void Server::stop() {
 
 Status Server::reload_tls() {
   if (!daemon_ || tls_cert_pem_.empty()) return {};  // plain HTTP: nothing to reload
-  auto tls = load_tls(opts_.tls_cert, opts_.tls_key, opts_.config_section, std::time(nullptr));
+  auto tls = load_tls(opts_.tls_cert, opts_.tls_key, opts_.config_section, now_seconds());
   if (!tls) return tls.error();
   if (!tls.value())  // load_tls refuses one file without the other; both gone cannot be
     return make_error(Errc::invalid_argument, "TLS files not reloaded: tls_cert and tls_key are empty");
@@ -642,7 +650,7 @@ Server::Pending* Server::begin(void* connection, const char* url, const char* me
   if (!p->refusal) p->refusal = refuse_early(req, has_body, p->route, allow);
   p->daemon = daemon;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     ++in_flight_[p->daemon];
     if (auto it = connections_.find(connection); it != connections_.end())
       it->second.awaiting_headers = false, it->second.served = true;
@@ -714,7 +722,7 @@ void Server::connection_event(const DaemonTag* tag, void* connection, bool opene
   const auto* info = opened ? MHD_get_connection_info(static_cast<MHD_Connection*>(connection),
                                                       MHD_CONNECTION_INFO_CONNECTION_FD)
                             : nullptr;
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (opened) {
     connections_[connection] = {tag, info ? info->connect_fd : -1,
                                 std::chrono::steady_clock::now() +
@@ -731,7 +739,7 @@ void Server::connection_event(const DaemonTag* tag, void* connection, bool opene
 void Server::finished(void* connection, Pending* p, bool completed) {
   if (!p) return;
   if (completed) {  // the connection now waits for its next request
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (auto it = connections_.find(connection); it != connections_.end()) {
       it->second.awaiting_headers = true;
       it->second.header_deadline =
@@ -740,7 +748,7 @@ void Server::finished(void* connection, Pending* p, bool completed) {
   }
   const DaemonTag* daemon = p->daemon;
   delete p;
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (auto it = in_flight_.find(daemon); it != in_flight_.end() && --it->second == 0) {
     in_flight_.erase(it);
     idle_.notify_all();

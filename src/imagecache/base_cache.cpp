@@ -13,6 +13,7 @@
 #include <random>
 
 #include "common/fd.h"
+#include "common/lock_file.h"
 #include "common/mount_id.h"
 #include "common/sha1.h"
 
@@ -52,22 +53,8 @@ Status DiskAccess::apply(int fd, bool directory, const std::string& path) const 
 
 Status make_dirs(const std::string& dir, const DiskAccess& access) {
   // Each missing component, from the top: mkdir, then the exact mode.
-  std::string path;
-  for (const auto& part : std::filesystem::path(dir)) {
-    path = path.empty() ? part.string() : (path == "/" ? "/" : path + "/") + part.string();
-    if (path == "/" || part == ".") continue;
-    if (::mkdir(path.c_str(), access.dir_mode()) == 0) {
-      Fd fd(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-      if (!fd.valid()) return io_error("cannot open directory " + path, errno);
-      if (Status st = access.apply(fd.get(), true, path); !st) return st;
-    } else if (errno != EEXIST) {
-      return io_error("cannot create directory " + path, errno);
-    }
-  }
-  struct stat st {};
-  if (::stat(dir.c_str(), &st) != 0) return io_error("cannot create directory " + dir, errno);
-  if (!S_ISDIR(st.st_mode)) return make_error(Errc::io_error, "cannot create directory " + dir + ": a file is in the way");
-  return {};
+  return virtcap::make_dirs(dir, access.dir_mode(), "directory",
+                            [&access](int fd, const std::string& path) { return access.apply(fd, true, path); });
 }
 
 std::string BaseCache::base_name(std::string_view image_id) { return sha1_hex(image_id); }
@@ -88,7 +75,7 @@ enum class LockMode { wait, try_existing };
 // Opens and flocks <locks>/<name>.lock (never following a symlink); then
 // checks that the name still names the file locked (the cleanup may have
 // unlinked it meanwhile) and retries if not.
-Result<std::optional<BaseFileLock>> lock_file(const CacheDir& locks, std::string_view name, LockMode mode,
+Result<std::optional<BaseFileLock>> lock_named(const CacheDir& locks, std::string_view name, LockMode mode,
                                               int timeout_seconds, BaseFileLock (*wrap)(int)) {
   const std::string file = std::string(name) + ".lock";
   const std::string path = locks.path + "/" + file;
@@ -101,12 +88,9 @@ Result<std::optional<BaseFileLock>> lock_file(const CacheDir& locks, std::string
       if (mode == LockMode::try_existing && errno == ENOENT) return std::optional<BaseFileLock>{};
       return io_error("cannot open lock file " + path, errno);
     }
-    int rc;
-    do {
-      rc = ::flock(fd.get(), LOCK_EX | LOCK_NB);
-    } while (rc != 0 && errno == EINTR);
-    if (rc != 0 && errno != EWOULDBLOCK) return io_error("cannot lock " + path, errno);
-    if (rc != 0) {
+    const int err = lock_file(fd.get());
+    if (err != 0 && err != EWOULDBLOCK) return io_error("cannot lock " + path, err);
+    if (err != 0) {
       if (mode == LockMode::try_existing) return std::optional<BaseFileLock>{};
       if (std::chrono::steady_clock::now() >= deadline)
         return make_error(Errc::io_error, "timed out after " + std::to_string(timeout_seconds) + " s waiting for " +
@@ -178,13 +162,13 @@ Result<BaseFileLock> BaseFileLock::acquire(const BaseCache& cache, std::string_v
 
 Result<BaseFileLock> BaseFileLock::acquire_in(const CacheDir& locks, std::string_view base_file_name,
                                               int timeout_seconds) {
-  auto l = lock_file(locks, base_file_name, LockMode::wait, timeout_seconds, [](int fd) { return BaseFileLock(fd); });
+  auto l = lock_named(locks, base_file_name, LockMode::wait, timeout_seconds, [](int fd) { return BaseFileLock(fd); });
   if (!l) return l.error();
   return std::move(**l);
 }
 
 Result<std::optional<BaseFileLock>> BaseFileLock::try_existing(const CacheDir& locks, std::string_view base_file_name) {
-  return lock_file(locks, base_file_name, LockMode::try_existing, 0, [](int fd) { return BaseFileLock(fd); });
+  return lock_named(locks, base_file_name, LockMode::try_existing, 0, [](int fd) { return BaseFileLock(fd); });
 }
 
 BaseFileLock::~BaseFileLock() {

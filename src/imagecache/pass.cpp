@@ -15,6 +15,7 @@
 
 #include "common/audit.h"
 #include "common/fd.h"
+#include "common/time.h"
 #include "common/utf8.h"
 #include "imagecache/base_cache.h"
 #include "imagecache/usage_scan.h"
@@ -63,11 +64,6 @@ Kind kind_of(std::string_view name) {
                                                                                                  : Kind::unknown;
   if (!base_like(name)) return Kind::unknown;
   return name.size() == 40 ? Kind::original : Kind::resized;
-}
-
-std::int64_t now_unix() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
 }
 
 // A regular file in the base directory, as listed.
@@ -129,7 +125,7 @@ std::string use_reason(const BaseUse& u) {
 std::vector<std::size_t> classify(const PassOptions& opts, const std::vector<Candidate>& listing,
                                   const UsageScan& scan, const std::set<std::string>& store_originals,
                                   const std::string& base_dir, ImageCacheReport& report) {
-  const std::int64_t now = now_unix();
+  const std::int64_t now = now_seconds();
   std::vector<std::size_t> to_remove;
   for (std::size_t i = 0; i < listing.size(); ++i) {
     const Candidate& c = listing[i];
@@ -173,6 +169,17 @@ void keep_all(ImageCacheReport& report, std::vector<std::size_t>& to_remove, con
   to_remove.clear();
 }
 
+// The agent's stop ends the pass at this step: nothing (more) is removed.
+bool stop_here(const PassOptions& opts, ImageCacheReport& report, std::vector<std::size_t>& to_remove,
+               const std::string& when) {
+  if (!opts.stop.stop_requested()) return false;
+  report.complete = false;
+  report.stopped = true;
+  report.notes.push_back("stopped " + when + " (the agent is stopping); nothing removed");
+  keep_all(report, to_remove, "not removed: the agent is stopping");
+  return true;
+}
+
 void take_scan(ImageCacheReport& report, UsageScan& scan) {
   for (auto& u : scan.unreadable) report.unreadable_disks.push_back(std::move(u));
   for (auto& m : scan.missing) report.missing_backings.push_back(std::move(m));
@@ -213,6 +220,7 @@ void remove_locked(const PassOptions& opts, const BaseCache& cache, int base_fd,
     take_scan(report, again);
     return keep_all(report, to_remove, "not removed: a disk could not be read on the second look");
   }
+  if (stop_here(opts, report, to_remove, "after the second look")) return;
   for (auto i : to_remove) {
     const Candidate& c = listing[i];
     BaseFileReport& f = report.files[i];
@@ -331,6 +339,8 @@ ImageCacheReport run_pass(const PassOptions& opts, const std::vector<InstanceRec
   const bool listed = list_bases(base_fd.get(), cache.base_dir, listing, report);
   ::lseek(base_fd.get(), 0, SEEK_SET);
 
+  if (std::vector<std::size_t> none; stop_here(opts, report, none, "before reading the disks")) return finish();
+
   // (a) the disks on the storage, by identity; (b) the live instances.
   UsageScan scan = scan_usage(scan_options(opts), entries_of(listing));
   report.instance_dirs = scan.instance_dirs;
@@ -352,6 +362,8 @@ ImageCacheReport run_pass(const PassOptions& opts, const std::vector<InstanceRec
              "not removed: " + std::to_string(report.unreadable_disks.size()) +
                  " disk(s) or directories could not be read, so nothing is provably unused");
     report.notes.push_back("removed nothing: cannot read " + first.path + " (" + first.error + ")");
+  } else if (stop_here(opts, report, to_remove, "before taking the locks")) {
+    // everything kept, as stop_here noted
   } else if (opts.dry_run) {
     keep_all(report, to_remove, "dry run: not removed");
   } else if (!opts.remove_unused) {

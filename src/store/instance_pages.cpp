@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "common/strings.h"
 #include "virtcap/store.h"
 
 namespace virtcap {
@@ -52,9 +53,7 @@ std::string_view to_string(InstanceSortKey key) {
 }
 
 std::string sort_key_names() {
-  std::string out;
-  for (const auto& [n, k] : kSortKeys) (out += out.empty() ? "" : ", ") += n;
-  return out;
+  return join(kSortKeys, ", ", [](const auto& e) { return e.first; });
 }
 
 InstanceRowView row_view(const InstanceRecord& r) {

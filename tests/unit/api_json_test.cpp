@@ -111,6 +111,10 @@ TEST(ApiJson, RequestBodiesAreValidatedFieldByField) {
   EXPECT_NE(parse_boot_request(R"({"name":"a","image":"b","x":1})").error().message.find("unknown field 'x'"),
             std::string::npos);
   EXPECT_FALSE(parse_interface_request(R"({"mac":"zz"})").ok());
+  EXPECT_EQ(parse_interface_request(R"({"mac":"52:54:00:aB:Cd:eF"})")->mac, "52:54:00:aB:Cd:eF");
+  for (const char* bad : {"52:54:00:ab:cd:e", "52:54:00:ab:cd:eff", "52-54-00-ab-cd-ef", "52:54:00:ab:cd:eg",
+                          "52:54:00:ab:cd:ef\\n", ":52:54:00:ab:cd:e"})
+    EXPECT_FALSE(parse_interface_request(std::string(R"({"mac":")") + bad + "\"}").ok()) << bad;
   EXPECT_TRUE(parse_interface_request("").ok());
   EXPECT_EQ(parse_pass_request(R"({"dry_run":true})").value(), true);
   EXPECT_FALSE(parse_pass_request(R"({"dry_run":1})").ok());

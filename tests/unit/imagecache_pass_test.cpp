@@ -107,6 +107,42 @@ TEST(ImageCachePass, ConfigOffAndDryRunOnlyReport) {
   }
 }
 
+// The agent's stop ends a pass between its steps, removing nothing: asked
+// before the pass (it stops before reading the disks), or while it runs (the
+// seam after the first look: it stops after the second look, locks held).
+TEST(ImageCachePass, AStopEndsThePassBetweenStepsRemovingNothing) {
+  for (const bool during : {false, true}) {
+    Fixture f;
+    const auto unused = sha1_hex("unused");
+    f.make_base(unused, 2 * kDay);
+    std::stop_source stop;
+    f.opts.stop = stop.get_token();
+    if (during)
+      f.opts.after_first_look = [&stop] { stop.request_stop(); };
+    else
+      stop.request_stop();
+    const auto r = run_pass(f.opts, {});
+    EXPECT_FALSE(r.complete);
+    EXPECT_TRUE(r.stopped);
+    EXPECT_EQ(r.files_removed, 0u);
+    EXPECT_EQ(f.remaining().size(), 1u);
+    ASSERT_FALSE(r.notes.empty());
+    EXPECT_NE(r.notes.back().find(during ? "stopped after the second look" : "stopped before reading the disks"),
+              std::string::npos)
+        << r.notes.back();
+    if (during) {
+      EXPECT_EQ(Fixture::file(r, unused).state, "removable");
+      EXPECT_NE(Fixture::file(r, unused).reason.find("not removed: the agent is stopping"), std::string::npos);
+    } else {
+      EXPECT_EQ(r.disks_read, 0u);
+    }
+  }
+  // Without a stop the same tree loses its unused base: the stop made the difference.
+  Fixture f;
+  f.make_base(sha1_hex("unused"), 2 * kDay);
+  EXPECT_EQ(run_pass(f.opts, {}).files_removed, 1u);
+}
+
 TEST(ImageCachePass, MissingBaseDirectoryIsNothingToDo) {
   Fixture f;
   fs::remove_all(f.base_dir());
@@ -253,7 +289,7 @@ TEST(ImageCachePass, ConcurrentSpawnStress) {
   std::mutex kept_mu;
   std::thread cleaner([&] {
     while (spawners_left.load() > 0 || passes.load() < 3) {
-      auto r = drv.manage_image_cache({}, false);
+      auto r = drv.manage_image_cache({}, false, {});
       if (!r.ok() || !r->complete) {
         ++failures;
         std::lock_guard lock(kept_mu);
@@ -301,7 +337,7 @@ TEST(ImageCachePass, ConcurrentSpawnStress) {
     EXPECT_TRUE(fs::exists(h->backing_file)) << disk << " lost its base " << h->backing_file;
   }
   // A final pass with nothing changing keeps exactly the bases still in use.
-  auto final_pass = drv.manage_image_cache({}, false);
+  auto final_pass = drv.manage_image_cache({}, false, {});
   ASSERT_TRUE(final_pass.ok());
   for (const auto& f : final_pass->files) {
     if (f.kind == "original") {

@@ -413,7 +413,6 @@ TEST(DomainXml, RoundTripsWhatVirtcapReadsBack) {
   ASSERT_TRUE(facts.ok());
   EXPECT_TRUE(facts->ours);
   EXPECT_EQ(facts->name, "web <1>");
-  EXPECT_EQ(facts->image_id, "img");
   EXPECT_EQ(facts->memory_mb, 256);
   EXPECT_EQ(facts->vcpus, 2);
   ASSERT_EQ(facts->interfaces.size(), 1u);

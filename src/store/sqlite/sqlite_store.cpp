@@ -15,7 +15,10 @@
 #include <filesystem>
 #include <iterator>
 #include <set>
+#include <type_traits>
 #include <utility>
+
+#include "common/lock_file.h"
 
 namespace virtcap::store {
 namespace {
@@ -115,66 +118,37 @@ void bind_record(Stmt& st, const InstanceRecord& r) {
   st.bind(11, r.deleted_at);
 }
 
-template <class Stmt>
-InstanceRecord read_record(const Stmt& st) {
-  InstanceRecord r;
-  r.uuid = st.text(0);
-  r.name = st.text(1);
-  r.host = st.text(2);
-  r.image_id = st.text(3);
+// The current row (VIRTCAP_INSTANCE_COLUMNS, in order) as a Row: an
+// InstanceRecord owns copies of its text; an InstanceRowView's text views
+// SQLite's column memory (valid until the next step).
+template <class Row, class Stmt>
+Row read_row(const Stmt& st) {
+  const auto text = [&st](int col) {
+    if constexpr (std::is_same_v<Row, InstanceRowView>)
+      return st.view(col);
+    else
+      return st.text(col);
+  };
+  Row r;
+  r.uuid = text(0);
+  r.name = text(1);
+  r.host = text(2);
+  r.image_id = text(3);
   r.memory_mb = static_cast<int>(st.int64(4));
   r.vcpus = static_cast<int>(st.int64(5));
-  r.vm_state = st.text(6);
-  r.task_state = st.text(7);
+  r.vm_state = text(6);
+  r.task_state = text(7);
   r.created_at = st.int64(8);
   r.updated_at = st.int64(9);
   r.deleted_at = st.int64(10);
   return r;
 }
 
-// The current row as views of SQLite's column memory (valid until the next step).
-template <class Stmt>
-InstanceRowView read_view(const Stmt& st) {
-  InstanceRowView v;
-  v.uuid = st.view(0);
-  v.name = st.view(1);
-  v.host = st.view(2);
-  v.image_id = st.view(3);
-  v.memory_mb = static_cast<int>(st.int64(4));
-  v.vcpus = static_cast<int>(st.int64(5));
-  v.vm_state = st.view(6);
-  v.task_state = st.view(7);
-  v.created_at = st.int64(8);
-  v.updated_at = st.int64(9);
-  v.deleted_at = st.int64(10);
-  return v;
-}
 
 std::string hex(std::int64_t v) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "0x%08llx", static_cast<unsigned long long>(static_cast<std::uint32_t>(v)));
   return buf;
-}
-
-// Creates the missing directories of `dir`, each with mode 0700; existing
-// ones are left as they are.
-Status make_dirs(const std::filesystem::path& dir) {
-  if (dir.empty()) return {};
-  std::filesystem::path cur;
-  for (const auto& part : dir) {
-    cur /= part;
-    if (::mkdir(cur.c_str(), 0700) != 0 && errno != EEXIST)
-      return make_error(Errc::io_error, "cannot create the instance store directory " + cur.string() + ": " +
-                                            std::strerror(errno));
-  }
-  struct stat st {};
-  if (::stat(dir.c_str(), &st) != 0)
-    return make_error(Errc::io_error,
-                      "cannot use the instance store directory " + dir.string() + ": " + std::strerror(errno));
-  if (!S_ISDIR(st.st_mode))
-    return make_error(Errc::io_error,
-                      "cannot use " + dir.string() + " as the instance store directory: it is not a directory");
-  return {};
 }
 
 }  // namespace
@@ -224,10 +198,12 @@ class SqliteStore::Stmt {
   int bind_rc_ = SQLITE_OK;
 };
 
-// One transaction: rolled back if it goes away uncommitted.
+// One transaction: rolled back if it goes away uncommitted. Made only with
+// the store's mutex held (checked), and it lives in that scope, so its steps
+// may assume the mutex held (clang cannot follow s_ back to the caller's mu_).
 class SqliteStore::Txn {
  public:
-  explicit Txn(SqliteStore& s) : s_(s) {}
+  explicit Txn(SqliteStore& s) REQUIRES(s.mu_) : s_(s) {}
   Txn(const Txn&) = delete;
   Txn& operator=(const Txn&) = delete;
   ~Txn() {
@@ -235,12 +211,16 @@ class SqliteStore::Txn {
   }
   // BEGIN IMMEDIATE takes the write lock up front (waiting up to the busy
   // timeout), so a write never fails half-way for want of the lock.
-  Status begin_write() { return s_.exec("BEGIN IMMEDIATE", "taking the write lock"); }
+  Status begin_write() { return exec("BEGIN IMMEDIATE", "taking the write lock"); }
   // A read snapshot across several statements.
-  Status begin_read() { return s_.exec("BEGIN", "starting a read transaction"); }
-  Status commit() { return s_.exec("COMMIT", "committing"); }
+  Status begin_read() { return exec("BEGIN", "starting a read transaction"); }
+  Status commit() { return exec("COMMIT", "committing"); }
 
  private:
+  Status exec(std::string_view sql, std::string_view doing) {
+    s_.mu_.assert_held();
+    return s_.exec(sql, doing);
+  }
   SqliteStore& s_;
 };
 
@@ -259,7 +239,9 @@ Result<std::unique_ptr<SqliteStore>> SqliteStore::open(const std::string& path,
   if (path.empty()) return make_error(Errc::invalid_argument, "the instance store path is empty");
   if (busy_timeout.count() < 0)
     return make_error(Errc::invalid_argument, "the instance store busy timeout must not be negative");
-  if (auto st = make_dirs(std::filesystem::path(path).parent_path()); !st) return st.error();
+  // The missing directories of the file's path, each with mode 0700.
+  if (const auto dir = std::filesystem::path(path).parent_path(); !dir.empty())
+    if (auto st = make_dirs(dir.string(), 0700, "the instance store directory"); !st) return st.error();
   // A new database is created owner-only (SQLite would use the umask's mode);
   // its -wal and -shm files inherit the mode. An existing file is untouched.
   if (int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600); fd >= 0) ::close(fd);
@@ -287,7 +269,7 @@ Result<std::unique_ptr<SqliteStore>> SqliteStore::open(const std::string& path,
 }
 
 Status SqliteStore::initialise() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   opening_ = true;
   // Everything before the WAL switch only reads: a file we refuse is left
   // byte-for-byte as it was.
@@ -332,6 +314,7 @@ Status SqliteStore::check_file() {
   }
 
   auto single_int = [this](const char* sql, std::int64_t& out) -> Status {
+    mu_.assert_held();  // called below, in check_file
     auto st = prepare(sql);
     if (!st) return st.error();
     const int rc = st->step();
@@ -462,7 +445,7 @@ Error SqliteStore::not_a_virtcap_database(std::string_view why) const {
 // ---------------------------------------------------------------------------
 
 Status SqliteStore::register_host(const HostRecord& host) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Txn txn(*this);
   if (auto st = txn.begin_write(); !st) return st;
   {
@@ -477,7 +460,7 @@ Status SqliteStore::register_host(const HostRecord& host) {
 }
 
 Result<std::vector<std::string>> SqliteStore::hosts_sharing(const std::string& instances_path) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto st = prepare(kHostsSharing);
   if (!st) return st.error();
   st->bind(1, instances_path);
@@ -489,7 +472,7 @@ Result<std::vector<std::string>> SqliteStore::hosts_sharing(const std::string& i
 }
 
 Result<std::vector<HostRecord>> SqliteStore::list_hosts() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto st = prepare(kListHosts);
   if (!st) return st.error();
   std::vector<HostRecord> out;
@@ -506,7 +489,7 @@ Result<std::vector<HostRecord>> SqliteStore::list_hosts() {
 }
 
 Result<std::vector<InstanceRecord>> SqliteStore::live_instances_on(const std::vector<std::string>& hosts) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   std::vector<InstanceRecord> out;
   const std::set<std::string> distinct(hosts.begin(), hosts.end());
   if (distinct.empty()) return out;
@@ -517,7 +500,7 @@ Result<std::vector<InstanceRecord>> SqliteStore::live_instances_on(const std::ve
     if (!st) return st.error();
     st->bind(1, host);
     int rc;
-    while ((rc = st->step()) == SQLITE_ROW) out.push_back(read_record(*st));
+    while ((rc = st->step()) == SQLITE_ROW) out.push_back(read_row<InstanceRecord>(*st));
     if (rc != SQLITE_DONE) return failure(rc, "listing the live instances of host " + host);
   }
   if (auto st = txn.commit(); !st) return st.error();
@@ -526,7 +509,7 @@ Result<std::vector<InstanceRecord>> SqliteStore::live_instances_on(const std::ve
 }
 
 Status SqliteStore::create_instance(const InstanceRecord& record) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Txn txn(*this);
   if (auto st = txn.begin_write(); !st) return st;
   {
@@ -546,18 +529,18 @@ Status SqliteStore::create_instance(const InstanceRecord& record) {
 }
 
 Result<InstanceRecord> SqliteStore::get_instance(const std::string& uuid) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto st = prepare(kGetInstance);
   if (!st) return st.error();
   st->bind(1, uuid);
   const int rc = st->step();
-  if (rc == SQLITE_ROW) return read_record(*st);
+  if (rc == SQLITE_ROW) return read_row<InstanceRecord>(*st);
   if (rc == SQLITE_DONE) return make_error(Errc::not_found, "no instance " + uuid + " in the store");
   return failure(rc, "reading instance " + uuid);
 }
 
 Status SqliteStore::update_instance(const InstanceRecord& record) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Txn txn(*this);
   if (auto st = txn.begin_write(); !st) return st;
   {
@@ -576,21 +559,21 @@ Status SqliteStore::update_instance(const InstanceRecord& record) {
 }
 
 Result<std::vector<InstanceRecord>> SqliteStore::list_instances(const std::string& host, bool include_deleted) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto st = prepare(kListInstances);
   if (!st) return st.error();
   st->bind(1, host);
   st->bind(2, std::int64_t{include_deleted ? 1 : 0});
   std::vector<InstanceRecord> out;
   int rc;
-  while ((rc = st->step()) == SQLITE_ROW) out.push_back(read_record(*st));
+  while ((rc = st->step()) == SQLITE_ROW) out.push_back(read_row<InstanceRecord>(*st));
   if (rc != SQLITE_DONE) return failure(rc, "listing the instances of host " + host);
   return out;
 }
 
 Result<InstancePageInfo> SqliteStore::visit_instances(const InstancePageQuery& query, const InstanceVisitor& visit) {
   if (Status st = check_page_query(query); !st) return st.error();
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Txn txn(*this);  // the marker's position and the page from one snapshot
   if (auto st = txn.begin_read(); !st) return st.error();
   if (!query.marker.empty()) {
@@ -615,7 +598,7 @@ Result<InstancePageInfo> SqliteStore::visit_instances(const InstancePageQuery& q
     st->bind(5, query.accept ? std::int64_t{-1} : static_cast<std::int64_t>(query.limit) + 1);
     int rc;
     while ((rc = st->step()) == SQLITE_ROW) {
-      const InstanceRowView row = read_view(*st);
+      const InstanceRowView row = read_row<InstanceRowView>(*st);
       if (query.accept && !query.accept(row)) continue;
       if (info.rows == query.limit) {
         info.more = true;
@@ -633,7 +616,7 @@ Result<InstancePageInfo> SqliteStore::visit_instances(const InstancePageQuery& q
 }
 
 std::optional<ContentsVersion> SqliteStore::contents_version() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto dv = prepare("PRAGMA data_version");
   if (!dv || dv->step() != SQLITE_ROW) return std::nullopt;
   return ContentsVersion{static_cast<std::uint64_t>(sqlite3_total_changes64(db_)),

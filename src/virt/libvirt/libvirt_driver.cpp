@@ -16,6 +16,7 @@
 
 #include "common/group.h"
 #include "common/subprocess.h"
+#include "common/uuid.h"
 #include "imagecache/pass.h"
 #include "imagecache/qcow2_writer.h"
 #include "virt/libvirt/domain_xml.h"
@@ -36,19 +37,6 @@ struct CharDeleter {
 };
 using CStr = std::unique_ptr<char, CharDeleter>;
 
-bool valid_uuid(const std::string& u) {
-  if (u.size() != 36) return false;
-  for (std::size_t i = 0; i < u.size(); ++i) {
-    const char c = u[i];
-    if (i == 8 || i == 13 || i == 18 || i == 23) {
-      if (c != '-') return false;
-    } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
-      return false;
-    }
-  }
-  return true;
-}
-
 // Translates libvirt's last error after a failed call on an instance.
 Error call_error(const std::string& what, const std::string& uuid) {
   Error e = last_error(what + " for instance " + uuid);
@@ -63,7 +51,7 @@ Error call_error(const std::string& what, const std::string& uuid) {
 }
 
 Result<Domain> lookup(virConnectPtr conn, const std::string& uuid) {
-  if (!valid_uuid(uuid)) return make_error(Errc::invalid_argument, "'" + uuid + "' is not an instance uuid");
+  if (!is_uuid(uuid)) return make_error(Errc::invalid_argument, "'" + uuid + "' is not an instance uuid");
   virDomainPtr d = virDomainLookupByUUIDString(conn, uuid.c_str());
   if (!d) return call_error("lookup", uuid);
   return Domain(d);
@@ -359,7 +347,7 @@ Status LibvirtDriver::SpawnRollback::wait_define() {
 }
 
 Status LibvirtDriver::spawn(const InstanceSpec& spec) {
-  if (!valid_uuid(spec.uuid)) return make_error(Errc::invalid_argument, "'" + spec.uuid + "' is not a uuid");
+  if (!is_uuid(spec.uuid)) return make_error(Errc::invalid_argument, "'" + spec.uuid + "' is not a uuid");
   if (!conn_.connected()) return make_error(Errc::hypervisor_unavailable, unavailable_reason());
   auto image = images_.find(spec.image_id);
   if (!image) return image.error();
@@ -448,7 +436,7 @@ Status LibvirtDriver::destroy(const std::string& uuid) {
     return {};
   });
   if (!st) return st;  // keep the disk while the domain may still exist
-  if (valid_uuid(uuid)) {
+  if (is_uuid(uuid)) {
     std::error_code ec;
     fs::remove_all(instance_dir(uuid), ec);
     if (ec) return make_error(Errc::io_error, "cannot remove " + instance_dir(uuid) + ": " + ec.message());
@@ -510,7 +498,7 @@ Status LibvirtDriver::detach_interface(const std::string& uuid, const std::strin
 }
 
 Result<ImageCacheReport> LibvirtDriver::manage_image_cache(const std::vector<InstanceRecord>& instances,
-                                                           bool dry_run) {
+                                                           bool dry_run, std::stop_token stop) {
   imagecache::PassOptions opts;
   opts.instances_path = cfg_.instances_path();
   opts.subdirectory_name = cfg_.image_cache.subdirectory_name;
@@ -519,6 +507,7 @@ Result<ImageCacheReport> LibvirtDriver::manage_image_cache(const std::vector<Ins
   opts.resized_min_age_seconds = cfg_.image_cache.remove_unused_resized_minimum_age_seconds;
   opts.lock_timeout_seconds = cfg_.image_cache.lock_timeout;
   opts.dry_run = dry_run;
+  opts.stop = std::move(stop);
   return imagecache::run_pass(opts, instances);
 }
 

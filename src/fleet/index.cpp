@@ -193,11 +193,11 @@ std::uint32_t HostIndex::new_slot() {
 }
 
 void HostIndex::clear_slot_traits(std::uint32_t slot) {
-  for (const auto id : slot_traits_[slot]) {
+  slot_traits_[slot].for_each([&](std::uint32_t id) {
     trait_bits_[id].reset(slot);
     if (trait_bits_[id].count() == 0) release_trait(id);
-  }
-  std::vector<std::uint32_t>().swap(slot_traits_[slot]);
+  });
+  slot_traits_[slot].clear();
 }
 
 void HostIndex::apply_locked(const HostRecord& r) {
@@ -225,13 +225,14 @@ void HostIndex::apply_locked(const HostRecord& r) {
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
   for (const auto id : ids) trait_bits_[id].set(slot);
   std::vector<std::uint32_t> dropped;
-  std::set_difference(slot_traits_[slot].begin(), slot_traits_[slot].end(), ids.begin(), ids.end(),
+  const auto had = slot_traits_[slot].ids();
+  std::set_difference(had.begin(), had.end(), ids.begin(), ids.end(),
                       std::back_inserter(dropped));
   for (const auto id : dropped) {
     trait_bits_[id].reset(slot);
     if (trait_bits_[id].count() == 0) release_trait(id);
   }
-  slot_traits_[slot] = std::move(ids);
+  slot_traits_[slot].assign(ids);
   ++generation_;
 }
 
@@ -571,7 +572,7 @@ Result<HostExplanation> HostIndex::explain_host(const Query& q, std::string_view
 IndexedHost HostIndex::indexed_of(std::uint32_t slot) const {
   const Slot& s = slots_[slot];
   IndexedHost h{names_[slot], uuid_text(s.uuid), s.generation, s.last_seen_ms, {}, {}};
-  for (const auto t : slot_traits_[slot])
+  for (const auto t : slot_traits_[slot].ids())
     h.traits.push_back(
         {trait_names_[t], is_custom_trait(trait_names_[t]) ? TraitOwner::operator_ : TraitOwner::agent});
   std::sort(h.traits.begin(), h.traits.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
@@ -626,9 +627,9 @@ std::size_t HostIndex::memory_bytes() const {
   for (const auto& s : names_)
     if (s.capacity() > 15) n += s.capacity() + 1;
   for (const auto& b : trait_bits_) n += b.memory_bytes();
-  n += slot_traits_.capacity() * sizeof(std::vector<std::uint32_t>) +
+  n += slot_traits_.capacity() * sizeof(TraitList) +
        free_trait_ids_.capacity() * sizeof(std::uint32_t);
-  for (const auto& v : slot_traits_) n += v.capacity() * sizeof(std::uint32_t);
+  for (const auto& v : slot_traits_) n += v.memory_bytes() - sizeof(TraitList);
   for (const auto& t : trait_names_)
     n += sizeof(std::string) * 2 + 2 * (t.size() + 1) + 32;  // name + map node
   return n;

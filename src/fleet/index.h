@@ -18,6 +18,7 @@
 #include "fleet/bitset.h"
 #include "fleet/model.h"
 #include "fleet/query.h"
+#include "fleet/trait_list.h"
 
 namespace virtcap::fleet {
 
@@ -184,7 +185,7 @@ class HostIndex {
   std::vector<std::uint32_t> free_trait_ids_;
   // Each slot's trait ids, sorted: a write costs the host's own traits, not
   // every trait the index knows.
-  std::vector<std::vector<std::uint32_t>> slot_traits_;
+  std::vector<TraitList> slot_traits_;
 };
 
 }  // namespace virtcap::fleet

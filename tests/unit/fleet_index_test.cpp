@@ -350,3 +350,23 @@ TEST(FleetIndex, RareTraitDrivenAndFullScanAgreeAtScale) {
   EXPECT_EQ(index.query(any, kNow, false).started_from, "in:T_RARE,NOT_THERE");
   EXPECT_LT(index.memory_bytes(), 50000U * 200);
 }
+
+// A host's trait ids are kept delta-encoded; every id comes back, in order,
+// whatever its size (one to five bytes a delta).
+TEST(FleetTraitList, EveryIdComesBackInOrder) {
+  for (const std::vector<std::uint32_t>& ids :
+       {std::vector<std::uint32_t>{}, std::vector<std::uint32_t>{0}, std::vector<std::uint32_t>{0, 1, 2, 127, 128, 129},
+        std::vector<std::uint32_t>{5, 300, 16383, 16384, 2097151, 2097152, 268435455, 268435456, 4294967295U}}) {
+    virtcap::fleet::TraitList list;
+    list.assign(ids);
+    EXPECT_EQ(list.ids(), ids);
+  }
+  std::mt19937_64 rng(3);
+  std::vector<std::uint32_t> many;
+  for (std::uint32_t id = 0; many.size() < 5000; id += 1 + static_cast<std::uint32_t>(rng() % 3000)) many.push_back(id);
+  virtcap::fleet::TraitList list;
+  list.assign(many);
+  EXPECT_EQ(list.ids(), many);
+  list.clear();
+  EXPECT_TRUE(list.ids().empty());
+}

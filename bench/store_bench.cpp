@@ -54,7 +54,7 @@ void BM_VisitInstances1000(benchmark::State& state) {
     auto info = s.visit_instances({"host-a", false, 1000, ""}, [&](const InstanceRowView& r) {
       bytes += r.uuid.size() + r.name.size() + r.image_id.size() + r.vm_state.size();
     });
-    if (!info || info->rows != 1000) state.SkipWithError("visit failed");
+    if (!info.ok() || info->rows != 1000) state.SkipWithError("visit failed");
     benchmark::DoNotOptimize(bytes);
   }
 }

@@ -129,7 +129,7 @@ Result<Response> Client::call_raw(const std::string& method, const std::string& 
     return make_error(Errc::invalid_argument, "unsupported method " + method);
   auto* h = static_cast<CURL*>(curl_);
   if (!h) return make_error(Errc::io_error, "cannot initialise libcurl");
-  if (auto st = check_ca_file(opts_.ca_file); !st) return st.error();
+  if (auto st = check_ca_file(opts_.ca_file); !st.ok()) return st.error();
   curl_easy_reset(h);  // keeps the live connection
   const std::string url = opts_.url + path;
   BodySink received{{}, opts_.max_body};
@@ -211,7 +211,7 @@ Result<Response> Client::call(const std::string& method, const std::string& path
 Result<nlohmann::json> Client::request(const std::string& method, const std::string& path,
                                        const nlohmann::json* body) {
   auto r = call(method, path, body);
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   if (r->status >= 200 && r->status < 300) return r->body;
   Error e;
   e.code = Errc::internal;

@@ -78,7 +78,7 @@ Status apply_param(ListQuery& q, const std::string& k, const std::string& v) {
   } else if (k == "name") {
     if (v.empty()) return {};
     auto re = parse_name_pattern(v);
-    if (!re) return re.error();
+    if (!re.ok()) return re.error();
     q.name = std::move(re.value());
   } else if (k == "sort_key") {
     const auto key = parse_sort_key(v);
@@ -89,7 +89,7 @@ Status apply_param(ListQuery& q, const std::string& k, const std::string& v) {
     q.page.descending = v == "desc";
   } else if (k == "long" || k == "deleted") {
     auto b = parse_bool(k, v);
-    if (!b) return b.error();
+    if (!b.ok()) return b.error();
     (k == "long" ? q.long_view : q.page.include_deleted) = *b;
   } else if (k == "limit") {
     std::size_t n = 0;
@@ -173,7 +173,7 @@ void put_int(std::string& out, std::int64_t v) {
 Result<ListQuery> parse_list_query(const std::map<std::string, std::string>& params) {
   ListQuery q;
   for (const auto& [k, v] : params)
-    if (auto st = apply_param(q, k, v); !st) return st.error();
+    if (auto st = apply_param(q, k, v); !st.ok()) return st.error();
   if (q.page.vm_state == "deleted") q.page.include_deleted = true;  // what else could it mean
   return q;
 }

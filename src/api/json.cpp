@@ -144,7 +144,7 @@ Result<std::int64_t> integer_field(const json& j, const std::string& key, std::i
 
 Result<int> int_field(const json& j, const std::string& key, int def, int lo, int hi) {
   auto v = integer_field(j, key, def);
-  if (!v) return v.error();
+  if (!v.ok()) return v.error();
   if (*v < lo || *v > hi)
     return bad_request("field '" + key + "' must be from " + std::to_string(lo) + " to " + std::to_string(hi));
   return static_cast<int>(*v);
@@ -154,17 +154,17 @@ Result<int> int_field(const json& j, const std::string& key, int def, int lo, in
 
 Result<BootRequest> parse_boot_request(const std::string& body) {
   auto j = body_object(body, {"name", "image", "memory_mb", "vcpus"}, false);
-  if (!j) return j.error();
+  if (!j.ok()) return j.error();
   BootRequest r;
   auto name = string_field(*j, "name", true);
-  if (!name) return name.error();
+  if (!name.ok()) return name.error();
   auto image = string_field(*j, "image", true);
-  if (!image) return image.error();
+  if (!image.ok()) return image.error();
   auto mem = int_field(*j, "memory_mb", 512, 16, 16 * 1024 * 1024);
-  if (!mem) return mem.error();
+  if (!mem.ok()) return mem.error();
   // Its one range, 1 to the driver's discovered max_vcpus, is the manager's.
   auto vcpus = integer_field(*j, "vcpus", 1);
-  if (!vcpus) return vcpus.error();
+  if (!vcpus.ok()) return vcpus.error();
   r.name = *name;
   r.image = *image;
   r.memory_mb = *mem;
@@ -174,14 +174,14 @@ Result<BootRequest> parse_boot_request(const std::string& body) {
 
 Result<InterfaceSpec> parse_interface_request(const std::string& body) {
   auto j = body_object(body, {"mac", "network", "tag"}, true);
-  if (!j) return j.error();
+  if (!j.ok()) return j.error();
   InterfaceSpec spec;
   auto mac = string_field(*j, "mac", false);
-  if (!mac) return mac.error();
+  if (!mac.ok()) return mac.error();
   auto network = string_field(*j, "network", false);
-  if (!network) return network.error();
+  if (!network.ok()) return network.error();
   auto tag = string_field(*j, "tag", false);
-  if (!tag) return tag.error();
+  if (!tag.ok()) return tag.error();
   static const std::regex kMac("^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$");
   if (!mac->empty() && !std::regex_match(*mac, kMac))
     return bad_request("field 'mac' must look like 52:54:00:12:34:56");
@@ -201,7 +201,7 @@ Result<bool> parse_pass_request(const std::string& body) {
 
 Status parse_empty_request(const std::string& body) {
   auto j = body_object(body, {}, true);
-  if (!j) return j.error();
+  if (!j.ok()) return j.error();
   return {};
 }
 

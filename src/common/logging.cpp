@@ -98,7 +98,7 @@ Status apply(const Options& opts) {
   const auto level = spdlog::level::from_str(opts.level == "warn" ? "warning" : opts.level);
   if (level == spdlog::level::off && opts.level != "off")
     return make_error(Errc::invalid_argument, "unknown log level \"" + opts.level + "\"");
-  if (Status st = the_sink()->open(opts.file); !st) return st;
+  if (Status st = the_sink()->open(opts.file); !st.ok()) return st;
   if (opts.format == "json") the_sink()->set_formatter(std::make_unique<JsonFormatter>());
   else the_sink()->set_formatter(std::make_unique<spdlog::pattern_formatter>(kTextPattern));
   spdlog::set_level(level);

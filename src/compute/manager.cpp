@@ -48,7 +48,7 @@ namespace {
 Result<std::unique_ptr<ComputeDriver>> load_driver(const config::Config& cfg, const std::string& driver_override) {
   const std::string name = driver_override.empty() ? cfg.compute.driver : driver_override;
   auto driver = make_driver(name, cfg);
-  if (!driver) {
+  if (!driver.ok()) {
     Error e = driver.error();
     e.message = "unable to load the virtualization driver: " + e.message;
     return e;
@@ -61,23 +61,23 @@ Result<std::unique_ptr<ComputeDriver>> load_driver(const config::Config& cfg, co
 Result<std::unique_ptr<ComputeManager>> ComputeManager::create(const config::Config& cfg, InstanceStore& store,
                                                                const std::string& driver_override) {
   auto driver = load_driver(cfg, driver_override);
-  if (!driver) return driver.error();
+  if (!driver.ok()) return driver.error();
   return create(cfg, store, std::move(driver.value()));
 }
 
 Result<std::pair<std::string, Capabilities>> ComputeManager::inspect(const config::Config& cfg,
                                                                      const std::string& driver_override) {
   auto driver = load_driver(cfg, driver_override);
-  if (!driver) return driver.error();
+  if (!driver.ok()) return driver.error();
   const std::string name(driver.value()->name());
-  if (auto st = driver.value()->init_host(cfg.host()); !st) return load_failure(name, st.error().message);
+  if (auto st = driver.value()->init_host(cfg.host()); !st.ok()) return load_failure(name, st.error().message);
   return std::make_pair(name, driver.value()->capabilities());
 }
 
 Result<std::unique_ptr<ComputeManager>> ComputeManager::create(const config::Config& cfg, InstanceStore& store,
                                                                std::unique_ptr<ComputeDriver> driver) {
   const std::string name(driver->name());
-  if (auto st = driver->init_host(cfg.host()); !st) return load_failure(name, st.error().message);
+  if (auto st = driver->init_host(cfg.host()); !st.ok()) return load_failure(name, st.error().message);
   return std::unique_ptr<ComputeManager>(new ComputeManager(cfg, store, std::move(driver)));
 }
 
@@ -89,10 +89,10 @@ ComputeManager::ComputeManager(const config::Config& cfg, InstanceStore& store, 
       host_(cfg.host()),
       instances_path_(cfg.instances_path()),
       fleet_reporter_(std::make_unique<FleetReporter>(*this)) {
-  if (auto st = store_.register_host({host_, instances_path_, now_seconds()}); !st)
+  if (auto st = store_.register_host({host_, instances_path_, now_seconds()}); !st.ok())
     spdlog::warn("could not register host {} in the instance store: {}", host_, st.error().describe());
   if (caps_.has_imagecache)
-    if (auto st = imagecache::register_host(instances_path_, host_); !st)
+    if (auto st = imagecache::register_host(instances_path_, host_); !st.ok())
       spdlog::warn("could not register host {} on the shared storage: {}", host_, st.error().describe());
   spdlog::info("driver '{}' loaded on host '{}'; has_imagecache={}", driver_->name(), host_, caps_.has_imagecache);
 }
@@ -174,7 +174,7 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
                                                                          : "'") +
                                                   " is invalid: it must match ^[A-Za-z0-9._-]{1,128}$ and must not "
                                                   "contain '..'"));
-  if (auto img = driver_->check_image(image_id); !img) return audit.fail(img.error());
+  if (auto img = driver_->check_image(image_id); !img.ok()) return audit.fail(img.error());
   // A hypervisor that is away refuses the boot before the record is written:
   // a client retrying through a restart leaves no error record per try.
   if (auto why = driver_->unavailable_reason(); !why.empty())
@@ -194,11 +194,11 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
   std::lock_guard guard(*lock);
   // The record first: a crash from here on leaves a record that reconcile
   // finishes or rolls back, never an orphan domain or disk.
-  if (auto st = store_.create_instance(rec); !st) return audit.fail(st.error());
+  if (auto st = store_.create_instance(rec); !st.ok()) return audit.fail(st.error());
   auto st = driver_->spawn({rec.uuid, name, image_id, memory_mb, rec.vcpus});
   rec.updated_at = now_seconds();
   rec.task_state.clear();
-  if (st) {
+  if (st.ok()) {
     rec.vm_state = "active";
   } else {
     // The driver rolled back what it made; the record stays, marked error,
@@ -209,8 +209,8 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
       rec.deleted_at = rec.updated_at;
     }
   }
-  if (auto up = store_.update_instance(rec); !up) return audit.fail(up.error());
-  if (!st) return audit.fail(st.error());
+  if (auto up = store_.update_instance(rec); !up.ok()) return audit.fail(up.error());
+  if (!st.ok()) return audit.fail(st.error());
   audit.ok();
   return rec;
 }
@@ -218,13 +218,13 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
 Result<InstanceRecord> ComputeManager::find(const std::string& id) {
   if (looks_like_uuid(id)) {
     auto rec = store_.get_instance(id);
-    if (!rec) return rec.error();
+    if (!rec.ok()) return rec.error();
     if (rec->deleted_at != 0 || rec->host != host_)
       return make_error(Errc::not_found, "no live instance " + id + " on host " + host_);
     return rec;
   }
   auto all = store_.list_instances(host_, false);
-  if (!all) return all.error();
+  if (!all.ok()) return all.error();
   for (auto& r : all.value())
     if (r.name == id) return r;
   return make_error(Errc::not_found, "no live instance named '" + id + "' on host " + host_);
@@ -239,7 +239,7 @@ Result<InstancePageInfo> ComputeManager::list_page(InstancePageQuery query, cons
 
 Result<std::map<std::string, PowerState, std::less<>>> ComputeManager::power_states() {
   auto all = driver_->list_instances();
-  if (!all) return all.error();
+  if (!all.ok()) return all.error();
   std::map<std::string, PowerState, std::less<>> out;
   for (auto& d : all.value()) out.emplace(std::move(d.uuid), d.power_state);
   return out;
@@ -247,10 +247,10 @@ Result<std::map<std::string, PowerState, std::less<>>> ComputeManager::power_sta
 
 Result<ComputeManager::InstanceView> ComputeManager::show(const std::string& id) {
   auto rec = find(id);
-  if (!rec) return rec.error();
+  if (!rec.ok()) return rec.error();
   InstanceView v{rec.value(), std::nullopt};
   auto hv = driver_->get_instance(rec->uuid);
-  if (hv) v.hypervisor = std::move(hv.value());
+  if (hv.ok()) v.hypervisor = std::move(hv.value());
   else if (hv.error().code != Errc::not_found) return hv.error();
   return v;
 }
@@ -259,12 +259,12 @@ Status ComputeManager::destroy(const std::string& id) {
   auto audit = audit_of("delete", id);
   return audit.done(with_instance(id, audit, [&](InstanceRecord& found) -> Status {
     auto rec = store_.get_instance(found.uuid);  // fresh, under the lock
-    if (!rec) return rec.error();
+    if (!rec.ok()) return rec.error();
     if (rec->deleted_at != 0) return make_error(Errc::not_found, "instance " + rec->uuid + " is already deleted");
     rec->task_state = "deleting";
     rec->updated_at = now_seconds();
-    if (auto st = store_.update_instance(rec.value()); !st) return st;
-    if (auto st = driver_->destroy(rec->uuid); !st) {
+    if (auto st = store_.update_instance(rec.value()); !st.ok()) return st;
+    if (auto st = driver_->destroy(rec->uuid); !st.ok()) {
       rec->task_state.clear();  // nothing was deleted; the instance stays as it was
       (void)store_.update_instance(rec.value());
       return st;
@@ -284,9 +284,9 @@ Status ComputeManager::reboot(const std::string& id) {
 Result<InterfaceInfo> ComputeManager::attach_interface(const std::string& id, const InterfaceSpec& spec) {
   auto audit = audit_of("attach_interface", id);
   if (!spec.mac.empty()) audit.field("mac", spec.mac);
-  if (auto st = check(Operation::attach_interface); !st) return audit.fail(st.error());
+  if (auto st = check(Operation::attach_interface); !st.ok()) return audit.fail(st.error());
   if (!spec.tag.empty())
-    if (auto st = check(Operation::tagged_attach_interface); !st) return audit.fail(st.error());
+    if (auto st = check(Operation::tagged_attach_interface); !st.ok()) return audit.fail(st.error());
   return audit.done(
       with_instance(id, audit, [&](InstanceRecord& rec) { return driver_->attach_interface(rec.uuid, spec); }));
 }
@@ -294,7 +294,7 @@ Result<InterfaceInfo> ComputeManager::attach_interface(const std::string& id, co
 Status ComputeManager::detach_interface(const std::string& id, const std::string& mac) {
   auto audit = audit_of("detach_interface", id);
   audit.field("mac", mac);
-  if (auto st = check(Operation::detach_interface); !st) return audit.fail(st.error());
+  if (auto st = check(Operation::detach_interface); !st.ok()) return audit.fail(st.error());
   return audit.done(
       with_instance(id, audit, [&](InstanceRecord& rec) { return driver_->detach_interface(rec.uuid, mac); }));
 }
@@ -302,9 +302,9 @@ Status ComputeManager::detach_interface(const std::string& id, const std::string
 Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
   if (auto why = driver_->unavailable_reason(); !why.empty()) return make_error(Errc::hypervisor_unavailable, why);
   auto on_hv = driver_->list_instances();
-  if (!on_hv) return on_hv.error();
+  if (!on_hv.ok()) return on_hv.error();
   auto in_store = store_.list_instances(host_, true);
-  if (!in_store) return in_store.error();
+  if (!in_store.ok()) return in_store.error();
   std::set<std::string> hv_uuids, started;
   for (const auto& i : on_hv.value()) {
     hv_uuids.insert(i.uuid);
@@ -332,14 +332,14 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
       } else {
         out.rolled_back_spawns.push_back(rec.uuid);
         if (fix)
-          if (auto st = driver_->destroy(rec.uuid); !st) return audit.fail(st.error());  // removes a half-made disk
+          if (auto st = driver_->destroy(rec.uuid); !st.ok()) return audit.fail(st.error());  // removes a half-made disk
         rec.vm_state = "error";
       }
       rec.task_state.clear();
     } else if (rec.task_state == "deleting" || (rec.deleted_at != 0 && on)) {
       out.finished_deletes.push_back(rec.uuid);
       if (fix)
-        if (auto st = driver_->destroy(rec.uuid); !st) return audit.fail(st.error());
+        if (auto st = driver_->destroy(rec.uuid); !st.ok()) return audit.fail(st.error());
       rec.task_state.clear();
       rec.vm_state = "deleted";
       if (rec.deleted_at == 0) rec.deleted_at = now_seconds();
@@ -355,7 +355,7 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
     stamp();
     audit.field("to", rec.vm_state);
     if (fix)
-      if (auto st = store_.update_instance(rec); !st) return audit.fail(st.error());
+      if (auto st = store_.update_instance(rec); !st.ok()) return audit.fail(st.error());
     audit.ok();
   }
   for (const auto& u : hv_uuids)
@@ -367,7 +367,7 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
     const std::string name = it->path().filename().string();
     if (!it->is_directory() || !looks_like_uuid(name)) continue;
     auto rec = store_.get_instance(name);
-    if (!rec) {
+    if (!rec.ok()) {
       if (rec.error().code == Errc::not_found) out.orphan_dirs.push_back(name);
       continue;
     }
@@ -381,16 +381,16 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
 }
 
 Result<ImageCacheReport> ComputeManager::image_cache_pass(bool dry_run) {
-  if (auto st = check(Operation::manage_image_cache); !st) return st.error();
+  if (auto st = check(Operation::manage_image_cache); !st.ok()) return st.error();
   if (auto why = driver_->unavailable_reason(); !why.empty()) {
     Error e = make_error(Errc::hypervisor_unavailable, why);
     e.driver = driver_->name();
     return e;
   }
   auto hosts = store_.hosts_sharing(instances_path_);
-  if (!hosts) return hosts.error();
+  if (!hosts.ok()) return hosts.error();
   std::vector<std::string> all = hosts.value();
-  if (auto reg = imagecache::registered_hosts(instances_path_); reg) {
+  if (auto reg = imagecache::registered_hosts(instances_path_); reg.ok()) {
     all.insert(all.end(), reg->begin(), reg->end());
   } else {
     return reg.error();  // cannot tell which hosts share the storage: do nothing
@@ -399,9 +399,9 @@ Result<ImageCacheReport> ComputeManager::image_cache_pass(bool dry_run) {
   std::sort(all.begin(), all.end());
   all.erase(std::unique(all.begin(), all.end()), all.end());
   auto instances = store_.live_instances_on(all);
-  if (!instances) return instances.error();
+  if (!instances.ok()) return instances.error();
   auto report = driver_->manage_image_cache(instances.value(), dry_run);
-  if (report) {
+  if (report.ok()) {
     std::lock_guard lock(report_mu_);
     last_report_ = report.value();
     ++totals_.passes;
@@ -433,7 +433,7 @@ TaskOutcome ComputeManager::run_image_cache_pass() {
                                 std::to_string(cfg_.image_cache.manager_interval) + " (<= 0 disables the pass)");
   if (auto why = driver_->unavailable_reason(); !why.empty()) return TaskOutcome::skipped(why);
   auto report = image_cache_pass(false);
-  if (!report) return TaskOutcome::failed(report.error().describe());
+  if (!report.ok()) return TaskOutcome::failed(report.error().describe());
   std::string msg = std::to_string(report->instances_considered) + " live instances, " +
                     std::to_string(report->disks_read) + " disks read; " + std::to_string(report->files_removed) +
                     " files removed, " + std::to_string(report->bytes_freed) + " bytes freed";
@@ -446,7 +446,7 @@ TaskOutcome ComputeManager::run_image_cache_pass() {
 TaskOutcome ComputeManager::sync_power_states() {
   if (auto why = driver_->unavailable_reason(); !why.empty()) return TaskOutcome::skipped(why);
   auto r = reconcile(true);
-  if (!r) return TaskOutcome::failed(r.error().describe());
+  if (!r.ok()) return TaskOutcome::failed(r.error().describe());
   for (const auto& u : r->lost)
     spdlog::warn("instance {} is in the store but not on the hypervisor; marked lost (kept)", u);
   return TaskOutcome::ran(std::to_string(r->lost.size()) + " lost, " + std::to_string(r->unknown_domains.size()) +

@@ -173,7 +173,7 @@ template <class F>
 auto ComputeManager::with_instance(const std::string& id, audit::Scope& audit, F&& fn)
     -> decltype(fn(std::declval<InstanceRecord&>())) {
   auto rec = find(id);
-  if (!rec) return rec.error();
+  if (!rec.ok()) return rec.error();
   audit.instance(rec->uuid, rec->name);
   auto lock = instance_lock(rec->uuid);
   std::unique_lock guard(*lock, std::try_to_lock);

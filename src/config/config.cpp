@@ -98,7 +98,7 @@ std::optional<std::string> token::operator()(const std::string& v) const {
 }
 std::string http_url::describe() const { return "empty, or http://HOST[:PORT] or https://HOST[:PORT]"; }
 std::optional<std::string> http_url::operator()(const std::string& v) const {
-  if (v.empty() || parse_http_url(v)) return std::nullopt;
+  if (v.empty() || parse_http_url(v).ok()) return std::nullopt;
   return "expected " + describe() + ", got \"" + v + "\"";
 }
 std::string group_name::describe() const { return "empty, or a group name this host knows"; }
@@ -338,13 +338,13 @@ namespace {
 std::optional<std::string> check_across(const Config& cfg) {
   const auto& f = cfg.fleet;
   const auto url = parse_http_url(f.url);  // an empty url is not one: nothing is sent
-  if (url && !url->https && !f.token.empty() && !is_loopback(url->host) && !f.allow_insecure)
+  if (url.ok() && !url->https && !f.token.empty() && !is_loopback(url->host) && !f.allow_insecure)
     return "[fleet] url = \"" + f.url + "\" would send [fleet] token in clear text to a host that is not "
            "loopback; use https:// (with [fleet] ca_file), or set [fleet] allow_insecure = true";
   if (f.tls_client_cert.empty() != f.tls_client_key.empty())
     return std::string("[fleet] tls_client_cert and tls_client_key must be set together (only ") +
            (f.tls_client_cert.empty() ? "tls_client_key" : "tls_client_cert") + " is set)";
-  if (!f.tls_client_cert.empty() && url && !url->https)
+  if (!f.tls_client_cert.empty() && url.ok() && !url->https)
     return "[fleet] tls_client_cert is set but [fleet] url = \"" + f.url + "\" is not https://: a client "
            "certificate is presented only over TLS";
   return std::nullopt;

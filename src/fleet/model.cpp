@@ -65,7 +65,7 @@ Status check_trait_name(std::string_view name) {
 bool is_custom_trait(std::string_view name) { return name.starts_with(kCustomPrefix); }
 
 Status check_operator_trait_name(std::string_view name) {
-  if (auto st = check_trait_name(name); !st) return st;
+  if (auto st = check_trait_name(name); !st.ok()) return st;
   if (!is_custom_trait(name) || name.size() == kCustomPrefix.size())
     return bad("operator trait " + quote_for_error(name) +
                " is not CUSTOM_[A-Z0-9_]+: operators set only CUSTOM_ traits, e.g. CUSTOM_MAINTENANCE");
@@ -73,7 +73,7 @@ Status check_operator_trait_name(std::string_view name) {
 }
 
 Status check_agent_trait_name(std::string_view name) {
-  if (auto st = check_trait_name(name); !st) return st;
+  if (auto st = check_trait_name(name); !st.ok()) return st;
   if (is_custom_trait(name))
     return bad("agent trait " + quote_for_error(name) +
                " starts with CUSTOM_: CUSTOM_ traits belong to operators");
@@ -129,17 +129,17 @@ Status check_uuid(std::string_view uuid) {
 }
 
 Status check_report(const AgentReport& report) {
-  if (auto st = check_host_name(report.name); !st) return st;
-  if (auto st = check_uuid(report.uuid); !st) return st;
+  if (auto st = check_host_name(report.name); !st.ok()) return st;
+  if (auto st = check_uuid(report.uuid); !st.ok()) return st;
   if (report.agent_version.size() > 255) return bad("agent version longer than 255 bytes");
   if (report.api_url.size() > 2048) return bad("agent API URL longer than 2048 bytes");
   if (report.traits.size() > 10000) return bad("more than 10000 traits in one report");
   for (const auto& t : report.traits)
-    if (auto st = check_agent_trait_name(t); !st) return st;
+    if (auto st = check_agent_trait_name(t); !st.ok()) return st;
   for (auto rc : kAllResourceClasses) {
     const auto& inv = report.inventories[static_cast<std::size_t>(rc)];
     if (inv)
-      if (auto st = check_inventory(rc, *inv); !st) return st;
+      if (auto st = check_inventory(rc, *inv); !st.ok()) return st;
   }
   if (report.seen_at_ms < 0) return bad("report time before 1970");
   return {};

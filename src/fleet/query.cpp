@@ -46,7 +46,7 @@ class Parser {
       if (value.size() > kMaxQueryParamBytes)
         return bad("query parameter " + quote_for_error(key) + " is " + std::to_string(value.size()) +
                    " bytes: at most " + std::to_string(kMaxQueryParamBytes));
-      if (auto st = one(key, value); !st) return st.error();
+      if (auto st = one(key, value); !st.ok()) return st.error();
     }
     for (const auto& f : q_.forbidden)
       if (std::binary_search(q_.required.begin(), q_.required.end(), f))
@@ -75,12 +75,12 @@ class Parser {
     const bool any = value.starts_with("in:");
     if (any) value.remove_prefix(3);
     const auto names = split(value, ',');
-    if (auto st = count_traits(names.size()); !st) return st;
+    if (auto st = count_traits(names.size()); !st.ok()) return st;
     std::vector<std::string> group;
     for (auto name : names) {
       const bool forbid = !any && name.starts_with('!');
       if (forbid) name.remove_prefix(1);
-      if (auto st = check_trait_name(name); !st)
+      if (auto st = check_trait_name(name); !st.ok())
         return bad("required=" + quote_for_error(value) + ": " + st.error().message);
       (any ? group : forbid ? q_.forbidden : q_.required).emplace_back(name);
     }
@@ -99,9 +99,9 @@ class Parser {
       if (colon == std::string_view::npos)
         return bad("resources=" + quote_for_error(value) + ": expected CLASS:AMOUNT, e.g. VCPU:2");
       auto rc = resource_class_from_string(item.substr(0, colon));
-      if (!rc) return rc.error();
+      if (!rc.ok()) return rc.error();
       auto amount = parse_amount(item.substr(colon + 1), "resources " + std::string(to_string(*rc)));
-      if (!amount) return amount.error();
+      if (!amount.ok()) return amount.error();
       auto& slot = q_.resources[static_cast<std::size_t>(*rc)];
       if (slot) return bad("resources: " + std::string(to_string(*rc)) + " given twice");
       slot = *amount;
@@ -111,7 +111,7 @@ class Parser {
 
   Status limit(std::string_view value) {
     auto n = parse_amount(value, "limit");
-    if (!n) return n.error();
+    if (!n.ok()) return n.error();
     if (*n < 1 || static_cast<std::size_t>(*n) > kMaxLimit)
       return bad("limit " + quote_for_error(value) + " is not in 1.." + std::to_string(kMaxLimit));
     q_.limit = static_cast<std::size_t>(*n);

@@ -127,16 +127,16 @@ class SqlFleetStore final : public FleetStore {
 Status SqlFleetStore::migrate() {
   auto c = pool_.acquire();
   Transaction t(*c);
-  if (auto st = t.begin(); !st) return st;
+  if (auto st = t.begin(); !st.ok()) return st;
   if (dialect() == Dialect::postgresql)  // replicas starting together migrate one at a time
-    if (auto r = c->exec("SELECT pg_advisory_xact_lock(7663700001)", {}); !r) return r.error();
-  if (auto r = c->exec("CREATE TABLE IF NOT EXISTS fleet_schema (version BIGINT NOT NULL)", {}); !r)
+    if (auto r = c->exec("SELECT pg_advisory_xact_lock(7663700001)", {}); !r.ok()) return r.error();
+  if (auto r = c->exec("CREATE TABLE IF NOT EXISTS fleet_schema (version BIGINT NOT NULL)", {}); !r.ok())
     return r.error();
   auto v = c->exec("SELECT version FROM fleet_schema", {});
-  if (!v) return v.error();
+  if (!v.ok()) return v.error();
   std::int64_t version = 0;
   if (v->rows.empty()) {
-    if (auto r = c->exec("INSERT INTO fleet_schema (version) VALUES (0)", {}); !r) return r.error();
+    if (auto r = c->exec("INSERT INTO fleet_schema (version) VALUES (0)", {}); !r.ok()) return r.error();
   } else {
     version = to_i64(v->rows[0][0]);
   }
@@ -148,8 +148,8 @@ Status SqlFleetStore::migrate() {
   for (const auto& m : migrations()) {
     if (m.version <= version) continue;
     for (auto sql : m.statements)
-      if (auto r = c->exec(dialect_sql(sql, dialect()), {}); !r) return r.error();
-    if (auto r = c->exec("UPDATE fleet_schema SET version = $1", {std::int64_t{m.version}}); !r)
+      if (auto r = c->exec(dialect_sql(sql, dialect()), {}); !r.ok()) return r.error();
+    if (auto r = c->exec("UPDATE fleet_schema SET version = $1", {std::int64_t{m.version}}); !r.ok())
       return r.error();
   }
   return t.commit();
@@ -158,7 +158,7 @@ Status SqlFleetStore::migrate() {
 Result<int> SqlFleetStore::schema_version() {
   auto c = pool_.acquire();
   auto v = c->exec("SELECT version FROM fleet_schema", {});
-  if (!v) return v.error();
+  if (!v.ok()) return v.error();
   return v->rows.empty() ? 0 : static_cast<int>(to_i64(v->rows[0][0]));
 }
 
@@ -169,7 +169,7 @@ Result<std::optional<HostRow>> SqlFleetStore::lock_host(SqlConn& c, std::string_
             "FOR UPDATE"
           : "SELECT id, uuid, generation, agent_version, api_url FROM fleet_hosts WHERE name = $1";
   auto r = c.exec(sql, {std::string(name)});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   if (r->rows.empty()) return std::optional<HostRow>();
   const auto& row = r->rows[0];
   return std::optional<HostRow>(HostRow{to_i64(row[0]), row[1], to_i64(row[2]), row[3], row[4]});
@@ -179,10 +179,10 @@ Result<std::int64_t> SqlFleetStore::trait_id(SqlConn& c, std::string_view name, 
   if (create)
     if (auto r = c.exec("INSERT INTO fleet_traits (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
                         {std::string(name)});
-        !r)
+        !r.ok())
       return r.error();
   auto r = c.exec("SELECT id FROM fleet_traits WHERE name = $1", {std::string(name)});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   if (r->rows.empty()) return std::int64_t{-1};
   return to_i64(r->rows[0][0]);
 }
@@ -190,7 +190,7 @@ Result<std::int64_t> SqlFleetStore::trait_id(SqlConn& c, std::string_view name, 
 Status SqlFleetStore::bump(SqlConn& c, const HostRow& row, std::string_view name) {
   auto r = c.exec("UPDATE fleet_hosts SET generation = generation + 1 WHERE id = $1 AND generation = $2",
                   {row.id, row.generation});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   if (r->affected != 1) return conflict("host " + std::string(name) + " changed under this write: retry");
   return {};
 }
@@ -200,7 +200,7 @@ Result<HostRecord> SqlFleetStore::load_host(SqlConn& c, std::int64_t id) {
       "SELECT uuid, name, generation, last_seen_ms, agent_version, api_url FROM fleet_hosts "
       "WHERE id = $1",
       {id});
-  if (!h) return h.error();
+  if (!h.ok()) return h.error();
   if (h->rows.empty()) return make_error(Errc::not_found, "host id " + std::to_string(id) + " vanished");
   const auto& row = h->rows[0];
   HostRecord rec{row[0], row[1], to_i64(row[2]), to_i64(row[3]), row[4], row[5], {}, {}};
@@ -208,7 +208,7 @@ Result<HostRecord> SqlFleetStore::load_host(SqlConn& c, std::int64_t id) {
       "SELECT t.name, ht.owner FROM fleet_host_traits ht JOIN fleet_traits t ON t.id = ht.trait_id "
       "WHERE ht.host_id = $1",
       {id});
-  if (!t) return t.error();
+  if (!t.ok()) return t.error();
   for (const auto& tr : t->rows)
     rec.traits.push_back({tr[0], trait_owner_from_string(tr[1]).value_or(TraitOwner::agent)});
   std::sort(rec.traits.begin(), rec.traits.end(),
@@ -217,10 +217,10 @@ Result<HostRecord> SqlFleetStore::load_host(SqlConn& c, std::int64_t id) {
       "SELECT resource_class, total, reserved, allocation_ratio, used FROM fleet_inventories "
       "WHERE host_id = $1",
       {id});
-  if (!inv) return inv.error();
+  if (!inv.ok()) return inv.error();
   for (const auto& ir : inv->rows) {
     auto rc = resource_class_from_string(ir[0]);
-    if (!rc) return rc.error();
+    if (!rc.ok()) return rc.error();
     rec.inventories[static_cast<std::size_t>(*rc)] =
         Inventory{to_i64(ir[1]), to_i64(ir[2]), std::strtod(ir[3].c_str(), nullptr), to_i64(ir[4])};
   }
@@ -231,7 +231,7 @@ Result<bool> SqlFleetStore::agent_state_differs(SqlConn& c, const HostRow& row, 
                                                 const std::vector<std::string>& traits) {
   if (row.agent_version != r.agent_version || row.api_url != r.api_url) return true;
   auto rec = load_host(c, row.id);
-  if (!rec) return rec.error();
+  if (!rec.ok()) return rec.error();
   std::vector<std::string> have;
   for (const auto& t : rec->traits)
     if (t.owner == TraitOwner::agent) have.push_back(t.name);
@@ -242,14 +242,14 @@ Status SqlFleetStore::write_agent_state(SqlConn& c, std::int64_t id, const Agent
                                         const std::vector<std::string>& traits) {
   for (const char* sql : {"DELETE FROM fleet_host_traits WHERE host_id = $1 AND owner = 'agent'",
                           "DELETE FROM fleet_inventories WHERE host_id = $1"})
-    if (auto d = c.exec(sql, {id}); !d) return d.error();
+    if (auto d = c.exec(sql, {id}); !d.ok()) return d.error();
   for (const auto& name : traits) {  // sorted: concurrent writers take trait locks in one order
     auto tid = trait_id(c, name, true);
-    if (!tid) return tid.error();
+    if (!tid.ok()) return tid.error();
     if (auto i = c.exec("INSERT INTO fleet_host_traits (host_id, trait_id, owner) VALUES ($1, $2, 'agent') "
                         "ON CONFLICT DO NOTHING",
                         {id, *tid});
-        !i)
+        !i.ok())
       return i.error();
   }
   for (auto rc : kAllResourceClasses) {
@@ -259,7 +259,7 @@ Status SqlFleetStore::write_agent_state(SqlConn& c, std::int64_t id, const Agent
             "INSERT INTO fleet_inventories (host_id, resource_class, total, reserved, allocation_ratio, "
             "used) VALUES ($1, $2, $3, $4, $5, $6)",
             {id, std::string(to_string(rc)), inv->total, inv->reserved, inv->allocation_ratio, inv->used});
-        !i)
+        !i.ok())
       return i.error();
   }
   return {};
@@ -270,7 +270,7 @@ Result<std::int64_t> SqlFleetStore::create_host(SqlConn& c, const AgentReport& r
       "INSERT INTO fleet_hosts (uuid, name, generation, last_seen_ms, agent_version, api_url) "
       "VALUES ($1, $2, 1, $3, $4, $5) RETURNING id",
       {r.uuid, r.name, r.seen_at_ms, r.agent_version, r.api_url});
-  if (!ins) {
+  if (!ins.ok()) {
     if (ins.error().code != Errc::already_exists) return ins.error();
     return conflict(
         "cannot register host " + r.name + ": uuid " + r.uuid +
@@ -281,19 +281,19 @@ Result<std::int64_t> SqlFleetStore::create_host(SqlConn& c, const AgentReport& r
 }
 
 Result<HostRecord> SqlFleetStore::report(const AgentReport& r, std::optional<std::int64_t> expected) {
-  if (auto st = check_report(r); !st) return st.error();
+  if (auto st = check_report(r); !st.ok()) return st.error();
   const auto traits = sorted_unique(r.traits);
   auto c = pool_.acquire();
   Transaction t(*c);
-  if (auto st = t.begin(); !st) return st.error();
+  if (auto st = t.begin(); !st.ok()) return st.error();
   auto row = lock_host(*c, r.name);
-  if (!row) return row.error();
+  if (!row.ok()) return row.error();
   std::int64_t id = 0;
   bool changed = true;
   if (!*row) {
     if (expected && *expected != 0) return stale(r.name, 0, *expected);
     auto created = create_host(*c, r);
-    if (!created) return created.error();
+    if (!created.ok()) return created.error();
     id = *created;
   } else {
     const HostRow& h = **row;
@@ -304,55 +304,55 @@ Result<HostRecord> SqlFleetStore::report(const AgentReport& r, std::optional<std
     if (expected && *expected != h.generation) return stale(r.name, h.generation, *expected);
     id = h.id;
     auto differs = agent_state_differs(*c, h, r, traits);
-    if (!differs) return differs.error();
+    if (!differs.ok()) return differs.error();
     changed = *differs;
     if (changed)
-      if (auto st = bump(*c, h, r.name); !st) return st.error();
+      if (auto st = bump(*c, h, r.name); !st.ok()) return st.error();
     if (auto u = c->exec(
             "UPDATE fleet_hosts SET last_seen_ms = $1, agent_version = $2, api_url = $3 WHERE id = $4",
             {r.seen_at_ms, r.agent_version, r.api_url, id});
-        !u)
+        !u.ok())
       return u.error();
   }
   if (changed)
-    if (auto st = write_agent_state(*c, id, r, traits); !st) return st.error();
-  if (auto st = c->notify(kNotifyChannel, r.name); !st) return st.error();
+    if (auto st = write_agent_state(*c, id, r, traits); !st.ok()) return st.error();
+  if (auto st = c->notify(kNotifyChannel, r.name); !st.ok()) return st.error();
   auto rec = load_host(*c, id);
-  if (!rec) return rec.error();
-  if (auto st = t.commit(); !st) return st.error();
+  if (!rec.ok()) return rec.error();
+  if (auto st = t.commit(); !st.ok()) return st.error();
   return rec;
 }
 
 Result<HostRecord> SqlFleetStore::operator_write(std::string_view host, std::string_view trait,
                                                  std::int64_t expected, bool add) {
-  if (auto st = check_operator_trait_name(trait); !st) return st.error();
+  if (auto st = check_operator_trait_name(trait); !st.ok()) return st.error();
   auto c = pool_.acquire();
   Transaction t(*c);
-  if (auto st = t.begin(); !st) return st.error();
+  if (auto st = t.begin(); !st.ok()) return st.error();
   auto row = lock_host(*c, host);
-  if (!row) return row.error();
+  if (!row.ok()) return row.error();
   if (!*row) return make_error(Errc::not_found, "no host " + quote_for_error(host) + " in the fleet");
   const HostRow& h = **row;
   if (h.generation != expected) return stale(host, h.generation, expected);
   auto tid = trait_id(*c, trait, add);
-  if (!tid) return tid.error();
+  if (!tid.ok()) return tid.error();
   auto has = c->exec("SELECT 1 FROM fleet_host_traits WHERE host_id = $1 AND trait_id = $2", {h.id, *tid});
-  if (!has) return has.error();
+  if (!has.ok()) return has.error();
   const bool present = !has->rows.empty();
   if (!add && !present)
     return make_error(Errc::not_found,
                       "host " + std::string(host) + " does not have trait " + std::string(trait));
   if (add && present) return load_host(*c, h.id);  // nothing to change; the transaction rolls back
-  if (auto st = bump(*c, h, host); !st) return st.error();
+  if (auto st = bump(*c, h, host); !st.ok()) return st.error();
   auto w =
       add ? c->exec("INSERT INTO fleet_host_traits (host_id, trait_id, owner) VALUES ($1, $2, 'operator')",
                     {h.id, *tid})
           : c->exec("DELETE FROM fleet_host_traits WHERE host_id = $1 AND trait_id = $2", {h.id, *tid});
-  if (!w) return w.error();
-  if (auto st = c->notify(kNotifyChannel, host); !st) return st.error();
+  if (!w.ok()) return w.error();
+  if (auto st = c->notify(kNotifyChannel, host); !st.ok()) return st.error();
   auto rec = load_host(*c, h.id);
-  if (!rec) return rec.error();
-  if (auto st = t.commit(); !st) return st.error();
+  if (!rec.ok()) return rec.error();
+  if (auto st = t.commit(); !st.ok()) return st.error();
   return rec;
 }
 
@@ -369,49 +369,49 @@ Result<HostRecord> SqlFleetStore::remove_operator_trait(std::string_view host, s
 Status SqlFleetStore::delete_host(std::string_view host, std::optional<std::int64_t> expected) {
   auto c = pool_.acquire();
   Transaction t(*c);
-  if (auto st = t.begin(); !st) return st;
+  if (auto st = t.begin(); !st.ok()) return st;
   auto row = lock_host(*c, host);
-  if (!row) return row.error();
+  if (!row.ok()) return row.error();
   if (!*row) return make_error(Errc::not_found, "no host " + quote_for_error(host) + " in the fleet");
   if (expected && *expected != (*row)->generation) return stale(host, (*row)->generation, *expected);
   for (const char* sql :
        {"DELETE FROM fleet_host_traits WHERE host_id = $1",
         "DELETE FROM fleet_inventories WHERE host_id = $1", "DELETE FROM fleet_hosts WHERE id = $1"})
-    if (auto d = c->exec(sql, {(*row)->id}); !d) return d.error();
-  if (auto st = c->notify(kNotifyChannel, host); !st) return st;
+    if (auto d = c->exec(sql, {(*row)->id}); !d.ok()) return d.error();
+  if (auto st = c->notify(kNotifyChannel, host); !st.ok()) return st;
   return t.commit();
 }
 
 Result<std::optional<HostRecord>> SqlFleetStore::get_host(std::string_view host) {
   auto c = pool_.acquire();
   Transaction t(*c);  // one snapshot for the three reads
-  if (auto st = t.begin_read(); !st) return st.error();
+  if (auto st = t.begin_read(); !st.ok()) return st.error();
   auto r = c->exec("SELECT id FROM fleet_hosts WHERE name = $1", {std::string(host)});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   if (r->rows.empty()) return std::optional<HostRecord>();
   auto rec = load_host(*c, to_i64(r->rows[0][0]));
-  if (!rec) return rec.error();
+  if (!rec.ok()) return rec.error();
   return std::optional<HostRecord>(std::move(*rec));
 }
 
 Result<std::vector<HostRecord>> SqlFleetStore::list_hosts() {
   auto c = pool_.acquire();
   Transaction t(*c);
-  if (auto st = t.begin_read(); !st) return st.error();
+  if (auto st = t.begin_read(); !st.ok()) return st.error();
   auto h =
       c->exec("SELECT id, uuid, name, generation, last_seen_ms, agent_version, api_url FROM fleet_hosts", {});
-  if (!h) return h.error();
+  if (!h.ok()) return h.error();
   std::map<std::int64_t, HostRecord> by_id;
   for (const auto& row : h->rows)
     by_id.emplace(to_i64(row[0]),
                   HostRecord{row[1], row[2], to_i64(row[3]), to_i64(row[4]), row[5], row[6], {}, {}});
   auto names = c->exec("SELECT id, name FROM fleet_traits", {});
-  if (!names) return names.error();
+  if (!names.ok()) return names.error();
   std::map<std::int64_t, std::string> trait_names;
   for (const auto& row : names->rows) trait_names.emplace(to_i64(row[0]), row[1]);
   // Ids, not names: 100,000 hosts have millions of links.
   auto tr = c->exec("SELECT host_id, trait_id, owner FROM fleet_host_traits", {});
-  if (!tr) return tr.error();
+  if (!tr.ok()) return tr.error();
   for (const auto& row : tr->rows) {
     auto it = by_id.find(to_i64(row[0]));
     auto name = trait_names.find(to_i64(row[1]));
@@ -421,11 +421,11 @@ Result<std::vector<HostRecord>> SqlFleetStore::list_hosts() {
   }
   auto inv = c->exec(
       "SELECT host_id, resource_class, total, reserved, allocation_ratio, used FROM fleet_inventories", {});
-  if (!inv) return inv.error();
+  if (!inv.ok()) return inv.error();
   for (const auto& row : inv->rows) {
     auto it = by_id.find(to_i64(row[0]));
     auto rc = resource_class_from_string(row[1]);
-    if (it == by_id.end() || !rc) continue;
+    if (it == by_id.end() || !rc.ok()) continue;
     it->second.inventories[static_cast<std::size_t>(*rc)] =
         Inventory{to_i64(row[2]), to_i64(row[3]), std::strtod(row[4].c_str(), nullptr), to_i64(row[5])};
   }
@@ -460,29 +460,29 @@ Status insert_batches(SqlConn& c, std::string_view head, std::size_t width,
     }
     sql += tail;
     auto res = c.exec(sql, params);
-    if (!res) return res.error();
+    if (!res.ok()) return res.error();
     each(*res);
   }
   return {};
 }
 
 Status check_import(const HostRecord& h) {
-  if (auto st = check_host_name(h.name); !st) return st;
-  if (auto st = check_uuid(h.uuid); !st) return st;
+  if (auto st = check_host_name(h.name); !st.ok()) return st;
+  if (auto st = check_uuid(h.uuid); !st.ok()) return st;
   for (const auto& t : h.traits)
-    if (auto st = check_trait_name(t.name); !st) return st;
+    if (auto st = check_trait_name(t.name); !st.ok()) return st;
   for (auto rc : kAllResourceClasses)
     if (const auto& inv = h.inventories[static_cast<std::size_t>(rc)])
-      if (auto st = check_inventory(rc, *inv); !st) return st;
+      if (auto st = check_inventory(rc, *inv); !st.ok()) return st;
   return {};
 }
 
 Status SqlFleetStore::import_hosts(const std::vector<HostRecord>& hosts) {
   for (const auto& h : hosts)
-    if (auto st = check_import(h); !st) return st;
+    if (auto st = check_import(h); !st.ok()) return st;
   auto c = pool_.acquire();
   Transaction t(*c);
-  if (auto st = t.begin(); !st) return st;
+  if (auto st = t.begin(); !st.ok()) return st;
   std::vector<SqlValue> v;
   for (const auto& h : hosts)
     for (SqlValue x : std::initializer_list<SqlValue>{h.uuid, h.name, std::max<std::int64_t>(h.generation, 1),
@@ -495,12 +495,12 @@ Status SqlFleetStore::import_hosts(const std::vector<HostRecord>& hosts) {
                            6, v, " RETURNING id, name", [&](const SqlResult& r) {
                              for (const auto& row : r.rows) host_ids[row[1]] = to_i64(row[0]);
                            });
-  if (!st) return st;
+  if (!st.ok()) return st;
   for (const auto& h : hosts)
     for (const auto& tr : h.traits)
       if (!trait_ids.contains(tr.name)) {
         auto id = trait_id(*c, tr.name, true);
-        if (!id) return id.error();
+        if (!id.ok()) return id.error();
         trait_ids[tr.name] = *id;
       }
   v.clear();
@@ -511,7 +511,7 @@ Status SqlFleetStore::import_hosts(const std::vector<HostRecord>& hosts) {
         v.push_back(std::move(x));
   if (st = insert_batches(*c, "INSERT INTO fleet_host_traits (host_id, trait_id, owner) VALUES", 3, v, "",
                           [](const SqlResult&) {});
-      !st)
+      !st.ok())
     return st;
   v.clear();
   for (const auto& h : hosts)
@@ -525,9 +525,9 @@ Status SqlFleetStore::import_hosts(const std::vector<HostRecord>& hosts) {
                           "INSERT INTO fleet_inventories (host_id, resource_class, total, reserved, "
                           "allocation_ratio, used) VALUES",
                           6, v, "", [](const SqlResult&) {});
-      !st)
+      !st.ok())
     return st;
-  if (st = c->notify(kNotifyChannel, kNotifyEverything); !st) return st;
+  if (st = c->notify(kNotifyChannel, kNotifyEverything); !st.ok()) return st;
   return t.commit();
 }
 
@@ -539,7 +539,7 @@ Result<std::size_t> SqlFleetStore::forget_unheld_traits() {
   auto r = c->exec("DELETE FROM fleet_traits WHERE NOT EXISTS "
                    "(SELECT 1 FROM fleet_host_traits ht WHERE ht.trait_id = fleet_traits.id)",
                    {});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   return static_cast<std::size_t>(r->affected);
 }
 
@@ -553,20 +553,20 @@ CredentialRecord credential_row(const std::vector<std::string>& row) {
 Status SqlFleetStore::add_credential(const CredentialRecord& cr) {
   auto c = pool_.acquire();
   Transaction t(*c);
-  if (auto st = t.begin(); !st) return st;
+  if (auto st = t.begin(); !st.ok()) return st;
   auto ins = c->exec("INSERT INTO fleet_credentials (" + std::string(kCredentialColumns) +
                          ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                      {cr.id, std::string(to_string(cr.role)), cr.host, cr.salt, cr.hash, cr.created_ms,
                       cr.revoked_ms, cr.note});
-  if (!ins) return ins.error();
-  if (auto u = c->exec("UPDATE fleet_credentials_version SET version = version + 1", {}); !u) return u.error();
+  if (!ins.ok()) return ins.error();
+  if (auto u = c->exec("UPDATE fleet_credentials_version SET version = version + 1", {}); !u.ok()) return u.error();
   return t.commit();
 }
 
 Result<std::vector<CredentialRecord>> SqlFleetStore::list_credentials() {
   auto c = pool_.acquire();
   auto r = c->exec("SELECT " + std::string(kCredentialColumns) + " FROM fleet_credentials ORDER BY created_ms, id", {});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   std::vector<CredentialRecord> out;
   out.reserve(r->rows.size());
   for (const auto& row : r->rows) out.push_back(credential_row(row));
@@ -576,25 +576,25 @@ Result<std::vector<CredentialRecord>> SqlFleetStore::list_credentials() {
 Result<CredentialRecord> SqlFleetStore::revoke_credential(std::string_view id, std::int64_t now_ms) {
   auto c = pool_.acquire();
   Transaction t(*c);
-  if (auto st = t.begin(); !st) return st.error();
+  if (auto st = t.begin(); !st.ok()) return st.error();
   auto u = c->exec("UPDATE fleet_credentials SET revoked_ms = $1 WHERE id = $2 AND revoked_ms = 0",
                    {now_ms, std::string(id)});
-  if (!u) return u.error();
+  if (!u.ok()) return u.error();
   if (u->affected > 0)
-    if (auto v = c->exec("UPDATE fleet_credentials_version SET version = version + 1", {}); !v) return v.error();
+    if (auto v = c->exec("UPDATE fleet_credentials_version SET version = version + 1", {}); !v.ok()) return v.error();
   auto r = c->exec("SELECT " + std::string(kCredentialColumns) + " FROM fleet_credentials WHERE id = $1",
                    {std::string(id)});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   if (r->rows.empty())
     return make_error(Errc::not_found, "no credential " + quote_for_error(id) + " (see `virtcap fleet token list`)");
-  if (auto st = t.commit(); !st) return st.error();
+  if (auto st = t.commit(); !st.ok()) return st.error();
   return credential_row(r->rows[0]);
 }
 
 Result<std::int64_t> SqlFleetStore::credentials_version() {
   auto c = pool_.acquire();
   auto r = c->exec("SELECT version FROM fleet_credentials_version", {});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   return r->rows.empty() ? std::int64_t{0} : to_i64(r->rows[0][0]);
 }
 
@@ -609,14 +609,14 @@ Result<std::unique_ptr<FleetStore>> open_fleet_store(const std::string& url, con
   if (url.starts_with("sqlite://")) {
     target = url.substr(9);
     auto c = open_sqlite(target, options.busy_timeout);
-    if (!c) return c.error();
+    if (!c.ok()) return c.error();
     conns.push_back(std::move(*c));
   } else if (url.starts_with("postgresql://") || url.starts_with("postgres://")) {
     target = url;
     health = std::make_shared<DbHealth>();
     for (std::size_t i = 0; i < std::max<std::size_t>(options.connections, 1); ++i) {
       auto c = open_postgres(target, health);
-      if (!c) return c.error();
+      if (!c.ok()) return c.error();
       conns.push_back(std::move(*c));
     }
   } else {
@@ -625,7 +625,7 @@ Result<std::unique_ptr<FleetStore>> open_fleet_store(const std::string& url, con
                                                   "... is neither sqlite://PATH nor postgresql://...");
   }
   auto store = std::make_unique<SqlFleetStore>(target, std::move(conns), std::move(health));
-  if (auto st = store->migrate(); !st) return st.error();
+  if (auto st = store->migrate(); !st.ok()) return st.error();
   return std::unique_ptr<FleetStore>(std::move(store));
 }
 

@@ -45,7 +45,7 @@ Result<Inventory> parse_inventory(const json& v, const std::string& where) {
     if (slot == nullptr)
       return bad("unknown field " + quote_for_error(k) + " in " + where + "; fields: total, reserved, allocation_ratio, used");
     auto n = int_field(x, at);
-    if (!n) return n.error();
+    if (!n.ok()) return n.error();
     *slot = *n;
   }
   return inv;
@@ -56,9 +56,9 @@ Result<Inventories> parse_inventories(const json& v) {
   Inventories out;
   for (const auto& [k, x] : v.items()) {
     auto rc = resource_class_from_string(k);
-    if (!rc) return rc.error();
+    if (!rc.ok()) return rc.error();
     auto inv = parse_inventory(x, "inventories." + k);
-    if (!inv) return inv.error();
+    if (!inv.ok()) return inv.error();
     out[static_cast<std::size_t>(*rc)] = *inv;
   }
   return out;
@@ -98,11 +98,11 @@ Result<ReportBody> parse_report_body(std::string_view name, const std::string& b
   ReportBody out;
   out.report.name = std::string(name);
   auto uuid = string_field(j, "uuid", true);
-  if (!uuid) return uuid.error();
+  if (!uuid.ok()) return uuid.error();
   out.report.uuid = *uuid;
   for (auto [key, dst] : {std::pair{"agent_version", &out.report.agent_version}, {"api_url", &out.report.api_url}}) {
     auto s = string_field(j, key, false);
-    if (!s) return s.error();
+    if (!s.ok()) return s.error();
     *dst = *s;
   }
   if (!j.contains("traits") || !j["traits"].is_array())
@@ -113,17 +113,17 @@ Result<ReportBody> parse_report_body(std::string_view name, const std::string& b
   }
   if (j.contains("inventories")) {
     auto inv = parse_inventories(j["inventories"]);
-    if (!inv) return inv.error();
+    if (!inv.ok()) return inv.error();
     out.report.inventories = *inv;
   }
   if (j.contains("generation")) {
     auto g = int_field(j["generation"], "field \"generation\"");
-    if (!g) return g.error();
+    if (!g.ok()) return g.error();
     if (*g < 0) return bad("field \"generation\" must be >= 0");
     out.generation = *g;
   }
   out.report.seen_at_ms = now_ms();
-  if (auto st = check_report(out.report); !st) return st.error();
+  if (auto st = check_report(out.report); !st.ok()) return st.error();
   return out;
 }
 
@@ -135,7 +135,7 @@ Result<std::optional<std::int64_t>> parse_generation(const std::string& body, co
     for (const auto& [k, v] : j.items()) {
       if (k != "generation") return bad("unknown field " + quote_for_error(k) + "; the only field is generation");
       auto g = int_field(v, "field \"generation\"");
-      if (!g) return g.error();
+      if (!g.ok()) return g.error();
       from_body = *g;
     }
   }

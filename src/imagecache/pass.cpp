@@ -146,7 +146,7 @@ std::vector<std::size_t> classify(const PassOptions& opts, const std::vector<Can
       f.state = "in_use";
       f.reason = scan.use[i].used ? use_reason(scan.use[i]) : "image of a live instance in the store";
       if (!opts.dry_run) {
-        if (Status st = touch(base_dir + "/" + c.name); !st) report.notes.push_back(st.error().message);
+        if (Status st = touch(base_dir + "/" + c.name); !st.ok()) report.notes.push_back(st.error().message);
       }
     } else {
       const bool temp = c.kind == Kind::temporary;
@@ -187,7 +187,7 @@ void remove_locked(const PassOptions& opts, const BaseCache& cache, int base_fd,
                    ImageCacheReport& report) {
   if (opts.after_first_look) opts.after_first_look();
   auto lock_dir = open_cache_dir(cache.instances_path, kLockDirName, CreateDir::yes);
-  if (!lock_dir) {
+  if (!lock_dir.ok()) {
     report.complete = false;
     report.notes.push_back(lock_dir.error().message);
     return keep_all(report, to_remove, "not removed: " + lock_dir.error().message);
@@ -197,7 +197,7 @@ void remove_locked(const PassOptions& opts, const BaseCache& cache, int base_fd,
   std::vector<BaseFileLock> locks;
   for (const auto& o : owners) {  // sorted: a spawn holds at most one
     auto l = BaseFileLock::acquire_in(*lock_dir, o, cache.lock_timeout_seconds);
-    if (!l) {
+    if (!l.ok()) {
       report.complete = false;
       report.notes.push_back(l.error().message);
       return keep_all(report, to_remove, "not removed: " + l.error().message);
@@ -260,7 +260,7 @@ void remove_locked(const PassOptions& opts, const BaseCache& cache, int base_fd,
 // makes (<sha1>[_<bytes>].lock).
 void cleanup_locks(const BaseCache& cache, int base_fd, ImageCacheReport& report) {
   auto locks = open_cache_dir(cache.instances_path, kLockDirName, CreateDir::no);
-  if (!locks) {
+  if (!locks.ok()) {
     if (locks.error().code == Errc::not_found) return;  // none yet
     // Housekeeping only, after the removals: a note, not an incomplete pass.
     report.notes.push_back("lock files not cleaned up: " + locks.error().message);
@@ -285,7 +285,7 @@ void cleanup_locks(const BaseCache& cache, int base_fd, ImageCacheReport& report
   for (const auto& n : names) {
     if (owners.count(n)) continue;
     auto l = BaseFileLock::try_existing(*locks, n);
-    if (!l || !l->has_value()) continue;  // busy: a fetch is starting; keep
+    if (!l.ok() || !l->has_value()) continue;  // busy: a fetch is starting; keep
     struct stat st {};
     if (::fstatat(base_fd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT) continue;
     if (::unlinkat(locks->fd.get(), (n + ".lock").c_str(), 0) != 0 && errno != ENOENT)
@@ -317,7 +317,7 @@ ImageCacheReport run_pass(const PassOptions& opts, const std::vector<InstanceRec
   // The base directory first: files that appear after this are not
   // candidates at all.
   auto base = open_cache_dir(cache.instances_path, opts.subdirectory_name, CreateDir::no);
-  if (!base) {
+  if (!base.ok()) {
     if (base.error().code == Errc::not_found) {
       report.notes.push_back("no base directory " + cache.base_dir + ": nothing to manage");
       return finish();

@@ -128,7 +128,7 @@ OverlayPiece header_piece(const OverlaySpec& spec, std::uint64_t l1_entries) {
 }  // namespace
 
 Result<OverlayImage> render_overlay(const OverlaySpec& spec) {
-  if (Status st = check_spec(spec); !st) return st.error();
+  if (Status st = check_spec(spec); !st.ok()) return st.error();
   OverlayImage img;
   // qcow2.txt "Cluster mapping": enough L1 entries to map the whole disk; all
   // zero ("the L2 table and all clusters described by this L2 table are
@@ -191,8 +191,8 @@ Status write_and_sync(const std::string& tmp, const OverlayImage& image, Durabil
   Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (fd.get() < 0) return io_error("cannot create " + tmp, errno);
   created = true;
-  if (Status st = access.apply(fd.get(), false, tmp); !st) return st;
-  if (Status st = write_overlay_fd(fd.get(), image, tmp); !st) return st;
+  if (Status st = access.apply(fd.get(), false, tmp); !st.ok()) return st;
+  if (Status st = write_overlay_fd(fd.get(), image, tmp); !st.ok()) return st;
   if (durability != Durability::none && ::fsync(fd.get()) != 0) return io_error("cannot fsync " + tmp, errno);
   if (fd.close_checked() != 0) return io_error("cannot close " + tmp, errno);
   return {};
@@ -203,7 +203,7 @@ Status write_and_sync(const std::string& tmp, const OverlayImage& image, Durabil
 Status fsync_file(const std::string& path, const DiskAccess& access) {
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return io_error("cannot open " + path + " to fsync it", errno);
-  if (Status st = access.apply(fd.get(), false, path); !st) return st;
+  if (Status st = access.apply(fd.get(), false, path); !st.ok()) return st;
   if (::fsync(fd.get()) != 0) return io_error("cannot fsync " + path, errno);
   return {};
 }
@@ -223,10 +223,10 @@ Status rename_into_place(const std::string& tmp, const std::string& path, Durabi
 
 Status create_overlay(const std::string& path, const OverlaySpec& spec, Durability durability, const DiskAccess& access) {
   auto image = render_overlay(spec);
-  if (!image) return image.error();
+  if (!image.ok()) return image.error();
   const std::string tmp = path + std::string(kTempMarker) + "overlay";
   bool created = false;
-  if (Status st = write_and_sync(tmp, *image, durability, access, created); !st) {
+  if (Status st = write_and_sync(tmp, *image, durability, access, created); !st.ok()) {
     if (created) ::unlink(tmp.c_str());  // ours, half written; a file we did not create is left alone
     return st;
   }
@@ -245,7 +245,7 @@ Result<std::uint64_t> base_virtual_size(int fd, const std::string& base_path, st
     return invalid("the native overlay writer handles raw and qcow2 bases, not '" + std::string(format) + "' (" +
                    base_path + "); set [libvirt] overlay_writer = \"qemu-img\" for other formats");
   auto h = read_header_fd(fd, base_path);
-  if (!h) {
+  if (!h.ok()) {
     return make_error(h.error().code == Qcow2Errc::io_error ? Errc::io_error : Errc::invalid_argument,
                       h.error().describe());
   }
@@ -267,7 +267,7 @@ Result<OverlaySpec> overlay_spec_for_base(const std::string& base_path, std::str
   Fd fd(::open(base_path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return io_error("cannot open base image " + base_path, errno);
   auto base_size = base_virtual_size(fd.get(), base_path, base_format);
-  if (!base_size) return base_size.error();
+  if (!base_size.ok()) return base_size.error();
   auto sectors = [&](std::uint64_t v, const char* what) -> Result<std::uint64_t> {
     if (v > kOverlayMaxVirtualSize)
       return invalid(std::string(what) + " of " + std::to_string(v) + " bytes exceeds the qcow2 overlay limit of " +
@@ -275,9 +275,9 @@ Result<OverlaySpec> overlay_spec_for_base(const std::string& base_path, std::str
     return round_up(v, kSectorSize);
   };
   auto base = sectors(*base_size, "base image size");
-  if (!base) return base.error();
+  if (!base.ok()) return base.error();
   auto wanted = sectors(virtual_size, "requested disk size");
-  if (!wanted) return wanted.error();
+  if (!wanted.ok()) return wanted.error();
   if (virtual_size != 0 && *wanted < *base)
     return invalid("requested disk size " + std::to_string(virtual_size) + " is smaller than base image " +
                    base_path + " (" + std::to_string(*base) + " bytes); an overlay cannot shrink its base");

@@ -89,7 +89,7 @@ Error marker_not_found(const InstancePageQuery& query) {
 
 Result<InstancePageInfo> visit_records(std::vector<const InstanceRecord*> rows, const InstancePageQuery& query,
                                        const InstanceVisitor& visit) {
-  if (Status st = check_page_query(query); !st) return st.error();
+  if (Status st = check_page_query(query); !st.ok()) return st.error();
   std::sort(rows.begin(), rows.end(), [&](const InstanceRecord* a, const InstanceRecord* b) {
     const int c = compare(*a, *b, query.sort_key);
     return query.descending ? c > 0 : c < 0;
@@ -121,9 +121,9 @@ Result<InstancePageInfo> visit_records(std::vector<const InstanceRecord*> rows, 
 }
 
 Result<InstancePageInfo> InstanceStore::visit_instances(const InstancePageQuery& query, const InstanceVisitor& visit) {
-  if (Status st = check_page_query(query); !st) return st.error();
+  if (Status st = check_page_query(query); !st.ok()) return st.error();
   auto all = list_instances(query.host, true);  // deleted too: the marker may be one
-  if (!all) return all.error();
+  if (!all.ok()) return all.error();
   std::vector<const InstanceRecord*> rows;
   rows.reserve(all->size());
   for (const auto& r : *all) rows.push_back(&r);

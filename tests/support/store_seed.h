@@ -15,7 +15,7 @@
 namespace virtcap::testing {
 
 inline void seed_store(const std::string& db, const std::vector<InstanceRecord>& records) {
-  if (auto s = store::SqliteStore::open(db); !s) throw std::runtime_error(s.error().message);
+  if (auto s = store::SqliteStore::open(db); !s.ok()) throw std::runtime_error(s.error().message);
   sqlite3* h = nullptr;
   sqlite3_stmt* st = nullptr;
   auto check = [&](bool ok, const char* what) {

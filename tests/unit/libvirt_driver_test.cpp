@@ -303,7 +303,7 @@ struct ManagerOnLibvirt {
     testing::make_raw_image(cfg.images_path() + "/img.raw");
     auto made = compute::ComputeManager::create(cfg, store, "libvirt");
     EXPECT_TRUE(made.ok()) << made.error().message;
-    if (made) mgr = std::move(made.value());
+    if (made.ok()) mgr = std::move(made.value());
   }
   LibvirtDriver& driver() { return dynamic_cast<LibvirtDriver&>(mgr->driver()); }
 };

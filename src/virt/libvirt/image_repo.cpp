@@ -88,7 +88,7 @@ RepoImage describe(const ImageRepository& repo, int dir_fd, const std::string& f
     return img;
   }
   img.file_size = static_cast<std::uint64_t>(st.st_size);
-  if (auto refs = imagecache::probe_image(fd.get(), path, ""); refs) img.format = refs->format;
+  if (auto refs = imagecache::probe_image(fd.get(), path, ""); refs.ok()) img.format = refs->format;
   else img.problem = refs.error().message;
   img.id = id_of(file);
   if (img.id.empty()) {
@@ -96,7 +96,7 @@ RepoImage describe(const ImageRepository& repo, int dir_fd, const std::string& f
     return img;
   }
   auto found = repo.find(img.id);
-  if (!found) {
+  if (!found.ok()) {
     if (img.problem.empty()) img.problem = found.error().message;
     return img;
   }

@@ -32,7 +32,7 @@ constexpr std::int64_t kRegexMemoryBytes = 2 * 1024 * 1024;
 constexpr std::size_t kMaxMarkerBytes = 64;
 
 Error bad_param(std::string_view param, const std::string& what) {
-  return make_error(Errc::invalid_argument, "parameter '" + std::string(param) + "' " + what);
+  return invalid_argument_error("parameter '" + std::string(param) + "' " + what);
 }
 
 template <class Names>
@@ -42,9 +42,13 @@ std::string joined(const Names& names) {
   return out;
 }
 
-Result<bool> parse_bool(std::string_view param, const std::string& v) {
-  if (v == "true" || v == "1") return true;
-  if (v == "false" || v == "0") return false;
+// A true/false parameter's value.
+struct Flag {
+  bool on = false;
+};
+Result<Flag> parse_flag(std::string_view param, const std::string& v) {
+  if (v == "true" || v == "1") return Flag{true};
+  if (v == "false" || v == "0") return Flag{false};
   return bad_param(param, "must be true or false, not '" + v + "'");
 }
 
@@ -88,9 +92,9 @@ Status apply_param(ListQuery& q, const std::string& k, const std::string& v) {
     if (v != "asc" && v != "desc") return bad_param(k, "must be asc or desc, not '" + v + "'");
     q.page.descending = v == "desc";
   } else if (k == "long" || k == "deleted") {
-    auto b = parse_bool(k, v);
+    auto b = parse_flag(k, v);
     if (!b.ok()) return b.error();
-    (k == "long" ? q.long_view : q.page.include_deleted) = *b;
+    (k == "long" ? q.long_view : q.page.include_deleted) = b->on;
   } else if (k == "limit") {
     std::size_t n = 0;
     const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);

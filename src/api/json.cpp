@@ -86,40 +86,26 @@ nlohmann::json error_json(const Error& e) {
   return {{"error", err}};
 }
 
-int http_status(Errc code) {
-  switch (code) {
-    case Errc::invalid_argument: return 400;
-    case Errc::forbidden: return 403;
-    case Errc::not_found: return 404;
-    case Errc::already_exists:
-    case Errc::conflict:
-    case Errc::capability_not_supported: return 409;
-    case Errc::hypervisor_unavailable:
-    case Errc::store_unavailable: return 503;
-    default: return 500;
-  }
-}
+int http_status(Errc code) { return http_status_of(code); }
 
 namespace {
 
 using json = nlohmann::json;
 
-Error bad_request(const std::string& message) { return make_error(Errc::invalid_argument, message); }
-
 // The request body as a JSON object, with only `allowed` fields.
 Result<json> body_object(const std::string& body, const std::vector<std::string>& allowed, bool empty_ok) {
   if (body.empty()) {
     if (empty_ok) return json::object();
-    return bad_request("request body is empty; expected a JSON object");
+    return invalid_argument_error("request body is empty; expected a JSON object");
   }
   json j = json::parse(body, nullptr, false);
-  if (j.is_discarded()) return bad_request("malformed JSON in the request body");
-  if (!j.is_object()) return bad_request("the request body must be a JSON object");
+  if (j.is_discarded()) return invalid_argument_error("malformed JSON in the request body");
+  if (!j.is_object()) return invalid_argument_error("the request body must be a JSON object");
   for (const auto& [k, v] : j.items()) {
     if (std::find(allowed.begin(), allowed.end(), k) == allowed.end()) {
       std::string list;
       for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
-      return bad_request("unknown field '" + k + "'; allowed fields: " + list);
+      return invalid_argument_error("unknown field '" + k + "'; allowed fields: " + list);
     }
   }
   return j;
@@ -127,17 +113,17 @@ Result<json> body_object(const std::string& body, const std::vector<std::string>
 
 Result<std::string> string_field(const json& j, const std::string& key, bool required, const std::string& def = "") {
   if (!j.contains(key)) {
-    if (required) return bad_request("field '" + key + "' is required");
+    if (required) return invalid_argument_error("field '" + key + "' is required");
     return def;
   }
-  if (!j[key].is_string()) return bad_request("field '" + key + "' must be a string");
+  if (!j[key].is_string()) return invalid_argument_error("field '" + key + "' must be a string");
   return j[key].get<std::string>();
 }
 
 // Any JSON integer (one past int64 is the int64 maximum: out of every range).
 Result<std::int64_t> integer_field(const json& j, const std::string& key, std::int64_t def) {
   if (!j.contains(key)) return def;
-  if (!j[key].is_number_integer()) return bad_request("field '" + key + "' must be an integer");
+  if (!j[key].is_number_integer()) return invalid_argument_error("field '" + key + "' must be an integer");
   if (j[key].is_number_unsigned() && j[key].get<std::uint64_t>() > std::uint64_t(INT64_MAX)) return INT64_MAX;
   return j[key].get<std::int64_t>();
 }
@@ -146,7 +132,7 @@ Result<int> int_field(const json& j, const std::string& key, int def, int lo, in
   auto v = integer_field(j, key, def);
   if (!v.ok()) return v.error();
   if (*v < lo || *v > hi)
-    return bad_request("field '" + key + "' must be from " + std::to_string(lo) + " to " + std::to_string(hi));
+    return invalid_argument_error("field '" + key + "' must be from " + std::to_string(lo) + " to " + std::to_string(hi));
   return static_cast<int>(*v);
 }
 
@@ -184,19 +170,21 @@ Result<InterfaceSpec> parse_interface_request(const std::string& body) {
   if (!tag.ok()) return tag.error();
   static const std::regex kMac("^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$");
   if (!mac->empty() && !std::regex_match(*mac, kMac))
-    return bad_request("field 'mac' must look like 52:54:00:12:34:56");
+    return invalid_argument_error("field 'mac' must look like 52:54:00:12:34:56");
   spec.mac = *mac;
   spec.network = *network;
   spec.tag = *tag;
   return spec;
 }
 
-Result<bool> parse_pass_request(const std::string& body) {
+Result<PassRequest> parse_pass_request(const std::string& body) {
   auto j = body_object(body, {"dry_run"}, true);
-  if (!j) return j.error();
-  if (!j->contains("dry_run")) return false;
-  if (!(*j)["dry_run"].is_boolean()) return bad_request("field 'dry_run' must be a boolean");
-  return (*j)["dry_run"].get<bool>();
+  if (!j.ok()) return j.error();
+  PassRequest pass;
+  if (!j->contains("dry_run")) return pass;
+  if (!(*j)["dry_run"].is_boolean()) return invalid_argument_error("field 'dry_run' must be a boolean");
+  pass.dry_run = (*j)["dry_run"].get<bool>();
+  return pass;
 }
 
 Status parse_empty_request(const std::string& body) {

@@ -217,7 +217,7 @@ std::vector<http::Route> Server::routes() {
        [this, ok](const Request& req) {
          auto dry = parse_pass_request(req.body);
          if (!dry.ok()) return send_error(dry.error());
-         auto r = mgr_.image_cache_pass(dry.value());
+         auto r = mgr_.image_cache_pass(dry->dry_run);
          if (!r.ok()) return send_error(r.error());
          return ok(imagecache::to_json(r.value()));
        }},

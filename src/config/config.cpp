@@ -193,8 +193,6 @@ std::string normalise_path(const std::string& p) {
   return out;
 }
 
-Error config_error(std::string message) { return make_error(Errc::invalid_argument, std::move(message)); }
-
 // Reads one option from its TOML node into `field`, applying its check.
 template <class T, class Check>
 std::optional<std::string> read_value(const toml::node& node, T& field, const Check& chk) {
@@ -356,7 +354,7 @@ Result<Config> parse(std::string_view text, std::string_view source) {
   try {
     root = toml::parse(text, source);
   } catch (const toml::parse_error& e) {
-    return config_error(where(source, e.source()) + ": invalid TOML: " + std::string(e.description()));
+    return invalid_argument_error(where(source, e.source()) + ": invalid TOML: " + std::string(e.description()));
   }
 
   Config cfg;
@@ -373,9 +371,9 @@ Result<Config> parse(std::string_view text, std::string_view source) {
       known = true;
       const auto* table = sec_node.as_table();
       if (!table) {
-        failure = config_error(where(source, sec_node.source()) + ": '" + sec_name +
-                               "' must be a section ([" + sec_name + "]), got " +
-                               toml_type_name(sec_node));
+        failure = invalid_argument_error(where(source, sec_node.source()) + ": '" + sec_name +
+                                         "' must be a section ([" + sec_name + "]), got " +
+                                         toml_type_name(sec_node));
         return;
       }
       for (auto&& entry : *table) {
@@ -390,27 +388,27 @@ Result<Config> parse(std::string_view text, std::string_view source) {
           if (k != key_name) return;
           found = true;
           if (auto err = read_value(node, field, chk))
-            failure = config_error(where(source, node.source()) + ": [" + sec_name + "] " + key_name +
-                                   ": " + *err);
+            failure = invalid_argument_error(where(source, node.source()) + ": [" + sec_name + "] " + key_name +
+                                             ": " + *err);
         });
         if (!found && !failure)
-          failure = config_error(where(source, key.source()) + ": [" + sec_name + "] " + key_name +
-                                 ": unknown option; known options in [" + sec_name +
-                                 "]: " + join(known_keys));
+          failure = invalid_argument_error(where(source, key.source()) + ": [" + sec_name + "] " + key_name +
+                                           ": unknown option; known options in [" + sec_name +
+                                           "]: " + join(known_keys));
       }
     });
     if (!known && !failure) {
       if (sec_node.is_table())
-        failure = config_error(where(source, sec_key.source()) + ": [" + sec_name +
-                               "]: unknown section; known sections: " + join(section_names()));
+        failure = invalid_argument_error(where(source, sec_key.source()) + ": [" + sec_name +
+                                         "]: unknown section; known sections: " + join(section_names()));
       else
-        failure = config_error(where(source, sec_key.source()) + ": " + sec_name +
-                               ": option outside any section; put it under its section, e.g. "
-                               "[DEFAULT]");
+        failure = invalid_argument_error(where(source, sec_key.source()) + ": " + sec_name +
+                                         ": option outside any section; put it under its section, e.g. "
+                                         "[DEFAULT]");
     }
   }
   if (failure) return *failure;
-  if (auto err = check_across(cfg)) return config_error(std::string(source) + ": " + *err);
+  if (auto err = check_across(cfg)) return invalid_argument_error(std::string(source) + ": " + *err);
   return cfg;
 }
 
@@ -418,12 +416,12 @@ Result<Config> load_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     const int err = errno;
-    return config_error("cannot read config file " + path + ": " + std::strerror(err) +
-                        "; check the path given with --config");
+    return invalid_argument_error("cannot read config file " + path + ": " + std::strerror(err) +
+                                  "; check the path given with --config");
   }
   std::ostringstream buf;
   buf << in.rdbuf();
-  if (in.bad()) return config_error("cannot read config file " + path + ": read error");
+  if (in.bad()) return invalid_argument_error("cannot read config file " + path + ": read error");
   return parse(buf.str(), path);
 }
 

@@ -111,8 +111,9 @@ class SqlFleetStore final : public FleetStore {
   Result<std::int64_t> trait_id(SqlConn& c, std::string_view name, bool create);
   Result<HostRecord> load_host(SqlConn& c, std::int64_t id);
   Status bump(SqlConn& c, const HostRow& row, std::string_view name);
-  Result<bool> agent_state_differs(SqlConn& c, const HostRow& row, const AgentReport& r,
-                                   const std::vector<std::string>& traits);
+  enum class AgentState { same, differs };
+  Result<AgentState> agent_state_differs(SqlConn& c, const HostRow& row, const AgentReport& r,
+                                         const std::vector<std::string>& traits);
   Status write_agent_state(SqlConn& c, std::int64_t id, const AgentReport& r,
                            const std::vector<std::string>& traits);
   Result<std::int64_t> create_host(SqlConn& c, const AgentReport& r);
@@ -227,15 +228,16 @@ Result<HostRecord> SqlFleetStore::load_host(SqlConn& c, std::int64_t id) {
   return rec;
 }
 
-Result<bool> SqlFleetStore::agent_state_differs(SqlConn& c, const HostRow& row, const AgentReport& r,
-                                                const std::vector<std::string>& traits) {
-  if (row.agent_version != r.agent_version || row.api_url != r.api_url) return true;
+Result<SqlFleetStore::AgentState> SqlFleetStore::agent_state_differs(SqlConn& c, const HostRow& row,
+                                                                     const AgentReport& r,
+                                                                     const std::vector<std::string>& traits) {
+  if (row.agent_version != r.agent_version || row.api_url != r.api_url) return AgentState::differs;
   auto rec = load_host(c, row.id);
   if (!rec.ok()) return rec.error();
   std::vector<std::string> have;
   for (const auto& t : rec->traits)
     if (t.owner == TraitOwner::agent) have.push_back(t.name);
-  return have != traits || rec->inventories != r.inventories;
+  return have != traits || rec->inventories != r.inventories ? AgentState::differs : AgentState::same;
 }
 
 Status SqlFleetStore::write_agent_state(SqlConn& c, std::int64_t id, const AgentReport& r,
@@ -305,7 +307,7 @@ Result<HostRecord> SqlFleetStore::report(const AgentReport& r, std::optional<std
     id = h.id;
     auto differs = agent_state_differs(*c, h, r, traits);
     if (!differs.ok()) return differs.error();
-    changed = *differs;
+    changed = *differs == AgentState::differs;
     if (changed)
       if (auto st = bump(*c, h, r.name); !st.ok()) return st.error();
     if (auto u = c->exec(

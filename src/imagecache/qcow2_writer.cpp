@@ -48,8 +48,6 @@ void put_be(std::vector<std::uint8_t>& b, std::size_t at, std::uint64_t v, int b
 
 std::uint64_t round_up(std::uint64_t v, std::uint64_t unit) { return (v + unit - 1) / unit * unit; }
 
-Error invalid(const std::string& what) { return make_error(Errc::invalid_argument, what); }
-
 Error io_error(const std::string& what, int err) {
   return make_error(Errc::io_error, what + ": " + std::strerror(err));
 }
@@ -66,20 +64,20 @@ bool valid_format_name(std::string_view f) {
 Status check_spec(const OverlaySpec& spec) {
   // qcow2.txt "Header", backing_file_size: "Must not be longer than 1023 bytes".
   if (spec.backing_file.empty() || spec.backing_file.size() > kQcow2MaxBackingName)
-    return invalid("an overlay's backing file name must be 1 to " + std::to_string(kQcow2MaxBackingName) +
-                   " bytes long; got " + std::to_string(spec.backing_file.size()));
+    return invalid_argument_error("an overlay's backing file name must be 1 to " + std::to_string(kQcow2MaxBackingName) +
+                                  " bytes long; got " + std::to_string(spec.backing_file.size()));
   if (spec.backing_file.find('\0') != std::string::npos)
-    return invalid("an overlay's backing file name must not contain a NUL byte");
+    return invalid_argument_error("an overlay's backing file name must not contain a NUL byte");
   if (!valid_format_name(spec.backing_format))
-    return invalid("an overlay's backing format must be 1 to " + std::to_string(kOverlayMaxFormatName) +
-                   " characters of [a-z0-9_-] (e.g. raw, qcow2)");
+    return invalid_argument_error("an overlay's backing format must be 1 to " + std::to_string(kOverlayMaxFormatName) +
+                                  " characters of [a-z0-9_-] (e.g. raw, qcow2)");
   if (spec.virtual_size % kSectorSize != 0)
-    return invalid("an overlay's virtual size must be a multiple of 512 bytes; got " +
-                   std::to_string(spec.virtual_size));
+    return invalid_argument_error("an overlay's virtual size must be a multiple of 512 bytes; got " +
+                                  std::to_string(spec.virtual_size));
   // qcow2.txt "Header", size: QEMU's 32 MB L1 limit (see kOverlayMaxVirtualSize).
   if (spec.virtual_size > kOverlayMaxVirtualSize)
-    return invalid("an overlay's virtual size must be at most " + std::to_string(kOverlayMaxVirtualSize) +
-                   " bytes (2 PiB, QEMU's limit with 64 KiB clusters); got " + std::to_string(spec.virtual_size));
+    return invalid_argument_error("an overlay's virtual size must be at most " + std::to_string(kOverlayMaxVirtualSize) +
+                                  " bytes (2 PiB, QEMU's limit with 64 KiB clusters); got " + std::to_string(spec.virtual_size));
   return {};
 }
 
@@ -242,8 +240,8 @@ Result<std::uint64_t> base_virtual_size(int fd, const std::string& base_path, st
     return static_cast<std::uint64_t>(end);
   }
   if (format != "qcow2")
-    return invalid("the native overlay writer handles raw and qcow2 bases, not '" + std::string(format) + "' (" +
-                   base_path + "); set [libvirt] overlay_writer = \"qemu-img\" for other formats");
+    return invalid_argument_error("the native overlay writer handles raw and qcow2 bases, not '" + std::string(format) + "' (" +
+                                  base_path + "); set [libvirt] overlay_writer = \"qemu-img\" for other formats");
   auto h = read_header_fd(fd, base_path);
   if (!h.ok()) {
     return make_error(h.error().code == Qcow2Errc::io_error ? Errc::io_error : Errc::invalid_argument,
@@ -252,11 +250,11 @@ Result<std::uint64_t> base_virtual_size(int fd, const std::string& base_path, st
   // qcow2.txt "Header": crypt_method and incompatible_features bits 5-63;
   // QEMU refuses to open images it cannot read, so an overlay on them is useless.
   if (h->crypt_method != 0)
-    return invalid("base image " + base_path + " is encrypted (crypt_method " + std::to_string(h->crypt_method) +
-                   "); virtcap does not boot encrypted bases");
+    return invalid_argument_error("base image " + base_path + " is encrypted (crypt_method " + std::to_string(h->crypt_method) +
+                                  "); virtcap does not boot encrypted bases");
   if ((h->incompatible_features >> 5) != 0)
-    return invalid("base image " + base_path + " sets unknown qcow2 incompatible feature bits (" +
-                   std::to_string(h->incompatible_features) + "); QEMU cannot open it");
+    return invalid_argument_error("base image " + base_path + " sets unknown qcow2 incompatible feature bits (" +
+                                  std::to_string(h->incompatible_features) + "); QEMU cannot open it");
   return h->virtual_size;
 }
 
@@ -270,8 +268,8 @@ Result<OverlaySpec> overlay_spec_for_base(const std::string& base_path, std::str
   if (!base_size.ok()) return base_size.error();
   auto sectors = [&](std::uint64_t v, const char* what) -> Result<std::uint64_t> {
     if (v > kOverlayMaxVirtualSize)
-      return invalid(std::string(what) + " of " + std::to_string(v) + " bytes exceeds the qcow2 overlay limit of " +
-                     std::to_string(kOverlayMaxVirtualSize) + " bytes (" + base_path + ")");
+      return invalid_argument_error(std::string(what) + " of " + std::to_string(v) + " bytes exceeds the qcow2 overlay limit of " +
+                                    std::to_string(kOverlayMaxVirtualSize) + " bytes (" + base_path + ")");
     return round_up(v, kSectorSize);
   };
   auto base = sectors(*base_size, "base image size");
@@ -279,8 +277,8 @@ Result<OverlaySpec> overlay_spec_for_base(const std::string& base_path, std::str
   auto wanted = sectors(virtual_size, "requested disk size");
   if (!wanted.ok()) return wanted.error();
   if (virtual_size != 0 && *wanted < *base)
-    return invalid("requested disk size " + std::to_string(virtual_size) + " is smaller than base image " +
-                   base_path + " (" + std::to_string(*base) + " bytes); an overlay cannot shrink its base");
+    return invalid_argument_error("requested disk size " + std::to_string(virtual_size) + " is smaller than base image " +
+                                  base_path + " (" + std::to_string(*base) + " bytes); an overlay cannot shrink its base");
   OverlaySpec spec;
   spec.backing_file = base_path;
   spec.backing_format = std::string(base_format);

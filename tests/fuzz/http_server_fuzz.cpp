@@ -30,7 +30,7 @@ std::vector<http::Route> routes() {
   auto pass = [](const http::Request& r) {
     auto d = api::parse_pass_request(r.body);
     if (!d.ok()) return http::json_response(400, api::error_json(d.error()));
-    return http::json_response(200, nlohmann::json{{"dry_run", d.value()}});
+    return http::json_response(200, nlohmann::json{{"dry_run", d->dry_run}});
   };
   return {{"GET", "/healthz", http::BodyRule::none, echo},
           {"GET", "/v1/instances", http::BodyRule::none, echo},

@@ -112,7 +112,7 @@ TEST(ApiJson, RequestBodiesAreValidatedFieldByField) {
             std::string::npos);
   EXPECT_FALSE(parse_interface_request(R"({"mac":"zz"})").ok());
   EXPECT_TRUE(parse_interface_request("").ok());
-  EXPECT_EQ(parse_pass_request(R"({"dry_run":true})").value(), true);
+  EXPECT_EQ(parse_pass_request(R"({"dry_run":true})").value().dry_run, true);
   EXPECT_FALSE(parse_pass_request(R"({"dry_run":1})").ok());
   EXPECT_FALSE(parse_empty_request(R"({"force":true})").ok());
   EXPECT_EQ(http_status(Errc::capability_not_supported), 409);

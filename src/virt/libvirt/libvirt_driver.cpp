@@ -73,9 +73,10 @@ Result<Domain> lookup(virConnectPtr conn, const std::string& uuid) {
 // mid-call reads as a failure, never as "no" (a destroy that took -1 for "not
 // running, not persistent" used to remove the disk of a domain it had left
 // defined). A domain gone in between is not_found.
-Result<bool> domain_is(int answer, const std::string& what, const std::string& uuid) {
+enum class DomainIs { no, yes };
+Result<DomainIs> domain_is(int answer, const std::string& what, const std::string& uuid) {
   if (answer < 0) return call_error(what, uuid);
-  return answer == 1;
+  return answer == 1 ? DomainIs::yes : DomainIs::no;
 }
 
 // The state, or an error (not a silent nostate: a lost connection is not a
@@ -100,7 +101,7 @@ Result<unsigned> affect_flags(virDomainPtr d, const std::string& uuid) {
   auto persistent = domain_is(virDomainIsPersistent(d), "read persistence", uuid);
   if (!persistent.ok()) return persistent.error();
   unsigned flags = VIR_DOMAIN_AFFECT_LIVE;
-  if (*persistent) flags |= VIR_DOMAIN_AFFECT_CONFIG;
+  if (*persistent == DomainIs::yes) flags |= VIR_DOMAIN_AFFECT_CONFIG;
   return flags;
 }
 
@@ -434,7 +435,7 @@ Status LibvirtDriver::destroy(const std::string& uuid) {
     if (!d.ok()) return d.error().code == Errc::not_found ? Status{} : Status{d.error()};
     auto active = domain_is(virDomainIsActive(d->get()), "destroy", uuid);
     if (!active.ok()) return active.error().code == Errc::not_found ? Status{} : Status{active.error()};
-    if (*active && virDomainDestroy(d->get()) < 0) {
+    if (*active == DomainIs::yes && virDomainDestroy(d->get()) < 0) {
       Error e = call_error("destroy", uuid);
       if (e.code != Errc::conflict) return e;  // already stopped in between
       virResetLastError();
@@ -442,7 +443,7 @@ Status LibvirtDriver::destroy(const std::string& uuid) {
     auto persistent = domain_is(virDomainIsPersistent(d->get()), "undefine", uuid);
     if (!persistent.ok())
       return persistent.error().code == Errc::not_found ? Status{} : Status{persistent.error()};
-    if (*persistent && virDomainUndefineFlags(d->get(), VIR_DOMAIN_UNDEFINE_NVRAM) < 0 &&
+    if (*persistent == DomainIs::yes && virDomainUndefineFlags(d->get(), VIR_DOMAIN_UNDEFINE_NVRAM) < 0 &&
         virDomainUndefine(d->get()) < 0)
       return call_error("undefine", uuid);
     return {};
@@ -462,7 +463,7 @@ Status LibvirtDriver::reboot(const std::string& uuid) {
     if (!d.ok()) return d.error();
     auto active = domain_is(virDomainIsActive(d->get()), "reboot", uuid);
     if (!active.ok()) return active.error();
-    if (!*active)
+    if (*active == DomainIs::no)
       return make_error(Errc::conflict, "instance " + uuid + " is not running; start it before rebooting");
     if (virDomainReboot(d->get(), 0) < 0) {
       virResetLastError();

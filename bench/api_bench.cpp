@@ -43,7 +43,7 @@ struct Agent {
       r.name = "vm-" + std::to_string(i);
       r.host = "bench";
       r.image_id = "image-" + std::to_string(i % 50);
-      r.vm_state = "active";
+      r.vm_state = VmState::active;
       r.created_at = i;
       rows.push_back(r);
     }

@@ -279,7 +279,7 @@ struct Fixture {
       r.uuid = uuid_of(i);
       r.host = "bench-host";
       r.image_id = image_id_of(j);
-      r.vm_state = "active";
+      r.vm_state = VmState::active;
       live.push_back(std::move(r));
     }
 
@@ -433,7 +433,8 @@ std::string check_report(const ImageCacheReport& r, const Fixture& f, std::size_
            " directories, expected " + std::to_string(f.disks);
   if (r.files.size() != bases) return "pass listed " + std::to_string(r.files.size()) + " base files";
   for (const auto& b : r.files)
-    if (b.state != "in_use") return "base " + b.name + " is " + b.state + " (" + b.reason + ")";
+    if (b.state != BaseFileState::in_use)
+      return "base " + b.name + " is " + std::string(to_string(b.state)) + " (" + b.reason + ")";
   return {};
 }
 

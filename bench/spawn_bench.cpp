@@ -202,7 +202,7 @@ BENCHMARK(BM_DefineStart)->Unit(benchmark::kMicrosecond)->UseRealTime();
 void BM_SpawnWarm(benchmark::State& state) {
   auto& w = world();
   config::Config cfg = w.cfg;
-  cfg.libvirt.overlay_writer = state.range(0) ? "qemu-img" : "native";
+  cfg.libvirt.overlay_writer = state.range(0) ? config::OverlayWriter::qemu_img : config::OverlayWriter::native;
   libvirt::LibvirtDriver drv(cfg);
   if (!drv.init_host("bench").ok()) return state.SkipWithError("init_host failed");
   int n = 0;
@@ -215,7 +215,7 @@ void BM_SpawnWarm(benchmark::State& state) {
     (void)drv.destroy(uuid);
     state.ResumeTiming();
   }
-  state.SetLabel(cfg.libvirt.overlay_writer);
+  state.SetLabel(std::string(config::to_string(cfg.libvirt.overlay_writer)));
 }
 BENCHMARK(BM_SpawnWarm)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 

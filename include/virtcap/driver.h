@@ -46,11 +46,40 @@ struct DriverInstance {
   std::vector<InterfaceInfo> interfaces;
 };
 
+// What a file in the base-image directory is, by its name: <sha1> an
+// original, <sha1>_<bytes> a resized copy, <sha1>.tmp-* a download in
+// progress; anything else unknown (never removed).
+enum class BaseFileKind { original, resized, temporary, unknown };
+// What the image-cache pass decided for it.
+enum class BaseFileState { in_use, unused_young, removable, removed, kept, unknown };
+
+constexpr std::string_view to_string(BaseFileKind k) {
+  switch (k) {
+    case BaseFileKind::original: return "original";
+    case BaseFileKind::resized: return "resized";
+    case BaseFileKind::temporary: return "temporary";
+    case BaseFileKind::unknown: break;
+  }
+  return "unknown";
+}
+
+constexpr std::string_view to_string(BaseFileState s) {
+  switch (s) {
+    case BaseFileState::in_use: return "in_use";
+    case BaseFileState::unused_young: return "unused_young";
+    case BaseFileState::removable: return "removable";
+    case BaseFileState::removed: return "removed";
+    case BaseFileState::kept: return "kept";
+    case BaseFileState::unknown: break;
+  }
+  return "unknown";
+}
+
 // One file in the base-image directory, as the image-cache pass saw it.
 struct BaseFileReport {
   std::string name;                // file name in the base directory
-  std::string kind;                // original, resized, temporary, unknown
-  std::string state;               // in_use, unused_young, removable, removed, kept, unknown
+  BaseFileKind kind = BaseFileKind::unknown;
+  BaseFileState state = BaseFileState::unknown;
   std::string reason;              // why, in words
   std::uint64_t bytes = 0;
   std::int64_t age_seconds = 0;    // since its mtime, at scan time

@@ -19,8 +19,6 @@ namespace virtcap::api {
 
 namespace {
 
-// The vm_states the manager writes (src/compute/manager.cpp).
-constexpr std::array<std::string_view, 5> kVmStates = {"building", "active", "error", "lost", "deleted"};
 constexpr std::array<PowerState, 6> kPowerStates = {PowerState::nostate,  PowerState::running, PowerState::paused,
                                                     PowerState::shutdown, PowerState::crashed, PowerState::suspended};
 constexpr std::array<std::string_view, 9> kParams = {"status",   "power_state", "name",  "sort_key", "sort_dir",
@@ -68,9 +66,12 @@ Result<std::shared_ptr<const re2::RE2>> parse_name_pattern(const std::string& v)
 // Sets one parameter of `q`; invalid_argument naming it on a bad value.
 Status apply_param(ListQuery& q, const std::string& k, const std::string& v) {
   if (k == "status") {
-    if (std::find(kVmStates.begin(), kVmStates.end(), v) == kVmStates.end())
-      return bad_param(k, "must be one of " + joined(kVmStates) + ", not '" + v + "'");
-    q.page.vm_state = v;
+    q.page.vm_state = vm_state_from_string(v);
+    if (!q.page.vm_state) {
+      std::vector<std::string_view> names;
+      for (VmState s : kAllVmStates) names.push_back(to_string(s));
+      return bad_param(k, "must be one of " + joined(names) + ", not '" + v + "'");
+    }
   } else if (k == "power_state") {
     for (PowerState s : kPowerStates)
       if (to_string(s) == v) q.power_state = s;
@@ -178,7 +179,7 @@ Result<ListQuery> parse_list_query(const std::map<std::string, std::string>& par
   ListQuery q;
   for (const auto& [k, v] : params)
     if (auto st = apply_param(q, k, v); !st.ok()) return st.error();
-  if (q.page.vm_state == "deleted") q.page.include_deleted = true;  // what else could it mean
+  if (q.page.vm_state == VmState::deleted) q.page.include_deleted = true;  // what else could it mean
   return q;
 }
 
@@ -208,8 +209,8 @@ void append_instance_json(std::string& out, const InstanceRowView& r, const std:
     else put_string(out, *power_state);
   }
   out += ",\"task_state\":";
-  if (r.task_state.empty()) out += "null";
-  else put_string(out, r.task_state);
+  if (r.task_state == TaskState::none) out += "null";
+  else put_string(out, to_string(r.task_state));
   out += ",\"updated_at\":";
   put_int(out, r.updated_at);
   out += ",\"uuid\":";
@@ -217,7 +218,7 @@ void append_instance_json(std::string& out, const InstanceRowView& r, const std:
   out += ",\"vcpus\":";
   put_int(out, r.vcpus);
   out += ",\"vm_state\":";
-  put_string(out, r.vm_state);
+  put_string(out, to_string(r.vm_state));
   out += '}';
 }
 

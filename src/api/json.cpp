@@ -12,7 +12,9 @@ nlohmann::json to_json(const InstanceRecord& r) {
   return {{"uuid", r.uuid},           {"name", r.name},
           {"host", r.host},           {"image", r.image_id},
           {"memory_mb", r.memory_mb}, {"vcpus", r.vcpus},
-          {"vm_state", r.vm_state},   {"task_state", r.task_state.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.task_state)},
+          {"vm_state", std::string(to_string(r.vm_state))},
+          {"task_state", r.task_state == TaskState::none ? nlohmann::json(nullptr)
+                                                         : nlohmann::json(std::string(to_string(r.task_state)))},
           {"created_at", r.created_at}, {"updated_at", r.updated_at},
           {"deleted_at", r.deleted_at == 0 ? nlohmann::json(nullptr) : nlohmann::json(r.deleted_at)}};
 }

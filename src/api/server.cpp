@@ -158,7 +158,7 @@ std::vector<http::Route> Server::routes() {
          snap.hypervisor_connected = mgr_.driver().unavailable_reason().empty();
          snap.driver = std::string(mgr_.driver_name());
          if (auto list = mgr_.list(); list.ok())
-           for (const auto& i : list.value()) ++snap.instances_by_vm_state[i.vm_state];
+           for (const auto& i : list.value()) ++snap.instances_by_vm_state[std::string(to_string(i.vm_state))];
          return Response{200, "text/plain; version=0.0.4", metrics_.render(snap), {}, nullptr};
        }},
       {"GET", "/v1/capabilities", BodyRule::none,

@@ -140,8 +140,8 @@ std::optional<int> FleetCommands::run() {
 int FleetCommands::serve() {
   auto cfg = config::load(config_path_);
   if (!cfg.ok()) return fail("config error: " + cfg.error().message, kExitUsage);
-  const logging::Options log{cfg->defaults.debug ? "debug" : cfg->defaults.log_level, cfg->defaults.log_format,
-                             cfg->defaults.log_file};
+  const logging::Options log{cfg->defaults.debug ? logging::LogLevel::debug : cfg->defaults.log_level,
+                             cfg->defaults.log_format, cfg->defaults.log_file};
   if (auto st = logging::setup(log); !st.ok()) return fail("config error: " + st.error().message, kExitUsage);
   const auto checked = fleet::service_options(*cfg).http;
   if (auto st = http::check_listen(checked); !st.ok()) return fail("config error: " + st.error().message, kExitUsage);

@@ -52,7 +52,8 @@ using cli::kExitUsage;
 using cli::text;
 
 logging::Options log_options(const config::Config& cfg) {
-  return {cfg.defaults.debug ? "debug" : cfg.defaults.log_level, cfg.defaults.log_format, cfg.defaults.log_file};
+  return {cfg.defaults.debug ? logging::LogLevel::debug : cfg.defaults.log_level, cfg.defaults.log_format,
+          cfg.defaults.log_file};
 }
 
 // Loads config; on error prints it and returns nullopt (caller exits 2).
@@ -101,7 +102,7 @@ std::optional<int> startup_checks(const config::Config& cfg, const std::string& 
 
 // The configured instance store.
 Result<std::unique_ptr<InstanceStore>> open_store(const config::Config& cfg) {
-  if (cfg.store.backend == "memory") return std::unique_ptr<InstanceStore>(std::make_unique<store::MemoryStore>());
+  if (cfg.store.backend == config::StoreBackend::memory) return std::unique_ptr<InstanceStore>(std::make_unique<store::MemoryStore>());
   auto s = store::SqliteStore::open(cfg.store_path());
   if (!s.ok()) return s.error();
   return std::unique_ptr<InstanceStore>(std::move(s.value()));
@@ -171,8 +172,8 @@ int cmd_agent(const Options& o) {
   api::tune_allocator();
   auto store = open_store(*cfg);
   if (!store.ok()) return fail("cannot open the instance store: " + store.error().message);
-  spdlog::info("instance store: {} ({})", cfg->store.backend,
-               cfg->store.backend == "sqlite" ? cfg->store_path() : "not durable");
+  spdlog::info("instance store: {} ({})", config::to_string(cfg->store.backend),
+               cfg->store.backend == config::StoreBackend::sqlite ? cfg->store_path() : "not durable");
   auto mgr = compute::ComputeManager::create(*cfg, *store.value(), o.driver);
   if (!mgr.ok()) return fail(mgr.error().message);
   auto& manager = *mgr.value();
@@ -208,7 +209,8 @@ int cmd_agent(const Options& o) {
     const auto opts = fresh.ok() ? log_options(*fresh) : log_options(*cfg);
     if (!fresh.ok()) spdlog::warn("SIGHUP: config not re-read ({}); reopening the log file only", fresh.error().message);
     if (Status st = logging::reopen(opts); !st.ok()) spdlog::error("SIGHUP: {}", st.error().message);
-    else spdlog::info("SIGHUP: log file reopened; log_level {}, log_format {}", opts.level, opts.format);
+    else spdlog::info("SIGHUP: log file reopened; log_level {}, log_format {}", config::to_string(opts.level),
+                      config::to_string(opts.format));
     // And the TLS certificate and key, read again from [api] tls_cert/tls_key.
     if (Status st = server.reload_tls(); !st.ok())
       spdlog::error("SIGHUP: {}; still serving the previous certificate", st.error().message);

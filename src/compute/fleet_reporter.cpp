@@ -106,7 +106,7 @@ Result<fleet::AgentReport> FleetReporter::build() {
   if (!inv.ok()) return inv.error();
   r.inventories = *inv;
   for (const auto& i : *list)
-    if (i.vm_state != "error" && i.vm_state != "deleted") {
+    if (i.vm_state != VmState::error && i.vm_state != VmState::deleted) {
       r.inventories[0]->used += i.vcpus;
       r.inventories[1]->used += i.memory_mb;
     }

@@ -91,7 +91,7 @@ ComputeManager::ComputeManager(const config::Config& cfg, InstanceStore& store, 
       fleet_reporter_(std::make_unique<FleetReporter>(*this)) {
   if (auto st = store_.register_host({host_, instances_path_, now_seconds()}); !st.ok())
     spdlog::warn("could not register host {} in the instance store: {}", host_, st.error().describe());
-  if (caps_.has_imagecache)
+  if (allows(Operation::manage_image_cache))
     if (auto st = imagecache::register_host(instances_path_, host_); !st.ok())
       spdlog::warn("could not register host {} on the shared storage: {}", host_, st.error().describe());
   spdlog::info("driver '{}' loaded on host '{}'; has_imagecache={}", driver_->name(), host_, caps_.has_imagecache);
@@ -108,10 +108,24 @@ Status ComputeManager::refuse(const Requirement& r) const {
   return e;
 }
 
+std::string ComputeManager::undeclared(Operation op) const {
+  return "driver '" + std::string(driver_->name()) + "' does not declare capability " +
+         std::string(requirement(op).capability_name);
+}
+
 Status ComputeManager::check(Operation op) const {
-  for (const auto& r : kRequirements)
-    if (r.op == op && !(caps_.*(r.capability))) return refuse(r);
+  if (!allows(op)) return refuse(requirement(op));
   return {};
+}
+
+bool ComputeManager::allows(Operation op) const {
+  const Requirement& r = requirement(op);
+  return r.capability == nullptr || caps_.*(r.capability);
+}
+
+int ComputeManager::limit(Operation op) const {
+  const Requirement& r = requirement(op);
+  return r.limit == nullptr ? 0 : caps_.*(r.limit);
 }
 
 std::shared_ptr<std::mutex> ComputeManager::instance_lock(const std::string& uuid) {
@@ -159,12 +173,12 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
     return audit.fail(make_error(Errc::invalid_argument,
                                  "memory_mb must be from 16 to 16777216, got " + std::to_string(memory_mb)));
   // One range, whichever end is crossed: 1 to the driver's max_vcpus.
-  if (vcpus < 1 || vcpus > (caps_.max_vcpus > 0 ? caps_.max_vcpus : INT_MAX))
+  if (const int max = limit(Operation::boot_vcpus); vcpus < 1 || vcpus > (max > 0 ? max : INT_MAX))
     return audit.fail(make_error(Errc::invalid_argument,
                       "vcpus must be from 1 to " +
-                          (caps_.max_vcpus > 0 ? std::to_string(caps_.max_vcpus) + " (driver '" +
-                                                     std::string(driver_->name()) + "' max_vcpus)"
-                                               : std::string("the driver's maximum")) +
+                          (max > 0 ? std::to_string(max) + " (driver '" + std::string(driver_->name()) + "' " +
+                                         std::string(requirement(Operation::boot_vcpus).capability_name) + ")"
+                                   : std::string("the driver's maximum")) +
                           ", got " + std::to_string(vcpus)));
   // A bad image is refused before the record is written: no row is left.
   if (!valid_image_id(image_id))
@@ -186,8 +200,8 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
   rec.image_id = image_id;
   rec.memory_mb = memory_mb;
   rec.vcpus = static_cast<int>(vcpus);
-  rec.vm_state = "building";
-  rec.task_state = "spawning";
+  rec.vm_state = VmState::building;
+  rec.task_state = TaskState::spawning;
   rec.created_at = rec.updated_at = now_seconds();
   audit.instance(rec.uuid, name);
   auto lock = instance_lock(rec.uuid);
@@ -197,15 +211,15 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
   if (auto st = store_.create_instance(rec); !st.ok()) return audit.fail(st.error());
   auto st = driver_->spawn({rec.uuid, name, image_id, memory_mb, rec.vcpus});
   rec.updated_at = now_seconds();
-  rec.task_state.clear();
+  rec.task_state = TaskState::none;
   if (st.ok()) {
-    rec.vm_state = "active";
+    rec.vm_state = VmState::active;
   } else {
     // The driver rolled back what it made; the record stays, marked error,
     // unless the request itself was bad (then it never existed).
-    rec.vm_state = "error";
+    rec.vm_state = VmState::error;
     if (st.error().code == Errc::invalid_argument || st.error().code == Errc::not_found) {
-      rec.vm_state = "deleted";
+      rec.vm_state = VmState::deleted;
       rec.deleted_at = rec.updated_at;
     }
   }
@@ -261,16 +275,16 @@ Status ComputeManager::destroy(const std::string& id) {
     auto rec = store_.get_instance(found.uuid);  // fresh, under the lock
     if (!rec.ok()) return rec.error();
     if (rec->deleted_at != 0) return make_error(Errc::not_found, "instance " + rec->uuid + " is already deleted");
-    rec->task_state = "deleting";
+    rec->task_state = TaskState::deleting;
     rec->updated_at = now_seconds();
     if (auto st = store_.update_instance(rec.value()); !st.ok()) return st;
     if (auto st = driver_->destroy(rec->uuid); !st.ok()) {
-      rec->task_state.clear();  // nothing was deleted; the instance stays as it was
+      rec->task_state = TaskState::none;  // nothing was deleted; the instance stays as it was
       (void)store_.update_instance(rec.value());
       return st;
     }
-    rec->vm_state = "deleted";
-    rec->task_state.clear();
+    rec->vm_state = VmState::deleted;
+    rec->task_state = TaskState::none;
     rec->deleted_at = rec->updated_at = now_seconds();
     return store_.update_instance(rec.value());
   }));
@@ -323,37 +337,38 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
     const auto stamp = [&] { rec.updated_at = now_seconds(); };
     // A fix is audited: the instance, its state before and after.
     audit::Scope audit("reconcile", rec.uuid, rec.name);
-    audit.field("from", rec.vm_state + (rec.task_state.empty() ? "" : "/" + rec.task_state));
+    audit.field("from", std::string(to_string(rec.vm_state)) +
+                            (rec.task_state == TaskState::none ? "" : "/" + std::string(to_string(rec.task_state))));
     if (!fix) audit.dismiss();
-    if (rec.task_state == "spawning") {
+    if (rec.task_state == TaskState::spawning) {
       if (started.count(rec.uuid) > 0) {
         out.finished_spawns.push_back(rec.uuid);
-        rec.vm_state = "active";
+        rec.vm_state = VmState::active;
       } else {
         out.rolled_back_spawns.push_back(rec.uuid);
         if (fix)
           if (auto st = driver_->destroy(rec.uuid); !st.ok()) return audit.fail(st.error());  // removes a half-made disk
-        rec.vm_state = "error";
+        rec.vm_state = VmState::error;
       }
-      rec.task_state.clear();
-    } else if (rec.task_state == "deleting" || (rec.deleted_at != 0 && on)) {
+      rec.task_state = TaskState::none;
+    } else if (rec.task_state == TaskState::deleting || (rec.deleted_at != 0 && on)) {
       out.finished_deletes.push_back(rec.uuid);
       if (fix)
         if (auto st = driver_->destroy(rec.uuid); !st.ok()) return audit.fail(st.error());
-      rec.task_state.clear();
-      rec.vm_state = "deleted";
+      rec.task_state = TaskState::none;
+      rec.vm_state = VmState::deleted;
       if (rec.deleted_at == 0) rec.deleted_at = now_seconds();
-    } else if (rec.deleted_at == 0 && rec.vm_state == "active" && !on) {
+    } else if (rec.deleted_at == 0 && rec.vm_state == VmState::active && !on) {
       out.lost.push_back(rec.uuid);
-      rec.vm_state = "lost";
-    } else if (rec.deleted_at == 0 && rec.vm_state == "lost" && on) {
-      rec.vm_state = "active";  // it came back
+      rec.vm_state = VmState::lost;
+    } else if (rec.deleted_at == 0 && rec.vm_state == VmState::lost && on) {
+      rec.vm_state = VmState::active;  // it came back
     } else {
       audit.dismiss();  // nothing to fix
       continue;
     }
     stamp();
-    audit.field("to", rec.vm_state);
+    audit.field("to", std::string(to_string(rec.vm_state)));
     if (fix)
       if (auto st = store_.update_instance(rec); !st.ok()) return audit.fail(st.error());
     audit.ok();
@@ -371,7 +386,7 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix) {
       if (rec.error().code == Errc::not_found) out.orphan_dirs.push_back(name);
       continue;
     }
-    if (rec->deleted_at != 0 && rec->host == host_ && rec->task_state.empty()) out.orphan_dirs.push_back(name);
+    if (rec->deleted_at != 0 && rec->host == host_ && rec->task_state == TaskState::none) out.orphan_dirs.push_back(name);
   }
   for (const auto& u : out.unknown_domains)
     spdlog::warn("reconcile: domain {} runs on the hypervisor but is not in the instance store; left alone", u);
@@ -425,9 +440,7 @@ ComputeManager::ImageCacheTotals ComputeManager::image_cache_totals() const {
 TaskOutcome ComputeManager::run_image_cache_pass() {
   // The seed's point: no store query and no driver call unless the driver
   // wants the pass and the operator has not disabled it.
-  if (!caps_.has_imagecache)
-    return TaskOutcome::skipped("driver '" + std::string(driver_->name()) +
-                                "' does not declare capability has_imagecache");
+  if (!allows(Operation::manage_image_cache)) return TaskOutcome::skipped(undeclared(Operation::manage_image_cache));
   if (cfg_.image_cache.manager_interval <= 0)
     return TaskOutcome::skipped("[image_cache] manager_interval is " +
                                 std::to_string(cfg_.image_cache.manager_interval) + " (<= 0 disables the pass)");
@@ -462,8 +475,8 @@ void ComputeManager::register_periodic_tasks(PeriodicTaskRunner& runner) {
                      [this](std::stop_token) { return run_image_cache_pass(); }};
   // Decided once, from the capabilities read at start: the task is not even
   // scheduled when the driver does not want it.
-  if (!caps_.has_imagecache)
-    cache.disabled_reason = "driver '" + std::string(driver_->name()) + "' does not declare capability has_imagecache";
+  if (!allows(Operation::manage_image_cache))
+    cache.disabled_reason = undeclared(Operation::manage_image_cache);
   else if (cfg_.image_cache.manager_interval <= 0)
     cache.disabled_reason = "[image_cache] manager_interval is " + std::to_string(cfg_.image_cache.manager_interval) +
                             " (<= 0 disables the pass)";

@@ -107,22 +107,6 @@ std::optional<std::string> group_name::operator()(const std::string& v) const {
   if (v.find('\0') == std::string::npos && group_id(v)) return std::nullopt;
   return "no group named \"" + v + "\" on this host (getent group lists them); create it or leave the option empty";
 }
-std::string one_of::describe() const {
-  std::string c = choices;
-  for (auto& ch : c)
-    if (ch == '|') ch = ',';
-  return "one of: " + c;
-}
-std::optional<std::string> one_of::operator()(const std::string& v) const {
-  std::string_view all = choices;
-  while (!all.empty()) {
-    auto bar = all.find('|');
-    if (all.substr(0, bar) == v) return std::nullopt;
-    if (bar == std::string_view::npos) break;
-    all.remove_prefix(bar + 1);
-  }
-  return "expected " + describe() + ", got \"" + v + "\"";
-}
 std::string listen_address::describe() const { return "HOST:PORT, port 0-65535"; }
 std::optional<std::string> listen_address::operator()(const std::string& v) const {
   if (!split_listen(v)) return "expected " + describe() + " (e.g. 127.0.0.1:8774), got \"" + v + "\"";
@@ -213,6 +197,13 @@ std::optional<std::string> read_value(const toml::node& node, T& field, const Ch
     if (auto err = chk(*v)) return err;
     field = *v;
     return std::nullopt;
+  } else if constexpr (ChoiceEnum<T>) {
+    auto v = node.value_exact<std::string>();
+    if (!v) return "expected a string, got " + toml_type_name(node);
+    const auto parsed = parse_choice<T>(*v);
+    if (!parsed) return "expected " + chk.describe() + ", got \"" + *v + "\"";
+    field = *parsed;
+    return std::nullopt;
   } else {
     auto v = node.value_exact<std::string>();
     if (!v) return "expected a string, got " + toml_type_name(node);
@@ -239,6 +230,8 @@ std::string default_text(const T& v) {
   else if constexpr (std::is_same_v<T, int>) return std::to_string(v);
   else if constexpr (std::is_same_v<T, double>)
     return number_text(v);
+  else if constexpr (ChoiceEnum<T>)
+    return "\"" + std::string(to_string(v)) + "\"";
   else return "\"" + std::string(v) + "\"";
 }
 
@@ -251,6 +244,8 @@ std::string toml_string(const std::string& s) {
 template <class T>
 std::string toml_value_text(const T& v) {
   if constexpr (std::is_same_v<T, std::string>) return toml_string(v);
+  else if constexpr (ChoiceEnum<T>)
+    return toml_string(std::string(to_string(v)));
   else return default_text(v);
 }
 

@@ -129,8 +129,15 @@ ServiceOptions service_options(const config::Config& cfg) {
   o.fleet.host_down_after = std::chrono::seconds(s.host_down_after);
   o.http.listen = s.listen;
   o.auth.legacy_token = s.token;  // checked by the Authenticator, not by the HTTP server's single-token rule
-  if (s.anonymous_role != "none") o.auth.anonymous = role_from_string(s.anonymous_role);
-  o.http.anonymous_access = s.anonymous_role == "none" ? "" : "[fleet_service] anonymous_role = \"" + s.anonymous_role + "\"";
+  switch (s.anonymous_role) {
+    case config::AnonymousRole::none: break;
+    case config::AnonymousRole::reader: o.auth.anonymous = Role::reader; break;
+    case config::AnonymousRole::operator_: o.auth.anonymous = Role::operator_; break;
+  }
+  // Set ("" for none): the service's credentials stand in for the server's single-token rule.
+  o.http.anonymous_access =
+      o.auth.anonymous ? "[fleet_service] anonymous_role = \"" + std::string(config::to_string(s.anonymous_role)) + "\""
+                       : "";
   o.http.tls_client_ca = s.client_ca;
   o.http.allowed_origins = http::split_list(s.allowed_origins);
   o.http.allowed_hosts = http::split_list(s.allowed_hosts);

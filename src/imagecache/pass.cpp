@@ -25,17 +25,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-enum class Kind { original, resized, temporary, unknown };
-
-std::string to_string(Kind k) {
-  switch (k) {
-    case Kind::original: return "original";
-    case Kind::resized: return "resized";
-    case Kind::temporary: return "temporary";
-    case Kind::unknown: break;
-  }
-  return "unknown";
-}
+using Kind = BaseFileKind;
+using State = BaseFileState;
 
 bool is_hex40(std::string_view s) {
   if (s.size() != 40) return false;
@@ -135,15 +126,15 @@ std::vector<std::size_t> classify(const PassOptions& opts, const std::vector<Can
     const Candidate& c = listing[i];
     BaseFileReport f;
     f.name = c.name;
-    f.kind = to_string(c.kind);
+    f.kind = c.kind;
     f.bytes = c.bytes;
     f.age_seconds = now - c.mtime.tv_sec;
     const bool in_store = store_originals.count(c.name.substr(0, std::min<std::size_t>(40, c.name.size()))) > 0;
     if (c.kind == Kind::unknown) {
-      f.state = "unknown";
+      f.state = State::unknown;
       f.reason = "not a file name this driver makes; kept";
     } else if (c.kind != Kind::temporary && (scan.use[i].used || in_store)) {
-      f.state = "in_use";
+      f.state = State::in_use;
       f.reason = scan.use[i].used ? use_reason(scan.use[i]) : "image of a live instance in the store";
       if (!opts.dry_run) {
         if (Status st = touch(base_dir + "/" + c.name); !st.ok()) report.notes.push_back(st.error().message);
@@ -154,11 +145,11 @@ std::vector<std::size_t> classify(const PassOptions& opts, const std::vector<Can
                             : c.kind == Kind::resized ? opts.resized_min_age_seconds
                                                       : opts.original_min_age_seconds;
       if (f.age_seconds < f.threshold_seconds) {
-        f.state = "unused_young";
+        f.state = State::unused_young;
         f.reason = temp ? "temporary file of a fetch, possibly in progress"
-                        : "unused, but younger than remove_unused_" + f.kind + "_minimum_age_seconds";
+                        : "unused, but younger than remove_unused_" + std::string(to_string(f.kind)) + "_minimum_age_seconds";
       } else {
-        f.state = "removable";
+        f.state = State::removable;
         f.reason = temp ? "leftover temporary file of an interrupted fetch" : "unused and old enough";
         to_remove.push_back(i);
       }
@@ -217,20 +208,20 @@ void remove_locked(const PassOptions& opts, const BaseCache& cache, int base_fd,
     const Candidate& c = listing[i];
     BaseFileReport& f = report.files[i];
     if (c.kind != Kind::temporary && again.use[i].used) {
-      f.state = "in_use";
+      f.state = State::in_use;
       f.reason = "a disk created during the pass uses it (" + use_reason(again.use[i]) + ")";
       continue;
     }
     struct stat st {};
     if (::fstatat(base_fd, c.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
       const int err = errno;
-      f.state = "kept";
+      f.state = State::kept;
       f.reason = err == ENOENT ? "vanished before removal" : std::string("cannot stat: ") + std::strerror(err);
       if (err != ENOENT) report.complete = false;
       continue;
     }
     if (FileId{st.st_dev, st.st_ino} != c.id || !same_mtime(st.st_mtim, c.mtime)) {
-      f.state = c.kind == Kind::temporary ? "kept" : "in_use";
+      f.state = c.kind == Kind::temporary ? State::kept : State::in_use;
       f.reason = "changed during the pass (replaced, or touched by a spawn)";
       continue;
     }
@@ -241,14 +232,14 @@ void remove_locked(const PassOptions& opts, const BaseCache& cache, int base_fd,
     audit.field("bytes", c.bytes);
     if (::unlinkat(base_fd, c.name.c_str(), 0) != 0) {
       report.complete = false;
-      f.state = "kept";
+      f.state = State::kept;
       f.reason = std::string("removal failed: ") + std::strerror(errno);
       spdlog::warn("image cache: could not remove {}/{}: {}", report.base_dir, utf8_safe(c.name), f.reason);
       audit.failed(f.reason);
       continue;
     }
     audit.ok();
-    f.state = "removed";
+    f.state = State::removed;
     ++report.files_removed;
     report.bytes_freed += c.bytes;
   }
@@ -367,10 +358,10 @@ nlohmann::json to_json(const ImageCacheReport& r) {
   nlohmann::json files = nlohmann::json::array();
   std::map<std::string, std::size_t> counts;
   for (const auto& f : r.files) {
-    ++counts[f.state];
+    ++counts[std::string(to_string(f.state))];
     files.push_back({{"name", utf8_safe(f.name)},
-                     {"kind", f.kind},
-                     {"state", f.state},
+                     {"kind", std::string(to_string(f.kind))},
+                     {"state", std::string(to_string(f.state))},
                      {"reason", utf8_safe(f.reason)},
                      {"bytes", f.bytes},
                      {"age_seconds", f.age_seconds},
@@ -416,7 +407,7 @@ std::string to_table(const ImageCacheReport& r) {
   os << pad("FILE", w) << "  " << pad("KIND", 9) << "  " << pad("STATE", 12) << "  " << pad("BYTES", 12) << "  "
      << pad("AGE(s)", 9) << "  REASON\n";
   for (const auto& f : r.files)
-    os << pad(f.name, w) << "  " << pad(f.kind, 9) << "  " << pad(f.state, 12) << "  "
+    os << pad(f.name, w) << "  " << pad(std::string(to_string(f.kind)), 9) << "  " << pad(std::string(to_string(f.state)), 12) << "  "
        << pad(std::to_string(f.bytes), 12) << "  " << pad(std::to_string(f.age_seconds), 9) << "  " << f.reason
        << "\n";
   if (r.files.empty()) os << "(no base files)\n";

@@ -22,14 +22,15 @@ int three_way(const T& a, const T& b) {
 }
 
 // a against b by `key`, then uuid: the order SQLite's ORDER BY key, uuid
-// gives (text compares bytewise, as its BINARY collation does).
+// gives (text compares bytewise, as its BINARY collation does; a vm_state by
+// its name, as the column holds it).
 int compare(const InstanceRecord& a, const InstanceRecord& b, InstanceSortKey key) {
   int c = 0;
   switch (key) {
     case InstanceSortKey::created_at: c = three_way(a.created_at, b.created_at); break;
     case InstanceSortKey::updated_at: c = three_way(a.updated_at, b.updated_at); break;
     case InstanceSortKey::name: c = a.name.compare(b.name); break;
-    case InstanceSortKey::vm_state: c = a.vm_state.compare(b.vm_state); break;
+    case InstanceSortKey::vm_state: c = to_string(a.vm_state).compare(to_string(b.vm_state)); break;
     case InstanceSortKey::memory_mb: c = three_way(a.memory_mb, b.memory_mb); break;
     case InstanceSortKey::vcpus: c = three_way(a.vcpus, b.vcpus); break;
     case InstanceSortKey::uuid: break;
@@ -105,7 +106,7 @@ Result<InstancePageInfo> visit_records(std::vector<const InstanceRecord*> rows, 
   for (; it != rows.end(); ++it) {
     const InstanceRecord& r = **it;
     if (!query.include_deleted && r.deleted_at != 0) continue;
-    if (!query.vm_state.empty() && r.vm_state != query.vm_state) continue;
+    if (query.vm_state && r.vm_state != *query.vm_state) continue;
     const InstanceRowView view = row_view(r);
     if (query.accept && !query.accept(view)) continue;
     if (info.rows == query.limit) {

@@ -108,15 +108,31 @@ void bind_record(Stmt& st, const InstanceRecord& r) {
   st.bind(4, r.image_id);
   st.bind(5, std::int64_t{r.memory_mb});
   st.bind(6, std::int64_t{r.vcpus});
-  st.bind(7, r.vm_state);
-  st.bind(8, r.task_state);
+  st.bind(7, to_string(r.vm_state));
+  st.bind(8, to_string(r.task_state));
   st.bind(9, r.created_at);
   st.bind(10, r.updated_at);
   st.bind(11, r.deleted_at);
 }
 
+// The row's vm_state and task_state columns: a name virtcap does not write
+// is a store_error naming the instance, not a state guessed at.
 template <class Stmt>
-InstanceRecord read_record(const Stmt& st) {
+Status read_states(const Stmt& st, VmState& vm_state, TaskState& task_state) {
+  const auto vm = vm_state_from_string(st.view(6));
+  const auto task = task_state_from_string(st.view(7));
+  if (!vm || !task)
+    return make_error(Errc::store_error, "instance " + std::string(st.view(0)) + " has vm_state '" +
+                                             std::string(st.view(6)) + "' and task_state '" +
+                                             std::string(st.view(7)) +
+                                             "' in the store; this virtcap does not know one of them");
+  vm_state = *vm;
+  task_state = *task;
+  return {};
+}
+
+template <class Stmt>
+Result<InstanceRecord> read_record(const Stmt& st) {
   InstanceRecord r;
   r.uuid = st.text(0);
   r.name = st.text(1);
@@ -124,8 +140,7 @@ InstanceRecord read_record(const Stmt& st) {
   r.image_id = st.text(3);
   r.memory_mb = static_cast<int>(st.int64(4));
   r.vcpus = static_cast<int>(st.int64(5));
-  r.vm_state = st.text(6);
-  r.task_state = st.text(7);
+  if (Status s = read_states(st, r.vm_state, r.task_state); !s.ok()) return s.error();
   r.created_at = st.int64(8);
   r.updated_at = st.int64(9);
   r.deleted_at = st.int64(10);
@@ -134,7 +149,7 @@ InstanceRecord read_record(const Stmt& st) {
 
 // The current row as views of SQLite's column memory (valid until the next step).
 template <class Stmt>
-InstanceRowView read_view(const Stmt& st) {
+Result<InstanceRowView> read_view(const Stmt& st) {
   InstanceRowView v;
   v.uuid = st.view(0);
   v.name = st.view(1);
@@ -142,8 +157,7 @@ InstanceRowView read_view(const Stmt& st) {
   v.image_id = st.view(3);
   v.memory_mb = static_cast<int>(st.int64(4));
   v.vcpus = static_cast<int>(st.int64(5));
-  v.vm_state = st.view(6);
-  v.task_state = st.view(7);
+  if (Status s = read_states(st, v.vm_state, v.task_state); !s.ok()) return s.error();
   v.created_at = st.int64(8);
   v.updated_at = st.int64(9);
   v.deleted_at = st.int64(10);
@@ -517,7 +531,11 @@ Result<std::vector<InstanceRecord>> SqliteStore::live_instances_on(const std::ve
     if (!st.ok()) return st.error();
     st->bind(1, host);
     int rc;
-    while ((rc = st->step()) == SQLITE_ROW) out.push_back(read_record(*st));
+    while ((rc = st->step()) == SQLITE_ROW) {
+      auto r = read_record(*st);
+      if (!r.ok()) return r.error();
+      out.push_back(std::move(*r));
+    }
     if (rc != SQLITE_DONE) return failure(rc, "listing the live instances of host " + host);
   }
   if (auto st = txn.commit(); !st.ok()) return st.error();
@@ -583,7 +601,11 @@ Result<std::vector<InstanceRecord>> SqliteStore::list_instances(const std::strin
   st->bind(2, std::int64_t{include_deleted ? 1 : 0});
   std::vector<InstanceRecord> out;
   int rc;
-  while ((rc = st->step()) == SQLITE_ROW) out.push_back(read_record(*st));
+  while ((rc = st->step()) == SQLITE_ROW) {
+    auto r = read_record(*st);
+    if (!r.ok()) return r.error();
+    out.push_back(std::move(*r));
+  }
   if (rc != SQLITE_DONE) return failure(rc, "listing the instances of host " + host);
   return out;
 }
@@ -608,14 +630,16 @@ Result<InstancePageInfo> SqliteStore::visit_instances(const InstancePageQuery& q
     if (!st.ok()) return st.error();
     st->bind(1, query.host);
     st->bind(2, std::int64_t{query.include_deleted ? 1 : 0});
-    st->bind(3, query.vm_state);
+    st->bind(3, query.vm_state ? to_string(*query.vm_state) : std::string_view(""));  // "": any
     if (!query.marker.empty()) st->bind(4, query.marker);
     // One more row than the page tells whether more follow; with a row
     // filter of the caller's, rows are stepped until the page is full.
     st->bind(5, query.accept ? std::int64_t{-1} : static_cast<std::int64_t>(query.limit) + 1);
     int rc;
     while ((rc = st->step()) == SQLITE_ROW) {
-      const InstanceRowView row = read_view(*st);
+      const auto read = read_view(*st);
+      if (!read.ok()) return read.error();
+      const InstanceRowView& row = *read;
       if (query.accept && !query.accept(row)) continue;
       if (info.rows == query.limit) {
         info.more = true;

@@ -213,7 +213,7 @@ LibvirtDriver::LibvirtDriver(const config::Config& cfg)
       conn_(cfg.libvirt.uri, cfg.libvirt.reconnect_max_backoff_seconds),
       images_(cfg.images_path()),
       cache_(cfg.instances_path(), cfg.image_cache.subdirectory_name),
-      overlay_writer_(cfg.libvirt.overlay_writer == "qemu-img" ? OverlayWriter::qemu_img : OverlayWriter::native) {
+      overlay_writer_(cfg.libvirt.overlay_writer) {
   cache_.lock_timeout_seconds = cfg.image_cache.lock_timeout;
   if (!cfg.libvirt.disk_group.empty()) cache_.access.group = group_id(cfg.libvirt.disk_group);  // checked at load
 }

@@ -73,14 +73,14 @@ Rss rss_of(const std::string& pid) {
 // then the index.
 int child_whole_table(const std::string& url) {
   auto c = open_postgres(url);
-  if (!c) die(c.error().message);
+  if (!c.ok()) die(c.error().message);
   auto& sql = **c;
   auto h = sql.exec("SELECT id, uuid, name, generation, last_seen_ms, agent_version, api_url FROM fleet_hosts", {});
   auto names = sql.exec("SELECT id, name FROM fleet_traits", {});
   auto tr = sql.exec("SELECT host_id, trait_id, owner FROM fleet_host_traits", {});
   auto inv = sql.exec("SELECT host_id, resource_class, total, reserved, allocation_ratio, used FROM fleet_inventories",
                       {});
-  if (!h || !names || !tr || !inv) die("whole-table read failed");
+  if (!h.ok() || !names.ok() || !tr.ok() || !inv.ok()) die("whole-table read failed");
   std::map<std::int64_t, HostRecord> by_id;
   for (const auto& row : h->rows)
     by_id.emplace(std::stoll(row[0]), HostRecord{row[1], row[2], std::stoll(row[3]), std::stoll(row[4]), row[5],
@@ -91,7 +91,7 @@ int child_whole_table(const std::string& url) {
     by_id.at(std::stoll(row[0])).traits.push_back({trait_names.at(std::stoll(row[1])), TraitOwner::agent});
   for (const auto& row : inv->rows) {
     auto rc = resource_class_from_string(row[1]);
-    if (rc)
+    if (rc.ok())
       by_id.at(std::stoll(row[0])).inventories[static_cast<std::size_t>(*rc)] =
           Inventory{std::stoll(row[2]), std::stoll(row[3]), std::strtod(row[4].c_str(), nullptr), std::stoll(row[5])};
   }
@@ -108,10 +108,10 @@ int child_whole_table(const std::string& url) {
 // What the service does: Fleet::open (the streamed rebuild), a drift check.
 int child_streamed(const std::string& url) {
   auto f = Fleet::open({.database_url = url, .host_down_after = 3600s, .store = {}, .listen = false});
-  if (!f) die(f.error().message);
+  if (!f.ok()) die(f.error().message);
   const auto start = rss_of("self");
   auto d = (*f)->check_drift();
-  if (!d) die(d.error().message);
+  if (!d.ok()) die(d.error().message);
   if (!d->hosts.empty()) die("drift found where there is none: " + d->hosts.front());
   const auto drift = rss_of("self");
   std::printf("RESULT index=%zu rss_start=%zu peak_start=%zu rss_drift=%zu peak_drift=%zu\n",
@@ -124,7 +124,7 @@ struct Measured {
 };
 Measured run_child(const std::string& mode, const std::string& url) {
   auto out = proc::run({"/proc/self/exe", "--child", mode, url}, std::chrono::minutes(30));
-  if (!out) die(out.error().message);
+  if (!out.ok()) die(out.error().message);
   if (out->exit_code != 0) die(mode + " child failed: " + out->err);
   Measured m;
   const auto at = out->out.find("RESULT ");
@@ -142,9 +142,9 @@ Measured run_child(const std::string& mode, const std::string& url) {
 // triggers are off for the bulk load only (session_replication_role).
 void load(const std::string& url, int hosts) {
   auto store = open_fleet_store(url);  // creates the schema
-  if (!store) die(store.error().message);
+  if (!store.ok()) die(store.error().message);
   auto sql = open_postgres(url);
-  if (!sql) die(sql.error().message);
+  if (!sql.ok()) die(sql.error().message);
   std::mt19937_64 rng(bench::kSeed);
   const auto p = bench::trait_probabilities(rng);
   std::string traits;
@@ -171,12 +171,12 @@ void load(const std::string& url, int hosts) {
       "SET session_replication_role = DEFAULT",
       "ANALYZE"};
   for (const auto& step : steps)
-    if (auto r = (*sql)->exec(step, {}); !r) die(r.error().message);
+    if (auto r = (*sql)->exec(step, {}); !r.ok()) die(r.error().message);
 }
 
 bool report_start_and_drift(virtcap::testing::PgCluster& cluster, int hosts) {
   auto url = cluster.create_database();
-  if (!url) die(url.error().message);
+  if (!url.ok()) die(url.error().message);
   const auto t0 = Clock::now();
   load(*url, hosts);
   std::printf("\n%d hosts loaded in %.0f s\n", hosts, std::chrono::duration<double>(Clock::now() - t0).count());
@@ -231,7 +231,7 @@ std::vector<double> legitimate_puts(const std::string& url, Clock::time_point un
     const auto t0 = Clock::now();
     auto r = c.call("PUT", "/v1/hosts/legit", &body);
     ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
-    if (!r || r->status != 200) ++failures;
+    if (!r.ok() || r->status != 200) ++failures;
     std::this_thread::sleep_until(t0 + 50ms);  // pacing, not synchronisation
   }
   std::sort(ms.begin(), ms.end());
@@ -244,7 +244,7 @@ double pct(const std::vector<double>& v, double p) {
 
 bool report_flood(virtcap::testing::PgCluster& cluster, int seconds) {
   auto url = cluster.create_database();
-  if (!url) die(url.error().message);
+  if (!url.ok()) die(url.error().message);
   load(*url, 1000);
   virtcap::testing::TempDir dir("virtcap-flood");
   const std::string cfg = dir.write("fleet.toml", "[fleet_service]\nlisten = \"127.0.0.1:0\"\ndatabase = \"" +
@@ -265,7 +265,7 @@ bool report_flood(virtcap::testing::PgCluster& cluster, int seconds) {
       for (int k = 0; k < 512; ++k) names.push_back("FLOOD_" + std::to_string(round) + "_" + std::to_string(k));
       const nlohmann::json body = report_body("flooder", 1, std::move(names), 0);
       auto r = c.call("PUT", "/v1/hosts/flooder", &body);
-      ++(r && r->status == 200 ? flood_puts : flood_refused);
+      ++(r.ok() && r->status == 200 ? flood_puts : flood_refused);
     }
   });
   std::size_t max_rss = 0;
@@ -321,7 +321,7 @@ int main(int argc, char** argv) {
     }
   }
   auto cluster = virtcap::testing::PgCluster::start();
-  if (!cluster) die("cannot start PostgreSQL: " + cluster.error().message);
+  if (!cluster.ok()) die("cannot start PostgreSQL: " + cluster.error().message);
   bool ok = true;
   for (const int n : sizes) ok = report_start_and_drift(**cluster, n) && ok;
   if (flood_seconds > 0) ok = report_flood(**cluster, flood_seconds) && ok;

@@ -54,13 +54,14 @@ using cli::kExitUsage;
 using cli::text;
 
 logging::Options log_options(const config::Config& cfg) {
-  return {cfg.defaults.debug ? "debug" : cfg.defaults.log_level, cfg.defaults.log_format, cfg.defaults.log_file};
+  return {cfg.defaults.debug ? logging::LogLevel::debug : cfg.defaults.log_level, cfg.defaults.log_format,
+          cfg.defaults.log_file};
 }
 
 // Loads config; on error prints it and returns nullopt (caller exits 2).
 std::optional<config::Config> load_config(const std::optional<std::string>& path) {
   auto cfg = config::load(path);
-  if (!cfg) {
+  if (!cfg.ok()) {
     fail("config error: " + cfg.error().message, kExitUsage);
     return std::nullopt;
   }
@@ -84,8 +85,8 @@ std::optional<int> check_driver_name(const config::Config& cfg, const std::strin
 std::optional<int> startup_checks(const config::Config& cfg, const std::string& driver_override) {
   if (auto bad = check_driver_name(cfg, driver_override)) return bad;
   const http::Options api = api::http_options(cfg);
-  if (auto st = http::check_listen(api); !st) return fail("config error: " + st.error().message, kExitUsage);
-  if (auto tls = http::load_tls(api.tls_cert, api.tls_key, api.config_section, now_seconds()); !tls)
+  if (auto st = http::check_listen(api); !st.ok()) return fail("config error: " + st.error().message, kExitUsage);
+  if (auto tls = http::load_tls(api.tls_cert, api.tls_key, api.config_section, now_seconds()); !tls.ok())
     return fail("config error: " + tls.error().message, kExitUsage);
   const std::filesystem::path state(cfg.defaults.state_path);
   std::error_code ec;
@@ -103,9 +104,9 @@ std::optional<int> startup_checks(const config::Config& cfg, const std::string& 
 
 // The configured instance store.
 Result<std::unique_ptr<InstanceStore>> open_store(const config::Config& cfg) {
-  if (cfg.store.backend == "memory") return std::unique_ptr<InstanceStore>(std::make_unique<store::MemoryStore>());
+  if (cfg.store.backend == config::StoreBackend::memory) return std::unique_ptr<InstanceStore>(std::make_unique<store::MemoryStore>());
   auto s = store::SqliteStore::open(cfg.store_path());
-  if (!s) return s.error();
+  if (!s.ok()) return s.error();
   return std::unique_ptr<InstanceStore>(std::move(s.value()));
 }
 
@@ -131,7 +132,7 @@ int cmd_capabilities_local(const Options& o) {
   if (auto bad = check_driver_name(*cfg, o.driver)) return *bad;
   spdlog::set_level(spdlog::level::warn);  // keep stdout clean for scripts
   auto inspected = compute::ComputeManager::inspect(*cfg, o.driver);  // writes nothing
-  if (!inspected) return fail(inspected.error().message);
+  if (!inspected.ok()) return fail(inspected.error().message);
   const auto& [name, caps] = inspected.value();
   if (o.format == "json") std::cout << dump_json(caps::to_json(name, caps), 2) << "\n";
   else if (o.format == "markdown") std::cout << caps::to_markdown(name, caps);
@@ -143,7 +144,7 @@ int cmd_agent(const Options& o) {
   auto cfg = load_config(o.config_path);
   if (!cfg) return kExitUsage;
   if (!o.uri.empty()) cfg->libvirt.uri = o.uri;
-  if (Status st = logging::setup(log_options(*cfg)); !st) return fail("config error: " + st.error().message, kExitUsage);
+  if (Status st = logging::setup(log_options(*cfg)); !st.ok()) return fail("config error: " + st.error().message, kExitUsage);
   if (auto bad = startup_checks(*cfg, o.driver)) return *bad;
 
   // Block the termination signals in every thread; the main thread waits for
@@ -162,25 +163,25 @@ int cmd_agent(const Options& o) {
   // One agent per state directory, decided before the store or the
   // hypervisor is touched: a second start changes nothing.
   auto state_lock = StateLock::acquire(cfg->defaults.state_path);
-  if (!state_lock) return fail(state_lock.error().message, kExitUsage);
+  if (!state_lock.ok()) return fail(state_lock.error().message, kExitUsage);
   // Then the API port, still before the store and the hypervisor: an agent
   // whose port is taken changes nothing either.
   auto api_socket = http::listen_socket(cfg->api.listen);
-  if (!api_socket) return fail("[api] listen: " + api_socket.error().message, kExitUsage);
+  if (!api_socket.ok()) return fail("[api] listen: " + api_socket.error().message, kExitUsage);
   UniqueFd api_fd(api_socket.value());
 
   spdlog::info("virtcap {} agent starting (config: {})", VIRTCAP_VERSION, cfg->source);
   api::tune_allocator();
   auto store = open_store(*cfg);
-  if (!store) return fail("cannot open the instance store: " + store.error().message);
-  spdlog::info("instance store: {} ({})", cfg->store.backend,
-               cfg->store.backend == "sqlite" ? cfg->store_path() : "not durable");
+  if (!store.ok()) return fail("cannot open the instance store: " + store.error().message);
+  spdlog::info("instance store: {} ({})", config::to_string(cfg->store.backend),
+               cfg->store.backend == config::StoreBackend::sqlite ? cfg->store_path() : "not durable");
   auto mgr = compute::ComputeManager::create(*cfg, *store.value(), o.driver);
-  if (!mgr) return fail(mgr.error().message);
+  if (!mgr.ok()) return fail(mgr.error().message);
   auto& manager = *mgr.value();
 
   // Converge after a crash before serving anything.
-  if (auto r = manager.reconcile(true); r) {
+  if (auto r = manager.reconcile(true); r.ok()) {
     spdlog::info("reconcile at start: {} interrupted spawns finished, {} rolled back, {} deletes finished, {} lost, "
                  "{} unknown domains, {} orphan directories",
                  r->finished_spawns.size(), r->rolled_back_spawns.size(), r->finished_deletes.size(), r->lost.size(),
@@ -193,11 +194,11 @@ int cmd_agent(const Options& o) {
   manager.register_periodic_tasks(runner);
   api::Server server(*cfg, manager, runner, api_fd.release());
   auto port = server.bind();  // adopts the bound socket
-  if (!port) return fail(port.error().message, port.error().code == Errc::invalid_argument ? kExitUsage : kExitRuntime);
+  if (!port.ok()) return fail(port.error().message, port.error().code == Errc::invalid_argument ? kExitUsage : kExitRuntime);
   const auto hp = config::split_listen(cfg->api.listen);
   spdlog::info("API listening on {}://{}:{}", server.scheme(), hp->first, port.value());
   manager.fleet_reporter().set_api_url(std::string(server.scheme()) + "://" + hp->first + ":" + std::to_string(port.value()));
-  if (auto st = server.start(); !st) return fail(st.error().message, kExitRuntime);
+  if (auto st = server.start(); !st.ok()) return fail(st.error().message, kExitRuntime);
   runner.start();
   spdlog::info("agent running; send SIGTERM or SIGINT to stop");
 
@@ -207,12 +208,13 @@ int cmd_agent(const Options& o) {
     if (sig != SIGHUP) break;
     // SIGHUP: reopen the log file (logrotate) and re-read the log options.
     auto fresh = config::load(o.config_path);
-    const auto opts = fresh ? log_options(*fresh) : log_options(*cfg);
-    if (!fresh) spdlog::warn("SIGHUP: config not re-read ({}); reopening the log file only", fresh.error().message);
-    if (Status st = logging::reopen(opts); !st) spdlog::error("SIGHUP: {}", st.error().message);
-    else spdlog::info("SIGHUP: log file reopened; log_level {}, log_format {}", opts.level, opts.format);
+    const auto opts = fresh.ok() ? log_options(*fresh) : log_options(*cfg);
+    if (!fresh.ok()) spdlog::warn("SIGHUP: config not re-read ({}); reopening the log file only", fresh.error().message);
+    if (Status st = logging::reopen(opts); !st.ok()) spdlog::error("SIGHUP: {}", st.error().message);
+    else spdlog::info("SIGHUP: log file reopened; log_level {}, log_format {}", config::to_string(opts.level),
+                      config::to_string(opts.format));
     // And the TLS certificate and key, read again from [api] tls_cert/tls_key.
-    if (Status st = server.reload_tls(); !st)
+    if (Status st = server.reload_tls(); !st.ok())
       spdlog::error("SIGHUP: {}; still serving the previous certificate", st.error().message);
   }
   spdlog::info("received {}, shutting down: finishing in-flight requests", sig == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -230,11 +232,11 @@ int cmd_imagecache_local(const Options& o) {
   if (auto bad = check_driver_name(*cfg, o.driver)) return *bad;
   if (o.format == "json") spdlog::set_level(spdlog::level::warn);
   auto store = open_store(*cfg);
-  if (!store) return fail("cannot open the instance store: " + store.error().message);
+  if (!store.ok()) return fail("cannot open the instance store: " + store.error().message);
   auto mgr = compute::ComputeManager::create(*cfg, *store.value(), o.driver);
-  if (!mgr) return fail(mgr.error().message);
+  if (!mgr.ok()) return fail(mgr.error().message);
   auto r = mgr.value()->image_cache_pass(o.dry_run);
-  if (!r) return fail(r.error().message);
+  if (!r.ok()) return fail(r.error().message);
   if (o.format == "json") std::cout << dump_json(imagecache::to_json(r.value()), 2) << "\n";
   else std::cout << imagecache::to_table(r.value());
   return r->complete ? kExitOk : kExitRuntime;
@@ -244,7 +246,7 @@ int cmd_config_validate(const Options& o) {
   auto cfg = load_config(o.config_path);
   if (!cfg) return kExitUsage;
   if (auto bad = startup_checks(*cfg, o.driver)) return *bad;
-  if (auto warning = http::check_listen(api::http_options(*cfg)); warning && !warning->empty())
+  if (auto warning = http::check_listen(api::http_options(*cfg)); warning.ok() && !warning->empty())
     std::fprintf(stderr, "virtcap: warning: %s\n", warning->c_str());
   std::cout << "configuration OK (" << cfg->source << "): driver " << (o.driver.empty() ? cfg->compute.driver : o.driver)
             << ", API on " << (cfg->api.tls_cert.empty() ? "http://" : "https://") << cfg->api.listen << ", state in "
@@ -452,7 +454,7 @@ int client_call(const Options& o, const std::string& method, const std::string& 
                 const std::function<int(const json&)>& human,
                 const std::vector<std::pair<std::string, std::string>>& field_flags = {}) {
   const auto url = cli::server_url(o.client.server, kAgentPeer);
-  if (!url) return fail(url.error().message, kExitUsage);
+  if (!url.ok()) return fail(url.error().message, kExitUsage);
   cli::ClientFlags flags = o.client;
   flags.server = *url;
   api::Client client(api::ClientOptions{.url = *url,

@@ -46,7 +46,7 @@ namespace {
 Result<std::unique_ptr<ComputeDriver>> load_driver(const config::Config& cfg, const std::string& driver_override) {
   const std::string name = driver_override.empty() ? cfg.compute.driver : driver_override;
   auto driver = make_driver(name, cfg);
-  if (!driver) {
+  if (!driver.ok()) {
     Error e = driver.error();
     e.message = "unable to load the virtualization driver: " + e.message;
     return e;
@@ -59,23 +59,23 @@ Result<std::unique_ptr<ComputeDriver>> load_driver(const config::Config& cfg, co
 Result<std::unique_ptr<ComputeManager>> ComputeManager::create(const config::Config& cfg, InstanceStore& store,
                                                                const std::string& driver_override) {
   auto driver = load_driver(cfg, driver_override);
-  if (!driver) return driver.error();
+  if (!driver.ok()) return driver.error();
   return create(cfg, store, std::move(driver.value()));
 }
 
 Result<std::pair<std::string, Capabilities>> ComputeManager::inspect(const config::Config& cfg,
                                                                      const std::string& driver_override) {
   auto driver = load_driver(cfg, driver_override);
-  if (!driver) return driver.error();
+  if (!driver.ok()) return driver.error();
   const std::string name(driver.value()->name());
-  if (auto st = driver.value()->init_host(cfg.host()); !st) return load_failure(name, st.error().message);
+  if (auto st = driver.value()->init_host(cfg.host()); !st.ok()) return load_failure(name, st.error().message);
   return std::make_pair(name, driver.value()->capabilities());
 }
 
 Result<std::unique_ptr<ComputeManager>> ComputeManager::create(const config::Config& cfg, InstanceStore& store,
                                                                std::unique_ptr<ComputeDriver> driver) {
   const std::string name(driver->name());
-  if (auto st = driver->init_host(cfg.host()); !st) return load_failure(name, st.error().message);
+  if (auto st = driver->init_host(cfg.host()); !st.ok()) return load_failure(name, st.error().message);
   return std::unique_ptr<ComputeManager>(new ComputeManager(cfg, store, std::move(driver)));
 }
 
@@ -87,10 +87,10 @@ ComputeManager::ComputeManager(const config::Config& cfg, InstanceStore& store, 
       host_(cfg.host()),
       instances_path_(cfg.instances_path()),
       fleet_reporter_(std::make_unique<FleetReporter>(*this)) {
-  if (auto st = store_.register_host({host_, instances_path_, now_seconds()}); !st)
+  if (auto st = store_.register_host({host_, instances_path_, now_seconds()}); !st.ok())
     spdlog::warn("could not register host {} in the instance store: {}", host_, st.error().describe());
-  if (caps_.has_imagecache)
-    if (auto st = imagecache::register_host(instances_path_, host_); !st)
+  if (allows(Operation::manage_image_cache))
+    if (auto st = imagecache::register_host(instances_path_, host_); !st.ok())
       spdlog::warn("could not register host {} on the shared storage: {}", host_, st.error().describe());
   spdlog::info("driver '{}' loaded on host '{}'; has_imagecache={}", driver_->name(), host_, caps_.has_imagecache);
 }
@@ -106,10 +106,24 @@ Status ComputeManager::refuse(const Requirement& r) const {
   return e;
 }
 
+std::string ComputeManager::undeclared(Operation op) const {
+  return "driver '" + std::string(driver_->name()) + "' does not declare capability " +
+         std::string(requirement(op).capability_name);
+}
+
 Status ComputeManager::check(Operation op) const {
-  for (const auto& r : kRequirements)
-    if (r.op == op && !(caps_.*(r.capability))) return refuse(r);
+  if (!allows(op)) return refuse(requirement(op));
   return {};
+}
+
+bool ComputeManager::allows(Operation op) const {
+  const Requirement& r = requirement(op);
+  return r.capability == nullptr || caps_.*(r.capability);
+}
+
+int ComputeManager::limit(Operation op) const {
+  const Requirement& r = requirement(op);
+  return r.limit == nullptr ? 0 : caps_.*(r.limit);
 }
 
 std::shared_ptr<Mutex> ComputeManager::instance_lock(const std::string& uuid) {
@@ -155,12 +169,12 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
                                                              " to " + std::to_string(kMaxMemoryMb) + ", got " +
                                                              std::to_string(memory_mb)));
   // One range, whichever end is crossed: 1 to the driver's max_vcpus.
-  if (vcpus < 1 || vcpus > (caps_.max_vcpus > 0 ? caps_.max_vcpus : INT_MAX))
+  if (const int max = limit(Operation::boot_vcpus); vcpus < 1 || vcpus > (max > 0 ? max : INT_MAX))
     return audit.fail(make_error(Errc::invalid_argument,
                       "vcpus must be from 1 to " +
-                          (caps_.max_vcpus > 0 ? std::to_string(caps_.max_vcpus) + " (driver '" +
-                                                     std::string(driver_->name()) + "' max_vcpus)"
-                                               : std::string("the driver's maximum")) +
+                          (max > 0 ? std::to_string(max) + " (driver '" + std::string(driver_->name()) + "' " +
+                                         std::string(requirement(Operation::boot_vcpus).capability_name) + ")"
+                                   : std::string("the driver's maximum")) +
                           ", got " + std::to_string(vcpus)));
   // A bad image is refused before the record is written: no row is left.
   if (!valid_image_id(image_id))
@@ -170,7 +184,7 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
                                                                          : "'") +
                                                   " is invalid: it must match ^[A-Za-z0-9._-]{1,128}$ and must not "
                                                   "contain '..'"));
-  if (auto img = driver_->check_image(image_id); !img) return audit.fail(img.error());
+  if (auto img = driver_->check_image(image_id); !img.ok()) return audit.fail(img.error());
   // A hypervisor that is away refuses the boot before the record is written:
   // a client retrying through a restart leaves no error record per try.
   if (auto why = driver_->unavailable_reason(); !why.empty())
@@ -182,31 +196,31 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
   rec.image_id = image_id;
   rec.memory_mb = memory_mb;
   rec.vcpus = static_cast<int>(vcpus);
-  rec.vm_state = "building";
-  rec.task_state = "spawning";
+  rec.vm_state = VmState::building;
+  rec.task_state = TaskState::spawning;
   rec.created_at = rec.updated_at = now_seconds();
   audit.instance(rec.uuid, name);
   auto lock = instance_lock(rec.uuid);
   MutexLock guard(*lock);
   // The record first: a crash from here on leaves a record that reconcile
   // finishes or rolls back, never an orphan domain or disk.
-  if (auto st = store_.create_instance(rec); !st) return audit.fail(st.error());
+  if (auto st = store_.create_instance(rec); !st.ok()) return audit.fail(st.error());
   auto st = driver_->spawn({rec.uuid, name, image_id, memory_mb, rec.vcpus});
   rec.updated_at = now_seconds();
-  rec.task_state.clear();
-  if (st) {
-    rec.vm_state = "active";
+  rec.task_state = TaskState::none;
+  if (st.ok()) {
+    rec.vm_state = VmState::active;
   } else {
     // The driver rolled back what it made; the record stays, marked error,
     // unless the request itself was bad (then it never existed).
-    rec.vm_state = "error";
+    rec.vm_state = VmState::error;
     if (st.error().code == Errc::invalid_argument || st.error().code == Errc::not_found) {
-      rec.vm_state = "deleted";
+      rec.vm_state = VmState::deleted;
       rec.deleted_at = rec.updated_at;
     }
   }
-  if (auto up = store_.update_instance(rec); !up) return audit.fail(up.error());
-  if (!st) return audit.fail(st.error());
+  if (auto up = store_.update_instance(rec); !up.ok()) return audit.fail(up.error());
+  if (!st.ok()) return audit.fail(st.error());
   audit.ok();
   return rec;
 }
@@ -214,13 +228,13 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
 Result<InstanceRecord> ComputeManager::find(const std::string& id) {
   if (is_uuid(id)) {
     auto rec = store_.get_instance(id);
-    if (!rec) return rec.error();
+    if (!rec.ok()) return rec.error();
     if (rec->deleted_at != 0 || rec->host != host_)
       return make_error(Errc::not_found, "no live instance " + id + " on host " + host_);
     return rec;
   }
   auto all = store_.list_instances(host_, false);
-  if (!all) return all.error();
+  if (!all.ok()) return all.error();
   for (auto& r : all.value())
     if (r.name == id) return r;
   return make_error(Errc::not_found, "no live instance named '" + id + "' on host " + host_);
@@ -235,7 +249,7 @@ Result<InstancePageInfo> ComputeManager::list_page(InstancePageQuery query, cons
 
 Result<std::map<std::string, PowerState, std::less<>>> ComputeManager::power_states() {
   auto all = driver_->list_instances();
-  if (!all) return all.error();
+  if (!all.ok()) return all.error();
   std::map<std::string, PowerState, std::less<>> out;
   for (auto& d : all.value()) out.emplace(std::move(d.uuid), d.power_state);
   return out;
@@ -243,10 +257,10 @@ Result<std::map<std::string, PowerState, std::less<>>> ComputeManager::power_sta
 
 Result<ComputeManager::InstanceView> ComputeManager::show(const std::string& id) {
   auto rec = find(id);
-  if (!rec) return rec.error();
+  if (!rec.ok()) return rec.error();
   InstanceView v{rec.value(), std::nullopt};
   auto hv = driver_->get_instance(rec->uuid);
-  if (hv) v.hypervisor = std::move(hv.value());
+  if (hv.ok()) v.hypervisor = std::move(hv.value());
   else if (hv.error().code != Errc::not_found) return hv.error();
   return v;
 }
@@ -255,18 +269,18 @@ Status ComputeManager::destroy(const std::string& id) {
   auto audit = audit_of("delete", id);
   return audit.done(with_instance(id, audit, [&](InstanceRecord& found) -> Status {
     auto rec = store_.get_instance(found.uuid);  // fresh, under the lock
-    if (!rec) return rec.error();
+    if (!rec.ok()) return rec.error();
     if (rec->deleted_at != 0) return make_error(Errc::not_found, "instance " + rec->uuid + " is already deleted");
-    rec->task_state = "deleting";
+    rec->task_state = TaskState::deleting;
     rec->updated_at = now_seconds();
-    if (auto st = store_.update_instance(rec.value()); !st) return st;
-    if (auto st = driver_->destroy(rec->uuid); !st) {
-      rec->task_state.clear();  // nothing was deleted; the instance stays as it was
+    if (auto st = store_.update_instance(rec.value()); !st.ok()) return st;
+    if (auto st = driver_->destroy(rec->uuid); !st.ok()) {
+      rec->task_state = TaskState::none;  // nothing was deleted; the instance stays as it was
       (void)store_.update_instance(rec.value());
       return st;
     }
-    rec->vm_state = "deleted";
-    rec->task_state.clear();
+    rec->vm_state = VmState::deleted;
+    rec->task_state = TaskState::none;
     rec->deleted_at = rec->updated_at = now_seconds();
     return store_.update_instance(rec.value());
   }));
@@ -280,9 +294,9 @@ Status ComputeManager::reboot(const std::string& id) {
 Result<InterfaceInfo> ComputeManager::attach_interface(const std::string& id, const InterfaceSpec& spec) {
   auto audit = audit_of("attach_interface", id);
   if (!spec.mac.empty()) audit.field("mac", spec.mac);
-  if (auto st = check(Operation::attach_interface); !st) return audit.fail(st.error());
+  if (auto st = check(Operation::attach_interface); !st.ok()) return audit.fail(st.error());
   if (!spec.tag.empty())
-    if (auto st = check(Operation::tagged_attach_interface); !st) return audit.fail(st.error());
+    if (auto st = check(Operation::tagged_attach_interface); !st.ok()) return audit.fail(st.error());
   return audit.done(
       with_instance(id, audit, [&](InstanceRecord& rec) { return driver_->attach_interface(rec.uuid, spec); }));
 }
@@ -290,7 +304,7 @@ Result<InterfaceInfo> ComputeManager::attach_interface(const std::string& id, co
 Status ComputeManager::detach_interface(const std::string& id, const std::string& mac) {
   auto audit = audit_of("detach_interface", id);
   audit.field("mac", mac);
-  if (auto st = check(Operation::detach_interface); !st) return audit.fail(st.error());
+  if (auto st = check(Operation::detach_interface); !st.ok()) return audit.fail(st.error());
   return audit.done(
       with_instance(id, audit, [&](InstanceRecord& rec) { return driver_->detach_interface(rec.uuid, mac); }));
 }
@@ -298,9 +312,9 @@ Status ComputeManager::detach_interface(const std::string& id, const std::string
 Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix, std::stop_token stop) {
   if (auto why = driver_->unavailable_reason(); !why.empty()) return make_error(Errc::hypervisor_unavailable, why);
   auto on_hv = driver_->list_instances();
-  if (!on_hv) return on_hv.error();
+  if (!on_hv.ok()) return on_hv.error();
   auto in_store = store_.list_instances(host_, true);
-  if (!in_store) return in_store.error();
+  if (!in_store.ok()) return in_store.error();
   std::set<std::string> hv_uuids, started;
   for (const auto& i : on_hv.value()) {
     hv_uuids.insert(i.uuid);
@@ -323,39 +337,40 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix, std:
     const auto stamp = [&] { rec.updated_at = now_seconds(); };
     // A fix is audited: the instance, its state before and after.
     audit::Scope audit("reconcile", rec.uuid, rec.name);
-    audit.field("from", rec.vm_state + (rec.task_state.empty() ? "" : "/" + rec.task_state));
+    audit.field("from", std::string(to_string(rec.vm_state)) +
+                            (rec.task_state == TaskState::none ? "" : "/" + std::string(to_string(rec.task_state))));
     if (!fix) audit.dismiss();
-    if (rec.task_state == "spawning") {
+    if (rec.task_state == TaskState::spawning) {
       if (started.count(rec.uuid) > 0) {
         out.finished_spawns.push_back(rec.uuid);
-        rec.vm_state = "active";
+        rec.vm_state = VmState::active;
       } else {
         out.rolled_back_spawns.push_back(rec.uuid);
         if (fix)
-          if (auto st = driver_->destroy(rec.uuid); !st) return audit.fail(st.error());  // removes a half-made disk
-        rec.vm_state = "error";
+          if (auto st = driver_->destroy(rec.uuid); !st.ok()) return audit.fail(st.error());  // removes a half-made disk
+        rec.vm_state = VmState::error;
       }
-      rec.task_state.clear();
-    } else if (rec.task_state == "deleting" || (rec.deleted_at != 0 && on)) {
+      rec.task_state = TaskState::none;
+    } else if (rec.task_state == TaskState::deleting || (rec.deleted_at != 0 && on)) {
       out.finished_deletes.push_back(rec.uuid);
       if (fix)
-        if (auto st = driver_->destroy(rec.uuid); !st) return audit.fail(st.error());
-      rec.task_state.clear();
-      rec.vm_state = "deleted";
+        if (auto st = driver_->destroy(rec.uuid); !st.ok()) return audit.fail(st.error());
+      rec.task_state = TaskState::none;
+      rec.vm_state = VmState::deleted;
       if (rec.deleted_at == 0) rec.deleted_at = now_seconds();
-    } else if (rec.deleted_at == 0 && rec.vm_state == "active" && !on) {
+    } else if (rec.deleted_at == 0 && rec.vm_state == VmState::active && !on) {
       out.lost.push_back(rec.uuid);
-      rec.vm_state = "lost";
-    } else if (rec.deleted_at == 0 && rec.vm_state == "lost" && on) {
-      rec.vm_state = "active";  // it came back
+      rec.vm_state = VmState::lost;
+    } else if (rec.deleted_at == 0 && rec.vm_state == VmState::lost && on) {
+      rec.vm_state = VmState::active;  // it came back
     } else {
       audit.dismiss();  // nothing to fix
       continue;
     }
     stamp();
-    audit.field("to", rec.vm_state);
+    audit.field("to", std::string(to_string(rec.vm_state)));
     if (fix)
-      if (auto st = store_.update_instance(rec); !st) return audit.fail(st.error());
+      if (auto st = store_.update_instance(rec); !st.ok()) return audit.fail(st.error());
     audit.ok();
   }
   for (const auto& u : hv_uuids)
@@ -371,11 +386,11 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix, std:
     const std::string name = it->path().filename().string();
     if (!it->is_directory() || !is_uuid(name)) continue;
     auto rec = store_.get_instance(name);
-    if (!rec) {
+    if (!rec.ok()) {
       if (rec.error().code == Errc::not_found) out.orphan_dirs.push_back(name);
       continue;
     }
-    if (rec->deleted_at != 0 && rec->host == host_ && rec->task_state.empty()) out.orphan_dirs.push_back(name);
+    if (rec->deleted_at != 0 && rec->host == host_ && rec->task_state == TaskState::none) out.orphan_dirs.push_back(name);
   }
   for (const auto& u : out.unknown_domains)
     spdlog::warn("reconcile: domain {} runs on the hypervisor but is not in the instance store; left alone", u);
@@ -385,16 +400,16 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix, std:
 }
 
 Result<ImageCacheReport> ComputeManager::image_cache_pass(bool dry_run, std::stop_token stop) {
-  if (auto st = check(Operation::manage_image_cache); !st) return st.error();
+  if (auto st = check(Operation::manage_image_cache); !st.ok()) return st.error();
   if (auto why = driver_->unavailable_reason(); !why.empty()) {
     Error e = make_error(Errc::hypervisor_unavailable, why);
     e.driver = driver_->name();
     return e;
   }
   auto hosts = store_.hosts_sharing(instances_path_);
-  if (!hosts) return hosts.error();
+  if (!hosts.ok()) return hosts.error();
   std::vector<std::string> all = hosts.value();
-  if (auto reg = imagecache::registered_hosts(instances_path_); reg) {
+  if (auto reg = imagecache::registered_hosts(instances_path_); reg.ok()) {
     all.insert(all.end(), reg->begin(), reg->end());
   } else {
     return reg.error();  // cannot tell which hosts share the storage: do nothing
@@ -403,7 +418,7 @@ Result<ImageCacheReport> ComputeManager::image_cache_pass(bool dry_run, std::sto
   std::sort(all.begin(), all.end());
   all.erase(std::unique(all.begin(), all.end()), all.end());
   auto instances = store_.live_instances_on(all);
-  if (!instances) return instances.error();
+  if (!instances.ok()) return instances.error();
   if (stop.stop_requested()) {
     ImageCacheReport stopped;
     stopped.complete = false;
@@ -413,7 +428,7 @@ Result<ImageCacheReport> ComputeManager::image_cache_pass(bool dry_run, std::sto
     return stopped;
   }
   auto report = driver_->manage_image_cache(instances.value(), dry_run, stop);
-  if (report) {
+  if (report.ok()) {
     MutexLock lock(report_mu_);
     last_report_ = report.value();
     ++totals_.passes;
@@ -437,16 +452,14 @@ ComputeManager::ImageCacheTotals ComputeManager::image_cache_totals() const {
 TaskOutcome ComputeManager::run_image_cache_pass(std::stop_token stop) {
   // The seed's point: no store query and no driver call unless the driver
   // wants the pass and the operator has not disabled it.
-  if (!caps_.has_imagecache)
-    return TaskOutcome::skipped("driver '" + std::string(driver_->name()) +
-                                "' does not declare capability has_imagecache");
+  if (!allows(Operation::manage_image_cache)) return TaskOutcome::skipped(undeclared(Operation::manage_image_cache));
   if (cfg_.image_cache.manager_interval <= 0)
     return TaskOutcome::skipped("[image_cache] manager_interval is " +
                                 std::to_string(cfg_.image_cache.manager_interval) + " (<= 0 disables the pass)");
   if (auto why = driver_->unavailable_reason(); !why.empty()) return TaskOutcome::skipped(why);
   if (stop.stop_requested()) return TaskOutcome::skipped(std::string(kStopping));
   auto report = image_cache_pass(false, stop);
-  if (!report) return TaskOutcome::failed(report.error().describe());
+  if (!report.ok()) return TaskOutcome::failed(report.error().describe());
   if (report->stopped) return TaskOutcome::skipped(std::string(kStopping) + ": pass ended early, nothing more removed");
   std::string msg = std::to_string(report->instances_considered) + " live instances, " +
                     std::to_string(report->disks_read) + " disks read; " + std::to_string(report->files_removed) +
@@ -461,7 +474,7 @@ TaskOutcome ComputeManager::sync_power_states(std::stop_token stop) {
   if (stop.stop_requested()) return TaskOutcome::skipped(std::string(kStopping));
   if (auto why = driver_->unavailable_reason(); !why.empty()) return TaskOutcome::skipped(why);
   auto r = reconcile(true, stop);
-  if (!r) return TaskOutcome::failed(r.error().describe());
+  if (!r.ok()) return TaskOutcome::failed(r.error().describe());
   for (const auto& u : r->lost)
     spdlog::warn("instance {} is in the store but not on the hypervisor; marked lost (kept)", u);
   if (r->interrupted)
@@ -480,8 +493,8 @@ void ComputeManager::register_periodic_tasks(PeriodicTaskRunner& runner) {
                      [this](std::stop_token st) { return run_image_cache_pass(st); }};
   // Decided once, from the capabilities read at start: the task is not even
   // scheduled when the driver does not want it.
-  if (!caps_.has_imagecache)
-    cache.disabled_reason = "driver '" + std::string(driver_->name()) + "' does not declare capability has_imagecache";
+  if (!allows(Operation::manage_image_cache))
+    cache.disabled_reason = undeclared(Operation::manage_image_cache);
   else if (cfg_.image_cache.manager_interval <= 0)
     cache.disabled_reason = "[image_cache] manager_interval is " + std::to_string(cfg_.image_cache.manager_interval) +
                             " (<= 0 disables the pass)";

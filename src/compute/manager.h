@@ -25,25 +25,44 @@
 
 namespace virtcap::compute {
 
-// Operations that need a capability. The table below is the only place the
-// pairing is written; a misspelt capability in it does not compile.
-enum class Operation { attach_interface, tagged_attach_interface, detach_interface, manage_image_cache };
+// Operations that depend on a capability. The table below is the only place
+// the pairing is written; a misspelt capability in it does not compile.
+// boot_vcpus is the vcpus a boot asks for, bounded by the driver's max_vcpus.
+enum class Operation { attach_interface, tagged_attach_interface, detach_interface, manage_image_cache, boot_vcpus };
 
 struct Requirement {
   Operation op;
   std::string_view operation;
+  // Either a capability the driver must declare ...
   bool Capabilities::*capability;
+  // ... or the most the driver allows of the operation's amount (0: no limit).
+  int Capabilities::*limit;
   std::string_view capability_name;
 };
 
-#define VIRTCAP_REQUIRES_(op, cap) Requirement{Operation::op, #op, &Capabilities::cap, #cap}
+#define VIRTCAP_REQUIRES_(op, cap) Requirement{Operation::op, #op, &Capabilities::cap, nullptr, #cap}
+#define VIRTCAP_LIMITED_BY_(op, cap) Requirement{Operation::op, #op, nullptr, &Capabilities::cap, #cap}
 inline constexpr std::array kRequirements = {
     VIRTCAP_REQUIRES_(attach_interface, supports_attach_interface),
     VIRTCAP_REQUIRES_(tagged_attach_interface, supports_tagged_attach_interface),
     VIRTCAP_REQUIRES_(detach_interface, supports_attach_interface),
     VIRTCAP_REQUIRES_(manage_image_cache, has_imagecache),
+    VIRTCAP_LIMITED_BY_(boot_vcpus, max_vcpus),
 };
+#undef VIRTCAP_LIMITED_BY_
 #undef VIRTCAP_REQUIRES_
+
+// The row of kRequirements for `op` (every Operation has exactly one).
+constexpr const Requirement& requirement(Operation op) {
+  for (const auto& r : kRequirements)
+    if (r.op == op) return r;
+  return kRequirements.front();  // unreachable: checked below
+}
+static_assert([] {
+  for (const auto& r : kRequirements)
+    if (&requirement(r.op) != &r || (r.capability == nullptr) == (r.limit == nullptr)) return false;
+  return true;
+}(), "each Operation has one row in kRequirements, with either a capability or a limit");
 
 inline constexpr std::string_view kImageCacheTask = "image_cache_manager_pass";
 inline constexpr std::string_view kPowerSyncTask = "sync_power_states";
@@ -81,6 +100,10 @@ class ComputeManager {
   // OK if the driver's capabilities allow `op`; otherwise a
   // capability_not_supported error naming operation, capability and driver.
   Status check(Operation op) const;
+  // Whether the driver declares the capability `op` requires.
+  bool allows(Operation op) const;
+  // The most the driver allows of `op`'s amount; 0: no limit.
+  int limit(Operation op) const;
 
   // Instance operations, gated by capability. `id` is a uuid, or the name of
   // a live instance of this host. Operations on one instance are serialised:
@@ -148,6 +171,8 @@ class ComputeManager {
  private:
   ComputeManager(const config::Config& cfg, InstanceStore& store, std::unique_ptr<ComputeDriver> driver);
   Status refuse(const Requirement& r) const;
+  // "driver 'x' does not declare capability <op's capability>"
+  std::string undeclared(Operation op) const;
   // A per-instance lock, taken with try_lock: a busy instance is a conflict.
   std::shared_ptr<Mutex> instance_lock(const std::string& uuid);
   Error busy(const std::string& uuid) const;
@@ -187,7 +212,7 @@ template <class F>
 auto ComputeManager::with_instance(const std::string& id, audit::Scope& audit, F&& fn)
     -> decltype(fn(std::declval<InstanceRecord&>())) {
   auto rec = find(id);
-  if (!rec) return rec.error();
+  if (!rec.ok()) return rec.error();
   audit.instance(rec->uuid, rec->name);
   auto lock = instance_lock(rec->uuid);
   if (!lock->try_lock()) return busy(rec->uuid);

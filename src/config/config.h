@@ -7,11 +7,70 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
+#include "common/log_options.h"
 #include "virtcap/error.h"
 
 namespace virtcap::config {
+
+// Finite choices, each parsed once (where the file is read) into an enum; a
+// name that is not allowed is an error listing the allowed ones.
+// Choice<E>::kNames gives each value its name, in the order docs list them.
+using logging::LogFormat;
+using logging::LogLevel;
+enum class OverlayWriter { native, qemu_img };
+enum class StoreBackend { sqlite, memory };
+enum class AnonymousRole { none, reader, operator_ };
+
+template <class E>
+struct Choice;
+template <>
+struct Choice<LogLevel> {
+  static constexpr std::pair<LogLevel, std::string_view> kNames[] = {
+      {LogLevel::trace, "trace"}, {LogLevel::debug, "debug"},       {LogLevel::info, "info"},
+      {LogLevel::warning, "warning"}, {LogLevel::error, "error"}, {LogLevel::critical, "critical"},
+      {LogLevel::off, "off"}};
+};
+template <>
+struct Choice<LogFormat> {
+  static constexpr std::pair<LogFormat, std::string_view> kNames[] = {{LogFormat::text, "text"},
+                                                                      {LogFormat::json, "json"}};
+};
+template <>
+struct Choice<OverlayWriter> {
+  static constexpr std::pair<OverlayWriter, std::string_view> kNames[] = {{OverlayWriter::native, "native"},
+                                                                          {OverlayWriter::qemu_img, "qemu-img"}};
+};
+template <>
+struct Choice<StoreBackend> {
+  static constexpr std::pair<StoreBackend, std::string_view> kNames[] = {{StoreBackend::sqlite, "sqlite"},
+                                                                         {StoreBackend::memory, "memory"}};
+};
+template <>
+struct Choice<AnonymousRole> {
+  static constexpr std::pair<AnonymousRole, std::string_view> kNames[] = {
+      {AnonymousRole::none, "none"}, {AnonymousRole::reader, "reader"}, {AnonymousRole::operator_, "operator"}};
+};
+
+template <class E>
+concept ChoiceEnum = std::is_enum_v<E> && requires { Choice<E>::kNames; };
+
+template <ChoiceEnum E>
+constexpr std::string_view to_string(E v) {
+  for (const auto& [value, name] : Choice<E>::kNames)
+    if (value == v) return name;
+  return "?";
+}
+
+template <ChoiceEnum E>
+constexpr std::optional<E> parse_choice(std::string_view name) {
+  for (const auto& [value, n] : Choice<E>::kNames)
+    if (n == name) return value;
+  return std::nullopt;
+}
 
 // Value checks. Each returns an error text ("expected ...") for a bad value.
 namespace check {
@@ -45,10 +104,17 @@ struct dir_name {
   std::string describe() const;
   std::optional<std::string> operator()(const std::string& v) const;
 };
-struct one_of {
-  const char* choices;  // "a|b|c"
-  std::string describe() const;
-  std::optional<std::string> operator()(const std::string& v) const;
+// A finite choice (an enum with Choice names): the name is checked, and
+// turned into the enum, as the file is read.
+template <ChoiceEnum E>
+struct choice {
+  std::string describe() const {
+    std::string out = "one of: ";
+    for (const auto& [value, name] : Choice<E>::kNames) (out += name) += ',';
+    out.pop_back();
+    return out;
+  }
+  std::optional<std::string> operator()(E) const { return std::nullopt; }
 };
 struct listen_address {
   std::string describe() const;
@@ -102,9 +168,9 @@ inline constexpr const char* kDefaultTlsPriority =
   O(int, subprocess_timeout, 600, check::range(1, 86400),                                         \
     "Seconds a subprocess (qemu-img, ...) may run before it is killed and reaped.")               \
   O(bool, debug, false, check::any{}, "Log at debug level (overrides log_level).")                 \
-  O(std::string, log_level, "info", check::one_of{"trace|debug|info|warning|error|critical|off"},  \
+  O(LogLevel, log_level, LogLevel::info, check::choice<LogLevel>{},                               \
     "Least severe level logged. SIGHUP re-reads it.")                                             \
-  O(std::string, log_format, "text", check::one_of{"text|json"},                                  \
+  O(LogFormat, log_format, LogFormat::text, check::choice<LogFormat>{},                           \
     "text: ISO 8601 time, level, message; json: one JSON object per line (time, level, logger, pid, thread, message).") \
   O(std::string, log_file, "", check::abs_path{.allow_empty = true},                              \
     "Log to this file (appended; SIGHUP reopens it, for logrotate). Empty: standard error.")
@@ -147,7 +213,7 @@ inline constexpr const char* kDefaultTlsPriority =
     "libvirt network for instance interfaces. Empty: user-mode networking (no host setup).")      \
   O(int, reconnect_max_backoff_seconds, 30, check::range(1, 3600),                                \
     "Longest wait between reconnection attempts after the hypervisor went away.")                 \
-  O(std::string, overlay_writer, "native", check::one_of{"native|qemu-img"},                      \
+  O(OverlayWriter, overlay_writer, OverlayWriter::native, check::choice<OverlayWriter>{},          \
     "How spawn creates an instance's qcow2 overlay on its base: native (written in-process) or "  \
     "qemu-img (runs `qemu-img create`). Both fsync the overlay before renaming it into place.")   \
   O(std::string, disk_group, "", check::group_name{},                                             \
@@ -208,7 +274,7 @@ inline constexpr const char* kDefaultTlsPriority =
   O(int, threads, 8, check::range(1, 256), "Worker threads serving API requests.")
 
 #define VIRTCAP_CONFIG_STORE(O)                                                                   \
-  O(std::string, backend, "sqlite", check::one_of{"sqlite|memory"},                              \
+  O(StoreBackend, backend, StoreBackend::sqlite, check::choice<StoreBackend>{},                   \
     "Instance store: sqlite (durable, the default) or memory (lost at exit; tests only).")       \
   O(std::string, path, "", check::abs_path{.allow_empty = true},                                  \
     "SQLite database file. Empty: <state_path>/virtcap.db.")
@@ -224,7 +290,7 @@ inline constexpr const char* kDefaultTlsPriority =
     "Empty: sqlite://<state_path>/fleet.sqlite.")                                                \
   O(int, host_down_after, 180, check::range(1, 31536000),                                         \
     "Seconds without a report after which a host is down (excluded from queries, with that reason).") \
-  O(std::string, anonymous_role, "none", check::one_of{"none|reader|operator"},                    \
+  O(AnonymousRole, anonymous_role, AnonymousRole::none, check::choice<AnonymousRole>{},            \
     "Role of a request that carries no credential: none (401), reader (queries), operator (everything; " \
     "a test bench only). Only none is allowed on a non-loopback listen address.")                   \
   O(std::string, client_ca, "", check::abs_path{.allow_empty = true},                             \

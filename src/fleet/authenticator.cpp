@@ -20,20 +20,20 @@ std::variant<std::string, std::string> certificate_host(const http::ClientCertif
     return V(std::in_place_index<1>, "the client certificate names " + std::to_string(cert.dns_names.size()) +
                                          " DNS names; an agent's certificate names exactly one host");
   const std::string name = cert.dns_names.empty() ? cert.common_name : cert.dns_names[0];
-  if (auto st = check_host_name(name); !st)
+  if (auto st = check_host_name(name); !st.ok())
     return V(std::in_place_index<1>, "the client certificate does not name a host: " + st.error().message);
   return V(std::in_place_index<0>, name);
 }
 
 Status Authenticator::refresh() {
   auto v = store_.credentials_version();
-  if (!v) return v.error();
+  if (!v.ok()) return v.error();
   {
     ReaderLock lock(mu_);
     if (*v == version_) return {};
   }
   auto rows = store_.list_credentials();
-  if (!rows) return rows.error();
+  if (!rows.ok()) return rows.error();
   std::unordered_map<std::string, CredentialRecord> fresh;
   for (auto& r : *rows) fresh.emplace(r.id, std::move(r));
   WriterLock lock(mu_);

@@ -12,16 +12,16 @@ Result<std::unique_ptr<Fleet>> Fleet::open(const FleetOptions& options) {
   if (options.host_down_after.count() <= 0)
     return make_error(Errc::invalid_argument, "host_down_after must be positive");
   auto store = open_fleet_store(options.database_url, options.store);
-  if (!store) return store.error();
+  if (!store.ok()) return store.error();
   std::unique_ptr<Fleet> fleet(new Fleet(std::move(*store), options.host_down_after));
   std::unique_ptr<PgListener> listener;
   if (options.listen && fleet->store_->dialect() == Dialect::postgresql) {
     // LISTEN before the load: a write committed after the load is notified.
     auto l = PgListener::open(fleet->store_->target(), {std::string(kNotifyChannel)});
-    if (!l) return l.error();
+    if (!l.ok()) return l.error();
     listener = std::move(*l);
   }
-  if (auto st = fleet->rebuild(); !st) return st.error();
+  if (auto st = fleet->rebuild(); !st.ok()) return st.error();
   if (listener) {
     {
       MutexLock lock(fleet->listener_mu_);
@@ -72,7 +72,7 @@ void Fleet::listen_loop(std::unique_ptr<PgListener> listener) {
       // reload everything: notifications may have been missed meanwhile.
       if (health->claim_attempt()) {
         auto l = PgListener::open(store_->target(), {std::string(kNotifyChannel)});
-        if (l) {
+        if (l.ok()) {
           listener = std::move(*l);
           set_listener(listener.get());
           health->reached();
@@ -88,7 +88,7 @@ void Fleet::listen_loop(std::unique_ptr<PgListener> listener) {
       }
     }
     if (reload) {
-      if (auto st = rebuild(); !st) {
+      if (auto st = rebuild(); !st.ok()) {
         spdlog::warn("fleet index reload failed (retrying): {}", st.error().message);
         pause(std::max(health->retry_in(), std::chrono::milliseconds(DbHealth::kReconnectFirst)));
         continue;
@@ -104,9 +104,9 @@ void Fleet::listen_loop(std::unique_ptr<PgListener> listener) {
       spdlog::info("fleet index reloaded from the database after {} ms behind; current again", stale.count());
     }
     auto batch = listener->wait(std::chrono::steady_clock::now() + 1s);
-    if (batch) {
+    if (batch.ok()) {
       if (!batch->empty())
-        if (auto st = apply_notifications(*batch); !st) {
+        if (auto st = apply_notifications(*batch); !st.ok()) {
           spdlog::warn("fleet index refresh failed: {}; reloading", st.error().message);
           reload = true;  // a notification not applied: only a full reload catches up
           mark_stale();
@@ -153,7 +153,7 @@ Status Fleet::apply_notifications(const std::vector<Notification>& batch) {
     hosts.insert(n.payload);
   }
   for (const auto& h : hosts)
-    if (auto st = refresh_host(h); !st) return st;
+    if (auto st = refresh_host(h); !st.ok()) return st;
   notified_++;
   return {};
 }
@@ -173,7 +173,7 @@ Status Fleet::rebuild() {
       for (const auto& r : page) fresh.apply(r);
       return Status{};
     });
-    if (!st) return st;
+    if (!st.ok()) return st;
     index_.replace_with(fresh);
     signal_changed();
   }  // the old contents, now in `fresh`, are freed here
@@ -184,7 +184,7 @@ Status Fleet::rebuild() {
 Status Fleet::refresh_host(std::string_view host) {
   MutexLock lock(refresh_mu_);
   auto rec = store_->get_host(host);
-  if (!rec) return rec.error();
+  if (!rec.ok()) return rec.error();
   if (!*rec) {
     index_.remove(host);
     signal_changed();
@@ -221,29 +221,29 @@ bool Fleet::wait_for_index(const std::function<bool(const HostIndex&)>& pred,
 
 Result<HostRecord> Fleet::report(const AgentReport& r, std::optional<std::int64_t> expected) {
   auto rec = store_->report(r, expected);
-  if (!rec) return rec;
-  if (auto st = apply_written(*rec); !st) return st.error();
+  if (!rec.ok()) return rec;
+  if (auto st = apply_written(*rec); !st.ok()) return st.error();
   return rec;
 }
 
 Result<HostRecord> Fleet::add_operator_trait(std::string_view host, std::string_view trait,
                                              std::int64_t expected) {
   auto rec = store_->add_operator_trait(host, trait, expected);
-  if (!rec) return rec;
-  if (auto st = apply_written(*rec); !st) return st.error();
+  if (!rec.ok()) return rec;
+  if (auto st = apply_written(*rec); !st.ok()) return st.error();
   return rec;
 }
 
 Result<HostRecord> Fleet::remove_operator_trait(std::string_view host, std::string_view trait,
                                                 std::int64_t expected) {
   auto rec = store_->remove_operator_trait(host, trait, expected);
-  if (!rec) return rec;
-  if (auto st = apply_written(*rec); !st) return st.error();
+  if (!rec.ok()) return rec;
+  if (auto st = apply_written(*rec); !st.ok()) return st.error();
   return rec;
 }
 
 Status Fleet::delete_host(std::string_view host, std::optional<std::int64_t> expected) {
-  if (auto st = store_->delete_host(host, expected); !st) return st;
+  if (auto st = store_->delete_host(host, expected); !st.ok()) return st;
   return refresh_host(host);
 }
 
@@ -255,7 +255,7 @@ Result<Drift> Fleet::check_drift() {
     for (auto& name : index_.compare(page, seen)) d.hosts.push_back(std::move(name));
     return Status{};
   });
-  if (!st) return st.error();
+  if (!st.ok()) return st.error();
   for (auto& name : index_.unseen(seen)) d.hosts.push_back(std::move(name));
   d.index_hosts = index_.host_count();
   std::sort(d.hosts.begin(), d.hosts.end());

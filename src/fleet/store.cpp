@@ -141,16 +141,16 @@ class SqlFleetStore final : public FleetStore {
 Status SqlFleetStore::migrate() {
   auto c = pool_.acquire();
   Transaction t(*c);
-  if (auto st = t.begin(); !st) return st;
+  if (auto st = t.begin(); !st.ok()) return st;
   if (dialect() == Dialect::postgresql)  // replicas starting together migrate one at a time
-    if (auto r = c->exec("SELECT pg_advisory_xact_lock(7663700001)", {}); !r) return r.error();
-  if (auto r = c->exec("CREATE TABLE IF NOT EXISTS fleet_schema (version BIGINT NOT NULL)", {}); !r)
+    if (auto r = c->exec("SELECT pg_advisory_xact_lock(7663700001)", {}); !r.ok()) return r.error();
+  if (auto r = c->exec("CREATE TABLE IF NOT EXISTS fleet_schema (version BIGINT NOT NULL)", {}); !r.ok())
     return r.error();
   auto v = c->exec("SELECT version FROM fleet_schema", {});
-  if (!v) return v.error();
+  if (!v.ok()) return v.error();
   std::int64_t version = 0;
   if (v->rows.empty()) {
-    if (auto r = c->exec("INSERT INTO fleet_schema (version) VALUES (0)", {}); !r) return r.error();
+    if (auto r = c->exec("INSERT INTO fleet_schema (version) VALUES (0)", {}); !r.ok()) return r.error();
   } else {
     version = to_i64(v->rows[0][0]);
   }
@@ -162,8 +162,8 @@ Status SqlFleetStore::migrate() {
   for (const auto& m : migrations()) {
     if (m.version <= version) continue;
     for (auto sql : m.statements)
-      if (auto r = c->exec(dialect_sql(sql, dialect()), {}); !r) return r.error();
-    if (auto r = c->exec("UPDATE fleet_schema SET version = $1", {std::int64_t{m.version}}); !r)
+      if (auto r = c->exec(dialect_sql(sql, dialect()), {}); !r.ok()) return r.error();
+    if (auto r = c->exec("UPDATE fleet_schema SET version = $1", {std::int64_t{m.version}}); !r.ok())
       return r.error();
   }
   return t.commit();
@@ -172,7 +172,7 @@ Status SqlFleetStore::migrate() {
 Result<int> SqlFleetStore::schema_version() {
   auto c = pool_.acquire();
   auto v = c->exec("SELECT version FROM fleet_schema", {});
-  if (!v) return v.error();
+  if (!v.ok()) return v.error();
   return v->rows.empty() ? 0 : static_cast<int>(to_i64(v->rows[0][0]));
 }
 
@@ -183,7 +183,7 @@ Result<std::optional<HostRow>> SqlFleetStore::lock_host(SqlConn& c, std::string_
             "FOR UPDATE"
           : "SELECT id, uuid, generation, agent_version, api_url FROM fleet_hosts WHERE name = $1";
   auto r = c.exec(sql, {std::string(name)});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   if (r->rows.empty()) return std::optional<HostRow>();
   const auto& row = r->rows[0];
   return std::optional<HostRow>(HostRow{to_i64(row[0]), row[1], to_i64(row[2]), row[3], row[4]});
@@ -193,7 +193,7 @@ Result<std::int64_t> SqlFleetStore::trait_id(SqlConn& c, std::string_view name, 
   if (create)
     if (auto r = c.exec("INSERT INTO fleet_traits (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
                         {std::string(name)});
-        !r)
+        !r.ok())
       return r.error();
   // Creating: locked against another writer's sweep until this transaction
   // ends (PostgreSQL), as in write_agent_state.
@@ -201,7 +201,7 @@ Result<std::int64_t> SqlFleetStore::trait_id(SqlConn& c, std::string_view name, 
   auto r = c.exec(lock ? "SELECT id FROM fleet_traits WHERE name = $1 FOR KEY SHARE"
                        : "SELECT id FROM fleet_traits WHERE name = $1",
                   {std::string(name)});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   if (r->rows.empty() && create)
     return conflict("trait name " + std::string(name) + " was removed while this write added it: retry");
   if (r->rows.empty()) return std::int64_t{-1};
@@ -211,14 +211,14 @@ Result<std::int64_t> SqlFleetStore::trait_id(SqlConn& c, std::string_view name, 
 Status SqlFleetStore::bump(SqlConn& c, const HostRow& row, std::string_view name) {
   auto r = c.exec("UPDATE fleet_hosts SET generation = generation + 1 WHERE id = $1 AND generation = $2",
                   {row.id, row.generation});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   if (r->affected != 1) return conflict("host " + std::string(name) + " changed under this write: retry");
   return {};
 }
 
 Result<HostRecord> SqlFleetStore::load_host(SqlConn& c, std::int64_t id) {
   auto hosts = load_hosts(c, "WHERE id = $1", {id});
-  if (!hosts) return hosts.error();
+  if (!hosts.ok()) return hosts.error();
   if (hosts->empty()) return make_error(Errc::not_found, "host id " + std::to_string(id) + " vanished");
   return std::move(hosts->front());
 }
@@ -228,7 +228,7 @@ Result<std::vector<HostRecord>> SqlFleetStore::load_hosts(SqlConn& c, const std:
   auto h = c.exec("SELECT id, uuid, name, generation, last_seen_ms, agent_version, api_url FROM fleet_hosts " +
                       where,
                   params);
-  if (!h) return h.error();
+  if (!h.ok()) return h.error();
   std::vector<HostRecord> out;
   out.reserve(h->rows.size());
   std::unordered_map<std::int64_t, std::size_t> at;  // host id -> position in out
@@ -243,7 +243,7 @@ Result<std::vector<HostRecord>> SqlFleetStore::load_hosts(SqlConn& c, const std:
       "WHERE ht.host_id IN " +
           ids,
       params);
-  if (!t) return t.error();
+  if (!t.ok()) return t.error();
   for (const auto& tr : t->rows)
     if (auto it = at.find(to_i64(tr[0])); it != at.end())
       out[it->second].traits.push_back({tr[1], trait_owner_from_string(tr[2]).value_or(TraitOwner::agent)});
@@ -252,12 +252,12 @@ Result<std::vector<HostRecord>> SqlFleetStore::load_hosts(SqlConn& c, const std:
       "WHERE host_id IN " +
           ids,
       params);
-  if (!inv) return inv.error();
+  if (!inv.ok()) return inv.error();
   for (const auto& ir : inv->rows) {
     auto it = at.find(to_i64(ir[0]));
     if (it == at.end()) continue;
     auto rc = resource_class_from_string(ir[1]);
-    if (!rc) return rc.error();
+    if (!rc.ok()) return rc.error();
     out[it->second].inventories[static_cast<std::size_t>(*rc)] =
         Inventory{to_i64(ir[2]), to_i64(ir[3]), std::strtod(ir[4].c_str(), nullptr), to_i64(ir[5])};
   }
@@ -271,7 +271,7 @@ Result<std::optional<HostRecord>> SqlFleetStore::unchanged_record(SqlConn& c, co
                                                                    const std::vector<std::string>& traits) {
   if (row.agent_version != r.agent_version || row.api_url != r.api_url) return std::optional<HostRecord>();
   auto rec = load_host(c, row.id);
-  if (!rec) return rec.error();
+  if (!rec.ok()) return rec.error();
   std::vector<std::string> have;
   for (const auto& t : rec->traits)
     if (t.owner == TraitOwner::agent) have.push_back(t.name);
@@ -299,7 +299,7 @@ Status insert_batches(SqlConn& c, std::string_view head, std::size_t width,
     }
     sql += tail;
     auto res = c.exec(sql, params);
-    if (!res) return res.error();
+    if (!res.ok()) return res.error();
     each(*res);
   }
   return {};
@@ -309,9 +309,9 @@ Status SqlFleetStore::write_agent_state(SqlConn& c, std::int64_t id, const Agent
                                         const std::vector<std::string>& traits,
                                         std::vector<std::int64_t>& released) {
   auto old = c.exec("DELETE FROM fleet_host_traits WHERE host_id = $1 AND owner = 'agent' RETURNING trait_id", {id});
-  if (!old) return old.error();
+  if (!old.ok()) return old.error();
   for (const auto& row : old->rows) released.push_back(to_i64(row[0]));
-  if (auto d = c.exec("DELETE FROM fleet_inventories WHERE host_id = $1", {id}); !d) return d.error();
+  if (auto d = c.exec("DELETE FROM fleet_inventories WHERE host_id = $1", {id}); !d.ok()) return d.error();
   // A few statements per batch of names, not three per name: a report's
   // cost grows with its own traits in rows, not in round trips. Sorted names:
   // concurrent writers take the name rows' locks in one order.
@@ -335,11 +335,11 @@ Status SqlFleetStore::write_agent_state(SqlConn& c, std::int64_t id, const Agent
     for (int attempt = 0; attempt < 3; ++attempt) {
       if (auto w = c.exec("INSERT INTO fleet_traits (name) VALUES " + values + " ON CONFLICT (name) DO NOTHING",
                           names);
-          !w)
+          !w.ok())
         return w.error();
       if (all_there) break;
       auto locked = c.exec("SELECT id FROM fleet_traits WHERE name IN (" + in + ") FOR KEY SHARE", names);
-      if (!locked) return locked.error();
+      if (!locked.ok()) return locked.error();
       if ((all_there = locked->rows.size() == n)) break;
     }
     if (!all_there)
@@ -349,7 +349,7 @@ Status SqlFleetStore::write_agent_state(SqlConn& c, std::int64_t id, const Agent
                     "fleet_traits WHERE name IN (" +
                         in_after_id + ") ON CONFLICT DO NOTHING",
                     names);
-    if (!l) return l.error();
+    if (!l.ok()) return l.error();
   }
   for (auto rc : kAllResourceClasses) {
     const auto& inv = r.inventories[static_cast<std::size_t>(rc)];
@@ -358,7 +358,7 @@ Status SqlFleetStore::write_agent_state(SqlConn& c, std::int64_t id, const Agent
             "INSERT INTO fleet_inventories (host_id, resource_class, total, reserved, allocation_ratio, "
             "used) VALUES ($1, $2, $3, $4, $5, $6)",
             {id, std::string(to_string(rc)), inv->total, inv->reserved, inv->allocation_ratio, inv->used});
-        !i)
+        !i.ok())
       return i.error();
   }
   return {};
@@ -369,7 +369,7 @@ Result<std::int64_t> SqlFleetStore::create_host(SqlConn& c, const AgentReport& r
       "INSERT INTO fleet_hosts (uuid, name, generation, last_seen_ms, agent_version, api_url) "
       "VALUES ($1, $2, 1, $3, $4, $5) RETURNING id",
       {r.uuid, r.name, r.seen_at_ms, r.agent_version, r.api_url});
-  if (!ins) {
+  if (!ins.ok()) {
     if (ins.error().code != Errc::already_exists) return ins.error();
     return conflict(
         "cannot register host " + r.name + ": uuid " + r.uuid +
@@ -380,20 +380,20 @@ Result<std::int64_t> SqlFleetStore::create_host(SqlConn& c, const AgentReport& r
 }
 
 Result<HostRecord> SqlFleetStore::report(const AgentReport& r, std::optional<std::int64_t> expected) {
-  if (auto st = check_report(r); !st) return st.error();
+  if (auto st = check_report(r); !st.ok()) return st.error();
   const auto traits = sorted_unique(r.traits);
   auto c = pool_.acquire();
   Transaction t(*c);
-  if (auto st = t.begin(); !st) return st.error();
+  if (auto st = t.begin(); !st.ok()) return st.error();
   auto row = lock_host(*c, r.name);
-  if (!row) return row.error();
+  if (!row.ok()) return row.error();
   std::int64_t id = 0;
   bool changed = true;
   std::optional<HostRecord> heartbeat;  // the stored record, when nothing but last_seen changes
   if (!*row) {
     if (expected && *expected != 0) return stale(r.name, 0, *expected);
     auto created = create_host(*c, r);
-    if (!created) return created.error();
+    if (!created.ok()) return created.error();
     id = *created;
   } else {
     const HostRow& h = **row;
@@ -404,29 +404,29 @@ Result<HostRecord> SqlFleetStore::report(const AgentReport& r, std::optional<std
     if (expected && *expected != h.generation) return stale(r.name, h.generation, *expected);
     id = h.id;
     auto same = unchanged_record(*c, h, r, traits);
-    if (!same) return same.error();
+    if (!same.ok()) return same.error();
     heartbeat = std::move(*same);
     changed = !heartbeat;
     if (changed)
-      if (auto st = bump(*c, h, r.name); !st) return st.error();
+      if (auto st = bump(*c, h, r.name); !st.ok()) return st.error();
     if (auto u = c->exec(
             "UPDATE fleet_hosts SET last_seen_ms = $1, agent_version = $2, api_url = $3 WHERE id = $4",
             {r.seen_at_ms, r.agent_version, r.api_url, id});
-        !u)
+        !u.ok())
       return u.error();
   }
   std::vector<std::int64_t> released;
   if (changed)
-    if (auto st = write_agent_state(*c, id, r, traits, released); !st) return st.error();
-  if (auto st = c->notify(kNotifyChannel, r.name); !st) return st.error();
+    if (auto st = write_agent_state(*c, id, r, traits, released); !st.ok()) return st.error();
+  if (auto st = c->notify(kNotifyChannel, r.name); !st.ok()) return st.error();
   if (heartbeat) {  // read once already: only last_seen is new
     heartbeat->last_seen_ms = r.seen_at_ms;
-    if (auto st = t.commit(); !st) return st.error();
+    if (auto st = t.commit(); !st.ok()) return st.error();
     return std::move(*heartbeat);
   }
   auto rec = load_host(*c, id);
-  if (!rec) return rec.error();
-  if (auto st = t.commit(); !st) return st.error();
+  if (!rec.ok()) return rec.error();
+  if (auto st = t.commit(); !st.ok()) return st.error();
   forget_if_unheld(*c, released);
   return rec;
 }
@@ -447,41 +447,41 @@ void SqlFleetStore::forget_if_unheld(SqlConn& c, const std::vector<std::int64_t>
       sql += (k == 0 ? "$" : ", $") + std::to_string(k + 1);
     }
     sql += ") AND NOT EXISTS (SELECT 1 FROM fleet_host_traits ht WHERE ht.trait_id = fleet_traits.id)";
-    if (auto d = c.exec(sql, params); !d)
+    if (auto d = c.exec(sql, params); !d.ok())
       spdlog::info("fleet: {} trait name(s) kept for the next sweep: {}", n, d.error().message);
   }
 }
 
 Result<HostRecord> SqlFleetStore::operator_write(std::string_view host, std::string_view trait,
                                                  std::int64_t expected, bool add) {
-  if (auto st = check_operator_trait_name(trait); !st) return st.error();
+  if (auto st = check_operator_trait_name(trait); !st.ok()) return st.error();
   auto c = pool_.acquire();
   Transaction t(*c);
-  if (auto st = t.begin(); !st) return st.error();
+  if (auto st = t.begin(); !st.ok()) return st.error();
   auto row = lock_host(*c, host);
-  if (!row) return row.error();
+  if (!row.ok()) return row.error();
   if (!*row) return make_error(Errc::not_found, "no host " + quote_for_error(host) + " in the fleet");
   const HostRow& h = **row;
   if (h.generation != expected) return stale(host, h.generation, expected);
   auto tid = trait_id(*c, trait, add);
-  if (!tid) return tid.error();
+  if (!tid.ok()) return tid.error();
   auto has = c->exec("SELECT 1 FROM fleet_host_traits WHERE host_id = $1 AND trait_id = $2", {h.id, *tid});
-  if (!has) return has.error();
+  if (!has.ok()) return has.error();
   const bool present = !has->rows.empty();
   if (!add && !present)
     return make_error(Errc::not_found,
                       "host " + std::string(host) + " does not have trait " + std::string(trait));
   if (add && present) return load_host(*c, h.id);  // nothing to change; the transaction rolls back
-  if (auto st = bump(*c, h, host); !st) return st.error();
+  if (auto st = bump(*c, h, host); !st.ok()) return st.error();
   auto w =
       add ? c->exec("INSERT INTO fleet_host_traits (host_id, trait_id, owner) VALUES ($1, $2, 'operator')",
                     {h.id, *tid})
           : c->exec("DELETE FROM fleet_host_traits WHERE host_id = $1 AND trait_id = $2", {h.id, *tid});
-  if (!w) return w.error();
-  if (auto st = c->notify(kNotifyChannel, host); !st) return st.error();
+  if (!w.ok()) return w.error();
+  if (auto st = c->notify(kNotifyChannel, host); !st.ok()) return st.error();
   auto rec = load_host(*c, h.id);
-  if (!rec) return rec.error();
-  if (auto st = t.commit(); !st) return st.error();
+  if (!rec.ok()) return rec.error();
+  if (auto st = t.commit(); !st.ok()) return st.error();
   if (!add) forget_if_unheld(*c, {*tid});
   return rec;
 }
@@ -499,17 +499,17 @@ Result<HostRecord> SqlFleetStore::remove_operator_trait(std::string_view host, s
 Status SqlFleetStore::delete_host(std::string_view host, std::optional<std::int64_t> expected) {
   auto c = pool_.acquire();
   Transaction t(*c);
-  if (auto st = t.begin(); !st) return st;
+  if (auto st = t.begin(); !st.ok()) return st;
   auto row = lock_host(*c, host);
-  if (!row) return row.error();
+  if (!row.ok()) return row.error();
   if (!*row) return make_error(Errc::not_found, "no host " + quote_for_error(host) + " in the fleet");
   if (expected && *expected != (*row)->generation) return stale(host, (*row)->generation, *expected);
   auto links = c->exec("DELETE FROM fleet_host_traits WHERE host_id = $1 RETURNING trait_id", {(*row)->id});
-  if (!links) return links.error();
+  if (!links.ok()) return links.error();
   for (const char* sql : {"DELETE FROM fleet_inventories WHERE host_id = $1", "DELETE FROM fleet_hosts WHERE id = $1"})
-    if (auto d = c->exec(sql, {(*row)->id}); !d) return d.error();
-  if (auto st = c->notify(kNotifyChannel, host); !st) return st;
-  if (auto st = t.commit(); !st) return st;
+    if (auto d = c->exec(sql, {(*row)->id}); !d.ok()) return d.error();
+  if (auto st = c->notify(kNotifyChannel, host); !st.ok()) return st;
+  if (auto st = t.commit(); !st.ok()) return st;
   std::vector<std::int64_t> released;
   for (const auto& r : links->rows) released.push_back(to_i64(r[0]));
   forget_if_unheld(*c, released);
@@ -519,12 +519,12 @@ Status SqlFleetStore::delete_host(std::string_view host, std::optional<std::int6
 Result<std::optional<HostRecord>> SqlFleetStore::get_host(std::string_view host) {
   auto c = pool_.acquire();
   Transaction t(*c);  // one snapshot for the three reads
-  if (auto st = t.begin_read(); !st) return st.error();
+  if (auto st = t.begin_read(); !st.ok()) return st.error();
   auto r = c->exec("SELECT id FROM fleet_hosts WHERE name = $1", {std::string(host)});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   if (r->rows.empty()) return std::optional<HostRecord>();
   auto rec = load_host(*c, to_i64(r->rows[0][0]));
-  if (!rec) return rec.error();
+  if (!rec.ok()) return rec.error();
   return std::optional<HostRecord>(std::move(*rec));
 }
 
@@ -536,36 +536,36 @@ Status SqlFleetStore::scan_hosts(std::size_t page_hosts, const PageVisitor& each
     {  // one transaction a page, and the connection back in the pool between pages
       auto c = pool_.acquire();
       Transaction t(*c);
-      if (auto st = t.begin_read(); !st) return st;
+      if (auto st = t.begin_read(); !st.ok()) return st;
       auto hosts = load_hosts(*c, where, {after});
-      if (!hosts) return hosts.error();
+      if (!hosts.ok()) return hosts.error();
       page = std::move(*hosts);
     }
     if (page.empty()) return {};
     after = page.back().name;
     const bool last = page.size() < page_hosts;
-    if (auto st = each(page); !st) return st;
+    if (auto st = each(page); !st.ok()) return st;
     if (last) return {};
   }
 }
 
 Status check_import(const HostRecord& h) {
-  if (auto st = check_host_name(h.name); !st) return st;
-  if (auto st = check_uuid(h.uuid); !st) return st;
+  if (auto st = check_host_name(h.name); !st.ok()) return st;
+  if (auto st = check_uuid(h.uuid); !st.ok()) return st;
   for (const auto& t : h.traits)
-    if (auto st = check_trait_name(t.name); !st) return st;
+    if (auto st = check_trait_name(t.name); !st.ok()) return st;
   for (auto rc : kAllResourceClasses)
     if (const auto& inv = h.inventories[static_cast<std::size_t>(rc)])
-      if (auto st = check_inventory(rc, *inv); !st) return st;
+      if (auto st = check_inventory(rc, *inv); !st.ok()) return st;
   return {};
 }
 
 Status SqlFleetStore::import_hosts(const std::vector<HostRecord>& hosts) {
   for (const auto& h : hosts)
-    if (auto st = check_import(h); !st) return st;
+    if (auto st = check_import(h); !st.ok()) return st;
   auto c = pool_.acquire();
   Transaction t(*c);
-  if (auto st = t.begin(); !st) return st;
+  if (auto st = t.begin(); !st.ok()) return st;
   std::vector<SqlValue> v;
   for (const auto& h : hosts)
     for (SqlValue x : std::initializer_list<SqlValue>{h.uuid, h.name, std::max<std::int64_t>(h.generation, 1),
@@ -578,12 +578,12 @@ Status SqlFleetStore::import_hosts(const std::vector<HostRecord>& hosts) {
                            6, v, " RETURNING id, name", [&](const SqlResult& r) {
                              for (const auto& row : r.rows) host_ids[row[1]] = to_i64(row[0]);
                            });
-  if (!st) return st;
+  if (!st.ok()) return st;
   for (const auto& h : hosts)
     for (const auto& tr : h.traits)
       if (!trait_ids.contains(tr.name)) {
         auto id = trait_id(*c, tr.name, true);
-        if (!id) return id.error();
+        if (!id.ok()) return id.error();
         trait_ids[tr.name] = *id;
       }
   v.clear();
@@ -594,7 +594,7 @@ Status SqlFleetStore::import_hosts(const std::vector<HostRecord>& hosts) {
         v.push_back(std::move(x));
   if (st = insert_batches(*c, "INSERT INTO fleet_host_traits (host_id, trait_id, owner) VALUES", 3, v, "",
                           [](const SqlResult&) {});
-      !st)
+      !st.ok())
     return st;
   v.clear();
   for (const auto& h : hosts)
@@ -608,9 +608,9 @@ Status SqlFleetStore::import_hosts(const std::vector<HostRecord>& hosts) {
                           "INSERT INTO fleet_inventories (host_id, resource_class, total, reserved, "
                           "allocation_ratio, used) VALUES",
                           6, v, "", [](const SqlResult&) {});
-      !st)
+      !st.ok())
     return st;
-  if (st = c->notify(kNotifyChannel, kNotifyEverything); !st) return st;
+  if (st = c->notify(kNotifyChannel, kNotifyEverything); !st.ok()) return st;
   return t.commit();
 }
 
@@ -622,7 +622,7 @@ Result<std::size_t> SqlFleetStore::forget_unheld_traits() {
   auto r = c->exec("DELETE FROM fleet_traits WHERE NOT EXISTS "
                    "(SELECT 1 FROM fleet_host_traits ht WHERE ht.trait_id = fleet_traits.id)",
                    {});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   return static_cast<std::size_t>(r->affected);
 }
 
@@ -636,20 +636,20 @@ CredentialRecord credential_row(const std::vector<std::string>& row) {
 Status SqlFleetStore::add_credential(const CredentialRecord& cr) {
   auto c = pool_.acquire();
   Transaction t(*c);
-  if (auto st = t.begin(); !st) return st;
+  if (auto st = t.begin(); !st.ok()) return st;
   auto ins = c->exec("INSERT INTO fleet_credentials (" + std::string(kCredentialColumns) +
                          ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                      {cr.id, std::string(to_string(cr.role)), cr.host, cr.salt, cr.hash, cr.created_ms,
                       cr.revoked_ms, cr.note});
-  if (!ins) return ins.error();
-  if (auto u = c->exec("UPDATE fleet_credentials_version SET version = version + 1", {}); !u) return u.error();
+  if (!ins.ok()) return ins.error();
+  if (auto u = c->exec("UPDATE fleet_credentials_version SET version = version + 1", {}); !u.ok()) return u.error();
   return t.commit();
 }
 
 Result<std::vector<CredentialRecord>> SqlFleetStore::list_credentials() {
   auto c = pool_.acquire();
   auto r = c->exec("SELECT " + std::string(kCredentialColumns) + " FROM fleet_credentials ORDER BY created_ms, id", {});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   std::vector<CredentialRecord> out;
   out.reserve(r->rows.size());
   for (const auto& row : r->rows) out.push_back(credential_row(row));
@@ -659,25 +659,25 @@ Result<std::vector<CredentialRecord>> SqlFleetStore::list_credentials() {
 Result<CredentialRecord> SqlFleetStore::revoke_credential(std::string_view id, std::int64_t now_ms) {
   auto c = pool_.acquire();
   Transaction t(*c);
-  if (auto st = t.begin(); !st) return st.error();
+  if (auto st = t.begin(); !st.ok()) return st.error();
   auto u = c->exec("UPDATE fleet_credentials SET revoked_ms = $1 WHERE id = $2 AND revoked_ms = 0",
                    {now_ms, std::string(id)});
-  if (!u) return u.error();
+  if (!u.ok()) return u.error();
   if (u->affected > 0)
-    if (auto v = c->exec("UPDATE fleet_credentials_version SET version = version + 1", {}); !v) return v.error();
+    if (auto v = c->exec("UPDATE fleet_credentials_version SET version = version + 1", {}); !v.ok()) return v.error();
   auto r = c->exec("SELECT " + std::string(kCredentialColumns) + " FROM fleet_credentials WHERE id = $1",
                    {std::string(id)});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   if (r->rows.empty())
     return make_error(Errc::not_found, "no credential " + quote_for_error(id) + " (see `virtcap fleet token list`)");
-  if (auto st = t.commit(); !st) return st.error();
+  if (auto st = t.commit(); !st.ok()) return st.error();
   return credential_row(r->rows[0]);
 }
 
 Result<std::int64_t> SqlFleetStore::credentials_version() {
   auto c = pool_.acquire();
   auto r = c->exec("SELECT version FROM fleet_credentials_version", {});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   return r->rows.empty() ? std::int64_t{0} : to_i64(r->rows[0][0]);
 }
 
@@ -690,7 +690,7 @@ Result<std::vector<HostRecord>> FleetStore::list_hosts() {
     std::move(page.begin(), page.end(), std::back_inserter(all));
     return Status{};
   });
-  if (!st) return st.error();
+  if (!st.ok()) return st.error();
   // Byte order, as the index's snapshot sorts (the database's collation may differ).
   std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
   return all;
@@ -705,14 +705,14 @@ Result<std::unique_ptr<FleetStore>> open_fleet_store(const std::string& url, con
   if (url.starts_with("sqlite://")) {
     target = url.substr(9);
     auto c = open_sqlite(target, options.busy_timeout);
-    if (!c) return c.error();
+    if (!c.ok()) return c.error();
     conns.push_back(std::move(*c));
   } else if (url.starts_with("postgresql://") || url.starts_with("postgres://")) {
     target = url;
     health = std::make_shared<DbHealth>();
     for (std::size_t i = 0; i < std::max<std::size_t>(options.connections, 1); ++i) {
       auto c = open_postgres(target, health);
-      if (!c) return c.error();
+      if (!c.ok()) return c.error();
       conns.push_back(std::move(*c));
     }
   } else {
@@ -721,7 +721,7 @@ Result<std::unique_ptr<FleetStore>> open_fleet_store(const std::string& url, con
                                                   "... is neither sqlite://PATH nor postgresql://...");
   }
   auto store = std::make_unique<SqlFleetStore>(target, std::move(conns), std::move(health));
-  if (auto st = store->migrate(); !st) return st.error();
+  if (auto st = store->migrate(); !st.ok()) return st.error();
   return std::unique_ptr<FleetStore>(std::move(store));
 }
 

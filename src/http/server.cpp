@@ -215,9 +215,9 @@ Result<std::string> check_listen(const Options& o) {
   const std::string& section = o.config_section;
   auto hp = config::split_listen(o.listen);
   if (!hp) return make_error(Errc::invalid_argument, section + " listen '" + o.listen + "' is not HOST:PORT");
-  if (auto st = check_tls_pair(o.tls_cert, o.tls_key, section); !st) return st.error();
+  if (auto st = check_tls_pair(o.tls_cert, o.tls_key, section); !st.ok()) return st.error();
   if (auto st = check_tls_priority(o.tls_priority.empty() ? config::kDefaultTlsPriority : o.tls_priority, section);
-      !st)
+      !st.ok())
     return st.error();
   if (config::is_loopback(hp->first)) return std::string();
   if (o.anonymous_access && !o.anonymous_access->empty())
@@ -297,13 +297,13 @@ Result<int> listen_socket(const std::string& listen) {
 
 Result<int> Server::bind() {
   auto warning = check_listen(opts_);
-  if (!warning) return warning.error();
+  if (!warning.ok()) return warning.error();
   if (!warning->empty()) spdlog::warn("{}", *warning);
   fit_open_file_limit(opts_.max_connections, opts_.config_section);
   const auto hp = config::split_listen(opts_.listen);
   listen_host_ = lower(hp->first);
   auto tls = load_tls(opts_.tls_cert, opts_.tls_key, opts_.config_section, now_seconds());
-  if (!tls) return tls.error();
+  if (!tls.ok()) return tls.error();
   if (tls.value()) {
     if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
       return make_error(Errc::invalid_argument, "this libmicrohttpd was built without TLS support");
@@ -312,7 +312,7 @@ Result<int> Server::bind() {
     spdlog::info("TLS: serving the certificate of {} (valid until {})", tls.value()->subject,
                  utc_text(tls.value()->not_after));
     auto ca = load_client_ca(opts_.tls_client_ca, opts_.config_section);
-    if (!ca) return ca.error();
+    if (!ca.ok()) return ca.error();
     tls_client_ca_pem_ = std::move(*ca);
     if (!tls_client_ca_pem_.empty())
       spdlog::info("TLS: client certificates signed by {} are verified", opts_.tls_client_ca);
@@ -324,7 +324,7 @@ Result<int> Server::bind() {
     listen_fd_ = std::exchange(opts_.listen_fd, -1);
   } else {
     auto fd = listen_socket(opts_.listen);
-    if (!fd) return fd.error();
+    if (!fd.ok()) return fd.error();
     listen_fd_ = fd.value();
   }
   sockaddr_storage ss{};
@@ -490,7 +490,7 @@ void Server::stop() {
 Status Server::reload_tls() {
   if (!daemon_ || tls_cert_pem_.empty()) return {};  // plain HTTP: nothing to reload
   auto tls = load_tls(opts_.tls_cert, opts_.tls_key, opts_.config_section, now_seconds());
-  if (!tls) return tls.error();
+  if (!tls.ok()) return tls.error();
   if (!tls.value())  // load_tls refuses one file without the other; both gone cannot be
     return make_error(Errc::invalid_argument, "TLS files not reloaded: tls_cert and tls_key are empty");
   if (tls.value()->cert_pem == tls_cert_pem_ && tls.value()->key_pem == tls_key_pem_) {

@@ -123,7 +123,7 @@ std::string where(const MountPlace& p) {
 Result<CacheDir> open_cache_dir(const std::string& instances_path, std::string_view name, CreateDir create) {
   const std::string path = instances_path + "/" + std::string(name);
   if (create == CreateDir::yes) {
-    if (Status st = make_dirs(path); !st) return st.error();
+    if (Status st = make_dirs(path); !st.ok()) return st.error();
   }
   Fd top(::open(instances_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!top.valid()) {
@@ -156,14 +156,14 @@ Result<CacheDir> open_cache_dir(const std::string& instances_path, std::string_v
 
 Result<BaseFileLock> BaseFileLock::acquire(const BaseCache& cache, std::string_view base_file_name) {
   auto locks = open_cache_dir(cache.instances_path, kLockDirName, CreateDir::yes);
-  if (!locks) return locks.error();
+  if (!locks.ok()) return locks.error();
   return acquire_in(*locks, base_file_name, cache.lock_timeout_seconds);
 }
 
 Result<BaseFileLock> BaseFileLock::acquire_in(const CacheDir& locks, std::string_view base_file_name,
                                               int timeout_seconds) {
   auto l = lock_named(locks, base_file_name, LockMode::wait, timeout_seconds, [](int fd) { return BaseFileLock(fd); });
-  if (!l) return l.error();
+  if (!l.ok()) return l.error();
   return std::move(**l);
 }
 
@@ -223,7 +223,7 @@ Result<std::uint64_t> copy_file_synced(const std::string& src, const std::string
   // Never readable by other users: a base holds a guest's data (docs/imagecache.md).
   Fd out(::open(dst.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (out.get() < 0) return io_error("cannot create " + dst, errno);
-  if (Status s = access.apply(out.get(), false, dst); !s) return s.error();
+  if (Status s = access.apply(out.get(), false, dst); !s.ok()) return s.error();
   const auto total = static_cast<std::uint64_t>(st.st_size);
   // Only the data ranges are copied (SEEK_DATA / SEEK_HOLE), so a sparse
   // image stays sparse; the length is set at the end, holes and all.
@@ -242,7 +242,7 @@ Result<std::uint64_t> copy_file_synced(const std::string& src, const std::string
     }
     const auto from = static_cast<std::uint64_t>(data);
     if (from >= total) break;
-    if (Status s = copy_range(in.get(), out.get(), from, end - from, src, dst); !s) return s.error();
+    if (Status s = copy_range(in.get(), out.get(), from, end - from, src, dst); !s.ok()) return s.error();
     at = end;
   }
   if (::ftruncate(out.get(), static_cast<off_t>(total)) != 0) return io_error("cannot size " + dst, errno);
@@ -264,10 +264,10 @@ Result<EnsureOutcome> ensure_base_locked(const BaseCache& cache, std::string_vie
     out.bytes = static_cast<std::uint64_t>(st.st_size);
   } else {
     if (errno != ENOENT) return io_error("cannot stat base file " + out.base_path, errno);
-    if (Status s = make_dirs(cache.base_dir, cache.access); !s) return s.error();
+    if (Status s = make_dirs(cache.base_dir, cache.access); !s.ok()) return s.error();
     const std::string tmp = out.base_path + std::string(kTempMarker) + random_suffix();
     auto copied = copy_file_synced(source, tmp, cache.access);
-    if (!copied) {
+    if (!copied.ok()) {
       ::unlink(tmp.c_str());
       return copied.error();
     }
@@ -276,11 +276,11 @@ Result<EnsureOutcome> ensure_base_locked(const BaseCache& cache, std::string_vie
       ::unlink(tmp.c_str());
       return io_error("cannot rename " + tmp + " to " + out.base_path, err);
     }
-    if (Status s = fsync_dir(cache.base_dir); !s) return s.error();
+    if (Status s = fsync_dir(cache.base_dir); !s.ok()) return s.error();
     out.fetched = true;
     out.bytes = copied.value();
   }
-  if (Status s = touch(out.base_path); !s) return s.error();
+  if (Status s = touch(out.base_path); !s.ok()) return s.error();
   return out;
 }
 

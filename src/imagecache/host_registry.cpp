@@ -31,7 +31,7 @@ Status register_host(const std::string& instances_path, const std::string& host)
   // Written only inside a real directory on the cache's mount (a symlinked
   // or mounted `hosts` is refused), and only relative to it.
   auto dir = open_cache_dir(instances_path, "hosts", CreateDir::yes);
-  if (!dir) return dir.error();
+  if (!dir.ok()) return dir.error();
   const std::string name = host + ".json", tmp = name + ".tmp-" + std::to_string(::getpid());
   const std::string path = dir->path + "/" + name;
   const auto now = now_seconds();

@@ -38,8 +38,8 @@ class FleetApiTest : public ::testing::TestWithParam<Backend> {
                      const std::string& token = "") {
     api::Client c(server_, token);
     auto r = c.call(method, path, body);
-    EXPECT_TRUE(r.ok()) << (r ? "" : r.error().message);
-    return r ? *r : api::Response{};
+    EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().message);
+    return r.ok() ? *r : api::Response{};
   }
 
   virtcap::testing::TempDir dir_{"virtcap-fleet-api"};

@@ -52,8 +52,8 @@ class FleetStoreTest : public ::testing::TestWithParam<Backend> {
   }
   std::unique_ptr<Fleet> open_fleet() {
     auto f = Fleet::open({.database_url = url_, .host_down_after = 180s, .store = {}, .listen = true});
-    EXPECT_TRUE(f.ok()) << (f ? "" : f.error().message);
-    return f ? std::move(*f) : nullptr;
+    EXPECT_TRUE(f.ok()) << (f.ok() ? "" : f.error().message);
+    return f.ok() ? std::move(*f) : nullptr;
   }
   // The database, the live index and a freshly rebuilt index agree exactly.
   void expect_all_agree(Fleet& fleet) {
@@ -412,7 +412,7 @@ TEST_P(FleetStoreTest, ConcurrentReportsAndOperatorEditsLoseNothing) {
         for (int t = 0; t < 6; ++t)
           if (rng() % 2) traits.push_back("COMPUTE_T" + std::to_string(t));
         auto r = fleet->report(report_for(n, traits, static_cast<std::int64_t>(rng() % 8)));
-        if (!r) {
+        if (!r.ok()) {
           errors++;
           ADD_FAILURE() << r.error().message;
           return;
@@ -436,13 +436,13 @@ TEST_P(FleetStoreTest, ConcurrentReportsAndOperatorEditsLoseNothing) {
           present = op_state[{n, trait}];
         }
         auto h = via.store().get_host("host" + std::to_string(n));
-        if (!h || !*h) {
+        if (!h.ok() || !*h) {
           errors++;
           return;
         }
         auto r = present ? via.remove_operator_trait("host" + std::to_string(n), trait, (*h)->generation)
                          : via.add_operator_trait("host" + std::to_string(n), trait, (*h)->generation);
-        if (!r) {
+        if (!r.ok()) {
           if (r.error().code == Errc::conflict) {
             conflicts++;
             continue;  // stale: re-read and retry

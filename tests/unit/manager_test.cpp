@@ -235,6 +235,33 @@ TEST(Manager, ReadsCapabilitiesOnceAtStart) {
   EXPECT_EQ(drv->reads, reads_at_start);
 }
 
+TEST(Manager, EveryCapabilityDecisionIsARowOfKRequirements) {
+  // has_imagecache gates the pass, its task and the host registration;
+  // max_vcpus bounds a boot's vcpus: both through the table.
+  EXPECT_TRUE(requirement(Operation::manage_image_cache).capability == &Capabilities::has_imagecache);
+  EXPECT_TRUE(requirement(Operation::boot_vcpus).limit == &Capabilities::max_vcpus);
+  Capabilities capped;
+  capped.max_vcpus = 2;
+  Harness h(capped, test_config(), "fake_capped");
+  EXPECT_FALSE(h.mgr->allows(Operation::manage_image_cache));
+  EXPECT_EQ(h.mgr->limit(Operation::boot_vcpus), 2);
+  EXPECT_EQ(h.mgr->limit(Operation::attach_interface), 0);  // not a limit
+  auto three = h.mgr->boot("vm", "img", 256, 3);
+  ASSERT_FALSE(three.ok());
+  EXPECT_EQ(three.error().code, Errc::invalid_argument);
+  EXPECT_EQ(three.error().message, "vcpus must be from 1 to 2 (driver 'fake_capped' max_vcpus), got 3");
+  EXPECT_TRUE(h.mgr->boot("vm", "img", 256, 2).ok());
+  const auto skipped = h.mgr->run_image_cache_pass();
+  EXPECT_EQ(skipped.kind, TaskOutcome::Kind::skipped);
+  EXPECT_EQ(skipped.message, "driver 'fake_capped' does not declare capability has_imagecache");
+  Capabilities unlimited;
+  unlimited.has_imagecache = true;
+  Harness u(unlimited);
+  EXPECT_TRUE(u.mgr->allows(Operation::manage_image_cache));
+  EXPECT_EQ(u.mgr->limit(Operation::boot_vcpus), 0);
+  EXPECT_TRUE(u.mgr->boot("big", "img", 256, 4096).ok());
+}
+
 TEST(Manager, RefusesAnOperationUpFrontNamingTheCapability) {
   Harness h(Capabilities{}, test_config(), "fake_minimal");
   auto rec = h.mgr->boot("vm", "img", 256, 1);
@@ -270,13 +297,13 @@ TEST(Manager, AllowedOperationsReachTheDriver) {
   Harness h(fake::kFake);
   auto rec = h.mgr->boot("vm", "img", 256, 2);
   ASSERT_TRUE(rec.ok());
-  EXPECT_EQ(rec->vm_state, "active");
+  EXPECT_EQ(rec->vm_state, VmState::active);
   auto nic = h.mgr->attach_interface(rec->uuid, {.tag = "nic1"});
   ASSERT_TRUE(nic.ok()) << nic.error().describe();
   EXPECT_TRUE(h.mgr->detach_interface(rec->uuid, nic->mac).ok());
   EXPECT_TRUE(h.mgr->reboot(rec->uuid).ok());
   EXPECT_TRUE(h.mgr->destroy(rec->uuid).ok());
-  EXPECT_EQ(h.store.get_instance(rec->uuid)->vm_state, "deleted");
+  EXPECT_EQ(h.store.get_instance(rec->uuid)->vm_state, VmState::deleted);
   EXPECT_EQ(h.mgr->reboot("nope").error().code, Errc::not_found);
 }
 
@@ -505,7 +532,7 @@ TEST(Manager, PowerSyncMarksLostInstancesWithoutDeletingThem) {
   EXPECT_EQ(out.kind, TaskOutcome::Kind::ran);
   auto after = h.store.get_instance(rec->uuid);
   ASSERT_TRUE(after.ok());
-  EXPECT_EQ(after->vm_state, "lost");
+  EXPECT_EQ(after->vm_state, VmState::lost);
   EXPECT_EQ(after->deleted_at, 0);
 }
 
@@ -522,7 +549,7 @@ TEST(Manager, PowerSyncStopsBetweenInstances) {
   }
   const auto lost = [&] {
     int n = 0;
-    for (const auto& u : uuids) n += h.store.get_instance(u)->vm_state == "lost";
+    for (const auto& u : uuids) n += h.store.get_instance(u)->vm_state == VmState::lost;
     return n;
   };
   std::stop_source stop;

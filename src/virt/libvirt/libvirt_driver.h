@@ -44,7 +44,7 @@ Capabilities discover(virConnectPtr conn, Capabilities base);
 void apply_domain_capabilities(const std::string& xml, Capabilities& caps);
 
 // [libvirt] overlay_writer: how spawn writes an instance's qcow2 overlay.
-enum class OverlayWriter { native, qemu_img };
+using config::OverlayWriter;
 
 class LibvirtDriver : public ComputeDriver {
  public:

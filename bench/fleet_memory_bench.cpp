@@ -242,13 +242,19 @@ double pct(const std::vector<double>& v, double p) {
   return v.empty() ? 0 : v[std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())))];
 }
 
-bool report_flood(virtcap::testing::PgCluster& cluster, int seconds) {
-  auto url = cluster.create_database();
-  if (!url.ok()) die(url.error().message);
-  load(*url, 1000);
+// On PostgreSQL (1,000 other hosts) or on SQLite, the embedded default (empty).
+bool report_flood(virtcap::testing::PgCluster& cluster, int seconds, bool postgres) {
   virtcap::testing::TempDir dir("virtcap-flood");
+  std::string url = "sqlite://" + dir.sub("fleet.sqlite");
+  if (postgres) {
+    auto db = cluster.create_database();
+    if (!db.ok()) die(db.error().message);
+    url = *db;
+    load(url, 1000);
+  }
+  std::printf("\nflood on %s\n", postgres ? "PostgreSQL" : "SQLite");
   const std::string cfg = dir.write("fleet.toml", "[fleet_service]\nlisten = \"127.0.0.1:0\"\ndatabase = \"" +
-                                                      *url + "\"\nanonymous_role = \"operator\"\n");
+                                                      url + "\"\nanonymous_role = \"operator\"\n");
   virtcap::testing::Agent svc(virtcap::testing::Agent::fleet_service(cfg));
   if (!svc.running()) die("the fleet service did not start: " + svc.exit_output().err);
   const std::string pid = std::to_string(svc.pid());
@@ -281,7 +287,7 @@ bool report_flood(virtcap::testing::PgCluster& cluster, int seconds) {
   flooder.join();
   sampler.join();
   const auto after = rss_of(pid);
-  std::printf("\nflood: %d s, %lld PUTs of 512 new trait names (%lld refused), %lld names in all\n", seconds,
+  std::printf("  %d s, %lld PUTs of 512 new trait names (%lld refused), %lld names in all\n", seconds,
               static_cast<long long>(flood_puts.load()), static_cast<long long>(flood_refused.load()),
               static_cast<long long>(flood_puts.load()) * 512);
   std::printf("  service RSS: idle %.1f MiB, max during the flood %.1f MiB (%.2fx idle; goal < 2x), after %.1f MiB\n",
@@ -322,8 +328,11 @@ int main(int argc, char** argv) {
   }
   auto cluster = virtcap::testing::PgCluster::start();
   if (!cluster.ok()) die("cannot start PostgreSQL: " + cluster.error().message);
+  g_cluster = std::move(*cluster);
   bool ok = true;
-  for (const int n : sizes) ok = report_start_and_drift(**cluster, n) && ok;
-  if (flood_seconds > 0) ok = report_flood(**cluster, flood_seconds) && ok;
+  for (const int n : sizes) ok = report_start_and_drift(*g_cluster, n) && ok;
+  if (flood_seconds > 0)
+    for (const bool postgres : {false, true}) ok = report_flood(*g_cluster, flood_seconds, postgres) && ok;
+  g_cluster.reset();
   return ok ? 0 : 1;
 }

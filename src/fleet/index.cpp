@@ -572,9 +572,10 @@ Result<HostExplanation> HostIndex::explain_host(const Query& q, std::string_view
 IndexedHost HostIndex::indexed_of(std::uint32_t slot) const {
   const Slot& s = slots_[slot];
   IndexedHost h{names_[slot], uuid_text(s.uuid), s.generation, s.last_seen_ms, {}, {}};
-  for (const auto t : slot_traits_[slot].ids())
+  slot_traits_[slot].for_each([&](std::uint32_t t) {
     h.traits.push_back(
         {trait_names_[t], is_custom_trait(trait_names_[t]) ? TraitOwner::operator_ : TraitOwner::agent});
+  });
   std::sort(h.traits.begin(), h.traits.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
   for (std::size_t i = 0; i < kResourceClassCount; ++i)
     if (s.free[i] != kNoInventory) h.free[i] = s.free[i];

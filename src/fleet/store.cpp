@@ -279,6 +279,14 @@ Result<std::optional<HostRecord>> SqlFleetStore::unchanged_record(SqlConn& c, co
   return std::optional<HostRecord>(std::move(*rec));
 }
 
+// "$first, $first+1, ...": n parameters, numbered in order of appearance
+// (SQLite numbers "$N" so).
+std::string placeholders(std::size_t first, std::size_t n) {
+  std::string out;
+  for (std::size_t k = 0; k < n; ++k) out += (k == 0 ? "$" : ", $") + std::to_string(first + k);
+  return out;
+}
+
 // Multi-row INSERT of `rows` (each `width` values) in batches, with `tail`
 // appended to each statement; calls `each` with every batch's result.
 template <class Each>
@@ -291,12 +299,7 @@ Status insert_batches(SqlConn& c, std::string_view head, std::size_t width,
     std::string sql(head);
     std::vector<SqlValue> params(values.begin() + static_cast<std::ptrdiff_t>(start * width),
                                  values.begin() + static_cast<std::ptrdiff_t>((start + n) * width));
-    for (std::size_t r = 0; r < n; ++r) {
-      sql += r == 0 ? " (" : ", (";
-      for (std::size_t k = 0; k < width; ++k)
-        sql += (k == 0 ? "$" : ", $") + std::to_string(r * width + k + 1);
-      sql += ")";
-    }
+    for (std::size_t r = 0; r < n; ++r) sql += (r == 0 ? " (" : ", (") + placeholders(r * width + 1, width) + ")";
     sql += tail;
     auto res = c.exec(sql, params);
     if (!res.ok()) return res.error();
@@ -318,37 +321,32 @@ Status SqlFleetStore::write_agent_state(SqlConn& c, std::int64_t id, const Agent
   constexpr std::size_t kBatch = 500;
   for (std::size_t start = 0; start < traits.size(); start += kBatch) {
     const std::size_t n = std::min(kBatch, traits.size() - start);
-    // Placeholders in order of appearance (SQLite numbers "$N" so).
-    std::string values, in, in_after_id;  // "($1), ($2)", "$1, $2", "$2, $3"
-    std::vector<SqlValue> names;
-    for (std::size_t k = 0; k < n; ++k) {
-      names.push_back(traits[start + k]);
-      values += (k == 0 ? "($" : ", ($") + std::to_string(k + 1) + ")";
-      in += (k == 0 ? "$" : ", $") + std::to_string(k + 1);
-      in_after_id += (k == 0 ? "$" : ", $") + std::to_string(k + 2);
-    }
+    const std::vector<SqlValue> names(traits.begin() + static_cast<std::ptrdiff_t>(start),
+                                      traits.begin() + static_cast<std::ptrdiff_t>(start + n));
     // Another writer's sweep (forget_if_unheld) may delete a name between
     // these statements (PostgreSQL; SQLite has one writer). So the names are
     // locked against deletion (FOR KEY SHARE) before they are linked, and a
     // name deleted before the lock is written again.
     bool all_there = dialect() != Dialect::postgresql;
     for (int attempt = 0; attempt < 3; ++attempt) {
-      if (auto w = c.exec("INSERT INTO fleet_traits (name) VALUES " + values + " ON CONFLICT (name) DO NOTHING",
-                          names);
+      if (auto w = insert_batches(c, "INSERT INTO fleet_traits (name) VALUES", 1, names,
+                                  " ON CONFLICT (name) DO NOTHING", [](const SqlResult&) {});
           !w.ok())
-        return w.error();
+        return w;
       if (all_there) break;
-      auto locked = c.exec("SELECT id FROM fleet_traits WHERE name IN (" + in + ") FOR KEY SHARE", names);
+      auto locked =
+          c.exec("SELECT id FROM fleet_traits WHERE name IN (" + placeholders(1, n) + ") FOR KEY SHARE", names);
       if (!locked.ok()) return locked.error();
       if ((all_there = locked->rows.size() == n)) break;
     }
     if (!all_there)
       return conflict("trait names of host " + r.name + " were removed while this report wrote them: retry");
-    names.insert(names.begin(), id);
+    std::vector<SqlValue> links{id};
+    links.insert(links.end(), names.begin(), names.end());
     auto l = c.exec("INSERT INTO fleet_host_traits (host_id, trait_id, owner) SELECT $1, id, 'agent' FROM "
                     "fleet_traits WHERE name IN (" +
-                        in_after_id + ") ON CONFLICT DO NOTHING",
-                    names);
+                        placeholders(2, n) + ") ON CONFLICT DO NOTHING",
+                    links);
     if (!l.ok()) return l.error();
   }
   for (auto rc : kAllResourceClasses) {
@@ -440,14 +438,12 @@ void SqlFleetStore::forget_if_unheld(SqlConn& c, const std::vector<std::int64_t>
   constexpr std::size_t kBatch = 500;
   for (std::size_t start = 0; start < ids.size(); start += kBatch) {
     const std::size_t n = std::min(kBatch, ids.size() - start);
-    std::string sql = "DELETE FROM fleet_traits WHERE id IN (";
-    std::vector<SqlValue> params;
-    for (std::size_t k = 0; k < n; ++k) {
-      params.push_back(ids[start + k]);
-      sql += (k == 0 ? "$" : ", $") + std::to_string(k + 1);
-    }
-    sql += ") AND NOT EXISTS (SELECT 1 FROM fleet_host_traits ht WHERE ht.trait_id = fleet_traits.id)";
-    if (auto d = c.exec(sql, params); !d.ok())
+    const std::vector<SqlValue> params(ids.begin() + static_cast<std::ptrdiff_t>(start),
+                                       ids.begin() + static_cast<std::ptrdiff_t>(start + n));
+    if (auto d = c.exec("DELETE FROM fleet_traits WHERE id IN (" + placeholders(1, n) +
+                            ") AND NOT EXISTS (SELECT 1 FROM fleet_host_traits ht WHERE ht.trait_id = fleet_traits.id)",
+                        params);
+        !d.ok())
       spdlog::info("fleet: {} trait name(s) kept for the next sweep: {}", n, d.error().message);
   }
 }

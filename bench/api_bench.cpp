@@ -43,7 +43,7 @@ struct Agent {
       r.name = "vm-" + std::to_string(i);
       r.host = "bench";
       r.image_id = "image-" + std::to_string(i % 50);
-      r.vm_state = "active";
+      r.vm_state = VmState::active;
       r.created_at = i;
       rows.push_back(r);
     }
@@ -59,7 +59,7 @@ struct Agent {
     runner = std::make_unique<compute::PeriodicTaskRunner>(compute::PeriodicTaskRunner::Options{});
     server = std::make_unique<api::Server>(cfg, *mgr, *runner);
     port = server->bind().value();
-    if (!server->start()) std::abort();
+    if (!server->start().ok()) std::abort();
   }
   ~Agent() {
     server->stop();
@@ -141,7 +141,7 @@ void get_after_write_loop(benchmark::State& state, Agent& a) {
   c.set_keep_alive(true);
   c.set_tcp_nodelay(true);
   auto rec = a.store->get_instance("00000000-0000-4000-8000-100000000000");
-  if (!rec) return state.SkipWithError("seed record missing");
+  if (!rec.ok()) return state.SkipWithError("seed record missing");
   for (auto _ : state) {
     state.PauseTiming();
     ++rec->updated_at;

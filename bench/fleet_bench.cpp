@@ -20,6 +20,7 @@
 #include "http/client.h"
 #include "fleet/fleet.h"
 #include "fleet/service.h"
+#include "fleet_data.h"
 #include "ratio.h"
 #include "support/postgres_cluster.h"
 
@@ -29,50 +30,14 @@ using namespace virtcap;
 using namespace virtcap::fleet;
 using namespace std::chrono_literals;
 
-constexpr std::uint64_t kSeed = 20261126;
 constexpr int kHosts = 100000;
-constexpr int kCommon = 10, kRare = 200, kTraits = 400;
-
-std::string trait_name(int t) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%s_%03d", t < kCommon ? "COMMON" : t < kCommon + kRare ? "RARE" : "MID", t);
-  return buf;
-}
-
-// Per-trait probability: common 0.85-0.95, rare 0.001-0.009, mid 0.02-0.245.
-std::vector<double> trait_probabilities(std::mt19937_64& rng) {
-  std::vector<double> p(kTraits);
-  for (int t = 0; t < kTraits; ++t) {
-    const double u = std::uniform_real_distribution<double>(0, 1)(rng);
-    p[t] = t < kCommon ? 0.85 + 0.10 * u : t < kCommon + kRare ? 0.001 + 0.008 * u : 0.02 + 0.225 * u;
-  }
-  return p;
-}
-
-HostRecord make_host(int n, std::mt19937_64& rng, const std::vector<double>& p, std::int64_t now) {
-  HostRecord h;
-  h.name = "host-" + std::to_string(n);
-  char uuid[40];
-  std::snprintf(uuid, sizeof uuid, "%08x-0000-4000-8000-%012llx", static_cast<unsigned>(rng()),
-                static_cast<unsigned long long>(n));
-  h.uuid = uuid;
-  h.generation = 1;
-  h.last_seen_ms = now;
-  h.agent_version = "0.1.0";
-  h.api_url = "http://10.1." + std::to_string(n / 256 % 256) + "." + std::to_string(n % 256) + ":8080";
-  std::uniform_real_distribution<double> u(0, 1);
-  std::set<int> have;
-  for (int t = 0; t < kTraits; ++t)
-    if (u(rng) < p[t]) have.insert(t);
-  while (have.size() < 20)
-    have.insert(kCommon + kRare + static_cast<int>(rng() % (kTraits - kCommon - kRare)));
-  while (have.size() > 60) have.erase(std::prev(have.end()));
-  for (int t : have) h.traits.push_back({trait_name(t), TraitOwner::agent});
-  h.inventories[0] = Inventory{64, 4, 4.0, static_cast<std::int64_t>(rng() % 200)};
-  h.inventories[1] = Inventory{262144, 4096, 1.0, static_cast<std::int64_t>(rng() % 200000)};
-  h.inventories[2] = Inventory{2000, 100, 1.0, static_cast<std::int64_t>(rng() % 1500)};
-  return h;
-}
+using bench::kCommon;
+using bench::kRare;
+using bench::kSeed;
+using bench::kTraits;
+using bench::make_host;
+using bench::trait_name;
+using bench::trait_probabilities;
 
 struct BenchQuery {
   std::string name;
@@ -156,16 +121,16 @@ void load_fleet() {
     g.url = env;
   } else {
     auto c = testing::PgCluster::start();
-    if (!c) die("cannot start PostgreSQL: " + c.error().message);
+    if (!c.ok()) die("cannot start PostgreSQL: " + c.error().message);
     g.cluster = std::move(*c);
     auto db = g.cluster->create_database();
-    if (!db) die(db.error().message);
+    if (!db.ok()) die(db.error().message);
     g.url = *db;
   }
   auto store = open_fleet_store(g.url);
-  if (!store) die(store.error().message);
+  if (!store.ok()) die(store.error().message);
   auto existing = (*store)->list_hosts();
-  if (!existing || !existing->empty()) die("VIRTCAP_PG_URL must name an empty scratch database");
+  if (!existing.ok() || !existing->empty()) die("VIRTCAP_PG_URL must name an empty scratch database");
   std::mt19937_64 rng(kSeed);
   const auto p = trait_probabilities(rng);
   g.now = now_ms();
@@ -176,14 +141,14 @@ void load_fleet() {
     links += hosts.back().traits.size();
   }
   const auto t0 = std::chrono::steady_clock::now();
-  if (auto st = (*store)->import_hosts(hosts); !st) die(st.error().message);
+  if (auto st = (*store)->import_hosts(hosts); !st.ok()) die(st.error().message);
   auto sql = open_postgres(g.url);
-  if (!sql) die(sql.error().message);
+  if (!sql.ok()) die(sql.error().message);
   g.sql = std::move(*sql);
   (void)g.sql->exec("ANALYZE", {});
   const auto t1 = std::chrono::steady_clock::now();
   auto fleet = Fleet::open({.database_url = g.url, .host_down_after = 3600s, .store = {}, .listen = true});
-  if (!fleet) die(fleet.error().message);
+  if (!fleet.ok()) die(fleet.error().message);
   g.fleet = std::move(*fleet);
   const auto t2 = std::chrono::steady_clock::now();
   std::printf(
@@ -197,14 +162,14 @@ void load_fleet() {
   so.http.listen = "127.0.0.1:0";
   so.auth.anonymous = fleet::Role::operator_;  // measured without credentials, as before
   auto svc = FleetService::open(so);
-  if (!svc) die(svc.error().message);
+  if (!svc.ok()) die(svc.error().message);
   auto port = (*svc)->bind();
-  if (!port) die(port.error().message);
-  if (auto st = (*svc)->start(); !st) die(st.error().message);
+  if (!port.ok()) die(port.error().message);
+  if (auto st = (*svc)->start(); !st.ok()) die(st.error().message);
   g.service = std::move(*svc);
   g.service_url = "http://127.0.0.1:" + std::to_string(*port);
   auto ids = g.sql->exec("SELECT name, id FROM fleet_traits", {});
-  if (!ids) die(ids.error().message);
+  if (!ids.ok()) die(ids.error().message);
   for (const auto& row : ids->rows) g_trait_ids[row[0]] = std::stoll(row[1]);
   g.queries.push_back(make_query("Q1", {trait_name(0), trait_name(1)}, {}, {}));
   g.queries.push_back(
@@ -216,7 +181,7 @@ void load_fleet() {
 
 std::vector<std::int64_t> run_sql(const BenchQuery& b) {
   auto r = g.sql->exec(b.sql, b.params);
-  if (!r) die(r.error().message);
+  if (!r.ok()) die(r.error().message);
   std::vector<std::int64_t> out;
   out.reserve(r->rows.size());
   for (const auto& row : r->rows) out.push_back(std::stoll(row[0]));
@@ -226,7 +191,7 @@ std::vector<std::int64_t> run_sql(const BenchQuery& b) {
 // Untimed: both answers as host names must be equal.
 void check_equal() {
   auto names = g.sql->exec("SELECT id, name FROM fleet_hosts", {});
-  if (!names) die(names.error().message);
+  if (!names.ok()) die(names.error().message);
   std::map<std::int64_t, std::string> by_id;
   for (const auto& row : names->rows) by_id[std::stoll(row[0])] = row[1];
   for (const auto& b : g.queries) {
@@ -238,7 +203,7 @@ void check_equal() {
           std::to_string(ix.size()) + ")");
     http::Client c(g.service_url);
     auto r = c.request("GET", http_path(b.q));
-    if (!r) die(b.name + " over HTTP: " + r.error().message);
+    if (!r.ok()) die(b.name + " over HTTP: " + r.error().message);
     std::set<std::string> listed;
     for (const auto& h : (*r)["hosts"]) listed.insert(h["name"].get<std::string>());
     if ((*r)["matched"].get<std::size_t>() != a.size() || listed.size() != std::min<std::size_t>(100, a.size()) ||
@@ -279,7 +244,7 @@ void BM_Http(benchmark::State& state, std::size_t i) {
   const std::string path = http_path(g.queries[i].q);
   for (auto _ : state) {
     auto r = c.call("GET", path);
-    if (!r || r->status != 200) {
+    if (!r.ok() || r->status != 200) {
       state.SkipWithError("GET /v1/hosts failed");
       break;
     }
@@ -309,14 +274,14 @@ void report_million_host_memory() {
 // this process's index shows it, counted from the writer's COMMIT.
 void report_notify_latency() {
   auto writer = open_fleet_store(g.url, {});
-  if (!writer) die(writer.error().message);
+  if (!writer.ok()) die(writer.error().message);
   std::vector<double> ms;
   for (int i = 0; i < 20; ++i) {
     const std::string host = "host-" + std::to_string(i * 4999);
     const std::string trait = "CUSTOM_BENCH_" + std::to_string(i);
     auto h = (*writer)->get_host(host);
-    if (!h || !*h) die("no " + host);
-    if (auto r = (*writer)->add_operator_trait(host, trait, (*h)->generation); !r) die(r.error().message);
+    if (!h.ok() || !*h) die("no " + host);
+    if (auto r = (*writer)->add_operator_trait(host, trait, (*h)->generation); !r.ok()) die(r.error().message);
     const auto committed = std::chrono::steady_clock::now();
     Query q;
     q.required = {trait};

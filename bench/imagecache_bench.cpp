@@ -238,8 +238,8 @@ struct Fixture {
     // The template overlay, by qemu-img.
     const std::string tmpl_path = root + "/template.qcow2";
     auto made = proc::run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base_paths[0], tmpl_path});
-    if (!made || made->exit_code != 0)
-      die("qemu-img create: " + (made ? made->err : made.error().describe()));
+    if (!made.ok() || made->exit_code != 0)
+      die("qemu-img create: " + (made.ok() ? made->err : made.error().describe()));
     std::vector<std::uint8_t> bytes;
     {
       std::ifstream in(tmpl_path, std::ios::binary);
@@ -279,7 +279,7 @@ struct Fixture {
       r.uuid = uuid_of(i);
       r.host = "bench-host";
       r.image_id = image_id_of(j);
-      r.vm_state = "active";
+      r.vm_state = VmState::active;
       live.push_back(std::move(r));
     }
 
@@ -291,7 +291,7 @@ struct Fixture {
       const std::string path = instances + "/" + uuid_of(i) + "/disk";
       const std::string& want = base_paths[static_cast<std::size_t>(i % n_bases)];
       auto out = proc::run({"qemu-img", "info", "--output=json", path});
-      if (!out || out->exit_code != 0) die("qemu-img info " + path + ": " + (out ? out->err : out.error().describe()));
+      if (!out.ok() || out->exit_code != 0) die("qemu-img info " + path + ": " + (out.ok() ? out->err : out.error().describe()));
       const auto j = nlohmann::json::parse(out->out);
       if (j.value("format", "") != "qcow2" || j.value("backing-filename", "") != want ||
           j.value("backing-filename-format", "") != "raw")
@@ -433,7 +433,8 @@ std::string check_report(const ImageCacheReport& r, const Fixture& f, std::size_
            " directories, expected " + std::to_string(f.disks);
   if (r.files.size() != bases) return "pass listed " + std::to_string(r.files.size()) + " base files";
   for (const auto& b : r.files)
-    if (b.state != "in_use") return "base " + b.name + " is " + b.state + " (" + b.reason + ")";
+    if (b.state != BaseFileState::in_use)
+      return "base " + b.name + " is " + std::string(to_string(b.state)) + " (" + b.reason + ")";
   return {};
 }
 
@@ -526,7 +527,7 @@ void BM_Baseline_QemuImgInfoPerDisk(benchmark::State& state) {
     std::set<std::string> in_use;
     for (const auto& p : f.disk_paths) {
       auto out = proc::run({"qemu-img", "info", "--force-share", "--output=json", p});
-      if (!out || out->exit_code != 0) {
+      if (!out.ok() || out->exit_code != 0) {
         state.SkipWithError(("qemu-img info failed on " + p).c_str());
         return;
       }

@@ -72,7 +72,7 @@ void BM_ColdFetch(benchmark::State& state) {
     fs::remove(cache.base_path(w.id(state.range(0))));
     state.ResumeTiming();
     auto r = imagecache::ensure_base_locked(cache, w.id(state.range(0)), w.image(state.range(0)));
-    if (!r) state.SkipWithError(r.error().message.c_str());
+    if (!r.ok()) state.SkipWithError(r.error().message.c_str());
   }
   label(state);
 }
@@ -86,7 +86,7 @@ void BM_PlainCp(benchmark::State& state) {
     fs::remove(dst);
     state.ResumeTiming();
     auto r = proc::run({"cp", w.image(state.range(0)), dst});
-    if (!r || r->exit_code != 0) state.SkipWithError("cp failed");
+    if (!r.ok() || r->exit_code != 0) state.SkipWithError("cp failed");
   }
   label(state);
 }
@@ -103,7 +103,7 @@ void BM_CpAndSync(benchmark::State& state) {
     state.ResumeTiming();
     auto r = proc::run({"cp", w.image(state.range(0)), dst});
     auto s = proc::run({"sync", dst});
-    if (!r || r->exit_code != 0 || !s || s->exit_code != 0) state.SkipWithError("cp/sync failed");
+    if (!r.ok() || r->exit_code != 0 || !s.ok() || s->exit_code != 0) state.SkipWithError("cp/sync failed");
   }
   label(state);
 }
@@ -115,7 +115,7 @@ void BM_WarmBase(benchmark::State& state) {
   (void)imagecache::with_base(cache, "small", w.image_10m, [](const auto&) { return Status{}; });
   for (auto _ : state) {
     auto r = imagecache::with_base(cache, "small", w.image_10m, [](const auto&) { return Status{}; });
-    if (!r) state.SkipWithError(r.error().message.c_str());
+    if (!r.ok()) state.SkipWithError(r.error().message.c_str());
   }
 }
 BENCHMARK(BM_WarmBase)->Unit(benchmark::kMicrosecond)->UseRealTime();
@@ -143,7 +143,7 @@ void BM_OverlayCreateQemuImg(benchmark::State& state) {
     fs::remove(disk);
     state.ResumeTiming();
     auto r = proc::run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base->base_path, partial});
-    if (!r || r->exit_code != 0) state.SkipWithError("qemu-img create failed");
+    if (!r.ok() || r->exit_code != 0) state.SkipWithError("qemu-img create failed");
     if (d != imagecache::Durability::none && !imagecache::fsync_file(partial, {}).ok()) state.SkipWithError("fsync failed");
     if (!imagecache::rename_into_place(partial, disk, d).ok()) state.SkipWithError("rename failed");
   }
@@ -164,7 +164,7 @@ void BM_OverlayCreateNative(benchmark::State& state) {
     fs::remove(disk);
     state.ResumeTiming();
     auto spec = imagecache::overlay_spec_for_base(base->base_path, "raw");
-    if (!spec || !imagecache::create_overlay(disk, *spec, d).ok()) state.SkipWithError("native overlay failed");
+    if (!spec.ok() || !imagecache::create_overlay(disk, *spec, d).ok()) state.SkipWithError("native overlay failed");
   }
   overlay_label(state);
 }
@@ -202,7 +202,7 @@ BENCHMARK(BM_DefineStart)->Unit(benchmark::kMicrosecond)->UseRealTime();
 void BM_SpawnWarm(benchmark::State& state) {
   auto& w = world();
   config::Config cfg = w.cfg;
-  cfg.libvirt.overlay_writer = state.range(0) ? "qemu-img" : "native";
+  cfg.libvirt.overlay_writer = state.range(0) ? config::OverlayWriter::qemu_img : config::OverlayWriter::native;
   libvirt::LibvirtDriver drv(cfg);
   if (!drv.init_host("bench").ok()) return state.SkipWithError("init_host failed");
   int n = 0;
@@ -215,7 +215,7 @@ void BM_SpawnWarm(benchmark::State& state) {
     (void)drv.destroy(uuid);
     state.ResumeTiming();
   }
-  state.SetLabel(cfg.libvirt.overlay_writer);
+  state.SetLabel(std::string(config::to_string(cfg.libvirt.overlay_writer)));
 }
 BENCHMARK(BM_SpawnWarm)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 

@@ -36,7 +36,7 @@ struct InstancePageQuery {
   bool include_deleted = false;
   std::size_t limit = 1000;
   std::string marker;
-  std::string vm_state{};  // only instances in this vm_state; empty: any
+  std::optional<VmState> vm_state{};  // only instances in this vm_state; nullopt: any
   InstanceSortKey sort_key = InstanceSortKey::created_at;
   bool descending = false;
   // When set, a row passing the store's own filters is visited (and counted
@@ -54,7 +54,8 @@ struct InstanceRowView {
   std::string_view uuid, name, host, image_id;
   int memory_mb = 0;
   int vcpus = 0;
-  std::string_view vm_state, task_state;
+  VmState vm_state = VmState::building;
+  TaskState task_state = TaskState::none;
   std::int64_t created_at = 0, updated_at = 0, deleted_at = 0;
 };
 

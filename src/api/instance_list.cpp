@@ -11,16 +11,15 @@
 #include <utility>
 #include <vector>
 
-#include "http/server.h"
 #include "common/json_text.h"
+#include "common/strings.h"
 #include "common/utf8.h"
+#include "http/server.h"
 
 namespace virtcap::api {
 
 namespace {
 
-// The vm_states the manager writes (src/compute/manager.cpp).
-constexpr std::array<std::string_view, 5> kVmStates = {"building", "active", "error", "lost", "deleted"};
 constexpr std::array<PowerState, 6> kPowerStates = {PowerState::nostate,  PowerState::running, PowerState::paused,
                                                     PowerState::shutdown, PowerState::crashed, PowerState::suspended};
 constexpr std::array<std::string_view, 9> kParams = {"status",   "power_state", "name",  "sort_key", "sort_dir",
@@ -32,19 +31,16 @@ constexpr std::int64_t kRegexMemoryBytes = 2 * 1024 * 1024;
 constexpr std::size_t kMaxMarkerBytes = 64;
 
 Error bad_param(std::string_view param, const std::string& what) {
-  return make_error(Errc::invalid_argument, "parameter '" + std::string(param) + "' " + what);
+  return invalid_argument_error("parameter '" + std::string(param) + "' " + what);
 }
 
-template <class Names>
-std::string joined(const Names& names) {
-  std::string out;
-  for (const auto& n : names) (out += out.empty() ? "" : ", ") += n;
-  return out;
-}
-
-Result<bool> parse_bool(std::string_view param, const std::string& v) {
-  if (v == "true" || v == "1") return true;
-  if (v == "false" || v == "0") return false;
+// A true/false parameter's value.
+struct Flag {
+  bool on = false;
+};
+Result<Flag> parse_flag(std::string_view param, const std::string& v) {
+  if (v == "true" || v == "1") return Flag{true};
+  if (v == "false" || v == "0") return Flag{false};
   return bad_param(param, "must be true or false, not '" + v + "'");
 }
 
@@ -64,21 +60,24 @@ Result<std::shared_ptr<const re2::RE2>> parse_name_pattern(const std::string& v)
 // Sets one parameter of `q`; invalid_argument naming it on a bad value.
 Status apply_param(ListQuery& q, const std::string& k, const std::string& v) {
   if (k == "status") {
-    if (std::find(kVmStates.begin(), kVmStates.end(), v) == kVmStates.end())
-      return bad_param(k, "must be one of " + joined(kVmStates) + ", not '" + v + "'");
-    q.page.vm_state = v;
+    q.page.vm_state = vm_state_from_string(v);
+    if (!q.page.vm_state) {
+      std::vector<std::string_view> names;
+      for (VmState s : kAllVmStates) names.push_back(to_string(s));
+      return bad_param(k, "must be one of " + join(names) + ", not '" + v + "'");
+    }
   } else if (k == "power_state") {
     for (PowerState s : kPowerStates)
       if (to_string(s) == v) q.power_state = s;
     if (!q.power_state) {
       std::vector<std::string_view> names;
       for (PowerState s : kPowerStates) names.push_back(to_string(s));
-      return bad_param(k, "must be one of " + joined(names) + ", not '" + v + "'");
+      return bad_param(k, "must be one of " + join(names) + ", not '" + v + "'");
     }
   } else if (k == "name") {
     if (v.empty()) return {};
     auto re = parse_name_pattern(v);
-    if (!re) return re.error();
+    if (!re.ok()) return re.error();
     q.name = std::move(re.value());
   } else if (k == "sort_key") {
     const auto key = parse_sort_key(v);
@@ -88,9 +87,9 @@ Status apply_param(ListQuery& q, const std::string& k, const std::string& v) {
     if (v != "asc" && v != "desc") return bad_param(k, "must be asc or desc, not '" + v + "'");
     q.page.descending = v == "desc";
   } else if (k == "long" || k == "deleted") {
-    auto b = parse_bool(k, v);
-    if (!b) return b.error();
-    (k == "long" ? q.long_view : q.page.include_deleted) = *b;
+    auto b = parse_flag(k, v);
+    if (!b.ok()) return b.error();
+    (k == "long" ? q.long_view : q.page.include_deleted) = b->on;
   } else if (k == "limit") {
     std::size_t n = 0;
     const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
@@ -103,7 +102,7 @@ Status apply_param(ListQuery& q, const std::string& k, const std::string& v) {
     q.page.marker = v;
   } else {
     return make_error(Errc::invalid_argument,
-                      "unknown query parameter '" + k + "'; GET /v1/instances takes " + joined(kParams));
+                      "unknown query parameter '" + k + "'; GET /v1/instances takes " + join(kParams));
   }
   return {};
 }
@@ -173,8 +172,8 @@ void put_int(std::string& out, std::int64_t v) {
 Result<ListQuery> parse_list_query(const std::map<std::string, std::string>& params) {
   ListQuery q;
   for (const auto& [k, v] : params)
-    if (auto st = apply_param(q, k, v); !st) return st.error();
-  if (q.page.vm_state == "deleted") q.page.include_deleted = true;  // what else could it mean
+    if (auto st = apply_param(q, k, v); !st.ok()) return st.error();
+  if (q.page.vm_state == VmState::deleted) q.page.include_deleted = true;  // what else could it mean
   return q;
 }
 
@@ -204,8 +203,8 @@ void append_instance_json(std::string& out, const InstanceRowView& r, const std:
     else put_string(out, *power_state);
   }
   out += ",\"task_state\":";
-  if (r.task_state.empty()) out += "null";
-  else put_string(out, r.task_state);
+  if (r.task_state == TaskState::none) out += "null";
+  else put_string(out, to_string(r.task_state));
   out += ",\"updated_at\":";
   put_int(out, r.updated_at);
   out += ",\"uuid\":";
@@ -213,7 +212,7 @@ void append_instance_json(std::string& out, const InstanceRowView& r, const std:
   out += ",\"vcpus\":";
   put_int(out, r.vcpus);
   out += ",\"vm_state\":";
-  put_string(out, r.vm_state);
+  put_string(out, to_string(r.vm_state));
   out += '}';
 }
 

@@ -7,12 +7,12 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "common/mutex.h"
 #include "compute/manager.h"
 #include "virtcap/driver.h"
 #include "virtcap/store.h"
@@ -63,9 +63,9 @@ class ListPageCache {
     Body body;
     std::uint64_t used = 0;
   };
-  std::mutex mu_;
-  std::vector<Entry> entries_;
-  std::uint64_t clock_ = 0;
+  Mutex mu_;
+  std::vector<Entry> entries_ GUARDED_BY(mu_);
+  std::uint64_t clock_ GUARDED_BY(mu_) = 0;
 };
 
 // The whole response body of GET /v1/instances with these parameters:

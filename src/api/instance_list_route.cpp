@@ -10,7 +10,7 @@
 namespace virtcap::api {
 
 ListPageCache::Body ListPageCache::find(const std::string& key, const ContentsVersion& version) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   for (auto& e : entries_)
     if (e.key == key) {
       if (e.version != version) return nullptr;
@@ -22,7 +22,7 @@ ListPageCache::Body ListPageCache::find(const std::string& key, const ContentsVe
 
 void ListPageCache::keep(std::string key, const ContentsVersion& version, Body body) {
   if (!body || body->size() > kMaxBodyBytes) return;
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Entry* slot = nullptr;
   for (auto& e : entries_)
     if (e.key == key) slot = &e;
@@ -65,7 +65,7 @@ Result<ListPageCache::Body> list_instances_body(compute::ComputeManager& mgr,
   if (plain)
     if (auto hit = look_up()) return hit;
   auto q = parse_list_query(params);
-  if (!q) return q.error();
+  if (!q.ok()) return q.error();
   if (cache != nullptr && !plain && !q->long_view && !q->power_state)  // e.g. long=false
     if (auto hit = look_up()) return hit;
   // Power states come from the hypervisor, asked once per request and only
@@ -73,7 +73,7 @@ Result<ListPageCache::Body> list_instances_body(compute::ComputeManager& mgr,
   std::optional<std::map<std::string, PowerState, std::less<>>> powers;
   if (q->long_view || q->power_state) {
     auto p = mgr.power_states();
-    if (p) powers = std::move(p.value());
+    if (p.ok()) powers = std::move(p.value());
     else if (q->power_state) return p.error();
   }
   auto power_of = [&](std::string_view uuid) -> std::optional<PowerState> {
@@ -95,7 +95,7 @@ Result<ListPageCache::Body> list_instances_body(compute::ComputeManager& mgr,
     const auto ps = power_of(r.uuid);
     append_instance_json(out, r, ps ? to_string(*ps) : std::string_view());
   });
-  if (!info) return info.error();
+  if (!info.ok()) return info.error();
   out += "],\"next\":";
   if (info->more) {
     auto next = params;

@@ -1,10 +1,11 @@
 #include "api/json.h"
 
+#include "common/strings.h"
 #include "common/utf8.h"
 
 #include <cstdint>
 #include <cstdio>
-#include <regex>
+#include <string_view>
 
 namespace virtcap::api {
 
@@ -12,7 +13,9 @@ nlohmann::json to_json(const InstanceRecord& r) {
   return {{"uuid", r.uuid},           {"name", r.name},
           {"host", r.host},           {"image", r.image_id},
           {"memory_mb", r.memory_mb}, {"vcpus", r.vcpus},
-          {"vm_state", r.vm_state},   {"task_state", r.task_state.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.task_state)},
+          {"vm_state", std::string(to_string(r.vm_state))},
+          {"task_state", r.task_state == TaskState::none ? nlohmann::json(nullptr)
+                                                         : nlohmann::json(std::string(to_string(r.task_state)))},
           {"created_at", r.created_at}, {"updated_at", r.updated_at},
           {"deleted_at", r.deleted_at == 0 ? nlohmann::json(nullptr) : nlohmann::json(r.deleted_at)}};
 }
@@ -82,22 +85,18 @@ namespace {
 
 using json = nlohmann::json;
 
-Error bad_request(const std::string& message) { return make_error(Errc::invalid_argument, message); }
-
 // The request body as a JSON object, with only `allowed` fields.
 Result<json> body_object(const std::string& body, const std::vector<std::string>& allowed, bool empty_ok) {
   if (body.empty()) {
     if (empty_ok) return json::object();
-    return bad_request("request body is empty; expected a JSON object");
+    return invalid_argument_error("request body is empty; expected a JSON object");
   }
   json j = json::parse(body, nullptr, false);
-  if (j.is_discarded()) return bad_request("malformed JSON in the request body");
-  if (!j.is_object()) return bad_request("the request body must be a JSON object");
+  if (j.is_discarded()) return invalid_argument_error("malformed JSON in the request body");
+  if (!j.is_object()) return invalid_argument_error("the request body must be a JSON object");
   for (const auto& [k, v] : j.items()) {
     if (std::find(allowed.begin(), allowed.end(), k) == allowed.end()) {
-      std::string list;
-      for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
-      return bad_request("unknown field '" + k + "'; allowed fields: " + list);
+      return invalid_argument_error("unknown field '" + k + "'; allowed fields: " + join(allowed));
     }
   }
   return j;
@@ -105,26 +104,26 @@ Result<json> body_object(const std::string& body, const std::vector<std::string>
 
 Result<std::string> string_field(const json& j, const std::string& key, bool required, const std::string& def = "") {
   if (!j.contains(key)) {
-    if (required) return bad_request("field '" + key + "' is required");
+    if (required) return invalid_argument_error("field '" + key + "' is required");
     return def;
   }
-  if (!j[key].is_string()) return bad_request("field '" + key + "' must be a string");
+  if (!j[key].is_string()) return invalid_argument_error("field '" + key + "' must be a string");
   return j[key].get<std::string>();
 }
 
 // Any JSON integer (one past int64 is the int64 maximum: out of every range).
 Result<std::int64_t> integer_field(const json& j, const std::string& key, std::int64_t def) {
   if (!j.contains(key)) return def;
-  if (!j[key].is_number_integer()) return bad_request("field '" + key + "' must be an integer");
+  if (!j[key].is_number_integer()) return invalid_argument_error("field '" + key + "' must be an integer");
   if (j[key].is_number_unsigned() && j[key].get<std::uint64_t>() > std::uint64_t(INT64_MAX)) return INT64_MAX;
   return j[key].get<std::int64_t>();
 }
 
 Result<int> int_field(const json& j, const std::string& key, int def, int lo, int hi) {
   auto v = integer_field(j, key, def);
-  if (!v) return v.error();
+  if (!v.ok()) return v.error();
   if (*v < lo || *v > hi)
-    return bad_request("field '" + key + "' must be from " + std::to_string(lo) + " to " + std::to_string(hi));
+    return invalid_argument_error("field '" + key + "' must be from " + std::to_string(lo) + " to " + std::to_string(hi));
   return static_cast<int>(*v);
 }
 
@@ -132,17 +131,17 @@ Result<int> int_field(const json& j, const std::string& key, int def, int lo, in
 
 Result<BootRequest> parse_boot_request(const std::string& body) {
   auto j = body_object(body, {"name", "image", "memory_mb", "vcpus"}, false);
-  if (!j) return j.error();
+  if (!j.ok()) return j.error();
   BootRequest r;
   auto name = string_field(*j, "name", true);
-  if (!name) return name.error();
+  if (!name.ok()) return name.error();
   auto image = string_field(*j, "image", true);
-  if (!image) return image.error();
-  auto mem = int_field(*j, "memory_mb", 512, 16, 16 * 1024 * 1024);
-  if (!mem) return mem.error();
+  if (!image.ok()) return image.error();
+  auto mem = int_field(*j, "memory_mb", 512, compute::kMinMemoryMb, compute::kMaxMemoryMb);
+  if (!mem.ok()) return mem.error();
   // Its one range, 1 to the driver's discovered max_vcpus, is the manager's.
   auto vcpus = integer_field(*j, "vcpus", 1);
-  if (!vcpus) return vcpus.error();
+  if (!vcpus.ok()) return vcpus.error();
   r.name = *name;
   r.image = *image;
   r.memory_mb = *mem;
@@ -150,36 +149,51 @@ Result<BootRequest> parse_boot_request(const std::string& body) {
   return r;
 }
 
+namespace {
+// Six two-digit hex groups (either case) joined by ':', as 52:54:00:12:34:56.
+bool is_mac_address(std::string_view s) {
+  if (s.size() != 17) return false;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    const bool ok = i % 3 == 2 ? c == ':'
+                               : (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+    if (!ok) return false;
+  }
+  return true;
+}
+}  // namespace
+
 Result<InterfaceSpec> parse_interface_request(const std::string& body) {
   auto j = body_object(body, {"mac", "network", "tag"}, true);
-  if (!j) return j.error();
+  if (!j.ok()) return j.error();
   InterfaceSpec spec;
   auto mac = string_field(*j, "mac", false);
-  if (!mac) return mac.error();
+  if (!mac.ok()) return mac.error();
   auto network = string_field(*j, "network", false);
-  if (!network) return network.error();
+  if (!network.ok()) return network.error();
   auto tag = string_field(*j, "tag", false);
-  if (!tag) return tag.error();
-  static const std::regex kMac("^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$");
-  if (!mac->empty() && !std::regex_match(*mac, kMac))
-    return bad_request("field 'mac' must look like 52:54:00:12:34:56");
+  if (!tag.ok()) return tag.error();
+  if (!mac->empty() && !is_mac_address(*mac))
+    return invalid_argument_error("field 'mac' must look like 52:54:00:12:34:56");
   spec.mac = *mac;
   spec.network = *network;
   spec.tag = *tag;
   return spec;
 }
 
-Result<bool> parse_pass_request(const std::string& body) {
+Result<PassRequest> parse_pass_request(const std::string& body) {
   auto j = body_object(body, {"dry_run"}, true);
-  if (!j) return j.error();
-  if (!j->contains("dry_run")) return false;
-  if (!(*j)["dry_run"].is_boolean()) return bad_request("field 'dry_run' must be a boolean");
-  return (*j)["dry_run"].get<bool>();
+  if (!j.ok()) return j.error();
+  PassRequest pass;
+  if (!j->contains("dry_run")) return pass;
+  if (!(*j)["dry_run"].is_boolean()) return invalid_argument_error("field 'dry_run' must be a boolean");
+  pass.dry_run = (*j)["dry_run"].get<bool>();
+  return pass;
 }
 
 Status parse_empty_request(const std::string& body) {
   auto j = body_object(body, {}, true);
-  if (!j) return j.error();
+  if (!j.ok()) return j.error();
   return {};
 }
 

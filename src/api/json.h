@@ -29,7 +29,11 @@ struct BootRequest {
 };
 Result<BootRequest> parse_boot_request(const std::string& body);
 Result<InterfaceSpec> parse_interface_request(const std::string& body);
-Result<bool> parse_pass_request(const std::string& body);  // dry_run
+// POST /v1/image-cache/pass's body.
+struct PassRequest {
+  bool dry_run = false;
+};
+Result<PassRequest> parse_pass_request(const std::string& body);
 Status parse_empty_request(const std::string& body);
 
 }  // namespace virtcap::api

@@ -20,14 +20,14 @@ std::string escape_label(const std::string& s) {
 }  // namespace
 
 void Metrics::request(const std::string& method, const std::string& route, int status) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   ++requests_[{method, route, status}];
 }
 
 std::string Metrics::render(const Snapshot& snap) const {
   std::ostringstream os;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     os << "# HELP virtcap_api_requests_total API requests by method, route and status.\n"
           "# TYPE virtcap_api_requests_total counter\n";
     for (const auto& [k, n] : requests_)

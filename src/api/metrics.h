@@ -4,11 +4,11 @@
 
 #include <cstdint>
 #include <map>
-#include <mutex>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "common/mutex.h"
 #include "compute/manager.h"
 #include "compute/periodic.h"
 
@@ -29,8 +29,8 @@ class Metrics {
   std::string render(const Snapshot& s) const;
 
  private:
-  mutable std::mutex mu_;
-  std::map<std::tuple<std::string, std::string, int>, std::uint64_t> requests_;
+  mutable Mutex mu_;
+  std::map<std::tuple<std::string, std::string, int>, std::uint64_t> requests_ GUARDED_BY(mu_);
 };
 
 }  // namespace virtcap::api

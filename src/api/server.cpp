@@ -106,8 +106,8 @@ Response Server::get_metrics(const Request&) {
   snap.image_cache = mgr_.image_cache_totals();
   snap.hypervisor_connected = mgr_.driver().unavailable_reason().empty();
   snap.driver = std::string(mgr_.driver_name());
-  if (auto list = mgr_.list(); list)
-    for (const auto& i : list.value()) ++snap.instances_by_vm_state[i.vm_state];
+  if (auto list = mgr_.list(); list.ok())
+    for (const auto& i : list.value()) ++snap.instances_by_vm_state[std::string(to_string(i.vm_state))];
   return Response{200, "text/plain; version=0.0.4", metrics_.render(snap), {}, nullptr};
 }
 
@@ -118,15 +118,15 @@ Response Server::get_capabilities(const Request&) {
 Response Server::list_instances(const Request& req) {
   // filters, sort, paging, reuse of unchanged pages: api/instance_list.h
   auto body = list_instances_body(mgr_, req.query, &list_pages_);
-  if (!body) return send_error(body.error());
+  if (!body.ok()) return send_error(body.error());
   return Response{200, "application/json", {}, {}, std::move(body.value())};
 }
 
 Response Server::boot(const Request& req) {
   auto boot = parse_boot_request(req.body);
-  if (!boot) return send_error(boot.error());
+  if (!boot.ok()) return send_error(boot.error());
   auto rec = mgr_.boot(boot->name, boot->image, boot->memory_mb, boot->vcpus);
-  if (!rec) return send_error(rec.error());
+  if (!rec.ok()) return send_error(rec.error());
   auto res = http::json_response(201, to_json(rec.value()));
   res.headers.emplace_back("Location", "/v1/instances/" + rec->uuid);
   return res;
@@ -134,48 +134,48 @@ Response Server::boot(const Request& req) {
 
 Response Server::show(const Request& req) {
   auto v = mgr_.show(req.param("id"));
-  if (!v) return send_error(v.error());
+  if (!v.ok()) return send_error(v.error());
   return ok(to_json(v.value()));
 }
 
 Response Server::destroy(const Request& req) {
   auto st = mgr_.destroy(req.param("id"));
-  if (!st) return send_error(st.error());
+  if (!st.ok()) return send_error(st.error());
   return ok(json{{"deleted", req.param("id")}});
 }
 
 Response Server::reboot(const Request& req) {
-  if (auto body = parse_empty_request(req.body); !body) return send_error(body.error());
+  if (auto body = parse_empty_request(req.body); !body.ok()) return send_error(body.error());
   auto st = mgr_.reboot(req.param("id"));
-  if (!st) return send_error(st.error());
+  if (!st.ok()) return send_error(st.error());
   return ok(json{{"rebooted", req.param("id")}});
 }
 
 Response Server::attach_interface(const Request& req) {
   auto spec = parse_interface_request(req.body);
-  if (!spec) return send_error(spec.error());
+  if (!spec.ok()) return send_error(spec.error());
   auto nic = mgr_.attach_interface(req.param("id"), spec.value());
-  if (!nic) return send_error(nic.error());
+  if (!nic.ok()) return send_error(nic.error());
   return http::json_response(201, to_json(nic.value()));
 }
 
 Response Server::detach_interface(const Request& req) {
   auto st = mgr_.detach_interface(req.param("id"), req.param("mac"));
-  if (!st) return send_error(st.error());
+  if (!st.ok()) return send_error(st.error());
   return ok(json{{"detached", req.param("mac")}});
 }
 
 Response Server::image_cache_pass(const Request& req) {
   auto dry = parse_pass_request(req.body);
-  if (!dry) return send_error(dry.error());
-  auto r = mgr_.image_cache_pass(dry.value());
-  if (!r) return send_error(r.error());
+  if (!dry.ok()) return send_error(dry.error());
+  auto r = mgr_.image_cache_pass(dry->dry_run);
+  if (!r.ok()) return send_error(r.error());
   return ok(imagecache::to_json(r.value()));
 }
 
 Response Server::list_images(const Request&) {
   auto images = mgr_.driver().list_images();
-  if (!images) return send_error(images.error());
+  if (!images.ok()) return send_error(images.error());
   return ok(to_json(images.value()));
 }
 
@@ -187,7 +187,7 @@ Response Server::list_tasks(const Request&) {
 
 Response Server::get_reconcile(const Request&) {
   auto r = mgr_.reconcile(false);
-  if (!r) return send_error(r.error());
+  if (!r.ok()) return send_error(r.error());
   return ok(to_json(r.value()));
 }
 

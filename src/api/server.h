@@ -6,7 +6,6 @@
 #include <atomic>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 
 #include "api/instance_list.h"
@@ -48,8 +47,6 @@ class Server {
   void stop();
   // SIGHUP: the TLS certificate and key files read again (http::Server::reload_tls).
   Status reload_tls() { return http_->reload_tls(); }
-
-  Metrics& metrics() { return metrics_; }
 
  private:
   std::vector<http::Route> routes();

@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "common/json_text.h"
+#include "common/strings.h"
 
 namespace virtcap::caps {
 namespace {
@@ -87,12 +88,7 @@ std::vector<std::string> all_traits() {
 std::string value_text(const nlohmann::json& v) {
   if (v.is_string()) return v.get<std::string>();
   if (v.is_array()) {
-    std::string out = "[";
-    for (std::size_t i = 0; i < v.size(); ++i) {
-      if (i) out += ", ";
-      out += value_text(v[i]);
-    }
-    return out + "]";
+    return "[" + join(v, ", ", value_text) + "]";
   }
   return dump_json(v);
 }
@@ -152,7 +148,7 @@ std::string to_markdown(std::string_view driver, const Capabilities& caps) {
   os << "\nTraits: ";
   const auto ts = traits(caps);
   if (ts.empty()) os << "(none)";
-  for (std::size_t i = 0; i < ts.size(); ++i) os << (i ? ", " : "") << "`" << ts[i] << "`";
+  os << join(ts, ", ", [](const auto& t) { return "`" + std::string(t) + "`"; });
   os << "\n";
   return os.str();
 }

@@ -78,7 +78,7 @@ std::optional<int> call_reported(http::Client& client, const ClientFlags& flags,
                                  const std::string& method, const std::string& path, const json* body,
                                  http::ClientResponse& out, const CallWords& words) {
   auto r = client.call(method, path, body);
-  if (!r) {
+  if (!r.ok()) {
     // An unreadable --ca-file is a usage error (2); reached but no answer in
     // time, the operation failed from here (1) and may still finish on the
     // server; anything else is unreachable (3). The client's message names
@@ -150,7 +150,7 @@ Result<std::string> server_url(const std::string& raw, const ClientPeer& peer) {
                                                                  peer.name + " URL; expected http://HOST[:PORT] (or https://), e.g. " +
                                                                  peer.default_server);
   auto url = config::parse_http_url(raw);
-  if (url) return url->normalised;
+  if (url.ok()) return url->normalised;
   if (url.error() == config::UrlError::bad_port)
     return make_error(Errc::invalid_argument, "--server '" + raw + "': the port must be a number from 1 to 65535");
   return not_a_url;

@@ -16,6 +16,8 @@
 #include "cli/daemon.h"
 #include "common/json_text.h"
 #include "common/logging.h"
+#include "common/strings.h"
+#include "common/time.h"
 #include "common/time_text.h"
 #include "config/config.h"
 #include "fleet/service.h"
@@ -129,7 +131,7 @@ std::optional<int> FleetCommands::run() {
   if (revoke_->parsed()) return token_revoke();
   if (delete_->parsed() || hosts_->parsed() || add_->parsed() || remove_->parsed()) {
     auto url = server_url(client_.server, peer_);
-    if (!url) return fail(url.error().message, kExitUsage);
+    if (!url.ok()) return fail(url.error().message, kExitUsage);
     client_.server = std::move(url.value());
   }
   if (delete_->parsed()) return host_delete();
@@ -141,38 +143,38 @@ std::optional<int> FleetCommands::run() {
 
 int FleetCommands::serve() {
   auto cfg = config::load(config_path_);
-  if (!cfg) return fail("config error: " + cfg.error().message, kExitUsage);
-  const logging::Options log{cfg->defaults.debug ? "debug" : cfg->defaults.log_level, cfg->defaults.log_format,
-                             cfg->defaults.log_file};
-  if (auto st = logging::setup(log); !st) return fail("config error: " + st.error().message, kExitUsage);
+  if (!cfg.ok()) return fail("config error: " + cfg.error().message, kExitUsage);
+  const logging::Options log{cfg->defaults.debug ? logging::LogLevel::debug : cfg->defaults.log_level,
+                             cfg->defaults.log_format, cfg->defaults.log_file};
+  if (auto st = logging::setup(log); !st.ok()) return fail("config error: " + st.error().message, kExitUsage);
   const auto checked = fleet::service_options(*cfg).http;
-  if (auto st = http::check_listen(checked); !st) return fail("config error: " + st.error().message, kExitUsage);
+  if (auto st = http::check_listen(checked); !st.ok()) return fail("config error: " + st.error().message, kExitUsage);
   // The TLS pair too is checked before anything is opened: a refused start
   // (a key that does not match its certificate) creates no database.
-  if (auto tls = http::load_tls(checked.tls_cert, checked.tls_key, checked.config_section, std::time(nullptr)); !tls)
+  if (auto tls = http::load_tls(checked.tls_cert, checked.tls_key, checked.config_section, now_seconds()); !tls.ok())
     return fail("config error: " + tls.error().message, kExitUsage);
   DaemonSignals signals;  // before any thread starts, as in the agent
 
   // The port before the database, as the agent does: a second service on a
   // taken address is refused (2) before it opens or migrates anything.
   auto listen_fd = http::listen_socket(cfg->fleet_service.listen);
-  if (!listen_fd) return fail("[fleet_service] listen: " + listen_fd.error().message, kExitUsage);
+  if (!listen_fd.ok()) return fail("[fleet_service] listen: " + listen_fd.error().message, kExitUsage);
   auto opts = fleet::service_options(*cfg);
   opts.http.listen_fd = listen_fd.value();  // the HTTP server owns it from here (closed if never adopted)
   spdlog::info("virtcap fleet service starting (config: {}, database: {})", cfg->source,
                opts.fleet.database_url.starts_with("sqlite:") ? opts.fleet.database_url : "postgresql");
   auto svc = fleet::FleetService::open(std::move(opts));
-  if (!svc) return fail("cannot open the fleet database: " + svc.error().message, kExitRuntime);
+  if (!svc.ok()) return fail("cannot open the fleet database: " + svc.error().message, kExitRuntime);
   auto port = (*svc)->bind();
-  if (!port) return fail(port.error().message, port.error().code == Errc::invalid_argument ? kExitUsage : kExitRuntime);
+  if (!port.ok()) return fail(port.error().message, port.error().code == Errc::invalid_argument ? kExitUsage : kExitRuntime);
   const auto hp = split_listen(cfg->fleet_service.listen);
   spdlog::info("fleet service listening on {}://{}:{}", (*svc)->scheme(), hp->first, *port);
-  if (auto st = (*svc)->start(); !st) return fail(st.error().message, kExitRuntime);
+  if (auto st = (*svc)->start(); !st.ok()) return fail(st.error().message, kExitRuntime);
   spdlog::info("fleet service running ({} hosts indexed); send SIGTERM or SIGINT to stop",
                (*svc)->fleet().index().host_count());
   const char* stop = signals.wait([&] {
-    if (auto st = logging::reopen(log); !st) spdlog::error("SIGHUP: {}", st.error().message);
-    if (auto st = (*svc)->reload_tls(); !st)
+    if (auto st = logging::reopen(log); !st.ok()) spdlog::error("SIGHUP: {}", st.error().message);
+    if (auto st = (*svc)->reload_tls(); !st.ok())
       spdlog::error("SIGHUP: {}; still serving the previous certificate", st.error().message);
   });
   spdlog::info("received {}, shutting down", stop);
@@ -183,9 +185,9 @@ int FleetCommands::serve() {
 
 std::variant<int, std::unique_ptr<fleet::FleetStore>> FleetCommands::open_database() const {
   auto cfg = config::load(config_path_);
-  if (!cfg) return fail("config error: " + cfg.error().message, kExitUsage);
+  if (!cfg.ok()) return fail("config error: " + cfg.error().message, kExitUsage);
   auto store = fleet::open_fleet_store(fleet::service_options(*cfg).fleet.database_url);
-  if (!store) return fail("cannot open the fleet database: " + store.error().message, kExitRuntime);
+  if (!store.ok()) return fail("cannot open the fleet database: " + store.error().message, kExitRuntime);
   return std::move(*store);
 }
 
@@ -203,11 +205,11 @@ json credential_json(const fleet::CredentialRecord& c) {
 }  // namespace
 
 int FleetCommands::token_create() {
-  auto made = fleet::make_credential(*fleet::role_from_string(role_), token_host_, note_, fleet::now_ms());
-  if (!made) return fail(made.error().message, kExitUsage);
+  auto made = fleet::make_credential(*fleet::role_from_string(role_), token_host_, note_, now_ms());
+  if (!made.ok()) return fail(made.error().message, kExitUsage);
   auto store = open_database();
   if (store.index() == 0) return std::get<0>(store);
-  if (auto st = std::get<1>(store)->add_credential(made->record); !st)
+  if (auto st = std::get<1>(store)->add_credential(made->record); !st.ok())
     return fail("credential not made: " + st.error().message, kExitRuntime);
   if (token_json_) {
     json j = credential_json(made->record);
@@ -226,7 +228,7 @@ int FleetCommands::token_list() {
   auto store = open_database();
   if (store.index() == 0) return std::get<0>(store);
   auto rows = std::get<1>(store)->list_credentials();
-  if (!rows) return fail("cannot list credentials: " + rows.error().message, kExitRuntime);
+  if (!rows.ok()) return fail("cannot list credentials: " + rows.error().message, kExitRuntime);
   json out = json::array();
   for (const auto& c : *rows) out.push_back(credential_json(c));
   return kit_.rows(token_json_ ? "json" : "table", {}, out,
@@ -237,8 +239,8 @@ int FleetCommands::token_list() {
 int FleetCommands::token_revoke() {
   auto store = open_database();
   if (store.index() == 0) return std::get<0>(store);
-  auto rec = std::get<1>(store)->revoke_credential(token_id_, fleet::now_ms());
-  if (!rec) return fail(rec.error().message, rec.error().code == Errc::not_found ? kExitUsage : kExitRuntime);
+  auto rec = std::get<1>(store)->revoke_credential(token_id_, now_ms());
+  if (!rec.ok()) return fail(rec.error().message, rec.error().code == Errc::not_found ? kExitUsage : kExitRuntime);
   if (token_json_) std::cout << dump_json(credential_json(*rec), 2) << "\n";
   else std::cout << "revoked credential " << rec->id << " (role " << fleet::to_string(rec->role)
                  << (rec->host.empty() ? "" : ", host " + rec->host) << ")\n";
@@ -255,9 +257,9 @@ std::optional<int> FleetCommands::call(http::Client& c, const std::string& metho
 
 std::string FleetCommands::query_string() const {
   std::vector<std::pair<std::string, std::string>> q;
-  std::string req;
-  for (const auto& t : require_) req += (req.empty() ? "" : ",") + t;
-  for (const auto& t : forbid_) req += (req.empty() ? "!" : ",!") + t;
+  std::vector<std::string> terms = require_;
+  for (const auto& t : forbid_) terms.push_back("!" + t);
+  const std::string req = join(terms, ",");
   if (!req.empty()) q.emplace_back("required", req);
   for (const auto& g : any_of_) q.emplace_back("required", "in:" + g);
   if (!resources_.empty()) q.emplace_back("resources", resources_);

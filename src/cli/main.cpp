@@ -23,14 +23,16 @@
 #include "cli/cli_docs.h"
 #include "cli/client_options.h"
 #include "cli/daemon.h"
-#include "common/fd.h"
 #include "cli/fleet_cli.h"
+#include "common/fd.h"
+#include "common/json_text.h"
 #include "common/logging.h"
 #include "common/state_lock.h"
-#include "compute/manager.h"
+#include "common/strings.h"
 #include "common/subprocess.h"
-#include "common/json_text.h"
+#include "common/time.h"
 #include "common/time_text.h"
+#include "compute/manager.h"
 #include "compute/periodic.h"
 #include "config/config.h"
 #include "http/server.h"
@@ -54,13 +56,14 @@ using cli::kExitUsage;
 using cli::text;
 
 logging::Options log_options(const config::Config& cfg) {
-  return {cfg.defaults.debug ? "debug" : cfg.defaults.log_level, cfg.defaults.log_format, cfg.defaults.log_file};
+  return {cfg.defaults.debug ? logging::LogLevel::debug : cfg.defaults.log_level, cfg.defaults.log_format,
+          cfg.defaults.log_file};
 }
 
 // Loads config; on error prints it and returns nullopt (caller exits 2).
 std::optional<config::Config> load_config(const std::optional<std::string>& path) {
   auto cfg = config::load(path);
-  if (!cfg) {
+  if (!cfg.ok()) {
     fail("config error: " + cfg.error().message, kExitUsage);
     return std::nullopt;
   }
@@ -84,8 +87,8 @@ std::optional<int> check_driver_name(const config::Config& cfg, const std::strin
 std::optional<int> startup_checks(const config::Config& cfg, const std::string& driver_override) {
   if (auto bad = check_driver_name(cfg, driver_override)) return bad;
   const http::Options api = api::http_options(cfg);
-  if (auto st = http::check_listen(api); !st) return fail("config error: " + st.error().message, kExitUsage);
-  if (auto tls = http::load_tls(api.tls_cert, api.tls_key, api.config_section, std::time(nullptr)); !tls)
+  if (auto st = http::check_listen(api); !st.ok()) return fail("config error: " + st.error().message, kExitUsage);
+  if (auto tls = http::load_tls(api.tls_cert, api.tls_key, api.config_section, now_seconds()); !tls.ok())
     return fail("config error: " + tls.error().message, kExitUsage);
   const std::filesystem::path state(cfg.defaults.state_path);
   std::error_code ec;
@@ -103,9 +106,9 @@ std::optional<int> startup_checks(const config::Config& cfg, const std::string& 
 
 // The configured instance store.
 Result<std::unique_ptr<InstanceStore>> open_store(const config::Config& cfg) {
-  if (cfg.store.backend == "memory") return std::unique_ptr<InstanceStore>(std::make_unique<store::MemoryStore>());
+  if (cfg.store.backend == config::StoreBackend::memory) return std::unique_ptr<InstanceStore>(std::make_unique<store::MemoryStore>());
   auto s = store::SqliteStore::open(cfg.store_path());
-  if (!s) return s.error();
+  if (!s.ok()) return s.error();
   return std::unique_ptr<InstanceStore>(std::move(s.value()));
 }
 
@@ -132,7 +135,7 @@ int cmd_capabilities_local(const Options& o) {
   if (auto bad = check_driver_name(*cfg, o.driver)) return *bad;
   spdlog::set_level(spdlog::level::warn);  // keep stdout clean for scripts
   auto inspected = compute::ComputeManager::inspect(*cfg, o.driver);  // writes nothing
-  if (!inspected) return fail(inspected.error().message);
+  if (!inspected.ok()) return fail(inspected.error().message);
   const auto& [name, caps] = inspected.value();
   if (o.format == "json") std::cout << dump_json(caps::to_json(name, caps), 2) << "\n";
   else if (o.format == "markdown") std::cout << caps::to_markdown(name, caps);
@@ -142,7 +145,7 @@ int cmd_capabilities_local(const Options& o) {
 
 // Converge after a crash before serving anything.
 void reconcile_at_start(compute::ComputeManager& manager) {
-  if (auto r = manager.reconcile(true); r) {
+  if (auto r = manager.reconcile(true); r.ok()) {
     spdlog::info("reconcile at start: {} interrupted spawns finished, {} rolled back, {} deletes finished, {} lost, "
                  "{} unknown domains, {} orphan directories",
                  r->finished_spawns.size(), r->rolled_back_spawns.size(), r->finished_deletes.size(), r->lost.size(),
@@ -156,11 +159,12 @@ void reconcile_at_start(compute::ComputeManager& manager) {
 // the TLS certificate and key, read again from [api] tls_cert/tls_key.
 void reload_agent(const Options& o, const config::Config& running, api::Server& server) {
   auto fresh = config::load(o.config_path);
-  const auto opts = fresh ? log_options(*fresh) : log_options(running);
-  if (!fresh) spdlog::warn("SIGHUP: config not re-read ({}); reopening the log file only", fresh.error().message);
-  if (Status st = logging::reopen(opts); !st) spdlog::error("SIGHUP: {}", st.error().message);
-  else spdlog::info("SIGHUP: log file reopened; log_level {}, log_format {}", opts.level, opts.format);
-  if (Status st = server.reload_tls(); !st)
+  const auto opts = fresh.ok() ? log_options(*fresh) : log_options(running);
+  if (!fresh.ok()) spdlog::warn("SIGHUP: config not re-read ({}); reopening the log file only", fresh.error().message);
+  if (Status st = logging::reopen(opts); !st.ok()) spdlog::error("SIGHUP: {}", st.error().message);
+  else spdlog::info("SIGHUP: log file reopened; log_level {}, log_format {}", config::to_string(opts.level),
+                    config::to_string(opts.format));
+  if (Status st = server.reload_tls(); !st.ok())
     spdlog::error("SIGHUP: {}; still serving the previous certificate", st.error().message);
 }
 
@@ -168,28 +172,28 @@ int cmd_agent(const Options& o) {
   auto cfg = load_config(o.config_path);
   if (!cfg) return kExitUsage;
   if (!o.uri.empty()) cfg->libvirt.uri = o.uri;
-  if (Status st = logging::setup(log_options(*cfg)); !st) return fail("config error: " + st.error().message, kExitUsage);
+  if (Status st = logging::setup(log_options(*cfg)); !st.ok()) return fail("config error: " + st.error().message, kExitUsage);
   if (auto bad = startup_checks(*cfg, o.driver)) return *bad;
   cli::DaemonSignals signals;  // before any thread starts
 
   // One agent per state directory, decided before the store or the
   // hypervisor is touched: a second start changes nothing.
   auto state_lock = StateLock::acquire(cfg->defaults.state_path);
-  if (!state_lock) return fail(state_lock.error().message, kExitUsage);
+  if (!state_lock.ok()) return fail(state_lock.error().message, kExitUsage);
   // Then the API port, still before the store and the hypervisor: an agent
   // whose port is taken changes nothing either.
   auto api_socket = http::listen_socket(cfg->api.listen);
-  if (!api_socket) return fail("[api] listen: " + api_socket.error().message, kExitUsage);
+  if (!api_socket.ok()) return fail("[api] listen: " + api_socket.error().message, kExitUsage);
   UniqueFd api_fd(api_socket.value());
 
   spdlog::info("virtcap {} agent starting (config: {})", VIRTCAP_VERSION, cfg->source);
   api::tune_allocator();
   auto store = open_store(*cfg);
-  if (!store) return fail("cannot open the instance store: " + store.error().message);
-  spdlog::info("instance store: {} ({})", cfg->store.backend,
-               cfg->store.backend == "sqlite" ? cfg->store_path() : "not durable");
+  if (!store.ok()) return fail("cannot open the instance store: " + store.error().message);
+  spdlog::info("instance store: {} ({})", config::to_string(cfg->store.backend),
+               cfg->store.backend == config::StoreBackend::sqlite ? cfg->store_path() : "not durable");
   auto mgr = compute::ComputeManager::create(*cfg, *store.value(), o.driver);
-  if (!mgr) return fail(mgr.error().message);
+  if (!mgr.ok()) return fail(mgr.error().message);
   auto& manager = *mgr.value();
   reconcile_at_start(manager);
 
@@ -197,11 +201,11 @@ int cmd_agent(const Options& o) {
   manager.register_periodic_tasks(runner);
   api::Server server(*cfg, manager, runner, api_fd.release());
   auto port = server.bind();  // adopts the bound socket
-  if (!port) return fail(port.error().message, port.error().code == Errc::invalid_argument ? kExitUsage : kExitRuntime);
+  if (!port.ok()) return fail(port.error().message, port.error().code == Errc::invalid_argument ? kExitUsage : kExitRuntime);
   const auto hp = split_listen(cfg->api.listen);
   spdlog::info("API listening on {}://{}:{}", server.scheme(), hp->first, port.value());
   manager.fleet_reporter().set_api_url(std::string(server.scheme()) + "://" + hp->first + ":" + std::to_string(port.value()));
-  if (auto st = server.start(); !st) return fail(st.error().message, kExitRuntime);
+  if (auto st = server.start(); !st.ok()) return fail(st.error().message, kExitRuntime);
   runner.start();
   spdlog::info("agent running; send SIGTERM or SIGINT to stop");
 
@@ -221,11 +225,11 @@ int cmd_imagecache_local(const Options& o) {
   if (auto bad = check_driver_name(*cfg, o.driver)) return *bad;
   if (o.format == "json") spdlog::set_level(spdlog::level::warn);
   auto store = open_store(*cfg);
-  if (!store) return fail("cannot open the instance store: " + store.error().message);
+  if (!store.ok()) return fail("cannot open the instance store: " + store.error().message);
   auto mgr = compute::ComputeManager::create(*cfg, *store.value(), o.driver);
-  if (!mgr) return fail(mgr.error().message);
+  if (!mgr.ok()) return fail(mgr.error().message);
   auto r = mgr.value()->image_cache_pass(o.dry_run);
-  if (!r) return fail(r.error().message);
+  if (!r.ok()) return fail(r.error().message);
   if (o.format == "json") std::cout << dump_json(imagecache::to_json(r.value()), 2) << "\n";
   else std::cout << imagecache::to_table(r.value());
   return r->complete ? kExitOk : kExitRuntime;
@@ -235,7 +239,7 @@ int cmd_config_validate(const Options& o) {
   auto cfg = load_config(o.config_path);
   if (!cfg) return kExitUsage;
   if (auto bad = startup_checks(*cfg, o.driver)) return *bad;
-  if (auto warning = http::check_listen(api::http_options(*cfg)); warning && !warning->empty())
+  if (auto warning = http::check_listen(api::http_options(*cfg)); warning.ok() && !warning->empty())
     std::fprintf(stderr, "virtcap: warning: %s\n", warning->c_str());
   std::cout << "configuration OK (" << cfg->source << "): driver " << (o.driver.empty() ? cfg->compute.driver : o.driver)
             << ", API on " << (cfg->api.tls_cert.empty() ? "http://" : "https://") << cfg->api.listen << ", state in "
@@ -300,9 +304,7 @@ std::optional<std::vector<Column>> pick(const Options& o, const std::vector<Colu
       return lower(c.header) == lower(want) || c.key == want;
     });
     if (it == all.end()) {
-      std::string names;
-      for (const auto& c : all) names += (names.empty() ? "" : ", ") + c.header;
-      fail("-c " + want + ": no such column; columns: " + names, kExitUsage);
+      fail("-c " + want + ": no such column; columns: " + join(all, ", ", &Column::header), kExitUsage);
       return std::nullopt;
     }
     out.push_back(*it);
@@ -430,7 +432,7 @@ std::optional<int> parse_memory_mib(const std::string& v) {
   for (const auto& [u, shift] : kShift)
     if (unit == u) {
       const long long mib = n << shift;
-      if (mib < 16 || mib > 16LL * 1024 * 1024) {
+      if (!compute::memory_mb_in_range(mib)) {
         fail("--memory '" + v + "' is " + std::to_string(mib) + " MiB; it must be from 16 MiB to 16 TiB", kExitUsage);
         return std::nullopt;
       }
@@ -445,7 +447,7 @@ int client_call(const Options& o, const std::string& method, const std::string& 
                 const std::function<int(const json&)>& human,
                 const std::vector<std::pair<std::string, std::string>>& field_flags = {}) {
   const auto url = cli::server_url(o.client.server, kAgentPeer);
-  if (!url) return fail(url.error().message, kExitUsage);
+  if (!url.ok()) return fail(url.error().message, kExitUsage);
   cli::ClientFlags flags = o.client;
   flags.server = *url;
   http::Client client(http::ClientOptions{.url = *url,
@@ -766,12 +768,10 @@ cli::ClientKit client_kit(const Options& o) {
 // take it for an argument).
 std::optional<int> refuse_unknown_command(CLI::App& app, int argc, char** argv) {
   if (argc <= 1 || argv[1][0] == '-') return std::nullopt;
-  std::string names;
-  bool known = false;
-  for (const auto* sub : app.get_subcommands({})) {
-    names += (names.empty() ? "" : ", ") + sub->get_name();
-    known = known || sub->get_name() == argv[1];
-  }
+  const auto subs = app.get_subcommands({});
+  const std::string names = join(subs, ", ", [](const CLI::App* sub) { return sub->get_name(); });
+  const bool known =
+      std::any_of(subs.begin(), subs.end(), [&](const CLI::App* sub) { return sub->get_name() == argv[1]; });
   if (known) return std::nullopt;
   return fail(std::string("unknown command '") + argv[1] + "'; commands: " + names + " (see virtcap --help)",
               kExitUsage);

@@ -40,7 +40,7 @@ class Scope {
   // Logs a Result's or Status's outcome and hands it back.
   template <class R>
   R done(R result) {
-    if (result) ok();
+    if (result.ok()) ok();
     else failed(result.error().describe());
     return result;
   }

@@ -2,24 +2,37 @@
 
 namespace virtcap {
 
-std::string_view to_string(Errc code) {
-  switch (code) {
-    case Errc::invalid_argument: return "invalid_argument";
-    case Errc::not_found: return "not_found";
-    case Errc::already_exists: return "already_exists";
-    case Errc::conflict: return "conflict";
-    case Errc::forbidden: return "forbidden";
-    case Errc::capability_not_supported: return "capability_not_supported";
-    case Errc::hypervisor_unavailable: return "hypervisor_unavailable";
-    case Errc::driver_error: return "driver_error";
-    case Errc::driver_load_failed: return "driver_load_failed";
-    case Errc::store_error: return "store_error";
-    case Errc::store_unavailable: return "store_unavailable";
-    case Errc::io_error: return "io_error";
-    case Errc::internal: return "internal";
-  }
-  return "internal";
+namespace {
+
+struct ErrcRow {
+  Errc code;
+  std::string_view name;
+  int http_status;
+};
+
+constexpr ErrcRow kErrcs[] = {
+#define VIRTCAP_ERRC_ROW_(name, status, doc) {Errc::name, #name, status},
+    VIRTCAP_ERRC(VIRTCAP_ERRC_ROW_)
+#undef VIRTCAP_ERRC_ROW_
+};
+
+const ErrcRow& row(Errc code) {
+  for (const auto& r : kErrcs)
+    if (r.code == code) return r;
+  return kErrcs[static_cast<std::size_t>(Errc::internal)];
 }
+
+}  // namespace
+
+std::string_view to_string(Errc code) { return row(code).name; }
+
+std::optional<Errc> errc_from_string(std::string_view name) {
+  for (const auto& r : kErrcs)
+    if (r.name == name) return r.code;
+  return std::nullopt;
+}
+
+int http_status_of(Errc code) { return row(code).http_status; }
 
 std::string Error::describe() const {
   std::string out(to_string(code));

@@ -94,12 +94,23 @@ std::shared_ptr<Sink>& the_sink() {
   return sink;
 }
 
+spdlog::level::level_enum spdlog_level(LogLevel level) {
+  switch (level) {
+    case LogLevel::trace: return spdlog::level::trace;
+    case LogLevel::debug: return spdlog::level::debug;
+    case LogLevel::info: return spdlog::level::info;
+    case LogLevel::warning: return spdlog::level::warn;
+    case LogLevel::error: return spdlog::level::err;
+    case LogLevel::critical: return spdlog::level::critical;
+    case LogLevel::off: return spdlog::level::off;
+  }
+  return spdlog::level::info;
+}
+
 Status apply(const Options& opts) {
-  const auto level = spdlog::level::from_str(opts.level == "warn" ? "warning" : opts.level);
-  if (level == spdlog::level::off && opts.level != "off")
-    return make_error(Errc::invalid_argument, "unknown log level \"" + opts.level + "\"");
-  if (Status st = the_sink()->open(opts.file); !st) return st;
-  if (opts.format == "json") the_sink()->set_formatter(std::make_unique<JsonFormatter>());
+  const auto level = spdlog_level(opts.level);
+  if (Status st = the_sink()->open(opts.file); !st.ok()) return st;
+  if (opts.format == LogFormat::json) the_sink()->set_formatter(std::make_unique<JsonFormatter>());
   else the_sink()->set_formatter(std::make_unique<spdlog::pattern_formatter>(kTextPattern));
   spdlog::set_level(level);
   return {};

@@ -7,15 +7,10 @@
 #include <utility>
 #include <vector>
 
+#include "common/log_options.h"
 #include "virtcap/error.h"
 
 namespace virtcap::logging {
-
-struct Options {
-  std::string level = "info";    // trace|debug|info|warning|error|critical|off
-  std::string format = "text";   // text|json
-  std::string file;              // empty: stderr
-};
 
 // Installs the process-wide logger "virtcap". Text lines look like
 //   2026-11-26T09:01:36.123+00:00 info message

@@ -1,12 +1,13 @@
 #include "common/state_lock.h"
 
 #include <fcntl.h>
-#include <sys/file.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+
+#include "common/lock_file.h"
 
 namespace virtcap {
 
@@ -17,12 +18,8 @@ Result<StateLock> StateLock::acquire(const std::string& state_path) {
   const std::string path = state_path + "/virtcap.lock";
   UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
   if (!fd.valid()) return make_error(Errc::io_error, "cannot open " + path + ": " + std::strerror(errno));
-  int rc;
-  do {
-    rc = ::flock(fd.get(), LOCK_EX | LOCK_NB);
-  } while (rc != 0 && errno == EINTR);
-  if (rc != 0) {
-    if (errno != EWOULDBLOCK) return make_error(Errc::io_error, "cannot lock " + path + ": " + std::strerror(errno));
+  if (const int err = lock_file(fd.get()); err != 0) {
+    if (err != EWOULDBLOCK) return make_error(Errc::io_error, "cannot lock " + path + ": " + std::strerror(err));
     char buf[32] = {};
     const ssize_t n = ::pread(fd.get(), buf, sizeof buf - 1, 0);
     std::string pid = n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();

@@ -285,7 +285,7 @@ Result<Output> run(const std::vector<std::string>& argv) { return run(argv, defa
 
 Result<Output> run(const std::vector<std::string>& argv, std::chrono::milliseconds timeout) {
   auto child = Child::spawn(argv);
-  if (!child) return child.error();
+  if (!child.ok()) return child.error();
   auto out = child.value().wait(timeout);
   if (out.timed_out)
     return make_error(Errc::io_error,

@@ -5,13 +5,13 @@
 #include <sys/statvfs.h>
 
 #include <cerrno>
-#include <condition_variable>
 #include <cstring>
 #include <fstream>
 
 #include "http/client.h"
 #include "capabilities/render.h"
 #include "common/fd.h"
+#include "common/uuid.h"
 #include "compute/manager.h"
 #include "fleet/wire.h"
 #include "imagecache/base_cache.h"
@@ -28,7 +28,7 @@ constexpr std::int64_t kMiB = 1024 * 1024, kGiB = 1024 * kMiB;
 // from [compute]. A hypervisor that cannot answer fails the report.
 Result<fleet::Inventories> host_inventory(ComputeDriver& driver, const config::Config& cfg) {
   auto host = driver.host_resources();
-  if (!host) return host.error();
+  if (!host.ok()) return host.error();
   const auto& c = cfg.compute;
   fleet::Inventories inv;
   inv[0] = fleet::Inventory{host->vcpus, c.reserved_host_cpus, c.cpu_allocation_ratio, 0};
@@ -46,7 +46,7 @@ Result<fleet::Inventories> host_inventory(ComputeDriver& driver, const config::C
   const std::int64_t disk_reserved_gb = (std::int64_t{c.reserved_host_disk_mb} * kMiB + kGiB - 1) / kGiB;
   inv[2] = fleet::Inventory{total, disk_reserved_gb, c.disk_allocation_ratio, std::min(used, total)};
   for (std::size_t rc = 0; rc < inv.size(); ++rc)
-    if (auto st = fleet::check_inventory(static_cast<fleet::ResourceClass>(rc), *inv[rc]); !st)
+    if (auto st = fleet::check_inventory(static_cast<fleet::ResourceClass>(rc), *inv[rc]); !st.ok())
       return make_error(Errc::invalid_argument, st.error().message +
                                                     "; check [compute] reserved_host_* against what "
                                                     "this host has");
@@ -65,18 +65,18 @@ PeriodicTask FleetReporter::task() {
 }
 
 void FleetReporter::set_api_url(std::string url) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   api_url_ = std::move(url);
 }
 
 // <state_path>/host_uuid, created (written, fsynced, renamed) at the first report.
 Result<std::string> FleetReporter::host_uuid() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (!uuid_.empty()) return uuid_;
   const std::string dir = mgr_.config().defaults.state_path, path = dir + "/host_uuid";
   std::ifstream in(path);
   std::string line;
-  if (in && std::getline(in, line) && fleet::check_uuid(line)) return uuid_ = line;
+  if (in && std::getline(in, line) && is_uuid(line)) return uuid_ = line;
   if (in) return make_error(Errc::io_error, path + " does not hold a uuid; remove it to get a new one");
   const std::string fresh = new_uuid(), tmp = path + ".tmp";
   UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
@@ -84,29 +84,29 @@ Result<std::string> FleetReporter::host_uuid() {
   if (!fd.valid() || ::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()) ||
       ::fsync(fd.get()) != 0 || ::close(fd.release()) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0)
     return make_error(Errc::io_error, "cannot write " + path + ": " + std::strerror(errno));
-  if (auto st = imagecache::fsync_dir(dir); !st) return st.error();
+  if (auto st = imagecache::fsync_dir(dir); !st.ok()) return st.error();
   return uuid_ = fresh;
 }
 
 Result<fleet::AgentReport> FleetReporter::build() {
   auto uuid = host_uuid();
-  if (!uuid) return uuid.error();
+  if (!uuid.ok()) return uuid.error();
   auto list = mgr_.list();
-  if (!list) return list.error();
+  if (!list.ok()) return list.error();
   fleet::AgentReport r;
   r.name = mgr_.config().host();
   r.uuid = *uuid;
   r.agent_version = VIRTCAP_VERSION;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     r.api_url = api_url_;
   }
   r.traits = caps::traits(mgr_.capabilities());
   auto inv = host_inventory(mgr_.driver(), mgr_.config());
-  if (!inv) return inv.error();
+  if (!inv.ok()) return inv.error();
   r.inventories = *inv;
   for (const auto& i : *list)
-    if (i.vm_state != "error" && i.vm_state != "deleted") {
+    if (i.vm_state != VmState::error && i.vm_state != VmState::deleted) {
       r.inventories[0]->used += i.vcpus;
       r.inventories[1]->used += i.memory_mb;
     }
@@ -142,36 +142,33 @@ TaskOutcome FleetReporter::run(std::stop_token stop) {
                                         .ca_hint = "set [fleet] ca_file to the CA that signed its certificate"});
   for (;;) {
     std::string why;
-    if (auto r = build(); !r) {
+    if (auto r = build(); !r.ok()) {
       why = r.error().message;
     } else {
       const auto body = fleet::to_json(*r);
       auto res = client.call("PUT", "/v1/hosts/" + r->name, &body);
-      const bool answered = res && res->status == 200 && res->body.is_object() && res->body.contains("generation") &&
+      const bool answered = res.ok() && res->status == 200 && res->body.is_object() && res->body.contains("generation") &&
                             res->body["generation"].is_number_integer();
       if (answered) {
         const auto gen = res->body["generation"].get<std::int64_t>();
-        std::lock_guard lock(mu_);
+        MutexLock lock(mu_);
         if (failures_ > 0) spdlog::info("fleet report to {} succeeded again after {} failure(s)", f.url, failures_);
         failures_ = 0;
         return TaskOutcome::ran("reported " + std::to_string(r->traits.size()) + " traits; host generation " +
                                 std::to_string(gen));
       }
-      why = !res ? res.error().message : unexpected_answer(*res, f.url);
+      why = !res.ok() ? res.error().message : unexpected_answer(*res, f.url);
     }
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       ++failures_;
     }
     const bool last = std::chrono::steady_clock::now() + backoff >= give_up;
     spdlog::warn("fleet report to {} failed: {}; {}", f.url, why,
                  last ? "next try at the next interval" : "retrying in " + std::to_string(backoff.count()) + " ms");
     if (last) return TaskOutcome::failed(why);
-    std::mutex m;
-    std::unique_lock lock(m);
     // The back-off between attempts, interrupted at once by the agent's stop.
-    std::condition_variable_any().wait_for(lock, stop, backoff, [] { return false; });
-    if (stop.stop_requested()) return TaskOutcome::failed(why + " (stopping)");
+    if (sleep_unless_stopped(stop, backoff)) return TaskOutcome::failed(why + " (stopping)");
     backoff = std::min(backoff * 2, max_backoff);
   }
 }

@@ -8,10 +8,10 @@
 #pragma once
 
 #include <chrono>
-#include <mutex>
 #include <stop_token>
 #include <string>
 
+#include "common/mutex.h"
 #include "compute/periodic.h"
 #include "fleet/model.h"
 
@@ -37,9 +37,9 @@ class FleetReporter {
  private:
   Result<std::string> host_uuid();
   ComputeManager& mgr_;
-  std::mutex mu_;
-  std::string api_url_, uuid_;
-  std::uint64_t failures_ = 0;
+  Mutex mu_;
+  std::string api_url_ GUARDED_BY(mu_), uuid_ GUARDED_BY(mu_);
+  std::uint64_t failures_ GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace virtcap::compute

@@ -3,21 +3,18 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <chrono>
 #include <climits>
 #include <random>
 #include <cctype>
 #include <filesystem>
 #include <set>
 
-#include "compute/manager_detail.h"
+#include "common/time.h"
+#include "common/uuid.h"
 #include "imagecache/host_registry.h"
 #include "virt/registry.h"
 
 namespace virtcap::compute {
-
-using detail::looks_like_uuid;
-using detail::now_seconds;
 
 std::string new_uuid() {
   thread_local std::mt19937_64 rng{std::random_device{}()};
@@ -30,16 +27,9 @@ std::string new_uuid() {
   return buf;
 }
 
-std::int64_t detail::now_seconds() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-bool detail::looks_like_uuid(const std::string& s) {
-  return s.size() == 36 && s[8] == '-' && s[13] == '-' && s[18] == '-' && s[23] == '-';
-}
-
 namespace {
+
+constexpr std::string_view kStopping = "the agent is stopping";
 
 Error load_failure(const std::string& driver, const std::string& why) {
   Error e = make_error(Errc::driver_load_failed, "unable to load the virtualization driver '" + driver +
@@ -56,7 +46,7 @@ namespace {
 Result<std::unique_ptr<ComputeDriver>> load_driver(const config::Config& cfg, const std::string& driver_override) {
   const std::string name = driver_override.empty() ? cfg.compute.driver : driver_override;
   auto driver = make_driver(name, cfg);
-  if (!driver) {
+  if (!driver.ok()) {
     Error e = driver.error();
     e.message = "unable to load the virtualization driver: " + e.message;
     return e;
@@ -69,23 +59,23 @@ Result<std::unique_ptr<ComputeDriver>> load_driver(const config::Config& cfg, co
 Result<std::unique_ptr<ComputeManager>> ComputeManager::create(const config::Config& cfg, InstanceStore& store,
                                                                const std::string& driver_override) {
   auto driver = load_driver(cfg, driver_override);
-  if (!driver) return driver.error();
+  if (!driver.ok()) return driver.error();
   return create(cfg, store, std::move(driver.value()));
 }
 
 Result<std::pair<std::string, Capabilities>> ComputeManager::inspect(const config::Config& cfg,
                                                                      const std::string& driver_override) {
   auto driver = load_driver(cfg, driver_override);
-  if (!driver) return driver.error();
+  if (!driver.ok()) return driver.error();
   const std::string name(driver.value()->name());
-  if (auto st = driver.value()->init_host(cfg.host()); !st) return load_failure(name, st.error().message);
+  if (auto st = driver.value()->init_host(cfg.host()); !st.ok()) return load_failure(name, st.error().message);
   return std::make_pair(name, driver.value()->capabilities());
 }
 
 Result<std::unique_ptr<ComputeManager>> ComputeManager::create(const config::Config& cfg, InstanceStore& store,
                                                                std::unique_ptr<ComputeDriver> driver) {
   const std::string name(driver->name());
-  if (auto st = driver->init_host(cfg.host()); !st) return load_failure(name, st.error().message);
+  if (auto st = driver->init_host(cfg.host()); !st.ok()) return load_failure(name, st.error().message);
   return std::unique_ptr<ComputeManager>(new ComputeManager(cfg, store, std::move(driver)));
 }
 
@@ -97,10 +87,10 @@ ComputeManager::ComputeManager(const config::Config& cfg, InstanceStore& store, 
       host_(cfg.host()),
       instances_path_(cfg.instances_path()),
       fleet_reporter_(std::make_unique<FleetReporter>(*this)) {
-  if (auto st = store_.register_host({host_, instances_path_, now_seconds()}); !st)
+  if (auto st = store_.register_host({host_, instances_path_, now_seconds()}); !st.ok())
     spdlog::warn("could not register host {} in the instance store: {}", host_, st.error().describe());
-  if (caps_.has_imagecache)
-    if (auto st = imagecache::register_host(instances_path_, host_); !st)
+  if (allows(Operation::manage_image_cache))
+    if (auto st = imagecache::register_host(instances_path_, host_); !st.ok())
       spdlog::warn("could not register host {} on the shared storage: {}", host_, st.error().describe());
   spdlog::info("driver '{}' loaded on host '{}'; has_imagecache={}", driver_->name(), host_, caps_.has_imagecache);
 }
@@ -116,18 +106,32 @@ Status ComputeManager::refuse(const Requirement& r) const {
   return e;
 }
 
+std::string ComputeManager::undeclared(Operation op) const {
+  return "driver '" + std::string(driver_->name()) + "' does not declare capability " +
+         std::string(requirement(op).capability_name);
+}
+
 Status ComputeManager::check(Operation op) const {
-  for (const auto& r : kRequirements)
-    if (r.op == op && !(caps_.*(r.capability))) return refuse(r);
+  if (!allows(op)) return refuse(requirement(op));
   return {};
 }
 
-std::shared_ptr<std::mutex> ComputeManager::instance_lock(const std::string& uuid) {
-  std::lock_guard lock(locks_mu_);
+bool ComputeManager::allows(Operation op) const {
+  const Requirement& r = requirement(op);
+  return r.capability == nullptr || caps_.*(r.capability);
+}
+
+int ComputeManager::limit(Operation op) const {
+  const Requirement& r = requirement(op);
+  return r.limit == nullptr ? 0 : caps_.*(r.limit);
+}
+
+std::shared_ptr<Mutex> ComputeManager::instance_lock(const std::string& uuid) {
+  MutexLock lock(locks_mu_);
   auto& weak = instance_locks_[uuid];
   auto strong = weak.lock();
   if (!strong) {
-    strong = std::make_shared<std::mutex>();
+    strong = std::make_shared<Mutex>();
     weak = strong;
   }
   if (instance_locks_.size() > 4096)  // drop entries nobody holds
@@ -148,7 +152,7 @@ bool valid_instance_name(const std::string& n) {
 // The audit line of an operation on `id` (a uuid or a name) until find()
 // names the instance.
 audit::Scope audit_of(std::string_view operation, const std::string& id) {
-  const bool uuid = looks_like_uuid(id);
+  const bool uuid = is_uuid(id);
   return audit::Scope(operation, uuid ? id : "", uuid ? "" : id);
 }
 }  // namespace
@@ -160,16 +164,17 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
     return audit.fail(make_error(Errc::invalid_argument, "instance name '" + name +
                                                   "' is invalid: 1-63 letters, digits, '.', '_' or '-', "
                                                   "starting with a letter or digit"));
-  if (memory_mb < 16 || memory_mb > 16 * 1024 * 1024)
-    return audit.fail(make_error(Errc::invalid_argument,
-                                 "memory_mb must be from 16 to 16777216, got " + std::to_string(memory_mb)));
+  if (!memory_mb_in_range(memory_mb))
+    return audit.fail(make_error(Errc::invalid_argument, "memory_mb must be from " + std::to_string(kMinMemoryMb) +
+                                                             " to " + std::to_string(kMaxMemoryMb) + ", got " +
+                                                             std::to_string(memory_mb)));
   // One range, whichever end is crossed: 1 to the driver's max_vcpus.
-  if (vcpus < 1 || vcpus > (caps_.max_vcpus > 0 ? caps_.max_vcpus : INT_MAX))
+  if (const int max = limit(Operation::boot_vcpus); vcpus < 1 || vcpus > (max > 0 ? max : INT_MAX))
     return audit.fail(make_error(Errc::invalid_argument,
                       "vcpus must be from 1 to " +
-                          (caps_.max_vcpus > 0 ? std::to_string(caps_.max_vcpus) + " (driver '" +
-                                                     std::string(driver_->name()) + "' max_vcpus)"
-                                               : std::string("the driver's maximum")) +
+                          (max > 0 ? std::to_string(max) + " (driver '" + std::string(driver_->name()) + "' " +
+                                         std::string(requirement(Operation::boot_vcpus).capability_name) + ")"
+                                   : std::string("the driver's maximum")) +
                           ", got " + std::to_string(vcpus)));
   // A bad image is refused before the record is written: no row is left.
   if (!valid_image_id(image_id))
@@ -179,7 +184,7 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
                                                                          : "'") +
                                                   " is invalid: it must match ^[A-Za-z0-9._-]{1,128}$ and must not "
                                                   "contain '..'"));
-  if (auto img = driver_->check_image(image_id); !img) return audit.fail(img.error());
+  if (auto img = driver_->check_image(image_id); !img.ok()) return audit.fail(img.error());
   // A hypervisor that is away refuses the boot before the record is written:
   // a client retrying through a restart leaves no error record per try.
   if (auto why = driver_->unavailable_reason(); !why.empty())
@@ -191,45 +196,45 @@ Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::
   rec.image_id = image_id;
   rec.memory_mb = memory_mb;
   rec.vcpus = static_cast<int>(vcpus);
-  rec.vm_state = "building";
-  rec.task_state = "spawning";
+  rec.vm_state = VmState::building;
+  rec.task_state = TaskState::spawning;
   rec.created_at = rec.updated_at = now_seconds();
   audit.instance(rec.uuid, name);
   auto lock = instance_lock(rec.uuid);
-  std::lock_guard guard(*lock);
+  MutexLock guard(*lock);
   // The record first: a crash from here on leaves a record that reconcile
   // finishes or rolls back, never an orphan domain or disk.
-  if (auto st = store_.create_instance(rec); !st) return audit.fail(st.error());
+  if (auto st = store_.create_instance(rec); !st.ok()) return audit.fail(st.error());
   auto st = driver_->spawn({rec.uuid, name, image_id, memory_mb, rec.vcpus});
   rec.updated_at = now_seconds();
-  rec.task_state.clear();
-  if (st) {
-    rec.vm_state = "active";
+  rec.task_state = TaskState::none;
+  if (st.ok()) {
+    rec.vm_state = VmState::active;
   } else {
     // The driver rolled back what it made; the record stays, marked error,
     // unless the request itself was bad (then it never existed).
-    rec.vm_state = "error";
+    rec.vm_state = VmState::error;
     if (st.error().code == Errc::invalid_argument || st.error().code == Errc::not_found) {
-      rec.vm_state = "deleted";
+      rec.vm_state = VmState::deleted;
       rec.deleted_at = rec.updated_at;
     }
   }
-  if (auto up = store_.update_instance(rec); !up) return audit.fail(up.error());
-  if (!st) return audit.fail(st.error());
+  if (auto up = store_.update_instance(rec); !up.ok()) return audit.fail(up.error());
+  if (!st.ok()) return audit.fail(st.error());
   audit.ok();
   return rec;
 }
 
 Result<InstanceRecord> ComputeManager::find(const std::string& id) {
-  if (looks_like_uuid(id)) {
+  if (is_uuid(id)) {
     auto rec = store_.get_instance(id);
-    if (!rec) return rec.error();
+    if (!rec.ok()) return rec.error();
     if (rec->deleted_at != 0 || rec->host != host_)
       return make_error(Errc::not_found, "no live instance " + id + " on host " + host_);
     return rec;
   }
   auto all = store_.list_instances(host_, false);
-  if (!all) return all.error();
+  if (!all.ok()) return all.error();
   for (auto& r : all.value())
     if (r.name == id) return r;
   return make_error(Errc::not_found, "no live instance named '" + id + "' on host " + host_);
@@ -244,7 +249,7 @@ Result<InstancePageInfo> ComputeManager::list_page(InstancePageQuery query, cons
 
 Result<std::map<std::string, PowerState, std::less<>>> ComputeManager::power_states() {
   auto all = driver_->list_instances();
-  if (!all) return all.error();
+  if (!all.ok()) return all.error();
   std::map<std::string, PowerState, std::less<>> out;
   for (auto& d : all.value()) out.emplace(std::move(d.uuid), d.power_state);
   return out;
@@ -252,10 +257,10 @@ Result<std::map<std::string, PowerState, std::less<>>> ComputeManager::power_sta
 
 Result<ComputeManager::InstanceView> ComputeManager::show(const std::string& id) {
   auto rec = find(id);
-  if (!rec) return rec.error();
+  if (!rec.ok()) return rec.error();
   InstanceView v{rec.value(), std::nullopt};
   auto hv = driver_->get_instance(rec->uuid);
-  if (hv) v.hypervisor = std::move(hv.value());
+  if (hv.ok()) v.hypervisor = std::move(hv.value());
   else if (hv.error().code != Errc::not_found) return hv.error();
   return v;
 }
@@ -264,18 +269,18 @@ Status ComputeManager::destroy(const std::string& id) {
   auto audit = audit_of("delete", id);
   return audit.done(with_instance(id, audit, [&](InstanceRecord& found) -> Status {
     auto rec = store_.get_instance(found.uuid);  // fresh, under the lock
-    if (!rec) return rec.error();
+    if (!rec.ok()) return rec.error();
     if (rec->deleted_at != 0) return make_error(Errc::not_found, "instance " + rec->uuid + " is already deleted");
-    rec->task_state = "deleting";
+    rec->task_state = TaskState::deleting;
     rec->updated_at = now_seconds();
-    if (auto st = store_.update_instance(rec.value()); !st) return st;
-    if (auto st = driver_->destroy(rec->uuid); !st) {
-      rec->task_state.clear();  // nothing was deleted; the instance stays as it was
+    if (auto st = store_.update_instance(rec.value()); !st.ok()) return st;
+    if (auto st = driver_->destroy(rec->uuid); !st.ok()) {
+      rec->task_state = TaskState::none;  // nothing was deleted; the instance stays as it was
       (void)store_.update_instance(rec.value());
       return st;
     }
-    rec->vm_state = "deleted";
-    rec->task_state.clear();
+    rec->vm_state = VmState::deleted;
+    rec->task_state = TaskState::none;
     rec->deleted_at = rec->updated_at = now_seconds();
     return store_.update_instance(rec.value());
   }));
@@ -289,9 +294,9 @@ Status ComputeManager::reboot(const std::string& id) {
 Result<InterfaceInfo> ComputeManager::attach_interface(const std::string& id, const InterfaceSpec& spec) {
   auto audit = audit_of("attach_interface", id);
   if (!spec.mac.empty()) audit.field("mac", spec.mac);
-  if (auto st = check(Operation::attach_interface); !st) return audit.fail(st.error());
+  if (auto st = check(Operation::attach_interface); !st.ok()) return audit.fail(st.error());
   if (!spec.tag.empty())
-    if (auto st = check(Operation::tagged_attach_interface); !st) return audit.fail(st.error());
+    if (auto st = check(Operation::tagged_attach_interface); !st.ok()) return audit.fail(st.error());
   return audit.done(
       with_instance(id, audit, [&](InstanceRecord& rec) { return driver_->attach_interface(rec.uuid, spec); }));
 }
@@ -299,22 +304,22 @@ Result<InterfaceInfo> ComputeManager::attach_interface(const std::string& id, co
 Status ComputeManager::detach_interface(const std::string& id, const std::string& mac) {
   auto audit = audit_of("detach_interface", id);
   audit.field("mac", mac);
-  if (auto st = check(Operation::detach_interface); !st) return audit.fail(st.error());
+  if (auto st = check(Operation::detach_interface); !st.ok()) return audit.fail(st.error());
   return audit.done(
       with_instance(id, audit, [&](InstanceRecord& rec) { return driver_->detach_interface(rec.uuid, mac); }));
 }
 
-Result<ImageCacheReport> ComputeManager::image_cache_pass(bool dry_run) {
-  if (auto st = check(Operation::manage_image_cache); !st) return st.error();
+Result<ImageCacheReport> ComputeManager::image_cache_pass(bool dry_run, std::stop_token stop) {
+  if (auto st = check(Operation::manage_image_cache); !st.ok()) return st.error();
   if (auto why = driver_->unavailable_reason(); !why.empty()) {
     Error e = make_error(Errc::hypervisor_unavailable, why);
     e.driver = driver_->name();
     return e;
   }
   auto hosts = store_.hosts_sharing(instances_path_);
-  if (!hosts) return hosts.error();
+  if (!hosts.ok()) return hosts.error();
   std::vector<std::string> all = hosts.value();
-  if (auto reg = imagecache::registered_hosts(instances_path_); reg) {
+  if (auto reg = imagecache::registered_hosts(instances_path_); reg.ok()) {
     all.insert(all.end(), reg->begin(), reg->end());
   } else {
     return reg.error();  // cannot tell which hosts share the storage: do nothing
@@ -323,10 +328,18 @@ Result<ImageCacheReport> ComputeManager::image_cache_pass(bool dry_run) {
   std::sort(all.begin(), all.end());
   all.erase(std::unique(all.begin(), all.end()), all.end());
   auto instances = store_.live_instances_on(all);
-  if (!instances) return instances.error();
-  auto report = driver_->manage_image_cache(instances.value(), dry_run);
-  if (report) {
-    std::lock_guard lock(report_mu_);
+  if (!instances.ok()) return instances.error();
+  if (stop.stop_requested()) {
+    ImageCacheReport stopped;
+    stopped.complete = false;
+    stopped.stopped = true;
+    stopped.dry_run = dry_run;
+    stopped.notes.push_back("stopped before the pass began (the agent is stopping); nothing removed");
+    return stopped;
+  }
+  auto report = driver_->manage_image_cache(instances.value(), dry_run, stop);
+  if (report.ok()) {
+    MutexLock lock(report_mu_);
     last_report_ = report.value();
     ++totals_.passes;
     if (!report->complete) ++totals_.incomplete;
@@ -337,27 +350,27 @@ Result<ImageCacheReport> ComputeManager::image_cache_pass(bool dry_run) {
 }
 
 std::optional<ImageCacheReport> ComputeManager::last_image_cache_report() const {
-  std::lock_guard lock(report_mu_);
+  MutexLock lock(report_mu_);
   return last_report_;
 }
 
 ComputeManager::ImageCacheTotals ComputeManager::image_cache_totals() const {
-  std::lock_guard lock(report_mu_);
+  MutexLock lock(report_mu_);
   return totals_;
 }
 
-TaskOutcome ComputeManager::run_image_cache_pass() {
+TaskOutcome ComputeManager::run_image_cache_pass(std::stop_token stop) {
   // The seed's point: no store query and no driver call unless the driver
   // wants the pass and the operator has not disabled it.
-  if (!caps_.has_imagecache)
-    return TaskOutcome::skipped("driver '" + std::string(driver_->name()) +
-                                "' does not declare capability has_imagecache");
+  if (!allows(Operation::manage_image_cache)) return TaskOutcome::skipped(undeclared(Operation::manage_image_cache));
   if (cfg_.image_cache.manager_interval <= 0)
     return TaskOutcome::skipped("[image_cache] manager_interval is " +
                                 std::to_string(cfg_.image_cache.manager_interval) + " (<= 0 disables the pass)");
   if (auto why = driver_->unavailable_reason(); !why.empty()) return TaskOutcome::skipped(why);
-  auto report = image_cache_pass(false);
-  if (!report) return TaskOutcome::failed(report.error().describe());
+  if (stop.stop_requested()) return TaskOutcome::skipped(std::string(kStopping));
+  auto report = image_cache_pass(false, stop);
+  if (!report.ok()) return TaskOutcome::failed(report.error().describe());
+  if (report->stopped) return TaskOutcome::skipped(std::string(kStopping) + ": pass ended early, nothing more removed");
   std::string msg = std::to_string(report->instances_considered) + " live instances, " +
                     std::to_string(report->disks_read) + " disks read; " + std::to_string(report->files_removed) +
                     " files removed, " + std::to_string(report->bytes_freed) + " bytes freed";
@@ -367,12 +380,16 @@ TaskOutcome ComputeManager::run_image_cache_pass() {
   return TaskOutcome::ran(msg);
 }
 
-TaskOutcome ComputeManager::sync_power_states() {
+TaskOutcome ComputeManager::sync_power_states(std::stop_token stop) {
+  if (stop.stop_requested()) return TaskOutcome::skipped(std::string(kStopping));
   if (auto why = driver_->unavailable_reason(); !why.empty()) return TaskOutcome::skipped(why);
-  auto r = reconcile(true);
-  if (!r) return TaskOutcome::failed(r.error().describe());
+  auto r = reconcile(true, stop);
+  if (!r.ok()) return TaskOutcome::failed(r.error().describe());
   for (const auto& u : r->lost)
     spdlog::warn("instance {} is in the store but not on the hypervisor; marked lost (kept)", u);
+  if (r->interrupted)
+    return TaskOutcome::skipped(std::string(kStopping) + ": ended early after marking " +
+                                std::to_string(r->lost.size()) + " lost");
   return TaskOutcome::ran(std::to_string(r->lost.size()) + " lost, " + std::to_string(r->unknown_domains.size()) +
                           " unknown domains, " + std::to_string(r->finished_spawns.size() + r->rolled_back_spawns.size()) +
                           " interrupted spawns and " + std::to_string(r->finished_deletes.size()) +
@@ -383,11 +400,11 @@ TaskOutcome ComputeManager::sync_power_states() {
 void ComputeManager::register_periodic_tasks(PeriodicTaskRunner& runner) {
   PeriodicTask cache{std::string(kImageCacheTask), static_cast<double>(cfg_.image_cache.manager_interval),
                      FirstRun::after_spacing, "",
-                     [this](std::stop_token) { return run_image_cache_pass(); }};
+                     [this](std::stop_token st) { return run_image_cache_pass(st); }};
   // Decided once, from the capabilities read at start: the task is not even
   // scheduled when the driver does not want it.
-  if (!caps_.has_imagecache)
-    cache.disabled_reason = "driver '" + std::string(driver_->name()) + "' does not declare capability has_imagecache";
+  if (!allows(Operation::manage_image_cache))
+    cache.disabled_reason = undeclared(Operation::manage_image_cache);
   else if (cfg_.image_cache.manager_interval <= 0)
     cache.disabled_reason = "[image_cache] manager_interval is " + std::to_string(cfg_.image_cache.manager_interval) +
                             " (<= 0 disables the pass)";
@@ -396,7 +413,7 @@ void ComputeManager::register_periodic_tasks(PeriodicTaskRunner& runner) {
                  cfg_.image_cache.manager_interval);
   runner.add(std::move(cache));
   PeriodicTask sync{std::string(kPowerSyncTask), static_cast<double>(cfg_.defaults.sync_power_state_interval),
-                    FirstRun::immediately, "", [this](std::stop_token) { return sync_power_states(); }};
+                    FirstRun::immediately, "", [this](std::stop_token st) { return sync_power_states(st); }};
   if (cfg_.defaults.sync_power_state_interval <= 0)
     sync.disabled_reason = "[DEFAULT] sync_power_state_interval is " +
                            std::to_string(cfg_.defaults.sync_power_state_interval) + " (<= 0 disables the task)";

@@ -10,10 +10,12 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <string_view>
 
 #include "common/audit.h"
+#include "common/mutex.h"
 #include "compute/fleet_reporter.h"
 #include "compute/periodic.h"
 #include "config/config.h"
@@ -23,31 +25,56 @@
 
 namespace virtcap::compute {
 
-// Operations that need a capability. The table below is the only place the
-// pairing is written; a misspelt capability in it does not compile.
-enum class Operation { attach_interface, tagged_attach_interface, detach_interface, manage_image_cache };
+// Operations that depend on a capability. The table below is the only place
+// the pairing is written; a misspelt capability in it does not compile.
+// boot_vcpus is the vcpus a boot asks for, bounded by the driver's max_vcpus.
+enum class Operation { attach_interface, tagged_attach_interface, detach_interface, manage_image_cache, boot_vcpus };
 
 struct Requirement {
   Operation op;
   std::string_view operation;
+  // Either a capability the driver must declare ...
   bool Capabilities::*capability;
+  // ... or the most the driver allows of the operation's amount (0: no limit).
+  int Capabilities::*limit;
   std::string_view capability_name;
 };
 
-#define VIRTCAP_REQUIRES_(op, cap) Requirement{Operation::op, #op, &Capabilities::cap, #cap}
+#define VIRTCAP_REQUIRES_(op, cap) Requirement{Operation::op, #op, &Capabilities::cap, nullptr, #cap}
+#define VIRTCAP_LIMITED_BY_(op, cap) Requirement{Operation::op, #op, nullptr, &Capabilities::cap, #cap}
 inline constexpr std::array kRequirements = {
     VIRTCAP_REQUIRES_(attach_interface, supports_attach_interface),
     VIRTCAP_REQUIRES_(tagged_attach_interface, supports_tagged_attach_interface),
     VIRTCAP_REQUIRES_(detach_interface, supports_attach_interface),
     VIRTCAP_REQUIRES_(manage_image_cache, has_imagecache),
+    VIRTCAP_LIMITED_BY_(boot_vcpus, max_vcpus),
 };
+#undef VIRTCAP_LIMITED_BY_
 #undef VIRTCAP_REQUIRES_
+
+// The row of kRequirements for `op` (every Operation has exactly one).
+constexpr const Requirement& requirement(Operation op) {
+  for (const auto& r : kRequirements)
+    if (r.op == op) return r;
+  return kRequirements.front();  // unreachable: checked below
+}
+static_assert([] {
+  for (const auto& r : kRequirements)
+    if (&requirement(r.op) != &r || (r.capability == nullptr) == (r.limit == nullptr)) return false;
+  return true;
+}(), "each Operation has one row in kRequirements, with either a capability or a limit");
 
 inline constexpr std::string_view kImageCacheTask = "image_cache_manager_pass";
 inline constexpr std::string_view kPowerSyncTask = "sync_power_states";
 
 // A random (version 4) uuid.
 std::string new_uuid();
+
+// The memory an instance may have, in MiB: 16 MiB to 16 TiB. boot() refuses
+// anything else; the API and the CLI check the same range first, so their
+// errors name their own field or flag.
+inline constexpr int kMinMemoryMb = 16, kMaxMemoryMb = 16 * 1024 * 1024;
+constexpr bool memory_mb_in_range(long long mb) { return mb >= kMinMemoryMb && mb <= kMaxMemoryMb; }
 
 class ComputeManager {
  public:
@@ -73,6 +100,10 @@ class ComputeManager {
   // OK if the driver's capabilities allow `op`; otherwise a
   // capability_not_supported error naming operation, capability and driver.
   Status check(Operation op) const;
+  // Whether the driver declares the capability `op` requires.
+  bool allows(Operation op) const;
+  // The most the driver allows of `op`'s amount; 0: no limit.
+  int limit(Operation op) const;
 
   // Instance operations, gated by capability. `id` is a uuid, or the name of
   // a live instance of this host. Operations on one instance are serialised:
@@ -102,7 +133,8 @@ class ComputeManager {
   // capability_not_supported unless the driver declares has_imagecache.
   // Gathers the live instances of every host sharing the instances path (the
   // store's hosts plus those registered on the storage) and hands them down.
-  Result<ImageCacheReport> image_cache_pass(bool dry_run);
+  // A stop request is checked between its steps (and handed to the driver).
+  Result<ImageCacheReport> image_cache_pass(bool dry_run, std::stop_token stop = {});
 
   // Store, hypervisor and disks compared. With fix: interrupted spawns are
   // finished (domain present) or rolled back (domain absent, record kept as
@@ -113,17 +145,22 @@ class ComputeManager {
   struct ReconcileReport {
     std::vector<std::string> finished_spawns, rolled_back_spawns, finished_deletes, lost, unknown_domains,
         orphan_dirs, stuck;
+    // A stop request ended it between two instances: what is listed was
+    // done; unknown domains and orphan directories were not looked for.
+    bool interrupted = false;
     bool consistent() const {
       return unknown_domains.empty() && orphan_dirs.empty() && stuck.empty();
     }
   };
-  Result<ReconcileReport> reconcile(bool fix);
+  Result<ReconcileReport> reconcile(bool fix, std::stop_token stop = {});
 
   // Periodic task bodies. The image-cache task returns at once, with no store
   // query and no driver call, without has_imagecache or with
-  // [image_cache] manager_interval <= 0.
-  TaskOutcome run_image_cache_pass();
-  TaskOutcome sync_power_states();
+  // [image_cache] manager_interval <= 0. Both take the runner's stop token
+  // and end early (skipped, saying so) when a stop is requested between
+  // their steps; the pass then removes nothing more.
+  TaskOutcome run_image_cache_pass(std::stop_token stop = {});
+  TaskOutcome sync_power_states(std::stop_token stop = {});
 
   // Adds this manager's periodic tasks to `runner` (which must outlive nothing
   // of the manager: stop the runner before destroying the manager).
@@ -134,8 +171,10 @@ class ComputeManager {
  private:
   ComputeManager(const config::Config& cfg, InstanceStore& store, std::unique_ptr<ComputeDriver> driver);
   Status refuse(const Requirement& r) const;
+  // "driver 'x' does not declare capability <op's capability>"
+  std::string undeclared(Operation op) const;
   // A per-instance lock, taken with try_lock: a busy instance is a conflict.
-  std::shared_ptr<std::mutex> instance_lock(const std::string& uuid);
+  std::shared_ptr<Mutex> instance_lock(const std::string& uuid);
   Error busy(const std::string& uuid) const;
   // Finds `id`, names it in `audit`, takes its instance lock (try_lock:
   // busy is a conflict) and runs fn(record) with it held.
@@ -143,8 +182,8 @@ class ComputeManager {
   auto with_instance(const std::string& id, audit::Scope& audit, F&& fn)
       -> decltype(fn(std::declval<InstanceRecord&>()));
 
-  std::mutex locks_mu_;
-  std::map<std::string, std::weak_ptr<std::mutex>> instance_locks_;
+  Mutex locks_mu_;
+  std::map<std::string, std::weak_ptr<Mutex>> instance_locks_ GUARDED_BY(locks_mu_);
 
   config::Config cfg_;
   InstanceStore& store_;
@@ -164,20 +203,20 @@ class ComputeManager {
   ImageCacheTotals image_cache_totals() const;
 
  private:
-  mutable std::mutex report_mu_;
-  std::optional<ImageCacheReport> last_report_;
-  ImageCacheTotals totals_;
+  mutable Mutex report_mu_;
+  std::optional<ImageCacheReport> last_report_ GUARDED_BY(report_mu_);
+  ImageCacheTotals totals_ GUARDED_BY(report_mu_);
 };
 
 template <class F>
 auto ComputeManager::with_instance(const std::string& id, audit::Scope& audit, F&& fn)
     -> decltype(fn(std::declval<InstanceRecord&>())) {
   auto rec = find(id);
-  if (!rec) return rec.error();
+  if (!rec.ok()) return rec.error();
   audit.instance(rec->uuid, rec->name);
   auto lock = instance_lock(rec->uuid);
-  std::unique_lock guard(*lock, std::try_to_lock);
-  if (!guard.owns_lock()) return busy(rec->uuid);
+  if (!lock->try_lock()) return busy(rec->uuid);
+  MutexLock guard(*lock, std::adopt_lock);
   return fn(rec.value());
 }
 

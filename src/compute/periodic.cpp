@@ -4,6 +4,8 @@
 
 #include <random>
 
+#include "common/time.h"
+
 namespace virtcap::compute {
 
 std::string_view to_string(TaskOutcome::Kind k) {
@@ -29,7 +31,7 @@ bool PeriodicTaskRunner::enabled(const PeriodicTask& t) {
 }
 
 void PeriodicTaskRunner::add(PeriodicTask task) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto slot = std::make_unique<Slot>();
   slot->status.name = task.name;
   slot->status.spacing_seconds = task.spacing_seconds;
@@ -45,7 +47,7 @@ void PeriodicTaskRunner::add(PeriodicTask task) {
 }
 
 void PeriodicTaskRunner::start() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (started_) return;
   started_ = true;
   std::mt19937_64 rng(options_.seed ? options_.seed : std::random_device{}());
@@ -67,7 +69,7 @@ void PeriodicTaskRunner::start() {
 
 void PeriodicTaskRunner::stop() {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (stopped_) return;
     stopped_ = true;
   }
@@ -84,12 +86,11 @@ void PeriodicTaskRunner::loop(std::stop_token st, Slot& slot, double first_delay
       std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(slot.task.spacing_seconds));
   while (true) {
     {
-      std::unique_lock lock(mu_);
-      cv_.wait_until(lock, st, next, [] { return false; });
-      if (st.stop_requested()) return;
+      MutexLock lock(mu_);
+      if (cv_.wait_until(mu_, st, next)) return;  // stop requested
     }
     const auto started = clock::now();
-    const auto wall = std::chrono::system_clock::now();
+    const auto wall = wall_now();
     TaskOutcome outcome;
     try {
       outcome = slot.task.fn(st);
@@ -102,7 +103,7 @@ void PeriodicTaskRunner::loop(std::stop_token st, Slot& slot, double first_delay
     // Recorded before it is logged: whoever reads the log line sees the run
     // in status() (and GET /v1/tasks) too.
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       slot.status.runs++;
       slot.status.runs_by_result[static_cast<int>(outcome.kind)]++;
       slot.status.last_started = wall;
@@ -128,7 +129,7 @@ void PeriodicTaskRunner::loop(std::stop_token st, Slot& slot, double first_delay
 }
 
 std::vector<TaskStatus> PeriodicTaskRunner::status() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   std::vector<TaskStatus> out;
   for (const auto& s : slots_) out.push_back(s->status);
   return out;
@@ -136,12 +137,15 @@ std::vector<TaskStatus> PeriodicTaskRunner::status() const {
 
 bool PeriodicTaskRunner::wait_for_runs(const std::string& name, std::uint64_t runs,
                                        std::chrono::milliseconds timeout) const {
-  std::unique_lock lock(mu_);
+  MutexLock lock(mu_);
   const Slot* slot = nullptr;
   for (const auto& s : slots_)
     if (s->task.name == name) slot = s.get();
   if (!slot) return false;
-  cv_.wait_for(lock, timeout, [&] { return stopped_ || slot->status.runs >= runs; });
+  cv_.wait_for(mu_, timeout, [&] {
+    mu_.assert_held();
+    return stopped_ || slot->status.runs >= runs;
+  });
   return slot->status.runs >= runs;
 }
 

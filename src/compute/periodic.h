@@ -9,15 +9,15 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <stop_token>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "common/mutex.h"
 
 namespace virtcap::compute {
 
@@ -87,12 +87,12 @@ class PeriodicTaskRunner {
   static bool enabled(const PeriodicTask& t);
 
   Options options_;
-  std::vector<std::unique_ptr<Slot>> slots_;
+  mutable Mutex mu_;
+  mutable CondVar cv_;
+  std::vector<std::unique_ptr<Slot>> slots_ GUARDED_BY(mu_);  // each Slot's status too
   std::vector<std::jthread> threads_;
-  mutable std::mutex mu_;
-  mutable std::condition_variable_any cv_;
-  bool started_ = false;
-  bool stopped_ = false;
+  bool started_ GUARDED_BY(mu_) = false;
+  bool stopped_ GUARDED_BY(mu_) = false;
 };
 
 }  // namespace virtcap::compute

@@ -2,6 +2,7 @@
 
 #include "common/group.h"
 #include "common/net_address.h"
+#include "common/strings.h"
 
 #include <toml++/toml.h>
 #include <unistd.h>
@@ -97,7 +98,7 @@ std::optional<std::string> token::operator()(const std::string& v) const {
 }
 std::string http_url::describe() const { return "empty, or http://HOST[:PORT] or https://HOST[:PORT]"; }
 std::optional<std::string> http_url::operator()(const std::string& v) const {
-  if (v.empty() || parse_http_url(v)) return std::nullopt;
+  if (v.empty() || parse_http_url(v).ok()) return std::nullopt;
   return "expected " + describe() + ", got \"" + v + "\"";
 }
 std::string group_name::describe() const { return "empty, or a group name this host knows"; }
@@ -105,22 +106,6 @@ std::optional<std::string> group_name::operator()(const std::string& v) const {
   if (v.empty()) return std::nullopt;
   if (v.find('\0') == std::string::npos && group_id(v)) return std::nullopt;
   return "no group named \"" + v + "\" on this host (getent group lists them); create it or leave the option empty";
-}
-std::string one_of::describe() const {
-  std::string c = choices;
-  for (auto& ch : c)
-    if (ch == '|') ch = ',';
-  return "one of: " + c;
-}
-std::optional<std::string> one_of::operator()(const std::string& v) const {
-  std::string_view all = choices;
-  while (!all.empty()) {
-    auto bar = all.find('|');
-    if (all.substr(0, bar) == v) return std::nullopt;
-    if (bar == std::string_view::npos) break;
-    all.remove_prefix(bar + 1);
-  }
-  return "expected " + describe() + ", got \"" + v + "\"";
 }
 std::string listen_address::describe() const { return "HOST:PORT, port 0-65535"; }
 std::optional<std::string> listen_address::operator()(const std::string& v) const {
@@ -192,8 +177,6 @@ std::string normalise_path(const std::string& p) {
   return out;
 }
 
-Error config_error(std::string message) { return make_error(Errc::invalid_argument, std::move(message)); }
-
 // Reads one option from its TOML node into `field`, applying its check.
 template <class T, class Check>
 std::optional<std::string> read_value(const toml::node& node, T& field, const Check& chk) {
@@ -213,6 +196,13 @@ std::optional<std::string> read_value(const toml::node& node, T& field, const Ch
     if (!v) return "expected a number, got " + toml_type_name(node);
     if (auto err = chk(*v)) return err;
     field = *v;
+    return std::nullopt;
+  } else if constexpr (ChoiceEnum<T>) {
+    auto v = node.value_exact<std::string>();
+    if (!v) return "expected a string, got " + toml_type_name(node);
+    const auto parsed = parse_choice<T>(*v);
+    if (!parsed) return "expected " + chk.describe() + ", got \"" + *v + "\"";
+    field = *parsed;
     return std::nullopt;
   } else {
     auto v = node.value_exact<std::string>();
@@ -240,6 +230,8 @@ std::string default_text(const T& v) {
   else if constexpr (std::is_same_v<T, int>) return std::to_string(v);
   else if constexpr (std::is_same_v<T, double>)
     return number_text(v);
+  else if constexpr (ChoiceEnum<T>)
+    return "\"" + std::string(to_string(v)) + "\"";
   else return "\"" + std::string(v) + "\"";
 }
 
@@ -252,6 +244,8 @@ std::string toml_string(const std::string& s) {
 template <class T>
 std::string toml_value_text(const T& v) {
   if constexpr (std::is_same_v<T, std::string>) return toml_string(v);
+  else if constexpr (ChoiceEnum<T>)
+    return toml_string(std::string(to_string(v)));
   else return default_text(v);
 }
 
@@ -274,12 +268,6 @@ std::vector<std::string> section_names() {
   std::vector<std::string> out;
   Config cfg;
   for_each_section(cfg, [&](std::string_view name, std::string_view, auto&&) { out.emplace_back(name); });
-  return out;
-}
-
-std::string join(const std::vector<std::string>& v) {
-  std::string out;
-  for (const auto& s : v) out += (out.empty() ? "" : ", ") + s;
   return out;
 }
 
@@ -314,13 +302,13 @@ namespace {
 std::optional<std::string> check_across(const Config& cfg) {
   const auto& f = cfg.fleet;
   const auto url = parse_http_url(f.url);  // an empty url is not one: nothing is sent
-  if (url && !url->https && !f.token.empty() && !is_loopback(url->host) && !f.allow_insecure)
+  if (url.ok() && !url->https && !f.token.empty() && !is_loopback(url->host) && !f.allow_insecure)
     return "[fleet] url = \"" + f.url + "\" would send [fleet] token in clear text to a host that is not "
            "loopback; use https:// (with [fleet] ca_file), or set [fleet] allow_insecure = true";
   if (f.tls_client_cert.empty() != f.tls_client_key.empty())
     return std::string("[fleet] tls_client_cert and tls_client_key must be set together (only ") +
            (f.tls_client_cert.empty() ? "tls_client_key" : "tls_client_cert") + " is set)";
-  if (!f.tls_client_cert.empty() && url && !url->https)
+  if (!f.tls_client_cert.empty() && url.ok() && !url->https)
     return "[fleet] tls_client_cert is set but [fleet] url = \"" + f.url + "\" is not https://: a client "
            "certificate is presented only over TLS";
   return std::nullopt;
@@ -332,7 +320,7 @@ Result<Config> parse(std::string_view text, std::string_view source) {
   try {
     root = toml::parse(text, source);
   } catch (const toml::parse_error& e) {
-    return config_error(where(source, e.source()) + ": invalid TOML: " + std::string(e.description()));
+    return invalid_argument_error(where(source, e.source()) + ": invalid TOML: " + std::string(e.description()));
   }
 
   Config cfg;
@@ -349,9 +337,9 @@ Result<Config> parse(std::string_view text, std::string_view source) {
       known = true;
       const auto* table = sec_node.as_table();
       if (!table) {
-        failure = config_error(where(source, sec_node.source()) + ": '" + sec_name +
-                               "' must be a section ([" + sec_name + "]), got " +
-                               toml_type_name(sec_node));
+        failure = invalid_argument_error(where(source, sec_node.source()) + ": '" + sec_name +
+                                         "' must be a section ([" + sec_name + "]), got " +
+                                         toml_type_name(sec_node));
         return;
       }
       for (auto&& entry : *table) {
@@ -366,27 +354,27 @@ Result<Config> parse(std::string_view text, std::string_view source) {
           if (k != key_name) return;
           found = true;
           if (auto err = read_value(node, field, chk))
-            failure = config_error(where(source, node.source()) + ": [" + sec_name + "] " + key_name +
-                                   ": " + *err);
+            failure = invalid_argument_error(where(source, node.source()) + ": [" + sec_name + "] " + key_name +
+                                             ": " + *err);
         });
         if (!found && !failure)
-          failure = config_error(where(source, key.source()) + ": [" + sec_name + "] " + key_name +
-                                 ": unknown option; known options in [" + sec_name +
-                                 "]: " + join(known_keys));
+          failure = invalid_argument_error(where(source, key.source()) + ": [" + sec_name + "] " + key_name +
+                                           ": unknown option; known options in [" + sec_name +
+                                           "]: " + join(known_keys));
       }
     });
     if (!known && !failure) {
       if (sec_node.is_table())
-        failure = config_error(where(source, sec_key.source()) + ": [" + sec_name +
-                               "]: unknown section; known sections: " + join(section_names()));
+        failure = invalid_argument_error(where(source, sec_key.source()) + ": [" + sec_name +
+                                         "]: unknown section; known sections: " + join(section_names()));
       else
-        failure = config_error(where(source, sec_key.source()) + ": " + sec_name +
-                               ": option outside any section; put it under its section, e.g. "
-                               "[DEFAULT]");
+        failure = invalid_argument_error(where(source, sec_key.source()) + ": " + sec_name +
+                                         ": option outside any section; put it under its section, e.g. "
+                                         "[DEFAULT]");
     }
   }
   if (failure) return *failure;
-  if (auto err = check_across(cfg)) return config_error(std::string(source) + ": " + *err);
+  if (auto err = check_across(cfg)) return invalid_argument_error(std::string(source) + ": " + *err);
   return cfg;
 }
 
@@ -394,12 +382,12 @@ Result<Config> load_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     const int err = errno;
-    return config_error("cannot read config file " + path + ": " + std::strerror(err) +
-                        "; check the path given with --config");
+    return invalid_argument_error("cannot read config file " + path + ": " + std::strerror(err) +
+                                  "; check the path given with --config");
   }
   std::ostringstream buf;
   buf << in.rdbuf();
-  if (in.bad()) return config_error("cannot read config file " + path + ": read error");
+  if (in.bad()) return invalid_argument_error("cannot read config file " + path + ": read error");
   return parse(buf.str(), path);
 }
 

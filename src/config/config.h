@@ -7,11 +7,70 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
+#include "common/log_options.h"
 #include "virtcap/error.h"
 
 namespace virtcap::config {
+
+// Finite choices, each parsed once (where the file is read) into an enum; a
+// name that is not allowed is an error listing the allowed ones.
+// Choice<E>::kNames gives each value its name, in the order docs list them.
+using logging::LogFormat;
+using logging::LogLevel;
+enum class OverlayWriter { native, qemu_img };
+enum class StoreBackend { sqlite, memory };
+enum class AnonymousRole { none, reader, operator_ };
+
+template <class E>
+struct Choice;
+template <>
+struct Choice<LogLevel> {
+  static constexpr std::pair<LogLevel, std::string_view> kNames[] = {
+      {LogLevel::trace, "trace"}, {LogLevel::debug, "debug"},       {LogLevel::info, "info"},
+      {LogLevel::warning, "warning"}, {LogLevel::error, "error"}, {LogLevel::critical, "critical"},
+      {LogLevel::off, "off"}};
+};
+template <>
+struct Choice<LogFormat> {
+  static constexpr std::pair<LogFormat, std::string_view> kNames[] = {{LogFormat::text, "text"},
+                                                                      {LogFormat::json, "json"}};
+};
+template <>
+struct Choice<OverlayWriter> {
+  static constexpr std::pair<OverlayWriter, std::string_view> kNames[] = {{OverlayWriter::native, "native"},
+                                                                          {OverlayWriter::qemu_img, "qemu-img"}};
+};
+template <>
+struct Choice<StoreBackend> {
+  static constexpr std::pair<StoreBackend, std::string_view> kNames[] = {{StoreBackend::sqlite, "sqlite"},
+                                                                         {StoreBackend::memory, "memory"}};
+};
+template <>
+struct Choice<AnonymousRole> {
+  static constexpr std::pair<AnonymousRole, std::string_view> kNames[] = {
+      {AnonymousRole::none, "none"}, {AnonymousRole::reader, "reader"}, {AnonymousRole::operator_, "operator"}};
+};
+
+template <class E>
+concept ChoiceEnum = std::is_enum_v<E> && requires { Choice<E>::kNames; };
+
+template <ChoiceEnum E>
+constexpr std::string_view to_string(E v) {
+  for (const auto& [value, name] : Choice<E>::kNames)
+    if (value == v) return name;
+  return "?";
+}
+
+template <ChoiceEnum E>
+constexpr std::optional<E> parse_choice(std::string_view name) {
+  for (const auto& [value, n] : Choice<E>::kNames)
+    if (n == name) return value;
+  return std::nullopt;
+}
 
 // Value checks. Each returns an error text ("expected ...") for a bad value.
 namespace check {
@@ -45,10 +104,17 @@ struct dir_name {
   std::string describe() const;
   std::optional<std::string> operator()(const std::string& v) const;
 };
-struct one_of {
-  const char* choices;  // "a|b|c"
-  std::string describe() const;
-  std::optional<std::string> operator()(const std::string& v) const;
+// A finite choice (an enum with Choice names): the name is checked, and
+// turned into the enum, as the file is read.
+template <ChoiceEnum E>
+struct choice {
+  std::string describe() const {
+    std::string out = "one of: ";
+    for (const auto& [value, name] : Choice<E>::kNames) (out += name) += ',';
+    out.pop_back();
+    return out;
+  }
+  std::optional<std::string> operator()(E) const { return std::nullopt; }
 };
 struct listen_address {
   std::string describe() const;
@@ -102,9 +168,9 @@ inline constexpr const char* kDefaultTlsPriority =
   O(int, subprocess_timeout, 600, check::range(1, 86400),                                         \
     "Seconds a subprocess (qemu-img, ...) may run before it is killed and reaped.")               \
   O(bool, debug, false, check::any{}, "Log at debug level (overrides log_level).")                 \
-  O(std::string, log_level, "info", check::one_of{"trace|debug|info|warning|error|critical|off"},  \
+  O(LogLevel, log_level, LogLevel::info, check::choice<LogLevel>{},                               \
     "Least severe level logged. SIGHUP re-reads it.")                                             \
-  O(std::string, log_format, "text", check::one_of{"text|json"},                                  \
+  O(LogFormat, log_format, LogFormat::text, check::choice<LogFormat>{},                           \
     "text: ISO 8601 time, level, message; json: one JSON object per line (time, level, logger, pid, thread, message).") \
   O(std::string, log_file, "", check::abs_path{.allow_empty = true},                              \
     "Log to this file (appended; SIGHUP reopens it, for logrotate). Empty: standard error.")
@@ -147,7 +213,7 @@ inline constexpr const char* kDefaultTlsPriority =
     "libvirt network for instance interfaces. Empty: user-mode networking (no host setup).")      \
   O(int, reconnect_max_backoff_seconds, 30, check::range(1, 3600),                                \
     "Longest wait between reconnection attempts after the hypervisor went away.")                 \
-  O(std::string, overlay_writer, "native", check::one_of{"native|qemu-img"},                      \
+  O(OverlayWriter, overlay_writer, OverlayWriter::native, check::choice<OverlayWriter>{},          \
     "How spawn creates an instance's qcow2 overlay on its base: native (written in-process) or "  \
     "qemu-img (runs `qemu-img create`). Both fsync the overlay before renaming it into place.")   \
   O(std::string, disk_group, "", check::group_name{},                                             \
@@ -171,59 +237,17 @@ inline constexpr const char* kDefaultTlsPriority =
     "included) or from the end of its previous request; bytes arriving do not extend it. Past it, " \
     "the connection is closed (slowloris).")
 
-#define VIRTCAP_CONFIG_API(O)                                                                     \
-  O(std::string, listen, "127.0.0.1:8774", check::listen_address{},                               \
-    "HOST:PORT the agent's HTTP/JSON API binds to (port 0: any free port). Non-loopback needs a token, and TLS " \
+// The options every HTTP server has ([api] and [fleet_service] alike):
+// where it listens, its token, TLS, connection limits and request guards.
+// PORT is the default port, WHO names the server, TOKEN_DOC documents its
+// token, CLEAR names what crosses the network in clear text without TLS.
+#define VIRTCAP_CONFIG_HTTP_SERVER(O, PORT, WHO, TOKEN_DOC, CLEAR)                                 \
+  O(std::string, listen, "127.0.0.1:" PORT, check::listen_address{},                              \
+    "HOST:PORT " WHO " binds to (port 0: any free port). Non-loopback needs a token, and TLS "    \
     "unless allow_insecure.")                                                                     \
-  O(std::string, token, "", check::token{},                                                       \
-    "Bearer token every API request must carry when set. Required to bind a non-loopback address.") \
+  O(std::string, token, "", check::token{}, TOKEN_DOC)                                            \
   O(std::string, tls_cert, "", check::abs_path{.allow_empty = true},                              \
-    "PEM certificate chain (server certificate first). With tls_key: the API serves HTTPS only. An " \
-    "expired or not-yet-valid certificate, or one its key does not match, stops the agent at start (exit 2). " \
-    "SIGHUP reads both files again: new connections get the new pair; a refused pair is logged, the old kept.") \
-  O(std::string, tls_key, "", check::abs_path{.allow_empty = true},                               \
-    "Unencrypted PEM private key of tls_cert. Set both or neither.")                              \
-  O(std::string, tls_priority, kDefaultTlsPriority, check::non_empty{},                           \
-    "TLS versions and suites offered (a GnuTLS priority string). Default: TLS 1.3, and TLS 1.2 with " \
-    "ECDHE and AEAD only (no static RSA, CBC or SHA-1). Checked at start.")                        \
-  VIRTCAP_CONFIG_HTTP_LIMITS(O)                                                                   \
-  O(bool, allow_insecure, false, check::any{},                                                    \
-    "Serve plain HTTP on a non-loopback listen address (the token then crosses the network in clear text); " \
-    "logs a warning at every start. Without it such a listen is refused (exit 2).")               \
-  O(int, threads, 8, check::range(1, 256), "Worker threads serving API requests.")                \
-  O(std::string, allowed_origins, "", check::origin_list{},                                       \
-    "Web origins (scheme://host[:port], comma-separated) whose cross-site requests are served. "   \
-    "Empty: a request carrying any Origin header gets 403.")                                       \
-  O(std::string, allowed_hosts, "", check::any{},                                                 \
-    "Host names (comma-separated) clients may use in the Host header besides the listen address, " \
-    "localhost and IP literals; other names get 403 (DNS rebinding guard).")
-
-#define VIRTCAP_CONFIG_STORE(O)                                                                   \
-  O(std::string, backend, "sqlite", check::one_of{"sqlite|memory"},                              \
-    "Instance store: sqlite (durable, the default) or memory (lost at exit; tests only).")       \
-  O(std::string, path, "", check::abs_path{.allow_empty = true},                                  \
-    "SQLite database file. Empty: <state_path>/virtcap.db.")
-
-#define VIRTCAP_CONFIG_FLEET_SERVICE(O)                                                           \
-  O(std::string, listen, "127.0.0.1:8778", check::listen_address{},                               \
-    "HOST:PORT `virtcap fleet serve` binds to (port 0: any free port). Non-loopback needs a token, and TLS " \
-    "unless allow_insecure.")                                                                     \
-  O(std::string, database, "", check::any{},                                                      \
-    "sqlite:///ABS/PATH (one process) or postgresql://... (libpq URI; several replicas). "         \
-    "Empty: sqlite://<state_path>/fleet.sqlite.")                                                \
-  O(int, host_down_after, 180, check::range(1, 31536000),                                         \
-    "Seconds without a report after which a host is down (excluded from queries, with that reason).") \
-  O(std::string, token, "", check::token{},                                                       \
-    "Legacy single shared credential: a request bearing it acts as an operator (a warning at every " \
-    "start). Prefer one credential per agent: `virtcap fleet token create` (docs/fleet.md, Trust model).") \
-  O(std::string, anonymous_role, "none", check::one_of{"none|reader|operator"},                    \
-    "Role of a request that carries no credential: none (401), reader (queries), operator (everything; " \
-    "a test bench only). Only none is allowed on a non-loopback listen address.")                   \
-  O(std::string, client_ca, "", check::abs_path{.allow_empty = true},                             \
-    "PEM CA bundle: with TLS, a client certificate signed by it stands in for an agent token, bound to " \
-    "the host its one DNS subjectAltName (or, with none, its CN) names.")                         \
-  O(std::string, tls_cert, "", check::abs_path{.allow_empty = true},                              \
-    "PEM certificate chain (server certificate first); with tls_key the fleet service serves HTTPS only. " \
+    "PEM certificate chain (server certificate first). With tls_key: " WHO " serves HTTPS only. " \
     "An expired or not-yet-valid certificate, or one its key does not match, stops it at start (exit 2). " \
     "SIGHUP reads both files again: new connections get the new pair; a refused pair is logged, the old kept.") \
   O(std::string, tls_key, "", check::abs_path{.allow_empty = true},                               \
@@ -233,13 +257,45 @@ inline constexpr const char* kDefaultTlsPriority =
     "ECDHE and AEAD only (no static RSA, CBC or SHA-1). Checked at start.")                        \
   VIRTCAP_CONFIG_HTTP_LIMITS(O)                                                                   \
   O(bool, allow_insecure, false, check::any{},                                                    \
-    "Serve plain HTTP on a non-loopback listen address (tokens and reports cross the network in clear " \
-    "text); logs a warning at every start. Without it such a listen is refused (exit 2).")        \
+    "Serve plain HTTP on a non-loopback listen address (" CLEAR " the network in clear text); "    \
+    "logs a warning at every start. Without it such a listen is refused (exit 2).")               \
   O(std::string, allowed_origins, "", check::origin_list{},                                       \
-    "Web origins (comma-separated) whose cross-site requests are served; others get 403.")        \
+    "Web origins (scheme://host[:port], comma-separated) whose cross-site requests are served. "   \
+    "Empty: a request carrying any Origin header gets 403.")                                       \
   O(std::string, allowed_hosts, "", check::any{},                                                 \
-    "Host names (comma-separated) accepted in the Host header besides the listen address, "       \
-    "localhost and IP literals.")                                                                 \
+    "Host names (comma-separated) clients may use in the Host header besides the listen address, " \
+    "localhost and IP literals; other names get 403 (DNS rebinding guard).")
+
+#define VIRTCAP_CONFIG_API(O)                                                                     \
+  VIRTCAP_CONFIG_HTTP_SERVER(O, "8774", "the agent's HTTP/JSON API",                              \
+                             "Bearer token every API request must carry when set. Required to bind a " \
+                             "non-loopback address.",                                             \
+                             "the token then crosses")                                            \
+  O(int, threads, 8, check::range(1, 256), "Worker threads serving API requests.")
+
+#define VIRTCAP_CONFIG_STORE(O)                                                                   \
+  O(StoreBackend, backend, StoreBackend::sqlite, check::choice<StoreBackend>{},                   \
+    "Instance store: sqlite (durable, the default) or memory (lost at exit; tests only).")       \
+  O(std::string, path, "", check::abs_path{.allow_empty = true},                                  \
+    "SQLite database file. Empty: <state_path>/virtcap.db.")
+
+#define VIRTCAP_CONFIG_FLEET_SERVICE(O)                                                           \
+  VIRTCAP_CONFIG_HTTP_SERVER(O, "8778", "`virtcap fleet serve`",                                  \
+                             "Legacy single shared credential: a request bearing it acts as an operator (a " \
+                             "warning at every start). Prefer one credential per agent: `virtcap fleet " \
+                             "token create` (docs/fleet.md, Trust model).",                       \
+                             "tokens and reports cross")                                          \
+  O(std::string, database, "", check::any{},                                                      \
+    "sqlite:///ABS/PATH (one process) or postgresql://... (libpq URI; several replicas). "         \
+    "Empty: sqlite://<state_path>/fleet.sqlite.")                                                \
+  O(int, host_down_after, 180, check::range(1, 31536000),                                         \
+    "Seconds without a report after which a host is down (excluded from queries, with that reason).") \
+  O(AnonymousRole, anonymous_role, AnonymousRole::none, check::choice<AnonymousRole>{},            \
+    "Role of a request that carries no credential: none (401), reader (queries), operator (everything; " \
+    "a test bench only). Only none is allowed on a non-loopback listen address.")                   \
+  O(std::string, client_ca, "", check::abs_path{.allow_empty = true},                             \
+    "PEM CA bundle: with TLS, a client certificate signed by it stands in for an agent token, bound to " \
+    "the host its one DNS subjectAltName (or, with none, its CN) names.")                         \
   O(int, drift_check_interval, 300, check::range(0, 31536000),                                    \
     "Seconds between recounts of the database against the in-memory index (drift is logged, then " \
     "those hosts re-read); 0 disables.")                                                                 \

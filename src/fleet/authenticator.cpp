@@ -20,30 +20,30 @@ std::variant<std::string, std::string> certificate_host(const http::ClientCertif
     return V(std::in_place_index<1>, "the client certificate names " + std::to_string(cert.dns_names.size()) +
                                          " DNS names; an agent's certificate names exactly one host");
   const std::string name = cert.dns_names.empty() ? cert.common_name : cert.dns_names[0];
-  if (auto st = check_host_name(name); !st)
+  if (auto st = check_host_name(name); !st.ok())
     return V(std::in_place_index<1>, "the client certificate does not name a host: " + st.error().message);
   return V(std::in_place_index<0>, name);
 }
 
 Status Authenticator::refresh() {
   auto v = store_.credentials_version();
-  if (!v) return v.error();
+  if (!v.ok()) return v.error();
   {
-    std::shared_lock lock(mu_);
+    ReaderLock lock(mu_);
     if (*v == version_) return {};
   }
   auto rows = store_.list_credentials();
-  if (!rows) return rows.error();
+  if (!rows.ok()) return rows.error();
   std::unordered_map<std::string, CredentialRecord> fresh;
   for (auto& r : *rows) fresh.emplace(r.id, std::move(r));
-  std::unique_lock lock(mu_);
+  WriterLock lock(mu_);
   by_id_ = std::move(fresh);
   version_ = *v;  // a write between the two reads moved it further: the next poll reads again
   return {};
 }
 
 std::size_t Authenticator::credentials() const {
-  std::shared_lock lock(mu_);
+  ReaderLock lock(mu_);
   return by_id_.size();
 }
 
@@ -60,7 +60,7 @@ std::variant<Principal, std::string> Authenticator::authenticate(const http::Req
     if (!parts)
       return V(std::in_place_index<1>, "the bearer token is not a fleet credential (expected vct1.<id>.<secret>, "
                                        "as `virtcap fleet token create` prints it)");
-    std::shared_lock lock(mu_);
+    ReaderLock lock(mu_);
     auto it = by_id_.find(parts->id);
     if (it == by_id_.end() || !token_matches(it->second, parts->secret))
       return V(std::in_place_index<1>, "credential " + parts->id + " is unknown, or its secret is wrong");

@@ -9,11 +9,11 @@
 
 #include <cstdint>
 #include <optional>
-#include <shared_mutex>
 #include <string>
 #include <unordered_map>
 #include <variant>
 
+#include "common/mutex.h"
 #include "fleet/credentials.h"
 #include "fleet/store.h"
 #include "http/server.h"
@@ -41,9 +41,9 @@ class Authenticator {
  private:
   FleetStore& store_;
   const AuthOptions options_;
-  mutable std::shared_mutex mu_;
-  std::unordered_map<std::string, CredentialRecord> by_id_;  // guarded by mu_
-  std::int64_t version_ = -1;                                // guarded by mu_
+  mutable SharedMutex mu_;
+  std::unordered_map<std::string, CredentialRecord> by_id_ GUARDED_BY(mu_);
+  std::int64_t version_ GUARDED_BY(mu_) = -1;
 };
 
 // The host a client certificate speaks for: its one DNS subjectAltName, or

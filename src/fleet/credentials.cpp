@@ -83,7 +83,7 @@ Result<NewCredential> make_credential(Role role, std::string host, std::string n
   if (role == Role::agent) {
     if (host.empty())
       return make_error(Errc::invalid_argument, "an agent credential is bound to one host: give --host NAME");
-    if (auto st = check_host_name(host); !st) return st.error();
+    if (auto st = check_host_name(host); !st.ok()) return st.error();
   } else if (!host.empty()) {
     return make_error(Errc::invalid_argument, "only an agent credential is bound to a host; a " +
                                                   std::string(to_string(role)) + " credential takes no --host");
@@ -91,9 +91,9 @@ Result<NewCredential> make_credential(Role role, std::string host, std::string n
   auto id = random_hex(kIdBytes);
   auto secret = random_hex(kSecretBytes);
   auto salt = random_hex(kSaltBytes);
-  if (!id) return id.error();
-  if (!secret) return secret.error();
-  if (!salt) return salt.error();
+  if (!id.ok()) return id.error();
+  if (!secret.ok()) return secret.error();
+  if (!salt.ok()) return salt.error();
   NewCredential c;
   c.record = {*id, role, std::move(host), *salt, salted_hash(*salt, *secret), now_ms, 0, std::move(note)};
   c.token = std::string(kTokenPrefix) + *id + "." + *secret;

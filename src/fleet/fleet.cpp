@@ -1,8 +1,9 @@
 #include "fleet/fleet.h"
 
+#include <malloc.h>
 #include <spdlog/spdlog.h>
 
-#include <condition_variable>
+#include <algorithm>
 #include <set>
 
 namespace virtcap::fleet {
@@ -11,18 +12,21 @@ Result<std::unique_ptr<Fleet>> Fleet::open(const FleetOptions& options) {
   if (options.host_down_after.count() <= 0)
     return make_error(Errc::invalid_argument, "host_down_after must be positive");
   auto store = open_fleet_store(options.database_url, options.store);
-  if (!store) return store.error();
+  if (!store.ok()) return store.error();
   std::unique_ptr<Fleet> fleet(new Fleet(std::move(*store), options.host_down_after));
   std::unique_ptr<PgListener> listener;
   if (options.listen && fleet->store_->dialect() == Dialect::postgresql) {
     // LISTEN before the load: a write committed after the load is notified.
     auto l = PgListener::open(fleet->store_->target(), {std::string(kNotifyChannel)});
-    if (!l) return l.error();
+    if (!l.ok()) return l.error();
     listener = std::move(*l);
   }
-  if (auto st = fleet->rebuild(); !st) return st.error();
+  if (auto st = fleet->rebuild(); !st.ok()) return st.error();
   if (listener) {
-    fleet->listener_ = listener.get();
+    {
+      MutexLock lock(fleet->listener_mu_);
+      fleet->listener_ = listener.get();
+    }
     fleet->listener_thread_ =
         std::thread([f = fleet.get(), l = std::move(listener)]() mutable { f->listen_loop(std::move(l)); });
   }
@@ -31,7 +35,7 @@ Result<std::unique_ptr<Fleet>> Fleet::open(const FleetOptions& options) {
 
 Fleet::~Fleet() {
   {
-    std::lock_guard lock(listener_mu_);
+    MutexLock lock(listener_mu_);
     stop_ = true;
     if (listener_ != nullptr) listener_->interrupt();
   }
@@ -41,21 +45,21 @@ Fleet::~Fleet() {
 
 void Fleet::set_listener(PgListener* l) {
   {
-    std::lock_guard lock(listener_mu_);
+    MutexLock lock(listener_mu_);
     listener_ = l;
   }
   if (l == nullptr) mark_stale();
 }
 
 void Fleet::mark_stale() {
-  std::lock_guard lock(listener_mu_);
+  MutexLock lock(listener_mu_);
   if (!stale_since_) stale_since_ = std::chrono::steady_clock::now();
 }
 
 void Fleet::pause(std::chrono::milliseconds d) {
-  std::unique_lock lock(listener_mu_);
+  MutexLock lock(listener_mu_);
   // Not a synchronisation sleep: the back-off between reconnect attempts.
-  stop_cv_.wait_for(lock, std::max(d, std::chrono::milliseconds(20)), [this] { return stop_.load(); });
+  stop_cv_.wait_for(listener_mu_, std::max(d, std::chrono::milliseconds(20)), [this] { return stop_.load(); });
 }
 
 void Fleet::listen_loop(std::unique_ptr<PgListener> listener) {
@@ -68,7 +72,7 @@ void Fleet::listen_loop(std::unique_ptr<PgListener> listener) {
       // reload everything: notifications may have been missed meanwhile.
       if (health->claim_attempt()) {
         auto l = PgListener::open(store_->target(), {std::string(kNotifyChannel)});
-        if (l) {
+        if (l.ok()) {
           listener = std::move(*l);
           set_listener(listener.get());
           health->reached();
@@ -84,7 +88,7 @@ void Fleet::listen_loop(std::unique_ptr<PgListener> listener) {
       }
     }
     if (reload) {
-      if (auto st = rebuild(); !st) {
+      if (auto st = rebuild(); !st.ok()) {
         spdlog::warn("fleet index reload failed (retrying): {}", st.error().message);
         pause(std::max(health->retry_in(), std::chrono::milliseconds(DbHealth::kReconnectFirst)));
         continue;
@@ -92,7 +96,7 @@ void Fleet::listen_loop(std::unique_ptr<PgListener> listener) {
       reload = false;
       std::chrono::milliseconds stale{0};
       {
-        std::lock_guard lock(listener_mu_);
+        MutexLock lock(listener_mu_);
         if (stale_since_)
           stale = std::chrono::ceil<std::chrono::milliseconds>(std::chrono::steady_clock::now() - *stale_since_);
         stale_since_.reset();
@@ -100,9 +104,9 @@ void Fleet::listen_loop(std::unique_ptr<PgListener> listener) {
       spdlog::info("fleet index reloaded from the database after {} ms behind; current again", stale.count());
     }
     auto batch = listener->wait(std::chrono::steady_clock::now() + 1s);
-    if (batch) {
+    if (batch.ok()) {
       if (!batch->empty())
-        if (auto st = apply_notifications(*batch); !st) {
+        if (auto st = apply_notifications(*batch); !st.ok()) {
           spdlog::warn("fleet index refresh failed: {}; reloading", st.error().message);
           reload = true;  // a notification not applied: only a full reload catches up
           mark_stale();
@@ -120,7 +124,7 @@ Freshness Fleet::freshness() const {
   Freshness f;
   std::optional<std::chrono::steady_clock::time_point> since;
   {
-    std::lock_guard lock(listener_mu_);
+    MutexLock lock(listener_mu_);
     since = stale_since_;
   }
   if (const auto& h = store_->health()) {
@@ -149,29 +153,38 @@ Status Fleet::apply_notifications(const std::vector<Notification>& batch) {
     hosts.insert(n.payload);
   }
   for (const auto& h : hosts)
-    if (auto st = refresh_host(h); !st) return st;
+    if (auto st = refresh_host(h); !st.ok()) return st;
   notified_++;
   return {};
 }
 
 void Fleet::signal_changed() {
-  { std::lock_guard lock(changed_mu_); }  // a waiter is either before its check or waiting
+  { MutexLock lock(changed_mu_); }  // a waiter is either before its check or waiting
   changed_cv_.notify_all();
 }
 
 Status Fleet::rebuild() {
-  std::lock_guard lock(refresh_mu_);
-  auto all = store_->list_hosts();
-  if (!all) return all.error();
-  index_.rebuild(*all);
-  signal_changed();
+  {
+    MutexLock lock(refresh_mu_);
+    // Built off to the side from the database a page at a time: the peak is
+    // the old index, the new one and one page, never the whole table as rows.
+    HostIndex fresh(index_.host_down_after());
+    auto st = store_->scan_hosts(kScanPageHosts, [&fresh](std::vector<HostRecord>& page) {
+      for (const auto& r : page) fresh.apply(r);
+      return Status{};
+    });
+    if (!st.ok()) return st;
+    index_.replace_with(fresh);
+    signal_changed();
+  }  // the old contents, now in `fresh`, are freed here
+  return_freed_memory();
   return {};
 }
 
 Status Fleet::refresh_host(std::string_view host) {
-  std::lock_guard lock(refresh_mu_);
+  MutexLock lock(refresh_mu_);
   auto rec = store_->get_host(host);
-  if (!rec) return rec.error();
+  if (!rec.ok()) return rec.error();
   if (!*rec) {
     index_.remove(host);
     signal_changed();
@@ -187,65 +200,78 @@ Status Fleet::refresh_host(std::string_view host) {
   return {};
 }
 
+Status Fleet::apply_written(const HostRecord& rec) {
+  {
+    MutexLock lock(refresh_mu_);
+    if (index_.apply_written(rec) != HostIndex::Applied::older_generation) {
+      signal_changed();
+      return {};
+    }
+  }
+  return refresh_host(rec.name);  // only the database can tell a later write from a re-registration
+}
+
 bool Fleet::wait_for_index(const std::function<bool(const HostIndex&)>& pred,
                            std::chrono::steady_clock::time_point deadline) {
-  std::unique_lock lock(changed_mu_);
+  MutexLock lock(changed_mu_);
   while (!pred(index_))
-    if (changed_cv_.wait_until(lock, deadline) == std::cv_status::timeout) return pred(index_);
+    if (!changed_cv_.wait_until(changed_mu_, deadline)) return pred(index_);
   return true;
 }
 
 Result<HostRecord> Fleet::report(const AgentReport& r, std::optional<std::int64_t> expected) {
   auto rec = store_->report(r, expected);
-  if (!rec) return rec;
-  if (auto st = refresh_host(r.name); !st) return st.error();
+  if (!rec.ok()) return rec;
+  if (auto st = apply_written(*rec); !st.ok()) return st.error();
   return rec;
 }
 
 Result<HostRecord> Fleet::add_operator_trait(std::string_view host, std::string_view trait,
                                              std::int64_t expected) {
   auto rec = store_->add_operator_trait(host, trait, expected);
-  if (!rec) return rec;
-  if (auto st = refresh_host(host); !st) return st.error();
+  if (!rec.ok()) return rec;
+  if (auto st = apply_written(*rec); !st.ok()) return st.error();
   return rec;
 }
 
 Result<HostRecord> Fleet::remove_operator_trait(std::string_view host, std::string_view trait,
                                                 std::int64_t expected) {
   auto rec = store_->remove_operator_trait(host, trait, expected);
-  if (!rec) return rec;
-  if (auto st = refresh_host(host); !st) return st.error();
+  if (!rec.ok()) return rec;
+  if (auto st = apply_written(*rec); !st.ok()) return st.error();
   return rec;
 }
 
 Status Fleet::delete_host(std::string_view host, std::optional<std::int64_t> expected) {
-  if (auto st = store_->delete_host(host, expected); !st) return st;
+  if (auto st = store_->delete_host(host, expected); !st.ok()) return st;
   return refresh_host(host);
 }
 
 Result<Drift> Fleet::check_drift() {
-  auto all = store_->list_hosts();
-  if (!all) return all.error();
-  const auto snap = index_.snapshot();
   Drift d;
-  d.db_hosts = all->size();
-  d.index_hosts = snap.size();
-  std::size_t i = 0, j = 0;
-  while (i < all->size() || j < snap.size()) {
-    if (j == snap.size() || (i < all->size() && (*all)[i].name < snap[j].name)) {
-      d.hosts.push_back((*all)[i++].name);
-    } else if (i == all->size() || snap[j].name < (*all)[i].name) {
-      d.hosts.push_back(snap[j++].name);
-    } else {
-      if (!(to_indexed((*all)[i]) == snap[j])) d.hosts.push_back(snap[j].name);
-      ++i;
-      ++j;
-    }
-  }
+  HostIndex::Seen seen;
+  auto st = store_->scan_hosts(kScanPageHosts, [&](std::vector<HostRecord>& page) {
+    d.db_hosts += page.size();
+    for (auto& name : index_.compare(page, seen)) d.hosts.push_back(std::move(name));
+    return Status{};
+  });
+  if (!st.ok()) return st.error();
+  for (auto& name : index_.unseen(seen)) d.hosts.push_back(std::move(name));
+  d.index_hosts = index_.host_count();
+  std::sort(d.hosts.begin(), d.hosts.end());
+  d.hosts.erase(std::unique(d.hosts.begin(), d.hosts.end()), d.hosts.end());
+  return_freed_memory();
   if (!d.hosts.empty())
     spdlog::warn("fleet index drift: {} host(s) differ between the database and the index (first: {})",
                  d.hosts.size(), d.hosts.front());
   return d;
+}
+
+void Fleet::return_freed_memory() {
+  // A scan frees many small blocks in the middle of the heap, which glibc
+  // keeps; hand them back so the resident size follows the index, not the
+  // scan's peak (docs/fleet.md, "Memory").
+  malloc_trim(0);
 }
 
 }  // namespace virtcap::fleet

@@ -7,15 +7,14 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "common/mutex.h"
 #include "fleet/index.h"
 #include "fleet/pg_listener.h"
 #include "fleet/query.h"
@@ -80,6 +79,8 @@ class Fleet {
   Status refresh_host(std::string_view host);
   // Recounts: compares every host in the store with the index.
   Result<Drift> check_drift();
+  // Hosts a rebuild or drift check reads from the database at a time.
+  static constexpr std::size_t kScanPageHosts = 1000;
 
   Freshness freshness() const;
 
@@ -101,19 +102,23 @@ class Fleet {
   void mark_stale();
   Status apply_notifications(const std::vector<Notification>& batch);
   void signal_changed();
+  // Puts a record this process has just written into the index without
+  // reading it back (HostIndex::apply_written; a re-read when it cannot tell).
+  Status apply_written(const HostRecord& rec);
+  static void return_freed_memory();  // malloc_trim after a scan
 
   std::unique_ptr<FleetStore> store_;
   HostIndex index_;
-  std::mutex refresh_mu_;  // a read of the store and its apply to the index happen as one step
+  Mutex refresh_mu_;  // a read of the store and its apply to the index happen as one step
   std::atomic<bool> stop_{false};
   std::atomic<std::uint64_t> notified_{0};
-  std::mutex changed_mu_;
-  std::condition_variable changed_cv_;
-  mutable std::mutex listener_mu_;
-  PgListener* listener_ = nullptr;  // to interrupt it
-  std::condition_variable stop_cv_;  // with listener_mu_: wakes a pause() at stop
-  // Since when the index may miss changes (guarded by listener_mu_).
-  std::optional<std::chrono::steady_clock::time_point> stale_since_;
+  Mutex changed_mu_;
+  CondVar changed_cv_;
+  mutable Mutex listener_mu_;
+  PgListener* listener_ GUARDED_BY(listener_mu_) = nullptr;  // to interrupt it
+  CondVar stop_cv_;  // with listener_mu_: wakes a pause() at stop
+  // Since when the index may miss changes.
+  std::optional<std::chrono::steady_clock::time_point> stale_since_ GUARDED_BY(listener_mu_);
   std::thread listener_thread_;
 };
 

@@ -7,6 +7,8 @@
 #include <functional>
 #include <mutex>
 
+#include "common/strings.h"
+
 namespace virtcap::fleet {
 
 namespace {
@@ -60,9 +62,7 @@ std::string Exclusion::describe() const {
       return "missing required trait " + trait + (trait_known ? "" : " (no host has this trait)");
     case Kind::has_forbidden: return "has forbidden trait " + trait;
     case Kind::none_of_any_of: {
-      std::string list;
-      for (const auto& t : any_of) list += (list.empty() ? "" : ",") + t;
-      return "has none of the traits in:" + list;
+      return "has none of the traits in:" + join(any_of, ",");
     }
     case Kind::not_enough_resource:
       return "not enough " + std::string(to_string(resource)) + ": asked " + std::to_string(asked) +
@@ -193,11 +193,11 @@ std::uint32_t HostIndex::new_slot() {
 }
 
 void HostIndex::clear_slot_traits(std::uint32_t slot) {
-  for (const auto id : slot_traits_[slot]) {
+  slot_traits_[slot].for_each([&](std::uint32_t id) {
     trait_bits_[id].reset(slot);
     if (trait_bits_[id].count() == 0) release_trait(id);
-  }
-  std::vector<std::uint32_t>().swap(slot_traits_[slot]);
+  });
+  slot_traits_[slot].clear();
 }
 
 void HostIndex::apply_locked(const HostRecord& r) {
@@ -225,13 +225,14 @@ void HostIndex::apply_locked(const HostRecord& r) {
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
   for (const auto id : ids) trait_bits_[id].set(slot);
   std::vector<std::uint32_t> dropped;
-  std::set_difference(slot_traits_[slot].begin(), slot_traits_[slot].end(), ids.begin(), ids.end(),
+  const auto had = slot_traits_[slot].ids();
+  std::set_difference(had.begin(), had.end(), ids.begin(), ids.end(),
                       std::back_inserter(dropped));
   for (const auto id : dropped) {
     trait_bits_[id].reset(slot);
     if (trait_bits_[id].count() == 0) release_trait(id);
   }
-  slot_traits_[slot] = std::move(ids);
+  slot_traits_[slot].assign(ids);
   ++generation_;
 }
 
@@ -241,6 +242,17 @@ bool HostIndex::apply(const HostRecord& record) {
   if (found && slots_[*found].generation > record.generation) return false;
   apply_locked(record);
   return true;
+}
+
+HostIndex::Applied HostIndex::apply_written(const HostRecord& record) {
+  std::unique_lock lock(mu_);
+  if (auto found = find_slot(record.name)) {
+    const Slot& s = slots_[*found];
+    if (s.generation > record.generation) return Applied::older_generation;
+    if (s.generation == record.generation && s.last_seen_ms > record.last_seen_ms) return Applied::older_sighting;
+  }
+  apply_locked(record);
+  return Applied::applied;
 }
 
 bool HostIndex::remove(std::string_view name) {
@@ -262,6 +274,10 @@ bool HostIndex::remove(std::string_view name) {
 void HostIndex::rebuild(const std::vector<HostRecord>& records) {
   HostIndex fresh(down_after_);
   for (const auto& r : records) fresh.apply_locked(r);
+  replace_with(fresh);
+}
+
+void HostIndex::replace_with(HostIndex& fresh) {
   std::unique_lock lock(mu_);
   fresh.generation_ = generation_ + 1;
   std::swap(generation_, fresh.generation_);
@@ -278,6 +294,33 @@ void HostIndex::rebuild(const std::vector<HostRecord>& records) {
   std::swap(trait_bits_, fresh.trait_bits_);
   std::swap(free_trait_ids_, fresh.free_trait_ids_);
   std::swap(slot_traits_, fresh.slot_traits_);
+}
+
+std::vector<std::string> HostIndex::compare(const std::vector<HostRecord>& page, Seen& seen) const {
+  std::shared_lock lock(mu_);
+  std::vector<std::string> differ;
+  for (const auto& r : page) {
+    const auto slot = find_slot(r.name);
+    if (!slot) {
+      differ.push_back(r.name);
+      continue;
+    }
+    if (seen.slots_.size() <= *slot) seen.slots_.resize(slots_.size());
+    seen.slots_[*slot] = true;
+    if (!(to_indexed(r) == indexed_of(*slot))) differ.push_back(r.name);
+  }
+  return differ;
+}
+
+std::vector<std::string> HostIndex::unseen(const Seen& seen) const {
+  std::shared_lock lock(mu_);
+  std::vector<std::string> out;
+  for (std::size_t w = 0; w < words_; ++w)
+    for_each_bit(used_.data()[w], [&](unsigned bit) {
+      const std::size_t slot = w * 64 + bit;
+      if (slot >= seen.slots_.size() || !seen.slots_[slot]) out.push_back(names_[slot]);
+    });
+  return out;
 }
 
 HostIndex::Plan HostIndex::plan(const Query& q) const {
@@ -399,8 +442,7 @@ Answer HostIndex::query(const Query& q, std::int64_t now_ms, bool explain) const
   if (explain) a.excluded = breakdown(p, now_ms);
   if (p.driver == Plan::Driver::required) a.started_from = q.required[p.driver_at];
   if (p.driver == Plan::Driver::any_of) {
-    a.started_from = "in:";
-    for (const auto& t : q.any_of[p.driver_at]) a.started_from += (a.started_from.size() > 3 ? "," : "") + t;
+    a.started_from = "in:" + join(q.any_of[p.driver_at], ",");
   }
   return a;
 }
@@ -530,9 +572,10 @@ Result<HostExplanation> HostIndex::explain_host(const Query& q, std::string_view
 IndexedHost HostIndex::indexed_of(std::uint32_t slot) const {
   const Slot& s = slots_[slot];
   IndexedHost h{names_[slot], uuid_text(s.uuid), s.generation, s.last_seen_ms, {}, {}};
-  for (const auto t : slot_traits_[slot])
+  slot_traits_[slot].for_each([&](std::uint32_t t) {
     h.traits.push_back(
         {trait_names_[t], is_custom_trait(trait_names_[t]) ? TraitOwner::operator_ : TraitOwner::agent});
+  });
   std::sort(h.traits.begin(), h.traits.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
   for (std::size_t i = 0; i < kResourceClassCount; ++i)
     if (s.free[i] != kNoInventory) h.free[i] = s.free[i];
@@ -585,9 +628,9 @@ std::size_t HostIndex::memory_bytes() const {
   for (const auto& s : names_)
     if (s.capacity() > 15) n += s.capacity() + 1;
   for (const auto& b : trait_bits_) n += b.memory_bytes();
-  n += slot_traits_.capacity() * sizeof(std::vector<std::uint32_t>) +
+  n += slot_traits_.capacity() * sizeof(TraitList) +
        free_trait_ids_.capacity() * sizeof(std::uint32_t);
-  for (const auto& v : slot_traits_) n += v.capacity() * sizeof(std::uint32_t);
+  for (const auto& v : slot_traits_) n += v.memory_bytes() - sizeof(TraitList);
   for (const auto& t : trait_names_)
     n += sizeof(std::string) * 2 + 2 * (t.size() + 1) + 32;  // name + map node
   return n;

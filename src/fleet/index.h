@@ -18,6 +18,7 @@
 #include "fleet/bitset.h"
 #include "fleet/model.h"
 #include "fleet/query.h"
+#include "fleet/trait_list.h"
 
 namespace virtcap::fleet {
 
@@ -94,10 +95,31 @@ class HostIndex {
   // ignored (returns false); otherwise returns true. Costs the host's own
   // traits; a trait that no host holds afterwards is forgotten.
   bool apply(const HostRecord& record);
+  // Upserts a record a write of this process has just committed, unless
+  // the index already holds a later state of the host: a higher generation
+  // (older_generation: a later write, or the host deleted and registered
+  // again; only a re-read can tell) or the same one seen later
+  // (older_sighting: two heartbeats applied out of order).
+  enum class Applied : std::uint8_t { applied, older_generation, older_sighting };
+  Applied apply_written(const HostRecord& record);
   // Removes a host; false if it was not indexed.
   bool remove(std::string_view name);
   // Replaces everything with `records`.
   void rebuild(const std::vector<HostRecord>& records);
+  // Replaces everything with what `fresh` holds (built off to the side, so
+  // queries go on meanwhile); `fresh` is left with the old contents, to be
+  // freed outside this index's lock. The generation still moves forward.
+  void replace_with(HostIndex& fresh);
+
+  // Drift checks, a page of database records at a time: compare() names the
+  // records the index has not, or has otherwise, and marks the hosts it saw;
+  // unseen() then names the indexed hosts no page had. Costs one bit per slot.
+  class Seen {
+    friend class HostIndex;
+    std::vector<bool> slots_;
+  };
+  std::vector<std::string> compare(const std::vector<HostRecord>& page, Seen& seen) const;
+  std::vector<std::string> unseen(const Seen& seen) const;
 
   Answer query(const Query& q, std::int64_t now_ms, bool explain) const;
   // Every matching slot (all of them, no limit): the benchmark's (b).
@@ -163,7 +185,7 @@ class HostIndex {
   std::vector<std::uint32_t> free_trait_ids_;
   // Each slot's trait ids, sorted: a write costs the host's own traits, not
   // every trait the index knows.
-  std::vector<std::vector<std::uint32_t>> slot_traits_;
+  std::vector<TraitList> slot_traits_;
 };
 
 }  // namespace virtcap::fleet

@@ -1,8 +1,9 @@
 #include "fleet/model.h"
 
-#include <chrono>
 #include <cmath>
 #include <cstdio>
+
+#include "common/uuid.h"
 
 namespace virtcap::fleet {
 
@@ -12,8 +13,6 @@ constexpr std::array<std::string_view, kResourceClassCount> kClassNames = {"VCPU
 constexpr std::string_view kCustomPrefix = "CUSTOM_";
 
 bool trait_char(char c) { return (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_'; }
-
-Error bad(std::string message) { return make_error(Errc::invalid_argument, std::move(message)); }
 
 }  // namespace
 
@@ -30,7 +29,7 @@ std::string_view to_string(ResourceClass rc) { return kClassNames[static_cast<st
 Result<ResourceClass> resource_class_from_string(std::string_view s) {
   for (auto rc : kAllResourceClasses)
     if (to_string(rc) == s) return rc;
-  return bad("unknown resource class " + quote_for_error(s) + ": use one of VCPU, MEMORY_MB, DISK_GB");
+  return invalid_argument_error("unknown resource class " + quote_for_error(s) + ": use one of VCPU, MEMORY_MB, DISK_GB");
 }
 
 std::string quote_for_error(std::string_view text) {
@@ -51,32 +50,32 @@ std::string quote_for_error(std::string_view text) {
 }
 
 Status check_trait_name(std::string_view name) {
-  if (name.empty()) return bad("empty trait name: a trait is [A-Z0-9_]+, e.g. COMPUTE_IMAGE_TYPE_QCOW2");
+  if (name.empty()) return invalid_argument_error("empty trait name: a trait is [A-Z0-9_]+, e.g. COMPUTE_IMAGE_TYPE_QCOW2");
   if (name.size() > kMaxTraitName)
-    return bad("trait name " + quote_for_error(name) + " is longer than " + std::to_string(kMaxTraitName) +
-               " bytes");
+    return invalid_argument_error("trait name " + quote_for_error(name) + " is longer than " + std::to_string(kMaxTraitName) +
+                                  " bytes");
   for (char c : name)
     if (!trait_char(c))
-      return bad("malformed trait name " + quote_for_error(name) +
-                 ": a trait is [A-Z0-9_]+ (upper case letters, digits, underscore)");
+      return invalid_argument_error("malformed trait name " + quote_for_error(name) +
+                                    ": a trait is [A-Z0-9_]+ (upper case letters, digits, underscore)");
   return {};
 }
 
 bool is_custom_trait(std::string_view name) { return name.starts_with(kCustomPrefix); }
 
 Status check_operator_trait_name(std::string_view name) {
-  if (auto st = check_trait_name(name); !st) return st;
+  if (auto st = check_trait_name(name); !st.ok()) return st;
   if (!is_custom_trait(name) || name.size() == kCustomPrefix.size())
-    return bad("operator trait " + quote_for_error(name) +
-               " is not CUSTOM_[A-Z0-9_]+: operators set only CUSTOM_ traits, e.g. CUSTOM_MAINTENANCE");
+    return invalid_argument_error("operator trait " + quote_for_error(name) +
+                                  " is not CUSTOM_[A-Z0-9_]+: operators set only CUSTOM_ traits, e.g. CUSTOM_MAINTENANCE");
   return {};
 }
 
 Status check_agent_trait_name(std::string_view name) {
-  if (auto st = check_trait_name(name); !st) return st;
+  if (auto st = check_trait_name(name); !st.ok()) return st;
   if (is_custom_trait(name))
-    return bad("agent trait " + quote_for_error(name) +
-               " starts with CUSTOM_: CUSTOM_ traits belong to operators");
+    return invalid_argument_error("agent trait " + quote_for_error(name) +
+                                  " starts with CUSTOM_: CUSTOM_ traits belong to operators");
   return {};
 }
 
@@ -89,66 +88,54 @@ Status check_inventory(ResourceClass rc, const Inventory& inv) {
   const std::string where = "inventory " + std::string(to_string(rc));
   constexpr std::int64_t kMaxAmount = std::int64_t{1} << 50;  // keeps (total * ratio) exact in a double
   if (inv.total < 0 || inv.reserved < 0 || inv.used < 0)
-    return bad(where + ": negative amount (total " + std::to_string(inv.total) + ", reserved " +
-               std::to_string(inv.reserved) + ", used " + std::to_string(inv.used) + "): amounts are >= 0");
+    return invalid_argument_error(where + ": negative amount (total " + std::to_string(inv.total) + ", reserved " +
+                                  std::to_string(inv.reserved) + ", used " + std::to_string(inv.used) + "): amounts are >= 0");
   if (inv.total > kMaxAmount || inv.used > kMaxAmount)
-    return bad(where + ": amount larger than 2^50: report a real capacity");
+    return invalid_argument_error(where + ": amount larger than 2^50: report a real capacity");
   if (inv.reserved > inv.total)
-    return bad(where + ": reserved " + std::to_string(inv.reserved) + " is more than total " +
-               std::to_string(inv.total));
+    return invalid_argument_error(where + ": reserved " + std::to_string(inv.reserved) + " is more than total " +
+                                  std::to_string(inv.total));
   if (!std::isfinite(inv.allocation_ratio) || inv.allocation_ratio <= 0 || inv.allocation_ratio > 1000)
-    return bad(where + ": allocation ratio must be a number in (0, 1000]");
+    return invalid_argument_error(where + ": allocation ratio must be a number in (0, 1000]");
   return {};
 }
 
 Status check_host_name(std::string_view name) {
   if (name.empty() || name.size() > 255)
-    return bad("host name " + quote_for_error(name) + " must be 1 to 255 bytes");
+    return invalid_argument_error("host name " + quote_for_error(name) + " must be 1 to 255 bytes");
   if (name == "." || name == "..")
-    return bad("host name " + quote_for_error(name) + " is a path component, not a host name");
+    return invalid_argument_error("host name " + quote_for_error(name) + " is a path component, not a host name");
   for (char c : name) {
     const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
                     c == '-' || c == '_';
     if (!ok)
-      return bad("host name " + quote_for_error(name) + " may contain only letters, digits, '.', '-', '_'");
+      return invalid_argument_error("host name " + quote_for_error(name) + " may contain only letters, digits, '.', '-', '_'");
   }
   return {};
 }
 
 Status check_uuid(std::string_view uuid) {
-  bool ok = uuid.size() == 36;
-  for (std::size_t i = 0; ok && i < uuid.size(); ++i) {
-    const char c = uuid[i];
-    ok = (i == 8 || i == 13 || i == 18 || i == 23) ? c == '-'
-                                                   : ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'));
-  }
-  if (!ok)
-    return bad("host uuid " + quote_for_error(uuid) +
-               " is not a lower-case uuid (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)");
+  if (!is_uuid(uuid))
+    return invalid_argument_error("host uuid " + quote_for_error(uuid) +
+                                  " is not a lower-case uuid (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)");
   return {};
 }
 
 Status check_report(const AgentReport& report) {
-  if (auto st = check_host_name(report.name); !st) return st;
-  if (auto st = check_uuid(report.uuid); !st) return st;
-  if (report.agent_version.size() > 255) return bad("agent version longer than 255 bytes");
-  if (report.api_url.size() > 2048) return bad("agent API URL longer than 2048 bytes");
-  if (report.traits.size() > 10000) return bad("more than 10000 traits in one report");
+  if (auto st = check_host_name(report.name); !st.ok()) return st;
+  if (auto st = check_uuid(report.uuid); !st.ok()) return st;
+  if (report.agent_version.size() > 255) return invalid_argument_error("agent version longer than 255 bytes");
+  if (report.api_url.size() > 2048) return invalid_argument_error("agent API URL longer than 2048 bytes");
+  if (report.traits.size() > 10000) return invalid_argument_error("more than 10000 traits in one report");
   for (const auto& t : report.traits)
-    if (auto st = check_agent_trait_name(t); !st) return st;
+    if (auto st = check_agent_trait_name(t); !st.ok()) return st;
   for (auto rc : kAllResourceClasses) {
     const auto& inv = report.inventories[static_cast<std::size_t>(rc)];
     if (inv)
-      if (auto st = check_inventory(rc, *inv); !st) return st;
+      if (auto st = check_inventory(rc, *inv); !st.ok()) return st;
   }
-  if (report.seen_at_ms < 0) return bad("report time before 1970");
+  if (report.seen_at_ms < 0) return invalid_argument_error("report time before 1970");
   return {};
-}
-
-std::int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
 }
 
 }  // namespace virtcap::fleet

@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/time.h"
 #include "virtcap/error.h"
 
 namespace virtcap::fleet {
@@ -95,7 +96,6 @@ Status check_report(const AgentReport& report);
 Status check_host_name(std::string_view name);
 Status check_uuid(std::string_view uuid);
 
-// Unix time now, in milliseconds.
-std::int64_t now_ms();
+using virtcap::now_ms;  // Unix time now, in milliseconds (common/time.h)
 
 }  // namespace virtcap::fleet

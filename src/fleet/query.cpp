@@ -7,8 +7,6 @@ namespace virtcap::fleet {
 
 namespace {
 
-Error bad(std::string message) { return make_error(Errc::invalid_argument, std::move(message)); }
-
 std::vector<std::string_view> split(std::string_view s, char sep) {
   std::vector<std::string_view> out;
   std::size_t start = 0;
@@ -30,9 +28,9 @@ Result<std::int64_t> parse_amount(std::string_view text, std::string_view what) 
   const auto* end = text.data() + text.size();
   auto [p, ec] = std::from_chars(text.data(), end, v);
   if (ec != std::errc() || p != end)
-    return bad(std::string(what) + ": " + quote_for_error(text) + " is not a whole number");
+    return invalid_argument_error(std::string(what) + ": " + quote_for_error(text) + " is not a whole number");
   if (v < 0)
-    return bad(std::string(what) + ": negative amount " + quote_for_error(text) + ": ask for 0 or more");
+    return invalid_argument_error(std::string(what) + ": negative amount " + quote_for_error(text) + ": ask for 0 or more");
   return v;
 }
 
@@ -40,17 +38,17 @@ class Parser {
  public:
   Result<Query> run(const QueryParams& params) {
     if (params.size() > kMaxQueryParams)
-      return bad(std::to_string(params.size()) + " query parameters: at most " +
-                 std::to_string(kMaxQueryParams) + " are accepted; merge required= lists (required=A,B,!C)");
+      return invalid_argument_error(std::to_string(params.size()) + " query parameters: at most " +
+                                    std::to_string(kMaxQueryParams) + " are accepted; merge required= lists (required=A,B,!C)");
     for (const auto& [key, value] : params) {
       if (value.size() > kMaxQueryParamBytes)
-        return bad("query parameter " + quote_for_error(key) + " is " + std::to_string(value.size()) +
-                   " bytes: at most " + std::to_string(kMaxQueryParamBytes));
-      if (auto st = one(key, value); !st) return st.error();
+        return invalid_argument_error("query parameter " + quote_for_error(key) + " is " + std::to_string(value.size()) +
+                                      " bytes: at most " + std::to_string(kMaxQueryParamBytes));
+      if (auto st = one(key, value); !st.ok()) return st.error();
     }
     for (const auto& f : q_.forbidden)
       if (std::binary_search(q_.required.begin(), q_.required.end(), f))
-        return bad("trait " + f + " is both required and forbidden");
+        return invalid_argument_error("trait " + f + " is both required and forbidden");
     return std::move(q_);
   }
 
@@ -60,14 +58,14 @@ class Parser {
     if (key == "resources") return resources(value);
     if (key == "limit") return limit(value);
     if (key == "include_down") return include_down(value);
-    return bad("unknown query parameter " + quote_for_error(key) +
-               ": use required, resources, limit or include_down");
+    return invalid_argument_error("unknown query parameter " + quote_for_error(key) +
+                                  ": use required, resources, limit or include_down");
   }
 
   Status count_traits(std::size_t n) {
     traits_ += n;
     if (traits_ > kMaxQueryTraits)
-      return bad("more than " + std::to_string(kMaxQueryTraits) + " trait names in one query");
+      return invalid_argument_error("more than " + std::to_string(kMaxQueryTraits) + " trait names in one query");
     return {};
   }
 
@@ -75,13 +73,13 @@ class Parser {
     const bool any = value.starts_with("in:");
     if (any) value.remove_prefix(3);
     const auto names = split(value, ',');
-    if (auto st = count_traits(names.size()); !st) return st;
+    if (auto st = count_traits(names.size()); !st.ok()) return st;
     std::vector<std::string> group;
     for (auto name : names) {
       const bool forbid = !any && name.starts_with('!');
       if (forbid) name.remove_prefix(1);
-      if (auto st = check_trait_name(name); !st)
-        return bad("required=" + quote_for_error(value) + ": " + st.error().message);
+      if (auto st = check_trait_name(name); !st.ok())
+        return invalid_argument_error("required=" + quote_for_error(value) + ": " + st.error().message);
       (any ? group : forbid ? q_.forbidden : q_.required).emplace_back(name);
     }
     if (any) {
@@ -97,13 +95,13 @@ class Parser {
     for (auto item : split(value, ',')) {
       const auto colon = item.find(':');
       if (colon == std::string_view::npos)
-        return bad("resources=" + quote_for_error(value) + ": expected CLASS:AMOUNT, e.g. VCPU:2");
+        return invalid_argument_error("resources=" + quote_for_error(value) + ": expected CLASS:AMOUNT, e.g. VCPU:2");
       auto rc = resource_class_from_string(item.substr(0, colon));
-      if (!rc) return rc.error();
+      if (!rc.ok()) return rc.error();
       auto amount = parse_amount(item.substr(colon + 1), "resources " + std::string(to_string(*rc)));
-      if (!amount) return amount.error();
+      if (!amount.ok()) return amount.error();
       auto& slot = q_.resources[static_cast<std::size_t>(*rc)];
-      if (slot) return bad("resources: " + std::string(to_string(*rc)) + " given twice");
+      if (slot) return invalid_argument_error("resources: " + std::string(to_string(*rc)) + " given twice");
       slot = *amount;
     }
     return {};
@@ -111,9 +109,9 @@ class Parser {
 
   Status limit(std::string_view value) {
     auto n = parse_amount(value, "limit");
-    if (!n) return n.error();
+    if (!n.ok()) return n.error();
     if (*n < 1 || static_cast<std::size_t>(*n) > kMaxLimit)
-      return bad("limit " + quote_for_error(value) + " is not in 1.." + std::to_string(kMaxLimit));
+      return invalid_argument_error("limit " + quote_for_error(value) + " is not in 1.." + std::to_string(kMaxLimit));
     q_.limit = static_cast<std::size_t>(*n);
     return {};
   }
@@ -124,7 +122,7 @@ class Parser {
     } else if (value == "false" || value == "0") {
       q_.include_down = false;
     } else {
-      return bad("include_down=" + quote_for_error(value) + ": use true or false");
+      return invalid_argument_error("include_down=" + quote_for_error(value) + ": use true or false");
     }
     return {};
   }

@@ -93,8 +93,15 @@ ServiceOptions service_options(const config::Config& cfg) {
   o.fleet.host_down_after = std::chrono::seconds(s.host_down_after);
   o.http.listen = s.listen;
   o.auth.legacy_token = s.token;  // checked by the Authenticator, not by the HTTP server's single-token rule
-  if (s.anonymous_role != "none") o.auth.anonymous = role_from_string(s.anonymous_role);
-  o.http.anonymous_access = s.anonymous_role == "none" ? "" : "[fleet_service] anonymous_role = \"" + s.anonymous_role + "\"";
+  switch (s.anonymous_role) {
+    case config::AnonymousRole::none: break;
+    case config::AnonymousRole::reader: o.auth.anonymous = Role::reader; break;
+    case config::AnonymousRole::operator_: o.auth.anonymous = Role::operator_; break;
+  }
+  // Set ("" for none): the service's credentials stand in for the server's single-token rule.
+  o.http.anonymous_access =
+      o.auth.anonymous ? "[fleet_service] anonymous_role = \"" + std::string(config::to_string(s.anonymous_role)) + "\""
+                       : "";
   o.http.tls_client_ca = s.client_ca;
   o.http.allowed_origins = http::split_list(s.allowed_origins);
   o.http.allowed_hosts = http::split_list(s.allowed_hosts);
@@ -115,10 +122,10 @@ ServiceOptions service_options(const config::Config& cfg) {
 Result<std::unique_ptr<FleetService>> FleetService::open(ServiceOptions options) {
   std::unique_ptr<FleetService> s(new FleetService(std::move(options)));
   auto f = Fleet::open(s->options_.fleet);
-  if (!f) return f.error();
+  if (!f.ok()) return f.error();
   s->fleet_ = std::move(*f);
   s->auth_ = std::make_unique<Authenticator>(s->fleet_->store(), s->options_.auth);
-  if (auto st = s->auth_->refresh(); !st) return st.error();
+  if (auto st = s->auth_->refresh(); !st.ok()) return st.error();
   const auto& a = s->options_.auth;
   if (!a.legacy_token.empty())
     spdlog::warn("[fleet_service] token is set: whoever holds it acts as an operator for every host. Give each agent "
@@ -156,11 +163,14 @@ std::optional<Response> FleetService::authenticate(Request& req) const {
 }
 
 void FleetService::credentials_loop() {
-  std::unique_lock lock(mu_);
+  MutexLock lock(mu_);
   bool failing = false;
-  while (!cv_.wait_for(lock, options_.credentials_poll, [this] { return stopping_; })) {
+  while (!cv_.wait_for(mu_, options_.credentials_poll, [this] {
+    mu_.assert_held();
+    return stopping_;
+  })) {
     lock.unlock();
-    if (auto st = auth_->refresh(); !st) {
+    if (auto st = auth_->refresh(); !st.ok()) {
       if (!failing) spdlog::warn("fleet credentials not re-read (the ones held stay in force): {}", st.error().message);
       failing = true;
     } else if (failing) {
@@ -172,7 +182,7 @@ void FleetService::credentials_loop() {
 }
 
 Status FleetService::start() {
-  if (auto st = http_->start(); !st) return st;
+  if (auto st = http_->start(); !st.ok()) return st;
   if (options_.drift_check_interval.count() > 0) drift_thread_ = std::thread([this] { drift_loop(); });
   credentials_thread_ = std::thread([this] { credentials_loop(); });
   return {};
@@ -180,7 +190,7 @@ Status FleetService::start() {
 
 void FleetService::stop() {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     stopping_ = true;
   }
   cv_.notify_all();
@@ -190,18 +200,21 @@ void FleetService::stop() {
 }
 
 void FleetService::drift_loop() {
-  std::unique_lock lock(mu_);
-  while (!cv_.wait_for(lock, options_.drift_check_interval, [this] { return stopping_; })) {
+  MutexLock lock(mu_);
+  while (!cv_.wait_for(mu_, options_.drift_check_interval, [this] {
+    mu_.assert_held();
+    return stopping_;
+  })) {
     lock.unlock();
-    if (auto gone = fleet_->store().forget_unheld_traits(); !gone)
+    if (auto gone = fleet_->store().forget_unheld_traits(); !gone.ok())
       spdlog::warn("fleet: unheld trait names not removed (next pass tries again): {}", gone.error().message);
     else if (*gone > 0)
       spdlog::info("fleet: removed {} trait name(s) no host holds any more", *gone);
     auto d = fleet_->check_drift();  // logs any drift it finds
-    if (!d) spdlog::warn("fleet drift check failed: {}", d.error().message);
+    if (!d.ok()) spdlog::warn("fleet drift check failed: {}", d.error().message);
     else  // re-read just those hosts (a full rebuild would hold up every write meanwhile)
       for (const auto& h : d->hosts)
-        if (auto st = fleet_->refresh_host(h); !st) spdlog::warn("fleet index repair of {} failed: {}", h, st.error().message);
+        if (auto st = fleet_->refresh_host(h); !st.ok()) spdlog::warn("fleet index repair of {} failed: {}", h, st.error().message);
     lock.lock();
   }
 }
@@ -278,9 +291,9 @@ Response FleetService::get_metrics(const Request&) {
 Response FleetService::query_hosts(const Request& req) {
   if (auto refused = refusal(req, Action::query, "")) return *refused;
   auto params = split_explain(req);
-  if (!params) return send_error(params.error());
+  if (!params.ok()) return send_error(params.error());
   auto q = parse_query(params->first);
-  if (!q) return send_error(q.error());
+  if (!q.ok()) return send_error(q.error());
   const auto a = fleet_->query(*q, params->second);
   json body = to_json(a);
   if (params->second) {
@@ -294,16 +307,16 @@ Response FleetService::query_hosts(const Request& req) {
 Response FleetService::get_host(const Request& req) {
   if (auto refused = refusal(req, Action::query, req.param("name"))) return *refused;
   auto params = split_explain(req);
-  if (!params) return send_error(params.error());
+  if (!params.ok()) return send_error(params.error());
   auto rec = fleet_->store().get_host(req.param("name"));
-  if (!rec) return send_error(rec.error());
+  if (!rec.ok()) return send_error(rec.error());
   if (!*rec) return send_error(make_error(Errc::not_found, "no host " + quote_for_error(req.param("name")) + " in the fleet"));
   json body = host_json(**rec);
   if (params->second || !params->first.empty()) {
     auto q = parse_query(params->first);
-    if (!q) return send_error(q.error());
+    if (!q.ok()) return send_error(q.error());
     auto ex = fleet_->explain_host(*q, req.param("name"));
-    if (!ex) return send_error(ex.error());
+    if (!ex.ok()) return send_error(ex.error());
     body["explanation"] = to_json(*ex);
   }
   return with_etag(http::json_response(200, body), (*rec)->generation);
@@ -311,7 +324,7 @@ Response FleetService::get_host(const Request& req) {
 
 Response FleetService::put_host(const Request& req, audit::Scope& audit) {
   auto body = parse_report_body(req.param("name"), req.body);
-  if (!body) return send_error(body.error());
+  if (!body.ok()) return send_error(body.error());
   if (body->report.traits.size() > options_.max_traits_per_host)
     return send_error(make_error(Errc::invalid_argument,
                                  "the report carries " + std::to_string(body->report.traits.size()) +
@@ -320,7 +333,7 @@ Response FleetService::put_host(const Request& req, audit::Scope& audit) {
                                      " ([fleet_service] max_traits_per_host): refused whole"));
   const auto before = fleet_->index().host_generation(req.param("name"));
   auto rec = fleet_->report(body->report, body->generation);
-  if (!rec) return send_error(rec.error());
+  if (!rec.ok()) return send_error(rec.error());
   if (before == rec->generation) audit.dismiss();  // a heartbeat: nothing changed
   else audit.field("generation", rec->generation);
   return with_etag(http::json_response(200, host_json(*rec)), rec->generation);
@@ -328,8 +341,8 @@ Response FleetService::put_host(const Request& req, audit::Scope& audit) {
 
 Response FleetService::delete_host(const Request& req, audit::Scope&) {
   auto gen = parse_generation("", req.header("if-match"));
-  if (!gen) return send_error(gen.error());
-  if (auto st = fleet_->delete_host(req.param("name"), *gen); !st) return send_error(st.error());
+  if (!gen.ok()) return send_error(gen.error());
+  if (auto st = fleet_->delete_host(req.param("name"), *gen); !st.ok()) return send_error(st.error());
   return http::json_response(200, json{{"deleted", req.param("name")}});
 }
 
@@ -339,18 +352,18 @@ Response FleetService::remove_trait(const Request& req, audit::Scope&) { return 
 
 // Trait writes: the generation is required; a stale one is 409 carrying the current one.
 Response FleetService::trait_write(const Request& req, bool add) {
-  if (auto st = check_operator_trait_name(req.param("trait")); !st) return send_error(st.error());
+  if (auto st = check_operator_trait_name(req.param("trait")); !st.ok()) return send_error(st.error());
   auto gen = parse_generation(req.body, req.header("if-match"));
-  if (!gen) return send_error(gen.error());
+  if (!gen.ok()) return send_error(gen.error());
   if (!*gen)
     return send_error(make_error(Errc::invalid_argument,
                                  "the host generation is required: send {\"generation\": N} or If-Match: \"N\" "
                                  "(GET /v1/hosts/" + req.param("name") + " gives it)"));
   auto rec = add ? fleet_->add_operator_trait(req.param("name"), req.param("trait"), **gen)
                  : fleet_->remove_operator_trait(req.param("name"), req.param("trait"), **gen);
-  if (!rec) {
+  if (!rec.ok()) {
     if (rec.error().code == Errc::conflict)
-      if (auto cur = fleet_->store().get_host(req.param("name")); cur && *cur) {
+      if (auto cur = fleet_->store().get_host(req.param("name")); cur.ok() && *cur) {
         json body = http::error_json(rec.error());
         body["error"]["generation"] = (*cur)->generation;
         return with_etag(http::json_response(409, body), (*cur)->generation);

@@ -5,11 +5,10 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <memory>
-#include <mutex>
 #include <thread>
 
+#include "common/mutex.h"
 #include "fleet/authenticator.h"
 #include "fleet/fleet.h"
 #include "http/server.h"
@@ -90,9 +89,9 @@ class FleetService {
   std::unique_ptr<Fleet> fleet_;
   std::unique_ptr<Authenticator> auth_;
   std::unique_ptr<http::Server> http_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stopping_ = false;
+  Mutex mu_;
+  CondVar cv_;
+  bool stopping_ GUARDED_BY(mu_) = false;
   std::thread drift_thread_;
   std::thread credentials_thread_;
 };

@@ -46,17 +46,17 @@ class SqliteConn final : public SqlConn {
   Dialect dialect() const override { return Dialect::sqlite; }
   Status begin_write() override {
     auto r = exec("BEGIN IMMEDIATE", {});
-    return r ? Status{} : Status(r.error());
+    return r.ok() ? Status{} : Status(r.error());
   }
   Status begin_read() override {
     auto r = exec("BEGIN", {});
-    return r ? Status{} : Status(r.error());
+    return r.ok() ? Status{} : Status(r.error());
   }
   Status notify(std::string_view, std::string_view) override { return {}; }
 
   Result<SqlResult> exec(std::string_view sql, const std::vector<SqlValue>& params) override {
     auto stmt = prepare(sql);
-    if (!stmt) return stmt.error();
+    if (!stmt.ok()) return stmt.error();
     sqlite3_stmt* s = *stmt;
     struct Reset {
       sqlite3_stmt* s;
@@ -152,29 +152,29 @@ class PgConn final : public SqlConn {
   Dialect dialect() const override { return Dialect::postgresql; }
   Status begin_write() override {
     auto r = exec("BEGIN", {});
-    return r ? Status{} : Status(r.error());
+    return r.ok() ? Status{} : Status(r.error());
   }
   Status begin_read() override {
     auto r = exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", {});
-    return r ? Status{} : Status(r.error());
+    return r.ok() ? Status{} : Status(r.error());
   }
   Status notify(std::string_view channel, std::string_view payload) override {
     auto r = exec("SELECT pg_notify($1, $2)", {std::string(channel), std::string(payload)});
-    return r ? Status{} : Status(r.error());
+    return r.ok() ? Status{} : Status(r.error());
   }
 
   Result<SqlResult> exec(std::string_view sql, const std::vector<SqlValue>& params) override {
     // A connection left dead by an earlier failure is reset first, when the
     // back-off allows (else: unavailable at once, no network wait).
     if (PQstatus(c_) == CONNECTION_BAD)
-      if (auto st = reconnect(true); !st) return st.error();
+      if (auto st = reconnect(true); !st.ok()) return st.error();
     const bool outside_transaction = PQtransactionStatus(c_) == PQTRANS_IDLE;
     auto r = exec_once(sql, params);
-    if (r || PQstatus(c_) != CONNECTION_BAD) return r;
+    if (r.ok() || PQstatus(c_) != CONNECTION_BAD) return r;
     // The connection was lost during this statement (server restarted, or
     // the network cut): reset once at once, without waiting for the back-off.
     const std::string lost = r.error().message;
-    if (auto st = reconnect(false); !st) return st.error();
+    if (auto st = reconnect(false); !st.ok()) return st.error();
     if (outside_transaction && (sql.starts_with("BEGIN") || sql.starts_with("SELECT")))
       return exec_once(sql, params);  // changed nothing: safe to send again
     return make_error(Errc::store_unavailable,
@@ -253,12 +253,12 @@ class PgConn final : public SqlConn {
 }  // namespace
 
 std::optional<DbHealth::Down> DbHealth::down() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return down_;
 }
 
 bool DbHealth::claim_attempt() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (!down_) return true;
   const auto now = Clock::now();
   if (now < next_) return false;
@@ -267,14 +267,14 @@ bool DbHealth::claim_attempt() {
 }
 
 std::chrono::milliseconds DbHealth::retry_in() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (!down_) return std::chrono::milliseconds(0);
   return std::max(std::chrono::milliseconds(0),
                   std::chrono::ceil<std::chrono::milliseconds>(next_ - Clock::now()));
 }
 
 void DbHealth::failed(std::string reason) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   const auto now = Clock::now();
   if (!down_) {
     down_ = Down{now, std::move(reason)};
@@ -287,14 +287,14 @@ void DbHealth::failed(std::string reason) {
 }
 
 void DbHealth::reached() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (down_) ++recoveries_;
   down_.reset();
   backoff_ = kReconnectFirst;
 }
 
 std::uint64_t DbHealth::recoveries() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return recoveries_;
 }
 
@@ -338,7 +338,7 @@ Result<std::unique_ptr<SqlConn>> open_sqlite(const std::string& path,
   std::unique_ptr<SqlConn> conn = std::make_unique<SqliteConn>(db, path);
   for (const char* pragma :
        {"PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", "PRAGMA foreign_keys = ON"})
-    if (auto r = conn->exec(pragma, {}); !r) return r.error();
+    if (auto r = conn->exec(pragma, {}); !r.ok()) return r.error();
   return conn;
 }
 
@@ -361,20 +361,20 @@ Transaction::~Transaction() {
 }
 
 Status Transaction::begin() {
-  if (auto st = c_.begin_write(); !st) return st;
+  if (auto st = c_.begin_write(); !st.ok()) return st;
   open_ = true;
   return {};
 }
 
 Status Transaction::begin_read() {
-  if (auto st = c_.begin_read(); !st) return st;
+  if (auto st = c_.begin_read(); !st.ok()) return st;
   open_ = true;
   return {};
 }
 
 Status Transaction::commit() {
   auto r = c_.exec("COMMIT", {});
-  if (!r) {
+  if (!r.ok()) {
     (void)c_.exec("ROLLBACK", {});
     open_ = false;
     return r.error();
@@ -389,8 +389,8 @@ ConnPool::ConnPool(std::vector<std::unique_ptr<SqlConn>> conns, std::shared_ptr<
       health_(std::move(health)) {}
 
 ConnPool::Lease ConnPool::acquire() {
-  std::unique_lock lock(mu_);
-  cv_.wait(lock, [this] { return !idle_.empty(); });
+  MutexLock lock(mu_);
+  while (idle_.empty()) cv_.wait(mu_);
   auto c = std::move(idle_.back());
   idle_.pop_back();
   return Lease(*this, std::move(c));
@@ -398,7 +398,7 @@ ConnPool::Lease ConnPool::acquire() {
 
 ConnPool::Lease::~Lease() {
   if (!c_) return;
-  std::lock_guard lock(pool_->mu_);
+  MutexLock lock(pool_->mu_);
   pool_->idle_.push_back(std::move(c_));
   pool_->cv_.notify_one();
 }

@@ -4,16 +4,15 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
 #include <vector>
 
+#include "common/mutex.h"
 #include "virtcap/error.h"
 
 namespace virtcap::fleet {
@@ -73,11 +72,11 @@ class DbHealth {
   std::uint64_t recoveries() const;
 
  private:
-  mutable std::mutex mu_;
-  std::optional<Down> down_;
-  Clock::time_point next_{};
-  std::chrono::milliseconds backoff_ = kReconnectFirst;
-  std::uint64_t recoveries_ = 0;
+  mutable Mutex mu_;
+  std::optional<Down> down_ GUARDED_BY(mu_);
+  Clock::time_point next_ GUARDED_BY(mu_){};
+  std::chrono::milliseconds backoff_ GUARDED_BY(mu_) = kReconnectFirst;
+  std::uint64_t recoveries_ GUARDED_BY(mu_) = 0;
 };
 
 // The libpq connection parameters every fleet connection uses unless the URL
@@ -143,9 +142,9 @@ class ConnPool {
   const std::shared_ptr<DbHealth>& health() const { return health_; }
 
  private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<std::unique_ptr<SqlConn>> idle_;
+  Mutex mu_;
+  CondVar cv_;
+  std::vector<std::unique_ptr<SqlConn>> idle_ GUARDED_BY(mu_);
   Dialect dialect_;
   std::shared_ptr<DbHealth> health_;
 };

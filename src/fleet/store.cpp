@@ -1,9 +1,12 @@
 #include "fleet/store.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <charconv>
 #include <cstdlib>
 #include <map>
+#include <unordered_map>
 
 namespace virtcap::fleet {
 
@@ -96,7 +99,7 @@ class SqlFleetStore final : public FleetStore {
                                            std::int64_t expected) override;
   Status delete_host(std::string_view host, std::optional<std::int64_t> expected) override;
   Result<std::optional<HostRecord>> get_host(std::string_view host) override;
-  Result<std::vector<HostRecord>> list_hosts() override;
+  Status scan_hosts(std::size_t page_hosts, const PageVisitor& each) override;
   Status import_hosts(const std::vector<HostRecord>& hosts) override;
   Result<std::size_t> forget_unheld_traits() override;
   Status add_credential(const CredentialRecord& c) override;
@@ -110,11 +113,22 @@ class SqlFleetStore final : public FleetStore {
   Result<std::optional<HostRow>> lock_host(SqlConn& c, std::string_view name);
   Result<std::int64_t> trait_id(SqlConn& c, std::string_view name, bool create);
   Result<HostRecord> load_host(SqlConn& c, std::int64_t id);
+  // The hosts that `FROM fleet_hosts <where>` selects (with `params`), with
+  // their traits and inventories, in the order `where` gives.
+  Result<std::vector<HostRecord>> load_hosts(SqlConn& c, const std::string& where,
+                                             const std::vector<SqlValue>& params);
   Status bump(SqlConn& c, const HostRow& row, std::string_view name);
-  Result<bool> agent_state_differs(SqlConn& c, const HostRow& row, const AgentReport& r,
-                                   const std::vector<std::string>& traits);
+  // The host's stored record when the report changes nothing of its agent
+  // state (a heartbeat); nullopt when it changes something.
+  Result<std::optional<HostRecord>> unchanged_record(SqlConn& c, const HostRow& row, const AgentReport& r,
+                                                     const std::vector<std::string>& traits);
+  // Replaces the host's agent traits and inventories; adds to `released`
+  // the trait ids the host held before (to forget_if_unheld after commit).
   Status write_agent_state(SqlConn& c, std::int64_t id, const AgentReport& r,
-                           const std::vector<std::string>& traits);
+                           const std::vector<std::string>& traits, std::vector<std::int64_t>& released);
+  // After a write's commit, on the same connection: deletes those of `ids`
+  // no host holds now (best effort; the periodic sweep catches the rest).
+  static void forget_if_unheld(SqlConn& c, const std::vector<std::int64_t>& ids);
   Result<std::int64_t> create_host(SqlConn& c, const AgentReport& r);
   // The operator-trait write both add and remove share.
   Result<HostRecord> operator_write(std::string_view host, std::string_view trait, std::int64_t expected,
@@ -127,16 +141,16 @@ class SqlFleetStore final : public FleetStore {
 Status SqlFleetStore::migrate() {
   auto c = pool_.acquire();
   Transaction t(*c);
-  if (auto st = t.begin(); !st) return st;
+  if (auto st = t.begin(); !st.ok()) return st;
   if (dialect() == Dialect::postgresql)  // replicas starting together migrate one at a time
-    if (auto r = c->exec("SELECT pg_advisory_xact_lock(7663700001)", {}); !r) return r.error();
-  if (auto r = c->exec("CREATE TABLE IF NOT EXISTS fleet_schema (version BIGINT NOT NULL)", {}); !r)
+    if (auto r = c->exec("SELECT pg_advisory_xact_lock(7663700001)", {}); !r.ok()) return r.error();
+  if (auto r = c->exec("CREATE TABLE IF NOT EXISTS fleet_schema (version BIGINT NOT NULL)", {}); !r.ok())
     return r.error();
   auto v = c->exec("SELECT version FROM fleet_schema", {});
-  if (!v) return v.error();
+  if (!v.ok()) return v.error();
   std::int64_t version = 0;
   if (v->rows.empty()) {
-    if (auto r = c->exec("INSERT INTO fleet_schema (version) VALUES (0)", {}); !r) return r.error();
+    if (auto r = c->exec("INSERT INTO fleet_schema (version) VALUES (0)", {}); !r.ok()) return r.error();
   } else {
     version = to_i64(v->rows[0][0]);
   }
@@ -148,8 +162,8 @@ Status SqlFleetStore::migrate() {
   for (const auto& m : migrations()) {
     if (m.version <= version) continue;
     for (auto sql : m.statements)
-      if (auto r = c->exec(dialect_sql(sql, dialect()), {}); !r) return r.error();
-    if (auto r = c->exec("UPDATE fleet_schema SET version = $1", {std::int64_t{m.version}}); !r)
+      if (auto r = c->exec(dialect_sql(sql, dialect()), {}); !r.ok()) return r.error();
+    if (auto r = c->exec("UPDATE fleet_schema SET version = $1", {std::int64_t{m.version}}); !r.ok())
       return r.error();
   }
   return t.commit();
@@ -158,7 +172,7 @@ Status SqlFleetStore::migrate() {
 Result<int> SqlFleetStore::schema_version() {
   auto c = pool_.acquire();
   auto v = c->exec("SELECT version FROM fleet_schema", {});
-  if (!v) return v.error();
+  if (!v.ok()) return v.error();
   return v->rows.empty() ? 0 : static_cast<int>(to_i64(v->rows[0][0]));
 }
 
@@ -169,7 +183,7 @@ Result<std::optional<HostRow>> SqlFleetStore::lock_host(SqlConn& c, std::string_
             "FOR UPDATE"
           : "SELECT id, uuid, generation, agent_version, api_url FROM fleet_hosts WHERE name = $1";
   auto r = c.exec(sql, {std::string(name)});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   if (r->rows.empty()) return std::optional<HostRow>();
   const auto& row = r->rows[0];
   return std::optional<HostRow>(HostRow{to_i64(row[0]), row[1], to_i64(row[2]), row[3], row[4]});
@@ -179,10 +193,17 @@ Result<std::int64_t> SqlFleetStore::trait_id(SqlConn& c, std::string_view name, 
   if (create)
     if (auto r = c.exec("INSERT INTO fleet_traits (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
                         {std::string(name)});
-        !r)
+        !r.ok())
       return r.error();
-  auto r = c.exec("SELECT id FROM fleet_traits WHERE name = $1", {std::string(name)});
-  if (!r) return r.error();
+  // Creating: locked against another writer's sweep until this transaction
+  // ends (PostgreSQL), as in write_agent_state.
+  const bool lock = create && dialect() == Dialect::postgresql;
+  auto r = c.exec(lock ? "SELECT id FROM fleet_traits WHERE name = $1 FOR KEY SHARE"
+                       : "SELECT id FROM fleet_traits WHERE name = $1",
+                  {std::string(name)});
+  if (!r.ok()) return r.error();
+  if (r->rows.empty() && create)
+    return conflict("trait name " + std::string(name) + " was removed while this write added it: retry");
   if (r->rows.empty()) return std::int64_t{-1};
   return to_i64(r->rows[0][0]);
 }
@@ -190,67 +211,143 @@ Result<std::int64_t> SqlFleetStore::trait_id(SqlConn& c, std::string_view name, 
 Status SqlFleetStore::bump(SqlConn& c, const HostRow& row, std::string_view name) {
   auto r = c.exec("UPDATE fleet_hosts SET generation = generation + 1 WHERE id = $1 AND generation = $2",
                   {row.id, row.generation});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   if (r->affected != 1) return conflict("host " + std::string(name) + " changed under this write: retry");
   return {};
 }
 
 Result<HostRecord> SqlFleetStore::load_host(SqlConn& c, std::int64_t id) {
-  auto h = c.exec(
-      "SELECT uuid, name, generation, last_seen_ms, agent_version, api_url FROM fleet_hosts "
-      "WHERE id = $1",
-      {id});
-  if (!h) return h.error();
-  if (h->rows.empty()) return make_error(Errc::not_found, "host id " + std::to_string(id) + " vanished");
-  const auto& row = h->rows[0];
-  HostRecord rec{row[0], row[1], to_i64(row[2]), to_i64(row[3]), row[4], row[5], {}, {}};
-  auto t = c.exec(
-      "SELECT t.name, ht.owner FROM fleet_host_traits ht JOIN fleet_traits t ON t.id = ht.trait_id "
-      "WHERE ht.host_id = $1",
-      {id});
-  if (!t) return t.error();
-  for (const auto& tr : t->rows)
-    rec.traits.push_back({tr[0], trait_owner_from_string(tr[1]).value_or(TraitOwner::agent)});
-  std::sort(rec.traits.begin(), rec.traits.end(),
-            [](const auto& a, const auto& b) { return a.name < b.name; });
-  auto inv = c.exec(
-      "SELECT resource_class, total, reserved, allocation_ratio, used FROM fleet_inventories "
-      "WHERE host_id = $1",
-      {id});
-  if (!inv) return inv.error();
-  for (const auto& ir : inv->rows) {
-    auto rc = resource_class_from_string(ir[0]);
-    if (!rc) return rc.error();
-    rec.inventories[static_cast<std::size_t>(*rc)] =
-        Inventory{to_i64(ir[1]), to_i64(ir[2]), std::strtod(ir[3].c_str(), nullptr), to_i64(ir[4])};
-  }
-  return rec;
+  auto hosts = load_hosts(c, "WHERE id = $1", {id});
+  if (!hosts.ok()) return hosts.error();
+  if (hosts->empty()) return make_error(Errc::not_found, "host id " + std::to_string(id) + " vanished");
+  return std::move(hosts->front());
 }
 
-Result<bool> SqlFleetStore::agent_state_differs(SqlConn& c, const HostRow& row, const AgentReport& r,
-                                                const std::vector<std::string>& traits) {
-  if (row.agent_version != r.agent_version || row.api_url != r.api_url) return true;
+Result<std::vector<HostRecord>> SqlFleetStore::load_hosts(SqlConn& c, const std::string& where,
+                                                          const std::vector<SqlValue>& params) {
+  auto h = c.exec("SELECT id, uuid, name, generation, last_seen_ms, agent_version, api_url FROM fleet_hosts " +
+                      where,
+                  params);
+  if (!h.ok()) return h.error();
+  std::vector<HostRecord> out;
+  out.reserve(h->rows.size());
+  std::unordered_map<std::int64_t, std::size_t> at;  // host id -> position in out
+  for (const auto& row : h->rows) {
+    at.emplace(to_i64(row[0]), out.size());
+    out.push_back(HostRecord{row[1], row[2], to_i64(row[3]), to_i64(row[4]), row[5], row[6], {}, {}});
+  }
+  if (out.empty()) return out;
+  const std::string ids = "(SELECT id FROM fleet_hosts " + where + ")";
+  auto t = c.exec(
+      "SELECT ht.host_id, t.name, ht.owner FROM fleet_host_traits ht JOIN fleet_traits t ON t.id = ht.trait_id "
+      "WHERE ht.host_id IN " +
+          ids,
+      params);
+  if (!t.ok()) return t.error();
+  for (const auto& tr : t->rows)
+    if (auto it = at.find(to_i64(tr[0])); it != at.end())
+      out[it->second].traits.push_back({tr[1], trait_owner_from_string(tr[2]).value_or(TraitOwner::agent)});
+  auto inv = c.exec(
+      "SELECT host_id, resource_class, total, reserved, allocation_ratio, used FROM fleet_inventories "
+      "WHERE host_id IN " +
+          ids,
+      params);
+  if (!inv.ok()) return inv.error();
+  for (const auto& ir : inv->rows) {
+    auto it = at.find(to_i64(ir[0]));
+    if (it == at.end()) continue;
+    auto rc = resource_class_from_string(ir[1]);
+    if (!rc.ok()) return rc.error();
+    out[it->second].inventories[static_cast<std::size_t>(*rc)] =
+        Inventory{to_i64(ir[2]), to_i64(ir[3]), std::strtod(ir[4].c_str(), nullptr), to_i64(ir[5])};
+  }
+  for (auto& rec : out)
+    std::sort(rec.traits.begin(), rec.traits.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  return out;
+}
+
+Result<std::optional<HostRecord>> SqlFleetStore::unchanged_record(SqlConn& c, const HostRow& row,
+                                                                   const AgentReport& r,
+                                                                   const std::vector<std::string>& traits) {
+  if (row.agent_version != r.agent_version || row.api_url != r.api_url) return std::optional<HostRecord>();
   auto rec = load_host(c, row.id);
-  if (!rec) return rec.error();
+  if (!rec.ok()) return rec.error();
   std::vector<std::string> have;
   for (const auto& t : rec->traits)
     if (t.owner == TraitOwner::agent) have.push_back(t.name);
-  return have != traits || rec->inventories != r.inventories;
+  if (have != traits || rec->inventories != r.inventories) return std::optional<HostRecord>();
+  return std::optional<HostRecord>(std::move(*rec));
+}
+
+// "$first, $first+1, ...": n parameters, numbered in order of appearance
+// (SQLite numbers "$N" so).
+std::string placeholders(std::size_t first, std::size_t n) {
+  std::string out;
+  for (std::size_t k = 0; k < n; ++k) out += (k == 0 ? "$" : ", $") + std::to_string(first + k);
+  return out;
+}
+
+// Multi-row INSERT of `rows` (each `width` values) in batches, with `tail`
+// appended to each statement; calls `each` with every batch's result.
+template <class Each>
+Status insert_batches(SqlConn& c, std::string_view head, std::size_t width,
+                      const std::vector<SqlValue>& values, std::string_view tail, Each&& each) {
+  constexpr std::size_t kRowsPerBatch = 500;
+  const std::size_t rows = values.size() / width;
+  for (std::size_t start = 0; start < rows; start += kRowsPerBatch) {
+    const std::size_t n = std::min(kRowsPerBatch, rows - start);
+    std::string sql(head);
+    std::vector<SqlValue> params(values.begin() + static_cast<std::ptrdiff_t>(start * width),
+                                 values.begin() + static_cast<std::ptrdiff_t>((start + n) * width));
+    for (std::size_t r = 0; r < n; ++r) sql += (r == 0 ? " (" : ", (") + placeholders(r * width + 1, width) + ")";
+    sql += tail;
+    auto res = c.exec(sql, params);
+    if (!res.ok()) return res.error();
+    each(*res);
+  }
+  return {};
 }
 
 Status SqlFleetStore::write_agent_state(SqlConn& c, std::int64_t id, const AgentReport& r,
-                                        const std::vector<std::string>& traits) {
-  for (const char* sql : {"DELETE FROM fleet_host_traits WHERE host_id = $1 AND owner = 'agent'",
-                          "DELETE FROM fleet_inventories WHERE host_id = $1"})
-    if (auto d = c.exec(sql, {id}); !d) return d.error();
-  for (const auto& name : traits) {  // sorted: concurrent writers take trait locks in one order
-    auto tid = trait_id(c, name, true);
-    if (!tid) return tid.error();
-    if (auto i = c.exec("INSERT INTO fleet_host_traits (host_id, trait_id, owner) VALUES ($1, $2, 'agent') "
-                        "ON CONFLICT DO NOTHING",
-                        {id, *tid});
-        !i)
-      return i.error();
+                                        const std::vector<std::string>& traits,
+                                        std::vector<std::int64_t>& released) {
+  auto old = c.exec("DELETE FROM fleet_host_traits WHERE host_id = $1 AND owner = 'agent' RETURNING trait_id", {id});
+  if (!old.ok()) return old.error();
+  for (const auto& row : old->rows) released.push_back(to_i64(row[0]));
+  if (auto d = c.exec("DELETE FROM fleet_inventories WHERE host_id = $1", {id}); !d.ok()) return d.error();
+  // A few statements per batch of names, not three per name: a report's
+  // cost grows with its own traits in rows, not in round trips. Sorted names:
+  // concurrent writers take the name rows' locks in one order.
+  constexpr std::size_t kBatch = 500;
+  for (std::size_t start = 0; start < traits.size(); start += kBatch) {
+    const std::size_t n = std::min(kBatch, traits.size() - start);
+    const std::vector<SqlValue> names(traits.begin() + static_cast<std::ptrdiff_t>(start),
+                                      traits.begin() + static_cast<std::ptrdiff_t>(start + n));
+    // Another writer's sweep (forget_if_unheld) may delete a name between
+    // these statements (PostgreSQL; SQLite has one writer). So the names are
+    // locked against deletion (FOR KEY SHARE) before they are linked, and a
+    // name deleted before the lock is written again.
+    bool all_there = dialect() != Dialect::postgresql;
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      if (auto w = insert_batches(c, "INSERT INTO fleet_traits (name) VALUES", 1, names,
+                                  " ON CONFLICT (name) DO NOTHING", [](const SqlResult&) {});
+          !w.ok())
+        return w;
+      if (all_there) break;
+      auto locked =
+          c.exec("SELECT id FROM fleet_traits WHERE name IN (" + placeholders(1, n) + ") FOR KEY SHARE", names);
+      if (!locked.ok()) return locked.error();
+      if ((all_there = locked->rows.size() == n)) break;
+    }
+    if (!all_there)
+      return conflict("trait names of host " + r.name + " were removed while this report wrote them: retry");
+    std::vector<SqlValue> links{id};
+    links.insert(links.end(), names.begin(), names.end());
+    auto l = c.exec("INSERT INTO fleet_host_traits (host_id, trait_id, owner) SELECT $1, id, 'agent' FROM "
+                    "fleet_traits WHERE name IN (" +
+                        placeholders(2, n) + ") ON CONFLICT DO NOTHING",
+                    links);
+    if (!l.ok()) return l.error();
   }
   for (auto rc : kAllResourceClasses) {
     const auto& inv = r.inventories[static_cast<std::size_t>(rc)];
@@ -259,7 +356,7 @@ Status SqlFleetStore::write_agent_state(SqlConn& c, std::int64_t id, const Agent
             "INSERT INTO fleet_inventories (host_id, resource_class, total, reserved, allocation_ratio, "
             "used) VALUES ($1, $2, $3, $4, $5, $6)",
             {id, std::string(to_string(rc)), inv->total, inv->reserved, inv->allocation_ratio, inv->used});
-        !i)
+        !i.ok())
       return i.error();
   }
   return {};
@@ -270,7 +367,7 @@ Result<std::int64_t> SqlFleetStore::create_host(SqlConn& c, const AgentReport& r
       "INSERT INTO fleet_hosts (uuid, name, generation, last_seen_ms, agent_version, api_url) "
       "VALUES ($1, $2, 1, $3, $4, $5) RETURNING id",
       {r.uuid, r.name, r.seen_at_ms, r.agent_version, r.api_url});
-  if (!ins) {
+  if (!ins.ok()) {
     if (ins.error().code != Errc::already_exists) return ins.error();
     return conflict(
         "cannot register host " + r.name + ": uuid " + r.uuid +
@@ -281,19 +378,20 @@ Result<std::int64_t> SqlFleetStore::create_host(SqlConn& c, const AgentReport& r
 }
 
 Result<HostRecord> SqlFleetStore::report(const AgentReport& r, std::optional<std::int64_t> expected) {
-  if (auto st = check_report(r); !st) return st.error();
+  if (auto st = check_report(r); !st.ok()) return st.error();
   const auto traits = sorted_unique(r.traits);
   auto c = pool_.acquire();
   Transaction t(*c);
-  if (auto st = t.begin(); !st) return st.error();
+  if (auto st = t.begin(); !st.ok()) return st.error();
   auto row = lock_host(*c, r.name);
-  if (!row) return row.error();
+  if (!row.ok()) return row.error();
   std::int64_t id = 0;
   bool changed = true;
+  std::optional<HostRecord> heartbeat;  // the stored record, when nothing but last_seen changes
   if (!*row) {
     if (expected && *expected != 0) return stale(r.name, 0, *expected);
     auto created = create_host(*c, r);
-    if (!created) return created.error();
+    if (!created.ok()) return created.error();
     id = *created;
   } else {
     const HostRow& h = **row;
@@ -303,56 +401,84 @@ Result<HostRecord> SqlFleetStore::report(const AgentReport& r, std::optional<std
                       ")");
     if (expected && *expected != h.generation) return stale(r.name, h.generation, *expected);
     id = h.id;
-    auto differs = agent_state_differs(*c, h, r, traits);
-    if (!differs) return differs.error();
-    changed = *differs;
+    auto same = unchanged_record(*c, h, r, traits);
+    if (!same.ok()) return same.error();
+    heartbeat = std::move(*same);
+    changed = !heartbeat;
     if (changed)
-      if (auto st = bump(*c, h, r.name); !st) return st.error();
+      if (auto st = bump(*c, h, r.name); !st.ok()) return st.error();
     if (auto u = c->exec(
             "UPDATE fleet_hosts SET last_seen_ms = $1, agent_version = $2, api_url = $3 WHERE id = $4",
             {r.seen_at_ms, r.agent_version, r.api_url, id});
-        !u)
+        !u.ok())
       return u.error();
   }
+  std::vector<std::int64_t> released;
   if (changed)
-    if (auto st = write_agent_state(*c, id, r, traits); !st) return st.error();
-  if (auto st = c->notify(kNotifyChannel, r.name); !st) return st.error();
+    if (auto st = write_agent_state(*c, id, r, traits, released); !st.ok()) return st.error();
+  if (auto st = c->notify(kNotifyChannel, r.name); !st.ok()) return st.error();
+  if (heartbeat) {  // read once already: only last_seen is new
+    heartbeat->last_seen_ms = r.seen_at_ms;
+    if (auto st = t.commit(); !st.ok()) return st.error();
+    return std::move(*heartbeat);
+  }
   auto rec = load_host(*c, id);
-  if (!rec) return rec.error();
-  if (auto st = t.commit(); !st) return st.error();
+  if (!rec.ok()) return rec.error();
+  if (auto st = t.commit(); !st.ok()) return st.error();
+  forget_if_unheld(*c, released);
   return rec;
+}
+
+void SqlFleetStore::forget_if_unheld(SqlConn& c, const std::vector<std::int64_t>& ids) {
+  // Names a write let go of and no host holds now go at once, so the
+  // vocabulary, and with it the cost of a write, follows the traits held,
+  // not every name ever reported. A name another writer takes meanwhile
+  // makes the foreign key refuse the statement: it stays, as do the others
+  // of that batch, until the drift pass's sweep (forget_unheld_traits).
+  constexpr std::size_t kBatch = 500;
+  for (std::size_t start = 0; start < ids.size(); start += kBatch) {
+    const std::size_t n = std::min(kBatch, ids.size() - start);
+    const std::vector<SqlValue> params(ids.begin() + static_cast<std::ptrdiff_t>(start),
+                                       ids.begin() + static_cast<std::ptrdiff_t>(start + n));
+    if (auto d = c.exec("DELETE FROM fleet_traits WHERE id IN (" + placeholders(1, n) +
+                            ") AND NOT EXISTS (SELECT 1 FROM fleet_host_traits ht WHERE ht.trait_id = fleet_traits.id)",
+                        params);
+        !d.ok())
+      spdlog::info("fleet: {} trait name(s) kept for the next sweep: {}", n, d.error().message);
+  }
 }
 
 Result<HostRecord> SqlFleetStore::operator_write(std::string_view host, std::string_view trait,
                                                  std::int64_t expected, bool add) {
-  if (auto st = check_operator_trait_name(trait); !st) return st.error();
+  if (auto st = check_operator_trait_name(trait); !st.ok()) return st.error();
   auto c = pool_.acquire();
   Transaction t(*c);
-  if (auto st = t.begin(); !st) return st.error();
+  if (auto st = t.begin(); !st.ok()) return st.error();
   auto row = lock_host(*c, host);
-  if (!row) return row.error();
+  if (!row.ok()) return row.error();
   if (!*row) return make_error(Errc::not_found, "no host " + quote_for_error(host) + " in the fleet");
   const HostRow& h = **row;
   if (h.generation != expected) return stale(host, h.generation, expected);
   auto tid = trait_id(*c, trait, add);
-  if (!tid) return tid.error();
+  if (!tid.ok()) return tid.error();
   auto has = c->exec("SELECT 1 FROM fleet_host_traits WHERE host_id = $1 AND trait_id = $2", {h.id, *tid});
-  if (!has) return has.error();
+  if (!has.ok()) return has.error();
   const bool present = !has->rows.empty();
   if (!add && !present)
     return make_error(Errc::not_found,
                       "host " + std::string(host) + " does not have trait " + std::string(trait));
   if (add && present) return load_host(*c, h.id);  // nothing to change; the transaction rolls back
-  if (auto st = bump(*c, h, host); !st) return st.error();
+  if (auto st = bump(*c, h, host); !st.ok()) return st.error();
   auto w =
       add ? c->exec("INSERT INTO fleet_host_traits (host_id, trait_id, owner) VALUES ($1, $2, 'operator')",
                     {h.id, *tid})
           : c->exec("DELETE FROM fleet_host_traits WHERE host_id = $1 AND trait_id = $2", {h.id, *tid});
-  if (!w) return w.error();
-  if (auto st = c->notify(kNotifyChannel, host); !st) return st.error();
+  if (!w.ok()) return w.error();
+  if (auto st = c->notify(kNotifyChannel, host); !st.ok()) return st.error();
   auto rec = load_host(*c, h.id);
-  if (!rec) return rec.error();
-  if (auto st = t.commit(); !st) return st.error();
+  if (!rec.ok()) return rec.error();
+  if (auto st = t.commit(); !st.ok()) return st.error();
+  if (!add) forget_if_unheld(*c, {*tid});
   return rec;
 }
 
@@ -369,120 +495,73 @@ Result<HostRecord> SqlFleetStore::remove_operator_trait(std::string_view host, s
 Status SqlFleetStore::delete_host(std::string_view host, std::optional<std::int64_t> expected) {
   auto c = pool_.acquire();
   Transaction t(*c);
-  if (auto st = t.begin(); !st) return st;
+  if (auto st = t.begin(); !st.ok()) return st;
   auto row = lock_host(*c, host);
-  if (!row) return row.error();
+  if (!row.ok()) return row.error();
   if (!*row) return make_error(Errc::not_found, "no host " + quote_for_error(host) + " in the fleet");
   if (expected && *expected != (*row)->generation) return stale(host, (*row)->generation, *expected);
-  for (const char* sql :
-       {"DELETE FROM fleet_host_traits WHERE host_id = $1",
-        "DELETE FROM fleet_inventories WHERE host_id = $1", "DELETE FROM fleet_hosts WHERE id = $1"})
-    if (auto d = c->exec(sql, {(*row)->id}); !d) return d.error();
-  if (auto st = c->notify(kNotifyChannel, host); !st) return st;
-  return t.commit();
+  auto links = c->exec("DELETE FROM fleet_host_traits WHERE host_id = $1 RETURNING trait_id", {(*row)->id});
+  if (!links.ok()) return links.error();
+  for (const char* sql : {"DELETE FROM fleet_inventories WHERE host_id = $1", "DELETE FROM fleet_hosts WHERE id = $1"})
+    if (auto d = c->exec(sql, {(*row)->id}); !d.ok()) return d.error();
+  if (auto st = c->notify(kNotifyChannel, host); !st.ok()) return st;
+  if (auto st = t.commit(); !st.ok()) return st;
+  std::vector<std::int64_t> released;
+  for (const auto& r : links->rows) released.push_back(to_i64(r[0]));
+  forget_if_unheld(*c, released);
+  return {};
 }
 
 Result<std::optional<HostRecord>> SqlFleetStore::get_host(std::string_view host) {
   auto c = pool_.acquire();
   Transaction t(*c);  // one snapshot for the three reads
-  if (auto st = t.begin_read(); !st) return st.error();
+  if (auto st = t.begin_read(); !st.ok()) return st.error();
   auto r = c->exec("SELECT id FROM fleet_hosts WHERE name = $1", {std::string(host)});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   if (r->rows.empty()) return std::optional<HostRecord>();
   auto rec = load_host(*c, to_i64(r->rows[0][0]));
-  if (!rec) return rec.error();
+  if (!rec.ok()) return rec.error();
   return std::optional<HostRecord>(std::move(*rec));
 }
 
-Result<std::vector<HostRecord>> SqlFleetStore::list_hosts() {
-  auto c = pool_.acquire();
-  Transaction t(*c);
-  if (auto st = t.begin_read(); !st) return st.error();
-  auto h =
-      c->exec("SELECT id, uuid, name, generation, last_seen_ms, agent_version, api_url FROM fleet_hosts", {});
-  if (!h) return h.error();
-  std::map<std::int64_t, HostRecord> by_id;
-  for (const auto& row : h->rows)
-    by_id.emplace(to_i64(row[0]),
-                  HostRecord{row[1], row[2], to_i64(row[3]), to_i64(row[4]), row[5], row[6], {}, {}});
-  auto names = c->exec("SELECT id, name FROM fleet_traits", {});
-  if (!names) return names.error();
-  std::map<std::int64_t, std::string> trait_names;
-  for (const auto& row : names->rows) trait_names.emplace(to_i64(row[0]), row[1]);
-  // Ids, not names: 100,000 hosts have millions of links.
-  auto tr = c->exec("SELECT host_id, trait_id, owner FROM fleet_host_traits", {});
-  if (!tr) return tr.error();
-  for (const auto& row : tr->rows) {
-    auto it = by_id.find(to_i64(row[0]));
-    auto name = trait_names.find(to_i64(row[1]));
-    if (it != by_id.end() && name != trait_names.end())
-      it->second.traits.push_back(
-          {name->second, trait_owner_from_string(row[2]).value_or(TraitOwner::agent)});
-  }
-  auto inv = c->exec(
-      "SELECT host_id, resource_class, total, reserved, allocation_ratio, used FROM fleet_inventories", {});
-  if (!inv) return inv.error();
-  for (const auto& row : inv->rows) {
-    auto it = by_id.find(to_i64(row[0]));
-    auto rc = resource_class_from_string(row[1]);
-    if (it == by_id.end() || !rc) continue;
-    it->second.inventories[static_cast<std::size_t>(*rc)] =
-        Inventory{to_i64(row[2]), to_i64(row[3]), std::strtod(row[4].c_str(), nullptr), to_i64(row[5])};
-  }
-  std::vector<HostRecord> out;
-  out.reserve(by_id.size());
-  for (auto& [id, rec] : by_id) {
-    std::sort(rec.traits.begin(), rec.traits.end(),
-              [](const auto& a, const auto& b) { return a.name < b.name; });
-    out.push_back(std::move(rec));
-  }
-  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
-  return out;
-}
-
-// Multi-row INSERT of `rows` (each `width` values) in batches, with `tail`
-// appended to each statement; calls `each` with every batch's result.
-template <class Each>
-Status insert_batches(SqlConn& c, std::string_view head, std::size_t width,
-                      const std::vector<SqlValue>& values, std::string_view tail, Each&& each) {
-  constexpr std::size_t kRowsPerBatch = 500;
-  const std::size_t rows = values.size() / width;
-  for (std::size_t start = 0; start < rows; start += kRowsPerBatch) {
-    const std::size_t n = std::min(kRowsPerBatch, rows - start);
-    std::string sql(head);
-    std::vector<SqlValue> params(values.begin() + static_cast<std::ptrdiff_t>(start * width),
-                                 values.begin() + static_cast<std::ptrdiff_t>((start + n) * width));
-    for (std::size_t r = 0; r < n; ++r) {
-      sql += r == 0 ? " (" : ", (";
-      for (std::size_t k = 0; k < width; ++k)
-        sql += (k == 0 ? "$" : ", $") + std::to_string(r * width + k + 1);
-      sql += ")";
+Status SqlFleetStore::scan_hosts(std::size_t page_hosts, const PageVisitor& each) {
+  const std::string where = "WHERE name > $1 ORDER BY name LIMIT " + std::to_string(std::max<std::size_t>(page_hosts, 1));
+  std::string after;  // keyset: the last name of the previous page ("" sorts first)
+  for (;;) {
+    std::vector<HostRecord> page;
+    {  // one transaction a page, and the connection back in the pool between pages
+      auto c = pool_.acquire();
+      Transaction t(*c);
+      if (auto st = t.begin_read(); !st.ok()) return st;
+      auto hosts = load_hosts(*c, where, {after});
+      if (!hosts.ok()) return hosts.error();
+      page = std::move(*hosts);
     }
-    sql += tail;
-    auto res = c.exec(sql, params);
-    if (!res) return res.error();
-    each(*res);
+    if (page.empty()) return {};
+    after = page.back().name;
+    const bool last = page.size() < page_hosts;
+    if (auto st = each(page); !st.ok()) return st;
+    if (last) return {};
   }
-  return {};
 }
 
 Status check_import(const HostRecord& h) {
-  if (auto st = check_host_name(h.name); !st) return st;
-  if (auto st = check_uuid(h.uuid); !st) return st;
+  if (auto st = check_host_name(h.name); !st.ok()) return st;
+  if (auto st = check_uuid(h.uuid); !st.ok()) return st;
   for (const auto& t : h.traits)
-    if (auto st = check_trait_name(t.name); !st) return st;
+    if (auto st = check_trait_name(t.name); !st.ok()) return st;
   for (auto rc : kAllResourceClasses)
     if (const auto& inv = h.inventories[static_cast<std::size_t>(rc)])
-      if (auto st = check_inventory(rc, *inv); !st) return st;
+      if (auto st = check_inventory(rc, *inv); !st.ok()) return st;
   return {};
 }
 
 Status SqlFleetStore::import_hosts(const std::vector<HostRecord>& hosts) {
   for (const auto& h : hosts)
-    if (auto st = check_import(h); !st) return st;
+    if (auto st = check_import(h); !st.ok()) return st;
   auto c = pool_.acquire();
   Transaction t(*c);
-  if (auto st = t.begin(); !st) return st;
+  if (auto st = t.begin(); !st.ok()) return st;
   std::vector<SqlValue> v;
   for (const auto& h : hosts)
     for (SqlValue x : std::initializer_list<SqlValue>{h.uuid, h.name, std::max<std::int64_t>(h.generation, 1),
@@ -495,12 +574,12 @@ Status SqlFleetStore::import_hosts(const std::vector<HostRecord>& hosts) {
                            6, v, " RETURNING id, name", [&](const SqlResult& r) {
                              for (const auto& row : r.rows) host_ids[row[1]] = to_i64(row[0]);
                            });
-  if (!st) return st;
+  if (!st.ok()) return st;
   for (const auto& h : hosts)
     for (const auto& tr : h.traits)
       if (!trait_ids.contains(tr.name)) {
         auto id = trait_id(*c, tr.name, true);
-        if (!id) return id.error();
+        if (!id.ok()) return id.error();
         trait_ids[tr.name] = *id;
       }
   v.clear();
@@ -511,7 +590,7 @@ Status SqlFleetStore::import_hosts(const std::vector<HostRecord>& hosts) {
         v.push_back(std::move(x));
   if (st = insert_batches(*c, "INSERT INTO fleet_host_traits (host_id, trait_id, owner) VALUES", 3, v, "",
                           [](const SqlResult&) {});
-      !st)
+      !st.ok())
     return st;
   v.clear();
   for (const auto& h : hosts)
@@ -525,9 +604,9 @@ Status SqlFleetStore::import_hosts(const std::vector<HostRecord>& hosts) {
                           "INSERT INTO fleet_inventories (host_id, resource_class, total, reserved, "
                           "allocation_ratio, used) VALUES",
                           6, v, "", [](const SqlResult&) {});
-      !st)
+      !st.ok())
     return st;
-  if (st = c->notify(kNotifyChannel, kNotifyEverything); !st) return st;
+  if (st = c->notify(kNotifyChannel, kNotifyEverything); !st.ok()) return st;
   return t.commit();
 }
 
@@ -539,7 +618,7 @@ Result<std::size_t> SqlFleetStore::forget_unheld_traits() {
   auto r = c->exec("DELETE FROM fleet_traits WHERE NOT EXISTS "
                    "(SELECT 1 FROM fleet_host_traits ht WHERE ht.trait_id = fleet_traits.id)",
                    {});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   return static_cast<std::size_t>(r->affected);
 }
 
@@ -553,20 +632,20 @@ CredentialRecord credential_row(const std::vector<std::string>& row) {
 Status SqlFleetStore::add_credential(const CredentialRecord& cr) {
   auto c = pool_.acquire();
   Transaction t(*c);
-  if (auto st = t.begin(); !st) return st;
+  if (auto st = t.begin(); !st.ok()) return st;
   auto ins = c->exec("INSERT INTO fleet_credentials (" + std::string(kCredentialColumns) +
                          ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                      {cr.id, std::string(to_string(cr.role)), cr.host, cr.salt, cr.hash, cr.created_ms,
                       cr.revoked_ms, cr.note});
-  if (!ins) return ins.error();
-  if (auto u = c->exec("UPDATE fleet_credentials_version SET version = version + 1", {}); !u) return u.error();
+  if (!ins.ok()) return ins.error();
+  if (auto u = c->exec("UPDATE fleet_credentials_version SET version = version + 1", {}); !u.ok()) return u.error();
   return t.commit();
 }
 
 Result<std::vector<CredentialRecord>> SqlFleetStore::list_credentials() {
   auto c = pool_.acquire();
   auto r = c->exec("SELECT " + std::string(kCredentialColumns) + " FROM fleet_credentials ORDER BY created_ms, id", {});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   std::vector<CredentialRecord> out;
   out.reserve(r->rows.size());
   for (const auto& row : r->rows) out.push_back(credential_row(row));
@@ -576,29 +655,42 @@ Result<std::vector<CredentialRecord>> SqlFleetStore::list_credentials() {
 Result<CredentialRecord> SqlFleetStore::revoke_credential(std::string_view id, std::int64_t now_ms) {
   auto c = pool_.acquire();
   Transaction t(*c);
-  if (auto st = t.begin(); !st) return st.error();
+  if (auto st = t.begin(); !st.ok()) return st.error();
   auto u = c->exec("UPDATE fleet_credentials SET revoked_ms = $1 WHERE id = $2 AND revoked_ms = 0",
                    {now_ms, std::string(id)});
-  if (!u) return u.error();
+  if (!u.ok()) return u.error();
   if (u->affected > 0)
-    if (auto v = c->exec("UPDATE fleet_credentials_version SET version = version + 1", {}); !v) return v.error();
+    if (auto v = c->exec("UPDATE fleet_credentials_version SET version = version + 1", {}); !v.ok()) return v.error();
   auto r = c->exec("SELECT " + std::string(kCredentialColumns) + " FROM fleet_credentials WHERE id = $1",
                    {std::string(id)});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   if (r->rows.empty())
     return make_error(Errc::not_found, "no credential " + quote_for_error(id) + " (see `virtcap fleet token list`)");
-  if (auto st = t.commit(); !st) return st.error();
+  if (auto st = t.commit(); !st.ok()) return st.error();
   return credential_row(r->rows[0]);
 }
 
 Result<std::int64_t> SqlFleetStore::credentials_version() {
   auto c = pool_.acquire();
   auto r = c->exec("SELECT version FROM fleet_credentials_version", {});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   return r->rows.empty() ? std::int64_t{0} : to_i64(r->rows[0][0]);
 }
 
 }  // namespace
+
+Result<std::vector<HostRecord>> FleetStore::list_hosts() {
+  constexpr std::size_t kPage = 1000;
+  std::vector<HostRecord> all;
+  auto st = scan_hosts(kPage, [&all](std::vector<HostRecord>& page) {
+    std::move(page.begin(), page.end(), std::back_inserter(all));
+    return Status{};
+  });
+  if (!st.ok()) return st.error();
+  // Byte order, as the index's snapshot sorts (the database's collation may differ).
+  std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  return all;
+}
 
 int latest_fleet_schema_version() { return migrations().back().version; }
 
@@ -609,14 +701,14 @@ Result<std::unique_ptr<FleetStore>> open_fleet_store(const std::string& url, con
   if (url.starts_with("sqlite://")) {
     target = url.substr(9);
     auto c = open_sqlite(target, options.busy_timeout);
-    if (!c) return c.error();
+    if (!c.ok()) return c.error();
     conns.push_back(std::move(*c));
   } else if (url.starts_with("postgresql://") || url.starts_with("postgres://")) {
     target = url;
     health = std::make_shared<DbHealth>();
     for (std::size_t i = 0; i < std::max<std::size_t>(options.connections, 1); ++i) {
       auto c = open_postgres(target, health);
-      if (!c) return c.error();
+      if (!c.ok()) return c.error();
       conns.push_back(std::move(*c));
     }
   } else {
@@ -625,7 +717,7 @@ Result<std::unique_ptr<FleetStore>> open_fleet_store(const std::string& url, con
                                                   "... is neither sqlite://PATH nor postgresql://...");
   }
   auto store = std::make_unique<SqlFleetStore>(target, std::move(conns), std::move(health));
-  if (auto st = store->migrate(); !st) return st.error();
+  if (auto st = store->migrate(); !st.ok()) return st.error();
   return std::unique_ptr<FleetStore>(std::move(store));
 }
 

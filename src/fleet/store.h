@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -58,7 +59,16 @@ class FleetStore {
   virtual Status delete_host(std::string_view host, std::optional<std::int64_t> expected_generation) = 0;
 
   virtual Result<std::optional<HostRecord>> get_host(std::string_view host) = 0;
-  virtual Result<std::vector<HostRecord>> list_hosts() = 0;  // sorted by name
+  // Every host in name order, `page_hosts` at a time: `each` gets each page
+  // (and may move from it); its error stops the scan and is returned. A page
+  // is read in one transaction, so a host comes whole with its traits and
+  // inventories; pages are not one snapshot, and a host written during the
+  // scan may be seen before or after the write (its writer refreshes it).
+  // Memory is one page, whatever the fleet's size.
+  using PageVisitor = std::function<Status(std::vector<HostRecord>& page)>;
+  virtual Status scan_hosts(std::size_t page_hosts, const PageVisitor& each) = 0;
+  // Every host, sorted by name, in memory at once: for tests and small tools.
+  Result<std::vector<HostRecord>> list_hosts();
   // Bulk insert of new hosts in one transaction (restore, benchmarks); any
   // existing name or uuid fails the whole import.
   virtual Status import_hosts(const std::vector<HostRecord>& hosts) = 0;

@@ -9,56 +9,54 @@ namespace {
 
 using nlohmann::json;
 
-Error bad(const std::string& message) { return make_error(Errc::invalid_argument, message); }
-
 // An integer field: a JSON integer that fits in int64.
 Result<std::int64_t> int_field(const json& v, const std::string& where) {
   if (v.is_number_unsigned() && v.get<std::uint64_t>() > static_cast<std::uint64_t>(INT64_MAX))
-    return bad(where + " is too large");
-  if (!v.is_number_integer()) return bad(where + " must be an integer");
+    return invalid_argument_error(where + " is too large");
+  if (!v.is_number_integer()) return invalid_argument_error(where + " must be an integer");
   return v.get<std::int64_t>();
 }
 
 Result<std::string> string_field(const json& obj, const char* key, bool required) {
   if (!obj.contains(key)) {
-    if (required) return bad(std::string("field \"") + key + "\" is required");
+    if (required) return invalid_argument_error(std::string("field \"") + key + "\" is required");
     return std::string();
   }
-  if (!obj[key].is_string()) return bad(std::string("field \"") + key + "\" must be a string");
+  if (!obj[key].is_string()) return invalid_argument_error(std::string("field \"") + key + "\" must be a string");
   auto v = obj[key].get<std::string>();
   // PostgreSQL would cut the text at a NUL and SQLite keep it: refused on both.
-  if (v.find('\0') != std::string::npos) return bad(std::string("field \"") + key + "\" holds a NUL character");
+  if (v.find('\0') != std::string::npos) return invalid_argument_error(std::string("field \"") + key + "\" holds a NUL character");
   return v;
 }
 
 Result<Inventory> parse_inventory(const json& v, const std::string& where) {
-  if (!v.is_object()) return bad(where + " must be an object {total, reserved, allocation_ratio, used}");
+  if (!v.is_object()) return invalid_argument_error(where + " must be an object {total, reserved, allocation_ratio, used}");
   Inventory inv;
   for (const auto& [k, x] : v.items()) {
     const std::string at = where + "." + k;
     if (k == "allocation_ratio") {
-      if (!x.is_number()) return bad(at + " must be a number");
+      if (!x.is_number()) return invalid_argument_error(at + " must be a number");
       inv.allocation_ratio = x.get<double>();
       continue;
     }
     std::int64_t* slot = k == "total" ? &inv.total : k == "reserved" ? &inv.reserved : k == "used" ? &inv.used : nullptr;
     if (slot == nullptr)
-      return bad("unknown field " + quote_for_error(k) + " in " + where + "; fields: total, reserved, allocation_ratio, used");
+      return invalid_argument_error("unknown field " + quote_for_error(k) + " in " + where + "; fields: total, reserved, allocation_ratio, used");
     auto n = int_field(x, at);
-    if (!n) return n.error();
+    if (!n.ok()) return n.error();
     *slot = *n;
   }
   return inv;
 }
 
 Result<Inventories> parse_inventories(const json& v) {
-  if (!v.is_object()) return bad("field \"inventories\" must be an object keyed by resource class");
+  if (!v.is_object()) return invalid_argument_error("field \"inventories\" must be an object keyed by resource class");
   Inventories out;
   for (const auto& [k, x] : v.items()) {
     auto rc = resource_class_from_string(k);
-    if (!rc) return rc.error();
+    if (!rc.ok()) return rc.error();
     auto inv = parse_inventory(x, "inventories." + k);
-    if (!inv) return inv.error();
+    if (!inv.ok()) return inv.error();
     out[static_cast<std::size_t>(*rc)] = *inv;
   }
   return out;
@@ -88,42 +86,42 @@ json to_json(const AgentReport& r) {
 
 Result<ReportBody> parse_report_body(std::string_view name, const std::string& body) {
   const json j = json::parse(body, nullptr, false);
-  if (j.is_discarded()) return bad("malformed JSON in the request body");
-  if (!j.is_object()) return bad("the request body must be a JSON object");
+  if (j.is_discarded()) return invalid_argument_error("malformed JSON in the request body");
+  if (!j.is_object()) return invalid_argument_error("the request body must be a JSON object");
   static const char* const kFields[] = {"uuid", "traits", "inventories", "agent_version", "api_url", "generation"};
   for (const auto& [k, v] : j.items())
     if (std::find(std::begin(kFields), std::end(kFields), k) == std::end(kFields))
-      return bad("unknown field " + quote_for_error(k) +
-                 "; fields: uuid, traits, inventories, agent_version, api_url, generation");
+      return invalid_argument_error("unknown field " + quote_for_error(k) +
+                                    "; fields: uuid, traits, inventories, agent_version, api_url, generation");
   ReportBody out;
   out.report.name = std::string(name);
   auto uuid = string_field(j, "uuid", true);
-  if (!uuid) return uuid.error();
+  if (!uuid.ok()) return uuid.error();
   out.report.uuid = *uuid;
   for (auto [key, dst] : {std::pair{"agent_version", &out.report.agent_version}, {"api_url", &out.report.api_url}}) {
     auto s = string_field(j, key, false);
-    if (!s) return s.error();
+    if (!s.ok()) return s.error();
     *dst = *s;
   }
   if (!j.contains("traits") || !j["traits"].is_array())
-    return bad("field \"traits\" is required: an array of trait names");
+    return invalid_argument_error("field \"traits\" is required: an array of trait names");
   for (const auto& t : j["traits"]) {
-    if (!t.is_string()) return bad("field \"traits\" must hold only strings");
+    if (!t.is_string()) return invalid_argument_error("field \"traits\" must hold only strings");
     out.report.traits.push_back(t.get<std::string>());
   }
   if (j.contains("inventories")) {
     auto inv = parse_inventories(j["inventories"]);
-    if (!inv) return inv.error();
+    if (!inv.ok()) return inv.error();
     out.report.inventories = *inv;
   }
   if (j.contains("generation")) {
     auto g = int_field(j["generation"], "field \"generation\"");
-    if (!g) return g.error();
-    if (*g < 0) return bad("field \"generation\" must be >= 0");
+    if (!g.ok()) return g.error();
+    if (*g < 0) return invalid_argument_error("field \"generation\" must be >= 0");
     out.generation = *g;
   }
   out.report.seen_at_ms = now_ms();
-  if (auto st = check_report(out.report); !st) return st.error();
+  if (auto st = check_report(out.report); !st.ok()) return st.error();
   return out;
 }
 
@@ -131,11 +129,11 @@ Result<std::optional<std::int64_t>> parse_generation(const std::string& body, co
   std::optional<std::int64_t> from_body;
   if (!body.empty()) {
     const json j = json::parse(body, nullptr, false);
-    if (j.is_discarded() || !j.is_object()) return bad("the request body must be a JSON object {\"generation\": N}");
+    if (j.is_discarded() || !j.is_object()) return invalid_argument_error("the request body must be a JSON object {\"generation\": N}");
     for (const auto& [k, v] : j.items()) {
-      if (k != "generation") return bad("unknown field " + quote_for_error(k) + "; the only field is generation");
+      if (k != "generation") return invalid_argument_error("unknown field " + quote_for_error(k) + "; the only field is generation");
       auto g = int_field(v, "field \"generation\"");
-      if (!g) return g.error();
+      if (!g.ok()) return g.error();
       from_body = *g;
     }
   }
@@ -144,12 +142,12 @@ Result<std::optional<std::int64_t>> parse_generation(const std::string& body, co
     std::string v = if_match;
     if (v.size() >= 2 && v.front() == '"' && v.back() == '"') v = v.substr(1, v.size() - 2);
     if (v.empty() || v.size() > 18 || v.find_first_not_of("0123456789") != std::string::npos)
-      return bad("If-Match " + quote_for_error(if_match) + " is not a host generation (\"N\")");
+      return invalid_argument_error("If-Match " + quote_for_error(if_match) + " is not a host generation (\"N\")");
     from_header = std::stoll(v);
   }
   if (from_body && from_header && *from_body != *from_header)
-    return bad("the body's generation and the If-Match header disagree");
-  if (from_body && *from_body < 0) return bad("field \"generation\" must be >= 0");
+    return invalid_argument_error("the body's generation and the If-Match header disagree");
+  if (from_body && *from_body < 0) return invalid_argument_error("field \"generation\" must be >= 0");
   return from_body ? from_body : from_header;
 }
 

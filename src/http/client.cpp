@@ -15,14 +15,6 @@ namespace virtcap::http {
 
 namespace {
 
-Errc code_from(const std::string& s) {
-  for (Errc c : {Errc::invalid_argument, Errc::not_found, Errc::already_exists, Errc::conflict,
-                 Errc::capability_not_supported, Errc::hypervisor_unavailable, Errc::driver_error,
-                 Errc::driver_load_failed, Errc::store_error, Errc::store_unavailable, Errc::io_error})
-    if (to_string(c) == s) return c;
-  return Errc::internal;
-}
-
 // The body as it arrives, up to a cap: past it the transfer stops
 // (returning less than given makes libcurl fail with CURLE_WRITE_ERROR).
 struct BodySink {
@@ -129,7 +121,7 @@ Result<ClientResponse> Client::call_raw(const std::string& method, const std::st
     return make_error(Errc::invalid_argument, "unsupported method " + method);
   auto* h = static_cast<CURL*>(curl_);
   if (!h) return make_error(Errc::io_error, "cannot initialise libcurl");
-  if (auto st = check_ca_file(opts_.ca_file); !st) return st.error();
+  if (auto st = check_ca_file(opts_.ca_file); !st.ok()) return st.error();
   curl_easy_reset(h);  // keeps the live connection
   const std::string url = opts_.url + path;
   BodySink received{{}, opts_.max_body};
@@ -211,7 +203,7 @@ Result<ClientResponse> Client::call(const std::string& method, const std::string
 Result<nlohmann::json> Client::request(const std::string& method, const std::string& path,
                                        const nlohmann::json* body) {
   auto r = call(method, path, body);
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   if (r->status >= 200 && r->status < 300) return r->body;
   Error e;
   e.code = Errc::internal;
@@ -222,7 +214,7 @@ Result<nlohmann::json> Client::request(const std::string& method, const std::str
     auto field = [&](const char* k, std::string def) {
       return err.contains(k) && err[k].is_string() ? err[k].get<std::string>() : def;
     };
-    e.code = code_from(field("code", ""));
+    e.code = errc_from_string(field("code", "")).value_or(Errc::internal);
     e.message = field("message", e.message);
     e.capability = field("capability", "");
     e.operation = field("operation", "");

@@ -12,19 +12,7 @@ nlohmann::json error_json(const Error& e) {
   return {{"error", err}};
 }
 
-int http_status(Errc code) {
-  switch (code) {
-    case Errc::invalid_argument: return 400;
-    case Errc::forbidden: return 403;
-    case Errc::not_found: return 404;
-    case Errc::already_exists:
-    case Errc::conflict:
-    case Errc::capability_not_supported: return 409;
-    case Errc::hypervisor_unavailable:
-    case Errc::store_unavailable: return 503;
-    default: return 500;
-  }
-}
+int http_status(Errc code) { return http_status_of(code); }
 
 Response send_error(const Error& e, std::optional<std::chrono::seconds> retry_after) {
   Response r = json_response(http_status(e.code), error_json(e));

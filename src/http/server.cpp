@@ -26,6 +26,7 @@
 
 #include "common/json_text.h"
 #include "common/net_address.h"
+#include "common/time.h"
 #include "common/time_text.h"
 #include "config/config.h"
 #include "http/tls.h"
@@ -215,9 +216,9 @@ Result<std::string> check_listen(const Options& o) {
   const std::string& section = o.config_section;
   auto hp = split_listen(o.listen);
   if (!hp) return make_error(Errc::invalid_argument, section + " listen '" + o.listen + "' is not HOST:PORT");
-  if (auto st = check_tls_pair(o.tls_cert, o.tls_key, section); !st) return st.error();
+  if (auto st = check_tls_pair(o.tls_cert, o.tls_key, section); !st.ok()) return st.error();
   if (auto st = check_tls_priority(o.tls_priority.empty() ? config::kDefaultTlsPriority : o.tls_priority, section);
-      !st)
+      !st.ok())
     return st.error();
   if (is_loopback(hp->first)) return std::string();
   if (o.anonymous_access && !o.anonymous_access->empty())
@@ -297,13 +298,13 @@ Result<int> listen_socket(const std::string& listen) {
 
 Result<int> Server::bind() {
   auto warning = check_listen(opts_);
-  if (!warning) return warning.error();
+  if (!warning.ok()) return warning.error();
   if (!warning->empty()) spdlog::warn("{}", *warning);
   fit_open_file_limit(opts_.max_connections, opts_.config_section);
   const auto hp = split_listen(opts_.listen);
   listen_host_ = lower(hp->first);
-  auto tls = load_tls(opts_.tls_cert, opts_.tls_key, opts_.config_section, std::time(nullptr));
-  if (!tls) return tls.error();
+  auto tls = load_tls(opts_.tls_cert, opts_.tls_key, opts_.config_section, now_seconds());
+  if (!tls.ok()) return tls.error();
   if (tls.value()) {
     if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
       return make_error(Errc::invalid_argument, "this libmicrohttpd was built without TLS support");
@@ -312,7 +313,7 @@ Result<int> Server::bind() {
     spdlog::info("TLS: serving the certificate of {} (valid until {})", tls.value()->subject,
                  utc_text(tls.value()->not_after));
     auto ca = load_client_ca(opts_.tls_client_ca, opts_.config_section);
-    if (!ca) return ca.error();
+    if (!ca.ok()) return ca.error();
     tls_client_ca_pem_ = std::move(*ca);
     if (!tls_client_ca_pem_.empty())
       spdlog::info("TLS: client certificates signed by {} are verified", opts_.tls_client_ca);
@@ -324,7 +325,7 @@ Result<int> Server::bind() {
     listen_fd_ = std::exchange(opts_.listen_fd, -1);
   } else {
     auto fd = listen_socket(opts_.listen);
-    if (!fd) return fd.error();
+    if (!fd.ok()) return fd.error();
     listen_fd_ = fd.value();
   }
   sockaddr_storage ss{};
@@ -380,7 +381,7 @@ Status Server::start() {
 
 void Server::reap() {
   const auto limit = std::chrono::seconds(opts_.request_header_timeout_seconds);
-  std::unique_lock lock(mu_);
+  MutexLock lock(mu_);
   while (!reaper_stop_) {
     const auto now = std::chrono::steady_clock::now();
     auto next = now + limit;  // every deadline set later is later than this
@@ -398,7 +399,10 @@ void Server::reap() {
       spdlog::debug("HTTP server on {}: closed a connection whose request headers did not arrive within {} s",
                     opts_.listen, limit.count());
     }
-    reaper_wake_.wait_until(lock, next, [&] { return reaper_stop_; });
+    reaper_wake_.wait_until(mu_, next, [&] {
+      mu_.assert_held();
+      return reaper_stop_;
+    });
   }
 }
 
@@ -448,9 +452,10 @@ MHD_Daemon* Server::start_daemon(int listen_fd, const std::string& cert_pem, con
 
 void Server::retire(MHD_Daemon* daemon, int quiesced_fd) {
   {
-    std::unique_lock lock(mu_);
+    MutexLock lock(mu_);
     const DaemonTag* tag = tags_[daemon].get();
     auto unserved = [&] {
+      mu_.assert_held();
       return std::count_if(connections_.begin(), connections_.end(), [&](const auto& e) {
         return e.second.daemon == tag && !e.second.served;
       });
@@ -461,7 +466,10 @@ void Server::retire(MHD_Daemon* daemon, int quiesced_fd) {
       spdlog::info("HTTP server on {}: waiting for {} request(s) in flight and {} connection(s) whose request has "
                    "not arrived yet (30 s at most)",
                    opts_.listen, requests, waiting);
-    idle_.wait_for(lock, std::chrono::seconds(30), [&] { return in_flight_.count(tag) == 0 && unserved() == 0; });
+    idle_.wait_for(mu_, std::chrono::seconds(30), [&] {
+      mu_.assert_held();
+      return in_flight_.count(tag) == 0 && unserved() == 0;
+    });
   }
   MHD_stop_daemon(daemon);
   tags_.erase(daemon);
@@ -473,7 +481,7 @@ void Server::stop() {
   MHD_Daemon* d = std::exchange(daemon_, nullptr);
   retire(d, MHD_quiesce_daemon(d));  // no new connections, then the requests in flight
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     reaper_stop_ = true;
   }
   reaper_wake_.notify_all();
@@ -482,8 +490,8 @@ void Server::stop() {
 
 Status Server::reload_tls() {
   if (!daemon_ || tls_cert_pem_.empty()) return {};  // plain HTTP: nothing to reload
-  auto tls = load_tls(opts_.tls_cert, opts_.tls_key, opts_.config_section, std::time(nullptr));
-  if (!tls) return tls.error();
+  auto tls = load_tls(opts_.tls_cert, opts_.tls_key, opts_.config_section, now_seconds());
+  if (!tls.ok()) return tls.error();
   if (!tls.value())  // load_tls refuses one file without the other; both gone cannot be
     return make_error(Errc::invalid_argument, "TLS files not reloaded: tls_cert and tls_key are empty");
   if (tls.value()->cert_pem == tls_cert_pem_ && tls.value()->key_pem == tls_key_pem_) {
@@ -643,7 +651,7 @@ Server::Pending* Server::begin(void* connection, const char* url, const char* me
   if (!p->refusal) p->refusal = refuse_early(req, has_body, p->route, allow);
   p->daemon = daemon;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     ++in_flight_[p->daemon];
     if (auto it = connections_.find(connection); it != connections_.end())
       it->second.awaiting_headers = false, it->second.served = true;
@@ -715,7 +723,7 @@ void Server::connection_event(const DaemonTag* tag, void* connection, bool opene
   const auto* info = opened ? MHD_get_connection_info(static_cast<MHD_Connection*>(connection),
                                                       MHD_CONNECTION_INFO_CONNECTION_FD)
                             : nullptr;
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (opened) {
     connections_[connection] = {tag, info ? info->connect_fd : -1,
                                 std::chrono::steady_clock::now() +
@@ -732,7 +740,7 @@ void Server::connection_event(const DaemonTag* tag, void* connection, bool opene
 void Server::finished(void* connection, Pending* p, bool completed) {
   if (!p) return;
   if (completed) {  // the connection now waits for its next request
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (auto it = connections_.find(connection); it != connections_.end()) {
       it->second.awaiting_headers = true;
       it->second.header_deadline =
@@ -741,7 +749,7 @@ void Server::finished(void* connection, Pending* p, bool completed) {
   }
   const DaemonTag* daemon = p->daemon;
   delete p;
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (auto it = in_flight_.find(daemon); it != in_flight_.end() && --it->second == 0) {
     in_flight_.erase(it);
     idle_.notify_all();

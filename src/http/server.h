@@ -9,11 +9,9 @@
 #include <any>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -22,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/mutex.h"
 #include "http/tls.h"
 #include "virtcap/error.h"
 
@@ -216,9 +215,9 @@ class Server {
   int port_ = 0;
   std::string tls_cert_pem_, tls_key_pem_, tls_client_ca_pem_;
   MHD_Daemon* daemon_ = nullptr;
-  std::mutex mu_;
-  std::condition_variable idle_;
-  std::map<const DaemonTag*, unsigned> in_flight_;  // requests begun and not finished, per daemon
+  Mutex mu_;
+  CondVar idle_;
+  std::map<const DaemonTag*, unsigned> in_flight_ GUARDED_BY(mu_);  // requests begun and not finished, per daemon
   std::map<MHD_Daemon*, std::unique_ptr<DaemonTag>> tags_;  // the callbacks' cls of each running daemon
   // Every open connection, from the library's open notification to its
   // close notification (which comes before the library closes the socket,
@@ -230,9 +229,9 @@ class Server {
     bool awaiting_headers = true;  // no request begun since the deadline was set
     bool served = false;           // a request has begun on it
   };
-  std::map<void*, Connection> connections_;
-  std::condition_variable reaper_wake_;
-  bool reaper_stop_ = false;
+  std::map<void*, Connection> connections_ GUARDED_BY(mu_);
+  CondVar reaper_wake_;
+  bool reaper_stop_ GUARDED_BY(mu_) = false;
   std::thread reaper_;
 };
 

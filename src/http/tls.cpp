@@ -81,13 +81,13 @@ Status check_tls_pair(const std::string& cert_file, const std::string& key_file,
 
 Result<std::optional<TlsMaterial>> load_tls(const std::string& cert_file, const std::string& key_file,
                                             const std::string& section, std::int64_t now) {
-  if (auto st = check_tls_pair(cert_file, key_file, section); !st) return st.error();
+  if (auto st = check_tls_pair(cert_file, key_file, section); !st.ok()) return st.error();
   if (cert_file.empty()) return std::optional<TlsMaterial>();
   TlsMaterial m;
   auto cert = read_small_file(cert_file);
-  if (!cert) return tls_error(section, "tls_cert", cert_file, cert.error().message);
+  if (!cert.ok()) return tls_error(section, "tls_cert", cert_file, cert.error().message);
   auto key = read_small_file(key_file);
-  if (!key) return tls_error(section, "tls_key", key_file, key.error().message);
+  if (!key.ok()) return tls_error(section, "tls_key", key_file, key.error().message);
   m.cert_pem = std::move(cert.value());
   m.key_pem = std::move(key.value());
 
@@ -121,7 +121,7 @@ Result<std::optional<TlsMaterial>> load_tls(const std::string& cert_file, const 
 Result<std::string> load_client_ca(const std::string& file, const std::string& section) {
   if (file.empty()) return std::string();
   auto pem = read_small_file(file);
-  if (!pem) return tls_error(section, "client_ca", file, pem.error().message);
+  if (!pem.ok()) return tls_error(section, "client_ca", file, pem.error().message);
   CertList list;
   const gnutls_datum_t c = datum(*pem);
   if (int rc = gnutls_x509_crt_list_import2(&list.certs, &list.count, &c, GNUTLS_X509_FMT_PEM, 0); rc < 0 || !list.count)

@@ -13,6 +13,7 @@
 #include <random>
 
 #include "common/fd.h"
+#include "common/lock_file.h"
 #include "common/mount_id.h"
 #include "common/sha1.h"
 
@@ -52,22 +53,8 @@ Status DiskAccess::apply(int fd, bool directory, const std::string& path) const 
 
 Status make_dirs(const std::string& dir, const DiskAccess& access) {
   // Each missing component, from the top: mkdir, then the exact mode.
-  std::string path;
-  for (const auto& part : std::filesystem::path(dir)) {
-    path = path.empty() ? part.string() : (path == "/" ? "/" : path + "/") + part.string();
-    if (path == "/" || part == ".") continue;
-    if (::mkdir(path.c_str(), access.dir_mode()) == 0) {
-      Fd fd(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-      if (!fd.valid()) return io_error("cannot open directory " + path, errno);
-      if (Status st = access.apply(fd.get(), true, path); !st) return st;
-    } else if (errno != EEXIST) {
-      return io_error("cannot create directory " + path, errno);
-    }
-  }
-  struct stat st {};
-  if (::stat(dir.c_str(), &st) != 0) return io_error("cannot create directory " + dir, errno);
-  if (!S_ISDIR(st.st_mode)) return make_error(Errc::io_error, "cannot create directory " + dir + ": a file is in the way");
-  return {};
+  return virtcap::make_dirs(dir, access.dir_mode(), "directory",
+                            [&access](int fd, const std::string& path) { return access.apply(fd, true, path); });
 }
 
 std::string BaseCache::base_name(std::string_view image_id) { return sha1_hex(image_id); }
@@ -88,7 +75,7 @@ enum class LockMode { wait, try_existing };
 // Opens and flocks <locks>/<name>.lock (never following a symlink); then
 // checks that the name still names the file locked (the cleanup may have
 // unlinked it meanwhile) and retries if not.
-Result<std::optional<BaseFileLock>> lock_file(const CacheDir& locks, std::string_view name, LockMode mode,
+Result<std::optional<BaseFileLock>> lock_named(const CacheDir& locks, std::string_view name, LockMode mode,
                                               int timeout_seconds, BaseFileLock (*wrap)(int)) {
   const std::string file = std::string(name) + ".lock";
   const std::string path = locks.path + "/" + file;
@@ -101,12 +88,9 @@ Result<std::optional<BaseFileLock>> lock_file(const CacheDir& locks, std::string
       if (mode == LockMode::try_existing && errno == ENOENT) return std::optional<BaseFileLock>{};
       return io_error("cannot open lock file " + path, errno);
     }
-    int rc;
-    do {
-      rc = ::flock(fd.get(), LOCK_EX | LOCK_NB);
-    } while (rc != 0 && errno == EINTR);
-    if (rc != 0 && errno != EWOULDBLOCK) return io_error("cannot lock " + path, errno);
-    if (rc != 0) {
+    const int err = lock_file(fd.get());
+    if (err != 0 && err != EWOULDBLOCK) return io_error("cannot lock " + path, err);
+    if (err != 0) {
       if (mode == LockMode::try_existing) return std::optional<BaseFileLock>{};
       if (std::chrono::steady_clock::now() >= deadline)
         return make_error(Errc::io_error, "timed out after " + std::to_string(timeout_seconds) + " s waiting for " +
@@ -139,7 +123,7 @@ std::string where(const MountPlace& p) {
 Result<CacheDir> open_cache_dir(const std::string& instances_path, std::string_view name, CreateDir create) {
   const std::string path = instances_path + "/" + std::string(name);
   if (create == CreateDir::yes) {
-    if (Status st = make_dirs(path); !st) return st.error();
+    if (Status st = make_dirs(path); !st.ok()) return st.error();
   }
   Fd top(::open(instances_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!top.valid()) {
@@ -172,19 +156,19 @@ Result<CacheDir> open_cache_dir(const std::string& instances_path, std::string_v
 
 Result<BaseFileLock> BaseFileLock::acquire(const BaseCache& cache, std::string_view base_file_name) {
   auto locks = open_cache_dir(cache.instances_path, kLockDirName, CreateDir::yes);
-  if (!locks) return locks.error();
+  if (!locks.ok()) return locks.error();
   return acquire_in(*locks, base_file_name, cache.lock_timeout_seconds);
 }
 
 Result<BaseFileLock> BaseFileLock::acquire_in(const CacheDir& locks, std::string_view base_file_name,
                                               int timeout_seconds) {
-  auto l = lock_file(locks, base_file_name, LockMode::wait, timeout_seconds, [](int fd) { return BaseFileLock(fd); });
-  if (!l) return l.error();
+  auto l = lock_named(locks, base_file_name, LockMode::wait, timeout_seconds, [](int fd) { return BaseFileLock(fd); });
+  if (!l.ok()) return l.error();
   return std::move(**l);
 }
 
 Result<std::optional<BaseFileLock>> BaseFileLock::try_existing(const CacheDir& locks, std::string_view base_file_name) {
-  return lock_file(locks, base_file_name, LockMode::try_existing, 0, [](int fd) { return BaseFileLock(fd); });
+  return lock_named(locks, base_file_name, LockMode::try_existing, 0, [](int fd) { return BaseFileLock(fd); });
 }
 
 BaseFileLock::~BaseFileLock() {
@@ -239,7 +223,7 @@ Result<std::uint64_t> copy_file_synced(const std::string& src, const std::string
   // Never readable by other users: a base holds a guest's data (docs/imagecache.md).
   Fd out(::open(dst.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (out.get() < 0) return io_error("cannot create " + dst, errno);
-  if (Status s = access.apply(out.get(), false, dst); !s) return s.error();
+  if (Status s = access.apply(out.get(), false, dst); !s.ok()) return s.error();
   const auto total = static_cast<std::uint64_t>(st.st_size);
   // Only the data ranges are copied (SEEK_DATA / SEEK_HOLE), so a sparse
   // image stays sparse; the length is set at the end, holes and all.
@@ -258,7 +242,7 @@ Result<std::uint64_t> copy_file_synced(const std::string& src, const std::string
     }
     const auto from = static_cast<std::uint64_t>(data);
     if (from >= total) break;
-    if (Status s = copy_range(in.get(), out.get(), from, end - from, src, dst); !s) return s.error();
+    if (Status s = copy_range(in.get(), out.get(), from, end - from, src, dst); !s.ok()) return s.error();
     at = end;
   }
   if (::ftruncate(out.get(), static_cast<off_t>(total)) != 0) return io_error("cannot size " + dst, errno);
@@ -280,10 +264,10 @@ Result<EnsureOutcome> ensure_base_locked(const BaseCache& cache, std::string_vie
     out.bytes = static_cast<std::uint64_t>(st.st_size);
   } else {
     if (errno != ENOENT) return io_error("cannot stat base file " + out.base_path, errno);
-    if (Status s = make_dirs(cache.base_dir, cache.access); !s) return s.error();
+    if (Status s = make_dirs(cache.base_dir, cache.access); !s.ok()) return s.error();
     const std::string tmp = out.base_path + std::string(kTempMarker) + random_suffix();
     auto copied = copy_file_synced(source, tmp, cache.access);
-    if (!copied) {
+    if (!copied.ok()) {
       ::unlink(tmp.c_str());
       return copied.error();
     }
@@ -292,11 +276,11 @@ Result<EnsureOutcome> ensure_base_locked(const BaseCache& cache, std::string_vie
       ::unlink(tmp.c_str());
       return io_error("cannot rename " + tmp + " to " + out.base_path, err);
     }
-    if (Status s = fsync_dir(cache.base_dir); !s) return s.error();
+    if (Status s = fsync_dir(cache.base_dir); !s.ok()) return s.error();
     out.fetched = true;
     out.bytes = copied.value();
   }
-  if (Status s = touch(out.base_path); !s) return s.error();
+  if (Status s = touch(out.base_path); !s.ok()) return s.error();
   return out;
 }
 

@@ -141,10 +141,10 @@ template <class F>
 Result<EnsureOutcome> with_base(const BaseCache& cache, std::string_view image_id, const std::string& source,
                                 F&& under_lock) {
   auto lock = BaseFileLock::acquire(cache, BaseCache::base_name(image_id));
-  if (!lock) return lock.error();
+  if (!lock.ok()) return lock.error();
   auto out = ensure_base_locked(cache, image_id, source);
-  if (!out) return out;
-  if (Status st = under_lock(out.value()); !st) return st.error();
+  if (!out.ok()) return out;
+  if (Status st = under_lock(out.value()); !st.ok()) return st.error();
   return out;
 }
 

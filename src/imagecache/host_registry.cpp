@@ -5,13 +5,13 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "common/fd.h"
 #include "common/json_text.h"
+#include "common/time.h"
 #include "imagecache/base_cache.h"
 
 namespace virtcap::imagecache {
@@ -31,10 +31,10 @@ Status register_host(const std::string& instances_path, const std::string& host)
   // Written only inside a real directory on the cache's mount (a symlinked
   // or mounted `hosts` is refused), and only relative to it.
   auto dir = open_cache_dir(instances_path, "hosts", CreateDir::yes);
-  if (!dir) return dir.error();
+  if (!dir.ok()) return dir.error();
   const std::string name = host + ".json", tmp = name + ".tmp-" + std::to_string(::getpid());
   const std::string path = dir->path + "/" + name;
-  const auto now = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  const auto now = now_seconds();
   const std::string body = dump_json(nlohmann::json{{"host", host}, {"updated_at", now}}) + "\n";
   UniqueFd fd(::openat(dir->fd.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644));
   if (!fd.valid()) return make_error(Errc::io_error, "cannot write " + dir->path + "/" + tmp + ": " + std::strerror(errno));

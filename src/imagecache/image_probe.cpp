@@ -59,7 +59,7 @@ Result<std::string, ProbeError> read_name(int fd, const std::string& path, Bytes
 
 Result<ImageRefs, ProbeError> probe_qcow2(int fd, const std::string& path, Bytes head) {
   auto h = read_header_with_head(fd, path, head);
-  if (!h) return ProbeError{h.error().describe(), h.error().sys_errno};
+  if (!h.ok()) return ProbeError{h.error().describe(), h.error().sys_errno};
   ImageRefs r{"qcow2", h->backing_file, h->backing_format, {}, {}};
   if (h->has_external_data_file()) {
     if (h->data_file.empty())
@@ -77,7 +77,7 @@ Result<ImageRefs, ProbeError> probe_qcow(int fd, const std::string& path, Bytes 
   const std::uint32_t size = be32(head, 16);
   if (off == 0 || size == 0) return r;
   auto name = read_name(fd, path, head, off, size, "qcow backing file name");
-  if (!name) return name.error();
+  if (!name.ok()) return name.error();
   r.backing = std::move(name.value());
   return r;
 }
@@ -94,7 +94,7 @@ Result<ImageRefs, ProbeError> probe_qed(int fd, const std::string& path, Bytes h
   ImageRefs r{"qed", {}, {}, {}, {}};
   if (!(features & kBacking)) return r;
   auto name = read_name(fd, path, head, le32(head, 56), le32(head, 60), "QED backing file name");
-  if (!name) return name.error();
+  if (!name.ok()) return name.error();
   if (name->empty()) return fail(path, "is a QED image whose backing file name is empty");
   r.backing = std::move(name.value());
   if (features & kRawBacking) r.backing_format = "raw";
@@ -119,7 +119,7 @@ Result<std::vector<std::uint8_t>, ProbeError> read_extents(int fd, const std::st
   if (::fstat(fd, &st) != 0) return fail(path, "cannot be stat()ed", errno);
   const auto len = std::min<std::uint64_t>(static_cast<std::uint64_t>(st.st_size), vmdk::kDescriptorMax);
   auto text = read_at(fd, path, offset, static_cast<std::size_t>(len), "VMDK descriptor");
-  if (text) r.extents = vmdk::extents(std::string_view(reinterpret_cast<const char*>(text->data()), text->size()));
+  if (text.ok()) r.extents = vmdk::extents(std::string_view(reinterpret_cast<const char*>(text->data()), text->size()));
   return text;
 }
 
@@ -133,7 +133,7 @@ Result<ImageRefs, ProbeError> probe_vmdk(int fd, const std::string& path, Bytes 
     // A text descriptor: the hint window is the start of the text just read
     // (the text reaches the end of the file or 1 MiB, past the window).
     auto text = read_extents(fd, path, 0, r);
-    if (!text) return text.error();
+    if (!text.ok()) return text.error();
     text->resize(std::min(text->size(), vmdk::kParentHintWindow));
     window = std::move(*text);
   } else {
@@ -141,10 +141,10 @@ Result<ImageRefs, ProbeError> probe_vmdk(int fd, const std::string& path, Bytes 
     if (starts_with(head, "KDMV") && h.embedded_descriptor()) {
       if (h.descriptor_offset > (std::numeric_limits<std::uint64_t>::max() >> 10))
         return fail(path, "has an implausible VMDK descriptor offset");
-      if (auto text = read_extents(fd, path, h.descriptor_offset * 512, r); !text) return text.error();
+      if (auto text = read_extents(fd, path, h.descriptor_offset * 512, r); !text.ok()) return text.error();
     }
     auto read = read_at(fd, path, vmdk::kSparseHintOffset, vmdk::kParentHintWindow, "VMDK parent hint");
-    if (!read) return read.error();
+    if (!read.ok()) return read.error();
     window = std::move(*read);
   }
   auto hint = vmdk::parent_hint(window);

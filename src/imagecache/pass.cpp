@@ -15,6 +15,7 @@
 
 #include "common/audit.h"
 #include "common/fd.h"
+#include "common/time.h"
 #include "common/utf8.h"
 #include "imagecache/base_cache.h"
 #include "imagecache/usage_scan.h"
@@ -25,17 +26,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-enum class Kind { original, resized, temporary, unknown };
-
-std::string to_string(Kind k) {
-  switch (k) {
-    case Kind::original: return "original";
-    case Kind::resized: return "resized";
-    case Kind::temporary: return "temporary";
-    case Kind::unknown: break;
-  }
-  return "unknown";
-}
+using Kind = BaseFileKind;
+using State = BaseFileState;
 
 bool is_hex40(std::string_view s) {
   if (s.size() != 40) return false;
@@ -63,11 +55,6 @@ Kind kind_of(std::string_view name) {
                                                                                                  : Kind::unknown;
   if (!base_like(name)) return Kind::unknown;
   return name.size() == 40 ? Kind::original : Kind::resized;
-}
-
-std::int64_t now_unix() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
 }
 
 // A regular file in the base directory, as listed.
@@ -129,24 +116,24 @@ std::string use_reason(const BaseUse& u) {
 std::vector<std::size_t> classify(const PassOptions& opts, const std::vector<Candidate>& listing,
                                   const UsageScan& scan, const std::set<std::string>& store_originals,
                                   const std::string& base_dir, ImageCacheReport& report) {
-  const std::int64_t now = now_unix();
+  const std::int64_t now = now_seconds();
   std::vector<std::size_t> to_remove;
   for (std::size_t i = 0; i < listing.size(); ++i) {
     const Candidate& c = listing[i];
     BaseFileReport f;
     f.name = c.name;
-    f.kind = to_string(c.kind);
+    f.kind = c.kind;
     f.bytes = c.bytes;
     f.age_seconds = now - c.mtime.tv_sec;
     const bool in_store = store_originals.count(c.name.substr(0, std::min<std::size_t>(40, c.name.size()))) > 0;
     if (c.kind == Kind::unknown) {
-      f.state = "unknown";
+      f.state = State::unknown;
       f.reason = "not a file name this driver makes; kept";
     } else if (c.kind != Kind::temporary && (scan.use[i].used || in_store)) {
-      f.state = "in_use";
+      f.state = State::in_use;
       f.reason = scan.use[i].used ? use_reason(scan.use[i]) : "image of a live instance in the store";
       if (!opts.dry_run) {
-        if (Status st = touch(base_dir + "/" + c.name); !st) report.notes.push_back(st.error().message);
+        if (Status st = touch(base_dir + "/" + c.name); !st.ok()) report.notes.push_back(st.error().message);
       }
     } else {
       const bool temp = c.kind == Kind::temporary;
@@ -154,11 +141,11 @@ std::vector<std::size_t> classify(const PassOptions& opts, const std::vector<Can
                             : c.kind == Kind::resized ? opts.resized_min_age_seconds
                                                       : opts.original_min_age_seconds;
       if (f.age_seconds < f.threshold_seconds) {
-        f.state = "unused_young";
+        f.state = State::unused_young;
         f.reason = temp ? "temporary file of a fetch, possibly in progress"
-                        : "unused, but younger than remove_unused_" + f.kind + "_minimum_age_seconds";
+                        : "unused, but younger than remove_unused_" + std::string(to_string(f.kind)) + "_minimum_age_seconds";
       } else {
-        f.state = "removable";
+        f.state = State::removable;
         f.reason = temp ? "leftover temporary file of an interrupted fetch" : "unused and old enough";
         to_remove.push_back(i);
       }
@@ -171,6 +158,17 @@ std::vector<std::size_t> classify(const PassOptions& opts, const std::vector<Can
 void keep_all(ImageCacheReport& report, std::vector<std::size_t>& to_remove, const std::string& why) {
   for (auto i : to_remove) report.files[i].reason += "; " + why;
   to_remove.clear();
+}
+
+// The agent's stop ends the pass at this step: nothing (more) is removed.
+bool stop_here(const PassOptions& opts, ImageCacheReport& report, std::vector<std::size_t>& to_remove,
+               const std::string& when) {
+  if (!opts.stop.stop_requested()) return false;
+  report.complete = false;
+  report.stopped = true;
+  report.notes.push_back("stopped " + when + " (the agent is stopping); nothing removed");
+  keep_all(report, to_remove, "not removed: the agent is stopping");
+  return true;
 }
 
 void take_scan(ImageCacheReport& report, UsageScan& scan) {
@@ -187,7 +185,7 @@ void remove_locked(const PassOptions& opts, const BaseCache& cache, int base_fd,
                    ImageCacheReport& report) {
   if (opts.after_first_look) opts.after_first_look();
   auto lock_dir = open_cache_dir(cache.instances_path, kLockDirName, CreateDir::yes);
-  if (!lock_dir) {
+  if (!lock_dir.ok()) {
     report.complete = false;
     report.notes.push_back(lock_dir.error().message);
     return keep_all(report, to_remove, "not removed: " + lock_dir.error().message);
@@ -197,7 +195,7 @@ void remove_locked(const PassOptions& opts, const BaseCache& cache, int base_fd,
   std::vector<BaseFileLock> locks;
   for (const auto& o : owners) {  // sorted: a spawn holds at most one
     auto l = BaseFileLock::acquire_in(*lock_dir, o, cache.lock_timeout_seconds);
-    if (!l) {
+    if (!l.ok()) {
       report.complete = false;
       report.notes.push_back(l.error().message);
       return keep_all(report, to_remove, "not removed: " + l.error().message);
@@ -213,24 +211,25 @@ void remove_locked(const PassOptions& opts, const BaseCache& cache, int base_fd,
     take_scan(report, again);
     return keep_all(report, to_remove, "not removed: a disk could not be read on the second look");
   }
+  if (stop_here(opts, report, to_remove, "after the second look")) return;
   for (auto i : to_remove) {
     const Candidate& c = listing[i];
     BaseFileReport& f = report.files[i];
     if (c.kind != Kind::temporary && again.use[i].used) {
-      f.state = "in_use";
+      f.state = State::in_use;
       f.reason = "a disk created during the pass uses it (" + use_reason(again.use[i]) + ")";
       continue;
     }
     struct stat st {};
     if (::fstatat(base_fd, c.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
       const int err = errno;
-      f.state = "kept";
+      f.state = State::kept;
       f.reason = err == ENOENT ? "vanished before removal" : std::string("cannot stat: ") + std::strerror(err);
       if (err != ENOENT) report.complete = false;
       continue;
     }
     if (FileId{st.st_dev, st.st_ino} != c.id || !same_mtime(st.st_mtim, c.mtime)) {
-      f.state = c.kind == Kind::temporary ? "kept" : "in_use";
+      f.state = c.kind == Kind::temporary ? State::kept : State::in_use;
       f.reason = "changed during the pass (replaced, or touched by a spawn)";
       continue;
     }
@@ -241,14 +240,14 @@ void remove_locked(const PassOptions& opts, const BaseCache& cache, int base_fd,
     audit.field("bytes", c.bytes);
     if (::unlinkat(base_fd, c.name.c_str(), 0) != 0) {
       report.complete = false;
-      f.state = "kept";
+      f.state = State::kept;
       f.reason = std::string("removal failed: ") + std::strerror(errno);
       spdlog::warn("image cache: could not remove {}/{}: {}", report.base_dir, utf8_safe(c.name), f.reason);
       audit.failed(f.reason);
       continue;
     }
     audit.ok();
-    f.state = "removed";
+    f.state = State::removed;
     ++report.files_removed;
     report.bytes_freed += c.bytes;
   }
@@ -260,7 +259,7 @@ void remove_locked(const PassOptions& opts, const BaseCache& cache, int base_fd,
 // makes (<sha1>[_<bytes>].lock).
 void cleanup_locks(const BaseCache& cache, int base_fd, ImageCacheReport& report) {
   auto locks = open_cache_dir(cache.instances_path, kLockDirName, CreateDir::no);
-  if (!locks) {
+  if (!locks.ok()) {
     if (locks.error().code == Errc::not_found) return;  // none yet
     // Housekeeping only, after the removals: a note, not an incomplete pass.
     report.notes.push_back("lock files not cleaned up: " + locks.error().message);
@@ -285,7 +284,7 @@ void cleanup_locks(const BaseCache& cache, int base_fd, ImageCacheReport& report
   for (const auto& n : names) {
     if (owners.count(n)) continue;
     auto l = BaseFileLock::try_existing(*locks, n);
-    if (!l || !l->has_value()) continue;  // busy: a fetch is starting; keep
+    if (!l.ok() || !l->has_value()) continue;  // busy: a fetch is starting; keep
     struct stat st {};
     if (::fstatat(base_fd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT) continue;
     if (::unlinkat(locks->fd.get(), (n + ".lock").c_str(), 0) != 0 && errno != ENOENT)
@@ -317,7 +316,7 @@ ImageCacheReport run_pass(const PassOptions& opts, const std::vector<InstanceRec
   // The base directory first: files that appear after this are not
   // candidates at all.
   auto base = open_cache_dir(cache.instances_path, opts.subdirectory_name, CreateDir::no);
-  if (!base) {
+  if (!base.ok()) {
     if (base.error().code == Errc::not_found) {
       report.notes.push_back("no base directory " + cache.base_dir + ": nothing to manage");
       return finish();
@@ -330,6 +329,8 @@ ImageCacheReport run_pass(const PassOptions& opts, const std::vector<InstanceRec
   std::vector<Candidate> listing;
   const bool listed = list_bases(base_fd.get(), cache.base_dir, listing, report);
   ::lseek(base_fd.get(), 0, SEEK_SET);
+
+  if (std::vector<std::size_t> none; stop_here(opts, report, none, "before reading the disks")) return finish();
 
   // (a) the disks on the storage, by identity; (b) the live instances.
   UsageScan scan = scan_usage(scan_options(opts), entries_of(listing));
@@ -352,6 +353,8 @@ ImageCacheReport run_pass(const PassOptions& opts, const std::vector<InstanceRec
              "not removed: " + std::to_string(report.unreadable_disks.size()) +
                  " disk(s) or directories could not be read, so nothing is provably unused");
     report.notes.push_back("removed nothing: cannot read " + first.path + " (" + first.error + ")");
+  } else if (stop_here(opts, report, to_remove, "before taking the locks")) {
+    // everything kept, as stop_here noted
   } else if (opts.dry_run) {
     keep_all(report, to_remove, "dry run: not removed");
   } else if (!opts.remove_unused) {
@@ -367,10 +370,10 @@ nlohmann::json to_json(const ImageCacheReport& r) {
   nlohmann::json files = nlohmann::json::array();
   std::map<std::string, std::size_t> counts;
   for (const auto& f : r.files) {
-    ++counts[f.state];
+    ++counts[std::string(to_string(f.state))];
     files.push_back({{"name", utf8_safe(f.name)},
-                     {"kind", f.kind},
-                     {"state", f.state},
+                     {"kind", std::string(to_string(f.kind))},
+                     {"state", std::string(to_string(f.state))},
                      {"reason", utf8_safe(f.reason)},
                      {"bytes", f.bytes},
                      {"age_seconds", f.age_seconds},
@@ -416,7 +419,7 @@ std::string to_table(const ImageCacheReport& r) {
   os << pad("FILE", w) << "  " << pad("KIND", 9) << "  " << pad("STATE", 12) << "  " << pad("BYTES", 12) << "  "
      << pad("AGE(s)", 9) << "  REASON\n";
   for (const auto& f : r.files)
-    os << pad(f.name, w) << "  " << pad(f.kind, 9) << "  " << pad(f.state, 12) << "  "
+    os << pad(f.name, w) << "  " << pad(std::string(to_string(f.kind)), 9) << "  " << pad(std::string(to_string(f.state)), 12) << "  "
        << pad(std::to_string(f.bytes), 12) << "  " << pad(std::to_string(f.age_seconds), 9) << "  " << f.reason
        << "\n";
   if (r.files.empty()) os << "(no base files)\n";

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <functional>
+#include <stop_token>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -47,6 +48,10 @@ struct PassOptions {
   // a disk, replace or touch a base) in the window the second look and the
   // re-check before each unlink guard.
   std::function<void()> after_first_look;
+  // The agent's stop: checked between the pass's steps (before the disks are
+  // read, and before anything is removed). Once requested, nothing more is
+  // removed and the report says `stopped` (and not complete).
+  std::stop_token stop;
 };
 
 // Directory names under instances_path that are not instance directories.

@@ -186,7 +186,12 @@ Qcow2Error io_error(const std::string& path, const char* what, int err) {
 // past it is the rest of the first kQcow2HeadRead bytes read.
 constexpr std::size_t kFirstRead = kQcow2FirstRead;
 
+// Not copyable or movable: `data` may point into `page`.
 struct Head {
+  Head() = default;
+  Head(const Head&) = delete;
+  Head& operator=(const Head&) = delete;
+
   std::array<std::uint8_t, kFirstRead> page;
   std::unique_ptr<std::uint8_t[]> big;  // kQcow2HeadRead bytes, only when needed
   std::uint8_t* data = page.data();

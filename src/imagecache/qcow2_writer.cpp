@@ -48,8 +48,6 @@ void put_be(std::vector<std::uint8_t>& b, std::size_t at, std::uint64_t v, int b
 
 std::uint64_t round_up(std::uint64_t v, std::uint64_t unit) { return (v + unit - 1) / unit * unit; }
 
-Error invalid(const std::string& what) { return make_error(Errc::invalid_argument, what); }
-
 Error io_error(const std::string& what, int err) {
   return make_error(Errc::io_error, what + ": " + std::strerror(err));
 }
@@ -66,20 +64,20 @@ bool valid_format_name(std::string_view f) {
 Status check_spec(const OverlaySpec& spec) {
   // qcow2.txt "Header", backing_file_size: "Must not be longer than 1023 bytes".
   if (spec.backing_file.empty() || spec.backing_file.size() > kQcow2MaxBackingName)
-    return invalid("an overlay's backing file name must be 1 to " + std::to_string(kQcow2MaxBackingName) +
-                   " bytes long; got " + std::to_string(spec.backing_file.size()));
+    return invalid_argument_error("an overlay's backing file name must be 1 to " + std::to_string(kQcow2MaxBackingName) +
+                                  " bytes long; got " + std::to_string(spec.backing_file.size()));
   if (spec.backing_file.find('\0') != std::string::npos)
-    return invalid("an overlay's backing file name must not contain a NUL byte");
+    return invalid_argument_error("an overlay's backing file name must not contain a NUL byte");
   if (!valid_format_name(spec.backing_format))
-    return invalid("an overlay's backing format must be 1 to " + std::to_string(kOverlayMaxFormatName) +
-                   " characters of [a-z0-9_-] (e.g. raw, qcow2)");
+    return invalid_argument_error("an overlay's backing format must be 1 to " + std::to_string(kOverlayMaxFormatName) +
+                                  " characters of [a-z0-9_-] (e.g. raw, qcow2)");
   if (spec.virtual_size % kSectorSize != 0)
-    return invalid("an overlay's virtual size must be a multiple of 512 bytes; got " +
-                   std::to_string(spec.virtual_size));
+    return invalid_argument_error("an overlay's virtual size must be a multiple of 512 bytes; got " +
+                                  std::to_string(spec.virtual_size));
   // qcow2.txt "Header", size: QEMU's 32 MB L1 limit (see kOverlayMaxVirtualSize).
   if (spec.virtual_size > kOverlayMaxVirtualSize)
-    return invalid("an overlay's virtual size must be at most " + std::to_string(kOverlayMaxVirtualSize) +
-                   " bytes (2 PiB, QEMU's limit with 64 KiB clusters); got " + std::to_string(spec.virtual_size));
+    return invalid_argument_error("an overlay's virtual size must be at most " + std::to_string(kOverlayMaxVirtualSize) +
+                                  " bytes (2 PiB, QEMU's limit with 64 KiB clusters); got " + std::to_string(spec.virtual_size));
   return {};
 }
 
@@ -128,7 +126,7 @@ OverlayPiece header_piece(const OverlaySpec& spec, std::uint64_t l1_entries) {
 }  // namespace
 
 Result<OverlayImage> render_overlay(const OverlaySpec& spec) {
-  if (Status st = check_spec(spec); !st) return st.error();
+  if (Status st = check_spec(spec); !st.ok()) return st.error();
   OverlayImage img;
   // qcow2.txt "Cluster mapping": enough L1 entries to map the whole disk; all
   // zero ("the L2 table and all clusters described by this L2 table are
@@ -191,8 +189,8 @@ Status write_and_sync(const std::string& tmp, const OverlayImage& image, Durabil
   Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (fd.get() < 0) return io_error("cannot create " + tmp, errno);
   created = true;
-  if (Status st = access.apply(fd.get(), false, tmp); !st) return st;
-  if (Status st = write_overlay_fd(fd.get(), image, tmp); !st) return st;
+  if (Status st = access.apply(fd.get(), false, tmp); !st.ok()) return st;
+  if (Status st = write_overlay_fd(fd.get(), image, tmp); !st.ok()) return st;
   if (durability != Durability::none && ::fsync(fd.get()) != 0) return io_error("cannot fsync " + tmp, errno);
   if (fd.close_checked() != 0) return io_error("cannot close " + tmp, errno);
   return {};
@@ -203,7 +201,7 @@ Status write_and_sync(const std::string& tmp, const OverlayImage& image, Durabil
 Status fsync_file(const std::string& path, const DiskAccess& access) {
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return io_error("cannot open " + path + " to fsync it", errno);
-  if (Status st = access.apply(fd.get(), false, path); !st) return st;
+  if (Status st = access.apply(fd.get(), false, path); !st.ok()) return st;
   if (::fsync(fd.get()) != 0) return io_error("cannot fsync " + path, errno);
   return {};
 }
@@ -223,10 +221,10 @@ Status rename_into_place(const std::string& tmp, const std::string& path, Durabi
 
 Status create_overlay(const std::string& path, const OverlaySpec& spec, Durability durability, const DiskAccess& access) {
   auto image = render_overlay(spec);
-  if (!image) return image.error();
+  if (!image.ok()) return image.error();
   const std::string tmp = path + std::string(kTempMarker) + "overlay";
   bool created = false;
-  if (Status st = write_and_sync(tmp, *image, durability, access, created); !st) {
+  if (Status st = write_and_sync(tmp, *image, durability, access, created); !st.ok()) {
     if (created) ::unlink(tmp.c_str());  // ours, half written; a file we did not create is left alone
     return st;
   }
@@ -242,21 +240,21 @@ Result<std::uint64_t> base_virtual_size(int fd, const std::string& base_path, st
     return static_cast<std::uint64_t>(end);
   }
   if (format != "qcow2")
-    return invalid("the native overlay writer handles raw and qcow2 bases, not '" + std::string(format) + "' (" +
-                   base_path + "); set [libvirt] overlay_writer = \"qemu-img\" for other formats");
+    return invalid_argument_error("the native overlay writer handles raw and qcow2 bases, not '" + std::string(format) + "' (" +
+                                  base_path + "); set [libvirt] overlay_writer = \"qemu-img\" for other formats");
   auto h = read_header_fd(fd, base_path);
-  if (!h) {
+  if (!h.ok()) {
     return make_error(h.error().code == Qcow2Errc::io_error ? Errc::io_error : Errc::invalid_argument,
                       h.error().describe());
   }
   // qcow2.txt "Header": crypt_method and incompatible_features bits 5-63;
   // QEMU refuses to open images it cannot read, so an overlay on them is useless.
   if (h->crypt_method != 0)
-    return invalid("base image " + base_path + " is encrypted (crypt_method " + std::to_string(h->crypt_method) +
-                   "); virtcap does not boot encrypted bases");
+    return invalid_argument_error("base image " + base_path + " is encrypted (crypt_method " + std::to_string(h->crypt_method) +
+                                  "); virtcap does not boot encrypted bases");
   if ((h->incompatible_features >> 5) != 0)
-    return invalid("base image " + base_path + " sets unknown qcow2 incompatible feature bits (" +
-                   std::to_string(h->incompatible_features) + "); QEMU cannot open it");
+    return invalid_argument_error("base image " + base_path + " sets unknown qcow2 incompatible feature bits (" +
+                                  std::to_string(h->incompatible_features) + "); QEMU cannot open it");
   return h->virtual_size;
 }
 
@@ -267,20 +265,20 @@ Result<OverlaySpec> overlay_spec_for_base(const std::string& base_path, std::str
   Fd fd(::open(base_path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return io_error("cannot open base image " + base_path, errno);
   auto base_size = base_virtual_size(fd.get(), base_path, base_format);
-  if (!base_size) return base_size.error();
+  if (!base_size.ok()) return base_size.error();
   auto sectors = [&](std::uint64_t v, const char* what) -> Result<std::uint64_t> {
     if (v > kOverlayMaxVirtualSize)
-      return invalid(std::string(what) + " of " + std::to_string(v) + " bytes exceeds the qcow2 overlay limit of " +
-                     std::to_string(kOverlayMaxVirtualSize) + " bytes (" + base_path + ")");
+      return invalid_argument_error(std::string(what) + " of " + std::to_string(v) + " bytes exceeds the qcow2 overlay limit of " +
+                                    std::to_string(kOverlayMaxVirtualSize) + " bytes (" + base_path + ")");
     return round_up(v, kSectorSize);
   };
   auto base = sectors(*base_size, "base image size");
-  if (!base) return base.error();
+  if (!base.ok()) return base.error();
   auto wanted = sectors(virtual_size, "requested disk size");
-  if (!wanted) return wanted.error();
+  if (!wanted.ok()) return wanted.error();
   if (virtual_size != 0 && *wanted < *base)
-    return invalid("requested disk size " + std::to_string(virtual_size) + " is smaller than base image " +
-                   base_path + " (" + std::to_string(*base) + " bytes); an overlay cannot shrink its base");
+    return invalid_argument_error("requested disk size " + std::to_string(virtual_size) + " is smaller than base image " +
+                                  base_path + " (" + std::to_string(*base) + " bytes); an overlay cannot shrink its base");
   OverlaySpec spec;
   spec.backing_file = base_path;
   spec.backing_format = std::string(base_format);

@@ -189,7 +189,7 @@ class Scanner {
     std::string path = disk, format;  // format: declared by the image above; "" = probed
     for (;;) {
       auto refs = probe_image(fd, path, format);
-      if (!refs) return unreadable(disk, refs.error().message);
+      if (!refs.ok()) return unreadable(disk, refs.error().message);
       const std::string dir(dir_of(path));
       follow_data_files(*refs, dir, disk);
       if (out_.unreadable.size() != before || refs->backing.empty()) break;

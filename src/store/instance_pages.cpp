@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "common/strings.h"
 #include "virtcap/store.h"
 
 namespace virtcap {
@@ -22,14 +23,15 @@ int three_way(const T& a, const T& b) {
 }
 
 // a against b by `key`, then uuid: the order SQLite's ORDER BY key, uuid
-// gives (text compares bytewise, as its BINARY collation does).
+// gives (text compares bytewise, as its BINARY collation does; a vm_state by
+// its name, as the column holds it).
 int compare(const InstanceRecord& a, const InstanceRecord& b, InstanceSortKey key) {
   int c = 0;
   switch (key) {
     case InstanceSortKey::created_at: c = three_way(a.created_at, b.created_at); break;
     case InstanceSortKey::updated_at: c = three_way(a.updated_at, b.updated_at); break;
     case InstanceSortKey::name: c = a.name.compare(b.name); break;
-    case InstanceSortKey::vm_state: c = a.vm_state.compare(b.vm_state); break;
+    case InstanceSortKey::vm_state: c = to_string(a.vm_state).compare(to_string(b.vm_state)); break;
     case InstanceSortKey::memory_mb: c = three_way(a.memory_mb, b.memory_mb); break;
     case InstanceSortKey::vcpus: c = three_way(a.vcpus, b.vcpus); break;
     case InstanceSortKey::uuid: break;
@@ -52,9 +54,7 @@ std::string_view to_string(InstanceSortKey key) {
 }
 
 std::string sort_key_names() {
-  std::string out;
-  for (const auto& [n, k] : kSortKeys) (out += out.empty() ? "" : ", ") += n;
-  return out;
+  return join(kSortKeys, ", ", [](const auto& e) { return e.first; });
 }
 
 InstanceRowView row_view(const InstanceRecord& r) {
@@ -89,7 +89,7 @@ Error marker_not_found(const InstancePageQuery& query) {
 
 Result<InstancePageInfo> visit_records(std::vector<const InstanceRecord*> rows, const InstancePageQuery& query,
                                        const InstanceVisitor& visit) {
-  if (Status st = check_page_query(query); !st) return st.error();
+  if (Status st = check_page_query(query); !st.ok()) return st.error();
   std::sort(rows.begin(), rows.end(), [&](const InstanceRecord* a, const InstanceRecord* b) {
     const int c = compare(*a, *b, query.sort_key);
     return query.descending ? c > 0 : c < 0;
@@ -105,7 +105,7 @@ Result<InstancePageInfo> visit_records(std::vector<const InstanceRecord*> rows, 
   for (; it != rows.end(); ++it) {
     const InstanceRecord& r = **it;
     if (!query.include_deleted && r.deleted_at != 0) continue;
-    if (!query.vm_state.empty() && r.vm_state != query.vm_state) continue;
+    if (query.vm_state && r.vm_state != *query.vm_state) continue;
     const InstanceRowView view = row_view(r);
     if (query.accept && !query.accept(view)) continue;
     if (info.rows == query.limit) {
@@ -121,9 +121,9 @@ Result<InstancePageInfo> visit_records(std::vector<const InstanceRecord*> rows, 
 }
 
 Result<InstancePageInfo> InstanceStore::visit_instances(const InstancePageQuery& query, const InstanceVisitor& visit) {
-  if (Status st = check_page_query(query); !st) return st.error();
+  if (Status st = check_page_query(query); !st.ok()) return st.error();
   auto all = list_instances(query.host, true);  // deleted too: the marker may be one
-  if (!all) return all.error();
+  if (!all.ok()) return all.error();
   std::vector<const InstanceRecord*> rows;
   rows.reserve(all->size());
   for (const auto& r : *all) rows.push_back(&r);

@@ -1,5 +1,6 @@
 #include "virt/registry.h"
 
+#include "common/strings.h"
 #include "config/config.h"
 #include "virt/fake/fake_driver.h"
 #include "virt/libvirt/libvirt_driver.h"
@@ -52,9 +53,7 @@ const std::vector<DriverInfo>& available_drivers() {
 }
 
 std::string available_driver_names() {
-  std::string out;
-  for (const auto& d : available_drivers()) out += (out.empty() ? "" : ", ") + d.name;
-  return out;
+  return join(available_drivers(), ", ", &DriverInfo::name);
 }
 
 Result<std::unique_ptr<ComputeDriver>> make_driver(const std::string& name, const config::Config& cfg) {

@@ -36,13 +36,13 @@ bool sorted_unique(const std::vector<std::string>& v) {
 
 void check_query(const std::string& text) {
   auto q = parse_query(split(text));
-  if (!q) {
+  if (!q.ok()) {
     if (q.error().code != Errc::invalid_argument || q.error().message.empty()) std::abort();
     return;
   }
   if (!sorted_unique(q->required) || !sorted_unique(q->forbidden)) std::abort();
   for (const auto& t : q->required)
-    if (std::binary_search(q->forbidden.begin(), q->forbidden.end(), t) || !check_trait_name(t)) std::abort();
+    if (std::binary_search(q->forbidden.begin(), q->forbidden.end(), t) || !check_trait_name(t).ok()) std::abort();
   for (const auto& g : q->any_of)
     if (g.empty() || !sorted_unique(g)) std::abort();
   if (q->limit < 1 || q->limit > kMaxLimit) std::abort();
@@ -59,15 +59,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     case 0: check_query(text); break;
     case 1: {
       auto r = parse_report_body("fuzz-host", text);
-      if (!r && r.error().code != Errc::invalid_argument) std::abort();
-      if (r && !check_report(r->report)) std::abort();
+      if (!r.ok() && r.error().code != Errc::invalid_argument) std::abort();
+      if (r.ok() && !check_report(r->report).ok()) std::abort();
       break;
     }
     default: {
       const auto cut = text.find('\n');
       auto g = parse_generation(text.substr(0, cut), cut == std::string::npos ? "" : text.substr(cut + 1));
-      if (!g && g.error().code != Errc::invalid_argument) std::abort();
-      if (g && *g && **g < 0) std::abort();
+      if (!g.ok() && g.error().code != Errc::invalid_argument) std::abort();
+      if (g.ok() && *g && **g < 0) std::abort();
     }
   }
   return 0;

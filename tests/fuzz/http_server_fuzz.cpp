@@ -25,13 +25,13 @@ std::vector<http::Route> routes() {
   };
   auto boot = [](const http::Request& r) {
     auto b = api::parse_boot_request(r.body);
-    if (!b) return http::json_response(400, http::error_json(b.error()));
+    if (!b.ok()) return http::json_response(400, http::error_json(b.error()));
     return http::json_response(201, nlohmann::json{{"name", b->name}, {"image", b->image}});
   };
   auto pass = [](const http::Request& r) {
     auto d = api::parse_pass_request(r.body);
-    if (!d) return http::json_response(400, http::error_json(d.error()));
-    return http::json_response(200, nlohmann::json{{"dry_run", d.value()}});
+    if (!d.ok()) return http::json_response(400, http::error_json(d.error()));
+    return http::json_response(200, nlohmann::json{{"dry_run", d->dry_run}});
   };
   return {{"GET", "/healthz", http::BodyRule::none, echo},
           {"GET", "/v1/instances", http::BodyRule::none, echo},
@@ -53,7 +53,7 @@ int server_port() {
   }();
   static int port = [] {
     auto p = server->bind();
-    if (!p || !server->start()) {
+    if (!p.ok() || !server->start().ok()) {
       std::fprintf(stderr, "cannot start the HTTP server\n");
       std::abort();
     }

@@ -40,7 +40,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     std::abort();
   virtcap::InstanceRecord r;
   r.name = in;
-  r.task_state = params.begin()->second;
+  r.task_state = virtcap::kAllTaskStates[params.begin()->second.size() % std::size(virtcap::kAllTaskStates)];
+  r.vm_state = virtcap::kAllVmStates[in.size() % std::size(virtcap::kAllVmStates)];
   std::string out;
   virtcap::api::append_instance_json(out, virtcap::row_view(r), params.begin()->first);
   auto j = virtcap::api::to_json(r);

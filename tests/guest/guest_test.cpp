@@ -133,7 +133,7 @@ TEST(RealGuest, BootHotplugSurviveADaemonRestartAndDestroy) {
   cfg.libvirt.uri = "qemu:///session";
   cfg.libvirt.reconnect_max_backoff_seconds = 1;
   std::filesystem::create_directories(cfg.images_path());
-  ASSERT_EQ(cfg.libvirt.overlay_writer, "native") << "the default writer is the one under test";
+  ASSERT_EQ(cfg.libvirt.overlay_writer, config::OverlayWriter::native) << "the default writer is the one under test";
   // No OS: the firmware boots the sector above, which writes to the disk and halts.
   testing::make_raw_image(cfg.images_path() + "/tiny.raw", "1M");
   {

@@ -53,7 +53,7 @@ bool poll_until(std::chrono::milliseconds limit, F ok) {
 }
 
 bool is_unavailable(const Result<http::ClientResponse>& r) {
-  return r && r->status == 503 && r->body.is_object() && r->body.contains("error") &&
+  return r.ok() && r->status == 503 && r->body.is_object() && r->body.contains("error") &&
          r->body["error"].value("code", "") == "hypervisor_unavailable";
 }
 
@@ -65,7 +65,7 @@ class Tally {
   // Records an answer; `sound` says whether a 2xx says what it should.
   // Returns whether the answer was a 2xx.
   bool add(const std::string& what, const Result<http::ClientResponse>& r, bool sound = true) {
-    const bool ok = r && r->status >= 200 && r->status < 300;
+    const bool ok = r.ok() && r->status >= 200 && r->status < 300;
     const int kind = ok && sound ? 0 : is_unavailable(r) ? 1 : 2;
     std::lock_guard lock(mu_);
     ++all_[kind];
@@ -73,7 +73,7 @@ class Tally {
     if (kind == 2 && examples_.size() < 20)
       examples_.push_back(
           what + " -> " +
-          (r ? std::to_string(r->status) + " " + r->raw : "transport error: " + r.error().message));
+          (r.ok() ? std::to_string(r->status) + " " + r->raw : "transport error: " + r.error().message));
     return ok;
   }
   Counts all() const {
@@ -173,7 +173,7 @@ TEST(HypervisorRestarts, TheAgentOutlivesEveryRestartAndAnswersEachRequestCleanl
       for (const auto& [path, says_true] : reads) {
         auto r = rc.call("GET", path);
         tally.add("GET " + (path.find(steady_uuid) != std::string::npos ? "/v1/instances/steady" : path), r,
-                  !r || !r->body.is_object() || says_true(r->body));
+                  !r.ok() || !r->body.is_object() || says_true(r->body));
         pause_if_unavailable(r);
       }
   };
@@ -220,7 +220,7 @@ TEST(HypervisorRestarts, TheAgentOutlivesEveryRestartAndAnswersEachRequestCleanl
   std::uniform_int_distribution<int> jitter_ms(0, 400);
   const auto healthz = [&] {
     auto h = c.call("GET", "/healthz");
-    return h ? h->status : 0;
+    return h.ok() ? h->status : 0;
   };
   int killed_by[2] = {0, 0};  // SIGKILL, SIGTERM
   const auto start = Clock::now();
@@ -251,7 +251,7 @@ TEST(HypervisorRestarts, TheAgentOutlivesEveryRestartAndAnswersEachRequestCleanl
   // Recovery: a call that needs the hypervisor succeeds again, within bounds.
   ASSERT_TRUE(poll_until(kStepDeadline, [&] {
     auto r = c.call("GET", "/v1/reconcile");
-    return r && r->status == 200;
+    return r.ok() && r->status == 200;
   })) << a.log();
   const auto recovered_at = Clock::now();
   stop = true;

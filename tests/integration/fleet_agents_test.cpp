@@ -35,7 +35,7 @@ bool wait_until_down(http::Client& fleet, const std::string& host, std::chrono::
                      int attempts = 3) {
   for (int i = 0; i < attempts; ++i) {
     auto h = fleet.request("GET", "/v1/hosts/" + host);
-    if (!h) {
+    if (!h.ok()) {
       ADD_FAILURE() << "GET host " << host << ": " << h.error().message;
       return false;
     }
@@ -44,7 +44,7 @@ bool wait_until_down(http::Client& fleet, const std::string& host, std::chrono::
     std::this_thread::sleep_for(down_after - age + 5ms);  // not a poll: the instant it turns down
   }
   auto h = fleet.request("GET", "/v1/hosts/" + host);
-  if (h && (*h)["down"] == true) return true;
+  if (h.ok() && (*h)["down"] == true) return true;
   ADD_FAILURE() << host << " not down after " << attempts << " waits of host_down_after past its last report";
   return false;
 }
@@ -63,7 +63,7 @@ std::pair<int, std::string> cli(const std::vector<std::string>& args, const std:
   argv.insert(argv.end(), {"--server", server});
   auto out = proc::run(argv);
   EXPECT_TRUE(out.ok());
-  return out ? std::pair{out->exit_code, out->out + out->err} : std::pair{-1, std::string()};
+  return out.ok() ? std::pair{out->exit_code, out->out + out->err} : std::pair{-1, std::string()};
 }
 
 // A host as the fleet service holds it, without what time changes.
@@ -172,11 +172,11 @@ Replica start_replica(const std::string& db) {
   o.http.listen = "127.0.0.1:0";
   o.http.max_body_bytes = fleet::kMaxReportBodyBytes;
   auto s = fleet::FleetService::open(o);
-  EXPECT_TRUE(s.ok()) << (s ? "" : s.error().message);
-  if (!s) return {};
+  EXPECT_TRUE(s.ok()) << (s.ok() ? "" : s.error().message);
+  if (!s.ok()) return {};
   auto port = (*s)->bind();
   EXPECT_TRUE(port.ok() && (*s)->start().ok());
-  return {std::move(*s), "http://127.0.0.1:" + std::to_string(port ? *port : 0)};
+  return {std::move(*s), "http://127.0.0.1:" + std::to_string(port.ok() ? *port : 0)};
 }
 
 json report(int n, const std::vector<std::string>& traits, int used = 0) {
@@ -247,7 +247,7 @@ TEST(LoadFleet, EightReportersAndOperatorsThroughTwoReplicasLoseNothing) {
         if (rng() % 2) traits.push_back("COMPUTE_B" + std::to_string(rng() % 4));
         const json r = report(h, traits, static_cast<int>(rng() % 16));
         auto res = c.call("PUT", "/v1/hosts/host" + std::to_string(h), &r);
-        if (!res || res->status != 200) ++failures;
+        if (!res.ok() || res->status != 200) ++failures;
         ++reports;
       }
     });
@@ -261,14 +261,14 @@ TEST(LoadFleet, EightReportersAndOperatorsThroughTwoReplicasLoseNothing) {
         const bool add = !expected[h].count(trait);
         const std::string path = "/v1/hosts/host" + std::to_string(h);
         auto host = c.call("GET", path);
-        if (!host || host->status != 200) {
+        if (!host.ok() || host->status != 200) {
           ++failures;
           continue;
         }
         json g = {{"generation", host->body["generation"]}};
         for (;;) {
           auto w = c.call(add ? "PUT" : "DELETE", path + "/traits/" + trait, &g);
-          if (!w) {
+          if (!w.ok()) {
             ++failures;
             break;
           }
@@ -326,13 +326,13 @@ struct TokenFleet {
     o.http.listen = "127.0.0.1:0";
     o.auth.legacy_token = "tok";
     auto svc = fleet::FleetService::open(o);
-    if (!svc) {
+    if (!svc.ok()) {
       problem = svc.error().message;
       return;
     }
     service = std::move(*svc);
     auto port = service->bind();
-    if (!port || !service->start()) {
+    if (!port.ok() || !service->start().ok()) {
       problem = "cannot bind or start the fleet service";
       return;
     }

@@ -38,8 +38,8 @@ class FleetApiTest : public ::testing::TestWithParam<Backend> {
                      const std::string& token = "") {
     http::Client c(server_, token);
     auto r = c.call(method, path, body);
-    EXPECT_TRUE(r.ok()) << (r ? "" : r.error().message);
-    return r ? *r : http::ClientResponse{};
+    EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().message);
+    return r.ok() ? *r : http::ClientResponse{};
   }
 
   virtcap::testing::TempDir dir_{"virtcap-fleet-api"};

@@ -96,13 +96,13 @@ class FleetOutage {
  public:
   FleetOutage() {
     auto pg = PgCluster::start();
-    if (!pg) {
+    if (!pg.ok()) {
       problem = "cannot start a PostgreSQL 15 cluster: " + pg.error().message;
       return;
     }
     pg_ = std::move(*pg);
     auto db = pg_->create_database();
-    if (!db) {
+    if (!db.ok()) {
       problem = db.error().message;
       return;
     }

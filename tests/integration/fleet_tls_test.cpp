@@ -40,7 +40,7 @@ std::pair<int, std::string> cli(const std::vector<std::string>& args) {
   argv.insert(argv.end(), args.begin(), args.end());
   auto out = proc::run(argv, std::chrono::seconds(60));
   EXPECT_TRUE(out.ok());
-  return out ? std::pair{out->exit_code, out->out + out->err} : std::pair{-1, std::string()};
+  return out.ok() ? std::pair{out->exit_code, out->out + out->err} : std::pair{-1, std::string()};
 }
 
 TEST(FleetTls, AgentsReportOverHttpsOnlyWithTheRightCaAndTheCliVerifies) {

@@ -42,8 +42,8 @@ class FleetTrustTest : public ::testing::TestWithParam<Backend> {
   // A credential written straight to the database, as `fleet token create` does.
   std::string credential(Role role, const std::string& host = "") {
     auto c = make_credential(role, host, "test", now_ms());
-    EXPECT_TRUE(c.ok()) << (c ? "" : c.error().message);
-    if (!c) return "";
+    EXPECT_TRUE(c.ok()) << (c.ok() ? "" : c.error().message);
+    if (!c.ok()) return "";
     EXPECT_TRUE(store_->add_credential(c->record).ok());
     return c->token;
   }
@@ -55,8 +55,8 @@ class FleetTrustTest : public ::testing::TestWithParam<Backend> {
                      const json* body = nullptr) {
     http::Client c(server_, token);
     auto r = c.call(method, path, body);
-    EXPECT_TRUE(r.ok()) << (r ? "" : r.error().message);
-    return r ? *r : http::ClientResponse{};
+    EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().message);
+    return r.ok() ? *r : http::ClientResponse{};
   }
   static std::string message(const http::ClientResponse& r) {
     return r.body.is_object() && r.body.contains("error") ? r.body["error"].value("message", "") : r.raw;
@@ -213,7 +213,7 @@ std::pair<int, std::string> run(const std::vector<std::string>& args, std::strin
   argv.insert(argv.end(), args.begin(), args.end());
   auto out = proc::run(argv, std::chrono::seconds(60));
   EXPECT_TRUE(out.ok());
-  if (!out) return {-1, ""};
+  if (!out.ok()) return {-1, ""};
   if (err) *err = out->err;
   return {out->exit_code, out->out};
 }
@@ -239,7 +239,7 @@ int wait_for_host(const std::string& url, const std::string& token, const std::s
   int last = 0;
   do {
     auto r = c.call("GET", "/v1/hosts/" + name);
-    last = r ? r->status : -1;
+    last = r.ok() ? r->status : -1;
   } while (last != status && std::chrono::steady_clock::now() < deadline);
   return last;
 }

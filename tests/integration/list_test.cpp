@@ -46,10 +46,10 @@ InstanceRecord record(int i, const std::string& name, const std::string& vm_stat
   r.image_id = "sample-a";
   r.memory_mb = memory_mb;
   r.vcpus = 1 + i % 3;
-  r.vm_state = vm_state;
+  r.vm_state = vm_state_from_string(vm_state).value();
   r.created_at = 1000 + i;
   r.updated_at = 5000 - i;
-  if (vm_state == "deleted") r.deleted_at = 6000 + i;
+  if (r.vm_state == VmState::deleted) r.deleted_at = 6000 + i;
   return r;
 }
 

@@ -190,7 +190,7 @@ TEST(Fault, KillNineDuringLoadThenRestartConverges) {
                           << " was acknowledged with 201 and is lost: " << rec.error().describe();
     if (gone.count(uuid)) {
       EXPECT_NE(rec->deleted_at, 0) << uuid;
-      EXPECT_EQ(rec->vm_state, "deleted") << uuid;
+      EXPECT_EQ(rec->vm_state, VmState::deleted) << uuid;
     }
   }
 }

@@ -52,7 +52,7 @@ TEST(TestSupport, AChildOfTheTestDiesWhenTheTestIsKilled) {
   ASSERT_GE(test, 0);
   if (test == 0) {
     auto c = proc::Child::spawn({"sleep", "600"}, {.die_with_parent = true});
-    const pid_t pid = c ? c->pid() : -1;
+    const pid_t pid = c.ok() ? c->pid() : -1;
     (void)!::write(report[1], &pid, sizeof pid);
     for (;;) ::pause();  // until killed; the Child is never destroyed
   }

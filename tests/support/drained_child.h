@@ -46,7 +46,7 @@ class DrainedChild {
     stop_read_.reset(stop[0]);
     stop_write_.reset(stop[1]);
     auto c = proc::Child::spawn(argv, {.die_with_parent = true});
-    if (!c) throw std::runtime_error(c.error().message);
+    if (!c.ok()) throw std::runtime_error(c.error().message);
     child_.emplace(std::move(c.value()));
     auto pipes = child_->release_pipes();
     drainer_ = std::thread([this, out = std::move(pipes.first), err = std::move(pipes.second)]() mutable {

@@ -61,11 +61,11 @@ inline std::unique_ptr<fleet::FleetService> start_fleet_service(fleet::ServiceOp
   o.http.max_body_bytes = fleet::kMaxReportBodyBytes;
   o.http.config_section = "[fleet_service]";
   auto s = fleet::FleetService::open(o);
-  EXPECT_TRUE(s.ok()) << (s ? "" : s.error().message);
-  if (!s) return nullptr;
+  EXPECT_TRUE(s.ok()) << (s.ok() ? "" : s.error().message);
+  if (!s.ok()) return nullptr;
   auto port = (*s)->bind();
-  EXPECT_TRUE(port.ok()) << (port ? "" : port.error().message);
-  if (!port || !(*s)->start()) return nullptr;
+  EXPECT_TRUE(port.ok()) << (port.ok() ? "" : port.error().message);
+  if (!port.ok() || !(*s)->start().ok()) return nullptr;
   server = "http://127.0.0.1:" + std::to_string(*port);
   return std::move(*s);
 }

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "common/time.h"
 #include "imagecache/pass.h"
 #include "support/test_support.h"
 
@@ -18,7 +19,7 @@ namespace virtcap::testing {
 
 inline constexpr std::int64_t kHour = 3600, kDay = 86400;
 
-inline std::int64_t now() { return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count(); }
+inline std::int64_t now() { return now_seconds(); }
 
 struct Fixture {
   TempDir dir{"virtcap-pass"};

@@ -46,7 +46,7 @@ class PgCluster {
     }
     if (auto st = c->run({std::string(kBin) + "initdb", "-D", c->data(), "-A", "trust", "-U", "postgres",
                           "-E", "UTF8", "--locale=C", "--no-sync"});
-        !st)
+        !st.ok())
       return st.error();
     {
       std::ofstream conf(c->data() + "/postgresql.conf", std::ios::app);
@@ -56,7 +56,7 @@ class PgCluster {
     }
     if (auto st = c->run({std::string(kBin) + "pg_ctl", "-D", c->data(), "-l", c->dir_ + "/server.log", "-w",
                           "-t", "60", "start"});
-        !st)
+        !st.ok())
       return st.error();
     c->running_ = true;
     return c;
@@ -89,7 +89,7 @@ class PgCluster {
     if (action != "stop") argv.insert(argv.end(), {"-l", dir_ + "/server.log"});
     argv.push_back(action);
     auto st = run(argv);
-    if (st) running_ = action != "stop";
+    if (st.ok()) running_ = action != "stop";
     return st;
   }
 
@@ -102,8 +102,8 @@ class PgCluster {
   Result<std::string> create_database() {
     const std::string name = "virtcap_t" + std::to_string(++databases_);
     auto conn = fleet::open_postgres(url("postgres"));
-    if (!conn) return conn.error();
-    if (auto r = (*conn)->exec("CREATE DATABASE " + name, {}); !r) return r.error();
+    if (!conn.ok()) return conn.error();
+    if (auto r = (*conn)->exec("CREATE DATABASE " + name, {}); !r.ok()) return r.error();
     return url(name);
   }
 
@@ -113,7 +113,7 @@ class PgCluster {
     std::lock_guard lock(shared_mu());
     if (!shared_slot()) {
       auto c = start();
-      if (!c) {
+      if (!c.ok()) {
         *error = c.error().message;
         return nullptr;
       }
@@ -133,7 +133,7 @@ class PgCluster {
   Status run(std::vector<std::string> argv) const {
     if (as_postgres_) argv.insert(argv.begin(), {"runuser", "-u", "postgres", "--"});
     auto r = proc::run(argv);
-    if (!r) return r.error();
+    if (!r.ok()) return r.error();
     if (r->exit_code != 0) {
       std::string log;
       std::ifstream in(dir_ + "/server.log");

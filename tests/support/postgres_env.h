@@ -30,7 +30,7 @@ inline std::string pg_database_url() {
     return "";
   }
   auto url = c->create_database();
-  if (!url) {
+  if (!url.ok()) {
     ADD_FAILURE() << "cannot create a test database: " << url.error().message;
     return "";
   }

@@ -15,7 +15,7 @@
 namespace virtcap::testing {
 
 inline void seed_store(const std::string& db, const std::vector<InstanceRecord>& records) {
-  if (auto s = store::SqliteStore::open(db); !s) throw std::runtime_error(s.error().message);
+  if (auto s = store::SqliteStore::open(db); !s.ok()) throw std::runtime_error(s.error().message);
   sqlite3* h = nullptr;
   sqlite3_stmt* st = nullptr;
   auto check = [&](bool ok, const char* what) {
@@ -38,8 +38,8 @@ inline void seed_store(const std::string& db, const std::vector<InstanceRecord>&
       sqlite3_bind_text(st, i++, s->c_str(), static_cast<int>(s->size()), SQLITE_TRANSIENT);
     sqlite3_bind_int(st, i++, r.memory_mb);
     sqlite3_bind_int(st, i++, r.vcpus);
-    for (const std::string* s : {&r.vm_state, &r.task_state})
-      sqlite3_bind_text(st, i++, s->c_str(), static_cast<int>(s->size()), SQLITE_TRANSIENT);
+    for (std::string_view s : {to_string(r.vm_state), to_string(r.task_state)})
+      sqlite3_bind_text(st, i++, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT);
     for (std::int64_t v : {r.created_at, r.updated_at, r.deleted_at}) sqlite3_bind_int64(st, i++, v);
     check(sqlite3_step(st) == SQLITE_DONE, "insert");
     sqlite3_reset(st);

@@ -62,7 +62,7 @@ class TestPki {
   void openssl(std::vector<std::string> args) const {
     args.insert(args.begin(), "openssl");
     auto r = proc::run(args, std::chrono::seconds(30));
-    if (!r) throw std::runtime_error("openssl: " + r.error().message);
+    if (!r.ok()) throw std::runtime_error("openssl: " + r.error().message);
     if (r->exit_code != 0) throw std::runtime_error("openssl " + args[1] + " failed: " + r->err);
   }
 

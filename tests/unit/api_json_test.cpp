@@ -16,7 +16,7 @@ TEST(ApiJson, HandWrittenInstanceObjectsEqualTheGenericRendering) {
   list[0].name = "web \"quoted\" \\ back \x7f caf\xc3\xa9";
   list[0].host = "h";
   list[0].image_id = "img\n\t\x01\x1f\b\f\r";
-  list[0].task_state = "spawning";
+  list[0].task_state = TaskState::spawning;
   list[1].uuid = "u-2";
   list[1].deleted_at = 42;
   list[1].created_at = -5;
@@ -54,12 +54,35 @@ TEST(ApiJson, RandomNamesRenderAsTheGenericDump) {
   }
 }
 
+TEST(ApiJson, StatesBecomeTheirNamesAndBack) {
+  for (VmState v : kAllVmStates) {
+    EXPECT_EQ(vm_state_from_string(to_string(v)), v);
+    InstanceRecord r;
+    r.vm_state = v;
+    EXPECT_EQ(to_json(r)["vm_state"], std::string(to_string(v)));
+    auto q = parse_list_query({{"status", std::string(to_string(v))}});
+    ASSERT_TRUE(q.ok()) << q.error().message;
+    EXPECT_EQ(q->page.vm_state, v);
+  }
+  for (TaskState t : kAllTaskStates) EXPECT_EQ(task_state_from_string(to_string(t)), t);
+  InstanceRecord idle;
+  EXPECT_TRUE(to_json(idle)["task_state"].is_null());
+  idle.task_state = TaskState::deleting;
+  EXPECT_EQ(to_json(idle)["task_state"], "deleting");
+  EXPECT_FALSE(vm_state_from_string("rebooting").has_value());
+  EXPECT_FALSE(task_state_from_string("rebooting").has_value());
+  auto bad = parse_list_query({{"status", "rebooting"}});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().message,
+            "parameter 'status' must be one of building, active, error, lost, deleted, not 'rebooting'");
+}
+
 TEST(ApiJson, ListQueryParametersAreValidatedByName) {
   EXPECT_TRUE(parse_list_query({}).ok());
   auto ok = parse_list_query({{"status", "deleted"}, {"sort_key", "name"}, {"sort_dir", "desc"}, {"limit", "7"},
                               {"long", "true"}, {"power_state", "paused"}, {"name", "^web-[0-9]+$"}});
   ASSERT_TRUE(ok.ok()) << ok.error().message;
-  EXPECT_EQ(ok->page.vm_state, "deleted");
+  EXPECT_EQ(ok->page.vm_state, VmState::deleted);
   EXPECT_TRUE(ok->page.include_deleted) << "status=deleted lists deleted instances";
   EXPECT_EQ(ok->page.sort_key, InstanceSortKey::name);
   EXPECT_TRUE(ok->page.descending);
@@ -112,8 +135,12 @@ TEST(ApiJson, RequestBodiesAreValidatedFieldByField) {
   EXPECT_NE(parse_boot_request(R"({"name":"a","image":"b","x":1})").error().message.find("unknown field 'x'"),
             std::string::npos);
   EXPECT_FALSE(parse_interface_request(R"({"mac":"zz"})").ok());
+  EXPECT_EQ(parse_interface_request(R"({"mac":"52:54:00:aB:Cd:eF"})")->mac, "52:54:00:aB:Cd:eF");
+  for (const char* bad : {"52:54:00:ab:cd:e", "52:54:00:ab:cd:eff", "52-54-00-ab-cd-ef", "52:54:00:ab:cd:eg",
+                          "52:54:00:ab:cd:ef\\n", ":52:54:00:ab:cd:e"})
+    EXPECT_FALSE(parse_interface_request(std::string(R"({"mac":")") + bad + "\"}").ok()) << bad;
   EXPECT_TRUE(parse_interface_request("").ok());
-  EXPECT_EQ(parse_pass_request(R"({"dry_run":true})").value(), true);
+  EXPECT_EQ(parse_pass_request(R"({"dry_run":true})").value().dry_run, true);
   EXPECT_FALSE(parse_pass_request(R"({"dry_run":1})").ok());
   EXPECT_FALSE(parse_empty_request(R"({"force":true})").ok());
   EXPECT_EQ(http::http_status(Errc::capability_not_supported), 409);

@@ -13,10 +13,10 @@ namespace virtcap {
 namespace {
 
 // The lines logged while fn runs, with `format`, from a log file.
-std::vector<std::string> logged(const std::string& format, const std::function<void()>& fn) {
+std::vector<std::string> logged(logging::LogFormat format, const std::function<void()>& fn) {
   testing::TempDir d("virtcap-audit");
   const std::string file = d.sub("log");
-  EXPECT_TRUE(logging::setup({"info", format, file}).ok());
+  EXPECT_TRUE(logging::setup({logging::LogLevel::info, format, file}).ok());
   fn();
   EXPECT_TRUE(logging::setup({}).ok());  // back to stderr, text
   std::vector<std::string> out;
@@ -26,7 +26,7 @@ std::vector<std::string> logged(const std::string& format, const std::function<v
 }
 
 TEST(Audit, OneJsonLinePerOperationWithItsFields) {
-  const auto lines = logged("json", [] {
+  const auto lines = logged(logging::LogFormat::json, [] {
     {
       audit::Scope a("reboot", "u-1", "web-1");
       Status failed = make_error(Errc::not_found, "no such \xff instance");
@@ -63,7 +63,7 @@ TEST(Audit, OneJsonLinePerOperationWithItsFields) {
 }
 
 TEST(Audit, TextLinesCarryTheValuesInTheMessage) {
-  const auto lines = logged("text", [] {
+  const auto lines = logged(logging::LogFormat::text, [] {
     audit::Scope a("image_cache_remove");
     a.field("file", "/x/a b");
     a.ok();
@@ -78,7 +78,7 @@ TEST(Audit, TextLinesCarryTheValuesInTheMessage) {
 // it) nor flood the log.
 TEST(Audit, RequestValuesCannotForgeOrFloodLines) {
   const std::string forged = "x\n2026-11-26T00:00:00.000+00:00 info audit operation=delete outcome=ok";
-  const auto lines = logged("text", [&] {
+  const auto lines = logged(logging::LogFormat::text, [&] {
     audit::Scope a("boot", "", forged);
     a.failed("invalid name");
     audit::Scope b("boot", "", std::string(100000, 'n'));

@@ -57,13 +57,34 @@ remove_unused_base_images = false
 }
 
 TEST(Config, OverlayWriterIsNativeByDefaultAndOnlyNativeOrQemuImg) {
-  EXPECT_EQ(Config{}.libvirt.overlay_writer, "native");
+  EXPECT_EQ(Config{}.libvirt.overlay_writer, OverlayWriter::native);
   auto r = parse("[libvirt]\noverlay_writer = \"qemu-img\"\n", "t.toml");
   ASSERT_TRUE(r.ok()) << r.error().message;
-  EXPECT_EQ(r->libvirt.overlay_writer, "qemu-img");
+  EXPECT_EQ(r->libvirt.overlay_writer, OverlayWriter::qemu_img);
   const auto msg = error_of("[libvirt]\noverlay_writer = \"qemu_img\"\n");
   EXPECT_NE(msg.find("overlay_writer"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("native"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("expected one of: native,qemu-img, got \"qemu_img\""), std::string::npos) << msg;
+}
+
+TEST(Config, EveryFiniteChoiceIsAnEnumParsedOnceNamingTheAllowedValues) {
+  auto r = parse("[DEFAULT]\nlog_level = \"warning\"\nlog_format = \"json\"\n[store]\nbackend = \"memory\"\n"
+                 "[fleet_service]\nanonymous_role = \"operator\"\n",
+                 "t.toml");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->defaults.log_level, LogLevel::warning);
+  EXPECT_EQ(r->defaults.log_format, LogFormat::json);
+  EXPECT_EQ(r->store.backend, StoreBackend::memory);
+  EXPECT_EQ(r->fleet_service.anonymous_role, AnonymousRole::operator_);
+  EXPECT_NE(to_toml(*r).find("anonymous_role = 'operator'"), std::string::npos) << to_toml(*r);
+  for (const auto& [text, allowed] : std::vector<std::pair<std::string, std::string>>{
+           {"[DEFAULT]\nlog_level = \"warn\"\n", "trace,debug,info,warning,error,critical,off"},
+           {"[DEFAULT]\nlog_format = \"xml\"\n", "text,json"},
+           {"[store]\nbackend = \"postgres\"\n", "sqlite,memory"},
+           {"[fleet_service]\nanonymous_role = \"agent\"\n", "none,reader,operator"}}) {
+    const auto msg = error_of(text);
+    EXPECT_NE(msg.find("expected one of: " + allowed + ", got"), std::string::npos) << msg;
+  }
+  EXPECT_NE(error_of("[store]\nbackend = 1\n").find("expected a string, got an integer"), std::string::npos);
 }
 
 // A valid value other than the default, for every kind of option check.
@@ -84,15 +105,10 @@ std::string pick(const check::any&, const std::string&, const std::string& key) 
 std::string pick(const check::group_name&, const std::string&, const std::string&) { return "root"; }
 std::string pick(const check::token&, const std::string&, const std::string& key) { return "token-" + key; }
 std::string pick(const check::http_url&, const std::string&, const std::string&) { return "https://fleet.example:8778"; }
-std::string pick(const check::one_of& c, const std::string& def, const std::string&) {
-  std::string_view all = c.choices;
-  while (!all.empty()) {
-    const auto bar = all.find('|');
-    const std::string choice(all.substr(0, bar));
-    if (choice != def) return choice;
-    if (bar == std::string_view::npos) break;
-    all.remove_prefix(bar + 1);
-  }
+template <class E>
+E pick(const check::choice<E>&, E def, const std::string&) {
+  for (const auto& [value, name] : Choice<E>::kNames)
+    if (value != def) return value;
   return def;  // a single choice: the test then reports "equals the default"
 }
 int pick(const check::range& r, int def, const std::string&) {
@@ -107,6 +123,8 @@ std::string toml_value(const std::string& v) { return "\"" + v + "\""; }
 std::string toml_value(int v) { return std::to_string(v); }
 std::string toml_value(bool v) { return v ? "true" : "false"; }
 std::string toml_value(double v) { return std::to_string(v); }
+template <class E>
+std::string toml_value(E v) requires ChoiceEnum<E> { return "\"" + std::string(to_string(v)) + "\""; }
 
 // Every option of every section, generated from the config X-macro: a new
 // option is parsed here without editing this test. Each gets a valid
@@ -154,7 +172,7 @@ TEST(Config, ParsesEveryOptionOfEverySectionFromTheXMacro) {
   EXPECT_EQ(compared, options);
   EXPECT_EQ(r->api.token, "token-token");
   EXPECT_EQ(r->libvirt.uri, "value-uri");
-  EXPECT_EQ(r->store.backend, "memory");
+  EXPECT_EQ(r->store.backend, StoreBackend::memory);
   EXPECT_EQ(r->images_path(), "/srv/t/path");
 
   // And what we render parses back to the same values.

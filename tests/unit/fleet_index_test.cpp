@@ -201,6 +201,34 @@ TEST(FleetIndex, OlderGenerationIsIgnoredAndIndexGenerationMoves) {
   EXPECT_EQ(index.host_count(), 0U);
 }
 
+// A write's own record goes in without a re-read, unless the index already
+// holds a later state: a higher generation (only the database can tell a
+// later write from a re-registration) or the same one seen later.
+TEST(FleetIndex, WrittenRecordsNeverMoveAHostBackwards) {
+  std::mt19937_64 rng(1);
+  HostIndex index(kDownAfter);
+  HostRecord h = make_host(1, rng, 5);
+  h.generation = 5;
+  h.last_seen_ms = 1000;
+  EXPECT_EQ(index.apply_written(h), HostIndex::Applied::applied);
+  HostRecord later = h;
+  later.last_seen_ms = 2000;
+  EXPECT_EQ(index.apply_written(later), HostIndex::Applied::applied);
+  EXPECT_EQ(index.apply_written(h), HostIndex::Applied::older_sighting);
+  EXPECT_EQ(index.snapshot().at(0).last_seen_ms, 2000);
+  HostRecord older = h;
+  older.generation = 4;
+  older.traits.clear();
+  EXPECT_EQ(index.apply_written(older), HostIndex::Applied::older_generation);
+  EXPECT_EQ(index.snapshot().at(0).traits, h.traits);
+  HostRecord next = later;
+  next.generation = 6;
+  next.last_seen_ms = 1500;  // a change seen on another clock: the generation rules
+  next.traits.resize(2);
+  EXPECT_EQ(index.apply_written(next), HostIndex::Applied::applied);
+  EXPECT_EQ(index.snapshot().at(0), to_indexed(next));
+}
+
 // Issue 19 item 4: a host renaming its traits at every report (a flood of
 // new names) leaves only the names some host holds; a trait shared with
 // another host stays; memory returns to where it was.
@@ -321,4 +349,24 @@ TEST(FleetIndex, RareTraitDrivenAndFullScanAgreeAtScale) {
   EXPECT_EQ(index.match_all(any, kNow).size(), 50000U / 997 + 1);
   EXPECT_EQ(index.query(any, kNow, false).started_from, "in:T_RARE,NOT_THERE");
   EXPECT_LT(index.memory_bytes(), 50000U * 200);
+}
+
+// A host's trait ids are kept delta-encoded; every id comes back, in order,
+// whatever its size (one to five bytes a delta).
+TEST(FleetTraitList, EveryIdComesBackInOrder) {
+  for (const std::vector<std::uint32_t>& ids :
+       {std::vector<std::uint32_t>{}, std::vector<std::uint32_t>{0}, std::vector<std::uint32_t>{0, 1, 2, 127, 128, 129},
+        std::vector<std::uint32_t>{5, 300, 16383, 16384, 2097151, 2097152, 268435455, 268435456, 4294967295U}}) {
+    virtcap::fleet::TraitList list;
+    list.assign(ids);
+    EXPECT_EQ(list.ids(), ids);
+  }
+  std::mt19937_64 rng(3);
+  std::vector<std::uint32_t> many;
+  for (std::uint32_t id = 0; many.size() < 5000; id += 1 + static_cast<std::uint32_t>(rng() % 3000)) many.push_back(id);
+  virtcap::fleet::TraitList list;
+  list.assign(many);
+  EXPECT_EQ(list.ids(), many);
+  list.clear();
+  EXPECT_TRUE(list.ids().empty());
 }

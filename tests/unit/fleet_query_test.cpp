@@ -13,14 +13,14 @@ namespace {
 
 Query parse_ok(const QueryParams& p) {
   auto q = parse_query(p);
-  EXPECT_TRUE(q.ok()) << (q ? "" : q.error().message);
-  return q ? *q : Query{};
+  EXPECT_TRUE(q.ok()) << (q.ok() ? "" : q.error().message);
+  return q.ok() ? *q : Query{};
 }
 
 std::string parse_error(const QueryParams& p) {
   auto q = parse_query(p);
   EXPECT_FALSE(q.ok());
-  if (q) return "";
+  if (q.ok()) return "";
   EXPECT_EQ(q.error().code, Errc::invalid_argument);
   return q.error().message;
 }
@@ -134,7 +134,7 @@ TEST(FleetQuery, RandomInputIsAcceptedCleanlyOrRefused) {
       p.emplace_back(keys[rng() % keys.size()], v);
     }
     auto q = parse_query(p);
-    if (!q) {
+    if (!q.ok()) {
       EXPECT_EQ(q.error().code, Errc::invalid_argument);
       continue;
     }

@@ -48,8 +48,8 @@ Running serve(const testing::TestPki::Pair* pair, const std::string& token = "",
   if (pair) o.tls_cert = pair->cert, o.tls_key = pair->key;
   Running r{std::make_unique<http::Server>(o, ping_routes()), 0, ""};
   auto port = r.server->bind();
-  if (!port) return {nullptr, 0, port.error().message};
-  if (auto st = r.server->start(); !st) return {nullptr, 0, st.error().message};
+  if (!port.ok()) return {nullptr, 0, port.error().message};
+  if (auto st = r.server->start(); !st.ok()) return {nullptr, 0, st.error().message};
   r.port = port.value();
   return r;
 }
@@ -316,7 +316,7 @@ struct SlowServer {
     o.threads = 2;
     server = std::make_unique<http::Server>(o, routes);
     auto bound = server->bind();
-    if (bound && server->start()) port = *bound;
+    if (bound.ok() && server->start().ok()) port = *bound;
   }
   ~SlowServer() {
     finish();

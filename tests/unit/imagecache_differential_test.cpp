@@ -376,7 +376,7 @@ TEST(ImageCacheDifferential, NoBaseThatQemuOpensIsEverRemoved) {
         // relative one through a symlinked disk, ending in its name).
         const auto& f = testing::Fixture::file(r, b);
         ASSERT_NE(f.reason.find("does not exist on this host ends in its name"), std::string::npos)
-            << "unused old base " << b << " was kept: " << f.state << ", " << f.reason << "\n" << ctx;
+            << "unused old base " << b << " was kept: " << to_string(f.state) << ", " << f.reason << "\n" << ctx;
         ++by_name;
       } else {
         ++removed;

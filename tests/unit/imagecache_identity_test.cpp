@@ -33,8 +33,8 @@ struct Scenario : Fixture {
   void expect_used_kept_unused_removed(const ImageCacheReport& r) const {
     EXPECT_TRUE(r.complete) << (r.unreadable_disks.empty() ? "" : r.unreadable_disks[0].path + ": " +
                                                                        r.unreadable_disks[0].error);
-    EXPECT_EQ(file(r, used).state, "in_use") << file(r, used).reason;
-    EXPECT_EQ(file(r, unused).state, "removed") << file(r, unused).reason;
+    EXPECT_EQ(file(r, used).state, BaseFileState::in_use) << file(r, used).reason;
+    EXPECT_EQ(file(r, unused).state, BaseFileState::removed) << file(r, unused).reason;
     EXPECT_EQ(remaining(), std::vector<std::string>{used});
   }
   void expect_nothing_removed(const ImageCacheReport& r) const {
@@ -85,8 +85,8 @@ TEST(ImageCacheIdentity, DotDotAfterASymlinkResolvesLikeTheKernel) {
   s.make_disk("u1", "disk", "lnk/../" + s.used);
   const auto r = run_pass(s.opts, {});
   EXPECT_TRUE(r.complete);
-  EXPECT_EQ(Fixture::file(r, s.used).state, "in_use");
-  EXPECT_EQ(Fixture::file(r, s.unused).state, "removed");
+  EXPECT_EQ(Fixture::file(r, s.used).state, BaseFileState::in_use);
+  EXPECT_EQ(Fixture::file(r, s.unused).state, BaseFileState::removed);
   EXPECT_TRUE(fs::exists(s.base(s.used)));
 }
 
@@ -165,7 +165,7 @@ TEST(ImageCacheIdentity, AVmdkWithAParentKeepsItsParent) {
   ASSERT_TRUE(testing::qemu_opens(disk, s.base(vbase)));
   const auto r = run_pass(s.opts, {});
   EXPECT_TRUE(r.complete);
-  EXPECT_EQ(Fixture::file(r, vbase).state, "in_use");
+  EXPECT_EQ(Fixture::file(r, vbase).state, BaseFileState::in_use);
   EXPECT_EQ(r.files_removed, 2u);
   EXPECT_EQ(s.remaining(), std::vector<std::string>{vbase});
 }
@@ -180,9 +180,9 @@ TEST(ImageCacheIdentity, SymlinkAndHardLinkDisksToABase) {
   fs::create_hard_link(s.base(other), s.opts.instances_path + "/u2/disk");
   const auto r = run_pass(s.opts, {});
   EXPECT_TRUE(r.complete);
-  EXPECT_EQ(Fixture::file(r, s.used).state, "in_use");
-  EXPECT_EQ(Fixture::file(r, other).state, "in_use");
-  EXPECT_EQ(Fixture::file(r, s.unused).state, "removed");
+  EXPECT_EQ(Fixture::file(r, s.used).state, BaseFileState::in_use);
+  EXPECT_EQ(Fixture::file(r, other).state, BaseFileState::in_use);
+  EXPECT_EQ(Fixture::file(r, s.unused).state, BaseFileState::removed);
 }
 
 TEST(ImageCacheIdentity, DisksInSubdirectoriesCountAndTooDeepIsIncomplete) {
@@ -212,9 +212,9 @@ TEST(ImageCacheIdentity, ManyInstanceDirectoriesAreScannedOnSeveralThreads) {
   EXPECT_TRUE(r.complete);
   EXPECT_EQ(r.instance_dirs, 300u);
   EXPECT_EQ(r.disks_read, 300u);
-  EXPECT_EQ(Fixture::file(r, s.used).state, "in_use");
-  for (const auto& m : more) EXPECT_EQ(Fixture::file(r, fs::path(m).filename().string()).state, "in_use");
-  EXPECT_EQ(Fixture::file(r, s.unused).state, "removed");
+  EXPECT_EQ(Fixture::file(r, s.used).state, BaseFileState::in_use);
+  for (const auto& m : more) EXPECT_EQ(Fixture::file(r, fs::path(m).filename().string()).state, BaseFileState::in_use);
+  EXPECT_EQ(Fixture::file(r, s.unused).state, BaseFileState::removed);
 }
 
 // Issue 10, mutant 4: an open error other than ENOENT (here ELOOP from a

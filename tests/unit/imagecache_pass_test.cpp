@@ -57,20 +57,20 @@ TEST(ImageCachePass, RemovesExactlyTheUnusedOldEnoughFiles) {
   EXPECT_TRUE(r.complete);
   EXPECT_EQ(r.disks_read, 5u);  // disk, disk.local, disk.swap, console.log, disk.config
   EXPECT_EQ(r.files_removed, 3u);
-  EXPECT_EQ(Fixture::file(r, used).state, "in_use");
-  EXPECT_EQ(Fixture::file(r, used + "_10737418240").state, "in_use");
-  EXPECT_EQ(Fixture::file(r, store_img).state, "in_use");
-  EXPECT_EQ(Fixture::file(r, store_img + "_5368709120").state, "in_use");
-  EXPECT_EQ(Fixture::file(r, old_unused).state, "removed");
-  EXPECT_EQ(Fixture::file(r, old_unused + "_21474836480").state, "removed");
-  EXPECT_EQ(Fixture::file(r, old_unused + ".tmp-abcdef0123").state, "removed");
-  EXPECT_EQ(Fixture::file(r, young).state, "unused_young");
+  EXPECT_EQ(Fixture::file(r, used).state, BaseFileState::in_use);
+  EXPECT_EQ(Fixture::file(r, used + "_10737418240").state, BaseFileState::in_use);
+  EXPECT_EQ(Fixture::file(r, store_img).state, BaseFileState::in_use);
+  EXPECT_EQ(Fixture::file(r, store_img + "_5368709120").state, BaseFileState::in_use);
+  EXPECT_EQ(Fixture::file(r, old_unused).state, BaseFileState::removed);
+  EXPECT_EQ(Fixture::file(r, old_unused + "_21474836480").state, BaseFileState::removed);
+  EXPECT_EQ(Fixture::file(r, old_unused + ".tmp-abcdef0123").state, BaseFileState::removed);
+  EXPECT_EQ(Fixture::file(r, young).state, BaseFileState::unused_young);
   EXPECT_EQ(Fixture::file(r, young).threshold_seconds, 86400);
-  EXPECT_EQ(Fixture::file(r, young + "_1073741824").state, "unused_young");
+  EXPECT_EQ(Fixture::file(r, young + "_1073741824").state, BaseFileState::unused_young);
   EXPECT_EQ(Fixture::file(r, young + "_1073741824").threshold_seconds, 3600);
-  EXPECT_EQ(Fixture::file(r, young + ".tmp-1234567890").state, "unused_young");
-  EXPECT_EQ(Fixture::file(r, "swap_512").state, "unknown");
-  EXPECT_EQ(Fixture::file(r, "README").kind, "unknown");
+  EXPECT_EQ(Fixture::file(r, young + ".tmp-1234567890").state, BaseFileState::unused_young);
+  EXPECT_EQ(Fixture::file(r, "swap_512").state, BaseFileState::unknown);
+  EXPECT_EQ(Fixture::file(r, "README").kind, BaseFileKind::unknown);
   const std::vector<std::string> expect = {
       "README", "ephemeral_20_40d1d2c", young + "_1073741824", young, young + ".tmp-1234567890", store_img,
       store_img + "_5368709120", "swap_512", used, used + "_10737418240"};
@@ -97,7 +97,7 @@ TEST(ImageCachePass, ConfigOffAndDryRunOnlyReport) {
     const auto r = run_pass(f.opts, {});
     EXPECT_TRUE(r.complete);
     EXPECT_EQ(r.files_removed, 0u);
-    EXPECT_EQ(Fixture::file(r, unused).state, "removable");
+    EXPECT_EQ(Fixture::file(r, unused).state, BaseFileState::removable);
     EXPECT_NE(Fixture::file(r, unused).reason.find(dry ? "dry run" : "remove_unused_base_images = false"),
               std::string::npos);
     EXPECT_EQ(f.remaining().size(), 2u);
@@ -105,6 +105,42 @@ TEST(ImageCachePass, ConfigOffAndDryRunOnlyReport) {
       EXPECT_EQ(testing::mtime_ns(f.base(used)), mtime_before) << "a dry run changes nothing";
     }
   }
+}
+
+// The agent's stop ends a pass between its steps, removing nothing: asked
+// before the pass (it stops before reading the disks), or while it runs (the
+// seam after the first look: it stops after the second look, locks held).
+TEST(ImageCachePass, AStopEndsThePassBetweenStepsRemovingNothing) {
+  for (const bool during : {false, true}) {
+    Fixture f;
+    const auto unused = sha1_hex("unused");
+    f.make_base(unused, 2 * kDay);
+    std::stop_source stop;
+    f.opts.stop = stop.get_token();
+    if (during)
+      f.opts.after_first_look = [&stop] { stop.request_stop(); };
+    else
+      stop.request_stop();
+    const auto r = run_pass(f.opts, {});
+    EXPECT_FALSE(r.complete);
+    EXPECT_TRUE(r.stopped);
+    EXPECT_EQ(r.files_removed, 0u);
+    EXPECT_EQ(f.remaining().size(), 1u);
+    ASSERT_FALSE(r.notes.empty());
+    EXPECT_NE(r.notes.back().find(during ? "stopped after the second look" : "stopped before reading the disks"),
+              std::string::npos)
+        << r.notes.back();
+    if (during) {
+      EXPECT_EQ(Fixture::file(r, unused).state, BaseFileState::removable);
+      EXPECT_NE(Fixture::file(r, unused).reason.find("not removed: the agent is stopping"), std::string::npos);
+    } else {
+      EXPECT_EQ(r.disks_read, 0u);
+    }
+  }
+  // Without a stop the same tree loses its unused base: the stop made the difference.
+  Fixture f;
+  f.make_base(sha1_hex("unused"), 2 * kDay);
+  EXPECT_EQ(run_pass(f.opts, {}).files_removed, 1u);
 }
 
 TEST(ImageCachePass, MissingBaseDirectoryIsNothingToDo) {
@@ -130,7 +166,7 @@ TEST(ImageCachePass, ACorruptDiskMakesItRemoveNothing) {
   ASSERT_EQ(r.unreadable_disks.size(), 1u);
   EXPECT_EQ(r.unreadable_disks[0].path, f.opts.instances_path + "/u2/disk");
   EXPECT_EQ(r.files_removed, 0u);
-  EXPECT_EQ(Fixture::file(r, unused).state, "removable");
+  EXPECT_EQ(Fixture::file(r, unused).state, BaseFileState::removable);
   EXPECT_NE(Fixture::file(r, unused).reason.find("could not be read"), std::string::npos);
   EXPECT_EQ(f.remaining(), std::vector<std::string>{unused});
   EXPECT_NE(to_table(r).find("PASS INCOMPLETE"), std::string::npos);
@@ -162,9 +198,9 @@ TEST(ImageCachePass, BackingChainsAndRelativePathsProtectEveryLink) {
   f.make_disk("u2", "disk", "../_base/" + rel);
   const auto r = run_pass(f.opts, {});
   EXPECT_TRUE(r.complete) << (r.unreadable_disks.empty() ? "" : r.unreadable_disks[0].error);
-  EXPECT_EQ(Fixture::file(r, lower).state, "in_use");
-  EXPECT_EQ(Fixture::file(r, upper).state, "in_use");
-  EXPECT_EQ(Fixture::file(r, rel).state, "in_use");
+  EXPECT_EQ(Fixture::file(r, lower).state, BaseFileState::in_use);
+  EXPECT_EQ(Fixture::file(r, upper).state, BaseFileState::in_use);
+  EXPECT_EQ(Fixture::file(r, rel).state, BaseFileState::in_use);
   EXPECT_EQ(r.files_removed, 0u);
 }
 
@@ -227,9 +263,9 @@ TEST(ImageCachePass, TwoHostsOnOneInstancesPath) {
   auto r = mgr.value()->image_cache_pass(false);
   ASSERT_TRUE(r.ok()) << r.error().describe();
   EXPECT_TRUE(r->complete);
-  EXPECT_EQ(Fixture::file(*r, sha1_hex("img-b")).state, "in_use");  // host-b's disk
-  EXPECT_EQ(Fixture::file(*r, sha1_hex("img-c")).state, "in_use");  // host-c's live instance
-  EXPECT_EQ(Fixture::file(*r, sha1_hex("img-a")).state, "removed");
+  EXPECT_EQ(Fixture::file(*r, sha1_hex("img-b")).state, BaseFileState::in_use);  // host-b's disk
+  EXPECT_EQ(Fixture::file(*r, sha1_hex("img-c")).state, BaseFileState::in_use);  // host-c's live instance
+  EXPECT_EQ(Fixture::file(*r, sha1_hex("img-a")).state, BaseFileState::removed);
   EXPECT_TRUE(fs::exists(shared + "/_base/" + sha1_hex("img-b")));
 }
 
@@ -253,7 +289,7 @@ TEST(ImageCachePass, ConcurrentSpawnStress) {
   std::mutex kept_mu;
   std::thread cleaner([&] {
     while (spawners_left.load() > 0 || passes.load() < 3) {
-      auto r = drv.manage_image_cache({}, false);
+      auto r = drv.manage_image_cache({}, false, {});
       if (!r.ok() || !r->complete) {
         ++failures;
         std::lock_guard lock(kept_mu);
@@ -301,11 +337,11 @@ TEST(ImageCachePass, ConcurrentSpawnStress) {
     EXPECT_TRUE(fs::exists(h->backing_file)) << disk << " lost its base " << h->backing_file;
   }
   // A final pass with nothing changing keeps exactly the bases still in use.
-  auto final_pass = drv.manage_image_cache({}, false);
+  auto final_pass = drv.manage_image_cache({}, false, {});
   ASSERT_TRUE(final_pass.ok());
   for (const auto& f : final_pass->files) {
-    if (f.kind == "original") {
-      EXPECT_EQ(f.state, "in_use") << f.name;
+    if (f.kind == BaseFileKind::original) {
+      EXPECT_EQ(f.state, BaseFileState::in_use) << f.name;
     }
   }
 }
@@ -335,7 +371,7 @@ TEST(ImageCachePass, ADiskUnreadableOnlyOnTheSecondLookRemovesNothing) {
   EXPECT_EQ(r.files_removed, 0u);
   ASSERT_EQ(r.unreadable_disks.size(), 1u);
   EXPECT_EQ(r.unreadable_disks[0].path, late);
-  EXPECT_EQ(Fixture::file(r, unused).state, "removable");
+  EXPECT_EQ(Fixture::file(r, unused).state, BaseFileState::removable);
   EXPECT_NE(Fixture::file(r, unused).reason.find("not removed: a disk could not be read on the second look"),
             std::string::npos)
       << Fixture::file(r, unused).reason;
@@ -356,13 +392,13 @@ TEST(ImageCachePass, ADiskCreatedAfterTheFirstLookKeepsItsBase) {
   const auto r = run_pass(f.opts, {});
   EXPECT_TRUE(r.complete);
   EXPECT_EQ(r.files_removed, 1u);
-  EXPECT_EQ(Fixture::file(r, used_late).state, "in_use");
+  EXPECT_EQ(Fixture::file(r, used_late).state, BaseFileState::in_use);
   EXPECT_NE(Fixture::file(r, used_late)
                 .reason.find("a disk created during the pass uses it (used by " + f.opts.instances_path +
                              "/u-late/disk)"),
             std::string::npos)
       << Fixture::file(r, used_late).reason;
-  EXPECT_EQ(Fixture::file(r, unused).state, "removed");
+  EXPECT_EQ(Fixture::file(r, unused).state, BaseFileState::removed);
   EXPECT_EQ(f.remaining(), std::vector<std::string>{used_late});
 }
 
@@ -397,14 +433,14 @@ TEST(ImageCachePass, ABaseReplacedOrTouchedAfterTheFirstLookIsKept) {
   const auto r = run_pass(f.opts, {});
   EXPECT_TRUE(r.complete);
   EXPECT_EQ(r.files_removed, 1u);
-  const std::vector<std::pair<std::string, std::string>> kept = {
-      {replaced, "in_use"}, {touched, "in_use"}, {temp, "kept"}};
+  const std::vector<std::pair<std::string, BaseFileState>> kept = {
+      {replaced, BaseFileState::in_use}, {touched, BaseFileState::in_use}, {temp, BaseFileState::kept}};
   for (const auto& [name, state] : kept) {
     EXPECT_EQ(Fixture::file(r, name).state, state) << name;
     EXPECT_EQ(Fixture::file(r, name).reason, "changed during the pass (replaced, or touched by a spawn)")
         << name;
   }
-  EXPECT_EQ(Fixture::file(r, unchanged).state, "removed");
+  EXPECT_EQ(Fixture::file(r, unchanged).state, BaseFileState::removed);
   auto expect = std::vector<std::string>{replaced, touched, temp};
   std::sort(expect.begin(), expect.end());
   EXPECT_EQ(f.remaining(), expect);

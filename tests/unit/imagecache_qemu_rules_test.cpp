@@ -59,15 +59,15 @@ struct Rules : Fixture {
   }
   void expect_used_kept_unused_removed(const ImageCacheReport& r) const {
     EXPECT_TRUE(r.complete) << why(r);
-    EXPECT_EQ(file(r, used).state, "in_use") << file(r, used).reason;
-    EXPECT_EQ(file(r, unused).state, "removed") << file(r, unused).reason;
+    EXPECT_EQ(file(r, used).state, BaseFileState::in_use) << file(r, used).reason;
+    EXPECT_EQ(file(r, unused).state, BaseFileState::removed) << file(r, unused).reason;
     EXPECT_EQ(remaining(), std::vector<std::string>{used});
   }
   // Every base in `in_use` kept as in use (besides `used`), `unused` removed.
   void expect_in_use(const ImageCacheReport& r, const std::vector<std::string>& in_use) const {
     EXPECT_TRUE(r.complete) << why(r);
-    for (const auto& b : in_use) EXPECT_EQ(file(r, b).state, "in_use") << b << ": " << file(r, b).reason;
-    EXPECT_EQ(file(r, unused).state, "removed") << file(r, unused).reason;
+    for (const auto& b : in_use) EXPECT_EQ(file(r, b).state, BaseFileState::in_use) << b << ": " << file(r, b).reason;
+    EXPECT_EQ(file(r, unused).state, BaseFileState::removed) << file(r, unused).reason;
   }
   void expect_nothing_removed(const ImageCacheReport& r) const {
     EXPECT_FALSE(r.complete);
@@ -262,7 +262,7 @@ TEST(ImageCacheQemuRules, ASymlinkedLockDirectoryIsRefusedAndNothingOutsideIsTou
   const auto r = run_pass(s.opts, {});
   EXPECT_FALSE(r.complete);
   EXPECT_EQ(r.files_removed, 0u);
-  EXPECT_EQ(Fixture::file(r, s.unused).state, "removable");
+  EXPECT_EQ(Fixture::file(r, s.unused).state, BaseFileState::removable);
   EXPECT_TRUE(fs::exists(app));
   EXPECT_TRUE(fs::exists(stale));
   EXPECT_EQ(fs::directory_iterator(foreign) == fs::directory_iterator(), false);

@@ -27,7 +27,7 @@ struct Fixture {
   config::Config cfg;
   std::unique_ptr<LibvirtDriver> driver;
 
-  explicit Fixture(bool own_node = true, const std::string& overlay_writer = "native") {
+  explicit Fixture(bool own_node = true, OverlayWriter overlay_writer = OverlayWriter::native) {
     cfg.defaults.state_path = dir.str();
     cfg.defaults.host = "host-a";
     cfg.libvirt.overlay_writer = overlay_writer;
@@ -121,9 +121,10 @@ TEST(LibvirtDriver, SpawnMakesAQcow2OverlayOnTheSha1NamedBase) {
 // disks qemu-img describes alike, both clean, neither leaving a temporary.
 TEST(LibvirtDriver, BothOverlayWritersMakeEquivalentCleanDisks) {
   std::map<std::string, nlohmann::json> infos;
-  for (const char* writer : {"native", "qemu-img"}) {
+  for (const OverlayWriter w : {OverlayWriter::native, OverlayWriter::qemu_img}) {
+    const std::string writer(config::to_string(w));
     SCOPED_TRACE(writer);
-    Fixture f(true, writer);
+    Fixture f(true, w);
     testing::make_raw_image(f.image("cirros.raw"), "10M");
     testing::make_qcow2_image(f.image("ubuntu.qcow2"), "3G");
     ASSERT_TRUE(f.driver->spawn({kUuidA, "a", "cirros", 128, 1}).ok());
@@ -133,7 +134,7 @@ TEST(LibvirtDriver, BothOverlayWritersMakeEquivalentCleanDisks) {
       testing::must_run({"qemu-img", "check", "--force-share", disk});
       auto info = testing::qemu_img_info(disk);
       for (const char* key : {"virtual-size", "backing-filename-format", "cluster-size", "format"})
-        infos[std::string(writer) + uuid + key] = info.at(key);
+        infos[writer + uuid + key] = info.at(key);
       EXPECT_EQ(info.at("backing-filename"), f.base_of(uuid == std::string(kUuidA) ? "cirros" : "ubuntu"));
       EXPECT_EQ(testing::tree(f.driver->instance_dir(uuid)), std::vector<std::string>{"disk"});
       // Issue 19: a guest's disk is not readable by other users.
@@ -303,7 +304,7 @@ struct ManagerOnLibvirt {
     testing::make_raw_image(cfg.images_path() + "/img.raw");
     auto made = compute::ComputeManager::create(cfg, store, "libvirt");
     EXPECT_TRUE(made.ok()) << made.error().message;
-    if (made) mgr = std::move(made.value());
+    if (made.ok()) mgr = std::move(made.value());
   }
   LibvirtDriver& driver() { return dynamic_cast<LibvirtDriver&>(mgr->driver()); }
 };
@@ -377,8 +378,8 @@ TEST(LibvirtDriver, ReconcileRollsBackASpawnWhoseDomainNeverStarted) {
   InstanceRecord half = *done;
   half.uuid = kUuidB;
   half.name = "half";
-  half.vm_state = "building";
-  half.task_state = "spawning";
+  half.vm_state = VmState::building;
+  half.task_state = TaskState::spawning;
   ASSERT_TRUE(store.create_instance(half).ok());
   const std::string half_dir = drv.instance_dir(kUuidB);
   std::filesystem::create_directories(half_dir);
@@ -398,11 +399,11 @@ TEST(LibvirtDriver, ReconcileRollsBackASpawnWhoseDomainNeverStarted) {
   ASSERT_TRUE(rep.ok()) << rep.error().message;
   EXPECT_EQ(rep->rolled_back_spawns, std::vector<std::string>{kUuidB});
   EXPECT_TRUE(rep->finished_spawns.empty());
-  EXPECT_EQ(store.get_instance(kUuidB)->vm_state, "error");
-  EXPECT_EQ(store.get_instance(kUuidB)->task_state, "");
+  EXPECT_EQ(store.get_instance(kUuidB)->vm_state, VmState::error);
+  EXPECT_EQ(store.get_instance(kUuidB)->task_state, TaskState::none);
   EXPECT_EQ(drv.get_instance(kUuidB).error().code, Errc::not_found) << "undefined";
   EXPECT_FALSE(std::filesystem::exists(half_dir));
-  EXPECT_EQ(store.get_instance(done->uuid)->vm_state, "active");
+  EXPECT_EQ(store.get_instance(done->uuid)->vm_state, VmState::active);
   EXPECT_EQ(drv.get_instance(done->uuid)->power_state, PowerState::running);
   EXPECT_TRUE(std::filesystem::exists(drv.instance_dir(done->uuid) + "/disk"));
 }
@@ -413,7 +414,6 @@ TEST(DomainXml, RoundTripsWhatVirtcapReadsBack) {
   ASSERT_TRUE(facts.ok());
   EXPECT_TRUE(facts->ours);
   EXPECT_EQ(facts->name, "web <1>");
-  EXPECT_EQ(facts->image_id, "img");
   EXPECT_EQ(facts->memory_mb, 256);
   EXPECT_EQ(facts->vcpus, 2);
   ASSERT_EQ(facts->interfaces.size(), 1u);

@@ -3,7 +3,10 @@
 #include <gtest/gtest.h>
 #include <libvirt/libvirt.h>
 
+#include <cctype>
 #include <cmath>
+#include <functional>
+#include <stop_token>
 
 #include "capabilities/render.h"
 #include "fleet/fleet.h"
@@ -40,8 +43,11 @@ class CountingStore : public store::MemoryStore {
   }
   Status update_instance(const InstanceRecord& r) override {
     ++other_calls;
-    return MemoryStore::update_instance(r);
+    auto st = MemoryStore::update_instance(r);
+    if (on_update) on_update();
+    return st;
   }
+  std::function<void()> on_update;  // after each update_instance
   Result<std::vector<InstanceRecord>> list_instances(const std::string& host, bool include_deleted) override {
     ++other_calls;
     return MemoryStore::list_instances(host, include_deleted);
@@ -156,6 +162,24 @@ TEST(ImageCachePass, DirectPassWithTheCapabilityReachesStoreAndDriver) {
   EXPECT_EQ(driver_calls(*h.driver), 1);
 }
 
+// The periodic task with the agent's stop requested: no store query, no
+// driver call; the stop handed on ends a pass between its steps.
+TEST(ImageCachePass, SkippedOnceTheAgentStops_NoStoreQueryNoDriverCall) {
+  Harness h(fake::kFakeImageCache);
+  std::stop_source stop;
+  stop.request_stop();
+  const auto out = h.mgr->run_image_cache_pass(stop.get_token());
+  EXPECT_EQ(out.kind, TaskOutcome::Kind::skipped);
+  EXPECT_NE(out.message.find("the agent is stopping"), std::string::npos) << out.message;
+  EXPECT_EQ(h.store.queries(), 0);
+  EXPECT_EQ(driver_calls(*h.driver), 0);
+  auto direct = h.mgr->image_cache_pass(false, stop.get_token());
+  ASSERT_TRUE(direct.ok());
+  EXPECT_TRUE(direct->stopped);
+  EXPECT_FALSE(direct->complete);
+  EXPECT_EQ(driver_calls(*h.driver), 0) << "stopped before the driver's pass";
+}
+
 TEST(ImageCachePass, SkippedWhenTheIntervalIsNotPositive_NoStoreQueryNoDriverCall) {
   for (int interval : {0, -1}) {
     Harness h(fake::kFakeImageCache, test_config(interval));
@@ -211,6 +235,33 @@ TEST(Manager, ReadsCapabilitiesOnceAtStart) {
   EXPECT_EQ(drv->reads, reads_at_start);
 }
 
+TEST(Manager, EveryCapabilityDecisionIsARowOfKRequirements) {
+  // has_imagecache gates the pass, its task and the host registration;
+  // max_vcpus bounds a boot's vcpus: both through the table.
+  EXPECT_TRUE(requirement(Operation::manage_image_cache).capability == &Capabilities::has_imagecache);
+  EXPECT_TRUE(requirement(Operation::boot_vcpus).limit == &Capabilities::max_vcpus);
+  Capabilities capped;
+  capped.max_vcpus = 2;
+  Harness h(capped, test_config(), "fake_capped");
+  EXPECT_FALSE(h.mgr->allows(Operation::manage_image_cache));
+  EXPECT_EQ(h.mgr->limit(Operation::boot_vcpus), 2);
+  EXPECT_EQ(h.mgr->limit(Operation::attach_interface), 0);  // not a limit
+  auto three = h.mgr->boot("vm", "img", 256, 3);
+  ASSERT_FALSE(three.ok());
+  EXPECT_EQ(three.error().code, Errc::invalid_argument);
+  EXPECT_EQ(three.error().message, "vcpus must be from 1 to 2 (driver 'fake_capped' max_vcpus), got 3");
+  EXPECT_TRUE(h.mgr->boot("vm", "img", 256, 2).ok());
+  const auto skipped = h.mgr->run_image_cache_pass();
+  EXPECT_EQ(skipped.kind, TaskOutcome::Kind::skipped);
+  EXPECT_EQ(skipped.message, "driver 'fake_capped' does not declare capability has_imagecache");
+  Capabilities unlimited;
+  unlimited.has_imagecache = true;
+  Harness u(unlimited);
+  EXPECT_TRUE(u.mgr->allows(Operation::manage_image_cache));
+  EXPECT_EQ(u.mgr->limit(Operation::boot_vcpus), 0);
+  EXPECT_TRUE(u.mgr->boot("big", "img", 256, 4096).ok());
+}
+
 TEST(Manager, RefusesAnOperationUpFrontNamingTheCapability) {
   Harness h(Capabilities{}, test_config(), "fake_minimal");
   auto rec = h.mgr->boot("vm", "img", 256, 1);
@@ -246,14 +297,28 @@ TEST(Manager, AllowedOperationsReachTheDriver) {
   Harness h(fake::kFake);
   auto rec = h.mgr->boot("vm", "img", 256, 2);
   ASSERT_TRUE(rec.ok());
-  EXPECT_EQ(rec->vm_state, "active");
+  EXPECT_EQ(rec->vm_state, VmState::active);
   auto nic = h.mgr->attach_interface(rec->uuid, {.tag = "nic1"});
   ASSERT_TRUE(nic.ok()) << nic.error().describe();
   EXPECT_TRUE(h.mgr->detach_interface(rec->uuid, nic->mac).ok());
   EXPECT_TRUE(h.mgr->reboot(rec->uuid).ok());
   EXPECT_TRUE(h.mgr->destroy(rec->uuid).ok());
-  EXPECT_EQ(h.store.get_instance(rec->uuid)->vm_state, "deleted");
+  EXPECT_EQ(h.store.get_instance(rec->uuid)->vm_state, VmState::deleted);
   EXPECT_EQ(h.mgr->reboot("nope").error().code, Errc::not_found);
+}
+
+// An id is a uuid only in the canonical lower-case form (common/uuid.h);
+// anything else, even uuid-shaped, is a name.
+TEST(Manager, FindTakesOnlyACanonicalUuidAsAUuid) {
+  Harness h(fake::kFake);
+  const std::string shaped = "vvvvvvvv-wwww-xxxx-yyyy-zzzzzzzzzzzz";
+  auto named = h.mgr->boot(shaped, "img", 256, 1);
+  ASSERT_TRUE(named.ok()) << named.error().describe();
+  EXPECT_EQ(h.mgr->reboot(shaped).ok(), true) << "found by name";
+  EXPECT_TRUE(h.mgr->reboot(named->uuid).ok()) << "found by uuid";
+  std::string upper = named->uuid;
+  for (auto& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  EXPECT_EQ(h.mgr->reboot(upper).error().code, Errc::not_found);
 }
 
 TEST(Manager, BootBeyondMaxVcpusIsRefused) {
@@ -467,8 +532,35 @@ TEST(Manager, PowerSyncMarksLostInstancesWithoutDeletingThem) {
   EXPECT_EQ(out.kind, TaskOutcome::Kind::ran);
   auto after = h.store.get_instance(rec->uuid);
   ASSERT_TRUE(after.ok());
-  EXPECT_EQ(after->vm_state, "lost");
+  EXPECT_EQ(after->vm_state, VmState::lost);
   EXPECT_EQ(after->deleted_at, 0);
+}
+
+// The power sync ends between two instances once the agent stops: what it
+// fixed stays fixed, the rest waits for the next run.
+TEST(Manager, PowerSyncStopsBetweenInstances) {
+  Harness h(fake::kFake);
+  std::vector<std::string> uuids;
+  for (const char* name : {"a", "b", "c"}) {
+    auto rec = h.mgr->boot(name, "img", 256, 1);
+    ASSERT_TRUE(rec.ok());
+    ASSERT_TRUE(h.driver->destroy(rec->uuid).ok());  // the hypervisor lost it
+    uuids.push_back(rec->uuid);
+  }
+  const auto lost = [&] {
+    int n = 0;
+    for (const auto& u : uuids) n += h.store.get_instance(u)->vm_state == VmState::lost;
+    return n;
+  };
+  std::stop_source stop;
+  h.store.on_update = [&stop] { stop.request_stop(); };  // arrives while the first fix is written
+  const auto out = h.mgr->sync_power_states(stop.get_token());
+  EXPECT_EQ(out.kind, TaskOutcome::Kind::skipped);
+  EXPECT_NE(out.message.find("the agent is stopping"), std::string::npos) << out.message;
+  EXPECT_EQ(lost(), 1);
+  h.store.on_update = nullptr;
+  EXPECT_EQ(h.mgr->sync_power_states().kind, TaskOutcome::Kind::ran);
+  EXPECT_EQ(lost(), 3);
 }
 
 }  // namespace

@@ -33,7 +33,7 @@ constexpr std::uint64_t kKiB = 1024, kMiB = kKiB * 1024, kGiB = kMiB * 1024;
 // Runs a tool; returns "" when it exited 0, else what went wrong.
 std::string run_ok(const std::vector<std::string>& argv, proc::Output* out = nullptr) {
   auto r = proc::run(argv);
-  if (!r) return argv[0] + " could not run: " + r.error().message;
+  if (!r.ok()) return argv[0] + " could not run: " + r.error().message;
   if (out) *out = r.value();
   if (r->exit_code != 0)
     return argv[0] + " " + argv[1] + " exited " + std::to_string(r->exit_code) + ": " + r->err + r->out;
@@ -482,7 +482,7 @@ TEST(Qcow2WriterProperty, RandomOverlaysPassQemuImgCheckAndInfo) {
       const OverlaySpec spec{s.name, "raw", s.virtual_size};
       if (why.empty()) {
         auto st = create_overlay(overlay, spec);
-        if (!st) why = st.error().message;
+        if (!st.ok()) why = st.error().message;
       }
       if (why.empty()) why = qemu_check(overlay);
       if (why.empty()) why = qemu_info_agrees(overlay, spec);

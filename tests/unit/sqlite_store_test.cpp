@@ -155,8 +155,8 @@ TEST(SqliteStore, CreateGetUpdateRoundTripEveryField) {
   InstanceRecord r = rec("u-1", "web", "host-a", 1700000000);
   r.memory_mb = 2048;
   r.vcpus = 4;
-  r.vm_state = "active";
-  r.task_state = "spawning";
+  r.vm_state = VmState::active;
+  r.task_state = TaskState::spawning;
   r.updated_at = 1700000001;
   r.name = "it's \"quoted\"; DROP TABLE instances; --";  // a value is never SQL
   ASSERT_TRUE(s->create_instance(r).ok());
@@ -169,8 +169,8 @@ TEST(SqliteStore, CreateGetUpdateRoundTripEveryField) {
   EXPECT_EQ(got->image_id, r.image_id);
   EXPECT_EQ(got->memory_mb, 2048);
   EXPECT_EQ(got->vcpus, 4);
-  EXPECT_EQ(got->vm_state, "active");
-  EXPECT_EQ(got->task_state, "spawning");
+  EXPECT_EQ(got->vm_state, VmState::active);
+  EXPECT_EQ(got->task_state, TaskState::spawning);
   EXPECT_EQ(got->created_at, 1700000000);
   EXPECT_EQ(got->updated_at, 1700000001);
   EXPECT_EQ(got->deleted_at, 0);
@@ -180,8 +180,8 @@ TEST(SqliteStore, CreateGetUpdateRoundTripEveryField) {
   r.image_id = "img-new";
   r.memory_mb = 4096;
   r.vcpus = 8;
-  r.vm_state = "deleted";
-  r.task_state = "";
+  r.vm_state = VmState::deleted;
+  r.task_state = TaskState::none;
   r.updated_at = 1700000100;
   r.deleted_at = 1700000100;
   ASSERT_TRUE(s->update_instance(r).ok());
@@ -192,8 +192,8 @@ TEST(SqliteStore, CreateGetUpdateRoundTripEveryField) {
   EXPECT_EQ(got->image_id, "img-new");
   EXPECT_EQ(got->memory_mb, 4096);
   EXPECT_EQ(got->vcpus, 8);
-  EXPECT_EQ(got->vm_state, "deleted");
-  EXPECT_EQ(got->task_state, "");
+  EXPECT_EQ(got->vm_state, VmState::deleted);
+  EXPECT_EQ(got->task_state, TaskState::none);
   EXPECT_EQ(got->updated_at, 1700000100);
   EXPECT_EQ(got->deleted_at, 1700000100);  // deleted instances are still found
 }
@@ -225,7 +225,7 @@ TEST(SqliteStore, ListInstancesIsOldestFirstAndShowsDeletedOnlyIfAsked) {
   ASSERT_TRUE(s->create_instance(rec("u-other", "a", "host-b", 50)).ok());
   auto gone = rec("u-d", "d", "host-a", 150);
   gone.deleted_at = 400;
-  gone.vm_state = "deleted";
+  gone.vm_state = VmState::deleted;
   ASSERT_TRUE(s->create_instance(gone).ok());
 
   auto live = s->list_instances("host-a", false);
@@ -272,7 +272,7 @@ TEST(SqliteStore, DuplicateLiveNameOnOneHostIsAlreadyExists_OtherHostOrAfterDele
   auto first = s->get_instance("u-1");
   ASSERT_TRUE(first.ok());
   first->deleted_at = 500;
-  first->vm_state = "deleted";
+  first->vm_state = VmState::deleted;
   ASSERT_TRUE(s->update_instance(*first).ok());
   EXPECT_TRUE(s->create_instance(rec("u-4", "web", "host-a")).ok()) << "the name is free once deleted";
 
@@ -343,7 +343,7 @@ TEST(SqliteStore, EverythingSurvivesCloseAndReopen) {
     ASSERT_TRUE(s->register_host({"host-a", "/srv/instances", 7}).ok());
     ASSERT_TRUE(s->create_instance(rec("u-1", "web", "host-a", 1)).ok());
     auto r = rec("u-2", "db", "host-a", 2);
-    r.vm_state = "active";
+    r.vm_state = VmState::active;
     ASSERT_TRUE(s->create_instance(r).ok());
   }
   auto s = open_ok(path);
@@ -351,7 +351,7 @@ TEST(SqliteStore, EverythingSurvivesCloseAndReopen) {
   auto all = s->list_instances("host-a", true);
   ASSERT_TRUE(all.ok());
   EXPECT_EQ(uuids(*all), (std::vector<std::string>{"u-1", "u-2"}));
-  EXPECT_EQ((*all)[1].vm_state, "active");
+  EXPECT_EQ((*all)[1].vm_state, VmState::active);
   auto hosts = s->list_hosts();
   ASSERT_TRUE(hosts.ok());
   ASSERT_EQ(hosts->size(), 1u);
@@ -372,6 +372,35 @@ TEST(SqliteStore, WalModeIsOnAsASecondConnectionSeesIt) {
   EXPECT_EQ(raw.query("PRAGMA journal_mode"), "wal");
   EXPECT_EQ(raw.query("SELECT name FROM instances WHERE uuid = 'u-1'"), "web");  // committed, visible
   EXPECT_TRUE(fs::exists(path + "-wal"));
+}
+
+TEST(SqliteStore, StatesAreStoredByNameAndAnUnknownNameIsAStoreError) {
+  TempDir dir;
+  const std::string path = dir.file("virtcap.db");
+  auto s = open_ok(path);
+  ASSERT_TRUE(s);
+  auto r = rec("u-1", "web", "host-a");
+  r.vm_state = VmState::lost;
+  r.task_state = TaskState::deleting;
+  ASSERT_TRUE(s->create_instance(r).ok());
+  RawDb raw(path);
+  ASSERT_TRUE(raw.ok());
+  EXPECT_EQ(raw.query("SELECT vm_state || '/' || task_state FROM instances WHERE uuid = 'u-1'"), "lost/deleting");
+  // "rebooting" was documented once and never written: it is not a state.
+  ASSERT_EQ(raw.exec("UPDATE instances SET task_state = 'rebooting' WHERE uuid = 'u-1'"), SQLITE_OK);
+  auto got = s->get_instance("u-1");
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.error().code, Errc::store_error);
+  EXPECT_TRUE(contains(got.error().message, "u-1")) << got.error().message;
+  EXPECT_TRUE(contains(got.error().message, "rebooting")) << got.error().message;
+  auto listed = s->list_instances("host-a", false);
+  ASSERT_FALSE(listed.ok());
+  EXPECT_EQ(listed.error().code, Errc::store_error);
+  InstancePageQuery q;
+  q.host = "host-a";
+  auto page = s->visit_instances(q, [](const InstanceRowView&) {});
+  ASSERT_FALSE(page.ok());
+  EXPECT_EQ(page.error().code, Errc::store_error);
 }
 
 TEST(SqliteStore, SchemaIsAtTheLatestMigrationWithItsTablesAndIndexes) {

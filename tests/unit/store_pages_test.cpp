@@ -34,7 +34,7 @@ InstanceRecord record(int i, const std::string& host, std::int64_t created_at) {
   r.image_id = "img-" + std::to_string(i % 7);
   r.memory_mb = 64 + i;
   r.vcpus = 1 + i % 4;
-  r.vm_state = "active";
+  r.vm_state = VmState::active;
   r.created_at = created_at;
   r.updated_at = created_at + 1;
   return r;
@@ -91,7 +91,7 @@ class InstancePages : public ::testing::Test {
     for (int i = 0; i < n; ++i) {
       auto r = record(i, "a", i / 3);
       if (i % 5 == 4) {
-        r.vm_state = "deleted";
+        r.vm_state = VmState::deleted;
         r.deleted_at = 99;
         r.name += "-gone";
       }
@@ -207,7 +207,7 @@ TYPED_TEST(InstancePages, ChangesBetweenPagesNeverRepeatOrSkipOldInstances) {
   ASSERT_TRUE(this->store().create_instance(record(500, "a", 0)).ok());
   auto gone = record(10, "a", 20);
   gone.deleted_at = 1;
-  gone.vm_state = "deleted";
+  gone.vm_state = VmState::deleted;
   ASSERT_TRUE(this->store().update_instance(gone).ok());
   ASSERT_TRUE(this->store().create_instance(record(501, "a", 1000)).ok());
   InstancePageQuery q{"a", false, 10, p1->next_marker};
@@ -242,7 +242,7 @@ TYPED_TEST(InstancePages, ContentsVersionMovesWithEveryWriteAndOnlyThen) {
   ASSERT_TRUE(this->store().create_instance(r).ok());
   const ContentsVersion v1 = version();
   EXPECT_NE(v1, v0) << "create";
-  r.vm_state = "error";
+  r.vm_state = VmState::error;
   ASSERT_TRUE(this->store().update_instance(r).ok());
   const ContentsVersion v2 = version();
   EXPECT_NE(v2, v1) << "update";
@@ -276,7 +276,7 @@ TEST(SqliteContentsVersion, ACommitByAnotherConnectionMovesIt) {
 TYPED_TEST(InstancePages, ViewsCarryEveryField) {
   auto r = record(1, "a", 5);
   r.name = std::string("caf\xc3\xa9 \"quoted\" \\ ") + std::string(1, '\x01');
-  r.task_state = "";
+  r.task_state = TaskState::none;
   r.image_id = std::string(300, 'i');
   r.deleted_at = 0;
   ASSERT_TRUE(this->store().create_instance(r).ok());
@@ -295,7 +295,7 @@ TYPED_TEST(InstancePages, ViewsCarryEveryField) {
 // filtering all records in the test gives - the two stores cannot differ.
 TYPED_TEST(InstancePages, FiltersAndSortOrdersMatchAReferenceOnBothStores) {
   std::mt19937 rng(12345);
-  const std::string states[] = {"active", "error", "lost", "building"};
+  const VmState states[] = {VmState::active, VmState::error, VmState::lost, VmState::building};
   std::vector<InstanceRecord> all;
   for (int i = 0; i < 300; ++i) {
     auto r = record(i, "a", static_cast<std::int64_t>(rng() % 20));  // many ties
@@ -305,7 +305,7 @@ TYPED_TEST(InstancePages, FiltersAndSortOrdersMatchAReferenceOnBothStores) {
     r.vcpus = 1 + static_cast<int>(rng() % 3);
     r.vm_state = states[rng() % 4];
     if (rng() % 6 == 0) {
-      r.vm_state = "deleted";
+      r.vm_state = VmState::deleted;
       r.deleted_at = 7;
     }
     if (r.deleted_at == 0 && std::any_of(all.begin(), all.end(), [&](const InstanceRecord& o) {
@@ -321,7 +321,7 @@ TYPED_TEST(InstancePages, FiltersAndSortOrdersMatchAReferenceOnBothStores) {
       case InstanceSortKey::created_at: return {r.created_at, ""};
       case InstanceSortKey::updated_at: return {r.updated_at, ""};
       case InstanceSortKey::name: return {0, r.name};
-      case InstanceSortKey::vm_state: return {0, r.vm_state};
+      case InstanceSortKey::vm_state: return {0, std::string(to_string(r.vm_state))};
       case InstanceSortKey::memory_mb: return {r.memory_mb, ""};
       case InstanceSortKey::vcpus: return {r.vcpus, ""};
       case InstanceSortKey::uuid: return {0, ""};
@@ -330,14 +330,16 @@ TYPED_TEST(InstancePages, FiltersAndSortOrdersMatchAReferenceOnBothStores) {
   };
   for (const auto& key_name : {"created_at", "updated_at", "name", "vm_state", "memory_mb", "vcpus", "uuid"})
     for (bool desc : {false, true})
-      for (const std::string vm_state : {"", "error", "deleted"})
+      for (const std::optional<VmState> vm_state : {std::optional<VmState>(), std::optional(VmState::error),
+                                                    std::optional(VmState::deleted)})
         for (bool odd_memory_only : {false, true}) {
           const InstanceSortKey key = parse_sort_key(key_name).value();
           EXPECT_EQ(to_string(key), key_name);
-          SCOPED_TRACE(std::string(key_name) + (desc ? " desc " : " asc ") + vm_state + (odd_memory_only ? " accept" : ""));
+          SCOPED_TRACE(std::string(key_name) + (desc ? " desc " : " asc ") +
+                       std::string(vm_state ? to_string(*vm_state) : "") + (odd_memory_only ? " accept" : ""));
           std::vector<InstanceRecord> want;
           for (const auto& r : all)
-            if ((r.deleted_at == 0 || vm_state == "deleted") && (vm_state.empty() || r.vm_state == vm_state) &&
+            if ((r.deleted_at == 0 || vm_state == VmState::deleted) && (!vm_state || r.vm_state == *vm_state) &&
                 (!odd_memory_only || r.memory_mb % 128 == 64))
               want.push_back(r);
           std::sort(want.begin(), want.end(), [&](const InstanceRecord& x, const InstanceRecord& y) {
@@ -345,7 +347,7 @@ TYPED_TEST(InstancePages, FiltersAndSortOrdersMatchAReferenceOnBothStores) {
             return desc ? b < a : a < b;
           });
           std::vector<std::string> got;
-          InstancePageQuery q{"a", vm_state == "deleted", 17, ""};
+          InstancePageQuery q{"a", vm_state == VmState::deleted, 17, ""};
           q.vm_state = vm_state;
           q.sort_key = key;
           q.descending = desc;

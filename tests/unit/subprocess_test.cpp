@@ -59,7 +59,7 @@ std::string start_state(bool die_with_parent) {
            {"sh", "-c", "ls /proc/$$/fd; [ \"$(cut -d' ' -f5 /proc/$$/stat)\" = $$ ] && echo own-group; cat"},
            {"grep", "-E", "^Sig(Blk|Ign):", "/proc/self/status"}}) {
     auto c = proc::Child::spawn(argv, {.die_with_parent = die_with_parent});
-    if (!c) return c.error().message;
+    if (!c.ok()) return c.error().message;
     const auto o = c->wait(std::chrono::seconds(30));
     if (o.exit_code != 0) return argv[0] + " failed: " + o.err;
     std::istringstream lines(o.out);

@@ -5,14 +5,14 @@
 namespace virtcap::store {
 
 Status MemoryStore::register_host(const HostRecord& host) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   hosts_[host.host] = host;
   ++writes_;
   return {};
 }
 
 Result<std::vector<std::string>> MemoryStore::hosts_sharing(const std::string& instances_path) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   std::vector<std::string> out;
   for (const auto& [name, h] : hosts_)
     if (h.instances_path == instances_path) out.push_back(name);
@@ -20,7 +20,7 @@ Result<std::vector<std::string>> MemoryStore::hosts_sharing(const std::string& i
 }
 
 Result<std::vector<InstanceRecord>> MemoryStore::live_instances_on(const std::vector<std::string>& hosts) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   std::vector<InstanceRecord> out;
   for (const auto& [uuid, r] : instances_)
     if (r.deleted_at == 0 && std::find(hosts.begin(), hosts.end(), r.host) != hosts.end())
@@ -29,7 +29,7 @@ Result<std::vector<InstanceRecord>> MemoryStore::live_instances_on(const std::ve
 }
 
 Status MemoryStore::create_instance(const InstanceRecord& record) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   for (const auto& [uuid, r] : instances_)
     if (r.deleted_at == 0 && record.deleted_at == 0 && r.host == record.host && r.name == record.name)
       return make_error(Errc::already_exists, "host " + record.host + " already has a live instance named '" +
@@ -41,14 +41,14 @@ Status MemoryStore::create_instance(const InstanceRecord& record) {
 }
 
 Result<InstanceRecord> MemoryStore::get_instance(const std::string& uuid) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = instances_.find(uuid);
   if (it == instances_.end()) return make_error(Errc::not_found, "no instance " + uuid + " in the store");
   return it->second;
 }
 
 Status MemoryStore::update_instance(const InstanceRecord& record) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = instances_.find(record.uuid);
   if (it == instances_.end())
     return make_error(Errc::not_found, "no instance " + record.uuid + " in the store");
@@ -58,7 +58,7 @@ Status MemoryStore::update_instance(const InstanceRecord& record) {
 }
 
 Result<std::vector<InstanceRecord>> MemoryStore::list_instances(const std::string& host, bool include_deleted) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   std::vector<InstanceRecord> out;
   out.reserve(instances_.size());
   for (const auto& [uuid, r] : instances_)
@@ -68,7 +68,7 @@ Result<std::vector<InstanceRecord>> MemoryStore::list_instances(const std::strin
 }
 
 Result<InstancePageInfo> MemoryStore::visit_instances(const InstancePageQuery& query, const InstanceVisitor& visit) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   std::vector<const InstanceRecord*> rows;
   rows.reserve(instances_.size());
   for (const auto& [uuid, r] : instances_)
@@ -77,7 +77,7 @@ Result<InstancePageInfo> MemoryStore::visit_instances(const InstancePageQuery& q
 }
 
 std::optional<ContentsVersion> MemoryStore::contents_version() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return ContentsVersion{writes_, 0};
 }
 

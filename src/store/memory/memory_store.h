@@ -2,8 +2,8 @@
 #pragma once
 
 #include <map>
-#include <mutex>
 
+#include "common/mutex.h"
 #include "virtcap/store.h"
 
 namespace virtcap::store {
@@ -23,10 +23,10 @@ class MemoryStore : public InstanceStore {
   std::optional<ContentsVersion> contents_version() override;
 
  private:
-  std::mutex mu_;
-  std::uint64_t writes_ = 0;  // under mu_, bumped with the change it counts
-  std::map<std::string, HostRecord> hosts_;
-  std::map<std::string, InstanceRecord> instances_;
+  Mutex mu_;
+  std::uint64_t writes_ GUARDED_BY(mu_) = 0;  // bumped with the change it counts
+  std::map<std::string, HostRecord> hosts_ GUARDED_BY(mu_);
+  std::map<std::string, InstanceRecord> instances_ GUARDED_BY(mu_);
 };
 
 }  // namespace virtcap::store

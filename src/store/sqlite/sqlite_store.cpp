@@ -15,7 +15,10 @@
 #include <filesystem>
 #include <iterator>
 #include <set>
+#include <type_traits>
 #include <utility>
+
+#include "common/lock_file.h"
 
 namespace virtcap::store {
 namespace {
@@ -108,73 +111,59 @@ void bind_record(Stmt& st, const InstanceRecord& r) {
   st.bind(4, r.image_id);
   st.bind(5, std::int64_t{r.memory_mb});
   st.bind(6, std::int64_t{r.vcpus});
-  st.bind(7, r.vm_state);
-  st.bind(8, r.task_state);
+  st.bind(7, to_string(r.vm_state));
+  st.bind(8, to_string(r.task_state));
   st.bind(9, r.created_at);
   st.bind(10, r.updated_at);
   st.bind(11, r.deleted_at);
 }
 
+// The row's vm_state and task_state columns: a name virtcap does not write
+// is a store_error naming the instance, not a state guessed at.
 template <class Stmt>
-InstanceRecord read_record(const Stmt& st) {
-  InstanceRecord r;
-  r.uuid = st.text(0);
-  r.name = st.text(1);
-  r.host = st.text(2);
-  r.image_id = st.text(3);
+Status read_states(const Stmt& st, VmState& vm_state, TaskState& task_state) {
+  const auto vm = vm_state_from_string(st.view(6));
+  const auto task = task_state_from_string(st.view(7));
+  if (!vm || !task)
+    return make_error(Errc::store_error, "instance " + std::string(st.view(0)) + " has vm_state '" +
+                                             std::string(st.view(6)) + "' and task_state '" +
+                                             std::string(st.view(7)) +
+                                             "' in the store; this virtcap does not know one of them");
+  vm_state = *vm;
+  task_state = *task;
+  return {};
+}
+
+// The current row (VIRTCAP_INSTANCE_COLUMNS, in order) as a Row: an
+// InstanceRecord owns copies of its text; an InstanceRowView's text views
+// SQLite's column memory (valid until the next step).
+template <class Row, class Stmt>
+Result<Row> read_row(const Stmt& st) {
+  const auto text = [&st](int col) {
+    if constexpr (std::is_same_v<Row, InstanceRowView>)
+      return st.view(col);
+    else
+      return st.text(col);
+  };
+  Row r;
+  r.uuid = text(0);
+  r.name = text(1);
+  r.host = text(2);
+  r.image_id = text(3);
   r.memory_mb = static_cast<int>(st.int64(4));
   r.vcpus = static_cast<int>(st.int64(5));
-  r.vm_state = st.text(6);
-  r.task_state = st.text(7);
+  if (Status s = read_states(st, r.vm_state, r.task_state); !s.ok()) return s.error();
   r.created_at = st.int64(8);
   r.updated_at = st.int64(9);
   r.deleted_at = st.int64(10);
   return r;
 }
 
-// The current row as views of SQLite's column memory (valid until the next step).
-template <class Stmt>
-InstanceRowView read_view(const Stmt& st) {
-  InstanceRowView v;
-  v.uuid = st.view(0);
-  v.name = st.view(1);
-  v.host = st.view(2);
-  v.image_id = st.view(3);
-  v.memory_mb = static_cast<int>(st.int64(4));
-  v.vcpus = static_cast<int>(st.int64(5));
-  v.vm_state = st.view(6);
-  v.task_state = st.view(7);
-  v.created_at = st.int64(8);
-  v.updated_at = st.int64(9);
-  v.deleted_at = st.int64(10);
-  return v;
-}
 
 std::string hex(std::int64_t v) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "0x%08llx", static_cast<unsigned long long>(static_cast<std::uint32_t>(v)));
   return buf;
-}
-
-// Creates the missing directories of `dir`, each with mode 0700; existing
-// ones are left as they are.
-Status make_dirs(const std::filesystem::path& dir) {
-  if (dir.empty()) return {};
-  std::filesystem::path cur;
-  for (const auto& part : dir) {
-    cur /= part;
-    if (::mkdir(cur.c_str(), 0700) != 0 && errno != EEXIST)
-      return make_error(Errc::io_error, "cannot create the instance store directory " + cur.string() + ": " +
-                                            std::strerror(errno));
-  }
-  struct stat st {};
-  if (::stat(dir.c_str(), &st) != 0)
-    return make_error(Errc::io_error,
-                      "cannot use the instance store directory " + dir.string() + ": " + std::strerror(errno));
-  if (!S_ISDIR(st.st_mode))
-    return make_error(Errc::io_error,
-                      "cannot use " + dir.string() + " as the instance store directory: it is not a directory");
-  return {};
 }
 
 }  // namespace
@@ -224,10 +213,12 @@ class SqliteStore::Stmt {
   int bind_rc_ = SQLITE_OK;
 };
 
-// One transaction: rolled back if it goes away uncommitted.
+// One transaction: rolled back if it goes away uncommitted. Made only with
+// the store's mutex held (checked), and it lives in that scope, so its steps
+// may assume the mutex held (clang cannot follow s_ back to the caller's mu_).
 class SqliteStore::Txn {
  public:
-  explicit Txn(SqliteStore& s) : s_(s) {}
+  explicit Txn(SqliteStore& s) REQUIRES(s.mu_) : s_(s) {}
   Txn(const Txn&) = delete;
   Txn& operator=(const Txn&) = delete;
   ~Txn() {
@@ -235,12 +226,16 @@ class SqliteStore::Txn {
   }
   // BEGIN IMMEDIATE takes the write lock up front (waiting up to the busy
   // timeout), so a write never fails half-way for want of the lock.
-  Status begin_write() { return s_.exec("BEGIN IMMEDIATE", "taking the write lock"); }
+  Status begin_write() { return exec("BEGIN IMMEDIATE", "taking the write lock"); }
   // A read snapshot across several statements.
-  Status begin_read() { return s_.exec("BEGIN", "starting a read transaction"); }
-  Status commit() { return s_.exec("COMMIT", "committing"); }
+  Status begin_read() { return exec("BEGIN", "starting a read transaction"); }
+  Status commit() { return exec("COMMIT", "committing"); }
 
  private:
+  Status exec(std::string_view sql, std::string_view doing) {
+    s_.mu_.assert_held();
+    return s_.exec(sql, doing);
+  }
   SqliteStore& s_;
 };
 
@@ -259,7 +254,9 @@ Result<std::unique_ptr<SqliteStore>> SqliteStore::open(const std::string& path,
   if (path.empty()) return make_error(Errc::invalid_argument, "the instance store path is empty");
   if (busy_timeout.count() < 0)
     return make_error(Errc::invalid_argument, "the instance store busy timeout must not be negative");
-  if (auto st = make_dirs(std::filesystem::path(path).parent_path()); !st) return st.error();
+  // The missing directories of the file's path, each with mode 0700.
+  if (const auto dir = std::filesystem::path(path).parent_path(); !dir.empty())
+    if (auto st = make_dirs(dir.string(), 0700, "the instance store directory"); !st.ok()) return st.error();
   // A new database is created owner-only (SQLite would use the umask's mode);
   // its -wal and -shm files inherit the mode. An existing file is untouched.
   if (int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600); fd >= 0) ::close(fd);
@@ -282,20 +279,20 @@ Result<std::unique_ptr<SqliteStore>> SqliteStore::open(const std::string& path,
   sqlite3_busy_timeout(db, static_cast<int>(std::min<std::chrono::milliseconds::rep>(busy_timeout.count(), INT_MAX)));
 
   std::unique_ptr<SqliteStore> store(new SqliteStore(path, db, busy_timeout));
-  if (auto st = store->initialise(); !st) return st.error();
+  if (auto st = store->initialise(); !st.ok()) return st.error();
   return Result<std::unique_ptr<SqliteStore>>(std::move(store));
 }
 
 Status SqliteStore::initialise() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   opening_ = true;
   // Everything before the WAL switch only reads: a file we refuse is left
   // byte-for-byte as it was.
-  if (auto st = check_file(); !st) return st;
+  if (auto st = check_file(); !st.ok()) return st;
 
   {
     auto wal = prepare("PRAGMA journal_mode = WAL");
-    if (!wal) return wal.error();
+    if (!wal.ok()) return wal.error();
     const int rc = wal->step();
     if (rc != SQLITE_ROW) return failure(rc, "switching to WAL mode");
     const std::string mode = wal->text(0);
@@ -306,9 +303,9 @@ Status SqliteStore::initialise() {
   }
   // FULL: a commit is on disk (the WAL is fsynced) before it returns, so the
   // "record first" rule holds across a power loss too (docs/store.md).
-  if (auto st = exec("PRAGMA synchronous = FULL", "setting synchronous = FULL"); !st) return st;
-  if (auto st = exec("PRAGMA foreign_keys = ON", "enabling foreign keys"); !st) return st;
-  if (auto st = migrate(); !st) return st;
+  if (auto st = exec("PRAGMA synchronous = FULL", "setting synchronous = FULL"); !st.ok()) return st;
+  if (auto st = exec("PRAGMA foreign_keys = ON", "enabling foreign keys"); !st.ok()) return st;
+  if (auto st = migrate(); !st.ok()) return st;
   opening_ = false;
   return {};
 }
@@ -318,7 +315,7 @@ Status SqliteStore::check_file() {
   // (SQLITE_NOTADB / SQLITE_CORRUPT, or a list of problems).
   {
     auto qc = prepare("PRAGMA quick_check");
-    if (!qc) return qc.error();
+    if (!qc.ok()) return qc.error();
     std::string problems;
     int rc;
     int n = 0;
@@ -332,17 +329,18 @@ Status SqliteStore::check_file() {
   }
 
   auto single_int = [this](const char* sql, std::int64_t& out) -> Status {
+    mu_.assert_held();  // called below, in check_file
     auto st = prepare(sql);
-    if (!st) return st.error();
+    if (!st.ok()) return st.error();
     const int rc = st->step();
     if (rc != SQLITE_ROW) return failure(rc, std::string("reading ") + sql);
     out = st->int64(0);
     return {};
   };
   std::int64_t app_id = 0, version = 0, objects = 0;
-  if (auto st = single_int("PRAGMA application_id", app_id); !st) return st;
-  if (auto st = single_int("PRAGMA user_version", version); !st) return st;
-  if (auto st = single_int("SELECT count(*) FROM sqlite_master", objects); !st) return st;
+  if (auto st = single_int("PRAGMA application_id", app_id); !st.ok()) return st;
+  if (auto st = single_int("PRAGMA user_version", version); !st.ok()) return st;
+  if (auto st = single_int("SELECT count(*) FROM sqlite_master", objects); !st.ok()) return st;
 
   if (app_id != kApplicationId) {
     if (app_id != 0)
@@ -366,11 +364,11 @@ Status SqliteStore::migrate() {
     // The write lock is taken even when there is nothing to migrate: a store
     // another process holds locked is refused at open, not at the first write.
     Txn txn(*this);
-    if (auto st = txn.begin_write(); !st) return st;
+    if (auto st = txn.begin_write(); !st.ok()) return st;
     std::int64_t version = 0;
     {
       auto uv = prepare("PRAGMA user_version");
-      if (!uv) return uv.error();
+      if (!uv.ok()) return uv.error();
       const int rc = uv->step();
       if (rc != SQLITE_ROW) return failure(rc, "reading PRAGMA user_version");
       version = uv->int64(0);
@@ -395,11 +393,11 @@ Status SqliteStore::migrate() {
     }
     // PRAGMAs take no bound parameters; both numbers are this binary's own
     // constants, never input.
-    if (auto st = exec("PRAGMA application_id = " + std::to_string(kApplicationId), "setting the application_id"); !st)
+    if (auto st = exec("PRAGMA application_id = " + std::to_string(kApplicationId), "setting the application_id"); !st.ok())
       return st;
-    if (auto st = exec("PRAGMA user_version = " + std::to_string(m.version), "setting the schema version"); !st)
+    if (auto st = exec("PRAGMA user_version = " + std::to_string(m.version), "setting the schema version"); !st.ok())
       return st;
-    if (auto st = txn.commit(); !st) return st;
+    if (auto st = txn.commit(); !st.ok()) return st;
   }
 }
 
@@ -421,7 +419,7 @@ Result<SqliteStore::Stmt> SqliteStore::prepare(std::string_view sql) {
 
 Status SqliteStore::exec(std::string_view sql, std::string_view doing) {
   auto st = prepare(sql);
-  if (!st) return st.error();
+  if (!st.ok()) return st.error();
   const int rc = st->step();
   if (rc != SQLITE_DONE && rc != SQLITE_ROW) return failure(rc, doing);
   return {};
@@ -462,12 +460,12 @@ Error SqliteStore::not_a_virtcap_database(std::string_view why) const {
 // ---------------------------------------------------------------------------
 
 Status SqliteStore::register_host(const HostRecord& host) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Txn txn(*this);
-  if (auto st = txn.begin_write(); !st) return st;
+  if (auto st = txn.begin_write(); !st.ok()) return st;
   {
     auto st = prepare(kRegisterHost);
-    if (!st) return st.error();
+    if (!st.ok()) return st.error();
     st->bind(1, host.host);
     st->bind(2, host.instances_path);
     st->bind(3, host.updated_at);
@@ -477,9 +475,9 @@ Status SqliteStore::register_host(const HostRecord& host) {
 }
 
 Result<std::vector<std::string>> SqliteStore::hosts_sharing(const std::string& instances_path) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto st = prepare(kHostsSharing);
-  if (!st) return st.error();
+  if (!st.ok()) return st.error();
   st->bind(1, instances_path);
   std::vector<std::string> out;
   int rc;
@@ -489,9 +487,9 @@ Result<std::vector<std::string>> SqliteStore::hosts_sharing(const std::string& i
 }
 
 Result<std::vector<HostRecord>> SqliteStore::list_hosts() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto st = prepare(kListHosts);
-  if (!st) return st.error();
+  if (!st.ok()) return st.error();
   std::vector<HostRecord> out;
   int rc;
   while ((rc = st->step()) == SQLITE_ROW) {
@@ -506,32 +504,36 @@ Result<std::vector<HostRecord>> SqliteStore::list_hosts() {
 }
 
 Result<std::vector<InstanceRecord>> SqliteStore::live_instances_on(const std::vector<std::string>& hosts) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   std::vector<InstanceRecord> out;
   const std::set<std::string> distinct(hosts.begin(), hosts.end());
   if (distinct.empty()) return out;
   Txn txn(*this);  // one snapshot across the per-host queries
-  if (auto st = txn.begin_read(); !st) return st.error();
+  if (auto st = txn.begin_read(); !st.ok()) return st.error();
   for (const auto& host : distinct) {
     auto st = prepare(kLiveOnHost);
-    if (!st) return st.error();
+    if (!st.ok()) return st.error();
     st->bind(1, host);
     int rc;
-    while ((rc = st->step()) == SQLITE_ROW) out.push_back(read_record(*st));
+    while ((rc = st->step()) == SQLITE_ROW) {
+      auto r = read_row<InstanceRecord>(*st);
+      if (!r.ok()) return r.error();
+      out.push_back(std::move(*r));
+    }
     if (rc != SQLITE_DONE) return failure(rc, "listing the live instances of host " + host);
   }
-  if (auto st = txn.commit(); !st) return st.error();
+  if (auto st = txn.commit(); !st.ok()) return st.error();
   std::sort(out.begin(), out.end(), [](const InstanceRecord& a, const InstanceRecord& b) { return a.uuid < b.uuid; });
   return out;
 }
 
 Status SqliteStore::create_instance(const InstanceRecord& record) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Txn txn(*this);
-  if (auto st = txn.begin_write(); !st) return st;
+  if (auto st = txn.begin_write(); !st.ok()) return st;
   {
     auto st = prepare(kInsertInstance);
-    if (!st) return st.error();
+    if (!st.ok()) return st.error();
     bind_record(*st, record);
     const int rc = st->step();
     if (rc == SQLITE_CONSTRAINT_PRIMARYKEY)
@@ -546,23 +548,23 @@ Status SqliteStore::create_instance(const InstanceRecord& record) {
 }
 
 Result<InstanceRecord> SqliteStore::get_instance(const std::string& uuid) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto st = prepare(kGetInstance);
-  if (!st) return st.error();
+  if (!st.ok()) return st.error();
   st->bind(1, uuid);
   const int rc = st->step();
-  if (rc == SQLITE_ROW) return read_record(*st);
+  if (rc == SQLITE_ROW) return read_row<InstanceRecord>(*st);
   if (rc == SQLITE_DONE) return make_error(Errc::not_found, "no instance " + uuid + " in the store");
   return failure(rc, "reading instance " + uuid);
 }
 
 Status SqliteStore::update_instance(const InstanceRecord& record) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Txn txn(*this);
-  if (auto st = txn.begin_write(); !st) return st;
+  if (auto st = txn.begin_write(); !st.ok()) return st;
   {
     auto st = prepare(kUpdateInstance);
-    if (!st) return st.error();
+    if (!st.ok()) return st.error();
     bind_record(*st, record);
     const int rc = st->step();
     if (rc == SQLITE_CONSTRAINT_UNIQUE) {
@@ -576,26 +578,30 @@ Status SqliteStore::update_instance(const InstanceRecord& record) {
 }
 
 Result<std::vector<InstanceRecord>> SqliteStore::list_instances(const std::string& host, bool include_deleted) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto st = prepare(kListInstances);
-  if (!st) return st.error();
+  if (!st.ok()) return st.error();
   st->bind(1, host);
   st->bind(2, std::int64_t{include_deleted ? 1 : 0});
   std::vector<InstanceRecord> out;
   int rc;
-  while ((rc = st->step()) == SQLITE_ROW) out.push_back(read_record(*st));
+  while ((rc = st->step()) == SQLITE_ROW) {
+    auto r = read_row<InstanceRecord>(*st);
+    if (!r.ok()) return r.error();
+    out.push_back(std::move(*r));
+  }
   if (rc != SQLITE_DONE) return failure(rc, "listing the instances of host " + host);
   return out;
 }
 
 Result<InstancePageInfo> SqliteStore::visit_instances(const InstancePageQuery& query, const InstanceVisitor& visit) {
-  if (Status st = check_page_query(query); !st) return st.error();
-  std::lock_guard lock(mu_);
+  if (Status st = check_page_query(query); !st.ok()) return st.error();
+  MutexLock lock(mu_);
   Txn txn(*this);  // the marker's position and the page from one snapshot
-  if (auto st = txn.begin_read(); !st) return st.error();
+  if (auto st = txn.begin_read(); !st.ok()) return st.error();
   if (!query.marker.empty()) {
     auto st = prepare(kMarkerPosition);
-    if (!st) return st.error();
+    if (!st.ok()) return st.error();
     st->bind(1, query.marker);
     const int rc = st->step();
     if (rc == SQLITE_DONE || (rc == SQLITE_ROW && st->view(0) != query.host)) return marker_not_found(query);
@@ -605,17 +611,19 @@ Result<InstancePageInfo> SqliteStore::visit_instances(const InstancePageQuery& q
   info.next_marker = query.marker;
   {
     auto st = prepare(page_sql(query.sort_key, query.descending, !query.marker.empty()));
-    if (!st) return st.error();
+    if (!st.ok()) return st.error();
     st->bind(1, query.host);
     st->bind(2, std::int64_t{query.include_deleted ? 1 : 0});
-    st->bind(3, query.vm_state);
+    st->bind(3, query.vm_state ? to_string(*query.vm_state) : std::string_view(""));  // "": any
     if (!query.marker.empty()) st->bind(4, query.marker);
     // One more row than the page tells whether more follow; with a row
     // filter of the caller's, rows are stepped until the page is full.
     st->bind(5, query.accept ? std::int64_t{-1} : static_cast<std::int64_t>(query.limit) + 1);
     int rc;
     while ((rc = st->step()) == SQLITE_ROW) {
-      const InstanceRowView row = read_view(*st);
+      const auto read = read_row<InstanceRowView>(*st);
+      if (!read.ok()) return read.error();
+      const InstanceRowView& row = *read;
       if (query.accept && !query.accept(row)) continue;
       if (info.rows == query.limit) {
         info.more = true;
@@ -627,15 +635,15 @@ Result<InstancePageInfo> SqliteStore::visit_instances(const InstancePageQuery& q
     }
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) return failure(rc, "listing the instances of host " + query.host);
   }
-  if (auto st = txn.commit(); !st) return st.error();
+  if (auto st = txn.commit(); !st.ok()) return st.error();
   if (!info.more) info.next_marker.clear();
   return info;
 }
 
 std::optional<ContentsVersion> SqliteStore::contents_version() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto dv = prepare("PRAGMA data_version");
-  if (!dv || dv->step() != SQLITE_ROW) return std::nullopt;
+  if (!dv.ok() || dv->step() != SQLITE_ROW) return std::nullopt;
   return ContentsVersion{static_cast<std::uint64_t>(sqlite3_total_changes64(db_)),
                          static_cast<std::uint64_t>(dv->int64(0))};
 }
@@ -644,7 +652,7 @@ Error SqliteStore::live_name_taken(const InstanceRecord& record) {
   std::string holder;
   {
     auto st = prepare(kLiveNameHolder);
-    if (st) {
+    if (st.ok()) {
       st->bind(1, record.host);
       st->bind(2, record.name);
       if (st->step() == SQLITE_ROW) holder = st->text(0);

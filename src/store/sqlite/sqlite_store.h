@@ -6,11 +6,11 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "common/mutex.h"
 #include "virtcap/store.h"
 
 struct sqlite3;
@@ -70,27 +70,27 @@ class SqliteStore : public InstanceStore {
 
   // The open-time checks, WAL switch and migrations.
   Status initialise();
-  Status check_file();
-  Status migrate();
+  Status check_file() REQUIRES(mu_);
+  Status migrate() REQUIRES(mu_);
   // The cached prepared statement for `sql`, reset and unbound again when the
-  // returned handle goes away. Caller holds mu_ (or is open()).
-  Result<Stmt> prepare(std::string_view sql);
+  // returned handle goes away.
+  Result<Stmt> prepare(std::string_view sql) REQUIRES(mu_);
   // Runs a statement that returns no rows (BEGIN, COMMIT, PRAGMA x = y).
-  Status exec(std::string_view sql, std::string_view doing);
+  Status exec(std::string_view sql, std::string_view doing) REQUIRES(mu_);
   // The error for a failed SQLite call on this connection: a lock error for
   // SQLITE_BUSY, "not a valid virtcap database" for NOTADB/CORRUPT during
   // open, else store_error with SQLite's message and the path.
-  Error failure(int rc, std::string_view doing) const;
+  Error failure(int rc, std::string_view doing) const REQUIRES(mu_);
   Error not_a_virtcap_database(std::string_view why) const;
   // already_exists for a record whose name a live instance of its host holds.
-  Error live_name_taken(const InstanceRecord& record);
+  Error live_name_taken(const InstanceRecord& record) REQUIRES(mu_);
 
   std::string path_;
   sqlite3* db_ = nullptr;
   std::chrono::milliseconds busy_timeout_;
-  std::mutex mu_;
-  bool opening_ = true;
-  std::map<std::string, sqlite3_stmt*, std::less<>> stmts_;
+  Mutex mu_;  // one caller at a time on the connection
+  bool opening_ GUARDED_BY(mu_) = true;
+  std::map<std::string, sqlite3_stmt*, std::less<>> stmts_ GUARDED_BY(mu_);
 };
 
 }  // namespace virtcap::store

@@ -20,14 +20,14 @@ Status FakeDriver::init_host(const std::string&) {
 
 Result<std::vector<DriverInstance>> FakeDriver::list_instances() {
   ++calls_.list_instances;
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   std::vector<DriverInstance> out;
   for (const auto& [uuid, inst] : instances_) out.push_back(inst);
   return out;
 }
 
 Result<DriverInstance> FakeDriver::get_instance(const std::string& uuid) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = instances_.find(uuid);
   if (it == instances_.end()) return make_error(Errc::not_found, "no instance " + uuid + " on the fake hypervisor");
   return it->second;
@@ -35,7 +35,7 @@ Result<DriverInstance> FakeDriver::get_instance(const std::string& uuid) {
 
 Status FakeDriver::spawn(const InstanceSpec& spec) {
   ++calls_.spawn;
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   DriverInstance inst{spec.uuid, spec.name, PowerState::running, spec.memory_mb, spec.vcpus, {}};
   if (!instances_.emplace(spec.uuid, inst).second)
     return make_error(Errc::already_exists, "instance " + spec.uuid + " already exists on the fake hypervisor");
@@ -44,14 +44,14 @@ Status FakeDriver::spawn(const InstanceSpec& spec) {
 
 Status FakeDriver::destroy(const std::string& uuid) {
   ++calls_.destroy;
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   instances_.erase(uuid);
   return {};
 }
 
 Status FakeDriver::reboot(const std::string& uuid) {
   ++calls_.reboot;
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = instances_.find(uuid);
   if (it == instances_.end()) return make_error(Errc::not_found, "no instance " + uuid + " on the fake hypervisor");
   it->second.power_state = PowerState::running;
@@ -60,7 +60,7 @@ Status FakeDriver::reboot(const std::string& uuid) {
 
 Result<InterfaceInfo> FakeDriver::attach_interface(const std::string& uuid, const InterfaceSpec& spec) {
   ++calls_.attach_interface;
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = instances_.find(uuid);
   if (it == instances_.end()) return make_error(Errc::not_found, "no instance " + uuid + " on the fake hypervisor");
   InterfaceInfo info{spec.mac, spec.network.empty() ? "default" : spec.network, spec.tag};
@@ -79,7 +79,7 @@ Result<InterfaceInfo> FakeDriver::attach_interface(const std::string& uuid, cons
 
 Status FakeDriver::detach_interface(const std::string& uuid, const std::string& mac) {
   ++calls_.detach_interface;
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = instances_.find(uuid);
   if (it == instances_.end()) return make_error(Errc::not_found, "no instance " + uuid + " on the fake hypervisor");
   auto& ifs = it->second.interfaces;
@@ -89,7 +89,8 @@ Status FakeDriver::detach_interface(const std::string& uuid, const std::string& 
   return {};
 }
 
-Result<ImageCacheReport> FakeDriver::manage_image_cache(const std::vector<InstanceRecord>& instances, bool dry_run) {
+Result<ImageCacheReport> FakeDriver::manage_image_cache(const std::vector<InstanceRecord>& instances, bool dry_run,
+                                                       std::stop_token) {
   ++calls_.manage_image_cache;
   last_image_cache_instances_ = instances.size();
   ImageCacheReport report;

@@ -5,8 +5,8 @@
 
 #include <atomic>
 #include <map>
-#include <mutex>
 
+#include "common/mutex.h"
 #include "virtcap/driver.h"
 
 namespace virtcap::fake {
@@ -47,7 +47,8 @@ class FakeDriver : public ComputeDriver {
   Status reboot(const std::string& uuid) override;
   Result<InterfaceInfo> attach_interface(const std::string& uuid, const InterfaceSpec& spec) override;
   Status detach_interface(const std::string& uuid, const std::string& mac) override;
-  Result<ImageCacheReport> manage_image_cache(const std::vector<InstanceRecord>& instances, bool dry_run) override;
+  Result<ImageCacheReport> manage_image_cache(const std::vector<InstanceRecord>& instances, bool dry_run,
+                                              std::stop_token stop) override;
 
   // Calls the manager made, per entry point.
   struct Calls {
@@ -61,9 +62,9 @@ class FakeDriver : public ComputeDriver {
   std::string name_;
   Capabilities caps_;
   Behaviour behaviour_;
-  std::mutex mu_;
-  std::map<std::string, DriverInstance> instances_;
-  int next_mac_ = 1;
+  Mutex mu_;
+  std::map<std::string, DriverInstance> instances_ GUARDED_BY(mu_);
+  int next_mac_ GUARDED_BY(mu_) = 1;
   Calls calls_;
   std::atomic<std::size_t> last_image_cache_instances_{0};
 };

@@ -42,7 +42,7 @@ Connection::~Connection() {
   reconnector_.request_stop();
   state_cv_.notify_all();
   if (reconnector_.joinable()) reconnector_.join();
-  std::unique_lock lock(conn_mu_);
+  WriterLock lock(conn_mu_);
   if (conn_) {
     virConnectUnregisterCloseCallback(conn_, &Connection::on_close);
     virConnectClose(conn_);
@@ -74,7 +74,7 @@ Status Connection::open() {
     return e;
   }
   {
-    std::unique_lock lock(conn_mu_);
+    WriterLock lock(conn_mu_);
     conn_ = c;
     alive_ = true;
   }
@@ -91,7 +91,7 @@ void Connection::on_close(virConnectPtr, int reason, void* opaque) {
 }
 
 void Connection::mark_dead(const std::string& reason) {
-  std::lock_guard lock(state_mu_);
+  MutexLock lock(state_mu_);
   if (!alive_.exchange(false)) return;
   down_reason_ = reason;
   spdlog::error("hypervisor at '{}' unavailable: {}; reconnecting", uri_, reason);
@@ -99,12 +99,12 @@ void Connection::mark_dead(const std::string& reason) {
 }
 
 bool Connection::wait_for(bool alive, std::chrono::milliseconds timeout) {
-  std::unique_lock lock(state_mu_);
-  return state_cv_.wait_for(lock, timeout, [&] { return alive_.load() == alive; });
+  MutexLock lock(state_mu_);
+  return state_cv_.wait_for(state_mu_, timeout, [&] { return alive_.load() == alive; });
 }
 
 std::string Connection::unavailable_reason() const {
-  std::lock_guard lock(state_mu_);
+  MutexLock lock(state_mu_);
   return alive_.load() ? "" : down_reason_;
 }
 
@@ -119,13 +119,13 @@ Error Connection::unavailable() const {
 void Connection::reconnect_loop(std::stop_token st) {
   while (!st.stop_requested()) {
     {
-      std::unique_lock lock(state_mu_);
-      state_cv_.wait(lock, st, [&] { return !alive_.load(); });
+      MutexLock lock(state_mu_);
+      state_cv_.wait(state_mu_, st, [&] { return !alive_.load(); });
       if (st.stop_requested()) return;
     }
     // Drop the dead connection.
     {
-      std::unique_lock lock(conn_mu_);
+      WriterLock lock(conn_mu_);
       if (conn_) {
         virConnectUnregisterCloseCallback(conn_, &Connection::on_close);
         virConnectClose(conn_);
@@ -138,10 +138,10 @@ void Connection::reconnect_loop(std::stop_token st) {
       virConnectPtr c = open_raw(error);
       if (c) {
         {
-          std::unique_lock lock(conn_mu_);
+          WriterLock lock(conn_mu_);
           conn_ = c;
         }
-        std::lock_guard lock(state_mu_);
+        MutexLock lock(state_mu_);
         alive_ = true;
         down_reason_.clear();
         ++reconnects_;
@@ -150,12 +150,12 @@ void Connection::reconnect_loop(std::stop_token st) {
         break;
       }
       {
-        std::lock_guard lock(state_mu_);
+        MutexLock lock(state_mu_);
         down_reason_ = error;
       }
       spdlog::warn("reconnect to '{}' failed ({}); next try in {:.2f} s", uri_, error, backoff);
-      std::unique_lock lock(state_mu_);
-      state_cv_.wait_for(lock, st, std::chrono::duration<double>(backoff), [] { return false; });
+      MutexLock lock(state_mu_);
+      state_cv_.wait_for(state_mu_, st, std::chrono::duration<double>(backoff));
       backoff = std::min(backoff * 2, static_cast<double>(max_backoff_seconds_));
     }
   }

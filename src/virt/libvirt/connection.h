@@ -8,14 +8,12 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <functional>
-#include <mutex>
-#include <shared_mutex>
 #include <stop_token>
 #include <string>
 #include <thread>
 
+#include "common/mutex.h"
 #include "virtcap/error.h"
 
 namespace virtcap::libvirt {
@@ -67,19 +65,19 @@ class Connection {
 
   std::string uri_;
   int max_backoff_seconds_;
-  mutable std::shared_mutex conn_mu_;  // shared: calls; exclusive: swap
-  virConnectPtr conn_ = nullptr;
+  mutable SharedMutex conn_mu_;  // shared: calls; exclusive: swap
+  virConnectPtr conn_ GUARDED_BY(conn_mu_) = nullptr;
   std::atomic<bool> alive_{false};
   std::atomic<std::uint64_t> reconnects_{0};
-  mutable std::mutex state_mu_;
-  std::condition_variable_any state_cv_;
-  std::string down_reason_;
+  mutable Mutex state_mu_;
+  CondVar state_cv_;
+  std::string down_reason_ GUARDED_BY(state_mu_);
   std::jthread reconnector_;
 };
 
 template <class F>
 auto Connection::with(F&& fn) -> decltype(fn(virConnectPtr{})) {
-  std::shared_lock lock(conn_mu_);
+  ReaderLock lock(conn_mu_);
   if (!alive_.load() || conn_ == nullptr) return unavailable();
   auto result = fn(conn_);
   if (!result.ok() && virConnectIsAlive(conn_) != 1) {

@@ -96,7 +96,6 @@ Result<DomainFacts> parse_domain_xml(const std::string& xml) {
       prefix = colon == std::string::npos ? "" : prefix.substr(0, colon + 1);
       f.ours = true;
       f.name = node.child((prefix + "name").c_str()).text().as_string();
-      f.image_id = node.child((prefix + "image").c_str()).text().as_string();
     }
   }
   auto mem = dom.child("memory");

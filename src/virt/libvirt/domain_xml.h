@@ -30,7 +30,6 @@ std::string interface_xml(const std::string& mac, const std::string& network);
 
 struct DomainFacts {
   std::string name;      // instance name from our metadata ("" if not ours)
-  std::string image_id;
   bool ours = false;
   int memory_mb = 0;
   int vcpus = 0;

@@ -13,14 +13,10 @@
 
 namespace virtcap::libvirt {
 
-namespace {
-Error bad_image(const std::string& msg) { return make_error(Errc::invalid_argument, msg); }
-}  // namespace
-
 Result<ImageInfo> ImageRepository::find(std::string_view id) const {
   if (!valid_image_id(id))
-    return bad_image("image id '" + std::string(id) +
-                     "' is invalid: it must match ^[A-Za-z0-9._-]{1,128}$ and must not contain '..'");
+    return invalid_argument_error("image id '" + std::string(id) +
+                                  "' is invalid: it must match ^[A-Za-z0-9._-]{1,128}$ and must not contain '..'");
   const std::string base = dir_ + "/" + std::string(id);
   struct stat qst {}, rst {};
   const bool has_qcow2 = ::stat((base + ".qcow2").c_str(), &qst) == 0;
@@ -35,17 +31,17 @@ Result<ImageInfo> ImageRepository::find(std::string_view id) const {
   info.id = std::string(id);
   info.path = base + (has_qcow2 ? ".qcow2" : ".raw");
   const struct stat& st = has_qcow2 ? qst : rst;
-  if (!S_ISREG(st.st_mode)) return bad_image("image " + info.path + " is not a regular file");
+  if (!S_ISREG(st.st_mode)) return invalid_argument_error("image " + info.path + " is not a regular file");
   info.file_size = static_cast<std::uint64_t>(st.st_size);
 
   auto header = imagecache::read_header(info.path);
   if (header.ok()) {
     if (!has_qcow2)
-      return bad_image("image " + info.path + " is named .raw but is a qcow2 image; rename it to " + std::string(id) +
-                       ".qcow2");
+      return invalid_argument_error("image " + info.path + " is named .raw but is a qcow2 image; rename it to " + std::string(id) +
+                                    ".qcow2");
     if (header->has_backing())
-      return bad_image("image " + info.path + " has a backing file (" + header->backing_file +
-                       "); repository images must be standalone: flatten it with qemu-img convert");
+      return invalid_argument_error("image " + info.path + " has a backing file (" + header->backing_file +
+                                    "); repository images must be standalone: flatten it with qemu-img convert");
     info.format = ImageFormat::qcow2;
     info.virtual_size = header->virtual_size;
     return info;
@@ -53,14 +49,14 @@ Result<ImageInfo> ImageRepository::find(std::string_view id) const {
   if (header.error().code != imagecache::Qcow2Errc::not_qcow2) {
     if (header.error().code == imagecache::Qcow2Errc::io_error)
       return make_error(Errc::io_error, header.error().describe());
-    return bad_image("image " + info.path + " is corrupt: " + header.error().describe());
+    return invalid_argument_error("image " + info.path + " is corrupt: " + header.error().describe());
   }
   if (has_qcow2)
-    return bad_image("image " + info.path + " is named .qcow2 but has no qcow2 header (garbage or truncated)");
-  if (info.file_size == 0) return bad_image("image " + info.path + " is empty");
+    return invalid_argument_error("image " + info.path + " is named .qcow2 but has no qcow2 header (garbage or truncated)");
+  if (info.file_size == 0) return invalid_argument_error("image " + info.path + " is empty");
   if (info.file_size % 512 != 0)
-    return bad_image("raw image " + info.path + " is " + std::to_string(info.file_size) +
-                     " bytes, not a multiple of 512 (truncated?)");
+    return invalid_argument_error("raw image " + info.path + " is " + std::to_string(info.file_size) +
+                                  " bytes, not a multiple of 512 (truncated?)");
   info.format = ImageFormat::raw;
   info.virtual_size = info.file_size;
   return info;
@@ -88,7 +84,7 @@ RepoImage describe(const ImageRepository& repo, int dir_fd, const std::string& f
     return img;
   }
   img.file_size = static_cast<std::uint64_t>(st.st_size);
-  if (auto refs = imagecache::probe_image(fd.get(), path, ""); refs) img.format = refs->format;
+  if (auto refs = imagecache::probe_image(fd.get(), path, ""); refs.ok()) img.format = refs->format;
   else img.problem = refs.error().message;
   img.id = id_of(file);
   if (img.id.empty()) {
@@ -96,7 +92,7 @@ RepoImage describe(const ImageRepository& repo, int dir_fd, const std::string& f
     return img;
   }
   auto found = repo.find(img.id);
-  if (!found) {
+  if (!found.ok()) {
     if (img.problem.empty()) img.problem = found.error().message;
     return img;
   }

@@ -16,6 +16,7 @@
 
 #include "common/group.h"
 #include "common/subprocess.h"
+#include "common/uuid.h"
 #include "imagecache/pass.h"
 #include "imagecache/qcow2_writer.h"
 #include "virt/libvirt/domain_xml.h"
@@ -36,19 +37,6 @@ struct CharDeleter {
 };
 using CStr = std::unique_ptr<char, CharDeleter>;
 
-bool valid_uuid(const std::string& u) {
-  if (u.size() != 36) return false;
-  for (std::size_t i = 0; i < u.size(); ++i) {
-    const char c = u[i];
-    if (i == 8 || i == 13 || i == 18 || i == 23) {
-      if (c != '-') return false;
-    } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
-      return false;
-    }
-  }
-  return true;
-}
-
 // Translates libvirt's last error after a failed call on an instance.
 Error call_error(const std::string& what, const std::string& uuid) {
   Error e = last_error(what + " for instance " + uuid);
@@ -63,7 +51,7 @@ Error call_error(const std::string& what, const std::string& uuid) {
 }
 
 Result<Domain> lookup(virConnectPtr conn, const std::string& uuid) {
-  if (!valid_uuid(uuid)) return make_error(Errc::invalid_argument, "'" + uuid + "' is not an instance uuid");
+  if (!is_uuid(uuid)) return make_error(Errc::invalid_argument, "'" + uuid + "' is not an instance uuid");
   virDomainPtr d = virDomainLookupByUUIDString(conn, uuid.c_str());
   if (!d) return call_error("lookup", uuid);
   return Domain(d);
@@ -73,9 +61,10 @@ Result<Domain> lookup(virConnectPtr conn, const std::string& uuid) {
 // mid-call reads as a failure, never as "no" (a destroy that took -1 for "not
 // running, not persistent" used to remove the disk of a domain it had left
 // defined). A domain gone in between is not_found.
-Result<bool> domain_is(int answer, const std::string& what, const std::string& uuid) {
+enum class DomainIs { no, yes };
+Result<DomainIs> domain_is(int answer, const std::string& what, const std::string& uuid) {
   if (answer < 0) return call_error(what, uuid);
-  return answer == 1;
+  return answer == 1 ? DomainIs::yes : DomainIs::no;
 }
 
 // The state, or an error (not a silent nostate: a lost connection is not a
@@ -98,9 +87,9 @@ Result<PowerState> power_state(virDomainPtr d) {
 // A hot-plug affects the running domain, and its definition when it has one.
 Result<unsigned> affect_flags(virDomainPtr d, const std::string& uuid) {
   auto persistent = domain_is(virDomainIsPersistent(d), "read persistence", uuid);
-  if (!persistent) return persistent.error();
+  if (!persistent.ok()) return persistent.error();
   unsigned flags = VIR_DOMAIN_AFFECT_LIVE;
-  if (*persistent) flags |= VIR_DOMAIN_AFFECT_CONFIG;
+  if (*persistent == DomainIs::yes) flags |= VIR_DOMAIN_AFFECT_CONFIG;
   return flags;
 }
 
@@ -110,13 +99,13 @@ Result<std::optional<DriverInstance>> describe(virDomainPtr d) {
   char uuid[VIR_UUID_STRING_BUFLEN] = {};
   if (!xml || virDomainGetUUIDString(d, uuid) < 0) return last_error("cannot read a domain's definition");
   auto facts = parse_domain_xml(xml.get());
-  if (!facts) return facts.error();
+  if (!facts.ok()) return facts.error();
   if (!facts->ours) return std::optional<DriverInstance>{};
   DriverInstance inst;
   inst.uuid = uuid;
   inst.name = facts->name;
   auto state = power_state(d);
-  if (!state) return state.error();
+  if (!state.ok()) return state.error();
   inst.power_state = state.value();
   inst.memory_mb = facts->memory_mb;
   inst.vcpus = facts->vcpus;
@@ -138,17 +127,17 @@ Status create_overlay_disk(OverlayWriter writer, const std::string& base_path, I
   const std::string fmt(to_string(format));
   if (writer == OverlayWriter::native) {
     auto spec = imagecache::overlay_spec_for_base(base_path, fmt);
-    if (!spec) return spec.error();
+    if (!spec.ok()) return spec.error();
     return imagecache::create_overlay(disk, *spec, kOverlayDurability, access);
   }
   const std::string partial = disk + std::string(imagecache::kTempMarker) + "create";
   auto r = proc::run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", base_path, partial});
-  if (!r) return r.error();
+  if (!r.ok()) return r.error();
   if (r->exit_code != 0) {
     ::unlink(partial.c_str());
     return make_error(Errc::io_error, "qemu-img create of " + disk + " failed: " + r->err);
   }
-  if (Status st = imagecache::fsync_file(partial, access); !st) {
+  if (Status st = imagecache::fsync_file(partial, access); !st.ok()) {
     ::unlink(partial.c_str());
     return st;
   }
@@ -212,7 +201,7 @@ LibvirtDriver::LibvirtDriver(const config::Config& cfg)
       conn_(cfg.libvirt.uri, cfg.libvirt.reconnect_max_backoff_seconds),
       images_(cfg.images_path()),
       cache_(cfg.instances_path(), cfg.image_cache.subdirectory_name),
-      overlay_writer_(cfg.libvirt.overlay_writer == "qemu-img" ? OverlayWriter::qemu_img : OverlayWriter::native) {
+      overlay_writer_(cfg.libvirt.overlay_writer) {
   cache_.lock_timeout_seconds = cfg.image_cache.lock_timeout;
   if (!cfg.libvirt.disk_group.empty()) cache_.access.group = group_id(cfg.libvirt.disk_group);  // checked at load
 }
@@ -232,9 +221,9 @@ std::string LibvirtDriver::domain_type() const {
 }
 
 Status LibvirtDriver::init_host(const std::string&) {
-  if (Status st = conn_.open(); !st) return st;
+  if (Status st = conn_.open(); !st.ok()) return st;
   auto caps = conn_.with([&](virConnectPtr c) -> Result<Capabilities> { return discover(c, kLibvirtStatic); });
-  if (!caps) return caps.error();
+  if (!caps.ok()) return caps.error();
   caps_ = caps.value();
   // instances_path is created by the first spawn (with the lock directory),
   // not here: inspecting a driver (`virtcap capabilities`) writes nothing.
@@ -273,7 +262,7 @@ Result<std::vector<DriverInstance>> LibvirtDriver::list_instances() {
       Domain d(doms[i]);
       if (failure) continue;
       auto inst = describe(d.get());
-      if (!inst) {
+      if (!inst.ok()) {
         // A domain that vanished between list and describe is simply gone.
         if (inst.error().backend_code != VIR_ERR_NO_DOMAIN) failure = inst.error();
         continue;
@@ -289,9 +278,9 @@ Result<std::vector<DriverInstance>> LibvirtDriver::list_instances() {
 Result<DriverInstance> LibvirtDriver::get_instance(const std::string& uuid) {
   return conn_.with([&](virConnectPtr c) -> Result<DriverInstance> {
     auto d = lookup(c, uuid);
-    if (!d) return d.error();
+    if (!d.ok()) return d.error();
     auto inst = describe(d->get());
-    if (!inst) return inst.error();
+    if (!inst.ok()) return inst.error();
     if (!inst->has_value()) return make_error(Errc::not_found, "domain " + uuid + " is not managed by virtcap");
     return std::move(**inst);
   });
@@ -299,13 +288,13 @@ Result<DriverInstance> LibvirtDriver::get_instance(const std::string& uuid) {
 
 Status LibvirtDriver::check_image(const std::string& image_id) const {
   auto image = images_.find(image_id);
-  if (!image) return image.error();
+  if (!image.ok()) return image.error();
   return {};
 }
 
 Result<ImageListing> LibvirtDriver::list_images() const {
   auto images = images_.list();
-  if (!images) return images.error();
+  if (!images.ok()) return images.error();
   ImageListing out{images_.dir(), std::move(images.value())};
   for (auto& img : out.images) {
     struct stat st {};
@@ -335,10 +324,10 @@ LibvirtDriver::SpawnRollback::~SpawnRollback() {
     if (defined_) {
       Status undone = driver_.conn_.with([&](virConnectPtr c) -> Status {
         auto d = lookup(c, uuid_);
-        if (!d) return d.error().code == Errc::not_found ? Status{} : Status{d.error()};
+        if (!d.ok()) return d.error().code == Errc::not_found ? Status{} : Status{d.error()};
         return virDomainUndefine(d->get()) < 0 ? Status{call_error("undefine", uuid_)} : Status{};
       });
-      if (!undone) {  // keep the disk while the domain may still exist, as destroy() does
+      if (!undone.ok()) {  // keep the disk while the domain may still exist, as destroy() does
         spdlog::error("libvirt: spawn of {} failed and its domain could not be undefined ({}); kept it and {}",
                       uuid_, undone.error().message, dir_);
         return;
@@ -359,16 +348,16 @@ Status LibvirtDriver::SpawnRollback::wait_define() {
 }
 
 Status LibvirtDriver::spawn(const InstanceSpec& spec) {
-  if (!valid_uuid(spec.uuid)) return make_error(Errc::invalid_argument, "'" + spec.uuid + "' is not a uuid");
+  if (!is_uuid(spec.uuid)) return make_error(Errc::invalid_argument, "'" + spec.uuid + "' is not a uuid");
   if (!conn_.connected()) return make_error(Errc::hypervisor_unavailable, unavailable_reason());
   auto image = images_.find(spec.image_id);
-  if (!image) return image.error();
+  if (!image.ok()) return image.error();
 
   // The instance directory claims the uuid on disk before anything is
   // defined; the define itself refuses a uuid the hypervisor already knows.
   const std::string dir = instance_dir(spec.uuid);
   const std::string disk = dir + "/disk";
-  if (Status s = imagecache::make_dirs(cfg_.instances_path(), cache_.access); !s) return s;
+  if (Status s = imagecache::make_dirs(cfg_.instances_path(), cache_.access); !s.ok()) return s;
   if (::mkdir(dir.c_str(), cache_.access.dir_mode()) != 0) {
     const int err = errno;
     return make_error(err == EEXIST ? Errc::already_exists : Errc::io_error,
@@ -378,7 +367,7 @@ Status LibvirtDriver::spawn(const InstanceSpec& spec) {
   {  // not readable by other users (a guest's disk): the exact mode, and the disk group if set
     UniqueFd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
     if (!d.valid()) return make_error(Errc::io_error, "cannot open instance directory " + dir + ": " + std::strerror(errno));
-    if (Status s = cache_.access.apply(d.get(), true, dir); !s) return s;
+    if (Status s = cache_.access.apply(d.get(), true, dir); !s.ok()) return s;
   }
   DomainParams p;
   p.uuid = spec.uuid;
@@ -415,40 +404,40 @@ Status LibvirtDriver::spawn(const InstanceSpec& spec) {
     return create_overlay_disk(overlay_writer_, b.base_path, image->format, disk, cache_.access);
   });
   Status defined = rollback.defining.valid() ? rollback.wait_define() : Status{};
-  if (!base) return base.error();
-  if (!defined) return defined;
+  if (!base.ok()) return base.error();
+  if (!defined.ok()) return defined;
   if (base->fetched)
     spdlog::info("libvirt: fetched image {} into {} ({} bytes)", spec.image_id, base->base_path, base->bytes);
   Status started = conn_.with([&](virConnectPtr c) -> Status {
     auto d = lookup(c, spec.uuid);
-    if (!d) return d.error();
+    if (!d.ok()) return d.error();
     return virDomainCreate(d->get()) < 0 ? Status{call_error("start", spec.uuid)} : Status{};
   });
-  if (started) rollback.dismiss();
+  if (started.ok()) rollback.dismiss();
   return started;
 }
 
 Status LibvirtDriver::destroy(const std::string& uuid) {
   Status st = conn_.with([&](virConnectPtr c) -> Status {
     auto d = lookup(c, uuid);
-    if (!d) return d.error().code == Errc::not_found ? Status{} : Status{d.error()};
+    if (!d.ok()) return d.error().code == Errc::not_found ? Status{} : Status{d.error()};
     auto active = domain_is(virDomainIsActive(d->get()), "destroy", uuid);
-    if (!active) return active.error().code == Errc::not_found ? Status{} : Status{active.error()};
-    if (*active && virDomainDestroy(d->get()) < 0) {
+    if (!active.ok()) return active.error().code == Errc::not_found ? Status{} : Status{active.error()};
+    if (*active == DomainIs::yes && virDomainDestroy(d->get()) < 0) {
       Error e = call_error("destroy", uuid);
       if (e.code != Errc::conflict) return e;  // already stopped in between
       virResetLastError();
     }
     auto persistent = domain_is(virDomainIsPersistent(d->get()), "undefine", uuid);
-    if (!persistent)
+    if (!persistent.ok())
       return persistent.error().code == Errc::not_found ? Status{} : Status{persistent.error()};
-    if (*persistent && virDomainUndefineFlags(d->get(), VIR_DOMAIN_UNDEFINE_NVRAM) < 0 &&
+    if (*persistent == DomainIs::yes && virDomainUndefineFlags(d->get(), VIR_DOMAIN_UNDEFINE_NVRAM) < 0 &&
         virDomainUndefine(d->get()) < 0)
       return call_error("undefine", uuid);
     return {};
   });
-  if (!st) return st;  // keep the disk while the domain may still exist
-  if (valid_uuid(uuid)) {
+  if (!st.ok()) return st;  // keep the disk while the domain may still exist
+  if (is_uuid(uuid)) {
     std::error_code ec;
     fs::remove_all(instance_dir(uuid), ec);
     if (ec) return make_error(Errc::io_error, "cannot remove " + instance_dir(uuid) + ": " + ec.message());
@@ -459,10 +448,10 @@ Status LibvirtDriver::destroy(const std::string& uuid) {
 Status LibvirtDriver::reboot(const std::string& uuid) {
   return conn_.with([&](virConnectPtr c) -> Status {
     auto d = lookup(c, uuid);
-    if (!d) return d.error();
+    if (!d.ok()) return d.error();
     auto active = domain_is(virDomainIsActive(d->get()), "reboot", uuid);
-    if (!active) return active.error();
-    if (!*active)
+    if (!active.ok()) return active.error();
+    if (*active == DomainIs::no)
       return make_error(Errc::conflict, "instance " + uuid + " is not running; start it before rebooting");
     if (virDomainReboot(d->get(), 0) < 0) {
       virResetLastError();
@@ -475,12 +464,12 @@ Status LibvirtDriver::reboot(const std::string& uuid) {
 Result<InterfaceInfo> LibvirtDriver::attach_interface(const std::string& uuid, const InterfaceSpec& spec) {
   return conn_.with([&](virConnectPtr c) -> Result<InterfaceInfo> {
     auto d = lookup(c, uuid);
-    if (!d) return d.error();
+    if (!d.ok()) return d.error();
     InterfaceInfo info{spec.mac.empty() ? random_mac() : spec.mac,
                        spec.network.empty() ? cfg_.libvirt.network : spec.network, spec.tag};
     const std::string xml = interface_xml(info.mac, info.network);
     auto flags = affect_flags(d->get(), uuid);
-    if (!flags) return flags.error();
+    if (!flags.ok()) return flags.error();
     if (virDomainAttachDeviceFlags(d->get(), xml.c_str(), *flags) < 0)
       return call_error("attach interface", uuid);
     return info;
@@ -490,7 +479,7 @@ Result<InterfaceInfo> LibvirtDriver::attach_interface(const std::string& uuid, c
 Status LibvirtDriver::detach_interface(const std::string& uuid, const std::string& mac) {
   return conn_.with([&](virConnectPtr c) -> Status {
     auto d = lookup(c, uuid);
-    if (!d) return d.error();
+    if (!d.ok()) return d.error();
     CStr xml(virDomainGetXMLDesc(d->get(), 0));
     if (!xml) return call_error("read definition", uuid);
     pugi::xml_document doc;
@@ -500,7 +489,7 @@ Status LibvirtDriver::detach_interface(const std::string& uuid, const std::strin
       std::ostringstream os;
       iface.print(os, "", pugi::format_raw);
       auto flags = affect_flags(d->get(), uuid);
-      if (!flags) return flags.error();
+      if (!flags.ok()) return flags.error();
       if (virDomainDetachDeviceFlags(d->get(), os.str().c_str(), *flags) < 0)
         return call_error("detach interface", uuid);
       return {};
@@ -510,7 +499,7 @@ Status LibvirtDriver::detach_interface(const std::string& uuid, const std::strin
 }
 
 Result<ImageCacheReport> LibvirtDriver::manage_image_cache(const std::vector<InstanceRecord>& instances,
-                                                           bool dry_run) {
+                                                           bool dry_run, std::stop_token stop) {
   imagecache::PassOptions opts;
   opts.instances_path = cfg_.instances_path();
   opts.subdirectory_name = cfg_.image_cache.subdirectory_name;
@@ -519,6 +508,7 @@ Result<ImageCacheReport> LibvirtDriver::manage_image_cache(const std::vector<Ins
   opts.resized_min_age_seconds = cfg_.image_cache.remove_unused_resized_minimum_age_seconds;
   opts.lock_timeout_seconds = cfg_.image_cache.lock_timeout;
   opts.dry_run = dry_run;
+  opts.stop = std::move(stop);
   return imagecache::run_pass(opts, instances);
 }
 

@@ -44,7 +44,7 @@ Capabilities discover(virConnectPtr conn, Capabilities base);
 void apply_domain_capabilities(const std::string& xml, Capabilities& caps);
 
 // [libvirt] overlay_writer: how spawn writes an instance's qcow2 overlay.
-enum class OverlayWriter { native, qemu_img };
+using config::OverlayWriter;
 
 class LibvirtDriver : public ComputeDriver {
  public:
@@ -66,7 +66,8 @@ class LibvirtDriver : public ComputeDriver {
   Status reboot(const std::string& uuid) override;
   Result<InterfaceInfo> attach_interface(const std::string& uuid, const InterfaceSpec& spec) override;
   Status detach_interface(const std::string& uuid, const std::string& mac) override;
-  Result<ImageCacheReport> manage_image_cache(const std::vector<InstanceRecord>& instances, bool dry_run) override;
+  Result<ImageCacheReport> manage_image_cache(const std::vector<InstanceRecord>& instances, bool dry_run,
+                                              std::stop_token stop) override;
 
   const std::string& uri() const { return conn_.uri(); }
   Connection& connection() { return conn_; }

@@ -30,6 +30,19 @@ Response send_error(const Error& e) {
   return r;
 }
 
+// 429 for a host over [fleet_service] host_reports_per_minute, with
+// Retry-After: when its bucket holds a report again (whole seconds, at least 1).
+Response too_many_reports(std::string_view host, unsigned per_minute, std::chrono::milliseconds retry_after) {
+  const auto secs = std::max<std::int64_t>(1, std::chrono::ceil<std::chrono::seconds>(retry_after).count());
+  Response r = http::error_response(
+      429, "rate_limited",
+      "host " + quote_for_error(host) + " sent more than " + std::to_string(per_minute) +
+          " reports in a minute ([fleet_service] host_reports_per_minute); retry in " + std::to_string(secs) +
+          " s. An agent reports once a [fleet] report_interval: a host sending more is misconfigured or not an agent");
+  r.headers.emplace_back("Retry-After", std::to_string(secs));
+  return r;
+}
+
 double seconds(std::chrono::milliseconds d) { return static_cast<double>(d.count()) / 1000.0; }
 
 // What a read answered from the index says of its freshness: in the body and
@@ -51,7 +64,7 @@ Response with_freshness(int status, json body, const Freshness& f) {
 }
 
 // GET /metrics: Prometheus text format 0.0.4.
-std::string metrics_text(const Fleet& fleet) {
+std::string metrics_text(const Fleet& fleet, std::uint64_t reports_refused) {
   const Freshness f = fleet.freshness();
   std::string out;
   auto metric = [&out](const char* name, const char* type, const char* help, double value) {
@@ -76,6 +89,9 @@ std::string metrics_text(const Fleet& fleet) {
   metric("virtcap_fleet_index_notification_batches_total", "counter",
          "Batches of other replicas' notifications applied to the index.",
          static_cast<double>(fleet.refreshes_from_notifications()));
+  metric("virtcap_fleet_reports_rate_limited_total", "counter",
+         "Reports refused with 429 since start: their host was over [fleet_service] host_reports_per_minute.",
+         static_cast<double>(reports_refused));
   return out;
 }
 
@@ -152,6 +168,7 @@ ServiceOptions service_options(const config::Config& cfg) {
   o.http.config_section = "[fleet_service]";
   o.drift_check_interval = std::chrono::seconds(s.drift_check_interval);
   o.max_traits_per_host = static_cast<std::size_t>(s.max_traits_per_host);
+  o.host_reports_per_minute = static_cast<unsigned>(s.host_reports_per_minute);
   return o;
 }
 
@@ -322,7 +339,7 @@ std::vector<http::Route> FleetService::routes() {
        [this](const Request&) {
          Response r;
          r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-         r.body = metrics_text(*fleet_);
+         r.body = metrics_text(*fleet_, reports_refused_.load(std::memory_order_relaxed));
          return r;
        }},
       {"GET", "/v1/hosts", BodyRule::none,
@@ -362,6 +379,11 @@ std::vector<http::Route> FleetService::routes() {
        }},
       {"PUT", "/v1/hosts/{name}", BodyRule::json,
        write("fleet_report", Action::report, [this, host_json](const Request& req, audit::Scope& audit) {
+         if (auto refused = report_limit_.take(req.param("name"), HostRateLimit::Clock::now())) {
+           reports_refused_.fetch_add(1, std::memory_order_relaxed);
+           if (!refused->first) audit.dismiss();  // one line a burst, not one a refused report
+           return too_many_reports(req.param("name"), report_limit_.per_minute(), refused->retry_after);
+         }
          auto body = parse_report_body(req.param("name"), req.body);
          if (!body.ok()) return send_error(body.error());
          if (body->report.traits.size() > options_.max_traits_per_host)

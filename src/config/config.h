@@ -301,7 +301,11 @@ inline constexpr const char* kDefaultTlsPriority =
     "those hosts re-read); 0 disables.")                                                                 \
   O(int, max_traits_per_host, 512, check::range(1, 65536),                                        \
     "Most traits one agent report may carry; a report with more is refused whole (400), so one " \
-    "host cannot grow the fleet's vocabulary without bound.")
+    "host cannot grow the fleet's vocabulary without bound.")                                   \
+  O(int, host_reports_per_minute, 12, check::range(0, 60000),                                     \
+    "Reports (PUT /v1/hosts/{name}) one host may send a minute, in bursts of as many; more get 429 " \
+    "with Retry-After and cost no database work. An agent sends one a [fleet] report_interval plus a " \
+    "few retries: keep it above 60 / report_interval + 6. Counted per replica; 0: no limit.")
 
 #define VIRTCAP_CONFIG_FLEET(O)                                                                   \
   O(std::string, url, "", check::http_url{},                                                      \

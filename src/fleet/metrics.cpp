@@ -5,7 +5,7 @@
 namespace virtcap::fleet {
 
 // GET /metrics: Prometheus text format 0.0.4.
-std::string metrics_text(const Fleet& fleet) {
+std::string metrics_text(const Fleet& fleet, std::uint64_t reports_refused) {
   const Freshness f = fleet.freshness();
   std::string out;
   auto metric = [&out](const char* name, const char* type, const char* help, double value) {
@@ -30,6 +30,9 @@ std::string metrics_text(const Fleet& fleet) {
   metric("virtcap_fleet_index_notification_batches_total", "counter",
          "Batches of other replicas' notifications applied to the index.",
          static_cast<double>(fleet.refreshes_from_notifications()));
+  metric("virtcap_fleet_reports_rate_limited_total", "counter",
+         "Reports refused with 429 since start: their host was over [fleet_service] host_reports_per_minute.",
+         static_cast<double>(reports_refused));
   return out;
 }
 

@@ -25,6 +25,19 @@ constexpr std::chrono::seconds kRetryAfter = std::chrono::ceil<std::chrono::seco
 
 Response send_error(const Error& e) { return http::send_error(e, kRetryAfter); }
 
+// 429 for a host over [fleet_service] host_reports_per_minute, with
+// Retry-After: when its bucket holds a report again (whole seconds, at least 1).
+Response too_many_reports(std::string_view host, unsigned per_minute, std::chrono::milliseconds retry_after) {
+  const auto secs = std::max<std::int64_t>(1, std::chrono::ceil<std::chrono::seconds>(retry_after).count());
+  Response r = http::error_response(
+      429, "rate_limited",
+      "host " + quote_for_error(host) + " sent more than " + std::to_string(per_minute) +
+          " reports in a minute ([fleet_service] host_reports_per_minute); retry in " + std::to_string(secs) +
+          " s. An agent reports once a [fleet] report_interval: a host sending more is misconfigured or not an agent");
+  r.headers.emplace_back("Retry-After", std::to_string(secs));
+  return r;
+}
+
 // What a read answered from the index says of its freshness: in the body and
 // in the header X-Virtcap-Index-Age (seconds the index may be behind; 0 when
 // it follows the database).
@@ -116,6 +129,7 @@ ServiceOptions service_options(const config::Config& cfg) {
   o.http.config_section = "[fleet_service]";
   o.drift_check_interval = std::chrono::seconds(s.drift_check_interval);
   o.max_traits_per_host = static_cast<std::size_t>(s.max_traits_per_host);
+  o.host_reports_per_minute = static_cast<unsigned>(s.host_reports_per_minute);
   return o;
 }
 
@@ -284,7 +298,7 @@ Response FleetService::get_live(const Request&) { return http::json_response(200
 Response FleetService::get_metrics(const Request&) {
   Response r;
   r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-  r.body = metrics_text(*fleet_);
+  r.body = metrics_text(*fleet_, reports_refused_.load(std::memory_order_relaxed));
   return r;
 }
 
@@ -323,6 +337,11 @@ Response FleetService::get_host(const Request& req) {
 }
 
 Response FleetService::put_host(const Request& req, audit::Scope& audit) {
+  if (auto refused = report_limit_.take(req.param("name"), HostRateLimit::Clock::now())) {
+    reports_refused_.fetch_add(1, std::memory_order_relaxed);
+    if (!refused->first) audit.dismiss();  // one line a burst, not one a refused report
+    return too_many_reports(req.param("name"), report_limit_.per_minute(), refused->retry_after);
+  }
   auto body = parse_report_body(req.param("name"), req.body);
   if (!body.ok()) return send_error(body.error());
   if (body->report.traits.size() > options_.max_traits_per_host)

@@ -4,13 +4,16 @@
 // statuses are in docs/fleet.md ("API").
 #pragma once
 
+#include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <thread>
 
 #include "common/mutex.h"
 #include "fleet/authenticator.h"
 #include "fleet/fleet.h"
+#include "fleet/rate_limit.h"
 #include "http/server.h"
 
 namespace virtcap::config {
@@ -32,6 +35,9 @@ struct ServiceOptions {
   std::chrono::seconds drift_check_interval{0};
   // [fleet_service] max_traits_per_host: a report with more is refused whole.
   std::size_t max_traits_per_host = 512;
+  // [fleet_service] host_reports_per_minute: reports one host may send a
+  // minute (in bursts of as many) before 429; 0: no limit.
+  unsigned host_reports_per_minute = 12;
   // Who may do what (docs/fleet.md, "Trust model").
   AuthOptions auth;
   // How often the credentials version is polled (a revocation takes effect
@@ -60,7 +66,8 @@ class FleetService {
   Fleet& fleet() { return *fleet_; }
 
  private:
-  explicit FleetService(ServiceOptions options) : options_(std::move(options)) {}
+  explicit FleetService(ServiceOptions options)
+      : options_(std::move(options)), report_limit_(options_.host_reports_per_minute) {}
   std::vector<http::Route> routes();
   // A write: refused (403) unless the principal may do `action` on the
   // host, and audited either way.
@@ -89,6 +96,8 @@ class FleetService {
   std::unique_ptr<Fleet> fleet_;
   std::unique_ptr<Authenticator> auth_;
   std::unique_ptr<http::Server> http_;
+  HostRateLimit report_limit_;
+  std::atomic<std::uint64_t> reports_refused_{0};  // 429s for host_reports_per_minute
   Mutex mu_;
   CondVar cv_;
   bool stopping_ GUARDED_BY(mu_) = false;

@@ -86,6 +86,10 @@ class SqliteConn final : public SqlConn {
       if (rc != SQLITE_ROW) return failure(rc, sql);
       auto& row = out.rows.emplace_back();
       for (int c = 0; c < cols; ++c) {
+        if (sqlite3_column_type(s, c) == SQLITE_FLOAT) {  // every digit: the value read back is the one stored
+          row.push_back(to_text(sqlite3_column_double(s, c)));
+          continue;
+        }
         const auto* p = sqlite3_column_text(s, c);
         row.emplace_back(p ? reinterpret_cast<const char*>(p) : "",
                          static_cast<std::size_t>(sqlite3_column_bytes(s, c)));

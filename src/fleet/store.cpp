@@ -72,8 +72,87 @@ struct HostRow {
   std::int64_t id = 0;
   std::string uuid;
   std::int64_t generation = 0;
+  std::int64_t last_seen_ms = 0;
   std::string agent_version, api_url;
 };
+
+using HostPositions = std::unordered_map<std::int64_t, std::size_t>;  // host id -> position in a vector
+
+// The traits and inventories of the hosts `ids` names (an SQL list or
+// subquery over `params`) into their records in `out`; traits sorted by name.
+Status load_details(SqlConn& c, const std::string& ids, const std::vector<SqlValue>& params,
+                    const HostPositions& at, std::vector<HostRecord>& out) {
+  auto t = c.exec(
+      "SELECT ht.host_id, t.name, ht.owner FROM fleet_host_traits ht JOIN fleet_traits t ON t.id = ht.trait_id "
+      "WHERE ht.host_id IN " +
+          ids,
+      params);
+  if (!t.ok()) return t.error();
+  for (const auto& tr : t->rows)
+    if (auto it = at.find(to_i64(tr[0])); it != at.end())
+      out[it->second].traits.push_back({tr[1], trait_owner_from_string(tr[2]).value_or(TraitOwner::agent)});
+  auto inv = c.exec(
+      "SELECT host_id, resource_class, total, reserved, allocation_ratio, used FROM fleet_inventories "
+      "WHERE host_id IN " +
+          ids,
+      params);
+  if (!inv.ok()) return inv.error();
+  for (const auto& ir : inv->rows) {
+    auto it = at.find(to_i64(ir[0]));
+    if (it == at.end()) continue;
+    auto rc = resource_class_from_string(ir[1]);
+    if (!rc.ok()) return rc.error();
+    out[it->second].inventories[static_cast<std::size_t>(*rc)] =
+        Inventory{to_i64(ir[2]), to_i64(ir[3]), std::strtod(ir[4].c_str(), nullptr), to_i64(ir[5])};
+  }
+  for (auto& rec : out)
+    std::sort(rec.traits.begin(), rec.traits.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  return {};
+}
+
+bool held_by_operator(const HostRecord& rec, const std::string& name) {
+  auto it = std::lower_bound(rec.traits.begin(), rec.traits.end(), name,
+                             [](const HostTrait& t, const std::string& n) { return t.name < n; });
+  return it != rec.traits.end() && it->name == name && it->owner == TraitOwner::operator_;
+}
+
+// Whether the agent traits `rec` holds are the sorted names `traits`. A
+// name an operator already holds is stored once, as the operator's, so it is
+// not looked for twice.
+bool same_agent_traits(const HostRecord& rec, const std::vector<std::string>& traits) {
+  auto have = rec.traits.begin();
+  for (const auto& name : traits) {
+    if (held_by_operator(rec, name)) continue;
+    while (have != rec.traits.end() && have->owner != TraitOwner::agent) ++have;
+    if (have == rec.traits.end() || have->name != name) return false;
+    ++have;
+  }
+  while (have != rec.traits.end() && have->owner != TraitOwner::agent) ++have;
+  return have == rec.traits.end();
+}
+
+// Whether storing report `r` would leave the host as `rec` has it, but for
+// last_seen: a heartbeat.
+bool same_agent_state(const HostRecord& rec, const AgentReport& r, const std::vector<std::string>& traits) {
+  return rec.agent_version == r.agent_version && rec.api_url == r.api_url && rec.inventories == r.inventories &&
+         same_agent_traits(rec, traits);
+}
+
+// `rec` once report `r` is stored (write_agent_state): its agent traits,
+// inventories, version and URL are the report's; the operator's stay.
+void with_agent_state(HostRecord& rec, const AgentReport& r, const std::vector<std::string>& traits) {
+  rec.agent_version = r.agent_version;
+  rec.api_url = r.api_url;
+  rec.inventories = r.inventories;
+  std::vector<HostTrait> merged;
+  merged.reserve(rec.traits.size() + traits.size());
+  for (const auto& t : rec.traits)
+    if (t.owner == TraitOwner::operator_) merged.push_back(t);
+  for (const auto& name : traits)
+    if (!held_by_operator(rec, name)) merged.push_back({name, TraitOwner::agent});
+  std::sort(merged.begin(), merged.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  rec.traits = std::move(merged);
+}
 
 std::vector<std::string> sorted_unique(std::vector<std::string> v) {
   std::sort(v.begin(), v.end());
@@ -118,14 +197,20 @@ class SqlFleetStore final : public FleetStore {
   Result<std::vector<HostRecord>> load_hosts(SqlConn& c, const std::string& where,
                                              const std::vector<SqlValue>& params);
   Status bump(SqlConn& c, const HostRow& row, std::string_view name);
-  // The host's stored record when the report changes nothing of its agent
-  // state (a heartbeat); nullopt when it changes something.
-  Result<std::optional<HostRecord>> unchanged_record(SqlConn& c, const HostRow& row, const AgentReport& r,
-                                                     const std::vector<std::string>& traits);
-  // Replaces the host's agent traits and inventories; adds to `released`
-  // the trait ids the host held before (to forget_if_unheld after commit).
-  Status write_agent_state(SqlConn& c, std::int64_t id, const AgentReport& r,
-                           const std::vector<std::string>& traits, std::vector<std::int64_t>& released);
+  // A report to a registered host: checks it against the row, then stores it
+  // (last_seen always; the rest, and a generation bump, when it changes
+  // something). The host's record afterwards, built from the one read of it.
+  Result<HostRecord> report_existing(SqlConn& c, const HostRow& h, const AgentReport& r,
+                                     const std::vector<std::string>& traits, std::optional<std::int64_t> expected,
+                                     std::vector<std::int64_t>& released);
+  // Replaces the host's agent traits and inventories with the report's, each
+  // only when it differs from what `held` (nullptr: a new host) has; adds to
+  // `released` the trait ids the host let go (to forget_if_unheld after commit).
+  Status write_agent_state(SqlConn& c, std::int64_t id, const AgentReport& r, const std::vector<std::string>& traits,
+                           const HostRecord* held, std::vector<std::int64_t>& released);
+  // The agent-trait half of write_agent_state (had_any: the host may hold some).
+  Status write_agent_traits(SqlConn& c, std::int64_t id, const AgentReport& r, const std::vector<std::string>& traits,
+                            bool had_any, std::vector<std::int64_t>& released);
   // After a write's commit, on the same connection: deletes those of `ids`
   // no host holds now (best effort; the periodic sweep catches the rest).
   static void forget_if_unheld(SqlConn& c, const std::vector<std::int64_t>& ids);
@@ -179,14 +264,14 @@ Result<int> SqlFleetStore::schema_version() {
 Result<std::optional<HostRow>> SqlFleetStore::lock_host(SqlConn& c, std::string_view name) {
   const char* sql =
       dialect() == Dialect::postgresql
-          ? "SELECT id, uuid, generation, agent_version, api_url FROM fleet_hosts WHERE name = $1 "
+          ? "SELECT id, uuid, generation, last_seen_ms, agent_version, api_url FROM fleet_hosts WHERE name = $1 "
             "FOR UPDATE"
-          : "SELECT id, uuid, generation, agent_version, api_url FROM fleet_hosts WHERE name = $1";
+          : "SELECT id, uuid, generation, last_seen_ms, agent_version, api_url FROM fleet_hosts WHERE name = $1";
   auto r = c.exec(sql, {std::string(name)});
   if (!r.ok()) return r.error();
   if (r->rows.empty()) return std::optional<HostRow>();
   const auto& row = r->rows[0];
-  return std::optional<HostRow>(HostRow{to_i64(row[0]), row[1], to_i64(row[2]), row[3], row[4]});
+  return std::optional<HostRow>(HostRow{to_i64(row[0]), row[1], to_i64(row[2]), to_i64(row[3]), row[4], row[5]});
 }
 
 Result<std::int64_t> SqlFleetStore::trait_id(SqlConn& c, std::string_view name, bool create) {
@@ -231,52 +316,15 @@ Result<std::vector<HostRecord>> SqlFleetStore::load_hosts(SqlConn& c, const std:
   if (!h.ok()) return h.error();
   std::vector<HostRecord> out;
   out.reserve(h->rows.size());
-  std::unordered_map<std::int64_t, std::size_t> at;  // host id -> position in out
+  HostPositions at;
   for (const auto& row : h->rows) {
     at.emplace(to_i64(row[0]), out.size());
     out.push_back(HostRecord{row[1], row[2], to_i64(row[3]), to_i64(row[4]), row[5], row[6], {}, {}});
   }
   if (out.empty()) return out;
-  const std::string ids = "(SELECT id FROM fleet_hosts " + where + ")";
-  auto t = c.exec(
-      "SELECT ht.host_id, t.name, ht.owner FROM fleet_host_traits ht JOIN fleet_traits t ON t.id = ht.trait_id "
-      "WHERE ht.host_id IN " +
-          ids,
-      params);
-  if (!t.ok()) return t.error();
-  for (const auto& tr : t->rows)
-    if (auto it = at.find(to_i64(tr[0])); it != at.end())
-      out[it->second].traits.push_back({tr[1], trait_owner_from_string(tr[2]).value_or(TraitOwner::agent)});
-  auto inv = c.exec(
-      "SELECT host_id, resource_class, total, reserved, allocation_ratio, used FROM fleet_inventories "
-      "WHERE host_id IN " +
-          ids,
-      params);
-  if (!inv.ok()) return inv.error();
-  for (const auto& ir : inv->rows) {
-    auto it = at.find(to_i64(ir[0]));
-    if (it == at.end()) continue;
-    auto rc = resource_class_from_string(ir[1]);
-    if (!rc.ok()) return rc.error();
-    out[it->second].inventories[static_cast<std::size_t>(*rc)] =
-        Inventory{to_i64(ir[2]), to_i64(ir[3]), std::strtod(ir[4].c_str(), nullptr), to_i64(ir[5])};
-  }
-  for (auto& rec : out)
-    std::sort(rec.traits.begin(), rec.traits.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  if (auto st = load_details(c, "(SELECT id FROM fleet_hosts " + where + ")", params, at, out); !st.ok())
+    return st.error();
   return out;
-}
-
-Result<std::optional<HostRecord>> SqlFleetStore::unchanged_record(SqlConn& c, const HostRow& row,
-                                                                   const AgentReport& r,
-                                                                   const std::vector<std::string>& traits) {
-  if (row.agent_version != r.agent_version || row.api_url != r.api_url) return std::optional<HostRecord>();
-  auto rec = load_host(c, row.id);
-  if (!rec.ok()) return rec.error();
-  std::vector<std::string> have;
-  for (const auto& t : rec->traits)
-    if (t.owner == TraitOwner::agent) have.push_back(t.name);
-  if (have != traits || rec->inventories != r.inventories) return std::optional<HostRecord>();
-  return std::optional<HostRecord>(std::move(*rec));
 }
 
 // "$first, $first+1, ...": n parameters, numbered in order of appearance
@@ -309,12 +357,34 @@ Status insert_batches(SqlConn& c, std::string_view head, std::size_t width,
 }
 
 Status SqlFleetStore::write_agent_state(SqlConn& c, std::int64_t id, const AgentReport& r,
-                                        const std::vector<std::string>& traits,
+                                        const std::vector<std::string>& traits, const HostRecord* held,
                                         std::vector<std::int64_t>& released) {
-  auto old = c.exec("DELETE FROM fleet_host_traits WHERE host_id = $1 AND owner = 'agent' RETURNING trait_id", {id});
-  if (!old.ok()) return old.error();
-  for (const auto& row : old->rows) released.push_back(to_i64(row[0]));
-  if (auto d = c.exec("DELETE FROM fleet_inventories WHERE host_id = $1", {id}); !d.ok()) return d.error();
+  // What did not change is not written: a report that only moves its usage
+  // (the common one) costs the inventory statements, not the traits'.
+  if (!held || !same_agent_traits(*held, traits))
+    if (auto st = write_agent_traits(c, id, r, traits, held != nullptr, released); !st.ok()) return st;
+  if (held && held->inventories == r.inventories) return {};
+  if (held)
+    if (auto d = c.exec("DELETE FROM fleet_inventories WHERE host_id = $1", {id}); !d.ok()) return d.error();
+  std::vector<SqlValue> inventories;
+  for (auto rc : kAllResourceClasses)
+    if (const auto& inv = r.inventories[static_cast<std::size_t>(rc)])
+      inventories.insert(inventories.end(), {id, std::string(to_string(rc)), inv->total, inv->reserved,
+                                             inv->allocation_ratio, inv->used});
+  return insert_batches(c,
+                        "INSERT INTO fleet_inventories (host_id, resource_class, total, reserved, "
+                        "allocation_ratio, used) VALUES",
+                        6, inventories, "", [](const SqlResult&) {});
+}
+
+Status SqlFleetStore::write_agent_traits(SqlConn& c, std::int64_t id, const AgentReport& r,
+                                         const std::vector<std::string>& traits, bool had_any,
+                                         std::vector<std::int64_t>& released) {
+  if (had_any) {
+    auto old = c.exec("DELETE FROM fleet_host_traits WHERE host_id = $1 AND owner = 'agent' RETURNING trait_id", {id});
+    if (!old.ok()) return old.error();
+    for (const auto& row : old->rows) released.push_back(to_i64(row[0]));
+  }
   // A few statements per batch of names, not three per name: a report's
   // cost grows with its own traits in rows, not in round trips. Sorted names:
   // concurrent writers take the name rows' locks in one order.
@@ -349,16 +419,6 @@ Status SqlFleetStore::write_agent_state(SqlConn& c, std::int64_t id, const Agent
                     links);
     if (!l.ok()) return l.error();
   }
-  for (auto rc : kAllResourceClasses) {
-    const auto& inv = r.inventories[static_cast<std::size_t>(rc)];
-    if (!inv) continue;
-    if (auto i = c.exec(
-            "INSERT INTO fleet_inventories (host_id, resource_class, total, reserved, allocation_ratio, "
-            "used) VALUES ($1, $2, $3, $4, $5, $6)",
-            {id, std::string(to_string(rc)), inv->total, inv->reserved, inv->allocation_ratio, inv->used});
-        !i.ok())
-      return i.error();
-  }
   return {};
 }
 
@@ -377,6 +437,34 @@ Result<std::int64_t> SqlFleetStore::create_host(SqlConn& c, const AgentReport& r
   return to_i64(ins->rows.at(0).at(0));
 }
 
+Result<HostRecord> SqlFleetStore::report_existing(SqlConn& c, const HostRow& h, const AgentReport& r,
+                                                  const std::vector<std::string>& traits,
+                                                  std::optional<std::int64_t> expected,
+                                                  std::vector<std::int64_t>& released) {
+  if (h.uuid != r.uuid)
+    return conflict("host " + r.name + " is registered with uuid " + h.uuid + " but the report says " + r.uuid +
+                    ": if the host was reinstalled, delete it first (hosts delete " + r.name + ")");
+  if (expected && *expected != h.generation) return stale(r.name, h.generation, *expected);
+  std::vector<HostRecord> held{HostRecord{h.uuid, r.name, h.generation, h.last_seen_ms, h.agent_version, h.api_url, {}, {}}};
+  if (auto st = load_details(c, "($1)", {h.id}, {{h.id, 0}}, held); !st.ok()) return st.error();
+  HostRecord& rec = held.front();
+  const bool changed = !same_agent_state(rec, r, traits);
+  // last_seen, and with a change the generation, in one statement (the row is
+  // locked: the generation it was read at still holds).
+  auto u = c.exec(
+      "UPDATE fleet_hosts SET generation = generation + $1, last_seen_ms = $2, agent_version = $3, api_url = $4 "
+      "WHERE id = $5 AND generation = $6",
+      {std::int64_t{changed ? 1 : 0}, r.seen_at_ms, r.agent_version, r.api_url, h.id, h.generation});
+  if (!u.ok()) return u.error();
+  if (u->affected != 1) return conflict("host " + r.name + " changed under this write: retry");
+  rec.last_seen_ms = r.seen_at_ms;
+  if (!changed) return std::move(rec);
+  if (auto st = write_agent_state(c, h.id, r, traits, &rec, released); !st.ok()) return st.error();
+  rec.generation = h.generation + 1;
+  with_agent_state(rec, r, traits);
+  return std::move(rec);
+}
+
 Result<HostRecord> SqlFleetStore::report(const AgentReport& r, std::optional<std::int64_t> expected) {
   if (auto st = check_report(r); !st.ok()) return st.error();
   const auto traits = sorted_unique(r.traits);
@@ -385,47 +473,24 @@ Result<HostRecord> SqlFleetStore::report(const AgentReport& r, std::optional<std
   if (auto st = t.begin(); !st.ok()) return st.error();
   auto row = lock_host(*c, r.name);
   if (!row.ok()) return row.error();
-  std::int64_t id = 0;
-  bool changed = true;
-  std::optional<HostRecord> heartbeat;  // the stored record, when nothing but last_seen changes
-  if (!*row) {
-    if (expected && *expected != 0) return stale(r.name, 0, *expected);
+  // The outcome is built from the one read of the host, not read back after
+  // the write: a report costs a few round trips fewer on PostgreSQL.
+  std::vector<std::int64_t> released;
+  Result<HostRecord> rec = HostRecord{r.uuid, r.name, 1, r.seen_at_ms, r.agent_version, r.api_url, {}, {}};
+  if (*row) {
+    rec = report_existing(*c, **row, r, traits, expected, released);
+  } else if (expected && *expected != 0) {
+    return stale(r.name, 0, *expected);
+  } else {
     auto created = create_host(*c, r);
     if (!created.ok()) return created.error();
-    id = *created;
-  } else {
-    const HostRow& h = **row;
-    if (h.uuid != r.uuid)
-      return conflict("host " + r.name + " is registered with uuid " + h.uuid + " but the report says " +
-                      r.uuid + ": if the host was reinstalled, delete it first (hosts delete " + r.name +
-                      ")");
-    if (expected && *expected != h.generation) return stale(r.name, h.generation, *expected);
-    id = h.id;
-    auto same = unchanged_record(*c, h, r, traits);
-    if (!same.ok()) return same.error();
-    heartbeat = std::move(*same);
-    changed = !heartbeat;
-    if (changed)
-      if (auto st = bump(*c, h, r.name); !st.ok()) return st.error();
-    if (auto u = c->exec(
-            "UPDATE fleet_hosts SET last_seen_ms = $1, agent_version = $2, api_url = $3 WHERE id = $4",
-            {r.seen_at_ms, r.agent_version, r.api_url, id});
-        !u.ok())
-      return u.error();
+    if (auto st = write_agent_state(*c, *created, r, traits, nullptr, released); !st.ok()) return st.error();
+    with_agent_state(*rec, r, traits);
   }
-  std::vector<std::int64_t> released;
-  if (changed)
-    if (auto st = write_agent_state(*c, id, r, traits, released); !st.ok()) return st.error();
+  if (!rec.ok()) return rec;
   if (auto st = c->notify(kNotifyChannel, r.name); !st.ok()) return st.error();
-  if (heartbeat) {  // read once already: only last_seen is new
-    heartbeat->last_seen_ms = r.seen_at_ms;
-    if (auto st = t.commit(); !st.ok()) return st.error();
-    return std::move(*heartbeat);
-  }
-  auto rec = load_host(*c, id);
-  if (!rec.ok()) return rec.error();
   if (auto st = t.commit(); !st.ok()) return st.error();
-  forget_if_unheld(*c, released);
+  if (!released.empty()) forget_if_unheld(*c, released);
   return rec;
 }
 

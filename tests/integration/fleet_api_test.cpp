@@ -9,6 +9,7 @@
 #include "fleet/service.h"
 #include "fleet/wire.h"
 #include "support/fleet_fixture.h"
+#include "support/raw_http.h"
 #include "support/test_support.h"
 
 using namespace virtcap;
@@ -32,6 +33,7 @@ class FleetApiTest : public ::testing::TestWithParam<Backend> {
   std::unique_ptr<FleetService> start(const std::string& token = "", ServiceOptions o = {}) {
     o.auth.legacy_token = token;  // the shared operator credential
     if (token.empty()) o.auth.anonymous = Role::operator_;  // a test bench: no credential needed
+    o.host_reports_per_minute = 0;  // these tests report one host many times a second; the limit has its own
     return virtcap::testing::start_fleet_service(std::move(o), url_, server_);
   }
   http::ClientResponse call(const std::string& method, const std::string& path, const json* body = nullptr,
@@ -236,6 +238,46 @@ TEST_P(FleetApiTest, TokenHostAndOriginRulesAsTheAgentApi) {
   EXPECT_EQ(svc->fleet().index().host_count(), 1U);
   EXPECT_EQ(call("POST", "/v1/hosts", nullptr, "s3cret").status, 405);
   EXPECT_EQ(call("GET", "/v1/nothing", nullptr, "s3cret").status, 404);
+}
+
+// [fleet_service] host_reports_per_minute: past its burst a host's reports
+// get 429 with Retry-After, change nothing, and leave other hosts alone.
+TEST_P(FleetApiTest, AHostOverItsReportRateGets429AndChangesNothing) {
+  ServiceOptions o;
+  o.auth.anonymous = Role::operator_;
+  o.host_reports_per_minute = 3;  // a report every 20 s, bursts of 3
+  auto svc = virtcap::testing::start_fleet_service(std::move(o), url_, server_);
+  ASSERT_TRUE(svc);
+  std::int64_t generation = 0;
+  for (int i = 0; i < 3; ++i) {
+    auto b = fleet_report_json(1, {"COMPUTE_A"}, i);
+    auto r = call("PUT", "/v1/hosts/host1", &b);
+    ASSERT_EQ(r.status, 200) << "report " << i << " of the burst: " << r.raw;
+    generation = r.body["generation"].get<std::int64_t>();
+  }
+  const int port = std::stoi(server_.substr(server_.rfind(':') + 1));
+  const std::string flood = fleet_report_json(1, {"COMPUTE_A", "COMPUTE_FLOOD"}, 9).dump();
+  for (int i = 0; i < 50; ++i) {
+    const auto a = virtcap::testing::raw_exchange(
+        port, virtcap::testing::request_text("PUT", "/v1/hosts/host1", "Content-Type: application/json\r\n", flood),
+        10s);
+    ASSERT_EQ(a.status(), 429) << a.text;
+    const json body = json::parse(a.body(), nullptr, false);
+    EXPECT_EQ(body["error"].value("code", ""), "rate_limited") << a.text;
+    EXPECT_NE(body["error"].value("message", "").find("host_reports_per_minute"), std::string::npos) << a.text;
+    const auto retry = a.text.find("\r\nRetry-After: ");
+    ASSERT_NE(retry, std::string::npos) << a.text;
+    const int seconds = std::atoi(a.text.c_str() + retry + 15);
+    EXPECT_GE(seconds, 1) << a.text;
+    EXPECT_LE(seconds, 20) << a.text;
+  }
+  auto now = call("GET", "/v1/hosts/host1");
+  EXPECT_EQ(now.body["generation"], generation) << "a refused report changes nothing";
+  EXPECT_EQ(call("GET", "/v1/hosts?required=COMPUTE_FLOOD").body["matched"], 0);
+  auto other = fleet_report_json(2, {"COMPUTE_A"});
+  EXPECT_EQ(call("PUT", "/v1/hosts/host2", &other).status, 200) << "another host has its own budget";
+  const auto metrics = call("GET", "/metrics").raw;
+  EXPECT_NE(metrics.find("\nvirtcap_fleet_reports_rate_limited_total 50\n"), std::string::npos) << metrics;
 }
 
 // The periodic recount finds a write the index missed (here: straight to the

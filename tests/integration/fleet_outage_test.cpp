@@ -116,6 +116,7 @@ class FleetOutage {
     fs::create_directories(dir_.sub(name));
     const std::string cfg = dir_.write(name + ".toml", "[DEFAULT]\nstate_path = \"" + dir_.sub(name) +
                                                            "\"\n[fleet_service]\nanonymous_role = \"operator\"\nlisten = \"127.0.0.1:0\"\n"
+                                                           "host_reports_per_minute = 0\n"  // writes back to back
                                                            "database = \"" + database + "\"\n");
     Replica r;
     r.process = std::make_unique<Agent>(Agent::fleet_service(cfg));

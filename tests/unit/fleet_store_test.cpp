@@ -105,6 +105,53 @@ TEST_P(FleetStoreTest, ReportCreatesHostAndBumpsGenerationOnlyOnChange) {
   expect_all_agree(*fleet);
 }
 
+// A report answers with the record it leaves in the database, built from
+// the one read of the host before the write (not read back after it): a new
+// host, a change, a heartbeat, operator traits kept, and an allocation ratio
+// whose every digit matters (SQLite's text form of a REAL keeps only 15).
+TEST_P(FleetStoreTest, AReportAnswersExactlyWhatTheDatabaseThenHolds) {
+  auto fleet = open_fleet();
+  ASSERT_TRUE(fleet);
+  auto expect_stored = [&](const Result<HostRecord>& got) {
+    ASSERT_TRUE(got.ok()) << got.error().message;
+    auto stored = fleet->store().get_host(got->name);
+    ASSERT_TRUE(stored.ok() && *stored);
+    EXPECT_EQ(*got, **stored);
+  };
+  auto r = report_for(1, {"COMPUTE_B", "COMPUTE_A"});
+  r.inventories[0]->allocation_ratio = 1.1 + 0.1;  // 1.2000000000000002
+  r.inventories[2] = Inventory{100, 0, 1.0, 7};
+  auto r1 = fleet->report(r);
+  expect_stored(r1);
+  auto op = fleet->add_operator_trait("host1", "CUSTOM_RACK_7", r1->generation);
+  ASSERT_TRUE(op.ok()) << op.error().message;
+  r.seen_at_ms += 1000;
+  auto heartbeat = fleet->report(r);
+  expect_stored(heartbeat);
+  EXPECT_EQ(heartbeat->generation, op->generation) << "the ratio read back must compare equal to the one reported";
+  r.traits = {"HW_CPU_X86_AVX2", "COMPUTE_A"};
+  r.inventories[2].reset();
+  r.agent_version = "0.2.0";
+  auto changed = fleet->report(r);
+  expect_stored(changed);
+  EXPECT_EQ(changed->generation, op->generation + 1);
+  EXPECT_EQ(trait_names(*changed, TraitOwner::operator_), (std::vector<std::string>{"CUSTOM_RACK_7"}));
+  r.api_url = "http://10.0.0.1:9090";  // only the URL
+  auto moved = fleet->report(r);
+  expect_stored(moved);
+  EXPECT_EQ(moved->generation, changed->generation + 1);
+  r.inventories[0]->used = 5;  // only the usage: the traits are not rewritten
+  auto used = fleet->report(r);
+  expect_stored(used);
+  EXPECT_EQ(used->generation, moved->generation + 1);
+  r.traits = {"COMPUTE_A"};  // only the traits: the inventories are not rewritten
+  auto fewer = fleet->report(r);
+  expect_stored(fewer);
+  EXPECT_EQ(fewer->generation, used->generation + 1);
+  EXPECT_EQ(trait_names(*fewer, TraitOwner::agent), (std::vector<std::string>{"COMPUTE_A"}));
+  expect_all_agree(*fleet);
+}
+
 TEST_P(FleetStoreTest, AgentReportNeverRemovesOperatorTraits) {
   auto fleet = open_fleet();
   ASSERT_TRUE(fleet);

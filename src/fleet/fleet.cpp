@@ -143,6 +143,12 @@ Freshness Fleet::freshness() const {
   return f;
 }
 
+namespace {
+// How long the listener waits for this process's write of a host to be
+// applied before it reads a notification of that host anyway.
+constexpr auto kAwaitOwnWrite = std::chrono::seconds(2);
+}  // namespace
+
 Status Fleet::apply_notifications(const std::vector<Notification>& batch) {
   std::set<std::string> hosts;
   for (const auto& n : batch) {
@@ -150,8 +156,16 @@ Status Fleet::apply_notifications(const std::vector<Notification>& batch) {
       notified_++;
       return rebuild();
     }
-    hosts.insert(n.payload);
+    Notice notice = parse_notice(n.payload);
+    // This process's own write was applied as it answered: no re-read of
+    // what the index already holds (a later notice of the host still counts).
+    if (already_held(notice, std::chrono::steady_clock::now() + kAwaitOwnWrite)) {
+      notices_skipped_++;
+      continue;
+    }
+    hosts.insert(std::move(notice.host));
   }
+  if (hosts.empty()) return {};
   for (const auto& h : hosts)
     if (auto st = refresh_host(h); !st.ok()) return st;
   notified_++;
@@ -219,27 +233,48 @@ bool Fleet::wait_for_index(const std::function<bool(const HostIndex&)>& pred,
   return true;
 }
 
-Result<HostRecord> Fleet::report(const AgentReport& r, std::optional<std::int64_t> expected) {
-  auto rec = store_->report(r, expected);
-  if (!rec.ok()) return rec;
-  if (auto st = apply_written(*rec); !st.ok()) return st.error();
+bool Fleet::already_held(const Notice& notice, std::chrono::steady_clock::time_point deadline) {
+  if (!notice.generation) return false;  // a delete, or a payload of an earlier version: always read
+  {
+    // The notification of this process's write can arrive before the
+    // writing thread has applied the write: wait for it (never past the
+    // deadline; a write stuck in the database is then read like any other).
+    MutexLock lock(writes_mu_);
+    while (writing_.find(notice.host) != writing_.end())
+      if (!writes_cv_.wait_until(writes_mu_, deadline)) break;
+  }
+  return index_.holds(notice.host, *notice.generation, *notice.last_seen_ms);
+}
+
+template <class Write>
+Result<HostRecord> Fleet::write_host(std::string_view host, Write&& write) {
+  {
+    MutexLock lock(writes_mu_);
+    ++writing_[std::string(host)];
+  }
+  auto rec = write();
+  if (rec.ok())
+    if (auto st = apply_written(*rec); !st.ok()) rec = st.error();
+  {
+    MutexLock lock(writes_mu_);
+    if (auto it = writing_.find(host); --it->second == 0) writing_.erase(it);
+  }
+  writes_cv_.notify_all();
   return rec;
+}
+
+Result<HostRecord> Fleet::report(const AgentReport& r, std::optional<std::int64_t> expected) {
+  return write_host(r.name, [&] { return store_->report(r, expected); });
 }
 
 Result<HostRecord> Fleet::add_operator_trait(std::string_view host, std::string_view trait,
                                              std::int64_t expected) {
-  auto rec = store_->add_operator_trait(host, trait, expected);
-  if (!rec.ok()) return rec;
-  if (auto st = apply_written(*rec); !st.ok()) return st.error();
-  return rec;
+  return write_host(host, [&] { return store_->add_operator_trait(host, trait, expected); });
 }
 
 Result<HostRecord> Fleet::remove_operator_trait(std::string_view host, std::string_view trait,
                                                 std::int64_t expected) {
-  auto rec = store_->remove_operator_trait(host, trait, expected);
-  if (!rec.ok()) return rec;
-  if (auto st = apply_written(*rec); !st.ok()) return st.error();
-  return rec;
+  return write_host(host, [&] { return store_->remove_operator_trait(host, trait, expected); });
 }
 
 Status Fleet::delete_host(std::string_view host, std::optional<std::int64_t> expected) {

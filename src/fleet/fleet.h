@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -88,6 +89,9 @@ class Fleet {
   const HostIndex& index() const { return index_; }
   // Notification batches the LISTEN thread has applied (for tests).
   std::uint64_t refreshes_from_notifications() const { return notified_.load(); }
+  // Notifications of a version the index already held (this replica's own
+  // writes, mostly): not read again.
+  std::uint64_t notifications_already_held() const { return notices_skipped_.load(); }
   // Waits until `pred(index)` holds, re-checking after every index change;
   // false when `deadline` passes first.
   bool wait_for_index(const std::function<bool(const HostIndex&)>& pred,
@@ -105,6 +109,14 @@ class Fleet {
   // Puts a record this process has just written into the index without
   // reading it back (HostIndex::apply_written; a re-read when it cannot tell).
   Status apply_written(const HostRecord& rec);
+  // A write of `host` (`write` runs it in the store) and its apply, with the
+  // host marked in flight meanwhile: the listener waits for it before it
+  // decides whether a notification is this write's own (already_held).
+  template <class Write>
+  Result<HostRecord> write_host(std::string_view host, Write&& write);
+  // Whether the index holds this notice's version, once this process's
+  // writes of the host in flight have been applied (at most `deadline`).
+  bool already_held(const Notice& notice, std::chrono::steady_clock::time_point deadline);
   static void return_freed_memory();  // malloc_trim after a scan
 
   std::unique_ptr<FleetStore> store_;
@@ -112,8 +124,12 @@ class Fleet {
   Mutex refresh_mu_;  // a read of the store and its apply to the index happen as one step
   std::atomic<bool> stop_{false};
   std::atomic<std::uint64_t> notified_{0};
+  std::atomic<std::uint64_t> notices_skipped_{0};
   Mutex changed_mu_;
   CondVar changed_cv_;
+  Mutex writes_mu_;
+  CondVar writes_cv_;  // with writes_mu_: a write of this process was applied
+  std::map<std::string, int, std::less<>> writing_ GUARDED_BY(writes_mu_);  // host -> writes in flight
   mutable Mutex listener_mu_;
   PgListener* listener_ GUARDED_BY(listener_mu_) = nullptr;  // to interrupt it
   CondVar stop_cv_;  // with listener_mu_: wakes a pause() at stop

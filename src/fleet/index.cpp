@@ -605,6 +605,14 @@ std::optional<std::int64_t> HostIndex::host_generation(std::string_view name) co
   return slots_[*slot].generation;
 }
 
+bool HostIndex::holds(std::string_view name, std::int64_t generation, std::int64_t last_seen_ms) const {
+  std::shared_lock lock(mu_);
+  const auto slot = find_slot(name);
+  if (!slot) return false;
+  const Slot& s = slots_[*slot];
+  return s.generation > generation || (s.generation == generation && s.last_seen_ms >= last_seen_ms);
+}
+
 std::uint64_t HostIndex::generation() const {
   std::shared_lock lock(mu_);
   return generation_;

@@ -131,6 +131,11 @@ class HostIndex {
   std::optional<std::string> slot_name(std::uint32_t slot) const;
   // The indexed host's generation; nullopt when it is not indexed.
   std::optional<std::int64_t> host_generation(std::string_view name) const;
+  // Whether the index holds this version of the host or a later one: a
+  // higher generation, or this one seen this late or later. (Notifications
+  // come in commit order, and a delete's is always read, so a higher
+  // generation is never an earlier incarnation of the name.)
+  bool holds(std::string_view name, std::int64_t generation, std::int64_t last_seen_ms) const;
   std::uint64_t generation() const;
   std::size_t host_count() const;
   std::size_t trait_count() const;

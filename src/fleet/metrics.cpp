@@ -30,6 +30,9 @@ std::string metrics_text(const Fleet& fleet, std::uint64_t reports_refused) {
   metric("virtcap_fleet_index_notification_batches_total", "counter",
          "Batches of other replicas' notifications applied to the index.",
          static_cast<double>(fleet.refreshes_from_notifications()));
+  metric("virtcap_fleet_index_notifications_already_held_total", "counter",
+         "Notifications of a version the index already held (this replica's own writes): not read again.",
+         static_cast<double>(fleet.notifications_already_held()));
   metric("virtcap_fleet_reports_rate_limited_total", "counter",
          "Reports refused with 429 since start: their host was over [fleet_service] host_reports_per_minute.",
          static_cast<double>(reports_refused));

@@ -488,7 +488,8 @@ Result<HostRecord> SqlFleetStore::report(const AgentReport& r, std::optional<std
     with_agent_state(*rec, r, traits);
   }
   if (!rec.ok()) return rec;
-  if (auto st = c->notify(kNotifyChannel, r.name); !st.ok()) return st.error();
+  if (auto st = c->notify(kNotifyChannel, write_notice(r.name, rec->generation, rec->last_seen_ms)); !st.ok())
+    return st.error();
   if (auto st = t.commit(); !st.ok()) return st.error();
   if (!released.empty()) forget_if_unheld(*c, released);
   return rec;
@@ -539,7 +540,8 @@ Result<HostRecord> SqlFleetStore::operator_write(std::string_view host, std::str
                     {h.id, *tid})
           : c->exec("DELETE FROM fleet_host_traits WHERE host_id = $1 AND trait_id = $2", {h.id, *tid});
   if (!w.ok()) return w.error();
-  if (auto st = c->notify(kNotifyChannel, host); !st.ok()) return st.error();
+  if (auto st = c->notify(kNotifyChannel, write_notice(host, h.generation + 1, h.last_seen_ms)); !st.ok())
+    return st.error();
   auto rec = load_host(*c, h.id);
   if (!rec.ok()) return rec.error();
   if (auto st = t.commit(); !st.ok()) return st.error();
@@ -755,6 +757,27 @@ Result<std::vector<HostRecord>> FleetStore::list_hosts() {
   // Byte order, as the index's snapshot sorts (the database's collation may differ).
   std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
   return all;
+}
+
+std::string write_notice(std::string_view host, std::int64_t generation, std::int64_t last_seen_ms) {
+  return std::string(host) + " " + std::to_string(generation) + " " + std::to_string(last_seen_ms);
+}
+
+Notice parse_notice(std::string_view payload) {
+  Notice n{std::string(payload), std::nullopt, std::nullopt};
+  const auto a = payload.find(' ');
+  const auto b = a == std::string_view::npos ? a : payload.find(' ', a + 1);
+  if (b == std::string_view::npos || payload.find(' ', b + 1) != std::string_view::npos) return n;
+  auto number = [](std::string_view s) -> std::optional<std::int64_t> {
+    std::int64_t v = 0;
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (s.empty() || ec != std::errc() || end != s.data() + s.size()) return std::nullopt;
+    return v;
+  };
+  const auto generation = number(payload.substr(a + 1, b - a - 1));
+  const auto seen = number(payload.substr(b + 1));
+  if (a == 0 || !generation || !seen) return n;
+  return Notice{std::string(payload.substr(0, a)), generation, seen};
 }
 
 int latest_fleet_schema_version() { return migrations().back().version; }

@@ -2,8 +2,9 @@
 // the embedded default; PostgreSQL via libpq for several replicas). Every
 // write that changes a host bumps its generation in the same transaction; a
 // write carrying a stale generation is Errc::conflict and changes nothing. On
-// PostgreSQL every write also NOTIFYs kNotifyChannel with the host name in the
-// same transaction ("*" after a bulk import), so other replicas refresh.
+// PostgreSQL every write also NOTIFYs kNotifyChannel in the same transaction
+// (write_notice: the host name, with the generation and last-seen time it
+// leaves; "*" after a bulk import), so other replicas refresh.
 #pragma once
 
 #include <chrono>
@@ -23,6 +24,19 @@ namespace virtcap::fleet {
 
 inline constexpr std::string_view kNotifyChannel = "virtcap_fleet";
 inline constexpr std::string_view kNotifyEverything = "*";
+
+// A write's notification payload: "NAME GENERATION LAST_SEEN_MS" for a write
+// that leaves the host in the database at that version, "NAME" for one that
+// deletes it. A replica whose index already holds that version (its own
+// write, applied as it answered) skips the re-read.
+std::string write_notice(std::string_view host, std::int64_t generation, std::int64_t last_seen_ms);
+struct Notice {
+  std::string host;
+  std::optional<std::int64_t> generation, last_seen_ms;  // both or neither
+};
+// Any other payload is read as a host name (as the notifications of earlier
+// versions were), so nothing is ever skipped by mistake.
+Notice parse_notice(std::string_view payload);
 
 struct StoreOptions {
   std::chrono::milliseconds busy_timeout{5000};  // SQLite write-lock wait

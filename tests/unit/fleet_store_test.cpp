@@ -563,6 +563,57 @@ TEST(FleetPostgres, TwoIndexesOnOneDatabaseSeeEachOthersWritesWithinOneSecond) {
       << "replica a did not see the delete within 1 s";
 }
 
+// A replica skips the notification of a version its index already holds
+// (its own write, applied as it answered) and re-reads every other: another
+// replica's write, and a heartbeat (same generation, later last_seen).
+TEST(FleetPostgres, AReplicaDoesNotReReadItsOwnWritesButSeesEveryOther) {
+  const auto url = virtcap::testing::pg_database_url();
+  ASSERT_FALSE(url.empty());
+  auto a = Fleet::open({.database_url = url, .host_down_after = 180s, .store = {}, .listen = true});
+  auto b = Fleet::open({.database_url = url, .host_down_after = 180s, .store = {}, .listen = true});
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto report = report_for(1, {"COMPUTE_A"});
+  auto r1 = (*a)->report(report);
+  ASSERT_TRUE(r1.ok());
+  report.seen_at_ms += 7000;
+  auto heartbeat = (*a)->report(report);
+  ASSERT_TRUE(heartbeat.ok());
+  ASSERT_EQ(heartbeat->generation, r1->generation);
+  auto seen_late = [&](const HostIndex& i) {
+    auto s = i.snapshot();
+    return s.size() == 1 && s[0].last_seen_ms == report.seen_at_ms;
+  };
+  EXPECT_TRUE((*b)->wait_for_index(seen_late, std::chrono::steady_clock::now() + 5s))
+      << "b skipped a's heartbeat (same generation, later last_seen)";
+  ASSERT_TRUE((*a)->add_operator_trait("host1", "CUSTOM_RACK", r1->generation).ok());
+  // Notifications arrive in commit order: once a sees b's write, it has
+  // handled its own three.
+  ASSERT_TRUE((*b)->report(report_for(2, {"COMPUTE_A"})).ok());
+  auto both = [](const HostIndex& i) { return i.host_count() == 2; };
+  ASSERT_TRUE((*a)->wait_for_index(both, std::chrono::steady_clock::now() + 5s));
+  EXPECT_EQ((*a)->notifications_already_held(), 3U) << "a re-read its own writes";
+  EXPECT_EQ((*a)->refreshes_from_notifications(), 1U) << "only b's write is read";
+  auto trait_of_a = [&](const HostIndex& i) {
+    auto s = i.snapshot();
+    return s.size() == 2 && s[0].generation == r1->generation + 1;
+  };
+  EXPECT_TRUE((*b)->wait_for_index(trait_of_a, std::chrono::steady_clock::now() + 5s)) << "b missed a's operator trait";
+}
+
+TEST(FleetNotice, AVersionedNoticeIsReadAndAnythingElseIsAHostName) {
+  const Notice n = parse_notice(write_notice("host-7.example", 12, 1764000000123));
+  EXPECT_EQ(n.host, "host-7.example");
+  EXPECT_EQ(n.generation, 12);
+  EXPECT_EQ(n.last_seen_ms, 1764000000123);
+  for (const char* p : {"host1", "host1 5", "host1 x 1", "host1 5 1 extra", " 5 1", "host1 5 ", "host1  5 1", "*",
+                        "host1 99999999999999999999 1"}) {
+    const Notice old = parse_notice(p);
+    EXPECT_EQ(old.host, p) << "read as a name, never skipped";
+    EXPECT_FALSE(old.generation) << p;
+    EXPECT_FALSE(old.last_seen_ms) << p;
+  }
+}
+
 TEST(FleetPostgres, ListenerWaitsWithADeadlineAndFetchesNotifications) {
   const auto url = virtcap::testing::pg_database_url();
   ASSERT_FALSE(url.empty());

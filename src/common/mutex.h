@@ -42,6 +42,7 @@
 #define REQUIRES_SHARED(...) VIRTCAP_THREAD_ANNOTATION_(requires_shared_capability(__VA_ARGS__))
 #define EXCLUDES(...) VIRTCAP_THREAD_ANNOTATION_(locks_excluded(__VA_ARGS__))
 #define ASSERT_CAPABILITY(x) VIRTCAP_THREAD_ANNOTATION_(assert_capability(x))
+#define ASSERT_SHARED_CAPABILITY(x) VIRTCAP_THREAD_ANNOTATION_(assert_shared_capability(x))
 #define NO_THREAD_SAFETY_ANALYSIS VIRTCAP_THREAD_ANNOTATION_(no_thread_safety_analysis)
 
 namespace virtcap {
@@ -96,6 +97,10 @@ class CAPABILITY("shared mutex") SharedMutex {
   void unlock() RELEASE() { mu_.unlock(); }
   void lock_shared() ACQUIRE_SHARED() { mu_.lock_shared(); }
   void unlock_shared() RELEASE_SHARED() { mu_.unlock_shared(); }
+  // Tell the analysis the mutex is held (exclusively, or shared) where it
+  // cannot see it: inside a lambda run under the lock. Check nothing at run time.
+  void assert_held() const ASSERT_CAPABILITY(this) {}
+  void assert_reader_held() const ASSERT_SHARED_CAPABILITY(this) {}
 
  private:
   std::shared_mutex mu_;

@@ -194,6 +194,7 @@ std::uint32_t HostIndex::new_slot() {
 
 void HostIndex::clear_slot_traits(std::uint32_t slot) {
   slot_traits_[slot].for_each([&](std::uint32_t id) {
+    mu_.assert_held();
     trait_bits_[id].reset(slot);
     if (trait_bits_[id].count() == 0) release_trait(id);
   });
@@ -237,7 +238,7 @@ void HostIndex::apply_locked(const HostRecord& r) {
 }
 
 bool HostIndex::apply(const HostRecord& record) {
-  std::unique_lock lock(mu_);
+  WriterLock lock(mu_);
   auto found = find_slot(record.name);
   if (found && slots_[*found].generation > record.generation) return false;
   apply_locked(record);
@@ -245,7 +246,7 @@ bool HostIndex::apply(const HostRecord& record) {
 }
 
 HostIndex::Applied HostIndex::apply_written(const HostRecord& record) {
-  std::unique_lock lock(mu_);
+  WriterLock lock(mu_);
   if (auto found = find_slot(record.name)) {
     const Slot& s = slots_[*found];
     if (s.generation > record.generation) return Applied::older_generation;
@@ -256,7 +257,7 @@ HostIndex::Applied HostIndex::apply_written(const HostRecord& record) {
 }
 
 bool HostIndex::remove(std::string_view name) {
-  std::unique_lock lock(mu_);
+  WriterLock lock(mu_);
   auto found = find_slot(name);
   if (!found) return false;
   const auto slot = *found;
@@ -273,12 +274,16 @@ bool HostIndex::remove(std::string_view name) {
 
 void HostIndex::rebuild(const std::vector<HostRecord>& records) {
   HostIndex fresh(down_after_);
-  for (const auto& r : records) fresh.apply_locked(r);
+  {
+    WriterLock built(fresh.mu_);
+    for (const auto& r : records) fresh.apply_locked(r);
+  }
   replace_with(fresh);
 }
 
 void HostIndex::replace_with(HostIndex& fresh) {
-  std::unique_lock lock(mu_);
+  WriterLock lock(mu_);
+  WriterLock theirs(fresh.mu_);  // the caller's own, built aside: no other holder
   fresh.generation_ = generation_ + 1;
   std::swap(generation_, fresh.generation_);
   std::swap(words_, fresh.words_);
@@ -297,7 +302,7 @@ void HostIndex::replace_with(HostIndex& fresh) {
 }
 
 std::vector<std::string> HostIndex::compare(const std::vector<HostRecord>& page, Seen& seen) const {
-  std::shared_lock lock(mu_);
+  ReaderLock lock(mu_);
   std::vector<std::string> differ;
   for (const auto& r : page) {
     const auto slot = find_slot(r.name);
@@ -313,10 +318,11 @@ std::vector<std::string> HostIndex::compare(const std::vector<HostRecord>& page,
 }
 
 std::vector<std::string> HostIndex::unseen(const Seen& seen) const {
-  std::shared_lock lock(mu_);
+  ReaderLock lock(mu_);
   std::vector<std::string> out;
   for (std::size_t w = 0; w < words_; ++w)
     for_each_bit(used_.data()[w], [&](unsigned bit) {
+      mu_.assert_reader_held();
       const std::size_t slot = w * 64 + bit;
       if (slot >= seen.slots_.size() || !seen.slots_[slot]) out.push_back(names_[slot]);
     });
@@ -327,6 +333,7 @@ HostIndex::Plan HostIndex::plan(const Query& q) const {
   Plan p;
   p.q = &q;
   auto lookup = [this](const std::string& name) -> const SlotBits* {
+    mu_.assert_reader_held();
     auto it = trait_ids_.find(name);
     return it == trait_ids_.end() || trait_bits_[it->second].count() == 0 ? nullptr
                                                                           : &trait_bits_[it->second];
@@ -397,6 +404,7 @@ void HostIndex::for_each_match(const Plan& p, std::int64_t now_ms, F&& f) const 
       m &= o;
     }
     for_each_bit(m, [&](unsigned bit) {
+      mu_.assert_reader_held();
       const auto slot = static_cast<std::uint32_t>(w * 64 + bit);
       if (!p.slot_checks || slot_passes(p, slot, now_ms)) f(slot);
     });
@@ -427,12 +435,13 @@ HostMatch HostIndex::match_of(std::uint32_t slot, std::int64_t now_ms) const {
 }
 
 Answer HostIndex::query(const Query& q, std::int64_t now_ms, bool explain) const {
-  std::shared_lock lock(mu_);
+  ReaderLock lock(mu_);
   const Plan p = plan(q);
   Answer a;
   a.index_generation = generation_;
   a.hosts_total = used_.count();
   for_each_match(p, now_ms, [&](std::uint32_t slot) {
+    mu_.assert_reader_held();
     if (a.hosts.size() < q.limit) a.hosts.push_back(match_of(slot, now_ms));
     ++a.matched;
   });
@@ -448,7 +457,7 @@ Answer HostIndex::query(const Query& q, std::int64_t now_ms, bool explain) const
 }
 
 std::vector<std::uint32_t> HostIndex::match_all(const Query& q, std::int64_t now_ms) const {
-  std::shared_lock lock(mu_);
+  ReaderLock lock(mu_);
   std::vector<std::uint32_t> out;
   for_each_match(plan(q), now_ms, [&](std::uint32_t slot) { out.push_back(slot); });
   return out;
@@ -461,6 +470,7 @@ std::vector<Exclusion> HostIndex::breakdown(const Plan& p, std::int64_t now_ms) 
   std::vector<std::uint64_t> remaining(used_.data(), used_.data() + words_);
   // keep(w): the bits of word w that pass this check.
   auto word_step = [&](Exclusion e, auto keep) {
+    mu_.assert_reader_held();
     for (std::size_t w = 0; w < words_; ++w) {
       const std::uint64_t pass = remaining[w] & keep(w);
       e.hosts += static_cast<std::size_t>(std::popcount(remaining[w] & ~pass));
@@ -490,6 +500,7 @@ std::vector<Exclusion> HostIndex::breakdown(const Plan& p, std::int64_t now_ms) 
   }
   // Per-host checks: resources in class order, then liveness.
   auto slot_step = [&](Exclusion e, auto fails) {
+    mu_.assert_reader_held();
     for (std::size_t w = 0; w < words_; ++w)
       for_each_bit(remaining[w], [&](unsigned bit) {
         const auto slot = static_cast<std::uint32_t>(w * 64 + bit);
@@ -506,6 +517,7 @@ std::vector<Exclusion> HostIndex::breakdown(const Plan& p, std::int64_t now_ms) 
     if (!asked || *asked == 0) continue;
     Exclusion e{.kind = Exclusion::Kind::not_enough_resource, .resource = rc, .asked = *asked};
     slot_step(std::move(e), [&](std::uint32_t slot, Exclusion& ex) {
+      mu_.assert_reader_held();
       const auto f = slots_[slot].free[i];
       if (f != kNoInventory && f >= *asked) return false;
       if (f != kNoInventory && (!ex.free || f > *ex.free)) ex.free = f;
@@ -515,6 +527,7 @@ std::vector<Exclusion> HostIndex::breakdown(const Plan& p, std::int64_t now_ms) 
   if (!p.q->include_down) {
     Exclusion e{.kind = Exclusion::Kind::down, .last_seen_age_ms = INT64_MAX};
     slot_step(std::move(e), [&](std::uint32_t slot, Exclusion& ex) {
+      mu_.assert_reader_held();
       const auto age = now_ms - slots_[slot].last_seen_ms;
       if (age < down_after_.count()) return false;
       ex.last_seen_age_ms = std::min(ex.last_seen_age_ms, age);
@@ -557,7 +570,7 @@ std::vector<Exclusion> HostIndex::reasons_for(const Plan& p, std::uint32_t slot,
 
 Result<HostExplanation> HostIndex::explain_host(const Query& q, std::string_view name,
                                                 std::int64_t now_ms) const {
-  std::shared_lock lock(mu_);
+  ReaderLock lock(mu_);
   auto slot = find_slot(name);
   if (!slot) return make_error(Errc::not_found, "no host " + quote_for_error(name) + " in the fleet index");
   const Plan p = plan(q);
@@ -573,6 +586,7 @@ IndexedHost HostIndex::indexed_of(std::uint32_t slot) const {
   const Slot& s = slots_[slot];
   IndexedHost h{names_[slot], uuid_text(s.uuid), s.generation, s.last_seen_ms, {}, {}};
   slot_traits_[slot].for_each([&](std::uint32_t t) {
+    mu_.assert_reader_held();
     h.traits.push_back(
         {trait_names_[t], is_custom_trait(trait_names_[t]) ? TraitOwner::operator_ : TraitOwner::agent});
   });
@@ -583,30 +597,32 @@ IndexedHost HostIndex::indexed_of(std::uint32_t slot) const {
 }
 
 std::vector<IndexedHost> HostIndex::snapshot() const {
-  std::shared_lock lock(mu_);
+  ReaderLock lock(mu_);
   std::vector<IndexedHost> out;
   for (std::size_t w = 0; w < words_; ++w)
-    for_each_bit(used_.data()[w],
-                 [&](unsigned bit) { out.push_back(indexed_of(static_cast<std::uint32_t>(w * 64 + bit))); });
+    for_each_bit(used_.data()[w], [&](unsigned bit) {
+      mu_.assert_reader_held();
+      out.push_back(indexed_of(static_cast<std::uint32_t>(w * 64 + bit)));
+    });
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
   return out;
 }
 
 std::optional<std::string> HostIndex::slot_name(std::uint32_t slot) const {
-  std::shared_lock lock(mu_);
+  ReaderLock lock(mu_);
   if (!used_.test(slot)) return std::nullopt;
   return names_[slot];
 }
 
 std::optional<std::int64_t> HostIndex::host_generation(std::string_view name) const {
-  std::shared_lock lock(mu_);
+  ReaderLock lock(mu_);
   const auto slot = find_slot(name);
   if (!slot) return std::nullopt;
   return slots_[*slot].generation;
 }
 
 bool HostIndex::holds(std::string_view name, std::int64_t generation, std::int64_t last_seen_ms) const {
-  std::shared_lock lock(mu_);
+  ReaderLock lock(mu_);
   const auto slot = find_slot(name);
   if (!slot) return false;
   const Slot& s = slots_[*slot];
@@ -614,22 +630,22 @@ bool HostIndex::holds(std::string_view name, std::int64_t generation, std::int64
 }
 
 std::uint64_t HostIndex::generation() const {
-  std::shared_lock lock(mu_);
+  ReaderLock lock(mu_);
   return generation_;
 }
 
 std::size_t HostIndex::host_count() const {
-  std::shared_lock lock(mu_);
+  ReaderLock lock(mu_);
   return used_.count();
 }
 
 std::size_t HostIndex::trait_count() const {
-  std::shared_lock lock(mu_);
+  ReaderLock lock(mu_);
   return trait_ids_.size();
 }
 
 std::size_t HostIndex::memory_bytes() const {
-  std::shared_lock lock(mu_);
+  ReaderLock lock(mu_);
   std::size_t n = sizeof(*this) + names_.capacity() * sizeof(std::string) + slots_.capacity() * sizeof(Slot) +
                   used_.memory_bytes() + free_slots_.capacity() * sizeof(std::uint32_t) +
                   table_.capacity() * sizeof(std::uint32_t);

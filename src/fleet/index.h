@@ -9,12 +9,12 @@
 #include <chrono>
 #include <cstdint>
 #include <optional>
-#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
 
+#include "common/mutex.h"
 #include "fleet/bitset.h"
 #include "fleet/model.h"
 #include "fleet/query.h"
@@ -153,44 +153,45 @@ class HostIndex {
   static constexpr std::int64_t kNoInventory = INT64_MIN;
 
   // Name lookup: open addressing over slot numbers, keyed by names_[slot].
-  std::optional<std::uint32_t> find_slot(std::string_view name) const;
-  void table_insert(std::uint32_t slot);
-  void table_erase(std::uint32_t slot);
-  void table_rehash(std::size_t capacity);
-  std::uint32_t trait_id(const std::string& name);  // creates (reusing a released id)
+  std::optional<std::uint32_t> find_slot(std::string_view name) const REQUIRES_SHARED(mu_);
+  void table_insert(std::uint32_t slot) REQUIRES(mu_);
+  void table_erase(std::uint32_t slot) REQUIRES(mu_);
+  void table_rehash(std::size_t capacity) REQUIRES(mu_);
+  std::uint32_t trait_id(const std::string& name) REQUIRES(mu_);  // creates (reusing a released id)
   // Frees a trait no host holds any more: its name, bitset and id.
-  void release_trait(std::uint32_t id);
-  std::uint32_t new_slot();
-  void grow_words(std::size_t words);
-  void clear_slot_traits(std::uint32_t slot);
-  void apply_locked(const HostRecord& record);
+  void release_trait(std::uint32_t id) REQUIRES(mu_);
+  std::uint32_t new_slot() REQUIRES(mu_);
+  void grow_words(std::size_t words) REQUIRES(mu_);
+  void clear_slot_traits(std::uint32_t slot) REQUIRES(mu_);
+  void apply_locked(const HostRecord& record) REQUIRES(mu_);
 
-  Plan plan(const Query& q) const;
+  Plan plan(const Query& q) const REQUIRES_SHARED(mu_);
   template <class F>
-  void for_each_match(const Plan& p, std::int64_t now_ms, F&& f) const;
-  bool slot_passes(const Plan& p, std::uint32_t slot, std::int64_t now_ms) const;
-  std::vector<Exclusion> breakdown(const Plan& p, std::int64_t now_ms) const;
-  std::vector<Exclusion> reasons_for(const Plan& p, std::uint32_t slot, std::int64_t now_ms) const;
-  HostMatch match_of(std::uint32_t slot, std::int64_t now_ms) const;
-  IndexedHost indexed_of(std::uint32_t slot) const;
+  void for_each_match(const Plan& p, std::int64_t now_ms, F&& f) const REQUIRES_SHARED(mu_);
+  bool slot_passes(const Plan& p, std::uint32_t slot, std::int64_t now_ms) const REQUIRES_SHARED(mu_);
+  std::vector<Exclusion> breakdown(const Plan& p, std::int64_t now_ms) const REQUIRES_SHARED(mu_);
+  std::vector<Exclusion> reasons_for(const Plan& p, std::uint32_t slot, std::int64_t now_ms) const REQUIRES_SHARED(mu_);
+  HostMatch match_of(std::uint32_t slot, std::int64_t now_ms) const REQUIRES_SHARED(mu_);
+  IndexedHost indexed_of(std::uint32_t slot) const REQUIRES_SHARED(mu_);
 
   std::chrono::milliseconds down_after_;
-  mutable std::shared_mutex mu_;
-  std::uint64_t generation_ = 0;
-  std::size_t words_ = 0;  // every SlotBits has exactly this many words
-  std::vector<std::string> names_;
-  std::vector<Slot> slots_;
-  SlotBits used_;
-  std::vector<std::uint32_t> free_slots_;
-  std::vector<std::uint32_t> table_;  // kEmptyEntry, kTombstone or a slot
-  std::size_t table_used_ = 0, table_tombstones_ = 0;
-  std::unordered_map<std::string, std::uint32_t> trait_ids_;  // live traits only
-  std::vector<std::string> trait_names_;  // by id; "" for a released id
-  std::vector<SlotBits> trait_bits_;      // by id; empty for a released id
-  std::vector<std::uint32_t> free_trait_ids_;
+  mutable SharedMutex mu_;
+  std::uint64_t generation_ GUARDED_BY(mu_) = 0;
+  std::size_t words_ GUARDED_BY(mu_) = 0;  // every SlotBits has exactly this many words
+  std::vector<std::string> names_ GUARDED_BY(mu_);
+  std::vector<Slot> slots_ GUARDED_BY(mu_);
+  SlotBits used_ GUARDED_BY(mu_);
+  std::vector<std::uint32_t> free_slots_ GUARDED_BY(mu_);
+  std::vector<std::uint32_t> table_ GUARDED_BY(mu_);  // kEmptyEntry, kTombstone or a slot
+  std::size_t table_used_ GUARDED_BY(mu_) = 0;
+  std::size_t table_tombstones_ GUARDED_BY(mu_) = 0;
+  std::unordered_map<std::string, std::uint32_t> trait_ids_ GUARDED_BY(mu_);  // live traits only
+  std::vector<std::string> trait_names_ GUARDED_BY(mu_);  // by id; "" for a released id
+  std::vector<SlotBits> trait_bits_ GUARDED_BY(mu_);      // by id; empty for a released id
+  std::vector<std::uint32_t> free_trait_ids_ GUARDED_BY(mu_);
   // Each slot's trait ids, sorted: a write costs the host's own traits, not
   // every trait the index knows.
-  std::vector<TraitList> slot_traits_;
+  std::vector<TraitList> slot_traits_ GUARDED_BY(mu_);
 };
 
 }  // namespace virtcap::fleet

@@ -33,21 +33,35 @@ std::vector<std::string> orphan_dirs(InstanceStore& store, const std::string& in
   return out;
 }
 
+// The domains on the hypervisor, and those of them a spawn got as far as
+// starting: start is a spawn's last step, so a domain that is shut off (or
+// whose state is unknown) was defined by a spawn that never got that far.
+template <class Domains>
+std::pair<std::set<std::string>, std::set<std::string>> on_hypervisor(const Domains& domains) {
+  std::set<std::string> uuids, started;
+  for (const auto& i : domains) {
+    uuids.insert(i.uuid);
+    if (i.power_state != PowerState::shutdown && i.power_state != PowerState::nostate) started.insert(i.uuid);
+  }
+  return {std::move(uuids), std::move(started)};
+}
+
+// "active", or "active/spawning" while a task runs.
+std::string state_text(const InstanceRecord& rec) {
+  return std::string(to_string(rec.vm_state)) +
+         (rec.task_state == TaskState::none ? "" : "/" + std::string(to_string(rec.task_state)));
+}
+
 }  // namespace
 
 Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix, std::stop_token stop) {
-  if (auto why = driver_->unavailable_reason(); !why.empty()) return make_error(Errc::hypervisor_unavailable, why);
+  if (auto why = driver_->unavailable_reason(); !why.empty())
+    return make_error(Errc::hypervisor_unavailable, why);
   auto on_hv = driver_->list_instances();
   if (!on_hv.ok()) return on_hv.error();
   auto in_store = store_.list_instances(host_, true);
   if (!in_store.ok()) return in_store.error();
-  std::set<std::string> hv_uuids, started;
-  for (const auto& i : on_hv.value()) {
-    hv_uuids.insert(i.uuid);
-    // Start is a spawn's last step: a domain that is shut off (or whose
-    // state is unknown) was defined by a spawn that never got that far.
-    if (i.power_state != PowerState::shutdown && i.power_state != PowerState::nostate) started.insert(i.uuid);
-  }
+  const auto [hv_uuids, started] = on_hypervisor(on_hv.value());
   std::set<std::string> known;
   ReconcileReport out;
   for (auto rec : in_store.value()) {
@@ -63,8 +77,7 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix, std:
     const auto stamp = [&] { rec.updated_at = now_seconds(); };
     // A fix is audited: the instance, its state before and after.
     audit::Scope audit("reconcile", rec.uuid, rec.name);
-    audit.field("from", std::string(to_string(rec.vm_state)) +
-                            (rec.task_state == TaskState::none ? "" : "/" + std::string(to_string(rec.task_state))));
+    audit.field("from", state_text(rec));
     if (!fix) audit.dismiss();
     if (rec.task_state == TaskState::spawning) {
       if (started.count(rec.uuid) > 0) {
@@ -73,7 +86,8 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix, std:
       } else {
         out.rolled_back_spawns.push_back(rec.uuid);
         if (fix)
-          if (auto st = driver_->destroy(rec.uuid); !st.ok()) return audit.fail(st.error());  // removes a half-made disk
+          if (auto st = driver_->destroy(rec.uuid); !st.ok())
+            return audit.fail(st.error());  // removes a half-made disk
         rec.vm_state = VmState::error;
       }
       rec.task_state = TaskState::none;
@@ -107,9 +121,11 @@ Result<ComputeManager::ReconcileReport> ComputeManager::reconcile(bool fix, std:
   }
   out.orphan_dirs = orphan_dirs(store_, instances_path_, host_);
   for (const auto& u : out.unknown_domains)
-    spdlog::warn("reconcile: domain {} runs on the hypervisor but is not in the instance store; left alone", u);
+    spdlog::warn("reconcile: domain {} runs on the hypervisor but is not in the instance store; left alone",
+                 u);
   for (const auto& d : out.orphan_dirs)
-    spdlog::warn("reconcile: instance directory {}/{} has no live instance in the store; kept", instances_path_, d);
+    spdlog::warn("reconcile: instance directory {}/{} has no live instance in the store; kept",
+                 instances_path_, d);
   return out;
 }
 

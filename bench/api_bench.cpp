@@ -55,7 +55,9 @@ struct Agent {
       store = std::make_unique<store::MemoryStore>();
       for (const auto& r : rows) (void)store->create_instance(r);
     }
-    mgr = std::move(compute::ComputeManager::create(cfg, *store, std::make_unique<fake::FakeDriver>("fake", fake::kFake)).value());
+    mgr = std::move(
+        compute::ComputeManager::create(cfg, *store, std::make_unique<fake::FakeDriver>("fake", fake::kFake))
+            .value());
     runner = std::make_unique<compute::PeriodicTaskRunner>(compute::PeriodicTaskRunner::Options{});
     server = std::make_unique<api::Server>(cfg, *mgr, *runner);
     port = server->bind().value();
@@ -124,14 +126,17 @@ void get_loop(benchmark::State& state, int port, const char* path) {
     bytes += r->body.size();
   }
   state.SetBytesProcessed(static_cast<std::int64_t>(bytes));
-  state.counters["req/s"] = benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+  state.counters["req/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
 }
 
 void BM_Floor_FixedCapabilitiesBody(benchmark::State& s) { get_loop(s, floor_server().port, "/caps"); }
 void BM_Virtcap_GetCapabilities(benchmark::State& s) { get_loop(s, agent().port, "/v1/capabilities"); }
 void BM_Floor_FixedInstancesBody(benchmark::State& s) { get_loop(s, floor_server().port, "/list"); }
 void BM_Virtcap_GetInstances1000(benchmark::State& s) { get_loop(s, agent().port, "/v1/instances"); }
-void BM_Virtcap_GetInstances1000Sqlite(benchmark::State& s) { get_loop(s, sqlite_agent().port, "/v1/instances"); }
+void BM_Virtcap_GetInstances1000Sqlite(benchmark::State& s) {
+  get_loop(s, sqlite_agent().port, "/v1/instances");
+}
 
 // The same GET with a store write before each one (outside the timing): the
 // kept page is stale every time, so each request renders its page from the
@@ -155,7 +160,9 @@ void get_after_write_loop(benchmark::State& state, Agent& a) {
   }
 }
 void BM_Virtcap_GetInstances1000AfterWrite(benchmark::State& s) { get_after_write_loop(s, agent()); }
-void BM_Virtcap_GetInstances1000SqliteAfterWrite(benchmark::State& s) { get_after_write_loop(s, sqlite_agent()); }
+void BM_Virtcap_GetInstances1000SqliteAfterWrite(benchmark::State& s) {
+  get_after_write_loop(s, sqlite_agent());
+}
 BENCHMARK(BM_Floor_FixedCapabilitiesBody)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Virtcap_GetCapabilities)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Floor_FixedInstancesBody)->UseRealTime()->Unit(benchmark::kMicrosecond);

@@ -3,12 +3,11 @@
 //  2. a manager tick whose image-cache task is skipped by capability, against
 //     the same tick when the work is always done ("to hell with performance"):
 //     a store query of 10,000 instances handed to the driver.
+#include <spdlog/spdlog.h>
 #include <stdlib.h>
 
 #include <map>
 #include <string>
-
-#include <spdlog/spdlog.h>
 
 #include "compute/manager.h"
 #include "ratio.h"
@@ -32,11 +31,11 @@ BENCHMARK(BM_CapabilityRead_Member);
 
 void BM_CapabilityRead_StringMap(benchmark::State& state) {
   std::map<std::string, bool> caps;
-  for (const char* k : {"has_imagecache", "supports_evacuate", "supports_migrate_to_same_host",
-                        "supports_attach_interface", "supports_device_tagging", "supports_tagged_attach_interface",
-                        "supports_tagged_attach_volume", "supports_extend_volume", "supports_multiattach",
-                        "supports_trusted_certs", "supports_pcpus", "supports_accelerators", "supports_secure_boot",
-                        "supports_vtpm"})
+  for (const char* k :
+       {"has_imagecache", "supports_evacuate", "supports_migrate_to_same_host", "supports_attach_interface",
+        "supports_device_tagging", "supports_tagged_attach_interface", "supports_tagged_attach_volume",
+        "supports_extend_volume", "supports_multiattach", "supports_trusted_certs", "supports_pcpus",
+        "supports_accelerators", "supports_secure_boot", "supports_vtpm"})
     caps[k] = false;
   caps["has_imagecache"] = true;
   const std::string key = "has_imagecache";
@@ -98,7 +97,8 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::warn);
   return virtcap::bench::run_with_ratios(
       argc, argv,
-      {{"BM_CapabilityRead_StringMap", "BM_CapabilityRead_Member", "capability read: member vs std::map lookup"},
+      {{"BM_CapabilityRead_StringMap", "BM_CapabilityRead_Member",
+        "capability read: member vs std::map lookup"},
        {"BM_ManagerTick_AlwaysDoTheWork", "BM_ManagerTick_SkippedByCapability",
         "image-cache tick: skipped by capability vs always (10k instances)"}});
 }

@@ -17,10 +17,10 @@
 #include <random>
 #include <set>
 
-#include "http/client.h"
 #include "fleet/fleet.h"
 #include "fleet/service.h"
 #include "fleet_data.h"
+#include "http/client.h"
 #include "ratio.h"
 #include "support/postgres_cluster.h"
 
@@ -206,7 +206,8 @@ void check_equal() {
     if (!r.ok()) die(b.name + " over HTTP: " + r.error().message);
     std::set<std::string> listed;
     for (const auto& h : (*r)["hosts"]) listed.insert(h["name"].get<std::string>());
-    if ((*r)["matched"].get<std::size_t>() != a.size() || listed.size() != std::min<std::size_t>(100, a.size()) ||
+    if ((*r)["matched"].get<std::size_t>() != a.size() ||
+        listed.size() != std::min<std::size_t>(100, a.size()) ||
         !std::includes(a.begin(), a.end(), listed.begin(), listed.end()))
       die(b.name + ": the HTTP answer differs from SQL's");
     std::printf("%s: %zu of %d hosts match (SQL, index and HTTP agree)\n", b.name.c_str(), a.size(), kHosts);
@@ -281,7 +282,8 @@ void report_notify_latency() {
     const std::string trait = "CUSTOM_BENCH_" + std::to_string(i);
     auto h = (*writer)->get_host(host);
     if (!h.ok() || !*h) die("no " + host);
-    if (auto r = (*writer)->add_operator_trait(host, trait, (*h)->generation); !r.ok()) die(r.error().message);
+    if (auto r = (*writer)->add_operator_trait(host, trait, (*h)->generation); !r.ok())
+      die(r.error().message);
     const auto committed = std::chrono::steady_clock::now();
     Query q;
     q.required = {trait};

@@ -22,11 +22,11 @@
 
 #include <algorithm>
 #include <atomic>
-#include <iterator>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <sstream>
 #include <thread>
@@ -66,7 +66,9 @@ Rss rss_of(const std::string& pid) {
   std::ifstream in("/proc/" + pid + "/status");
   Rss r;
   for (std::string line; std::getline(in, line);) {
-    std::size_t* field = line.rfind("VmRSS:", 0) == 0 ? &r.now : line.rfind("VmHWM:", 0) == 0 ? &r.peak : nullptr;
+    std::size_t* field = line.rfind("VmRSS:", 0) == 0   ? &r.now
+                         : line.rfind("VmHWM:", 0) == 0 ? &r.peak
+                                                        : nullptr;
     if (field != nullptr) *field = std::strtoull(line.c_str() + 6, nullptr, 10) * 1024;
   }
   return r;
@@ -92,16 +94,17 @@ int child_whole_table(const std::string& url) {
   auto c = open_postgres(url);
   if (!c.ok()) die(c.error().message);
   auto& sql = **c;
-  auto h = sql.exec("SELECT id, uuid, name, generation, last_seen_ms, agent_version, api_url FROM fleet_hosts", {});
+  auto h = sql.exec(
+      "SELECT id, uuid, name, generation, last_seen_ms, agent_version, api_url FROM fleet_hosts", {});
   auto names = sql.exec("SELECT id, name FROM fleet_traits", {});
   auto tr = sql.exec("SELECT host_id, trait_id, owner FROM fleet_host_traits", {});
-  auto inv = sql.exec("SELECT host_id, resource_class, total, reserved, allocation_ratio, used FROM fleet_inventories",
-                      {});
+  auto inv = sql.exec(
+      "SELECT host_id, resource_class, total, reserved, allocation_ratio, used FROM fleet_inventories", {});
   if (!h.ok() || !names.ok() || !tr.ok() || !inv.ok()) die("whole-table read failed");
   std::map<std::int64_t, HostRecord> by_id;
   for (const auto& row : h->rows)
-    by_id.emplace(std::stoll(row[0]), HostRecord{row[1], row[2], std::stoll(row[3]), std::stoll(row[4]), row[5],
-                                                 row[6], {}, {}});
+    by_id.emplace(std::stoll(row[0]),
+                  HostRecord{row[1], row[2], std::stoll(row[3]), std::stoll(row[4]), row[5], row[6], {}, {}});
   std::map<std::int64_t, std::string> trait_names;
   for (const auto& row : names->rows) trait_names.emplace(std::stoll(row[0]), row[1]);
   for (const auto& row : tr->rows)
@@ -109,16 +112,16 @@ int child_whole_table(const std::string& url) {
   for (const auto& row : inv->rows) {
     auto rc = resource_class_from_string(row[1]);
     if (rc.ok())
-      by_id.at(std::stoll(row[0])).inventories[static_cast<std::size_t>(*rc)] =
-          Inventory{std::stoll(row[2]), std::stoll(row[3]), std::strtod(row[4].c_str(), nullptr), std::stoll(row[5])};
+      by_id.at(std::stoll(row[0])).inventories[static_cast<std::size_t>(*rc)] = Inventory{
+          std::stoll(row[2]), std::stoll(row[3]), std::strtod(row[4].c_str(), nullptr), std::stoll(row[5])};
   }
   std::vector<HostRecord> all;
   for (auto& [id, rec] : by_id) all.push_back(std::move(rec));
   HostIndex index(3600s);
   index.rebuild(all);
   const auto start = rss_of("self");
-  std::printf("RESULT index=%zu rss_start=%zu peak_start=%zu rss_drift=0 peak_drift=0\n", index.memory_bytes(),
-              start.now, start.peak);
+  std::printf("RESULT index=%zu rss_start=%zu peak_start=%zu rss_drift=0 peak_drift=0\n",
+              index.memory_bytes(), start.now, start.peak);
   return 0;
 }
 
@@ -146,8 +149,9 @@ Measured run_child(const std::string& mode, const std::string& url) {
   Measured m;
   const auto at = out->out.find("RESULT ");
   if (at == std::string::npos ||
-      std::sscanf(out->out.c_str() + at, "RESULT index=%zu rss_start=%zu peak_start=%zu rss_drift=%zu peak_drift=%zu",
-                  &m.index, &m.rss_start, &m.peak_start, &m.rss_drift, &m.peak_drift) != 5)
+      std::sscanf(out->out.c_str() + at,
+                  "RESULT index=%zu rss_start=%zu peak_start=%zu rss_drift=%zu peak_drift=%zu", &m.index,
+                  &m.rss_start, &m.peak_start, &m.rss_drift, &m.peak_drift) != 5)
     die(mode + " child printed no result: " + out->out);
   return m;
 }
@@ -172,13 +176,17 @@ void load(const std::string& url, int hosts) {
       "SET session_replication_role = replica",
       "INSERT INTO fleet_hosts (uuid, name, generation, last_seen_ms, agent_version, api_url) SELECT "
       "lpad(to_hex(n), 8, '0') || '-0000-4000-8000-' || lpad(to_hex(n), 12, '0'), 'host-' || n, 1, " +
-          now + ", '0.1.0', 'http://10.1.' || (n / 256 % 256) || '.' || (n % 256) || ':8080' "
-                "FROM generate_series(0, " + n + " - 1) n",
+          now +
+          ", '0.1.0', 'http://10.1.' || (n / 256 % 256) || '.' || (n % 256) || ':8080' "
+          "FROM generate_series(0, " +
+          n + " - 1) n",
       "CREATE TEMP TABLE gen_traits (name TEXT, p FLOAT8)",
       "INSERT INTO gen_traits VALUES " + traits,
       "INSERT INTO fleet_traits (name) SELECT name FROM gen_traits",
-      "INSERT INTO fleet_host_traits (host_id, trait_id, owner) SELECT h.id, t.id, 'agent' FROM fleet_hosts h "
-      "CROSS JOIN (SELECT ft.id, g.p FROM fleet_traits ft JOIN gen_traits g USING (name)) t WHERE random() < t.p",
+      "INSERT INTO fleet_host_traits (host_id, trait_id, owner) SELECT h.id, t.id, 'agent' FROM fleet_hosts "
+      "h "
+      "CROSS JOIN (SELECT ft.id, g.p FROM fleet_traits ft JOIN gen_traits g USING (name)) t WHERE random() < "
+      "t.p",
       "INSERT INTO fleet_inventories (host_id, resource_class, total, reserved, allocation_ratio, used) "
       "SELECT id, 'VCPU', 64, 4, 4.0, (random() * 200)::int FROM fleet_hosts",
       "INSERT INTO fleet_inventories (host_id, resource_class, total, reserved, allocation_ratio, used) "
@@ -196,23 +204,24 @@ bool report_start_and_drift(virtcap::testing::PgCluster& cluster, int hosts) {
   if (!url.ok()) die(url.error().message);
   const auto t0 = Clock::now();
   load(*url, hosts);
-  std::printf("\n%d hosts loaded in %.0f s\n", hosts, std::chrono::duration<double>(Clock::now() - t0).count());
+  std::printf("\n%d hosts loaded in %.0f s\n", hosts,
+              std::chrono::duration<double>(Clock::now() - t0).count());
   // The baseline at 1,000,000 hosts would hold about 10 GB: measured up to
   // kBaselineMaxHosts only.
   constexpr int kBaselineMaxHosts = 200000;
   const auto whole = hosts <= kBaselineMaxHosts ? run_child("whole-table", *url) : Measured{};
   const auto streamed = run_child("streamed", *url);
   const double goal = 2 * mib(streamed.index) + 64;
-  std::printf("  index (its own count): %.1f MiB; goal: RSS < 2 x index + 64 MiB = %.1f MiB\n", mib(streamed.index),
-              goal);
+  std::printf("  index (its own count): %.1f MiB; goal: RSS < 2 x index + 64 MiB = %.1f MiB\n",
+              mib(streamed.index), goal);
   if (whole.rss_start == 0)
     std::printf("  whole-table load (baseline): not run above %d hosts (about 10 GB at 1,000,000)\n",
                 kBaselineMaxHosts);
   else
-    std::printf("  whole-table load (baseline): RSS after start %.1f MiB, peak %.1f MiB\n", mib(whole.rss_start),
-                mib(whole.peak_start));
-  std::printf("  page by page (ours):         RSS after start %.1f MiB, peak %.1f MiB\n", mib(streamed.rss_start),
-              mib(streamed.peak_start));
+    std::printf("  whole-table load (baseline): RSS after start %.1f MiB, peak %.1f MiB\n",
+                mib(whole.rss_start), mib(whole.peak_start));
+  std::printf("  page by page (ours):         RSS after start %.1f MiB, peak %.1f MiB\n",
+              mib(streamed.rss_start), mib(streamed.peak_start));
   std::printf("                               RSS after a drift check %.1f MiB, peak %.1f MiB\n",
               mib(streamed.rss_drift), mib(streamed.peak_drift));
   if (whole.rss_start != 0)
@@ -226,7 +235,8 @@ bool report_start_and_drift(virtcap::testing::PgCluster& cluster, int hosts) {
 
 // ---- the flood ----
 
-nlohmann::json report_body(const std::string& name, int n, std::vector<std::string> traits, std::int64_t vcpu_used) {
+nlohmann::json report_body(const std::string& name, int n, std::vector<std::string> traits,
+                           std::int64_t vcpu_used) {
   AgentReport r;
   r.name = name;
   char uuid[40];
@@ -242,8 +252,8 @@ nlohmann::json report_body(const std::string& name, int n, std::vector<std::stri
 // One legitimate PUT a step (every 50 ms), each a change, from `hosts`
 // hosts in turn so that none goes over [fleet_service]
 // host_reports_per_minute (12): its latencies in ms.
-std::vector<double> legitimate_puts(const std::string& url, Clock::time_point until, int hosts, std::int64_t& step,
-                                    int& failures) {
+std::vector<double> legitimate_puts(const std::string& url, Clock::time_point until, int hosts,
+                                    std::int64_t& step, int& failures) {
   http::Client c(url);
   std::vector<double> ms;
   for (; Clock::now() < until; ++step) {
@@ -261,7 +271,8 @@ std::vector<double> legitimate_puts(const std::string& url, Clock::time_point un
 }
 
 double pct(const std::vector<double>& v, double p) {
-  return v.empty() ? 0 : v[std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())))];
+  return v.empty() ? 0
+                   : v[std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())))];
 }
 
 // On PostgreSQL (1,000 other hosts) or on SQLite, the embedded default
@@ -297,7 +308,8 @@ bool report_flood(virtcap::testing::PgCluster& cluster, int seconds, bool postgr
     http::Client c(svc.url());
     for (int round = 0; !stop.load(); ++round) {
       std::vector<std::string> names;
-      for (int k = 0; k < 512; ++k) names.push_back("FLOOD_" + std::to_string(round) + "_" + std::to_string(k));
+      for (int k = 0; k < 512; ++k)
+        names.push_back("FLOOD_" + std::to_string(round) + "_" + std::to_string(k));
       const nlohmann::json body = report_body("flooder", 1, std::move(names), 0);
       auto r = c.call("PUT", "/v1/hosts/flooder", &body);
       ++(r.ok() && r->status == 200 ? flood_puts : flood_refused);
@@ -322,23 +334,27 @@ bool report_flood(virtcap::testing::PgCluster& cluster, int seconds, bool postgr
   std::printf("  %d s, %lld PUTs of 512 new trait names (%lld refused), %lld names in all\n", seconds,
               static_cast<long long>(flood_puts.load()), static_cast<long long>(flood_refused.load()),
               static_cast<long long>(flood_puts.load()) * 512);
-  std::printf("  service RSS: idle %.1f MiB, max during the flood %.1f MiB (%.2fx idle; goal < 2x), after %.1f MiB\n",
-              mib(idle.now), mib(max_rss), static_cast<double>(max_rss) / static_cast<double>(idle.now),
-              mib(after.now));
-  std::printf("  legitimate PUT, quiet:  %zu PUTs, p50 %.2f ms, p95 %.2f ms, p99 %.2f ms, max %.2f ms, %d failed\n",
-              quiet.size(), pct(quiet, 0.5), pct(quiet, 0.95), pct(quiet, 0.99), quiet.empty() ? 0 : quiet.back(),
-              failures);
-  std::printf("  legitimate PUT, flood:  %zu PUTs, p50 %.2f ms, p95 %.2f ms, p99 %.2f ms, max %.2f ms, %d failed\n",
-              during.size(), pct(during, 0.5), pct(during, 0.95), pct(during, 0.99),
-              during.empty() ? 0 : during.back(), flood_failures);
+  std::printf(
+      "  service RSS: idle %.1f MiB, max during the flood %.1f MiB (%.2fx idle; goal < 2x), after %.1f MiB\n",
+      mib(idle.now), mib(max_rss), static_cast<double>(max_rss) / static_cast<double>(idle.now),
+      mib(after.now));
+  std::printf(
+      "  legitimate PUT, quiet:  %zu PUTs, p50 %.2f ms, p95 %.2f ms, p99 %.2f ms, max %.2f ms, %d failed\n",
+      quiet.size(), pct(quiet, 0.5), pct(quiet, 0.95), pct(quiet, 0.99), quiet.empty() ? 0 : quiet.back(),
+      failures);
+  std::printf(
+      "  legitimate PUT, flood:  %zu PUTs, p50 %.2f ms, p95 %.2f ms, p99 %.2f ms, max %.2f ms, %d failed\n",
+      during.size(), pct(during, 0.5), pct(during, 0.95), pct(during, 0.99),
+      during.empty() ? 0 : during.back(), flood_failures);
   std::printf("  service CPU during the flood: %.1f s of %d s (%.0f%% of one core)\n", service_cpu, seconds,
               100.0 * service_cpu / seconds);
   std::printf("  ratio flood/quiet p50: %.2fx\n", pct(during, 0.5) / std::max(pct(quiet, 0.5), 1e-9));
   // The goal: memory < 2x idle and a legitimate PUT < 5 ms, read as
   // p95 (this 2-vCPU VM's own p99, quiet, ranges about 1-13 ms run to run).
-  const bool ok = static_cast<double>(max_rss) < 2.0 * static_cast<double>(idle.now) && pct(during, 0.95) < 5.0 &&
-                  flood_failures == 0;
-  std::printf("  %s (memory < 2x idle, legitimate PUT p95 < 5 ms, none failed)\n", ok ? "GOAL MET" : "GOAL MISSED");
+  const bool ok = static_cast<double>(max_rss) < 2.0 * static_cast<double>(idle.now) &&
+                  pct(during, 0.95) < 5.0 && flood_failures == 0;
+  std::printf("  %s (memory < 2x idle, legitimate PUT p95 < 5 ms, none failed)\n",
+              ok ? "GOAL MET" : "GOAL MISSED");
   svc.stop();
   return ok;
 }

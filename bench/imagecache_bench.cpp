@@ -35,8 +35,8 @@
 // the pass and the floor alike.
 #include <dirent.h>
 #include <fcntl.h>
-#include <malloc.h>
 #include <limits.h>
+#include <malloc.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
@@ -237,7 +237,8 @@ struct Fixture {
     phase("bases written");
     // The template overlay, by qemu-img.
     const std::string tmpl_path = root + "/template.qcow2";
-    auto made = proc::run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base_paths[0], tmpl_path});
+    auto made =
+        proc::run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base_paths[0], tmpl_path});
     if (!made.ok() || made->exit_code != 0)
       die("qemu-img create: " + (made.ok() ? made->err : made.error().describe()));
     std::vector<std::uint8_t> bytes;
@@ -245,7 +246,8 @@ struct Fixture {
       std::ifstream in(tmpl_path, std::ios::binary);
       bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
     }
-    if (bytes.size() < 72 || std::memcmp(bytes.data(), "QFI\xfb", 4) != 0) die("template is not a qcow2 image");
+    if (bytes.size() < 72 || std::memcmp(bytes.data(), "QFI\xfb", 4) != 0)
+      die("template is not a qcow2 image");
     const std::size_t name_at = be(bytes, 8, 8), name_len = be(bytes, 16, 4);
     if (name_len != base_paths[0].size() || name_at + name_len > kBlock ||
         std::memcmp(bytes.data() + name_at, base_paths[0].data(), name_len) != 0)
@@ -254,8 +256,9 @@ struct Fixture {
     std::vector<std::size_t> blocks;
     for (std::size_t at = 0; at < bytes.size(); at += kBlock) {
       const std::size_t n = std::min(kBlock, bytes.size() - at);
-      if (at == 0 || std::any_of(bytes.begin() + static_cast<long>(at), bytes.begin() + static_cast<long>(at + n),
-                                 [](std::uint8_t c) { return c != 0; }))
+      if (at == 0 ||
+          std::any_of(bytes.begin() + static_cast<long>(at), bytes.begin() + static_cast<long>(at + n),
+                      [](std::uint8_t c) { return c != 0; }))
         blocks.push_back(at);
     }
 
@@ -291,7 +294,8 @@ struct Fixture {
       const std::string path = instances + "/" + uuid_of(i) + "/disk";
       const std::string& want = base_paths[static_cast<std::size_t>(i % n_bases)];
       auto out = proc::run({"qemu-img", "info", "--output=json", path});
-      if (!out.ok() || out->exit_code != 0) die("qemu-img info " + path + ": " + (out.ok() ? out->err : out.error().describe()));
+      if (!out.ok() || out->exit_code != 0)
+        die("qemu-img info " + path + ": " + (out.ok() ? out->err : out.error().describe()));
       const auto j = nlohmann::json::parse(out->out);
       if (j.value("format", "") != "qcow2" || j.value("backing-filename", "") != want ||
           j.value("backing-filename-format", "") != "raw")
@@ -412,7 +416,8 @@ std::size_t floor_with_raw_getdents(const std::string& instances) {
           if (f->d_name[0] == '.') continue;
           const int fd = ::openat(dfd, f->d_name, O_RDONLY | O_CLOEXEC);
           if (fd < 0) continue;
-          if (::pread(fd, buf.data(), buf.size(), 0) >= 4 && std::memcmp(buf.data(), "QFI\xfb", 4) == 0) ++qcow2;
+          if (::pread(fd, buf.data(), buf.size(), 0) >= 4 && std::memcmp(buf.data(), "QFI\xfb", 4) == 0)
+            ++qcow2;
           ::close(fd);
         }
       }
@@ -427,8 +432,10 @@ std::size_t floor_with_raw_getdents(const std::string& instances) {
 // every base in use. Empty when so, else what is wrong.
 std::string check_report(const ImageCacheReport& r, const Fixture& f, std::size_t bases) {
   if (!r.complete || !r.unreadable_disks.empty())
-    return "pass incomplete: " + (r.unreadable_disks.empty() ? std::string("?") : r.unreadable_disks.front().error);
-  if (r.disks_read != static_cast<std::size_t>(f.disks) || r.instance_dirs != static_cast<std::size_t>(f.disks))
+    return "pass incomplete: " +
+           (r.unreadable_disks.empty() ? std::string("?") : r.unreadable_disks.front().error);
+  if (r.disks_read != static_cast<std::size_t>(f.disks) ||
+      r.instance_dirs != static_cast<std::size_t>(f.disks))
     return "pass read " + std::to_string(r.disks_read) + " disks in " + std::to_string(r.instance_dirs) +
            " directories, expected " + std::to_string(f.disks);
   if (r.files.size() != bases) return "pass listed " + std::to_string(r.files.size()) + " base files";
@@ -458,8 +465,8 @@ const Fixture& fixture() {
 
 void per_disk(benchmark::State& state) {
   // Seconds per disk, printed with an SI prefix (e.g. "2.1u" = 2.1 us).
-  state.counters["per_disk"] = benchmark::Counter(
-      kDisks, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+  state.counters["per_disk"] =
+      benchmark::Counter(kDisks, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
 }
 
 // ---- benchmarks -------------------------------------------------------------------
@@ -492,7 +499,10 @@ void BM_Floor_RawGetdentsOpenPreadClose(benchmark::State& state) {
   }
   per_disk(state);
 }
-BENCHMARK(BM_Floor_RawGetdentsOpenPreadClose)->MinTime(kMinTime)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Floor_RawGetdentsOpenPreadClose)
+    ->MinTime(kMinTime)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 // The full pass as the manager runs it: 10,000 live instances handed down.
 void BM_Ours_RunPassDryRun(benchmark::State& state) {
@@ -621,12 +631,14 @@ int main(int argc, char** argv) {
   // Names as Google Benchmark prints them (MinTime and UseRealTime add suffixes).
   return virtcap::bench::run_with_ratios(
       argc, argv,
-      {{"BM_Baseline_QemuImgInfoPerDisk/iterations:1/real_time", "BM_Ours_RunPassDryRun/min_time:2.000/real_time",
-        "pass vs qemu-img info per disk (goal >= 300x)"},
+      {{"BM_Baseline_QemuImgInfoPerDisk/iterations:1/real_time",
+        "BM_Ours_RunPassDryRun/min_time:2.000/real_time", "pass vs qemu-img info per disk (goal >= 300x)"},
        {"BM_Floor_OpenPreadClose/min_time:2.000/real_time", "BM_Ours_RunPassDryRun/min_time:2.000/real_time",
         "pass vs floor open+pread+close (goal >= 0.5x)"},
-       {"BM_Floor_ListOpenPreadClose/min_time:2.000/real_time", "BM_Ours_RunPassDryRun/min_time:2.000/real_time",
+       {"BM_Floor_ListOpenPreadClose/min_time:2.000/real_time",
+        "BM_Ours_RunPassDryRun/min_time:2.000/real_time",
         "pass vs floor list+open+pread+close (goal >= 0.5x)"},
-       {"BM_Floor_RawGetdentsOpenPreadClose/min_time:2.000/real_time", "BM_Ours_RunPassDryRun/min_time:2.000/real_time",
+       {"BM_Floor_RawGetdentsOpenPreadClose/min_time:2.000/real_time",
+        "BM_Ours_RunPassDryRun/min_time:2.000/real_time",
         "pass vs floor raw-getdents list (informational)"}});
 }

@@ -19,7 +19,9 @@ class RatioReporter : public benchmark::ConsoleReporter {
   void ReportRuns(const std::vector<Run>& runs) override {
     ConsoleReporter::ReportRuns(runs);
     for (const auto& r : runs)
-      if (!r.error_occurred && r.run_type == Run::RT_Iteration) ns_[r.benchmark_name()] = r.real_accumulated_time / static_cast<double>(r.iterations);  // seconds, unit-free
+      if (!r.error_occurred && r.run_type == Run::RT_Iteration)
+        ns_[r.benchmark_name()] =
+            r.real_accumulated_time / static_cast<double>(r.iterations);  // seconds, unit-free
   }
   const std::map<std::string, double>& times() const { return ns_; }
 

@@ -142,9 +142,11 @@ void BM_OverlayCreateQemuImg(benchmark::State& state) {
     state.PauseTiming();
     fs::remove(disk);
     state.ResumeTiming();
-    auto r = proc::run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base->base_path, partial});
+    auto r =
+        proc::run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base->base_path, partial});
     if (!r.ok() || r->exit_code != 0) state.SkipWithError("qemu-img create failed");
-    if (d != imagecache::Durability::none && !imagecache::fsync_file(partial, {}).ok()) state.SkipWithError("fsync failed");
+    if (d != imagecache::Durability::none && !imagecache::fsync_file(partial, {}).ok())
+      state.SkipWithError("fsync failed");
     if (!imagecache::rename_into_place(partial, disk, d).ok()) state.SkipWithError("rename failed");
   }
   overlay_label(state);
@@ -164,7 +166,8 @@ void BM_OverlayCreateNative(benchmark::State& state) {
     fs::remove(disk);
     state.ResumeTiming();
     auto spec = imagecache::overlay_spec_for_base(base->base_path, "raw");
-    if (!spec.ok() || !imagecache::create_overlay(disk, *spec, d).ok()) state.SkipWithError("native overlay failed");
+    if (!spec.ok() || !imagecache::create_overlay(disk, *spec, d).ok())
+      state.SkipWithError("native overlay failed");
   }
   overlay_label(state);
 }
@@ -175,7 +178,16 @@ void BM_DefineStart(benchmark::State& state) {
   libvirt::LibvirtDriver drv(w.cfg);
   if (!drv.init_host("bench").ok()) return state.SkipWithError("init_host failed");
   const std::string uuid = "00000000-0000-4000-8000-000000000001";
-  libvirt::DomainParams p{uuid, "bench", "small", "test", 64, 1, "/nonexistent/disk", "/nonexistent/log", "", "52:54:00:00:00:01"};
+  libvirt::DomainParams p{uuid,
+                          "bench",
+                          "small",
+                          "test",
+                          64,
+                          1,
+                          "/nonexistent/disk",
+                          "/nonexistent/log",
+                          "",
+                          "52:54:00:00:00:01"};
   const std::string xml = libvirt::domain_xml(p);
   for (auto _ : state) {
     auto st = drv.connection().with([&](virConnectPtr c) -> Status {
@@ -202,7 +214,8 @@ BENCHMARK(BM_DefineStart)->Unit(benchmark::kMicrosecond)->UseRealTime();
 void BM_SpawnWarm(benchmark::State& state) {
   auto& w = world();
   config::Config cfg = w.cfg;
-  cfg.libvirt.overlay_writer = state.range(0) ? config::OverlayWriter::qemu_img : config::OverlayWriter::native;
+  cfg.libvirt.overlay_writer =
+      state.range(0) ? config::OverlayWriter::qemu_img : config::OverlayWriter::native;
   libvirt::LibvirtDriver drv(cfg);
   if (!drv.init_host("bench").ok()) return state.SkipWithError("init_host failed");
   int n = 0;
@@ -233,7 +246,8 @@ int main(int argc, char** argv) {
         "cold fetch vs cp + sync FILE, 10 MiB"},
        {"BM_CpAndSync/1/min_time:8.000/real_time", "BM_ColdFetch/1/min_time:8.000/real_time",
         "cold fetch vs cp + sync FILE, 1 GiB"},
-       {"BM_OverlayCreateQemuImg/1/real_time", "BM_WarmBase/real_time", "warm base vs overlay creation (qemu-img)"},
+       {"BM_OverlayCreateQemuImg/1/real_time", "BM_WarmBase/real_time",
+        "warm base vs overlay creation (qemu-img)"},
        {"BM_OverlayCreateQemuImg/1/real_time", "BM_OverlayCreateNative/1/real_time",
         "overlay creation, native vs qemu-img, fsync file"},
        {"BM_OverlayCreateQemuImg/2/real_time", "BM_OverlayCreateNative/2/real_time",

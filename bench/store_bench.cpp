@@ -24,7 +24,17 @@ struct World {
     for (int i = 0; i < 1000; ++i) {
       char uuid[37];
       std::snprintf(uuid, sizeof uuid, "00000000-0000-4000-8000-%012d", i);
-      InstanceRecord r{uuid, "instance-" + std::to_string(i), "host-a", "cirros", 512, 1, VmState::active, TaskState::none, i, i, 0};
+      InstanceRecord r{uuid,
+                       "instance-" + std::to_string(i),
+                       "host-a",
+                       "cirros",
+                       512,
+                       1,
+                       VmState::active,
+                       TaskState::none,
+                       i,
+                       i,
+                       0};
       (void)store->create_instance(r);
     }
   }
@@ -41,7 +51,8 @@ void BM_ListInstances1000(benchmark::State& state) {
   for (auto _ : state) {
     std::size_t bytes = 0;
     auto all = s.list_instances("host-a", false);
-    for (const auto& r : *all) bytes += r.uuid.size() + r.name.size() + r.image_id.size() + to_string(r.vm_state).size();
+    for (const auto& r : *all)
+      bytes += r.uuid.size() + r.name.size() + r.image_id.size() + to_string(r.vm_state).size();
     benchmark::DoNotOptimize(bytes);
   }
 }

@@ -29,10 +29,10 @@ namespace virtcap {
 // Disk image formats, each reported as trait COMPUTE_IMAGE_TYPE_<UPPER>.
 enum class ImageFormat : std::uint8_t { raw, qcow2, iso, vmdk, vdi, vhd, vhdx, aki, ari, ami, ploop };
 
-inline constexpr std::array kAllImageFormats = {
-    ImageFormat::raw, ImageFormat::qcow2, ImageFormat::iso, ImageFormat::vmdk,
-    ImageFormat::vdi, ImageFormat::vhd,   ImageFormat::vhdx, ImageFormat::aki,
-    ImageFormat::ari, ImageFormat::ami,   ImageFormat::ploop};
+inline constexpr std::array kAllImageFormats = {ImageFormat::raw,  ImageFormat::qcow2, ImageFormat::iso,
+                                                ImageFormat::vmdk, ImageFormat::vdi,   ImageFormat::vhd,
+                                                ImageFormat::vhdx, ImageFormat::aki,   ImageFormat::ari,
+                                                ImageFormat::ami,  ImageFormat::ploop};
 
 constexpr std::string_view to_string(ImageFormat f) {
   constexpr std::array<std::string_view, kAllImageFormats.size()> names = {
@@ -75,8 +75,8 @@ inline constexpr std::array kAllVirtTypes = {VirtType::unknown, VirtType::fake, 
                                              VirtType::xen};
 
 constexpr std::string_view to_string(VirtType v) {
-  constexpr std::array<std::string_view, kAllVirtTypes.size()> names = {
-      "unknown", "fake", "test", "qemu", "kvm", "lxc", "xen"};
+  constexpr std::array<std::string_view, kAllVirtTypes.size()> names = {"unknown", "fake", "test", "qemu",
+                                                                        "kvm",     "lxc",  "xen"};
   return names[static_cast<std::size_t>(v)];
 }
 
@@ -93,6 +93,7 @@ struct virtcap::schema::TypeName<virtcap::VirtType> {
 
 // X(type, name, default, trait, doc)
 // Names and traits follow Nova's, so that operators recognise them.
+// clang-format off
 #define VIRTCAP_CAPABILITIES(X)                                                                    \
   X(bool, has_imagecache, false, "",                                                               \
     "Driver keeps a base-image cache and wants the manager to run the image-cache pass")           \
@@ -128,6 +129,7 @@ struct virtcap::schema::TypeName<virtcap::VirtType> {
     "Kind of hypervisor the driver is connected to")                                               \
   X(int, max_vcpus, 0, "",                                                                         \
     "Largest vCPU count one guest may have on this hypervisor (0: not reported)")
+// clang-format on
 
 namespace virtcap {
 

@@ -105,31 +105,31 @@ constexpr bool traits_fit_types(std::span<const Descriptor> ds) {
 // and its checks come first, so a broken list is reported by the check that
 // names the problem (e.g. "two capabilities share one name") before any
 // error the struct's members would raise (e.g. a redeclaration).
-#define VIRTCAP_DEFINE_CAPABILITIES(Struct, LIST)                                                  \
-  struct Struct##Descriptors_ {                                                                    \
-    static constexpr std::array kDescriptors = {LIST(VIRTCAP_SCHEMA_DESC_)};                       \
-  };                                                                                               \
-  static_assert(::virtcap::schema::all_docs_present(Struct##Descriptors_::kDescriptors),           \
-                "every capability needs a non-empty one-line doc");                                \
-  static_assert(::virtcap::schema::names_unique(Struct##Descriptors_::kDescriptors),               \
-                "two capabilities share one name");                                                \
-  static_assert(::virtcap::schema::traits_unique(Struct##Descriptors_::kDescriptors),              \
-                "two capabilities share one trait");                                               \
-  static_assert(::virtcap::schema::traits_well_formed(Struct##Descriptors_::kDescriptors),         \
-                "a trait must match ^[A-Z][A-Z0-9_]*$ (or PREFIX_* for a set-valued family)");     \
-  static_assert(::virtcap::schema::traits_fit_types(Struct##Descriptors_::kDescriptors),           \
-                "a plain trait needs a bool capability; a PREFIX_* family needs a set type");      \
-  struct Struct {                                                                                  \
-    LIST(VIRTCAP_SCHEMA_MEMBER_)                                                                   \
-    constexpr bool operator==(const Struct&) const = default;                                      \
-  };                                                                                               \
-  struct Struct##Schema : Struct##Descriptors_ {                                                   \
-    static constexpr std::size_t size() { return kDescriptors.size(); }                            \
-    /* f(const Descriptor&, const T& value, const T& default_value) for every capability */        \
-    template <class F>                                                                             \
-    static constexpr void visit(const Struct& caps, F&& f) {                                       \
-      const Struct defaults{};                                                                     \
-      std::size_t i = 0;                                                                           \
-      LIST(VIRTCAP_SCHEMA_VISIT_)                                                                  \
-    }                                                                                              \
+#define VIRTCAP_DEFINE_CAPABILITIES(Struct, LIST)                                              \
+  struct Struct##Descriptors_ {                                                                \
+    static constexpr std::array kDescriptors = {LIST(VIRTCAP_SCHEMA_DESC_)};                   \
+  };                                                                                           \
+  static_assert(::virtcap::schema::all_docs_present(Struct##Descriptors_::kDescriptors),       \
+                "every capability needs a non-empty one-line doc");                            \
+  static_assert(::virtcap::schema::names_unique(Struct##Descriptors_::kDescriptors),           \
+                "two capabilities share one name");                                            \
+  static_assert(::virtcap::schema::traits_unique(Struct##Descriptors_::kDescriptors),          \
+                "two capabilities share one trait");                                           \
+  static_assert(::virtcap::schema::traits_well_formed(Struct##Descriptors_::kDescriptors),     \
+                "a trait must match ^[A-Z][A-Z0-9_]*$ (or PREFIX_* for a set-valued family)"); \
+  static_assert(::virtcap::schema::traits_fit_types(Struct##Descriptors_::kDescriptors),       \
+                "a plain trait needs a bool capability; a PREFIX_* family needs a set type");  \
+  struct Struct {                                                                              \
+    LIST(VIRTCAP_SCHEMA_MEMBER_)                                                               \
+    constexpr bool operator==(const Struct&) const = default;                                  \
+  };                                                                                           \
+  struct Struct##Schema : Struct##Descriptors_ {                                               \
+    static constexpr std::size_t size() { return kDescriptors.size(); }                        \
+    /* f(const Descriptor&, const T& value, const T& default_value) for every capability */    \
+    template <class F>                                                                         \
+    static constexpr void visit(const Struct& caps, F&& f) {                                   \
+      const Struct defaults{};                                                                 \
+      std::size_t i = 0;                                                                       \
+      LIST(VIRTCAP_SCHEMA_VISIT_)                                                              \
+    }                                                                                          \
   }

@@ -27,9 +27,9 @@ struct InstanceSpec {
 };
 
 struct InterfaceSpec {
-  std::string mac{};    // empty: the driver picks one
+  std::string mac{};      // empty: the driver picks one
   std::string network{};  // e.g. a libvirt network name; empty: driver default
-  std::string tag{};    // device tag; non-empty needs supports_tagged_attach_interface
+  std::string tag{};      // device tag; non-empty needs supports_tagged_attach_interface
 };
 
 struct InterfaceInfo {
@@ -78,12 +78,12 @@ constexpr std::string_view to_string(BaseFileState s) {
 
 // One file in the base-image directory, as the image-cache pass saw it.
 struct BaseFileReport {
-  std::string name;                // file name in the base directory
+  std::string name;  // file name in the base directory
   BaseFileKind kind = BaseFileKind::unknown;
   BaseFileState state = BaseFileState::unknown;
-  std::string reason;              // why, in words
+  std::string reason;  // why, in words
   std::uint64_t bytes = 0;
-  std::int64_t age_seconds = 0;    // since its mtime, at scan time
+  std::int64_t age_seconds = 0;  // since its mtime, at scan time
   std::int64_t threshold_seconds = 0;
 };
 
@@ -100,8 +100,8 @@ struct MissingBacking {
 
 // What one image-cache pass did (manage_image_cache's answer).
 struct ImageCacheReport {
-  bool complete = true;      // false: some disk could not be read, or a removal failed
-  bool stopped = false;      // a stop request ended it between steps (then also not complete)
+  bool complete = true;  // false: some disk could not be read, or a removal failed
+  bool stopped = false;  // a stop request ended it between steps (then also not complete)
   bool dry_run = false;
   bool removal_enabled = true;
   std::string base_dir;
@@ -128,8 +128,8 @@ struct RepoImage {
   std::string format;              // told by magic (imagecache/image_probe.h); empty: unreadable
   std::uint64_t virtual_size = 0;  // 0: unknown
   std::uint64_t file_size = 0;
-  bool base_cached = false;        // its base file is in the image cache
-  std::string problem;             // why it cannot be booted; empty: it can
+  bool base_cached = false;  // its base file is in the image cache
+  std::string problem;       // why it cannot be booted; empty: it can
 };
 struct ImageListing {
   std::string repository;  // empty: the driver has no image repository
@@ -214,8 +214,7 @@ class ComputeDriver {
   // Errors: not_found (no such instance), conflict (the MAC is taken, or
   // the guest's state refuses it), invalid_argument (the hypervisor refuses
   // the device), hypervisor_unavailable, driver_error.
-  virtual Result<InterfaceInfo> attach_interface(const std::string& uuid,
-                                                 const InterfaceSpec& spec) = 0;
+  virtual Result<InterfaceInfo> attach_interface(const std::string& uuid, const InterfaceSpec& spec) = 0;
   // Errors: not_found (no such instance, or no interface with that MAC),
   // conflict, hypervisor_unavailable, driver_error.
   virtual Status detach_interface(const std::string& uuid, const std::string& mac) = 0;
@@ -228,8 +227,8 @@ class ComputeDriver {
   // Errors: none beyond the common ones. A base directory, disk or lock that
   // cannot be used, or a removal that fails, is reported (complete = false,
   // with a note), not returned as an error.
-  virtual Result<ImageCacheReport> manage_image_cache(const std::vector<InstanceRecord>& instances, bool dry_run,
-                                                      std::stop_token stop) = 0;
+  virtual Result<ImageCacheReport> manage_image_cache(const std::vector<InstanceRecord>& instances,
+                                                      bool dry_run, std::stop_token stop) = 0;
 };
 
 }  // namespace virtcap

@@ -72,9 +72,9 @@ struct InstanceRecord {
   int vcpus = 0;
   VmState vm_state = VmState::building;
   TaskState task_state = TaskState::none;
-  std::int64_t created_at = 0;        // unix seconds
+  std::int64_t created_at = 0;  // unix seconds
   std::int64_t updated_at = 0;
-  std::int64_t deleted_at = 0;        // 0 while live
+  std::int64_t deleted_at = 0;  // 0 while live
 };
 
 // A compute host as registered in the store, with the instances path it uses.

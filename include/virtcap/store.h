@@ -94,7 +94,8 @@ class InstanceStore {
   // Replaces every field of the record with this uuid; not_found if none.
   virtual Status update_instance(const InstanceRecord& record) = 0;
   // The instances of `host`, oldest first; deleted ones only if asked.
-  virtual Result<std::vector<InstanceRecord>> list_instances(const std::string& host, bool include_deleted) = 0;
+  virtual Result<std::vector<InstanceRecord>> list_instances(const std::string& host,
+                                                             bool include_deleted) = 0;
 
   // Streams one page of the host's instances (filtered by vm_state,
   // include_deleted and accept, in sort_key order) to `visit`, one instance
@@ -102,7 +103,8 @@ class InstanceStore {
   // kMaxInstancePage or `marker` is not an instance of `host`. `visit` must
   // not call back into the store. This default
   // pages over list_instances(); a store that can stream rows overrides it.
-  virtual Result<InstancePageInfo> visit_instances(const InstancePageQuery& query, const InstanceVisitor& visit);
+  virtual Result<InstancePageInfo> visit_instances(const InstancePageQuery& query,
+                                                   const InstanceVisitor& visit);
 
   // The store's ContentsVersion, or nullopt when it cannot tell (then nothing
   // derived from its contents may be reused). Take it before the read it
@@ -119,7 +121,7 @@ Error marker_not_found(const InstancePageQuery& query);
 // One page of `rows` (every instance of query.host, deleted ones included,
 // in any order) as visit_instances() defines it: the paging of the stores
 // that hold InstanceRecords (the memory store, the default above).
-Result<InstancePageInfo> visit_records(std::vector<const InstanceRecord*> rows, const InstancePageQuery& query,
-                                       const InstanceVisitor& visit);
+Result<InstancePageInfo> visit_records(std::vector<const InstanceRecord*> rows,
+                                       const InstancePageQuery& query, const InstanceVisitor& visit);
 
 }  // namespace virtcap

@@ -20,10 +20,11 @@ namespace virtcap::api {
 
 namespace {
 
-constexpr std::array<PowerState, 6> kPowerStates = {PowerState::nostate,  PowerState::running, PowerState::paused,
-                                                    PowerState::shutdown, PowerState::crashed, PowerState::suspended};
-constexpr std::array<std::string_view, 9> kParams = {"status",   "power_state", "name",  "sort_key", "sort_dir",
-                                                     "long",     "deleted",     "limit", "marker"};
+constexpr std::array<PowerState, 6> kPowerStates = {PowerState::nostate, PowerState::running,
+                                                    PowerState::paused,  PowerState::shutdown,
+                                                    PowerState::crashed, PowerState::suspended};
+constexpr std::array<std::string_view, 9> kParams = {"status", "power_state", "name",  "sort_key", "sort_dir",
+                                                     "long",   "deleted",     "limit", "marker"};
 // Past this, a compiled pattern is refused ("pattern too large"): RE2 bounds
 // its memory by it, and matching is linear in the name whatever the pattern.
 constexpr std::int64_t kRegexMemoryBytes = 2 * 1024 * 1024;
@@ -52,8 +53,7 @@ Result<std::shared_ptr<const re2::RE2>> parse_name_pattern(const std::string& v)
   o.set_log_errors(false);
   o.set_max_mem(kRegexMemoryBytes);
   auto re = std::make_shared<const re2::RE2>(v, o);
-  if (!re->ok())
-    return bad_param("name", "is not a valid regular expression (RE2 syntax): " + re->error());
+  if (!re->ok()) return bad_param("name", "is not a valid regular expression (RE2 syntax): " + re->error());
   return std::shared_ptr<const re2::RE2>(std::move(re));
 }
 
@@ -94,7 +94,8 @@ Status apply_param(ListQuery& q, const std::string& k, const std::string& v) {
     std::size_t n = 0;
     const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
     if (v.empty() || ec != std::errc() || end != v.data() + v.size() || n < 1 || n > kMaxInstancePage)
-      return bad_param(k, "must be a whole number from 1 to " + std::to_string(kMaxInstancePage) + ", not '" + v + "'");
+      return bad_param(
+          k, "must be a whole number from 1 to " + std::to_string(kMaxInstancePage) + ", not '" + v + "'");
     q.page.limit = n;
   } else if (k == "marker") {
     if (v.empty() || v.size() > kMaxMarkerBytes)
@@ -179,16 +180,20 @@ Result<ListQuery> parse_list_query(const std::map<std::string, std::string>& par
 
 std::string instances_path(const std::map<std::string, std::string>& params) {
   std::string out = "/v1/instances";
-  for (const auto& [k, v] : params) ((out += out.size() == 13 ? '?' : '&') += http::percent_encode(k) + '=') += http::percent_encode(v);
+  for (const auto& [k, v] : params)
+    ((out += out.size() == 13 ? '?' : '&') += http::percent_encode(k) + '=') += http::percent_encode(v);
   return out;
 }
 
-void append_instance_json(std::string& out, const InstanceRowView& r, const std::optional<std::string_view>& power_state) {
+void append_instance_json(std::string& out, const InstanceRowView& r,
+                          const std::optional<std::string_view>& power_state) {
   out += "{\"created_at\":";
   put_int(out, r.created_at);
   out += ",\"deleted_at\":";
-  if (r.deleted_at == 0) out += "null";
-  else put_int(out, r.deleted_at);
+  if (r.deleted_at == 0)
+    out += "null";
+  else
+    put_int(out, r.deleted_at);
   out += ",\"host\":";
   put_string(out, r.host);
   out += ",\"image\":";
@@ -199,12 +204,16 @@ void append_instance_json(std::string& out, const InstanceRowView& r, const std:
   put_string(out, r.name);
   if (power_state) {
     out += ",\"power_state\":";
-    if (power_state->empty()) out += "null";
-    else put_string(out, *power_state);
+    if (power_state->empty())
+      out += "null";
+    else
+      put_string(out, *power_state);
   }
   out += ",\"task_state\":";
-  if (r.task_state == TaskState::none) out += "null";
-  else put_string(out, to_string(r.task_state));
+  if (r.task_state == TaskState::none)
+    out += "null";
+  else
+    put_string(out, to_string(r.task_state));
   out += ",\"updated_at\":";
   put_int(out, r.updated_at);
   out += ",\"uuid\":";

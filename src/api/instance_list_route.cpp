@@ -73,8 +73,10 @@ Result<ListPageCache::Body> list_instances_body(compute::ComputeManager& mgr,
   std::optional<std::map<std::string, PowerState, std::less<>>> powers;
   if (q->long_view || q->power_state) {
     auto p = mgr.power_states();
-    if (p.ok()) powers = std::move(p.value());
-    else if (q->power_state) return p.error();
+    if (p.ok())
+      powers = std::move(p.value());
+    else if (q->power_state)
+      return p.error();
   }
   auto power_of = [&](std::string_view uuid) -> std::optional<PowerState> {
     if (!powers) return std::nullopt;

@@ -1,27 +1,33 @@
 #include "api/json.h"
 
-#include "common/strings.h"
-#include "common/utf8.h"
-
 #include <cstdint>
 #include <cstdio>
 #include <string_view>
 
+#include "common/strings.h"
+#include "common/utf8.h"
+
 namespace virtcap::api {
 
 nlohmann::json to_json(const InstanceRecord& r) {
-  return {{"uuid", r.uuid},           {"name", r.name},
-          {"host", r.host},           {"image", r.image_id},
-          {"memory_mb", r.memory_mb}, {"vcpus", r.vcpus},
-          {"vm_state", std::string(to_string(r.vm_state))},
-          {"task_state", r.task_state == TaskState::none ? nlohmann::json(nullptr)
-                                                         : nlohmann::json(std::string(to_string(r.task_state)))},
-          {"created_at", r.created_at}, {"updated_at", r.updated_at},
-          {"deleted_at", r.deleted_at == 0 ? nlohmann::json(nullptr) : nlohmann::json(r.deleted_at)}};
+  return {
+      {"uuid", r.uuid},
+      {"name", r.name},
+      {"host", r.host},
+      {"image", r.image_id},
+      {"memory_mb", r.memory_mb},
+      {"vcpus", r.vcpus},
+      {"vm_state", std::string(to_string(r.vm_state))},
+      {"task_state", r.task_state == TaskState::none ? nlohmann::json(nullptr)
+                                                     : nlohmann::json(std::string(to_string(r.task_state)))},
+      {"created_at", r.created_at},
+      {"updated_at", r.updated_at},
+      {"deleted_at", r.deleted_at == 0 ? nlohmann::json(nullptr) : nlohmann::json(r.deleted_at)}};
 }
 
 nlohmann::json to_json(const InterfaceInfo& i) {
-  return {{"mac", i.mac}, {"network", i.network.empty() ? nlohmann::json(nullptr) : nlohmann::json(i.network)},
+  return {{"mac", i.mac},
+          {"network", i.network.empty() ? nlohmann::json(nullptr) : nlohmann::json(i.network)},
           {"tag", i.tag.empty() ? nlohmann::json(nullptr) : nlohmann::json(i.tag)}};
 }
 
@@ -43,14 +49,16 @@ nlohmann::json to_json(const compute::TaskStatus& t) {
   nlohmann::json j = {{"name", t.name},
                       {"spacing_seconds", t.spacing_seconds},
                       {"enabled", t.enabled},
-                      {"disabled_reason", t.disabled_reason.empty() ? nlohmann::json(nullptr) : nlohmann::json(t.disabled_reason)},
+                      {"disabled_reason", t.disabled_reason.empty() ? nlohmann::json(nullptr)
+                                                                    : nlohmann::json(t.disabled_reason)},
                       {"runs", t.runs},
                       {"last_run", nullptr},
                       {"last_duration_seconds", nullptr},
                       {"last_result", nullptr},
                       {"last_message", nullptr}};
   if (t.last_started) {
-    j["last_run"] = std::chrono::duration_cast<std::chrono::seconds>(t.last_started->time_since_epoch()).count();
+    j["last_run"] =
+        std::chrono::duration_cast<std::chrono::seconds>(t.last_started->time_since_epoch()).count();
     j["last_duration_seconds"] = t.last_duration.count();
   }
   if (t.last_outcome) {
@@ -61,14 +69,19 @@ nlohmann::json to_json(const compute::TaskStatus& t) {
 }
 
 nlohmann::json to_json(const compute::ComputeManager::ReconcileReport& r) {
-  return {{"consistent", r.consistent()},       {"finished_spawns", r.finished_spawns},
-          {"rolled_back_spawns", r.rolled_back_spawns}, {"finished_deletes", r.finished_deletes},
-          {"lost", r.lost},                     {"unknown_domains", r.unknown_domains},
+  return {{"consistent", r.consistent()},
+          {"finished_spawns", r.finished_spawns},
+          {"rolled_back_spawns", r.rolled_back_spawns},
+          {"finished_deletes", r.finished_deletes},
+          {"lost", r.lost},
+          {"unknown_domains", r.unknown_domains},
           {"orphan_dirs", r.orphan_dirs}};
 }
 
 nlohmann::json to_json(const ImageListing& l) {
-  auto text_or_null = [](const std::string& v) { return v.empty() ? nlohmann::json() : nlohmann::json(utf8_safe(v)); };
+  auto text_or_null = [](const std::string& v) {
+    return v.empty() ? nlohmann::json() : nlohmann::json(utf8_safe(v));
+  };
   nlohmann::json images = nlohmann::json::array();
   for (const auto& i : l.images)
     images.push_back({{"file", utf8_safe(i.file)},
@@ -102,7 +115,8 @@ Result<json> body_object(const std::string& body, const std::vector<std::string>
   return j;
 }
 
-Result<std::string> string_field(const json& j, const std::string& key, bool required, const std::string& def = "") {
+Result<std::string> string_field(const json& j, const std::string& key, bool required,
+                                 const std::string& def = "") {
   if (!j.contains(key)) {
     if (required) return invalid_argument_error("field '" + key + "' is required");
     return def;
@@ -123,7 +137,8 @@ Result<int> int_field(const json& j, const std::string& key, int def, int lo, in
   auto v = integer_field(j, key, def);
   if (!v.ok()) return v.error();
   if (*v < lo || *v > hi)
-    return invalid_argument_error("field '" + key + "' must be from " + std::to_string(lo) + " to " + std::to_string(hi));
+    return invalid_argument_error("field '" + key + "' must be from " + std::to_string(lo) + " to " +
+                                  std::to_string(hi));
   return static_cast<int>(*v);
 }
 
@@ -155,8 +170,8 @@ bool is_mac_address(std::string_view s) {
   if (s.size() != 17) return false;
   for (std::size_t i = 0; i < s.size(); ++i) {
     const char c = s[i];
-    const bool ok = i % 3 == 2 ? c == ':'
-                               : (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+    const bool ok =
+        i % 3 == 2 ? c == ':' : (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
     if (!ok) return false;
   }
   return true;

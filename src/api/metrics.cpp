@@ -1,8 +1,8 @@
 #include "api/metrics.h"
 
-#include "virtcap/version.h"
-
 #include <sstream>
+
+#include "virtcap/version.h"
 
 namespace virtcap::api {
 
@@ -31,14 +31,15 @@ std::string Metrics::render(const Snapshot& snap) const {
     os << "# HELP virtcap_api_requests_total API requests by method, route and status.\n"
           "# TYPE virtcap_api_requests_total counter\n";
     for (const auto& [k, n] : requests_)
-      os << "virtcap_api_requests_total{method=\"" << std::get<0>(k) << "\",route=\"" << escape_label(std::get<1>(k))
-         << "\",status=\"" << std::get<2>(k) << "\"} " << n << "\n";
+      os << "virtcap_api_requests_total{method=\"" << std::get<0>(k) << "\",route=\""
+         << escape_label(std::get<1>(k)) << "\",status=\"" << std::get<2>(k) << "\"} " << n << "\n";
   }
   os << "# HELP virtcap_build_info The running virtcap: version and driver (always 1).\n"
         "# TYPE virtcap_build_info gauge\n"
-     << "virtcap_build_info{version=\"" << escape_label(VIRTCAP_VERSION) << "\",driver=\"" << escape_label(snap.driver)
-     << "\"} 1\n"
-     << "# HELP virtcap_hypervisor_connected Whether the driver's hypervisor connection is up (1) or not (0).\n"
+     << "virtcap_build_info{version=\"" << escape_label(VIRTCAP_VERSION) << "\",driver=\""
+     << escape_label(snap.driver) << "\"} 1\n"
+     << "# HELP virtcap_hypervisor_connected Whether the driver's hypervisor connection is up (1) or not "
+        "(0).\n"
         "# TYPE virtcap_hypervisor_connected gauge\n"
      << "virtcap_hypervisor_connected " << (snap.hypervisor_connected ? 1 : 0) << "\n"
      << "# HELP virtcap_instances Live instances of this host by vm_state.\n"
@@ -50,8 +51,8 @@ std::string Metrics::render(const Snapshot& snap) const {
   for (const auto& t : snap.tasks)
     for (auto kind : {compute::TaskOutcome::Kind::ran, compute::TaskOutcome::Kind::skipped,
                       compute::TaskOutcome::Kind::failed})
-      os << "virtcap_task_runs_total{task=\"" << t.name << "\",result=\"" << compute::to_string(kind) << "\"} "
-         << t.runs_by_result[static_cast<int>(kind)] << "\n";
+      os << "virtcap_task_runs_total{task=\"" << t.name << "\",result=\"" << compute::to_string(kind)
+         << "\"} " << t.runs_by_result[static_cast<int>(kind)] << "\n";
   os << "# HELP virtcap_task_last_duration_seconds Duration of each periodic task's last run.\n"
         "# TYPE virtcap_task_last_duration_seconds gauge\n";
   for (const auto& t : snap.tasks)
@@ -64,7 +65,8 @@ std::string Metrics::render(const Snapshot& snap) const {
   os << "# HELP virtcap_image_cache_passes_total Image-cache passes run (periodic, API and CLI alike).\n"
         "# TYPE virtcap_image_cache_passes_total counter\n"
      << "virtcap_image_cache_passes_total " << ic.passes << "\n"
-     << "# HELP virtcap_image_cache_incomplete_passes_total Passes that removed nothing because something could not be read.\n"
+     << "# HELP virtcap_image_cache_incomplete_passes_total Passes that removed nothing because something "
+        "could not be read.\n"
         "# TYPE virtcap_image_cache_incomplete_passes_total counter\n"
      << "virtcap_image_cache_incomplete_passes_total " << ic.incomplete << "\n"
      << "# HELP virtcap_image_cache_files_removed_total Base files removed by image-cache passes.\n"

@@ -14,11 +14,11 @@ namespace virtcap::api {
 
 namespace {
 
-using nlohmann::json;
 using http::BodyRule;
 using http::Request;
 using http::Response;
 using http::send_error;
+using nlohmann::json;
 
 Response ok(const json& body) { return http::json_response(200, body); }
 
@@ -95,9 +95,10 @@ std::vector<http::Route> Server::routes() {
 
 Response Server::get_health(const Request&) {
   const auto why = mgr_.driver().unavailable_reason();
-  return http::json_response(why.empty() ? 200 : 503, json{{"status", why.empty() ? "ok" : "degraded"},
-                                                           {"driver", std::string(mgr_.driver_name())},
-                                                           {"hypervisor", why.empty() ? json("up") : json(why)}});
+  return http::json_response(why.empty() ? 200 : 503,
+                             json{{"status", why.empty() ? "ok" : "degraded"},
+                                  {"driver", std::string(mgr_.driver_name())},
+                                  {"hypervisor", why.empty() ? json("up") : json(why)}});
 }
 
 Response Server::get_metrics(const Request&) {

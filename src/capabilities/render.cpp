@@ -140,10 +140,9 @@ std::string to_markdown(std::string_view driver, const Capabilities& caps) {
   os << "| name | type | value | default | overridden | trait | doc |\n";
   os << "|---|---|---|---|---|---|---|\n";
   for (const auto& e : enumerate(caps)) {
-    os << "| `" << e.name << "` | " << escape_md(e.type) << " | " << escape_md(value_text(e.value))
-       << " | " << escape_md(value_text(e.default_value)) << " | " << (e.overridden ? "yes" : "no")
-       << " | " << (e.trait.empty() ? "" : "`" + std::string(e.trait) + "`") << " | "
-       << escape_md(e.doc) << " |\n";
+    os << "| `" << e.name << "` | " << escape_md(e.type) << " | " << escape_md(value_text(e.value)) << " | "
+       << escape_md(value_text(e.default_value)) << " | " << (e.overridden ? "yes" : "no") << " | "
+       << (e.trait.empty() ? "" : "`" + std::string(e.trait) + "`") << " | " << escape_md(e.doc) << " |\n";
   }
   os << "\nTraits: ";
   const auto ts = traits(caps);
@@ -163,9 +162,8 @@ std::string schema_markdown(const std::vector<DriverColumn>& drivers) {
   os << "## Schema\n\n";
   os << "| name | type | default | trait | doc |\n|---|---|---|---|---|\n";
   for (const auto& e : enumerate(kDefaultCapabilities)) {
-    os << "| `" << e.name << "` | " << escape_md(e.type) << " | "
-       << escape_md(value_text(e.default_value)) << " | "
-       << (e.trait.empty() ? "" : "`" + std::string(e.trait) + "`") << " | " << escape_md(e.doc)
+    os << "| `" << e.name << "` | " << escape_md(e.type) << " | " << escape_md(value_text(e.default_value))
+       << " | " << (e.trait.empty() ? "" : "`" + std::string(e.trait) + "`") << " | " << escape_md(e.doc)
        << " |\n";
   }
   os << "\nA trait ending in `_*` is a family: a set-valued capability reports "

@@ -10,9 +10,12 @@ namespace {
 std::string roff(std::string s) {
   std::string out;
   for (char c : s) {
-    if (c == '\\') out += "\\e";
-    else if (c == '-') out += "\\-";
-    else out += c;
+    if (c == '\\')
+      out += "\\e";
+    else if (c == '-')
+      out += "\\-";
+    else
+      out += c;
   }
   if (!out.empty() && (out[0] == '.' || out[0] == '\'')) out = "\\&" + out;
   return out;
@@ -29,7 +32,8 @@ std::string option_names(const CLI::Option* o) {
   std::string n;
   for (const auto& s : o->get_snames()) n += (n.empty() ? "-" : ", -") + s;
   for (const auto& l : o->get_lnames()) n += (n.empty() ? "--" : ", --") + l;
-  if (o->get_type_size() != 0) n += " " + (o->get_option_text().empty() ? std::string("VALUE") : o->get_option_text());
+  if (o->get_type_size() != 0)
+    n += " " + (o->get_option_text().empty() ? std::string("VALUE") : o->get_option_text());
   return n;
 }
 
@@ -37,7 +41,8 @@ void man_command(std::ostringstream& os, const CLI::App& cmd, const std::string&
   os << ".SS \"" << roff(path) << "\"\n" << roff(cmd.get_description()) << "\n";
   for (const auto* o : cmd.get_options()) {
     if (o->get_lnames().empty() && o->get_snames().empty()) {
-      if (o->get_positional()) os << ".TP\n.I " << roff(o->get_name()) << "\n" << roff(o->get_description()) << "\n";
+      if (o->get_positional())
+        os << ".TP\n.I " << roff(o->get_name()) << "\n" << roff(o->get_description()) << "\n";
       continue;
     }
     if (o->get_name() == "--help" || o->get_name() == "-h,--help") continue;
@@ -60,7 +65,8 @@ std::string words_of(const CLI::App& cmd) {
 
 void completion_cases(std::ostringstream& os, const CLI::App& cmd, const std::string& path) {
   os << "    \"" << path << "\") words=\"" << words_of(cmd) << "\" ;;\n";
-  for (const auto* sub : subcommands(cmd)) completion_cases(os, *sub, path.empty() ? sub->get_name() : path + " " + sub->get_name());
+  for (const auto* sub : subcommands(cmd))
+    completion_cases(os, *sub, path.empty() ? sub->get_name() : path + " " + sub->get_name());
 }
 
 }  // namespace
@@ -70,20 +76,24 @@ std::string man_page(const CLI::App& app, const std::string& version) {
   os << ".TH VIRTCAP 1 \"\" \"virtcap " << roff(version) << "\" \"User Commands\"\n"
      << ".SH NAME\nvirtcap \\- compute-host agent whose manager knows what its virt driver can do\n"
      << ".SH SYNOPSIS\n.B virtcap\n.I COMMAND\n[\\fIOPTIONS\\fR]\n"
-     << ".SH DESCRIPTION\n" << roff(app.get_description()) << "\n"
+     << ".SH DESCRIPTION\n"
+     << roff(app.get_description()) << "\n"
      << ".PP\nEvery command takes \\fB\\-\\-help\\fR.\n"
      << ".SH COMMANDS\n";
   for (const auto* sub : subcommands(app)) man_command(os, *sub, "virtcap " + sub->get_name());
   os << ".SH EXIT STATUS\n"
      << ".TP\n.B 0\nsuccess\n"
      << ".TP\n.B 1\nthe operation failed\n"
-     << ".TP\n.B 2\nbad usage, argument or configuration (including values the agent refuses, and a wrong token)\n"
+     << ".TP\n.B 2\nbad usage, argument or configuration (including values the agent refuses, and a wrong "
+        "token)\n"
      << ".TP\n.B 3\na client command could not reach the agent\n"
      << ".SH ENVIRONMENT\n"
      << ".TP\n.B VIRTCAP_SERVER\nthe agent URL for client commands (default http://127.0.0.1:8774)\n"
      << ".TP\n.B VIRTCAP_TOKEN\nthe bearer token for client commands\n"
-     << ".SH FILES\n.TP\n.I /etc/virtcap/virtcap.toml\nthe configuration, when no \\fB\\-\\-config\\fR is given\n"
-     << ".SH SIGNALS\n\\fBvirtcap agent\\fR stops cleanly on SIGTERM or SIGINT; SIGHUP reopens its log file and "
+     << ".SH FILES\n.TP\n.I /etc/virtcap/virtcap.toml\nthe configuration, when no \\fB\\-\\-config\\fR is "
+        "given\n"
+     << ".SH SIGNALS\n\\fBvirtcap agent\\fR stops cleanly on SIGTERM or SIGINT; SIGHUP reopens its log file "
+        "and "
         "re-reads log_level and log_format.\n";
   return os.str();
 }

@@ -2,10 +2,10 @@
 
 #include <cctype>
 #include <charconv>
-#include <cstdlib>
-#include <optional>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
+#include <optional>
 #include <string_view>
 
 #include "common/json_text.h"
@@ -47,7 +47,8 @@ std::string in_user_words(std::string msg, const std::vector<std::pair<std::stri
   for (const auto& [field, flag] : fields)
     for (auto at = msg.find(field); at != std::string::npos; at = msg.find(field, at + flag.size())) {
       const auto after = at + field.size();
-      if ((at == 0 || !word(msg[at - 1])) && (after >= msg.size() || !word(msg[after]))) msg.replace(at, field.size(), flag);
+      if ((at == 0 || !word(msg[at - 1])) && (after >= msg.size() || !word(msg[after])))
+        msg.replace(at, field.size(), flag);
     }
   return msg;
 }
@@ -67,8 +68,10 @@ const std::string& last_server() { return g_last_server; }
 int not_our_api(const ClientFlags& flags, int status, const std::string& why) {
   std::string msg = "the server at " + (flags.server.empty() ? g_last_server : flags.server) +
                     " did not answer with virtcap's API";
-  if (status) msg += " (HTTP " + std::to_string(status) + (why.empty() ? "" : ", " + why) + ")";
-  else if (!why.empty()) msg += " (" + why + ")";
+  if (status)
+    msg += " (HTTP " + std::to_string(status) + (why.empty() ? "" : ", " + why) + ")";
+  else if (!why.empty())
+    msg += " (" + why + ")";
   msg += "; is --server right?";
   print_json_error(flags, json{{"error", {{"code", "not_virtcap"}, {"message", msg}}}});
   return fail(msg, kExitRuntime);
@@ -88,19 +91,24 @@ std::optional<int> call_reported(http::Client& client, const ClientFlags& flags,
     const bool too_large = http::answer_too_large(r.error());  // reached, but not a virtcap answer: 1
     std::string msg = r.error().message;
     if (late) msg += peer.after_late;
-    const char* code = usage ? "invalid_argument" : late ? "timeout" : too_large ? "not_virtcap" : "unreachable";
+    const char* code = usage       ? "invalid_argument"
+                       : late      ? "timeout"
+                       : too_large ? "not_virtcap"
+                                   : "unreachable";
     print_json_error(flags, json{{"error", {{"code", code}, {"message", msg}}}});
     return fail(msg, usage ? kExitUsage : (late || too_large) ? kExitRuntime : kExitUnreachable);
   }
   out = std::move(*r);
   g_last_server = flags.server;
   if (out.status >= 200 && out.status < 300 && !out.body.is_object()) return not_our_api(flags, out.status);
-  if ((out.status >= 200 && out.status < 300) || (words.quiet_status != 0 && out.status == words.quiet_status))
+  if ((out.status >= 200 && out.status < 300) ||
+      (words.quiet_status != 0 && out.status == words.quiet_status))
     return std::nullopt;
   const std::string status = std::to_string(out.status);
   const bool api_error = out.body.is_object() && out.body.contains("error") && out.body["error"].is_object();
-  print_json_error(flags, api_error ? out.body
-                                    : json{{"error", {{"code", "http_" + status}, {"message", "HTTP " + status}}}});
+  print_json_error(flags, api_error
+                              ? out.body
+                              : json{{"error", {{"code", "http_" + status}, {"message", "HTTP " + status}}}});
   std::string msg = "HTTP " + status + " from " + flags.server;
   if (api_error) {
     const auto& e = out.body["error"];
@@ -108,7 +116,8 @@ std::optional<int> call_reported(http::Client& client, const ClientFlags& flags,
     if (e.contains("capability") && e["capability"].is_string())
       msg += " [capability: " + e["capability"].get<std::string>() + "]";
   }
-  if (out.status == 401) msg += " (give the " + peer.name + "'s token with --token or " + peer.token_env + ")";
+  if (out.status == 401)
+    msg += " (give the " + peer.name + "'s token with --token or " + peer.token_env + ")";
   if (words.hint_status != 0 && out.status == words.hint_status) msg += " " + words.hint;
   return fail(in_user_words(msg, words.field_flags), exit_code_for_status(out.status));
 }
@@ -145,14 +154,17 @@ void add_client_options(CLI::App* sub, ClientFlags& into, const ClientPeer& peer
 }
 
 Result<std::string> server_url(const std::string& raw, const ClientPeer& peer) {
-  const bool vowel = !peer.name.empty() && std::string_view("aeiou").find(peer.name[0]) != std::string_view::npos;
-  const Error not_a_url = make_error(Errc::invalid_argument, "--server '" + raw + "' is not " + (vowel ? "an " : "a ") +
-                                                                 peer.name + " URL; expected http://HOST[:PORT] (or https://), e.g. " +
-                                                                 peer.default_server);
+  const bool vowel =
+      !peer.name.empty() && std::string_view("aeiou").find(peer.name[0]) != std::string_view::npos;
+  const Error not_a_url =
+      make_error(Errc::invalid_argument,
+                 "--server '" + raw + "' is not " + (vowel ? "an " : "a ") + peer.name +
+                     " URL; expected http://HOST[:PORT] (or https://), e.g. " + peer.default_server);
   auto url = config::parse_http_url(raw);
   if (url.ok()) return url->normalised;
   if (url.error() == config::UrlError::bad_port)
-    return make_error(Errc::invalid_argument, "--server '" + raw + "': the port must be a number from 1 to 65535");
+    return make_error(Errc::invalid_argument,
+                      "--server '" + raw + "': the port must be a number from 1 to 65535");
   return not_a_url;
 }
 

@@ -93,7 +93,8 @@ struct CallWords {
 // unreachable server, 1 for an answer that came too late or any other
 // failure.
 std::optional<int> call_reported(http::Client& client, const ClientFlags& flags, const ClientPeer& peer,
-                                 const std::string& method, const std::string& path, const nlohmann::json* body,
-                                 http::ClientResponse& out, const CallWords& words = {});
+                                 const std::string& method, const std::string& path,
+                                 const nlohmann::json* body, http::ClientResponse& out,
+                                 const CallWords& words = {});
 
 }  // namespace virtcap::cli

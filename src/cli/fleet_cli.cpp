@@ -1,26 +1,26 @@
 #include "cli/fleet_cli.h"
 
-#include <csignal>
-#include <ctime>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <iostream>
 #include <variant>
 
-#include "common/net_address.h"
-#include "http/client.h"
 #include "cli/client_options.h"
 #include "cli/daemon.h"
 #include "common/json_text.h"
 #include "common/logging.h"
+#include "common/net_address.h"
 #include "common/strings.h"
 #include "common/time.h"
 #include "common/time_text.h"
 #include "config/config.h"
 #include "fleet/service.h"
+#include "http/client.h"
 #include "http/tls.h"
 
 namespace virtcap::cli {
@@ -46,8 +46,8 @@ class FleetCommands {
   std::string query_string() const;
   // One call; transport failures and non-2xx answers printed (exit code),
   // else nullopt with the answer in `out`.
-  std::optional<int> call(http::Client& c, const std::string& method, const std::string& path, const json* body,
-                          http::ClientResponse& out, bool quiet_conflict = false);
+  std::optional<int> call(http::Client& c, const std::string& method, const std::string& path,
+                          const json* body, http::ClientResponse& out, bool quiet_conflict = false);
 
   ClientKit kit_;
   std::optional<std::string> config_path_;
@@ -74,42 +74,54 @@ FleetCommands::FleetCommands(CLI::App& app, ClientKit kit) : kit_(std::move(kit)
   auto* fleet = app.add_subcommand("fleet", "The fleet service (docs/fleet.md)");
   fleet->require_subcommand(1);
   serve_ = fleet->add_subcommand("serve", "Run the fleet service ([fleet_service]) until SIGTERM/SIGINT");
-  serve_->add_option("-c,--config", config_path_, "TOML config file (default: " + std::string(config::kDefaultConfigPath) +
-                                                      " if it exists, else built-in defaults)")
+  serve_
+      ->add_option("-c,--config", config_path_,
+                   "TOML config file (default: " + std::string(config::kDefaultConfigPath) +
+                       " if it exists, else built-in defaults)")
       ->check(CLI::ExistingFile);
   auto* token = fleet->add_subcommand(
-      "token", "Fleet credentials (docs/fleet.md, Trust model): made, listed and revoked in the fleet database "
-               "[fleet_service] database names; a running service sees a change within a second");
+      "token",
+      "Fleet credentials (docs/fleet.md, Trust model): made, listed and revoked in the fleet database "
+      "[fleet_service] database names; a running service sees a change within a second");
   token->require_subcommand(1);
-  create_ = token->add_subcommand("create", "Make a credential and print its token once (stdout); the database "
-                                            "keeps only a salted hash of it");
-  create_->add_option("--role", role_, "agent (reports for one host), operator (everything), reader (queries)")
+  create_ = token->add_subcommand("create",
+                                  "Make a credential and print its token once (stdout); the database "
+                                  "keeps only a salted hash of it");
+  create_
+      ->add_option("--role", role_, "agent (reports for one host), operator (everything), reader (queries)")
       ->required()
       ->check(CLI::IsMember({"agent", "operator", "reader"}));
   create_->add_option("--host", token_host_, "The host an agent credential speaks for (agent only)");
   create_->add_option("--note", note_, "Who or what the credential is for (shown by `token list`)");
-  list_ = token->add_subcommand("list", "List credentials: id, role, host, created, revoked (never a secret)");
-  revoke_ = token->add_subcommand("revoke", "Revoke a credential by its id; requests bearing it get 401 within a second");
+  list_ =
+      token->add_subcommand("list", "List credentials: id, role, host, created, revoked (never a secret)");
+  revoke_ = token->add_subcommand(
+      "revoke", "Revoke a credential by its id; requests bearing it get 401 within a second");
   revoke_->add_option("id", token_id_, "Credential id (12 hex digits, as `token list` shows)")->required();
   for (auto* c : {create_, list_, revoke_}) {
-    c->add_option("-c,--config", config_path_, "TOML config file (default: " + std::string(config::kDefaultConfigPath) +
-                                                   " if it exists, else built-in defaults)")
+    c->add_option("-c,--config", config_path_,
+                  "TOML config file (default: " + std::string(config::kDefaultConfigPath) +
+                      " if it exists, else built-in defaults)")
         ->check(CLI::ExistingFile);
     c->add_flag("--json", token_json_, "Print JSON");
   }
 
   auto add_client = [this](CLI::App* sub) { add_client_options(sub, client_, peer_); };
-  hosts_ = app.add_subcommand("hosts", "Query the fleet: which hosts have these traits and this much free capacity");
+  hosts_ = app.add_subcommand("hosts",
+                              "Query the fleet: which hosts have these traits and this much free capacity");
   hosts_->add_option("--require", require_, "Required traits, comma-separated (repeatable)")->delimiter(',');
   hosts_->add_option("--forbid", forbid_, "Forbidden traits, comma-separated (repeatable)")->delimiter(',');
-  hosts_->add_option("--any-of", any_of_, "At least one of these traits, comma-separated (repeatable: each is one group)");
+  hosts_->add_option("--any-of", any_of_,
+                     "At least one of these traits, comma-separated (repeatable: each is one group)");
   hosts_->add_option("--resources", resources_, "Free capacity asked, e.g. VCPU:2,MEMORY_MB:2048,DISK_GB:10");
   hosts_->add_flag("--explain", explain_, "Also break the excluded hosts down by their first failing reason");
   hosts_->add_option("--host", host_, "With --explain: every reason for this one host");
   hosts_->add_flag("--include-down", include_down_, "Also match hosts not heard from in host_down_after");
-  hosts_->add_option("--limit", limit_, "List at most this many matches (server default 100)")->check(CLI::Range(1, 10000));
+  hosts_->add_option("--limit", limit_, "List at most this many matches (server default 100)")
+      ->check(CLI::Range(1, 10000));
   add_client(hosts_);
-  delete_ = hosts_->add_subcommand("delete", "Remove a host from the fleet (an operator action; agents never do it)");
+  delete_ = hosts_->add_subcommand("delete",
+                                   "Remove a host from the fleet (an operator action; agents never do it)");
   delete_->add_option("name", name_, "Host name")->required();
   add_client(delete_);
   auto* traits = app.add_subcommand("traits", "Set or remove an operator (CUSTOM_*) trait on a fleet host");
@@ -148,10 +160,12 @@ int FleetCommands::serve() {
                              cfg->defaults.log_format, cfg->defaults.log_file};
   if (auto st = logging::setup(log); !st.ok()) return fail("config error: " + st.error().message, kExitUsage);
   const auto checked = fleet::service_options(*cfg).http;
-  if (auto st = http::check_listen(checked); !st.ok()) return fail("config error: " + st.error().message, kExitUsage);
+  if (auto st = http::check_listen(checked); !st.ok())
+    return fail("config error: " + st.error().message, kExitUsage);
   // The TLS pair too is checked before anything is opened: a refused start
   // (a key that does not match its certificate) creates no database.
-  if (auto tls = http::load_tls(checked.tls_cert, checked.tls_key, checked.config_section, now_seconds()); !tls.ok())
+  if (auto tls = http::load_tls(checked.tls_cert, checked.tls_key, checked.config_section, now_seconds());
+      !tls.ok())
     return fail("config error: " + tls.error().message, kExitUsage);
   DaemonSignals signals;  // before any thread starts, as in the agent
 
@@ -166,7 +180,9 @@ int FleetCommands::serve() {
   auto svc = fleet::FleetService::open(std::move(opts));
   if (!svc.ok()) return fail("cannot open the fleet database: " + svc.error().message, kExitRuntime);
   auto port = (*svc)->bind();
-  if (!port.ok()) return fail(port.error().message, port.error().code == Errc::invalid_argument ? kExitUsage : kExitRuntime);
+  if (!port.ok())
+    return fail(port.error().message,
+                port.error().code == Errc::invalid_argument ? kExitUsage : kExitRuntime);
   const auto hp = split_listen(cfg->fleet_service.listen);
   spdlog::info("fleet service listening on {}://{}:{}", (*svc)->scheme(), hp->first, *port);
   if (auto st = (*svc)->start(); !st.ok()) return fail(st.error().message, kExitRuntime);
@@ -232,7 +248,11 @@ int FleetCommands::token_list() {
   json out = json::array();
   for (const auto& c : *rows) out.push_back(credential_json(c));
   return kit_.rows(token_json_ ? "json" : "table", {}, out,
-                   {{"ID", "id"}, {"ROLE", "role"}, {"HOST", "host"}, {"CREATED", "created"}, {"REVOKED", "revoked"},
+                   {{"ID", "id"},
+                    {"ROLE", "role"},
+                    {"HOST", "host"},
+                    {"CREATED", "created"},
+                    {"REVOKED", "revoked"},
                     {"NOTE", "note"}});
 }
 
@@ -240,19 +260,23 @@ int FleetCommands::token_revoke() {
   auto store = open_database();
   if (store.index() == 0) return std::get<0>(store);
   auto rec = std::get<1>(store)->revoke_credential(token_id_, now_ms());
-  if (!rec.ok()) return fail(rec.error().message, rec.error().code == Errc::not_found ? kExitUsage : kExitRuntime);
-  if (token_json_) std::cout << dump_json(credential_json(*rec), 2) << "\n";
-  else std::cout << "revoked credential " << rec->id << " (role " << fleet::to_string(rec->role)
-                 << (rec->host.empty() ? "" : ", host " + rec->host) << ")\n";
+  if (!rec.ok())
+    return fail(rec.error().message, rec.error().code == Errc::not_found ? kExitUsage : kExitRuntime);
+  if (token_json_)
+    std::cout << dump_json(credential_json(*rec), 2) << "\n";
+  else
+    std::cout << "revoked credential " << rec->id << " (role " << fleet::to_string(rec->role)
+              << (rec->host.empty() ? "" : ", host " + rec->host) << ")\n";
   return kExitOk;
 }
 
 std::optional<int> FleetCommands::call(http::Client& c, const std::string& method, const std::string& path,
                                        const json* body, http::ClientResponse& out, bool quiet_conflict) {
-  return call_reported(c, client_, peer_, method, path, body, out,
-                       {.quiet_status = quiet_conflict ? 409 : 0,
-                        .hint_status = 409,
-                        .hint = "(the host changed again while this command ran, after one retry; run it again)"});
+  return call_reported(
+      c, client_, peer_, method, path, body, out,
+      {.quiet_status = quiet_conflict ? 409 : 0,
+       .hint_status = 409,
+       .hint = "(the host changed again while this command ran, after one retry; run it again)"});
 }
 
 std::string FleetCommands::query_string() const {
@@ -285,10 +309,11 @@ int FleetCommands::hosts() {
   if (!host_.empty()) {
     const json& e = j["explanation"];
     json rows = json::array();
-    for (const auto& reason : e["reasons"]) rows.push_back({{"reason", reason["reason"]}, {"detail", reason["message"]}});
+    for (const auto& reason : e["reasons"])
+      rows.push_back({{"reason", reason["reason"]}, {"detail", reason["message"]}});
     if (client_.format == "table")
-      std::cout << "host " << host_ << ": " << (e["matches"].get<bool>() ? "matches" : "excluded") << " (index generation "
-                << text(e["index_generation"]) << ")\n";
+      std::cout << "host " << host_ << ": " << (e["matches"].get<bool>() ? "matches" : "excluded")
+                << " (index generation " << text(e["index_generation"]) << ")\n";
     return rows.empty() ? kExitOk
                         : kit_.rows(client_.format, client_.columns, rows,
                                     {{"REASON", "reason"}, {"DETAIL", "detail"}});
@@ -296,15 +321,20 @@ int FleetCommands::hosts() {
   json rows = json::array();
   for (const auto& h : j["hosts"]) {
     json row = {{"name", h["name"]}, {"uuid", h["uuid"]}, {"last_seen_age_s", h["last_seen_age_s"]}};
-    for (const char* rc : {"VCPU", "MEMORY_MB", "DISK_GB"}) row[rc] = h["free"].contains(rc) ? h["free"][rc] : json();
+    for (const char* rc : {"VCPU", "MEMORY_MB", "DISK_GB"})
+      row[rc] = h["free"].contains(rc) ? h["free"][rc] : json();
     rows.push_back(row);
   }
   const int rc = kit_.rows(client_.format, client_.columns, rows,
-                           {{"NAME", "name"}, {"UUID", "uuid"}, {"VCPU", "VCPU"}, {"MEMORY_MB", "MEMORY_MB"},
-                            {"DISK_GB", "DISK_GB"}, {"SEEN(s)", "last_seen_age_s"}});
+                           {{"NAME", "name"},
+                            {"UUID", "uuid"},
+                            {"VCPU", "VCPU"},
+                            {"MEMORY_MB", "MEMORY_MB"},
+                            {"DISK_GB", "DISK_GB"},
+                            {"SEEN(s)", "last_seen_age_s"}});
   if (client_.format != "table") return rc;
-  std::cout << "matched " << text(j["matched"]) << " of " << text(j["hosts_total"]) << " hosts (index generation "
-            << text(j["index_generation"]) << ")\n";
+  std::cout << "matched " << text(j["matched"]) << " of " << text(j["hosts_total"])
+            << " hosts (index generation " << text(j["index_generation"]) << ")\n";
   // The index's freshness: with --explain always, else only when it may be behind.
   const bool current = !j.contains("index_current") || j["index_current"] == true;
   if (explain_ || !current) {
@@ -316,7 +346,8 @@ int FleetCommands::hosts() {
   }
   if (j.contains("excluded") && !j["excluded"].empty()) {
     std::cout << "excluded, by first failing reason:\n";
-    for (const auto& e : j["excluded"]) std::cout << "  " << text(e["hosts"]) << "  " << text(e["message"]) << "\n";
+    for (const auto& e : j["excluded"])
+      std::cout << "  " << text(e["hosts"]) << "  " << text(e["message"]) << "\n";
   }
   return rc;
 }
@@ -328,8 +359,10 @@ int FleetCommands::host_delete() {
   // What the server says it deleted, not what was asked.
   if (!r.body.contains("deleted") || !r.body["deleted"].is_string())
     return not_our_api(client_, r.status, "no \"deleted\" in the answer");
-  if (client_.format == "json") std::cout << dump_json(r.body, 2) << "\n";
-  else std::cout << "deleted host " << r.body["deleted"].get<std::string>() << "\n";
+  if (client_.format == "json")
+    std::cout << dump_json(r.body, 2) << "\n";
+  else
+    std::cout << "deleted host " << r.body["deleted"].get<std::string>() << "\n";
   return kExitOk;
 }
 
@@ -344,7 +377,8 @@ int FleetCommands::trait_write(bool add) {
   json body = {{"generation", r.body.value("generation", std::int64_t{0})}};
   for (int attempt = 0; attempt < 2; ++attempt) {
     const bool last = attempt == 1;
-    if (auto rc = call(c, add ? "PUT" : "DELETE", host_path + "/traits/" + http::percent_encode(trait_), &body, r, !last))
+    if (auto rc = call(c, add ? "PUT" : "DELETE", host_path + "/traits/" + http::percent_encode(trait_),
+                       &body, r, !last))
       return *rc;
     if (r.status != 409) break;
     body["generation"] = r.body["error"].value("generation", std::int64_t{0});
@@ -353,8 +387,8 @@ int FleetCommands::trait_write(bool add) {
     std::cout << dump_json(r.body, 2) << "\n";
     return kExitOk;
   }
-  std::cout << (add ? "added " : "removed ") << trait_ << (add ? " to " : " from ") << name_ << " (host generation "
-            << text(r.body["generation"]) << ")\n";
+  std::cout << (add ? "added " : "removed ") << trait_ << (add ? " to " : " from ") << name_
+            << " (host generation " << text(r.body["generation"]) << ")\n";
   return kExitOk;
 }
 

@@ -1,22 +1,20 @@
 // virtcap: one binary, subcommands. Exit codes: 0 success, 1 runtime failure,
 // 2 usage or configuration error (see README "Exit codes").
 #include <signal.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <array>
-#include <map>
-#include <cstdio>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <optional>
-#include <spdlog/spdlog.h>
 #include <thread>
 
-#include "common/net_address.h"
-#include "http/client.h"
 #include "api/instance_list.h"
 #include "api/server.h"
 #include "capabilities/render.h"
@@ -27,6 +25,7 @@
 #include "common/fd.h"
 #include "common/json_text.h"
 #include "common/logging.h"
+#include "common/net_address.h"
 #include "common/state_lock.h"
 #include "common/strings.h"
 #include "common/subprocess.h"
@@ -35,6 +34,7 @@
 #include "compute/manager.h"
 #include "compute/periodic.h"
 #include "config/config.h"
+#include "http/client.h"
 #include "http/server.h"
 #include "http/tls.h"
 #include "imagecache/pass.h"
@@ -77,8 +77,8 @@ std::optional<int> check_driver_name(const config::Config& cfg, const std::strin
   const std::string& name = override_name.empty() ? cfg.compute.driver : override_name;
   for (const auto& d : available_drivers())
     if (d.name == name) return std::nullopt;
-  return fail(std::string(override_name.empty() ? "config error: [compute] driver" : "--driver") + " '" + name +
-                  "' is not a driver this virtcap has; available: " + available_driver_names(),
+  return fail(std::string(override_name.empty() ? "config error: [compute] driver" : "--driver") + " '" +
+                  name + "' is not a driver this virtcap has; available: " + available_driver_names(),
               kExitUsage);
 }
 
@@ -87,7 +87,8 @@ std::optional<int> check_driver_name(const config::Config& cfg, const std::strin
 std::optional<int> startup_checks(const config::Config& cfg, const std::string& driver_override) {
   if (auto bad = check_driver_name(cfg, driver_override)) return bad;
   const http::Options api = api::http_options(cfg);
-  if (auto st = http::check_listen(api); !st.ok()) return fail("config error: " + st.error().message, kExitUsage);
+  if (auto st = http::check_listen(api); !st.ok())
+    return fail("config error: " + st.error().message, kExitUsage);
   if (auto tls = http::load_tls(api.tls_cert, api.tls_key, api.config_section, now_seconds()); !tls.ok())
     return fail("config error: " + tls.error().message, kExitUsage);
   const std::filesystem::path state(cfg.defaults.state_path);
@@ -106,7 +107,8 @@ std::optional<int> startup_checks(const config::Config& cfg, const std::string& 
 
 // The configured instance store.
 Result<std::unique_ptr<InstanceStore>> open_store(const config::Config& cfg) {
-  if (cfg.store.backend == config::StoreBackend::memory) return std::unique_ptr<InstanceStore>(std::make_unique<store::MemoryStore>());
+  if (cfg.store.backend == config::StoreBackend::memory)
+    return std::unique_ptr<InstanceStore>(std::make_unique<store::MemoryStore>());
   auto s = store::SqliteStore::open(cfg.store_path());
   if (!s.ok()) return s.error();
   return std::unique_ptr<InstanceStore>(std::move(s.value()));
@@ -133,23 +135,27 @@ int cmd_capabilities_local(const Options& o) {
   if (!cfg) return kExitUsage;
   if (!o.uri.empty()) cfg->libvirt.uri = o.uri;
   if (auto bad = check_driver_name(*cfg, o.driver)) return *bad;
-  spdlog::set_level(spdlog::level::warn);  // keep stdout clean for scripts
+  spdlog::set_level(spdlog::level::warn);                             // keep stdout clean for scripts
   auto inspected = compute::ComputeManager::inspect(*cfg, o.driver);  // writes nothing
   if (!inspected.ok()) return fail(inspected.error().message);
   const auto& [name, caps] = inspected.value();
-  if (o.format == "json") std::cout << dump_json(caps::to_json(name, caps), 2) << "\n";
-  else if (o.format == "markdown") std::cout << caps::to_markdown(name, caps);
-  else std::cout << caps::to_table(name, caps);
+  if (o.format == "json")
+    std::cout << dump_json(caps::to_json(name, caps), 2) << "\n";
+  else if (o.format == "markdown")
+    std::cout << caps::to_markdown(name, caps);
+  else
+    std::cout << caps::to_table(name, caps);
   return kExitOk;
 }
 
 // Converge after a crash before serving anything.
 void reconcile_at_start(compute::ComputeManager& manager) {
   if (auto r = manager.reconcile(true); r.ok()) {
-    spdlog::info("reconcile at start: {} interrupted spawns finished, {} rolled back, {} deletes finished, {} lost, "
-                 "{} unknown domains, {} orphan directories",
-                 r->finished_spawns.size(), r->rolled_back_spawns.size(), r->finished_deletes.size(), r->lost.size(),
-                 r->unknown_domains.size(), r->orphan_dirs.size());
+    spdlog::info(
+        "reconcile at start: {} interrupted spawns finished, {} rolled back, {} deletes finished, {} lost, "
+        "{} unknown domains, {} orphan directories",
+        r->finished_spawns.size(), r->rolled_back_spawns.size(), r->finished_deletes.size(), r->lost.size(),
+        r->unknown_domains.size(), r->orphan_dirs.size());
   } else {
     spdlog::warn("reconcile at start failed: {}", r.error().describe());
   }
@@ -160,10 +166,13 @@ void reconcile_at_start(compute::ComputeManager& manager) {
 void reload_agent(const Options& o, const config::Config& running, api::Server& server) {
   auto fresh = config::load(o.config_path);
   const auto opts = fresh.ok() ? log_options(*fresh) : log_options(running);
-  if (!fresh.ok()) spdlog::warn("SIGHUP: config not re-read ({}); reopening the log file only", fresh.error().message);
-  if (Status st = logging::reopen(opts); !st.ok()) spdlog::error("SIGHUP: {}", st.error().message);
-  else spdlog::info("SIGHUP: log file reopened; log_level {}, log_format {}", config::to_string(opts.level),
-                    config::to_string(opts.format));
+  if (!fresh.ok())
+    spdlog::warn("SIGHUP: config not re-read ({}); reopening the log file only", fresh.error().message);
+  if (Status st = logging::reopen(opts); !st.ok())
+    spdlog::error("SIGHUP: {}", st.error().message);
+  else
+    spdlog::info("SIGHUP: log file reopened; log_level {}, log_format {}", config::to_string(opts.level),
+                 config::to_string(opts.format));
   if (Status st = server.reload_tls(); !st.ok())
     spdlog::error("SIGHUP: {}; still serving the previous certificate", st.error().message);
 }
@@ -172,7 +181,8 @@ int cmd_agent(const Options& o) {
   auto cfg = load_config(o.config_path);
   if (!cfg) return kExitUsage;
   if (!o.uri.empty()) cfg->libvirt.uri = o.uri;
-  if (Status st = logging::setup(log_options(*cfg)); !st.ok()) return fail("config error: " + st.error().message, kExitUsage);
+  if (Status st = logging::setup(log_options(*cfg)); !st.ok())
+    return fail("config error: " + st.error().message, kExitUsage);
   if (auto bad = startup_checks(*cfg, o.driver)) return *bad;
   cli::DaemonSignals signals;  // before any thread starts
 
@@ -197,14 +207,18 @@ int cmd_agent(const Options& o) {
   auto& manager = *mgr.value();
   reconcile_at_start(manager);
 
-  compute::PeriodicTaskRunner runner({.max_jitter_seconds = static_cast<double>(cfg->defaults.periodic_fuzzy_delay)});
+  compute::PeriodicTaskRunner runner(
+      {.max_jitter_seconds = static_cast<double>(cfg->defaults.periodic_fuzzy_delay)});
   manager.register_periodic_tasks(runner);
   api::Server server(*cfg, manager, runner, api_fd.release());
   auto port = server.bind();  // adopts the bound socket
-  if (!port.ok()) return fail(port.error().message, port.error().code == Errc::invalid_argument ? kExitUsage : kExitRuntime);
+  if (!port.ok())
+    return fail(port.error().message,
+                port.error().code == Errc::invalid_argument ? kExitUsage : kExitRuntime);
   const auto hp = split_listen(cfg->api.listen);
   spdlog::info("API listening on {}://{}:{}", server.scheme(), hp->first, port.value());
-  manager.fleet_reporter().set_api_url(std::string(server.scheme()) + "://" + hp->first + ":" + std::to_string(port.value()));
+  manager.fleet_reporter().set_api_url(std::string(server.scheme()) + "://" + hp->first + ":" +
+                                       std::to_string(port.value()));
   if (auto st = server.start(); !st.ok()) return fail(st.error().message, kExitRuntime);
   runner.start();
   spdlog::info("agent running; send SIGTERM or SIGINT to stop");
@@ -230,8 +244,10 @@ int cmd_imagecache_local(const Options& o) {
   if (!mgr.ok()) return fail(mgr.error().message);
   auto r = mgr.value()->image_cache_pass(o.dry_run);
   if (!r.ok()) return fail(r.error().message);
-  if (o.format == "json") std::cout << dump_json(imagecache::to_json(r.value()), 2) << "\n";
-  else std::cout << imagecache::to_table(r.value());
+  if (o.format == "json")
+    std::cout << dump_json(imagecache::to_json(r.value()), 2) << "\n";
+  else
+    std::cout << imagecache::to_table(r.value());
   return r->complete ? kExitOk : kExitRuntime;
 }
 
@@ -241,8 +257,9 @@ int cmd_config_validate(const Options& o) {
   if (auto bad = startup_checks(*cfg, o.driver)) return *bad;
   if (auto warning = http::check_listen(api::http_options(*cfg)); warning.ok() && !warning->empty())
     std::fprintf(stderr, "virtcap: warning: %s\n", warning->c_str());
-  std::cout << "configuration OK (" << cfg->source << "): driver " << (o.driver.empty() ? cfg->compute.driver : o.driver)
-            << ", API on " << (cfg->api.tls_cert.empty() ? "http://" : "https://") << cfg->api.listen << ", state in "
+  std::cout << "configuration OK (" << cfg->source << "): driver "
+            << (o.driver.empty() ? cfg->compute.driver : o.driver) << ", API on "
+            << (cfg->api.tls_cert.empty() ? "http://" : "https://") << cfg->api.listen << ", state in "
             << cfg->defaults.state_path << "\n";
   return kExitOk;
 }
@@ -300,9 +317,8 @@ std::optional<std::vector<Column>> pick(const Options& o, const std::vector<Colu
   };
   std::vector<Column> out;
   for (const auto& want : o.client.columns) {
-    auto it = std::find_if(all.begin(), all.end(), [&](const Column& c) {
-      return lower(c.header) == lower(want) || c.key == want;
-    });
+    auto it = std::find_if(all.begin(), all.end(),
+                           [&](const Column& c) { return lower(c.header) == lower(want) || c.key == want; });
     if (it == all.end()) {
       fail("-c " + want + ": no such column; columns: " + join(all, ", ", &Column::header), kExitUsage);
       return std::nullopt;
@@ -351,7 +367,8 @@ int emit_rows(const Options& o, const json& rows, const std::vector<Column>& all
     std::cout << (i + 1 < cols->size() ? pad((*cols)[i].header, w[i] + 2) : (*cols)[i].header);
   std::cout << "\n";
   for (const auto& line : cells) {
-    for (std::size_t i = 0; i < line.size(); ++i) std::cout << (i + 1 < line.size() ? pad(line[i], w[i] + 2) : line[i]);
+    for (std::size_t i = 0; i < line.size(); ++i)
+      std::cout << (i + 1 < line.size() ? pad(line[i], w[i] + 2) : line[i]);
     std::cout << "\n";
   }
   return kExitOk;
@@ -384,17 +401,17 @@ int emit_object(const Options& o, const json& obj) {
   return emit_rows(plain, rows, {{"FIELD", "field"}, {"VALUE", "value"}});
 }
 
-const std::vector<Column> kInstanceColumns = {{"UUID", "uuid"}, {"NAME", "name"}, {"IMAGE", "image"},
-                                              {"STATE", "vm_state"}, {"TASK", "task_state"},
-                                              {"CREATED", "created_at"}};
+const std::vector<Column> kInstanceColumns = {{"UUID", "uuid"},       {"NAME", "name"},
+                                              {"IMAGE", "image"},     {"STATE", "vm_state"},
+                                              {"TASK", "task_state"}, {"CREATED", "created_at"}};
 // list --long: power state (the hypervisor's), memory and vCPUs too.
 const std::vector<Column> kInstanceLongColumns = {
-    {"UUID", "uuid"},         {"NAME", "name"},        {"IMAGE", "image"},  {"STATE", "vm_state"},
-    {"POWER", "power_state"}, {"TASK", "task_state"},  {"MEMORY(MiB)", "memory_mb"}, {"VCPUS", "vcpus"},
+    {"UUID", "uuid"},         {"NAME", "name"},       {"IMAGE", "image"},           {"STATE", "vm_state"},
+    {"POWER", "power_state"}, {"TASK", "task_state"}, {"MEMORY(MiB)", "memory_mb"}, {"VCPUS", "vcpus"},
     {"CREATED", "created_at"}};
 // The same columns as `virtcap imagecache`'s table.
-const std::vector<Column> kImageCacheColumns = {{"FILE", "name"},         {"KIND", "kind"},
-                                                {"STATE", "state"},       {"BYTES", "bytes"},
+const std::vector<Column> kImageCacheColumns = {{"FILE", "name"},          {"KIND", "kind"},
+                                                {"STATE", "state"},        {"BYTES", "bytes"},
                                                 {"AGE(s)", "age_seconds"}, {"REASON", "reason"}};
 
 // `virtcap image list`: one row per repository file.
@@ -404,8 +421,13 @@ int emit_images(const Options& o, const json& j) {
     return kExitOk;
   }
   const int rc = emit_rows(o, j["images"],
-                           {{"ID", "id"}, {"FILE", "file"}, {"FORMAT", "format"}, {"VIRTUAL_SIZE", "virtual_size"},
-                            {"FILE_SIZE", "file_size"}, {"BASE_CACHED", "base_cached"}, {"PROBLEM", "problem"}});
+                           {{"ID", "id"},
+                            {"FILE", "file"},
+                            {"FORMAT", "format"},
+                            {"VIRTUAL_SIZE", "virtual_size"},
+                            {"FILE_SIZE", "file_size"},
+                            {"BASE_CACHED", "base_cached"},
+                            {"PROBLEM", "problem"}});
   if (o.client.format == "table" && j["repository"].is_string())
     std::cout << "repository: " << text(j["repository"]) << "\n";
   return rc;
@@ -433,7 +455,8 @@ std::optional<int> parse_memory_mib(const std::string& v) {
     if (unit == u) {
       const long long mib = n << shift;
       if (!compute::memory_mb_in_range(mib)) {
-        fail("--memory '" + v + "' is " + std::to_string(mib) + " MiB; it must be from 16 MiB to 16 TiB", kExitUsage);
+        fail("--memory '" + v + "' is " + std::to_string(mib) + " MiB; it must be from 16 MiB to 16 TiB",
+             kExitUsage);
         return std::nullopt;
       }
       return static_cast<int>(mib);
@@ -451,11 +474,12 @@ int client_call(const Options& o, const std::string& method, const std::string& 
   cli::ClientFlags flags = o.client;
   flags.server = *url;
   http::Client client(http::ClientOptions{.url = *url,
-                                        .token = o.client.token,
-                                        .ca_file = o.client.ca_file,
-                                        .timeout = std::chrono::seconds(o.timeout)});
+                                          .token = o.client.token,
+                                          .ca_file = o.client.ca_file,
+                                          .timeout = std::chrono::seconds(o.timeout)});
   http::ClientResponse r;
-  if (auto rc = cli::call_reported(client, flags, kAgentPeer, method, path, body, r, {.field_flags = field_flags}))
+  if (auto rc =
+          cli::call_reported(client, flags, kAgentPeer, method, path, body, r, {.field_flags = field_flags}))
     return *rc;
   return human(r.body);
 }
@@ -468,8 +492,9 @@ int cmd_list(const Options& o) {
   if (o.list_deleted) params["deleted"] = "true";
   const bool one_page = params.count("limit") || params.count("marker");
   const std::vector<std::pair<std::string, std::string>> flags = {
-      {"status", "--status"},   {"power_state", "--power-state"}, {"name", "--name"},   {"sort_key", "--sort-column"},
-      {"sort_dir", "--sort-dir"}, {"limit", "--limit"},             {"marker", "--marker"}};
+      {"status", "--status"},        {"power_state", "--power-state"}, {"name", "--name"},
+      {"sort_key", "--sort-column"}, {"sort_dir", "--sort-dir"},       {"limit", "--limit"},
+      {"marker", "--marker"}};
   json all = json::array(), next;
   for (std::string path = api::instances_path(params);;) {
     const int rc = client_call(
@@ -524,7 +549,9 @@ namespace {
 // What runs once the command line is parsed: the action of the one command given.
 class Dispatch {
  public:
-  void on(CLI::App* command, std::function<int()> action) { actions_.emplace_back(command, std::move(action)); }
+  void on(CLI::App* command, std::function<int()> action) {
+    actions_.emplace_back(command, std::move(action));
+  }
   std::optional<int> run() const {
     for (const auto& entry : actions_)
       if (entry.first->parsed()) return entry.second();
@@ -543,8 +570,8 @@ void add_config_option(CLI::App* sub, Options& o) {
 }
 
 void add_driver_options(CLI::App* sub, Options& o) {
-  sub->add_option("-d,--driver", o.driver, "Driver to load (default: [compute] driver). Available: " +
-                                               available_driver_names());
+  sub->add_option("-d,--driver", o.driver,
+                  "Driver to load (default: [compute] driver). Available: " + available_driver_names());
   sub->add_option("--uri", o.uri, "libvirt connection URI (overrides [libvirt] uri), e.g. qemu:///session");
 }
 
@@ -569,30 +596,39 @@ int cmd_capabilities_remote(Options o) {
 }
 
 void register_capabilities(CLI::App& app, Options& o, Dispatch& d) {
-  auto* cmd = app.add_subcommand("capabilities", "Print a driver's capabilities and traits (local, or --server)");
+  auto* cmd =
+      app.add_subcommand("capabilities", "Print a driver's capabilities and traits (local, or --server)");
   add_config_option(cmd, o);
   add_driver_options(cmd, o);
   cmd->add_option("-f,--format", o.format, "Output format (local)")
       ->check(CLI::IsMember({"table", "json", "markdown"}))
       ->capture_default_str();
-  auto* server = cmd->add_option("--server", o.client.server, "Ask a running agent instead of loading a driver");
+  auto* server =
+      cmd->add_option("--server", o.client.server, "Ask a running agent instead of loading a driver");
   cmd->add_option("--token", o.client.token, "Bearer token for --server (env VIRTCAP_TOKEN)");
-  cmd->add_option("--ca-file", o.client.ca_file, "PEM CA certificate(s) for an https:// --server (env VIRTCAP_CA_FILE)");
-  d.on(cmd, [&o, server] { return server->count() == 0 ? cmd_capabilities_local(o) : cmd_capabilities_remote(o); });
+  cmd->add_option("--ca-file", o.client.ca_file,
+                  "PEM CA certificate(s) for an https:// --server (env VIRTCAP_CA_FILE)");
+  d.on(cmd, [&o, server] {
+    return server->count() == 0 ? cmd_capabilities_local(o) : cmd_capabilities_remote(o);
+  });
 }
 
 // The local commands: agent, imagecache, config show|validate, docs.
 void register_local_commands(CLI::App& app, Options& o, Dispatch& d) {
-  auto* agent = app.add_subcommand("agent", "Run the compute service: API, manager and periodic tasks, until SIGTERM/SIGINT");
+  auto* agent = app.add_subcommand(
+      "agent", "Run the compute service: API, manager and periodic tasks, until SIGTERM/SIGINT");
   add_config_option(agent, o);
   add_driver_options(agent, o);
   d.on(agent, [&o] { return cmd_agent(o); });
 
-  auto* ic = app.add_subcommand("imagecache", "Run one image-cache pass now, locally (same code as the periodic task)");
+  auto* ic = app.add_subcommand("imagecache",
+                                "Run one image-cache pass now, locally (same code as the periodic task)");
   add_config_option(ic, o);
   add_driver_options(ic, o);
   ic->add_flag("--dry-run", o.dry_run, "Decide and report, remove and touch nothing");
-  ic->add_option("-f,--format", o.format, "Output format")->check(CLI::IsMember({"table", "json"}))->capture_default_str();
+  ic->add_option("-f,--format", o.format, "Output format")
+      ->check(CLI::IsMember({"table", "json"}))
+      ->capture_default_str();
   d.on(ic, [&o] { return cmd_imagecache_local(o); });
 
   auto* config_cmd = app.add_subcommand("config", "Inspect configuration");
@@ -607,13 +643,17 @@ void register_local_commands(CLI::App& app, Options& o, Dispatch& d) {
   d.on(validate, [&o] { return cmd_config_validate(o); });
 
   auto* docs = app.add_subcommand("docs", "Print generated reference docs (markdown)");
-  docs->add_option("what", o.docs_what, "Which document: capabilities, config (markdown), man (man page), bash-completion")
+  docs->add_option("what", o.docs_what,
+                   "Which document: capabilities, config (markdown), man (man page), bash-completion")
       ->required()
       ->check(CLI::IsMember({"capabilities", "config", "man", "bash-completion"}));
   d.on(docs, [&app, &o] {
-    if (o.docs_what == "man") std::cout << cli::man_page(app, VIRTCAP_VERSION);
-    else if (o.docs_what == "bash-completion") std::cout << cli::bash_completion(app);
-    else return cmd_docs(o.docs_what);
+    if (o.docs_what == "man")
+      std::cout << cli::man_page(app, VIRTCAP_VERSION);
+    else if (o.docs_what == "bash-completion")
+      std::cout << cli::bash_completion(app);
+    else
+      return cmd_docs(o.docs_what);
     return kExitOk;
   });
 }
@@ -622,16 +662,16 @@ int cmd_boot(const Options& o) {
   const auto memory_mb = parse_memory_mib(o.memory);
   if (!memory_mb) return kExitUsage;
   json body = {{"name", o.name}, {"image", o.image}, {"memory_mb", *memory_mb}, {"vcpus", o.vcpus}};
-  return client_call(
-      o, "POST", "/v1/instances", &body, [&](const json& j) { return emit_object(o, j); },
-      {{"memory_mb", "--memory"}, {"vcpus", "--vcpus"}});
+  return client_call(o, "POST", "/v1/instances", &body, [&](const json& j) { return emit_object(o, j); },
+                     {{"memory_mb", "--memory"}, {"vcpus", "--vcpus"}});
 }
 
 // boot and list.
 void register_boot_and_list(CLI::App& app, Options& o, Dispatch& d) {
   auto* boot = app.add_subcommand("boot", "Boot an instance");
   boot->add_option("name", o.name, "Instance name")->required();
-  boot->add_option("--image", o.image, "Image id (a file <id>.raw or <id>.qcow2 in [images] path)")->required();
+  boot->add_option("--image", o.image, "Image id (a file <id>.raw or <id>.qcow2 in [images] path)")
+      ->required();
   boot->add_option("--memory", o.memory, "Memory: MiB, or with a unit: 512M, 2G, 1T")->capture_default_str();
   boot->add_option("--vcpus", o.vcpus, "vCPUs: 1 to the driver's max_vcpus")->capture_default_str();
   boot->add_option("--timeout", o.timeout, "Seconds to wait for the instance to be active (then exit 1)")
@@ -640,17 +680,21 @@ void register_boot_and_list(CLI::App& app, Options& o, Dispatch& d) {
   cli::add_client_options(boot, o.client, kAgentPeer);
   d.on(boot, [&o] { return cmd_boot(o); });
 
-  auto* list = app.add_subcommand("list", "List this host's instances (every page; filtered and sorted by the agent)");
+  auto* list =
+      app.add_subcommand("list", "List this host's instances (every page; filtered and sorted by the agent)");
   for (const auto& [flag, param, help] : std::vector<std::array<std::string, 3>>{
            {"--status", "status", "Only instances in this vm_state: building, active, error, lost, deleted"},
            {"--power-state", "power_state",
-            "Only instances in this hypervisor power state: nostate, running, paused, shutdown, crashed, suspended"},
-           {"--name", "name", "Only instances whose name matches this regular expression (RE2 syntax, unanchored)"},
+            "Only instances in this hypervisor power state: nostate, running, paused, shutdown, crashed, "
+            "suspended"},
+           {"--name", "name",
+            "Only instances whose name matches this regular expression (RE2 syntax, unanchored)"},
            {"--sort-column", "sort_key", "Sort by: " + sort_key_names() + " (default created_at)"},
            {"--sort-dir", "sort_dir", "Sort direction: asc (default) or desc"},
            {"--limit", "limit", "Show one page of at most this many instances (1-1000)"},
            {"--marker", "marker", "Show the page after this instance uuid"}})
-    list->add_option_function<std::string>(flag, [&o, param = param](const std::string& v) { o.list_params[param] = v; }, help);
+    list->add_option_function<std::string>(
+        flag, [&o, param = param](const std::string& v) { o.list_params[param] = v; }, help);
   list->add_flag("-l,--long", o.list_long, "Add power state, memory and vCPUs columns");
   list->add_flag("--deleted", o.list_deleted, "Include deleted instances (and a DELETED column)");
   cli::add_client_options(list, o.client, kAgentPeer);
@@ -659,7 +703,8 @@ void register_boot_and_list(CLI::App& app, Options& o, Dispatch& d) {
 
 // delete, reboot, detach-interface: the agent answers {"<done>": what}; a
 // table prints "<done> <what>".
-int call_and_say(const Options& o, const std::string& method, const std::string& path, const std::string& done) {
+int call_and_say(const Options& o, const std::string& method, const std::string& path,
+                 const std::string& done) {
   return client_call(o, method, path, nullptr, [&](const json& j) {
     if (o.client.format != "table") return emit_object(o, j);
     std::cout << done << " " << text(j[done]) << "\n";
@@ -681,21 +726,26 @@ void register_instance_commands(CLI::App& app, Options& o, Dispatch& d) {
   auto* show = app.add_subcommand("show", "Show one instance, with its hypervisor state");
   auto* del = app.add_subcommand("delete", "Delete an instance (its domain and disk; the base image stays)");
   auto* reboot = app.add_subcommand("reboot", "Reboot an instance");
-  auto* attach = app.add_subcommand("attach-interface", "Hot-plug a network interface (needs supports_attach_interface)");
+  auto* attach = app.add_subcommand("attach-interface",
+                                    "Hot-plug a network interface (needs supports_attach_interface)");
   attach->add_option("--mac", o.mac, "MAC address (default: generated)");
   attach->add_option("--network", o.network, "libvirt network (default: [libvirt] network)");
   attach->add_option("--tag", o.tag, "Device tag (needs supports_tagged_attach_interface)");
   auto* detach = app.add_subcommand("detach-interface", "Remove a network interface");
-  for (auto* c : {show, del, reboot, attach, detach}) c->add_option("instance", o.id, "Instance uuid or name")->required();
+  for (auto* c : {show, del, reboot, attach, detach})
+    c->add_option("instance", o.id, "Instance uuid or name")->required();
   detach->add_option("mac", o.mac, "MAC address")->required();
   for (auto* c : {show, del, reboot, attach, detach}) cli::add_client_options(c, o.client, kAgentPeer);
   d.on(show, [&o] {
-    return client_call(o, "GET", "/v1/instances/" + o.id, nullptr, [&](const json& j) { return emit_object(o, j); });
+    return client_call(o, "GET", "/v1/instances/" + o.id, nullptr,
+                       [&](const json& j) { return emit_object(o, j); });
   });
   d.on(del, [&o] { return call_and_say(o, "DELETE", "/v1/instances/" + o.id, "deleted"); });
   d.on(reboot, [&o] { return call_and_say(o, "POST", "/v1/instances/" + o.id + "/reboot", "rebooted"); });
   d.on(attach, [&o] { return cmd_attach(o); });
-  d.on(detach, [&o] { return call_and_say(o, "DELETE", "/v1/instances/" + o.id + "/interfaces/" + o.mac, "detached"); });
+  d.on(detach, [&o] {
+    return call_and_say(o, "DELETE", "/v1/instances/" + o.id + "/interfaces/" + o.mac, "detached");
+  });
 }
 
 int cmd_tasks(const Options& o) {
@@ -712,8 +762,12 @@ int cmd_tasks(const Options& o) {
       rows.push_back(r);
     }
     return emit_rows(o, rows,
-                     {{"TASK", "name"}, {"EVERY(s)", "spacing_seconds"}, {"ENABLED", "enabled_text"}, {"RUNS", "runs"},
-                      {"LAST", "last_result"}, {"DETAIL", "detail"}});
+                     {{"TASK", "name"},
+                      {"EVERY(s)", "spacing_seconds"},
+                      {"ENABLED", "enabled_text"},
+                      {"RUNS", "runs"},
+                      {"LAST", "last_result"},
+                      {"DETAIL", "detail"}});
   });
 }
 
@@ -796,10 +850,11 @@ std::optional<int> parse(CLI::App& app, int argc, char** argv) {
 
 int run_main(int argc, char** argv) {
   (void)logging::setup({});
-  CLI::App app{"virtcap: a compute-host agent whose manager knows what its virt driver can do.\n"
-               "Exit codes: 0 success; 1 the operation failed; 2 bad usage, argument or config (including\n"
-               "values the agent refuses, a wrong --token, an unreadable --ca-file); 3 could not reach the agent\n"
-               "(including a refused TLS certificate)."};
+  CLI::App app{
+      "virtcap: a compute-host agent whose manager knows what its virt driver can do.\n"
+      "Exit codes: 0 success; 1 the operation failed; 2 bad usage, argument or config (including\n"
+      "values the agent refuses, a wrong --token, an unreadable --ca-file); 3 could not reach the agent\n"
+      "(including a refused TLS certificate)."};
   app.set_version_flag("--version", std::string("virtcap ") + VIRTCAP_VERSION);
   app.require_subcommand(1);
   Options o;

@@ -60,13 +60,16 @@ void Scope::instance(std::string uuid, std::string name) {
   name_ = clip(std::move(name));
 }
 
-void Scope::field(std::string key, nlohmann::json value) { extra_.emplace_back(std::move(key), std::move(value)); }
+void Scope::field(std::string key, nlohmann::json value) {
+  extra_.emplace_back(std::move(key), std::move(value));
+}
 
 void Scope::log(std::string_view outcome, const std::string& reason) {
   if (logged_) return;
   logged_ = true;
   const auto ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start_).count();
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start_)
+          .count();
   logging::Fields f = {{"audit", true},
                        {"operation", operation_},
                        {"uuid", uuid_.empty() ? nlohmann::json() : nlohmann::json(uuid_)},

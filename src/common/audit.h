@@ -40,8 +40,10 @@ class Scope {
   // Logs a Result's or Status's outcome and hands it back.
   template <class R>
   R done(R result) {
-    if (result.ok()) ok();
-    else failed(result.error().describe());
+    if (result.ok())
+      ok();
+    else
+      failed(result.error().describe());
     return result;
   }
   void dismiss() { logged_ = true; }

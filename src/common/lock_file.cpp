@@ -31,8 +31,9 @@ Status make_dirs(const std::string& dir, mode_t mode, std::string_view what, con
     if (::mkdir(path.c_str(), mode) == 0) {
       if (!on_created) continue;
       UniqueFd fd(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-      if (!fd.valid()) return make_error(Errc::io_error, "cannot open " + std::string(what) + " " + path + ": " +
-                                                             std::strerror(errno));
+      if (!fd.valid())
+        return make_error(Errc::io_error,
+                          "cannot open " + std::string(what) + " " + path + ": " + std::strerror(errno));
       if (Status st = on_created(fd.get(), path); !st.ok()) return st;
     } else if (errno != EEXIST) {
       return failed(path, std::strerror(errno));

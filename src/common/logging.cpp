@@ -34,7 +34,8 @@ std::string iso8601(spdlog::log_clock::time_point tp) {
   std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
   char off[24];
   const long gmtoff = std::labs(tm.tm_gmtoff) % 86400;  // |offset| < 1 day
-  std::snprintf(off, sizeof off, "%c%02ld:%02ld", tm.tm_gmtoff < 0 ? '-' : '+', gmtoff / 3600, (gmtoff % 3600) / 60);
+  std::snprintf(off, sizeof off, "%c%02ld:%02ld", tm.tm_gmtoff < 0 ? '-' : '+', gmtoff / 3600,
+                (gmtoff % 3600) / 60);
   char out[96];
   std::snprintf(out, sizeof out, "%s.%03lld%s", buf, static_cast<long long>(ms), off);
   return out;
@@ -110,8 +111,10 @@ spdlog::level::level_enum spdlog_level(LogLevel level) {
 Status apply(const Options& opts) {
   const auto level = spdlog_level(opts.level);
   if (Status st = the_sink()->open(opts.file); !st.ok()) return st;
-  if (opts.format == LogFormat::json) the_sink()->set_formatter(std::make_unique<JsonFormatter>());
-  else the_sink()->set_formatter(std::make_unique<spdlog::pattern_formatter>(kTextPattern));
+  if (opts.format == LogFormat::json)
+    the_sink()->set_formatter(std::make_unique<JsonFormatter>());
+  else
+    the_sink()->set_formatter(std::make_unique<spdlog::pattern_formatter>(kTextPattern));
   spdlog::set_level(level);
   return {};
 }

@@ -157,7 +157,8 @@ class CondVar {
   }
   // Until pred() holds (true) or `deadline` passes (pred() then).
   template <class Clock, class Duration, class Pred>
-  bool wait_until(Mutex& mu, const std::chrono::time_point<Clock, Duration>& deadline, Pred pred) REQUIRES(mu) {
+  bool wait_until(Mutex& mu, const std::chrono::time_point<Clock, Duration>& deadline, Pred pred)
+      REQUIRES(mu) {
     while (!pred())
       if (!wait_until(mu, deadline)) return pred();
     return true;
@@ -186,7 +187,8 @@ class CondVar {
     return st.stop_requested();
   }
   template <class Rep, class Period>
-  bool wait_for(Mutex& mu, std::stop_token st, const std::chrono::duration<Rep, Period>& timeout) REQUIRES(mu) {
+  bool wait_for(Mutex& mu, std::stop_token st, const std::chrono::duration<Rep, Period>& timeout)
+      REQUIRES(mu) {
     return wait_until(mu, std::move(st), std::chrono::steady_clock::now() + timeout);
   }
 

@@ -19,14 +19,16 @@ Result<StateLock> StateLock::acquire(const std::string& state_path) {
   UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
   if (!fd.valid()) return make_error(Errc::io_error, "cannot open " + path + ": " + std::strerror(errno));
   if (const int err = lock_file(fd.get()); err != 0) {
-    if (err != EWOULDBLOCK) return make_error(Errc::io_error, "cannot lock " + path + ": " + std::strerror(err));
+    if (err != EWOULDBLOCK)
+      return make_error(Errc::io_error, "cannot lock " + path + ": " + std::strerror(err));
     char buf[32] = {};
     const ssize_t n = ::pread(fd.get(), buf, sizeof buf - 1, 0);
     std::string pid = n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
     while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
     if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) pid = "unknown";
-    return make_error(Errc::conflict, "another virtcap agent (pid " + pid + ") is already running with state_path " +
-                                          state_path + " (it holds " + path +
+    return make_error(Errc::conflict, "another virtcap agent (pid " + pid +
+                                          ") is already running with state_path " + state_path +
+                                          " (it holds " + path +
                                           "); stop it first, or give this one another state_path");
   }
   const std::string text = std::to_string(::getpid()) + "\n";

@@ -79,7 +79,9 @@ int spawn_posix(char* const* argv, int out_w, int err_w, pid_t& pid) {
 void close_fds(unsigned lo, unsigned hi) {
   if (lo > hi || ::syscall(SYS_close_range, lo, hi, 0U) == 0) return;
   struct rlimit rl {};
-  const unsigned cap = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536 ? static_cast<unsigned>(rl.rlim_cur) : 65536U;
+  const unsigned cap = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536
+                           ? static_cast<unsigned>(rl.rlim_cur)
+                           : 65536U;
   for (unsigned fd = lo; fd <= std::min(hi, cap); ++fd) (void)::close(static_cast<int>(fd));
 }
 

@@ -1,19 +1,19 @@
 #include "compute/fleet_reporter.h"
 
-#include <algorithm>
 #include <spdlog/spdlog.h>
 #include <sys/statvfs.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 
-#include "http/client.h"
 #include "capabilities/render.h"
 #include "common/fd.h"
 #include "common/uuid.h"
 #include "compute/manager.h"
 #include "fleet/wire.h"
+#include "http/client.h"
 #include "imagecache/base_cache.h"
 #include "virtcap/version.h"
 
@@ -58,8 +58,8 @@ Result<fleet::Inventories> host_inventory(ComputeDriver& driver, const config::C
 PeriodicTask FleetReporter::task() {
   const auto& f = mgr_.config().fleet;
   // At start, without jitter: a restarted agent is back in the fleet at once.
-  PeriodicTask t{std::string(kFleetReportTask), static_cast<double>(f.report_interval), FirstRun::at_start, "",
-                 [this](std::stop_token st) { return run(st); }};
+  PeriodicTask t{std::string(kFleetReportTask), static_cast<double>(f.report_interval), FirstRun::at_start,
+                 "", [this](std::stop_token st) { return run(st); }};
   if (f.url.empty()) t.disabled_reason = "[fleet] url is empty: standalone, nothing is reported";
   return t;
 }
@@ -121,7 +121,8 @@ std::string unexpected_answer(const http::ClientResponse& r, const std::string& 
   if (b.is_object() && b.contains("error") && b["error"].is_object() && b["error"].contains("message") &&
       b["error"]["message"].is_string())
     return "HTTP " + std::to_string(r.status) + ": " + b["error"]["message"].get<std::string>();
-  return "the server at " + url + " did not answer with virtcap's API (HTTP " + std::to_string(r.status) + ")";
+  return "the server at " + url + " did not answer with virtcap's API (HTTP " + std::to_string(r.status) +
+         ")";
 }
 }  // namespace
 
@@ -130,16 +131,17 @@ TaskOutcome FleetReporter::run(std::stop_token stop) {
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(f.report_interval);
   const auto max_backoff = std::chrono::milliseconds(std::max(1000, f.report_interval * 500));
   std::chrono::milliseconds backoff{1000};
-  http::Client client(http::ClientOptions{.url = f.url,
-                                        .token = f.token,
-                                        .ca_file = f.ca_file,
-                                        .client_cert = f.tls_client_cert,
-                                        .client_key = f.tls_client_key,
-                                        // A report is small: a slow or endless answer ends the attempt.
-                                        .timeout = std::chrono::seconds(std::clamp(f.report_interval, 5, 30)),
-                                        .peer = "the fleet service",
-                                        .hint = "check [fleet] url and that `virtcap fleet serve` runs there",
-                                        .ca_hint = "set [fleet] ca_file to the CA that signed its certificate"});
+  http::Client client(
+      http::ClientOptions{.url = f.url,
+                          .token = f.token,
+                          .ca_file = f.ca_file,
+                          .client_cert = f.tls_client_cert,
+                          .client_key = f.tls_client_key,
+                          // A report is small: a slow or endless answer ends the attempt.
+                          .timeout = std::chrono::seconds(std::clamp(f.report_interval, 5, 30)),
+                          .peer = "the fleet service",
+                          .hint = "check [fleet] url and that `virtcap fleet serve` runs there",
+                          .ca_hint = "set [fleet] ca_file to the CA that signed its certificate"});
   for (;;) {
     std::string why;
     if (auto r = build(); !r.ok()) {
@@ -147,12 +149,13 @@ TaskOutcome FleetReporter::run(std::stop_token stop) {
     } else {
       const auto body = fleet::to_json(*r);
       auto res = client.call("PUT", "/v1/hosts/" + r->name, &body);
-      const bool answered = res.ok() && res->status == 200 && res->body.is_object() && res->body.contains("generation") &&
-                            res->body["generation"].is_number_integer();
+      const bool answered = res.ok() && res->status == 200 && res->body.is_object() &&
+                            res->body.contains("generation") && res->body["generation"].is_number_integer();
       if (answered) {
         const auto gen = res->body["generation"].get<std::int64_t>();
         MutexLock lock(mu_);
-        if (failures_ > 0) spdlog::info("fleet report to {} succeeded again after {} failure(s)", f.url, failures_);
+        if (failures_ > 0)
+          spdlog::info("fleet report to {} succeeded again after {} failure(s)", f.url, failures_);
         failures_ = 0;
         return TaskOutcome::ran("reported " + std::to_string(r->traits.size()) + " traits; host generation " +
                                 std::to_string(gen));
@@ -164,8 +167,9 @@ TaskOutcome FleetReporter::run(std::stop_token stop) {
       ++failures_;
     }
     const bool last = std::chrono::steady_clock::now() + backoff >= give_up;
-    spdlog::warn("fleet report to {} failed: {}; {}", f.url, why,
-                 last ? "next try at the next interval" : "retrying in " + std::to_string(backoff.count()) + " ms");
+    spdlog::warn(
+        "fleet report to {} failed: {}; {}", f.url, why,
+        last ? "next try at the next interval" : "retrying in " + std::to_string(backoff.count()) + " ms");
     if (last) return TaskOutcome::failed(why);
     // The back-off between attempts, interrupted at once by the agent's stop.
     if (sleep_unless_stopped(stop, backoff)) return TaskOutcome::failed(why + " (stopping)");

@@ -3,10 +3,10 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <climits>
-#include <random>
 #include <cctype>
+#include <climits>
 #include <filesystem>
+#include <random>
 #include <set>
 
 #include "common/time.h"
@@ -33,8 +33,8 @@ constexpr std::string_view kStopping = "the agent is stopping";
 
 Error load_failure(const std::string& driver, const std::string& why) {
   Error e = make_error(Errc::driver_load_failed, "unable to load the virtualization driver '" + driver +
-                                                     "': " + why + "; available drivers: " +
-                                                     available_driver_names());
+                                                     "': " + why +
+                                                     "; available drivers: " + available_driver_names());
   e.driver = driver;
   return e;
 }
@@ -43,7 +43,8 @@ Error load_failure(const std::string& driver, const std::string& why) {
 
 namespace {
 
-Result<std::unique_ptr<ComputeDriver>> load_driver(const config::Config& cfg, const std::string& driver_override) {
+Result<std::unique_ptr<ComputeDriver>> load_driver(const config::Config& cfg,
+                                                   const std::string& driver_override) {
   const std::string name = driver_override.empty() ? cfg.compute.driver : driver_override;
   auto driver = make_driver(name, cfg);
   if (!driver.ok()) {
@@ -56,7 +57,8 @@ Result<std::unique_ptr<ComputeDriver>> load_driver(const config::Config& cfg, co
 
 }  // namespace
 
-Result<std::unique_ptr<ComputeManager>> ComputeManager::create(const config::Config& cfg, InstanceStore& store,
+Result<std::unique_ptr<ComputeManager>> ComputeManager::create(const config::Config& cfg,
+                                                               InstanceStore& store,
                                                                const std::string& driver_override) {
   auto driver = load_driver(cfg, driver_override);
   if (!driver.ok()) return driver.error();
@@ -68,18 +70,21 @@ Result<std::pair<std::string, Capabilities>> ComputeManager::inspect(const confi
   auto driver = load_driver(cfg, driver_override);
   if (!driver.ok()) return driver.error();
   const std::string name(driver.value()->name());
-  if (auto st = driver.value()->init_host(cfg.host()); !st.ok()) return load_failure(name, st.error().message);
+  if (auto st = driver.value()->init_host(cfg.host()); !st.ok())
+    return load_failure(name, st.error().message);
   return std::make_pair(name, driver.value()->capabilities());
 }
 
-Result<std::unique_ptr<ComputeManager>> ComputeManager::create(const config::Config& cfg, InstanceStore& store,
+Result<std::unique_ptr<ComputeManager>> ComputeManager::create(const config::Config& cfg,
+                                                               InstanceStore& store,
                                                                std::unique_ptr<ComputeDriver> driver) {
   const std::string name(driver->name());
   if (auto st = driver->init_host(cfg.host()); !st.ok()) return load_failure(name, st.error().message);
   return std::unique_ptr<ComputeManager>(new ComputeManager(cfg, store, std::move(driver)));
 }
 
-ComputeManager::ComputeManager(const config::Config& cfg, InstanceStore& store, std::unique_ptr<ComputeDriver> driver)
+ComputeManager::ComputeManager(const config::Config& cfg, InstanceStore& store,
+                               std::unique_ptr<ComputeDriver> driver)
     : cfg_(cfg),
       store_(store),
       driver_(std::move(driver)),
@@ -92,14 +97,15 @@ ComputeManager::ComputeManager(const config::Config& cfg, InstanceStore& store, 
   if (allows(Operation::manage_image_cache))
     if (auto st = imagecache::register_host(instances_path_, host_); !st.ok())
       spdlog::warn("could not register host {} on the shared storage: {}", host_, st.error().describe());
-  spdlog::info("driver '{}' loaded on host '{}'; has_imagecache={}", driver_->name(), host_, caps_.has_imagecache);
+  spdlog::info("driver '{}' loaded on host '{}'; has_imagecache={}", driver_->name(), host_,
+               caps_.has_imagecache);
 }
 
 Status ComputeManager::refuse(const Requirement& r) const {
   Error e = make_error(Errc::capability_not_supported,
                        "operation '" + std::string(r.operation) + "' needs capability '" +
-                           std::string(r.capability_name) + "', which driver '" + std::string(driver_->name()) +
-                           "' does not declare");
+                           std::string(r.capability_name) + "', which driver '" +
+                           std::string(driver_->name()) + "' does not declare");
   e.operation = r.operation;
   e.capability = r.capability_name;
   e.driver = driver_->name();
@@ -140,14 +146,16 @@ std::shared_ptr<Mutex> ComputeManager::instance_lock(const std::string& uuid) {
 }
 
 Error ComputeManager::busy(const std::string& uuid) const {
-  return make_error(Errc::conflict, "another operation is in progress on instance " + uuid + "; retry when it ends");
+  return make_error(Errc::conflict,
+                    "another operation is in progress on instance " + uuid + "; retry when it ends");
 }
 
 namespace {
 bool valid_instance_name(const std::string& n) {
   if (n.empty() || n.size() > 63 || !std::isalnum(static_cast<unsigned char>(n[0]))) return false;
-  return std::all_of(n.begin(), n.end(),
-                     [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-'; });
+  return std::all_of(n.begin(), n.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+  });
 }
 // The audit line of an operation on `id` (a uuid or a name) until find()
 // names the instance.
@@ -157,33 +165,35 @@ audit::Scope audit_of(std::string_view operation, const std::string& id) {
 }
 }  // namespace
 
-Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::string& image_id, int memory_mb,
-                                            std::int64_t vcpus) {
+Result<InstanceRecord> ComputeManager::boot(const std::string& name, const std::string& image_id,
+                                            int memory_mb, std::int64_t vcpus) {
   audit::Scope audit("boot", "", name);
   if (!valid_instance_name(name))
-    return audit.fail(make_error(Errc::invalid_argument, "instance name '" + name +
-                                                  "' is invalid: 1-63 letters, digits, '.', '_' or '-', "
-                                                  "starting with a letter or digit"));
+    return audit.fail(
+        make_error(Errc::invalid_argument, "instance name '" + name +
+                                               "' is invalid: 1-63 letters, digits, '.', '_' or '-', "
+                                               "starting with a letter or digit"));
   if (!memory_mb_in_range(memory_mb))
-    return audit.fail(make_error(Errc::invalid_argument, "memory_mb must be from " + std::to_string(kMinMemoryMb) +
-                                                             " to " + std::to_string(kMaxMemoryMb) + ", got " +
-                                                             std::to_string(memory_mb)));
+    return audit.fail(make_error(Errc::invalid_argument,
+                                 "memory_mb must be from " + std::to_string(kMinMemoryMb) + " to " +
+                                     std::to_string(kMaxMemoryMb) + ", got " + std::to_string(memory_mb)));
   // One range, whichever end is crossed: 1 to the driver's max_vcpus.
   if (const int max = limit(Operation::boot_vcpus); vcpus < 1 || vcpus > (max > 0 ? max : INT_MAX))
-    return audit.fail(make_error(Errc::invalid_argument,
-                      "vcpus must be from 1 to " +
-                          (max > 0 ? std::to_string(max) + " (driver '" + std::string(driver_->name()) + "' " +
-                                         std::string(requirement(Operation::boot_vcpus).capability_name) + ")"
-                                   : std::string("the driver's maximum")) +
-                          ", got " + std::to_string(vcpus)));
+    return audit.fail(
+        make_error(Errc::invalid_argument,
+                   "vcpus must be from 1 to " +
+                       (max > 0 ? std::to_string(max) + " (driver '" + std::string(driver_->name()) + "' " +
+                                      std::string(requirement(Operation::boot_vcpus).capability_name) + ")"
+                                : std::string("the driver's maximum")) +
+                       ", got " + std::to_string(vcpus)));
   // A bad image is refused before the record is written: no row is left.
   if (!valid_image_id(image_id))
-    return audit.fail(make_error(Errc::invalid_argument, "image id '" + image_id.substr(0, 128) +
-                                                  (image_id.size() > 128 ? "...' (" + std::to_string(image_id.size()) +
-                                                                               " bytes)"
-                                                                         : "'") +
-                                                  " is invalid: it must match ^[A-Za-z0-9._-]{1,128}$ and must not "
-                                                  "contain '..'"));
+    return audit.fail(make_error(
+        Errc::invalid_argument,
+        "image id '" + image_id.substr(0, 128) +
+            (image_id.size() > 128 ? "...' (" + std::to_string(image_id.size()) + " bytes)" : "'") +
+            " is invalid: it must match ^[A-Za-z0-9._-]{1,128}$ and must not "
+            "contain '..'"));
   if (auto img = driver_->check_image(image_id); !img.ok()) return audit.fail(img.error());
   // A hypervisor that is away refuses the boot before the record is written:
   // a client retrying through a restart leaves no error record per try.
@@ -260,8 +270,10 @@ Result<ComputeManager::InstanceView> ComputeManager::show(const std::string& id)
   if (!rec.ok()) return rec.error();
   InstanceView v{rec.value(), std::nullopt};
   auto hv = driver_->get_instance(rec->uuid);
-  if (hv.ok()) v.hypervisor = std::move(hv.value());
-  else if (hv.error().code != Errc::not_found) return hv.error();
+  if (hv.ok())
+    v.hypervisor = std::move(hv.value());
+  else if (hv.error().code != Errc::not_found)
+    return hv.error();
   return v;
 }
 
@@ -270,7 +282,8 @@ Status ComputeManager::destroy(const std::string& id) {
   return audit.done(with_instance(id, audit, [&](InstanceRecord& found) -> Status {
     auto rec = store_.get_instance(found.uuid);  // fresh, under the lock
     if (!rec.ok()) return rec.error();
-    if (rec->deleted_at != 0) return make_error(Errc::not_found, "instance " + rec->uuid + " is already deleted");
+    if (rec->deleted_at != 0)
+      return make_error(Errc::not_found, "instance " + rec->uuid + " is already deleted");
     rec->task_state = TaskState::deleting;
     rec->updated_at = now_seconds();
     if (auto st = store_.update_instance(rec.value()); !st.ok()) return st;
@@ -297,16 +310,16 @@ Result<InterfaceInfo> ComputeManager::attach_interface(const std::string& id, co
   if (auto st = check(Operation::attach_interface); !st.ok()) return audit.fail(st.error());
   if (!spec.tag.empty())
     if (auto st = check(Operation::tagged_attach_interface); !st.ok()) return audit.fail(st.error());
-  return audit.done(
-      with_instance(id, audit, [&](InstanceRecord& rec) { return driver_->attach_interface(rec.uuid, spec); }));
+  return audit.done(with_instance(
+      id, audit, [&](InstanceRecord& rec) { return driver_->attach_interface(rec.uuid, spec); }));
 }
 
 Status ComputeManager::detach_interface(const std::string& id, const std::string& mac) {
   auto audit = audit_of("detach_interface", id);
   audit.field("mac", mac);
   if (auto st = check(Operation::detach_interface); !st.ok()) return audit.fail(st.error());
-  return audit.done(
-      with_instance(id, audit, [&](InstanceRecord& rec) { return driver_->detach_interface(rec.uuid, mac); }));
+  return audit.done(with_instance(
+      id, audit, [&](InstanceRecord& rec) { return driver_->detach_interface(rec.uuid, mac); }));
 }
 
 Result<ImageCacheReport> ComputeManager::image_cache_pass(bool dry_run, std::stop_token stop) {
@@ -362,21 +375,26 @@ ComputeManager::ImageCacheTotals ComputeManager::image_cache_totals() const {
 TaskOutcome ComputeManager::run_image_cache_pass(std::stop_token stop) {
   // The seed's point: no store query and no driver call unless the driver
   // wants the pass and the operator has not disabled it.
-  if (!allows(Operation::manage_image_cache)) return TaskOutcome::skipped(undeclared(Operation::manage_image_cache));
+  if (!allows(Operation::manage_image_cache))
+    return TaskOutcome::skipped(undeclared(Operation::manage_image_cache));
   if (cfg_.image_cache.manager_interval <= 0)
     return TaskOutcome::skipped("[image_cache] manager_interval is " +
-                                std::to_string(cfg_.image_cache.manager_interval) + " (<= 0 disables the pass)");
+                                std::to_string(cfg_.image_cache.manager_interval) +
+                                " (<= 0 disables the pass)");
   if (auto why = driver_->unavailable_reason(); !why.empty()) return TaskOutcome::skipped(why);
   if (stop.stop_requested()) return TaskOutcome::skipped(std::string(kStopping));
   auto report = image_cache_pass(false, stop);
   if (!report.ok()) return TaskOutcome::failed(report.error().describe());
-  if (report->stopped) return TaskOutcome::skipped(std::string(kStopping) + ": pass ended early, nothing more removed");
+  if (report->stopped)
+    return TaskOutcome::skipped(std::string(kStopping) + ": pass ended early, nothing more removed");
   std::string msg = std::to_string(report->instances_considered) + " live instances, " +
-                    std::to_string(report->disks_read) + " disks read; " + std::to_string(report->files_removed) +
-                    " files removed, " + std::to_string(report->bytes_freed) + " bytes freed";
+                    std::to_string(report->disks_read) + " disks read; " +
+                    std::to_string(report->files_removed) + " files removed, " +
+                    std::to_string(report->bytes_freed) + " bytes freed";
   if (!report->complete)
-    return TaskOutcome::failed("incomplete pass, nothing unprovable removed: " + msg +
-                               (report->unreadable_disks.empty() ? "" : "; unreadable: " + report->unreadable_disks.front().path));
+    return TaskOutcome::failed(
+        "incomplete pass, nothing unprovable removed: " + msg +
+        (report->unreadable_disks.empty() ? "" : "; unreadable: " + report->unreadable_disks.front().path));
   return TaskOutcome::ran(msg);
 }
 
@@ -390,11 +408,11 @@ TaskOutcome ComputeManager::sync_power_states(std::stop_token stop) {
   if (r->interrupted)
     return TaskOutcome::skipped(std::string(kStopping) + ": ended early after marking " +
                                 std::to_string(r->lost.size()) + " lost");
-  return TaskOutcome::ran(std::to_string(r->lost.size()) + " lost, " + std::to_string(r->unknown_domains.size()) +
-                          " unknown domains, " + std::to_string(r->finished_spawns.size() + r->rolled_back_spawns.size()) +
-                          " interrupted spawns and " + std::to_string(r->finished_deletes.size()) +
-                          " interrupted deletes resolved, " + std::to_string(r->orphan_dirs.size()) +
-                          " orphan directories");
+  return TaskOutcome::ran(
+      std::to_string(r->lost.size()) + " lost, " + std::to_string(r->unknown_domains.size()) +
+      " unknown domains, " + std::to_string(r->finished_spawns.size() + r->rolled_back_spawns.size()) +
+      " interrupted spawns and " + std::to_string(r->finished_deletes.size()) +
+      " interrupted deletes resolved, " + std::to_string(r->orphan_dirs.size()) + " orphan directories");
 }
 
 void ComputeManager::register_periodic_tasks(PeriodicTaskRunner& runner) {
@@ -406,8 +424,8 @@ void ComputeManager::register_periodic_tasks(PeriodicTaskRunner& runner) {
   if (!allows(Operation::manage_image_cache))
     cache.disabled_reason = undeclared(Operation::manage_image_cache);
   else if (cfg_.image_cache.manager_interval <= 0)
-    cache.disabled_reason = "[image_cache] manager_interval is " + std::to_string(cfg_.image_cache.manager_interval) +
-                            " (<= 0 disables the pass)";
+    cache.disabled_reason = "[image_cache] manager_interval is " +
+                            std::to_string(cfg_.image_cache.manager_interval) + " (<= 0 disables the pass)";
   if (cache.disabled_reason.empty())
     spdlog::info("image-cache task enabled: driver '{}' declares has_imagecache; every {} s", driver_->name(),
                  cfg_.image_cache.manager_interval);
@@ -416,7 +434,8 @@ void ComputeManager::register_periodic_tasks(PeriodicTaskRunner& runner) {
                     FirstRun::immediately, "", [this](std::stop_token st) { return sync_power_states(st); }};
   if (cfg_.defaults.sync_power_state_interval <= 0)
     sync.disabled_reason = "[DEFAULT] sync_power_state_interval is " +
-                           std::to_string(cfg_.defaults.sync_power_state_interval) + " (<= 0 disables the task)";
+                           std::to_string(cfg_.defaults.sync_power_state_interval) +
+                           " (<= 0 disables the task)";
   runner.add(std::move(sync));
   runner.add(fleet_reporter_->task());
 }

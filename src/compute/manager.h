@@ -28,7 +28,13 @@ namespace virtcap::compute {
 // Operations that depend on a capability. The table below is the only place
 // the pairing is written; a misspelt capability in it does not compile.
 // boot_vcpus is the vcpus a boot asks for, bounded by the driver's max_vcpus.
-enum class Operation { attach_interface, tagged_attach_interface, detach_interface, manage_image_cache, boot_vcpus };
+enum class Operation {
+  attach_interface,
+  tagged_attach_interface,
+  detach_interface,
+  manage_image_cache,
+  boot_vcpus
+};
 
 struct Requirement {
   Operation op;
@@ -40,8 +46,10 @@ struct Requirement {
   std::string_view capability_name;
 };
 
-#define VIRTCAP_REQUIRES_(op, cap) Requirement{Operation::op, #op, &Capabilities::cap, nullptr, #cap}
-#define VIRTCAP_LIMITED_BY_(op, cap) Requirement{Operation::op, #op, nullptr, &Capabilities::cap, #cap}
+#define VIRTCAP_REQUIRES_(op, cap) \
+  Requirement { Operation::op, #op, &Capabilities::cap, nullptr, #cap }
+#define VIRTCAP_LIMITED_BY_(op, cap) \
+  Requirement { Operation::op, #op, nullptr, &Capabilities::cap, #cap }
 inline constexpr std::array kRequirements = {
     VIRTCAP_REQUIRES_(attach_interface, supports_attach_interface),
     VIRTCAP_REQUIRES_(tagged_attach_interface, supports_tagged_attach_interface),
@@ -58,11 +66,13 @@ constexpr const Requirement& requirement(Operation op) {
     if (r.op == op) return r;
   return kRequirements.front();  // unreachable: checked below
 }
-static_assert([] {
-  for (const auto& r : kRequirements)
-    if (&requirement(r.op) != &r || (r.capability == nullptr) == (r.limit == nullptr)) return false;
-  return true;
-}(), "each Operation has one row in kRequirements, with either a capability or a limit");
+static_assert(
+    [] {
+      for (const auto& r : kRequirements)
+        if (&requirement(r.op) != &r || (r.capability == nullptr) == (r.limit == nullptr)) return false;
+      return true;
+    }(),
+    "each Operation has one row in kRequirements, with either a capability or a limit");
 
 inline constexpr std::string_view kImageCacheTask = "image_cache_manager_pass";
 inline constexpr std::string_view kPowerSyncTask = "sync_power_states";
@@ -148,9 +158,7 @@ class ComputeManager {
     // A stop request ended it between two instances: what is listed was
     // done; unknown domains and orphan directories were not looked for.
     bool interrupted = false;
-    bool consistent() const {
-      return unknown_domains.empty() && orphan_dirs.empty() && stuck.empty();
-    }
+    bool consistent() const { return unknown_domains.empty() && orphan_dirs.empty() && stuck.empty(); }
   };
   Result<ReconcileReport> reconcile(bool fix, std::stop_token stop = {});
 

@@ -1,9 +1,5 @@
 #include "config/config.h"
 
-#include "common/group.h"
-#include "common/net_address.h"
-#include "common/strings.h"
-
 #include <toml++/toml.h>
 #include <unistd.h>
 
@@ -14,6 +10,10 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+
+#include "common/group.h"
+#include "common/net_address.h"
+#include "common/strings.h"
 
 namespace virtcap::config {
 
@@ -27,7 +27,8 @@ Result<HttpUrl, UrlError> parse_http_url(const std::string& raw) {
   const std::string_view rest = u.substr(sep + 3);
   if ((scheme != "http" && scheme != "https") || rest.empty()) return UrlError::not_a_url;
   for (const char c : rest)
-    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f || std::string_view("/?#@").find(c) != std::string_view::npos)
+    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f ||
+        std::string_view("/?#@").find(c) != std::string_view::npos)
       return UrlError::not_a_url;
   // HOST is a name, an IPv4 address or a bracketed IPv6 address; one colon
   // at most outside brackets, before the port.
@@ -50,7 +51,8 @@ Result<HttpUrl, UrlError> parse_http_url(const std::string& raw) {
   }
   int number = 0;
   if (port && (port->empty() || port->size() > 5 ||
-               std::from_chars(port->data(), port->data() + port->size(), number).ptr != port->data() + port->size() ||
+               std::from_chars(port->data(), port->data() + port->size(), number).ptr !=
+                   port->data() + port->size() ||
                number < 1 || number > 65535))
     return UrlError::bad_port;
   return HttpUrl{scheme == "https", std::string(host), scheme + std::string(u.substr(sep))};
@@ -79,9 +81,7 @@ std::optional<std::string> abs_path::operator()(const std::string& v) const {
   if (v.empty() || v[0] != '/') return "expected " + describe() + ", got \"" + v + "\"";
   return std::nullopt;
 }
-std::string dir_name::describe() const {
-  return "a single directory name (no '/', not '.' or '..')";
-}
+std::string dir_name::describe() const { return "a single directory name (no '/', not '.' or '..')"; }
 std::optional<std::string> dir_name::operator()(const std::string& v) const {
   if (v.empty() || v == "." || v == ".." || v.find('/') != std::string::npos ||
       v.find('\0') != std::string::npos)
@@ -92,7 +92,8 @@ std::string token::describe() const { return "empty, or printable ASCII with no 
 std::optional<std::string> token::operator()(const std::string& v) const {
   for (const char c : v)
     if (static_cast<unsigned char>(c) <= 0x20 || static_cast<unsigned char>(c) >= 0x7f)
-      return "a token is printable ASCII with no spaces or control characters (a blank one is no token: leave "
+      return "a token is printable ASCII with no spaces or control characters (a blank one is no token: "
+             "leave "
              "the option empty for none)";
   return std::nullopt;
 }
@@ -105,7 +106,8 @@ std::string group_name::describe() const { return "empty, or a group name this h
 std::optional<std::string> group_name::operator()(const std::string& v) const {
   if (v.empty()) return std::nullopt;
   if (v.find('\0') == std::string::npos && group_id(v)) return std::nullopt;
-  return "no group named \"" + v + "\" on this host (getent group lists them); create it or leave the option empty";
+  return "no group named \"" + v +
+         "\" on this host (getent group lists them); create it or leave the option empty";
 }
 std::string listen_address::describe() const { return "HOST:PORT, port 0-65535"; }
 std::optional<std::string> listen_address::operator()(const std::string& v) const {
@@ -141,11 +143,14 @@ namespace {
 
 template <class T>
 constexpr std::string_view type_name() {
-  if constexpr (std::is_same_v<T, bool>) return "boolean";
-  else if constexpr (std::is_same_v<T, int>) return "integer";
+  if constexpr (std::is_same_v<T, bool>)
+    return "boolean";
+  else if constexpr (std::is_same_v<T, int>)
+    return "integer";
   else if constexpr (std::is_same_v<T, double>)
     return "float";
-  else return "string";
+  else
+    return "string";
 }
 
 std::string toml_type_name(const toml::node& n) {
@@ -226,13 +231,16 @@ std::string number_text(double v) {
 
 template <class T>
 std::string default_text(const T& v) {
-  if constexpr (std::is_same_v<T, bool>) return v ? "true" : "false";
-  else if constexpr (std::is_same_v<T, int>) return std::to_string(v);
+  if constexpr (std::is_same_v<T, bool>)
+    return v ? "true" : "false";
+  else if constexpr (std::is_same_v<T, int>)
+    return std::to_string(v);
   else if constexpr (std::is_same_v<T, double>)
     return number_text(v);
   else if constexpr (ChoiceEnum<T>)
     return "\"" + std::string(to_string(v)) + "\"";
-  else return "\"" + std::string(v) + "\"";
+  else
+    return "\"" + std::string(v) + "\"";
 }
 
 std::string toml_string(const std::string& s) {
@@ -243,10 +251,12 @@ std::string toml_string(const std::string& s) {
 
 template <class T>
 std::string toml_value_text(const T& v) {
-  if constexpr (std::is_same_v<T, std::string>) return toml_string(v);
+  if constexpr (std::is_same_v<T, std::string>)
+    return toml_string(v);
   else if constexpr (ChoiceEnum<T>)
     return toml_string(std::string(to_string(v)));
-  else return default_text(v);
+  else
+    return default_text(v);
 }
 
 // Visits every section: f(section_name, section_doc, visit_options), where
@@ -254,9 +264,9 @@ std::string toml_value_text(const T& v) {
 template <class F>
 void for_each_section(Config& cfg, F&& f) {
 #define VIRTCAP_CONFIG_VISIT_OPT_(T, key, def, chk, doc) g(#key, doc, sec.key, T(def), chk);
-#define VIRTCAP_CONFIG_VISIT_SEC_(member, name, LIST, doc) \
-  {                                                        \
-    auto& sec = cfg.member;                                \
+#define VIRTCAP_CONFIG_VISIT_SEC_(member, name, LIST, doc)           \
+  {                                                                  \
+    auto& sec = cfg.member;                                          \
     f(name, doc, [&](auto&& g) { LIST(VIRTCAP_CONFIG_VISIT_OPT_) }); \
   }
   VIRTCAP_CONFIG_SECTIONS(VIRTCAP_CONFIG_VISIT_SEC_)
@@ -303,13 +313,15 @@ std::optional<std::string> check_across(const Config& cfg) {
   const auto& f = cfg.fleet;
   const auto url = parse_http_url(f.url);  // an empty url is not one: nothing is sent
   if (url.ok() && !url->https && !f.token.empty() && !is_loopback(url->host) && !f.allow_insecure)
-    return "[fleet] url = \"" + f.url + "\" would send [fleet] token in clear text to a host that is not "
+    return "[fleet] url = \"" + f.url +
+           "\" would send [fleet] token in clear text to a host that is not "
            "loopback; use https:// (with [fleet] ca_file), or set [fleet] allow_insecure = true";
   if (f.tls_client_cert.empty() != f.tls_client_key.empty())
     return std::string("[fleet] tls_client_cert and tls_client_key must be set together (only ") +
            (f.tls_client_cert.empty() ? "tls_client_key" : "tls_client_cert") + " is set)";
   if (!f.tls_client_cert.empty() && url.ok() && !url->https)
-    return "[fleet] tls_client_cert is set but [fleet] url = \"" + f.url + "\" is not https://: a client "
+    return "[fleet] tls_client_cert is set but [fleet] url = \"" + f.url +
+           "\" is not https://: a client "
            "certificate is presented only over TLS";
   return std::nullopt;
 }
@@ -320,7 +332,8 @@ Result<Config> parse(std::string_view text, std::string_view source) {
   try {
     root = toml::parse(text, source);
   } catch (const toml::parse_error& e) {
-    return invalid_argument_error(where(source, e.source()) + ": invalid TOML: " + std::string(e.description()));
+    return invalid_argument_error(where(source, e.source()) +
+                                  ": invalid TOML: " + std::string(e.description()));
   }
 
   Config cfg;
@@ -354,8 +367,8 @@ Result<Config> parse(std::string_view text, std::string_view source) {
           if (k != key_name) return;
           found = true;
           if (auto err = read_value(node, field, chk))
-            failure = invalid_argument_error(where(source, node.source()) + ": [" + sec_name + "] " + key_name +
-                                             ": " + *err);
+            failure = invalid_argument_error(where(source, node.source()) + ": [" + sec_name + "] " +
+                                             key_name + ": " + *err);
         });
         if (!found && !failure)
           failure = invalid_argument_error(where(source, key.source()) + ": [" + sec_name + "] " + key_name +
@@ -417,8 +430,8 @@ std::string docs_markdown() {
   os << "<!-- Generated by `virtcap docs config`; do not edit. "
         "A test fails when this file is stale. -->\n";
   os << "# Configuration\n\n";
-  os << "virtcap reads one TOML file: the one given with `--config FILE`, else `"
-     << kDefaultConfigPath << "` if it exists, else the built-in defaults below. "
+  os << "virtcap reads one TOML file: the one given with `--config FILE`, else `" << kDefaultConfigPath
+     << "` if it exists, else the built-in defaults below. "
         "`virtcap config show` prints the effective configuration.\n\n"
         "Errors name the file, line, column, section and option, and what was expected. "
         "Unknown sections and options are errors (a typo never silently falls back to a "
@@ -426,12 +439,12 @@ std::string docs_markdown() {
   for_each_section(cfg, [&](std::string_view name, std::string_view doc, auto&& visit_options) {
     os << "\n## `[" << name << "]`\n\n" << doc << "\n\n";
     os << "| option | type | default | allowed | doc |\n|---|---|---|---|---|\n";
-    visit_options([&](std::string_view key, std::string_view kdoc, auto& field, const auto& def,
-                      const auto& chk) {
-      using T = std::decay_t<decltype(field)>;
-      os << "| `" << key << "` | " << type_name<T>() << " | `" << default_text(def) << "` | "
-         << chk.describe() << " | " << kdoc << " |\n";
-    });
+    visit_options(
+        [&](std::string_view key, std::string_view kdoc, auto& field, const auto& def, const auto& chk) {
+          using T = std::decay_t<decltype(field)>;
+          os << "| `" << key << "` | " << type_name<T>() << " | `" << default_text(def) << "` | "
+             << chk.describe() << " | " << kdoc << " |\n";
+        });
   });
   return os.str();
 }

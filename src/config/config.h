@@ -30,7 +30,7 @@ struct Choice;
 template <>
 struct Choice<LogLevel> {
   static constexpr std::pair<LogLevel, std::string_view> kNames[] = {
-      {LogLevel::trace, "trace"}, {LogLevel::debug, "debug"},       {LogLevel::info, "info"},
+      {LogLevel::trace, "trace"},     {LogLevel::debug, "debug"}, {LogLevel::info, "info"},
       {LogLevel::warning, "warning"}, {LogLevel::error, "error"}, {LogLevel::critical, "critical"},
       {LogLevel::off, "off"}};
 };
@@ -41,8 +41,8 @@ struct Choice<LogFormat> {
 };
 template <>
 struct Choice<OverlayWriter> {
-  static constexpr std::pair<OverlayWriter, std::string_view> kNames[] = {{OverlayWriter::native, "native"},
-                                                                          {OverlayWriter::qemu_img, "qemu-img"}};
+  static constexpr std::pair<OverlayWriter, std::string_view> kNames[] = {
+      {OverlayWriter::native, "native"}, {OverlayWriter::qemu_img, "qemu-img"}};
 };
 template <>
 struct Choice<StoreBackend> {
@@ -52,11 +52,15 @@ struct Choice<StoreBackend> {
 template <>
 struct Choice<AnonymousRole> {
   static constexpr std::pair<AnonymousRole, std::string_view> kNames[] = {
-      {AnonymousRole::none, "none"}, {AnonymousRole::reader, "reader"}, {AnonymousRole::operator_, "operator"}};
+      {AnonymousRole::none, "none"},
+      {AnonymousRole::reader, "reader"},
+      {AnonymousRole::operator_, "operator"}};
 };
 
 template <class E>
-concept ChoiceEnum = std::is_enum_v<E> && requires { Choice<E>::kNames; };
+concept ChoiceEnum = std::is_enum_v<E> && requires {
+  Choice<E>::kNames;
+};
 
 template <ChoiceEnum E>
 constexpr std::string_view to_string(E v) {
@@ -77,7 +81,9 @@ namespace check {
 struct any {
   std::string describe() const { return ""; }
   template <class T>
-  std::optional<std::string> operator()(const T&) const { return std::nullopt; }
+  std::optional<std::string> operator()(const T&) const {
+    return std::nullopt;
+  }
 };
 struct range {
   constexpr range(std::int64_t lo_, std::int64_t hi_) : lo(lo_), hi(hi_) {}
@@ -153,6 +159,7 @@ inline constexpr const char* kDefaultTlsPriority =
     "+AES-128-GCM:+CHACHA20-POLY1305:-MAC-ALL:+AEAD";
 
 // O(type, key, default, check, doc)
+// clang-format off
 #define VIRTCAP_CONFIG_DEFAULT(O)                                                                 \
   O(std::string, host, "", check::any{},                                                          \
     "Name of this compute host in the instance store. Empty: the machine's hostname.")            \
@@ -338,6 +345,7 @@ inline constexpr const char* kDefaultTlsPriority =
     "`virtcap fleet serve`: the fleet service agents report to (docs/fleet.md).")                  \
   S(fleet, "fleet", VIRTCAP_CONFIG_FLEET, "Reporting this agent's traits and capacity to a fleet service.")
 
+// clang-format on
 #define VIRTCAP_CONFIG_MEMBER_(T, key, def, chk, doc) T key = def;
 #define VIRTCAP_CONFIG_SECTION_(member, name, LIST, doc) \
   struct member##_section {                              \

@@ -58,13 +58,15 @@ std::variant<Principal, std::string> Authenticator::authenticate(const http::Req
       return Principal{"legacy-token", Role::operator_, ""};
     auto parts = parse_token(token);
     if (!parts)
-      return V(std::in_place_index<1>, "the bearer token is not a fleet credential (expected vct1.<id>.<secret>, "
-                                       "as `virtcap fleet token create` prints it)");
+      return V(std::in_place_index<1>,
+               "the bearer token is not a fleet credential (expected vct1.<id>.<secret>, "
+               "as `virtcap fleet token create` prints it)");
     ReaderLock lock(mu_);
     auto it = by_id_.find(parts->id);
     if (it == by_id_.end() || !token_matches(it->second, parts->secret))
       return V(std::in_place_index<1>, "credential " + parts->id + " is unknown, or its secret is wrong");
-    if (it->second.revoked_ms != 0) return V(std::in_place_index<1>, "credential " + parts->id + " was revoked");
+    if (it->second.revoked_ms != 0)
+      return V(std::in_place_index<1>, "credential " + parts->id + " was revoked");
     return Principal{it->second.id, it->second.role, it->second.host};
   }
   if (req.client_certificate) {

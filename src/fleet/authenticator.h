@@ -21,8 +21,8 @@
 namespace virtcap::fleet {
 
 struct AuthOptions {
-  std::string legacy_token;          // [fleet_service] token: an operator credential; "" none
-  std::optional<Role> anonymous;     // nullopt: a request with no credential is refused
+  std::string legacy_token;       // [fleet_service] token: an operator credential; "" none
+  std::optional<Role> anonymous;  // nullopt: a request with no credential is refused
 };
 
 class Authenticator {

@@ -86,7 +86,8 @@ Result<NewCredential> make_credential(Role role, std::string host, std::string n
     if (auto st = check_host_name(host); !st.ok()) return st.error();
   } else if (!host.empty()) {
     return make_error(Errc::invalid_argument, "only an agent credential is bound to a host; a " +
-                                                  std::string(to_string(role)) + " credential takes no --host");
+                                                  std::string(to_string(role)) +
+                                                  " credential takes no --host");
   }
   auto id = random_hex(kIdBytes);
   auto secret = random_hex(kSecretBytes);
@@ -123,21 +124,25 @@ std::string Principal::describe() const {
 }
 
 std::optional<Error> authorize(const Principal& p, Action action, std::string_view host) {
-  auto refuse = [&p](const std::string& rule) { return make_error(Errc::forbidden, p.describe() + ": " + rule); };
+  auto refuse = [&p](const std::string& rule) {
+    return make_error(Errc::forbidden, p.describe() + ": " + rule);
+  };
   switch (p.role) {
     case Role::operator_: return std::nullopt;
     case Role::reader:
       if (action == Action::query) return std::nullopt;
-      return refuse("a reader may only query; writes need an agent credential (its own host) or an operator one");
+      return refuse(
+          "a reader may only query; writes need an agent credential (its own host) or an operator one");
     case Role::agent:
       switch (action) {
         case Action::query:
         case Action::report:
           if (host == p.host) return std::nullopt;
-          return refuse(host.empty() ? std::string("an agent may read only its own host (GET /v1/hosts/") + p.host +
-                                           "); fleet-wide queries need a reader or operator credential"
-                                     : "an agent may read and report only its own host (" + p.host + "), not " +
-                                           quote_for_error(host));
+          return refuse(host.empty()
+                            ? std::string("an agent may read only its own host (GET /v1/hosts/") + p.host +
+                                  "); fleet-wide queries need a reader or operator credential"
+                            : "an agent may read and report only its own host (" + p.host + "), not " +
+                                  quote_for_error(host));
         case Action::operator_traits:
           return refuse("operator (CUSTOM_*) traits are set by operators only; an agent never changes them");
         case Action::delete_host: return refuse("only an operator deletes hosts");

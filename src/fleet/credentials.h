@@ -26,7 +26,7 @@ std::optional<Role> role_from_string(std::string_view s);
 
 // A credential as the database holds it: no secret.
 struct CredentialRecord {
-  std::string id;    // 12 lower-case hex digits
+  std::string id;  // 12 lower-case hex digits
   Role role = Role::reader;
   std::string host;  // the agent's host; empty for the other roles
   std::string salt;  // 32 hex digits
@@ -58,9 +58,9 @@ bool token_matches(const CredentialRecord& rec, std::string_view secret);
 
 // Who a request comes from, once authenticated.
 struct Principal {
-  std::string id;    // credential id, "legacy-token", "cert:<name>" or "anonymous": what audit lines name
+  std::string id;  // credential id, "legacy-token", "cert:<name>" or "anonymous": what audit lines name
   Role role = Role::reader;
-  std::string host;  // agent: the one host it speaks for
+  std::string host;              // agent: the one host it speaks for
   std::string describe() const;  // "credential 0123abcd4567 (role agent, host h1)"
 };
 

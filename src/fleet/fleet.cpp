@@ -59,7 +59,8 @@ void Fleet::mark_stale() {
 void Fleet::pause(std::chrono::milliseconds d) {
   MutexLock lock(listener_mu_);
   // Not a synchronisation sleep: the back-off between reconnect attempts.
-  stop_cv_.wait_for(listener_mu_, std::max(d, std::chrono::milliseconds(20)), [this] { return stop_.load(); });
+  stop_cv_.wait_for(listener_mu_, std::max(d, std::chrono::milliseconds(20)),
+                    [this] { return stop_.load(); });
 }
 
 void Fleet::listen_loop(std::unique_ptr<PgListener> listener) {
@@ -98,7 +99,8 @@ void Fleet::listen_loop(std::unique_ptr<PgListener> listener) {
       {
         MutexLock lock(listener_mu_);
         if (stale_since_)
-          stale = std::chrono::ceil<std::chrono::milliseconds>(std::chrono::steady_clock::now() - *stale_since_);
+          stale =
+              std::chrono::ceil<std::chrono::milliseconds>(std::chrono::steady_clock::now() - *stale_since_);
         stale_since_.reset();
       }
       spdlog::info("fleet index reloaded from the database after {} ms behind; current again", stale.count());

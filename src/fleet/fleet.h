@@ -102,7 +102,7 @@ class Fleet {
       : store_(std::move(store)), index_(down_after) {}
   void listen_loop(std::unique_ptr<PgListener> listener);
   void pause(std::chrono::milliseconds d);  // until d passes or the destructor stops the loop
-  void set_listener(PgListener* l);  // null: lost, the index may miss changes from now
+  void set_listener(PgListener* l);         // null: lost, the index may miss changes from now
   void mark_stale();
   Status apply_notifications(const std::vector<Notification>& batch);
   void signal_changed();
@@ -132,7 +132,7 @@ class Fleet {
   std::map<std::string, int, std::less<>> writing_ GUARDED_BY(writes_mu_);  // host -> writes in flight
   mutable Mutex listener_mu_;
   PgListener* listener_ GUARDED_BY(listener_mu_) = nullptr;  // to interrupt it
-  CondVar stop_cv_;  // with listener_mu_: wakes a pause() at stop
+  CondVar stop_cv_;                                          // with listener_mu_: wakes a pause() at stop
   // Since when the index may miss changes.
   std::optional<std::chrono::steady_clock::time_point> stale_since_ GUARDED_BY(listener_mu_);
   std::thread listener_thread_;

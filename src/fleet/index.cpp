@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <bit>
-#include <iterator>
 #include <cstdio>
 #include <functional>
+#include <iterator>
 #include <mutex>
 
 #include "common/strings.h"
@@ -227,8 +227,7 @@ void HostIndex::apply_locked(const HostRecord& r) {
   for (const auto id : ids) trait_bits_[id].set(slot);
   std::vector<std::uint32_t> dropped;
   const auto had = slot_traits_[slot].ids();
-  std::set_difference(had.begin(), had.end(), ids.begin(), ids.end(),
-                      std::back_inserter(dropped));
+  std::set_difference(had.begin(), had.end(), ids.begin(), ids.end(), std::back_inserter(dropped));
   for (const auto id : dropped) {
     trait_bits_[id].reset(slot);
     if (trait_bits_[id].count() == 0) release_trait(id);
@@ -250,7 +249,8 @@ HostIndex::Applied HostIndex::apply_written(const HostRecord& record) {
   if (auto found = find_slot(record.name)) {
     const Slot& s = slots_[*found];
     if (s.generation > record.generation) return Applied::older_generation;
-    if (s.generation == record.generation && s.last_seen_ms > record.last_seen_ms) return Applied::older_sighting;
+    if (s.generation == record.generation && s.last_seen_ms > record.last_seen_ms)
+      return Applied::older_sighting;
   }
   apply_locked(record);
   return Applied::applied;
@@ -652,8 +652,7 @@ std::size_t HostIndex::memory_bytes() const {
   for (const auto& s : names_)
     if (s.capacity() > 15) n += s.capacity() + 1;
   for (const auto& b : trait_bits_) n += b.memory_bytes();
-  n += slot_traits_.capacity() * sizeof(TraitList) +
-       free_trait_ids_.capacity() * sizeof(std::uint32_t);
+  n += slot_traits_.capacity() * sizeof(TraitList) + free_trait_ids_.capacity() * sizeof(std::uint32_t);
   for (const auto& v : slot_traits_) n += v.memory_bytes() - sizeof(TraitList);
   for (const auto& t : trait_names_)
     n += sizeof(std::string) * 2 + 2 * (t.size() + 1) + 32;  // name + map node

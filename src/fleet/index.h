@@ -170,7 +170,8 @@ class HostIndex {
   void for_each_match(const Plan& p, std::int64_t now_ms, F&& f) const REQUIRES_SHARED(mu_);
   bool slot_passes(const Plan& p, std::uint32_t slot, std::int64_t now_ms) const REQUIRES_SHARED(mu_);
   std::vector<Exclusion> breakdown(const Plan& p, std::int64_t now_ms) const REQUIRES_SHARED(mu_);
-  std::vector<Exclusion> reasons_for(const Plan& p, std::uint32_t slot, std::int64_t now_ms) const REQUIRES_SHARED(mu_);
+  std::vector<Exclusion> reasons_for(const Plan& p, std::uint32_t slot, std::int64_t now_ms) const
+      REQUIRES_SHARED(mu_);
   HostMatch match_of(std::uint32_t slot, std::int64_t now_ms) const REQUIRES_SHARED(mu_);
   IndexedHost indexed_of(std::uint32_t slot) const REQUIRES_SHARED(mu_);
 
@@ -186,8 +187,8 @@ class HostIndex {
   std::size_t table_used_ GUARDED_BY(mu_) = 0;
   std::size_t table_tombstones_ GUARDED_BY(mu_) = 0;
   std::unordered_map<std::string, std::uint32_t> trait_ids_ GUARDED_BY(mu_);  // live traits only
-  std::vector<std::string> trait_names_ GUARDED_BY(mu_);  // by id; "" for a released id
-  std::vector<SlotBits> trait_bits_ GUARDED_BY(mu_);      // by id; empty for a released id
+  std::vector<std::string> trait_names_ GUARDED_BY(mu_);                      // by id; "" for a released id
+  std::vector<SlotBits> trait_bits_ GUARDED_BY(mu_);  // by id; empty for a released id
   std::vector<std::uint32_t> free_trait_ids_ GUARDED_BY(mu_);
   // Each slot's trait ids, sorted: a write costs the host's own traits, not
   // every trait the index knows.

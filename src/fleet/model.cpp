@@ -29,7 +29,8 @@ std::string_view to_string(ResourceClass rc) { return kClassNames[static_cast<st
 Result<ResourceClass> resource_class_from_string(std::string_view s) {
   for (auto rc : kAllResourceClasses)
     if (to_string(rc) == s) return rc;
-  return invalid_argument_error("unknown resource class " + quote_for_error(s) + ": use one of VCPU, MEMORY_MB, DISK_GB");
+  return invalid_argument_error("unknown resource class " + quote_for_error(s) +
+                                ": use one of VCPU, MEMORY_MB, DISK_GB");
 }
 
 std::string quote_for_error(std::string_view text) {
@@ -50,10 +51,11 @@ std::string quote_for_error(std::string_view text) {
 }
 
 Status check_trait_name(std::string_view name) {
-  if (name.empty()) return invalid_argument_error("empty trait name: a trait is [A-Z0-9_]+, e.g. COMPUTE_IMAGE_TYPE_QCOW2");
+  if (name.empty())
+    return invalid_argument_error("empty trait name: a trait is [A-Z0-9_]+, e.g. COMPUTE_IMAGE_TYPE_QCOW2");
   if (name.size() > kMaxTraitName)
-    return invalid_argument_error("trait name " + quote_for_error(name) + " is longer than " + std::to_string(kMaxTraitName) +
-                                  " bytes");
+    return invalid_argument_error("trait name " + quote_for_error(name) + " is longer than " +
+                                  std::to_string(kMaxTraitName) + " bytes");
   for (char c : name)
     if (!trait_char(c))
       return invalid_argument_error("malformed trait name " + quote_for_error(name) +
@@ -66,8 +68,9 @@ bool is_custom_trait(std::string_view name) { return name.starts_with(kCustomPre
 Status check_operator_trait_name(std::string_view name) {
   if (auto st = check_trait_name(name); !st.ok()) return st;
   if (!is_custom_trait(name) || name.size() == kCustomPrefix.size())
-    return invalid_argument_error("operator trait " + quote_for_error(name) +
-                                  " is not CUSTOM_[A-Z0-9_]+: operators set only CUSTOM_ traits, e.g. CUSTOM_MAINTENANCE");
+    return invalid_argument_error(
+        "operator trait " + quote_for_error(name) +
+        " is not CUSTOM_[A-Z0-9_]+: operators set only CUSTOM_ traits, e.g. CUSTOM_MAINTENANCE");
   return {};
 }
 
@@ -88,13 +91,14 @@ Status check_inventory(ResourceClass rc, const Inventory& inv) {
   const std::string where = "inventory " + std::string(to_string(rc));
   constexpr std::int64_t kMaxAmount = std::int64_t{1} << 50;  // keeps (total * ratio) exact in a double
   if (inv.total < 0 || inv.reserved < 0 || inv.used < 0)
-    return invalid_argument_error(where + ": negative amount (total " + std::to_string(inv.total) + ", reserved " +
-                                  std::to_string(inv.reserved) + ", used " + std::to_string(inv.used) + "): amounts are >= 0");
+    return invalid_argument_error(where + ": negative amount (total " + std::to_string(inv.total) +
+                                  ", reserved " + std::to_string(inv.reserved) + ", used " +
+                                  std::to_string(inv.used) + "): amounts are >= 0");
   if (inv.total > kMaxAmount || inv.used > kMaxAmount)
     return invalid_argument_error(where + ": amount larger than 2^50: report a real capacity");
   if (inv.reserved > inv.total)
-    return invalid_argument_error(where + ": reserved " + std::to_string(inv.reserved) + " is more than total " +
-                                  std::to_string(inv.total));
+    return invalid_argument_error(where + ": reserved " + std::to_string(inv.reserved) +
+                                  " is more than total " + std::to_string(inv.total));
   if (!std::isfinite(inv.allocation_ratio) || inv.allocation_ratio <= 0 || inv.allocation_ratio > 1000)
     return invalid_argument_error(where + ": allocation ratio must be a number in (0, 1000]");
   return {};
@@ -104,12 +108,14 @@ Status check_host_name(std::string_view name) {
   if (name.empty() || name.size() > 255)
     return invalid_argument_error("host name " + quote_for_error(name) + " must be 1 to 255 bytes");
   if (name == "." || name == "..")
-    return invalid_argument_error("host name " + quote_for_error(name) + " is a path component, not a host name");
+    return invalid_argument_error("host name " + quote_for_error(name) +
+                                  " is a path component, not a host name");
   for (char c : name) {
     const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
                     c == '-' || c == '_';
     if (!ok)
-      return invalid_argument_error("host name " + quote_for_error(name) + " may contain only letters, digits, '.', '-', '_'");
+      return invalid_argument_error("host name " + quote_for_error(name) +
+                                    " may contain only letters, digits, '.', '-', '_'");
   }
   return {};
 }

@@ -28,9 +28,11 @@ Result<std::int64_t> parse_amount(std::string_view text, std::string_view what) 
   const auto* end = text.data() + text.size();
   auto [p, ec] = std::from_chars(text.data(), end, v);
   if (ec != std::errc() || p != end)
-    return invalid_argument_error(std::string(what) + ": " + quote_for_error(text) + " is not a whole number");
+    return invalid_argument_error(std::string(what) + ": " + quote_for_error(text) +
+                                  " is not a whole number");
   if (v < 0)
-    return invalid_argument_error(std::string(what) + ": negative amount " + quote_for_error(text) + ": ask for 0 or more");
+    return invalid_argument_error(std::string(what) + ": negative amount " + quote_for_error(text) +
+                                  ": ask for 0 or more");
   return v;
 }
 
@@ -39,11 +41,13 @@ class Parser {
   Result<Query> run(const QueryParams& params) {
     if (params.size() > kMaxQueryParams)
       return invalid_argument_error(std::to_string(params.size()) + " query parameters: at most " +
-                                    std::to_string(kMaxQueryParams) + " are accepted; merge required= lists (required=A,B,!C)");
+                                    std::to_string(kMaxQueryParams) +
+                                    " are accepted; merge required= lists (required=A,B,!C)");
     for (const auto& [key, value] : params) {
       if (value.size() > kMaxQueryParamBytes)
-        return invalid_argument_error("query parameter " + quote_for_error(key) + " is " + std::to_string(value.size()) +
-                                      " bytes: at most " + std::to_string(kMaxQueryParamBytes));
+        return invalid_argument_error("query parameter " + quote_for_error(key) + " is " +
+                                      std::to_string(value.size()) + " bytes: at most " +
+                                      std::to_string(kMaxQueryParamBytes));
       if (auto st = one(key, value); !st.ok()) return st.error();
     }
     for (const auto& f : q_.forbidden)
@@ -65,7 +69,8 @@ class Parser {
   Status count_traits(std::size_t n) {
     traits_ += n;
     if (traits_ > kMaxQueryTraits)
-      return invalid_argument_error("more than " + std::to_string(kMaxQueryTraits) + " trait names in one query");
+      return invalid_argument_error("more than " + std::to_string(kMaxQueryTraits) +
+                                    " trait names in one query");
     return {};
   }
 
@@ -95,7 +100,8 @@ class Parser {
     for (auto item : split(value, ',')) {
       const auto colon = item.find(':');
       if (colon == std::string_view::npos)
-        return invalid_argument_error("resources=" + quote_for_error(value) + ": expected CLASS:AMOUNT, e.g. VCPU:2");
+        return invalid_argument_error("resources=" + quote_for_error(value) +
+                                      ": expected CLASS:AMOUNT, e.g. VCPU:2");
       auto rc = resource_class_from_string(item.substr(0, colon));
       if (!rc.ok()) return rc.error();
       auto amount = parse_amount(item.substr(colon + 1), "resources " + std::string(to_string(*rc)));
@@ -111,7 +117,8 @@ class Parser {
     auto n = parse_amount(value, "limit");
     if (!n.ok()) return n.error();
     if (*n < 1 || static_cast<std::size_t>(*n) > kMaxLimit)
-      return invalid_argument_error("limit " + quote_for_error(value) + " is not in 1.." + std::to_string(kMaxLimit));
+      return invalid_argument_error("limit " + quote_for_error(value) + " is not in 1.." +
+                                    std::to_string(kMaxLimit));
     q_.limit = static_cast<std::size_t>(*n);
     return {};
   }

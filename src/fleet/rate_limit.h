@@ -33,7 +33,7 @@ class HostRateLimit {
 
   struct Refusal {
     std::chrono::milliseconds retry_after;  // until the bucket holds a token again
-    bool first;  // the first refusal since this host's last accepted report
+    bool first;                             // the first refusal since this host's last accepted report
   };
 
   // per_minute 0: no limit.
@@ -62,7 +62,8 @@ class HostRateLimit {
     }
     const bool first = !b.refused;
     b.refused = true;
-    const auto wait = std::chrono::milliseconds(static_cast<std::int64_t>(std::ceil((1.0 - b.tokens) / per_ms)));
+    const auto wait =
+        std::chrono::milliseconds(static_cast<std::int64_t>(std::ceil((1.0 - b.tokens) / per_ms)));
     return Refusal{std::max(wait, std::chrono::milliseconds(1)), first};
   }
 

@@ -14,10 +14,10 @@ namespace virtcap::fleet {
 
 namespace {
 
-using nlohmann::json;
 using http::BodyRule;
 using http::Request;
 using http::Response;
+using nlohmann::json;
 
 // store_unavailable (the database cannot be reached: 503) also says when to
 // retry: the longest reconnect back-off step, rounded up to seconds.
@@ -33,7 +33,8 @@ Response too_many_reports(std::string_view host, unsigned per_minute, std::chron
       429, "rate_limited",
       "host " + quote_for_error(host) + " sent more than " + std::to_string(per_minute) +
           " reports in a minute ([fleet_service] host_reports_per_minute); retry in " + std::to_string(secs) +
-          " s. An agent reports once a [fleet] report_interval: a host sending more is misconfigured or not an agent");
+          " s. An agent reports once a [fleet] report_interval: a host sending more is misconfigured or not "
+          "an agent");
   r.headers.emplace_back("Retry-After", std::to_string(secs));
   return r;
 }
@@ -64,7 +65,8 @@ Result<std::pair<QueryParams, bool>> split_explain(const Request& req) {
       out.first.emplace_back(k, v);
       continue;
     }
-    if (v == "true" || v == "1" || v.empty()) out.second = true;
+    if (v == "true" || v == "1" || v.empty())
+      out.second = true;
     else if (v != "false" && v != "0")
       return make_error(Errc::invalid_argument, "explain=" + quote_for_error(v) + ": expected true or false");
   }
@@ -102,7 +104,8 @@ void audit_by(audit::Scope& scope, const Request& req) {
 ServiceOptions service_options(const config::Config& cfg) {
   const auto& s = cfg.fleet_service;
   ServiceOptions o;
-  o.fleet.database_url = s.database.empty() ? "sqlite://" + cfg.defaults.state_path + "/fleet.sqlite" : s.database;
+  o.fleet.database_url =
+      s.database.empty() ? "sqlite://" + cfg.defaults.state_path + "/fleet.sqlite" : s.database;
   o.fleet.host_down_after = std::chrono::seconds(s.host_down_after);
   o.http.listen = s.listen;
   o.auth.legacy_token = s.token;  // checked by the Authenticator, not by the HTTP server's single-token rule
@@ -112,9 +115,9 @@ ServiceOptions service_options(const config::Config& cfg) {
     case config::AnonymousRole::operator_: o.auth.anonymous = Role::operator_; break;
   }
   // Set ("" for none): the service's credentials stand in for the server's single-token rule.
-  o.http.anonymous_access =
-      o.auth.anonymous ? "[fleet_service] anonymous_role = \"" + std::string(config::to_string(s.anonymous_role)) + "\""
-                       : "";
+  o.http.anonymous_access = o.auth.anonymous ? "[fleet_service] anonymous_role = \"" +
+                                                   std::string(config::to_string(s.anonymous_role)) + "\""
+                                             : "";
   o.http.tls_client_ca = s.client_ca;
   o.http.allowed_origins = http::split_list(s.allowed_origins);
   o.http.allowed_hosts = http::split_list(s.allowed_hosts);
@@ -142,14 +145,16 @@ Result<std::unique_ptr<FleetService>> FleetService::open(ServiceOptions options)
   if (auto st = s->auth_->refresh(); !st.ok()) return st.error();
   const auto& a = s->options_.auth;
   if (!a.legacy_token.empty())
-    spdlog::warn("[fleet_service] token is set: whoever holds it acts as an operator for every host. Give each agent "
-                 "its own credential (`virtcap fleet token create --role agent --host NAME`), then remove it");
+    spdlog::warn(
+        "[fleet_service] token is set: whoever holds it acts as an operator for every host. Give each agent "
+        "its own credential (`virtcap fleet token create --role agent --host NAME`), then remove it");
   if (a.anonymous)
     spdlog::warn("[fleet_service] anonymous_role = \"{}\": requests with no credential act as {}",
                  to_string(*a.anonymous), to_string(*a.anonymous));
   else if (s->auth_->credentials() == 0 && a.legacy_token.empty() && s->options_.http.tls_client_ca.empty())
-    spdlog::warn("no fleet credential exists yet and anonymous_role = \"none\": every request will be refused (401) "
-                 "until one is made with `virtcap fleet token create`");
+    spdlog::warn(
+        "no fleet credential exists yet and anonymous_role = \"none\": every request will be refused (401) "
+        "until one is made with `virtcap fleet token create`");
   s->options_.http.authenticate = [svc = s.get()](Request& req) { return svc->authenticate(req); };
   if (!s->options_.http.on_response)
     s->options_.http.on_response = [](const Request& req, const std::string& route, int status) {
@@ -185,7 +190,8 @@ void FleetService::credentials_loop() {
   })) {
     lock.unlock();
     if (auto st = auth_->refresh(); !st.ok()) {
-      if (!failing) spdlog::warn("fleet credentials not re-read (the ones held stay in force): {}", st.error().message);
+      if (!failing)
+        spdlog::warn("fleet credentials not re-read (the ones held stay in force): {}", st.error().message);
       failing = true;
     } else if (failing) {
       spdlog::info("fleet credentials re-read again");
@@ -225,10 +231,12 @@ void FleetService::drift_loop() {
     else if (*gone > 0)
       spdlog::info("fleet: removed {} trait name(s) no host holds any more", *gone);
     auto d = fleet_->check_drift();  // logs any drift it finds
-    if (!d.ok()) spdlog::warn("fleet drift check failed: {}", d.error().message);
+    if (!d.ok())
+      spdlog::warn("fleet drift check failed: {}", d.error().message);
     else  // re-read just those hosts (a full rebuild would hold up every write meanwhile)
       for (const auto& h : d->hosts)
-        if (auto st = fleet_->refresh_host(h); !st.ok()) spdlog::warn("fleet index repair of {} failed: {}", h, st.error().message);
+        if (auto st = fleet_->refresh_host(h); !st.ok())
+          spdlog::warn("fleet index repair of {} failed: {}", h, st.error().message);
     lock.lock();
   }
 }
@@ -243,7 +251,8 @@ std::vector<http::Route> FleetService::routes() {
       {"GET", "/metrics", BodyRule::none, to(&FleetService::get_metrics)},
       {"GET", "/v1/hosts", BodyRule::none, to(&FleetService::query_hosts)},
       {"GET", "/v1/hosts/{name}", BodyRule::none, to(&FleetService::get_host)},
-      {"PUT", "/v1/hosts/{name}", BodyRule::json, write("fleet_report", Action::report, &FleetService::put_host)},
+      {"PUT", "/v1/hosts/{name}", BodyRule::json,
+       write("fleet_report", Action::report, &FleetService::put_host)},
       {"DELETE", "/v1/hosts/{name}", BodyRule::none,
        write("fleet_host_delete", Action::delete_host, &FleetService::delete_host)},
       {"PUT", "/v1/hosts/{name}/traits/{trait}", BodyRule::json,
@@ -257,21 +266,24 @@ std::vector<http::Route> FleetService::routes() {
 // either way, naming the credential (a report that changed nothing, the
 // agents' heartbeat, logs none).
 std::function<Response(const Request&)> FleetService::write(const char* operation, Action action,
-                                                           WriteHandler handler) {
+                                                            WriteHandler handler) {
   return [this, operation, action, handler](const Request& req) {
     audit::Scope audit(operation, "", req.param("name"));
     audit_by(audit, req);
     if (req.params.count("trait")) audit.field("trait", req.param("trait"));
     Response r;
-    if (auto refused = refusal(req, action, req.param("name"))) r = std::move(*refused);
-    else r = (this->*handler)(req, audit);
+    if (auto refused = refusal(req, action, req.param("name")))
+      r = std::move(*refused);
+    else
+      r = (this->*handler)(req, audit);
     if (r.status < 400) {
       audit.ok();
     } else {
       const json body = json::parse(r.body, nullptr, false);
       const bool has_message = body.is_object() && body.contains("error") && body["error"].is_object() &&
                                body["error"].value("message", json()).is_string();
-      audit.failed(std::to_string(r.status) + (has_message ? ": " + body["error"]["message"].get<std::string>() : ""));
+      audit.failed(std::to_string(r.status) +
+                   (has_message ? ": " + body["error"]["message"].get<std::string>() : ""));
     }
     return r;
   };
@@ -324,7 +336,9 @@ Response FleetService::get_host(const Request& req) {
   if (!params.ok()) return send_error(params.error());
   auto rec = fleet_->store().get_host(req.param("name"));
   if (!rec.ok()) return send_error(rec.error());
-  if (!*rec) return send_error(make_error(Errc::not_found, "no host " + quote_for_error(req.param("name")) + " in the fleet"));
+  if (!*rec)
+    return send_error(
+        make_error(Errc::not_found, "no host " + quote_for_error(req.param("name")) + " in the fleet"));
   json body = host_json(**rec);
   if (params->second || !params->first.empty()) {
     auto q = parse_query(params->first);
@@ -353,8 +367,10 @@ Response FleetService::put_host(const Request& req, audit::Scope& audit) {
   const auto before = fleet_->index().host_generation(req.param("name"));
   auto rec = fleet_->report(body->report, body->generation);
   if (!rec.ok()) return send_error(rec.error());
-  if (before == rec->generation) audit.dismiss();  // a heartbeat: nothing changed
-  else audit.field("generation", rec->generation);
+  if (before == rec->generation)
+    audit.dismiss();  // a heartbeat: nothing changed
+  else
+    audit.field("generation", rec->generation);
   return with_etag(http::json_response(200, host_json(*rec)), rec->generation);
 }
 
@@ -375,9 +391,11 @@ Response FleetService::trait_write(const Request& req, bool add) {
   auto gen = parse_generation(req.body, req.header("if-match"));
   if (!gen.ok()) return send_error(gen.error());
   if (!*gen)
-    return send_error(make_error(Errc::invalid_argument,
-                                 "the host generation is required: send {\"generation\": N} or If-Match: \"N\" "
-                                 "(GET /v1/hosts/" + req.param("name") + " gives it)"));
+    return send_error(
+        make_error(Errc::invalid_argument,
+                   "the host generation is required: send {\"generation\": N} or If-Match: \"N\" "
+                   "(GET /v1/hosts/" +
+                       req.param("name") + " gives it)"));
   auto rec = add ? fleet_->add_operator_trait(req.param("name"), req.param("trait"), **gen)
                  : fleet_->remove_operator_trait(req.param("name"), req.param("trait"), **gen);
   if (!rec.ok()) {

@@ -86,7 +86,8 @@ class SqliteConn final : public SqlConn {
       if (rc != SQLITE_ROW) return failure(rc, sql);
       auto& row = out.rows.emplace_back();
       for (int c = 0; c < cols; ++c) {
-        if (sqlite3_column_type(s, c) == SQLITE_FLOAT) {  // every digit: the value read back is the one stored
+        if (sqlite3_column_type(s, c) ==
+            SQLITE_FLOAT) {  // every digit: the value read back is the one stored
           row.push_back(to_text(sqlite3_column_double(s, c)));
           continue;
         }
@@ -192,7 +193,8 @@ class PgConn final : public SqlConn {
     if (gated && !health_->claim_attempt()) return unavailable();
     PQreset(c_);
     std::string error;
-    if (PQstatus(c_) != CONNECTION_OK) error = trimmed(PQerrorMessage(c_));
+    if (PQstatus(c_) != CONNECTION_OK)
+      error = trimmed(PQerrorMessage(c_));
     else if (pg_session_setup(c_, error)) {
       health_->reached();
       return {};
@@ -206,10 +208,10 @@ class PgConn final : public SqlConn {
     const auto for_s = d ? std::chrono::duration<double>(DbHealth::Clock::now() - d->since).count() : 0.0;
     char buf[32];
     std::snprintf(buf, sizeof buf, "%.1f", for_s);
-    return make_error(Errc::store_unavailable,
-                      "the fleet database (PostgreSQL) is unreachable (for " + std::string(buf) +
-                          " s: " + (d ? d->reason : std::string("reconnecting")) +
-                          "); reconnecting with back-off: retry later");
+    return make_error(Errc::store_unavailable, "the fleet database (PostgreSQL) is unreachable (for " +
+                                                   std::string(buf) +
+                                                   " s: " + (d ? d->reason : std::string("reconnecting")) +
+                                                   "); reconnecting with back-off: retry later");
   }
 
   Result<SqlResult> exec_once(std::string_view sql, const std::vector<SqlValue>& params) {
@@ -303,8 +305,8 @@ std::uint64_t DbHealth::recoveries() const {
 }
 
 PgConnectParams pg_connect_params(const std::string& conninfo) {
-  static const char* const kKeywords[] = {"connect_timeout",     "keepalives",         "keepalives_idle",
-                                          "keepalives_interval", "keepalives_count",   "tcp_user_timeout"};
+  static const char* const kKeywords[] = {"connect_timeout",     "keepalives",       "keepalives_idle",
+                                          "keepalives_interval", "keepalives_count", "tcp_user_timeout"};
   static const char* const kValues[] = {"5", "1", "10", "5", "3", "15000"};
   PgConnectParams p;
   p.keywords.assign(std::begin(kKeywords), std::end(kKeywords));
@@ -346,7 +348,8 @@ Result<std::unique_ptr<SqlConn>> open_sqlite(const std::string& path,
   return conn;
 }
 
-Result<std::unique_ptr<SqlConn>> open_postgres(const std::string& conninfo, std::shared_ptr<DbHealth> health) {
+Result<std::unique_ptr<SqlConn>> open_postgres(const std::string& conninfo,
+                                               std::shared_ptr<DbHealth> health) {
   const auto params = pg_connect_params(conninfo);
   PGconn* c = PQconnectdbParams(params.keywords.data(), params.values.data(), 1);
   if (c == nullptr) return make_error(Errc::store_error, "cannot allocate a PostgreSQL connection");
@@ -357,7 +360,8 @@ Result<std::unique_ptr<SqlConn>> open_postgres(const std::string& conninfo, std:
     return make_error(Errc::store_error, "cannot connect to the fleet database (PostgreSQL): " + msg +
                                              ": check the database URL and that the server runs");
   }
-  return std::unique_ptr<SqlConn>(std::make_unique<PgConn>(c, health ? std::move(health) : std::make_shared<DbHealth>()));
+  return std::unique_ptr<SqlConn>(
+      std::make_unique<PgConn>(c, health ? std::move(health) : std::make_shared<DbHealth>()));
 }
 
 Transaction::~Transaction() {

@@ -83,7 +83,8 @@ using HostPositions = std::unordered_map<std::int64_t, std::size_t>;  // host id
 Status load_details(SqlConn& c, const std::string& ids, const std::vector<SqlValue>& params,
                     const HostPositions& at, std::vector<HostRecord>& out) {
   auto t = c.exec(
-      "SELECT ht.host_id, t.name, ht.owner FROM fleet_host_traits ht JOIN fleet_traits t ON t.id = ht.trait_id "
+      "SELECT ht.host_id, t.name, ht.owner FROM fleet_host_traits ht JOIN fleet_traits t ON t.id = "
+      "ht.trait_id "
       "WHERE ht.host_id IN " +
           ids,
       params);
@@ -106,7 +107,8 @@ Status load_details(SqlConn& c, const std::string& ids, const std::vector<SqlVal
         Inventory{to_i64(ir[2]), to_i64(ir[3]), std::strtod(ir[4].c_str(), nullptr), to_i64(ir[5])};
   }
   for (auto& rec : out)
-    std::sort(rec.traits.begin(), rec.traits.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+    std::sort(rec.traits.begin(), rec.traits.end(),
+              [](const auto& a, const auto& b) { return a.name < b.name; });
   return {};
 }
 
@@ -134,8 +136,8 @@ bool same_agent_traits(const HostRecord& rec, const std::vector<std::string>& tr
 // Whether storing report `r` would leave the host as `rec` has it, but for
 // last_seen: a heartbeat.
 bool same_agent_state(const HostRecord& rec, const AgentReport& r, const std::vector<std::string>& traits) {
-  return rec.agent_version == r.agent_version && rec.api_url == r.api_url && rec.inventories == r.inventories &&
-         same_agent_traits(rec, traits);
+  return rec.agent_version == r.agent_version && rec.api_url == r.api_url &&
+         rec.inventories == r.inventories && same_agent_traits(rec, traits);
 }
 
 // `rec` once report `r` is stored (write_agent_state): its agent traits,
@@ -162,7 +164,8 @@ std::vector<std::string> sorted_unique(std::vector<std::string> v) {
 
 class SqlFleetStore final : public FleetStore {
  public:
-  SqlFleetStore(std::string target, std::vector<std::unique_ptr<SqlConn>> conns, std::shared_ptr<DbHealth> health)
+  SqlFleetStore(std::string target, std::vector<std::unique_ptr<SqlConn>> conns,
+                std::shared_ptr<DbHealth> health)
       : target_(std::move(target)), pool_(std::move(conns), std::move(health)) {}
 
   Dialect dialect() const override { return pool_.dialect(); }
@@ -201,16 +204,19 @@ class SqlFleetStore final : public FleetStore {
   // (last_seen always; the rest, and a generation bump, when it changes
   // something). The host's record afterwards, built from the one read of it.
   Result<HostRecord> report_existing(SqlConn& c, const HostRow& h, const AgentReport& r,
-                                     const std::vector<std::string>& traits, std::optional<std::int64_t> expected,
+                                     const std::vector<std::string>& traits,
+                                     std::optional<std::int64_t> expected,
                                      std::vector<std::int64_t>& released);
   // Replaces the host's agent traits and inventories with the report's, each
   // only when it differs from what `held` (nullptr: a new host) has; adds to
   // `released` the trait ids the host let go (to forget_if_unheld after commit).
-  Status write_agent_state(SqlConn& c, std::int64_t id, const AgentReport& r, const std::vector<std::string>& traits,
-                           const HostRecord* held, std::vector<std::int64_t>& released);
+  Status write_agent_state(SqlConn& c, std::int64_t id, const AgentReport& r,
+                           const std::vector<std::string>& traits, const HostRecord* held,
+                           std::vector<std::int64_t>& released);
   // The agent-trait half of write_agent_state (had_any: the host may hold some).
-  Status write_agent_traits(SqlConn& c, std::int64_t id, const AgentReport& r, const std::vector<std::string>& traits,
-                            bool had_any, std::vector<std::int64_t>& released);
+  Status write_agent_traits(SqlConn& c, std::int64_t id, const AgentReport& r,
+                            const std::vector<std::string>& traits, bool had_any,
+                            std::vector<std::int64_t>& released);
   // After a write's commit, on the same connection: deletes those of `ids`
   // no host holds now (best effort; the periodic sweep catches the rest).
   static void forget_if_unheld(SqlConn& c, const std::vector<std::int64_t>& ids);
@@ -262,16 +268,18 @@ Result<int> SqlFleetStore::schema_version() {
 }
 
 Result<std::optional<HostRow>> SqlFleetStore::lock_host(SqlConn& c, std::string_view name) {
-  const char* sql =
-      dialect() == Dialect::postgresql
-          ? "SELECT id, uuid, generation, last_seen_ms, agent_version, api_url FROM fleet_hosts WHERE name = $1 "
-            "FOR UPDATE"
-          : "SELECT id, uuid, generation, last_seen_ms, agent_version, api_url FROM fleet_hosts WHERE name = $1";
+  const char* sql = dialect() == Dialect::postgresql
+                        ? "SELECT id, uuid, generation, last_seen_ms, agent_version, api_url FROM "
+                          "fleet_hosts WHERE name = $1 "
+                          "FOR UPDATE"
+                        : "SELECT id, uuid, generation, last_seen_ms, agent_version, api_url FROM "
+                          "fleet_hosts WHERE name = $1";
   auto r = c.exec(sql, {std::string(name)});
   if (!r.ok()) return r.error();
   if (r->rows.empty()) return std::optional<HostRow>();
   const auto& row = r->rows[0];
-  return std::optional<HostRow>(HostRow{to_i64(row[0]), row[1], to_i64(row[2]), to_i64(row[3]), row[4], row[5]});
+  return std::optional<HostRow>(
+      HostRow{to_i64(row[0]), row[1], to_i64(row[2]), to_i64(row[3]), row[4], row[5]});
 }
 
 Result<std::int64_t> SqlFleetStore::trait_id(SqlConn& c, std::string_view name, bool create) {
@@ -310,9 +318,9 @@ Result<HostRecord> SqlFleetStore::load_host(SqlConn& c, std::int64_t id) {
 
 Result<std::vector<HostRecord>> SqlFleetStore::load_hosts(SqlConn& c, const std::string& where,
                                                           const std::vector<SqlValue>& params) {
-  auto h = c.exec("SELECT id, uuid, name, generation, last_seen_ms, agent_version, api_url FROM fleet_hosts " +
-                      where,
-                  params);
+  auto h = c.exec(
+      "SELECT id, uuid, name, generation, last_seen_ms, agent_version, api_url FROM fleet_hosts " + where,
+      params);
   if (!h.ok()) return h.error();
   std::vector<HostRecord> out;
   out.reserve(h->rows.size());
@@ -347,7 +355,8 @@ Status insert_batches(SqlConn& c, std::string_view head, std::size_t width,
     std::string sql(head);
     std::vector<SqlValue> params(values.begin() + static_cast<std::ptrdiff_t>(start * width),
                                  values.begin() + static_cast<std::ptrdiff_t>((start + n) * width));
-    for (std::size_t r = 0; r < n; ++r) sql += (r == 0 ? " (" : ", (") + placeholders(r * width + 1, width) + ")";
+    for (std::size_t r = 0; r < n; ++r)
+      sql += (r == 0 ? " (" : ", (") + placeholders(r * width + 1, width) + ")";
     sql += tail;
     auto res = c.exec(sql, params);
     if (!res.ok()) return res.error();
@@ -381,7 +390,8 @@ Status SqlFleetStore::write_agent_traits(SqlConn& c, std::int64_t id, const Agen
                                          const std::vector<std::string>& traits, bool had_any,
                                          std::vector<std::int64_t>& released) {
   if (had_any) {
-    auto old = c.exec("DELETE FROM fleet_host_traits WHERE host_id = $1 AND owner = 'agent' RETURNING trait_id", {id});
+    auto old = c.exec(
+        "DELETE FROM fleet_host_traits WHERE host_id = $1 AND owner = 'agent' RETURNING trait_id", {id});
     if (!old.ok()) return old.error();
     for (const auto& row : old->rows) released.push_back(to_i64(row[0]));
   }
@@ -404,8 +414,8 @@ Status SqlFleetStore::write_agent_traits(SqlConn& c, std::int64_t id, const Agen
           !w.ok())
         return w;
       if (all_there) break;
-      auto locked =
-          c.exec("SELECT id FROM fleet_traits WHERE name IN (" + placeholders(1, n) + ") FOR KEY SHARE", names);
+      auto locked = c.exec(
+          "SELECT id FROM fleet_traits WHERE name IN (" + placeholders(1, n) + ") FOR KEY SHARE", names);
       if (!locked.ok()) return locked.error();
       if ((all_there = locked->rows.size() == n)) break;
     }
@@ -413,10 +423,11 @@ Status SqlFleetStore::write_agent_traits(SqlConn& c, std::int64_t id, const Agen
       return conflict("trait names of host " + r.name + " were removed while this report wrote them: retry");
     std::vector<SqlValue> links{id};
     links.insert(links.end(), names.begin(), names.end());
-    auto l = c.exec("INSERT INTO fleet_host_traits (host_id, trait_id, owner) SELECT $1, id, 'agent' FROM "
-                    "fleet_traits WHERE name IN (" +
-                        placeholders(2, n) + ") ON CONFLICT DO NOTHING",
-                    links);
+    auto l = c.exec(
+        "INSERT INTO fleet_host_traits (host_id, trait_id, owner) SELECT $1, id, 'agent' FROM "
+        "fleet_traits WHERE name IN (" +
+            placeholders(2, n) + ") ON CONFLICT DO NOTHING",
+        links);
     if (!l.ok()) return l.error();
   }
   return {};
@@ -442,17 +453,19 @@ Result<HostRecord> SqlFleetStore::report_existing(SqlConn& c, const HostRow& h, 
                                                   std::optional<std::int64_t> expected,
                                                   std::vector<std::int64_t>& released) {
   if (h.uuid != r.uuid)
-    return conflict("host " + r.name + " is registered with uuid " + h.uuid + " but the report says " + r.uuid +
-                    ": if the host was reinstalled, delete it first (hosts delete " + r.name + ")");
+    return conflict("host " + r.name + " is registered with uuid " + h.uuid + " but the report says " +
+                    r.uuid + ": if the host was reinstalled, delete it first (hosts delete " + r.name + ")");
   if (expected && *expected != h.generation) return stale(r.name, h.generation, *expected);
-  std::vector<HostRecord> held{HostRecord{h.uuid, r.name, h.generation, h.last_seen_ms, h.agent_version, h.api_url, {}, {}}};
+  std::vector<HostRecord> held{
+      HostRecord{h.uuid, r.name, h.generation, h.last_seen_ms, h.agent_version, h.api_url, {}, {}}};
   if (auto st = load_details(c, "($1)", {h.id}, {{h.id, 0}}, held); !st.ok()) return st.error();
   HostRecord& rec = held.front();
   const bool changed = !same_agent_state(rec, r, traits);
   // last_seen, and with a change the generation, in one statement (the row is
   // locked: the generation it was read at still holds).
   auto u = c.exec(
-      "UPDATE fleet_hosts SET generation = generation + $1, last_seen_ms = $2, agent_version = $3, api_url = $4 "
+      "UPDATE fleet_hosts SET generation = generation + $1, last_seen_ms = $2, agent_version = $3, api_url = "
+      "$4 "
       "WHERE id = $5 AND generation = $6",
       {std::int64_t{changed ? 1 : 0}, r.seen_at_ms, r.agent_version, r.api_url, h.id, h.generation});
   if (!u.ok()) return u.error();
@@ -506,9 +519,10 @@ void SqlFleetStore::forget_if_unheld(SqlConn& c, const std::vector<std::int64_t>
     const std::size_t n = std::min(kBatch, ids.size() - start);
     const std::vector<SqlValue> params(ids.begin() + static_cast<std::ptrdiff_t>(start),
                                        ids.begin() + static_cast<std::ptrdiff_t>(start + n));
-    if (auto d = c.exec("DELETE FROM fleet_traits WHERE id IN (" + placeholders(1, n) +
-                            ") AND NOT EXISTS (SELECT 1 FROM fleet_host_traits ht WHERE ht.trait_id = fleet_traits.id)",
-                        params);
+    if (auto d = c.exec(
+            "DELETE FROM fleet_traits WHERE id IN (" + placeholders(1, n) +
+                ") AND NOT EXISTS (SELECT 1 FROM fleet_host_traits ht WHERE ht.trait_id = fleet_traits.id)",
+            params);
         !d.ok())
       spdlog::info("fleet: {} trait name(s) kept for the next sweep: {}", n, d.error().message);
   }
@@ -569,7 +583,8 @@ Status SqlFleetStore::delete_host(std::string_view host, std::optional<std::int6
   if (expected && *expected != (*row)->generation) return stale(host, (*row)->generation, *expected);
   auto links = c->exec("DELETE FROM fleet_host_traits WHERE host_id = $1 RETURNING trait_id", {(*row)->id});
   if (!links.ok()) return links.error();
-  for (const char* sql : {"DELETE FROM fleet_inventories WHERE host_id = $1", "DELETE FROM fleet_hosts WHERE id = $1"})
+  for (const char* sql :
+       {"DELETE FROM fleet_inventories WHERE host_id = $1", "DELETE FROM fleet_hosts WHERE id = $1"})
     if (auto d = c->exec(sql, {(*row)->id}); !d.ok()) return d.error();
   if (auto st = c->notify(kNotifyChannel, host); !st.ok()) return st;
   if (auto st = t.commit(); !st.ok()) return st;
@@ -592,7 +607,8 @@ Result<std::optional<HostRecord>> SqlFleetStore::get_host(std::string_view host)
 }
 
 Status SqlFleetStore::scan_hosts(std::size_t page_hosts, const PageVisitor& each) {
-  const std::string where = "WHERE name > $1 ORDER BY name LIMIT " + std::to_string(std::max<std::size_t>(page_hosts, 1));
+  const std::string where =
+      "WHERE name > $1 ORDER BY name LIMIT " + std::to_string(std::max<std::size_t>(page_hosts, 1));
   std::string after;  // keyset: the last name of the previous page ("" sorts first)
   for (;;) {
     std::vector<HostRecord> page;
@@ -682,9 +698,10 @@ Result<std::size_t> SqlFleetStore::forget_unheld_traits() {
   // On PostgreSQL a report that adds one of these names in the meantime
   // makes the foreign key refuse this statement (nothing is deleted; the
   // next pass tries again), so no host ever loses a trait to it.
-  auto r = c->exec("DELETE FROM fleet_traits WHERE NOT EXISTS "
-                   "(SELECT 1 FROM fleet_host_traits ht WHERE ht.trait_id = fleet_traits.id)",
-                   {});
+  auto r = c->exec(
+      "DELETE FROM fleet_traits WHERE NOT EXISTS "
+      "(SELECT 1 FROM fleet_host_traits ht WHERE ht.trait_id = fleet_traits.id)",
+      {});
   if (!r.ok()) return r.error();
   return static_cast<std::size_t>(r->affected);
 }
@@ -692,7 +709,9 @@ Result<std::size_t> SqlFleetStore::forget_unheld_traits() {
 constexpr const char* kCredentialColumns = "id, role, host, salt, hash, created_ms, revoked_ms, note";
 
 CredentialRecord credential_row(const std::vector<std::string>& row) {
-  return {row[0], role_from_string(row[1]).value_or(Role::reader), row[2], row[3], row[4], to_i64(row[5]),
+  return {row[0],         role_from_string(row[1]).value_or(Role::reader),
+          row[2],         row[3],
+          row[4],         to_i64(row[5]),
           to_i64(row[6]), row[7]};
 }
 
@@ -705,13 +724,15 @@ Status SqlFleetStore::add_credential(const CredentialRecord& cr) {
                      {cr.id, std::string(to_string(cr.role)), cr.host, cr.salt, cr.hash, cr.created_ms,
                       cr.revoked_ms, cr.note});
   if (!ins.ok()) return ins.error();
-  if (auto u = c->exec("UPDATE fleet_credentials_version SET version = version + 1", {}); !u.ok()) return u.error();
+  if (auto u = c->exec("UPDATE fleet_credentials_version SET version = version + 1", {}); !u.ok())
+    return u.error();
   return t.commit();
 }
 
 Result<std::vector<CredentialRecord>> SqlFleetStore::list_credentials() {
   auto c = pool_.acquire();
-  auto r = c->exec("SELECT " + std::string(kCredentialColumns) + " FROM fleet_credentials ORDER BY created_ms, id", {});
+  auto r = c->exec(
+      "SELECT " + std::string(kCredentialColumns) + " FROM fleet_credentials ORDER BY created_ms, id", {});
   if (!r.ok()) return r.error();
   std::vector<CredentialRecord> out;
   out.reserve(r->rows.size());
@@ -727,12 +748,14 @@ Result<CredentialRecord> SqlFleetStore::revoke_credential(std::string_view id, s
                    {now_ms, std::string(id)});
   if (!u.ok()) return u.error();
   if (u->affected > 0)
-    if (auto v = c->exec("UPDATE fleet_credentials_version SET version = version + 1", {}); !v.ok()) return v.error();
+    if (auto v = c->exec("UPDATE fleet_credentials_version SET version = version + 1", {}); !v.ok())
+      return v.error();
   auto r = c->exec("SELECT " + std::string(kCredentialColumns) + " FROM fleet_credentials WHERE id = $1",
                    {std::string(id)});
   if (!r.ok()) return r.error();
   if (r->rows.empty())
-    return make_error(Errc::not_found, "no credential " + quote_for_error(id) + " (see `virtcap fleet token list`)");
+    return make_error(Errc::not_found,
+                      "no credential " + quote_for_error(id) + " (see `virtcap fleet token list`)");
   if (auto st = t.commit(); !st.ok()) return st.error();
   return credential_row(r->rows[0]);
 }

@@ -18,7 +18,7 @@ class TraitList {
     out.reserve(ids.size() + ids.size() / 4);
     std::uint32_t prev = 0;
     for (const auto id : ids) {
-      for (std::uint32_t d = id - prev; ; d >>= 7) {
+      for (std::uint32_t d = id - prev;; d >>= 7) {
         if (d < 0x80) {
           out.push_back(static_cast<std::uint8_t>(d));
           break;

@@ -22,15 +22,18 @@ Result<std::string> string_field(const json& obj, const char* key, bool required
     if (required) return invalid_argument_error(std::string("field \"") + key + "\" is required");
     return std::string();
   }
-  if (!obj[key].is_string()) return invalid_argument_error(std::string("field \"") + key + "\" must be a string");
+  if (!obj[key].is_string())
+    return invalid_argument_error(std::string("field \"") + key + "\" must be a string");
   auto v = obj[key].get<std::string>();
   // PostgreSQL would cut the text at a NUL and SQLite keep it: refused on both.
-  if (v.find('\0') != std::string::npos) return invalid_argument_error(std::string("field \"") + key + "\" holds a NUL character");
+  if (v.find('\0') != std::string::npos)
+    return invalid_argument_error(std::string("field \"") + key + "\" holds a NUL character");
   return v;
 }
 
 Result<Inventory> parse_inventory(const json& v, const std::string& where) {
-  if (!v.is_object()) return invalid_argument_error(where + " must be an object {total, reserved, allocation_ratio, used}");
+  if (!v.is_object())
+    return invalid_argument_error(where + " must be an object {total, reserved, allocation_ratio, used}");
   Inventory inv;
   for (const auto& [k, x] : v.items()) {
     const std::string at = where + "." + k;
@@ -39,9 +42,13 @@ Result<Inventory> parse_inventory(const json& v, const std::string& where) {
       inv.allocation_ratio = x.get<double>();
       continue;
     }
-    std::int64_t* slot = k == "total" ? &inv.total : k == "reserved" ? &inv.reserved : k == "used" ? &inv.used : nullptr;
+    std::int64_t* slot = k == "total"      ? &inv.total
+                         : k == "reserved" ? &inv.reserved
+                         : k == "used"     ? &inv.used
+                                           : nullptr;
     if (slot == nullptr)
-      return invalid_argument_error("unknown field " + quote_for_error(k) + " in " + where + "; fields: total, reserved, allocation_ratio, used");
+      return invalid_argument_error("unknown field " + quote_for_error(k) + " in " + where +
+                                    "; fields: total, reserved, allocation_ratio, used");
     auto n = int_field(x, at);
     if (!n.ok()) return n.error();
     *slot = *n;
@@ -50,7 +57,8 @@ Result<Inventory> parse_inventory(const json& v, const std::string& where) {
 }
 
 Result<Inventories> parse_inventories(const json& v) {
-  if (!v.is_object()) return invalid_argument_error("field \"inventories\" must be an object keyed by resource class");
+  if (!v.is_object())
+    return invalid_argument_error("field \"inventories\" must be an object keyed by resource class");
   Inventories out;
   for (const auto& [k, x] : v.items()) {
     auto rc = resource_class_from_string(k);
@@ -75,8 +83,10 @@ json to_json(const AgentReport& r) {
   json inv = json::object();
   for (auto rc : kAllResourceClasses)
     if (const auto& i = r.inventories[static_cast<std::size_t>(rc)])
-      inv[std::string(to_string(rc))] = {
-          {"total", i->total}, {"reserved", i->reserved}, {"allocation_ratio", i->allocation_ratio}, {"used", i->used}};
+      inv[std::string(to_string(rc))] = {{"total", i->total},
+                                         {"reserved", i->reserved},
+                                         {"allocation_ratio", i->allocation_ratio},
+                                         {"used", i->used}};
   return {{"uuid", r.uuid},
           {"traits", r.traits},
           {"inventories", inv},
@@ -88,17 +98,20 @@ Result<ReportBody> parse_report_body(std::string_view name, const std::string& b
   const json j = json::parse(body, nullptr, false);
   if (j.is_discarded()) return invalid_argument_error("malformed JSON in the request body");
   if (!j.is_object()) return invalid_argument_error("the request body must be a JSON object");
-  static const char* const kFields[] = {"uuid", "traits", "inventories", "agent_version", "api_url", "generation"};
+  static const char* const kFields[] = {"uuid",          "traits",  "inventories",
+                                        "agent_version", "api_url", "generation"};
   for (const auto& [k, v] : j.items())
     if (std::find(std::begin(kFields), std::end(kFields), k) == std::end(kFields))
-      return invalid_argument_error("unknown field " + quote_for_error(k) +
-                                    "; fields: uuid, traits, inventories, agent_version, api_url, generation");
+      return invalid_argument_error(
+          "unknown field " + quote_for_error(k) +
+          "; fields: uuid, traits, inventories, agent_version, api_url, generation");
   ReportBody out;
   out.report.name = std::string(name);
   auto uuid = string_field(j, "uuid", true);
   if (!uuid.ok()) return uuid.error();
   out.report.uuid = *uuid;
-  for (auto [key, dst] : {std::pair{"agent_version", &out.report.agent_version}, {"api_url", &out.report.api_url}}) {
+  for (auto [key, dst] :
+       {std::pair{"agent_version", &out.report.agent_version}, {"api_url", &out.report.api_url}}) {
     auto s = string_field(j, key, false);
     if (!s.ok()) return s.error();
     *dst = *s;
@@ -129,9 +142,12 @@ Result<std::optional<std::int64_t>> parse_generation(const std::string& body, co
   std::optional<std::int64_t> from_body;
   if (!body.empty()) {
     const json j = json::parse(body, nullptr, false);
-    if (j.is_discarded() || !j.is_object()) return invalid_argument_error("the request body must be a JSON object {\"generation\": N}");
+    if (j.is_discarded() || !j.is_object())
+      return invalid_argument_error("the request body must be a JSON object {\"generation\": N}");
     for (const auto& [k, v] : j.items()) {
-      if (k != "generation") return invalid_argument_error("unknown field " + quote_for_error(k) + "; the only field is generation");
+      if (k != "generation")
+        return invalid_argument_error("unknown field " + quote_for_error(k) +
+                                      "; the only field is generation");
       auto g = int_field(v, "field \"generation\"");
       if (!g.ok()) return g.error();
       from_body = *g;
@@ -142,7 +158,8 @@ Result<std::optional<std::int64_t>> parse_generation(const std::string& body, co
     std::string v = if_match;
     if (v.size() >= 2 && v.front() == '"' && v.back() == '"') v = v.substr(1, v.size() - 2);
     if (v.empty() || v.size() > 18 || v.find_first_not_of("0123456789") != std::string::npos)
-      return invalid_argument_error("If-Match " + quote_for_error(if_match) + " is not a host generation (\"N\")");
+      return invalid_argument_error("If-Match " + quote_for_error(if_match) +
+                                    " is not a host generation (\"N\")");
     from_header = std::stoll(v);
   }
   if (from_body && from_header && *from_body != *from_header)
@@ -172,7 +189,9 @@ json to_json(const Exclusion& e) {
       out["asked"] = e.asked;
       out["free"] = e.free ? json(*e.free) : json();
       break;
-    case Exclusion::Kind::down: out["last_seen_age_s"] = static_cast<double>(e.last_seen_age_ms) / 1000.0; break;
+    case Exclusion::Kind::down:
+      out["last_seen_age_s"] = static_cast<double>(e.last_seen_age_ms) / 1000.0;
+      break;
   }
   if (e.hosts > 0) out["hosts"] = e.hosts;
   return out;
@@ -192,12 +211,16 @@ json to_json(const Answer& a) {
 json to_json(const HostExplanation& e) {
   json reasons = json::array();
   for (const auto& r : e.reasons) reasons.push_back(to_json(r));
-  return {{"host", to_json(e.host)}, {"matches", e.matches}, {"reasons", reasons}, {"index_generation", e.index_generation}};
+  return {{"host", to_json(e.host)},
+          {"matches", e.matches},
+          {"reasons", reasons},
+          {"index_generation", e.index_generation}};
 }
 
 json to_json(const HostRecord& h, std::int64_t now, std::int64_t down_after_ms) {
   json traits = json::array();
-  for (const auto& t : h.traits) traits.push_back({{"name", t.name}, {"owner", std::string(to_string(t.owner))}});
+  for (const auto& t : h.traits)
+    traits.push_back({{"name", t.name}, {"owner", std::string(to_string(t.owner))}});
   json inv = json::object();
   for (auto rc : kAllResourceClasses)
     if (const auto& i = h.inventories[static_cast<std::size_t>(rc)])

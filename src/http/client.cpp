@@ -45,12 +45,12 @@ bool is_https(const std::string& url) { return url.rfind("https://", 0) == 0; }
 // name itself and then reports only its own text ("... host name ...").
 std::string refused_certificate(long verify, const std::string& detail, const ClientOptions& o) {
   const std::string store = o.ca_file.empty() ? "the system CA store" : o.ca_file;
-  if (verify == X509_V_OK || verify == X509_V_ERR_HOSTNAME_MISMATCH || verify == X509_V_ERR_IP_ADDRESS_MISMATCH ||
+  if (verify == X509_V_OK || verify == X509_V_ERR_HOSTNAME_MISMATCH ||
+      verify == X509_V_ERR_IP_ADDRESS_MISMATCH ||
       (verify == X509_V_ERR_UNSPECIFIED && detail.find("host name") != std::string::npos))
     return "hostname mismatch: its certificate does not name the host of " + o.url;
   switch (verify) {
-    case X509_V_ERR_CERT_HAS_EXPIRED:
-      return "its certificate has expired";
+    case X509_V_ERR_CERT_HAS_EXPIRED: return "its certificate has expired";
     case X509_V_ERR_CERT_NOT_YET_VALID:
       return "its certificate is not valid yet (check the clocks of both hosts)";
     case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
@@ -59,8 +59,7 @@ std::string refused_certificate(long verify, const std::string& detail, const Cl
     case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
     case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
       return "unknown CA: its certificate is not signed by a CA in " + store + "; " + o.ca_hint;
-    default:
-      return std::string("its certificate does not verify: ") + X509_verify_cert_error_string(verify);
+    default: return std::string("its certificate does not verify: ") + X509_verify_cert_error_string(verify);
   }
 }
 
@@ -71,11 +70,11 @@ Error transport_error(CURLcode rc, CURL* h, const char* detail, const ClientOpti
   if (rc == CURLE_PEER_FAILED_VERIFICATION) {
     long verify = X509_V_OK;
     curl_easy_getinfo(h, CURLINFO_SSL_VERIFYRESULT, &verify);
-    msg = "refused the TLS certificate of " + o.peer + " at " + o.url + ": " + refused_certificate(verify, detail, o) + " (" +
-          why + ")";
+    msg = "refused the TLS certificate of " + o.peer + " at " + o.url + ": " +
+          refused_certificate(verify, detail, o) + " (" + why + ")";
   } else if (rc == CURLE_SSL_CACERT_BADFILE && !o.ca_file.empty()) {
-    return make_error(Errc::invalid_argument, "cannot use the CA file " + o.ca_file + " (" + why +
-                                                  "); expected PEM CA certificates");
+    return make_error(Errc::invalid_argument,
+                      "cannot use the CA file " + o.ca_file + " (" + why + "); expected PEM CA certificates");
   } else if (rc == CURLE_SSL_CACERT_BADFILE) {
     msg = "cannot verify " + o.peer + " at " + o.url + ": the system CA store cannot be read (" + why +
           "); install Debian's ca-certificates, or " + o.ca_hint;
@@ -96,14 +95,16 @@ Status check_ca_file(const std::string& path) {
   if (path.empty()) return {};
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
   if (fd < 0)
-    return make_error(Errc::invalid_argument, "cannot read the CA file " + path + ": " + std::strerror(errno));
+    return make_error(Errc::invalid_argument,
+                      "cannot read the CA file " + path + ": " + std::strerror(errno));
   ::close(fd);
   return {};
 }
 
 }  // namespace
 
-Client::Client(const std::string& server, const std::string& token) : Client(ClientOptions{.url = server, .token = token}) {}
+Client::Client(const std::string& server, const std::string& token)
+    : Client(ClientOptions{.url = server, .token = token}) {}
 
 Client::Client(ClientOptions opts) : opts_(std::move(opts)) {
   static std::once_flag once;
@@ -115,8 +116,8 @@ Client::~Client() {
   if (curl_) curl_easy_cleanup(static_cast<CURL*>(curl_));
 }
 
-Result<ClientResponse> Client::call_raw(const std::string& method, const std::string& path, const std::string& body,
-                                  const std::string& content_type) {
+Result<ClientResponse> Client::call_raw(const std::string& method, const std::string& path,
+                                        const std::string& body, const std::string& content_type) {
   if (method != "GET" && method != "POST" && method != "PUT" && method != "PATCH" && method != "DELETE")
     return make_error(Errc::invalid_argument, "unsupported method " + method);
   auto* h = static_cast<CURL*>(curl_);
@@ -165,17 +166,18 @@ Result<ClientResponse> Client::call_raw(const std::string& method, const std::st
   const CURLcode rc = curl_easy_perform(h);
   curl_easy_setopt(h, CURLOPT_ERRORBUFFER, nullptr);  // `detail` goes out of scope
   curl_off_t connected_us = 0;
-  if (rc == CURLE_OPERATION_TIMEDOUT && curl_easy_getinfo(h, CURLINFO_CONNECT_TIME_T, &connected_us) == CURLE_OK &&
-      connected_us > 0) {
+  if (rc == CURLE_OPERATION_TIMEDOUT &&
+      curl_easy_getinfo(h, CURLINFO_CONNECT_TIME_T, &connected_us) == CURLE_OK && connected_us > 0) {
     Error e = make_error(Errc::io_error, opts_.peer + " at " + opts_.url + " did not answer within " +
                                              std::to_string(opts_.timeout.count()) + " s");
     e.backend_code = CURLE_OPERATION_TIMEDOUT;
     return e;
   }
   if (received.over) {
-    Error e = make_error(Errc::io_error, opts_.peer + " at " + opts_.url + " answered with more than " +
-                                             std::to_string(opts_.max_body >> 20) +
-                                             " MiB; not read (no virtcap answer is that large: is it the right server?)");
+    Error e = make_error(Errc::io_error,
+                         opts_.peer + " at " + opts_.url + " answered with more than " +
+                             std::to_string(opts_.max_body >> 20) +
+                             " MiB; not read (no virtcap answer is that large: is it the right server?)");
     e.backend_code = CURLE_WRITE_ERROR;
     return e;
   }
@@ -192,11 +194,16 @@ Result<ClientResponse> Client::call_raw(const std::string& method, const std::st
   return out;
 }
 
-bool answer_too_large(const Error& e) { return e.code == Errc::io_error && e.backend_code == CURLE_WRITE_ERROR; }
+bool answer_too_large(const Error& e) {
+  return e.code == Errc::io_error && e.backend_code == CURLE_WRITE_ERROR;
+}
 
-bool answered_late(const Error& e) { return e.code == Errc::io_error && e.backend_code == CURLE_OPERATION_TIMEDOUT; }
+bool answered_late(const Error& e) {
+  return e.code == Errc::io_error && e.backend_code == CURLE_OPERATION_TIMEDOUT;
+}
 
-Result<ClientResponse> Client::call(const std::string& method, const std::string& path, const nlohmann::json* body) {
+Result<ClientResponse> Client::call(const std::string& method, const std::string& path,
+                                    const nlohmann::json* body) {
   return call_raw(method, path, body ? dump_json(*body) : std::string());
 }
 

@@ -22,8 +22,8 @@ inline constexpr std::size_t kDefaultMaxBody = std::size_t{16} << 20;
 
 struct ClientResponse {
   int status = 0;
-  nlohmann::json body;   // parsed JSON (null for an empty body)
-  std::string raw;       // the body as received
+  nlohmann::json body;  // parsed JSON (null for an empty body)
+  std::string raw;      // the body as received
 };
 
 // How a client reaches a server.
@@ -33,8 +33,8 @@ struct ClientOptions {
   std::string ca_file{};  // https: PEM CA certificate(s) to verify against; empty: the system CA store
   // https: a PEM client certificate and its unencrypted key, presented when set.
   std::string client_cert{}, client_key{};
-  std::chrono::seconds timeout{300};         // a whole request (an image-cache pass can take a while)
-  std::chrono::seconds connect_timeout{5};   // connecting, TLS handshake included
+  std::chrono::seconds timeout{300};        // a whole request (an image-cache pass can take a while)
+  std::chrono::seconds connect_timeout{5};  // connecting, TLS handshake included
   // The longest answer read: a larger one is an error, never buffered whole
   // (virtcap's answers are far smaller; list pages are at most 1 MiB).
   std::size_t max_body = kDefaultMaxBody;
@@ -65,14 +65,14 @@ class Client {
   // unknown CA, expired, not yet valid, hostname mismatch), or
   // invalid_argument for an unreadable ca_file.
   Result<ClientResponse> call(const std::string& method, const std::string& path,
-                        const nlohmann::json* body = nullptr);
+                              const nlohmann::json* body = nullptr);
   // As call(), but a non-2xx status becomes an Error carrying the API's
   // code and message.
   Result<nlohmann::json> request(const std::string& method, const std::string& path,
                                  const nlohmann::json* body = nullptr);
   // Sends raw bytes as the body (tests of malformed input).
   Result<ClientResponse> call_raw(const std::string& method, const std::string& path, const std::string& body,
-                            const std::string& content_type = "application/json");
+                                  const std::string& content_type = "application/json");
 
   const std::string& server() const { return opts_.url; }
   // How long a call may take once connected (ClientOptions::timeout).

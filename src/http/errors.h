@@ -3,9 +3,8 @@
 #pragma once
 
 #include <chrono>
-#include <optional>
-
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "http/server.h"
 #include "virtcap/error.h"

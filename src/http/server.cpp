@@ -1,28 +1,27 @@
 #include "http/server.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <fcntl.h>
 #include <netinet/tcp.h>
+#include <spdlog/spdlog.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <spdlog/spdlog.h>
-
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <chrono>
-#include <cstring>
-#include <ctime>
-#include <algorithm>
 #include <cstdarg>
 #include <cstdio>
+#include <cstring>
+#include <ctime>
 #include <set>
-#include <utility>
 #include <sstream>
+#include <utility>
 
 #include "common/json_text.h"
 #include "common/net_address.h"
@@ -40,12 +39,10 @@ namespace {
 // much; beyond it the connection is closed.
 constexpr std::size_t kMaxDiscardBytes = 64 * 1024 * 1024;
 
-
 std::string lower(std::string s) {
   for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return s;
 }
-
 
 // Percent-decoding for the path and the query, except that %00 stays as the
 // three characters: the path reaches us as a C string, and a decoded NUL
@@ -96,7 +93,8 @@ std::string host_part(const std::string& v) {
     return close == std::string::npos ? v : lower(v.substr(1, close - 1));
   }
   const auto colon = v.find(':');
-  if (colon != std::string::npos && v.find(':', colon + 1) == std::string::npos) return lower(v.substr(0, colon));
+  if (colon != std::string::npos && v.find(':', colon + 1) == std::string::npos)
+    return lower(v.substr(0, colon));
   return lower(v);
 }
 
@@ -133,9 +131,10 @@ void fit_open_file_limit(unsigned connections, const std::string& section) {
   else
     rl.rlim_cur = before;
   if (rl.rlim_cur < want)
-    spdlog::warn("the open-file limit ({}) leaves room for about {} connections, fewer than {} max_connections = {}; "
-                 "raise the hard limit (LimitNOFILE= in a systemd unit) or lower max_connections",
-                 rl.rlim_cur, rl.rlim_cur > kOtherFiles ? rl.rlim_cur - kOtherFiles : 0, section, connections);
+    spdlog::warn(
+        "the open-file limit ({}) leaves room for about {} connections, fewer than {} max_connections = {}; "
+        "raise the hard limit (LimitNOFILE= in a systemd unit) or lower max_connections",
+        rl.rlim_cur, rl.rlim_cur > kOtherFiles ? rl.rlim_cur - kOtherFiles : 0, section, connections);
 }
 
 void log_from_library(void*, const char* fmt, va_list ap) {
@@ -217,24 +216,29 @@ Result<std::string> check_listen(const Options& o) {
   auto hp = split_listen(o.listen);
   if (!hp) return make_error(Errc::invalid_argument, section + " listen '" + o.listen + "' is not HOST:PORT");
   if (auto st = check_tls_pair(o.tls_cert, o.tls_key, section); !st.ok()) return st.error();
-  if (auto st = check_tls_priority(o.tls_priority.empty() ? config::kDefaultTlsPriority : o.tls_priority, section);
+  if (auto st =
+          check_tls_priority(o.tls_priority.empty() ? config::kDefaultTlsPriority : o.tls_priority, section);
       !st.ok())
     return st.error();
   if (is_loopback(hp->first)) return std::string();
   if (o.anonymous_access && !o.anonymous_access->empty())
-    return make_error(Errc::invalid_argument, "refusing to listen on " + o.listen + ": it is not a loopback address and " +
-                                                  *o.anonymous_access + " serves requests that carry no credential; "
+    return make_error(Errc::invalid_argument, "refusing to listen on " + o.listen +
+                                                  ": it is not a loopback address and " +
+                                                  *o.anonymous_access +
+                                                  " serves requests that carry no credential; "
                                                   "remove it, or listen on 127.0.0.1");
   if (!o.anonymous_access && o.token.empty())
-    return make_error(Errc::invalid_argument,
-                      "refusing to listen on " + o.listen + ": it is not a loopback address and " + section +
-                          " token is not set; set a token, or listen on 127.0.0.1");
+    return make_error(Errc::invalid_argument, "refusing to listen on " + o.listen +
+                                                  ": it is not a loopback address and " + section +
+                                                  " token is not set; set a token, or listen on 127.0.0.1");
   if (!o.tls_cert.empty()) return std::string();
-  const std::string why = "it is not a loopback address, and without TLS the bearer token and every answer cross "
-                          "the network in clear text";
+  const std::string why =
+      "it is not a loopback address, and without TLS the bearer token and every answer cross "
+      "the network in clear text";
   if (!o.allow_insecure)
-    return make_error(Errc::invalid_argument, "refusing to listen on " + o.listen + " without TLS: " + why + "; set " +
-                                                  section + " tls_cert and tls_key (or allow_insecure = true)");
+    return make_error(Errc::invalid_argument, "refusing to listen on " + o.listen + " without TLS: " + why +
+                                                  "; set " + section +
+                                                  " tls_cert and tls_key (or allow_insecure = true)");
   return "serving plain HTTP on " + o.listen + " because " + section + " allow_insecure = true: " + why;
 }
 
@@ -268,7 +272,8 @@ Result<int> listen_socket(const std::string& listen) {
   addrinfo* res = nullptr;
   const std::string port_text = std::to_string(hp->second);
   if (int rc = ::getaddrinfo(hp->first.c_str(), port_text.c_str(), &hints, &res); rc != 0)
-    return make_error(Errc::invalid_argument, "cannot resolve listen address " + listen + ": " + gai_strerror(rc));
+    return make_error(Errc::invalid_argument,
+                      "cannot resolve listen address " + listen + ": " + gai_strerror(rc));
   int listen_fd = -1, err = 0;
   for (addrinfo* ai = res; ai && listen_fd < 0; ai = ai->ai_next) {
     int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
@@ -288,9 +293,10 @@ Result<int> listen_socket(const std::string& listen) {
   ::freeaddrinfo(res);
   if (listen_fd >= 0) return listen_fd;
   if (err == EADDRINUSE)
-    return make_error(Errc::io_error, "cannot listen on " + listen +
-                                          ": the address is in use (another virtcap agent, or another service); "
-                                          "stop it, or listen elsewhere");
+    return make_error(Errc::io_error,
+                      "cannot listen on " + listen +
+                          ": the address is in use (another virtcap agent, or another service); "
+                          "stop it, or listen elsewhere");
   return make_error(Errc::io_error, "cannot listen on " + listen + ": " +
                                         (err ? std::strerror(err) : "no address") +
                                         " (the address is not available on this host)");
@@ -318,8 +324,10 @@ Result<int> Server::bind() {
     if (!tls_client_ca_pem_.empty())
       spdlog::info("TLS: client certificates signed by {} are verified", opts_.tls_client_ca);
   } else if (!opts_.tls_client_ca.empty()) {
-    return make_error(Errc::invalid_argument, opts_.config_section + " client_ca is set without tls_cert and "
-                                              "tls_key: client certificates need TLS; set both, or remove client_ca");
+    return make_error(Errc::invalid_argument,
+                      opts_.config_section +
+                          " client_ca is set without tls_cert and "
+                          "tls_key: client certificates need TLS; set both, or remove client_ca");
   }
   if (opts_.listen_fd >= 0) {
     listen_fd_ = std::exchange(opts_.listen_fd, -1);
@@ -456,16 +464,16 @@ void Server::retire(MHD_Daemon* daemon, int quiesced_fd) {
     const DaemonTag* tag = tags_[daemon].get();
     auto unserved = [&] {
       mu_.assert_held();
-      return std::count_if(connections_.begin(), connections_.end(), [&](const auto& e) {
-        return e.second.daemon == tag && !e.second.served;
-      });
+      return std::count_if(connections_.begin(), connections_.end(),
+                           [&](const auto& e) { return e.second.daemon == tag && !e.second.served; });
     };
     const auto it = in_flight_.find(tag);
     const unsigned requests = it == in_flight_.end() ? 0 : it->second;
     if (const auto waiting = unserved(); requests > 0 || waiting > 0)
-      spdlog::info("HTTP server on {}: waiting for {} request(s) in flight and {} connection(s) whose request has "
-                   "not arrived yet (30 s at most)",
-                   opts_.listen, requests, waiting);
+      spdlog::info(
+          "HTTP server on {}: waiting for {} request(s) in flight and {} connection(s) whose request has "
+          "not arrived yet (30 s at most)",
+          opts_.listen, requests, waiting);
     idle_.wait_for(mu_, std::chrono::seconds(30), [&] {
       mu_.assert_held();
       return in_flight_.count(tag) == 0 && unserved() == 0;
@@ -495,8 +503,8 @@ Status Server::reload_tls() {
   if (!tls.value())  // load_tls refuses one file without the other; both gone cannot be
     return make_error(Errc::invalid_argument, "TLS files not reloaded: tls_cert and tls_key are empty");
   if (tls.value()->cert_pem == tls_cert_pem_ && tls.value()->key_pem == tls_key_pem_) {
-    spdlog::info("TLS: {} and {} unchanged; still serving the certificate of {}", opts_.tls_cert, opts_.tls_key,
-                 tls.value()->subject);
+    spdlog::info("TLS: {} and {} unchanged; still serving the certificate of {}", opts_.tls_cert,
+                 opts_.tls_key, tls.value()->subject);
     return {};
   }
   // A second daemon on a duplicate of the same listening socket takes new
@@ -507,9 +515,11 @@ Status Server::reload_tls() {
   const int live_fd = info ? info->listen_fd : -1;
   const int fd = live_fd >= 0 ? ::fcntl(live_fd, F_DUPFD_CLOEXEC, 3) : -1;
   if (fd < 0)
-    return make_error(Errc::io_error, std::string("TLS files not reloaded: cannot share the listening socket: ") +
-                                          (live_fd >= 0 ? std::strerror(errno) : "no socket"));
-  MHD_Daemon* fresh = start_daemon(fd, tls.value()->cert_pem, tls.value()->key_pem);  // owns fd, even on failure
+    return make_error(Errc::io_error,
+                      std::string("TLS files not reloaded: cannot share the listening socket: ") +
+                          (live_fd >= 0 ? std::strerror(errno) : "no socket"));
+  MHD_Daemon* fresh =
+      start_daemon(fd, tls.value()->cert_pem, tls.value()->key_pem);  // owns fd, even on failure
   if (!fresh) {
     // A daemon that failed half-way shuts its socket down (shutdown(2)), and
     // a dup shares it with the daemon still serving: listen again if so.
@@ -517,8 +527,10 @@ Status Server::reload_tls() {
     socklen_t len = sizeof listening;
     if (::getsockopt(live_fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening == 0 &&
         ::listen(live_fd, SOMAXCONN) != 0)
-      spdlog::critical("HTTP server on {}: no longer accepting connections after a failed TLS reload ({}); "
-                       "restart it", opts_.listen, std::strerror(errno));
+      spdlog::critical(
+          "HTTP server on {}: no longer accepting connections after a failed TLS reload ({}); "
+          "restart it",
+          opts_.listen, std::strerror(errno));
     return make_error(Errc::io_error, "TLS files not reloaded: the HTTP server could not start with them");
   }
   MHD_Daemon* old = std::exchange(daemon_, fresh);
@@ -570,8 +582,10 @@ std::optional<Response> Server::refuse_early(Request& req, bool has_body, const 
   }
   if (opts_.authenticate) {
     if (auto refused = opts_.authenticate(req)) return refused;
-  } else if (!opts_.token.empty() && !constant_time_equal(req.header("authorization"), "Bearer " + opts_.token)) {
-    auto r = error_response(401, "unauthorized", "a valid bearer token is required (Authorization: Bearer <token>)");
+  } else if (!opts_.token.empty() &&
+             !constant_time_equal(req.header("authorization"), "Bearer " + opts_.token)) {
+    auto r = error_response(401, "unauthorized",
+                            "a valid bearer token is required (Authorization: Bearer <token>)");
     r.headers.emplace_back("WWW-Authenticate", "Bearer");
     return r;
   }
@@ -584,7 +598,8 @@ std::optional<Response> Server::refuse_early(Request& req, bool has_body, const 
   }
   if (!has_body) return std::nullopt;
   if (route->body == BodyRule::none)
-    return error_response(400, "invalid_argument", req.method + " " + route->pattern + " takes no request body");
+    return error_response(400, "invalid_argument",
+                          req.method + " " + route->pattern + " takes no request body");
   const std::string ct = lower(req.header("content-type"));
   const std::string media = ct.substr(0, ct.find(';'));
   if (media.find_first_not_of(' ') == std::string::npos ||
@@ -593,12 +608,14 @@ std::optional<Response> Server::refuse_early(Request& req, bool has_body, const 
                           "a request body must be JSON, sent with Content-Type: application/json");
   const std::string cl = req.header("content-length");
   if (!cl.empty() && (cl.size() > 15 || std::stoull(cl) > opts_.max_body_bytes))
-    return error_response(413, "payload_too_large",
-                          "request body exceeds the limit of " + std::to_string(opts_.max_body_bytes) + " bytes");
+    return error_response(
+        413, "payload_too_large",
+        "request body exceeds the limit of " + std::to_string(opts_.max_body_bytes) + " bytes");
   return std::nullopt;
 }
 
-Server::Pending* Server::begin(void* connection, const char* url, const char* method, const DaemonTag* daemon) {
+Server::Pending* Server::begin(void* connection, const char* url, const char* method,
+                               const DaemonTag* daemon) {
   auto* c = static_cast<MHD_Connection*>(connection);
   auto p = std::make_unique<Pending>();
   Request& req = p->req;
@@ -616,7 +633,8 @@ Server::Pending* Server::begin(void* connection, const char* url, const char* me
       [](void* cls, MHD_ValueKind, const char* k, size_t kn, const char* v, size_t vn) -> MHD_Result {
         auto* x = static_cast<Ctx*>(cls);
         const std::string name = lower(std::string(k, kn));
-        if (!x->req->headers.emplace(name, v ? std::string(v, vn) : std::string()).second) x->repeated->insert(name);
+        if (!x->req->headers.emplace(name, v ? std::string(v, vn) : std::string()).second)
+          x->repeated->insert(name);
         return MHD_YES;
       },
       &ctx);
@@ -639,10 +657,12 @@ Server::Pending* Server::begin(void* connection, const char* url, const char* me
   p->route = match(req, req.params, allow);
   if (p->route) p->route_name = p->route->pattern;
   const std::string cl = req.header("content-length");
-  const bool has_body =
-      req.headers.count("transfer-encoding") || (!cl.empty() && cl.find_first_not_of('0') != std::string::npos);
-  for (const char* h : {"host", "origin", "authorization", "content-type", "content-length", "transfer-encoding"})
-    if (repeated.count(h)) p->refusal = error_response(400, "invalid_argument", std::string("repeated ") + h + " header");
+  const bool has_body = req.headers.count("transfer-encoding") ||
+                        (!cl.empty() && cl.find_first_not_of('0') != std::string::npos);
+  for (const char* h :
+       {"host", "origin", "authorization", "content-type", "content-length", "transfer-encoding"})
+    if (repeated.count(h))
+      p->refusal = error_response(400, "invalid_argument", std::string("repeated ") + h + " header");
   for (const auto& [name, value] : req.headers)
     if (name.find('\0') != std::string::npos || value.find('\0') != std::string::npos)
       p->refusal = error_response(400, "invalid_argument", "a header contains a NUL byte");
@@ -661,10 +681,12 @@ Server::Pending* Server::begin(void* connection, const char* url, const char* me
 
 bool Server::take(Pending& p, const char* data, std::size_t size) {
   if (!p.refusal && p.route && p.route->body == BodyRule::none)
-    p.refusal = error_response(400, "invalid_argument", p.req.method + " " + p.route->pattern + " takes no request body");
+    p.refusal = error_response(400, "invalid_argument",
+                               p.req.method + " " + p.route->pattern + " takes no request body");
   if (!p.refusal && p.req.body.size() + size > opts_.max_body_bytes) {
-    p.refusal = error_response(413, "payload_too_large",
-                               "request body exceeds the limit of " + std::to_string(opts_.max_body_bytes) + " bytes");
+    p.refusal = error_response(
+        413, "payload_too_large",
+        "request body exceeds the limit of " + std::to_string(opts_.max_body_bytes) + " bytes");
     std::string().swap(p.req.body);
   }
   if (p.refusal) {
@@ -702,11 +724,12 @@ bool Server::answer(void* connection, Pending& p) {
   auto* owned = new Shared(res.shared_body ? std::move(res.shared_body)
                                            : std::make_shared<const std::string>(std::move(res.body)));
   MHD_Response* r = MHD_create_response_from_buffer_with_free_callback_cls(
-      (*owned)->size(), const_cast<char*>((*owned)->data()), [](void* cls) { delete static_cast<Shared*>(cls); },
-      owned);
+      (*owned)->size(), const_cast<char*>((*owned)->data()),
+      [](void* cls) { delete static_cast<Shared*>(cls); }, owned);
   if (r == nullptr) {  // the free callback will never run
     delete owned;
-    spdlog::error("HTTP: cannot create the response to {} {}; closing the connection", p.req.method, p.route_name);
+    spdlog::error("HTTP: cannot create the response to {} {}; closing the connection", p.req.method,
+                  p.route_name);
     return false;
   }
   if (!res.content_type.empty()) MHD_add_response_header(r, "Content-Type", res.content_type.c_str());
@@ -725,9 +748,9 @@ void Server::connection_event(const DaemonTag* tag, void* connection, bool opene
                             : nullptr;
   MutexLock lock(mu_);
   if (opened) {
-    connections_[connection] = {tag, info ? info->connect_fd : -1,
-                                std::chrono::steady_clock::now() +
-                                    std::chrono::seconds(opts_.request_header_timeout_seconds)};
+    connections_[connection] = {
+        tag, info ? info->connect_fd : -1,
+        std::chrono::steady_clock::now() + std::chrono::seconds(opts_.request_header_timeout_seconds)};
     return;
   }
   const auto it = connections_.find(connection);

@@ -12,13 +12,12 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "common/mutex.h"
 #include "http/tls.h"
@@ -30,11 +29,11 @@ namespace virtcap::http {
 
 struct Request {
   std::string method;
-  std::string path;                            // percent-decoded (a %00 stays literal)
-  std::map<std::string, std::string> query;    // decoded (a repeated name: its last value)
+  std::string path;                                             // percent-decoded (a %00 stays literal)
+  std::map<std::string, std::string> query;                     // decoded (a repeated name: its last value)
   std::vector<std::pair<std::string, std::string>> query_list;  // decoded, every parameter in order
-  std::map<std::string, std::string> headers;  // names lower-cased
-  std::map<std::string, std::string> params;   // {name} segments of the route
+  std::map<std::string, std::string> headers;                   // names lower-cased
+  std::map<std::string, std::string> params;                    // {name} segments of the route
   std::string body;
   std::string remote_addr;
   // The client's TLS certificate, when Options::tls_client_ca is set and the
@@ -74,8 +73,8 @@ struct Route {
 };
 
 struct Options {
-  std::string listen = "127.0.0.1:0";  // HOST:PORT; port 0: any free port
-  std::string token;                    // bearer token every request must carry, when set
+  std::string listen = "127.0.0.1:0";        // HOST:PORT; port 0: any free port
+  std::string token;                         // bearer token every request must carry, when set
   std::vector<std::string> allowed_origins;  // an Origin header must be one of these
   std::vector<std::string> allowed_hosts;    // Host names accepted besides the listen host and localhost
   std::size_t max_body_bytes = 1024 * 1024;
@@ -92,7 +91,8 @@ struct Options {
   // check_listen's refusal of a non-loopback address ("" when none get in).
   // nullopt: the `token` rule (no token, no credential needed).
   std::optional<std::string> anonymous_access;
-  std::string tls_priority;  // GnuTLS priority string; empty: config::kDefaultTlsPriority (check_listen checks it)
+  std::string
+      tls_priority;  // GnuTLS priority string; empty: config::kDefaultTlsPriority (check_listen checks it)
   // Serve plain HTTP on a non-loopback address anyway (check_listen); a
   // warning is logged at every start.
   bool allow_insecure = false;
@@ -191,7 +191,8 @@ class Server {
  private:
   // The route for req's method and path (params filled), and in `allow`
   // every method the path has.
-  const Route* match(const Request& req, std::map<std::string, std::string>& params, std::string& allow) const;
+  const Route* match(const Request& req, std::map<std::string, std::string>& params,
+                     std::string& allow) const;
   std::optional<Response> refuse_early(Request& req, bool has_body, const Route* route,
                                        const std::string& allow) const;
   bool host_allowed(const std::string& host) const;
@@ -217,7 +218,8 @@ class Server {
   MHD_Daemon* daemon_ = nullptr;
   Mutex mu_;
   CondVar idle_;
-  std::map<const DaemonTag*, unsigned> in_flight_ GUARDED_BY(mu_);  // requests begun and not finished, per daemon
+  std::map<const DaemonTag*, unsigned> in_flight_
+      GUARDED_BY(mu_);                                      // requests begun and not finished, per daemon
   std::map<MHD_Daemon*, std::unique_ptr<DaemonTag>> tags_;  // the callbacks' cls of each running daemon
   // Every open connection, from the library's open notification to its
   // close notification (which comes before the library closes the socket,

@@ -19,22 +19,27 @@ namespace {
 
 constexpr std::size_t kMaxPemBytes = 1024 * 1024;
 
-Error tls_error(const std::string& section, const char* option, const std::string& file, const std::string& what) {
+Error tls_error(const std::string& section, const char* option, const std::string& file,
+                const std::string& what) {
   return make_error(Errc::invalid_argument, section + " " + option + " " + file + ": " + what);
 }
 
 // The whole of a small regular file, or why not.
 Result<std::string> read_small_file(const std::string& path) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
-  if (!fd.valid()) return make_error(Errc::invalid_argument, std::string("cannot open: ") + std::strerror(errno));
+  if (!fd.valid())
+    return make_error(Errc::invalid_argument, std::string("cannot open: ") + std::strerror(errno));
   struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) return make_error(Errc::invalid_argument, std::string("cannot stat: ") + std::strerror(errno));
+  if (::fstat(fd.get(), &st) != 0)
+    return make_error(Errc::invalid_argument, std::string("cannot stat: ") + std::strerror(errno));
   if (!S_ISREG(st.st_mode)) return make_error(Errc::invalid_argument, "not a regular file");
   if (static_cast<std::size_t>(st.st_size) > kMaxPemBytes)
     return make_error(Errc::invalid_argument, "larger than 1 MiB; expected a PEM file");
   std::string out(static_cast<std::size_t>(st.st_size), '\0');
   const long long n = pread_full(fd.get(), reinterpret_cast<std::uint8_t*>(out.data()), out.size(), 0);
-  if (n < 0) return make_error(Errc::invalid_argument, std::string("cannot read: ") + std::strerror(static_cast<int>(-n)));
+  if (n < 0)
+    return make_error(Errc::invalid_argument,
+                      std::string("cannot read: ") + std::strerror(static_cast<int>(-n)));
   out.resize(static_cast<std::size_t>(n));
   return out;
 }
@@ -93,7 +98,8 @@ Result<std::optional<TlsMaterial>> load_tls(const std::string& cert_file, const 
 
   CertList list;
   const gnutls_datum_t c = datum(m.cert_pem);
-  if (int rc = gnutls_x509_crt_list_import2(&list.certs, &list.count, &c, GNUTLS_X509_FMT_PEM, 0); rc < 0 || !list.count)
+  if (int rc = gnutls_x509_crt_list_import2(&list.certs, &list.count, &c, GNUTLS_X509_FMT_PEM, 0);
+      rc < 0 || !list.count)
     return tls_error(section, "tls_cert", cert_file,
                      std::string("no PEM certificate could be read (") + gnutls_strerror(rc) +
                          "); expected the server's certificate, then any intermediates, each "
@@ -109,8 +115,8 @@ Result<std::optional<TlsMaterial>> load_tls(const std::string& cert_file, const 
   const std::int64_t not_before = gnutls_x509_crt_get_activation_time(list.certs[0]);
   if (now < not_before)
     return tls_error(section, "tls_cert", cert_file,
-                     "the certificate is not valid before " + utc_text(not_before) + " (now " + utc_text(now) +
-                         "); check this host's clock, or issue a certificate valid now");
+                     "the certificate is not valid before " + utc_text(not_before) + " (now " +
+                         utc_text(now) + "); check this host's clock, or issue a certificate valid now");
   if (now > m.not_after)
     return tls_error(section, "tls_cert", cert_file,
                      "the certificate expired at " + utc_text(m.not_after) + " (now " + utc_text(now) +
@@ -124,7 +130,8 @@ Result<std::string> load_client_ca(const std::string& file, const std::string& s
   if (!pem.ok()) return tls_error(section, "client_ca", file, pem.error().message);
   CertList list;
   const gnutls_datum_t c = datum(*pem);
-  if (int rc = gnutls_x509_crt_list_import2(&list.certs, &list.count, &c, GNUTLS_X509_FMT_PEM, 0); rc < 0 || !list.count)
+  if (int rc = gnutls_x509_crt_list_import2(&list.certs, &list.count, &c, GNUTLS_X509_FMT_PEM, 0);
+      rc < 0 || !list.count)
     return tls_error(section, "client_ca", file,
                      std::string("no PEM certificate could be read (") + gnutls_strerror(rc) +
                          "); expected the CA certificate(s) that sign agents' client certificates");
@@ -136,7 +143,8 @@ std::optional<ClientCertificate> verified_client_certificate(void* gnutls_sessio
   if (!session) return std::nullopt;
   unsigned status = 0;
   gnutls_typed_vdata_st purpose{GNUTLS_DT_KEY_PURPOSE_OID,
-                                reinterpret_cast<unsigned char*>(const_cast<char*>(GNUTLS_KP_TLS_WWW_CLIENT)), 0};
+                                reinterpret_cast<unsigned char*>(const_cast<char*>(GNUTLS_KP_TLS_WWW_CLIENT)),
+                                0};
   if (gnutls_certificate_verify_peers(session, &purpose, 1, &status) != GNUTLS_E_SUCCESS || status != 0)
     return std::nullopt;
   unsigned n = 0;
@@ -144,7 +152,8 @@ std::optional<ClientCertificate> verified_client_certificate(void* gnutls_sessio
   if (!peers || n == 0) return std::nullopt;
   gnutls_x509_crt_t crt = nullptr;
   if (gnutls_x509_crt_init(&crt) < 0) return std::nullopt;
-  std::unique_ptr<std::remove_pointer_t<gnutls_x509_crt_t>, void (*)(gnutls_x509_crt_t)> guard(crt, gnutls_x509_crt_deinit);
+  std::unique_ptr<std::remove_pointer_t<gnutls_x509_crt_t>, void (*)(gnutls_x509_crt_t)> guard(
+      crt, gnutls_x509_crt_deinit);
   if (gnutls_x509_crt_import(crt, &peers[0], GNUTLS_X509_FMT_DER) < 0) return std::nullopt;
   ClientCertificate out;
   char buf[512];
@@ -157,7 +166,7 @@ std::optional<ClientCertificate> verified_client_certificate(void* gnutls_sessio
     const int type = gnutls_x509_crt_get_subject_alt_name(crt, i, buf, &size, &critical);
     if (type == GNUTLS_E_REQUESTED_DATA_NOT_AVAILABLE) break;
     if (type == GNUTLS_E_SHORT_MEMORY_BUFFER) continue;  // a name over 512 bytes is no host name
-    if (type < 0) return std::nullopt;  // unreadable: trust nothing it says
+    if (type < 0) return std::nullopt;                   // unreadable: trust nothing it says
     if (type == GNUTLS_SAN_DNSNAME) out.dns_names.emplace_back(buf, size);
   }
   return out;
@@ -174,8 +183,9 @@ Status check_tls_priority(const std::string& priority, const std::string& sectio
   std::string where;
   if (err_pos && err_pos >= priority.c_str() && err_pos <= priority.c_str() + priority.size())
     where = " at \"" + std::string(err_pos).substr(0, 40) + "\"";
-  return make_error(Errc::invalid_argument, section + " tls_priority is not a GnuTLS priority string" + where + ": " +
-                                                gnutls_strerror(rc) + " (see `gnutls-cli --priority STRING --list`)");
+  return make_error(Errc::invalid_argument, section + " tls_priority is not a GnuTLS priority string" +
+                                                where + ": " + gnutls_strerror(rc) +
+                                                " (see `gnutls-cli --priority STRING --list`)");
 }
 
 }  // namespace virtcap::http

@@ -13,10 +13,10 @@
 namespace virtcap::http {
 
 struct TlsMaterial {
-  std::string cert_pem;         // the chain: the server's certificate first
-  std::string key_pem;          // its unencrypted private key
-  std::string subject;          // of the server's certificate, for the log
-  std::int64_t not_after = 0;   // its expiry, Unix seconds
+  std::string cert_pem;        // the chain: the server's certificate first
+  std::string key_pem;         // its unencrypted private key
+  std::string subject;         // of the server's certificate, for the log
+  std::int64_t not_after = 0;  // its expiry, Unix seconds
 };
 
 // tls_cert and tls_key are set together, or neither (invalid_argument).
@@ -39,7 +39,7 @@ Result<std::string> load_client_ca(const std::string& file, const std::string& s
 
 // What a verified client certificate says of its holder.
 struct ClientCertificate {
-  std::string common_name;            // the subject's CN ("" when none)
+  std::string common_name;             // the subject's CN ("" when none)
   std::vector<std::string> dns_names;  // its DNS subjectAltNames
 };
 // The client's certificate on `gnutls_session` (a gnutls_session_t), when

@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <array>
-#include <vector>
 #include <map>
-#include <optional>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <vector>
 
 #include "imagecache/qcow2.h"
 
@@ -16,14 +16,14 @@ using Kind = BackingTarget::Kind;
 
 // Protocols whose sources are not local files: never one of our base files.
 constexpr std::array<std::string_view, 22> kRemoteProtocols = {
-    "nbd",   "nbd+tcp", "nbd+unix",  "nbds",         "rbd",          "http",         "https", "ftp",
-    "ftps",  "iscsi",   "iser",      "ssh",          "gluster",      "gluster+tcp",  "gluster+unix",
-    "gluster+rdma",     "nfs",       "sheepdog",     "vxhs",         "null-co",      "null-aio", "nvme"};
+    "nbd",  "nbd+tcp",  "nbd+unix", "nbds",    "rbd",      "http",        "https",        "ftp",
+    "ftps", "iscsi",    "iser",     "ssh",     "gluster",  "gluster+tcp", "gluster+unix", "gluster+rdma",
+    "nfs",  "sheepdog", "vxhs",     "null-co", "null-aio", "nvme"};
 // Protocols that open a local path.
 constexpr std::array<std::string_view, 3> kLocalProtocols = {"file", "host_device", "host_cdrom"};
 // Format drivers: with these, "filename" / "file.filename" names the file.
-constexpr std::array<std::string_view, 13> kFormatDrivers = {"raw", "qcow2", "qcow", "qed",       "vmdk",
-                                                             "vdi", "vpc",   "vhdx", "luks",      "parallels",
+constexpr std::array<std::string_view, 13> kFormatDrivers = {"raw", "qcow2", "qcow", "qed",  "vmdk",
+                                                             "vdi", "vpc",   "vhdx", "luks", "parallels",
                                                              "dmg", "cloop", "bochs"};
 
 template <std::size_t N>
@@ -53,7 +53,8 @@ BackingTarget classify_protocol(std::string_view s) {
   const std::string_view proto = s.substr(0, colon), rest = s.substr(colon + 1);
   if (in(kLocalProtocols, proto)) return local_absolute(rest, "", "the " + std::string(proto) + ": backing");
   if (in(kRemoteProtocols, proto)) return remote(proto);
-  return unreadable("unknown protocol \"" + std::string(proto) + ":\"; cannot tell whether it is a local file");
+  return unreadable("unknown protocol \"" + std::string(proto) +
+                    ":\"; cannot tell whether it is a local file");
 }
 
 // Flattens nested objects into dotted keys ({"file":{"filename":x}} ->
@@ -70,7 +71,8 @@ std::optional<std::string> flatten(const nlohmann::json& obj, const std::string&
     } else if (v.is_array()) {
       return std::string("the json: backing has array options (e.g. quorum children)");
     } else if (!out.emplace(key, v).second) {
-      return "the json: backing gives \"" + key + "\" twice (nested and dotted); which one QEMU opens is not certain";
+      return "the json: backing gives \"" + key +
+             "\" twice (nested and dotted); which one QEMU opens is not certain";
     } else if (v.is_string() && v.get_ref<const std::string&>().find('\0') != std::string::npos) {
       return "the json: backing's \"" + key + "\" holds a NUL character";
     }
@@ -119,7 +121,8 @@ BackingTarget classify_json(std::string_view text) {
   const auto driver = str("driver").value_or("");
   const auto fdriver = str("file.driver"), fname = str("file.filename");
   if ((fdriver || fname) && opt.count("filename"))
-    return unreadable("the json: backing gives both \"filename\" and \"file.*\"; which file QEMU opens is not certain");
+    return unreadable(
+        "the json: backing gives both \"filename\" and \"file.*\"; which file QEMU opens is not certain");
   if (fdriver || fname) {
     // A format layer ("driver") over a protocol child ("file.*").
     if (!driver.empty() && !in(kFormatDrivers, driver))

@@ -7,10 +7,10 @@
 
 #include <cerrno>
 #include <chrono>
-#include <thread>
 #include <cstring>
 #include <filesystem>
 #include <random>
+#include <thread>
 
 #include "common/fd.h"
 #include "common/lock_file.h"
@@ -45,16 +45,19 @@ Status fsync_dir(const std::string& dir) {
 }
 
 Status DiskAccess::apply(int fd, bool directory, const std::string& path) const {
-  if (::fchmod(fd, directory ? dir_mode() : file_mode()) != 0) return io_error("cannot set the mode of " + path, errno);
+  if (::fchmod(fd, directory ? dir_mode() : file_mode()) != 0)
+    return io_error("cannot set the mode of " + path, errno);
   if (group && ::fchown(fd, static_cast<uid_t>(-1), *group) != 0)
-    return io_error("cannot give " + path + " to group " + std::to_string(*group) + " ([libvirt] disk_group)", errno);
+    return io_error("cannot give " + path + " to group " + std::to_string(*group) + " ([libvirt] disk_group)",
+                    errno);
   return {};
 }
 
 Status make_dirs(const std::string& dir, const DiskAccess& access) {
   // Each missing component, from the top: mkdir, then the exact mode.
-  return virtcap::make_dirs(dir, access.dir_mode(), "directory",
-                            [&access](int fd, const std::string& path) { return access.apply(fd, true, path); });
+  return virtcap::make_dirs(dir, access.dir_mode(), "directory", [&access](int fd, const std::string& path) {
+    return access.apply(fd, true, path);
+  });
 }
 
 std::string BaseCache::base_name(std::string_view image_id) { return sha1_hex(image_id); }
@@ -76,7 +79,7 @@ enum class LockMode { wait, try_existing };
 // checks that the name still names the file locked (the cleanup may have
 // unlinked it meanwhile) and retries if not.
 Result<std::optional<BaseFileLock>> lock_named(const CacheDir& locks, std::string_view name, LockMode mode,
-                                              int timeout_seconds, BaseFileLock (*wrap)(int)) {
+                                               int timeout_seconds, BaseFileLock (*wrap)(int)) {
   const std::string file = std::string(name) + ".lock";
   const std::string path = locks.path + "/" + file;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_seconds);
@@ -93,16 +96,17 @@ Result<std::optional<BaseFileLock>> lock_named(const CacheDir& locks, std::strin
     if (err != 0) {
       if (mode == LockMode::try_existing) return std::optional<BaseFileLock>{};
       if (std::chrono::steady_clock::now() >= deadline)
-        return make_error(Errc::io_error, "timed out after " + std::to_string(timeout_seconds) + " s waiting for " +
-                                             path +
-                                             " (held by a spawn fetching that base image, or by an image-cache "
-                                             "pass); raise [image_cache] lock_timeout or try again");
+        return make_error(Errc::io_error,
+                          "timed out after " + std::to_string(timeout_seconds) + " s waiting for " + path +
+                              " (held by a spawn fetching that base image, or by an image-cache "
+                              "pass); raise [image_cache] lock_timeout or try again");
       // flock has no timed wait: poll, backing off to 50 ms.
       std::this_thread::sleep_for(pause);
       pause = std::min(pause * 2, std::chrono::milliseconds(50));
       continue;
     }
-    struct stat held {}, now {};
+    struct stat held {
+    }, now{};
     if (::fstat(fd.get(), &held) != 0) return io_error("cannot stat lock file " + path, errno);
     const int lrc = ::fstatat(locks.fd.get(), file.c_str(), &now, AT_SYMLINK_NOFOLLOW);
     if (lrc == 0 && now.st_dev == held.st_dev && now.st_ino == held.st_ino)
@@ -131,26 +135,30 @@ Result<CacheDir> open_cache_dir(const std::string& instances_path, std::string_v
     return make_error(err == ENOENT ? Errc::not_found : Errc::io_error,
                       "cannot open " + instances_path + ": " + std::strerror(err));
   }
-  CacheDir dir{Fd(::openat(top.get(), std::string(name).c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)),
-               path};
+  CacheDir dir{
+      Fd(::openat(top.get(), std::string(name).c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)),
+      path};
   if (!dir.fd.valid()) {
     const int err = errno;
     if (err == ENOENT) return make_error(Errc::not_found, "no directory " + path);
     if (err == ELOOP || err == ENOTDIR)
-      return make_error(Errc::io_error, "refusing " + path +
-                                            ": it is not a real directory (a symlink, or another kind of file); "
-                                            "the image cache writes and deletes only in its own directories");
+      return make_error(Errc::io_error,
+                        "refusing " + path +
+                            ": it is not a real directory (a symlink, or another kind of file); "
+                            "the image cache writes and deletes only in its own directories");
     return io_error("cannot open " + path, err);
   }
   MountPlace top_at, dir_at;
-  if (int err = mount_place(top.get(), top_at); err != 0) return io_error("cannot statx " + instances_path, err);
+  if (int err = mount_place(top.get(), top_at); err != 0)
+    return io_error("cannot statx " + instances_path, err);
   if (int err = mount_place(dir.fd.get(), dir_at); err != 0) return io_error("cannot statx " + path, err);
   if (!dir_at.is_dir || dir_at.dev_major != top_at.dev_major || dir_at.dev_minor != top_at.dev_minor ||
       dir_at.mnt_id != top_at.mnt_id)
-    return make_error(Errc::io_error, "refusing " + path + ": it is on " + where(dir_at) + ", not on " +
-                                          where(top_at) + " with " + instances_path +
-                                          " (a bind mount or another device); the image cache writes and deletes "
-                                          "only in its own directories");
+    return make_error(Errc::io_error,
+                      "refusing " + path + ": it is on " + where(dir_at) + ", not on " + where(top_at) +
+                          " with " + instances_path +
+                          " (a bind mount or another device); the image cache writes and deletes "
+                          "only in its own directories");
   return dir;
 }
 
@@ -162,13 +170,16 @@ Result<BaseFileLock> BaseFileLock::acquire(const BaseCache& cache, std::string_v
 
 Result<BaseFileLock> BaseFileLock::acquire_in(const CacheDir& locks, std::string_view base_file_name,
                                               int timeout_seconds) {
-  auto l = lock_named(locks, base_file_name, LockMode::wait, timeout_seconds, [](int fd) { return BaseFileLock(fd); });
+  auto l = lock_named(locks, base_file_name, LockMode::wait, timeout_seconds,
+                      [](int fd) { return BaseFileLock(fd); });
   if (!l.ok()) return l.error();
   return std::move(**l);
 }
 
-Result<std::optional<BaseFileLock>> BaseFileLock::try_existing(const CacheDir& locks, std::string_view base_file_name) {
-  return lock_named(locks, base_file_name, LockMode::try_existing, 0, [](int fd) { return BaseFileLock(fd); });
+Result<std::optional<BaseFileLock>> BaseFileLock::try_existing(const CacheDir& locks,
+                                                               std::string_view base_file_name) {
+  return lock_named(locks, base_file_name, LockMode::try_existing, 0,
+                    [](int fd) { return BaseFileLock(fd); });
 }
 
 BaseFileLock::~BaseFileLock() {
@@ -192,13 +203,14 @@ Status copy_range(int in, int out, std::uint64_t at, std::uint64_t len, const st
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL)) {
       char buf[1 << 16];
-      const ssize_t r = ::pread(in, buf, std::min<std::uint64_t>(sizeof buf, len - done),
-                                static_cast<off_t>(at + done));
+      const ssize_t r =
+          ::pread(in, buf, std::min<std::uint64_t>(sizeof buf, len - done), static_cast<off_t>(at + done));
       if (r < 0 && errno == EINTR) continue;
       if (r < 0) return io_error("cannot read " + src, errno);
       if (r == 0) break;
       for (ssize_t w = 0; w < r;) {
-        const ssize_t k = ::pwrite(out, buf + w, static_cast<std::size_t>(r - w), static_cast<off_t>(at + done) + w);
+        const ssize_t k =
+            ::pwrite(out, buf + w, static_cast<std::size_t>(r - w), static_cast<off_t>(at + done) + w);
         if (k < 0 && errno == EINTR) continue;
         if (k < 0) return io_error("cannot write " + dst, errno);
         w += k;
@@ -207,7 +219,8 @@ Status copy_range(int in, int out, std::uint64_t at, std::uint64_t len, const st
       continue;
     }
     if (n < 0) return io_error("cannot copy " + src + " to " + dst, errno);
-    if (n == 0) return make_error(Errc::io_error, "image " + src + " changed size while being copied; try again");
+    if (n == 0)
+      return make_error(Errc::io_error, "image " + src + " changed size while being copied; try again");
     done += static_cast<std::uint64_t>(n);
   }
   return {};
@@ -215,7 +228,8 @@ Status copy_range(int in, int out, std::uint64_t at, std::uint64_t len, const st
 
 }  // namespace
 
-Result<std::uint64_t> copy_file_synced(const std::string& src, const std::string& dst, const DiskAccess& access) {
+Result<std::uint64_t> copy_file_synced(const std::string& src, const std::string& dst,
+                                       const DiskAccess& access) {
   Fd in(::open(src.c_str(), O_RDONLY | O_CLOEXEC));
   if (in.get() < 0) return io_error("cannot open image " + src, errno);
   struct stat st {};

@@ -95,10 +95,12 @@ class BaseFileLock {
   // mounted one is refused).
   static Result<BaseFileLock> acquire(const BaseCache& cache, std::string_view base_file_name);
   // The same in a lock directory already opened with open_cache_dir.
-  static Result<BaseFileLock> acquire_in(const CacheDir& locks, std::string_view base_file_name, int timeout_seconds);
+  static Result<BaseFileLock> acquire_in(const CacheDir& locks, std::string_view base_file_name,
+                                         int timeout_seconds);
   // Takes the lock only if it is free and its lock file exists; nullopt
   // otherwise (busy, or no lock file). For cleaning up lock files.
-  static Result<std::optional<BaseFileLock>> try_existing(const CacheDir& locks, std::string_view base_file_name);
+  static Result<std::optional<BaseFileLock>> try_existing(const CacheDir& locks,
+                                                          std::string_view base_file_name);
   BaseFileLock(BaseFileLock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
   BaseFileLock& operator=(BaseFileLock&&) = delete;
   BaseFileLock(const BaseFileLock&) = delete;
@@ -135,7 +137,8 @@ Status make_dirs(const std::string& dir, const DiskAccess& access = {});
 // Copies src to dst (which must not exist; created with `access`), only its
 // data ranges (SEEK_DATA/SEEK_HOLE: a sparse image stays sparse), then
 // fsyncs dst. Returns the file's length.
-Result<std::uint64_t> copy_file_synced(const std::string& src, const std::string& dst, const DiskAccess& access = {});
+Result<std::uint64_t> copy_file_synced(const std::string& src, const std::string& dst,
+                                       const DiskAccess& access = {});
 
 template <class F>
 Result<EnsureOutcome> with_base(const BaseCache& cache, std::string_view image_id, const std::string& source,

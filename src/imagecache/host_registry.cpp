@@ -20,14 +20,16 @@ namespace fs = std::filesystem;
 
 namespace {
 bool valid_host_name(const std::string& h) {
-  return !h.empty() && h.size() <= 255 && h[0] != '.' &&
-         std::all_of(h.begin(), h.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_'; });
+  return !h.empty() && h.size() <= 255 && h[0] != '.' && std::all_of(h.begin(), h.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_';
+  });
 }
 }  // namespace
 
 Status register_host(const std::string& instances_path, const std::string& host) {
   if (!valid_host_name(host))
-    return make_error(Errc::invalid_argument, "host name '" + host + "' cannot be registered: use letters, digits, '.', '-', '_'");
+    return make_error(Errc::invalid_argument,
+                      "host name '" + host + "' cannot be registered: use letters, digits, '.', '-', '_'");
   // Written only inside a real directory on the cache's mount (a symlinked
   // or mounted `hosts` is refused), and only relative to it.
   auto dir = open_cache_dir(instances_path, "hosts", CreateDir::yes);
@@ -36,9 +38,12 @@ Status register_host(const std::string& instances_path, const std::string& host)
   const std::string path = dir->path + "/" + name;
   const auto now = now_seconds();
   const std::string body = dump_json(nlohmann::json{{"host", host}, {"updated_at", now}}) + "\n";
-  UniqueFd fd(::openat(dir->fd.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644));
-  if (!fd.valid()) return make_error(Errc::io_error, "cannot write " + dir->path + "/" + tmp + ": " + std::strerror(errno));
-  bool ok = ::write(fd.get(), body.data(), body.size()) == static_cast<ssize_t>(body.size()) && ::fsync(fd.get()) == 0;
+  UniqueFd fd(
+      ::openat(dir->fd.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644));
+  if (!fd.valid())
+    return make_error(Errc::io_error, "cannot write " + dir->path + "/" + tmp + ": " + std::strerror(errno));
+  bool ok = ::write(fd.get(), body.data(), body.size()) == static_cast<ssize_t>(body.size()) &&
+            ::fsync(fd.get()) == 0;
   int err = errno;
   if (fd.close_checked() != 0 && ok) {
     ok = false;

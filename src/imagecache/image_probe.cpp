@@ -21,7 +21,8 @@ namespace {
 using Bytes = std::span<const std::uint8_t>;
 
 std::uint32_t be32(Bytes b, std::size_t at) {
-  return (std::uint32_t{b[at]} << 24) | (std::uint32_t{b[at + 1]} << 16) | (std::uint32_t{b[at + 2]} << 8) | b[at + 3];
+  return (std::uint32_t{b[at]} << 24) | (std::uint32_t{b[at + 1]} << 16) | (std::uint32_t{b[at + 2]} << 8) |
+         b[at + 3];
 }
 std::uint64_t be64(Bytes b, std::size_t at) { return (std::uint64_t{be32(b, at)} << 32) | be32(b, at + 4); }
 std::uint32_t le32(Bytes b, std::size_t at) {
@@ -35,14 +36,16 @@ bool starts_with(Bytes b, std::string_view magic) {
 }
 
 ProbeError fail(const std::string& path, const std::string& what, int err = 0) {
-  return {"'" + path + "' " + what + (err ? std::string(": ") + std::system_category().message(err) : ""), err};
+  return {"'" + path + "' " + what + (err ? std::string(": ") + std::system_category().message(err) : ""),
+          err};
 }
 
 // A name of `size` bytes at `offset`: from the head when it lies there, else
 // read. No NUL inside, never past the end of the file.
 Result<std::string, ProbeError> read_name(int fd, const std::string& path, Bytes head, std::uint64_t offset,
                                           std::uint64_t size, const char* what) {
-  if (size > kQcow2MaxBackingName) return fail(path, std::string("has a ") + what + " longer than 1023 bytes");
+  if (size > kQcow2MaxBackingName)
+    return fail(path, std::string("has a ") + what + " longer than 1023 bytes");
   std::string name(size, '\0');
   if (offset <= head.size() && size <= head.size() - offset) {
     std::memcpy(name.data(), head.data() + offset, size);
@@ -53,7 +56,8 @@ Result<std::string, ProbeError> read_name(int fd, const std::string& path, Bytes
     if (n < 0) return fail(path, std::string("cannot be read (its ") + what + ")", static_cast<int>(-n));
     if (static_cast<std::uint64_t>(n) < size) return fail(path, std::string("ends inside its ") + what);
   }
-  if (name.find('\0') != std::string::npos) return fail(path, std::string("has a NUL byte inside its ") + what);
+  if (name.find('\0') != std::string::npos)
+    return fail(path, std::string("has a NUL byte inside its ") + what);
   return name;
 }
 
@@ -63,7 +67,8 @@ Result<ImageRefs, ProbeError> probe_qcow2(int fd, const std::string& path, Bytes
   ImageRefs r{"qcow2", h->backing_file, h->backing_format, {}, {}};
   if (h->has_external_data_file()) {
     if (h->data_file.empty())
-      return fail(path, "declares an external data file but names none (QEMU then needs it on the command line)");
+      return fail(path,
+                  "declares an external data file but names none (QEMU then needs it on the command line)");
     r.data_file = h->data_file;
   }
   return r;
@@ -113,13 +118,14 @@ Result<std::vector<std::uint8_t>, ProbeError> read_at(int fd, const std::string&
 
 // A descriptor text as QEMU reads it: min(file size, 1 MiB - 1) bytes from
 // `offset`. Its extents go into `r`; the bytes are returned.
-Result<std::vector<std::uint8_t>, ProbeError> read_extents(int fd, const std::string& path, std::uint64_t offset,
-                                                           ImageRefs& r) {
+Result<std::vector<std::uint8_t>, ProbeError> read_extents(int fd, const std::string& path,
+                                                           std::uint64_t offset, ImageRefs& r) {
   struct stat st {};
   if (::fstat(fd, &st) != 0) return fail(path, "cannot be stat()ed", errno);
   const auto len = std::min<std::uint64_t>(static_cast<std::uint64_t>(st.st_size), vmdk::kDescriptorMax);
   auto text = read_at(fd, path, offset, static_cast<std::size_t>(len), "VMDK descriptor");
-  if (text.ok()) r.extents = vmdk::extents(std::string_view(reinterpret_cast<const char*>(text->data()), text->size()));
+  if (text.ok())
+    r.extents = vmdk::extents(std::string_view(reinterpret_cast<const char*>(text->data()), text->size()));
   return text;
 }
 
@@ -159,15 +165,17 @@ Result<ImageRefs, ProbeError> probe_vmdk(int fd, const std::string& path, Bytes 
 }  // namespace
 
 bool format_has_no_references(std::string_view f) {
-  static constexpr std::array<std::string_view, 9> kNone = {"raw",  "vdi", "vpc",   "vhdx", "luks",
+  static constexpr std::array<std::string_view, 9> kNone = {"raw",       "vdi", "vpc",   "vhdx", "luks",
                                                             "parallels", "dmg", "cloop", "bochs"};
   return std::find(kNone.begin(), kNone.end(), f) != kNone.end();
 }
 
 Result<ImageRefs, ProbeError> probe_image(int fd, const std::string& path, std::string_view declared) {
   if (format_has_no_references(declared)) return ImageRefs{std::string(declared), {}, {}, {}, {}};
-  if (!declared.empty() && declared != "qcow2" && declared != "qcow" && declared != "qed" && declared != "vmdk")
-    return fail(path, "is declared as format \"" + std::string(declared) + "\", which this reader does not know");
+  if (!declared.empty() && declared != "qcow2" && declared != "qcow" && declared != "qed" &&
+      declared != "vmdk")
+    return fail(path,
+                "is declared as format \"" + std::string(declared) + "\", which this reader does not know");
   std::array<std::uint8_t, kQcow2FirstRead> buf;
   const long long n = pread_full(fd, buf.data(), buf.size(), 0);
   if (n < 0) return fail(path, "cannot be read", static_cast<int>(-n));
@@ -179,7 +187,8 @@ Result<ImageRefs, ProbeError> probe_image(int fd, const std::string& path, std::
     format = be32(head, 4) == 1 ? "qcow" : "qcow2";  // qcow2's reader refuses other versions
   } else if (starts_with(head, std::string_view("QED\0", 4))) {
     format = "qed";
-  } else if (starts_with(head, "KDMV") || starts_with(head, "COWD") || vmdk::probes_as_text_descriptor(head)) {
+  } else if (starts_with(head, "KDMV") || starts_with(head, "COWD") ||
+             vmdk::probes_as_text_descriptor(head)) {
     format = "vmdk";
   }
   // QEMU's vmdk driver reads any file that is neither "KDMV" nor "COWD" as a

@@ -20,10 +20,10 @@
 namespace virtcap::imagecache {
 
 struct ImageRefs {
-  std::string format;          // "qcow2", "qcow", "qed", "vmdk", "raw"
-  std::string backing;         // as stored; empty: none
-  std::string backing_format;  // as declared; "": none declared (QEMU probes)
-  std::string data_file;       // qcow2 external data file, as stored; empty: none
+  std::string format;                 // "qcow2", "qcow", "qed", "vmdk", "raw"
+  std::string backing;                // as stored; empty: none
+  std::string backing_format;         // as declared; "": none declared (QEMU probes)
+  std::string data_file;              // qcow2 external data file, as stored; empty: none
   std::vector<vmdk::Extent> extents;  // VMDK extents, as written (relative: to the image's directory)
 };
 

@@ -31,7 +31,8 @@ using State = BaseFileState;
 
 bool is_hex40(std::string_view s) {
   if (s.size() != 40) return false;
-  return std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+  return std::all_of(s.begin(), s.end(),
+                     [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
 }
 
 bool all_digits(std::string_view s) {
@@ -40,19 +41,22 @@ bool all_digits(std::string_view s) {
 
 // The random part of a fetch's temporary name (base_cache.cpp random_suffix).
 bool is_temp_suffix(std::string_view s) {
-  return s.size() == kTempSuffixLength &&
-         std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z'); });
+  return s.size() == kTempSuffixLength && std::all_of(s.begin(), s.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z');
+         });
 }
 
 // original: <sha1>; resized: <sha1>_<bytes>; temporary: <sha1>[_<bytes>].tmp-<10 of [a-z0-9]>,
 // exactly the name a fetch writes. Anything else is unknown, and kept.
 Kind kind_of(std::string_view name) {
   auto base_like = [](std::string_view n) {
-    return is_hex40(n.substr(0, 40)) && (n.size() == 40 || (n.size() > 41 && n[40] == '_' && all_digits(n.substr(41))));
+    return is_hex40(n.substr(0, 40)) &&
+           (n.size() == 40 || (n.size() > 41 && n[40] == '_' && all_digits(n.substr(41))));
   };
   if (auto t = name.find(kTempMarker); t != std::string_view::npos)
-    return base_like(name.substr(0, t)) && is_temp_suffix(name.substr(t + kTempMarker.size())) ? Kind::temporary
-                                                                                                 : Kind::unknown;
+    return base_like(name.substr(0, t)) && is_temp_suffix(name.substr(t + kTempMarker.size()))
+               ? Kind::temporary
+               : Kind::unknown;
   if (!base_like(name)) return Kind::unknown;
   return name.size() == 40 ? Kind::original : Kind::resized;
 }
@@ -72,7 +76,8 @@ bool same_mtime(const struct timespec& a, const struct timespec& b) {
 
 // Lists the base directory (regular files only; every error read). False,
 // with a note, when it could not be listed completely.
-bool list_bases(int base_fd, const std::string& base_dir, std::vector<Candidate>& out, ImageCacheReport& report) {
+bool list_bases(int base_fd, const std::string& base_dir, std::vector<Candidate>& out,
+                ImageCacheReport& report) {
   bool ok = true;
   const int err = list_dir(base_fd, [&](const DirEntry& e) {
     const std::string name(e.name);
@@ -84,7 +89,8 @@ bool list_bases(int base_fd, const std::string& base_dir, std::vector<Candidate>
       return;
     }
     if (!S_ISREG(st.st_mode)) return;  // symlinks, directories: not ours to manage
-    out.push_back({name, {st.st_dev, st.st_ino}, st.st_mtim, static_cast<std::uint64_t>(st.st_size), kind_of(name)});
+    out.push_back(
+        {name, {st.st_dev, st.st_ino}, st.st_mtim, static_cast<std::uint64_t>(st.st_size), kind_of(name)});
   });
   if (err != 0) {
     report.notes.push_back("cannot list " + base_dir + ": " + std::strerror(err));
@@ -102,13 +108,15 @@ std::vector<BaseEntry> entries_of(const std::vector<Candidate>& c) {
 }
 
 ScanOptions scan_options(const PassOptions& opts) {
-  return {opts.instances_path, {opts.subdirectory_name, std::string(kLockDirName), "hosts"}, opts.progress_every};
+  return {
+      opts.instances_path, {opts.subdirectory_name, std::string(kLockDirName), "hosts"}, opts.progress_every};
 }
 
 std::string use_reason(const BaseUse& u) {
   if (u.by_name_only)
     return "a backing path that does not exist on this host ends in its name (another host's mount of the "
-           "same storage?): " + u.by;
+           "same storage?): " +
+           u.by;
   return "used by " + u.by;
 }
 
@@ -125,7 +133,8 @@ std::vector<std::size_t> classify(const PassOptions& opts, const std::vector<Can
     f.kind = c.kind;
     f.bytes = c.bytes;
     f.age_seconds = now - c.mtime.tv_sec;
-    const bool in_store = store_originals.count(c.name.substr(0, std::min<std::size_t>(40, c.name.size()))) > 0;
+    const bool in_store =
+        store_originals.count(c.name.substr(0, std::min<std::size_t>(40, c.name.size()))) > 0;
     if (c.kind == Kind::unknown) {
       f.state = State::unknown;
       f.reason = "not a file name this driver makes; kept";
@@ -137,13 +146,14 @@ std::vector<std::size_t> classify(const PassOptions& opts, const std::vector<Can
       }
     } else {
       const bool temp = c.kind == Kind::temporary;
-      f.threshold_seconds = temp ? opts.temporary_min_age_seconds
+      f.threshold_seconds = temp                      ? opts.temporary_min_age_seconds
                             : c.kind == Kind::resized ? opts.resized_min_age_seconds
                                                       : opts.original_min_age_seconds;
       if (f.age_seconds < f.threshold_seconds) {
         f.state = State::unused_young;
         f.reason = temp ? "temporary file of a fetch, possibly in progress"
-                        : "unused, but younger than remove_unused_" + std::string(to_string(f.kind)) + "_minimum_age_seconds";
+                        : "unused, but younger than remove_unused_" + std::string(to_string(f.kind)) +
+                              "_minimum_age_seconds";
       } else {
         f.state = State::removable;
         f.reason = temp ? "leftover temporary file of an interrupted fetch" : "unused and old enough";
@@ -207,7 +217,8 @@ void remove_locked(const PassOptions& opts, const BaseCache& cache, int base_fd,
   UsageScan again = scan_usage(scan_options(opts), entries_of(listing));
   if (!again.unreadable.empty()) {
     report.complete = false;
-    report.notes.push_back("second look: " + again.unreadable.front().path + ": " + again.unreadable.front().error);
+    report.notes.push_back("second look: " + again.unreadable.front().path + ": " +
+                           again.unreadable.front().error);
     take_scan(report, again);
     return keep_all(report, to_remove, "not removed: a disk could not be read on the second look");
   }
@@ -224,7 +235,8 @@ void remove_locked(const PassOptions& opts, const BaseCache& cache, int base_fd,
     if (::fstatat(base_fd, c.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
       const int err = errno;
       f.state = State::kept;
-      f.reason = err == ENOENT ? "vanished before removal" : std::string("cannot stat: ") + std::strerror(err);
+      f.reason =
+          err == ENOENT ? "vanished before removal" : std::string("cannot stat: ") + std::strerror(err);
       if (err != ENOENT) report.complete = false;
       continue;
     }
@@ -274,11 +286,12 @@ void cleanup_locks(const BaseCache& cache, int base_fd, ImageCacheReport& report
   });
   if (err != 0) report.notes.push_back("cannot list " + locks->path + ": " + std::strerror(err));
   std::set<std::string> owners;
-  const int base_err =
-      list_dir(base_fd, [&](const DirEntry& e) { owners.insert(std::string(BaseCache::lock_owner(e.name))); });
+  const int base_err = list_dir(
+      base_fd, [&](const DirEntry& e) { owners.insert(std::string(BaseCache::lock_owner(e.name))); });
   ::lseek(base_fd, 0, SEEK_SET);
   if (base_err != 0) {
-    report.notes.push_back("lock files not cleaned up: cannot list " + cache.base_dir + ": " + std::strerror(base_err));
+    report.notes.push_back("lock files not cleaned up: cannot list " + cache.base_dir + ": " +
+                           std::strerror(base_err));
     return;
   }
   for (const auto& n : names) {
@@ -288,7 +301,8 @@ void cleanup_locks(const BaseCache& cache, int base_fd, ImageCacheReport& report
     struct stat st {};
     if (::fstatat(base_fd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT) continue;
     if (::unlinkat(locks->fd.get(), (n + ".lock").c_str(), 0) != 0 && errno != ENOENT)
-      report.notes.push_back("cannot remove lock file " + locks->path + "/" + n + ".lock: " + std::strerror(errno));
+      report.notes.push_back("cannot remove lock file " + locks->path + "/" + n +
+                             ".lock: " + std::strerror(errno));
   }
 }
 
@@ -330,7 +344,8 @@ ImageCacheReport run_pass(const PassOptions& opts, const std::vector<InstanceRec
   const bool listed = list_bases(base_fd.get(), cache.base_dir, listing, report);
   ::lseek(base_fd.get(), 0, SEEK_SET);
 
-  if (std::vector<std::size_t> none; stop_here(opts, report, none, "before reading the disks")) return finish();
+  if (std::vector<std::size_t> none; stop_here(opts, report, none, "before reading the disks"))
+    return finish();
 
   // (a) the disks on the storage, by identity; (b) the live instances.
   UsageScan scan = scan_usage(scan_options(opts), entries_of(listing));
@@ -388,7 +403,8 @@ nlohmann::json to_json(const ImageCacheReport& r) {
   nlohmann::json notes = nlohmann::json::array();
   for (const auto& n : r.notes) notes.push_back(utf8_safe(n));
   nlohmann::json c = nlohmann::json::object();
-  for (const char* s : {"in_use", "unused_young", "removable", "removed", "kept", "unknown"}) c[s] = counts[s];
+  for (const char* s : {"in_use", "unused_young", "removable", "removed", "kept", "unknown"})
+    c[s] = counts[s];
   return {{"complete", r.complete},
           {"dry_run", r.dry_run},
           {"removal_enabled", r.removal_enabled},
@@ -416,26 +432,27 @@ std::string to_table(const ImageCacheReport& r) {
     s.resize(std::max(n, s.size()), ' ');
     return s;
   };
-  os << pad("FILE", w) << "  " << pad("KIND", 9) << "  " << pad("STATE", 12) << "  " << pad("BYTES", 12) << "  "
-     << pad("AGE(s)", 9) << "  REASON\n";
+  os << pad("FILE", w) << "  " << pad("KIND", 9) << "  " << pad("STATE", 12) << "  " << pad("BYTES", 12)
+     << "  " << pad("AGE(s)", 9) << "  REASON\n";
   for (const auto& f : r.files)
-    os << pad(f.name, w) << "  " << pad(std::string(to_string(f.kind)), 9) << "  " << pad(std::string(to_string(f.state)), 12) << "  "
-       << pad(std::to_string(f.bytes), 12) << "  " << pad(std::to_string(f.age_seconds), 9) << "  " << f.reason
-       << "\n";
+    os << pad(f.name, w) << "  " << pad(std::string(to_string(f.kind)), 9) << "  "
+       << pad(std::string(to_string(f.state)), 12) << "  " << pad(std::to_string(f.bytes), 12) << "  "
+       << pad(std::to_string(f.age_seconds), 9) << "  " << f.reason << "\n";
   if (r.files.empty()) os << "(no base files)\n";
   const auto j = to_json(r);
   os << "\n";
   for (const auto& [k, v] : j.at("counts").items()) os << k << "=" << v.get<std::size_t>() << " ";
-  os << "\nremoved " << r.files_removed << " file(s), " << r.bytes_freed << " bytes freed; read " << r.disks_read
-     << " disk(s) in " << r.instance_dirs << " instance dir(s) in " << r.duration_seconds << " s; "
-     << r.instances_considered << " live instance(s) from the store\n";
+  os << "\nremoved " << r.files_removed << " file(s), " << r.bytes_freed << " bytes freed; read "
+     << r.disks_read << " disk(s) in " << r.instance_dirs << " instance dir(s) in " << r.duration_seconds
+     << " s; " << r.instances_considered << " live instance(s) from the store\n";
   for (const auto& u : r.unreadable_disks) os << "UNREADABLE " << u.path << ": " << u.error << "\n";
   for (const auto& m : r.missing_backings)
     os << "missing backing file " << m.backing << " (of " << m.disk << "): names no base file\n";
   if (r.name_matches)
     os << r.name_matches << " missing backing path(s) kept a base file by its name (another host's mount?)\n";
   for (const auto& n : r.notes) os << "note: " << n << "\n";
-  os << (r.complete ? "pass complete\n" : "PASS INCOMPLETE: nothing was removed that could not be proven unused\n");
+  os << (r.complete ? "pass complete\n"
+                    : "PASS INCOMPLETE: nothing was removed that could not be proven unused\n");
   return os.str();
 }
 

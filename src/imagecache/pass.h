@@ -16,8 +16,8 @@
 #pragma once
 
 #include <functional>
-#include <stop_token>
 #include <nlohmann/json.hpp>
+#include <stop_token>
 #include <string>
 #include <vector>
 

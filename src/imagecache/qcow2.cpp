@@ -23,8 +23,6 @@
 // and before the backing file name when the name is in that cluster.
 #include "imagecache/qcow2.h"
 
-#include "common/fd.h"
-
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -37,6 +35,8 @@
 #include <memory>
 #include <system_error>
 #include <utility>
+
+#include "common/fd.h"
 
 namespace virtcap::imagecache {
 namespace {
@@ -138,8 +138,9 @@ Result<void, Qcow2Error> read_extensions(Qcow2Header& h, std::span<const std::ui
     const std::uint64_t data = pos + 8;
     if (!within(data, length, end)) {
       return make(Qcow2Errc::bad_extension, "extension " + hex32(type) + " at byte " + std::to_string(pos) +
-                                                " is " + std::to_string(length) + " bytes long, running past byte " +
-                                                std::to_string(end) + ", " + end_what);
+                                                " is " + std::to_string(length) +
+                                                " bytes long, running past byte " + std::to_string(end) +
+                                                ", " + end_what);
     }
     if (!within(data, length, bytes.size())) {
       return make(Qcow2Errc::truncated, "extension " + hex32(type) + " at byte " + std::to_string(pos) +
@@ -313,15 +314,17 @@ bool backing_has_protocol(std::string_view name) {
 namespace {
 
 // parse_header, step 1: the magic, the version, and the fields every version has.
-Result<Qcow2Header, Qcow2Error> read_fixed_header(std::span<const std::uint8_t> bytes, std::uint64_t file_size) {
+Result<Qcow2Header, Qcow2Error> read_fixed_header(std::span<const std::uint8_t> bytes,
+                                                  std::uint64_t file_size) {
   // Magic. Fewer than 4 bytes: a truncated qcow2 only if they begin the magic.
   if (bytes.size() < sizeof kMagic) {
     const bool magic_prefix = std::equal(bytes.begin(), bytes.end(), std::begin(kMagic));
     if (!magic_prefix || file_size == 0) {
-      return make(Qcow2Errc::not_qcow2, file_size == 0 ? "the file is empty"
-                                                        : "it is shorter than the 4-byte qcow2 magic");
+      return make(Qcow2Errc::not_qcow2,
+                  file_size == 0 ? "the file is empty" : "it is shorter than the 4-byte qcow2 magic");
     }
-    return make(Qcow2Errc::truncated, "the 4-byte magic is incomplete, and " + shortfall(bytes.size(), file_size));
+    return make(Qcow2Errc::truncated,
+                "the 4-byte magic is incomplete, and " + shortfall(bytes.size(), file_size));
   }
   if (!has_qcow2_magic(bytes)) {
     return make(Qcow2Errc::not_qcow2,
@@ -329,7 +332,8 @@ Result<Qcow2Header, Qcow2Error> read_fixed_header(std::span<const std::uint8_t> 
   }
 
   if (bytes.size() < 8) {
-    return make(Qcow2Errc::truncated, "the version field is incomplete, and " + shortfall(bytes.size(), file_size));
+    return make(Qcow2Errc::truncated,
+                "the version field is incomplete, and " + shortfall(bytes.size(), file_size));
   }
   Qcow2Header h;
   h.version = be32(bytes, 4);
@@ -351,8 +355,8 @@ Result<Qcow2Header, Qcow2Error> read_fixed_header(std::span<const std::uint8_t> 
 
   if (h.cluster_bits < kMinClusterBits || h.cluster_bits > kMaxClusterBits) {
     return make(Qcow2Errc::unsupported_version, "cluster_bits is " + std::to_string(h.cluster_bits) +
-                                                    ", outside the " + std::to_string(kMinClusterBits) + ".." +
-                                                    std::to_string(kMaxClusterBits) + " qcow2 allows");
+                                                    ", outside the " + std::to_string(kMinClusterBits) +
+                                                    ".." + std::to_string(kMaxClusterBits) + " qcow2 allows");
   }
   return h;
 }
@@ -379,7 +383,8 @@ Result<void, Qcow2Error> check_version3_fields(Qcow2Header& h, std::span<const s
   // The header and its extensions share the first cluster.
   if (h.header_length > cluster_size) {
     return make(Qcow2Errc::bad_extension, "header_length " + std::to_string(h.header_length) +
-                                              " exceeds the " + std::to_string(cluster_size) + "-byte cluster");
+                                              " exceeds the " + std::to_string(cluster_size) +
+                                              "-byte cluster");
   }
   if (h.header_length > bytes.size()) {
     return make(Qcow2Errc::truncated, "header_length is " + std::to_string(h.header_length) + ", and " +
@@ -404,9 +409,9 @@ Result<void, Qcow2Error> read_extensions_and_backing(Qcow2Header& h, std::span<c
       return make(Qcow2Errc::offset_past_eof,
                   std::to_string(h.backing_file_size) + " bytes at offset " +
                       std::to_string(h.backing_file_offset) +
-                      (file_size == kQcow2UnknownFileSize ? std::string(" cannot lie in any file")
-                                                          : " but the file is " + std::to_string(file_size) +
-                                                                " bytes long"));
+                      (file_size == kQcow2UnknownFileSize
+                           ? std::string(" cannot lie in any file")
+                           : " but the file is " + std::to_string(file_size) + " bytes long"));
     }
   }
 

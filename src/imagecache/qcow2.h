@@ -160,9 +160,9 @@ std::string resolve_backing(const std::string& disk_path, const std::string& bac
 bool backing_has_protocol(std::string_view name);
 
 struct ChainLink {
-  std::string path;    // resolved path (or the protocol name when !is_file)
-  std::string format;  // "qcow2", "raw", or the declared backing format ("" if unknown)
-  bool is_file = true; // false for a protocol backing, which is reported, not opened
+  std::string path;     // resolved path (or the protocol name when !is_file)
+  std::string format;   // "qcow2", "raw", or the declared backing format ("" if unknown)
+  bool is_file = true;  // false for a protocol backing, which is reported, not opened
 };
 
 // The image at `path` and everything below it, top first: follows qcow2

@@ -43,7 +43,8 @@ constexpr std::uint64_t kBytesPerL1Entry = kL2Entries * kOverlayClusterSize;  //
 constexpr std::uint64_t kRefcountBlockEntries = kOverlayClusterSize * 8 / 16;
 
 void put_be(std::vector<std::uint8_t>& b, std::size_t at, std::uint64_t v, int bytes) {
-  for (int i = bytes - 1; i >= 0; --i, v >>= 8) b[at + static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(v);
+  for (int i = bytes - 1; i >= 0; --i, v >>= 8)
+    b[at + static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(v);
 }
 
 std::uint64_t round_up(std::uint64_t v, std::uint64_t unit) { return (v + unit - 1) / unit * unit; }
@@ -64,20 +65,23 @@ bool valid_format_name(std::string_view f) {
 Status check_spec(const OverlaySpec& spec) {
   // qcow2.txt "Header", backing_file_size: "Must not be longer than 1023 bytes".
   if (spec.backing_file.empty() || spec.backing_file.size() > kQcow2MaxBackingName)
-    return invalid_argument_error("an overlay's backing file name must be 1 to " + std::to_string(kQcow2MaxBackingName) +
-                                  " bytes long; got " + std::to_string(spec.backing_file.size()));
+    return invalid_argument_error("an overlay's backing file name must be 1 to " +
+                                  std::to_string(kQcow2MaxBackingName) + " bytes long; got " +
+                                  std::to_string(spec.backing_file.size()));
   if (spec.backing_file.find('\0') != std::string::npos)
     return invalid_argument_error("an overlay's backing file name must not contain a NUL byte");
   if (!valid_format_name(spec.backing_format))
-    return invalid_argument_error("an overlay's backing format must be 1 to " + std::to_string(kOverlayMaxFormatName) +
+    return invalid_argument_error("an overlay's backing format must be 1 to " +
+                                  std::to_string(kOverlayMaxFormatName) +
                                   " characters of [a-z0-9_-] (e.g. raw, qcow2)");
   if (spec.virtual_size % kSectorSize != 0)
     return invalid_argument_error("an overlay's virtual size must be a multiple of 512 bytes; got " +
                                   std::to_string(spec.virtual_size));
   // qcow2.txt "Header", size: QEMU's 32 MB L1 limit (see kOverlayMaxVirtualSize).
   if (spec.virtual_size > kOverlayMaxVirtualSize)
-    return invalid_argument_error("an overlay's virtual size must be at most " + std::to_string(kOverlayMaxVirtualSize) +
-                                  " bytes (2 PiB, QEMU's limit with 64 KiB clusters); got " + std::to_string(spec.virtual_size));
+    return invalid_argument_error(
+        "an overlay's virtual size must be at most " + std::to_string(kOverlayMaxVirtualSize) +
+        " bytes (2 PiB, QEMU's limit with 64 KiB clusters); got " + std::to_string(spec.virtual_size));
   return {};
 }
 
@@ -162,7 +166,8 @@ Status write_overlay_fd(int fd, const OverlayImage& image, const std::string& pa
                                  static_cast<off_t>(piece.offset + done));
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) return io_error("cannot write qcow2 overlay " + path_for_errors, errno);
-      if (n == 0) return make_error(Errc::io_error, "cannot write qcow2 overlay " + path_for_errors + ": no progress");
+      if (n == 0)
+        return make_error(Errc::io_error, "cannot write qcow2 overlay " + path_for_errors + ": no progress");
       done += static_cast<std::size_t>(n);
     }
   }
@@ -219,7 +224,8 @@ Status rename_into_place(const std::string& tmp, const std::string& path, Durabi
   return fsync_dir(dir.empty() ? "." : dir);
 }
 
-Status create_overlay(const std::string& path, const OverlaySpec& spec, Durability durability, const DiskAccess& access) {
+Status create_overlay(const std::string& path, const OverlaySpec& spec, Durability durability,
+                      const DiskAccess& access) {
   auto image = render_overlay(spec);
   if (!image.ok()) return image.error();
   const std::string tmp = path + std::string(kTempMarker) + "overlay";
@@ -240,8 +246,9 @@ Result<std::uint64_t> base_virtual_size(int fd, const std::string& base_path, st
     return static_cast<std::uint64_t>(end);
   }
   if (format != "qcow2")
-    return invalid_argument_error("the native overlay writer handles raw and qcow2 bases, not '" + std::string(format) + "' (" +
-                                  base_path + "); set [libvirt] overlay_writer = \"qemu-img\" for other formats");
+    return invalid_argument_error("the native overlay writer handles raw and qcow2 bases, not '" +
+                                  std::string(format) + "' (" + base_path +
+                                  "); set [libvirt] overlay_writer = \"qemu-img\" for other formats");
   auto h = read_header_fd(fd, base_path);
   if (!h.ok()) {
     return make_error(h.error().code == Qcow2Errc::io_error ? Errc::io_error : Errc::invalid_argument,
@@ -250,10 +257,12 @@ Result<std::uint64_t> base_virtual_size(int fd, const std::string& base_path, st
   // qcow2.txt "Header": crypt_method and incompatible_features bits 5-63;
   // QEMU refuses to open images it cannot read, so an overlay on them is useless.
   if (h->crypt_method != 0)
-    return invalid_argument_error("base image " + base_path + " is encrypted (crypt_method " + std::to_string(h->crypt_method) +
+    return invalid_argument_error("base image " + base_path + " is encrypted (crypt_method " +
+                                  std::to_string(h->crypt_method) +
                                   "); virtcap does not boot encrypted bases");
   if ((h->incompatible_features >> 5) != 0)
-    return invalid_argument_error("base image " + base_path + " sets unknown qcow2 incompatible feature bits (" +
+    return invalid_argument_error("base image " + base_path +
+                                  " sets unknown qcow2 incompatible feature bits (" +
                                   std::to_string(h->incompatible_features) + "); QEMU cannot open it");
   return h->virtual_size;
 }
@@ -268,7 +277,8 @@ Result<OverlaySpec> overlay_spec_for_base(const std::string& base_path, std::str
   if (!base_size.ok()) return base_size.error();
   auto sectors = [&](std::uint64_t v, const char* what) -> Result<std::uint64_t> {
     if (v > kOverlayMaxVirtualSize)
-      return invalid_argument_error(std::string(what) + " of " + std::to_string(v) + " bytes exceeds the qcow2 overlay limit of " +
+      return invalid_argument_error(std::string(what) + " of " + std::to_string(v) +
+                                    " bytes exceeds the qcow2 overlay limit of " +
                                     std::to_string(kOverlayMaxVirtualSize) + " bytes (" + base_path + ")");
     return round_up(v, kSectorSize);
   };
@@ -277,8 +287,9 @@ Result<OverlaySpec> overlay_spec_for_base(const std::string& base_path, std::str
   auto wanted = sectors(virtual_size, "requested disk size");
   if (!wanted.ok()) return wanted.error();
   if (virtual_size != 0 && *wanted < *base)
-    return invalid_argument_error("requested disk size " + std::to_string(virtual_size) + " is smaller than base image " +
-                                  base_path + " (" + std::to_string(*base) + " bytes); an overlay cannot shrink its base");
+    return invalid_argument_error("requested disk size " + std::to_string(virtual_size) +
+                                  " is smaller than base image " + base_path + " (" + std::to_string(*base) +
+                                  " bytes); an overlay cannot shrink its base");
   OverlaySpec spec;
   spec.backing_file = base_path;
   spec.backing_format = std::string(base_format);

@@ -83,8 +83,8 @@ enum class Durability {
 // fsyncs the directory (Durability::file_and_directory). On any error the
 // temporary file is removed and `path` is untouched.
 // The file gets `access`'s mode and group (owner only by default).
-Status create_overlay(const std::string& path, const OverlaySpec& spec, Durability durability = Durability::file,
-                      const DiskAccess& access = {});
+Status create_overlay(const std::string& path, const OverlaySpec& spec,
+                      Durability durability = Durability::file, const DiskAccess& access = {});
 
 // The last steps of create_overlay, for a file written some other way (the
 // `qemu-img create` path): fsync_file() opens `path`, gives it `access`'s

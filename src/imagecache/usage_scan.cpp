@@ -7,9 +7,9 @@
 
 #include <algorithm>
 #include <array>
-#include <span>
 #include <cerrno>
 #include <cstring>
+#include <span>
 #include <thread>
 #include <unordered_set>
 
@@ -55,7 +55,8 @@ struct OpenKey {
 };
 struct OpenKeyHash {
   std::size_t operator()(const OpenKey& k) const noexcept {
-    return FileIdHash{}(k.id) ^ (std::hash<std::string>{}(k.format) * 31) ^ (std::hash<std::string>{}(k.dir) * 131);
+    return FileIdHash{}(k.id) ^ (std::hash<std::string>{}(k.format) * 31) ^
+           (std::hash<std::string>{}(k.dir) * 131);
   }
 };
 
@@ -96,14 +97,15 @@ class Scanner {
   // Lists one directory below instances_path (`depth` >= 1).
   void scan_dir(int dfd, const std::string& dir_path, int depth) {
     if (depth == 1) ++out_.instance_dirs;
-    const int err =
-        list_dir(dfd, [&](const DirEntry& e) { scan_entry(dfd, dir_path, std::string(e.name), e.type, depth); });
+    const int err = list_dir(
+        dfd, [&](const DirEntry& e) { scan_entry(dfd, dir_path, std::string(e.name), e.type, depth); });
     // ENOENT: the directory was removed while being listed (its instance was
     // deleted): its disks are gone, like a disk that vanishes.
     if (err != 0 && err != ENOENT) unreadable(dir_path, "cannot list the directory", err);
   }
 
-  void scan_entry(int dfd, const std::string& dir_path, const std::string& name, unsigned char type, int depth) {
+  void scan_entry(int dfd, const std::string& dir_path, const std::string& name, unsigned char type,
+                  int depth) {
     const std::string path = dir_path + "/" + name;
     if (type == DT_UNKNOWN) {
       struct stat st {};
@@ -111,7 +113,10 @@ class Scanner {
         if (errno != ENOENT) unreadable(path, "cannot stat", errno);
         return;
       }
-      type = S_ISREG(st.st_mode) ? DT_REG : S_ISDIR(st.st_mode) ? DT_DIR : S_ISLNK(st.st_mode) ? DT_LNK : DT_FIFO;
+      type = S_ISREG(st.st_mode)   ? DT_REG
+             : S_ISDIR(st.st_mode) ? DT_DIR
+             : S_ISLNK(st.st_mode) ? DT_LNK
+                                   : DT_FIFO;
     }
     switch (type) {
       case DT_DIR: return enter_dir(dfd, path, name, depth, O_NOFOLLOW);
@@ -161,7 +166,7 @@ class Scanner {
     UniqueFd fd(::openat(dfd, name.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | nofollow));
     if (!fd.valid()) {
       const int err = errno;
-      if (err == ENOENT) return;  // deleted since the listing
+      if (err == ENOENT) return;                                                 // deleted since the listing
       if (err == ELOOP && nofollow) return follow_link(dfd, path, name, depth);  // became a symlink
       return unreadable(path, "cannot open", err);
     }
@@ -196,7 +201,8 @@ class Scanner {
       const auto t = classify_backing(refs->backing, dir);
       if (t.kind == BackingTarget::Kind::remote) break;  // not a local file: never a base
       if (t.kind == BackingTarget::Kind::unreadable)
-        return unreadable(disk, "'" + path + "' has a backing file this pass cannot follow (" + t.detail + ")");
+        return unreadable(disk,
+                          "'" + path + "' has a backing file this pass cannot follow (" + t.detail + ")");
       FileId id;
       if (!stat_ref(t.path, disk, id, "backing file")) break;  // missing (reported) or unreadable
       mark(id, disk);
@@ -204,9 +210,11 @@ class Scanner {
       if (format_has_no_references(format)) break;
       OpenKey key{id, format, std::string(dir_of(t.path))};
       if (followed_.count(key)) break;  // its chain is known already
-      if (!in_chain.insert(key).second) return unreadable(disk, "its backing chain loops back to '" + t.path + "'");
+      if (!in_chain.insert(key).second)
+        return unreadable(disk, "its backing chain loops back to '" + t.path + "'");
       if (keys.size() + 1 >= kMaxChainDepth)
-        return unreadable(disk, "its backing chain is longer than " + std::to_string(kMaxChainDepth) + " images");
+        return unreadable(disk,
+                          "its backing chain is longer than " + std::to_string(kMaxChainDepth) + " images");
       keys.push_back(std::move(key));
       UniqueFd next = open_ref(t.path, id, disk);
       if (!next.valid()) return;
@@ -269,8 +277,10 @@ class Scanner {
     const long long n = pread_full(fd.get(), head.data(), head.size(), 0);
     if (n < 0) return unreadable(disk, "cannot read its VMDK extent '" + path + "'", static_cast<int>(-n));
     const std::span<const std::uint8_t> got(head.data(), static_cast<std::size_t>(n));
-    if (got.size() >= 4 && std::memcmp(got.data(), "KDMV", 4) == 0 && vmdk::sparse_header(got).embedded_descriptor())
-      unreadable(disk, "its VMDK extent '" + path + "' holds a descriptor of its own, which this pass does not follow");
+    if (got.size() >= 4 && std::memcmp(got.data(), "KDMV", 4) == 0 &&
+        vmdk::sparse_header(got).embedded_descriptor())
+      unreadable(disk, "its VMDK extent '" + path +
+                           "' holds a descriptor of its own, which this pass does not follow");
   }
 
   // stat()s a referenced path (following symlinks). False when there is
@@ -279,8 +289,10 @@ class Scanner {
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0) {
       const int err = errno;
-      if (err == ENOENT) missing_target(disk, path);
-      else unreadable(disk, std::string("cannot stat its ") + what + " '" + path + "'", err);
+      if (err == ENOENT)
+        missing_target(disk, path);
+      else
+        unreadable(disk, std::string("cannot stat its ") + what + " '" + path + "'", err);
       return false;
     }
     if (!S_ISREG(st.st_mode)) {
@@ -349,7 +361,8 @@ UsageScan scan_usage(const ScanOptions& opts, const std::vector<BaseEntry>& base
   if (!top.valid()) {
     // No instances directory: no disks. Anything else: we cannot know.
     if (errno != ENOENT)
-      total.unreadable.push_back({opts.instances_path, "cannot open the instances directory: " + err_text(errno)});
+      total.unreadable.push_back(
+          {opts.instances_path, "cannot open the instances directory: " + err_text(errno)});
     return total;
   }
   std::vector<TopEntry> entries;
@@ -357,13 +370,15 @@ UsageScan scan_usage(const ScanOptions& opts, const std::vector<BaseEntry>& base
     if (std::find(opts.reserved.begin(), opts.reserved.end(), e.name) == opts.reserved.end())
       entries.push_back({std::string(e.name), e.type});
   });
-  if (err != 0) total.unreadable.push_back({opts.instances_path, "cannot list the directory: " + err_text(err)});
+  if (err != 0)
+    total.unreadable.push_back({opts.instances_path, "cannot list the directory: " + err_text(err)});
 
   // Instance directories are independent: several threads read them (each
   // with its own findings, merged at the end; the base index is shared
   // read-only).
-  const std::size_t threads =
-      entries.size() < kParallelMinEntries ? 1 : std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, 8);
+  const std::size_t threads = entries.size() < kParallelMinEntries
+                                  ? 1
+                                  : std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, 8);
   std::vector<Scanner> scanners;
   scanners.reserve(threads);
   for (std::size_t t = 0; t < threads; ++t) scanners.emplace_back(opts, index);

@@ -19,7 +19,8 @@ bool c_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\v' ||
 
 std::uint64_t le64_at(std::span<const std::uint8_t> b, std::size_t at) {
   std::uint64_t v = 0;
-  for (std::size_t i = 0; i < 8; ++i) v |= std::uint64_t{at + i < b.size() ? b[at + i] : std::uint8_t{0}} << (8 * i);
+  for (std::size_t i = 0; i < 8; ++i)
+    v |= std::uint64_t{at + i < b.size() ? b[at + i] : std::uint8_t{0}} << (8 * i);
   return v;
 }
 
@@ -127,7 +128,8 @@ ParentHint parent_hint(std::span<const std::uint8_t> window) {
   // whatever they are, then reads up to the next quote (strchr: a NUL first
   // means no name, and QEMU refuses the image).
   const std::size_t from = key + kHintKey.size() + 2;
-  if (from >= all.size()) return {ParentHint::Kind::malformed, {}, "parentFileNameHint runs past the descriptor"};
+  if (from >= all.size())
+    return {ParentHint::Kind::malformed, {}, "parentFileNameHint runs past the descriptor"};
   const auto end = all.find_first_of(std::string_view("\"\0", 2), from);
   if (end == std::string_view::npos || all[end] != '"')
     return {ParentHint::Kind::malformed, {}, "parentFileNameHint has no closing quote"};

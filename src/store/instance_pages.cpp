@@ -11,9 +11,12 @@ namespace virtcap {
 namespace {
 
 constexpr std::pair<std::string_view, InstanceSortKey> kSortKeys[] = {
-    {"created_at", InstanceSortKey::created_at}, {"updated_at", InstanceSortKey::updated_at},
-    {"name", InstanceSortKey::name},             {"vm_state", InstanceSortKey::vm_state},
-    {"memory_mb", InstanceSortKey::memory_mb},   {"vcpus", InstanceSortKey::vcpus},
+    {"created_at", InstanceSortKey::created_at},
+    {"updated_at", InstanceSortKey::updated_at},
+    {"name", InstanceSortKey::name},
+    {"vm_state", InstanceSortKey::vm_state},
+    {"memory_mb", InstanceSortKey::memory_mb},
+    {"vcpus", InstanceSortKey::vcpus},
     {"uuid", InstanceSortKey::uuid},
 };
 
@@ -83,12 +86,13 @@ Status check_page_query(const InstancePageQuery& query) {
 }
 
 Error marker_not_found(const InstancePageQuery& query) {
-  return make_error(Errc::invalid_argument, "marker '" + query.marker + "' is not an instance of host " + query.host +
-                                                "; page with the uuid of the last instance of the previous page");
+  return make_error(Errc::invalid_argument,
+                    "marker '" + query.marker + "' is not an instance of host " + query.host +
+                        "; page with the uuid of the last instance of the previous page");
 }
 
-Result<InstancePageInfo> visit_records(std::vector<const InstanceRecord*> rows, const InstancePageQuery& query,
-                                       const InstanceVisitor& visit) {
+Result<InstancePageInfo> visit_records(std::vector<const InstanceRecord*> rows,
+                                       const InstancePageQuery& query, const InstanceVisitor& visit) {
   if (Status st = check_page_query(query); !st.ok()) return st.error();
   std::sort(rows.begin(), rows.end(), [&](const InstanceRecord* a, const InstanceRecord* b) {
     const int c = compare(*a, *b, query.sort_key);
@@ -96,7 +100,8 @@ Result<InstancePageInfo> visit_records(std::vector<const InstanceRecord*> rows, 
   });
   auto it = rows.begin();
   if (!query.marker.empty()) {
-    it = std::find_if(rows.begin(), rows.end(), [&](const InstanceRecord* r) { return r->uuid == query.marker; });
+    it = std::find_if(rows.begin(), rows.end(),
+                      [&](const InstanceRecord* r) { return r->uuid == query.marker; });
     if (it == rows.end()) return marker_not_found(query);
     ++it;
   }
@@ -120,7 +125,8 @@ Result<InstancePageInfo> visit_records(std::vector<const InstanceRecord*> rows, 
   return info;
 }
 
-Result<InstancePageInfo> InstanceStore::visit_instances(const InstancePageQuery& query, const InstanceVisitor& visit) {
+Result<InstancePageInfo> InstanceStore::visit_instances(const InstancePageQuery& query,
+                                                        const InstanceVisitor& visit) {
   if (Status st = check_page_query(query); !st.ok()) return st.error();
   auto all = list_instances(query.host, true);  // deleted too: the marker may be one
   if (!all.ok()) return all.error();

@@ -26,7 +26,8 @@ const std::vector<Entry>& entries() {
        [](const config::Config&) -> std::unique_ptr<ComputeDriver> {
          return std::make_unique<fake::FakeDriver>("fake", fake::kFake);
        }},
-      {{"fake_imagecache", "In-memory driver that declares has_imagecache (tests)", fake::kFakeImageCache, ""},
+      {{"fake_imagecache", "In-memory driver that declares has_imagecache (tests)", fake::kFakeImageCache,
+        ""},
        [](const config::Config&) -> std::unique_ptr<ComputeDriver> {
          return std::make_unique<fake::FakeDriver>("fake_imagecache", fake::kFakeImageCache);
        }},
@@ -36,7 +37,8 @@ const std::vector<Entry>& entries() {
        }},
       {{"fake_failing", "In-memory driver whose init_host always fails (tests)", fake::kFake, ""},
        [](const config::Config&) -> std::unique_ptr<ComputeDriver> {
-         return std::make_unique<fake::FakeDriver>("fake_failing", fake::kFake, fake::Behaviour{.fail_init = true});
+         return std::make_unique<fake::FakeDriver>("fake_failing", fake::kFake,
+                                                   fake::Behaviour{.fail_init = true});
        }},
   };
   return kEntries;
@@ -52,9 +54,7 @@ const std::vector<DriverInfo>& available_drivers() {
   return kInfos;
 }
 
-std::string available_driver_names() {
-  return join(available_drivers(), ", ", &DriverInfo::name);
-}
+std::string available_driver_names() { return join(available_drivers(), ", ", &DriverInfo::name); }
 
 Result<std::unique_ptr<ComputeDriver>> make_driver(const std::string& name, const config::Config& cfg) {
   for (const auto& e : entries())

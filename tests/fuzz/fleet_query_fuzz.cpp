@@ -42,7 +42,8 @@ void check_query(const std::string& text) {
   }
   if (!sorted_unique(q->required) || !sorted_unique(q->forbidden)) std::abort();
   for (const auto& t : q->required)
-    if (std::binary_search(q->forbidden.begin(), q->forbidden.end(), t) || !check_trait_name(t).ok()) std::abort();
+    if (std::binary_search(q->forbidden.begin(), q->forbidden.end(), t) || !check_trait_name(t).ok())
+      std::abort();
   for (const auto& g : q->any_of)
     if (g.empty() || !sorted_unique(g)) std::abort();
   if (q->limit < 1 || q->limit > kMaxLimit) std::abort();

@@ -21,7 +21,8 @@ using namespace virtcap;
 // agent's own request parsers, untrusted text echoed back.
 std::vector<http::Route> routes() {
   auto echo = [](const http::Request& r) {
-    return http::json_response(200, nlohmann::json{{"path", r.path}, {"params", r.params}, {"query", r.query}});
+    return http::json_response(200,
+                               nlohmann::json{{"path", r.path}, {"params", r.params}, {"query", r.query}});
   };
   auto boot = [](const http::Request& r) {
     auto b = api::parse_boot_request(r.body);

@@ -45,7 +45,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::string out;
   virtcap::api::append_instance_json(out, virtcap::row_view(r), params.begin()->first);
   auto j = virtcap::api::to_json(r);
-  j["power_state"] = params.begin()->first.empty() ? nlohmann::json(nullptr) : nlohmann::json(params.begin()->first);
+  j["power_state"] =
+      params.begin()->first.empty() ? nlohmann::json(nullptr) : nlohmann::json(params.begin()->first);
   if (out != virtcap::dump_json(j)) std::abort();
   return 0;
 }

@@ -89,7 +89,8 @@ Outcome fail(const qc::Qcow2Error& e) {
   return o;
 }
 
-Outcome parse_as(std::span<const std::uint8_t> bytes, std::uint64_t file_size, std::span<const std::uint8_t> whole) {
+Outcome parse_as(std::span<const std::uint8_t> bytes, std::uint64_t file_size,
+                 std::span<const std::uint8_t> whole) {
   auto r = qc::parse_header(bytes, file_size);
   if (!r.ok()) return fail(r.error());
   Outcome o;

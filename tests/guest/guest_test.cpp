@@ -11,13 +11,12 @@
 #include <libvirt/libvirt.h>
 #include <poll.h>
 #include <signal.h>
-
-#include <csignal>
 #include <stdlib.h>
 #include <sys/inotify.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <fstream>
 #include <map>
 
@@ -57,7 +56,7 @@ std::string boot_sector() {
       0xb9, 0x02, 0x00, 0x30, 0xf6, 0xbb, 0x00, 0x7c, 0xcd, 0x13, 0xbe, 0x30, 0x7c, 0x73, 0x03, 0xbe,
       0x4f, 0x7c, 0xac, 0x84, 0xc0, 0x74, 0x06, 0xba, 0xf8, 0x03, 0xee, 0xeb, 0xf5, 0xf4, 0xeb, 0xfd};
   std::string s(reinterpret_cast<const char*>(kCode), sizeof kCode);  // 0x30 bytes: "ok" is at 0x7c30
-  s += std::string("virtcap-guest: disk write ok\r\n") + '\0';         // 31 bytes: "bad" is at 0x7c4f
+  s += std::string("virtcap-guest: disk write ok\r\n") + '\0';        // 31 bytes: "bad" is at 0x7c4f
   s += std::string("virtcap-guest: disk write failed\r\n") + '\0';
   s.resize(510, '\0');
   return s + "\x55\xaa";
@@ -73,7 +72,8 @@ bool wait_for_text(const std::string& path, const std::string& text, std::chrono
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   bool found = false;
   while (!(found = testing::read_file(path).find(text) != std::string::npos)) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) break;
     pollfd p{in, POLLIN, 0};
     if (::poll(&p, 1, static_cast<int>(left.count())) > 0) {
@@ -106,8 +106,8 @@ TEST(RealGuest, CapabilitiesCommandShowsWhatEachHypervisorSupports) {
   testing::TempDir dir("virtcap-guest-caps");
   const std::string cfg = dir.write("virtcap.toml", "[DEFAULT]\nstate_path = \"" + dir.str() + "\"\n");
   auto attach_of = [&](const std::string& uri) {
-    auto out = testing::must_run(
-        {VIRTCAP_BINARY, "capabilities", "--config", cfg, "--driver", "libvirt", "--uri", uri, "--format", "json"});
+    auto out = testing::must_run({VIRTCAP_BINARY, "capabilities", "--config", cfg, "--driver", "libvirt",
+                                  "--uri", uri, "--format", "json"});
     auto j = nlohmann::json::parse(out.out);
     std::map<std::string, nlohmann::json> values;
     for (const auto& c : j.at("capabilities")) values[c.at("name")] = c.at("value");
@@ -119,7 +119,8 @@ TEST(RealGuest, CapabilitiesCommandShowsWhatEachHypervisorSupports) {
 }
 
 TEST(RealGuest, BootHotplugSurviveADaemonRestartAndDestroy) {
-  ASSERT_NE(::geteuid(), 0u) << "qemu:///session needs a non-root user; run through tests/guest/run-as-user.sh";
+  ASSERT_NE(::geteuid(), 0u)
+      << "qemu:///session needs a non-root user; run through tests/guest/run-as-user.sh";
   // This process plays the agent's part (the driver runs in it), so it
   // ignores SIGPIPE as `virtcap agent` does: libvirt's client writes to the
   // session daemon's socket with write(2), and a daemon killed mid-write
@@ -133,7 +134,8 @@ TEST(RealGuest, BootHotplugSurviveADaemonRestartAndDestroy) {
   cfg.libvirt.uri = "qemu:///session";
   cfg.libvirt.reconnect_max_backoff_seconds = 1;
   std::filesystem::create_directories(cfg.images_path());
-  ASSERT_EQ(cfg.libvirt.overlay_writer, config::OverlayWriter::native) << "the default writer is the one under test";
+  ASSERT_EQ(cfg.libvirt.overlay_writer, config::OverlayWriter::native)
+      << "the default writer is the one under test";
   // No OS: the firmware boots the sector above, which writes to the disk and halts.
   testing::make_raw_image(cfg.images_path() + "/tiny.raw", "1M");
   {
@@ -187,13 +189,14 @@ TEST(RealGuest, BootHotplugSurviveADaemonRestartAndDestroy) {
   // (caches flushed) the overlay holds the boot sector at LBA 1, passes
   // qemu-img check, and the base is untouched.
   const std::string console = drv->instance_dir(rec->uuid) + "/console.log";
-  ASSERT_TRUE(wait_for_text(console, "virtcap-guest: disk write", 180s)) << "console: " << testing::read_file(console);
+  ASSERT_TRUE(wait_for_text(console, "virtcap-guest: disk write", 180s))
+      << "console: " << testing::read_file(console);
   EXPECT_NE(testing::read_file(console).find("virtcap-guest: disk write ok"), std::string::npos)
       << testing::read_file(console);
   ASSERT_TRUE(set_paused(*drv, rec->uuid, true).ok());
   testing::must_run({"qemu-img", "check", "-U", disk});
-  testing::must_run({"qemu-io", "-U", "-r", "-f", "qcow2", "-c", "read -P 0xfa 512 1", "-c", "read -P 0x55 1022 1",
-                     "-c", "read -P 0 1024 1047552", disk});
+  testing::must_run({"qemu-io", "-U", "-r", "-f", "qcow2", "-c", "read -P 0xfa 512 1", "-c",
+                     "read -P 0x55 1022 1", "-c", "read -P 0 1024 1047552", disk});
   testing::must_run({"qemu-io", "-U", "-r", "-f", "raw", "-c", "read -P 0 512 512", base});
   auto map = nlohmann::json::parse(testing::must_run({"qemu-img", "map", "-U", "--output=json", disk}).out);
   bool overlay_has_data = false;

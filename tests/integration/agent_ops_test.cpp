@@ -1,14 +1,13 @@
 // Operator-facing behaviour of the agent process (issue 9).
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <fstream>
 #include <map>
 #include <regex>
 #include <sstream>
-
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 
 #include "common/fd.h"
 #include "http/server.h"
@@ -73,7 +72,8 @@ TEST(AgentOps, TakenPortRefusedBeforeTheStore) {
       << second.exit_output().err;
   EXPECT_NE(second.exit_output().err.find("in use"), std::string::npos) << second.exit_output().err;
   EXPECT_FALSE(fs::exists(other.dir.sub("virtcap.db"))) << "the store was opened";
-  EXPECT_EQ(second.exit_output().err.find("libvirt: connected"), std::string::npos) << "the hypervisor was connected";
+  EXPECT_EQ(second.exit_output().err.find("libvirt: connected"), std::string::npos)
+      << "the hypervisor was connected";
   EXPECT_EQ(second.exit_output().err.find("reconcile"), std::string::npos) << "it reconciled";
   auto c = first.client();
   EXPECT_TRUE(c.request("GET", "/v1/instances").ok());  // the first one still serves
@@ -99,7 +99,8 @@ TEST(AgentOps, JsonLogLinesWithIso8601Times) {
     const auto j = nlohmann::json::parse(line, nullptr, false);
     ASSERT_TRUE(j.is_object()) << line;
     EXPECT_TRUE(std::regex_match(j.at("time").get<std::string>(), iso)) << line;
-    EXPECT_TRUE(j.at("level").is_string() && j.at("message").is_string() && j.at("logger") == "virtcap") << line;
+    EXPECT_TRUE(j.at("level").is_string() && j.at("message").is_string() && j.at("logger") == "virtcap")
+        << line;
     ++n;
   }
   EXPECT_GT(n, 3u);
@@ -137,8 +138,9 @@ TEST(AgentOps, SigpipeNeverKillsTheAgentOrTheFleetService) {
   Agent a(w.config);
   ASSERT_TRUE(a.running()) << a.exit_output().err;
   testing::TempDir dir("virtcap-sigpipe");
-  const std::string cfg = dir.write("fleet.toml", "[DEFAULT]\nstate_path = \"" + dir.str() +
-                                                      "\"\n[fleet_service]\nanonymous_role = \"operator\"\nlisten = \"127.0.0.1:0\"\n");
+  const std::string cfg = dir.write(
+      "fleet.toml", "[DEFAULT]\nstate_path = \"" + dir.str() +
+                        "\"\n[fleet_service]\nanonymous_role = \"operator\"\nlisten = \"127.0.0.1:0\"\n");
   Agent fleet(Agent::fleet_service(cfg));
   ASSERT_TRUE(fleet.running()) << fleet.exit_output().err;
   for (Agent* p : {&a, &fleet}) {
@@ -184,7 +186,8 @@ TEST(AgentOps, ExitCodesFollowOneRule) {
   const auto missing_json = nlohmann::json::parse(missing.out, nullptr, false);
   ASSERT_TRUE(missing_json.is_object()) << missing.out;
   EXPECT_EQ(missing_json["error"]["code"], "not_found");
-  auto zero = cli({"boot", "z", "--image", "sample-a", "--memory", "0", "--server", url, "--token", "s3cret"});
+  auto zero =
+      cli({"boot", "z", "--image", "sample-a", "--memory", "0", "--server", url, "--token", "s3cret"});
   EXPECT_EQ(zero.exit_code, 2) << zero.err;
 }
 
@@ -221,8 +224,10 @@ TEST(AgentOps, OutputFormatsAndColumns) {
   ASSERT_EQ(cli({"boot", long_name, "--image", "sample-a", "--server", a.url()}).exit_code, 0);
   auto table = cli({"list", "--server", a.url()});
   ASSERT_EQ(table.exit_code, 0) << table.err;
-  EXPECT_NE(table.out.find(long_name + "  sample-a"), std::string::npos) << "the name fits its column:\n" << table.out;
-  EXPECT_TRUE(std::regex_search(table.out, std::regex(R"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z)"))) << table.out;
+  EXPECT_NE(table.out.find(long_name + "  sample-a"), std::string::npos) << "the name fits its column:\n"
+                                                                         << table.out;
+  EXPECT_TRUE(std::regex_search(table.out, std::regex(R"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z)")))
+      << table.out;
   auto value = cli({"list", "--server", a.url(), "-f", "value", "-c", "name", "-c", "STATE"});
   EXPECT_EQ(value.out, long_name + " active\n");
   auto picked = cli({"list", "--server", a.url(), "--format", "json", "-c", "name"});
@@ -244,7 +249,8 @@ TEST(AgentOps, CompletionAndManPageAreGeneratedFromTheCli) {
   ASSERT_EQ(compl_.exit_code, 0);
   const std::string file = d.write("virtcap.bash", compl_.out);
   auto complete = [&](const std::string& line) {
-    const std::string script = "source " + file + "; COMP_WORDS=(" + line + "); COMP_CWORD=$((${#COMP_WORDS[@]}-1));" +
+    const std::string script = "source " + file + "; COMP_WORDS=(" + line +
+                               "); COMP_CWORD=$((${#COMP_WORDS[@]}-1));" +
                                " _virtcap; echo \"${COMPREPLY[*]}\"";
     auto r = proc::run({"bash", "-c", script});
     EXPECT_TRUE(r.ok() && r->exit_code == 0);
@@ -258,8 +264,8 @@ TEST(AgentOps, CompletionAndManPageAreGeneratedFromTheCli) {
   EXPECT_NE(complete("virtcap boot web --ti").find("--timeout"), std::string::npos);
   const auto man = cli({"docs", "man"});
   ASSERT_EQ(man.exit_code, 0);
-  for (const char* cmd :
-       {"virtcap boot", "virtcap config validate", "virtcap image\\-cache pass", "virtcap image list", "EXIT STATUS"})
+  for (const char* cmd : {"virtcap boot", "virtcap config validate", "virtcap image\\-cache pass",
+                          "virtcap image list", "EXIT STATUS"})
     EXPECT_NE(man.out.find(cmd), std::string::npos) << cmd;
 }
 
@@ -269,12 +275,12 @@ TEST(AgentOps, BootTakesSizesAndNamesTheFlags) {
   AgentWorld w;
   Agent a(w.config);
   ASSERT_TRUE(a.running()) << a.exit_output().err;
-  auto g = cli({"boot", "big", "--image", "sample-a", "--memory", "1G", "--server", a.url(), "-f", "value", "-c",
-                "memory_mb"});
+  auto g = cli({"boot", "big", "--image", "sample-a", "--memory", "1G", "--server", a.url(), "-f", "value",
+                "-c", "memory_mb"});
   EXPECT_EQ(g.exit_code, 0) << g.err;
   EXPECT_EQ(g.out, "1024\n");
-  auto m = cli({"boot", "mid", "--image", "sample-a", "--memory", "512M", "--server", a.url(), "-f", "value", "-c",
-                "memory_mb"});
+  auto m = cli({"boot", "mid", "--image", "sample-a", "--memory", "512M", "--server", a.url(), "-f", "value",
+                "-c", "memory_mb"});
   EXPECT_EQ(m.out, "512\n");
   for (const std::string bad : {"0", "1X", "G", "8"}) {
     auto r = cli({"boot", "x", "--image", "sample-a", "--memory", bad, "--server", a.url()});
@@ -323,7 +329,8 @@ TEST(AgentOps, VcpusRangeIsTheDriversMaxVcpus) {
     EXPECT_EQ(r->status, 400) << above;
     EXPECT_EQ(range_in(r->body["error"]["message"].get<std::string>()), api_range) << above;
   }
-  auto cli_above = cli({"boot", "x", "--image", "sample-a", "--vcpus", std::to_string(max + 1), "--server", a.url()});
+  auto cli_above =
+      cli({"boot", "x", "--image", "sample-a", "--vcpus", std::to_string(max + 1), "--server", a.url()});
   EXPECT_EQ(cli_above.exit_code, 2) << cli_above.err;
   EXPECT_NE(cli_above.err.find("--vcpus " + api_range), std::string::npos) << cli_above.err;
   EXPECT_EQ(range_in(cli_above.err), api_range);
@@ -384,7 +391,8 @@ TEST(AgentOps, AuditLinePerStateChangingOperation) {
     args.insert(args.end(), {"--server", a.url()});
     return cli(args).exit_code;
   };
-  auto booted = cli({"boot", "web-1", "--image", "sample-a", "--server", a.url(), "-f", "value", "-c", "uuid"});
+  auto booted =
+      cli({"boot", "web-1", "--image", "sample-a", "--server", a.url(), "-f", "value", "-c", "uuid"});
   ASSERT_EQ(booted.exit_code, 0) << booted.err;
   const std::string uuid = booted.out.substr(0, booted.out.find('\n'));
   EXPECT_EQ(run({"boot", "bad", "--image", "no-such-image"}), 1);
@@ -409,8 +417,8 @@ TEST(AgentOps, AuditLinePerStateChangingOperation) {
                             {"reboot", uuid, "web-1", "ok", ""},
                             {"reboot", "", "nosuch", "failed", "not_found"},
                             // refused for the driver's capabilities before the instance is looked up
-                            {"attach_interface", uuid, attached ? "web-1" : "",
-                             attached ? "ok" : "failed", "capability_not_supported"}};
+                            {"attach_interface", uuid, attached ? "web-1" : "", attached ? "ok" : "failed",
+                             "capability_not_supported"}};
   if (attached) want.push_back({"detach_interface", uuid, "web-1", "ok", ""});
   want.push_back({"delete", uuid, "web-1", "ok", ""});
   want.push_back({"delete", uuid, "", "failed", "not_found"});
@@ -496,8 +504,8 @@ TEST(AgentOps, ImageListShowsTheRepository) {
     by_file[i.at("file")] = i;
   }
   const std::string bad_name = "\xef\xbf\xbd\xef\xbf\xbd.raw";  // U+FFFD U+FFFD
-  EXPECT_EQ(order, (std::vector<std::string>{"disk-q.qcow2", "notes.txt", "sample-a.raw", "sample-b.raw", "wrong.raw",
-                                             bad_name}));
+  EXPECT_EQ(order, (std::vector<std::string>{"disk-q.qcow2", "notes.txt", "sample-a.raw", "sample-b.raw",
+                                             "wrong.raw", bad_name}));
   for (const std::string f : {"disk-q.qcow2", "sample-a.raw", "sample-b.raw"}) {
     const auto& i = by_file[f];
     SCOPED_TRACE(i.dump());
@@ -510,7 +518,8 @@ TEST(AgentOps, ImageListShowsTheRepository) {
     EXPECT_EQ(i.at("base_cached"), f == "sample-a.raw") << "only the booted image's base is cached";
   }
   EXPECT_EQ(by_file["wrong.raw"].at("format"), "qcow2");
-  EXPECT_NE(by_file["wrong.raw"].at("problem").get<std::string>().find("named .raw but is a qcow2"), std::string::npos);
+  EXPECT_NE(by_file["wrong.raw"].at("problem").get<std::string>().find("named .raw but is a qcow2"),
+            std::string::npos);
   EXPECT_EQ(by_file["notes.txt"].at("format"), "raw");
   EXPECT_TRUE(by_file["notes.txt"].at("id").is_null());
   EXPECT_FALSE(by_file["notes.txt"].at("problem").is_null());
@@ -550,7 +559,8 @@ TEST(AgentOps, ImageListReportsAFailedListing) {
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->status, 500) << r->raw;
   EXPECT_EQ(r->body["error"]["code"], "io_error") << r->raw;
-  EXPECT_NE(r->raw.find("cannot list the image repository " + images + ": Input/output error"), std::string::npos)
+  EXPECT_NE(r->raw.find("cannot list the image repository " + images + ": Input/output error"),
+            std::string::npos)
       << r->raw;
   auto listed = cli({"image", "list", "--server", a.url()});
   EXPECT_EQ(listed.exit_code, 1) << listed.err;
@@ -597,16 +607,18 @@ TEST(AgentOps, MetricsCountWhatHappened) {
   const std::string& t = m->raw;
   EXPECT_FALSE(fs::exists(unused));
   // The removal's audit line (text format: in the message).
-  EXPECT_NE(a.log().find("audit operation=image_cache_remove outcome=ok duration_ms="), std::string::npos) << a.log();
+  EXPECT_NE(a.log().find("audit operation=image_cache_remove outcome=ok duration_ms="), std::string::npos)
+      << a.log();
   EXPECT_NE(a.log().find("file=" + unused + " bytes=12345"), std::string::npos) << a.log();
   EXPECT_NE(t.find("\nvirtcap_image_cache_files_removed_total 1\n"), std::string::npos) << t;
   EXPECT_NE(t.find("\nvirtcap_image_cache_bytes_freed_total 12345\n"), std::string::npos) << t;
-  EXPECT_TRUE(std::regex_search(t, std::regex("\nvirtcap_image_cache_passes_total [1-9]")) ) << t;
+  EXPECT_TRUE(std::regex_search(t, std::regex("\nvirtcap_image_cache_passes_total [1-9]"))) << t;
   EXPECT_TRUE(std::regex_search(
       t, std::regex("virtcap_task_runs_total\\{task=\"image_cache_manager_pass\",result=\"ran\"\\} [1-9]")))
       << t;
   EXPECT_NE(t.find("virtcap_task_runs_total{task=\"image_cache_manager_pass\",result=\"failed\"} 0"),
-            std::string::npos) << t;
+            std::string::npos)
+      << t;
   EXPECT_NE(t.find("virtcap_build_info{version=\""), std::string::npos) << t;
   EXPECT_NE(t.find("\nvirtcap_hypervisor_connected 1\n"), std::string::npos) << t;
   EXPECT_NE(t.find("virtcap_instances{vm_state=\"active\"} 1\n"), std::string::npos) << t;

@@ -32,7 +32,8 @@ RawReply raw_request(int port, const std::string& method, const std::string& pat
   RawConnection c(port);
   if (!c.ok()) return {-1, "", "connect failed: " + c.error()};
   const std::chrono::seconds deadline(10);
-  if (!c.send(request_text(method, path, headers, body), deadline)) return {-1, "", "send failed or timed out"};
+  if (!c.send(request_text(method, path, headers, body), deadline))
+    return {-1, "", "send failed or timed out"};
   const auto a = c.finish(deadline, /*half_close=*/false);
   if (a.timed_out) return {-1, a.text, "no close within 10 s"};
   if (a.status() == 0) return {-1, a.text, "no status line"};

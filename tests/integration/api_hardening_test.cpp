@@ -40,8 +40,9 @@ TEST(Hardening, PathWithNewlineAndInvalidUtf8IsA404NotACrash) {
   AgentWorld w;
   Agent agent(w.config);
   ASSERT_TRUE(agent.running()) << agent.exit_output().err;
-  for (const std::string& target : std::vector<std::string>{"/%0a%ff", "/%ff", "/v1/%0a", "/v1/instances/%ff", "/v1/instances/%00x",
-                                   "/v1/instances/a%0ab", "/%c3%28?x=%ff"}) {
+  for (const std::string& target :
+       std::vector<std::string>{"/%0a%ff", "/%ff", "/v1/%0a", "/v1/instances/%ff", "/v1/instances/%00x",
+                                "/v1/instances/a%0ab", "/%c3%28?x=%ff"}) {
     auto a = raw_exchange(agent.port(), request_text("GET", target));
     EXPECT_EQ(a.status(), 404) << target << ": " << a.text;
     auto err = error_of(a);
@@ -65,8 +66,9 @@ TEST(Hardening, ChunkedBodyPastTheLimitIs413AndPeakMemoryStaysLow) {
 
   RawConnection c(agent.port());
   ASSERT_TRUE(c.ok());
-  ASSERT_TRUE(c.send("POST /v1/image-cache/pass HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                     "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"));
+  ASSERT_TRUE(
+      c.send("POST /v1/image-cache/pass HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+             "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"));
   const std::string chunk = "100000\r\n" + std::string(1024 * 1024, ' ') + "\r\n";
   bool sent = true;
   for (int i = 0; i < 32 && sent; ++i) sent = c.send(chunk);
@@ -79,39 +81,43 @@ TEST(Hardening, ChunkedBodyPastTheLimitIs413AndPeakMemoryStaysLow) {
   EXPECT_LT(after - before, 16 * 1024) << "peak RSS grew from " << before << " KiB to " << after << " KiB";
 
   // The same with Content-Length: 413 naming the real limit, connection answered.
-  auto big = raw_exchange(agent.port(), request_text("POST", "/v1/instances", "Content-Type: application/json\r\n",
-                                                     std::string(2 * 1024 * 1024, ' ')));
+  auto big =
+      raw_exchange(agent.port(), request_text("POST", "/v1/instances", "Content-Type: application/json\r\n",
+                                              std::string(2 * 1024 * 1024, ' ')));
   EXPECT_EQ(big.status(), 413) << big.text.substr(0, 300);
   EXPECT_NE(error_of(big).value("message", "").find("limit of 1048576 bytes"), std::string::npos) << big.text;
 }
 
 TEST(Hardening, CrossSiteRequestsAreRefused) {
-  AgentWorld w("[api]\nlisten = \"127.0.0.1:0\"\nallowed_origins = \"https://dash.example:8443\"\n"
-               "allowed_hosts = \"compute-1.example\"\n");
+  AgentWorld w(
+      "[api]\nlisten = \"127.0.0.1:0\"\nallowed_origins = \"https://dash.example:8443\"\n"
+      "allowed_hosts = \"compute-1.example\"\n");
   Agent agent(w.config);
   ASSERT_TRUE(agent.running()) << agent.exit_output().err;
   const std::string boot = R"({"name":"x","image":"sample-a"})";
 
-  auto plain = raw_exchange(agent.port(), request_text("POST", "/v1/instances", "Content-Type: text/plain\r\n", boot));
+  auto plain =
+      raw_exchange(agent.port(), request_text("POST", "/v1/instances", "Content-Type: text/plain\r\n", boot));
   EXPECT_EQ(plain.status(), 415) << plain.text;
   EXPECT_EQ(error_of(plain).value("code", ""), "unsupported_media_type");
   auto none = raw_exchange(agent.port(), request_text("POST", "/v1/instances", "", boot));
   EXPECT_EQ(none.status(), 415) << none.text;
 
-  auto evil = raw_exchange(agent.port(), request_text("POST", "/v1/instances",
-                                                      "Content-Type: application/json\r\nOrigin: http://evil.example\r\n",
-                                                      boot));
+  auto evil = raw_exchange(
+      agent.port(), request_text("POST", "/v1/instances",
+                                 "Content-Type: application/json\r\nOrigin: http://evil.example\r\n", boot));
   EXPECT_EQ(evil.status(), 403) << evil.text;
   EXPECT_EQ(error_of(evil).value("code", ""), "forbidden");
   EXPECT_EQ(evil.text.find("Access-Control-Allow-Origin"), std::string::npos);
 
   const std::string port = std::to_string(agent.port());
-  for (const std::string& host : std::vector<std::string>{"evil.example", "evil.example:" + port, "127.0.0.1.nip.io:" + port, "10.1.2.3"}) {
+  for (const std::string& host : std::vector<std::string>{"evil.example", "evil.example:" + port,
+                                                          "127.0.0.1.nip.io:" + port, "10.1.2.3"}) {
     auto rebound = raw_exchange(agent.port(), request_text("GET", "/v1/instances", "", "", host));
     EXPECT_EQ(rebound.status(), 403) << host << ": " << rebound.text;
   }
-  for (const std::string& host :
-       std::vector<std::string>{"localhost:" + port, "127.0.0.1:" + port, "LOCALHOST", "compute-1.example:" + port}) {
+  for (const std::string& host : std::vector<std::string>{"localhost:" + port, "127.0.0.1:" + port,
+                                                          "LOCALHOST", "compute-1.example:" + port}) {
     auto fine = raw_exchange(agent.port(), request_text("GET", "/v1/instances", "", "", host));
     EXPECT_EQ(fine.status(), 200) << host << ": " << fine.text;
   }
@@ -133,19 +139,22 @@ TEST(Hardening, BodylessRoutesRefuseAnyBody) {
   ASSERT_TRUE(agent.running()) << agent.exit_output().err;
   for (const auto& [method, path] : std::vector<std::pair<std::string, std::string>>{
            {"GET", "/v1/instances"}, {"DELETE", "/v1/instances/x"}, {"GET", "/healthz"}}) {
-    auto a = raw_exchange(agent.port(), request_text(method, path, "Content-Type: application/json\r\n", "{}"));
+    auto a =
+        raw_exchange(agent.port(), request_text(method, path, "Content-Type: application/json\r\n", "{}"));
     EXPECT_EQ(a.status(), 400) << method << " " << path << ": " << a.text;
     EXPECT_NE(error_of(a).value("message", "").find("takes no request body"), std::string::npos) << a.text;
     auto chunked = raw_exchange(agent.port(), request_text(method, path,
                                                            "Content-Type: application/json\r\n"
                                                            "Transfer-Encoding: chunked\r\n",
-                                                           "") + "2\r\n{}\r\n0\r\n\r\n");
+                                                           "") +
+                                                  "2\r\n{}\r\n0\r\n\r\n");
     EXPECT_EQ(chunked.status(), 400) << method << " " << path << ": " << chunked.text;
   }
   // A chunked JSON body within the limit is read like any other.
-  auto ok = raw_exchange(agent.port(), request_text("POST", "/v1/image-cache/pass",
-                                                    "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n") +
-                                           "f\r\n{\"dry_run\":true\r\n1\r\n}\r\n0\r\n\r\n");
+  auto ok = raw_exchange(agent.port(),
+                         request_text("POST", "/v1/image-cache/pass",
+                                      "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n") +
+                             "f\r\n{\"dry_run\":true\r\n1\r\n}\r\n0\r\n\r\n");
   EXPECT_EQ(ok.status(), 200) << ok.text;
 }
 
@@ -156,8 +165,11 @@ TEST(Hardening, ARefusedBootLeavesNoRow) {
     Agent agent(w.config);
     ASSERT_TRUE(agent.running()) << agent.exit_output().err;
     auto c = agent.client();
-    const std::vector<std::pair<std::string, int>> cases = {
-        {"nosuch", 404}, {"../sample-a", 400}, {std::string(5000, 'a'), 400}, {"a b", 400}, {"sample-a.raw", 404}};
+    const std::vector<std::pair<std::string, int>> cases = {{"nosuch", 404},
+                                                            {"../sample-a", 400},
+                                                            {std::string(5000, 'a'), 400},
+                                                            {"a b", 400},
+                                                            {"sample-a.raw", 404}};
     for (const auto& [image, status] : cases) {
       json body = {{"name", "vm"}, {"image", image}};
       auto r = c.call("POST", "/v1/instances", &body);
@@ -184,10 +196,10 @@ TEST(Hardening, ChildrenInheritOnlyStdFds) {
   // Records every open fd of the wrapper shell (with find -fprintf: a shell
   // redirection would add fds of its own; the shell holds its script open,
   // which the test tells apart by name), then runs the real qemu-img.
-  const std::string wrapper = bin.write(
-      "qemu-img", "#!/bin/sh\nfind /proc/$$/fd/ -mindepth 1 -fprintf " + log + " '%f -> %l\\n'\necho end >> " + log +
-                      "\nexec " +
-                      real.substr(0, real.find('\n')) + " \"$@\"\n");
+  const std::string wrapper =
+      bin.write("qemu-img", "#!/bin/sh\nfind /proc/$$/fd/ -mindepth 1 -fprintf " + log +
+                                " '%f -> %l\\n'\necho end >> " + log + "\nexec " +
+                                real.substr(0, real.find('\n')) + " \"$@\"\n");
   ::chmod(wrapper.c_str(), 0755);
   const std::string old_path = std::getenv("PATH") ? std::getenv("PATH") : "";
   ::setenv("PATH", (bin.str() + ":" + old_path).c_str(), 1);
@@ -225,7 +237,8 @@ TEST(Hardening, NonUtf8FileNameInTheImageCacheIsReportedNotAnAbort) {
   const std::string odd = std::string("junk-\xff\xfe-") + "x";
   w.dir.write("instances/_base/" + odd, "not an image");
 
-  auto local = proc::run({VIRTCAP_BINARY, "imagecache", "--config", w.config, "--format", "json", "--dry-run"});
+  auto local =
+      proc::run({VIRTCAP_BINARY, "imagecache", "--config", w.config, "--format", "json", "--dry-run"});
   ASSERT_TRUE(local.ok());
   EXPECT_NE(local->term_signal, SIGABRT) << local->err;
   EXPECT_EQ(local->exit_code, 0) << local->err;

@@ -68,10 +68,12 @@ TEST(Api, WalkthroughBootListRefuseDeletePassTasks) {
 
   auto metrics = c.call("GET", "/metrics");
   ASSERT_TRUE(metrics.ok());
-  EXPECT_NE(metrics->raw.find("virtcap_api_requests_total{method=\"POST\",route=\"/v1/instances\",status=\"201\"} 2"),
+  EXPECT_NE(metrics->raw.find(
+                "virtcap_api_requests_total{method=\"POST\",route=\"/v1/instances\",status=\"201\"} 2"),
             std::string::npos)
       << metrics->raw;
-  EXPECT_NE(metrics->raw.find("virtcap_task_runs_total{task=\"sync_power_states\",result=\"ran\"}"), std::string::npos)
+  EXPECT_NE(metrics->raw.find("virtcap_task_runs_total{task=\"sync_power_states\",result=\"ran\"}"),
+            std::string::npos)
       << metrics->raw;
   expect_agreement(c, w);
 
@@ -95,14 +97,16 @@ TEST(Api, BadInputGetsItsDocumentedStatus) {
       {"POST", "/v1/instances", "[1,2]", 400, "invalid_argument"},
       {"POST", "/v1/instances", "", 400, "invalid_argument"},
       {"POST", "/v1/instances", R"({"name":"x"})", 400, "invalid_argument"},
-      {"POST", "/v1/instances", R"({"name":"x","image":"sample-a","memory_mb":"big"})", 400, "invalid_argument"},
+      {"POST", "/v1/instances", R"({"name":"x","image":"sample-a","memory_mb":"big"})", 400,
+       "invalid_argument"},
       {"POST", "/v1/instances", R"({"name":"x","image":"sample-a","vcpus":1.5})", 400, "invalid_argument"},
       {"POST", "/v1/instances", R"({"name":"x","image":"sample-a","flavor":"m1"})", 400, "invalid_argument"},
       {"POST", "/v1/instances", R"({"name":"../etc","image":"sample-a"})", 400, "invalid_argument"},
       {"POST", "/v1/instances", R"({"name":"a/b","image":"sample-a"})", 400, "invalid_argument"},
       {"POST", "/v1/instances", R"({"name":"ok","image":"../sample-a"})", 400, "invalid_argument"},
       {"POST", "/v1/instances", R"({"name":"ok","image":"nosuch"})", 404, "not_found"},
-      {"POST", "/v1/instances", R"({"name":"ok","image":"sample-a","vcpus":100000})", 400, "invalid_argument"},
+      {"POST", "/v1/instances", R"({"name":"ok","image":"sample-a","vcpus":100000})", 400,
+       "invalid_argument"},
       {"POST", "/v1/image-cache/pass", R"({"dry_run":"yes"})", 400, "invalid_argument"},
       {"GET", "/v1/instances/00000000-0000-4000-8000-000000000000", "", 404, "not_found"},
       {"GET", "/v1/instances/nosuch", "", 404, "not_found"},
@@ -117,7 +121,8 @@ TEST(Api, BadInputGetsItsDocumentedStatus) {
   for (const auto& k : cases) {
     auto r = c.call_raw(k.method, k.path, k.body);
     ASSERT_TRUE(r.ok()) << k.method << " " << k.path;
-    EXPECT_EQ(r->status, k.status) << k.method << " " << k.path << " " << k.body.substr(0, 60) << " -> " << r->raw;
+    EXPECT_EQ(r->status, k.status) << k.method << " " << k.path << " " << k.body.substr(0, 60) << " -> "
+                                   << r->raw;
     ASSERT_TRUE(r->body.is_object()) << "every error is JSON: " << r->raw;
     EXPECT_EQ(r->body["error"]["code"], k.code) << k.method << " " << k.path;
     EXPECT_FALSE(r->body["error"]["message"].get<std::string>().empty());

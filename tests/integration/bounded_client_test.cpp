@@ -28,14 +28,16 @@ constexpr const char* kNotOurs = "did not answer with virtcap's API";
 TEST(BoundedClient, HtmlOrTheWrongShapeIsExit1NamingTheServerForBothFamilies) {
   const std::string html = "<html><body>It works!</body></html>";
   CannedServer web([&](const std::string&) { return CannedServer::ok("text/html", html); });
-  CannedServer shape([](const std::string&) { return CannedServer::ok("application/json", R"({"hosts":5,"instances":"x"})"); });
-  for (const auto& args : std::vector<std::vector<std::string>>{
-           {"list", "--server", web.url()},
-           {"hosts", "--server", web.url()},
-           {"capabilities", "--server", web.url()},
-           {"list", "--server", shape.url()},
-           {"hosts", "--server", shape.url()},
-           {"hosts", "delete", "h1", "--server", shape.url()}}) {
+  CannedServer shape([](const std::string&) {
+    return CannedServer::ok("application/json", R"({"hosts":5,"instances":"x"})");
+  });
+  for (const auto& args :
+       std::vector<std::vector<std::string>>{{"list", "--server", web.url()},
+                                             {"hosts", "--server", web.url()},
+                                             {"capabilities", "--server", web.url()},
+                                             {"list", "--server", shape.url()},
+                                             {"hosts", "--server", shape.url()},
+                                             {"hosts", "delete", "h1", "--server", shape.url()}}) {
     SCOPED_TRACE(args[0] + " " + args.back());
     const auto out = cli(args);
     EXPECT_EQ(out.exit_code, 1) << out.err;
@@ -45,14 +47,16 @@ TEST(BoundedClient, HtmlOrTheWrongShapeIsExit1NamingTheServerForBothFamilies) {
 }
 
 TEST(BoundedClient, HostsDeleteReportsWhatTheServerDeleted) {
-  CannedServer fleet([](const std::string&) { return CannedServer::ok("application/json", R"({"deleted":"h1"})"); });
+  CannedServer fleet(
+      [](const std::string&) { return CannedServer::ok("application/json", R"({"deleted":"h1"})"); });
   const auto out = cli({"hosts", "delete", "h1", "--server", fleet.url()});
   EXPECT_EQ(out.exit_code, 0) << out.err;
   EXPECT_EQ(out.out, "deleted host h1\n");
   CannedServer empty([](const std::string&) { return CannedServer::ok("application/json", "{}"); });
   const auto bad = cli({"hosts", "delete", "h1", "--server", empty.url()});
   EXPECT_EQ(bad.exit_code, 1) << bad.out;
-  EXPECT_EQ(bad.out.find("deleted"), std::string::npos) << "a 200 without \"deleted\" is not a deletion: " << bad.out;
+  EXPECT_EQ(bad.out.find("deleted"), std::string::npos)
+      << "a 200 without \"deleted\" is not a deletion: " << bad.out;
 }
 
 TEST(BoundedClient, AnAnswerOver16MiBIsNotRead) {
@@ -71,7 +75,8 @@ TEST(BoundedClient, TheFleetReporterLogsAServerThatIsNotAFleetServiceAsAFailure)
   for (const bool endless : {false, true}) {
     SCOPED_TRACE(endless ? "endless body" : "HTML");
     CannedServer fake([&](const std::string&) {
-      return endless ? CannedServer::endless(std::size_t{128} << 20) : CannedServer::ok("text/html", "<html></html>");
+      return endless ? CannedServer::endless(std::size_t{128} << 20)
+                     : CannedServer::ok("text/html", "<html></html>");
     });
     testing::AgentWorld w("[fleet]\nurl = \"" + fake.url() + "\"\n");
     testing::Agent a(w.config);

@@ -71,9 +71,9 @@ TEST(Cli, ClientOptionsComeFromTheEnvironmentAndFlagsWin) {
            {{"traits", "add", "--help"}, "VIRTCAP_FLEET", "VIRTCAP_FLEET_TOKEN"}}) {
     const auto h = run(args);
     EXPECT_EQ(h.exit_code, 0) << args[0];
-    for (const std::string& opt :
-         std::vector<std::string>{"--server", "--token", "--ca-file", "-f,--format", "--json", "-c,--column",
-                                  "(env " + server_env + ")", "(env " + token_env + ")", "env VIRTCAP_CA_FILE)"})
+    for (const std::string& opt : std::vector<std::string>{
+             "--server", "--token", "--ca-file", "-f,--format", "--json", "-c,--column",
+             "(env " + server_env + ")", "(env " + token_env + ")", "env VIRTCAP_CA_FILE)"})
       EXPECT_NE(h.out.find(opt), std::string::npos) << opt << " in\n" << h.out;
   }
 }
@@ -82,17 +82,19 @@ TEST(Cli, ClientOptionsComeFromTheEnvironmentAndFlagsWin) {
 // connection: the same URLs refused, each naming what it expected (exit 2).
 TEST(Cli, BothClientFamiliesRefuseTheSameBadServerUrls) {
   for (const std::string& url :
-       {std::string("notaurl"), std::string("ftp://h:1"), std::string("http://h:0"), std::string("http://h:99999"),
-        std::string("http://h:8a"), std::string("http://user@h:1"), std::string("http://h:1/path"),
-        std::string("http://h:80:90"), std::string("http://fe80::1"), std::string("http://[::1"),
-        std::string("http://[::1]x"), std::string("http://h\t:1"), std::string("http://h:")}) {
+       {std::string("notaurl"), std::string("ftp://h:1"), std::string("http://h:0"),
+        std::string("http://h:99999"), std::string("http://h:8a"), std::string("http://user@h:1"),
+        std::string("http://h:1/path"), std::string("http://h:80:90"), std::string("http://fe80::1"),
+        std::string("http://[::1"), std::string("http://[::1]x"), std::string("http://h\t:1"),
+        std::string("http://h:")}) {
     for (const auto& [args, says] : std::vector<std::pair<std::vector<std::string>, std::string>>{
              {{"list", "--server", url}, "agent"}, {{"hosts", "--server", url}, "fleet service"}}) {
       const auto r = run(args);
       EXPECT_EQ(r.exit_code, 2) << args[0] << " " << url << ": " << r.err;
       EXPECT_NE(r.err.find("--server '" + url + "'"), std::string::npos) << r.err;
       const bool port = r.err.find("the port must be a number from 1 to 65535") != std::string::npos;
-      EXPECT_TRUE(port || r.err.find(says + " URL; expected http://HOST[:PORT]") != std::string::npos) << r.err;
+      EXPECT_TRUE(port || r.err.find(says + " URL; expected http://HOST[:PORT]") != std::string::npos)
+          << r.err;
     }
   }
 }
@@ -248,7 +250,8 @@ TEST(Cli, ImagecacheWithoutHasImagecacheExits1AndTouchesNothing) {
 TEST(Cli, AgentWithUnknownDriverExits2AndTouchesNothing) {
   TempDir dir;
   const auto state = (dir.path() / "state").string();
-  const auto cfg = dir.write("agent.toml", "[DEFAULT]\nstate_path = \"" + state + "\"\n[compute]\ndriver = \"hyperv\"\n");
+  const auto cfg =
+      dir.write("agent.toml", "[DEFAULT]\nstate_path = \"" + state + "\"\n[compute]\ndriver = \"hyperv\"\n");
   auto r = run({"agent", "--config", cfg});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("'hyperv'"), std::string::npos) << r.err;

@@ -12,9 +12,9 @@
 #include <set>
 #include <thread>
 
-#include "http/client.h"
 #include "fleet/service.h"
 #include "fleet/wire.h"
+#include "http/client.h"
 #include "support/agent_process.h"
 #include "support/fleet_fixture.h"
 
@@ -49,11 +49,14 @@ bool wait_until_down(http::Client& fleet, const std::string& host, std::chrono::
   return false;
 }
 
-std::string agent_config(TempDir& dir, const std::string& host, const std::string& driver, const std::string& fleet) {
-  return dir.write(host + ".toml", "[DEFAULT]\nstate_path = \"" + dir.sub(host) + "\"\nhost = \"" + host +
-                                       "\"\nperiodic_fuzzy_delay = 0\n[compute]\ndriver = \"" + driver +
-                                       "\"\n[libvirt]\nuri = \"test:///default\"\n[api]\nlisten = \"127.0.0.1:0\"\n"
-                                       "[fleet]\nurl = \"" + fleet + "\"\nreport_interval = 1\n");
+std::string agent_config(TempDir& dir, const std::string& host, const std::string& driver,
+                         const std::string& fleet) {
+  return dir.write(host + ".toml",
+                   "[DEFAULT]\nstate_path = \"" + dir.sub(host) + "\"\nhost = \"" + host +
+                       "\"\nperiodic_fuzzy_delay = 0\n[compute]\ndriver = \"" + driver +
+                       "\"\n[libvirt]\nuri = \"test:///default\"\n[api]\nlisten = \"127.0.0.1:0\"\n"
+                       "[fleet]\nurl = \"" +
+                       fleet + "\"\nreport_interval = 1\n");
 }
 
 // `virtcap ARGS... --server URL`: exit code and stdout.
@@ -76,9 +79,10 @@ json stable(json host) {
 TEST(FleetAgents, TwoAgentsReportOperatorTraitsSurviveKillMeansDownRestartGivesSameAnswers) {
   TempDir dir("virtcap-fleet-agents");
   fs::create_directories(dir.sub("fleet"));
-  const std::string fleet_cfg = dir.write("fleet.toml", "[DEFAULT]\nstate_path = \"" + dir.sub("fleet") +
-                                                            "\"\n[fleet_service]\nanonymous_role = \"operator\"\nlisten = \"127.0.0.1:0\"\n"
-                                                            "host_down_after = 5\ndrift_check_interval = 1\n");
+  const std::string fleet_cfg = dir.write(
+      "fleet.toml", "[DEFAULT]\nstate_path = \"" + dir.sub("fleet") +
+                        "\"\n[fleet_service]\nanonymous_role = \"operator\"\nlisten = \"127.0.0.1:0\"\n"
+                        "host_down_after = 5\ndrift_check_interval = 1\n");
   auto fleet = std::make_unique<Agent>(Agent::fleet_service(fleet_cfg));
   ASSERT_TRUE(fleet->running()) << fleet->exit_output().err;
   const std::string url = fleet->url();
@@ -116,7 +120,8 @@ TEST(FleetAgents, TwoAgentsReportOperatorTraitsSurviveKillMeansDownRestartGivesS
   auto host = fc.request("GET", "/v1/hosts/fake-host");
   ASSERT_TRUE(host.ok());
   EXPECT_EQ((*host)["uuid"], uuid_before) << "the host uuid persists in the state directory";
-  EXPECT_TRUE((*host)["traits"].dump().find(R"({"name":"CUSTOM_PINNED","owner":"operator"})") != std::string::npos)
+  EXPECT_TRUE((*host)["traits"].dump().find(R"({"name":"CUSTOM_PINNED","owner":"operator"})") !=
+              std::string::npos)
       << host->dump();
   auto [rc2, out2] = cli({"hosts", "--forbid", "CUSTOM_PINNED", "--explain", "-f", "json"}, url);
   ASSERT_EQ(rc2, 0) << out2;
@@ -148,9 +153,10 @@ TEST(FleetAgents, TwoAgentsReportOperatorTraitsSurviveKillMeansDownRestartGivesS
   EXPECT_TRUE(fake->client().request("GET", "/healthz").ok()) << "a failing report never blocks the agent";
   // Same port again: the agent's [fleet] url names it.
   const std::string port = url.substr(url.rfind(':') + 1);
-  const std::string again_cfg = dir.write("fleet2.toml", "[DEFAULT]\nstate_path = \"" + dir.sub("fleet") +
-                                                             "\"\n[fleet_service]\nanonymous_role = \"operator\"\nlisten = \"127.0.0.1:" + port +
-                                                             "\"\nhost_down_after = 5\n");
+  const std::string again_cfg = dir.write(
+      "fleet2.toml", "[DEFAULT]\nstate_path = \"" + dir.sub("fleet") +
+                         "\"\n[fleet_service]\nanonymous_role = \"operator\"\nlisten = \"127.0.0.1:" + port +
+                         "\"\nhost_down_after = 5\n");
   fleet = std::make_unique<Agent>(Agent::fleet_service(again_cfg));
   ASSERT_TRUE(fleet->running()) << fleet->exit_output().err;
   EXPECT_EQ(stable(*fc.request("GET", "/v1/hosts/lv-host")), before_lv);
@@ -206,8 +212,8 @@ TEST(FleetReplicas, TraitAddedThroughOneReplicaIsSeenByTheOtherWithinOneSecond) 
   const json g = {{"generation", (*put)["generation"]}};
   const auto t0 = std::chrono::steady_clock::now();
   ASSERT_TRUE(ca.request("PUT", "/v1/hosts/host1/traits/CUSTOM_SEEN", &g).ok());
-  EXPECT_TRUE(b.svc->fleet().wait_for_index([](const auto& i) { return has_trait(i, "host1", "CUSTOM_SEEN"); },
-                                            t0 + 1s))
+  EXPECT_TRUE(b.svc->fleet().wait_for_index(
+      [](const auto& i) { return has_trait(i, "host1", "CUSTOM_SEEN"); }, t0 + 1s))
       << "replica b did not see the trait within 1 s";
   auto q = cb.request("GET", "/v1/hosts?required=CUSTOM_SEEN");
   ASSERT_TRUE(q.ok());
@@ -356,7 +362,8 @@ TEST(FleetCli, ExitCodesFollowTheAgentCliRule) {
     return cli(args, server);
   };
   EXPECT_EQ(run({"traits", "add", "h1", "CUSTOM_X"}, url).first, 0);
-  EXPECT_EQ(run({"traits", "add", "h1", "CUSTOM_X"}, url).first, 0) << "adding a trait the host has changes nothing";
+  EXPECT_EQ(run({"traits", "add", "h1", "CUSTOM_X"}, url).first, 0)
+      << "adding a trait the host has changes nothing";
   EXPECT_EQ(run({"traits", "remove", "h1", "CUSTOM_X"}, url).first, 0);
   auto [rc, out] = run({"traits", "remove", "h1", "CUSTOM_X"}, url);
   EXPECT_EQ(rc, 1) << out;
@@ -410,7 +417,8 @@ TEST(FleetCli, BothClientFamiliesReportAFailedCallTheSameWay) {
   for (const Family& f : {Family{"list", agent.url(), "agent", "VIRTCAP_TOKEN"},
                           Family{"hosts", fleet.url, "fleet service", "VIRTCAP_FLEET_TOKEN"}}) {
     SCOPED_TRACE(f.command);
-    const auto refused = proc::run({VIRTCAP_BINARY, f.command, "--server", f.url, "--token", "wrong", "--json"});
+    const auto refused =
+        proc::run({VIRTCAP_BINARY, f.command, "--server", f.url, "--token", "wrong", "--json"});
     ASSERT_TRUE(refused.ok());
     EXPECT_EQ(refused->exit_code, 2) << refused->err;
     const json body = json::parse(refused->out, nullptr, false);

@@ -5,9 +5,9 @@
 // documented status (docs/fleet.md "API") while changing nothing.
 #include <gtest/gtest.h>
 
-#include "http/client.h"
 #include "fleet/service.h"
 #include "fleet/wire.h"
+#include "http/client.h"
 #include "support/fleet_fixture.h"
 #include "support/raw_http.h"
 #include "support/test_support.h"
@@ -31,13 +31,13 @@ class FleetApiTest : public ::testing::TestWithParam<Backend> {
     ASSERT_FALSE(url_.empty());
   }
   std::unique_ptr<FleetService> start(const std::string& token = "", ServiceOptions o = {}) {
-    o.auth.legacy_token = token;  // the shared operator credential
+    o.auth.legacy_token = token;                            // the shared operator credential
     if (token.empty()) o.auth.anonymous = Role::operator_;  // a test bench: no credential needed
     o.host_reports_per_minute = 0;  // these tests report one host many times a second; the limit has its own
     return virtcap::testing::start_fleet_service(std::move(o), url_, server_);
   }
   http::ClientResponse call(const std::string& method, const std::string& path, const json* body = nullptr,
-                     const std::string& token = "") {
+                            const std::string& token = "") {
     http::Client c(server_, token);
     auto r = c.call(method, path, body);
     EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().message);
@@ -96,8 +96,9 @@ TEST_P(FleetApiTest, ReportsQueriesExplanationsAndTraitWrites) {
   r = call("PUT", "/v1/hosts/host1/traits/CUSTOM_MAINTENANCE", &fresh);
   ASSERT_EQ(r.status, 200) << r.raw;
   EXPECT_EQ(r.body["generation"], gen + 1);
-  EXPECT_EQ(r.body["traits"], json::parse(R"([{"name":"COMPUTE_A","owner":"agent"},{"name":"COMPUTE_B","owner":"agent"},)"
-                                          R"({"name":"CUSTOM_MAINTENANCE","owner":"operator"}])"));
+  EXPECT_EQ(r.body["traits"],
+            json::parse(R"([{"name":"COMPUTE_A","owner":"agent"},{"name":"COMPUTE_B","owner":"agent"},)"
+                        R"({"name":"CUSTOM_MAINTENANCE","owner":"operator"}])"));
   // The agent's next report keeps the operator trait.
   b1["traits"] = json::array({"COMPUTE_A"});
   r = call("PUT", "/v1/hosts/host1", &b1);
@@ -173,10 +174,11 @@ TEST_P(FleetApiTest, BadInputGetsItsDocumentedStatusAndChangesNothing) {
       {"1,000 required params", "GET", "/v1/hosts" + many, "", 400, "query parameters"},
       {"unknown parameter", "GET", "/v1/hosts?color=red", "", 400, "color"},
       {"bad explain", "GET", "/v1/hosts?explain=maybe", "", 400, "explain"},
-      {"stale generation", "PUT", "/v1/hosts/host1/traits/CUSTOM_NEW", json{{"generation", cur - 1}}.dump(), 409,
-       "generation"},
+      {"stale generation", "PUT", "/v1/hosts/host1/traits/CUSTOM_NEW", json{{"generation", cur - 1}}.dump(),
+       409, "generation"},
       {"missing generation", "PUT", "/v1/hosts/host1/traits/CUSTOM_NEW", "{}", 400, "generation is required"},
-      {"negative generation", "PUT", "/v1/hosts/host1/traits/CUSTOM_NEW", R"({"generation":-1})", 400, ">= 0"},
+      {"negative generation", "PUT", "/v1/hosts/host1/traits/CUSTOM_NEW", R"({"generation":-1})", 400,
+       ">= 0"},
       {"stale report generation", "PUT", "/v1/hosts/host1", with("generation", cur - 1), 409, "generation"},
       {"report: malformed trait", "PUT", "/v1/hosts/host1", with("traits", json::array({"bad trait"})), 400,
        "bad trait"},
@@ -194,19 +196,23 @@ TEST_P(FleetApiTest, BadInputGetsItsDocumentedStatusAndChangesNothing) {
       // (spelled %2e: the client itself removes literal dot segments)
       {"host named .", "PUT", "/v1/hosts/%2e", b1.dump(), 400, "host name"},
       {"host named ..", "PUT", "/v1/hosts/%2e%2e", b1.dump(), 400, "host name"},
-      {"report: 513 traits", "PUT", "/v1/hosts/host1", with("traits", [] {
-         json t = json::array();
-         for (int i = 0; i < 513; ++i) t.push_back("COMPUTE_T" + std::to_string(i));
-         return t;
-       }()), 400, "max_traits_per_host"},
-      {"report: NUL in agent_version", "PUT", "/v1/hosts/host1", with("agent_version", std::string("1\0x", 3)), 400,
-       "NUL"},
-      {"report: NUL in api_url", "PUT", "/v1/hosts/host1", with("api_url", std::string("http://a\0b", 10)), 400,
-       "NUL"},
+      {"report: 513 traits", "PUT", "/v1/hosts/host1",
+       with("traits",
+            [] {
+              json t = json::array();
+              for (int i = 0; i < 513; ++i) t.push_back("COMPUTE_T" + std::to_string(i));
+              return t;
+            }()),
+       400, "max_traits_per_host"},
+      {"report: NUL in agent_version", "PUT", "/v1/hosts/host1",
+       with("agent_version", std::string("1\0x", 3)), 400, "NUL"},
+      {"report: NUL in api_url", "PUT", "/v1/hosts/host1", with("api_url", std::string("http://a\0b", 10)),
+       400, "NUL"},
       {"report: invalid UTF-8", "PUT", "/v1/hosts/host1", "{\"uuid\":\"\xff\xfe\"}", 400, ""},
-      {"body over the limit", "PUT", "/v1/hosts/host1", std::string(kMaxReportBodyBytes + 1, ' '), 413, "limit"},
-      {"stale delete", "DELETE", "/v1/hosts/host1/traits/CUSTOM_KEEP", json{{"generation", cur + 1}}.dump(), 409,
-       "generation"},
+      {"body over the limit", "PUT", "/v1/hosts/host1", std::string(kMaxReportBodyBytes + 1, ' '), 413,
+       "limit"},
+      {"stale delete", "DELETE", "/v1/hosts/host1/traits/CUSTOM_KEEP", json{{"generation", cur + 1}}.dump(),
+       409, "generation"},
   };
   http::Client c(server_);
   for (const auto& k : cases) {
@@ -259,12 +265,14 @@ TEST_P(FleetApiTest, AHostOverItsReportRateGets429AndChangesNothing) {
   const std::string flood = fleet_report_json(1, {"COMPUTE_A", "COMPUTE_FLOOD"}, 9).dump();
   for (int i = 0; i < 50; ++i) {
     const auto a = virtcap::testing::raw_exchange(
-        port, virtcap::testing::request_text("PUT", "/v1/hosts/host1", "Content-Type: application/json\r\n", flood),
+        port,
+        virtcap::testing::request_text("PUT", "/v1/hosts/host1", "Content-Type: application/json\r\n", flood),
         10s);
     ASSERT_EQ(a.status(), 429) << a.text;
     const json body = json::parse(a.body(), nullptr, false);
     EXPECT_EQ(body["error"].value("code", ""), "rate_limited") << a.text;
-    EXPECT_NE(body["error"].value("message", "").find("host_reports_per_minute"), std::string::npos) << a.text;
+    EXPECT_NE(body["error"].value("message", "").find("host_reports_per_minute"), std::string::npos)
+        << a.text;
     const auto retry = a.text.find("\r\nRetry-After: ");
     ASSERT_NE(retry, std::string::npos) << a.text;
     const int seconds = std::atoi(a.text.c_str() + retry + 15);
@@ -291,7 +299,8 @@ TEST_P(FleetApiTest, PeriodicRecountRepairsAWriteTheIndexMissed) {
   auto b1 = fleet_report_json(1, {"COMPUTE_A"});
   auto r = call("PUT", "/v1/hosts/host1", &b1);
   ASSERT_EQ(r.status, 200);
-  auto behind = svc->fleet().store().add_operator_trait("host1", "CUSTOM_BEHIND", r.body["generation"].get<std::int64_t>());
+  auto behind = svc->fleet().store().add_operator_trait("host1", "CUSTOM_BEHIND",
+                                                        r.body["generation"].get<std::int64_t>());
   ASSERT_TRUE(behind.ok()) << behind.error().message;
   EXPECT_EQ(call("GET", "/v1/hosts?required=CUSTOM_BEHIND").body["matched"], 0) << "the index missed it";
   EXPECT_TRUE(svc->fleet().wait_for_index([](const HostIndex& i) { return i.snapshot()[0].generation == 2; },

@@ -52,7 +52,8 @@ struct Http {
 
 Http http(int port, const std::string& method, const std::string& path, const json* body = nullptr) {
   const std::string b = body ? body->dump() : "";
-  const auto a = raw_exchange(port, request_text(method, path, body ? "Content-Type: application/json\r\n" : "", b), 15s);
+  const auto a = raw_exchange(
+      port, request_text(method, path, body ? "Content-Type: application/json\r\n" : "", b), 15s);
   Http h;
   h.status = a.status();
   const auto end = a.text.find("\r\n\r\n");
@@ -114,10 +115,12 @@ class FleetOutage {
   // A real `virtcap fleet serve` on `database`.
   Replica start(const std::string& name, const std::string& database) {
     fs::create_directories(dir_.sub(name));
-    const std::string cfg = dir_.write(name + ".toml", "[DEFAULT]\nstate_path = \"" + dir_.sub(name) +
-                                                           "\"\n[fleet_service]\nanonymous_role = \"operator\"\nlisten = \"127.0.0.1:0\"\n"
-                                                           "host_reports_per_minute = 0\n"  // writes back to back
-                                                           "database = \"" + database + "\"\n");
+    const std::string cfg = dir_.write(
+        name + ".toml", "[DEFAULT]\nstate_path = \"" + dir_.sub(name) +
+                            "\"\n[fleet_service]\nanonymous_role = \"operator\"\nlisten = \"127.0.0.1:0\"\n"
+                            "host_reports_per_minute = 0\n"  // writes back to back
+                            "database = \"" +
+                            database + "\"\n");
     Replica r;
     r.process = std::make_unique<Agent>(Agent::fleet_service(cfg));
     r.port = r.process->running() ? r.process->port() : 0;
@@ -175,8 +178,10 @@ std::vector<double> expect_recovery(const std::vector<const Replica*>& rs, Clock
     for (std::size_t i = 0; i < rs.size(); ++i) {
       if (first_200[i] < 0) {
         const int s = put_host(rs[i]->port, 1).status;
-        if (s == 200) first_200[i] = since_s(back);
-        else if (s != 503) other.push_back(s);
+        if (s == 200)
+          first_200[i] = since_s(back);
+        else if (s != 503)
+          other.push_back(s);
       }
       if (first_200[i] >= 0 && current[i] < 0 && http(rs[i]->port, "GET", "/healthz").status == 200 &&
           http(rs[i]->port, "GET", "/v1/hosts").body.value("index_current", false))
@@ -256,7 +261,8 @@ TEST(Fault, FleetAnswersFromItsIndexWhilePostgresIsStoppedFor30sThenRecovers) {
   while (since_s(stopped) < 30) {
     expect_outage_answers(a, 2, "replica a");
     expect_outage_answers(b, 2, "replica b");
-    const double u = metric(http(a.port, "GET", "/metrics").text, "virtcap_fleet_database_unreachable_seconds");
+    const double u =
+        metric(http(a.port, "GET", "/metrics").text, "virtcap_fleet_database_unreachable_seconds");
     EXPECT_GE(u, last_unreachable) << "the unreachable time went back";
     last_unreachable = u;
     if (HasFailure()) break;
@@ -265,19 +271,22 @@ TEST(Fault, FleetAnswersFromItsIndexWhilePostgresIsStoppedFor30sThenRecovers) {
   }
   EXPECT_GT(last_unreachable, 25.0);
   // The CLI shows the index's age with --explain.
-  auto cli = proc::run({VIRTCAP_BINARY, "hosts", "--explain", "--server", "http://127.0.0.1:" + std::to_string(a.port)});
+  auto cli = proc::run(
+      {VIRTCAP_BINARY, "hosts", "--explain", "--server", "http://127.0.0.1:" + std::to_string(a.port)});
   ASSERT_TRUE(cli.ok());
   EXPECT_EQ(cli->exit_code, 0) << cli->err;
-  EXPECT_NE(cli->out.find("s behind at most (the fleet database is unreachable"), std::string::npos) << cli->out;
+  EXPECT_NE(cli->out.find("s behind at most (the fleet database is unreachable"), std::string::npos)
+      << cli->out;
 
   ASSERT_TRUE(f.pg().pg_ctl("start").ok());
   const auto back = Clock::now();
   const auto r = expect_recovery({&a, &b}, back);
   expect_seen(a, b, 3, kRecoveryBound);
   expect_seen(b, a, 4, kRecoveryBound);
-  std::printf("postgres stopped %.1f s (%d checks of both replicas); first 200 write after the start: "
-              "replica a %.3f s, b %.3f s\n",
-              std::chrono::duration<double>(back - stopped).count(), rounds, r[0], r[1]);
+  std::printf(
+      "postgres stopped %.1f s (%d checks of both replicas); first 200 write after the start: "
+      "replica a %.3f s, b %.3f s\n",
+      std::chrono::duration<double>(back - stopped).count(), rounds, r[0], r[1]);
 }
 
 // Replica b reaches the database through a TCP proxy; a stays on the Unix

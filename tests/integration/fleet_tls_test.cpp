@@ -8,7 +8,6 @@
 // port before it opens the database, as the agent does.
 #include <gtest/gtest.h>
 
-
 #include "support/agent_process.h"
 #include "support/tls_pki.h"
 
@@ -21,17 +20,19 @@ std::string fleet_config(TempDir& dir, const std::string& service_toml) {
   fs::create_directories(dir.sub("fleet"));
   // No credentials in these tests: anonymous requests act as operators
   // (allowed on loopback only; the non-loopback cases carry the token).
-  const std::string anonymous = service_toml.find("token") == std::string::npos ? "anonymous_role = \"operator\"\n" : "";
+  const std::string anonymous =
+      service_toml.find("token") == std::string::npos ? "anonymous_role = \"operator\"\n" : "";
   return dir.write("fleet.toml", "[DEFAULT]\nstate_path = \"" + dir.sub("fleet") + "\"\n[fleet_service]\n" +
                                      anonymous + service_toml);
 }
 
-std::string agent_config(TempDir& dir, const std::string& host, const std::string& url, const std::string& ca) {
+std::string agent_config(TempDir& dir, const std::string& host, const std::string& url,
+                         const std::string& ca) {
   fs::create_directories(dir.sub(host));
   return dir.write(host + ".toml", "[DEFAULT]\nstate_path = \"" + dir.sub(host) + "\"\nhost = \"" + host +
                                        "\"\nperiodic_fuzzy_delay = 0\n[compute]\ndriver = \"fake\"\n"
-                                       "[api]\nlisten = \"127.0.0.1:0\"\n[fleet]\nurl = \"" + url +
-                                       "\"\nreport_interval = 1\nca_file = \"" + ca + "\"\n");
+                                       "[api]\nlisten = \"127.0.0.1:0\"\n[fleet]\nurl = \"" +
+                                       url + "\"\nreport_interval = 1\nca_file = \"" + ca + "\"\n");
 }
 
 // `virtcap ARGS...`: exit code and stdout + stderr.
@@ -91,8 +92,8 @@ TEST(FleetTls, NonLoopbackWithoutTlsIsRefusedUnlessAllowInsecureAndExpiredCertsS
   TestPki pki;
   TempDir dir("virtcap-fleet-listen");
   {
-    auto [code, out] = cli({"fleet", "serve", "--config",
-                            fleet_config(dir, "listen = \"0.0.0.0:0\"\ntoken = \"s3cret\"\n")});
+    auto [code, out] = cli(
+        {"fleet", "serve", "--config", fleet_config(dir, "listen = \"0.0.0.0:0\"\ntoken = \"s3cret\"\n")});
     EXPECT_EQ(code, 2) << out;
     EXPECT_NE(out.find("without TLS"), std::string::npos) << out;
     EXPECT_NE(out.find("[fleet_service]"), std::string::npos) << out;
@@ -122,8 +123,8 @@ TEST(FleetTls, SighupServesTheNewCertificateToAgentsAndTheCli) {
   TempDir dir("virtcap-fleet-tls");
   const std::string cert = dir.write("live.pem", read_file(pki.server().cert));
   const std::string key = dir.write("live.key", read_file(pki.server().key));
-  Agent fleet(Agent::fleet_service(
-      fleet_config(dir, "listen = \"127.0.0.1:0\"\ntls_cert = \"" + cert + "\"\ntls_key = \"" + key + "\"\n")));
+  Agent fleet(Agent::fleet_service(fleet_config(
+      dir, "listen = \"127.0.0.1:0\"\ntls_cert = \"" + cert + "\"\ntls_key = \"" + key + "\"\n")));
   ASSERT_TRUE(fleet.running()) << fleet.exit_output().err;
   Agent next(agent_config(dir, "tls-next", fleet.url(), pki.other_ca()));
   ASSERT_TRUE(next.running()) << next.exit_output().err;
@@ -137,7 +138,8 @@ TEST(FleetTls, SighupServesTheNewCertificateToAgentsAndTheCli) {
   const auto hosts = cli({"hosts", "--server", fleet.url(), "--ca-file", pki.other_ca(), "-f", "json"});
   ASSERT_EQ(hosts.first, 0) << hosts.second;
   EXPECT_NE(hosts.second.find("\"tls-next\""), std::string::npos) << hosts.second;
-  EXPECT_EQ(cli({"hosts", "--server", fleet.url(), "--ca-file", pki.ca()}).first, 3) << "the old certificate is gone";
+  EXPECT_EQ(cli({"hosts", "--server", fleet.url(), "--ca-file", pki.ca()}).first, 3)
+      << "the old certificate is gone";
   EXPECT_EQ(fleet.stop().exit_code, 0);
 }
 

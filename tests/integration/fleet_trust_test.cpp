@@ -9,9 +9,9 @@
 #include <fstream>
 #include <iterator>
 
-#include "http/client.h"
 #include "fleet/service.h"
 #include "fleet/wire.h"
+#include "http/client.h"
 #include "support/agent_process.h"
 #include "support/fleet_fixture.h"
 #include "support/test_support.h"
@@ -53,7 +53,7 @@ class FleetTrustTest : public ::testing::TestWithParam<Backend> {
     return start_fleet_service(std::move(o), url_, server_);
   }
   http::ClientResponse call(const std::string& token, const std::string& method, const std::string& path,
-                     const json* body = nullptr) {
+                            const json* body = nullptr) {
     http::Client c(server_, token);
     auto r = c.call(method, path, body);
     EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().message);
@@ -252,7 +252,8 @@ TEST(FleetTrustCli, TokenCreateListRevokeDriveARealAgentAndEveryWriteIsAudited) 
                                                       "\"\n[fleet_service]\nlisten = \"127.0.0.1:0\"\n");
   std::string err;
   auto [rc, agent_token] = run({"fleet", "token", "create", "--role", "agent", "--host", "edge-1", "-c", cfg,
-                                "--note", "edge-1's agent"}, &err);
+                                "--note", "edge-1's agent"},
+                               &err);
   ASSERT_EQ(rc, 0) << err;
   agent_token = trim(agent_token);
   ASSERT_TRUE(parse_token(agent_token)) << agent_token;
@@ -260,7 +261,8 @@ TEST(FleetTrustCli, TokenCreateListRevokeDriveARealAgentAndEveryWriteIsAudited) 
   auto [rc2, op_token] = run({"fleet", "token", "create", "--role", "operator", "-c", cfg});
   ASSERT_EQ(rc2, 0);
   op_token = trim(op_token);
-  EXPECT_EQ(run({"fleet", "token", "create", "--role", "agent", "-c", cfg}).first, 2) << "an agent needs --host";
+  EXPECT_EQ(run({"fleet", "token", "create", "--role", "agent", "-c", cfg}).first, 2)
+      << "an agent needs --host";
   EXPECT_EQ(run({"fleet", "token", "create", "--role", "root", "-c", cfg}).first, 2);
 
   auto [lrc, listed] = run({"fleet", "token", "list", "-c", cfg, "--json"});
@@ -279,14 +281,16 @@ TEST(FleetTrustCli, TokenCreateListRevokeDriveARealAgentAndEveryWriteIsAudited) 
   Agent edge(agent_config(dir, "edge-1", "url = \"" + fleet.url() + "\"\ntoken = \"" + agent_token + "\"\n"));
   ASSERT_TRUE(edge.running()) << edge.exit_output().err;
   EXPECT_EQ(wait_for_host(fleet.url(), op_token, "edge-1", 200), 200);
-  Agent impostor(agent_config(dir, "edge-2", "url = \"" + fleet.url() + "\"\ntoken = \"" + agent_token + "\"\n"));
+  Agent impostor(
+      agent_config(dir, "edge-2", "url = \"" + fleet.url() + "\"\ntoken = \"" + agent_token + "\"\n"));
   ASSERT_TRUE(impostor.running()) << impostor.exit_output().err;
   EXPECT_TRUE(impostor.wait_for_log("403")) << impostor.log();
   EXPECT_EQ(wait_for_host(fleet.url(), op_token, "edge-2", 404), 404);
 
   // The operator's CLI: a delete, audited with the credential's id.
   const std::string op_id = parse_token(op_token)->id;
-  auto del = proc::run({VIRTCAP_BINARY, "hosts", "delete", "edge-2", "--server", fleet.url(), "--token", op_token});
+  auto del =
+      proc::run({VIRTCAP_BINARY, "hosts", "delete", "edge-2", "--server", fleet.url(), "--token", op_token});
   ASSERT_TRUE(del.ok());
   EXPECT_EQ(del->exit_code, 1) << "no such host: " << del->out << del->err;
   EXPECT_TRUE(fleet.wait_for_log("operation=fleet_host_delete")) << fleet.log();
@@ -308,27 +312,33 @@ TEST(FleetTrustCli, TokenCreateListRevokeDriveARealAgentAndEveryWriteIsAudited) 
 TEST(FleetTrustCli, TheLegacyTokenActsAsAnOperatorWithAWarningAndAnonymousIsNoneByDefault) {
   TempDir dir("virtcap-fleet-legacy");
   fs::create_directories(dir.sub("fleet"));
-  const std::string cfg = dir.write("fleet.toml", "[DEFAULT]\nstate_path = \"" + dir.sub("fleet") +
-                                                      "\"\n[fleet_service]\nlisten = \"127.0.0.1:0\"\ntoken = \"shared-tok\"\n");
+  const std::string cfg =
+      dir.write("fleet.toml", "[DEFAULT]\nstate_path = \"" + dir.sub("fleet") +
+                                  "\"\n[fleet_service]\nlisten = \"127.0.0.1:0\"\ntoken = \"shared-tok\"\n");
   Agent fleet(Agent::fleet_service(cfg));
   ASSERT_TRUE(fleet.running()) << fleet.exit_output().err;
-  EXPECT_NE(fleet.log().find("[fleet_service] token is set: whoever holds it acts as an operator"), std::string::npos)
+  EXPECT_NE(fleet.log().find("[fleet_service] token is set: whoever holds it acts as an operator"),
+            std::string::npos)
       << fleet.log();
   Agent a(agent_config(dir, "old-1", "url = \"" + fleet.url() + "\"\ntoken = \"shared-tok\"\n"));
   ASSERT_TRUE(a.running());
   EXPECT_EQ(wait_for_host(fleet.url(), "shared-tok", "old-1", 200), 200);
   EXPECT_EQ(wait_for_host(fleet.url(), "", "old-1", 401), 401) << "no anonymous access by default";
-  auto del = proc::run({VIRTCAP_BINARY, "hosts", "delete", "old-1", "--server", fleet.url(), "--token", "shared-tok"});
+  auto del = proc::run(
+      {VIRTCAP_BINARY, "hosts", "delete", "old-1", "--server", fleet.url(), "--token", "shared-tok"});
   ASSERT_TRUE(del.ok());
   EXPECT_EQ(del->exit_code, 0) << del->err;
 
   // Anonymous access other than none is for loopback only.
-  const std::string open_cfg = dir.write("open.toml", "[DEFAULT]\nstate_path = \"" + dir.sub("fleet") +
-                                                          "\"\n[fleet_service]\nlisten = \"0.0.0.0:0\"\n"
-                                                          "anonymous_role = \"reader\"\nallow_insecure = true\n");
+  const std::string open_cfg =
+      dir.write("open.toml", "[DEFAULT]\nstate_path = \"" + dir.sub("fleet") +
+                                 "\"\n[fleet_service]\nlisten = \"0.0.0.0:0\"\n"
+                                 "anonymous_role = \"reader\"\nallow_insecure = true\n");
   std::string err;
   EXPECT_EQ(run({"fleet", "serve", "--config", open_cfg}, &err).first, 2);
-  EXPECT_NE(err.find("anonymous_role = \"reader\" serves requests that carry no credential"), std::string::npos) << err;
+  EXPECT_NE(err.find("anonymous_role = \"reader\" serves requests that carry no credential"),
+            std::string::npos)
+      << err;
 }
 
 TEST(FleetTrustCli, AClientCertificateStandsInForAnAgentTokenBoundToTheHostItNames) {
@@ -336,10 +346,12 @@ TEST(FleetTrustCli, AClientCertificateStandsInForAnAgentTokenBoundToTheHostItNam
   TempDir dir("virtcap-fleet-cert");
   fs::create_directories(dir.sub("fleet"));
   const auto cert1 = pki.client("cert-1");
-  const std::string cfg = dir.write(
-      "fleet.toml", "[DEFAULT]\nstate_path = \"" + dir.sub("fleet") + "\"\n[fleet_service]\nlisten = \"127.0.0.1:0\"\n"
-                    "tls_cert = \"" + pki.server().cert + "\"\ntls_key = \"" + pki.server().key +
-                    "\"\nclient_ca = \"" + pki.ca() + "\"\n");
+  const std::string cfg =
+      dir.write("fleet.toml", "[DEFAULT]\nstate_path = \"" + dir.sub("fleet") +
+                                  "\"\n[fleet_service]\nlisten = \"127.0.0.1:0\"\n"
+                                  "tls_cert = \"" +
+                                  pki.server().cert + "\"\ntls_key = \"" + pki.server().key +
+                                  "\"\nclient_ca = \"" + pki.ca() + "\"\n");
   auto [rc, op_token] = run({"fleet", "token", "create", "--role", "operator", "-c", cfg});
   ASSERT_EQ(rc, 0);
   op_token = trim(op_token);
@@ -357,9 +369,10 @@ TEST(FleetTrustCli, AClientCertificateStandsInForAnAgentTokenBoundToTheHostItNam
   EXPECT_EQ(wait_for_host(fleet.url(), op_token, "cert-2", 404, pki.ca()), 404);
   // A certificate from a CA the service does not trust is no credential.
   const auto stranger = pki.client("cert-3", /*trusted=*/false);
-  Agent untrusted(agent_config(dir, "cert-3", "url = \"" + fleet.url() + "\"\nca_file = \"" + pki.ca() +
-                                                  "\"\ntls_client_cert = \"" + stranger.cert +
-                                                  "\"\ntls_client_key = \"" + stranger.key + "\"\n"));
+  Agent untrusted(agent_config(dir, "cert-3",
+                               "url = \"" + fleet.url() + "\"\nca_file = \"" + pki.ca() +
+                                   "\"\ntls_client_cert = \"" + stranger.cert + "\"\ntls_client_key = \"" +
+                                   stranger.key + "\"\n"));
   ASSERT_TRUE(untrusted.running()) << untrusted.exit_output().err;
   EXPECT_TRUE(untrusted.wait_for_log("401")) << untrusted.log();
   EXPECT_TRUE(fleet.wait_for_log("credential=cert:cert-1")) << fleet.log();

@@ -3,34 +3,55 @@
 // fixed seed. Each must get well-formed HTTP or a closed connection, and the
 // agent must stay up. The unbounded search is the libFuzzer target
 // tests/fuzz/http_server_fuzz.cpp (scripts/test).
+#include "support/http_fuzz.h"
+
 #include <gtest/gtest.h>
 
 #include <random>
 
 #include "support/agent_process.h"
-#include "support/http_fuzz.h"
 
 namespace virtcap::testing {
 namespace {
 
 std::vector<std::string> seeds() {
   std::vector<std::string> out;
-  for (const auto& e : fs::directory_iterator(std::string(VIRTCAP_SOURCE_DIR) + "/tests/fuzz/corpus/http_server"))
+  for (const auto& e :
+       fs::directory_iterator(std::string(VIRTCAP_SOURCE_DIR) + "/tests/fuzz/corpus/http_server"))
     out.push_back(read_file(e.path()));
   std::sort(out.begin(), out.end());  // a fixed order: the run is reproducible
   return out;
 }
 
 std::string mutate(std::string s, const std::vector<std::string>& pool, std::mt19937& rng) {
-  static const std::string kSpecial[] = {std::string(1, '\0'), "\r\n", "\n", "\r", "\xff", "%", "%0a", "%00",
-                                         ":", " ", "\r\n\r\n", "0\r\n\r\n", "-1\r\n", "Transfer-Encoding: chunked\r\n",
-                                         "Content-Length: 99999999999\r\n", "\xc3\x28", "/{id}/", "?"};
-  auto pick = [&](std::size_t n) { return n == 0 ? 0 : std::uniform_int_distribution<std::size_t>(0, n - 1)(rng); };
+  static const std::string kSpecial[] = {std::string(1, '\0'),
+                                         "\r\n",
+                                         "\n",
+                                         "\r",
+                                         "\xff",
+                                         "%",
+                                         "%0a",
+                                         "%00",
+                                         ":",
+                                         " ",
+                                         "\r\n\r\n",
+                                         "0\r\n\r\n",
+                                         "-1\r\n",
+                                         "Transfer-Encoding: chunked\r\n",
+                                         "Content-Length: 99999999999\r\n",
+                                         "\xc3\x28",
+                                         "/{id}/",
+                                         "?"};
+  auto pick = [&](std::size_t n) {
+    return n == 0 ? 0 : std::uniform_int_distribution<std::size_t>(0, n - 1)(rng);
+  };
   const int steps = 1 + static_cast<int>(pick(4));
   for (int i = 0; i < steps; ++i) {
     const std::size_t at = pick(s.size() + 1);
     switch (pick(6)) {
-      case 0: if (!s.empty()) s[pick(s.size())] = static_cast<char>(pick(256)); break;
+      case 0:
+        if (!s.empty()) s[pick(s.size())] = static_cast<char>(pick(256));
+        break;
       case 1: s.insert(at, kSpecial[pick(std::size(kSpecial))]); break;
       case 2: s.erase(at, pick(16)); break;
       case 3: s.insert(at, s.substr(pick(s.size() + 1), pick(64))); break;

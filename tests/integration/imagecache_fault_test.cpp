@@ -65,12 +65,14 @@ struct FaultTree {
     return n;
   }
   void expect_used_intact(const std::string& what) const {
-    for (const auto& u : used) ASSERT_TRUE(fs::exists(instances + "/_base/" + u)) << "in-use base lost with " << what;
+    for (const auto& u : used)
+      ASSERT_TRUE(fs::exists(instances + "/_base/" + u)) << "in-use base lost with " << what;
   }
   proc::Output pass(const std::vector<std::string>& strace_args) const {
     std::vector<std::string> argv{"strace", "-f", "-qq", "-E", sanitizer_options(), "-o", "/dev/null"};
     argv.insert(argv.end(), strace_args.begin(), strace_args.end());
-    for (const char* a : {VIRTCAP_BINARY, "imagecache", "--config", "", "--format", "json"}) argv.emplace_back(a);
+    for (const char* a : {VIRTCAP_BINARY, "imagecache", "--config", "", "--format", "json"})
+      argv.emplace_back(a);
     argv[argv.size() - 3] = config;
     auto r = proc::run(argv);
     EXPECT_TRUE(r.ok());
@@ -80,8 +82,7 @@ struct FaultTree {
   std::size_t count(const std::string& syscall) const {
     const std::string log = dir.sub("count.log");
     auto r = proc::run({"strace", "-f", "-qq", "-E", sanitizer_options(), "-o", log, "-e", "trace=" + syscall,
-                        VIRTCAP_BINARY, "imagecache",
-                        "--config", config, "--format", "json"});
+                        VIRTCAP_BINARY, "imagecache", "--config", config, "--format", "json"});
     EXPECT_TRUE(r.ok() && r->exit_code == 0);
     std::ifstream in(log);
     std::size_t n = 0;
@@ -94,7 +95,8 @@ void inject_everywhere(const std::string& syscall, bool also_from_then_on = true
   FaultTree t;
   const std::size_t calls = t.count(syscall);
   ASSERT_GT(calls, 2u) << syscall;
-  ASSERT_EQ(t.unused_left(), 0u) << "a clean pass must remove the unused bases (the test could not fail otherwise)";
+  ASSERT_EQ(t.unused_left(), 0u)
+      << "a clean pass must remove the unused bases (the test could not fail otherwise)";
   t.expect_used_intact("a clean pass");
   std::size_t incomplete = 0;
   for (std::size_t n = 1; n <= calls; ++n) {
@@ -112,8 +114,8 @@ void inject_everywhere(const std::string& syscall, bool also_from_then_on = true
     }
   }
   EXPECT_GT(incomplete, 0u) << "no injected fault was noticed at all";
-  std::printf("%s: %zu calls, %zu injections, %zu reported incomplete, no in-use base lost\n", syscall.c_str(),
-              calls, (also_from_then_on ? 2 : 1) * calls, incomplete);
+  std::printf("%s: %zu calls, %zu injections, %zu reported incomplete, no in-use base lost\n",
+              syscall.c_str(), calls, (also_from_then_on ? 2 : 1) * calls, incomplete);
 }
 
 TEST(ImageCacheFaults, EioInEveryDirectoryReadNeverLosesAnInUseBase) { inject_everywhere("getdents64"); }
@@ -146,9 +148,9 @@ TEST(ImageCacheFaults, APersistentFaultOnOneInstanceRemovesNothing) {
 
 // Issue 18: every unlink and rename the real pass makes stays inside the
 // cache - its base directory and its own lock directory (and the host
-// registry's rename of its own file) - checked with strace. With `locks` a symlink to another directory, nothing there is
-// touched (neither a foreign file nor a stale lock of the cache's own
-// pattern), and the pass removes nothing.
+// registry's rename of its own file) - checked with strace. With `locks` a symlink to another directory,
+// nothing there is touched (neither a foreign file nor a stale lock of the cache's own pattern), and the pass
+// removes nothing.
 TEST(ImageCacheFaults, UnlinksAndRenamesStayInsideTheCache) {
   for (const bool symlinked : {false, true}) {
     SCOPED_TRACE(symlinked ? "locks is a symlink" : "locks is a real directory");
@@ -156,15 +158,17 @@ TEST(ImageCacheFaults, UnlinksAndRenamesStayInsideTheCache) {
     const std::string locks = t.instances + "/locks", foreign = t.dir.sub("foreign");
     const std::string gone_lock = sha1_hex("gone") + ".lock";
     fs::create_directories(foreign);
-    if (symlinked) fs::create_directory_symlink(foreign, locks);
-    else fs::create_directories(locks);
+    if (symlinked)
+      fs::create_directory_symlink(foreign, locks);
+    else
+      fs::create_directories(locks);
     const std::string where = symlinked ? foreign : locks;
     std::ofstream(where + "/app.lock") << "pid 1";
     std::ofstream(where + "/" + gone_lock) << "";
     const std::string log = t.dir.sub("unlink.log");
     auto r = proc::run({"strace", "-f", "-qq", "-y", "-E", sanitizer_options(), "-o", log, "-e",
-                        "trace=unlink,unlinkat,rename,renameat,renameat2", VIRTCAP_BINARY, "imagecache", "--config",
-                        t.config, "--format", "json"});
+                        "trace=unlink,unlinkat,rename,renameat,renameat2", VIRTCAP_BINARY, "imagecache",
+                        "--config", t.config, "--format", "json"});
     ASSERT_TRUE(r.ok());
     const std::string base = fs::canonical(t.instances + "/_base").string();
     const std::string real_locks = fs::canonical(t.instances).string() + "/locks";
@@ -175,12 +179,15 @@ TEST(ImageCacheFaults, UnlinksAndRenamesStayInsideTheCache) {
       if (line.find("unlink") == std::string::npos && line.find("rename") == std::string::npos) continue;
       calls += line.find("unlink") != std::string::npos;
       const auto lt = line.find('<'), gt = line.find('>');
-      ASSERT_TRUE((line.find("unlinkat(") != std::string::npos || line.find("renameat(") != std::string::npos) &&
-                  lt != std::string::npos && gt > lt)
+      ASSERT_TRUE(
+          (line.find("unlinkat(") != std::string::npos || line.find("renameat(") != std::string::npos) &&
+          lt != std::string::npos && gt > lt)
           << "every removal and rename is relative to a checked directory fd: " << line;
       const std::string dir = line.substr(lt + 1, gt - lt - 1);
-      if (line.find("renameat(") != std::string::npos) EXPECT_EQ(dir, hosts) << "only the host registry renames";
-      else EXPECT_TRUE(dir == base || (!symlinked && dir == real_locks)) << line;
+      if (line.find("renameat(") != std::string::npos)
+        EXPECT_EQ(dir, hosts) << "only the host registry renames";
+      else
+        EXPECT_TRUE(dir == base || (!symlinked && dir == real_locks)) << line;
       EXPECT_EQ(line.find(foreign), std::string::npos) << line;
     }
     t.expect_used_intact("the strace run");
@@ -193,7 +200,8 @@ TEST(ImageCacheFaults, UnlinksAndRenamesStayInsideTheCache) {
     } else {
       EXPECT_EQ(r->exit_code, 0) << r->err;
       EXPECT_EQ(t.unused_left(), 0u);
-      EXPECT_FALSE(fs::exists(locks + "/" + gone_lock)) << "a stale lock of the cache's pattern is cleaned up";
+      EXPECT_FALSE(fs::exists(locks + "/" + gone_lock))
+          << "a stale lock of the cache's pattern is cleaned up";
       EXPECT_GE(calls, t.unused.size());
     }
   }

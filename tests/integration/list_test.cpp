@@ -9,9 +9,9 @@
 #include <set>
 
 #include "api/instance_list.h"
+#include "store/sqlite/sqlite_store.h"
 #include "support/agent_process.h"
 #include "support/store_seed.h"
-#include "store/sqlite/sqlite_store.h"
 
 namespace virtcap::testing {
 namespace {
@@ -68,8 +68,9 @@ std::set<std::string> name_set(const json& page) {
 class ListWorld : public ::testing::Test {
  protected:
   void SetUp() override {
-    seed(w, {record(1, "db-1", "error", 128), record(2, "db-2", "lost", 256), record(3, "cache-1", "error", 32),
-             record(4, "old-1", "deleted"), record(5, "old-2", "deleted"), record(6, "batch-7", "lost", 512)});
+    seed(w,
+         {record(1, "db-1", "error", 128), record(2, "db-2", "lost", 256), record(3, "cache-1", "error", 32),
+          record(4, "old-1", "deleted"), record(5, "old-2", "deleted"), record(6, "batch-7", "lost", 512)});
     agent.emplace(w.config);
     ASSERT_TRUE(agent->running()) << agent->exit_output().err;
     for (const char* n : {"web-1", "web-2"}) {
@@ -142,7 +143,8 @@ TEST_F(ListWorld, PowerStateComesFromTheHypervisor) {
   EXPECT_EQ(name_set(get("?power_state=running&status=error")), Names{});
   // Named: a range-for over get(...).at(...) would iterate a destroyed temporary.
   const json plain = get(""), long_view = get("?long=true");
-  for (const auto& i : plain.at("instances")) EXPECT_FALSE(i.contains("power_state")) << "only in the long view";
+  for (const auto& i : plain.at("instances"))
+    EXPECT_FALSE(i.contains("power_state")) << "only in the long view";
   for (const auto& i : long_view.at("instances")) {
     ASSERT_TRUE(i.contains("power_state")) << i;
     if (i.at("name").get<std::string>().starts_with("web-")) {
@@ -156,13 +158,15 @@ TEST_F(ListWorld, PowerStateComesFromTheHypervisor) {
 TEST_F(ListWorld, NameRegexAndSortAreServerSide) {
   EXPECT_EQ(name_set(get("?name=%5Edb-")), (Names{"db-1", "db-2"}));
   EXPECT_EQ(name_set(get("?name=-%5B12%5D%24")), (Names{"db-1", "db-2", "cache-1", "web-1", "web-2"}));
-  EXPECT_EQ(name_set(get("?name=b")), (Names{"db-1", "db-2", "batch-7", "web-1", "web-2"})) << "unanchored search";
+  EXPECT_EQ(name_set(get("?name=b")), (Names{"db-1", "db-2", "batch-7", "web-1", "web-2"}))
+      << "unanchored search";
   EXPECT_EQ(name_set(get("?name=%5Eold&deleted=true")), (Names{"old-1", "old-2"}));
   EXPECT_EQ(names(get("?sort_key=name")),
             (std::vector<std::string>{"batch-7", "cache-1", "db-1", "db-2", "web-1", "web-2"}));
   EXPECT_EQ(names(get("?sort_key=name&sort_dir=desc")),
             (std::vector<std::string>{"web-2", "web-1", "db-2", "db-1", "cache-1", "batch-7"}));
-  EXPECT_EQ(names(get("?sort_key=memory_mb&sort_dir=desc&status=lost")), (std::vector<std::string>{"batch-7", "db-2"}));
+  EXPECT_EQ(names(get("?sort_key=memory_mb&sort_dir=desc&status=lost")),
+            (std::vector<std::string>{"batch-7", "db-2"}));
   // Default: created_at ascending (the seeded ones are older than the booted,
   // which may share a second: then their random uuids order them).
   auto by_age = names(get(""));
@@ -235,8 +239,8 @@ TEST(InstanceList, HostileNamePatternsAnswerPromptlyAndNeverHurtTheAgent) {
       {"(x+x+)+y", {200}},
       {std::string(500, '(') + "b" + std::string(500, ')'), {200, 400}},
       {"((((((a{100}){100}){100}){100}){100}){100})", {400}},
-      {"(a)\\1", {400}},           // backreferences: not RE2, refused
-      {"(?=a)", {400}},            // lookahead: not RE2, refused
+      {"(a)\\1", {400}},  // backreferences: not RE2, refused
+      {"(?=a)", {400}},   // lookahead: not RE2, refused
       {std::string(1025, 'a'), {400}},
       {std::string(100 * 1024, 'a'), {400, 414}},  // the server may refuse the request line first
   };
@@ -245,7 +249,8 @@ TEST(InstanceList, HostileNamePatternsAnswerPromptlyAndNeverHurtTheAgent) {
     auto r = c.call("GET", api::instances_path({{"name", k.pattern}}));
     const auto took = Clock::now() - start;
     ASSERT_TRUE(r.ok()) << k.pattern.substr(0, 60) << ": " << r.error().message;
-    EXPECT_TRUE(k.statuses.count(r->status)) << k.pattern.substr(0, 60) << " -> " << r->status << " " << r->raw.substr(0, 300);
+    EXPECT_TRUE(k.statuses.count(r->status))
+        << k.pattern.substr(0, 60) << " -> " << r->status << " " << r->raw.substr(0, 300);
     EXPECT_LT(took, std::chrono::seconds(5)) << k.pattern.substr(0, 60);
     if (r->status == 200) {
       EXPECT_TRUE(r->body["instances"].empty()) << k.pattern.substr(0, 60);
@@ -287,7 +292,8 @@ TEST(InstanceList, DefaultPagesOf1000FollowNextLinksStablyAcrossADelete) {
   EXPECT_EQ(pages + 1, 3);
   ASSERT_EQ(seen.size(), 2500u);
   EXPECT_EQ(std::set<std::string>(seen.begin(), seen.end()).size(), 2500u) << "no duplicates";
-  for (int i = 0; i < 2500; ++i) ASSERT_EQ(seen[static_cast<std::size_t>(i)], uuid_of(i)) << "none missing, in order";
+  for (int i = 0; i < 2500; ++i)
+    ASSERT_EQ(seen[static_cast<std::size_t>(i)], uuid_of(i)) << "none missing, in order";
   // Filters are kept in the next link.
   auto first = c.request("GET", "/v1/instances?status=lost&limit=600");
   ASSERT_TRUE(first.ok());
@@ -302,7 +308,8 @@ TEST(InstanceList, DefaultPagesOf1000FollowNextLinksStablyAcrossADelete) {
   auto all = cli({"list", "--server", agent.url(), "-f", "value", "-c", "uuid"});
   ASSERT_EQ(all.exit_code, 0) << all.err;
   EXPECT_EQ(std::count(all.out.begin(), all.out.end(), '\n'), 2499);
-  auto one = cli({"list", "--server", agent.url(), "--limit", "3", "--marker", uuid_of(10), "-f", "value", "-c", "uuid"});
+  auto one = cli({"list", "--server", agent.url(), "--limit", "3", "--marker", uuid_of(10), "-f", "value",
+                  "-c", "uuid"});
   ASSERT_EQ(one.exit_code, 0) << one.err;
   EXPECT_EQ(one.out, uuid_of(11) + "\n" + uuid_of(12) + "\n" + uuid_of(13) + "\n");
   EXPECT_NE(one.err.find("more instances follow: --marker " + uuid_of(13)), std::string::npos) << one.err;
@@ -310,29 +317,30 @@ TEST(InstanceList, DefaultPagesOf1000FollowNextLinksStablyAcrossADelete) {
 
 TEST_F(ListWorld, CliOptionsMapToTheQueryAndBadOnesExit2NamingTheFlag) {
   const std::string url = agent->url();
-  auto errors = cli({"list", "--server", url, "--status", "error", "--sort-column", "name", "--sort-dir", "desc",
-                     "-f", "value", "-c", "name"});
+  auto errors = cli({"list", "--server", url, "--status", "error", "--sort-column", "name", "--sort-dir",
+                     "desc", "-f", "value", "-c", "name"});
   ASSERT_EQ(errors.exit_code, 0) << errors.err;
   EXPECT_EQ(errors.out, "db-1\ncache-1\n");
-  auto named = cli({"list", "--server", url, "--name", "^web-", "--power-state", "running", "--sort-column", "name",
-                    "-f", "value", "-c", "name"});
+  auto named = cli({"list", "--server", url, "--name", "^web-", "--power-state", "running", "--sort-column",
+                    "name", "-f", "value", "-c", "name"});
   EXPECT_EQ(named.out, "web-1\nweb-2\n") << named.err;
   auto long_table = cli({"list", "--server", url, "--long", "--name", "web-1"});
   ASSERT_EQ(long_table.exit_code, 0) << long_table.err;
   EXPECT_NE(long_table.out.find("POWER"), std::string::npos) << long_table.out;
   EXPECT_NE(long_table.out.find("MEMORY(MiB)"), std::string::npos) << long_table.out;
   EXPECT_NE(long_table.out.find("running"), std::string::npos) << long_table.out;
-  auto long_values = cli({"list", "--server", url, "-l", "--name", "web-1", "-f", "value", "-c", "POWER", "-c",
-                          "memory_mb", "-c", "VCPUS"});
+  auto long_values = cli({"list", "--server", url, "-l", "--name", "web-1", "-f", "value", "-c", "POWER",
+                          "-c", "memory_mb", "-c", "VCPUS"});
   EXPECT_EQ(long_values.out, "running 1024 2\n") << long_values.err;
-  auto deleted = cli({"list", "--server", url, "--deleted", "--status", "deleted", "-f", "value", "-c", "name"});
+  auto deleted =
+      cli({"list", "--server", url, "--deleted", "--status", "deleted", "-f", "value", "-c", "name"});
   EXPECT_EQ(deleted.out, "old-1\nold-2\n") << deleted.err;
   auto with_deleted = cli({"list", "--server", url, "--deleted"});
   EXPECT_NE(with_deleted.out.find("DELETED"), std::string::npos) << with_deleted.out;
   const std::pair<std::vector<std::string>, std::string> bad[] = {
-      {{"--status", "running"}, "--status"},   {{"--power-state", "on"}, "--power-state"},
-      {{"--name", "(x"}, "--name"},            {{"--sort-column", "host"}, "--sort-column"},
-      {{"--sort-dir", "up"}, "--sort-dir"},    {{"--limit", "0"}, "--limit"},
+      {{"--status", "running"}, "--status"}, {{"--power-state", "on"}, "--power-state"},
+      {{"--name", "(x"}, "--name"},          {{"--sort-column", "host"}, "--sort-column"},
+      {{"--sort-dir", "up"}, "--sort-dir"},  {{"--limit", "0"}, "--limit"},
       {{"--marker", "nosuch"}, "--marker"},
   };
   for (const auto& [args, flag] : bad) {

@@ -8,6 +8,8 @@
 // ([api]/[fleet_service] request_header_timeout, 10 s) although it keeps
 // sending bytes. The attack lasts VIRTCAP_SLOWLORIS_SECONDS (default 25; the
 // figures in docs/benchmarks.md are from 60).
+#include "support/slowloris.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -15,7 +17,6 @@
 #include <limits>
 
 #include "support/agent_process.h"
-#include "support/slowloris.h"
 #include "support/tls_pki.h"
 
 using namespace virtcap;
@@ -46,7 +47,8 @@ int attack_seconds() {
 
 void run_case(Service service, bool tls, Attack attack) {
   const rlim_t files = raise_open_file_limit();
-  if (files < 3000) GTEST_SKIP() << "the open-file limit (" << files << ") is below the 3,000 this test needs";
+  if (files < 3000)
+    GTEST_SKIP() << "the open-file limit (" << files << ") is below the 3,000 this test needs";
   const auto& pki = test_pki();
   TempDir dir("virtcap-slowloris");
   fs::create_directories(dir.sub("state"));
@@ -55,12 +57,16 @@ void run_case(Service service, bool tls, Attack attack) {
   const std::string state = "[DEFAULT]\nstate_path = \"" + dir.sub("state") + "\"\n";
   std::unique_ptr<Agent> server;
   if (service == Service::agent)
-    server = std::make_unique<Agent>(dir.write("agent.toml", state + "host = \"slow-host\"\nperiodic_fuzzy_delay = 0\n"
-                                                                     "[compute]\ndriver = \"fake\"\n[api]\nlisten = "
-                                                                     "\"127.0.0.1:0\"\n" + tls_toml));
+    server =
+        std::make_unique<Agent>(dir.write("agent.toml", state +
+                                                            "host = \"slow-host\"\nperiodic_fuzzy_delay = 0\n"
+                                                            "[compute]\ndriver = \"fake\"\n[api]\nlisten = "
+                                                            "\"127.0.0.1:0\"\n" +
+                                                            tls_toml));
   else
-    server = std::make_unique<Agent>(Agent::fleet_service(
-        dir.write("fleet.toml", state + "[fleet_service]\nanonymous_role = \"reader\"\nlisten = \"127.0.0.1:0\"\n" + tls_toml)));
+    server = std::make_unique<Agent>(Agent::fleet_service(dir.write(
+        "fleet.toml",
+        state + "[fleet_service]\nanonymous_role = \"reader\"\nlisten = \"127.0.0.1:0\"\n" + tls_toml)));
   ASSERT_TRUE(server->running()) << server->exit_output().err;
   const std::string ca = tls ? pki.ca() : "";
   constexpr std::uint32_t kClient = loopback(0, 1, 1);  // 127.0.1.1
@@ -113,17 +119,19 @@ void run_case(Service service, bool tls, Attack attack) {
   };
   const double answered = sent ? 100.0 * static_cast<double>(answered_ms.size()) / sent : 0;
   const double p99 = pct(0.99);
-  std::printf("slowloris %s %s %s, %d s: %zu/%d answered (%.1f%%), p50 %.1f ms, p99 %.1f ms, max %.1f ms; "
-              "attack: %d connections opened, peak %d open, %d closed by the server, longest held %.1f s\n",
-              service == Service::agent ? "agent" : "fleet-service", tls ? "TLS" : "plain",
-              attack == Attack::spread ? "2000 connections over 127.0.0.0/24" : "500 connections from 127.0.0.77",
-              attack_seconds(), answered_ms.size(), sent, answered, pct(0.5), pct(0.99),
-              answered_ms.empty() ? 0.0 : answered_ms.back(), f.opened, f.peak_open, f.closed_by_server,
-              f.longest_held_s);
+  std::printf(
+      "slowloris %s %s %s, %d s: %zu/%d answered (%.1f%%), p50 %.1f ms, p99 %.1f ms, max %.1f ms; "
+      "attack: %d connections opened, peak %d open, %d closed by the server, longest held %.1f s\n",
+      service == Service::agent ? "agent" : "fleet-service", tls ? "TLS" : "plain",
+      attack == Attack::spread ? "2000 connections over 127.0.0.0/24" : "500 connections from 127.0.0.77",
+      attack_seconds(), answered_ms.size(), sent, answered, pct(0.5), pct(0.99),
+      answered_ms.empty() ? 0.0 : answered_ms.back(), f.opened, f.peak_open, f.closed_by_server,
+      f.longest_held_s);
   std::fflush(stdout);
   std::string why;
   for (const auto& s : failures) why += "\n  " + s;
-  EXPECT_TRUE(holding) << "the attack never held " << held << " connections at once (peak " << f.peak_open << ")";
+  EXPECT_TRUE(holding) << "the attack never held " << held << " connections at once (peak " << f.peak_open
+                       << ")";
   EXPECT_GE(answered, 99.0) << "first failures:" << why;
   EXPECT_LT(p99, kP99LimitMs);
   EXPECT_LE(f.longest_held_s, kHeaderDeadlineS + kCloseSlackS)
@@ -139,7 +147,9 @@ TEST(Load, SlowlorisOverTlsFrom2000ConnectionsLeavesTheFleetServiceAnswering) {
   run_case(Service::fleet, true, Attack::spread);
 }
 
-TEST(Load, SingleAddressTlsSlowlorisLeavesTheAgentAnswering) { run_case(Service::agent, true, Attack::single_address); }
+TEST(Load, SingleAddressTlsSlowlorisLeavesTheAgentAnswering) {
+  run_case(Service::agent, true, Attack::single_address);
+}
 
 TEST(Load, SingleAddressSlowlorisLeavesTheFleetServiceAnswering) {
   run_case(Service::fleet, false, Attack::single_address);

@@ -34,14 +34,15 @@ TEST(TlsAgent, CliOverHttpsWithTheCaFileAndTheTokenWorks) {
   Agent agent(w.config);
   ASSERT_TRUE(agent.running()) << agent.exit_output().err;
   ASSERT_EQ(agent.url().rfind("https://127.0.0.1:", 0), 0u) << agent.log();
-  EXPECT_NE(agent.log().find("TLS: serving the certificate of CN=127.0.0.1"), std::string::npos) << agent.log();
+  EXPECT_NE(agent.log().find("TLS: serving the certificate of CN=127.0.0.1"), std::string::npos)
+      << agent.log();
   EXPECT_EQ(agent.log().find("allow_insecure"), std::string::npos) << agent.log();
 
   auto ok = cli({"list", "--server", agent.url(), "--ca-file", test_pki().ca(), "--token", kToken});
   EXPECT_EQ(ok.exit_code, 0) << ok.err;
   EXPECT_NE(ok.out.find("UUID"), std::string::npos) << ok.out;
-  auto boot = cli({"boot", "vm1", "--image", "sample-a", "--server", agent.url(), "--ca-file", test_pki().ca(),
-                   "--token", kToken, "--json"});
+  auto boot = cli({"boot", "vm1", "--image", "sample-a", "--server", agent.url(), "--ca-file",
+                   test_pki().ca(), "--token", kToken, "--json"});
   EXPECT_EQ(boot.exit_code, 0) << boot.err;
 
   // The token is still required over TLS: 401 is exit 2, naming --token.
@@ -75,7 +76,8 @@ TEST(TlsAgent, AWrongCaOrNoCaFileExits3NamingTheReason) {
   const auto j = nlohmann::json::parse(system.out, nullptr, false);
   ASSERT_TRUE(j.is_object()) << system.out;
   EXPECT_EQ(j["error"]["code"], "unreachable");
-  auto unreadable = cli({"list", "--server", agent.url(), "--ca-file", w.dir.sub("nope.pem"), "--token", kToken});
+  auto unreadable =
+      cli({"list", "--server", agent.url(), "--ca-file", w.dir.sub("nope.pem"), "--token", kToken});
   EXPECT_EQ(unreadable.exit_code, 2) << unreadable.err;
   EXPECT_NE(unreadable.err.find("nope.pem"), std::string::npos) << unreadable.err;
   // Refused handshakes leave the agent serving.
@@ -125,8 +127,14 @@ TEST(TlsAgent, AnExpiredServerCertificateIsRefusedByTheCli) {
 // openssl s_client, verifying against the test CA; exit status 0 means the
 // handshake completed.
 proc::Output s_client(const std::string& port, std::vector<std::string> extra) {
-  std::vector<std::string> argv = {"openssl", "s_client", "-connect", "127.0.0.1:" + port, "-CAfile", test_pki().ca(),
-                                   "-verify_return_error", "-brief"};
+  std::vector<std::string> argv = {"openssl",
+                                   "s_client",
+                                   "-connect",
+                                   "127.0.0.1:" + port,
+                                   "-CAfile",
+                                   test_pki().ca(),
+                                   "-verify_return_error",
+                                   "-brief"};
   argv.insert(argv.end(), extra.begin(), extra.end());
   auto r = proc::run(argv, std::chrono::seconds(30));
   EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().message);
@@ -167,23 +175,26 @@ TEST(TlsAgent, Tls12OffersOnlyEcdheWithAeadAndThePriorityIsConfigurable) {
   for (const char* ok : {"ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"})
     EXPECT_EQ(s_client(port, {"-tls1_2", "-cipher", ok}).exit_code, 0) << ok;
   EXPECT_EQ(s_client(port, {"-tls1_3"}).exit_code, 0);
-  for (const char* refused : {"ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA"})
+  for (const char* refused :
+       {"ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA"})
     EXPECT_NE(s_client(port, {"-tls1_2", "-cipher", refused}).exit_code, 0) << refused << " was accepted";
 
   // Static RSA needs an RSA certificate: a self-signed one (no verification
   // here; the handshake's suite is what is tested).
   TempDir d("virtcap-rsa");
   const TestPki::Pair rsa{d.sub("rsa.crt"), d.sub("rsa.key")};
-  ASSERT_EQ(proc::run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", rsa.key, "-out", rsa.cert,
-                       "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"})
-                ->exit_code,
-            0);
+  ASSERT_EQ(
+      proc::run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", rsa.key, "-out",
+                 rsa.cert, "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"})
+          ->exit_code,
+      0);
   AgentWorld wr(tls_api(rsa));
   Agent rsa_agent(wr.config);
   ASSERT_TRUE(rsa_agent.running()) << rsa_agent.exit_output().err;
   auto hello = [](const std::string& p, const std::string& cipher) {
-    return proc::run({"openssl", "s_client", "-connect", "127.0.0.1:" + p, "-brief", "-tls1_2", "-cipher", cipher},
-                     std::chrono::seconds(30))
+    return proc::run(
+               {"openssl", "s_client", "-connect", "127.0.0.1:" + p, "-brief", "-tls1_2", "-cipher", cipher},
+               std::chrono::seconds(30))
         ->exit_code;
   };
   const std::string rport = std::to_string(rsa_agent.port());
@@ -195,7 +206,8 @@ TEST(TlsAgent, Tls12OffersOnlyEcdheWithAeadAndThePriorityIsConfigurable) {
   EXPECT_EQ(hello(control.port, "AES128-SHA"), 0) << "the control could not speak static RSA";
 
   // Configurable: TLS 1.3 only.
-  AgentWorld w13(tls_api(test_pki().server(), "127.0.0.1:0", "tls_priority = \"NORMAL:-VERS-ALL:+VERS-TLS1.3\"\n"));
+  AgentWorld w13(
+      tls_api(test_pki().server(), "127.0.0.1:0", "tls_priority = \"NORMAL:-VERS-ALL:+VERS-TLS1.3\"\n"));
   Agent only13(w13.config);
   ASSERT_TRUE(only13.running()) << only13.exit_output().err;
   EXPECT_NE(s_client(std::to_string(only13.port()), {"-tls1_2"}).exit_code, 0);
@@ -243,8 +255,9 @@ TEST(TlsAgent, NonLoopbackWithoutTlsIsRefusedUnlessAllowInsecureWhichWarnsAtStar
   AgentWorld insecure_world(open + "allow_insecure = true\n");
   Agent insecure(insecure_world.config);
   ASSERT_TRUE(insecure.running()) << insecure.exit_output().err;
-  EXPECT_NE(insecure.log().find(" warning serving plain HTTP on 0.0.0.0:0 because [api] allow_insecure = true"),
-            std::string::npos)
+  EXPECT_NE(
+      insecure.log().find(" warning serving plain HTTP on 0.0.0.0:0 because [api] allow_insecure = true"),
+      std::string::npos)
       << insecure.log();
   EXPECT_EQ(cli({"list", "--server", insecure.url(), "--token", kToken}).exit_code, 0);
   auto warned = cli({"config", "validate", "--config", insecure_world.config});
@@ -255,7 +268,8 @@ TEST(TlsAgent, NonLoopbackWithoutTlsIsRefusedUnlessAllowInsecureWhichWarnsAtStar
   Agent tls(tls_world.config);
   ASSERT_TRUE(tls.running()) << tls.exit_output().err;
   EXPECT_EQ(tls.log().find("plain HTTP"), std::string::npos) << tls.log();
-  EXPECT_EQ(cli({"list", "--server", tls.url(), "--ca-file", test_pki().ca(), "--token", kToken}).exit_code, 0);
+  EXPECT_EQ(cli({"list", "--server", tls.url(), "--ca-file", test_pki().ca(), "--token", kToken}).exit_code,
+            0);
 }
 
 TEST(TlsAgent, BadTlsFilesStopTheAgentAtStartWithExit2) {
@@ -267,7 +281,8 @@ TEST(TlsAgent, BadTlsFilesStopTheAgentAtStartWithExit2) {
       {tls_api(pki.expired()), "expired at 2020-01-02T00:00:00Z"},
       {tls_api(pki.not_yet_valid()), "not valid before 2090-01-01"},
       {tls_api({pki.server().cert, pki.stray_key()}), "does not match the certificate"},
-      {tls_api({pki.dir().sub("missing.pem"), pki.server().key}), "[api] tls_cert " + pki.dir().sub("missing.pem")},
+      {tls_api({pki.dir().sub("missing.pem"), pki.server().key}),
+       "[api] tls_cert " + pki.dir().sub("missing.pem")},
       {"[api]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"" + pki.server().cert + "\"\n", "must be set together"},
   };
   for (const auto& c : cases) {

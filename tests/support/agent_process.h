@@ -8,8 +8,8 @@
 #include <optional>
 #include <string>
 
-#include "http/client.h"
 #include "common/sha1.h"
+#include "http/client.h"
 #include "support/drained_child.h"
 #include "support/test_support.h"
 
@@ -60,7 +60,8 @@ class Agent {
     std::string listening = "API listening on ";
   };
   static Launch fleet_service(const std::string& config) {
-    return {{VIRTCAP_BINARY, "fleet", "serve", "--config", config}, "fleet service running",
+    return {{VIRTCAP_BINARY, "fleet", "serve", "--config", config},
+            "fleet service running",
             "fleet service listening on "};
   }
   explicit Agent(const Launch& launch) {
@@ -83,7 +84,8 @@ class Agent {
     port_ = std::stoi(log.substr(colon + 1));
     url_ = scheme + "://127.0.0.1:" + std::to_string(port_);
   }
-  static std::vector<std::string> with_wrapper(std::vector<std::string> wrapper, const std::vector<std::string>& argv) {
+  static std::vector<std::string> with_wrapper(std::vector<std::string> wrapper,
+                                               const std::vector<std::string>& argv) {
     wrapper.insert(wrapper.end(), argv.begin(), argv.end());
     return wrapper;
   }

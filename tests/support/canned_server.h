@@ -54,8 +54,8 @@ class CannedServer {
   int requests() const { return requests_; }
 
   static CannedAnswer ok(const std::string& content_type, const std::string& body) {
-    return {"HTTP/1.1 200 OK\r\nContent-Type: " + content_type + "\r\nContent-Length: " + std::to_string(body.size()) +
-                "\r\nConnection: close\r\n\r\n",
+    return {"HTTP/1.1 200 OK\r\nContent-Type: " + content_type +
+                "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n",
             body};
   }
   // 200 with a body of `bytes` bytes, streamed.

@@ -16,8 +16,12 @@
 namespace virtcap::testing {
 
 enum class FleetBackend { sqlite, postgres };
-inline void PrintTo(FleetBackend b, std::ostream* os) { *os << (b == FleetBackend::sqlite ? "SQLite" : "PostgreSQL"); }
-inline std::string backend_name(FleetBackend b) { return b == FleetBackend::sqlite ? "SQLite" : "PostgreSQL"; }
+inline void PrintTo(FleetBackend b, std::ostream* os) {
+  *os << (b == FleetBackend::sqlite ? "SQLite" : "PostgreSQL");
+}
+inline std::string backend_name(FleetBackend b) {
+  return b == FleetBackend::sqlite ? "SQLite" : "PostgreSQL";
+}
 
 // A real SQLite file in `dir`, or a fresh database on the throwaway
 // PostgreSQL cluster ("" after failing the test when it cannot start).
@@ -54,7 +58,8 @@ inline nlohmann::json fleet_report_json(int n, std::vector<std::string> traits, 
 // An in-process fleet service with `o` on 127.0.0.1 (any free port), on
 // the database `database_url`; sets `server` to its http:// URL. nullptr
 // (after failing the test) when it cannot open, bind or start.
-inline std::unique_ptr<fleet::FleetService> start_fleet_service(fleet::ServiceOptions o, const std::string& database_url,
+inline std::unique_ptr<fleet::FleetService> start_fleet_service(fleet::ServiceOptions o,
+                                                                const std::string& database_url,
                                                                 std::string& server) {
   o.fleet.database_url = database_url;
   o.http.listen = "127.0.0.1:0";

@@ -22,12 +22,11 @@ inline std::string check_http_answer(int port, const std::string& input) {
   if (a.timed_out) return "neither an answer nor a close within 15 s";
   if (a.text.empty()) return "";
   const std::string& t = a.text;
-  const bool status_line = t.size() >= 13 && (t.compare(0, 9, "HTTP/1.1 ") == 0 || t.compare(0, 9, "HTTP/1.0 ") == 0) &&
-                           std::isdigit(static_cast<unsigned char>(t[9])) &&
-                           std::isdigit(static_cast<unsigned char>(t[10])) &&
-                           std::isdigit(static_cast<unsigned char>(t[11])) && t[12] == ' ';
-  if (!status_line || t.find("\r\n\r\n") == std::string::npos)
-    return "malformed answer: " + t.substr(0, 200);
+  const bool status_line =
+      t.size() >= 13 && (t.compare(0, 9, "HTTP/1.1 ") == 0 || t.compare(0, 9, "HTTP/1.0 ") == 0) &&
+      std::isdigit(static_cast<unsigned char>(t[9])) && std::isdigit(static_cast<unsigned char>(t[10])) &&
+      std::isdigit(static_cast<unsigned char>(t[11])) && t[12] == ' ';
+  if (!status_line || t.find("\r\n\r\n") == std::string::npos) return "malformed answer: " + t.substr(0, 200);
   return "";
 }
 

@@ -5,8 +5,8 @@
 #include <sys/stat.h>
 
 #include <chrono>
-#include <nlohmann/json.hpp>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -72,8 +72,9 @@ inline std::vector<std::string> qemu_opened_files(const std::string& disk) {
   for (const auto& img : j) {
     const std::string image = img.value("filename", "");
     files.push_back(image);
-    const auto data = img.contains("format-specific") ? img["format-specific"].value("data", nlohmann::json::object())
-                                                      : nlohmann::json::object();
+    const auto data = img.contains("format-specific")
+                          ? img["format-specific"].value("data", nlohmann::json::object())
+                          : nlohmann::json::object();
     if (data.contains("data-file")) files.push_back(resolve(data.value("data-file", ""), image));
     if (data.contains("extents"))
       for (const auto& e : data["extents"]) files.push_back(resolve(e.value("filename", ""), image));

@@ -143,7 +143,8 @@ class RawConnection {
     }
   }
   static int remaining(std::chrono::steady_clock::time_point end) {
-    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now()).count();
+    const auto ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now()).count();
     return ms < 0 ? 0 : static_cast<int>(ms);
   }
   int fd_ = -1;
@@ -163,9 +164,11 @@ inline RawAnswer raw_exchange(int port, const std::string& bytes,
 }
 
 // "GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n" + extra headers + body framing.
-inline std::string request_text(const std::string& method, const std::string& target, const std::string& headers = "",
-                                const std::string& body = "", const std::string& host = "127.0.0.1") {
-  std::string r = method + " " + target + " HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n" + headers;
+inline std::string request_text(const std::string& method, const std::string& target,
+                                const std::string& headers = "", const std::string& body = "",
+                                const std::string& host = "127.0.0.1") {
+  std::string r =
+      method + " " + target + " HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n" + headers;
   if (!body.empty()) r += "Content-Length: " + std::to_string(body.size()) + "\r\n";
   return r + "\r\n" + body;
 }

@@ -38,7 +38,9 @@ namespace virtcap::testing {
 using SteadyClock = std::chrono::steady_clock;
 
 // 127.a.b.c in host byte order.
-constexpr std::uint32_t loopback(unsigned a, unsigned b, unsigned c) { return 0x7F000000u | a << 16 | b << 8 | c; }
+constexpr std::uint32_t loopback(unsigned a, unsigned b, unsigned c) {
+  return 0x7F000000u | a << 16 | b << 8 | c;
+}
 
 // The soft open-file limit raised to the hard one (thousands of sockets).
 inline rlim_t raise_open_file_limit() {
@@ -82,9 +84,9 @@ class Slowloris {
     int connections = 0;
   };
   struct Figures {
-    int opened = 0;           // connections opened in all (reconnections included)
+    int opened = 0;  // connections opened in all (reconnections included)
     int closed_by_server = 0;
-    int peak_open = 0;        // most connections open at once (connected, not yet closed)
+    int peak_open = 0;  // most connections open at once (connected, not yet closed)
     // The longest any connection stayed open (connected until the server
     // closed it, or until the attack stopped), in seconds.
     double longest_held_s = 0;
@@ -218,8 +220,8 @@ class Slowloris {
 };
 
 struct ProbeResult {
-  int status = 0;        // of the answer; 0: none (error says why)
-  double ms = 0;         // connect() to the answer's last byte, or to the failure
+  int status = 0;  // of the answer; 0: none (error says why)
+  double ms = 0;   // connect() to the answer's last byte, or to the failure
   std::string error;
 };
 
@@ -295,22 +297,26 @@ inline ProbeResult probe(int port, std::uint32_t source, const std::string& path
     const auto head_end = text.find("\r\n\r\n");
     if (head_end != std::string::npos) {
       std::string lower;
-      for (char ch : text.substr(0, head_end)) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      for (char ch : text.substr(0, head_end))
+        lower += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
       const auto cl = lower.find("\r\ncontent-length:");
       if (cl != std::string::npos && text.size() >= head_end + 4 + std::stoul(lower.substr(cl + 17))) break;
     }
     char buf[4096];
-    const ssize_t n = closer.s ? gnutls_record_recv(closer.s, buf, sizeof buf) : ::recv(fd, buf, sizeof buf, 0);
+    const ssize_t n =
+        closer.s ? gnutls_record_recv(closer.s, buf, sizeof buf) : ::recv(fd, buf, sizeof buf, 0);
     if (n > 0) {
       text.append(buf, static_cast<std::size_t>(n));
     } else if ((closer.s && n == GNUTLS_E_AGAIN) || (!closer.s && n < 0 && errno == EAGAIN)) {
-      if (!wait(POLLIN)) return finish("no whole answer before the deadline (" + std::to_string(text.size()) + " bytes)");
+      if (!wait(POLLIN))
+        return finish("no whole answer before the deadline (" + std::to_string(text.size()) + " bytes)");
     } else {
       if (text.empty()) return finish("the server closed the connection without an answer");
       break;
     }
   }
-  if (text.size() >= 12 && text.compare(0, 7, "HTTP/1.") == 0) r.status = std::atoi(text.substr(9, 3).c_str());
+  if (text.size() >= 12 && text.compare(0, 7, "HTTP/1.") == 0)
+    r.status = std::atoi(text.substr(9, 3).c_str());
   return finish(r.status ? "" : "not an HTTP answer: " + text.substr(0, 80));
 }
 

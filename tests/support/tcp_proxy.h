@@ -39,7 +39,8 @@ class TcpProxy {
     a.sin_port = htons(static_cast<std::uint16_t>(port));
     socklen_t len = sizeof a;
     if (p->listen_fd_ < 0 || ::bind(p->listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-        ::listen(p->listen_fd_, 64) != 0 || ::getsockname(p->listen_fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+        ::listen(p->listen_fd_, 64) != 0 ||
+        ::getsockname(p->listen_fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
       *error = "proxy on 127.0.0.1:" + std::to_string(port) + ": " + std::strerror(errno);
       return nullptr;
     }
@@ -112,8 +113,10 @@ class TcpProxy {
         if (client >= 0) {
           ++accepted_;
           const int server = connect_target();
-          if (server < 0) ::close(client);  // the server is away: the client sees the connection closed
-          else pairs_.emplace_back(client, server);
+          if (server < 0)
+            ::close(client);  // the server is away: the client sees the connection closed
+          else
+            pairs_.emplace_back(client, server);
         }
       }
       std::vector<std::pair<int, int>> keep;

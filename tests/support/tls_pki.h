@@ -27,8 +27,10 @@ class TestPki {
     ca_ = make_ca("ca", "virtcap test CA");
     other_ca_ = make_ca("other-ca", "virtcap other test CA");
     server_ = issue("server", ca_, "server_ext", {"-days", "2"});
-    expired_ = issue("expired", ca_, "server_ext", {"-startdate", "20200101000000Z", "-enddate", "20200102000000Z"});
-    future_ = issue("future", ca_, "server_ext", {"-startdate", "20900101000000Z", "-enddate", "20910101000000Z"});
+    expired_ =
+        issue("expired", ca_, "server_ext", {"-startdate", "20200101000000Z", "-enddate", "20200102000000Z"});
+    future_ =
+        issue("future", ca_, "server_ext", {"-startdate", "20900101000000Z", "-enddate", "20910101000000Z"});
     other_name_ = issue("other-name", ca_, "other_name_ext", {"-days", "2"});
     other_server_ = issue("other-server", other_ca_, "server_ext", {"-days", "2"});
     stray_key_ = issue("stray", ca_, "server_ext", {"-days", "2"}).key;
@@ -50,11 +52,12 @@ class TestPki {
     const std::string ext = dir_.write("client-" + host + ".ext",
                                        "[client_ext]\nbasicConstraints = critical,CA:FALSE\n"
                                        "keyUsage = critical,digitalSignature\nextendedKeyUsage = clientAuth\n"
-                                       "subjectAltName = DNS:" + host + "\n");
+                                       "subjectAltName = DNS:" +
+                                           host + "\n");
     const Pair& ca = trusted ? ca_ : other_ca_;
     openssl({"ca", "-batch", "-config", cnf_, "-cert", ca.cert, "-keyfile", ca.key, "-in",
-             dir_.sub("client-" + host + ".csr"), "-out", p.cert, "-extfile", ext, "-extensions", "client_ext",
-             "-notext", "-days", "2"});
+             dir_.sub("client-" + host + ".csr"), "-out", p.cert, "-extfile", ext, "-extensions",
+             "client_ext", "-notext", "-days", "2"});
     return p;
   }
 
@@ -75,17 +78,18 @@ class TestPki {
 
   Pair make_ca(const std::string& name, const std::string& cn) const {
     Pair p = request(name, cn);
-    openssl({"ca", "-batch", "-config", cnf_, "-selfsign", "-keyfile", p.key, "-in", dir_.sub(name + ".csr"), "-out",
-             p.cert, "-extensions", "ca_ext", "-startdate", "20000101000000Z", "-enddate", "20991231000000Z",
-             "-notext"});
+    openssl({"ca", "-batch", "-config", cnf_, "-selfsign", "-keyfile", p.key, "-in", dir_.sub(name + ".csr"),
+             "-out", p.cert, "-extensions", "ca_ext", "-startdate", "20000101000000Z", "-enddate",
+             "20991231000000Z", "-notext"});
     return p;
   }
 
-  Pair issue(const std::string& name, const Pair& ca, const std::string& ext, std::vector<std::string> dates) const {
+  Pair issue(const std::string& name, const Pair& ca, const std::string& ext,
+             std::vector<std::string> dates) const {
     Pair p = request(name, "127.0.0.1");
-    std::vector<std::string> args = {"ca",   "-batch", "-config",     cnf_,   "-cert",      ca.cert, "-keyfile",
-                                     ca.key, "-in",    dir_.sub(name + ".csr"), "-out", p.cert, "-extensions",
-                                     ext,    "-notext"};
+    std::vector<std::string> args = {"ca",    "-batch",   "-config",     cnf_,  "-cert",
+                                     ca.cert, "-keyfile", ca.key,        "-in", dir_.sub(name + ".csr"),
+                                     "-out",  p.cert,     "-extensions", ext,   "-notext"};
     args.insert(args.end(), dates.begin(), dates.end());
     openssl(args);
     return p;

@@ -41,7 +41,8 @@ TEST(ApiJson, HandWrittenInstanceObjectsEqualTheGenericRendering) {
 // The word-at-a-time scan for plain bytes must stop at every byte that needs
 // escaping or a UTF-8 check, wherever it sits in the word.
 TEST(ApiJson, RandomNamesRenderAsTheGenericDump) {
-  const std::string alphabet = std::string("abcXYZ09 -_.~\"\\\x01\x1f\x7f\n\t") + "\xc3\xa9\xe2\x82\xac\xff\x80";
+  const std::string alphabet =
+      std::string("abcXYZ09 -_.~\"\\\x01\x1f\x7f\n\t") + "\xc3\xa9\xe2\x82\xac\xff\x80";
   std::uint32_t seed = 7;
   auto next = [&] { return seed = seed * 1664525u + 1013904223u; };
   for (int n = 0; n < 5000; ++n) {
@@ -79,8 +80,13 @@ TEST(ApiJson, StatesBecomeTheirNamesAndBack) {
 
 TEST(ApiJson, ListQueryParametersAreValidatedByName) {
   EXPECT_TRUE(parse_list_query({}).ok());
-  auto ok = parse_list_query({{"status", "deleted"}, {"sort_key", "name"}, {"sort_dir", "desc"}, {"limit", "7"},
-                              {"long", "true"}, {"power_state", "paused"}, {"name", "^web-[0-9]+$"}});
+  auto ok = parse_list_query({{"status", "deleted"},
+                              {"sort_key", "name"},
+                              {"sort_dir", "desc"},
+                              {"limit", "7"},
+                              {"long", "true"},
+                              {"power_state", "paused"},
+                              {"name", "^web-[0-9]+$"}});
   ASSERT_TRUE(ok.ok()) << ok.error().message;
   EXPECT_EQ(ok->page.vm_state, VmState::deleted);
   EXPECT_TRUE(ok->page.include_deleted) << "status=deleted lists deleted instances";
@@ -129,7 +135,8 @@ TEST(ApiJson, RequestBodiesAreValidatedFieldByField) {
   ASSERT_TRUE(ok.ok());
   EXPECT_EQ(ok->memory_mb, 512);
   EXPECT_EQ(ok->vcpus, 2);
-  EXPECT_NE(parse_boot_request(R"({"name":"a"})").error().message.find("'image' is required"), std::string::npos);
+  EXPECT_NE(parse_boot_request(R"({"name":"a"})").error().message.find("'image' is required"),
+            std::string::npos);
   EXPECT_NE(parse_boot_request(R"({"name":"a","image":"b","memory_mb":8})").error().message.find("memory_mb"),
             std::string::npos);
   EXPECT_NE(parse_boot_request(R"({"name":"a","image":"b","x":1})").error().message.find("unknown field 'x'"),
@@ -146,7 +153,6 @@ TEST(ApiJson, RequestBodiesAreValidatedFieldByField) {
   EXPECT_EQ(http::http_status(Errc::capability_not_supported), 409);
   EXPECT_EQ(http::http_status(Errc::hypervisor_unavailable), 503);
 }
-
 
 // The rendered-page cache: a page comes back only for its own parameters at
 // the version it was rendered at; it holds a bounded number of bounded pages.
@@ -175,7 +181,8 @@ TEST(ListPageCache, APageIsReusedOnlyAtItsVersionAndTheCacheIsBounded) {
   EXPECT_NE(cache.find("k", v2), nullptr);
   EXPECT_EQ(cache.find("p0", v1), nullptr) << "the least recently used went";
   std::size_t kept = 0;
-  for (std::size_t i = 0; i < ListPageCache::kEntries; ++i) kept += cache.find("p" + std::to_string(i), v1) != nullptr;
+  for (std::size_t i = 0; i < ListPageCache::kEntries; ++i)
+    kept += cache.find("p" + std::to_string(i), v1) != nullptr;
   EXPECT_EQ(kept + 1, ListPageCache::kEntries);
 }
 

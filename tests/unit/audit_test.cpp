@@ -58,7 +58,8 @@ TEST(Audit, OneJsonLinePerOperationWithItsFields) {
   EXPECT_EQ(second.at("outcome"), "failed");
   EXPECT_NE(second.at("reason").get<std::string>().find("without an outcome"), std::string::npos);
   EXPECT_EQ(second.at("bytes"), 12);
-  EXPECT_EQ(second.at("message").get<std::string>().rfind("audit operation=boot name=web-2 outcome=failed", 0), 0u)
+  EXPECT_EQ(
+      second.at("message").get<std::string>().rfind("audit operation=boot name=web-2 outcome=failed", 0), 0u)
       << second.dump();
 }
 
@@ -69,7 +70,8 @@ TEST(Audit, TextLinesCarryTheValuesInTheMessage) {
     a.ok();
   });
   ASSERT_EQ(lines.size(), 1u);
-  EXPECT_NE(lines[0].find(" info audit operation=image_cache_remove outcome=ok duration_ms="), std::string::npos)
+  EXPECT_NE(lines[0].find(" info audit operation=image_cache_remove outcome=ok duration_ms="),
+            std::string::npos)
       << lines[0];
   EXPECT_NE(lines[0].find(" file=\"/x/a b\""), std::string::npos) << lines[0];
 }

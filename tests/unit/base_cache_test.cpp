@@ -1,5 +1,7 @@
 // Issue 19 (images and disks): a base keeps its source's holes, and nothing
 // the cache or spawn creates is readable by other users, whatever the umask.
+#include "imagecache/base_cache.h"
+
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -7,7 +9,6 @@
 #include <random>
 
 #include "common/group.h"
-#include "imagecache/base_cache.h"
 #include "support/test_support.h"
 
 namespace virtcap::imagecache {
@@ -60,7 +61,8 @@ TEST(BaseCache, ASparseImageStaysSparseInBase) {
   struct stat st {};
   ASSERT_EQ(::stat(out->base_path.c_str(), &st), 0);
   EXPECT_EQ(st.st_size, kSize);
-  EXPECT_LE(st.st_blocks * 512, 2 << 20) << "a 10 GiB image with 1 MiB of data must cost at most 2 MiB in _base";
+  EXPECT_LE(st.st_blocks * 512, 2 << 20)
+      << "a 10 GiB image with 1 MiB of data must cost at most 2 MiB in _base";
   EXPECT_EQ(read_at(out->base_path, 0, head.size()), head);
   EXPECT_EQ(read_at(out->base_path, kFar, far.size()), far);
   EXPECT_EQ(read_at(out->base_path, off_t{1} << 30, 4096), std::string(4096, '\0'));

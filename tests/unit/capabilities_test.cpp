@@ -1,3 +1,5 @@
+#include "virtcap/capabilities.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -7,7 +9,6 @@
 
 #include "capabilities/render.h"
 #include "virt/fake/fake_driver.h"
-#include "virtcap/capabilities.h"
 
 namespace virtcap {
 namespace {
@@ -78,8 +79,8 @@ TEST(Capabilities, OverriddenIsDerivedFromTheDefault) {
   for (const auto& e : entries)
     if (e.overridden) overridden.insert(e.name);
   EXPECT_EQ(overridden, (std::set<std::string_view>{"supports_attach_interface", "supports_device_tagging",
-                                                     "supports_tagged_attach_interface", "image_formats",
-                                                     "virt_type", "max_vcpus"}));
+                                                    "supports_tagged_attach_interface", "image_formats",
+                                                    "virt_type", "max_vcpus"}));
 }
 
 TEST(Capabilities, TraitsComeFromTrueBoolsAndSetMembers) {

@@ -32,16 +32,19 @@ TEST(CommonStrings, JoinSeparatesItemsAndProjects) {
   };
   EXPECT_EQ(join(std::vector<Named>{{"p"}, {"q"}}, " | ", &Named::name), "p | q");
   const std::map<std::string, int> m{{"k1", 1}, {"k2", 2}};
-  EXPECT_EQ(join(m, ", ", [](const auto& kv) { return kv.first + "=" + std::to_string(kv.second); }), "k1=1, k2=2");
+  EXPECT_EQ(join(m, ", ", [](const auto& kv) { return kv.first + "=" + std::to_string(kv.second); }),
+            "k1=1, k2=2");
 }
 
 TEST(CommonTime, SecondsAndMillisecondsReadTheSameClock) {
   const auto before = std::chrono::duration_cast<std::chrono::milliseconds>(
-                          std::chrono::system_clock::now().time_since_epoch()).count();
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
   const auto ms = now_ms();
   const auto s = now_seconds();
   const auto after = std::chrono::duration_cast<std::chrono::milliseconds>(
-                         std::chrono::system_clock::now().time_since_epoch()).count();
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count();
   EXPECT_LE(before, ms);
   EXPECT_LE(ms, after);
   EXPECT_GE(s, ms / 1000);

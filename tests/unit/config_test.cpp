@@ -67,9 +67,10 @@ TEST(Config, OverlayWriterIsNativeByDefaultAndOnlyNativeOrQemuImg) {
 }
 
 TEST(Config, EveryFiniteChoiceIsAnEnumParsedOnceNamingTheAllowedValues) {
-  auto r = parse("[DEFAULT]\nlog_level = \"warning\"\nlog_format = \"json\"\n[store]\nbackend = \"memory\"\n"
-                 "[fleet_service]\nanonymous_role = \"operator\"\n",
-                 "t.toml");
+  auto r = parse(
+      "[DEFAULT]\nlog_level = \"warning\"\nlog_format = \"json\"\n[store]\nbackend = \"memory\"\n"
+      "[fleet_service]\nanonymous_role = \"operator\"\n",
+      "t.toml");
   ASSERT_TRUE(r.ok()) << r.error().message;
   EXPECT_EQ(r->defaults.log_level, LogLevel::warning);
   EXPECT_EQ(r->defaults.log_format, LogFormat::json);
@@ -104,7 +105,9 @@ std::string pick(const check::non_empty&, const std::string&, const std::string&
 std::string pick(const check::any&, const std::string&, const std::string& key) { return "value-" + key; }
 std::string pick(const check::group_name&, const std::string&, const std::string&) { return "root"; }
 std::string pick(const check::token&, const std::string&, const std::string& key) { return "token-" + key; }
-std::string pick(const check::http_url&, const std::string&, const std::string&) { return "https://fleet.example:8778"; }
+std::string pick(const check::http_url&, const std::string&, const std::string&) {
+  return "https://fleet.example:8778";
+}
 template <class E>
 E pick(const check::choice<E>&, E def, const std::string&) {
   for (const auto& [value, name] : Choice<E>::kNames)
@@ -124,7 +127,9 @@ std::string toml_value(int v) { return std::to_string(v); }
 std::string toml_value(bool v) { return v ? "true" : "false"; }
 std::string toml_value(double v) { return std::to_string(v); }
 template <class E>
-std::string toml_value(E v) requires ChoiceEnum<E> { return "\"" + std::string(to_string(v)) + "\""; }
+std::string toml_value(E v) requires ChoiceEnum<E> {
+  return "\"" + std::string(to_string(v)) + "\"";
+}
 
 // Every option of every section, generated from the config X-macro: a new
 // option is parsed here without editing this test. Each gets a valid
@@ -225,7 +230,8 @@ TEST(Config, TokensAndTheFleetUrlAreChecked) {
   for (const char* section : {"api", "fleet_service", "fleet"}) {
     for (const char* bad : {" ", "two words", "tab\\there"}) {
       const auto msg = error_of(std::string("[") + section + "]\ntoken = \"" + bad + "\"\n");
-      EXPECT_NE(msg.find("a blank one is no token"), std::string::npos) << section << " " << bad << ": " << msg;
+      EXPECT_NE(msg.find("a blank one is no token"), std::string::npos)
+          << section << " " << bad << ": " << msg;
     }
   }
   EXPECT_TRUE(parse("[fleet]\nurl = \"http://127.0.0.1:8778\"\ntoken = \"t\"\n", "t.toml").ok());
@@ -233,8 +239,11 @@ TEST(Config, TokensAndTheFleetUrlAreChecked) {
   EXPECT_TRUE(parse("[fleet]\nurl = \"http://fleet.example\"\n", "t.toml").ok());  // no token to leak
   const auto msg = error_of("[fleet]\nurl = \"http://10.0.0.5:8778\"\ntoken = \"t\"\n");
   EXPECT_NE(msg.find("would send [fleet] token in clear text"), std::string::npos) << msg;
-  EXPECT_TRUE(parse("[fleet]\nurl = \"http://10.0.0.5:8778\"\ntoken = \"t\"\nallow_insecure = true\n", "t.toml").ok());
-  for (const char* bad : {"fleet.example", "ftp://x", "http://", "http://h:0", "http://h/path", "http://[::1"})
+  EXPECT_TRUE(
+      parse("[fleet]\nurl = \"http://10.0.0.5:8778\"\ntoken = \"t\"\nallow_insecure = true\n", "t.toml")
+          .ok());
+  for (const char* bad :
+       {"fleet.example", "ftp://x", "http://", "http://h:0", "http://h/path", "http://[::1"})
     EXPECT_NE(error_of(std::string("[fleet]\nurl = \"") + bad + "\"\n").find("[fleet] url: expected"),
               std::string::npos)
         << bad;
@@ -243,7 +252,8 @@ TEST(Config, TokensAndTheFleetUrlAreChecked) {
 TEST(Config, DiskGroupMustBeAGroupThisHostKnows) {
   EXPECT_TRUE(parse("[libvirt]\ndisk_group = \"root\"\n", "t.toml").ok());
   const auto msg = error_of("[libvirt]\ndisk_group = \"no-such-group-virtcap\"\n");
-  EXPECT_NE(msg.find("[libvirt] disk_group: no group named \"no-such-group-virtcap\" on this host"), std::string::npos)
+  EXPECT_NE(msg.find("[libvirt] disk_group: no group named \"no-such-group-virtcap\" on this host"),
+            std::string::npos)
       << msg;
 }
 

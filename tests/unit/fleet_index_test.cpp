@@ -239,7 +239,8 @@ TEST(FleetIndex, TraitsNoHostHoldsAreForgottenAndTheirMemoryReused) {
   HostRecord flooder = make_host(2, rng, 0);
   flooder.traits = {{"COMPUTE_SHARED", TraitOwner::agent}};
   steady.traits.push_back({"COMPUTE_SHARED", TraitOwner::agent});
-  std::sort(steady.traits.begin(), steady.traits.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  std::sort(steady.traits.begin(), steady.traits.end(),
+            [](const auto& a, const auto& b) { return a.name < b.name; });
   ASSERT_TRUE(index.apply(steady));
   ASSERT_TRUE(index.apply(flooder));
   const std::size_t traits_before = index.trait_count();
@@ -249,7 +250,8 @@ TEST(FleetIndex, TraitsNoHostHoldsAreForgottenAndTheirMemoryReused) {
   for (int round = 0; round < 200; ++round) {
     flooder.traits.clear();
     for (int i = 0; i < 500; ++i)
-      flooder.traits.push_back({"COMPUTE_FLOOD_" + std::to_string(round) + "_" + std::to_string(i), TraitOwner::agent});
+      flooder.traits.push_back(
+          {"COMPUTE_FLOOD_" + std::to_string(round) + "_" + std::to_string(i), TraitOwner::agent});
     flooder.traits.push_back({"COMPUTE_SHARED", TraitOwner::agent});
     std::sort(flooder.traits.begin(), flooder.traits.end(),
               [](const auto& a, const auto& b) { return a.name < b.name; });
@@ -355,15 +357,18 @@ TEST(FleetIndex, RareTraitDrivenAndFullScanAgreeAtScale) {
 // whatever its size (one to five bytes a delta).
 TEST(FleetTraitList, EveryIdComesBackInOrder) {
   for (const std::vector<std::uint32_t>& ids :
-       {std::vector<std::uint32_t>{}, std::vector<std::uint32_t>{0}, std::vector<std::uint32_t>{0, 1, 2, 127, 128, 129},
-        std::vector<std::uint32_t>{5, 300, 16383, 16384, 2097151, 2097152, 268435455, 268435456, 4294967295U}}) {
+       {std::vector<std::uint32_t>{}, std::vector<std::uint32_t>{0},
+        std::vector<std::uint32_t>{0, 1, 2, 127, 128, 129},
+        std::vector<std::uint32_t>{5, 300, 16383, 16384, 2097151, 2097152, 268435455, 268435456,
+                                   4294967295U}}) {
     virtcap::fleet::TraitList list;
     list.assign(ids);
     EXPECT_EQ(list.ids(), ids);
   }
   std::mt19937_64 rng(3);
   std::vector<std::uint32_t> many;
-  for (std::uint32_t id = 0; many.size() < 5000; id += 1 + static_cast<std::uint32_t>(rng() % 3000)) many.push_back(id);
+  for (std::uint32_t id = 0; many.size() < 5000; id += 1 + static_cast<std::uint32_t>(rng() % 3000))
+    many.push_back(id);
   virtcap::fleet::TraitList list;
   list.assign(many);
   EXPECT_EQ(list.ids(), many);

@@ -1,10 +1,10 @@
 // HostRateLimit ([fleet_service] host_reports_per_minute): a token bucket per
 // host, driven here by explicit times so every step is exact.
-#include "fleet/rate_limit.h"
-
 #include <gtest/gtest.h>
 
 #include <string>
+
+#include "fleet/rate_limit.h"
 
 using namespace virtcap::fleet;
 using namespace std::chrono_literals;
@@ -29,7 +29,8 @@ TEST(FleetRateLimit, ABurstOfPerMinuteThenOneReportEachSixtiethOfAMinute) {
   ASSERT_TRUE(again);
   EXPECT_TRUE(again->first) << "a report went through in between";
   EXPECT_FALSE(limit.take("host2", t0)) << "each host has its own bucket";
-  for (int i = 0; i < 12; ++i) EXPECT_FALSE(limit.take("host1", t0 + 5s + 60s)) << "full again after a minute";
+  for (int i = 0; i < 12; ++i)
+    EXPECT_FALSE(limit.take("host1", t0 + 5s + 60s)) << "full again after a minute";
   EXPECT_TRUE(limit.take("host1", t0 + 5s + 60s)) << "never more than the burst";
 }
 

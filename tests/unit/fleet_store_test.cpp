@@ -128,7 +128,8 @@ TEST_P(FleetStoreTest, AReportAnswersExactlyWhatTheDatabaseThenHolds) {
   r.seen_at_ms += 1000;
   auto heartbeat = fleet->report(r);
   expect_stored(heartbeat);
-  EXPECT_EQ(heartbeat->generation, op->generation) << "the ratio read back must compare equal to the one reported";
+  EXPECT_EQ(heartbeat->generation, op->generation)
+      << "the ratio read back must compare equal to the one reported";
   r.traits = {"HW_CPU_X86_AVX2", "COMPUTE_A"};
   r.inventories[2].reset();
   r.agent_version = "0.2.0";
@@ -240,7 +241,8 @@ TEST_P(FleetStoreTest, BadInputAndStaleGenerationsChangeNothing) {
 TEST_P(FleetStoreTest, TraitNamesNoHostHoldsAreRemovedFromTheDatabase) {
   auto fleet = open_fleet();
   ASSERT_TRUE(fleet);
-  auto raw = GetParam() == Backend::sqlite ? open_sqlite(dir_.sub("fleet.sqlite"), 1000ms) : open_postgres(url_);
+  auto raw =
+      GetParam() == Backend::sqlite ? open_sqlite(dir_.sub("fleet.sqlite"), 1000ms) : open_postgres(url_);
   ASSERT_TRUE(raw.ok()) << raw.error().message;
   auto names = [&raw] {
     std::set<std::string> out;
@@ -254,7 +256,8 @@ TEST_P(FleetStoreTest, TraitNamesNoHostHoldsAreRemovedFromTheDatabase) {
   ASSERT_TRUE(fleet->report(report_for(1, {"COMPUTE_A", "COMPUTE_OLD"})).ok());
   ASSERT_TRUE(fleet->report(report_for(2, {"COMPUTE_A"})).ok());
   ASSERT_TRUE(fleet->report(report_for(1, {"COMPUTE_A", "COMPUTE_NEW"})).ok());
-  EXPECT_EQ(names(), (Names{"COMPUTE_A", "COMPUTE_NEW"})) << "COMPUTE_OLD went with the report that dropped it";
+  EXPECT_EQ(names(), (Names{"COMPUTE_A", "COMPUTE_NEW"}))
+      << "COMPUTE_OLD went with the report that dropped it";
   auto h1 = fleet->store().get_host("host1");
   ASSERT_TRUE(h1.ok() && *h1);
   auto with_x = fleet->add_operator_trait("host1", "CUSTOM_X", (*h1)->generation);
@@ -395,8 +398,14 @@ TEST_P(FleetStoreTest, ScanReadsEveryHostOnceAPageAtATime) {
   for (int n = 0; n < 2100; ++n) {
     // Names whose byte order and a locale's order differ ("Host-" sorts
     // first in bytes), and a shared prefix of different lengths.
-    HostRecord h{fleet_uuid(n), (n % 3 == 0 ? "Host-" : "host-") + std::to_string(n), 1, 1000 + n,
-                 "0.1.0", "", {}, {}};
+    HostRecord h{fleet_uuid(n),
+                 (n % 3 == 0 ? "Host-" : "host-") + std::to_string(n),
+                 1,
+                 1000 + n,
+                 "0.1.0",
+                 "",
+                 {},
+                 {}};
     h.traits.push_back({"COMPUTE_" + std::to_string(n % 7), TraitOwner::agent});
     if (n % 5 == 0) h.traits.push_back({"CUSTOM_" + std::to_string(n % 11), TraitOwner::operator_});
     std::sort(h.traits.begin(), h.traits.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
@@ -597,7 +606,8 @@ TEST(FleetPostgres, AReplicaDoesNotReReadItsOwnWritesButSeesEveryOther) {
     auto s = i.snapshot();
     return s.size() == 2 && s[0].generation == r1->generation + 1;
   };
-  EXPECT_TRUE((*b)->wait_for_index(trait_of_a, std::chrono::steady_clock::now() + 5s)) << "b missed a's operator trait";
+  EXPECT_TRUE((*b)->wait_for_index(trait_of_a, std::chrono::steady_clock::now() + 5s))
+      << "b missed a's operator trait";
 }
 
 TEST(FleetNotice, AVersionedNoticeIsReadAndAnythingElseIsAHostName) {
@@ -605,8 +615,8 @@ TEST(FleetNotice, AVersionedNoticeIsReadAndAnythingElseIsAHostName) {
   EXPECT_EQ(n.host, "host-7.example");
   EXPECT_EQ(n.generation, 12);
   EXPECT_EQ(n.last_seen_ms, 1764000000123);
-  for (const char* p : {"host1", "host1 5", "host1 x 1", "host1 5 1 extra", " 5 1", "host1 5 ", "host1  5 1", "*",
-                        "host1 99999999999999999999 1"}) {
+  for (const char* p : {"host1", "host1 5", "host1 x 1", "host1 5 1 extra", " 5 1", "host1 5 ", "host1  5 1",
+                        "*", "host1 99999999999999999999 1"}) {
     const Notice old = parse_notice(p);
     EXPECT_EQ(old.host, p) << "read as a name, never skipped";
     EXPECT_FALSE(old.generation) << p;

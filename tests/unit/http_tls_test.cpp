@@ -27,9 +27,12 @@ using testing::test_pki;
 
 std::vector<http::Route> ping_routes() {
   return {{"GET", "/v1/ping", http::BodyRule::none,
-           [](const http::Request&) { return http::json_response(200, nlohmann::json{{"pong", true}}); }},
-          {"POST", "/v1/echo", http::BodyRule::json,
-           [](const http::Request& r) { return http::json_response(200, nlohmann::json{{"bytes", r.body.size()}}); }}};
+           [](const http::Request&) {
+             return http::json_response(200, nlohmann::json{{"pong", true}});
+           }},
+          {"POST", "/v1/echo", http::BodyRule::json, [](const http::Request& r) {
+             return http::json_response(200, nlohmann::json{{"bytes", r.body.size()}});
+           }}};
 }
 
 // A started server; `port` is 0 when bind or start failed (`error` says why).
@@ -39,7 +42,8 @@ struct Running {
   std::string error;
 };
 
-Running serve(const testing::TestPki::Pair* pair, const std::string& token = "", std::size_t max_body = 1 << 20) {
+Running serve(const testing::TestPki::Pair* pair, const std::string& token = "",
+              std::size_t max_body = 1 << 20) {
   http::Options o;
   o.listen = "127.0.0.1:0";
   o.token = token;
@@ -55,12 +59,16 @@ Running serve(const testing::TestPki::Pair* pair, const std::string& token = "",
 }
 
 http::ClientOptions client_to(const std::string& scheme, int port, const std::string& ca_file = "",
-                             const std::string& token = "") {
-  return {.url = scheme + "://127.0.0.1:" + std::to_string(port), .token = token, .ca_file = ca_file,
+                              const std::string& token = "") {
+  return {.url = scheme + "://127.0.0.1:" + std::to_string(port),
+          .token = token,
+          .ca_file = ca_file,
           .timeout = std::chrono::seconds(30)};
 }
 
-std::string message_of(const Result<http::ClientResponse>& r) { return r.ok() ? "(no error)" : r.error().message; }
+std::string message_of(const Result<http::ClientResponse>& r) {
+  return r.ok() ? "(no error)" : r.error().message;
+}
 
 TEST(HttpTls, ClientVerifiesTheServerAgainstItsCaFile) {
   auto s = serve(&test_pki().server());
@@ -83,7 +91,8 @@ TEST(HttpTls, AWrongCaIsRefusedAsAnUnknownCa) {
   auto r = c.call("GET", "/v1/ping");
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, Errc::io_error);
-  for (const char* part : {"refused the TLS certificate", "unknown CA", test_pki().other_ca().c_str(), "--ca-file"})
+  for (const char* part :
+       {"refused the TLS certificate", "unknown CA", test_pki().other_ca().c_str(), "--ca-file"})
     EXPECT_NE(r.error().message.find(part), std::string::npos) << part << " in " << r.error().message;
 }
 
@@ -154,7 +163,8 @@ TEST(HttpTls, AnUnreadableCaFileIsTheCallersMistake) {
 // verified against the test CA; the status, or -1.
 long curl_status(int port, const std::vector<std::string>& header_lines, const std::string& body = "") {
   CURL* h = curl_easy_init();
-  const std::string url = "https://127.0.0.1:" + std::to_string(port) + (body.empty() ? "/v1/ping" : "/v1/echo");
+  const std::string url =
+      "https://127.0.0.1:" + std::to_string(port) + (body.empty() ? "/v1/ping" : "/v1/echo");
   curl_slist* headers = nullptr;
   for (const auto& line : header_lines) headers = curl_slist_append(headers, line.c_str());
   std::string sink;
@@ -163,7 +173,8 @@ long curl_status(int port, const std::vector<std::string>& header_lines, const s
   curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
   curl_easy_setopt(h, CURLOPT_TIMEOUT, 30L);
   curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, +[](char*, size_t size, size_t n, void*) { return size * n; });
+  curl_easy_setopt(
+      h, CURLOPT_WRITEFUNCTION, +[](char*, size_t size, size_t n, void*) { return size * n; });
   if (!body.empty()) {
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body.data());
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
@@ -187,7 +198,8 @@ TEST(HttpTls, TheHardeningIsTheSameOverTls) {
   const std::string json_type = "Content-Type: application/json";
   EXPECT_EQ(curl_status(s.port, {auth, json_type}, "{}"), 200);
   EXPECT_EQ(curl_status(s.port, {auth, json_type}, std::string(2000, ' ')), 413) << "body limit";
-  EXPECT_EQ(curl_status(s.port, {auth, json_type, "Transfer-Encoding: chunked"}, std::string(2000, ' ')), 413);
+  EXPECT_EQ(curl_status(s.port, {auth, json_type, "Transfer-Encoding: chunked"}, std::string(2000, ' ')),
+            413);
   EXPECT_EQ(curl_status(s.port, {auth, "Content-Type: text/plain"}, "{}"), 415);
 }
 
@@ -203,7 +215,8 @@ TEST(HttpTls, HandshakeGarbageDoesNotHurtTheServer) {
   for (int i = 0; i < 300; ++i) {
     std::string bytes(1 + rng() % 2048, '\0');
     for (auto& b : bytes) b = static_cast<char>(rng());
-    if (i % 2 == 0) bytes.replace(0, std::min<std::size_t>(5, bytes.size()), std::string("\x16\x03\x01\x02\x00", 5));
+    if (i % 2 == 0)
+      bytes.replace(0, std::min<std::size_t>(5, bytes.size()), std::string("\x16\x03\x01\x02\x00", 5));
     testing::RawConnection c(s.port);
     ASSERT_TRUE(c.ok()) << "connection " << i << " refused: the server is gone";
     c.send(bytes, std::chrono::seconds(10));
@@ -236,8 +249,10 @@ TEST(HttpTls, BadTlsFilesAreRefusedAtStartNamingOptionAndFile) {
   has(refusal(pki.server().key, pki.server().key, now), {"tls_cert", "no PEM certificate"});
   has(refusal(pki.server().cert, pki.server().cert, now), {"tls_key", "cannot load the private key"});
   has(refusal(pki.server().cert, pki.stray_key(), now),
-      {"[fleet_service] tls_key " + pki.stray_key(), "does not match the certificate in " + pki.server().cert});
-  has(refusal(pki.expired().cert, pki.expired().key, now), {"tls_cert", "expired at 2020-01-02T00:00:00Z", "renew"});
+      {"[fleet_service] tls_key " + pki.stray_key(),
+       "does not match the certificate in " + pki.server().cert});
+  has(refusal(pki.expired().cert, pki.expired().key, now),
+      {"tls_cert", "expired at 2020-01-02T00:00:00Z", "renew"});
   has(refusal(pki.not_yet_valid().cert, pki.not_yet_valid().key, now),
       {"not valid before 2090-01-01T00:00:00Z", "clock"});
   has(refusal(pki.server().cert, "", now), {"must be set together (only tls_cert is set)"});
@@ -263,7 +278,9 @@ TEST(HttpTls, TheServerRefusesToBindWithAnExpiredCertificate) {
 // event it names has happened (no sleeping, no polling).
 class LogLines final : public spdlog::sinks::base_sink<std::mutex> {
  public:
-  bool wait_for(const std::string& needle, std::chrono::seconds limit) { return wait_for_count(needle, 1, limit); }
+  bool wait_for(const std::string& needle, std::chrono::seconds limit) {
+    return wait_for_count(needle, 1, limit);
+  }
   // Until `needle` has been logged `n` times.
   bool wait_for_count(const std::string& needle, std::size_t n, std::chrono::seconds limit) {
     std::unique_lock lock(lines_mu_);
@@ -353,7 +370,8 @@ TEST(HttpServer, StopLetsTheRequestInFlightFinish) {
   ASSERT_NE(s.port, 0);
   ASSERT_TRUE(s.start_request("http")) << "the slow request never reached its handler";
   auto stopped = std::async(std::launch::async, [&] { s.server->stop(); });
-  EXPECT_TRUE(s.lines->wait_for("waiting for 1 request(s) in flight and 0 connection(s)", std::chrono::seconds(30)));
+  EXPECT_TRUE(
+      s.lines->wait_for("waiting for 1 request(s) in flight and 0 connection(s)", std::chrono::seconds(30)));
   EXPECT_EQ(stopped.wait_for(std::chrono::seconds(0)), std::future_status::timeout);
   s.finish();
   stopped.get();
@@ -370,7 +388,8 @@ TEST(HttpServer, StopServesAConnectionAcceptedBeforeItsRequestArrived) {
   ASSERT_TRUE(c.ok()) << c.error();
   ASSERT_TRUE(s.lines->wait_for("connection accepted", std::chrono::seconds(30)));
   auto stopped = std::async(std::launch::async, [&] { s.server->stop(); });
-  EXPECT_TRUE(s.lines->wait_for("waiting for 0 request(s) in flight and 1 connection(s)", std::chrono::seconds(30)));
+  EXPECT_TRUE(
+      s.lines->wait_for("waiting for 0 request(s) in flight and 1 connection(s)", std::chrono::seconds(30)));
   EXPECT_TRUE(c.send(testing::request_text("GET", "/v1/ping"), std::chrono::seconds(30)));
   const auto answer = c.finish(std::chrono::seconds(30));
   EXPECT_EQ(answer.status(), 200) << answer.text;
@@ -439,9 +458,9 @@ TEST(HttpServer, RequestHeadersMustArriveWithinTheDeadlineThoughBytesKeepComing)
       }
       return -1.0;
     };
-    const std::string trickle = tls ? std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 11) +
-                                          std::string(500, '\0')
-                                    : "GET /v1/ping HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + std::string(500, 'a');
+    const std::string trickle =
+        tls ? std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 11) + std::string(500, '\0')
+            : "GET /v1/ping HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + std::string(500, 'a');
     testing::RawConnection slow(s.port);
     ASSERT_TRUE(slow.ok()) << slow.error();
     const double closed = seconds_to_close(slow, trickle);
@@ -474,7 +493,8 @@ TEST(HttpTls, AReloadLetsTheRequestInFlightFinishThenServesOnlyTheNewPair) {
   live.write("live.key", testing::read_file(pki.other_server().key));
   auto reloaded = std::async(std::launch::async, [&] { return s.server->reload_tls(); });
   EXPECT_TRUE(s.lines->wait_for("TLS: reloaded", std::chrono::seconds(30)));
-  EXPECT_TRUE(s.lines->wait_for("waiting for 1 request(s) in flight and 0 connection(s)", std::chrono::seconds(30)));
+  EXPECT_TRUE(
+      s.lines->wait_for("waiting for 1 request(s) in flight and 0 connection(s)", std::chrono::seconds(30)));
   EXPECT_EQ(reloaded.wait_for(std::chrono::seconds(0)), std::future_status::timeout);
   s.finish();
   const Status reload = reloaded.get();

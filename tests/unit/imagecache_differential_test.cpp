@@ -18,13 +18,13 @@
 // VIRTCAP_DIFF_TREES (default 200) trees, from VIRTCAP_DIFF_SEED (default:
 // time-based, printed on failure).
 #include <gtest/gtest.h>
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <fstream>
 #include <random>
 #include <set>
-#include <spdlog/spdlog.h>
 
 #include "common/sha1.h"
 #include "imagecache/pass.h"
@@ -76,7 +76,8 @@ class Tree {
         bases_.push_back({name, "raw"});
       }
     }
-    for (const auto& b : bases_) testing::set_mtime(instances_ + "/_base/" + b.name, testing::now() - 2 * kDay);
+    for (const auto& b : bases_)
+      testing::set_mtime(instances_ + "/_base/" + b.name, testing::now() - 2 * kDay);
     const int ni = pick(1, 4);
     for (int i = 0; i < ni; ++i) {
       const std::string idir = instances_ + "/inst-" + std::to_string(i);
@@ -122,7 +123,9 @@ class Tree {
 
   int pick(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng_); }
   bool chance(int percent) { return pick(1, 100) <= percent; }
-  const Base& any_base() { return bases_[static_cast<std::size_t>(pick(0, static_cast<int>(bases_.size()) - 1))]; }
+  const Base& any_base() {
+    return bases_[static_cast<std::size_t>(pick(0, static_cast<int>(bases_.size()) - 1))];
+  }
 
   void run(const std::vector<std::string>& argv) {
     std::string line;
@@ -164,7 +167,8 @@ class Tree {
     std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(static_cast<std::streamoff>(at));
     f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    log_.push_back("patched " + std::to_string(bytes.size()) + " bytes at " + std::to_string(at) + " of " + path);
+    log_.push_back("patched " + std::to_string(bytes.size()) + " bytes at " + std::to_string(at) + " of " +
+                   path);
   }
   static std::string le64(std::uint64_t v) {
     std::string s(8, '\0');
@@ -186,7 +190,8 @@ class Tree {
     return lines.empty() ? "RW 8 FLAT \"/nonexistent-extent\" 0\n" : lines;
   }
   static std::string descriptor(const std::string& extents) {
-    return "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n" +
+    return "# Disk "
+           "DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n" +
            extents;
   }
 
@@ -222,8 +227,8 @@ class Tree {
       case 2: {  // a VMDK overlay whose descriptor offset or size is zeroed
         const auto& b = base_of("vmdk");
         if (b.fmt != "vmdk") return false;
-        run({"qemu-img", "create", "-q", "-f", "vmdk", "-u", "-F", "vmdk", "-b", spell(b.name, idir, false), path,
-             "1M"});
+        run({"qemu-img", "create", "-q", "-f", "vmdk", "-u", "-F", "vmdk", "-b", spell(b.name, idir, false),
+             path, "1M"});
         patch(path, chance(50) ? 28 : 36, le64(0));
         return true;
       }
@@ -237,18 +242,20 @@ class Tree {
         return true;
       }
       case 4: {  // a text descriptor
-        std::ofstream(path) << (chance(50) ? descriptor(extent_lines(idir)) : "version=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"vmfs\"\n" +
-                                                                                     extent_lines(idir));
+        std::ofstream(path) << (chance(50)
+                                    ? descriptor(extent_lines(idir))
+                                    : "version=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"vmfs\"\n" +
+                                          extent_lines(idir));
         log_.push_back("descriptor " + path + ":\n" + testing::read_file(path));
         return true;
       }
-      case 5: {  // json: with colliding keys: QEMU opens one, the pass must not guess
+      case 5: {                         // json: with colliding keys: QEMU opens one, the pass must not guess
         if (!chance(15)) return false;  // rare: it makes the whole tree's pass incomplete
         const auto& b1 = any_base();
         const auto& b2 = any_base();
         overlay("qcow2", path,
-                R"(json:{"file":{"filename":")" + instances_ + "/_base/" + b1.name + R"("},"file.filename":")" +
-                    instances_ + "/_base/" + b2.name + R"("})",
+                R"(json:{"file":{"filename":")" + instances_ + "/_base/" + b1.name +
+                    R"("},"file.filename":")" + instances_ + "/_base/" + b2.name + R"("})",
                 b1.fmt);
         expect_incomplete_ = true;
         return true;
@@ -338,8 +345,9 @@ std::uint64_t env_u64(const char* name, std::uint64_t def) {
 
 TEST(ImageCacheDifferential, NoBaseThatQemuOpensIsEverRemoved) {
   const std::uint64_t trees = env_u64("VIRTCAP_DIFF_TREES", 200);
-  const std::uint64_t seed = env_u64(
-      "VIRTCAP_DIFF_SEED", static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()));
+  const std::uint64_t seed =
+      env_u64("VIRTCAP_DIFF_SEED",
+              static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()));
   std::size_t removed = 0, kept = 0, by_name = 0, incomplete = 0;
   const auto level = spdlog::get_level();
   spdlog::set_level(spdlog::level::warn);  // one info line per removal otherwise
@@ -352,14 +360,17 @@ TEST(ImageCacheDifferential, NoBaseThatQemuOpensIsEverRemoved) {
     opts.instances_path = tree.instances_path() + (t % 5 == 0 ? "/" : "");
     opts.progress_every = 0;
     const auto r = run_pass(opts, {});
-    const std::string ctx = "VIRTCAP_DIFF_SEED=" + std::to_string(seed + t) + " VIRTCAP_DIFF_TREES=1\n" + tree.describe();
+    const std::string ctx =
+        "VIRTCAP_DIFF_SEED=" + std::to_string(seed + t) + " VIRTCAP_DIFF_TREES=1\n" + tree.describe();
     if (tree.expect_incomplete()) {
       ASSERT_FALSE(r.complete) << "a json: backing with colliding keys was followed\n" << ctx;
       ASSERT_EQ(r.files_removed, 0u) << ctx;
       ++incomplete;
     } else {
-      ASSERT_TRUE(r.complete) << ctx << (r.unreadable_disks.empty() ? "" : r.unreadable_disks[0].path + ": " +
-                                                                              r.unreadable_disks[0].error);
+      ASSERT_TRUE(r.complete) << ctx
+                              << (r.unreadable_disks.empty()
+                                      ? ""
+                                      : r.unreadable_disks[0].path + ": " + r.unreadable_disks[0].error);
     }
     for (const auto& b : tree.base_names()) {
       if (marked.count(b)) {
@@ -376,24 +387,27 @@ TEST(ImageCacheDifferential, NoBaseThatQemuOpensIsEverRemoved) {
         // relative one through a symlinked disk, ending in its name).
         const auto& f = testing::Fixture::file(r, b);
         ASSERT_NE(f.reason.find("does not exist on this host ends in its name"), std::string::npos)
-            << "unused old base " << b << " was kept: " << to_string(f.state) << ", " << f.reason << "\n" << ctx;
+            << "unused old base " << b << " was kept: " << to_string(f.state) << ", " << f.reason << "\n"
+            << ctx;
         ++by_name;
       } else {
         ++removed;
       }
     }
     if ((t + 1) % 500 == 0) {  // progress, so a long run's count is known if it is stopped
-      std::printf("%llu trees so far: %zu in-use bases kept, %zu kept by name, %zu unused removed, %zu incomplete, "
-                  "0 in-use lost\n",
-                  static_cast<unsigned long long>(t + 1), kept, by_name, removed, incomplete);
+      std::printf(
+          "%llu trees so far: %zu in-use bases kept, %zu kept by name, %zu unused removed, %zu incomplete, "
+          "0 in-use lost\n",
+          static_cast<unsigned long long>(t + 1), kept, by_name, removed, incomplete);
       std::fflush(stdout);
     }
   }
   spdlog::set_level(level);
-  std::printf("%llu trees from seed %llu: %zu in-use bases kept, %zu kept by name, %zu unused removed, %zu trees "
-              "incomplete by design (colliding json: keys), 0 in-use lost\n",
-              static_cast<unsigned long long>(trees), static_cast<unsigned long long>(seed), kept, by_name, removed,
-              incomplete);
+  std::printf(
+      "%llu trees from seed %llu: %zu in-use bases kept, %zu kept by name, %zu unused removed, %zu trees "
+      "incomplete by design (colliding json: keys), 0 in-use lost\n",
+      static_cast<unsigned long long>(trees), static_cast<unsigned long long>(seed), kept, by_name, removed,
+      incomplete);
 }
 
 }  // namespace

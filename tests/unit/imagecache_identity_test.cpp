@@ -31,8 +31,9 @@ struct Scenario : Fixture {
     make_base(unused, 2 * kDay);
   }
   void expect_used_kept_unused_removed(const ImageCacheReport& r) const {
-    EXPECT_TRUE(r.complete) << (r.unreadable_disks.empty() ? "" : r.unreadable_disks[0].path + ": " +
-                                                                       r.unreadable_disks[0].error);
+    EXPECT_TRUE(r.complete) << (r.unreadable_disks.empty()
+                                    ? ""
+                                    : r.unreadable_disks[0].path + ": " + r.unreadable_disks[0].error);
     EXPECT_EQ(file(r, used).state, BaseFileState::in_use) << file(r, used).reason;
     EXPECT_EQ(file(r, unused).state, BaseFileState::removed) << file(r, unused).reason;
     EXPECT_EQ(remaining(), std::vector<std::string>{used});
@@ -50,8 +51,8 @@ struct Scenario : Fixture {
 TEST(ImageCacheIdentity, TrailingSlashInInstancesPathIsNormalisedAtConfigLoad) {
   testing::TempDir d("virtcap-cfg");
   fs::create_directories(d.sub("state/instances"));
-  auto cfg = config::parse("[DEFAULT]\nstate_path = \"" + d.str() + "/state/\"\ninstances_path = \"" + d.str() +
-                               "/state/./x/../instances/\"\n",
+  auto cfg = config::parse("[DEFAULT]\nstate_path = \"" + d.str() + "/state/\"\ninstances_path = \"" +
+                               d.str() + "/state/./x/../instances/\"\n",
                            "t.toml");
   ASSERT_TRUE(cfg.ok()) << cfg.error().message;
   const std::string real = fs::canonical(d.sub("state/instances")).string();
@@ -113,7 +114,8 @@ TEST(ImageCacheIdentity, JsonPseudoProtocolBackings) {
        {std::string(R"(json:{"file":{"driver":"file","filename":"%"}})"),
         std::string(R"(json:{"file.driver":"file","file.filename":"%"})"),
         std::string(R"(json:{"driver":"raw","file":{"driver":"file","filename":"%"}})"),
-        std::string(R"(json:{"driver":"file","filename":"%"})"), std::string(R"(json:{"filename":"file:%"})")}) {
+        std::string(R"(json:{"driver":"file","filename":"%"})"),
+        std::string(R"(json:{"filename":"file:%"})")}) {
     SCOPED_TRACE(form);
     Scenario s;
     std::string b = form;
@@ -204,16 +206,20 @@ TEST(ImageCacheIdentity, ManyInstanceDirectoriesAreScannedOnSeveralThreads) {
   for (int i = 0; i < 300; ++i) {  // above the parallel threshold
     const std::string idir = s.opts.instances_path + "/inst-" + std::to_string(i);
     fs::create_directories(idir);
-    if (i == 299) s.make_disk("inst-" + std::to_string(i), "disk", s.base(s.used));
-    else if (i % 100 == 7) fs::create_symlink(more[static_cast<std::size_t>(i / 100)], idir + "/disk");
-    else std::ofstream(idir + "/console.log") << "x";
+    if (i == 299)
+      s.make_disk("inst-" + std::to_string(i), "disk", s.base(s.used));
+    else if (i % 100 == 7)
+      fs::create_symlink(more[static_cast<std::size_t>(i / 100)], idir + "/disk");
+    else
+      std::ofstream(idir + "/console.log") << "x";
   }
   const auto r = run_pass(s.opts, {});
   EXPECT_TRUE(r.complete);
   EXPECT_EQ(r.instance_dirs, 300u);
   EXPECT_EQ(r.disks_read, 300u);
   EXPECT_EQ(Fixture::file(r, s.used).state, BaseFileState::in_use);
-  for (const auto& m : more) EXPECT_EQ(Fixture::file(r, fs::path(m).filename().string()).state, BaseFileState::in_use);
+  for (const auto& m : more)
+    EXPECT_EQ(Fixture::file(r, fs::path(m).filename().string()).state, BaseFileState::in_use);
   EXPECT_EQ(Fixture::file(r, s.unused).state, BaseFileState::removed);
 }
 
@@ -237,7 +243,8 @@ TEST(ImageCacheIdentity, ASymlinkLoopDiskOrDirectoryRemovesNothing) {
 TEST(ImageCacheIdentity, AnInUseBaseWithAnUnreadableHeaderProtectsEverything) {
   Scenario s;
   const auto upper = sha1_hex("upper");
-  testing::must_run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", s.base(s.used), s.base(upper)});
+  testing::must_run(
+      {"qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", s.base(s.used), s.base(upper)});
   s.make_disk("u1", "disk", s.base(upper), "qcow2");
   // Truncate the upper base inside its header: qcow2 magic, nothing more.
   ASSERT_EQ(::truncate(s.base(upper).c_str(), 20), 0);
@@ -259,7 +266,8 @@ TEST(ImageCacheIdentity, ExternalDataFileIsAFileTheDiskOpens) {
   Scenario s;
   const std::string disk = s.opts.instances_path + "/u1/disk";
   fs::create_directories(s.opts.instances_path + "/u1");
-  testing::must_run({"qemu-img", "create", "-q", "-f", "qcow2", "-o", "data_file=" + s.base(s.used), disk, "64K"});
+  testing::must_run(
+      {"qemu-img", "create", "-q", "-f", "qcow2", "-o", "data_file=" + s.base(s.used), disk, "64K"});
   testing::set_mtime(s.base(s.used), testing::now() - 2 * kDay);
   s.expect_used_kept_unused_removed(run_pass(s.opts, {}));
 }

@@ -20,11 +20,11 @@ namespace virtcap::imagecache {
 namespace {
 
 namespace fs = std::filesystem;
-using testing::TempDir;
 using testing::Fixture;
 using testing::kDay;
 using testing::kHour;
 using testing::now;
+using testing::TempDir;
 
 TEST(ImageCachePass, RemovesExactlyTheUnusedOldEnoughFiles) {
   Fixture f;
@@ -33,16 +33,16 @@ TEST(ImageCachePass, RemovesExactlyTheUnusedOldEnoughFiles) {
   f.make_base(used, 2 * kDay);
   f.make_base(old_unused, 2 * kDay);
   f.make_base(young, kHour);
-  f.make_base(used + "_10737418240", 2 * kHour);         // resized, used via disk.local
-  f.make_base(old_unused + "_21474836480", 2 * kHour);   // resized, unused, old enough
-  f.make_base(young + "_1073741824", 10 * 60);           // resized, unused, young
-  f.make_base(store_img + "_5368709120", 2 * kDay);      // resized of an image the store says is live
-  f.make_base(store_img, 2 * kDay);                      // original of it
-  f.make_base("swap_512", 2 * kDay);                     // names this driver never makes: unknown, kept
+  f.make_base(used + "_10737418240", 2 * kHour);        // resized, used via disk.local
+  f.make_base(old_unused + "_21474836480", 2 * kHour);  // resized, unused, old enough
+  f.make_base(young + "_1073741824", 10 * 60);          // resized, unused, young
+  f.make_base(store_img + "_5368709120", 2 * kDay);     // resized of an image the store says is live
+  f.make_base(store_img, 2 * kDay);                     // original of it
+  f.make_base("swap_512", 2 * kDay);                    // names this driver never makes: unknown, kept
   f.make_base("ephemeral_20_40d1d2c", 2 * kDay);
   f.dir.write("instances/_base/README", "operator notes");
-  f.make_base(old_unused + ".tmp-abcdef0123", 2 * kDay);     // interrupted fetch
-  f.make_base(young + ".tmp-1234567890", 60);                // fetch in progress
+  f.make_base(old_unused + ".tmp-abcdef0123", 2 * kDay);  // interrupted fetch
+  f.make_base(young + ".tmp-1234567890", 60);             // fetch in progress
   f.make_disk("uuid-1", "disk", f.base(used));
   f.make_disk("uuid-1", "disk.local", f.base(used + "_10737418240"));
   f.make_disk("uuid-1", "disk.swap", f.base(used));
@@ -71,9 +71,16 @@ TEST(ImageCachePass, RemovesExactlyTheUnusedOldEnoughFiles) {
   EXPECT_EQ(Fixture::file(r, young + ".tmp-1234567890").state, BaseFileState::unused_young);
   EXPECT_EQ(Fixture::file(r, "swap_512").state, BaseFileState::unknown);
   EXPECT_EQ(Fixture::file(r, "README").kind, BaseFileKind::unknown);
-  const std::vector<std::string> expect = {
-      "README", "ephemeral_20_40d1d2c", young + "_1073741824", young, young + ".tmp-1234567890", store_img,
-      store_img + "_5368709120", "swap_512", used, used + "_10737418240"};
+  const std::vector<std::string> expect = {"README",
+                                           "ephemeral_20_40d1d2c",
+                                           young + "_1073741824",
+                                           young,
+                                           young + ".tmp-1234567890",
+                                           store_img,
+                                           store_img + "_5368709120",
+                                           "swap_512",
+                                           used,
+                                           used + "_10737418240"};
   auto sorted = expect;
   std::sort(sorted.begin(), sorted.end());
   EXPECT_EQ(f.remaining(), sorted);
@@ -127,12 +134,14 @@ TEST(ImageCachePass, AStopEndsThePassBetweenStepsRemovingNothing) {
     EXPECT_EQ(r.files_removed, 0u);
     EXPECT_EQ(f.remaining().size(), 1u);
     ASSERT_FALSE(r.notes.empty());
-    EXPECT_NE(r.notes.back().find(during ? "stopped after the second look" : "stopped before reading the disks"),
-              std::string::npos)
+    EXPECT_NE(
+        r.notes.back().find(during ? "stopped after the second look" : "stopped before reading the disks"),
+        std::string::npos)
         << r.notes.back();
     if (during) {
       EXPECT_EQ(Fixture::file(r, unused).state, BaseFileState::removable);
-      EXPECT_NE(Fixture::file(r, unused).reason.find("not removed: the agent is stopping"), std::string::npos);
+      EXPECT_NE(Fixture::file(r, unused).reason.find("not removed: the agent is stopping"),
+                std::string::npos);
     } else {
       EXPECT_EQ(r.disks_read, 0u);
     }
@@ -159,7 +168,8 @@ TEST(ImageCachePass, ACorruptDiskMakesItRemoveNothing) {
   f.make_base(unused, 2 * kDay);
   const auto good = f.make_disk("u1", "disk", f.base(unused));
   fs::remove(good);  // u1's disk is gone; make a corrupt one elsewhere
-  f.dir.write("instances/u2/disk", testing::read_file(f.make_disk("u3", "disk", f.base(unused))).substr(0, 40));
+  f.dir.write("instances/u2/disk",
+              testing::read_file(f.make_disk("u3", "disk", f.base(unused))).substr(0, 40));
   fs::remove_all(f.opts.instances_path + "/u3");
   const auto r = run_pass(f.opts, {});
   EXPECT_FALSE(r.complete);
@@ -188,7 +198,8 @@ TEST(ImageCachePass, BackingChainsAndRelativePathsProtectEveryLink) {
   const auto lower = sha1_hex("lower"), upper = sha1_hex("upper"), rel = sha1_hex("relative");
   f.make_base(lower, 2 * kDay);
   // A base that is itself an overlay on another base file.
-  testing::must_run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", f.base(lower), f.base(upper)});
+  testing::must_run(
+      {"qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", f.base(lower), f.base(upper)});
   testing::set_mtime(f.base(upper), now() - 2 * kDay);
   // disk -> disk.snap (in the instance dir) -> upper -> lower
   const auto snap = f.make_disk("u1", "disk.snap", f.base(upper), "qcow2");
@@ -279,7 +290,8 @@ TEST(ImageCachePass, ConcurrentSpawnStress) {
   cfg.image_cache.remove_unused_original_minimum_age_seconds = 0;
   cfg.image_cache.remove_unused_resized_minimum_age_seconds = 0;
   fs::create_directories(cfg.images_path());
-  for (const char* id : {"i0", "i1", "i2"}) testing::make_raw_image(cfg.images_path() + "/" + id + ".raw", "256K");
+  for (const char* id : {"i0", "i1", "i2"})
+    testing::make_raw_image(cfg.images_path() + "/" + id + ".raw", "256K");
   libvirt::LibvirtDriver drv(cfg);
   ASSERT_TRUE(drv.init_host("h").ok());
 
@@ -295,11 +307,11 @@ TEST(ImageCachePass, ConcurrentSpawnStress) {
         std::lock_guard lock(kept_mu);
         ADD_FAILURE() << "incomplete pass: "
                       << (!r.ok() ? r.error().message
-                                  : !r->unreadable_disks.empty()
-                                        ? r->unreadable_disks[0].path + ": " + r->unreadable_disks[0].error
-                                        : (r->notes.empty() ? std::string("?") : r->notes.back()));
-      }
-      else removed += static_cast<int>(r->files_removed);
+                          : !r->unreadable_disks.empty()
+                              ? r->unreadable_disks[0].path + ": " + r->unreadable_disks[0].error
+                              : (r->notes.empty() ? std::string("?") : r->notes.back()));
+      } else
+        removed += static_cast<int>(r->files_removed);
       ++passes;
     }
   });

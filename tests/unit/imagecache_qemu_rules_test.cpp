@@ -66,7 +66,8 @@ struct Rules : Fixture {
   // Every base in `in_use` kept as in use (besides `used`), `unused` removed.
   void expect_in_use(const ImageCacheReport& r, const std::vector<std::string>& in_use) const {
     EXPECT_TRUE(r.complete) << why(r);
-    for (const auto& b : in_use) EXPECT_EQ(file(r, b).state, BaseFileState::in_use) << b << ": " << file(r, b).reason;
+    for (const auto& b : in_use)
+      EXPECT_EQ(file(r, b).state, BaseFileState::in_use) << b << ": " << file(r, b).reason;
     EXPECT_EQ(file(r, unused).state, BaseFileState::removed) << file(r, unused).reason;
   }
   void expect_nothing_removed(const ImageCacheReport& r) const {
@@ -88,7 +89,8 @@ TEST(ImageCacheQemuRules, TheSameImageOpenedAsRawAndAsQcow2) {
     const std::string q = s.dir.sub("store/q.qcow2");
     fs::create_directories(s.dir.sub("store"));
     must_run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", s.base(s.used), q});
-    const std::string as_raw = s.disk_path(raw_first ? "u1" : "u2"), as_qcow2 = s.disk_path(raw_first ? "u2" : "u1");
+    const std::string as_raw = s.disk_path(raw_first ? "u1" : "u2"),
+                      as_qcow2 = s.disk_path(raw_first ? "u2" : "u1");
     must_run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", q, as_raw});
     must_run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", q, as_qcow2});
     ASSERT_TRUE(qemu_opens(as_qcow2, s.base(s.used)));
@@ -107,7 +109,8 @@ TEST(ImageCacheQemuRules, TheSameImageOpenedAsVmdkAndAsQcow2) {
     const std::string q = s.dir.sub("store/q.qcow2");
     fs::create_directories(s.dir.sub("store"));
     must_run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", s.base(s.used), q});
-    const std::string as_vmdk = s.disk_path(vmdk_first ? "u1" : "u2"), as_qcow2 = s.disk_path(vmdk_first ? "u2" : "u1");
+    const std::string as_vmdk = s.disk_path(vmdk_first ? "u1" : "u2"),
+                      as_qcow2 = s.disk_path(vmdk_first ? "u2" : "u1");
     must_run({"qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "vmdk", "-b", q, as_vmdk, "64K"});
     must_run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", q, as_qcow2});
     ASSERT_TRUE(qemu_opens(as_qcow2, s.base(s.used)));
@@ -124,16 +127,18 @@ TEST(ImageCacheQemuRules, ARelativeBackingReachedThroughTwoDirectories) {
   s.make_base(other, 2 * kDay);
   const std::string store = s.dir.sub("store");
   fs::create_directories(store + "/real");
-  must_run({"qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b", "base-link", store + "/real/q.qcow2",
-            "64K"});
+  must_run({"qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b", "base-link",
+            store + "/real/q.qcow2", "64K"});
   for (const auto& [d, b] : {std::pair{std::string("d1"), s.used}, std::pair{std::string("d2"), other}}) {
     fs::create_directories(store + "/" + d);
     fs::create_symlink("../real/q.qcow2", store + "/" + d + "/q.qcow2");
     fs::create_symlink(s.base(b), store + "/" + d + "/base-link");
   }
   const std::string u1 = s.disk_path("u1"), u2 = s.disk_path("u2");
-  must_run({"qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b", store + "/d1/q.qcow2", u1, "64K"});
-  must_run({"qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b", store + "/d2/q.qcow2", u2, "64K"});
+  must_run({"qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b", store + "/d1/q.qcow2", u1,
+            "64K"});
+  must_run({"qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b", store + "/d2/q.qcow2", u2,
+            "64K"});
   ASSERT_TRUE(qemu_opens(u1, s.base(s.used)));
   ASSERT_TRUE(qemu_opens(u2, s.base(other)));
   s.expect_in_use(run_pass(s.opts, {}), {s.used, other});
@@ -165,9 +170,10 @@ TEST(ImageCacheQemuRules, AKdmvWithCapacity0IsADescriptorWhoseExtentsAreOpened) 
   write_at(disk, 12, le64(0));  // capacity
   write_at(disk, 28, le64(1));  // descriptor at sector 1
   const std::string rel = fs::relative(s.base(s.used), fs::path(disk).parent_path()).string();
-  std::string desc = "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n"
-                     "createType=\"monolithicFlat\"\nRW 128 FLAT \"" + rel + "\" 0\nRW 2048 SPARSE \"" +
-                     s.base(sparse_base) + "\"\n";
+  std::string desc =
+      "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n"
+      "createType=\"monolithicFlat\"\nRW 128 FLAT \"" +
+      rel + "\" 0\nRW 2048 SPARSE \"" + s.base(sparse_base) + "\"\n";
   desc.resize(vmdk::kParentHintWindow, '\0');
   write_at(disk, 512, desc);
   ASSERT_TRUE(qemu_opens(disk, s.base(s.used)));
@@ -178,7 +184,8 @@ TEST(ImageCacheQemuRules, AKdmvWithCapacity0IsADescriptorWhoseExtentsAreOpened) 
 // Class 2: text descriptors are probed as QEMU probes them ("version=N"
 // after comment and blank lines) - with or without the usual header comment.
 TEST(ImageCacheQemuRules, ATextDescriptorIsReadAsQemuProbesIt) {
-  for (const std::string& head : {std::string("version=1\n"), std::string("# Disk DescriptorFile\n   \nversion=1\n")}) {
+  for (const std::string& head :
+       {std::string("version=1\n"), std::string("# Disk DescriptorFile\n   \nversion=1\n")}) {
     SCOPED_TRACE(head);
     Rules s;
     const std::string disk = s.disk_path("u1", "disk.vmdk");
@@ -211,12 +218,14 @@ TEST(ImageCacheQemuRules, JsonWithCollidingKeysIsUnreadable) {
   Rules s;
   const std::string disk = s.disk_path("u1");
   must_run({"qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b",
-            R"(json:{"file":{"filename":")" + s.base(s.used) + R"("},"file.filename":")" + s.base(s.unused) + R"("})",
+            R"(json:{"file":{"filename":")" + s.base(s.used) + R"("},"file.filename":")" + s.base(s.unused) +
+                R"("})",
             disk, "64K"});
   ASSERT_TRUE(qemu_opens(disk, s.base(s.used)));
   s.expect_nothing_removed(run_pass(s.opts, {}));
   using K = BackingTarget::Kind;
-  EXPECT_EQ(classify_backing(R"(json:{"file.filename":"/a","file.filename":"/b"})", "/i").kind, K::unreadable);
+  EXPECT_EQ(classify_backing(R"(json:{"file.filename":"/a","file.filename":"/b"})", "/i").kind,
+            K::unreadable);
   EXPECT_EQ(classify_backing(R"(json:{"filename":"/a","file.filename":"/b"})", "/i").kind, K::unreadable);
   EXPECT_EQ(classify_backing(R"(json:{"file":{"filename":"/a\u0000x"}})", "/i").kind, K::unreadable);
   EXPECT_EQ(classify_backing(R"(json:{"file":{"filename":"/a"},"driver":"raw"})", "/i").path, "/a");
@@ -270,7 +279,8 @@ TEST(ImageCacheQemuRules, ASymlinkedLockDirectoryIsRefusedAndNothingOutsideIsTou
   for ([[maybe_unused]] const auto& e : fs::directory_iterator(foreign)) ++n;
   EXPECT_EQ(n, 2u);  // no lock file was created there either
   bool named = false;
-  for (const auto& note : r.notes) named |= note.find("refusing " + s.opts.instances_path + "/locks") != std::string::npos;
+  for (const auto& note : r.notes)
+    named |= note.find("refusing " + s.opts.instances_path + "/locks") != std::string::npos;
   EXPECT_TRUE(named);
   // Spawn's lock is refused the same way.
   BaseCache cache(s.opts.instances_path, "_base");
@@ -319,9 +329,10 @@ TEST(ImageCacheQemuRules, ABindMountedLockDirectoryIsRefused) {
 }
 
 TEST(Vmdk, ExtentLinesAreReadAsQemuScansThem) {
-  const auto e = vmdk::extents("RW 10 FLAT \"a\" 0\n  RW  5  SPARSE  \"b c\"\nRDONLY 1 FLAT \"ro\" 0\n"
-                               "RWX 1 FLAT \"x\" 0\nRW 1 FLATTENEDXX \"y\"\nRW 1 ZERO \"z\"\nRW one FLAT \"n\"\n"
-                               "RW 1 VMFS \"v\"\nRW 1 FLAT \"\" 0\nRW 1 FLAT \"q\nr\" 0\0RW 1 FLAT \"after-nul\" 0");
+  const auto e = vmdk::extents(
+      "RW 10 FLAT \"a\" 0\n  RW  5  SPARSE  \"b c\"\nRDONLY 1 FLAT \"ro\" 0\n"
+      "RWX 1 FLAT \"x\" 0\nRW 1 FLATTENEDXX \"y\"\nRW 1 ZERO \"z\"\nRW one FLAT \"n\"\n"
+      "RW 1 VMFS \"v\"\nRW 1 FLAT \"\" 0\nRW 1 FLAT \"q\nr\" 0\0RW 1 FLAT \"after-nul\" 0");
   std::vector<std::string> names;
   for (const auto& x : e) names.push_back(x.name);
   EXPECT_EQ(names, (std::vector<std::string>{"a", "b c", "z", "v", "q"}));

@@ -1,7 +1,7 @@
 // dump_json never throws on text from outside: invalid UTF-8 is replaced.
-#include <gtest/gtest.h>
-
 #include "common/json_text.h"
+
+#include <gtest/gtest.h>
 
 namespace virtcap {
 namespace {

@@ -1,5 +1,7 @@
 // The libvirt driver against libvirt's real test driver (in-process, no
 // daemon), with real qcow2 files from qemu-img.
+#include "virt/libvirt/libvirt_driver.h"
+
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
@@ -12,7 +14,6 @@
 #include "store/memory/memory_store.h"
 #include "support/test_support.h"
 #include "virt/libvirt/domain_xml.h"
-#include "virt/libvirt/libvirt_driver.h"
 
 namespace virtcap::libvirt {
 namespace {
@@ -149,7 +150,8 @@ TEST(LibvirtDriver, BothOverlayWritersMakeEquivalentCleanDisks) {
   }
   for (const char* uuid : {kUuidA, kUuidB})
     for (const char* key : {"virtual-size", "backing-filename-format", "cluster-size", "format"})
-      EXPECT_EQ(infos[std::string("native") + uuid + key], infos[std::string("qemu-img") + uuid + key]) << key;
+      EXPECT_EQ(infos[std::string("native") + uuid + key], infos[std::string("qemu-img") + uuid + key])
+          << key;
   EXPECT_EQ(infos[std::string("native") + kUuidB + "virtual-size"], 3ll << 30);
 }
 
@@ -231,16 +233,16 @@ TEST(LibvirtDriver, BadImagesAreRefusedAndNothingIsLost) {
     Errc code;
     const char* says;
   };
-  for (const Case& c : {Case{"missing", Errc::not_found, "not found"},
-                        Case{"../etc/passwd", Errc::invalid_argument, "invalid"},
-                        Case{"..", Errc::invalid_argument, "invalid"},
-                        Case{"a/b", Errc::invalid_argument, "invalid"},
-                        Case{"truncated", Errc::invalid_argument, "corrupt"},
-                        Case{"garbage", Errc::invalid_argument, "no qcow2 header"},
-                        Case{"liar", Errc::invalid_argument, "named .raw but is a qcow2"},
-                        Case{"empty", Errc::invalid_argument, "empty"},
-                        Case{"odd", Errc::invalid_argument, "multiple of 512"},
-                        Case{"overlay", Errc::invalid_argument, "backing file"}}) {
+  for (const Case& c :
+       {Case{"missing", Errc::not_found, "not found"},
+        Case{"../etc/passwd", Errc::invalid_argument, "invalid"},
+        Case{"..", Errc::invalid_argument, "invalid"}, Case{"a/b", Errc::invalid_argument, "invalid"},
+        Case{"truncated", Errc::invalid_argument, "corrupt"},
+        Case{"garbage", Errc::invalid_argument, "no qcow2 header"},
+        Case{"liar", Errc::invalid_argument, "named .raw but is a qcow2"},
+        Case{"empty", Errc::invalid_argument, "empty"},
+        Case{"odd", Errc::invalid_argument, "multiple of 512"},
+        Case{"overlay", Errc::invalid_argument, "backing file"}}) {
     auto st = f.driver->spawn({kUuidB, "new", c.id, 64, 1});
     ASSERT_FALSE(st.ok()) << c.id;
     EXPECT_EQ(st.error().code, c.code) << c.id << ": " << st.error().message;
@@ -270,7 +272,8 @@ TEST(LibvirtDriver, AFailedDefineRollsBackTheInstanceDirAndKeepsTheBase) {
   auto st = f.driver->spawn({kUuidB, "b", "img", 64, 1});
   ASSERT_FALSE(st.ok());
   EXPECT_EQ(st.error().code, Errc::already_exists) << st.error().message;
-  EXPECT_NE(st.error().message.find("already has a domain with uuid"), std::string::npos) << st.error().message;
+  EXPECT_NE(st.error().message.find("already has a domain with uuid"), std::string::npos)
+      << st.error().message;
   EXPECT_EQ(testing::tree(f.cfg.instances_path()), before) << st.error().message;
   EXPECT_TRUE(std::filesystem::exists(f.base_of("img")));
   auto foreign = f.driver->connection().with([](virConnectPtr c) -> Status {
@@ -354,7 +357,8 @@ TEST(LibvirtDriver, AListPageShowingPowerStatesIsNeverReused) {
   });
   ASSERT_TRUE(paused.ok()) << paused.error().message;
   ASSERT_EQ(page({{"long", "true"}}).size(), 1U);
-  EXPECT_EQ(page({{"long", "true"}})[0]["power_state"], "paused") << "the hypervisor's state, not a kept page";
+  EXPECT_EQ(page({{"long", "true"}})[0]["power_state"], "paused")
+      << "the hypervisor's state, not a kept page";
   EXPECT_TRUE(page({{"power_state", "running"}}).empty());
   EXPECT_EQ(page({{"power_state", "paused"}}).size(), 1U);
   EXPECT_EQ(page({{"long", "false"}}).size(), 1U);
@@ -384,7 +388,15 @@ TEST(LibvirtDriver, ReconcileRollsBackASpawnWhoseDomainNeverStarted) {
   const std::string half_dir = drv.instance_dir(kUuidB);
   std::filesystem::create_directories(half_dir);
   std::ofstream(half_dir + "/disk.tmp-overlay") << "QFI";  // the overlay, cut short
-  const DomainParams p{kUuidB, "half", "img", "test", 64, 1, half_dir + "/disk", half_dir + "/console.log", "",
+  const DomainParams p{kUuidB,
+                       "half",
+                       "img",
+                       "test",
+                       64,
+                       1,
+                       half_dir + "/disk",
+                       half_dir + "/console.log",
+                       "",
                        "52:54:00:00:00:0b"};
   auto defined = drv.connection().with([&](virConnectPtr c) -> Status {
     virDomainPtr d = virDomainDefineXML(c, domain_xml(p).c_str());
@@ -409,7 +421,8 @@ TEST(LibvirtDriver, ReconcileRollsBackASpawnWhoseDomainNeverStarted) {
 }
 
 TEST(DomainXml, RoundTripsWhatVirtcapReadsBack) {
-  DomainParams p{kUuidA, "web <1>", "img", "test", 256, 2, "/x/disk", "/x/console.log", "", "52:54:00:aa:bb:cc"};
+  DomainParams p{kUuidA, "web <1>",          "img", "test", 256, 2, "/x/disk", "/x/console.log",
+                 "",     "52:54:00:aa:bb:cc"};
   auto facts = parse_domain_xml(domain_xml(p));
   ASSERT_TRUE(facts.ok());
   EXPECT_TRUE(facts->ours);

@@ -19,7 +19,7 @@ TEST(Listen, IsLoopbackTakesOnlyLiteralLoopbackAndLocalhost) {
 }
 
 http::Options at(const std::string& listen, const std::string& token = "", bool tls = false,
-                bool allow_insecure = false, const std::string& section = "[api]") {
+                 bool allow_insecure = false, const std::string& section = "[api]") {
   http::Options o;
   o.listen = listen;
   o.token = token;
@@ -51,7 +51,8 @@ TEST(Listen, NonLoopbackWithoutTlsIsRefusedUnlessAllowInsecureWhichWarns) {
 
   auto insecure = http::check_listen(at("0.0.0.0:8774", "t", false, true));
   ASSERT_TRUE(insecure.ok()) << insecure.error().message;
-  EXPECT_NE(insecure->find("plain HTTP on 0.0.0.0:8774 because [api] allow_insecure = true"), std::string::npos)
+  EXPECT_NE(insecure->find("plain HTTP on 0.0.0.0:8774 because [api] allow_insecure = true"),
+            std::string::npos)
       << *insecure;
 
   auto tls = http::check_listen(at("10.0.0.1:8774", "t", true));
@@ -67,14 +68,16 @@ TEST(Listen, TlsCertAndKeyGoTogether) {
   o.tls_cert = "/etc/virtcap/cert.pem";
   auto only_cert = http::check_listen(o);
   ASSERT_FALSE(only_cert.ok());
-  EXPECT_NE(only_cert.error().message.find("[api] tls_cert and tls_key must be set together (only tls_cert is set)"),
+  EXPECT_NE(only_cert.error().message.find(
+                "[api] tls_cert and tls_key must be set together (only tls_cert is set)"),
             std::string::npos)
       << only_cert.error().message;
   o.tls_cert.clear();
   o.tls_key = "/etc/virtcap/key.pem";
   auto only_key = http::check_listen(o);
   ASSERT_FALSE(only_key.ok());
-  EXPECT_NE(only_key.error().message.find("(only tls_key is set)"), std::string::npos) << only_key.error().message;
+  EXPECT_NE(only_key.error().message.find("(only tls_key is set)"), std::string::npos)
+      << only_key.error().message;
 }
 
 }  // namespace

@@ -69,7 +69,8 @@ TEST(PeriodicTaskRunner, AnExceptionIsRecordedAndStopsNothing) {
   PeriodicTaskRunner runner(no_jitter());
   runner.add({"thrower", 0.001, FirstRun::immediately, "",
               [](std::stop_token) -> TaskOutcome { throw std::runtime_error("disk on fire"); }});
-  runner.add({"steady", 0.001, FirstRun::immediately, "", [](std::stop_token) { return TaskOutcome::ran(); }});
+  runner.add(
+      {"steady", 0.001, FirstRun::immediately, "", [](std::stop_token) { return TaskOutcome::ran(); }});
   runner.start();
   ASSERT_TRUE(runner.wait_for_runs("thrower", 3, kDeadline));  // keeps its schedule after throwing
   ASSERT_TRUE(runner.wait_for_runs("steady", 3, kDeadline));
@@ -103,7 +104,8 @@ TEST(PeriodicTaskRunner, ASlowTaskDoesNotStarveTheOthers) {
 TEST(PeriodicTaskRunner, StopInterruptsLongWaitsAndCooperativeTasks) {
   PeriodicTaskRunner runner(no_jitter());
   std::promise<void> entered;
-  runner.add({"hourly", 3600, FirstRun::after_spacing, "", [](std::stop_token) { return TaskOutcome::ran(); }});
+  runner.add(
+      {"hourly", 3600, FirstRun::after_spacing, "", [](std::stop_token) { return TaskOutcome::ran(); }});
   runner.add({"cooperative", 3600, FirstRun::immediately, "", [&](std::stop_token st) {
                 entered.set_value();
                 std::mutex m;
@@ -123,7 +125,8 @@ TEST(PeriodicTaskRunner, StopInterruptsLongWaitsAndCooperativeTasks) {
 
 TEST(PeriodicTaskRunner, WaitForRunsEndsAtItsDeadline) {
   PeriodicTaskRunner runner(no_jitter());
-  runner.add({"hourly", 3600, FirstRun::after_spacing, "", [](std::stop_token) { return TaskOutcome::ran(); }});
+  runner.add(
+      {"hourly", 3600, FirstRun::after_spacing, "", [](std::stop_token) { return TaskOutcome::ran(); }});
   runner.start();
   const auto t0 = std::chrono::steady_clock::now();
   EXPECT_FALSE(runner.wait_for_runs("hourly", 1, std::chrono::milliseconds(50)));

@@ -1,6 +1,8 @@
 // The native qcow2 header reader against the real qemu-img: images are made
 // by qemu-img in a temp dir, read by us, and compared with
 // `qemu-img info --output=json`. Malformed images are made by patching bytes.
+#include "imagecache/qcow2.h"
+
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -18,7 +20,6 @@
 #include <vector>
 
 #include "common/subprocess.h"
-#include "imagecache/qcow2.h"
 
 namespace virtcap::imagecache {
 namespace {
@@ -50,7 +51,8 @@ void put_be(Bytes& b, std::size_t at, std::uint64_t value, int width) {
 void put_be32(Bytes& b, std::size_t at, std::uint32_t v) { put_be(b, at, v, 4); }
 void put_be64(Bytes& b, std::size_t at, std::uint64_t v) { put_be(b, at, v, 8); }
 std::uint32_t get_be32(const Bytes& b, std::size_t at) {
-  return (std::uint32_t{b[at]} << 24) | (std::uint32_t{b[at + 1]} << 16) | (std::uint32_t{b[at + 2]} << 8) | b[at + 3];
+  return (std::uint32_t{b[at]} << 24) | (std::uint32_t{b[at + 1]} << 16) | (std::uint32_t{b[at + 2]} << 8) |
+         b[at + 3];
 }
 std::uint64_t get_be64(const Bytes& b, std::size_t at) {
   return (std::uint64_t{get_be32(b, at)} << 32) | get_be32(b, at + 4);
@@ -167,7 +169,8 @@ class Qcow2Test : public ::testing::Test {
   void make_chain_of_three() {
     make_raw("base.raw", "4M");
     qemu_img({"create", "-f", "qcow2", "-o", "compat=0.10", "-b", "base.raw", "-F", "raw", p("mid.qcow2")});
-    qemu_img({"create", "-f", "qcow2", "-o", "compat=1.1", "-b", p("mid.qcow2"), "-F", "qcow2", p("top.qcow2"), "8M"});
+    qemu_img({"create", "-f", "qcow2", "-o", "compat=1.1", "-b", p("mid.qcow2"), "-F", "qcow2",
+              p("top.qcow2"), "8M"});
   }
 
   Qcow2Errc read_error(const std::string& path) {
@@ -236,8 +239,8 @@ TEST_F(Qcow2Test, V2AbsoluteQcow2BackingMatchesQemuImg) {
 
 TEST_F(Qcow2Test, V3AbsoluteQcow2BackingMatchesQemuImg) {
   ASSERT_NO_FATAL_FAILURE(qemu_img({"create", "-f", "qcow2", p("base.qcow2"), "2M"}));
-  ASSERT_NO_FATAL_FAILURE(
-      qemu_img({"create", "-f", "qcow2", "-o", "compat=1.1", "-b", p("base.qcow2"), "-F", "qcow2", p("ov.qcow2")}));
+  ASSERT_NO_FATAL_FAILURE(qemu_img(
+      {"create", "-f", "qcow2", "-o", "compat=1.1", "-b", p("base.qcow2"), "-F", "qcow2", p("ov.qcow2")}));
   expect_matches_qemu(p("ov.qcow2"));
 }
 
@@ -298,7 +301,8 @@ TEST_F(Qcow2Test, BackingDeclaredRawIsReportedNotOpened) {
   // The backing is really a qcow2 file and, separately, a missing file: with
   // -F raw neither is opened, both are reported as raw.
   ASSERT_NO_FATAL_FAILURE(qemu_img({"create", "-f", "qcow2", p("inner.qcow2"), "1M"}));
-  ASSERT_NO_FATAL_FAILURE(qemu_img({"create", "-f", "qcow2", "-b", "inner.qcow2", "-F", "raw", p("a.qcow2")}));
+  ASSERT_NO_FATAL_FAILURE(
+      qemu_img({"create", "-f", "qcow2", "-b", "inner.qcow2", "-F", "raw", p("a.qcow2")}));
   ASSERT_NO_FATAL_FAILURE(
       qemu_img({"create", "-f", "qcow2", "-u", "-b", "gone.raw", "-F", "raw", p("b.qcow2"), "1M"}));
 
@@ -339,8 +343,8 @@ TEST_F(Qcow2Test, UndeclaredBackingFormatIsProbedByMagic) {
 }
 
 TEST_F(Qcow2Test, ProtocolBackingIsFlaggedNotResolvedAndEndsTheChain) {
-  ASSERT_NO_FATAL_FAILURE(
-      qemu_img({"create", "-f", "qcow2", "-u", "-b", "nbd:localhost:10809", "-F", "raw", p("nbd.qcow2"), "1M"}));
+  ASSERT_NO_FATAL_FAILURE(qemu_img(
+      {"create", "-f", "qcow2", "-u", "-b", "nbd:localhost:10809", "-F", "raw", p("nbd.qcow2"), "1M"}));
   const std::string json_name = R"(json:{"file": {"driver": "file", "filename": "/x/y.raw"}})";
   ASSERT_NO_FATAL_FAILURE(
       qemu_img({"create", "-f", "qcow2", "-u", "-b", json_name, "-F", "raw", p("json.qcow2"), "1M"}));
@@ -433,7 +437,7 @@ TEST_F(Qcow2Test, ReadHeaderFdLeavesTheCallersFdOpen) {
     EXPECT_EQ(h->backing_file, "base.raw");
   }
   EXPECT_EQ(::lseek(fd, 0, SEEK_CUR), 100);  // pread only: the offset did not move
-  EXPECT_EQ(::close(fd), 0);                  // still ours to close
+  EXPECT_EQ(::close(fd), 0);                 // still ours to close
   auto bad = read_header_fd(fd, "label");
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.error().code, Qcow2Errc::io_error);
@@ -480,7 +484,8 @@ TEST_F(Qcow2Test, BackingOffsetPastEndOfFile) {
   // Past the end (found by the second read), straddling the end, and an
   // offset that would wrap around if added carelessly.
   for (std::uint64_t offset : {size + 100, size - 4, ~std::uint64_t{0} - 3, std::uint64_t{1} << 63}) {
-    ASSERT_NO_FATAL_FAILURE(patch(p("ov.qcow2"), [&](Bytes& b) { put_be64(b, kBackingOffsetField, offset); }));
+    ASSERT_NO_FATAL_FAILURE(
+        patch(p("ov.qcow2"), [&](Bytes& b) { put_be64(b, kBackingOffsetField, offset); }));
     EXPECT_EQ(read_error(p("ov.qcow2")), Qcow2Errc::offset_past_eof) << offset;
     const Bytes all = read_all(p("ov.qcow2"));
     EXPECT_EQ(parse_error(all, all.size()), Qcow2Errc::offset_past_eof) << offset;
@@ -521,9 +526,8 @@ TEST_F(Qcow2Test, NulInsideBackingName) {
   ASSERT_NO_FATAL_FAILURE(make_raw("base.raw"));
   ASSERT_NO_FATAL_FAILURE(qemu_img({"create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", p("ov.qcow2")}));
   // In the first read...
-  ASSERT_NO_FATAL_FAILURE(patch(p("ov.qcow2"), [](Bytes& b) {
-    b[get_be64(b, kBackingOffsetField) + 2] = 0;
-  }));
+  ASSERT_NO_FATAL_FAILURE(
+      patch(p("ov.qcow2"), [](Bytes& b) { b[get_be64(b, kBackingOffsetField) + 2] = 0; }));
   EXPECT_EQ(read_error(p("ov.qcow2")), Qcow2Errc::nul_in_name);
   // ...and in a name fetched by the second read.
   ASSERT_NO_FATAL_FAILURE(patch(p("ov.qcow2"), [](Bytes& b) {
@@ -550,9 +554,8 @@ TEST_F(Qcow2Test, ExtensionRunningPastItsAreaIsBadExtension) {
   ASSERT_NO_FATAL_FAILURE(make_raw("base.raw"));
   // With a backing file the extensions must end where the name starts...
   ASSERT_NO_FATAL_FAILURE(qemu_img({"create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", p("ov.qcow2")}));
-  ASSERT_NO_FATAL_FAILURE(patch(p("ov.qcow2"), [](Bytes& b) {
-    put_be32(b, find_extension(b, kBackingFormatExt) + 4, 0x00100000);
-  }));
+  ASSERT_NO_FATAL_FAILURE(patch(
+      p("ov.qcow2"), [](Bytes& b) { put_be32(b, find_extension(b, kBackingFormatExt) + 4, 0x00100000); }));
   EXPECT_EQ(read_error(p("ov.qcow2")), Qcow2Errc::bad_extension);
   // ...without one, at the end of the first cluster.
   ASSERT_NO_FATAL_FAILURE(qemu_img({"create", "-f", "qcow2", p("plain.qcow2"), "1M"}));
@@ -713,7 +716,8 @@ TEST(Qcow2Describe, DescribeIsOneSentenceNamingTheFile) {
   e.path = "/var/lib/virtcap/instances/x/disk";
   e.detail = "at byte 2 of 8";
   EXPECT_EQ(e.describe(),
-            "'/var/lib/virtcap/instances/x/disk' has a NUL byte inside its qcow2 backing file name: at byte 2 of 8.");
+            "'/var/lib/virtcap/instances/x/disk' has a NUL byte inside its qcow2 backing file name: at byte "
+            "2 of 8.");
   e.code = Qcow2Errc::chain_loop;
   e.detail.clear();
   EXPECT_EQ(e.describe(), "'/var/lib/virtcap/instances/x/disk' has a backing chain that loops.");

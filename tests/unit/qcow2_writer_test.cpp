@@ -2,6 +2,8 @@
 // is checked by `qemu-img check`, compared with `qemu-img info` (and with what
 // `qemu-img create` writes for the same base), compared with its base by
 // `qemu-img compare`, then written and read through `qemu-io`.
+#include "imagecache/qcow2_writer.h"
+
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -19,7 +21,6 @@
 
 #include "common/subprocess.h"
 #include "imagecache/qcow2.h"
-#include "imagecache/qcow2_writer.h"
 #include "support/test_support.h"
 
 namespace virtcap::imagecache {
@@ -53,11 +54,13 @@ std::string qemu_check(const std::string& path) {
 // "" when `qemu-img info` agrees with what the overlay was asked to be.
 std::string qemu_info_agrees(const std::string& path, const OverlaySpec& spec) {
   proc::Output out;
-  if (auto e = run_ok({"qemu-img", "info", "--force-share", "--output=json", path}, &out); !e.empty()) return e;
+  if (auto e = run_ok({"qemu-img", "info", "--force-share", "--output=json", path}, &out); !e.empty())
+    return e;
   auto j = nlohmann::json::parse(out.out);
   std::string diffs;
   auto expect = [&](const char* key, const nlohmann::json& want) {
-    if (j.value(key, nlohmann::json()) != want) diffs += std::string(" ") + key + "=" + j.value(key, nlohmann::json()).dump() + " want " + want.dump();
+    if (j.value(key, nlohmann::json()) != want)
+      diffs += std::string(" ") + key + "=" + j.value(key, nlohmann::json()).dump() + " want " + want.dump();
   };
   expect("format", "qcow2");
   expect("virtual-size", spec.virtual_size);
@@ -69,9 +72,11 @@ std::string qemu_info_agrees(const std::string& path, const OverlaySpec& spec) {
   return diffs.empty() ? "" : "qemu-img info of " + path + " disagrees:" + diffs;
 }
 
-std::string qemu_compare(const std::string& overlay, const std::string& base, const std::string& base_format) {
+std::string qemu_compare(const std::string& overlay, const std::string& base,
+                         const std::string& base_format) {
   proc::Output out;
-  if (auto e = run_ok({"qemu-img", "compare", "-f", "qcow2", "-F", base_format, overlay, base}, &out); !e.empty())
+  if (auto e = run_ok({"qemu-img", "compare", "-f", "qcow2", "-F", base_format, overlay, base}, &out);
+      !e.empty())
     return e;
   return out.out.find("Images are identical") == std::string::npos ? "qemu-img compare: " + out.out : "";
 }
@@ -80,7 +85,8 @@ std::string qemu_compare(const std::string& overlay, const std::string& base, co
 // reads the pattern back.
 std::string write_and_read_back(const std::string& overlay, std::uint64_t offset) {
   const std::string at = std::to_string(offset);
-  if (auto e = run_ok({"qemu-io", "-f", "qcow2", "-c", "write -P 0xab " + at + " 64k", overlay}); !e.empty()) return e;
+  if (auto e = run_ok({"qemu-io", "-f", "qcow2", "-c", "write -P 0xab " + at + " 64k", overlay}); !e.empty())
+    return e;
   if (auto e = qemu_check(overlay); !e.empty()) return "after a write at " + at + ": " + e;
   if (auto e = run_ok({"qemu-io", "-f", "qcow2", "-c", "read -P 0xab " + at + " 64k", overlay}); !e.empty())
     return "read-back at " + at + ": " + e;
@@ -110,11 +116,13 @@ void check_overlay(const std::string& base, const std::string& format, std::uint
   // Differential: qemu-img create on the same base reports the same facts.
   const std::string reference = base + ".reference";
   fs::remove(reference);
-  std::vector<std::string> argv{"qemu-img", "create", "-q", "-f", "qcow2", "-F", format, "-b", base, reference};
+  std::vector<std::string> argv{"qemu-img", "create", "-q", "-f", "qcow2",
+                                "-F",       format,   "-b", base, reference};
   if (resize) argv.push_back(std::to_string(resize));
   ASSERT_EQ(run_ok(argv), "");
   auto ours = testing::qemu_img_info(overlay), theirs = testing::qemu_img_info(reference);
-  for (const char* key : {"virtual-size", "cluster-size", "backing-filename", "backing-filename-format", "format"})
+  for (const char* key :
+       {"virtual-size", "cluster-size", "backing-filename", "backing-filename-format", "format"})
     EXPECT_EQ(ours[key], theirs[key]) << key;
 
   // Our own reader agrees too.
@@ -149,10 +157,10 @@ TEST_P(RawBase, OverlayPassesQemuImgCheckInfoCompareAndQemuIoWrite) {
 // Around 2^31, 2^32 and 2^40 bytes, a tiny disk, and sizes that are not whole
 // sectors (rounded up to 512, as QEMU does).
 INSTANTIATE_TEST_SUITE_P(Sizes, RawBase,
-                         ::testing::Values(1000u, 1 * kMiB, 2 * kGiB - 512, 2 * kGiB, 2 * kGiB + 512, 2 * kGiB + 1,
-                                           4 * kGiB - 512, 4 * kGiB, 4 * kGiB + 512, 512 * kMiB + 512,
-                                           (std::uint64_t{1} << 40) - 512, std::uint64_t{1} << 40,
-                                           (std::uint64_t{1} << 40) + 512));
+                         ::testing::Values(1000u, 1 * kMiB, 2 * kGiB - 512, 2 * kGiB, 2 * kGiB + 512,
+                                           2 * kGiB + 1, 4 * kGiB - 512, 4 * kGiB, 4 * kGiB + 512,
+                                           512 * kMiB + 512, (std::uint64_t{1} << 40) - 512,
+                                           std::uint64_t{1} << 40, (std::uint64_t{1} << 40) + 512));
 
 class Qcow2Base : public ::testing::TestWithParam<std::uint64_t> {};
 
@@ -164,8 +172,8 @@ TEST_P(Qcow2Base, OverlayPassesQemuImgCheckInfoCompareAndQemuIoWrite) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, Qcow2Base,
-                         ::testing::Values(0u, 64 * kKiB, 2 * kGiB - 512, 2 * kGiB, 2 * kGiB + 512, 4 * kGiB - 512,
-                                           4 * kGiB, 4 * kGiB + 512, std::uint64_t{1} << 40));
+                         ::testing::Values(0u, 64 * kKiB, 2 * kGiB - 512, 2 * kGiB, 2 * kGiB + 512,
+                                           4 * kGiB - 512, 4 * kGiB, 4 * kGiB + 512, std::uint64_t{1} << 40));
 
 TEST(Qcow2Writer, ResizedOverlaysOfRawAndQcow2Bases) {
   TempDir dir("virtcap-qcow2w");
@@ -192,7 +200,8 @@ TEST(Qcow2Writer, ReadsThroughToTheBaseUntilWritten) {
   EXPECT_EQ(run_ok({"qemu-io", "-f", "qcow2", "-c", "write -P 0xab 1M 64k", overlay}), "");
   EXPECT_EQ(run_ok({"qemu-io", "-f", "qcow2", "-c", "read -P 0xab 1M 64k", overlay}), "");
   EXPECT_EQ(run_ok({"qemu-io", "-f", "qcow2", "-c", "read -P 0xcd 1088k 64k", overlay}), "");
-  EXPECT_EQ(run_ok({"qemu-io", "-f", "raw", "-c", "read -P 0xcd 1M 128k", base}), "") << "the base is never written";
+  EXPECT_EQ(run_ok({"qemu-io", "-f", "raw", "-c", "read -P 0xcd 1M 128k", base}), "")
+      << "the base is never written";
   EXPECT_EQ(qemu_check(overlay), "");
 }
 
@@ -243,7 +252,8 @@ TEST(Qcow2Writer, AFailedWriteRemovesTheTemporary) {
 TEST(Qcow2Writer, WritesOnlyMetadataAndTheFileIsSparse) {
   TempDir dir("virtcap-qcow2w");
   const std::string disk = dir.sub("disk");
-  ASSERT_TRUE(create_overlay(disk, OverlaySpec{"/base", "raw", std::uint64_t{1} << 40}, Durability::none).ok());
+  ASSERT_TRUE(
+      create_overlay(disk, OverlaySpec{"/base", "raw", std::uint64_t{1} << 40}, Durability::none).ok());
   struct stat st {};
   ASSERT_EQ(::stat(disk.c_str(), &st), 0);
   EXPECT_EQ(st.st_size, 4 * 65536) << "header, refcount table, refcount block, one L1 cluster";
@@ -272,20 +282,23 @@ TEST(Qcow2Writer, InjectedSyscallFailuresLeaveNothingBehind) {
     const char* inject;
     const char* says;
   };
-  for (const Case& c : {Case{"fsync:error=EIO", "cannot fsync"}, Case{"pwrite64:error=ENOSPC", "cannot write"},
-                        Case{"ftruncate:error=EFBIG", "cannot extend"}, Case{"close:error=EIO", "cannot close"},
-                        Case{"renameat2:error=EIO", "cannot rename"}}) {
+  for (const Case& c :
+       {Case{"fsync:error=EIO", "cannot fsync"}, Case{"pwrite64:error=ENOSPC", "cannot write"},
+        Case{"ftruncate:error=EFBIG", "cannot extend"}, Case{"close:error=EIO", "cannot close"},
+        Case{"renameat2:error=EIO", "cannot rename"}}) {
     SCOPED_TRACE(c.inject);
     TempDir dir("virtcap-qcow2w-fault");
     proc::Output out;
     const std::string self = fs::read_symlink("/proc/self/exe").string();
     // LeakSanitizer cannot run under ptrace; the rest of ASan can (ASan builds).
     const char* asan = std::getenv("ASAN_OPTIONS");
-    const std::string asan_options = "ASAN_OPTIONS=" + std::string(asan ? asan : "") + (asan ? ":" : "") + "detect_leaks=0";
+    const std::string asan_options =
+        "ASAN_OPTIONS=" + std::string(asan ? asan : "") + (asan ? ":" : "") + "detect_leaks=0";
     const std::string syscall = std::string(c.inject).substr(0, std::string(c.inject).find(':'));
     // -P: only the calls on the temporary file (close, say, is everywhere).
-    ASSERT_EQ(run_ok({"strace", "-f", "-o", "/dev/null", "-P", dir.sub("disk.tmp-overlay"), "-e", "trace=" + syscall,
-                      "-e", std::string("inject=") + c.inject, "env", "VIRTCAP_FAULT_DIR=" + dir.str(), asan_options, self,
+    ASSERT_EQ(run_ok({"strace", "-f", "-o", "/dev/null", "-P", dir.sub("disk.tmp-overlay"), "-e",
+                      "trace=" + syscall, "-e", std::string("inject=") + c.inject, "env",
+                      "VIRTCAP_FAULT_DIR=" + dir.str(), asan_options, self,
                       "--gtest_filter=Qcow2WriterFaultChild.CreateOverlayUnderInjectedFault"},
                      &out),
               "");
@@ -421,8 +434,8 @@ std::string random_component(std::mt19937_64& rng, std::size_t len) {
 }
 
 struct Sample {
-  std::string name;           // as stored in the header
-  std::string base_on_disk;   // where the base file really is
+  std::string name;          // as stored in the header
+  std::string base_on_disk;  // where the base file really is
   std::uint64_t base_size = 0;
   std::uint64_t virtual_size = 0;
 };
@@ -450,7 +463,8 @@ Sample random_sample(std::mt19937_64& rng, const std::string& root, int i) {
   // base is the same size or smaller (a resized overlay), at most 2^40 bytes
   // (ext4 caps files at 16 TiB).
   const int bits = static_cast<int>(rng() % 52);
-  const std::uint64_t raw = bits == 0 ? 0 : (std::uint64_t{1} << (bits - 1)) + rng() % (std::uint64_t{1} << (bits - 1));
+  const std::uint64_t raw =
+      bits == 0 ? 0 : (std::uint64_t{1} << (bits - 1)) + rng() % (std::uint64_t{1} << (bits - 1));
   s.virtual_size = std::min((raw + 511) / 512 * 512, kOverlayMaxVirtualSize);
   s.base_size = rng() % 3 == 0 ? rng() % (std::min(s.virtual_size, std::uint64_t{1} << 40) + 1)
                                : std::min(s.virtual_size, std::uint64_t{1} << 40);
@@ -488,15 +502,16 @@ TEST(Qcow2WriterProperty, RandomOverlaysPassQemuImgCheckAndInfo) {
       if (why.empty()) why = qemu_info_agrees(overlay, spec);
       if (!why.empty()) {
         std::lock_guard<std::mutex> lock(mu);
-        failures.push_back("#" + std::to_string(i) + " size " + std::to_string(s.virtual_size) + " name '" + s.name +
-                           "': " + why);
+        failures.push_back("#" + std::to_string(i) + " size " + std::to_string(s.virtual_size) + " name '" +
+                           s.name + "': " + why);
       }
     }
   };
   std::thread a(worker, 0, 2), b(worker, 1, 2);
   a.join();
   b.join();
-  EXPECT_TRUE(failures.empty()) << failures.size() << " of " << kCount << " overlays failed; first: " << failures[0];
+  EXPECT_TRUE(failures.empty()) << failures.size() << " of " << kCount
+                                << " overlays failed; first: " << failures[0];
 }
 
 }  // namespace

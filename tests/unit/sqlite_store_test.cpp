@@ -1,4 +1,6 @@
 // SqliteStore against real SQLite files in a fresh temporary directory.
+#include "store/sqlite/sqlite_store.h"
+
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
@@ -16,7 +18,6 @@
 #include <thread>
 #include <vector>
 
-#include "store/sqlite/sqlite_store.h"
 #include "support/test_support.h"
 
 namespace virtcap::store {
@@ -47,7 +48,8 @@ class RawDb {
   std::string query(const std::string& sql) {
     sqlite3_stmt* st = nullptr;
     std::string out;
-    if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &st, nullptr) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
+    if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &st, nullptr) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
       const unsigned char* p = sqlite3_column_text(st, 0);
       if (p != nullptr) out = reinterpret_cast<const char*>(p);
     }
@@ -385,7 +387,8 @@ TEST(SqliteStore, StatesAreStoredByNameAndAnUnknownNameIsAStoreError) {
   ASSERT_TRUE(s->create_instance(r).ok());
   RawDb raw(path);
   ASSERT_TRUE(raw.ok());
-  EXPECT_EQ(raw.query("SELECT vm_state || '/' || task_state FROM instances WHERE uuid = 'u-1'"), "lost/deleting");
+  EXPECT_EQ(raw.query("SELECT vm_state || '/' || task_state FROM instances WHERE uuid = 'u-1'"),
+            "lost/deleting");
   // "rebooting" was documented once and never written: it is not a state.
   ASSERT_EQ(raw.exec("UPDATE instances SET task_state = 'rebooting' WHERE uuid = 'u-1'"), SQLITE_OK);
   auto got = s->get_instance("u-1");

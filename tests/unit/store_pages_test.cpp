@@ -5,10 +5,10 @@
 
 #include <algorithm>
 #include <memory>
-#include <tuple>
 #include <random>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "store/memory/memory_store.h"
@@ -58,8 +58,9 @@ InstanceRecord copy_of(const InstanceRowView& v) {
 
 bool same(const InstanceRecord& a, const InstanceRecord& b) {
   return a.uuid == b.uuid && a.name == b.name && a.host == b.host && a.image_id == b.image_id &&
-         a.memory_mb == b.memory_mb && a.vcpus == b.vcpus && a.vm_state == b.vm_state && a.task_state == b.task_state &&
-         a.created_at == b.created_at && a.updated_at == b.updated_at && a.deleted_at == b.deleted_at;
+         a.memory_mb == b.memory_mb && a.vcpus == b.vcpus && a.vm_state == b.vm_state &&
+         a.task_state == b.task_state && a.created_at == b.created_at && a.updated_at == b.updated_at &&
+         a.deleted_at == b.deleted_at;
 }
 
 template <class S>
@@ -137,7 +138,8 @@ TYPED_TEST(InstancePages, PagesConcatenateToTheFullListInOrder) {
       int pages = 0;
       auto got = this->walk(limit, deleted, &pages);
       ASSERT_EQ(got.size(), all->size());
-      for (std::size_t i = 0; i < got.size(); ++i) ASSERT_TRUE(same(got[i], (*all)[i])) << i << " " << got[i].uuid;
+      for (std::size_t i = 0; i < got.size(); ++i)
+        ASSERT_TRUE(same(got[i], (*all)[i])) << i << " " << got[i].uuid;
       EXPECT_EQ(pages, static_cast<int>((all->size() + limit - 1) / limit));
     }
   }
@@ -147,7 +149,8 @@ TYPED_TEST(InstancePages, ExactlyFullLastPageSaysNoMore) {
   this->fill(0);
   for (int i = 0; i < 10; ++i) ASSERT_TRUE(this->store().create_instance(record(i, "a", i)).ok());
   std::vector<std::string> seen;
-  auto first = this->store().visit_instances({"a", false, 5, ""}, [&](const InstanceRowView& v) { seen.emplace_back(v.uuid); });
+  auto first = this->store().visit_instances({"a", false, 5, ""},
+                                             [&](const InstanceRowView& v) { seen.emplace_back(v.uuid); });
   ASSERT_TRUE(first.ok());
   EXPECT_TRUE(first->more);
   auto second = this->store().visit_instances({"a", false, 5, first->next_marker},
@@ -158,12 +161,14 @@ TYPED_TEST(InstancePages, ExactlyFullLastPageSaysNoMore) {
   EXPECT_EQ(seen.size(), 10u);
   EXPECT_EQ(std::set<std::string>(seen.begin(), seen.end()).size(), 10u);
   // A page after the last instance is empty, not an error.
-  auto after = this->store().visit_instances({"a", false, 5, uuid_of(9)}, [&](const InstanceRowView&) { FAIL(); });
+  auto after =
+      this->store().visit_instances({"a", false, 5, uuid_of(9)}, [&](const InstanceRowView&) { FAIL(); });
   ASSERT_TRUE(after.ok());
   EXPECT_EQ(after->rows, 0u);
   EXPECT_FALSE(after->more);
   // An empty host: no rows, no more.
-  auto none = this->store().visit_instances({"nobody", false, 5, ""}, [&](const InstanceRowView&) { FAIL(); });
+  auto none =
+      this->store().visit_instances({"nobody", false, 5, ""}, [&](const InstanceRowView&) { FAIL(); });
   ASSERT_TRUE(none.ok());
   EXPECT_EQ(none->rows, 0u);
 }
@@ -172,7 +177,8 @@ TYPED_TEST(InstancePages, MarkersOfDeletedInstancesWorkOthersAreClearErrors) {
   this->fill(20);
   // uuid_of(4) is deleted: as a marker it still places the page.
   std::vector<std::string> seen;
-  auto page = this->store().visit_instances({"a", false, 3, uuid_of(4)}, [&](const InstanceRowView& v) { seen.emplace_back(v.uuid); });
+  auto page = this->store().visit_instances({"a", false, 3, uuid_of(4)},
+                                            [&](const InstanceRowView& v) { seen.emplace_back(v.uuid); });
   ASSERT_TRUE(page.ok()) << page.error().message;
   EXPECT_EQ(seen, (std::vector<std::string>{uuid_of(5), uuid_of(6), uuid_of(7)}));
   for (const std::string& bad : {uuid_of(100000) /* host b */, std::string("no-such-uuid")}) {
@@ -182,12 +188,14 @@ TYPED_TEST(InstancePages, MarkersOfDeletedInstancesWorkOthersAreClearErrors) {
     EXPECT_NE(r.error().message.find("marker '" + bad + "'"), std::string::npos) << r.error().message;
     EXPECT_NE(r.error().message.find("host a"), std::string::npos) << r.error().message;
   }
-  auto big = this->store().visit_instances({"a", false, kMaxInstancePage + 1, ""}, [&](const InstanceRowView&) { FAIL(); });
+  auto big = this->store().visit_instances({"a", false, kMaxInstancePage + 1, ""},
+                                           [&](const InstanceRowView&) { FAIL(); });
   ASSERT_FALSE(big.ok());
   EXPECT_EQ(big.error().code, Errc::invalid_argument);
   EXPECT_NE(big.error().message.find("1000"), std::string::npos) << big.error().message;
   // limit 0: nothing visited; more says whether anything follows the marker.
-  auto zero = this->store().visit_instances({"a", false, 0, uuid_of(5)}, [&](const InstanceRowView&) { FAIL(); });
+  auto zero =
+      this->store().visit_instances({"a", false, 0, uuid_of(5)}, [&](const InstanceRowView&) { FAIL(); });
   ASSERT_TRUE(zero.ok());
   EXPECT_TRUE(zero->more);
   EXPECT_EQ(zero->next_marker, uuid_of(5));
@@ -281,7 +289,8 @@ TYPED_TEST(InstancePages, ViewsCarryEveryField) {
   r.deleted_at = 0;
   ASSERT_TRUE(this->store().create_instance(r).ok());
   std::vector<InstanceRecord> got;
-  auto p = this->store().visit_instances({"a", true, 10, ""}, [&](const InstanceRowView& v) { got.push_back(copy_of(v)); });
+  auto p = this->store().visit_instances({"a", true, 10, ""},
+                                         [&](const InstanceRowView& v) { got.push_back(copy_of(v)); });
   ASSERT_TRUE(p.ok());
   ASSERT_EQ(got.size(), 1u);
   auto stored = this->store().get_instance(r.uuid);
@@ -330,17 +339,18 @@ TYPED_TEST(InstancePages, FiltersAndSortOrdersMatchAReferenceOnBothStores) {
   };
   for (const auto& key_name : {"created_at", "updated_at", "name", "vm_state", "memory_mb", "vcpus", "uuid"})
     for (bool desc : {false, true})
-      for (const std::optional<VmState> vm_state : {std::optional<VmState>(), std::optional(VmState::error),
-                                                    std::optional(VmState::deleted)})
+      for (const std::optional<VmState> vm_state :
+           {std::optional<VmState>(), std::optional(VmState::error), std::optional(VmState::deleted)})
         for (bool odd_memory_only : {false, true}) {
           const InstanceSortKey key = parse_sort_key(key_name).value();
           EXPECT_EQ(to_string(key), key_name);
           SCOPED_TRACE(std::string(key_name) + (desc ? " desc " : " asc ") +
-                       std::string(vm_state ? to_string(*vm_state) : "") + (odd_memory_only ? " accept" : ""));
+                       std::string(vm_state ? to_string(*vm_state) : "") +
+                       (odd_memory_only ? " accept" : ""));
           std::vector<InstanceRecord> want;
           for (const auto& r : all)
-            if ((r.deleted_at == 0 || vm_state == VmState::deleted) && (!vm_state || r.vm_state == *vm_state) &&
-                (!odd_memory_only || r.memory_mb % 128 == 64))
+            if ((r.deleted_at == 0 || vm_state == VmState::deleted) &&
+                (!vm_state || r.vm_state == *vm_state) && (!odd_memory_only || r.memory_mb % 128 == 64))
               want.push_back(r);
           std::sort(want.begin(), want.end(), [&](const InstanceRecord& x, const InstanceRecord& y) {
             auto a = std::make_tuple(key_of(x, key), x.uuid), b = std::make_tuple(key_of(y, key), y.uuid);
@@ -353,7 +363,8 @@ TYPED_TEST(InstancePages, FiltersAndSortOrdersMatchAReferenceOnBothStores) {
           q.descending = desc;
           if (odd_memory_only) q.accept = [](const InstanceRowView& v) { return v.memory_mb % 128 == 64; };
           for (int page = 0; page < 100; ++page) {
-            auto info = this->store().visit_instances(q, [&](const InstanceRowView& v) { got.emplace_back(v.uuid); });
+            auto info =
+                this->store().visit_instances(q, [&](const InstanceRowView& v) { got.emplace_back(v.uuid); });
             ASSERT_TRUE(info.ok()) << info.error().message;
             if (!info->more) break;
             EXPECT_EQ(info->rows, 17u);

@@ -1,7 +1,8 @@
 // Children start with only fds 0-2, and a timeout kills and reaps them.
-#include <gtest/gtest.h>
+#include "common/subprocess.h"
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -9,8 +10,6 @@
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include "common/subprocess.h"
 
 namespace virtcap {
 namespace {

@@ -23,8 +23,7 @@ Result<std::vector<InstanceRecord>> MemoryStore::live_instances_on(const std::ve
   MutexLock lock(mu_);
   std::vector<InstanceRecord> out;
   for (const auto& [uuid, r] : instances_)
-    if (r.deleted_at == 0 && std::find(hosts.begin(), hosts.end(), r.host) != hosts.end())
-      out.push_back(r);
+    if (r.deleted_at == 0 && std::find(hosts.begin(), hosts.end(), r.host) != hosts.end()) out.push_back(r);
   return out;
 }
 
@@ -57,17 +56,20 @@ Status MemoryStore::update_instance(const InstanceRecord& record) {
   return {};
 }
 
-Result<std::vector<InstanceRecord>> MemoryStore::list_instances(const std::string& host, bool include_deleted) {
+Result<std::vector<InstanceRecord>> MemoryStore::list_instances(const std::string& host,
+                                                                bool include_deleted) {
   MutexLock lock(mu_);
   std::vector<InstanceRecord> out;
   out.reserve(instances_.size());
   for (const auto& [uuid, r] : instances_)
     if (r.host == host && (include_deleted || r.deleted_at == 0)) out.push_back(r);
-  std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.created_at < b.created_at; });
+  std::stable_sort(out.begin(), out.end(),
+                   [](const auto& a, const auto& b) { return a.created_at < b.created_at; });
   return out;
 }
 
-Result<InstancePageInfo> MemoryStore::visit_instances(const InstancePageQuery& query, const InstanceVisitor& visit) {
+Result<InstancePageInfo> MemoryStore::visit_instances(const InstancePageQuery& query,
+                                                      const InstanceVisitor& visit) {
   MutexLock lock(mu_);
   std::vector<const InstanceRecord*> rows;
   rows.reserve(instances_.size());

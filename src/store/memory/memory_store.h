@@ -18,7 +18,8 @@ class MemoryStore : public InstanceStore {
   Status update_instance(const InstanceRecord& record) override;
   Result<std::vector<InstanceRecord>> list_instances(const std::string& host, bool include_deleted) override;
   // Pages over the records in place (no copies), under the store's lock.
-  Result<InstancePageInfo> visit_instances(const InstancePageQuery& query, const InstanceVisitor& visit) override;
+  Result<InstancePageInfo> visit_instances(const InstancePageQuery& query,
+                                           const InstanceVisitor& visit) override;
   // own_writes counts every successful write; there are no other writers.
   std::optional<ContentsVersion> contents_version() override;
 

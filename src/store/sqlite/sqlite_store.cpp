@@ -1,10 +1,9 @@
 #include "store/sqlite/sqlite_store.h"
 
 #include <fcntl.h>
-#include <unistd.h>
-
 #include <sqlite3.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -66,8 +65,8 @@ constexpr int kLatestVersion = static_cast<int>(std::size(kMigrations));
 #define VIRTCAP_INSTANCE_COLUMNS \
   "uuid, name, host, image_id, memory_mb, vcpus, vm_state, task_state, created_at, updated_at, deleted_at"
 
-constexpr const char* kInsertInstance =
-    "INSERT INTO instances (" VIRTCAP_INSTANCE_COLUMNS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+constexpr const char* kInsertInstance = "INSERT INTO instances (" VIRTCAP_INSTANCE_COLUMNS
+                                        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 constexpr const char* kUpdateInstance =
     "UPDATE instances SET name = ?2, host = ?3, image_id = ?4, memory_mb = ?5, vcpus = ?6, vm_state = ?7, "
     "task_state = ?8, created_at = ?9, updated_at = ?10, deleted_at = ?11 WHERE uuid = ?1";
@@ -84,8 +83,9 @@ constexpr const char* kListInstances = "SELECT " VIRTCAP_INSTANCE_COLUMNS
 std::string page_sql(InstanceSortKey sort_key, bool descending, bool after_marker) {
   const std::string key(to_string(sort_key));
   const std::string dir = descending ? " DESC" : "";
-  std::string sql = "SELECT " VIRTCAP_INSTANCE_COLUMNS
-                    " FROM instances WHERE host = ?1 AND (?2 != 0 OR deleted_at = 0) AND (?3 = '' OR vm_state = ?3)";
+  std::string sql =
+      "SELECT " VIRTCAP_INSTANCE_COLUMNS
+      " FROM instances WHERE host = ?1 AND (?2 != 0 OR deleted_at = 0) AND (?3 = '' OR vm_state = ?3)";
   if (after_marker)
     sql += " AND (" + key + ", uuid) " + (descending ? "<" : ">") + " ((SELECT " + key +
            " FROM instances WHERE uuid = ?4), ?4)";
@@ -94,10 +94,12 @@ std::string page_sql(InstanceSortKey sort_key, bool descending, bool after_marke
 constexpr const char* kMarkerPosition = "SELECT host FROM instances WHERE uuid = ?1";
 constexpr const char* kLiveOnHost =
     "SELECT " VIRTCAP_INSTANCE_COLUMNS " FROM instances WHERE host = ?1 AND deleted_at = 0";
-constexpr const char* kLiveNameHolder = "SELECT uuid FROM instances WHERE host = ?1 AND name = ?2 AND deleted_at = 0";
+constexpr const char* kLiveNameHolder =
+    "SELECT uuid FROM instances WHERE host = ?1 AND name = ?2 AND deleted_at = 0";
 constexpr const char* kRegisterHost =
     "INSERT INTO hosts (host, instances_path, updated_at) VALUES (?1, ?2, ?3) "
-    "ON CONFLICT (host) DO UPDATE SET instances_path = excluded.instances_path, updated_at = excluded.updated_at";
+    "ON CONFLICT (host) DO UPDATE SET instances_path = excluded.instances_path, updated_at = "
+    "excluded.updated_at";
 constexpr const char* kHostsSharing = "SELECT host FROM hosts WHERE instances_path = ?1 ORDER BY host";
 constexpr const char* kListHosts = "SELECT host, instances_path, updated_at FROM hosts ORDER BY host";
 
@@ -159,7 +161,6 @@ Result<Row> read_row(const Stmt& st) {
   return r;
 }
 
-
 std::string hex(std::int64_t v) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "0x%08llx", static_cast<unsigned long long>(static_cast<std::uint32_t>(v)));
@@ -195,7 +196,8 @@ class SqliteStore::Stmt {
   std::string text(int col) const {
     const unsigned char* p = sqlite3_column_text(s_, col);
     if (p == nullptr) return {};
-    return std::string(reinterpret_cast<const char*>(p), static_cast<std::size_t>(sqlite3_column_bytes(s_, col)));
+    return std::string(reinterpret_cast<const char*>(p),
+                       static_cast<std::size_t>(sqlite3_column_bytes(s_, col)));
   }
   // No copy: valid until the next step() or reset().
   std::string_view view(int col) const {
@@ -266,8 +268,8 @@ Result<std::unique_ptr<SqliteStore>> SqliteStore::open(const std::string& path,
   // (mu_), so SQLite's per-call connection mutex only cost time - in a
   // 1,000-row page, 22,000 lock/unlock pairs for the column reads, most of
   // the page's CPU time (docs/benchmarks.md).
-  const int rc =
-      sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+  const int rc = sqlite3_open_v2(path.c_str(), &db,
+                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
   if (rc != SQLITE_OK) {
     Error e = make_error(Errc::store_error, "cannot open the instance store " + path + ": " +
                                                 (db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc)));
@@ -276,7 +278,8 @@ Result<std::unique_ptr<SqliteStore>> SqliteStore::open(const std::string& path,
     return e;
   }
   sqlite3_extended_result_codes(db, 1);
-  sqlite3_busy_timeout(db, static_cast<int>(std::min<std::chrono::milliseconds::rep>(busy_timeout.count(), INT_MAX)));
+  sqlite3_busy_timeout(
+      db, static_cast<int>(std::min<std::chrono::milliseconds::rep>(busy_timeout.count(), INT_MAX)));
 
   std::unique_ptr<SqliteStore> store(new SqliteStore(path, db, busy_timeout));
   if (auto st = store->initialise(); !st.ok()) return st.error();
@@ -298,8 +301,9 @@ Status SqliteStore::initialise() {
     const std::string mode = wal->text(0);
     if (mode != "wal")
       return make_error(Errc::store_error,
-                        "cannot switch the instance store " + path_ + " to WAL mode (SQLite answered journal_mode '" +
-                            mode + "'); put the store on a local file system that supports shared-memory locking");
+                        "cannot switch the instance store " + path_ +
+                            " to WAL mode (SQLite answered journal_mode '" + mode +
+                            "'); put the store on a local file system that supports shared-memory locking");
   }
   // FULL: a commit is on disk (the WAL is fsynced) before it returns, so the
   // "record first" rule holds across a power loss too (docs/store.md).
@@ -344,18 +348,20 @@ Status SqliteStore::check_file() {
 
   if (app_id != kApplicationId) {
     if (app_id != 0)
-      return not_a_virtcap_database("its application_id is " + hex(app_id) + ", virtcap's is " + hex(kApplicationId));
+      return not_a_virtcap_database("its application_id is " + hex(app_id) + ", virtcap's is " +
+                                    hex(kApplicationId));
     if (objects != 0 || version != 0)
       return not_a_virtcap_database("it is an SQLite database of another application: it has " +
                                     std::to_string(objects) + " schema objects and user_version " +
                                     std::to_string(version) + " but no virtcap application_id");
   }
   if (version > kLatestVersion)
-    return make_error(Errc::store_error,
-                      "the instance store " + path_ + " has schema version " + std::to_string(version) +
-                          ", newer than this virtcap knows (" + std::to_string(kLatestVersion) +
-                          "); it was written by a newer virtcap and was left untouched (virtcap never downgrades a "
-                          "store) — run the newer virtcap, or restore a backup taken before the upgrade");
+    return make_error(
+        Errc::store_error,
+        "the instance store " + path_ + " has schema version " + std::to_string(version) +
+            ", newer than this virtcap knows (" + std::to_string(kLatestVersion) +
+            "); it was written by a newer virtcap and was left untouched (virtcap never downgrades a "
+            "store) — run the newer virtcap, or restore a backup taken before the upgrade");
   return {};
 }
 
@@ -383,19 +389,23 @@ Status SqliteStore::migrate() {
     char* err = nullptr;
     const int rc = sqlite3_exec(db_, m.sql, nullptr, nullptr, &err);
     if (rc != SQLITE_OK) {
-      Error e = make_error(Errc::store_error, "migrating the instance store " + path_ + " to schema version " +
-                                                  std::to_string(m.version) + " (" + m.description +
-                                                  ") failed: " + (err != nullptr ? err : sqlite3_errstr(rc)) +
-                                                  "; the store was left at version " + std::to_string(version));
+      Error e =
+          make_error(Errc::store_error, "migrating the instance store " + path_ + " to schema version " +
+                                            std::to_string(m.version) + " (" + m.description +
+                                            ") failed: " + (err != nullptr ? err : sqlite3_errstr(rc)) +
+                                            "; the store was left at version " + std::to_string(version));
       e.backend_code = rc;
       sqlite3_free(err);
       return e;
     }
     // PRAGMAs take no bound parameters; both numbers are this binary's own
     // constants, never input.
-    if (auto st = exec("PRAGMA application_id = " + std::to_string(kApplicationId), "setting the application_id"); !st.ok())
+    if (auto st =
+            exec("PRAGMA application_id = " + std::to_string(kApplicationId), "setting the application_id");
+        !st.ok())
       return st;
-    if (auto st = exec("PRAGMA user_version = " + std::to_string(m.version), "setting the schema version"); !st.ok())
+    if (auto st = exec("PRAGMA user_version = " + std::to_string(m.version), "setting the schema version");
+        !st.ok())
       return st;
     if (auto st = txn.commit(); !st.ok()) return st;
   }
@@ -405,8 +415,8 @@ Result<SqliteStore::Stmt> SqliteStore::prepare(std::string_view sql) {
   auto it = stmts_.find(sql);
   if (it == stmts_.end()) {
     sqlite3_stmt* s = nullptr;
-    const int rc =
-        sqlite3_prepare_v3(db_, sql.data(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT, &s, nullptr);
+    const int rc = sqlite3_prepare_v3(db_, sql.data(), static_cast<int>(sql.size()),
+                                      SQLITE_PREPARE_PERSISTENT, &s, nullptr);
     if (rc != SQLITE_OK) {
       Error e = failure(rc, "preparing '" + std::string(sql) + "'");
       sqlite3_finalize(s);
@@ -430,12 +440,13 @@ Error SqliteStore::failure(int rc, std::string_view doing) const {
   const int primary = rc & 0xff;
   Error e;
   if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED) {
-    e = make_error(Errc::store_error,
-                   "the instance store " + path_ + " is locked by another process: " + std::string(doing) +
-                       " was still blocked after waiting " + std::to_string(busy_timeout_.count()) +
-                       " ms (SQLite: " + msg +
-                       "); stop the other process holding it (another virtcap, or an sqlite3 shell with an open "
-                       "transaction) and retry");
+    e = make_error(
+        Errc::store_error,
+        "the instance store " + path_ + " is locked by another process: " + std::string(doing) +
+            " was still blocked after waiting " + std::to_string(busy_timeout_.count()) +
+            " ms (SQLite: " + msg +
+            "); stop the other process holding it (another virtcap, or an sqlite3 shell with an open "
+            "transaction) and retry");
   } else if (opening_ && (primary == SQLITE_NOTADB || primary == SQLITE_CORRUPT)) {
     e = not_a_virtcap_database("SQLite: " + msg);
   } else if (primary == SQLITE_NOTADB || primary == SQLITE_CORRUPT) {
@@ -523,7 +534,8 @@ Result<std::vector<InstanceRecord>> SqliteStore::live_instances_on(const std::ve
     if (rc != SQLITE_DONE) return failure(rc, "listing the live instances of host " + host);
   }
   if (auto st = txn.commit(); !st.ok()) return st.error();
-  std::sort(out.begin(), out.end(), [](const InstanceRecord& a, const InstanceRecord& b) { return a.uuid < b.uuid; });
+  std::sort(out.begin(), out.end(),
+            [](const InstanceRecord& a, const InstanceRecord& b) { return a.uuid < b.uuid; });
   return out;
 }
 
@@ -572,12 +584,14 @@ Status SqliteStore::update_instance(const InstanceRecord& record) {
       return live_name_taken(record);
     }
     if (rc != SQLITE_DONE) return failure(rc, "updating instance " + record.uuid);
-    if (sqlite3_changes(db_) == 0) return make_error(Errc::not_found, "no instance " + record.uuid + " in the store");
+    if (sqlite3_changes(db_) == 0)
+      return make_error(Errc::not_found, "no instance " + record.uuid + " in the store");
   }
   return txn.commit();
 }
 
-Result<std::vector<InstanceRecord>> SqliteStore::list_instances(const std::string& host, bool include_deleted) {
+Result<std::vector<InstanceRecord>> SqliteStore::list_instances(const std::string& host,
+                                                                bool include_deleted) {
   MutexLock lock(mu_);
   auto st = prepare(kListInstances);
   if (!st.ok()) return st.error();
@@ -594,7 +608,8 @@ Result<std::vector<InstanceRecord>> SqliteStore::list_instances(const std::strin
   return out;
 }
 
-Result<InstancePageInfo> SqliteStore::visit_instances(const InstancePageQuery& query, const InstanceVisitor& visit) {
+Result<InstancePageInfo> SqliteStore::visit_instances(const InstancePageQuery& query,
+                                                      const InstanceVisitor& visit) {
   if (Status st = check_page_query(query); !st.ok()) return st.error();
   MutexLock lock(mu_);
   Txn txn(*this);  // the marker's position and the page from one snapshot
@@ -633,7 +648,8 @@ Result<InstancePageInfo> SqliteStore::visit_instances(const InstancePageQuery& q
       info.next_marker.assign(row.uuid);  // reuses its capacity: no allocation per row
       ++info.rows;
     }
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return failure(rc, "listing the instances of host " + query.host);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+      return failure(rc, "listing the instances of host " + query.host);
   }
   if (auto st = txn.commit(); !st.ok()) return st.error();
   if (!info.more) info.next_marker.clear();
@@ -659,7 +675,8 @@ Error SqliteStore::live_name_taken(const InstanceRecord& record) {
     }
   }
   return make_error(Errc::already_exists, "host " + record.host + " already has a live instance named '" +
-                                              record.name + "'" + (holder.empty() ? "" : " (" + holder + ")"));
+                                              record.name + "'" +
+                                              (holder.empty() ? "" : " (" + holder + ")"));
 }
 
 }  // namespace virtcap::store

@@ -28,8 +28,8 @@ class SqliteStore : public InstanceStore {
   // store_error, and leaves the file untouched, if the file is not a valid
   // virtcap database, its schema is newer than this binary knows, or another
   // process holds the write lock for longer than `busy_timeout`.
-  static Result<std::unique_ptr<SqliteStore>> open(const std::string& path,
-                                                   std::chrono::milliseconds busy_timeout = kDefaultBusyTimeout);
+  static Result<std::unique_ptr<SqliteStore>> open(
+      const std::string& path, std::chrono::milliseconds busy_timeout = kDefaultBusyTimeout);
 
   // The schema version (PRAGMA user_version) the last migration produces.
   static int latest_schema_version();
@@ -49,8 +49,10 @@ class SqliteStore : public InstanceStore {
   Result<std::vector<InstanceRecord>> list_instances(const std::string& host, bool include_deleted) override;
   // Steps one SQLite statement (for the default order, index
   // instances_host_order, seeking straight to the marker) and hands each row
-  // to `visit` as views of SQLite's own memory. The store's lock is held meanwhile: `visit` must not call the store.
-  Result<InstancePageInfo> visit_instances(const InstancePageQuery& query, const InstanceVisitor& visit) override;
+  // to `visit` as views of SQLite's own memory. The store's lock is held meanwhile: `visit` must not call the
+  // store.
+  Result<InstancePageInfo> visit_instances(const InstancePageQuery& query,
+                                           const InstanceVisitor& visit) override;
   // own_writes: sqlite3_total_changes64 (every row this connection changed,
   // whichever statement did it); other_writers: PRAGMA data_version, which
   // moves when any other connection, in any process, commits to the file.

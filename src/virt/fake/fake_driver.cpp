@@ -29,7 +29,8 @@ Result<std::vector<DriverInstance>> FakeDriver::list_instances() {
 Result<DriverInstance> FakeDriver::get_instance(const std::string& uuid) {
   MutexLock lock(mu_);
   auto it = instances_.find(uuid);
-  if (it == instances_.end()) return make_error(Errc::not_found, "no instance " + uuid + " on the fake hypervisor");
+  if (it == instances_.end())
+    return make_error(Errc::not_found, "no instance " + uuid + " on the fake hypervisor");
   return it->second;
 }
 
@@ -38,7 +39,8 @@ Status FakeDriver::spawn(const InstanceSpec& spec) {
   MutexLock lock(mu_);
   DriverInstance inst{spec.uuid, spec.name, PowerState::running, spec.memory_mb, spec.vcpus, {}};
   if (!instances_.emplace(spec.uuid, inst).second)
-    return make_error(Errc::already_exists, "instance " + spec.uuid + " already exists on the fake hypervisor");
+    return make_error(Errc::already_exists,
+                      "instance " + spec.uuid + " already exists on the fake hypervisor");
   return {};
 }
 
@@ -53,7 +55,8 @@ Status FakeDriver::reboot(const std::string& uuid) {
   ++calls_.reboot;
   MutexLock lock(mu_);
   auto it = instances_.find(uuid);
-  if (it == instances_.end()) return make_error(Errc::not_found, "no instance " + uuid + " on the fake hypervisor");
+  if (it == instances_.end())
+    return make_error(Errc::not_found, "no instance " + uuid + " on the fake hypervisor");
   it->second.power_state = PowerState::running;
   return {};
 }
@@ -62,7 +65,8 @@ Result<InterfaceInfo> FakeDriver::attach_interface(const std::string& uuid, cons
   ++calls_.attach_interface;
   MutexLock lock(mu_);
   auto it = instances_.find(uuid);
-  if (it == instances_.end()) return make_error(Errc::not_found, "no instance " + uuid + " on the fake hypervisor");
+  if (it == instances_.end())
+    return make_error(Errc::not_found, "no instance " + uuid + " on the fake hypervisor");
   InterfaceInfo info{spec.mac, spec.network.empty() ? "default" : spec.network, spec.tag};
   if (info.mac.empty()) {
     char buf[18];
@@ -81,16 +85,18 @@ Status FakeDriver::detach_interface(const std::string& uuid, const std::string& 
   ++calls_.detach_interface;
   MutexLock lock(mu_);
   auto it = instances_.find(uuid);
-  if (it == instances_.end()) return make_error(Errc::not_found, "no instance " + uuid + " on the fake hypervisor");
+  if (it == instances_.end())
+    return make_error(Errc::not_found, "no instance " + uuid + " on the fake hypervisor");
   auto& ifs = it->second.interfaces;
   auto pos = std::find_if(ifs.begin(), ifs.end(), [&](const auto& i) { return i.mac == mac; });
-  if (pos == ifs.end()) return make_error(Errc::not_found, "instance " + uuid + " has no interface with MAC " + mac);
+  if (pos == ifs.end())
+    return make_error(Errc::not_found, "instance " + uuid + " has no interface with MAC " + mac);
   ifs.erase(pos);
   return {};
 }
 
-Result<ImageCacheReport> FakeDriver::manage_image_cache(const std::vector<InstanceRecord>& instances, bool dry_run,
-                                                       std::stop_token) {
+Result<ImageCacheReport> FakeDriver::manage_image_cache(const std::vector<InstanceRecord>& instances,
+                                                        bool dry_run, std::stop_token) {
   ++calls_.manage_image_cache;
   last_image_cache_instances_ = instances.size();
   ImageCacheReport report;

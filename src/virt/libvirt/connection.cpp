@@ -20,7 +20,8 @@ void event_loop() {
 
 Error last_error(const std::string& what) {
   virErrorPtr err = virGetLastError();
-  Error e = make_error(Errc::driver_error, what + (err && err->message ? std::string(": ") + err->message : ""));
+  Error e =
+      make_error(Errc::driver_error, what + (err && err->message ? std::string(": ") + err->message : ""));
   if (err) e.backend_code = err->code;
   e.driver = "libvirt";
   return e;
@@ -109,9 +110,9 @@ std::string Connection::unavailable_reason() const {
 }
 
 Error Connection::unavailable() const {
-  Error e = make_error(Errc::hypervisor_unavailable,
-                       "hypervisor at '" + uri_ + "' is unavailable (" + unavailable_reason() +
-                           "); virtcap is reconnecting, retry shortly");
+  Error e = make_error(Errc::hypervisor_unavailable, "hypervisor at '" + uri_ + "' is unavailable (" +
+                                                         unavailable_reason() +
+                                                         "); virtcap is reconnecting, retry shortly");
   e.driver = "libvirt";
   return e;
 }

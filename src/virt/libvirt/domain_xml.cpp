@@ -1,8 +1,7 @@
 #include "virt/libvirt/domain_xml.h"
 
-#include <pugixml.hpp>
-
 #include <cstdio>
+#include <pugixml.hpp>
 #include <random>
 #include <sstream>
 
@@ -84,7 +83,8 @@ std::string interface_xml(const std::string& mac, const std::string& network) {
 Result<DomainFacts> parse_domain_xml(const std::string& xml) {
   pugi::xml_document doc;
   auto res = doc.load_string(xml.c_str());
-  if (!res) return make_error(Errc::invalid_argument, std::string("domain XML does not parse: ") + res.description());
+  if (!res)
+    return make_error(Errc::invalid_argument, std::string("domain XML does not parse: ") + res.description());
   DomainFacts f;
   auto dom = doc.child("domain");
   for (auto node : dom.child("metadata").children()) {

@@ -21,15 +21,15 @@ struct DomainParams {
   int vcpus = 0;
   std::string disk_path;
   std::string console_log;
-  std::string network;      // empty: user-mode networking
-  std::string mac;          // of the first interface
+  std::string network;  // empty: user-mode networking
+  std::string mac;      // of the first interface
 };
 
 std::string domain_xml(const DomainParams& p);
 std::string interface_xml(const std::string& mac, const std::string& network);
 
 struct DomainFacts {
-  std::string name;      // instance name from our metadata ("" if not ours)
+  std::string name;  // instance name from our metadata ("" if not ours)
   bool ours = false;
   int memory_mb = 0;
   int vcpus = 0;

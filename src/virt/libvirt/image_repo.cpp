@@ -3,8 +3,8 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
-#include <cerrno>
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 
 #include "common/fd.h"
@@ -15,18 +15,21 @@ namespace virtcap::libvirt {
 
 Result<ImageInfo> ImageRepository::find(std::string_view id) const {
   if (!valid_image_id(id))
-    return invalid_argument_error("image id '" + std::string(id) +
-                                  "' is invalid: it must match ^[A-Za-z0-9._-]{1,128}$ and must not contain '..'");
+    return invalid_argument_error(
+        "image id '" + std::string(id) +
+        "' is invalid: it must match ^[A-Za-z0-9._-]{1,128}$ and must not contain '..'");
   const std::string base = dir_ + "/" + std::string(id);
-  struct stat qst {}, rst {};
+  struct stat qst {
+  }, rst{};
   const bool has_qcow2 = ::stat((base + ".qcow2").c_str(), &qst) == 0;
   const bool has_raw = ::stat((base + ".raw").c_str(), &rst) == 0;
   if (has_qcow2 && has_raw)
-    return make_error(Errc::conflict, "image '" + std::string(id) + "' exists as both " + base + ".qcow2 and " +
-                                          base + ".raw; remove one of them");
+    return make_error(Errc::conflict, "image '" + std::string(id) + "' exists as both " + base +
+                                          ".qcow2 and " + base + ".raw; remove one of them");
   if (!has_qcow2 && !has_raw)
-    return make_error(Errc::not_found, "image '" + std::string(id) + "' not found in " + dir_ + " (looked for " +
-                                           std::string(id) + ".qcow2 and " + std::string(id) + ".raw)");
+    return make_error(Errc::not_found, "image '" + std::string(id) + "' not found in " + dir_ +
+                                           " (looked for " + std::string(id) + ".qcow2 and " +
+                                           std::string(id) + ".raw)");
   ImageInfo info;
   info.id = std::string(id);
   info.path = base + (has_qcow2 ? ".qcow2" : ".raw");
@@ -37,11 +40,13 @@ Result<ImageInfo> ImageRepository::find(std::string_view id) const {
   auto header = imagecache::read_header(info.path);
   if (header.ok()) {
     if (!has_qcow2)
-      return invalid_argument_error("image " + info.path + " is named .raw but is a qcow2 image; rename it to " + std::string(id) +
+      return invalid_argument_error("image " + info.path +
+                                    " is named .raw but is a qcow2 image; rename it to " + std::string(id) +
                                     ".qcow2");
     if (header->has_backing())
-      return invalid_argument_error("image " + info.path + " has a backing file (" + header->backing_file +
-                                    "); repository images must be standalone: flatten it with qemu-img convert");
+      return invalid_argument_error(
+          "image " + info.path + " has a backing file (" + header->backing_file +
+          "); repository images must be standalone: flatten it with qemu-img convert");
     info.format = ImageFormat::qcow2;
     info.virtual_size = header->virtual_size;
     return info;
@@ -52,7 +57,8 @@ Result<ImageInfo> ImageRepository::find(std::string_view id) const {
     return invalid_argument_error("image " + info.path + " is corrupt: " + header.error().describe());
   }
   if (has_qcow2)
-    return invalid_argument_error("image " + info.path + " is named .qcow2 but has no qcow2 header (garbage or truncated)");
+    return invalid_argument_error("image " + info.path +
+                                  " is named .qcow2 but has no qcow2 header (garbage or truncated)");
   if (info.file_size == 0) return invalid_argument_error("image " + info.path + " is empty");
   if (info.file_size % 512 != 0)
     return invalid_argument_error("raw image " + info.path + " is " + std::to_string(info.file_size) +
@@ -84,8 +90,10 @@ RepoImage describe(const ImageRepository& repo, int dir_fd, const std::string& f
     return img;
   }
   img.file_size = static_cast<std::uint64_t>(st.st_size);
-  if (auto refs = imagecache::probe_image(fd.get(), path, ""); refs.ok()) img.format = refs->format;
-  else img.problem = refs.error().message;
+  if (auto refs = imagecache::probe_image(fd.get(), path, ""); refs.ok())
+    img.format = refs->format;
+  else
+    img.problem = refs.error().message;
   img.id = id_of(file);
   if (img.id.empty()) {
     if (img.problem.empty()) img.problem = "not named <id>.raw or <id>.qcow2: cannot be booted";
@@ -113,9 +121,10 @@ Result<std::vector<RepoImage>> ImageRepository::list() const {
   std::vector<std::string> files;
   const int err = list_dir(dir.get(), [&](const DirEntry& e) {
     struct stat st {};
-    const bool regular = e.type == DT_REG || ((e.type == DT_LNK || e.type == DT_UNKNOWN) &&
-                                              ::fstatat(dir.get(), std::string(e.name).c_str(), &st, 0) == 0 &&
-                                              S_ISREG(st.st_mode));
+    const bool regular =
+        e.type == DT_REG ||
+        ((e.type == DT_LNK || e.type == DT_UNKNOWN) &&
+         ::fstatat(dir.get(), std::string(e.name).c_str(), &st, 0) == 0 && S_ISREG(st.st_mode));
     if (regular) files.emplace_back(e.name);
   });
   if (err != 0)

@@ -190,8 +190,10 @@ Capabilities discover(virConnectPtr conn, Capabilities caps) {
   }
   if (caps.max_vcpus == 0) {
     const int n = virConnectGetMaxVcpus(conn, nullptr);
-    if (n > 0) caps.max_vcpus = n;
-    else virResetLastError();
+    if (n > 0)
+      caps.max_vcpus = n;
+    else
+      virResetLastError();
   }
   return caps;
 }
@@ -203,7 +205,8 @@ LibvirtDriver::LibvirtDriver(const config::Config& cfg)
       cache_(cfg.instances_path(), cfg.image_cache.subdirectory_name),
       overlay_writer_(cfg.libvirt.overlay_writer) {
   cache_.lock_timeout_seconds = cfg.image_cache.lock_timeout;
-  if (!cfg.libvirt.disk_group.empty()) cache_.access.group = group_id(cfg.libvirt.disk_group);  // checked at load
+  if (!cfg.libvirt.disk_group.empty())
+    cache_.access.group = group_id(cfg.libvirt.disk_group);  // checked at load
 }
 
 LibvirtDriver::~LibvirtDriver() = default;
@@ -222,7 +225,8 @@ std::string LibvirtDriver::domain_type() const {
 
 Status LibvirtDriver::init_host(const std::string&) {
   if (Status st = conn_.open(); !st.ok()) return st;
-  auto caps = conn_.with([&](virConnectPtr c) -> Result<Capabilities> { return discover(c, kLibvirtStatic); });
+  auto caps =
+      conn_.with([&](virConnectPtr c) -> Result<Capabilities> { return discover(c, kLibvirtStatic); });
   if (!caps.ok()) return caps.error();
   caps_ = caps.value();
   // instances_path is created by the first spawn (with the lock directory),
@@ -281,7 +285,8 @@ Result<DriverInstance> LibvirtDriver::get_instance(const std::string& uuid) {
     if (!d.ok()) return d.error();
     auto inst = describe(d->get());
     if (!inst.ok()) return inst.error();
-    if (!inst->has_value()) return make_error(Errc::not_found, "domain " + uuid + " is not managed by virtcap");
+    if (!inst->has_value())
+      return make_error(Errc::not_found, "domain " + uuid + " is not managed by virtcap");
     return std::move(**inst);
   });
 }
@@ -328,14 +333,16 @@ LibvirtDriver::SpawnRollback::~SpawnRollback() {
         return virDomainUndefine(d->get()) < 0 ? Status{call_error("undefine", uuid_)} : Status{};
       });
       if (!undone.ok()) {  // keep the disk while the domain may still exist, as destroy() does
-        spdlog::error("libvirt: spawn of {} failed and its domain could not be undefined ({}); kept it and {}",
-                      uuid_, undone.error().message, dir_);
+        spdlog::error(
+            "libvirt: spawn of {} failed and its domain could not be undefined ({}); kept it and {}", uuid_,
+            undone.error().message, dir_);
         return;
       }
     }
     std::error_code ec;
     fs::remove_all(dir_, ec);
-    if (ec) spdlog::error("libvirt: spawn of {} failed and {} could not be removed: {}", uuid_, dir_, ec.message());
+    if (ec)
+      spdlog::error("libvirt: spawn of {} failed and {} could not be removed: {}", uuid_, dir_, ec.message());
   } catch (const std::exception& e) {
     spdlog::error("libvirt: rolling back the spawn of {} failed: {}", uuid_, e.what());
   }
@@ -366,7 +373,9 @@ Status LibvirtDriver::spawn(const InstanceSpec& spec) {
   SpawnRollback rollback(*this, spec.uuid, dir);  // undoes whatever ends the spawn early, exceptions included
   {  // not readable by other users (a guest's disk): the exact mode, and the disk group if set
     UniqueFd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-    if (!d.valid()) return make_error(Errc::io_error, "cannot open instance directory " + dir + ": " + std::strerror(errno));
+    if (!d.valid())
+      return make_error(Errc::io_error,
+                        "cannot open instance directory " + dir + ": " + std::strerror(errno));
     if (Status s = cache_.access.apply(d.get(), true, dir); !s.ok()) return s;
   }
   DomainParams p;
@@ -396,13 +405,14 @@ Status LibvirtDriver::spawn(const InstanceSpec& spec) {
       return d ? Status{} : Status{call_error("define", spec.uuid)};
     });
   };
-  auto base = imagecache::with_base(cache_, spec.image_id, image->path, [&](const imagecache::EnsureOutcome& b) {
-    // Under the base file's lock (the image-cache pass cannot remove the base
-    // before the overlay uses it), after the fetch: a domain exists only
-    // while its overlay is being written, never during a long download.
-    rollback.defining = launch(define);
-    return create_overlay_disk(overlay_writer_, b.base_path, image->format, disk, cache_.access);
-  });
+  auto base =
+      imagecache::with_base(cache_, spec.image_id, image->path, [&](const imagecache::EnsureOutcome& b) {
+        // Under the base file's lock (the image-cache pass cannot remove the base
+        // before the overlay uses it), after the fetch: a domain exists only
+        // while its overlay is being written, never during a long download.
+        rollback.defining = launch(define);
+        return create_overlay_disk(overlay_writer_, b.base_path, image->format, disk, cache_.access);
+      });
   Status defined = rollback.defining.valid() ? rollback.wait_define() : Status{};
   if (!base.ok()) return base.error();
   if (!defined.ok()) return defined;

@@ -112,25 +112,18 @@ Status load_details(SqlConn& c, const std::string& ids, const std::vector<SqlVal
   return {};
 }
 
-bool held_by_operator(const HostRecord& rec, const std::string& name) {
-  auto it = std::lower_bound(rec.traits.begin(), rec.traits.end(), name,
-                             [](const HostTrait& t, const std::string& n) { return t.name < n; });
-  return it != rec.traits.end() && it->name == name && it->owner == TraitOwner::operator_;
-}
-
-// Whether the agent traits `rec` holds are the sorted names `traits`. A
-// name an operator already holds is stored once, as the operator's, so it is
-// not looked for twice.
+// Whether the agent traits `rec` holds are the sorted names `traits`. An
+// agent and an operator never hold the same name (agents may not report
+// CUSTOM_*, operators set only CUSTOM_*: check_report and
+// check_operator_trait_name), so the operator's traits are simply skipped.
 bool same_agent_traits(const HostRecord& rec, const std::vector<std::string>& traits) {
-  auto have = rec.traits.begin();
-  for (const auto& name : traits) {
-    if (held_by_operator(rec, name)) continue;
-    while (have != rec.traits.end() && have->owner != TraitOwner::agent) ++have;
-    if (have == rec.traits.end() || have->name != name) return false;
-    ++have;
+  auto want = traits.begin();
+  for (const auto& t : rec.traits) {
+    if (t.owner != TraitOwner::agent) continue;
+    if (want == traits.end() || *want != t.name) return false;
+    ++want;
   }
-  while (have != rec.traits.end() && have->owner != TraitOwner::agent) ++have;
-  return have == rec.traits.end();
+  return want == traits.end();
 }
 
 // Whether storing report `r` would leave the host as `rec` has it, but for
@@ -150,8 +143,7 @@ void with_agent_state(HostRecord& rec, const AgentReport& r, const std::vector<s
   merged.reserve(rec.traits.size() + traits.size());
   for (const auto& t : rec.traits)
     if (t.owner == TraitOwner::operator_) merged.push_back(t);
-  for (const auto& name : traits)
-    if (!held_by_operator(rec, name)) merged.push_back({name, TraitOwner::agent});
+  for (const auto& name : traits) merged.push_back({name, TraitOwner::agent});
   std::sort(merged.begin(), merged.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
   rec.traits = std::move(merged);
 }
